@@ -1,0 +1,290 @@
+"""Start, watch and stop the local mesh: the one place that knows how each component runs.
+
+    python -m scripts.stack up [--detach] [--only auth,usage] [--no-triton] [--no-gateway]
+    python -m scripts.stack down
+    python -m scripts.stack status
+
+scripts/up, scripts/down and the test fixtures all use this module, so what the tests start is
+what a developer starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.config import REPO_ROOT, SERVICES, ConfigError, Settings
+
+PYTHON = sys.executable
+
+
+@dataclass
+class Process:
+    """A component we started: its process, its log file and how to tell it is ready."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    ready: Callable[[], bool]
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def grpc_healthy(address: str, service: str = "", timeout: float = 1.0) -> bool:
+    """True when the gRPC health service at `address` says SERVING."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+@dataclass
+class Stack:
+    """A set of running components sharing one environment (AIMESH_* variables)."""
+
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, overrides: Mapping[str, str] | None = None, log_dir: Path | None = None) -> "Stack":
+        env = {**os.environ, **(overrides or {})}
+        settings = Settings.from_env(env)  # fail early, with the variable named
+        env.update(settings.as_env())
+        directory = log_dir or Path(settings.var_dir) / "log"
+        directory.mkdir(parents=True, exist_ok=True)
+        return cls(env=env, log_dir=directory)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool],
+               env: Mapping[str, str] | None = None, cwd: Path = REPO_ROOT) -> Process:
+        log_path = self.log_dir / f"{name}.log"
+        log_file = open(log_path, "ab")
+        popen = subprocess.Popen(
+            argv, cwd=cwd, env=dict(env or self.env), stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+        process = Process(name, popen, log_path, ready)
+        self.processes[name] = process
+        return process
+
+    def start_service(self, service: str) -> Process:
+        address = self.settings.address_of(service)
+        return self._spawn(
+            service, [PYTHON, "-m", f"services.{service}"], lambda: grpc_healthy(address)
+        )
+
+    def start_triton(self) -> Process | None:
+        """Triton on triton/models, when the model repository and its launcher exist."""
+        try:
+            from scripts import triton_server
+        except ImportError:
+            return None
+        return triton_server.start_in_stack(self)
+
+    def start_gateway(self) -> Process | None:
+        """Envoy on envoy/, when the gateway configuration exists."""
+        try:
+            from scripts import gateway
+        except ImportError:
+            return None
+        return gateway.start_in_stack(self)
+
+    def wait_ready(self, names: Iterable[str], timeout: float = 120.0) -> None:
+        """Block until every named component is ready; raise with its log tail if one dies."""
+        pending = set(names)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for name in sorted(pending):
+                process = self.processes[name]
+                if not process.alive():
+                    raise RuntimeError(
+                        f"{name} exited with code {process.popen.returncode}; its log "
+                        f"({process.log_path}) ends with:\n{process.log_tail()}"
+                    )
+                if process.ready():
+                    pending.discard(name)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(sorted(pending))}")
+            time.sleep(0.2)
+
+    def stop(self, name: str, timeout: float = 20.0) -> int | None:
+        """SIGTERM (graceful drain), then SIGKILL after `timeout`; returns the exit code."""
+        process = self.processes.pop(name, None)
+        if process is None:
+            return None
+        if process.alive():
+            process.popen.send_signal(signal.SIGTERM)
+            try:
+                process.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.popen.pid, signal.SIGKILL)
+                process.popen.wait()
+        return process.popen.returncode
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.stop(name)
+
+
+STATE_FILE = Path(os.environ.get("AIMESH_VAR_DIR", REPO_ROOT / "var")) / "run" / "stack.json"
+
+
+def _print_endpoints(stack: Stack) -> None:
+    s = stack.settings
+    rows = [(name, s.address_of(name)) for name in SERVICES if name in stack.processes]
+    if "triton" in stack.processes:
+        rows.append(("triton (gRPC)", s.triton_url))
+    if "gateway" in stack.processes:
+        rows.append(("gateway (gRPC, gRPC-Web, JSON/HTTP)", s.gateway_addr))
+    width = max(len(r[0]) for r in rows)
+    print("\naimesh is up:")
+    for name, address in rows:
+        print(f"  {name.ljust(width)}  {address}")
+    first = s.address_of("auth")
+    print(
+        "\nTry:\n"
+        f"  grpcurl -plaintext {first} list\n"
+        f"  grpcurl -plaintext {first} grpc.health.v1.Health/Check\n"
+        f"  grpcurl -protoset gen/descriptor.binpb -plaintext {first} describe\n"
+    )
+    if "gateway" in stack.processes:
+        print(
+            f"  curl -s -X POST http://{s.gateway_addr}/v1/auth:signUp -H 'content-type: application/json' \\\n"
+            "       -d '{\"email\":\"you@example.com\",\"password\":\"correct horse battery\",\"organizationDisplayName\":\"Acme\"}'\n"
+        )
+    print(f"Logs: {stack.log_dir}/<component>.log")
+
+
+def up(args: argparse.Namespace) -> int:
+    try:
+        stack = Stack.create()
+    except ConfigError as exc:
+        print(f"up: configuration error: {exc}", file=sys.stderr)
+        return 2
+    wanted = args.only.split(",") if args.only else list(SERVICES)
+    unknown = sorted(set(wanted) - set(SERVICES))
+    if unknown:
+        print(f"up: unknown service(s): {', '.join(unknown)}; known: {', '.join(SERVICES)}", file=sys.stderr)
+        return 2
+    try:
+        if not args.no_triton and stack.start_triton() is not None:
+            print("starting triton ...", flush=True)
+        for service in wanted:
+            stack.start_service(service)
+        if not args.no_gateway and stack.start_gateway() is not None:
+            print("starting gateway ...", flush=True)
+        print(f"starting {', '.join(wanted)} ...", flush=True)
+        stack.wait_ready(list(stack.processes), timeout=args.timeout)
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        print(f"up: {exc}", file=sys.stderr)
+        stack.stop_all()
+        return 1
+    _print_endpoints(stack)
+    if args.detach:
+        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        STATE_FILE.write_text(json.dumps({n: p.popen.pid for n, p in stack.processes.items()}))
+        print("Detached; stop with scripts/down.")
+        return 0
+    print("Press Ctrl-C to stop everything.")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            dead = [p for p in stack.processes.values() if not p.alive()]
+            if dead:
+                print(f"up: {dead[0].name} exited ({dead[0].popen.returncode}); log tail:\n"
+                      f"{dead[0].log_tail()}", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    print("\nstopping ...", flush=True)
+    stack.stop_all()
+    print("stopped.")
+    return 0
+
+
+def down(_: argparse.Namespace) -> int:
+    if not STATE_FILE.exists():
+        print("down: no detached stack recorded")
+        return 0
+    pids: dict[str, int] = json.loads(STATE_FILE.read_text())
+    for name, pid in reversed(list(pids.items())):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 20
+    for name, pid in pids.items():
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    STATE_FILE.unlink()
+    print(f"down: stopped {', '.join(pids)}")
+    return 0
+
+
+def status(_: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    for service in SERVICES:
+        address = settings.address_of(service)
+        print(f"{service:13} {address:18} {'SERVING' if grpc_healthy(address) else 'down'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start the mesh and wait until healthy")
+    p_up.add_argument("--detach", action="store_true", help="leave it running; stop with down")
+    p_up.add_argument("--only", help="comma-separated services to start")
+    p_up.add_argument("--no-triton", action="store_true")
+    p_up.add_argument("--no-gateway", action="store_true")
+    p_up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for health")
+    p_up.set_defaults(func=up)
+    sub.add_parser("down", help="stop a detached stack").set_defaults(func=down)
+    sub.add_parser("status", help="health of each service").set_defaults(func=status)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

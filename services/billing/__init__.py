@@ -1,0 +1,1 @@
+"""The Billing service: plans, price book, subscriptions and invoices."""

@@ -1,0 +1,25 @@
+"""Redis for one service: every key it writes is prefixed with the service name."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+
+class ServiceCache:
+    """A redis-py asyncio client plus the service's key prefix (`<svc>:`)."""
+
+    def __init__(self, url: str, service: str) -> None:
+        self.service = service
+        self.prefix = f"{service}:"
+        self.redis: Redis = Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        )
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def close(self) -> None:
+        await self.redis.aclose()

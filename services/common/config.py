@@ -1,0 +1,168 @@
+"""The one configuration loader: every AIMESH_* environment variable is read here, once.
+
+Defaults are the embedded single-machine stack (local PostgreSQL, Redis, Triton); the scale-out
+path changes only these values. A bad value stops the process with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Service name -> default local port. The order is the start order of scripts/up.
+SERVICE_PORTS: dict[str, int] = {
+    "auth": 50051,
+    "usage": 50057,
+    "billing": 50056,
+    "knowledge": 50054,
+    "orchestrator": 50053,
+    "conversation": 50052,
+    "speech": 50055,
+}
+SERVICES: tuple[str, ...] = tuple(SERVICE_PORTS)
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _address(name: str, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}={value!r}: expected host:port, e.g. 127.0.0.1:50051")
+    return value
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ConfigError(f"{name}={value!r}: expected a {'/'.join(schemes)}:// URL with a host")
+        return value
+
+    return parse
+
+
+def _int(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r}: expected an integer") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{name}={value!r}: expected {low}..{high}")
+        return number
+
+    return parse
+
+
+def _float(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r}: expected a number") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{name}={value!r}: expected {low}..{high}")
+        return number
+
+    return parse
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={value!r}: expected true/false")
+
+
+def _choice(*options: str) -> Callable[[str, str], str]:
+    def parse(name: str, value: str) -> str:
+        if value not in options:
+            raise ConfigError(f"{name}={value!r}: expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _text(name: str, value: str) -> str:
+    return value
+
+
+def _env(var: str, default: str, parse: Callable[[str, str], object] = _text) -> object:
+    """Field metadata: which variable feeds the field, its default and its parser."""
+    return field(default=None, metadata={"env": var, "default": default, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of every aimesh process. Construct with `Settings.from_env()`."""
+
+    database_url: str = _env(
+        "AIMESH_DATABASE_URL",
+        "postgresql://postgres@127.0.0.1:5432/aimesh",
+        _url(("postgresql", "postgres")),
+    )  # type: ignore[assignment]
+    db_pool_max: int = _env("AIMESH_DB_POOL_MAX", "10", _int(1, 200))  # type: ignore[assignment]
+    redis_url: str = _env(
+        "AIMESH_REDIS_URL", "redis://127.0.0.1:6379/0", _url(("redis", "rediss", "unix"))
+    )  # type: ignore[assignment]
+    triton_url: str = _env("AIMESH_TRITON_URL", "127.0.0.1:8001", _address)  # type: ignore[assignment]
+    gateway_addr: str = _env("AIMESH_GATEWAY_ADDR", "127.0.0.1:8080", _address)  # type: ignore[assignment]
+    log_level: str = _env(
+        "AIMESH_LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR")
+    )  # type: ignore[assignment]
+    # Seconds a draining server lets in-flight RPCs finish after SIGTERM.
+    drain_seconds: float = _env("AIMESH_DRAIN_SECONDS", "10", _float(0, 300))  # type: ignore[assignment]
+    # Seconds between readiness probes of a service's dependencies.
+    health_interval_seconds: float = _env(
+        "AIMESH_HEALTH_INTERVAL_SECONDS", "2", _float(0.1, 60)
+    )  # type: ignore[assignment]
+    # Where runtime state lives locally: certificates, blobs, Milvus Lite file, logs.
+    var_dir: str = _env("AIMESH_VAR_DIR", str(REPO_ROOT / "var"))  # type: ignore[assignment]
+    # Export spans to the console (OTLP exporters are configured by the standard OTEL_* variables).
+    trace_console: bool = _env("AIMESH_TRACE_CONSOLE", "false", _bool)  # type: ignore[assignment]
+    service_addrs: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if "env" not in f.metadata:
+                continue
+            raw = env.get(f.metadata["env"], f.metadata["default"])
+            values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
+        addrs = {}
+        for service, port in SERVICE_PORTS.items():
+            var = f"AIMESH_{service.upper()}_ADDR"
+            addrs[service] = _address(var, env.get(var, f"127.0.0.1:{port}"))
+        values["service_addrs"] = addrs
+        return cls(**values)  # type: ignore[arg-type]
+
+    def address_of(self, service: str) -> str:
+        """host:port where `service` listens (and where callers reach it)."""
+        return self.service_addrs[service]
+
+    def listen_port(self, service: str) -> int:
+        return int(self.address_of(service).rpartition(":")[2])
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as AIMESH_* variables, for launching child processes consistently."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            if "env" in f.metadata:
+                value = getattr(self, f.name)
+                out[f.metadata["env"]] = (
+                    ("true" if value else "false") if isinstance(value, bool) else str(value)
+                )
+        for service, addr in self.service_addrs.items():
+            out[f"AIMESH_{service.upper()}_ADDR"] = addr
+        return out

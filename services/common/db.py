@@ -1,0 +1,102 @@
+"""PostgreSQL for one service: an async pool bound to the service's own schema, and its migrations.
+
+Each service owns one schema (named after it) in the shared database; its connections set
+`search_path` to it, so its SQL names bare tables. Migrations are plain SQL files under
+services/<svc>/migrations, applied with yoyo at start-up (tracked per schema).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A dependency needed at start-up cannot be reached; the message names it and its variable."""
+
+
+def _describe(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+
+
+class Database:
+    """The service's pool. Rows come back as dicts; `search_path` is the service schema."""
+
+    def __init__(self, url: str, schema: str, max_size: int = 10) -> None:
+        if not schema.isidentifier():
+            raise ConfigError(f"schema name {schema!r} is not an identifier")
+        self.url = url
+        self.schema = schema
+        self.pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            kwargs={"options": f"-c search_path={schema}", "row_factory": dict_row},
+            name=f"aimesh-{schema}",
+        )
+
+    async def open(self, timeout: float = 10.0) -> None:
+        try:
+            await self.pool.open(wait=True, timeout=timeout)
+        except Exception as exc:  # psycopg_pool.PoolTimeout hides the cause; name the address
+            raise StartupError(
+                f"cannot reach PostgreSQL at {_describe(self.url)} (AIMESH_DATABASE_URL): {exc}"
+            ) from None
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def connection(self, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        """`async with db.connection() as conn:` — a pooled connection, committed on success."""
+        return self.pool.connection(timeout=timeout)
+
+    async def migrate(self, migrations_dir: Path) -> list[str]:
+        """Create the schema if needed and apply pending migrations; returns the ids applied."""
+        return await asyncio.to_thread(apply_migrations, self.url, self.schema, migrations_dir)
+
+
+def apply_migrations(url: str, schema: str, migrations_dir: Path) -> list[str]:
+    from yoyo import get_backend, read_migrations
+
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    except psycopg.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StartupError(
+            f"cannot reach PostgreSQL at {_describe(url)} (AIMESH_DATABASE_URL): {first_line}"
+        ) from None
+    if not migrations_dir.is_dir():
+        return []
+    parts = urlsplit(url)
+    query = f"{parts.query}&schema={schema}" if parts.query else f"schema={schema}"
+    yoyo_url = urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, query, ""))
+    backend = get_backend(yoyo_url, migration_table="_yoyo_migration")
+    migrations = read_migrations(str(migrations_dir))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    applied = [m.id for m in pending]
+    if applied:
+        log.info("applied migrations", extra={"schema": schema, "migrations": applied})
+    return applied

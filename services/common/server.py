@@ -1,0 +1,348 @@
+"""The grpc.aio server bootstrap every service runs: `serve(ServiceSpec(...))`.
+
+It loads settings, configures JSON logs and tracing, opens the service's Postgres pool and
+applies its migrations, connects Redis, registers the servicers, health (real readiness),
+reflection and interceptors, then serves until SIGTERM/SIGINT and drains gracefully.
+Start-up failures print one line naming the variable or address and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from services.common import telemetry
+from services.common.cache import ServiceCache
+from services.common.config import ConfigError, Settings
+from services.common.db import Database, StartupError
+from services.common.errors import ServiceError
+
+log = logging.getLogger("aimesh.server")
+
+# The deadline (monotonic seconds) of the RPC being served, for propagation to downstream calls.
+current_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "aimesh_current_deadline", default=None
+)
+
+HealthCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class Runtime:
+    """What a service's servicers get: settings, its database, its cache and lifecycle hooks."""
+
+    name: str
+    settings: Settings
+    db: Database | None
+    cache: ServiceCache | None
+    health_checks: dict[str, HealthCheck] = field(default_factory=dict)
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def add_health_check(self, name: str, check: HealthCheck) -> None:
+        """Readiness also requires `check()` to be true (e.g. Triton's model is ready)."""
+        self.health_checks[name] = check
+
+    def on_shutdown(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        self.cleanups.append(cleanup)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """Run a background task for the life of the server; it is cancelled on drain."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        task.add_done_callback(_log_task_failure)
+        self.tasks.append(task)
+        return task
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+@dataclass
+class ServiceSpec:
+    """How to run one service."""
+
+    name: str
+    # Adds the servicers to the server; may be async (to open clients first).
+    register: Callable[[grpc.aio.Server, Runtime], Awaitable[None] | None]
+    # Fully-qualified gRPC service names served, for health and reflection.
+    service_names: Sequence[str]
+    migrations: Path | None = None
+    uses_db: bool = True
+    uses_cache: bool = True
+    # False where the service must keep serving without Redis (e.g. Auth falls back to SQL).
+    cache_required_for_readiness: bool = True
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One gRPC service a process serves: the generated `add_XServicer_to_server`, a factory
+    for the servicer (given the runtime) and the service descriptor (health + reflection)."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    make_servicer: Callable[[Runtime], Any]
+    service: Any  # google.protobuf.descriptor.ServiceDescriptor
+
+
+def spec_for(name: str, package_dir: Path, bindings: Sequence[Binding], **options: Any) -> ServiceSpec:
+    """A ServiceSpec serving `bindings`, migrating from `<package_dir>/migrations`."""
+
+    def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+        for binding in bindings:
+            binding.add_to_server(binding.make_servicer(runtime), server)
+
+    return ServiceSpec(
+        name=name,
+        register=register,
+        service_names=[b.service.full_name for b in bindings],
+        migrations=package_dir / "migrations",
+        **options,
+    )
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns ServiceError into a rich google.rpc.Status, unimplemented RPCs into UNIMPLEMENTED,
+    and unexpected exceptions into INTERNAL with a logged traceback (never a crashed stream).
+    Also records the RPC's deadline so downstream calls inherit it."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return handler
+
+
+def _enter(context: grpc.aio.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    current_deadline.set(time.monotonic() + remaining if remaining is not None else None)
+
+
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    if isinstance(exc, ServiceError):
+        await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
+    if isinstance(exc, NotImplementedError):
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{method.lstrip('/')} is not implemented yet"
+        )
+    log.error("unhandled error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.lstrip('/')}")
+
+
+def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _enter(context)
+        try:
+            result = behavior(request, context)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await _fail(context, method, exc)
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        _enter(context)
+        try:
+            result = behavior(request, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            elif inspect.isawaitable(result):
+                await result  # handler writes with context.write()
+            elif result is not None:
+                for item in result:
+                    yield item
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await _fail(context, method, exc)
+
+    return wrapped
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort() raises grpc.aio's internal AbortError; let it through untouched.
+    return type(exc).__name__ in ("AbortError", "UsageError", "InternalError") and (
+        type(exc).__module__.startswith("grpc")
+    )
+
+
+async def _run(spec: ServiceSpec, settings: Settings) -> int:
+    runtime = Runtime(name=spec.name, settings=settings, db=None, cache=None)
+    if spec.uses_db:
+        runtime.db = Database(settings.database_url, spec.name, settings.db_pool_max)
+        if spec.migrations is not None:
+            await runtime.db.migrate(spec.migrations)
+        await runtime.db.open()
+    if spec.uses_cache:
+        runtime.cache = ServiceCache(settings.redis_url, spec.name)
+        try:
+            await runtime.cache.ping()
+        except Exception as exc:
+            if spec.cache_required_for_readiness:
+                raise StartupError(
+                    f"cannot reach Redis at {settings.redis_url} (AIMESH_REDIS_URL): {exc}"
+                ) from None
+            log.warning("Redis unreachable at start; continuing without cache: %s", exc)
+
+    server = grpc.aio.server(
+        interceptors=[*telemetry.server_interceptors(), ErrorInterceptor()],
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    registered = spec.register(server, runtime)
+    if inspect.isawaitable(registered):
+        await registered
+
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+
+    address = f"0.0.0.0:{settings.listen_port(spec.name)}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address} (AIMESH_{spec.name.upper()}_ADDR): {exc}") from None
+    if bound == 0:
+        raise StartupError(f"cannot listen on {address} (AIMESH_{spec.name.upper()}_ADDR)")
+    await server.start()
+
+    async def ready() -> bool:
+        checks: list[Awaitable[bool]] = []
+        if runtime.db is not None:
+            checks.append(runtime.db.ping())
+        if runtime.cache is not None and spec.cache_required_for_readiness:
+            checks.append(_safe(runtime.cache.ping()))
+        checks.extend(_safe(check()) for check in runtime.health_checks.values())
+        return all(await asyncio.gather(*checks))
+
+    async def set_all(status: int) -> None:
+        for name in ("", *spec.service_names):
+            await health.set(name, status)
+
+    async def watch_readiness() -> None:
+        last: bool | None = None
+        while True:
+            now = await ready()
+            if now != last:
+                await set_all(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if now
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                log.info("readiness changed", extra={"ready": now})
+                last = now
+            await asyncio.sleep(settings.health_interval_seconds)
+
+    watcher = asyncio.ensure_future(watch_readiness())
+    log.info("serving", extra={"address": address, "services": list(spec.service_names)})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    log.info("draining", extra={"grace_seconds": settings.drain_seconds})
+    watcher.cancel()
+    await health.enter_graceful_shutdown()
+    await server.stop(grace=settings.drain_seconds)
+    for task in runtime.tasks:
+        task.cancel()
+    await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    for cleanup in reversed(runtime.cleanups):
+        try:
+            await cleanup()
+        except Exception:
+            log.exception("cleanup failed")
+    if runtime.cache is not None:
+        await runtime.cache.close()
+    if runtime.db is not None:
+        await runtime.db.close()
+    log.info("stopped")
+    return 0
+
+
+async def _safe(check: Awaitable[bool]) -> bool:
+    try:
+        return bool(await asyncio.wait_for(check, timeout=3))
+    except Exception:
+        return False
+
+
+def serve(spec: ServiceSpec) -> None:
+    """Run `spec` until SIGTERM; exits the process (0 after a clean drain)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"aimesh-{spec.name}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    telemetry.configure(spec.name, settings.log_level, settings.trace_console)
+    try:
+        code = asyncio.run(_run(spec, settings))
+    except (StartupError, ConfigError) as exc:
+        print(f"aimesh-{spec.name}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code)

@@ -1,0 +1,1 @@
+"""The Conversation service: conversations and messages; streaming SendMessage."""
