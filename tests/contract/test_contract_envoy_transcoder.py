@@ -188,7 +188,7 @@ def jwks_upstream() -> Iterator[int]:
     from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
     class Jwks(auth_pb2_grpc.AuthServiceServicer):
-        def GetJwks(  # noqa: N802 - gRPC method name
+        def GetJwks(
             self, request: auth_pb2.GetJwksRequest, context: grpc.ServicerContext
         ) -> auth_pb2.Jwks:
             return auth_pb2.Jwks(
