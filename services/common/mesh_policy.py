@@ -56,12 +56,14 @@ _USAGE = "/aimesh.usage.v1.UsageService/"
 USAGE_ACCOUNTING: tuple[str, ...] = (
     _USAGE + "RecordUsage",
     _USAGE + "ReserveBudget",
-    _USAGE + "SettleBudget",
-    _USAGE + "ReleaseBudget",
+    _USAGE + "SettleReservation",
+    _USAGE + "ReleaseReservation",
 )
 # Rate-limit policy follows the subscribed plan, so only Billing sets it.
 USAGE_SET_RATE_LIMIT = _USAGE + "SetRateLimitPolicy"
 USAGE_INTERNAL: tuple[str, ...] = (*USAGE_ACCOUNTING, USAGE_SET_RATE_LIMIT)
+_KNOWLEDGE = "/aimesh.knowledge.v1.KnowledgeService/"
+_CONVERSATION = "/aimesh.conversation.v1.ConversationService/"
 
 
 def _all(callee: str) -> tuple[str, ...]:
@@ -139,7 +141,10 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
     "knowledge": (
         _rule([GATEWAY], _all("knowledge"), forwards_identity=True, why="public API"),
         _rule(
-            ["orchestrator"], _all("knowledge"), forwards_identity=True, why="retrieval (RAG)"
+            ["orchestrator"],
+            [_KNOWLEDGE + "SearchDocuments", _KNOWLEDGE + "GetDocument"],
+            forwards_identity=True,
+            why="retrieval for grounded generation, with citations",
         ),
     ),
     "orchestrator": (
@@ -152,7 +157,14 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
     ),
     "conversation": (
         _rule([GATEWAY], _all("conversation"), forwards_identity=True, why="public API"),
-        _rule(["speech"], _all("conversation"), forwards_identity=True, why="voice Converse"),
+        _rule(
+            ["speech"],
+            [_CONVERSATION + m for m in (
+                "CreateConversation", "GetConversation", "ListMessages", "SendMessage"
+            )],
+            forwards_identity=True,
+            why="voice Converse runs a conversation turn for the user",
+        ),
     ),
     "speech": (_rule([GATEWAY], _all("speech"), forwards_identity=True, why="public API"),),
 }
@@ -667,8 +679,14 @@ GATEWAY_PORT = 8080
 def _dump(docs: Sequence[Mapping[str, Any]]) -> str:
     import yaml
 
+    class NoAliases(yaml.SafeDumper):
+        # Shared sub-dicts (a route reused by several routes) are written out in full:
+        # anchors and aliases confuse reviewers and some tools.
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
     return GENERATED_HEADER + "---\n".join(
-        yaml.safe_dump(dict(d), sort_keys=False, default_flow_style=False, width=100)
+        yaml.dump(dict(d), Dumper=NoAliases, sort_keys=False, default_flow_style=False, width=100)
         for d in docs
     )
 
