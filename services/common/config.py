@@ -129,6 +129,29 @@ class Settings:
     var_dir: str = _env("AIMESH_VAR_DIR", str(REPO_ROOT / "var"))  # type: ignore[assignment]
     # Export spans to the console (OTLP exporters are configured by the standard OTEL_* variables).
     trace_console: bool = _env("AIMESH_TRACE_CONSOLE", "false", _bool)  # type: ignore[assignment]
+    # Orchestrator: the model catalog (JSON) and hosted-provider endpoints and credentials.
+    orchestrator_catalog: str = _env(
+        "AIMESH_ORCHESTRATOR_CATALOG", str(REPO_ROOT / "services" / "orchestrator" / "catalog.json")
+    )  # type: ignore[assignment]
+    openai_base_url: str = _env(
+        "AIMESH_OPENAI_BASE_URL", "https://api.openai.com/v1", _url(("http", "https"))
+    )  # type: ignore[assignment]
+    openai_api_key: str = _env("AIMESH_OPENAI_API_KEY", "")  # type: ignore[assignment]
+    anthropic_base_url: str = _env(
+        "AIMESH_ANTHROPIC_BASE_URL", "https://api.anthropic.com", _url(("http", "https"))
+    )  # type: ignore[assignment]
+    anthropic_api_key: str = _env("AIMESH_ANTHROPIC_API_KEY", "")  # type: ignore[assignment]
+    # Seconds a provider may take to produce its first token before the next one is tried.
+    provider_first_token_seconds: float = _env(
+        "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS", "20", _float(0.1, 600)
+    )  # type: ignore[assignment]
+    # Consecutive failures that open a provider deployment's circuit, and how long it stays open.
+    circuit_failure_threshold: int = _env("AIMESH_CIRCUIT_FAILURE_THRESHOLD", "5", _int(1, 1000))  # type: ignore[assignment]
+    circuit_open_seconds: float = _env("AIMESH_CIRCUIT_OPEN_SECONDS", "30", _float(0.1, 3600))  # type: ignore[assignment]
+    # Comma-separated words/phrases the guardrails block (case-insensitive) in prompts and output.
+    guardrail_blocklist: str = _env("AIMESH_GUARDRAIL_BLOCKLIST", "")  # type: ignore[assignment]
+    # Model SendMessage uses when neither the request nor the conversation names one.
+    default_model: str = _env("AIMESH_DEFAULT_MODEL", "models/grounded-extractive-v1")  # type: ignore[assignment]
     service_addrs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
