@@ -152,6 +152,14 @@ class Settings:
     guardrail_blocklist: str = _env("AIMESH_GUARDRAIL_BLOCKLIST", "")  # type: ignore[assignment]
     # Model SendMessage uses when neither the request nor the conversation names one.
     default_model: str = _env("AIMESH_DEFAULT_MODEL", "models/grounded-extractive-v1")  # type: ignore[assignment]
+    # Usage: rate limits (requests per minute) for organizations without a policy from Billing.
+    ratelimit_default_org_rpm: int = _env("AIMESH_RATELIMIT_DEFAULT_ORG_RPM", "600", _int(1, 10_000_000))  # type: ignore[assignment]
+    ratelimit_default_key_rpm: int = _env("AIMESH_RATELIMIT_DEFAULT_KEY_RPM", "120", _int(1, 10_000_000))  # type: ignore[assignment]
+    # Billing: platform tax rate x 1,000,000 (190000 = 19 %), used when a plan sets none.
+    billing_tax_rate_micros: int = _env("AIMESH_BILLING_TAX_RATE_MICROS", "0", _int(0, 1_000_000))  # type: ignore[assignment]
+    # Usage client outbox: seconds between drain attempts when idle, and the backoff cap after failures.
+    usage_outbox_poll_seconds: float = _env("AIMESH_USAGE_OUTBOX_POLL_SECONDS", "2", _float(0.05, 600))  # type: ignore[assignment]
+    usage_outbox_max_backoff_seconds: float = _env("AIMESH_USAGE_OUTBOX_MAX_BACKOFF_SECONDS", "30", _float(0.1, 3600))  # type: ignore[assignment]
     service_addrs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
