@@ -160,6 +160,16 @@ class Settings:
     # Usage client outbox: seconds between drain attempts when idle, and the backoff cap after failures.
     usage_outbox_poll_seconds: float = _env("AIMESH_USAGE_OUTBOX_POLL_SECONDS", "2", _float(0.05, 600))  # type: ignore[assignment]
     usage_outbox_max_backoff_seconds: float = _env("AIMESH_USAGE_OUTBOX_MAX_BACKOFF_SECONDS", "30", _float(0.1, 3600))  # type: ignore[assignment]
+    # Auth: master secret for encrypting signing keys at rest and keying API-key/refresh-token
+    # hashes (HKDF-derived subkeys). Changing it invalidates every API key and refresh token.
+    auth_secret: str = _env("AIMESH_AUTH_SECRET", "aimesh-local-dev-secret-change-me")  # type: ignore[assignment]
+    auth_access_token_seconds: int = _env("AIMESH_AUTH_ACCESS_TOKEN_SECONDS", "900", _int(30, 86_400))  # type: ignore[assignment]
+    # Comma-separated e-mails of platform admins (may rotate signing keys).
+    auth_platform_admins: str = _env("AIMESH_AUTH_PLATFORM_ADMINS", "")  # type: ignore[assignment]
+    # Envoy admin interface (loopback only); if the port is busy the gateway picks a free one.
+    gateway_admin_addr: str = _env("AIMESH_GATEWAY_ADMIN_ADDR", "127.0.0.1:9901", _address)  # type: ignore[assignment]
+    # Gateway behaviour when the rate-limit service is unreachable: false = fail open (serve).
+    gateway_ratelimit_fail_closed: bool = _env("AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED", "false", _bool)  # type: ignore[assignment]
     service_addrs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
