@@ -1,0 +1,220 @@
+"""Triton python-backend model: streaming speech recognition with pocketsphinx 5.
+
+One Triton sequence (correlation id) is one client audio stream. Each request carries one PCM16
+chunk; START allocates a decoder from a pool, END flushes the final hypothesis with word timings
+and returns the decoder. Responses go out through each request's own response sender (decoupled),
+so interim hypotheses reach the client while the stream is still open.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class _Stream:
+    decoder: Any
+    samples: int = 0
+    last_hyp: str = ""
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        from pocketsphinx import Decoder
+
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.max_chunk_samples = int(float(params.get("max_chunk_seconds", "10")) * SAMPLE_RATE)
+        self.idle_timeout = float(params.get("idle_timeout_seconds", "30"))
+        self._new_decoder = lambda: Decoder(samprate=SAMPLE_RATE)
+        # The pocketsphinx en-US model ships inside its wheel; Decoder() finds it by default.
+        self.pool: list[Any] = [self._new_decoder() for _ in range(int(params.get("warm_decoders", "2")))]
+        self.frame_ms = 1000.0 / float(self.pool[0].config["frate"]) if self.pool else 10.0
+        self.streams: dict[int, _Stream] = {}
+        self.lock = threading.Lock()
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _acquire(self) -> Any:
+        with self.lock:
+            if self.pool:
+                return self.pool.pop()
+        return self._new_decoder()
+
+    def _release(self, decoder: Any) -> None:
+        with self.lock:
+            self.pool.append(decoder)
+
+    def _reap_idle(self) -> None:
+        # Triton drops a sequence that stays idle; free its decoder here as well.
+        now = time.monotonic()
+        for corrid, stream in list(self.streams.items()):
+            if now - stream.last_seen > self.idle_timeout:
+                del self.streams[corrid]
+                try:
+                    stream.decoder.end_utt()
+                except Exception:
+                    pass
+                self._release(stream.decoder)
+
+    @staticmethod
+    def _control(request: Any, name: str) -> int:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        return int(tensor.as_numpy().reshape(-1)[0]) if tensor is not None else 0
+
+    @staticmethod
+    def _send_error(sender: Any, message: str, code: Any = None) -> None:
+        code = pb_utils.TritonError.INVALID_ARG if code is None else code
+        sender.send(
+            pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
+
+    def _response(self, stream: _Stream, text: str, final: bool, words: list[tuple[str, int, int, float]]) -> Any:
+        # Batched model (max_batch_size > 0): every output carries a leading batch dim of 1.
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("TRANSCRIPT", np.array([[text.encode()]], dtype=np.object_)),
+                pb_utils.Tensor("IS_FINAL", np.array([[final]], dtype=bool)),
+                pb_utils.Tensor(
+                    "WORDS", np.array([[w[0].encode() for w in words]], dtype=np.object_).reshape(1, -1)
+                ),
+                pb_utils.Tensor("WORD_START_MS", np.array([[w[1] for w in words]], dtype=np.int32).reshape(1, -1)),
+                pb_utils.Tensor("WORD_END_MS", np.array([[w[2] for w in words]], dtype=np.int32).reshape(1, -1)),
+                pb_utils.Tensor("WORD_CONFIDENCE", np.array([[w[3] for w in words]], dtype=np.float32).reshape(1, -1)),
+                pb_utils.Tensor(
+                    "AUDIO_MS", np.array([[stream.samples * 1000 // SAMPLE_RATE]], dtype=np.int32)
+                ),
+            ]
+        )
+
+    def _words(self, decoder: Any) -> list[tuple[str, int, int, float]]:
+        words: list[tuple[str, int, int, float]] = []
+        for seg in decoder.seg():
+            word = seg.word
+            if word.startswith("<") or word.startswith("[") or word.startswith("++"):
+                continue  # <s>, </s>, <sil>, [NOISE]: not words
+            if word.endswith(")") and "(" in word:
+                word = word[: word.index("(")]  # alternate pronunciation marker, e.g. "the(2)"
+            words.append(
+                (
+                    word,
+                    int(seg.start_frame * self.frame_ms),
+                    int((seg.end_frame + 1) * self.frame_ms),
+                    float(max(0.0, min(1.0, seg.prob))),
+                )
+            )
+        return words
+
+    # --- request handling ---------------------------------------------------------------
+
+    def _handle(self, request: Any, sender: Any) -> None:
+        corrid = self._control(request, "CORRID")
+        start = self._control(request, "START") == 1
+        end = self._control(request, "END") == 1
+        stream = self.streams.get(corrid)
+        if start:
+            if stream is not None:  # a restarted id: drop the stale state first
+                stream.decoder.end_utt()
+                self._release(stream.decoder)
+            rate_tensor = pb_utils.get_input_tensor_by_name(request, "SAMPLE_RATE")
+            if rate_tensor is None:
+                self.streams.pop(corrid, None)
+                self._send_error(sender, "SAMPLE_RATE is required on the first chunk (START)")
+                return
+            rate = int(rate_tensor.as_numpy().reshape(-1)[0])
+            if rate != SAMPLE_RATE:
+                self.streams.pop(corrid, None)
+                self._send_error(
+                    sender, f"SAMPLE_RATE must be {SAMPLE_RATE} Hz mono PCM16, got {rate} Hz"
+                )
+                return
+            decoder = self._acquire()
+            decoder.start_utt()
+            stream = _Stream(decoder)
+            self.streams[corrid] = stream
+        elif stream is None:
+            self._send_error(
+                sender,
+                f"sequence {corrid} is not open: it was never started, already ended, or closed "
+                f"after {self.idle_timeout:.0f}s without audio",
+                pb_utils.TritonError.UNAVAILABLE,
+            )
+            return
+        stream.last_seen = time.monotonic()
+        try:
+            rate_tensor = pb_utils.get_input_tensor_by_name(request, "SAMPLE_RATE")
+            if rate_tensor is not None and int(rate_tensor.as_numpy().reshape(-1)[0]) != SAMPLE_RATE:
+                raise ValueError(f"SAMPLE_RATE must be {SAMPLE_RATE} Hz mono PCM16")
+            audio = pb_utils.get_input_tensor_by_name(request, "AUDIO").as_numpy().reshape(-1)
+            if audio.size > self.max_chunk_samples:
+                raise ValueError(
+                    f"AUDIO chunk has {audio.size} samples; at most {self.max_chunk_samples} "
+                    f"({self.max_chunk_samples / SAMPLE_RATE:.0f}s) per chunk"
+                )
+            if audio.size == 0 and not end:
+                raise ValueError("AUDIO chunk is empty")
+        except ValueError as exc:
+            # Bad chunk: the sequence is unusable, close it so the decoder returns to the pool.
+            self.streams.pop(corrid, None)
+            stream.decoder.end_utt()
+            self._release(stream.decoder)
+            self._send_error(sender, str(exc))
+            return
+
+        if audio.size:
+            stream.decoder.process_raw(audio.astype("<i2", copy=False).tobytes(), False, False)
+            stream.samples += int(audio.size)
+        if end:
+            del self.streams[corrid]
+            stream.decoder.end_utt()
+            hyp = stream.decoder.hyp()
+            text = hyp.hypstr if hyp is not None else ""
+            if stream.samples == 0:
+                self._release(stream.decoder)
+                self._send_error(sender, "the stream ended without any audio")
+                return
+            words = self._words(stream.decoder)
+            self._release(stream.decoder)
+            sender.send(
+                self._response(stream, text, True, words),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+            return
+        hyp = stream.decoder.hyp()
+        text = hyp.hypstr if hyp is not None else ""
+        if text and text != stream.last_hyp:
+            stream.last_hyp = text
+            sender.send(self._response(stream, text, False, []))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def execute(self, requests: list[Any]) -> None:
+        self._reap_idle()
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self._handle(request, sender)
+            except Exception as exc:  # never let one stream take the instance down
+                try:
+                    self._send_error(
+                        sender,
+                        f"recognition failed: {exc}",
+                        pb_utils.TritonError.INTERNAL,
+                    )
+                except Exception:
+                    pass
+        return None
+
+    def finalize(self) -> None:
+        self.streams.clear()
+        self.pool.clear()
