@@ -28,17 +28,26 @@ if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and VENV_PY.exists()
 
 sys.path.insert(0, str(ROOT))
 
-from services.common import mesh_policy, tls  # noqa: E402
+from services.common import mesh_policy, tls
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", type=Path, default=tls.DEFAULT_CERTS_DIR,
-                        help=f"certificate directory (default {tls.DEFAULT_CERTS_DIR})")
-    parser.add_argument("--identity", action="append", choices=mesh_policy.IDENTITIES,
-                        help="only this identity (repeatable); default: all")
-    parser.add_argument("--check", action="store_true",
-                        help="verify only, change nothing; exit 1 on any problem")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=tls.DEFAULT_CERTS_DIR,
+        help=f"certificate directory (default {tls.DEFAULT_CERTS_DIR})",
+    )
+    parser.add_argument(
+        "--identity",
+        action="append",
+        choices=mesh_policy.IDENTITIES,
+        help="only this identity (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="verify only, change nothing; exit 1 on any problem"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     identities = tuple(args.identity or mesh_policy.IDENTITIES)
@@ -56,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except tls.CertificateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"certs in {args.dir}: CA {'created' if result.ca_created else 'kept'}; "
-          f"issued {', '.join(result.issued) or 'none'}; kept {', '.join(result.kept) or 'none'}")
+    print(
+        f"certs in {args.dir}: CA {'created' if result.ca_created else 'kept'}; "
+        f"issued {', '.join(result.issued) or 'none'}; kept {', '.join(result.kept) or 'none'}"
+    )
     return 0
 
 

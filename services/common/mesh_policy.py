@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from services.common.config import REPO_ROOT, SERVICE_PORTS
 
@@ -159,9 +160,10 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
         _rule([GATEWAY], _all("conversation"), forwards_identity=True, why="public API"),
         _rule(
             ["speech"],
-            [_CONVERSATION + m for m in (
-                "CreateConversation", "GetConversation", "ListMessages", "SendMessage"
-            )],
+            [
+                _CONVERSATION + m
+                for m in ("CreateConversation", "GetConversation", "ListMessages", "SendMessage")
+            ],
             forwards_identity=True,
             why="voice Converse runs a conversation turn for the user",
         ),
@@ -237,7 +239,7 @@ def identity_from_spiffe(uri: str, trust_domain: str = LOCAL_TRUST_DOMAIN) -> st
     prefix = f"spiffe://{trust_domain}/ns/{NAMESPACE}/sa/"
     if not uri.startswith(prefix):
         return None
-    name = uri[len(prefix):]
+    name = uri[len(prefix) :]
     return name if name in IDENTITIES else None
 
 
@@ -517,9 +519,7 @@ def virtual_services(methods: Mapping[str, MethodInfo] | None = None) -> list[di
     docs: list[dict[str, Any]] = []
     for callee in (*POLICY, TRITON):
         if callee == TRITON:
-            mine = [
-                MethodInfo(p, False, True, True) for p in TRITON_STREAMS
-            ]
+            mine = [MethodInfo(p, False, True, True) for p in TRITON_STREAMS]
         else:
             services = set(GRPC_SERVICES[callee])
             mine = [m for m in methods.values() if m.service in services]
@@ -714,7 +714,9 @@ def render_istio(methods: Mapping[str, MethodInfo] | None = None) -> dict[str, s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.common.mesh_policy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m services.common.mesh_policy", description=__doc__.split("\n")[0]
+    )
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write-istio", action="store_true", help="render istio/base/mesh/*.yaml")
     group.add_argument("--check-istio", action="store_true", help="exit 1 if they are stale")
@@ -725,8 +727,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(client_service_config(args.service_config), indent=2))
         return 0
     if not DESCRIPTOR_PATH.exists():
-        print(f"warning: {DESCRIPTOR_PATH} missing: no method is treated as idempotent",
-              file=sys.stderr)
+        print(
+            f"warning: {DESCRIPTOR_PATH} missing: no method is treated as idempotent",
+            file=sys.stderr,
+        )
     rendered = render_istio()
     stale = []
     for name, text in rendered.items():
@@ -738,8 +742,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        print("stale (run python -m services.common.mesh_policy --write-istio):", *stale,
-              sep="\n  ", file=sys.stderr)
+        print(
+            "stale (run python -m services.common.mesh_policy --write-istio):",
+            *stale,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

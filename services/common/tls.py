@@ -21,9 +21,10 @@ import inspect
 import ipaddress
 import logging
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import grpc
 from cryptography import x509
@@ -51,7 +52,7 @@ class CertificateError(Exception):
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,15 @@ def create_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -178,14 +185,22 @@ def issue_leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(san, critical=False)
@@ -228,6 +243,17 @@ def _check_validity(cert: x509.Certificate, what: str, now: dt.datetime) -> None
         raise CertificateError(
             f"{what}: expired at {cert.not_valid_after_utc.isoformat()} (run scripts/ca.py)"
         )
+
+
+def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    def spki(pub: Any) -> bytes:
+        return bytes(
+            pub.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    return spki(cert.public_key()) == spki(key.public_key())
 
 
 def _uris(cert: x509.Certificate) -> list[str]:
@@ -289,11 +315,15 @@ def ensure_certificates(
     if paths.ca_cert.exists() or paths.ca_key.exists():
         ca_cert, ca_key = _load_cert(paths.ca_cert), _load_key(paths.ca_key)
         _check_validity(ca_cert, f"CA {paths.ca_cert}", now)
-        if ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers():
+        if not _same_key(ca_cert, ca_key):
             raise CertificateError(f"{paths.ca_key} does not belong to {paths.ca_cert}")
         if ca_cert.not_valid_after_utc - now < renew_before:
-            log.warning("local CA %s expires at %s; delete %s to rotate it",
-                        paths.ca_cert, ca_cert.not_valid_after_utc.isoformat(), certs_dir)
+            log.warning(
+                "local CA %s expires at %s; delete %s to rotate it",
+                paths.ca_cert,
+                ca_cert.not_valid_after_utc.isoformat(),
+                certs_dir,
+            )
     else:
         ca_cert, ca_key = create_ca()
         _write_private(paths.ca_key, _key_pem(ca_key))
@@ -329,7 +359,7 @@ def _leaf_needs_issue(
         verify_leaf(cert, ca_cert, identity, trust_domain=trust_domain, now=now)
     except CertificateError as exc:
         return str(exc)
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+    if not _same_key(cert, key):
         return "key does not match certificate"
     if cert.not_valid_after_utc - now < renew_before:
         return f"expires at {cert.not_valid_after_utc.isoformat()}"
@@ -430,9 +460,7 @@ def peer_description(context: grpc.aio.ServicerContext) -> str:
     return f"peer={context.peer()} uris={_peer_uris(auth)} cn={cn or '-'}"
 
 
-def xfcc_identity(
-    header: str, trust_domain: str = mesh_policy.K8S_TRUST_DOMAIN
-) -> str | None:
+def xfcc_identity(header: str, trust_domain: str = mesh_policy.K8S_TRUST_DOMAIN) -> str | None:
     """The client identity from an Istio sidecar's x-forwarded-client-cert header.
 
     Only trustworthy behind a sidecar that sanitizes XFCC (Istio's inbound default): the
@@ -468,9 +496,13 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
         *,
         mode: IdentitySource = "mtls",
         trust_domain: str | None = None,
-        identity_headers: Sequence[str] = ("x-aimesh-org", "x-aimesh-subject",
-                                          "x-aimesh-roles", "x-aimesh-key-id",
-                                          "x-aimesh-scopes"),
+        identity_headers: Sequence[str] = (
+            "x-aimesh-org",
+            "x-aimesh-subject",
+            "x-aimesh-roles",
+            "x-aimesh-key-id",
+            "x-aimesh-scopes",
+        ),
     ) -> None:
         if mode not in ("mtls", "xfcc", "plaintext"):
             raise ValueError(f"unknown identity source {mode!r}")
@@ -493,9 +525,7 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or self._mode == "plaintext":
             return handler
         method = handler_call_details.method
-        metadata = {
-            k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())
-        }
+        metadata = {k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())}
         return _wrap(handler, lambda ctx: self._check(ctx, method, metadata))
 
     def _caller(self, context: grpc.aio.ServicerContext, metadata: dict[str, Any]) -> str | None:
@@ -509,23 +539,43 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         caller = self._caller(context, metadata)
         if caller is None:
-            log.warning("denied %s on %s: no mesh identity (%s)",
-                        method, self._callee, peer_description(context))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "no mesh identity: a client certificate from the local CA "
-                                "with a spiffe:// SAN URI is required")
+            log.warning(
+                "denied %s on %s: no mesh identity (%s)",
+                method,
+                self._callee,
+                peer_description(context),
+            )
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no mesh identity: a client certificate from the local CA "
+                "with a spiffe:// SAN URI is required",
+            )
         assert caller is not None
         if not self._policy.is_allowed(self._callee, caller, method):
-            log.warning("denied %s on %s: caller %r is not in the caller graph (%s)",
-                        method, self._callee, caller, peer_description(context))
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"{caller} may not call {method} on {self._callee}")
+            log.warning(
+                "denied %s on %s: caller %r is not in the caller graph (%s)",
+                method,
+                self._callee,
+                caller,
+                peer_description(context),
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{caller} may not call {method} on {self._callee}",
+            )
         presented = sorted(self._identity_headers.intersection(metadata))
         if presented and not self._policy.may_forward_identity(self._callee, caller, method):
-            log.warning("denied %s on %s: caller %r sent identity headers %s it may not forward",
-                        method, self._callee, caller, presented)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"{caller} may not present end-user identity headers on {method}")
+            log.warning(
+                "denied %s on %s: caller %r sent identity headers %s it may not forward",
+                method,
+                self._callee,
+                caller,
+                presented,
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{caller} may not present end-user identity headers on {method}",
+            )
 
 
 def _wrap(

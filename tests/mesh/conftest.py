@@ -41,7 +41,7 @@ def expired_certs_dir(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path)
     ca_cert = tls._load_cert(paths.ca_cert)
     ca_key = tls._load_key(paths.ca_key)
     (d / "ca.pem").write_bytes(paths.ca_cert.read_bytes())
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
     cert, key = tls.issue_leaf(
         ca_cert, ca_key, "conversation", not_before=past, validity=dt.timedelta(days=1)
     )

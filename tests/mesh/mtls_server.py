@@ -1,6 +1,6 @@
 """A one-service mTLS server for subprocess tests: prints its port, serves until killed.
 
-    python -m tests.mesh.mtls_server <certs_dir> <callee>
+python -m tests.mesh.mtls_server <certs_dir> <callee>
 """
 
 from __future__ import annotations

@@ -55,7 +55,9 @@ def _build(kustomization: Path) -> list[dict[str, Any]]:
     cmd = _kustomize_cmd()
     if cmd is None:
         pytest.skip("neither kustomize nor kubectl on PATH (apt-get install -y kubectl)")
-    result = subprocess.run([*cmd, str(kustomization)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*cmd, str(kustomization)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, f"{' '.join(cmd)} {kustomization}: {result.stderr}"
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -111,7 +113,11 @@ def _node_validate(stdin: str) -> subprocess.CompletedProcess[str]:
     )
     return subprocess.run(
         ["node", str(TOOLS / "validate-istio.mjs"), "-"],
-        input=stdin, capture_output=True, text=True, timeout=120,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

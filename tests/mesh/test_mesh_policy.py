@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -142,10 +142,14 @@ def test_client_service_config_retries_only_idempotent() -> None:
             else:
                 assert not info.idempotent
             assert ("timeout" in entry) is info.unary
-        listed = {f"/{e['name'][0]['service']}/{e['name'][0]['method']}"
-                  for e in config["methodConfig"] if "retryPolicy" in e}
-        expected = {p for p, m in methods.items()
-                    if m.idempotent and m.service in mp.GRPC_SERVICES[callee]}
+        listed = {
+            f"/{e['name'][0]['service']}/{e['name'][0]['method']}"
+            for e in config["methodConfig"]
+            if "retryPolicy" in e
+        }
+        expected = {
+            p for p, m in methods.items() if m.idempotent and m.service in mp.GRPC_SERVICES[callee]
+        }
         assert listed == expected
 
 
@@ -176,9 +180,11 @@ async def flaky_usage() -> AsyncIterator[tuple[int, dict[str, int]]]:
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(
-            "aimesh.usage.v1.UsageService", {GET: handler(GET), RESERVE: handler(RESERVE)}
-        ),)
+        (
+            grpc.method_handlers_generic_handler(
+                "aimesh.usage.v1.UsageService", {GET: handler(GET), RESERVE: handler(RESERVE)}
+            ),
+        )
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -186,12 +192,15 @@ async def flaky_usage() -> AsyncIterator[tuple[int, dict[str, int]]]:
     await server.stop(None)
 
 
-async def test_idempotent_retried_non_idempotent_not(flaky_usage: tuple[int, dict[str, int]]) -> None:
+async def test_idempotent_retried_non_idempotent_not(
+    flaky_usage: tuple[int, dict[str, int]],
+) -> None:
     _descriptor_methods()
     port, calls = flaky_usage
     async with grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=mp.client_channel_options("usage")
     ) as channel:
+
         def stub(method: str) -> grpc.aio.UnaryUnaryMultiCallable:
             return channel.unary_unary(
                 f"/aimesh.usage.v1.UsageService/{method}",

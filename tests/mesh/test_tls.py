@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import grpc
 import pytest
@@ -119,14 +119,14 @@ async def test_valid_cert_wrong_identity_denied(
     server_port: int, certs_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     creds = tls.channel_credentials(tls.load_identity("gateway", certs_dir))
-    with caplog.at_level(logging.WARNING, logger="aimesh.tls"):
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await _call(server_port, creds)
+    with (
+        caplog.at_level(logging.WARNING, logger="aimesh.tls"),
+        pytest.raises(grpc.aio.AioRpcError) as err,
+    ):
+        await _call(server_port, creds)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "gateway may not call" in (err.value.details() or "")
-    assert any(
-        "denied" in r.getMessage() and "'gateway'" in r.getMessage() for r in caplog.records
-    )
+    assert any("denied" in r.getMessage() and "'gateway'" in r.getMessage() for r in caplog.records)
 
 
 async def test_streaming_denied_before_first_message(server_port: int, certs_dir: Path) -> None:
@@ -172,7 +172,9 @@ async def test_plaintext_client_refused(server_port: int) -> None:
 async def test_server_only_tls_client_without_cert_refused(
     server_port: int, certs_dir: Path
 ) -> None:
-    creds = grpc.ssl_channel_credentials(root_certificates=tls.CertPaths(certs_dir).ca_cert.read_bytes())
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls.CertPaths(certs_dir).ca_cert.read_bytes()
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _call(server_port, creds)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -197,11 +199,14 @@ async def test_expired_cert_refused(server_port: int, expired_certs_dir: Path) -
 def test_expired_cert_rejected_with_clear_message(
     expired_certs_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="aimesh.tls"):
-        with pytest.raises(tls.CertificateError, match="expired at"):
-            tls.load_identity("conversation", expired_certs_dir)
-    assert any("refusing to use TLS material for conversation" in r.getMessage()
-               for r in caplog.records)
+    with (
+        caplog.at_level(logging.ERROR, logger="aimesh.tls"),
+        pytest.raises(tls.CertificateError, match="expired at"),
+    ):
+        tls.load_identity("conversation", expired_certs_dir)
+    assert any(
+        "refusing to use TLS material for conversation" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_foreign_cert_rejected_with_clear_message(certs_dir: Path, foreign_certs_dir: Path) -> None:
@@ -248,7 +253,7 @@ def test_ensure_is_idempotent_and_keeps_valid_ca(tmp_path: Path) -> None:
 def test_ensure_refuses_to_replace_expired_ca(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
     cert, key = tls.create_ca(not_before=past, validity=dt.timedelta(days=1))
     (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "ca-key.pem").write_bytes(tls._key_pem(key))
@@ -258,7 +263,7 @@ def test_ensure_refuses_to_replace_expired_ca(tmp_path: Path) -> None:
 
 def test_xfcc_identity() -> None:
     header = (
-        'By=spiffe://cluster.local/ns/aimesh/sa/orchestrator;Hash=abc;'
+        "By=spiffe://cluster.local/ns/aimesh/sa/orchestrator;Hash=abc;"
         'Subject="";URI=spiffe://cluster.local/ns/aimesh/sa/conversation'
     )
     assert tls.xfcc_identity(header) == "conversation"
@@ -271,19 +276,23 @@ async def test_server_logs_why_it_refused_a_handshake(
 ) -> None:
     """The refusing side says why, in its own log (gRPC core's handshake log line)."""
     import asyncio
-    import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.mesh.mtls_server", str(certs_dir), "auth"],
-        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.mesh.mtls_server",
+        str(certs_dir),
+        "auth",
+        cwd=root,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "GRPC_VERBOSITY": "INFO"},
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
-        port = int(line)
+        port = int(await asyncio.wait_for(proc.stdout.readline(), 30))
         for creds in (
             _raw_creds(expired_certs_dir, "conversation"),
             _raw_creds(foreign_certs_dir, "conversation", trust=certs_dir),
@@ -292,6 +301,7 @@ async def test_server_logs_why_it_refused_a_handshake(
                 await _call(port, creds, method="/grpc.health.v1.Health/Check", server_name="auth")
     finally:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr_bytes = await asyncio.wait_for(proc.communicate(), 30)
+    stderr = stderr_bytes.decode()
     assert "certificate has expired" in stderr, stderr
     assert "unable to get local issuer certificate" in stderr, stderr
