@@ -632,3 +632,87 @@ def _wrap(
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring helpers for server.py / channels.py and the Envoy config.
+
+TlsMode = Literal["mtls", "istio", "plaintext"]
+TLS_MODES: tuple[str, ...] = ("mtls", "istio", "plaintext")
+
+
+def interceptor_for(callee: str, mode: TlsMode) -> PeerAuthorizationInterceptor:
+    """mtls: local CA certificates; istio: the sidecar's XFCC; plaintext: debugging only."""
+    source: IdentitySource = {"mtls": "mtls", "istio": "xfcc", "plaintext": "plaintext"}[mode]
+    return PeerAuthorizationInterceptor(callee, mode=source)
+
+
+def add_listen_port(
+    server: grpc.aio.Server,
+    address: str,
+    identity: str,
+    mode: TlsMode,
+    certs_dir: Path = DEFAULT_CERTS_DIR,
+) -> int:
+    """Bind `address`: mTLS with `identity`'s certificate in mtls mode, else plaintext (in
+    istio mode the sidecar terminates mTLS). Returns the bound port."""
+    if mode == "mtls":
+        return int(
+            server.add_secure_port(address, server_credentials(load_identity(identity, certs_dir)))
+        )
+    if mode == "plaintext":
+        log.warning("%s listening in PLAINTEXT on %s (debugging only)", identity, address)
+    return int(server.add_insecure_port(address))
+
+
+def open_channel(
+    target: str,
+    *,
+    caller: str,
+    callee: str,
+    mode: TlsMode,
+    certs_dir: Path = DEFAULT_CERTS_DIR,
+    extra_options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """A channel from `caller` to `callee`: retry service config and keepalive from
+    mesh_policy, plus (mtls) the caller's certificate and a check of the callee's name."""
+    options: list[tuple[str, Any]] = [
+        *mesh_policy.client_channel_options(callee),
+        *extra_options,
+    ]
+    if mode == "mtls":
+        material = load_identity(caller, certs_dir)
+        return grpc.aio.secure_channel(
+            target, channel_credentials(material), options=[*options, *channel_options(callee)]
+        )
+    return grpc.aio.insecure_channel(target, options=options)
+
+
+def envoy_upstream_transport_socket(
+    callee: str, certs_dir: Path = DEFAULT_CERTS_DIR, identity: str = mesh_policy.GATEWAY
+) -> dict[str, Any]:
+    """Envoy cluster `transport_socket` for the gateway's mTLS to `callee` (local mode):
+    present the gateway certificate, trust only the local CA, require callee's SPIFFE id."""
+    paths = CertPaths(certs_dir)
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "UpstreamTlsContext",
+            "sni": server_name(callee),
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(paths.cert(identity))},
+                        "private_key": {"filename": str(paths.key(identity))},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(paths.ca_cert)},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": mesh_policy.spiffe_id(callee)}}
+                    ],
+                },
+            },
+        },
+    }
