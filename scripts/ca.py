@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except tls.CertificateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"error: cannot write certificates to {args.dir}: {exc}", file=sys.stderr)
+        return 1
     print(
         f"certs in {args.dir}: CA {'created' if result.ca_created else 'kept'}; "
         f"issued {', '.join(result.issued) or 'none'}; kept {', '.join(result.kept) or 'none'}"

@@ -15,6 +15,7 @@ exact ("/pkg.Svc/Method"), prefix ("/pkg.Svc/*"), suffix ("*/Method") or presenc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -267,10 +268,18 @@ class MethodInfo:
 
 def load_methods(descriptor_path: Path = DESCRIPTOR_PATH) -> dict[str, MethodInfo]:
     """Every RPC in the descriptor set, keyed by full path. Missing file -> {}."""
+    try:
+        stat = descriptor_path.stat()
+    except FileNotFoundError:
+        return {}
+    # Every channel asks for its service config; parse the (large) descriptor once per version.
+    return dict(_load_methods(descriptor_path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_methods(descriptor_path: Path, mtime_ns: int, size: int) -> dict[str, MethodInfo]:
     from google.protobuf import descriptor_pb2
 
-    if not descriptor_path.exists():
-        return {}
     fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_path.read_bytes())
     safe = {
         descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
