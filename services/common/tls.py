@@ -496,13 +496,7 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
         *,
         mode: IdentitySource = "mtls",
         trust_domain: str | None = None,
-        identity_headers: Sequence[str] = (
-            "x-aimesh-org",
-            "x-aimesh-subject",
-            "x-aimesh-roles",
-            "x-aimesh-key-id",
-            "x-aimesh-scopes",
-        ),
+        identity_headers: Sequence[str] = mesh_policy.IDENTITY_HEADERS,
     ) -> None:
         if mode not in ("mtls", "xfcc", "plaintext"):
             raise ValueError(f"unknown identity source {mode!r}")

@@ -137,22 +137,23 @@ def test_authorization_policies_equal_local_graph() -> None:
     callees = [*mp.POLICY, mp.TRITON]
     checked = 0
     mismatches = []
-    for callee, identity, path, with_header in itertools.product(
-        callees, (*mp.IDENTITIES, STRANGER), _method_universe(), (False, True)
+    for callee, identity, path, header in itertools.product(
+        callees, (*mp.IDENTITIES, STRANGER), _method_universe(), (None, *mp.IDENTITY_HEADERS)
     ):
+        with_header = header is not None
         principal = (
             f"cluster.local/ns/{mp.NAMESPACE}/sa/{identity}"
             if identity != STRANGER
             else "cluster.local/ns/other/sa/stranger"
         )
-        headers = {mp.IDENTITY_HEADER: "org-1"} if with_header else {}
+        headers = {header: "value"} if header else {}
         local = mp.is_allowed(callee, identity, path) and (
             not with_header
             or callee == mp.TRITON
             or mp.may_forward_identity(callee, identity, path)
         )
         if istio_allows(policies, callee, principal, path, headers) != local:
-            mismatches.append((callee, identity, path, with_header, local))
+            mismatches.append((callee, identity, path, header, local))
         checked += 1
     assert not mismatches, mismatches[:20]
     assert checked > 1000

@@ -305,3 +305,39 @@ async def test_server_logs_why_it_refused_a_handshake(
     stderr = stderr_bytes.decode()
     assert "certificate has expired" in stderr, stderr
     assert "unable to get local issuer certificate" in stderr, stderr
+
+
+@pytest.fixture(scope="module")
+async def xfcc_port() -> AsyncIterator[int]:
+    # Kubernetes mode: plaintext behind the sidecar, caller identity from its XFCC header.
+    server = grpc.aio.server(interceptors=[tls.interceptor_for(CALLEE, "istio")])
+    handlers = {
+        "Generate": grpc.unary_unary_rpc_method_handler(
+            _generate,
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ORCH, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield port
+    await server.stop(None)
+
+
+def _xfcc(identity: str) -> tuple[tuple[str, str], ...]:
+    uri = mesh_policy.spiffe_id(identity, mesh_policy.K8S_TRUST_DOMAIN)
+    return (
+        ("x-forwarded-client-cert", f"By=spiffe://cluster.local/ns/aimesh/sa/{CALLEE};URI={uri}"),
+    )
+
+
+async def test_istio_mode_uses_sidecar_identity(xfcc_port: int) -> None:
+    reply = await _call(xfcc_port, None, metadata=_xfcc("conversation"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _call(xfcc_port, None, metadata=_xfcc("gateway"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _call(xfcc_port, None)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
