@@ -1,31 +1,329 @@
 """Auth's gRPC surface: thin — decode, authorize, call the domain logic, encode.
 
-Until the Auth issue lands, every RPC answers UNIMPLEMENTED (the generated base class's behaviour,
-turned into a clean status by the server runtime).
+The same process also serves Envoy's ext_authz `Check` (services/auth/check.py).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
 
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from services.auth import check
+from services.auth.domain import (
+    ROLE_BY_NAME,
+    AuthDomain,
+    Principal,
+    Tokens,
+)
+from services.auth import store
+from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
+from services.common.identity import Role, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+
+_ROLE_TO_PB = {
+    "owner": auth_pb2.ROLE_OWNER, "admin": auth_pb2.ROLE_ADMIN,
+    "member": auth_pb2.ROLE_MEMBER, "viewer": auth_pb2.ROLE_VIEWER,
+}
+_PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
+_ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
+DEFAULT_PAGE, MAX_PAGE = 50, 1000
+
+
+def _ts(value: datetime | float | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    if isinstance(value, datetime):
+        ts.FromDatetime(value)
+    else:
+        ts.FromNanoseconds(int(value * 1e9))
+    return ts
+
+
+def _principal(context: grpc.aio.ServicerContext) -> Principal:
+    identity = require_identity(context.invocation_metadata() or ())
+    return Principal(org_id=identity.org, subject=identity.subject,
+                     roles=tuple(r.name.lower() for r in identity.roles),
+                     key_id=identity.key_id, scopes=tuple(sorted(identity.scopes)))
+
+
+def _org_from(name: str, principal: Principal, field_name: str) -> str:
+    """The organization id in `organizations/{id}`; another org's name is NOT_FOUND (no leak)."""
+    parts = name.split("/")
+    if len(parts) != 2 or parts[0] != "organizations" or not parts[1]:
+        raise invalid_argument(f"{field_name} must be organizations/{{organization}}",
+                               [(field_name, "must be organizations/{organization}")])
+    if parts[1] != principal.org_id:
+        raise not_found("organization not found", reason="ORGANIZATION_NOT_FOUND")
+    return parts[1]
+
+
+def _child(name: str, collection: str, principal: Principal, field_name: str) -> str:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "organizations" or parts[2] != collection or not parts[3]:
+        pattern = f"organizations/{{organization}}/{collection}/{{id}}"
+        raise invalid_argument(f"{field_name} must be {pattern}", [(field_name, f"must be {pattern}")])
+    if parts[1] != principal.org_id:
+        raise not_found(f"{collection[:-1]} not found")
+    return parts[3]
+
+
+def _page(page_size: int, page_token: str) -> tuple[int, tuple[datetime, str] | None]:
+    v = FieldViolations()
+    v.check(page_size >= 0, "page_size", "must not be negative")
+    cursor: tuple[datetime, str] | None = None
+    if page_token:
+        try:
+            raw = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+            cursor = (datetime.fromisoformat(raw[0]), str(raw[1]))
+        except Exception:
+            v.add("page_token", "is not a token returned by this method")
+    v.raise_if_any()
+    return min(page_size or DEFAULT_PAGE, MAX_PAGE), cursor
+
+
+def _token_after(rows: list[store.Row], limit: int) -> str:
+    if len(rows) < limit or not rows:
+        return ""
+    last = rows[-1]
+    return base64.urlsafe_b64encode(
+        json.dumps([last["create_time"].isoformat(), last["id"]]).encode()).decode()
+
+
+def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
+    return auth_pb2.TokenPair(
+        access_token=tokens.access_token, token_type="Bearer",
+        expire_time=_ts(float(tokens.access_expire)), expires_in_seconds=tokens.expires_in,
+        refresh_token=tokens.refresh_token, refresh_expire_time=_ts(tokens.refresh_expire),
+        user=f"users/{tokens.user_id}", organization=f"organizations/{tokens.org_id}",
+    )
+
+
+def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
+    now = datetime.now(timezone.utc)
+    if row["revoke_time"] is not None:
+        state = auth_pb2.ApiKey.STATE_REVOKED
+    elif row["expire_time"] is not None and row["expire_time"] <= now:
+        state = auth_pb2.ApiKey.STATE_EXPIRED
+    else:
+        state = auth_pb2.ApiKey.STATE_ACTIVE
+    return auth_pb2.ApiKey(
+        name=f"organizations/{row['org_id']}/apiKeys/{row['id']}",
+        display_name=row["display_name"], secret=secret, prefix=row["prefix"],
+        scopes=list(row["scopes"]), expire_time=_ts(row["expire_time"]), state=state,
+        creator=row["creator"] if row["creator"].startswith("users/") else "",
+        create_time=_ts(row["create_time"]), revoke_time=_ts(row["revoke_time"]),
+        last_use_time=_ts(row["last_use_time"]),
+    )
+
+
+def _membership(row: store.Row) -> auth_pb2.Membership:
+    return auth_pb2.Membership(
+        name=f"organizations/{row['org_id']}/memberships/{row['id']}",
+        user=f"users/{row['user_id']}" if row["user_id"] else "", email=row["email"],
+        role=_ROLE_TO_PB[row["role"]],
+        state=auth_pb2.Membership.STATE_ACTIVE if row["state"] == "active"
+        else auth_pb2.Membership.STATE_INVITED,
+        inviter=row["inviter"], create_time=_ts(row["create_time"]),
+        update_time=_ts(row["update_time"]), etag=str(row["version"]),
+    )
+
+
+def _role(value: int, field_name: str) -> Role:
+    role = _PB_TO_ROLE.get(value)  # type: ignore[call-overload]
+    if role is None:
+        raise invalid_argument(f"{field_name} is required", [(field_name, "must be a role")])
+    return role
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, domain: AuthDomain) -> None:
         self.runtime = runtime
+        self.domain = domain
+
+    async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.TokenPair:
+        return _token_pair(await self.domain.sign_up(
+            request.email, request.password, request.display_name,
+            request.organization_display_name, request.request_id))
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.TokenPair:
+        org: str | None = None
+        if request.organization:
+            parts = request.organization.split("/")
+            if len(parts) != 2 or parts[0] != "organizations" or not parts[1]:
+                raise invalid_argument("organization must be organizations/{organization}",
+                                       [("organization", "must be organizations/{organization}")])
+            org = parts[1]
+        return _token_pair(await self.domain.login(request.email, request.password, org,
+                                                   request.request_id))
+
+    async def RefreshToken(self, request: auth_pb2.RefreshTokenRequest,
+                           context: Any) -> auth_pb2.TokenPair:
+        return _token_pair(await self.domain.refresh(request.refresh_token, request.request_id))
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> empty_pb2.Empty:
+        await self.domain.logout(request.refresh_token)
+        return empty_pb2.Empty()
+
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.Jwks:
+        keys = await self.domain.jwks()
+        return auth_pb2.Jwks(keys=[auth_pb2.Jwk(**{k: v for k, v in key.items()
+                                                   if k in ("kty", "kid", "use", "alg", "n", "e")})
+                                   for key in keys])
+
+    async def RotateSigningKey(self, request: auth_pb2.RotateSigningKeyRequest,
+                               context: Any) -> auth_pb2.SigningKey:
+        principal = _principal(context)
+        if not principal.subject.startswith("users/"):
+            raise unauthenticated("rotating keys needs a user identity", reason="USER_REQUIRED")
+        user = await self.domain.get_user(principal.subject[6:])
+        grace = (request.previous_key_grace.ToTimedelta()
+                 if request.HasField("previous_key_grace") else None)
+        row = await self.domain.rotate_signing_key(user["email"], grace, request.request_id)
+        jwk = {k: v for k, v in dict(row["public_jwk"]).items()
+               if k in ("kty", "kid", "use", "alg", "n", "e")}
+        return auth_pb2.SigningKey(kid=row["kid"], alg=row["alg"],
+                                   state=auth_pb2.SigningKey.STATE_ACTIVE,
+                                   public_key=auth_pb2.Jwk(**jwk),
+                                   create_time=_ts(row["create_time"]))
+
+    async def GetCurrentUser(self, request: auth_pb2.GetCurrentUserRequest,
+                             context: Any) -> auth_pb2.User:
+        principal = _principal(context)
+        if not principal.subject.startswith("users/"):
+            raise unauthenticated("GetCurrentUser needs a user (access token), not an API key",
+                                  reason="USER_REQUIRED")
+        user = await self.domain.get_user(principal.subject[6:])
+        return auth_pb2.User(
+            name=f"users/{user['id']}", email=user["email"], display_name=user["display_name"],
+            organization=f"organizations/{principal.org_id}",
+            roles=[_ROLE_TO_PB[r] for r in principal.roles if r in _ROLE_TO_PB],
+            create_time=_ts(user["create_time"]))
+
+    async def GetOrganization(self, request: auth_pb2.GetOrganizationRequest,
+                              context: Any) -> auth_pb2.Organization:
+        principal = _principal(context)
+        org = await self.domain.get_org(_org_from(request.name, principal, "name"))
+        return auth_pb2.Organization(name=f"organizations/{org['id']}",
+                                     display_name=org["display_name"],
+                                     create_time=_ts(org["create_time"]),
+                                     update_time=_ts(org["update_time"]))
+
+    async def ListMemberships(self, request: auth_pb2.ListMembershipsRequest,
+                              context: Any) -> auth_pb2.ListMembershipsResponse:
+        principal = _principal(context)
+        org_id = _org_from(request.parent, principal, "parent")
+        limit, cursor = _page(request.page_size, request.page_token)
+        role = _ROLE_NAME.get(request.role) if request.role else None  # type: ignore[call-overload]
+        rows, total = await self.domain.list_memberships(org_id, role, cursor, limit)
+        return auth_pb2.ListMembershipsResponse(
+            memberships=[_membership(r) for r in rows], next_page_token=_token_after(rows, limit),
+            total_size=total)
+
+    async def CreateMembership(self, request: auth_pb2.CreateMembershipRequest,
+                               context: Any) -> auth_pb2.Membership:
+        principal = _principal(context)
+        _org_from(request.parent, principal, "parent")
+        role = _role(request.membership.role, "membership.role")
+        return _membership(await self.domain.create_membership(
+            principal, request.membership.email, role, request.request_id))
+
+    async def UpdateMembership(self, request: auth_pb2.UpdateMembershipRequest,
+                               context: Any) -> auth_pb2.Membership:
+        principal = _principal(context)
+        bad = [p for p in request.update_mask.paths if p != "role"]
+        if bad:
+            raise invalid_argument("only 'role' can be updated",
+                                   [("update_mask", f"unsupported path(s): {', '.join(bad)}")])
+        membership_id = _child(request.membership.name, "memberships", principal,
+                               "membership.name")
+        role = _role(request.membership.role, "membership.role")
+        return _membership(await self.domain.update_membership(
+            principal, membership_id, role, request.membership.etag))
+
+    async def DeleteMembership(self, request: auth_pb2.DeleteMembershipRequest,
+                               context: Any) -> empty_pb2.Empty:
+        principal = _principal(context)
+        membership_id = _child(request.name, "memberships", principal, "name")
+        await self.domain.delete_membership(principal, membership_id, request.allow_missing)
+        return empty_pb2.Empty()
+
+    async def CreateApiKey(self, request: auth_pb2.CreateApiKeyRequest,
+                           context: Any) -> auth_pb2.ApiKey:
+        principal = _principal(context)
+        _org_from(request.parent, principal, "parent")
+        key = request.api_key
+        expire = key.expire_time.ToDatetime(timezone.utc) if key.HasField("expire_time") else None
+        row, secret = await self.domain.create_api_key(
+            principal, key.display_name, list(key.scopes), expire, request.request_id)
+        return _api_key(row, secret)
+
+    async def GetApiKey(self, request: auth_pb2.GetApiKeyRequest, context: Any) -> auth_pb2.ApiKey:
+        principal = _principal(context)
+        key_id = _child(request.name, "apiKeys", principal, "name")
+        return _api_key(await self.domain.get_api_key(principal.org_id, key_id))
+
+    async def ListApiKeys(self, request: auth_pb2.ListApiKeysRequest,
+                          context: Any) -> auth_pb2.ListApiKeysResponse:
+        principal = _principal(context)
+        org_id = _org_from(request.parent, principal, "parent")
+        limit, cursor = _page(request.page_size, request.page_token)
+        rows, total = await self.domain.list_api_keys(org_id, request.show_inactive, cursor, limit)
+        return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(r) for r in rows],
+                                            next_page_token=_token_after(rows, limit),
+                                            total_size=total)
+
+    async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest,
+                           context: Any) -> auth_pb2.ApiKey:
+        principal = _principal(context)
+        key_id = _child(request.name, "apiKeys", principal, "name")
+        return _api_key(await self.domain.revoke_api_key(principal, key_id))
+
+
+class _Shared:
+    """One AuthDomain per process, shared by both servicers."""
+
+    def __init__(self) -> None:
+        self.domain: AuthDomain | None = None
+
+    def get(self, runtime: Runtime) -> AuthDomain:
+        if self.domain is None:
+            assert runtime.db is not None
+            settings = runtime.settings
+            admins = frozenset(e.strip().lower() for e in settings.auth_platform_admins.split(",")
+                               if e.strip())
+            self.domain = AuthDomain(runtime.db, runtime.cache, settings.auth_secret,
+                                     settings.auth_access_token_seconds, admins, runtime.spawn)
+        return self.domain
 
 
 def build_spec() -> ServiceSpec:
+    shared = _Shared()
     return spec_for(
         "auth",
         Path(__file__).parent,
         [
             Binding(
                 auth_pb2_grpc.add_AuthServiceServicer_to_server,
-                AuthServicer,
+                lambda runtime: AuthServicer(runtime, shared.get(runtime)),
                 auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
-            )
+            ),
+            Binding(
+                external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
+                lambda runtime: check.AuthorizationServicer(shared.get(runtime)),
+                external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
+            ),
         ],
+        # API-key checks fall back to PostgreSQL when Redis is down, so Redis is not required.
+        cache_required_for_readiness=False,
     )
+
+

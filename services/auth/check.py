@@ -1,0 +1,177 @@
+"""Envoy ext_authz `Check` (envoy.service.auth.v3.Authorization), served by the Auth process.
+
+One decision point for every authenticated request through the gateway:
+- JWT bearer: Envoy's jwt_authn has already verified signature, issuer, audience and expiry
+  against our JWKS (the single verifier) and forwarded the verified payload in
+  `x-aimesh-jwt-payload`; the gateway strips any client-sent x-aimesh-* header before
+  jwt_authn runs, so that header's presence means "verified". Check only maps claims to
+  identity headers. A JWT-shaped bearer without that header failed verification.
+- API key (`x-api-key` or `authorization: Bearer amk_...`): looked up by prefix in Redis
+  (PostgreSQL behind it), compared by keyed hash, scope-checked against the called method.
+On success the identity headers are set (overwriting) and the credential headers removed.
+On failure the reply is a JSON google.rpc.Status (HTTP 401/403) and, for gRPC callers, the same
+status in grpc-status-details-bin.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+
+import grpc
+from google.protobuf import json_format, wrappers_pb2
+from google.rpc import status_pb2
+
+from aimesh.auth.v1 import auth_pb2  # noqa: F401  (keeps descriptor pool complete for JSON)
+from envoy_api.config.core.v3 import base_pb2
+from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy_api.type.v3 import http_status_pb2
+from services.auth import crypto
+from services.auth.domain import AuthDomain, Principal
+from services.common.channels import service_descriptors
+from services.common.config import SERVICES
+from services.common.errors import ServiceError, permission_denied, unauthenticated
+from services.common.identity import (
+    HEADER_KEY_ID,
+    HEADER_ORG,
+    HEADER_ROLES,
+    HEADER_SCOPES,
+    HEADER_SUBJECT,
+)
+
+log = logging.getLogger("aimesh.auth.check")
+
+JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", JWT_PAYLOAD_HEADER)
+_HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}
+
+
+def _scope_table() -> dict[str, str | None]:
+    """gRPC path -> the API-key scope that grants it (None: only unscoped keys may call it)."""
+    from google.protobuf import descriptor_pb2
+
+    reads = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+    table: dict[str, str | None] = {}
+    for service in SERVICES:
+        for svc in service_descriptors(service):
+            for method in svc.methods:
+                is_read = method.GetOptions().idempotency_level == reads
+                scope: str | None
+                if service in ("orchestrator", "conversation"):
+                    scope = "inference"
+                elif service == "knowledge":
+                    scope = "knowledge.read" if is_read else "knowledge.write"
+                elif service == "speech":
+                    scope = "speech"
+                elif service in ("usage", "billing"):
+                    scope = "usage.read" if is_read else None
+                else:
+                    scope = None
+                table[f"/{svc.full_name}/{method.name}"] = scope
+    return table
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, domain: AuthDomain) -> None:
+        self.domain = domain
+        self.scopes = _scope_table()
+
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        http = request.attributes.request.http
+        headers = http.headers
+        grpc_caller = headers.get("content-type", "").startswith("application/grpc")
+        try:
+            principal = await self._authenticate(headers)
+            self._authorize(principal, http.path.split("?", 1)[0])
+        except ServiceError as exc:
+            return _deny(exc, grpc_caller)
+        return _allow(principal)
+
+    async def _authenticate(self, headers: dict[str, str] | object) -> Principal:
+        get = headers.get  # type: ignore[attr-defined]
+        payload = get(JWT_PAYLOAD_HEADER)
+        if payload:
+            try:
+                claims = crypto.decode_payload_header(payload)
+                roles = tuple(str(r) for r in claims.get("roles", []))
+                return Principal(org_id=str(claims["org"]), subject=f"users/{claims['sub']}",
+                                 roles=roles)
+            except (ValueError, KeyError, TypeError):
+                raise unauthenticated("access token lacks org/sub claims",
+                                      reason="TOKEN_INVALID") from None
+        credential = (get("x-api-key") or "").strip()
+        if not credential:
+            auth = (get("authorization") or "").strip()
+            scheme, _, value = auth.partition(" ")
+            if auth and scheme.lower() != "bearer":
+                raise unauthenticated("authorization must be 'Bearer <token or API key>'",
+                                      reason="CREDENTIALS_MALFORMED")
+            credential = value.strip()
+        if not credential:
+            raise unauthenticated(
+                "missing credentials: send 'authorization: Bearer <token>' or 'x-api-key'",
+                reason="CREDENTIALS_MISSING")
+        if crypto.looks_like_jwt(credential):
+            exp = crypto.unverified_expiry(credential)
+            if exp is not None and exp <= time.time():
+                raise unauthenticated("access token expired", reason="TOKEN_EXPIRED")
+            raise unauthenticated("access token invalid", reason="TOKEN_INVALID")
+        return await self.domain.authenticate_api_key(credential)
+
+    def _authorize(self, principal: Principal, path: str) -> None:
+        if principal.key_id is None or not principal.scopes:
+            return  # users and unscoped keys: each service checks roles itself
+        needed = self.scopes.get(path)
+        if needed is None or needed not in principal.scopes:
+            raise permission_denied(
+                f"this API key's scopes ({', '.join(principal.scopes)}) do not allow {path}",
+                reason="SCOPE_REQUIRED", metadata={"required_scope": needed or "unscoped key"})
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    # Only the deprecated `append` flag is honoured for upstream headers by the gRPC client.
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append=wrappers_pb2.BoolValue(value=False),
+    )
+
+
+def _allow(principal: Principal) -> external_auth_pb2.CheckResponse:
+    headers = [
+        _header(HEADER_ORG, principal.org_id),
+        _header(HEADER_SUBJECT, principal.subject),
+        _header(HEADER_ROLES, ",".join(principal.roles)),
+    ]
+    if principal.key_id:
+        headers.append(_header(HEADER_KEY_ID, principal.key_id))
+    if principal.scopes:
+        headers.append(_header(HEADER_SCOPES, ",".join(principal.scopes)))
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=0),
+        ok_response=external_auth_pb2.OkHttpResponse(
+            headers=headers, headers_to_remove=list(CREDENTIAL_HEADERS)
+        ),
+    )
+
+
+def _deny(exc: ServiceError, grpc_caller: bool) -> external_auth_pb2.CheckResponse:
+    status = exc.to_status()
+    http_code = _HTTP.get(exc.code, 403)
+    headers = [_header("content-type", "application/json")]
+    if grpc_caller:
+        headers.append(_header("grpc-status-details-bin",
+                               base64.b64encode(status.SerializeToString()).decode().rstrip("=")))
+    if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+        headers.append(_header("www-authenticate", 'Bearer realm="aimesh"'))
+    body = json_format.MessageToJson(status, indent=None)
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=exc.code.value[0], message=exc.message),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=http_code),  # type: ignore[arg-type]
+            headers=headers,
+            body=body,
+        ),
+    )
