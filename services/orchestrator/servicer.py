@@ -1,20 +1,120 @@
-"""Orchestrator's gRPC surface: thin — decode, authorize, call the domain logic, encode.
-
-Until the Conversation/Orchestrator issue lands, every RPC answers UNIMPLEMENTED (the generated base class's behaviour,
-turned into a clean status by the server runtime).
-"""
+"""Orchestrator's gRPC surface: thin — decode, authorize, call the domain logic, encode."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import AsyncIterator
 
-from aimesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+import grpc
+
+from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
+from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
+from services.common.channels import Channels
+from services.common.errors import FieldViolations, invalid_argument
+from services.common.identity import require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.triton import RESPONDER_MODEL, TritonClient
+from services.orchestrator.cache import GenerationStore
+from services.orchestrator.catalog import Catalog, ModelEntry
+from services.orchestrator.generation import _ROLES, Orchestrator
+from services.orchestrator.guardrails import Guardrails
+from services.orchestrator.providers import Provider
+from services.orchestrator.providers.anthropic import AnthropicProvider
+from services.orchestrator.providers.http import make_client
+from services.orchestrator.providers.openai import OpenAIProvider
+from services.orchestrator.providers.triton import TritonProvider
+from services.orchestrator.routing import Router
+from services.orchestrator.tokens import count_messages
+
+_CAPS = {"CHAT": pb.Model.CAPABILITY_CHAT, "STREAMING": pb.Model.CAPABILITY_STREAMING,
+         "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED}
+
+
+def model_message(m: ModelEntry) -> pb.Model:
+    return pb.Model(
+        name=m.name, display_name=m.display_name, description=m.description, provider=m.provider,
+        context_window_tokens=m.context_window_tokens, max_output_tokens=m.max_output_tokens,
+        prompt_price_micros_per_million_tokens=m.prompt_price_micros_per_million_tokens,
+        completion_price_micros_per_million_tokens=m.completion_price_micros_per_million_tokens,
+        currency_code=m.currency_code, capabilities=[_CAPS[c] for c in m.capabilities],
+    )
+
+
+def _page(page_size: int, page_token: str, total: int) -> tuple[int, int]:
+    size = 50 if page_size <= 0 else min(page_size, 1000)
+    start = 0
+    if page_token:
+        try:
+            start = int(base64.urlsafe_b64decode(page_token.encode()).decode().removeprefix("o:"))
+        except ValueError:
+            raise invalid_argument("malformed page_token", [("page_token", "not a token from a previous call")]) from None
+        if not 0 <= start <= total:
+            raise invalid_argument("malformed page_token", [("page_token", "out of range")])
+    return start, size
+
+
+def _token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, catalog: Catalog | None = None,
+                 providers: dict[str, Provider] | None = None) -> None:
+        settings = runtime.settings
         self.runtime = runtime
+        self.catalog = catalog or Catalog.load(settings)
+        if providers is None:
+            http = make_client()
+            triton = TritonClient.from_settings(settings)
+            providers = {
+                "triton": TritonProvider(triton),
+                "openai": OpenAIProvider(settings, http),
+                "anthropic": AnthropicProvider(settings, http),
+            }
+            runtime.on_shutdown(http.aclose)
+            runtime.on_shutdown(triton.close)
+            if any(d.provider == "triton" for m in self.catalog.models() for d in m.deployments):
+                runtime.add_health_check("triton", lambda: triton.is_model_ready(RESPONDER_MODEL))
+        self.channels = Channels(settings)
+        self.router = Router(providers, settings.circuit_failure_threshold, settings.circuit_open_seconds,
+                             settings.provider_first_token_seconds)
+        self.orchestrator = Orchestrator(self.catalog, self.router, Guardrails.from_setting(settings.guardrail_blocklist),
+                                         GenerationStore(runtime.cache), self.channels)
+        runtime.on_shutdown(self.channels.close)
+        runtime.on_shutdown(self.orchestrator.drain)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        require_identity(context.invocation_metadata())
+        models = self.catalog.models()
+        start, size = _page(request.page_size, request.page_token, len(models))
+        page = models[start:start + size]
+        more = start + size < len(models)
+        return pb.ListModelsResponse(models=[model_message(m) for m in page],
+                                     next_page_token=_token(start + size) if more else "",
+                                     total_size=len(models))
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
+        require_identity(context.invocation_metadata())
+        return model_message(self.catalog.get(request.name, "name"))
+
+    async def CountTokens(self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext) -> pb.CountTokensResponse:
+        require_identity(context.invocation_metadata())
+        model = self.catalog.get(request.model)
+        v = FieldViolations()
+        v.check(1 <= len(request.messages) <= 1000, "messages", "1-1000 messages required")
+        for i, m in enumerate(request.messages):
+            v.check(m.role in _ROLES, f"messages[{i}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
+        v.raise_if_any()
+        prompt = count_messages((_ROLES[m.role], m.content) for m in request.messages)
+        return pb.CountTokensResponse(
+            prompt_tokens=prompt, context_window_tokens=model.context_window_tokens,
+            available_output_tokens=min(model.max_output_tokens, model.context_window_tokens - prompt))
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        identity = require_identity(context.invocation_metadata())
+        async for event in self.orchestrator.generate(request, identity):
+            yield event
 
 
 def build_spec() -> ServiceSpec:
@@ -25,7 +125,8 @@ def build_spec() -> ServiceSpec:
             Binding(
                 orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
                 OrchestratorServicer,
-                orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"],
+                pb.DESCRIPTOR.services_by_name["OrchestratorService"],
             )
         ],
+        uses_db=False,
     )

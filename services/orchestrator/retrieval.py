@@ -1,0 +1,54 @@
+"""Knowledge grounding: search the caller's documents, hand the chunks to the model as passages,
+and turn the model's citations back into Citation records."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import grpc
+
+from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
+from services.common.channels import Channels
+from services.common.errors import ServiceError, field_violations, status_from_rpc_error, unavailable
+from services.common.identity import Identity
+from services.orchestrator.providers import Passage
+
+QUOTE_CHARS = 1000
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    passage: Passage
+    result: knowledge_pb2.SearchResult
+
+
+async def search(
+    channels: Channels, identity: Identity, query: str, top_k: int,
+    documents: list[str], metadata_filters: dict[str, str],
+) -> list[Retrieved]:
+    stub = knowledge_pb2_grpc.KnowledgeServiceStub(channels.get("knowledge"))
+    request = knowledge_pb2.SearchDocumentsRequest(
+        query=query[:2048], top_k=top_k, documents=documents, metadata_filters=metadata_filters
+    )
+    try:
+        response = await stub.SearchDocuments(request, metadata=identity.to_headers())
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            status = status_from_rpc_error(exc)
+            raise ServiceError(exc.code(), f"retrieval: {exc.details()}", "RETRIEVAL_INVALID",
+                               [(f"retrieval.{f}", d) for f, d in (field_violations(status) if status else [])]) from None
+        raise unavailable(f"retrieval from Knowledge failed: {exc.code().name}: {exc.details()}",
+                          reason="RETRIEVAL_UNAVAILABLE", metadata={"providers_tried": "knowledge"}) from None
+    return [Retrieved(Passage(r.chunk_id, r.text), r) for r in response.results]
+
+
+def cited_indices(text: str, count: int) -> list[int]:
+    """1-based source numbers an answer cites as [n], in order of first use (hosted models)."""
+    seen: list[int] = []
+    for m in _MARKER.finditer(text):
+        n = int(m.group(1))
+        if 1 <= n <= count and n not in seen:
+            seen.append(n)
+    return seen

@@ -1,0 +1,210 @@
+"""Routing: which deployment serves a request, and what happens when one fails.
+
+* Plan: the model's deployments by priority tier, weighted-random order within a tier, then the
+  deployments of its fallback models.
+* Circuit breaker per deployment: opens after `threshold` consecutive failures, stays open
+  `open_seconds`, then lets exactly one probe through (half-open); the probe's outcome closes
+  or re-opens it. State is per process (each replica learns on its own).
+* Retries: the next deployment is tried only while nothing has been sent to the caller. Once
+  the first piece went out, a failure ends the stream in-band (never duplicated text).
+* Timeouts: a deployment that produces no piece within `first_token_seconds` (or pauses that
+  long mid-stream) counts as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Mapping
+
+import grpc
+
+from services.orchestrator.catalog import Deployment, ModelEntry
+from services.orchestrator.providers import Finish, Piece, Provider, ProviderError, ProviderRequest
+
+
+class CircuitBreaker:
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(self, threshold: int, open_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.open_seconds = open_seconds
+        self.clock = clock
+        self.state = self.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """May a request go to this deployment now? In half-open, only one probe at a time."""
+        if self.state == self.OPEN and self.clock() - self.opened_at >= self.open_seconds:
+            self.state = self.HALF_OPEN
+            self._probing = False
+        if self.state == self.CLOSED:
+            return True
+        if self.state == self.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.state, self.failures, self._probing = self.CLOSED, 0, False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.state == self.HALF_OPEN or self.failures >= self.threshold:
+            self.state, self.opened_at, self._probing = self.OPEN, self.clock(), False
+
+    def release(self) -> None:
+        """An attempt ended without a verdict (caller cancelled): free the probe slot."""
+        self._probing = False
+
+
+@dataclass
+class Attempt:
+    provider: str
+    deployment: str
+    code: grpc.StatusCode
+    message: str
+    seconds: float
+
+
+@dataclass
+class Served:
+    """What the router hands the generation pipeline once a deployment produced output."""
+
+    model: ModelEntry
+    deployment: Deployment
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class AllProvidersFailed(Exception):
+    def __init__(self, attempts: list[Attempt]) -> None:
+        self.attempts = attempts
+        tried = ", ".join(f"{a.provider}/{a.deployment} ({a.code.name}: {a.message})" for a in attempts)
+        super().__init__(f"every provider failed: {tried}" if attempts else "no provider deployment")
+
+
+def plan(chain: list[ModelEntry], rng: random.Random) -> list[tuple[ModelEntry, Deployment]]:
+    """Deployments to try, in order (see module docstring)."""
+    out: list[tuple[ModelEntry, Deployment]] = []
+    for model in chain:
+        for tier in sorted({d.priority for d in model.deployments}):
+            pool = [d for d in model.deployments if d.priority == tier]
+            while pool:
+                pick = rng.choices(pool, weights=[d.weight for d in pool])[0]
+                pool.remove(pick)
+                out.append((model, pick))
+    return out
+
+
+class Router:
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        threshold: int,
+        open_seconds: float,
+        first_token_seconds: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.providers = providers
+        self.threshold = threshold
+        self.open_seconds = open_seconds
+        self.first_token_seconds = first_token_seconds
+        self.rng = rng or random.Random()
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, deployment: Deployment) -> CircuitBreaker:
+        b = self.breakers.get(deployment.key)
+        if b is None:
+            b = self.breakers[deployment.key] = CircuitBreaker(self.threshold, self.open_seconds)
+        return b
+
+    async def generate(
+        self,
+        chain: list[ModelEntry],
+        make_request: Callable[[ModelEntry], ProviderRequest],
+        served: list[Served],
+    ) -> AsyncIterator[Piece | Finish]:
+        """Stream from the first deployment that produces output. `served` receives the Served
+        record before the first piece is yielded (the caller sends metadata from it).
+
+        Raises AllProvidersFailed if none produced output; ProviderError after output started.
+        """
+        attempts: list[Attempt] = []
+        for model, deployment in plan(chain, self.rng):
+            breaker = self.breaker(deployment)
+            if not breaker.allow():
+                attempts.append(
+                    Attempt(deployment.provider, deployment.deployment, grpc.StatusCode.UNAVAILABLE,
+                            "circuit open", 0.0)
+                )
+                continue
+            provider = self.providers[deployment.provider]
+            started = time.monotonic()
+            stream = provider.stream(deployment, make_request(model)).__aiter__()
+            first: Piece | Finish | None = None
+            try:
+                first = await asyncio.wait_for(stream.__anext__(), self.first_token_seconds)
+            except asyncio.CancelledError:
+                breaker.release()
+                await _close(stream)
+                raise
+            except (ProviderError, asyncio.TimeoutError, StopAsyncIteration) as exc:
+                await _close(stream)
+                breaker.failure()
+                attempts.append(_attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds))
+                continue
+            # Output has started (or the provider finished with nothing): no more fallback.
+            attempts.append(
+                Attempt(deployment.provider, deployment.deployment, grpc.StatusCode.OK, "",
+                        time.monotonic() - started)
+            )
+            served.append(Served(model, deployment, attempts))
+            try:
+                item: Piece | Finish = first
+                while True:
+                    yield item
+                    if isinstance(item, Finish):
+                        breaker.success()
+                        return
+                    try:
+                        item = await asyncio.wait_for(stream.__anext__(), self.first_token_seconds)
+                    except asyncio.TimeoutError:
+                        raise ProviderError(
+                            f"{deployment.provider}: no output for {self.first_token_seconds:g}s",
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                        ) from None
+                    except StopAsyncIteration:
+                        raise ProviderError(f"{deployment.provider}: stream ended without finishing") from None
+            except ProviderError as exc:
+                breaker.failure()
+                attempts[-1] = _attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds)
+                raise
+            except BaseException:
+                breaker.release()
+                raise
+            finally:
+                await _close(stream)
+        raise AllProvidersFailed(attempts)
+
+
+def _attempt(deployment: Deployment, exc: BaseException, seconds: float, limit: float) -> Attempt:
+    if isinstance(exc, ProviderError):
+        code, message = exc.code, exc.message
+    elif isinstance(exc, asyncio.TimeoutError):
+        code, message = grpc.StatusCode.DEADLINE_EXCEEDED, f"no first token within {limit:g}s"
+    else:
+        code, message = grpc.StatusCode.UNAVAILABLE, "stream ended without output"
+    return Attempt(deployment.provider, deployment.deployment, code, message, seconds)
+
+
+async def _close(stream: AsyncIterator[object]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            pass
