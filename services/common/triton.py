@@ -83,7 +83,7 @@ _CORE_INVALID = (
     "does not support batching",
     "not valid utf-8",
 )
-_INPUT_NAME = re.compile(r"^(?:\[request id: [^\]]*\]\s*)?([A-Z][A-Z0-9_]*(?:\[\d+\])?)\b")
+_INPUT_NAME = re.compile(r"^(?:\[request id: [^\]]*\]\s*)?([A-Z][A-Z0-9_]*(?:\[\d+\])?)(?![A-Za-z0-9_])")
 
 
 def _strip_request_id(message: str) -> str:

@@ -119,7 +119,8 @@ class TritonPythonModel:
             chosen.append(int(idx))
         return [(sentences[i][0], sentences[i][1], float(scores[i])) for i in chosen]
 
-    def _stream(self, sender: Any, request: Any) -> None:
+    def _stream(self, sender: Any, request: Any) -> bool:
+        """Stream the answer; False if the client cancelled (then nothing final was sent)."""
         question, passages, ids, max_sentences = self._parse(request)
         picked = self.select(question, passages, max_sentences)
         cited: dict[int, float] = {}
@@ -137,7 +138,7 @@ class TritonPythonModel:
             pieces.append((f" [{number}]{sep}", passage))
         for token, passage in pieces:
             if sender.is_cancelled():
-                return
+                return False
             sender.send(
                 pb_utils.InferenceResponse(
                     output_tensors=[
@@ -161,12 +162,13 @@ class TritonPythonModel:
             ),
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
+        return True
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                self._stream(sender, request)
+                completed = self._stream(sender, request)
             except ValueError as exc:
                 code = pb_utils.TritonError.INVALID_ARG
                 message = str(exc)
@@ -174,10 +176,9 @@ class TritonPythonModel:
                 code = pb_utils.TritonError.INTERNAL
                 message = f"responder failed: {exc}"
             else:
-                if sender.is_cancelled():
-                    code, message = pb_utils.TritonError.CANCELLED, "cancelled by the client"
-                else:
-                    continue
+                if completed:
+                    continue  # final already sent: the sender must not be touched again
+                code, message = pb_utils.TritonError.CANCELLED, "cancelled by the client"
             sender.send(
                 pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)),
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,

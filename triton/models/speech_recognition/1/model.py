@@ -182,7 +182,7 @@ class TritonPythonModel:
             text = hyp.hypstr if hyp is not None else ""
             if stream.samples == 0:
                 self._release(stream.decoder)
-                self._send_error(sender, "the stream ended without any audio")
+                self._send_error(sender, "AUDIO is empty: the stream ended without any audio")
                 return
             words = self._words(stream.decoder)
             self._release(stream.decoder)

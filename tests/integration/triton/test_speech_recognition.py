@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from services.common.errors import ServiceError
+from services.common.triton import ASR_MODEL, TritonClient
+
+from .speech_util import SENTENCES, recognize, synthesize, word_error_rate
+
+# Measured here with eSpeak's en-us+f2 voice: about 0.2-0.45 per sentence. The bound catches a
+# broken pipeline (wrong rate, lost chunks, mixed streams give ~1.0) without flaking.
+MAX_MEAN_WER = 0.5
+
+
+async def test_transcribes_synthesized_speech(triton: TritonClient) -> None:
+    rates: list[float] = []
+    for sentence in SENTENCES[:3]:
+        audio = await synthesize(triton, sentence)
+        interim, text, final = await recognize(triton, audio)
+        rates.append(word_error_rate(sentence, text))
+        # Interim hypotheses arrived before the final one.
+        assert interim, "no interim results"
+        # Word timings: increasing, inside the audio.
+        starts = final["WORD_START_MS"].reshape(-1)
+        ends = final["WORD_END_MS"].reshape(-1)
+        words = [w.decode() for w in final["WORDS"].reshape(-1)]
+        assert len(words) == len(starts) == len(ends) == len(text.split())
+        assert all(s < e for s, e in zip(starts, ends))
+        assert list(starts) == sorted(starts)
+        audio_ms = len(audio) * 1000 // 16000
+        assert ends[-1] <= audio_ms + 20
+        assert int(final["AUDIO_MS"].reshape(-1)[0]) == audio_ms
+        conf = final["WORD_CONFIDENCE"].reshape(-1)
+        assert ((conf >= 0) & (conf <= 1)).all()
+    mean = sum(rates) / len(rates)
+    print(f"ASR word error rate per sentence {[round(r, 2) for r in rates]}, mean {mean:.2f}")
+    assert mean <= MAX_MEAN_WER
+
+
+async def test_wrong_sample_rate_is_invalid_argument(triton: TritonClient) -> None:
+    with pytest.raises(ServiceError) as err:
+        async with triton.recognize() as stream:
+            await stream.send(
+                {"AUDIO": np.zeros((1, 800), dtype=np.int16), "SAMPLE_RATE": np.array([[8000]], dtype=np.int32)}
+            )
+            await stream.end()
+            async for _ in stream:
+                pass
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.violations[0][0] == "SAMPLE_RATE"
+
+
+async def test_empty_audio_is_invalid_argument(triton: TritonClient) -> None:
+    with pytest.raises(ServiceError) as err:
+        async with triton.recognize() as stream:
+            await stream.end(
+                {"AUDIO": np.zeros((1, 0), dtype=np.int16), "SAMPLE_RATE": np.array([[16000]], dtype=np.int32)}
+            )
+            async for _ in stream:
+                pass
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "AUDIO" in err.value.message
+
+
+async def test_oversized_chunk_is_invalid_argument(triton: TritonClient) -> None:
+    with pytest.raises(ServiceError) as err:
+        async with triton.recognize() as stream:
+            await stream.send(
+                {"AUDIO": np.zeros((1, 16000 * 11), dtype=np.int16), "SAMPLE_RATE": np.array([[16000]], dtype=np.int32)}
+            )
+            async for _ in stream:
+                pass
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_silent_stream_is_closed_by_idle_timeout(triton: TritonClient) -> None:
+    with pytest.raises(ServiceError) as err:
+        async with triton.sequence(ASR_MODEL, idle_timeout=1.0) as stream:
+            await stream.send(
+                {"AUDIO": np.zeros((1, 1600), dtype=np.int16), "SAMPLE_RATE": np.array([[16000]], dtype=np.int32)}
+            )
+            async for _ in stream:  # the caller never sends more audio nor END
+                pass
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert err.value.reason == "STREAM_IDLE_TIMEOUT"
+
+
+async def test_twenty_concurrent_streams_do_not_mix(triton: TritonClient) -> None:
+    sentences = SENTENCES
+    audios = [await synthesize(triton, s) for s in sentences]
+    # pocketsphinx is deterministic: one stream at a time gives the reference transcripts.
+    baseline = [(await recognize(triton, a))[1] for a in audios]
+    assert len(set(baseline)) == len(baseline)
+    results = await asyncio.gather(
+        *(recognize(triton, audios[i % len(audios)], chunk=3200) for i in range(20))
+    )
+    # Chunking differs from the baseline (3200 vs 1600), so compare by closeness, not equality.
+    for i, (_interim, text, _final) in enumerate(results):
+        own = word_error_rate(baseline[i % len(audios)], text)
+        others = [word_error_rate(b, text) for j, b in enumerate(baseline) if j != i % len(audios)]
+        assert own < min(others), (i, text, baseline)
