@@ -14,20 +14,59 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from typing import AsyncIterator
+
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.api import httpbody_pb2
+from google.protobuf import duration_pb2, empty_pb2, timestamp_pb2
+from google.type import date_pb2
 from redis.exceptions import RedisError
 
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from envoy_api.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from services.common.errors import FieldViolations, unavailable
-from services.common.identity import identity_from_metadata
+from services.common.errors import (
+    FieldViolations,
+    ServiceError,
+    already_exists,
+    invalid_argument,
+    not_found,
+    unavailable,
+)
+from services.common.identity import Identity, Role, identity_from_metadata, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
-from services.usage import names
+from services.usage import budgets as budget_rules
+from services.usage import ledger, names
+from services.usage.budgets import Budgets, Reservation
 from services.usage.ratelimit import Policy, RateLimiter
-from services.usage.store import UsageStore
+from services.usage.store import RecordFilter, Row, UsageStore
+
+log = logging.getLogger("aimesh.usage")
 
 _MAX_RPM = 10_000_000
+_GROUPS = {
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE: "resource_type",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL: "model",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_DAY: "day",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_API_KEY: "api_key",
+}
+_BUDGET_MUTABLE = {"display_name", "monthly_limit_micros", "monthly_token_limit"}
+_EXPIRY_SWEEP_SECONDS = 30
+
+
+def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _identity(context: grpc.aio.ServicerContext) -> Identity | None:
+    return identity_from_metadata(context.invocation_metadata() or ())
 
 
 def _limiter(runtime: Runtime) -> RateLimiter:
@@ -101,9 +140,319 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        assert runtime.db is not None
+        assert runtime.db is not None and runtime.cache is not None
         self.store = UsageStore(runtime.db)
         self.limiter = _limiter(runtime)
+        self.budgets = Budgets(self.store, runtime.cache)
+        runtime.spawn(self._sweep_expired(), "usage-reservation-expiry")
+
+    async def _sweep_expired(self) -> None:
+        """Keeps PostgreSQL's reservation states in step with lapsed holds."""
+        while True:
+            await asyncio.sleep(_EXPIRY_SWEEP_SECONDS)
+            try:
+                await self.budgets.expire_stale()
+            except Exception:  # keep sweeping after a database hiccup
+                log.warning("reservation expiry sweep failed", exc_info=True)
+
+    # --- ledger --------------------------------------------------------------------------
+
+    async def RecordUsage(
+        self, request: usage_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.RecordUsageResponse:
+        records = ledger.validate_records(request.records, dt.datetime.now(dt.timezone.utc))
+        inserted = await self.store.record(records)
+        response = usage_pb2.RecordUsageResponse()
+        for r in records:
+            key = (r.org, r.request_id)
+            if key in inserted:
+                inserted.discard(key)  # a second copy in the same batch is a duplicate
+                response.accepted_count += 1
+            else:
+                response.duplicate_count += 1
+                response.duplicate_request_ids.append(r.request_id)
+        return response
+
+    async def GetUsageSummary(
+        self, request: usage_pb2.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.UsageSummary:
+        v = FieldViolations()
+        org = names.resolve_org(_identity(context), request.organization, "organization", v)
+        start, end = ledger.time_range(
+            request.start_time if request.HasField("start_time") else None,
+            request.end_time if request.HasField("end_time") else None, v, required=True,
+        )
+        groups: list[str] = []
+        for i, g in enumerate(request.group_by):
+            if g not in _GROUPS:
+                v.add(f"group_by[{i}]", "must be a known dimension (not UNSPECIFIED)")
+            elif _GROUPS[g] in groups:
+                v.add(f"group_by[{i}]", "repeated dimension")
+            else:
+                groups.append(_GROUPS[g])
+        for i, t in enumerate(request.resource_types):
+            v.check(t in ledger.VALID_RESOURCE_TYPES, f"resource_types[{i}]", "unknown resource type")
+        names.parse_api_key(request.api_key, "api_key", v, org)
+        v.raise_if_any()
+        assert start is not None and end is not None
+        rows = await self.store.summarize(
+            org, start, end, groups, request.api_key, list(request.resource_types)
+        )
+        summary = usage_pb2.UsageSummary(
+            organization=names.org_name(org), start_time=_ts(start), end_time=_ts(end)
+        )
+        for row in rows:
+            item = summary.rows.add(
+                resource_type=row["resource_type"],
+                quantity_micros=row["quantity_micros"],
+                record_count=row["record_count"],
+                model=row.get("model", "") or "",
+                api_key=row.get("api_key", "") or "",
+            )
+            if row.get("day") is not None:
+                day = row["day"]
+                item.day.CopyFrom(date_pb2.Date(year=day.year, month=day.month, day=day.day))
+        return summary
+
+    def _record_filter(self, request: object, context: grpc.aio.ServicerContext, required: bool) -> RecordFilter:
+        v = FieldViolations()
+        org = names.resolve_org(_identity(context), request.organization, "organization", v)  # type: ignore[attr-defined]
+        start, end = ledger.time_range(
+            request.start_time if request.HasField("start_time") else None,  # type: ignore[attr-defined]
+            request.end_time if request.HasField("end_time") else None,  # type: ignore[attr-defined]
+            v, required=required,
+        )
+        rtype = request.resource_type  # type: ignore[attr-defined]
+        v.check(rtype == 0 or rtype in ledger.VALID_RESOURCE_TYPES, "resource_type", "unknown resource type")
+        names.parse_api_key(request.api_key, "api_key", v, org)  # type: ignore[attr-defined]
+        v.raise_if_any()
+        return RecordFilter(
+            org=org, start=start, end=end, resource_type=rtype, model=request.model,  # type: ignore[attr-defined]
+            api_key=request.api_key, user=getattr(request, "user", ""),  # type: ignore[attr-defined]
+        )
+
+    async def ListUsageRecords(
+        self, request: usage_pb2.ListUsageRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.ListUsageRecordsResponse:
+        f = self._record_filter(request, context, required=False)
+        size = ledger.page_size(request.page_size)
+        after = ledger.decode_page_token(f, request.page_token)
+        rows = await self.store.list_records(f, size + 1, after)
+        response = usage_pb2.ListUsageRecordsResponse()
+        for row in rows[:size]:
+            response.usage_records.append(_record_message(row))
+        if len(rows) > size:
+            last = rows[size - 1]
+            response.next_page_token = ledger.encode_page_token(f, last["occur_time"], last["id"])
+        return response
+
+    async def ExportUsageRecords(
+        self, request: usage_pb2.ExportUsageRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        f = self._record_filter(request, context, required=True)
+        chunks = ledger.CsvChunks()
+        async for rows in self.store.stream_records(f):
+            for chunk in chunks.feed(rows):
+                yield httpbody_pb2.HttpBody(content_type="text/csv", data=chunk)
+        yield httpbody_pb2.HttpBody(content_type="text/csv", data=chunks.finish())
+
+    # --- budgets -------------------------------------------------------------------------
+
+    async def _budget_message(self, row: Row) -> usage_pb2.Budget:
+        live = await self.budgets.current(row)
+        return usage_pb2.Budget(
+            name=f"budgets/{row['id']}",
+            display_name=row["display_name"],
+            scope=row["scope"],
+            api_key=row["api_key"],
+            monthly_limit_micros=row["monthly_limit_micros"],
+            currency_code=row["currency_code"],
+            monthly_token_limit=row["monthly_token_limit"],
+            period_start_time=_ts(live["period_start"]),
+            period_end_time=_ts(live["period_end"]),
+            spent_micros=live["spent_micros"],
+            reserved_micros=live["reserved_micros"],
+            used_tokens=live["spent_tokens"] + live["reserved_tokens"],
+            create_time=_ts(row["create_time"]),
+            update_time=_ts(row["update_time"]),
+            etag=str(row["version"]),
+        )
+
+    @staticmethod
+    def _check_caps(b: usage_pb2.Budget, v: FieldViolations, prefix: str, fields: set[str]) -> None:
+        if "display_name" in fields:
+            v.check(len(b.display_name) <= 100, f"{prefix}.display_name", "at most 100 characters")
+        if "monthly_limit_micros" in fields:
+            v.check(b.monthly_limit_micros >= 0, f"{prefix}.monthly_limit_micros", "must not be negative")
+        if "monthly_token_limit" in fields:
+            v.check(b.monthly_token_limit >= 0, f"{prefix}.monthly_token_limit", "must not be negative")
+
+    async def CreateBudget(
+        self, request: usage_pb2.CreateBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.Budget:
+        identity = require_identity(context.invocation_metadata() or ())
+        identity.require_role(Role.ADMIN, "creating a budget")
+        b = request.budget
+        v = FieldViolations()
+        self._check_caps(b, v, "budget", _BUDGET_MUTABLE)
+        v.check(b.scope in (usage_pb2.Budget.SCOPE_ORGANIZATION, usage_pb2.Budget.SCOPE_API_KEY),
+                "budget.scope", "must be ORGANIZATION or API_KEY")
+        if b.scope == usage_pb2.Budget.SCOPE_API_KEY:
+            v.check(bool(b.api_key), "budget.api_key", "required when scope is API_KEY")
+            names.parse_api_key(b.api_key, "budget.api_key", v, identity.org)
+        else:
+            v.check(not b.api_key, "budget.api_key", "only with scope API_KEY")
+        v.check(b.monthly_limit_micros > 0 or b.monthly_token_limit > 0, "budget.monthly_limit_micros",
+                "set a money cap or a token cap")
+        if b.monthly_limit_micros > 0 or b.currency_code:
+            v.check(names.valid_currency(b.currency_code), "budget.currency_code",
+                    "an ISO 4217 code like USD is required with a money cap")
+        v.check(len(request.request_id) <= 200, "request_id", "at most 200 characters")
+        v.raise_if_any()
+        row, created = await self.store.create_budget({
+            "org": identity.org, "scope": b.scope, "api_key": b.api_key,
+            "display_name": b.display_name, "monthly_limit_micros": b.monthly_limit_micros,
+            "currency_code": b.currency_code, "monthly_token_limit": b.monthly_token_limit,
+            "request_id": request.request_id or None,
+        })
+        if not row:
+            raise already_exists("a budget for this scope and currency already exists",
+                                 reason="BUDGET_EXISTS")
+        return await self._budget_message(row)
+
+    async def _load_budget(self, name: str, context: grpc.aio.ServicerContext) -> tuple[Identity, Row | None, uuid.UUID]:
+        identity = require_identity(context.invocation_metadata() or ())
+        v = FieldViolations()
+        budget_id = names.parse_uuid_name(name, "budgets", "name", v)
+        v.raise_if_any()
+        assert budget_id is not None
+        return identity, await self.store.get_budget(identity.org, budget_id), budget_id
+
+    async def GetBudget(
+        self, request: usage_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.Budget:
+        _, row, _ = await self._load_budget(request.name, context)
+        if row is None:
+            raise not_found(f"{request.name} not found")
+        return await self._budget_message(row)
+
+    async def ListBudgets(
+        self, request: usage_pb2.ListBudgetsRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.ListBudgetsResponse:
+        identity = require_identity(context.invocation_metadata() or ())
+        size = ledger.page_size(request.page_size)
+        after = None
+        if request.page_token:
+            try:
+                stamp, raw_id = request.page_token.split("|", 1)
+                after = (dt.datetime.fromisoformat(stamp), uuid.UUID(raw_id))
+            except ValueError:
+                raise invalid_argument("malformed page_token", {"page_token": "malformed"}) from None
+        rows = await self.store.list_budgets(identity.org, size + 1, after)
+        response = usage_pb2.ListBudgetsResponse()
+        for row in rows[:size]:
+            response.budgets.append(await self._budget_message(row))
+        if len(rows) > size:
+            last = rows[size - 1]
+            response.next_page_token = f"{last['create_time'].isoformat()}|{last['id']}"
+        return response
+
+    async def UpdateBudget(
+        self, request: usage_pb2.UpdateBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.Budget:
+        identity, row, budget_id = await self._load_budget(request.budget.name, context)
+        identity.require_role(Role.ADMIN, "updating a budget")
+        v = FieldViolations()
+        paths = list(request.update_mask.paths)
+        v.check(bool(paths), "update_mask", "required")
+        for path in paths:
+            v.check(path in _BUDGET_MUTABLE, "update_mask", f"{path!r} cannot be updated")
+        self._check_caps(request.budget, v, "budget", set(paths) & _BUDGET_MUTABLE)
+        v.raise_if_any()
+        if row is None:
+            raise not_found(f"{request.budget.name} not found")
+        changes = {p: getattr(request.budget, p) for p in paths}
+        money = changes.get("monthly_limit_micros", row["monthly_limit_micros"])
+        tokens = changes.get("monthly_token_limit", row["monthly_token_limit"])
+        if money <= 0 and tokens <= 0:
+            raise invalid_argument("a budget needs a money cap or a token cap",
+                                   {"budget.monthly_limit_micros": "set a money cap or a token cap"})
+        if money > 0 and not row["currency_code"]:
+            raise invalid_argument("this budget has no currency; create a money budget instead",
+                                   {"budget.monthly_limit_micros": "budget has no currency_code"})
+        version = None
+        if request.budget.etag:
+            try:
+                version = int(request.budget.etag)
+            except ValueError:
+                raise invalid_argument("malformed etag", {"budget.etag": "malformed"}) from None
+        updated = await self.store.update_budget(identity.org, budget_id, changes, version)
+        if updated is None:
+            raise ServiceError(grpc.StatusCode.ABORTED, "the budget changed since it was read (etag)",
+                               "ETAG_MISMATCH")
+        return await self._budget_message(updated)
+
+    async def DeleteBudget(
+        self, request: usage_pb2.DeleteBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        identity, row, budget_id = await self._load_budget(request.name, context)
+        identity.require_role(Role.ADMIN, "deleting a budget")
+        if not await self.store.delete_budget(identity.org, budget_id) and not request.allow_missing:
+            raise not_found(f"{request.name} not found")
+        return empty_pb2.Empty()
+
+    # --- reservations --------------------------------------------------------------------
+
+    async def ReserveBudget(
+        self, request: usage_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.Reservation:
+        v = FieldViolations()
+        org = names.resolve_org(_identity(context), request.organization, "organization", v)
+        names.parse_api_key(request.api_key, "api_key", v, org)
+        v.check(request.estimated_amount_micros >= 0, "estimated_amount_micros", "must not be negative")
+        v.check(names.valid_currency(request.currency_code), "currency_code", "an ISO 4217 code like USD")
+        v.check(request.estimated_tokens >= 0, "estimated_tokens", "must not be negative")
+        ttl_ms = 300_000
+        if request.HasField("ttl"):
+            ttl_ms = request.ttl.ToMilliseconds()
+            v.check(1000 <= ttl_ms <= 3_600_000, "ttl", "must be between 1 s and 1 h")
+        v.check(len(request.request_id) <= 200, "request_id", "at most 200 characters")
+        v.raise_if_any()
+        reservation = await self.budgets.reserve(
+            org, request.api_key, request.estimated_amount_micros, request.currency_code,
+            request.estimated_tokens, ttl_ms, request.request_id,
+        )
+        return _reservation_message(reservation)
+
+    def _reservation_target(self, name: str, context: grpc.aio.ServicerContext) -> tuple[str | None, uuid.UUID]:
+        v = FieldViolations()
+        reservation_id = names.parse_uuid_name(name, "reservations", "name", v)
+        v.raise_if_any()
+        assert reservation_id is not None
+        identity = _identity(context)
+        return (identity.org if identity else None), reservation_id
+
+    async def SettleReservation(
+        self, request: usage_pb2.SettleReservationRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.Reservation:
+        org, reservation_id = self._reservation_target(request.name, context)
+        v = FieldViolations()
+        v.check(request.actual_amount_micros >= 0, "actual_amount_micros", "must not be negative")
+        v.check(request.actual_tokens >= 0, "actual_tokens", "must not be negative")
+        v.raise_if_any()
+        r = await self.budgets.close(
+            org, reservation_id, True, request.actual_amount_micros, request.actual_tokens
+        )
+        budget_rules.state_check_for_settle(r, request.actual_amount_micros, request.actual_tokens)
+        return _reservation_message(r)
+
+    async def ReleaseReservation(
+        self, request: usage_pb2.ReleaseReservationRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.Reservation:
+        org, reservation_id = self._reservation_target(request.name, context)
+        r = await self.budgets.close(org, reservation_id, False, 0, 0)
+        budget_rules.state_check_for_release(r)
+        return _reservation_message(r)
 
     # --- rate-limit policy ---------------------------------------------------------------
 
@@ -140,6 +489,40 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         policy = Policy(row["org_rpm"], row["key_rpm"], row["plan"])
         await self.limiter.policy_changed(org, policy)
         return _policy_message(org, policy, row["update_time"])
+
+
+def _record_message(row: Row) -> usage_pb2.UsageRecord:
+    return usage_pb2.UsageRecord(
+        name=ledger.record_name(row),
+        organization=names.org_name(row["org"]),
+        api_key=row["api_key"],
+        user=row["user_name"],
+        resource_type=row["resource_type"],
+        model=row["model"],
+        quantity_micros=row["quantity_micros"],
+        occur_time=_ts(row["occur_time"]),
+        request_id=row["request_id"],
+        source=row["source"],
+        create_time=_ts(row["create_time"]),
+    )
+
+
+def _reservation_message(r: Reservation) -> usage_pb2.Reservation:
+    return usage_pb2.Reservation(
+        name=f"reservations/{r.id}",
+        organization=names.org_name(r.org),
+        api_key=r.api_key,
+        amount_micros=r.amount_micros,
+        currency_code=r.currency_code,
+        tokens=r.tokens,
+        state=r.state,
+        budgets=[f"budgets/{b}" for b in r.budgets],
+        expire_time=_ts(r.expire_time),
+        settled_amount_micros=r.settled_amount_micros,
+        settled_tokens=r.settled_tokens,
+        create_time=_ts(r.create_time),
+        close_time=_ts(r.close_time),
+    )
 
 
 def build_spec() -> ServiceSpec:

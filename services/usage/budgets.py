@@ -1,0 +1,426 @@
+"""Budgets: monthly money and token caps per organization or API key, enforced by reservations.
+
+Where the numbers live:
+- PostgreSQL holds the budgets, every reservation (its state and amounts) and the settled
+  spend per budget and month (`budget_spend`, updated in the same transaction that settles a
+  reservation). That is the durable truth; GetBudget's spent_micros comes from it.
+- Redis holds the live counters used to decide reservations atomically: per budget and month a
+  hash {spent, reserved, tokens_spent, tokens_reserved} plus a sorted set of open holds
+  ("<reservation>:<amount>:<tokens>" scored by expiry in ms). A counter hash missing from
+  Redis (first use in a month, or Redis lost its data) is seeded from PostgreSQL's settled
+  spend by the reserve script itself (only if still absent, so concurrent seeds agree).
+
+All decisions are single Lua scripts: reserve checks every applicable budget and holds the
+amount in all of them or none; settle/release move a hold to spend exactly once; a hold past
+its expiry is purged (and subtracted) by the next script that touches the budget. Hence spend
++ holds never exceeds a cap at reservation time, and actual spend can exceed a cap by at most
+what in-flight reservations settle above their estimates.
+
+Redis time (TIME) decides expiry, so several Usage instances agree on it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from services.common.cache import ServiceCache
+from services.common.errors import ServiceError, failed_precondition, not_found
+from services.usage.names import month_start, next_month
+from services.usage.store import Row, UsageStore
+
+STATE_OPEN, STATE_SETTLED, STATE_RELEASED, STATE_EXPIRED = 1, 2, 3, 4
+_STATE_NAMES = {"open": STATE_OPEN, "settled": STATE_SETTLED, "released": STATE_RELEASED,
+                "expired": STATE_EXPIRED}
+RESERVATION_NAMESPACE = uuid.UUID("6f1d7c52-3a8e-4f0a-9a44-1b2c3d4e5f60")
+# Counters outlive their month by this much (late settles of reservations made in it).
+COUNTER_GRACE_MS = 2 * 24 * 3600 * 1000
+RESERVATION_KEEP_MS = 24 * 3600 * 1000
+
+# Shared by every script: subtract and drop holds whose expiry passed. h = counter hash,
+# z = holds set, now = Redis time in ms.
+_PURGE = """
+local function purge(h, z, now)
+  local gone = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. now)
+  for _, member in ipairs(gone) do
+    local _, _, amount, tokens = string.find(member, '^[^:]+:(%d+):(%d+)$')
+    redis.call('HINCRBY', h, 'reserved', -tonumber(amount))
+    redis.call('HINCRBY', h, 'tokens_reserved', -tonumber(tokens))
+  end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. now) end
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: reservation, then (counter hash, holds set) per budget.
+# ARGV: ttl_ms, amount, tokens, counter_ttl_ms, reservation fields (k1, v1, ...) count,
+#       the fields..., then per budget: money_limit (-1: unchecked), token_limit (-1: unchecked),
+#       seed_spent, seed_tokens.
+# Returns {'dup'} | {'over', budget index (1-based), spent, reserved, tokens_used} |
+#         {'ok', create_ms, expire_ms}.
+_RESERVE = _PURGE + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
+local now = now_ms()
+local ttl, amount, tokens, counter_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local nfields = tonumber(ARGV[5])
+local base = 6 + nfields
+local nb = (#KEYS - 1) / 2
+for i = 1, nb do
+  local h, z = KEYS[2 * i], KEYS[2 * i + 1]
+  local a = base + (i - 1) * 4
+  if redis.call('EXISTS', h) == 0 then
+    redis.call('HSET', h, 'spent', ARGV[a + 2], 'tokens_spent', ARGV[a + 3], 'reserved', 0,
+               'tokens_reserved', 0)
+    redis.call('PEXPIRE', h, counter_ttl)
+  end
+  purge(h, z, now)
+end
+for i = 1, nb do
+  local h = KEYS[2 * i]
+  local a = base + (i - 1) * 4
+  local money_limit, token_limit = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local v = redis.call('HMGET', h, 'spent', 'reserved', 'tokens_spent', 'tokens_reserved')
+  local spent, reserved = tonumber(v[1]), tonumber(v[2])
+  local used_tokens = tonumber(v[3]) + tonumber(v[4])
+  if (money_limit >= 0 and spent + reserved + amount > money_limit) or
+     (token_limit >= 0 and used_tokens + tokens > token_limit) then
+    return {'over', i, spent, reserved, used_tokens}
+  end
+end
+local expire = now + ttl
+local member = ARGV[7] .. ':' .. amount .. ':' .. tokens
+for i = 1, nb do
+  local h, z = KEYS[2 * i], KEYS[2 * i + 1]
+  redis.call('HINCRBY', h, 'reserved', amount)
+  redis.call('HINCRBY', h, 'tokens_reserved', tokens)
+  redis.call('ZADD', z, expire, member)
+  redis.call('PEXPIRE', z, counter_ttl)
+end
+local fields = {}
+for i = 6, 5 + nfields do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'state', 'open', 'create_ms', now, 'expire_ms', expire,
+           'member', member, unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[#ARGV]))
+return {'ok', now, expire}
+"""
+
+# KEYS: reservation, then (counter hash, holds set) per budget. ARGV: mode ('settle' or
+# 'release'), actual amount, actual tokens.
+# Returns {'missing'} | {'closed', state} (not open; nothing changed) | {'ok', close_ms}.
+_CLOSE = _PURGE + """
+local r = redis.call('HMGET', KEYS[1], 'state', 'expire_ms', 'member', 'amount', 'tokens')
+if not r[1] then return {'missing'} end
+local now = now_ms()
+if r[1] == 'open' and now > tonumber(r[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'expired', 'close_ms', r[2])
+  return {'closed', 'expired'}
+end
+if r[1] ~= 'open' then return {'closed', r[1]} end
+local amount, tokens = tonumber(r[4]), tonumber(r[5])
+for i = 1, (#KEYS - 1) / 2 do
+  local h, z = KEYS[2 * i], KEYS[2 * i + 1]
+  if redis.call('ZREM', z, r[3]) == 1 then
+    redis.call('HINCRBY', h, 'reserved', -amount)
+    redis.call('HINCRBY', h, 'tokens_reserved', -tokens)
+  end
+  if ARGV[1] == 'settle' and redis.call('EXISTS', h) == 1 then
+    redis.call('HINCRBY', h, 'spent', ARGV[2])
+    redis.call('HINCRBY', h, 'tokens_spent', ARGV[3])
+  end
+  purge(h, z, now)
+end
+local state = ARGV[1] == 'settle' and 'settled' or 'released'
+redis.call('HSET', KEYS[1], 'state', state, 'close_ms', now, 'settled_amount', ARGV[2],
+           'settled_tokens', ARGV[3])
+return {'ok', now}
+"""
+
+# KEYS: counter hash, holds set. Returns {reserved, tokens_reserved} after purging.
+_READ = _PURGE + """
+purge(KEYS[1], KEYS[2], now_ms())
+local v = redis.call('HMGET', KEYS[1], 'reserved', 'tokens_reserved')
+return {tonumber(v[1] or '0'), tonumber(v[2] or '0')}
+"""
+
+
+class BudgetExceeded(ServiceError):
+    """RESOURCE_EXHAUSTED with ErrorInfo (budget, period, amounts) and QuotaFailure."""
+
+    def __init__(self, budget: str, description: str, reason: str, metadata: dict[str, str]) -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, description, reason, metadata=metadata)
+        self.budget = budget
+
+    def to_status(self) -> status_pb2.Status:
+        status = super().to_status()
+        quota = error_details_pb2.QuotaFailure(
+            violations=[error_details_pb2.QuotaFailure.Violation(
+                subject=self.budget, description=self.message)]
+        )
+        status.details.add().Pack(quota)
+        return status
+
+
+@dataclass
+class Reservation:
+    id: uuid.UUID
+    org: str
+    api_key: str
+    amount_micros: int
+    currency_code: str
+    tokens: int
+    state: int
+    budgets: list[uuid.UUID]
+    expire_time: dt.datetime
+    create_time: dt.datetime
+    settled_amount_micros: int = 0
+    settled_tokens: int = 0
+    close_time: dt.datetime | None = None
+    period_start: dt.datetime = field(default_factory=lambda: month_start(dt.datetime.now(dt.timezone.utc)))
+
+
+def _from_ms(ms: int | bytes | str) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc)
+
+
+def _rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class Budgets:
+    def __init__(self, store: UsageStore, cache: ServiceCache) -> None:
+        self.store = store
+        self.cache = cache
+        self._reserve = cache.redis.register_script(_RESERVE)
+        self._close = cache.redis.register_script(_CLOSE)
+        self._read = cache.redis.register_script(_READ)
+
+    def _counter_keys(self, budget_id: uuid.UUID, period: dt.datetime) -> list[str]:
+        stamp = period.strftime("%Y%m")
+        return [self.cache.key("budget", str(budget_id), stamp),
+                self.cache.key("budget", str(budget_id), stamp, "holds")]
+
+    def _reservation_key(self, reservation_id: uuid.UUID) -> str:
+        return self.cache.key("resv", str(reservation_id))
+
+    async def current(self, budget: Row, now: dt.datetime | None = None) -> dict[str, Any]:
+        """The budget's current period with settled spend (PostgreSQL) and live holds (Redis)."""
+        period = month_start(now or dt.datetime.now(dt.timezone.utc))
+        spent = (await self.store.spent([budget["id"]], period)).get(budget["id"])
+        reserved, tokens_reserved = await self._read(keys=self._counter_keys(budget["id"], period))
+        return {
+            "period_start": period,
+            "period_end": next_month(period),
+            "spent_micros": spent["spent_micros"] if spent else 0,
+            "spent_tokens": spent["spent_tokens"] if spent else 0,
+            "reserved_micros": max(int(reserved), 0),
+            "reserved_tokens": max(int(tokens_reserved), 0),
+        }
+
+    async def reserve(
+        self,
+        org: str,
+        api_key: str,
+        amount: int,
+        currency: str,
+        tokens: int,
+        ttl_ms: int,
+        request_id: str,
+    ) -> Reservation:
+        now = dt.datetime.now(dt.timezone.utc)
+        period = month_start(now)
+        reservation_id = (
+            uuid.uuid5(RESERVATION_NAMESPACE, f"{org}/{request_id}") if request_id else uuid.uuid4()
+        )
+        applicable = []
+        for b in await self.store.applicable_budgets(org, api_key):
+            money = b["monthly_limit_micros"] > 0 and b["currency_code"] == currency
+            token = b["monthly_token_limit"] > 0
+            if money or token:
+                applicable.append((b, money, token))
+        seeds = await self.store.spent([b["id"] for b, _, _ in applicable], period)
+        keys = [self._reservation_key(reservation_id)]
+        per_budget: list[Any] = []
+        for b, money, token in applicable:
+            keys.extend(self._counter_keys(b["id"], period))
+            seed = seeds.get(b["id"])
+            per_budget.extend([
+                b["monthly_limit_micros"] if money else -1,
+                b["monthly_token_limit"] if token else -1,
+                seed["spent_micros"] if seed else 0,
+                seed["spent_tokens"] if seed else 0,
+            ])
+        fields = [
+            "id", str(reservation_id), "org", org, "api_key", api_key, "amount", amount,
+            "currency", currency, "tokens", tokens, "period", period.strftime("%Y%m"),
+            "budgets", ",".join(str(b["id"]) for b, _, _ in applicable),
+        ]
+        counter_ttl = int((next_month(period) - now).total_seconds() * 1000) + COUNTER_GRACE_MS
+        # "id" must be the first field (its value is ARGV[7]): the hold member starts with it.
+        result = await self._reserve(
+            keys=keys,
+            args=[ttl_ms, amount, tokens, counter_ttl, len(fields), *fields, *per_budget,
+                  RESERVATION_KEEP_MS],
+        )
+        outcome = result[0].decode() if isinstance(result[0], bytes) else result[0]
+        if outcome == "dup":
+            existing = await self.get(org, reservation_id)
+            if existing is None:
+                raise not_found(f"reservations/{reservation_id} not found")
+            return existing
+        if outcome == "over":
+            index, spent, reserved, used_tokens = (int(x) for x in result[1:5])
+            budget, _, _ = applicable[index - 1]
+            self._raise_exceeded(budget, period, currency, spent, reserved, used_tokens, amount, tokens)
+        create_ms, expire_ms = int(result[1]), int(result[2])
+        reservation = Reservation(
+            id=reservation_id, org=org, api_key=api_key, amount_micros=amount,
+            currency_code=currency, tokens=tokens, state=STATE_OPEN,
+            budgets=[b["id"] for b, _, _ in applicable], expire_time=_from_ms(expire_ms),
+            create_time=_from_ms(create_ms), period_start=period,
+        )
+        await self.store.insert_reservation({
+            "id": reservation.id, "org": org, "api_key": api_key, "amount_micros": amount,
+            "currency_code": currency, "tokens": tokens, "budgets": reservation.budgets,
+            "period_start": period, "expire_time": reservation.expire_time,
+        })
+        return reservation
+
+    @staticmethod
+    def _raise_exceeded(
+        budget: Row, period: dt.datetime, currency: str, spent: int, reserved: int,
+        used_tokens: int, amount: int, tokens: int,
+    ) -> None:
+        name = f"budgets/{budget['id']}"
+        metadata = {
+            "budget": name,
+            "period_start": _rfc3339(period),
+            "period_end": _rfc3339(next_month(period)),
+        }
+        money_over = (
+            budget["monthly_limit_micros"] > 0 and budget["currency_code"] == currency
+            and spent + reserved + amount > budget["monthly_limit_micros"]
+        )
+        if money_over:
+            metadata.update(
+                limit_micros=str(budget["monthly_limit_micros"]), spent_micros=str(spent),
+                reserved_micros=str(reserved), currency_code=currency,
+            )
+            raise BudgetExceeded(
+                name,
+                f"{name} would be exceeded: {spent + reserved} of {budget['monthly_limit_micros']} "
+                f"{currency} micros used or held this month, {amount} requested",
+                "BUDGET_EXCEEDED", metadata,
+            )
+        metadata.update(limit_tokens=str(budget["monthly_token_limit"]), used_tokens=str(used_tokens))
+        raise BudgetExceeded(
+            name,
+            f"{name} token cap would be exceeded: {used_tokens} of "
+            f"{budget['monthly_token_limit']} tokens used or held this month, {tokens} requested",
+            "TOKEN_BUDGET_EXCEEDED", metadata,
+        )
+
+    async def get(self, org: str | None, reservation_id: uuid.UUID) -> Reservation | None:
+        """From Redis while it holds the reservation (authoritative for its state), else PostgreSQL."""
+        raw = await self.cache.redis.hgetall(self._reservation_key(reservation_id))
+        if raw:
+            h = {k.decode(): v.decode() for k, v in raw.items()}
+            if org is not None and h["org"] != org:
+                return None
+            state = _STATE_NAMES[h["state"]]
+            expire = _from_ms(h["expire_ms"])
+            if state == STATE_OPEN and expire < dt.datetime.now(dt.timezone.utc):
+                state = STATE_EXPIRED
+            return Reservation(
+                id=reservation_id, org=h["org"], api_key=h["api_key"],
+                amount_micros=int(h["amount"]), currency_code=h["currency"],
+                tokens=int(h["tokens"]), state=state,
+                budgets=[uuid.UUID(b) for b in h["budgets"].split(",") if b],
+                expire_time=expire, create_time=_from_ms(h["create_ms"]),
+                settled_amount_micros=int(h.get("settled_amount", 0)),
+                settled_tokens=int(h.get("settled_tokens", 0)),
+                close_time=_from_ms(h["close_ms"]) if "close_ms" in h else (
+                    expire if state == STATE_EXPIRED else None),
+                period_start=dt.datetime.strptime(h["period"], "%Y%m").replace(tzinfo=dt.timezone.utc),
+            )
+        row = await self.store.get_reservation(org, reservation_id)
+        return _from_row(row) if row else None
+
+    async def close(
+        self, org: str | None, reservation_id: uuid.UUID, settle: bool, amount: int, tokens: int
+    ) -> Reservation:
+        """Settle (amount, tokens) or release an open reservation, exactly once."""
+        current = await self.get(org, reservation_id)
+        if current is None:
+            raise not_found(f"reservations/{reservation_id} not found", reason="RESERVATION_NOT_FOUND")
+        keys = [self._reservation_key(reservation_id)]
+        for budget_id in current.budgets:
+            keys.extend(self._counter_keys(budget_id, current.period_start))
+        result = await self._close(
+            keys=keys, args=["settle" if settle else "release", amount, tokens]
+        )
+        outcome = result[0].decode() if isinstance(result[0], bytes) else result[0]
+        if outcome == "missing" and current.state == STATE_OPEN:
+            # Redis lost the reservation: PostgreSQL still closes it exactly once.
+            outcome = "ok"
+        if outcome == "ok":
+            row = await self.store.close_reservation(
+                reservation_id, STATE_SETTLED if settle else STATE_RELEASED, amount if settle else 0,
+                tokens if settle else 0,
+            )
+            closed = await self.get(org, reservation_id)
+            assert closed is not None or row is not None
+            return closed if closed is not None else _from_row(row)  # type: ignore[arg-type]
+        closed = await self.get(org, reservation_id)
+        assert closed is not None
+        if closed.state in (STATE_SETTLED, STATE_RELEASED):
+            # A retry after Redis closed it but before PostgreSQL did: finish the durable part.
+            await self.store.close_reservation(
+                reservation_id, closed.state, closed.settled_amount_micros, closed.settled_tokens
+            )
+        return closed
+
+    async def expire_stale(self) -> int:
+        """Mark lapsed reservations EXPIRED in PostgreSQL (Redis purges their holds itself)."""
+        return await self.store.expire_reservations(dt.datetime.now(dt.timezone.utc))
+
+
+def _from_row(row: Row) -> Reservation:
+    return Reservation(
+        id=row["id"], org=row["org"], api_key=row["api_key"], amount_micros=row["amount_micros"],
+        currency_code=row["currency_code"], tokens=row["tokens"], state=row["state"],
+        budgets=list(row["budgets"]), expire_time=row["expire_time"],
+        create_time=row["create_time"], settled_amount_micros=row["settled_amount_micros"],
+        settled_tokens=row["settled_tokens"], close_time=row["close_time"],
+        period_start=row["period_start"],
+    )
+
+
+def state_check_for_settle(r: Reservation, amount: int, tokens: int) -> None:
+    """After close(settle=True): the reservation must be settled with these amounts."""
+    if r.state == STATE_SETTLED and r.settled_amount_micros == amount and r.settled_tokens == tokens:
+        return
+    raise failed_precondition(
+        f"reservations/{r.id} is not open (state {_state_word(r.state)})",
+        reason="RESERVATION_NOT_OPEN",
+        metadata={"state": _state_word(r.state)},
+    )
+
+
+def state_check_for_release(r: Reservation) -> None:
+    if r.state == STATE_SETTLED:
+        raise failed_precondition(
+            f"reservations/{r.id} is already settled", reason="RESERVATION_SETTLED"
+        )
+
+
+def _state_word(state: int) -> str:
+    return {v: k for k, v in _STATE_NAMES.items()}.get(state, "unknown").upper()
+

@@ -1,0 +1,148 @@
+"""The usage ledger's rules: record validation, page tokens, CSV rendering (no gRPC types)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+from typing import Any, Iterable, Iterator
+
+from aimesh.usage.v1 import usage_pb2
+from services.common.errors import FieldViolations, invalid_argument
+from services.usage import names
+from services.usage.store import NewRecord, RecordFilter, Row
+
+MAX_RECORDS = 1000
+MAX_FUTURE = dt.timedelta(minutes=5)
+MAX_AGE = dt.timedelta(days=35)
+MAX_RANGE = dt.timedelta(days=366)
+MAX_TEXT = 256
+CSV_HEADER = ["occur_time", "resource_type", "model", "quantity_micros", "api_key", "user",
+              "request_id", "name"]
+CSV_CHUNK_BYTES = 64 * 1024
+VALID_RESOURCE_TYPES = frozenset(
+    v.number for v in usage_pb2.ResourceType.DESCRIPTOR.values if v.number != 0
+)
+
+
+def validate_records(
+    records: Iterable[usage_pb2.UsageRecord], now: dt.datetime
+) -> list[NewRecord]:
+    """Every problem of every record at once (fields named records[i].x), or the rows."""
+    v = FieldViolations()
+    out: list[NewRecord] = []
+    items = list(records)
+    if not items:
+        v.add("records", "at least one record is required")
+    if len(items) > MAX_RECORDS:
+        v.add("records", f"at most {MAX_RECORDS} records per call")
+        v.raise_if_any()
+    for i, r in enumerate(items):
+        at = f"records[{i}]"
+        org = names.parse_org(r.organization, f"{at}.organization", v)
+        v.check(0 < len(r.request_id) <= 200, f"{at}.request_id", "required, at most 200 characters")
+        v.check(r.resource_type in VALID_RESOURCE_TYPES, f"{at}.resource_type",
+                "must be a known resource type (not UNSPECIFIED)")
+        v.check(r.quantity_micros >= 0, f"{at}.quantity_micros", "must not be negative")
+        names.parse_api_key(r.api_key, f"{at}.api_key", v, org or None)
+        v.check(not r.user or r.user.startswith("users/"), f"{at}.user", 'must be "users/{user}"')
+        for field_name in ("model", "source", "user"):
+            v.check(len(getattr(r, field_name)) <= MAX_TEXT, f"{at}.{field_name}",
+                    f"at most {MAX_TEXT} characters")
+        occur = None
+        if not r.HasField("occur_time"):
+            v.add(f"{at}.occur_time", "required")
+        else:
+            occur = r.occur_time.ToDatetime(tzinfo=dt.timezone.utc)
+            v.check(occur <= now + MAX_FUTURE, f"{at}.occur_time",
+                    "more than 5 minutes in the future")
+            v.check(occur >= now - MAX_AGE, f"{at}.occur_time", "older than 35 days")
+        if org and occur is not None:
+            out.append(NewRecord(org, r.request_id, r.api_key, r.user, r.resource_type, r.model,
+                                 r.quantity_micros, occur, r.source))
+    v.raise_if_any()
+    return out
+
+
+def time_range(
+    start: Any, end: Any, v: FieldViolations, required: bool
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """Validate a [start, end) pair of protobuf Timestamps (present-or-not aware)."""
+    s = start.ToDatetime(tzinfo=dt.timezone.utc) if start is not None else None
+    e = end.ToDatetime(tzinfo=dt.timezone.utc) if end is not None else None
+    if required:
+        v.check(s is not None, "start_time", "required")
+        v.check(e is not None, "end_time", "required")
+    if s is not None and e is not None:
+        if v.check(e > s, "end_time", "must be after start_time"):
+            v.check(e - s <= MAX_RANGE, "end_time", "range longer than 366 days")
+    return s, e
+
+
+def _filter_digest(f: RecordFilter) -> str:
+    raw = json.dumps([f.org, f.start and f.start.isoformat(), f.end and f.end.isoformat(),
+                      f.resource_type, f.model, f.api_key, f.user])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def encode_page_token(f: RecordFilter, occur_time: dt.datetime, record_id: int) -> str:
+    raw = json.dumps({"t": occur_time.isoformat(), "i": record_id, "f": _filter_digest(f)})
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_page_token(f: RecordFilter, token: str) -> tuple[dt.datetime, int] | None:
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if data["f"] != _filter_digest(f):
+            raise invalid_argument("page_token was issued for other filters",
+                                   {"page_token": "filters differ from the first call"})
+        return dt.datetime.fromisoformat(data["t"]), int(data["i"])
+    except (ValueError, KeyError, TypeError):
+        raise invalid_argument("malformed page_token", {"page_token": "malformed"}) from None
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise invalid_argument("page_size must not be negative", {"page_size": "must be >= 0"})
+    return min(requested or 50, 1000)
+
+
+def record_name(row: Row) -> str:
+    return f"usageRecords/{row['id']}"
+
+
+class CsvChunks:
+    """RFC 4180 CSV (CRLF), header first, chunks of at most 64 KiB ending on line boundaries."""
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+        self._pending = self._line(CSV_HEADER)
+
+    def _line(self, values: list[Any]) -> bytes:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow(values)
+        return self._buffer.getvalue().encode()
+
+    def feed(self, rows: Iterable[Row]) -> Iterator[bytes]:
+        """Full chunks made ready by these rows."""
+        for row in rows:
+            line = self._line([
+                row["occur_time"].astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+                usage_pb2.ResourceType.Name(row["resource_type"]),
+                row["model"], row["quantity_micros"], row["api_key"], row["user_name"],
+                row["request_id"], record_name(row),
+            ])
+            if len(self._pending) + len(line) > CSV_CHUNK_BYTES:
+                yield self._pending
+                self._pending = b""
+            self._pending += line
+
+    def finish(self) -> bytes:
+        return self._pending
