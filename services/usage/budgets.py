@@ -16,7 +16,9 @@ its expiry is purged (and subtracted) by the next script that touches the budget
 + holds never exceeds a cap at reservation time, and actual spend can exceed a cap by at most
 what in-flight reservations settle above their estimates.
 
-Redis time (TIME) decides expiry, so several Usage instances agree on it.
+Redis time (TIME) decides expiry, so several Usage instances agree on it. Amounts travel as
+decimal strings (HINCRBY); comparisons use Lua doubles, exact because amounts and tokens are
+capped at MAX_AMOUNT (10^15 micros = 10^9 currency units) by validation.
 """
 
 from __future__ import annotations
@@ -39,18 +41,23 @@ _STATE_NAMES = {"open": STATE_OPEN, "settled": STATE_SETTLED, "released": STATE_
                 "expired": STATE_EXPIRED}
 RESERVATION_NAMESPACE = uuid.UUID("6f1d7c52-3a8e-4f0a-9a44-1b2c3d4e5f60")
 # Counters outlive their month by this much (late settles of reservations made in it).
+MAX_AMOUNT = 10**15
 COUNTER_GRACE_MS = 2 * 24 * 3600 * 1000
 RESERVATION_KEEP_MS = 24 * 3600 * 1000
 
 # Shared by every script: subtract and drop holds whose expiry passed. h = counter hash,
 # z = holds set, now = Redis time in ms.
 _PURGE = """
+local function neg(s)
+  if s == '0' then return '0' end
+  return '-' .. s
+end
 local function purge(h, z, now)
   local gone = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. now)
   for _, member in ipairs(gone) do
     local _, _, amount, tokens = string.find(member, '^[^:]+:(%d+):(%d+)$')
-    redis.call('HINCRBY', h, 'reserved', -tonumber(amount))
-    redis.call('HINCRBY', h, 'tokens_reserved', -tonumber(tokens))
+    redis.call('HINCRBY', h, 'reserved', neg(amount))
+    redis.call('HINCRBY', h, 'tokens_reserved', neg(tokens))
   end
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. now) end
 end
@@ -96,11 +103,11 @@ for i = 1, nb do
   end
 end
 local expire = now + ttl
-local member = ARGV[7] .. ':' .. amount .. ':' .. tokens
+local member = ARGV[7] .. ':' .. ARGV[2] .. ':' .. ARGV[3]
 for i = 1, nb do
   local h, z = KEYS[2 * i], KEYS[2 * i + 1]
-  redis.call('HINCRBY', h, 'reserved', amount)
-  redis.call('HINCRBY', h, 'tokens_reserved', tokens)
+  redis.call('HINCRBY', h, 'reserved', ARGV[2])
+  redis.call('HINCRBY', h, 'tokens_reserved', ARGV[3])
   redis.call('ZADD', z, expire, member)
   redis.call('PEXPIRE', z, counter_ttl)
 end
@@ -124,12 +131,11 @@ if r[1] == 'open' and now > tonumber(r[2]) then
   return {'closed', 'expired'}
 end
 if r[1] ~= 'open' then return {'closed', r[1]} end
-local amount, tokens = tonumber(r[4]), tonumber(r[5])
 for i = 1, (#KEYS - 1) / 2 do
   local h, z = KEYS[2 * i], KEYS[2 * i + 1]
   if redis.call('ZREM', z, r[3]) == 1 then
-    redis.call('HINCRBY', h, 'reserved', -amount)
-    redis.call('HINCRBY', h, 'tokens_reserved', -tokens)
+    redis.call('HINCRBY', h, 'reserved', neg(r[4]))
+    redis.call('HINCRBY', h, 'tokens_reserved', neg(r[5]))
   end
   if ARGV[1] == 'settle' and redis.call('EXISTS', h) == 1 then
     redis.call('HINCRBY', h, 'spent', ARGV[2])

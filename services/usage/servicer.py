@@ -409,9 +409,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         v = FieldViolations()
         org = names.resolve_org(_identity(context), request.organization, "organization", v)
         names.parse_api_key(request.api_key, "api_key", v, org)
-        v.check(request.estimated_amount_micros >= 0, "estimated_amount_micros", "must not be negative")
+        cap = budget_rules.MAX_AMOUNT
+        v.check(0 <= request.estimated_amount_micros <= cap, "estimated_amount_micros", f"must be 0..{cap}")
         v.check(names.valid_currency(request.currency_code), "currency_code", "an ISO 4217 code like USD")
-        v.check(request.estimated_tokens >= 0, "estimated_tokens", "must not be negative")
+        v.check(0 <= request.estimated_tokens <= cap, "estimated_tokens", f"must be 0..{cap}")
         ttl_ms = 300_000
         if request.HasField("ttl"):
             ttl_ms = request.ttl.ToMilliseconds()
@@ -437,8 +438,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     ) -> usage_pb2.Reservation:
         org, reservation_id = self._reservation_target(request.name, context)
         v = FieldViolations()
-        v.check(request.actual_amount_micros >= 0, "actual_amount_micros", "must not be negative")
-        v.check(request.actual_tokens >= 0, "actual_tokens", "must not be negative")
+        cap = budget_rules.MAX_AMOUNT
+        v.check(0 <= request.actual_amount_micros <= cap, "actual_amount_micros", f"must be 0..{cap}")
+        v.check(0 <= request.actual_tokens <= cap, "actual_tokens", f"must be 0..{cap}")
         v.raise_if_any()
         r = await self.budgets.close(
             org, reservation_id, True, request.actual_amount_micros, request.actual_tokens

@@ -1,0 +1,222 @@
+"""Budgets and reservations against real Redis and PostgreSQL: concurrent reservations never
+overrun a small budget, settle/release exactly once, RESOURCE_EXHAUSTED carries the budget and
+period, holds lapse, Redis loss is recovered from PostgreSQL's settled spend."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from google.protobuf import duration_pb2, field_mask_pb2
+from google.rpc import error_details_pb2
+
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+from services.common.errors import error_info, field_violations, status_from_rpc_error
+from tests.support.mesh import TestMesh
+
+State = usage_pb2.Reservation.State
+
+
+def identity(org: str, role: str = "owner") -> list[tuple[str, str]]:
+    return [("x-aimesh-org", org), ("x-aimesh-subject", "users/tester"), ("x-aimesh-roles", role)]
+
+
+async def make_budget(stub: usage_pb2_grpc.UsageServiceStub, org: str, **caps: object) -> usage_pb2.Budget:
+    budget = usage_pb2.Budget(scope=usage_pb2.Budget.SCOPE_ORGANIZATION, display_name="cap", **caps)  # type: ignore[arg-type]
+    return await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=budget), metadata=identity(org), timeout=10)
+
+
+async def test_concurrent_reservations_never_overrun_a_small_budget(mesh: TestMesh) -> None:
+    mesh.ensure("usage")
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    limit, estimate = 1_000_000, 70_000  # $1.00 budget, $0.07 per request
+    budget = await make_budget(stub, org, monthly_limit_micros=limit, currency_code="USD")
+
+    async def work(i: int) -> int:
+        try:
+            r = await stub.ReserveBudget(
+                usage_pb2.ReserveBudgetRequest(
+                    organization=f"organizations/{org}", estimated_amount_micros=estimate,
+                    currency_code="USD", request_id=f"w-{i}",
+                ),
+                timeout=20,
+            )
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            return 0
+        await asyncio.sleep(0.01)
+        actual = estimate - (i % 3) * 10_000 if i % 5 else estimate + 5_000  # some settle above
+        if i % 7 == 0:
+            await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=20)
+            return 0
+        settled = await stub.SettleReservation(
+            usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=actual), timeout=20
+        )
+        assert settled.state == State.STATE_SETTLED
+        return actual
+
+    for _ in range(2):  # a second wave runs against the nearly spent budget
+        spends = await asyncio.gather(*(work(i) for i in range(60)))
+    total = sum(spends)
+    current = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
+    assert current.reserved_micros == 0
+    assert current.spent_micros <= limit + estimate
+    assert current.spent_micros >= limit - 2 * estimate  # the budget was actually used up
+    assert total <= current.spent_micros  # second wave's settles are counted too
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ReserveBudget(
+            usage_pb2.ReserveBudgetRequest(organization=f"organizations/{org}",
+                                           estimated_amount_micros=limit, currency_code="USD"),
+            timeout=10,
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = status_from_rpc_error(err.value)
+    assert status is not None
+    info = error_info(status)
+    assert info is not None and info.reason == "BUDGET_EXCEEDED"
+    assert info.metadata["budget"] == budget.name
+    assert info.metadata["period_start"] == budget.period_start_time.ToJsonString()
+    assert info.metadata["period_end"] == budget.period_end_time.ToJsonString()
+    assert info.metadata["limit_micros"] == str(limit)
+    quota = [d for d in status.details if d.Is(error_details_pb2.QuotaFailure.DESCRIPTOR)]
+    assert quota, "QuotaFailure detail missing"
+
+
+async def test_settle_release_idempotency_and_states(mesh: TestMesh) -> None:
+    mesh.ensure("usage")
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    budget = await make_budget(stub, org, monthly_limit_micros=500, currency_code="EUR",
+                               monthly_token_limit=1000)
+    req = usage_pb2.ReserveBudgetRequest(organization=f"organizations/{org}", estimated_amount_micros=300,
+                                         currency_code="EUR", estimated_tokens=600, request_id="same")
+    first, again = await asyncio.gather(stub.ReserveBudget(req, timeout=10), stub.ReserveBudget(req, timeout=10))
+    assert first.name == again.name and list(first.budgets) == [budget.name]
+    held = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
+    assert held.reserved_micros == 300 and held.used_tokens == 600
+
+    # The token cap refuses the next one with its own reason.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ReserveBudget(
+            usage_pb2.ReserveBudgetRequest(organization=f"organizations/{org}", estimated_amount_micros=1,
+                                           currency_code="EUR", estimated_tokens=500), timeout=10)
+    info = error_info(status_from_rpc_error(err.value))  # type: ignore[arg-type]
+    assert info is not None and info.reason == "TOKEN_BUDGET_EXCEEDED"
+    assert info.metadata["limit_tokens"] == "1000"
+
+    settle = usage_pb2.SettleReservationRequest(name=first.name, actual_amount_micros=250, actual_tokens=550)
+    done, repeat = await asyncio.gather(stub.SettleReservation(settle, timeout=10),
+                                        stub.SettleReservation(settle, timeout=10))
+    assert done.state == repeat.state == State.STATE_SETTLED
+    assert done.settled_amount_micros == 250
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SettleReservation(
+            usage_pb2.SettleReservationRequest(name=first.name, actual_amount_micros=1), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(status_from_rpc_error(err.value)).reason == "RESERVATION_NOT_OPEN"  # type: ignore[arg-type,union-attr]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=first.name), timeout=10)
+    assert error_info(status_from_rpc_error(err.value)).reason == "RESERVATION_SETTLED"  # type: ignore[arg-type,union-attr]
+
+    after = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
+    assert (after.spent_micros, after.reserved_micros, after.used_tokens) == (250, 0, 550)
+
+    # A released hold frees its amount; releasing twice is a no-op.
+    r = await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+        organization=f"organizations/{org}", estimated_amount_micros=250, currency_code="EUR"), timeout=10)
+    released = await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
+    again_released = await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
+    assert released.state == again_released.state == State.STATE_RELEASED
+
+    # A hold that lapses stops counting and cannot be settled.
+    r = await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+        organization=f"organizations/{org}", estimated_amount_micros=250, currency_code="EUR",
+        ttl=duration_pb2.Duration(seconds=1)), timeout=10)
+    await asyncio.sleep(1.3)
+    lapsed = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
+    assert lapsed.reserved_micros == 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SettleReservation(usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=1), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    expired = await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
+    assert expired.state == State.STATE_EXPIRED
+
+
+async def test_redis_loss_recovers_settled_spend_from_postgres(mesh: TestMesh) -> None:
+    mesh.ensure("usage")
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    budget = await make_budget(stub, org, monthly_limit_micros=1000, currency_code="USD")
+    r = await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+        organization=f"organizations/{org}", estimated_amount_micros=800, currency_code="USD"), timeout=10)
+    await stub.SettleReservation(usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=800), timeout=10)
+    # Drop this budget's live counters (as if Redis had lost them).
+    client = aioredis.Redis.from_url(mesh.settings.redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"usage:budget:{budget.name.split('/')[1]}:*")]
+        assert keys
+        await client.delete(*keys)
+    finally:
+        await client.aclose()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+            organization=f"organizations/{org}", estimated_amount_micros=300, currency_code="USD"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ok = await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+        organization=f"organizations/{org}", estimated_amount_micros=200, currency_code="USD"), timeout=10)
+    assert ok.state == State.STATE_OPEN
+
+
+async def test_budget_crud_and_bad_input(mesh: TestMesh) -> None:
+    mesh.ensure("usage")
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
+            scope=usage_pb2.Budget.SCOPE_API_KEY, monthly_limit_micros=-1, currency_code="dollars",
+            api_key="organizations/other/apiKeys/k")), metadata=identity(org), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {f for f, _ in field_violations(status_from_rpc_error(err.value))}  # type: ignore[arg-type]
+    assert {"budget.monthly_limit_micros", "budget.currency_code", "budget.api_key"} <= fields
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await make_budget(usage_pb2_grpc.UsageServiceStub(mesh.channel("usage")), org)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
+            scope=1, monthly_token_limit=5)), metadata=identity(org, "member"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    created = await make_budget(stub, org, monthly_token_limit=100)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await make_budget(stub, org, monthly_token_limit=7)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    updated = await stub.UpdateBudget(usage_pb2.UpdateBudgetRequest(
+        budget=usage_pb2.Budget(name=created.name, monthly_token_limit=200, etag=created.etag),
+        update_mask=field_mask_pb2.FieldMask(paths=["monthly_token_limit"])), metadata=identity(org), timeout=10)
+    assert updated.monthly_token_limit == 200 and updated.etag != created.etag
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.UpdateBudget(usage_pb2.UpdateBudgetRequest(
+            budget=usage_pb2.Budget(name=created.name, monthly_token_limit=300, etag=created.etag),
+            update_mask=field_mask_pb2.FieldMask(paths=["monthly_token_limit"])), metadata=identity(org), timeout=10)
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    listed = await stub.ListBudgets(usage_pb2.ListBudgetsRequest(), metadata=identity(org), timeout=10)
+    assert [b.name for b in listed.budgets] == [created.name]
+    await stub.DeleteBudget(usage_pb2.DeleteBudgetRequest(name=created.name), metadata=identity(org), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetBudget(usage_pb2.GetBudgetRequest(name=created.name), metadata=identity(org), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    await stub.DeleteBudget(usage_pb2.DeleteBudgetRequest(name=created.name, allow_missing=True),
+                            metadata=identity(org), timeout=10)
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+            organization=f"organizations/{org}", estimated_amount_micros=-1, currency_code="usd",
+            ttl=duration_pb2.Duration(seconds=7200)), timeout=10)
+    assert {f for f, _ in field_violations(status_from_rpc_error(err.value))} == {  # type: ignore[arg-type]
+        "estimated_amount_micros", "currency_code", "ttl"}
+
