@@ -105,10 +105,12 @@ def generate_api_key() -> NewApiKey:
 
 def api_key_prefix(secret: str) -> str | None:
     """The lookup prefix of a presented key, or None when it is not shaped like ours."""
-    if not secret.startswith(API_KEY_PREFIX):
+    # "amk_" + 8 hex + "_" + random (the random part may itself contain "_").
+    size = len(API_KEY_PREFIX) + 8
+    if not secret.startswith(API_KEY_PREFIX) or len(secret) < size + 17 or secret[size] != "_":
         return None
-    prefix, sep, rest = secret.rpartition("_")
-    if not sep or len(prefix) != len(API_KEY_PREFIX) + 8 or len(rest) < 16:
+    prefix = secret[:size]
+    if any(c not in "0123456789abcdef" for c in prefix[len(API_KEY_PREFIX):]):
         return None
     return prefix
 

