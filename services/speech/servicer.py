@@ -1,20 +1,371 @@
 """Speech's gRPC surface: thin — decode, authorize, call the domain logic, encode.
 
-Until the Speech issue lands, every RPC answers UNIMPLEMENTED (the generated base class's behaviour,
-turned into a clean status by the server runtime).
+Domain: recognition.py (utterances on the Triton ASR model), synthesis.py (Triton TTS),
+converse.py (the full-duplex voice loop over Conversation). Checks and limits: requests.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
+import numpy as np
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
+
+from services.common.channels import Channels
+from services.common.errors import FieldViolations, ServiceError, invalid_argument, unavailable
+from services.common.identity import Identity, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
+from services.speech import metering
+from services.speech.audio import AudioFormatError, is_wav, parse_wav, pcm_from_bytes, wav_bytes
+from services.speech.converse import ConverseSession
+from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
+from services.speech.recognition import (
+    Event,
+    Hypothesis,
+    ReadinessCache,
+    RecognitionOptions,
+    RecognitionSession,
+    UtteranceFailed,
+    run_session,
+)
+from services.speech.requests import (
+    RECOGNIZE_MAX_BYTES,
+    RECOGNIZE_MAX_SECONDS,
+    STREAM_IDLE_SECONDS,
+    STREAM_MAX_SECONDS,
+    STREAMING_SYNTHESIZE_MAX_CHARS,
+    SYNTHESIZE_MAX_CHARS,
+    audio_intake,
+    check_first_message,
+    check_language,
+    check_language_filter,
+    check_output,
+    check_request_id,
+    check_speaking_rate,
+    check_text,
+    duration,
+    next_request,
+    page_token,
+    parse_page_token,
+    seconds,
+)
+from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
+
+RECOGNIZE_CACHE_SECONDS = 24 * 3600  # how long a Recognize request_id replays its result
+
+
+_GENDERS = {
+    "male": speech_pb2.Voice.GENDER_MALE,
+    "female": speech_pb2.Voice.GENDER_FEMALE,
+}
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def recognize_response(event: Event, session: RecognitionSession, with_words: bool) -> speech_pb2.StreamingRecognizeResponse:
+    out = speech_pb2.StreamingRecognizeResponse(
+        total_audio_processed=duration(session.received_seconds), utterance_index=event.utterance
+    )
+    if isinstance(event, Hypothesis):
+        out.results.append(streaming_result(event, with_words))
+    elif isinstance(event, UtteranceFailed):
+        out.error.CopyFrom(event.error.to_status())
+    else:
+        kind, offset = speech_event_of(event)  # type: ignore[misc]
+        out.speech_event_type = kind  # type: ignore[assignment]
+        out.speech_event_offset.CopyFrom(duration(offset))
+    return out
+
+
+def _request_hash(request: speech_pb2.RecognizeRequest) -> str:
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.triton = TritonClient.from_settings(runtime.settings)
+        self.channels = Channels(runtime.settings)
+        self.synthesizer = Synthesizer(self.triton)
+        self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
+        self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
+
+        async def models_ready() -> bool:
+            ready = await self.triton.readiness((ASR_MODEL, TTS_MODEL))
+            return all(ready.values())
+
+        runtime.add_health_check("triton", models_ready)
+        runtime.on_shutdown(self.triton.close)
+        runtime.on_shutdown(self.channels.close)
+        runtime.on_shutdown(metering.drain)
+
+    def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
+        return require_identity(context.invocation_metadata())
+
+    async def _require_asr(self) -> None:
+        if not await self.asr_ready.ready():
+            raise unavailable(
+                "the speech recognizer (Triton model speech_recognition) is not reachable; retry shortly",
+                reason="RECOGNIZER_UNAVAILABLE",
+            )
+
+    # --- StreamingRecognize ---------------------------------------------------------------
+
+    async def StreamingRecognize(
+        self, request_iterator: AsyncIterator[speech_pb2.StreamingRecognizeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
+        identity = self._identity(context)
+        requests = request_iterator.__aiter__()
+        first = await next_request(requests, STREAM_IDLE_SECONDS)
+        cfg, audio, v = check_first_message(first, "streaming_config", "config")
+        offset = seconds(cfg.audio_offset)
+        v.check(offset >= 0, "streaming_config.audio_offset", "must not be negative")
+        v.raise_if_any()
+        await self._require_asr()
+
+        session = RecognitionSession(
+            self.triton,
+            RecognitionOptions(
+                sample_rate=audio.sample_rate,
+                interim_results=cfg.interim_results,
+                single_utterance=cfg.single_utterance,
+                silence_ms=audio.silence_ms,
+                max_utterance_ms=audio.max_utterance_ms,
+                audio_offset=offset,
+            ),
+        )
+        chunks = audio_intake(
+            requests,
+            config_field="streaming_config",
+            sample_rate=audio.sample_rate,
+            max_seconds=STREAM_MAX_SECONDS,
+            idle_seconds=STREAM_IDLE_SECONDS,
+        )
+        pump = asyncio.ensure_future(run_session(session, chunks))
+        try:
+            async for event in session.events():
+                yield recognize_response(event, session, cfg.config.enable_word_time_offsets)
+            await pump  # raises the fatal error (limit, bad chunk) that ended the intake
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await session.abort()
+            metering.meter(self.channels, identity, metering.AUDIO_SECONDS, session.received_seconds)
+
+    # --- Recognize ------------------------------------------------------------------------
+
+    async def Recognize(
+        self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
+    ) -> speech_pb2.RecognizeResponse:
+        identity = self._identity(context)
+        samples, rate = self._recognize_audio(request)
+        cache = self.runtime.cache
+        key = (
+            cache.key("recognize", identity.org, request.request_id, _request_hash(request))
+            if cache is not None and request.request_id
+            else None
+        )
+        if key is not None:
+            stored = await cache.redis.get(key)  # type: ignore[union-attr]
+            if stored:
+                return speech_pb2.RecognizeResponse.FromString(stored)
+        await self._require_asr()
+        session = RecognitionSession(
+            self.triton, RecognitionOptions(sample_rate=rate, send_chunk_ms=1000)
+        )
+        step = rate  # one second per push
+
+        async def chunks() -> AsyncIterator[np.ndarray]:
+            for i in range(0, len(samples), step):
+                yield samples[i : i + step]
+
+        pump = asyncio.ensure_future(run_session(session, chunks()))
+        response = speech_pb2.RecognizeResponse(total_audio_processed=duration(len(samples) / rate))
+        failure: ServiceError | None = None
+        try:
+            async for event in session.events():
+                if isinstance(event, Hypothesis) and event.is_final and event.text:
+                    response.results.add(
+                        alternatives=[alternative(event, request.config.enable_word_time_offsets)],
+                        result_end_offset=duration(event.end_offset),
+                        language_code=LANGUAGE,
+                    )
+                elif isinstance(event, UtteranceFailed):
+                    failure = failure or event.error
+            await pump
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await session.abort()
+        if failure is not None:
+            # A whole-file answer with a hole in it is wrong: fail, and let the caller retry.
+            raise unavailable(f"recognition failed: {failure.message}", reason="RECOGNITION_FAILED")
+        if key is not None:
+            await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
+        metering.meter(
+            self.channels, identity, metering.AUDIO_SECONDS, len(samples) / rate, request.request_id
+        )
+        return response
+
+    def _recognize_audio(self, request: speech_pb2.RecognizeRequest) -> tuple[np.ndarray, int]:
+        v = FieldViolations()
+        check_request_id(v, request.request_id)
+        if not request.HasField("config"):
+            v.add("config", "required")
+            v.raise_if_any()
+        config = request.config
+        check_language(v, "config.language_code", config.language_code)
+        v.check(0 <= config.max_alternatives <= 5, "config.max_alternatives", "must be 0-5")
+        content = request.content
+        if not content:
+            v.add("content", "required: WAV or LINEAR16 audio")
+        elif len(content) > RECOGNIZE_MAX_BYTES:
+            v.add("content", f"{len(content)} bytes; at most {RECOGNIZE_MAX_BYTES} (10 MiB)")
+        rate = config.sample_rate_hertz
+        samples = np.zeros(0, dtype=np.int16)
+        if config.encoding == speech_pb2.AUDIO_ENCODING_WAV:
+            if content and len(content) <= RECOGNIZE_MAX_BYTES:
+                try:
+                    samples, wav_rate = parse_wav(content)
+                except AudioFormatError as exc:
+                    v.add("content", str(exc))
+                else:
+                    if rate and rate != wav_rate:
+                        v.add("config.sample_rate_hertz", f"{rate} Hz disagrees with the WAV header ({wav_rate} Hz)")
+                    rate = wav_rate
+        elif config.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
+            if content and is_wav(content):
+                v.add("config.encoding", "content is a WAV file; set AUDIO_ENCODING_WAV")
+            elif content and len(content) <= RECOGNIZE_MAX_BYTES:
+                try:
+                    samples = pcm_from_bytes(content)
+                except AudioFormatError as exc:
+                    v.add("content", str(exc))
+            if not rate:
+                v.add("config.sample_rate_hertz", "required for AUDIO_ENCODING_LINEAR16")
+        else:
+            v.add("config.encoding", "must be AUDIO_ENCODING_LINEAR16 or AUDIO_ENCODING_WAV")
+        if rate and not 8000 <= rate <= 48000:
+            v.add("config.sample_rate_hertz", f"must be 8000-48000 Hz, got {rate}")
+            rate = 0
+        if rate and samples.size / rate > RECOGNIZE_MAX_SECONDS:
+            v.add("content", f"{samples.size / rate:.1f} s of audio; at most {RECOGNIZE_MAX_SECONDS:.0f} s")
+        v.raise_if_any()
+        return samples, rate
+
+    # --- synthesis ------------------------------------------------------------------------
+
+    def _check_synthesis(
+        self,
+        request: speech_pb2.SynthesizeRequest | speech_pb2.StreamingSynthesizeRequest,
+        max_chars: int,
+        linear16_only: bool,
+    ) -> None:
+        v = FieldViolations()
+        check_text(v, request.text, max_chars)
+        check_speaking_rate(v, "speaking_rate", request.speaking_rate)
+        check_output(v, "audio_config", request.audio_config, request.HasField("audio_config"), linear16_only)
+        check_request_id(v, request.request_id)
+        v.raise_if_any()
+
+    async def Synthesize(
+        self, request: speech_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> speech_pb2.SynthesizeResponse:
+        identity = self._identity(context)
+        self._check_synthesis(request, SYNTHESIZE_MAX_CHARS, linear16_only=False)
+        voice = await self.synthesizer.voice(request.voice)
+        rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
+        parts = [
+            chunk.pcm
+            async for chunk in self.synthesizer.stream(request.text, voice, request.speaking_rate, rate)
+        ]
+        pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+        wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
+        metering.meter(
+            self.channels, identity, metering.CHARACTERS, len(request.text), request.request_id, voice.name
+        )
+        return speech_pb2.SynthesizeResponse(
+            audio_content=wav_bytes(pcm, rate) if wav else pcm.astype("<i2").tobytes(),
+            encoding=request.audio_config.encoding,
+            sample_rate_hertz=rate,
+            audio_duration=duration(pcm.size / rate),
+            billed_characters=len(request.text),
+        )
+
+    async def StreamingSynthesize(
+        self, request: speech_pb2.StreamingSynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[speech_pb2.StreamingSynthesizeResponse]:
+        identity = self._identity(context)
+        self._check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, linear16_only=True)
+        voice = await self.synthesizer.voice(request.voice)
+        rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
+        index = 0
+        played = 0
+        spoken = 0  # characters whose synthesis started: what is metered if the caller leaves
+        try:
+            async for chunk in self.synthesizer.stream(request.text, voice, request.speaking_rate, rate):
+                spoken = max(spoken, chunk.text_end)
+                yield speech_pb2.StreamingSynthesizeResponse(
+                    audio_content=chunk.pcm.astype("<i2").tobytes(),
+                    chunk_index=index,
+                    sample_rate_hertz=rate,
+                    audio_offset=duration(played / rate),
+                    text_start_offset=chunk.text_start,
+                    text_end_offset=chunk.text_end,
+                )
+                index += 1
+                played += chunk.pcm.size
+        except ServiceError as exc:
+            if index == 0:
+                raise
+            raise unavailable(f"synthesis failed after {index} chunks: {exc.message}", reason="SYNTHESIS_FAILED") from None
+        finally:
+            metering.meter(self.channels, identity, metering.CHARACTERS, spoken, request.request_id, voice.name)
+
+    async def ListVoices(
+        self, request: speech_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
+    ) -> speech_pb2.ListVoicesResponse:
+        self._identity(context)
+        check_language_filter(request.language_code)
+        if request.page_size < 0:
+            raise invalid_argument("page_size must not be negative", [("page_size", "0-1000 (0 means 50)")])
+        offset = parse_page_token(request.page_token, request.language_code)
+        size = min(request.page_size or 50, 1000)
+        wanted = request.language_code.lower()
+        voices = [
+            v
+            for v in await self.synthesizer.voices()
+            if not wanted or any(c.lower() == wanted or c.lower().startswith(wanted + "-") for c in v.language_codes)
+        ]
+        page = voices[offset : offset + size]
+        response = speech_pb2.ListVoicesResponse(
+            next_page_token=page_token(offset + size, request.language_code) if offset + size < len(voices) else ""
+        )
+        for v in page:
+            response.voices.add(
+                name=v.name,
+                display_name=v.display_name,
+                language_codes=list(v.language_codes),
+                gender=_GENDERS.get(v.gender, speech_pb2.Voice.GENDER_UNSPECIFIED),
+                natural_sample_rate_hertz=NATURAL_SAMPLE_RATE,
+            )
+        return response
+
+    # --- Converse -------------------------------------------------------------------------
+
+    async def Converse(
+        self, request_iterator: AsyncIterator[speech_pb2.ConverseRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[speech_pb2.ConverseResponse]:
+        identity = self._identity(context)
+        session = ConverseSession(self, identity)
+        async for response in session.run(request_iterator.__aiter__()):
+            yield response
 
 
 def build_spec() -> ServiceSpec:
