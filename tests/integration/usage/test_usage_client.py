@@ -1,0 +1,177 @@
+"""services/common/usage_client.py as a calling service uses it: the outbox in the caller's own
+schema survives Usage being down (every record arrives exactly once after it is back), invalid
+records are parked instead of blocking the queue, and budget holds settle or release."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import AsyncIterator
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+from services.common.db import Database
+from services.common.errors import ServiceError
+from services.common.server import Runtime
+from services.common.usage_client import ResourceType, UsageClient, to_micros
+from tests.support.mesh import TestMesh
+
+CALLER_SCHEMA = "usage_client_test"
+
+
+@pytest.fixture
+async def caller(mesh: TestMesh) -> AsyncIterator[tuple[Runtime, UsageClient]]:
+    """A stand-in calling service: its own schema and a UsageClient with a running drainer."""
+    db = Database(mesh.settings.database_url, CALLER_SCHEMA, 4)
+    await db.migrate(Path("/nonexistent"))  # creates the schema only
+    await db.open()
+    # Short backoff so the test does not wait out production delays.
+    settings = dataclasses.replace(
+        mesh.settings, usage_outbox_poll_seconds=0.2, usage_outbox_max_backoff_seconds=1.0
+    )
+    runtime = Runtime(name="testcaller", settings=settings, db=db, cache=None)
+    client = UsageClient(runtime)
+    try:
+        yield runtime, client
+    finally:
+        for task in runtime.tasks:
+            task.cancel()
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        await client.channels.close()
+        await db.close()
+
+
+async def ledger_ids(mesh: TestMesh, org: str) -> list[str]:
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    ids: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListUsageRecords(
+            usage_pb2.ListUsageRecordsRequest(organization=f"organizations/{org}", page_size=1000,
+                                              page_token=token), timeout=10)
+        ids.extend(r.request_id for r in page.usage_records)
+        token = page.next_page_token
+        if not token:
+            return ids
+
+
+async def wait_until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.2)
+
+
+async def test_usage_down_delays_but_never_drops(mesh: TestMesh, caller: tuple[Runtime, UsageClient]) -> None:
+    _, client = caller
+    mesh.ensure("usage")
+    org = f"org-{uuid.uuid4().hex[:12]}"
+
+    async def produce(prefix: str, n: int) -> None:
+        for i in range(n):
+            await client.record(org=org, resource_type=ResourceType.RESOURCE_TYPE_PROMPT_TOKENS,
+                                quantity=10 + i, request_id=f"{prefix}-{i}", model="models/m")
+            await asyncio.sleep(0.005)
+
+    await produce("before", 50)
+    mesh.stop("usage")
+    await produce("during", 150)  # the caller keeps working while Usage is gone
+    assert await client.pending() >= 150
+    mesh.ensure("usage")
+    await produce("after", 50)
+    await wait_until(lambda: _empty(client))
+    ids = await ledger_ids(mesh, org)
+    expected = {f"{p}-{i}" for p, n in (("before", 50), ("during", 150), ("after", 50)) for i in range(n)}
+    assert len(ids) == len(expected) and set(ids) == expected  # each exactly once
+
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    now = dt.datetime.now(dt.timezone.utc)
+    s, e = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    s.FromDatetime(now - dt.timedelta(hours=1))
+    e.FromDatetime(now + dt.timedelta(minutes=1))
+    summary = await stub.GetUsageSummary(usage_pb2.GetUsageSummaryRequest(
+        organization=f"organizations/{org}", start_time=s, end_time=e), timeout=10)
+    total = sum(10 + i for _, n in (("b", 50), ("d", 150), ("a", 50)) for i in range(n))
+    assert [r.quantity_micros for r in summary.rows] == [total * 1_000_000]
+
+
+async def _empty(client: UsageClient) -> bool:
+    return await client.pending() == 0
+
+
+async def test_redelivery_after_lost_ack_is_not_double_counted(mesh: TestMesh, caller: tuple[Runtime, UsageClient]) -> None:
+    runtime, client = caller
+    mesh.ensure("usage")
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    record = client.make_record(org=org, resource_type=ResourceType.RESOURCE_TYPE_SEARCHES,
+                                quantity=1, request_id="once")
+    # Simulate a delivery whose acknowledgement was lost: Usage has it, the outbox still too.
+    await client.stub.RecordUsage(usage_pb2.RecordUsageRequest(records=[record]), timeout=10)
+    await client.record_many([record])
+    await wait_until(lambda: _empty(client))
+    assert await ledger_ids(mesh, org) == ["once"]
+
+
+async def test_invalid_records_are_parked_not_blocking(mesh: TestMesh, caller: tuple[Runtime, UsageClient]) -> None:
+    runtime, client = caller
+    mesh.ensure("usage")
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=90)
+    async with runtime.db.connection() as conn:  # type: ignore[union-attr]
+        await conn.execute("DELETE FROM usage_outbox WHERE dead_reason IS NOT NULL")
+        # Joins the caller's transaction: both rows commit together.
+        await client.record(org=org, resource_type=ResourceType.RESOURCE_TYPE_SEARCHES, quantity=1,
+                            request_id="too-old", occur_time=old, conn=conn)
+        await client.record(org=org, resource_type=ResourceType.RESOURCE_TYPE_SEARCHES, quantity=1,
+                            request_id="fine", conn=conn)
+    await wait_until(lambda: _empty(client))
+    assert await ledger_ids(mesh, org) == ["fine"]
+    async with runtime.db.connection() as conn:  # type: ignore[union-attr]
+        cur = await conn.execute("SELECT dead_reason FROM usage_outbox WHERE dead_reason IS NOT NULL")
+        reasons = [r["dead_reason"] for r in await cur.fetchall()]
+    assert len(reasons) == 1 and "occur_time" in reasons[0]
+
+
+def test_quantities_are_exact_and_validated() -> None:
+    assert to_micros(Decimal("2.5")) == 2_500_000
+    assert to_micros(0.1) == 100_000
+    assert to_micros("1.0000005") == 1_000_001  # half-up at the micro
+    assert to_micros(7) == 7_000_000
+    for bad in (-1, float("nan"), float("inf"), "abc"):
+        with pytest.raises(ValueError):
+            to_micros(bad)  # type: ignore[arg-type]
+
+
+async def test_reserve_settles_releases_and_propagates_budget_errors(
+    mesh: TestMesh, caller: tuple[Runtime, UsageClient]
+) -> None:
+    _, client = caller
+    mesh.ensure("usage")
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    owner = [("x-aimesh-org", org), ("x-aimesh-subject", "users/o"), ("x-aimesh-roles", "owner")]
+    budget = await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
+        scope=usage_pb2.Budget.SCOPE_ORGANIZATION, monthly_limit_micros=1000, currency_code="USD")),
+        metadata=owner, timeout=10)
+
+    async with client.reserve(org=org, estimated_amount_micros=600, currency_code="USD") as hold:
+        hold.settle(550)
+    with pytest.raises(RuntimeError):
+        async with client.reserve(org=org, estimated_amount_micros=400, currency_code="USD"):
+            raise RuntimeError("work failed")  # released: nothing spent
+    with pytest.raises(ServiceError) as err:
+        async with client.reserve(org=org, estimated_amount_micros=451, currency_code="USD"):
+            pytest.fail("must not run over budget")
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.reason == "BUDGET_EXCEEDED"
+    assert err.value.metadata["budget"] == budget.name
+    current = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=owner, timeout=10)
+    assert (current.spent_micros, current.reserved_micros) == (550, 0)
