@@ -172,29 +172,10 @@ class UsageClient:
 
     # --- recording -----------------------------------------------------------------------
 
-    async def record(
-        self,
-        *,
-        org: str,
-        resource_type: int,
-        quantity: int | float | Decimal | str | None = None,
-        quantity_micros: int | None = None,
-        request_id: str,
-        model: str = "",
-        api_key: str = "",
-        user: str = "",
-        occur_time: dt.datetime | None = None,
-        source: str | None = None,
-        conn: Any = None,
-    ) -> None:
-        """Queue one usage record durably (see module docstring). Give `quantity` in units or
-        `quantity_micros`. `conn`: the caller's open connection, to commit with its own data."""
-        await self.record_many(
-            [self.make_record(org=org, resource_type=resource_type, quantity=quantity,
-                              quantity_micros=quantity_micros, request_id=request_id, model=model,
-                              api_key=api_key, user=user, occur_time=occur_time, source=source)],
-            conn=conn,
-        )
+    async def record(self, *, conn: Any = None, **fields: Any) -> None:
+        """Queue one usage record durably (see module docstring). Keywords: those of
+        `make_record`. `conn`: the caller's open connection, to commit with its own data."""
+        await self.record_many([self.make_record(**fields)], conn=conn)
 
     def make_record(
         self,
@@ -210,6 +191,8 @@ class UsageClient:
         occur_time: dt.datetime | None = None,
         source: str | None = None,
     ) -> usage_pb2.UsageRecord:
+        """A validated UsageRecord: `quantity` in units (exact, see to_micros) or
+        `quantity_micros`; `request_id` unique per organization (e.g. "<request>/<type>")."""
         if not org:
             raise ValueError("org is required")
         if not request_id:
