@@ -356,16 +356,20 @@ def _local_reply_config() -> dict[str, Any]:
     for http_code, (grpc_code, reason) in _LOCAL_REPLY_CODES.items():
         status = {"status_code_filter": {"comparison": {
             "op": "EQ", "value": {"default_value": http_code, "runtime_key": f"aimesh.lr.{http_code}"}}}}
+        details: list[dict[str, Any]] = [
+            {"@type": _t("google.rpc.ErrorInfo"), "reason": reason, "domain": "aimesh.dev"}]
+        message = "%LOCAL_REPLY_BODY%"
+        if http_code == 429:
+            # The ratelimit filter replies with an empty body; say what happened and when to
+            # retry (the window resets after x-ratelimit-reset seconds).
+            message = "rate limit exceeded for this API key or organization"
+            details.append({"@type": _t("google.rpc.RetryInfo"),
+                            "retryDelay": "%RESP(x-ratelimit-reset)%s"})
         mappers.append({
             "filter": {"and_filter": {"filters": [
                 status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
             "body_format_override": {
-                "json_format": {
-                    "code": grpc_code,
-                    "message": "%LOCAL_REPLY_BODY%",
-                    "details": [{"@type": _t("google.rpc.ErrorInfo"), "reason": reason,
-                                 "domain": "aimesh.dev"}],
-                },
+                "json_format": {"code": grpc_code, "message": message, "details": details},
                 "content_type": "application/json",
             },
         })
