@@ -20,13 +20,13 @@ import logging
 import time
 
 import grpc
-from google.protobuf import json_format, wrappers_pb2
-from google.rpc import status_pb2
-
 from aimesh.auth.v1 import auth_pb2  # noqa: F401  (keeps descriptor pool complete for JSON)
 from envoy_api.config.core.v3 import base_pb2
 from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy_api.type.v3 import http_status_pb2
+from google.protobuf import json_format, wrappers_pb2
+from google.rpc import status_pb2
+
 from services.auth import crypto
 from services.auth.domain import AuthDomain, Principal
 from services.common.channels import service_descriptors

@@ -174,7 +174,7 @@ def decode_payload_header(value: str) -> dict[str, Any]:
     """The claims jwt_authn forwarded (base64url JSON of the verified payload)."""
     data = json.loads(b64url_decode(value.strip()))
     if not isinstance(data, dict):
-        raise ValueError("payload is not a JSON object")
+        raise TypeError("payload is not a JSON object")
     return data
 
 
@@ -183,5 +183,5 @@ def unverified_expiry(token: str) -> int | None:
     try:
         value = jwt.decode(token, options={"verify_signature": False}).get("exp")
         return int(value) if value is not None else None
-    except Exception:
+    except (jwt.PyJWTError, ValueError, TypeError):
         return None

@@ -10,12 +10,14 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from psycopg.errors import UniqueViolation
+from redis.exceptions import RedisError
 
 from services.auth import crypto, store
 from services.common.cache import ServiceCache
@@ -49,7 +51,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -535,7 +537,7 @@ class AuthDomain:
         try:
             raw = await asyncio.wait_for(self.cache.redis.get(self.cache.key("apikey", prefix)),
                                          REDIS_TIMEOUT)
-        except Exception as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc)
             return None
         return json.loads(raw) if raw else None
@@ -550,7 +552,7 @@ class AuthDomain:
                 self.cache.redis.set(self.cache.key("apikey", prefix), json.dumps(entry), ex=ttl,
                                      nx=only_new),
                 REDIS_TIMEOUT if only_new else 2.0)
-        except Exception as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc)
             if not only_new:
                 log.error("could not write API key revocation to Redis; cached entries expire "

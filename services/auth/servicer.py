@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
-
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from services.auth import check
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from services.auth import check, store
 from services.auth.domain import (
     ROLE_BY_NAME,
     AuthDomain,
     Principal,
     Tokens,
 )
-from services.auth import store
 from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
@@ -84,7 +83,7 @@ def _page(page_size: int, page_token: str) -> tuple[int, tuple[datetime, str] | 
         try:
             raw = json.loads(base64.urlsafe_b64decode(page_token.encode()))
             cursor = (datetime.fromisoformat(raw[0]), str(raw[1]))
-        except Exception:
+        except (ValueError, TypeError, IndexError, KeyError):
             v.add("page_token", "is not a token returned by this method")
     v.raise_if_any()
     return min(page_size or DEFAULT_PAGE, MAX_PAGE), cursor
@@ -108,7 +107,7 @@ def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
 
 
 def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if row["revoke_time"] is not None:
         state = auth_pb2.ApiKey.STATE_REVOKED
     elif row["expire_time"] is not None and row["expire_time"] <= now:
@@ -261,7 +260,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         _org_from(request.parent, principal, "parent")
         key = request.api_key
-        expire = key.expire_time.ToDatetime(timezone.utc) if key.HasField("expire_time") else None
+        expire = key.expire_time.ToDatetime(UTC) if key.HasField("expire_time") else None
         row, secret = await self.domain.create_api_key(
             principal, key.display_name, list(key.scopes), expire, request.request_id)
         return _api_key(row, secret)
