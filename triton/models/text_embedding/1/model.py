@@ -32,7 +32,7 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        torch.set_num_threads(int(params.get("cpu_threads", "2")))
+        torch.set_num_threads(int(params.get("cpu_threads", "1")))
         device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
         self.model = SentenceTransformer(str(get_model_path()), device=device)
         self.model.eval()
