@@ -65,6 +65,8 @@ function strictCheck(items) {
     module: ts.ModuleKind.NodeNext,
     moduleResolution: ts.ModuleResolutionKind.NodeNext,
     target: ts.ScriptTarget.ES2022,
+    // Plain ES5 lib: no DOM declarations to load, the models need nothing more.
+    lib: ["lib.es5.d.ts"],
     types: [],
   };
   const host = ts.createCompilerHost(options);
