@@ -311,6 +311,7 @@ async def test_server_logs_why_it_refused_a_handshake(
 async def xfcc_port() -> AsyncIterator[int]:
     # Kubernetes mode: plaintext behind the sidecar, caller identity from its XFCC header.
     server = grpc.aio.server(interceptors=[tls.interceptor_for(CALLEE, "istio")])
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
     handlers = {
         "Generate": grpc.unary_unary_rpc_method_handler(
             _generate,
@@ -341,3 +342,13 @@ async def test_istio_mode_uses_sidecar_identity(xfcc_port: int) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _call(xfcc_port, None)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_istio_mode_lets_local_probes_reach_health_only(xfcc_port: int) -> None:
+    # pilot-agent's rewritten kubelet probe: localhost, no sidecar, no XFCC.
+    reply = await _call(xfcc_port, None, method="/grpc.health.v1.Health/Check")
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _call(xfcc_port, None)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "x-forwarded-client-cert" in (err.value.details() or "")
