@@ -1,0 +1,231 @@
+"""Gateway benchmark: one RPC (AuthService.GetOrganization, a primary-key read in PostgreSQL),
+four paths, same machine, same run.
+
+    .venv/bin/python -m bench.gateway [--seconds 6] [--concurrency 32] [--latency-requests 400]
+
+1. direct gRPC to Auth (identity headers set by the client, as the gateway would);
+2. Envoy, gRPC, API key (ext_authz → Auth) + rate limit (→ Usage);
+3. Envoy, JSON/HTTP (transcoder), same key and limit;
+4. FastAPI + httpx gateway (uvicorn): the same key check (Auth's Check over gRPC) and limit
+   (Usage's ShouldRateLimit over gRPC), then httpx forwards to an equivalent JSON endpoint
+   (FastAPI + psycopg, the same SELECT as Auth).
+
+Latency: sequential requests (p50/p99). Throughput: `--concurrency` in-flight requests for
+`--seconds`. Components run on free ports from scripts.stack (Auth, Usage, Envoy) plus two
+uvicorn processes; the load generator is this Python process, on the same cores: absolute RPS
+are bounded by the client too, ratios are the point. Prints a table and the ratios to direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
+from scripts.stack import Stack
+from services.common.config import SERVICES
+
+Call = Callable[[], Awaitable[None]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Result:
+    name: str
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    errors: int
+
+
+async def measure(name: str, call: Call, latency_requests: int, concurrency: int,
+                  seconds: float) -> Result:
+    for _ in range(50):  # warm connections, caches, JIT-less but still: pools and HTTP/2 windows
+        await call()
+    samples: list[float] = []
+    for _ in range(latency_requests):
+        start = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    done = 0
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done, errors
+        while time.perf_counter() < stop_at:
+            try:
+                await call()
+                done += 1
+            except Exception:  # noqa: BLE001 - a benchmark counts failures, it does not stop
+                errors += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    elapsed = time.perf_counter() - began
+    return Result(name, statistics.median(samples) * 1e3,
+                  samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e3,
+                  done / elapsed, errors)
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not up after {timeout}s")
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    var_dir = Path(tempfile.mkdtemp(prefix="aimesh-bench-gw-"))
+    overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{_free_port()}" for s in SERVICES}
+    overrides.update({"AIMESH_GATEWAY_ADDR": f"127.0.0.1:{_free_port()}",
+                      "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{_free_port()}",
+                      "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING"})
+    stack = Stack.create(overrides, log_dir=var_dir / "log")
+    extra: list[subprocess.Popen[bytes]] = []
+    try:
+        for service in ("auth", "usage"):
+            stack.start_service(service)
+        stack.wait_ready(["auth", "usage"], timeout=60)
+        stack.start_gateway()
+        stack.wait_ready(["gateway"], timeout=60)
+        settings = stack.settings
+        gateway = settings.gateway_addr
+
+        async with httpx.AsyncClient(base_url=f"http://{gateway}", timeout=10) as setup:
+            signup = await setup.post("/v1/auth:signUp", json={
+                "email": f"bench-{uuid.uuid4().hex[:10]}@example.com",
+                "password": "benchmark password 123", "organizationDisplayName": "Bench"})
+            signup.raise_for_status()
+            tokens = signup.json()
+            org = tokens["organization"]
+            key = await setup.post(f"/v1/{org}/apiKeys", json={"displayName": "bench"},
+                                   headers={"authorization": f"Bearer {tokens['accessToken']}"})
+            key.raise_for_status()
+            secret = key.json()["secret"]
+            key_id = key.json()["name"].rsplit("/", 1)[1]
+        org_id = org.split("/", 1)[1]
+        async with grpc.aio.insecure_channel(settings.address_of("usage")) as usage_channel:
+            await usage_pb2_grpc.UsageServiceStub(usage_channel).SetRateLimitPolicy(
+                usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
+                    name=f"{org}/rateLimitPolicy", organization_requests_per_minute=10_000_000,
+                    api_key_requests_per_minute=10_000_000, plan="bench")), timeout=5)
+
+        # The FastAPI pair: a JSON backend and the gateway in front of it.
+        backend_port, fastapi_port = _free_port(), _free_port()
+        env = {**stack.env, "BENCH_DATABASE_URL": settings.database_url,
+               "BENCH_AUTH_ADDR": settings.address_of("auth"),
+               "BENCH_USAGE_ADDR": settings.address_of("usage"),
+               "BENCH_BACKEND_URL": f"http://127.0.0.1:{backend_port}"}
+        for module, port in (("bench.gateway.fastapi_apps:backend", backend_port),
+                             ("bench.gateway.fastapi_apps:gateway", fastapi_port)):
+            extra.append(subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1", "--port",
+                 str(port), "--log-level", "warning", "--no-access-log"],
+                env=env, stdout=subprocess.DEVNULL, stderr=(var_dir / "log" / f"{port}.log").open("ab")))
+        _wait_http(f"http://127.0.0.1:{backend_port}/healthz", extra[0])
+        _wait_http(f"http://127.0.0.1:{fastapi_port}/healthz", extra[1])
+
+        request = auth_pb2.GetOrganizationRequest(name=org)
+        direct_channel = grpc.aio.insecure_channel(settings.address_of("auth"))
+        envoy_channel = grpc.aio.insecure_channel(gateway)
+        direct = auth_pb2_grpc.AuthServiceStub(direct_channel)
+        via_envoy = auth_pb2_grpc.AuthServiceStub(envoy_channel)
+        identity = (("x-aimesh-org", org_id), ("x-aimesh-subject", f"apiKeys/{key_id}"),
+                    ("x-aimesh-roles", "member"), ("x-aimesh-key-id", key_id))
+        key_md = (("x-api-key", secret),)
+        limits = httpx.Limits(max_connections=args.concurrency,
+                              max_keepalive_connections=args.concurrency)
+        envoy_http = httpx.AsyncClient(base_url=f"http://{gateway}", limits=limits, timeout=10)
+        fastapi_http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{fastapi_port}",
+                                         limits=limits, timeout=10)
+
+        async def call_direct() -> None:
+            await direct.GetOrganization(request, metadata=identity, timeout=10)
+
+        async def call_envoy_grpc() -> None:
+            await via_envoy.GetOrganization(request, metadata=key_md, timeout=10)
+
+        async def call_envoy_json() -> None:
+            (await envoy_http.get(f"/v1/{org}", headers={"x-api-key": secret})).raise_for_status()
+
+        async def call_fastapi() -> None:
+            (await fastapi_http.get(f"/v1/{org}", headers={"x-api-key": secret})).raise_for_status()
+
+        results = []
+        for name, call in (("direct gRPC (Auth)", call_direct),
+                           ("Envoy gRPC + key + limit", call_envoy_grpc),
+                           ("Envoy JSON/HTTP + key + limit", call_envoy_json),
+                           ("FastAPI+httpx gateway", call_fastapi)):
+            results.append(await measure(name, call, args.latency_requests, args.concurrency,
+                                         args.seconds))
+        await envoy_http.aclose()
+        await fastapi_http.aclose()
+        await direct_channel.close()
+        await envoy_channel.close()
+        return results
+    finally:
+        for process in extra:
+            process.terminate()
+            process.wait(timeout=10)
+        stack.stop_all()
+
+
+def report(results: list[Result], concurrency: int) -> None:
+    base = results[0]
+    print(f"\nGetOrganization, {os.cpu_count()} cores shared by client and servers; "
+          f"throughput at {concurrency} in flight\n")
+    print(f"{'path':32} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'err':>5} "
+          f"{'p50 +ms':>8} {'rps ratio':>9}")
+    for r in results:
+        print(f"{r.name:32} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.rps:8.0f} {r.errors:5d} "
+              f"{r.p50_ms - base.p50_ms:8.2f} {r.rps / base.rps:9.2f}")
+    envoy_grpc, envoy_json, fastapi = results[1], results[2], results[3]
+    print(f"\nEnvoy gRPC adds {envoy_grpc.p50_ms - base.p50_ms:.2f} ms p50 over direct "
+          f"(target <= 1 ms); Envoy JSON adds {envoy_json.p50_ms - base.p50_ms:.2f} ms.")
+    print(f"Envoy gRPC serves {envoy_grpc.rps / fastapi.rps:.1f}x, Envoy JSON "
+          f"{envoy_json.rps / fastapi.rps:.1f}x the FastAPI+httpx gateway's req/s (target >= 3x).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.gateway", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=6.0, help="throughput phase per path")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--latency-requests", type=int, default=400)
+    args = parser.parse_args(argv)
+    results = asyncio.run(run(args))
+    report(results, args.concurrency)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

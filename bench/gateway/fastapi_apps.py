@@ -1,0 +1,121 @@
+"""The comparison path of bench.gateway: the common Python gateway design.
+
+`gateway`: FastAPI app that strips client identity headers, checks the API key with Auth's
+ext_authz Check (gRPC), applies the same per-org and per-key limits with Usage's ShouldRateLimit
+(gRPC), then forwards with httpx to `backend`.
+`backend`: FastAPI JSON endpoint equivalent to AuthService.GetOrganization (the same primary-key
+SELECT). It reads auth.organizations only because this is a benchmark stand-in for Auth's own
+endpoint; no service does this.
+
+Run by bench.gateway under uvicorn; configured by BENCH_* variables it sets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import httpx
+from envoy_api.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy_api.service.auth.v3 import (
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
+from envoy_api.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+_state: dict[str, Any] = {}
+
+
+@asynccontextmanager
+async def _backend_life(app: FastAPI) -> AsyncIterator[None]:
+    pool = AsyncConnectionPool(os.environ["BENCH_DATABASE_URL"], min_size=4, max_size=10,
+                               kwargs={"row_factory": dict_row}, open=False)
+    await pool.open()
+    _state["pool"] = pool
+    yield
+    await pool.close()
+
+
+backend = FastAPI(lifespan=_backend_life)
+
+
+@backend.get("/healthz")
+async def backend_health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@backend.get("/v1/organizations/{org_id}")
+async def get_organization(org_id: str, request: Request) -> Response:
+    if request.headers.get("x-aimesh-org") != org_id:
+        return JSONResponse({"code": 5, "message": "organization not found"}, status_code=404)
+    async with _state["pool"].connection() as conn:
+        row = await (await conn.execute(
+            "SELECT id, display_name, create_time, update_time FROM auth.organizations "
+            "WHERE id = %s", (org_id,))).fetchone()
+    if row is None:
+        return JSONResponse({"code": 5, "message": "organization not found"}, status_code=404)
+    return JSONResponse({"name": f"organizations/{row['id']}", "displayName": row["display_name"],
+                         "createTime": row["create_time"].isoformat(),
+                         "updateTime": row["update_time"].isoformat()})
+
+
+@asynccontextmanager
+async def _gateway_life(app: FastAPI) -> AsyncIterator[None]:
+    auth = grpc.aio.insecure_channel(os.environ["BENCH_AUTH_ADDR"])
+    usage = grpc.aio.insecure_channel(os.environ["BENCH_USAGE_ADDR"])
+    _state["check"] = external_auth_pb2_grpc.AuthorizationStub(auth)
+    _state["limit"] = rls_pb2_grpc.RateLimitServiceStub(usage)
+    _state["http"] = httpx.AsyncClient(base_url=os.environ["BENCH_BACKEND_URL"], timeout=10,
+                                       limits=httpx.Limits(max_connections=64,
+                                                           max_keepalive_connections=64))
+    yield
+    await _state["http"].aclose()
+    await auth.close()
+    await usage.close()
+
+
+gateway = FastAPI(lifespan=_gateway_life)
+
+
+@gateway.get("/healthz")
+async def gateway_health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@gateway.get("/v1/{path:path}")
+async def proxy(path: str, request: Request) -> Response:
+    headers = {k: v for k, v in request.headers.items() if not k.startswith("x-aimesh-")}
+    http = attribute_context_pb2.AttributeContext.HttpRequest(
+        method="GET", path="/aimesh.auth.v1.AuthService/GetOrganization", headers=headers)
+    decision = await _state["check"].Check(external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(http=http))), timeout=2)
+    if decision.status.code != 0:
+        return Response(decision.denied_response.body, media_type="application/json",
+                        status_code=decision.denied_response.status.code or 403)
+    for option in decision.ok_response.headers:
+        headers[option.header.key] = option.header.value
+    for name in decision.ok_response.headers_to_remove:
+        headers.pop(name, None)
+    entry = ratelimit_pb2.RateLimitDescriptor.Entry
+    org = entry(key="org_id", value=headers["x-aimesh-org"])
+    descriptors = [ratelimit_pb2.RateLimitDescriptor(entries=[org])]
+    if "x-aimesh-key-id" in headers:
+        descriptors.append(ratelimit_pb2.RateLimitDescriptor(
+            entries=[org, entry(key="key_id", value=headers["x-aimesh-key-id"])]))
+    verdict = await _state["limit"].ShouldRateLimit(
+        rls_pb2.RateLimitRequest(domain="aimesh", descriptors=descriptors), timeout=0.25)
+    if verdict.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT:
+        return JSONResponse({"code": 8, "message": "rate limit exceeded"}, status_code=429)
+    headers.pop("host", None)
+    upstream = await _state["http"].get(f"/v1/{path}", headers=headers)
+    return Response(upstream.content, status_code=upstream.status_code,
+                    media_type=upstream.headers.get("content-type"))
