@@ -89,6 +89,15 @@ async def measure(name: str, call: Call, latency_requests: int, concurrency: int
                   done / elapsed, errors)
 
 
+def _start_uvicorn(module: str, port: int, env: dict[str, str],
+                   log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", "--no-access-log"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
 def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,10 +156,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                "BENCH_BACKEND_URL": f"http://127.0.0.1:{backend_port}"}
         for module, port in (("bench.gateway.fastapi_apps:backend", backend_port),
                              ("bench.gateway.fastapi_apps:gateway", fastapi_port)):
-            extra.append(subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1", "--port",
-                 str(port), "--log-level", "warning", "--no-access-log"],
-                env=env, stdout=subprocess.DEVNULL, stderr=(var_dir / "log" / f"{port}.log").open("ab")))
+            extra.append(_start_uvicorn(module, port, env, var_dir / "log" / f"{port}.log"))
         _wait_http(f"http://127.0.0.1:{backend_port}/healthz", extra[0])
         _wait_http(f"http://127.0.0.1:{fastapi_port}/healthz", extra[1])
 
