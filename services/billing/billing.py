@@ -45,7 +45,9 @@ _STATE_WORDS = {INVOICE_DRAFT: "DRAFT", INVOICE_FINALIZED: "FINALIZED", INVOICE_
                 INVOICE_VOID: "VOID"}
 
 
-def _ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
+def timestamp(t: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if t is None:
+        return None
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(t)
     return stamp
@@ -161,7 +163,7 @@ class Billing:
         try:
             summary = await self.usage.GetUsageSummary(
                 usage_pb2.GetUsageSummaryRequest(
-                    organization=f"organizations/{org}", start_time=_ts(start), end_time=_ts(end),
+                    organization=f"organizations/{org}", start_time=timestamp(start), end_time=timestamp(end),
                     group_by=[usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE,
                               usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL],
                 ),

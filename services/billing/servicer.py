@@ -15,11 +15,11 @@ from pathlib import Path
 
 import grpc
 from google.api import httpbody_pb2
-from google.protobuf import timestamp_pb2
 
 from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from services.billing import invoicing
 from services.billing.billing import Billing
+from services.billing.billing import timestamp as _ts
 from services.billing.store import BillingStore, Row
 from services.common.channels import Channels
 from services.common.errors import (
@@ -40,14 +40,6 @@ _PLAN_MUTABLE = {"display_name", "description", "monthly_fee_micros", "prices",
                  "organization_requests_per_minute", "api_key_requests_per_minute",
                  "tax_rate_micros", "publicly_available", "archived"}
 _MAX_MONEY = 10**15
-
-
-def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _is_platform_admin(identity: Identity) -> bool:
