@@ -329,7 +329,7 @@ SERVER_KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
 
 
 def client_service_config(
-    callee: str, methods: Mapping[str, MethodInfo] | None = None
+    callee: str, methods: Mapping[str, MethodInfo] | None = None, *, retries: bool = True
 ) -> dict[str, Any]:
     """grpc service config (JSON-able) for a channel to `callee`.
 
@@ -355,7 +355,7 @@ def client_service_config(
         entry: dict[str, Any] = {"name": [name]}
         if info.unary:
             entry["timeout"] = f"{UNARY_TIMEOUT_S}s"
-        if info.idempotent:
+        if info.idempotent and retries:
             entry["retryPolicy"] = retry
         if len(entry) > 1:
             configs.append(entry)
@@ -366,10 +366,14 @@ def client_service_config(
     }
 
 
-def client_channel_options(callee: str) -> list[tuple[str, Any]]:
-    """Channel options for an internal client: retry service config and keepalive."""
+def client_channel_options(callee: str, *, retries: bool = True) -> list[tuple[str, Any]]:
+    """Channel options for an internal client: retry service config and keepalive.
+
+    `retries=False` behind an Istio sidecar: its VirtualService already retries the same
+    methods, and retrying at both layers multiplies attempts (3 x 3).
+    """
     return [
-        ("grpc.service_config", json.dumps(client_service_config(callee))),
+        ("grpc.service_config", json.dumps(client_service_config(callee, retries=retries))),
         ("grpc.enable_retries", 1),
         *CLIENT_KEEPALIVE_OPTIONS,
     ]

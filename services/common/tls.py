@@ -684,7 +684,7 @@ def open_channel(
     """A channel from `caller` to `callee`: retry service config and keepalive from
     mesh_policy, plus (mtls) the caller's certificate and a check of the callee's name."""
     options: list[tuple[str, Any]] = [
-        *mesh_policy.client_channel_options(callee),
+        *mesh_policy.client_channel_options(callee, retries=mode != "istio"),
         *extra_options,
     ]
     if mode == "mtls":

@@ -215,3 +215,9 @@ async def test_idempotent_retried_non_idempotent_not(
             await stub(RESERVE)(health_pb2.HealthCheckRequest(), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert calls[RESERVE] == 1  # never replayed: the caller decides, with its request_id
+
+
+def test_no_client_retries_behind_the_sidecar() -> None:
+    methods = _descriptor_methods()
+    config = mp.client_service_config("usage", methods, retries=False)
+    assert config["methodConfig"] and all("retryPolicy" not in e for e in config["methodConfig"])
