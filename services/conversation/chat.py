@@ -1,0 +1,234 @@
+"""SendMessage: one turn of a chat, in the conversation's order.
+
+Holds the conversation's turn (advisory lock), stores the user message, builds the prompt
+(system prompt + as much recent history as fits the model's budget + the new message), streams
+the Orchestrator's answer and stores the assistant message — in a `finally` shielded from
+cancellation, so a disconnect or deadline still leaves the text produced so far, INCOMPLETE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import grpc
+from google.rpc import status_pb2
+
+from aimesh.conversation.v1 import conversation_pb2 as cpb
+from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
+from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
+from services.common.cache import ServiceCache
+from services.common.channels import Channels
+from services.common.errors import ServiceError, status_from_rpc_error
+from services.common.identity import Identity
+from services.conversation.store import Row, Store
+
+log = logging.getLogger("aimesh.conversation.chat")
+
+CONTEXT_MESSAGES = 100  # most recent messages considered for the prompt (and cached)
+CONTEXT_TTL_SECONDS = 3600
+MODEL_INFO_SECONDS = 60.0
+RETRIEVAL_RESERVE_TOKENS = 400  # per retrieved chunk (chunks are at most ~2,000 characters)
+_ROLE = {cpb.Message.ROLE_USER: opb.ROLE_USER, cpb.Message.ROLE_ASSISTANT: opb.ROLE_ASSISTANT}
+
+
+@dataclass
+class Turn:
+    """What is known about the answer while it streams (for the final write)."""
+
+    model: str
+    text: list[str]
+    completion: opb.Completion | None = None
+    error: status_pb2.Status | None = None
+
+
+def rpc_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status:
+    return status_from_rpc_error(exc) or status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
+
+
+def reraise(exc: grpc.aio.AioRpcError) -> ServiceError:
+    """Pass a downstream failure on with its code, message and details."""
+    status = rpc_status(exc)
+    error = ServiceError(exc.code(), exc.details() or exc.code().name)
+    error.trailing_metadata = lambda: (("grpc-status-details-bin", status.SerializeToString()),)  # type: ignore[method-assign]
+    return error
+
+
+class Chat:
+    def __init__(self, store: Store, cache: ServiceCache | None, channels: Channels) -> None:
+        self.store = store
+        self.cache = cache
+        self.channels = channels
+        self._models: dict[str, tuple[float, opb.Model]] = {}
+
+    def orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
+        return orchestrator_pb2_grpc.OrchestratorServiceStub(self.channels.get("orchestrator"))
+
+    async def model(self, name: str, identity: Identity) -> opb.Model:
+        """The model's limits (cached briefly); NOT_FOUND from the Orchestrator lists valid ones."""
+        hit = self._models.get(name)
+        if hit is not None and time.monotonic() - hit[0] < MODEL_INFO_SECONDS:
+            return hit[1]
+        try:
+            model = await self.orchestrator().GetModel(opb.GetModelRequest(name=name), metadata=identity.to_headers())
+        except grpc.aio.AioRpcError as exc:
+            raise reraise(exc) from None
+        self._models[name] = (time.monotonic(), model)
+        return model
+
+    # --- recent context (Redis) ---------------------------------------------------------------
+
+    def _context_key(self, org: str, conv_id: str) -> str:
+        assert self.cache is not None
+        return self.cache.key("context", org, conv_id)
+
+    async def history(self, org: str, conv_id: str) -> list[tuple[int, str]]:
+        """(role, content) of the recent messages, oldest first: Redis, else Postgres."""
+        if self.cache is not None:
+            try:
+                raw = await self.cache.redis.get(self._context_key(org, conv_id))
+                if raw is not None:
+                    return [(int(r), c) for r, c in json.loads(raw)]
+            except Exception as exc:
+                log.warning("context cache read failed", extra={"error": str(exc)})
+        rows = await self.store.recent_messages(org, conv_id, CONTEXT_MESSAGES)
+        history = [(int(r["role"]), r["content"]) for r in rows if r["content"]]
+        await self._save_history(org, conv_id, history)
+        return history
+
+    async def _save_history(self, org: str, conv_id: str, history: list[tuple[int, str]]) -> None:
+        if self.cache is None:
+            return
+        try:
+            await self.cache.redis.set(self._context_key(org, conv_id), json.dumps(history[-CONTEXT_MESSAGES:]),
+                                       ex=CONTEXT_TTL_SECONDS)
+        except Exception as exc:
+            log.warning("context cache write failed", extra={"error": str(exc)})
+
+    async def forget(self, org: str, conv_id: str) -> None:
+        if self.cache is not None:
+            try:
+                await self.cache.redis.delete(self._context_key(org, conv_id))
+            except Exception:
+                pass
+
+    # --- prompt -------------------------------------------------------------------------------
+
+    async def prompt(self, identity: Identity, model: opb.Model, system_prompt: str,
+                     history: list[tuple[int, str]], content: str, max_output: int, reserve: int) -> list[opb.ChatMessage]:
+        """System prompt + the most recent history that fits + the new message (oldest dropped)."""
+        head = [opb.ChatMessage(role=opb.ROLE_SYSTEM, content=system_prompt)] if system_prompt else []
+        turns = [opb.ChatMessage(role=_ROLE[r], content=c) for r, c in history if r in _ROLE]
+        new = opb.ChatMessage(role=opb.ROLE_USER, content=content)
+        budget = model.context_window_tokens - max_output - reserve
+        for _ in range(4):
+            messages = [*head, *turns, new]
+            try:
+                counted = await self.orchestrator().CountTokens(
+                    opb.CountTokensRequest(model=model.name, messages=messages), metadata=identity.to_headers())
+            except grpc.aio.AioRpcError as exc:
+                raise reraise(exc) from None
+            over = counted.prompt_tokens - budget
+            if over <= 0 or not turns:
+                return messages
+            # Drop the oldest turns worth about `over` tokens (estimated by length), then recount.
+            per_char = counted.prompt_tokens / max(sum(len(m.content) for m in messages), 1)
+            dropped = 0.0
+            while turns and dropped < over:
+                dropped += len(turns[0].content) * per_char + 4
+                turns.pop(0)
+        return [*head, *turns, new]
+
+    # --- the turn -----------------------------------------------------------------------------
+
+    async def send(self, identity: Identity, conv: Row, request: cpb.SendMessageRequest, model_name: str,
+                   timeout: float | None, to_message: Any) -> AsyncIterator[cpb.SendMessageResponse]:
+        org, conv_id = identity.org, conv["id"]
+        model = await self.model(model_name, identity)
+        async with self.store.turn(org, conv_id, timeout):
+            if request.request_id:
+                earlier = await self.store.messages_for_request(org, conv_id, request.request_id)
+                if earlier:
+                    yield cpb.SendMessageResponse(user_message=to_message(earlier[0]))
+                    if len(earlier) > 1:
+                        yield cpb.SendMessageResponse(assistant_message=to_message(earlier[1]))
+                    return
+            history = await self.history(org, conv_id)
+            user = await self.store.insert_message(org, conv_id, {
+                "role": cpb.Message.ROLE_USER, "content": request.content, "state": cpb.Message.STATE_COMPLETE,
+                "request_id": request.request_id or None})
+            history.append((cpb.Message.ROLE_USER, request.content))
+            await self._save_history(org, conv_id, history)
+            yield cpb.SendMessageResponse(user_message=to_message(user))
+
+            turn = Turn(model=model.name, text=[])
+            try:
+                max_output = request.max_output_tokens if request.HasField("max_output_tokens") else min(
+                    model.max_output_tokens, model.context_window_tokens // 4)
+                reserve = (request.retrieval.top_k or 5) * RETRIEVAL_RESERVE_TOKENS if request.retrieval.enabled else 0
+                messages = await self.prompt(identity, model, conv["system_prompt"], history[:-1], request.content,
+                                             max_output, reserve)
+                generate = opb.GenerateRequest(
+                    model=model.name, messages=messages, retrieval=request.retrieval,
+                    request_id=request.request_id)
+                if request.HasField("temperature"):
+                    generate.temperature = request.temperature
+                if request.HasField("max_output_tokens"):
+                    generate.max_output_tokens = request.max_output_tokens
+                call = self.orchestrator().Generate(generate, metadata=identity.to_headers())
+                try:
+                    async for event in call:
+                        kind = event.WhichOneof("event")
+                        if kind == "metadata":
+                            turn.model = event.metadata.model
+                            yield cpb.SendMessageResponse(generation=event.metadata)
+                        elif kind == "delta":
+                            turn.text.append(event.delta.text)
+                            yield cpb.SendMessageResponse(delta=cpb.AssistantDelta(text=event.delta.text))
+                        elif kind == "completion":
+                            turn.completion = event.completion
+                            for citation in event.completion.citations:
+                                yield cpb.SendMessageResponse(citation=citation)
+                finally:
+                    call.cancel()  # no-op when finished; otherwise cancels generation upstream
+            except grpc.aio.AioRpcError as exc:
+                turn.error = rpc_status(exc)
+            except ServiceError as exc:
+                turn.error = exc.to_status()
+            finally:
+                # Also on disconnect/deadline (CancelledError): store what was produced, even if
+                # this task is cancelled again while writing.
+                assistant = await asyncio.shield(self._store_answer(identity, conv_id, request, turn, history))
+            yield cpb.SendMessageResponse(assistant_message=to_message(assistant))
+
+    async def _store_answer(self, identity: Identity, conv_id: str, request: cpb.SendMessageRequest,
+                            turn: Turn, history: list[tuple[int, str]]) -> Row:
+        completion = turn.completion
+        content = "".join(turn.text)
+        if turn.error is not None:
+            state, finish = cpb.Message.STATE_FAILED, opb.FINISH_REASON_ERROR
+        elif completion is None:
+            state, finish = cpb.Message.STATE_INCOMPLETE, opb.FINISH_REASON_CANCELLED
+        elif completion.finish_reason == opb.FINISH_REASON_ERROR:
+            state, finish = cpb.Message.STATE_FAILED, opb.FINISH_REASON_ERROR
+            turn.error = completion.error
+        else:
+            state, finish = cpb.Message.STATE_COMPLETE, completion.finish_reason
+        extra = cpb.Message(citations=completion.citations) if completion is not None else None
+        row = await self.store.insert_message(identity.org, conv_id, {
+            "role": cpb.Message.ROLE_ASSISTANT, "content": content, "state": state, "model": turn.model,
+            "prompt_tokens": completion.usage.prompt_tokens if completion else None,
+            "completion_tokens": completion.usage.completion_tokens if completion else None,
+            "citations": extra.SerializeToString() if extra is not None and extra.citations else None,
+            "finish_reason": finish,
+            "error": turn.error.SerializeToString() if turn.error is not None else None,
+            "request_id": request.request_id or None,
+        })
+        if content:
+            history.append((cpb.Message.ROLE_ASSISTANT, content))
+            await self._save_history(identity.org, conv_id, history)
+        return row

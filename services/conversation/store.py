@@ -1,0 +1,173 @@
+"""Conversation's SQL: the only code that touches the `conversation` schema."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import psycopg
+from psycopg import sql
+
+from services.common.db import Database
+from services.common.errors import already_exists, deadline_exceeded
+
+Row = dict[str, Any]
+PURGE_AFTER_DAYS = 30
+_UPDATABLE = ("title", "metadata", "default_model", "system_prompt")
+
+
+def new_message_id() -> str:
+    """Sorts in creation order: microseconds since the epoch, then randomness."""
+    return f"{time.time_ns() // 1000:016x}{secrets.token_hex(4)}"
+
+
+def new_etag() -> str:
+    return secrets.token_hex(8)
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- conversations ------------------------------------------------------------------------
+
+    async def create_conversation(self, org: str, conv_id: str, fields: dict[str, Any], request_id: str | None) -> Row:
+        async with self.db.connection() as conn:
+            if request_id:
+                cur = await conn.execute(
+                    "SELECT * FROM conversations WHERE org = %s AND create_request_id = %s", (org, request_id))
+                existing = await cur.fetchone()
+                if existing is not None:
+                    return existing
+            try:
+                cur = await conn.execute(
+                    """INSERT INTO conversations (org, id, title, metadata, default_model, system_prompt,
+                                                  etag, create_request_id)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+                    (org, conv_id, fields["title"], json.dumps(fields["metadata"]), fields["default_model"],
+                     fields["system_prompt"], new_etag(), request_id or None),
+                )
+            except psycopg.errors.UniqueViolation:
+                raise already_exists(f"conversations/{conv_id} already exists",
+                                     metadata={"conversation": f"conversations/{conv_id}"}) from None
+            row = await cur.fetchone()
+            assert row is not None
+            return row
+
+    async def get_conversation(self, org: str, conv_id: str) -> Row | None:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM conversations WHERE org = %s AND id = %s AND "
+                f"(delete_time IS NULL OR delete_time > now() - interval '{PURGE_AFTER_DAYS} days')",
+                (org, conv_id))
+            return await cur.fetchone()
+
+    async def list_conversations(self, org: str, show_deleted: bool, offset: int, limit: int) -> list[Row]:
+        async with self.db.connection() as conn:
+            visible = (f"(delete_time IS NULL OR delete_time > now() - interval '{PURGE_AFTER_DAYS} days')"
+                       if show_deleted else "delete_time IS NULL")
+            cur = await conn.execute(
+                f"SELECT * FROM conversations WHERE org = %s AND {visible} "
+                "ORDER BY update_time DESC, id LIMIT %s OFFSET %s",
+                (org, limit, offset))
+            return await cur.fetchall()
+
+    async def update_conversation(self, org: str, conv_id: str, changes: dict[str, Any]) -> Row | None:
+        sets = [sql.SQL("{} = %s").format(sql.Identifier(k)) for k in changes if k in _UPDATABLE]
+        values = [json.dumps(v) if k == "metadata" else v for k, v in changes.items() if k in _UPDATABLE]
+        query = sql.SQL("UPDATE conversations SET {}, etag = %s, update_time = now() "
+                        "WHERE org = %s AND id = %s RETURNING *").format(sql.SQL(", ").join(sets))
+        async with self.db.connection() as conn:
+            cur = await conn.execute(query, (*values, new_etag(), org, conv_id))
+            return await cur.fetchone()
+
+    async def set_deleted(self, org: str, conv_id: str, deleted: bool) -> Row | None:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE conversations SET delete_time = CASE WHEN %s THEN coalesce(delete_time, now()) END, "
+                "etag = CASE WHEN (delete_time IS NULL) = %s THEN %s ELSE etag END "
+                "WHERE org = %s AND id = %s RETURNING *",
+                (deleted, deleted, new_etag(), org, conv_id))
+            return await cur.fetchone()
+
+    async def purge_expired(self) -> int:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"DELETE FROM conversations WHERE delete_time < now() - interval '{PURGE_AFTER_DAYS} days'")
+            return cur.rowcount
+
+    # --- messages -----------------------------------------------------------------------------
+
+    async def list_messages(self, org: str, conv_id: str, after_seq: int, limit: int) -> tuple[list[Row], int]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (org, conv_id, after_seq, limit))
+            rows = await cur.fetchall()
+            cur = await conn.execute("SELECT count(*) AS n FROM messages WHERE org = %s AND conversation_id = %s",
+                                     (org, conv_id))
+            total = await cur.fetchone()
+            return rows, int(total["n"]) if total else 0
+
+    async def get_message(self, org: str, conv_id: str, msg_id: str) -> Row | None:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND id = %s", (org, conv_id, msg_id))
+            return await cur.fetchone()
+
+    async def recent_messages(self, org: str, conv_id: str, limit: int) -> list[Row]:
+        """The last `limit` messages, oldest first."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM (SELECT * FROM messages WHERE org = %s AND conversation_id = %s "
+                "ORDER BY seq DESC LIMIT %s) recent ORDER BY seq", (org, conv_id, limit))
+            return await cur.fetchall()
+
+    async def messages_for_request(self, org: str, conv_id: str, request_id: str) -> list[Row]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND request_id = %s ORDER BY seq",
+                (org, conv_id, request_id))
+            return await cur.fetchall()
+
+    async def insert_message(self, org: str, conv_id: str, values: dict[str, Any]) -> Row:
+        """Append a message and bump the conversation's count, update_time and etag, atomically."""
+        columns = ["org", "conversation_id", "id", *values]
+        query = sql.SQL("INSERT INTO messages ({}) VALUES ({}) RETURNING *").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", ").join(sql.Placeholder() * len(columns)))
+        async with self.db.connection() as conn:
+            cur = await conn.execute(query, (org, conv_id, new_message_id(), *values.values()))
+            row = await cur.fetchone()
+            await conn.execute(
+                "UPDATE conversations SET message_count = message_count + 1, update_time = now(), etag = %s "
+                "WHERE org = %s AND id = %s", (new_etag(), org, conv_id))
+            assert row is not None
+            return row
+
+    # --- ordering -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def turn(self, org: str, conv_id: str, timeout: float | None) -> AsyncIterator[None]:
+        """Hold the conversation's turn: a session advisory lock (Postgres queues waiters in
+        arrival order). Waiting longer than `timeout` seconds is DEADLINE_EXCEEDED."""
+        async with self.db.connection() as conn:
+            key = f"conversation:{org}:{conv_id}"
+            ms = max(int((timeout or 0) * 1000), 1) if timeout is not None else 0
+            try:
+                await conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{ms}ms")))
+                await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+                await conn.execute("SET lock_timeout = 0")
+                await conn.commit()  # a session lock outlives the transaction
+            except psycopg.errors.LockNotAvailable:
+                await conn.rollback()
+                raise deadline_exceeded(
+                    "timed out waiting for the previous message of this conversation to finish",
+                    reason="CONVERSATION_BUSY") from None
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                await conn.commit()

@@ -1,0 +1,80 @@
+"""A chat stack for these tests: its own Orchestrator and Conversation processes (on free ports)
+whose catalog adds test models served by the local provider replay server, next to the
+session mesh's Knowledge/Usage/Triton. Hosted APIs cannot be reached from here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+import grpc
+import pytest
+
+from scripts.stack import Stack
+from tests.integration.chat.replay_server import Replay, start_replay
+from tests.support.mesh import TestMesh, free_port
+
+CATALOG = Path(__file__).resolve().parents[3] / "services" / "orchestrator" / "catalog.json"
+CIRCUIT_THRESHOLD = 2
+CIRCUIT_OPEN_SECONDS = 1.0
+
+
+@dataclass
+class ChatStack:
+    stack: Stack
+    replay: Replay
+    orchestrator: grpc.aio.Channel
+    conversation: grpc.aio.Channel
+
+
+def _catalog(base: str, path: Path) -> None:
+    data = json.loads(CATALOG.read_text())
+    test_models = {
+        "slow-test": [{"provider": "openai", "deployment": "endless", "base_url": f"{base}/v1"}],
+        "fallback-test": [
+            {"provider": "openai", "deployment": "die-before-first", "base_url": f"{base}/v1", "priority": 0},
+            {"provider": "triton", "deployment": "grounded_responder", "priority": 1},
+        ],
+        "flaky-test": [{"provider": "openai", "deployment": "flaky", "base_url": f"{base}/v1"}],
+        "claude-test": [{"provider": "anthropic", "deployment": "ok", "base_url": base}],
+    }
+    for name, deployments in test_models.items():
+        data["models"].append({
+            "name": name, "display_name": name, "description": "test model (local replay server)",
+            "context_window_tokens": 4096, "max_output_tokens": 256, "capabilities": ["CHAT", "STREAMING", "RETRIEVAL"],
+            "deployments": deployments,
+        })
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="session")
+async def chat(mesh: TestMesh) -> AsyncIterator[ChatStack]:
+    mesh.ensure_triton()
+    replay, runner, base = await start_replay()
+    catalog = mesh.var_dir / "chat-catalog.json"
+    _catalog(base, catalog)
+    overrides = dict(mesh.env)
+    overrides.update({
+        "AIMESH_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}",
+        "AIMESH_CONVERSATION_ADDR": f"127.0.0.1:{free_port()}",
+        "AIMESH_ORCHESTRATOR_CATALOG": str(catalog),
+        "AIMESH_CIRCUIT_FAILURE_THRESHOLD": str(CIRCUIT_THRESHOLD),
+        "AIMESH_CIRCUIT_OPEN_SECONDS": str(CIRCUIT_OPEN_SECONDS),
+        "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "30",  # Triton is shared and CPU-bound here
+        "AIMESH_GUARDRAIL_BLOCKLIST": "forbidden phrase",
+    })
+    stack = Stack.create(overrides, log_dir=mesh.var_dir / "log" / "chat")
+    try:
+        for service in ("orchestrator", "conversation"):
+            stack.start_service(service)
+        stack.wait_ready(["orchestrator", "conversation"], timeout=60)
+        orchestrator = grpc.aio.insecure_channel(stack.settings.address_of("orchestrator"))
+        conversation = grpc.aio.insecure_channel(stack.settings.address_of("conversation"))
+        yield ChatStack(stack, replay, orchestrator, conversation)
+        await orchestrator.close()
+        await conversation.close()
+    finally:
+        stack.stop_all()
+        await runner.cleanup()
