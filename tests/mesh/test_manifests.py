@@ -228,3 +228,14 @@ def test_data_stores_external_in_production_in_cluster_in_kind() -> None:
         (rule,) = policies[f"{store}-clients"]["spec"]["rules"]
         principals = set(rule["from"][0]["source"]["principals"])
         assert principals == {mp.istio_principal(s) for s in mp.SERVICES}
+
+
+def test_pod_security_levels() -> None:
+    def labels(k: Path) -> dict[str, str]:
+        (ns,) = [d for d in _build(k) if d["kind"] == "Namespace"]
+        return dict(ns["metadata"]["labels"])
+
+    # istio-init (no CNI) needs NET_ADMIN/NET_RAW: only production (istio-cni) can enforce.
+    assert labels(KUSTOMIZATIONS[1])["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert labels(KUSTOMIZATIONS[1])["istio-injection"] == "enabled"
+    assert labels(KUSTOMIZATIONS[2])["pod-security.kubernetes.io/enforce"] == "restricted"
