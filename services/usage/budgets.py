@@ -70,9 +70,9 @@ end
 # KEYS: reservation, then (counter hash, holds set) per budget.
 # ARGV: ttl_ms, amount, tokens, counter_ttl_ms, reservation fields (k1, v1, ...) count,
 #       the fields..., then per budget: money_limit (-1: unchecked), token_limit (-1: unchecked),
-#       seed_spent, seed_tokens.
-# Returns {'dup'} | {'over', budget index (1-based), spent, reserved, tokens_used} |
-#         {'ok', create_ms, expire_ms}.
+#       seed_spent (-1: not read from PostgreSQL), seed_tokens.
+# Returns {'dup'} | {'seed'} (a counter is missing and no seed was given) |
+#         {'over', budget index (1-based), spent, reserved, tokens_used} | {'ok', create_ms, expire_ms}.
 _RESERVE = _PURGE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
 local now = now_ms()
@@ -80,6 +80,11 @@ local ttl, amount, tokens, counter_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), t
 local nfields = tonumber(ARGV[5])
 local base = 6 + nfields
 local nb = (#KEYS - 1) / 2
+for i = 1, nb do
+  if tonumber(ARGV[base + (i - 1) * 4 + 2]) < 0 and redis.call('EXISTS', KEYS[2 * i]) == 0 then
+    return {'seed'}
+  end
+end
 for i = 1, nb do
   local h, z = KEYS[2 * i], KEYS[2 * i + 1]
   local a = base + (i - 1) * 4
@@ -192,6 +197,10 @@ class Reservation:
     period_start: dt.datetime = field(default_factory=lambda: month_start(dt.datetime.now(dt.timezone.utc)))
 
 
+def _word(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _from_ms(ms: int | bytes | str) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc)
 
@@ -251,31 +260,38 @@ class Budgets:
             token = b["monthly_token_limit"] > 0
             if money or token:
                 applicable.append((b, money, token))
-        seeds = await self.store.spent([b["id"] for b, _, _ in applicable], period)
         keys = [self._reservation_key(reservation_id)]
-        per_budget: list[Any] = []
-        for b, money, token in applicable:
+        for b, _, _ in applicable:
             keys.extend(self._counter_keys(b["id"], period))
-            seed = seeds.get(b["id"])
-            per_budget.extend([
-                b["monthly_limit_micros"] if money else -1,
-                b["monthly_token_limit"] if token else -1,
-                seed["spent_micros"] if seed else 0,
-                seed["spent_tokens"] if seed else 0,
-            ])
         fields = [
             "id", str(reservation_id), "org", org, "api_key", api_key, "amount", amount,
             "currency", currency, "tokens", tokens, "period", period.strftime("%Y%m"),
             "budgets", ",".join(str(b["id"]) for b, _, _ in applicable),
         ]
         counter_ttl = int((next_month(period) - now).total_seconds() * 1000) + COUNTER_GRACE_MS
-        # "id" must be the first field (its value is ARGV[7]): the hold member starts with it.
-        result = await self._reserve(
-            keys=keys,
-            args=[ttl_ms, amount, tokens, counter_ttl, len(fields), *fields, *per_budget,
-                  RESERVATION_KEEP_MS],
-        )
-        outcome = result[0].decode() if isinstance(result[0], bytes) else result[0]
+
+        async def attempt(seeds: dict[uuid.UUID, Row] | None) -> Any:
+            per_budget: list[Any] = []
+            for b, money, token in applicable:
+                seed = seeds.get(b["id"]) if seeds is not None else None
+                per_budget.extend([
+                    b["monthly_limit_micros"] if money else -1,
+                    b["monthly_token_limit"] if token else -1,
+                    (seed["spent_micros"] if seed else 0) if seeds is not None else -1,
+                    (seed["spent_tokens"] if seed else 0) if seeds is not None else -1,
+                ])
+            # "id" must be the first field (its value is ARGV[7]): the hold member starts with it.
+            return await self._reserve(
+                keys=keys,
+                args=[ttl_ms, amount, tokens, counter_ttl, len(fields), *fields, *per_budget,
+                      RESERVATION_KEEP_MS],
+            )
+
+        # Live counters normally exist: read PostgreSQL's settled spend only to seed them.
+        result = await attempt(None)
+        if _word(result[0]) == "seed":
+            result = await attempt(await self.store.spent([b["id"] for b, _, _ in applicable], period))
+        outcome = _word(result[0])
         if outcome == "dup":
             existing = await self.get(org, reservation_id)
             if existing is None:
@@ -372,7 +388,7 @@ class Budgets:
         result = await self._close(
             keys=keys, args=["settle" if settle else "release", amount, tokens]
         )
-        outcome = result[0].decode() if isinstance(result[0], bytes) else result[0]
+        outcome = _word(result[0])
         if outcome == "missing" and current.state == STATE_OPEN:
             # Redis lost the reservation: PostgreSQL still closes it exactly once.
             outcome = "ok"
