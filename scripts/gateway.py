@@ -341,8 +341,10 @@ def _cors_policy() -> dict[str, Any]:
 # upstream) become JSON google.rpc.Status bodies like every service error. gRPC callers keep
 # Envoy's gRPC-style local replies (grpc-status from the HTTP code).
 _LOCAL_REPLY_CODES = {
-    400: (3, "INVALID_ARGUMENT"), 404: (5, "NOT_FOUND"), 413: (3, "REQUEST_TOO_LARGE"),
-    429: (8, "RESOURCE_EXHAUSTED"), 503: (14, "UNAVAILABLE"), 504: (4, "DEADLINE_EXCEEDED"),
+    400: (3, "INVALID_ARGUMENT", "invalid request"), 404: (5, "NOT_FOUND", "not found"),
+    413: (3, "REQUEST_TOO_LARGE", "request body too large"),
+    429: (8, "RESOURCE_EXHAUSTED", "rate limit exceeded"),
+    503: (14, "UNAVAILABLE", "service unavailable"), 504: (4, "DEADLINE_EXCEEDED", "timed out"),
 }
 
 
@@ -353,12 +355,14 @@ def _local_reply_config() -> dict[str, Any]:
     transcoded = {"header_filter": {"header": {"name": "x-envoy-original-path",
                                                "present_match": True}}}
     mappers = []
-    for http_code, (grpc_code, reason) in _LOCAL_REPLY_CODES.items():
+    for http_code, (grpc_code, reason, summary) in _LOCAL_REPLY_CODES.items():
         status = {"status_code_filter": {"comparison": {
             "op": "EQ", "value": {"default_value": http_code, "runtime_key": f"aimesh.lr.{http_code}"}}}}
         details: list[dict[str, Any]] = [
             {"@type": _t("google.rpc.ErrorInfo"), "reason": reason, "domain": "aimesh.dev"}]
-        message = "%LOCAL_REPLY_BODY%"
+        # Envoy's body may be empty (ext_authz errors, ratelimit); the summary and the response
+        # code details (e.g. "ext_authz_error") keep the message useful.
+        message = f"{summary} (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"
         if http_code == 429:
             # The ratelimit filter replies with an empty body; say what happened and when to
             # retry (the window resets after x-ratelimit-reset seconds).
@@ -511,7 +515,7 @@ def is_ready(admin_file: Path) -> bool:
         return False
 
 
-def start_in_stack(stack: "Stack") -> "Process":
+def start_in_stack(stack: Stack) -> Process:
     settings = stack.settings
     config, admin_file = write_config(settings, Path(settings.var_dir) / "envoy")
     admin_file.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Mapping
 
 import grpc
 from aimesh.auth.v1 import auth_pb2  # noqa: F401  (keeps descriptor pool complete for JSON)
@@ -90,8 +91,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             return _deny(exc, grpc_caller)
         return _allow(principal)
 
-    async def _authenticate(self, headers: dict[str, str] | object) -> Principal:
-        get = headers.get  # type: ignore[attr-defined]
+    async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
+        get = headers.get
         payload = get(JWT_PAYLOAD_HEADER)
         if payload:
             try:

@@ -6,8 +6,8 @@ downloads), so gRPC-through-the-gateway uses Python gRPC clients instead."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import grpc
 import httpx

@@ -7,16 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import httpx
 import psycopg
 import pytest
-
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
 from scripts import gateway as gw
 from services.auth import crypto
 from services.common.errors import error_info, status_from_rpc_error
@@ -275,7 +275,7 @@ async def test_one_orgs_key_cannot_read_another_orgs_resources(http: httpx.Async
 
 async def _wait_for_fresh_window(margin: float = 8.0) -> None:
     # Windows are UTC minutes: do not let one burst straddle two of them.
-    second = datetime.now(timezone.utc).second + datetime.now(timezone.utc).microsecond / 1e6
+    second = datetime.now(UTC).second + datetime.now(UTC).microsecond / 1e6
     if second > 60 - margin:
         await asyncio.sleep(60 - second + 0.2)
 
@@ -324,3 +324,27 @@ def test_gateway_ready_and_admin_on_loopback(mesh: TestMesh) -> None:
     assert health.status_code == 200
 
 
+
+
+async def test_rate_limit_service_down_fails_open_but_auth_down_fails_closed(
+    mesh: TestMesh, http: httpx.AsyncClient
+) -> None:
+    """The documented choice (envoy/README.md): without Usage the gateway still serves
+    (authenticated) requests; without Auth it refuses them (503), never lets them through."""
+    account = await sign_up(http)
+    key = await create_key(http, account)
+    headers = {"x-api-key": key["secret"]}
+    mesh.stop("usage")
+    try:
+        reply = await http.get(f"/v1/{account.org}", headers=headers)
+        assert reply.status_code == 200, reply.text
+        assert (await http.get(f"/v1/{account.org}")).status_code == 401  # auth still enforced
+    finally:
+        mesh.ensure("usage")
+    mesh.stop("auth")
+    try:
+        reply = await http.get(f"/v1/{account.org}", headers=headers)
+        assert reply.status_code == 503 and _status(reply)[0] == 14
+    finally:
+        mesh.ensure("auth")
+    assert (await http.get(f"/v1/{account.org}", headers=headers)).status_code == 200
