@@ -20,6 +20,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from services.common.channels import Channels
 from services.common.errors import FieldViolations, invalid_argument, unavailable
 from services.common.identity import Identity
+from services.common.usage_client import UsageClient
 from services.orchestrator import metering, retrieval
 from services.orchestrator.cache import GenerationStore, response_key
 from services.orchestrator.catalog import Catalog, ModelEntry
@@ -94,12 +95,13 @@ def _citation(index: int, hit: retrieval.Retrieved) -> pb.Citation:
 
 class Orchestrator:
     def __init__(self, catalog: Catalog, router: Router, rails: Guardrails, store: GenerationStore,
-                 channels: Channels) -> None:
+                 channels: Channels, usage: UsageClient | None = None) -> None:
         self.catalog = catalog
         self.router = router
         self.rails = rails
         self.store = store
         self.channels = channels
+        self.usage = usage
         self._pending: set[asyncio.Task[Any]] = set()
 
     def count(self, request_messages: list[tuple[str, str]], passages: list[Passage]) -> int:
@@ -177,70 +179,75 @@ class Orchestrator:
                 stop=list(request.stop), seed=request.seed if request.HasField("seed") else None,
                 passages=passages)
 
-        served: list[Served] = []
-        out_filter = self.rails.output_filter(request.stop)
-        events: list[pb.GenerateResponse] = []
-        sent_text: list[str] = []
-        finish: Finish | None = None
-        failure: ProviderError | None = None
-        completion_tokens = 0
-        finished = False
-        stream = self.router.generate(self.catalog.chain(model), make_request, served)
-        try:
+        # Priced models hold budget for the worst case first (RESOURCE_EXHAUSTED when used up).
+        async with metering.budget_hold(self.usage, identity, model, prompt_tokens, max_out,
+                                        generation_id) as spend:
+            served: list[Served] = []
+            out_filter = self.rails.output_filter(request.stop)
+            events: list[pb.GenerateResponse] = []
+            sent_text: list[str] = []
+            finish: Finish | None = None
+            failure: ProviderError | None = None
+            completion_tokens = 0
+            finished = False
+            stream = self.router.generate(self.catalog.chain(model), make_request, served)
             try:
-                async for item in stream:
-                    if not events:
-                        s = served[0]
-                        events.append(pb.GenerateResponse(metadata=pb.GenerationMetadata(
-                            model=s.model.name, provider=s.deployment.provider,
-                            deployment=s.deployment.deployment, generation_id=generation_id)))
-                        yield events[-1]
-                    if isinstance(item, Finish):
-                        finish = item
-                        break
-                    completion_tokens += 1
-                    text = out_filter.feed(item.text)
-                    if text:
-                        sent_text.append(text)
-                        events.append(pb.GenerateResponse(delta=pb.TextDelta(text=text)))
-                        yield events[-1]
-                    if out_filter.done:
-                        break
-            except AllProvidersFailed as exc:
-                tried = ", ".join(f"{a.provider}/{a.deployment}" for a in exc.attempts)
-                raise unavailable(
-                    f"every provider of {model.name} failed: " + "; ".join(
-                        f"{a.provider}/{a.deployment}: {a.code.name} {a.message}" for a in exc.attempts),
-                    reason="ALL_PROVIDERS_FAILED", metadata={"providers_tried": tried, "model": model.name},
-                ) from None
-            except ProviderError as exc:
-                failure = exc
-            finally:
-                await stream.aclose()  # type: ignore[attr-defined]
-            tail = out_filter.flush() if failure is None else ""
-            if tail:
-                sent_text.append(tail)
-                events.append(pb.GenerateResponse(delta=pb.TextDelta(text=tail)))
+                try:
+                    async for item in stream:
+                        if not events:
+                            s = served[0]
+                            events.append(pb.GenerateResponse(metadata=pb.GenerationMetadata(
+                                model=s.model.name, provider=s.deployment.provider,
+                                deployment=s.deployment.deployment, generation_id=generation_id)))
+                            yield events[-1]
+                        if isinstance(item, Finish):
+                            finish = item
+                            break
+                        completion_tokens += 1
+                        text = out_filter.feed(item.text)
+                        if text:
+                            sent_text.append(text)
+                            events.append(pb.GenerateResponse(delta=pb.TextDelta(text=text)))
+                            yield events[-1]
+                        if out_filter.done:
+                            break
+                except AllProvidersFailed as exc:
+                    tried = ", ".join(f"{a.provider}/{a.deployment}" for a in exc.attempts)
+                    raise unavailable(
+                        f"every provider of {model.name} failed: " + "; ".join(
+                            f"{a.provider}/{a.deployment}: {a.code.name} {a.message}" for a in exc.attempts),
+                        reason="ALL_PROVIDERS_FAILED", metadata={"providers_tried": tried, "model": model.name},
+                    ) from None
+                except ProviderError as exc:
+                    failure = exc
+                finally:
+                    await stream.aclose()  # type: ignore[attr-defined]
+                tail = out_filter.flush() if failure is None else ""
+                if tail:
+                    sent_text.append(tail)
+                    events.append(pb.GenerateResponse(delta=pb.TextDelta(text=tail)))
+                    yield events[-1]
+                completion = self._completion(
+                    served[0], finish, failure, out_filter, input_actions, retrieved, "".join(sent_text),
+                    prompt_tokens, completion_tokens)
+                events.append(pb.GenerateResponse(completion=completion))
+                finished = True
                 yield events[-1]
-            completion = self._completion(
-                served[0], finish, failure, out_filter, input_actions, retrieved, "".join(sent_text),
-                prompt_tokens, completion_tokens)
-            events.append(pb.GenerateResponse(completion=completion))
-            finished = True
-            yield events[-1]
-        finally:
-            # Runs on cancellation too: what was produced is metered and completed answers cached.
-            if served:
-                usage = events[-1].completion.usage if finished else pb.TokenUsage(
-                    prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-                self._background(metering.report_tokens(
-                    self.channels, identity, served[0].model.name, generation_id,
-                    usage.prompt_tokens, usage.completion_tokens))
-                if finished and events[-1].completion.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH):
-                    if digest is not None:
-                        self._background(self.store.store_response(digest, events))
-                    if request.request_id:
-                        self._background(self.store.store_replay(identity.org, request.request_id, events))
+            finally:
+                # Runs on cancellation too: what was produced is metered and completed answers cached.
+                if served:
+                    usage = events[-1].completion.usage if finished else pb.TokenUsage(
+                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                    spend.prompt_tokens, spend.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                    self._background(metering.report_tokens(
+                        self.usage, identity, served[0].model.name, generation_id,
+                        usage.prompt_tokens, usage.completion_tokens))
+                    if finished and events[-1].completion.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH):
+                        if digest is not None:
+                            self._background(self.store.store_response(digest, events))
+                        if request.request_id:
+                            self._background(self.store.store_replay(identity.org, request.request_id, events))
+
 
     def _background(self, coro: Awaitable[Any]) -> None:
         # Off the response path and not tied to the (possibly cancelled) request task.
@@ -303,7 +310,7 @@ class Orchestrator:
                 event.completion.cached = True
                 del event.completion.provider_attempts[:]
                 self._background(metering.report_tokens(
-                    self.channels, identity, model.name, generation_id,
+                    self.usage, identity, model.name, generation_id,
                     event.completion.usage.prompt_tokens, event.completion.usage.completion_tokens))
             yield event
 

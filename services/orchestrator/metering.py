@@ -1,50 +1,79 @@
-"""Token metering: the ONE place generation usage goes to the Usage service.
+"""Token metering and budget holds: the ONE place generation usage meets the Usage service,
+through the shared usage client (services/common/usage_client.py).
 
-Records are idempotent per (generation, resource type) so a retried report is counted once.
-Reporting is best effort and off the response path: a Usage outage must not fail a chat.
+* `report_tokens` queues prompt and completion tokens in the durable outbox (Orchestrator's own
+  schema); records are idempotent per (generation, resource type), so they count once.
+* `budget_hold` reserves the worst-case cost of a priced generation before it starts (a used-up
+  budget fails the request with RESOURCE_EXHAUSTED) and settles the actual cost after. Models
+  with no price (the Triton responder) skip the round trip.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
 
-from google.protobuf import timestamp_pb2
-
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
-from services.common.channels import Channels
 from services.common.identity import Identity
+from services.common.usage_client import ResourceType, UsageClient
+from services.orchestrator.catalog import ModelEntry
 
 log = logging.getLogger("aimesh.orchestrator.metering")
 
 
-async def report_tokens(
-    channels: Channels, identity: Identity, model: str, generation_id: str,
-    prompt_tokens: int, completion_tokens: int,
-) -> None:
-    """Report a generation's prompt and completion tokens (never raises)."""
-    occur = timestamp_pb2.Timestamp()
-    occur.FromDatetime(datetime.now(timezone.utc))
-    common = {
-        "organization": f"organizations/{identity.org}",
-        "api_key": f"organizations/{identity.org}/apiKeys/{identity.key_id}" if identity.key_id else "",
-        "user": "" if identity.key_id else f"users/{identity.subject}",
-        "model": model,
-        "occur_time": occur,
-        "source": "orchestrator",
-    }
-    records = [
-        usage_pb2.UsageRecord(resource_type=usage_pb2.RESOURCE_TYPE_PROMPT_TOKENS,
-                              quantity_micros=prompt_tokens * 1_000_000,
-                              request_id=f"{generation_id}/prompt_tokens", **common),
-        usage_pb2.UsageRecord(resource_type=usage_pb2.RESOURCE_TYPE_COMPLETION_TOKENS,
-                              quantity_micros=completion_tokens * 1_000_000,
-                              request_id=f"{generation_id}/completion_tokens", **common),
-    ]
+def cost_micros(model: ModelEntry, prompt_tokens: int, completion_tokens: int) -> int:
+    return (prompt_tokens * model.prompt_price_micros_per_million_tokens
+            + completion_tokens * model.completion_price_micros_per_million_tokens + 999_999) // 1_000_000
+
+
+def _who(identity: Identity) -> dict[str, str]:
+    if identity.key_id:
+        return {"api_key": f"organizations/{identity.org}/apiKeys/{identity.key_id}"}
+    return {"user": f"users/{identity.subject}"}
+
+
+async def report_tokens(usage: UsageClient | None, identity: Identity, model: str, generation_id: str,
+                        prompt_tokens: int, completion_tokens: int) -> None:
+    """Queue a generation's token counts for Usage (never raises: metering must not fail a chat)."""
+    if usage is None:
+        return
     try:
-        stub = usage_pb2_grpc.UsageServiceStub(channels.get("usage"))
-        await stub.RecordUsage(
-            usage_pb2.RecordUsageRequest(records=records), metadata=identity.to_headers(), timeout=5
-        )
+        records = [
+            usage.make_record(org=identity.org, resource_type=kind, quantity=count, model=model,
+                              request_id=f"{generation_id}/{suffix}", source="orchestrator", **_who(identity))
+            for kind, count, suffix in (
+                (ResourceType.RESOURCE_TYPE_PROMPT_TOKENS, prompt_tokens, "prompt_tokens"),
+                (ResourceType.RESOURCE_TYPE_COMPLETION_TOKENS, completion_tokens, "completion_tokens"))
+        ]
+        await usage.record_many(records)
     except Exception as exc:
-        log.warning("usage report failed", extra={"generation_id": generation_id, "error": str(exc)})
+        log.error("usage not queued", extra={"generation_id": generation_id, "error": str(exc)})
+
+
+@dataclass
+class Spend:
+    """Filled in by the generation as it finishes; settled into the hold."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@asynccontextmanager
+async def budget_hold(usage: UsageClient | None, identity: Identity, model: ModelEntry,
+                      prompt_tokens: int, max_output_tokens: int, generation_id: str) -> AsyncIterator[Spend]:
+    spend = Spend()
+    estimate = cost_micros(model, prompt_tokens, max_output_tokens)
+    if usage is None or estimate == 0:
+        yield spend
+        return
+    async with usage.reserve(
+        org=identity.org, estimated_amount_micros=estimate, currency_code=model.currency_code,
+        estimated_tokens=prompt_tokens + max_output_tokens, identity=identity,
+        api_key=_who(identity).get("api_key", ""), request_id=f"{generation_id}/hold", fail_open=True,
+    ) as hold:
+        try:
+            yield spend
+        finally:
+            total = spend.prompt_tokens + spend.completion_tokens
+            hold.settle(cost_micros(model, spend.prompt_tokens, spend.completion_tokens), total)

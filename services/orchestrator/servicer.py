@@ -15,6 +15,7 @@ from services.common.errors import FieldViolations, invalid_argument
 from services.common.identity import require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import RESPONDER_MODEL, TritonClient
+from services.common.usage_client import UsageClient
 from services.orchestrator.cache import GenerationStore
 from services.orchestrator.catalog import Catalog, ModelEntry
 from services.orchestrator.generation import _ROLES, Orchestrator
@@ -79,8 +80,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.channels = Channels(settings)
         self.router = Router(providers, settings.circuit_failure_threshold, settings.circuit_open_seconds,
                              settings.provider_first_token_seconds)
+        # Token usage goes through the shared client's durable outbox (in this service's schema).
+        self.usage = UsageClient(runtime, channels=self.channels) if runtime.db is not None else None
         self.orchestrator = Orchestrator(self.catalog, self.router, Guardrails.from_setting(settings.guardrail_blocklist),
-                                         GenerationStore(runtime.cache), self.channels)
+                                         GenerationStore(runtime.cache), self.channels, self.usage)
         runtime.on_shutdown(self.channels.close)
         runtime.on_shutdown(self.orchestrator.drain)
 
@@ -128,5 +131,4 @@ def build_spec() -> ServiceSpec:
                 pb.DESCRIPTOR.services_by_name["OrchestratorService"],
             )
         ],
-        uses_db=False,
     )

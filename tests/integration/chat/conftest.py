@@ -27,6 +27,7 @@ class ChatStack:
     replay: Replay
     orchestrator: grpc.aio.Channel
     conversation: grpc.aio.Channel
+    usage: grpc.aio.Channel | None  # None when the Usage service could not start
 
 
 def _catalog(base: str, path: Path) -> None:
@@ -42,6 +43,9 @@ def _catalog(base: str, path: Path) -> None:
     }
     for name, deployments in test_models.items():
         data["models"].append({
+            # Priced, so generations of it take a budget hold at Usage.
+            "prompt_price_micros_per_million_tokens": 1_000_000 if name == "claude-test" else 0,
+            "completion_price_micros_per_million_tokens": 2_000_000 if name == "claude-test" else 0,
             "name": name, "display_name": name, "description": "test model (local replay server)",
             "context_window_tokens": 4096, "max_output_tokens": 256, "capabilities": ["CHAT", "STREAMING", "RETRIEVAL"],
             "deployments": deployments,
@@ -52,6 +56,12 @@ def _catalog(base: str, path: Path) -> None:
 @pytest.fixture(scope="session")
 async def chat(mesh: TestMesh) -> AsyncIterator[ChatStack]:
     mesh.ensure_triton()
+    try:
+        mesh.ensure("usage")
+        usage: grpc.aio.Channel | None = mesh.channel("usage")
+    except RuntimeError as exc:
+        print(f"Usage service unavailable, metering is not checked: {exc}")
+        usage = None
     replay, runner, base = await start_replay()
     catalog = mesh.var_dir / "chat-catalog.json"
     _catalog(base, catalog)
@@ -72,7 +82,7 @@ async def chat(mesh: TestMesh) -> AsyncIterator[ChatStack]:
         stack.wait_ready(["orchestrator", "conversation"], timeout=60)
         orchestrator = grpc.aio.insecure_channel(stack.settings.address_of("orchestrator"))
         conversation = grpc.aio.insecure_channel(stack.settings.address_of("conversation"))
-        yield ChatStack(stack, replay, orchestrator, conversation)
+        yield ChatStack(stack, replay, orchestrator, conversation, usage)
         await orchestrator.close()
         await conversation.close()
     finally:

@@ -169,3 +169,24 @@ async def test_list_get_count(chat: ChatStack) -> None:
     counted = await stub.CountTokens(pb.CountTokensRequest(model=model.name, messages=_request().messages), metadata=md)
     assert 0 < counted.prompt_tokens < counted.context_window_tokens
     assert counted.available_output_tokens == model.max_output_tokens
+
+
+async def test_tokens_are_metered_to_usage(chat: ChatStack) -> None:
+    from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
+    if chat.usage is None:
+        pytest.skip("the Usage service did not start in this mesh")
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    md = [("x-aimesh-org", org), ("x-aimesh-subject", "user-1"), ("x-aimesh-roles", "admin")]
+    events = await _run(chat, _request(model="models/claude-test"), md)
+    usage = events[-1].completion.usage
+    stub = usage_pb2_grpc.UsageServiceStub(chat.usage)
+    found: dict[int, int] = {}
+    for _ in range(60):  # the outbox drains in the background
+        listed = await stub.ListUsageRecords(usage_pb2.ListUsageRecordsRequest(organization=f"organizations/{org}"), metadata=md)
+        found = {r.resource_type: r.quantity_micros for r in listed.usage_records}
+        if len(found) == 2:
+            break
+        await asyncio.sleep(0.5)
+    assert found == {usage_pb2.RESOURCE_TYPE_PROMPT_TOKENS: usage.prompt_tokens * 1_000_000,
+                     usage_pb2.RESOURCE_TYPE_COMPLETION_TOKENS: usage.completion_tokens * 1_000_000}
