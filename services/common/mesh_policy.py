@@ -733,7 +733,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write-istio", action="store_true", help="render istio/base/mesh/*.yaml")
     group.add_argument("--check-istio", action="store_true", help="exit 1 if they are stale")
-    group.add_argument("--service-config", metavar="CALLEE", help="print a client service config")
+    group.add_argument(
+        "--service-config",
+        choices=sorted(POLICY),
+        help="print the client service config for a callee",
+    )
     parser.add_argument("--out", type=Path, default=ISTIO_DIR)
     args = parser.parse_args(argv)
     if args.service_config:
