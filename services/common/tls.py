@@ -500,6 +500,8 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         if mode not in ("mtls", "xfcc", "plaintext"):
             raise ValueError(f"unknown identity source {mode!r}")
+        if policy is mesh_policy and callee not in mesh_policy.POLICY:
+            raise ValueError(f"{callee!r} is not a service of the caller graph")
         self._callee = callee
         self._policy = policy
         self._mode = mode

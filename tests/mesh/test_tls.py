@@ -352,3 +352,10 @@ async def test_istio_mode_lets_local_probes_reach_health_only(xfcc_port: int) ->
         await _call(xfcc_port, None)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "x-forwarded-client-cert" in (err.value.details() or "")
+
+
+def test_interceptor_rejects_unknown_callee_and_mode() -> None:
+    with pytest.raises(ValueError, match="not a service"):
+        tls.PeerAuthorizationInterceptor("nonexistent")
+    with pytest.raises(ValueError, match="identity source"):
+        tls.PeerAuthorizationInterceptor("usage", mode="bogus")  # type: ignore[arg-type]
