@@ -460,14 +460,35 @@ def peer_description(context: grpc.aio.ServicerContext) -> str:
     return f"peer={context.peer()} uris={_peer_uris(auth)} cn={cn or '-'}"
 
 
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside double quotes (XFCC quotes values that contain , ; =)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
 def xfcc_identity(header: str, trust_domain: str = mesh_policy.K8S_TRUST_DOMAIN) -> str | None:
     """The client identity from an Istio sidecar's x-forwarded-client-cert header.
 
-    Only trustworthy behind a sidecar that sanitizes XFCC (Istio's inbound default): the
-    last element is the hop the sidecar verified.
+    Only trustworthy behind a sidecar that sanitizes or appends XFCC (Istio's inbound
+    behaviour): the last element is the hop the sidecar itself verified.
     """
-    last = header.split(",")[-1]
-    for part in last.split(";"):
+    last = _split_unquoted(header, ",")[-1]
+    for part in _split_unquoted(last, ";"):
         key, _, value = part.partition("=")
         if key.strip().lower() == "uri":
             return mesh_policy.identity_from_spiffe(value.strip().strip('"'), trust_domain)

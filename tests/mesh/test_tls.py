@@ -269,6 +269,10 @@ def test_xfcc_identity() -> None:
     assert tls.xfcc_identity(header) == "conversation"
     assert tls.xfcc_identity("Hash=abc;URI=spiffe://evil.example/ns/aimesh/sa/gateway") is None
     assert tls.xfcc_identity("Hash=abc") is None
+    # A quoted subject with commas; the sidecar's own (last) element wins over a forged one.
+    forged = "Hash=x;URI=spiffe://cluster.local/ns/aimesh/sa/gateway"
+    real = 'Hash=y;Subject="CN=a,O=b;c";URI=spiffe://cluster.local/ns/aimesh/sa/speech'
+    assert tls.xfcc_identity(f"{forged},{real}") == "speech"
 
 
 async def test_server_logs_why_it_refused_a_handshake(
