@@ -1,9 +1,9 @@
 """Budgets: monthly money and token caps per organization or API key, enforced by reservations.
 
 Where the numbers live:
-- PostgreSQL holds the budgets, every reservation (its state and amounts) and the settled
-  spend per budget and month (`budget_spend`, updated in the same transaction that settles a
-  reservation). That is the durable truth; GetBudget's spent_micros comes from it.
+- PostgreSQL holds the budgets and every reservation (its state and amounts); a budget's
+  settled spend in a month is the sum of its settled reservations. That is the durable truth
+  the live counters are seeded from.
 - Redis holds the live counters used to decide reservations atomically: per budget and month a
   hash {spent, reserved, tokens_spent, tokens_reserved} plus a sorted set of open holds
   ("<reservation>:<amount>:<tokens>" scored by expiry in ms). A counter hash missing from
@@ -154,11 +154,12 @@ redis.call('HSET', KEYS[1], 'state', state, 'close_ms', now, 'settled_amount', A
 return {'ok', now}
 """
 
-# KEYS: counter hash, holds set. Returns {reserved, tokens_reserved} after purging.
+# KEYS: counter hash, holds set. Returns {} when the counters are absent, else
+# {spent, tokens_spent, reserved, tokens_reserved} after purging lapsed holds.
 _READ = _PURGE + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 purge(KEYS[1], KEYS[2], now_ms())
-local v = redis.call('HMGET', KEYS[1], 'reserved', 'tokens_reserved')
-return {tonumber(v[1] or '0'), tonumber(v[2] or '0')}
+return redis.call('HMGET', KEYS[1], 'spent', 'tokens_spent', 'reserved', 'tokens_reserved')
 """
 
 
@@ -226,17 +227,23 @@ class Budgets:
         return self.cache.key("resv", str(reservation_id))
 
     async def current(self, budget: Row, now: dt.datetime | None = None) -> dict[str, Any]:
-        """The budget's current period with settled spend (PostgreSQL) and live holds (Redis)."""
+        """The budget's current period: live counters from Redis, else PostgreSQL's settled sum."""
         period = month_start(now or dt.datetime.now(dt.timezone.utc))
-        spent = (await self.store.spent([budget["id"]], period)).get(budget["id"])
-        reserved, tokens_reserved = await self._read(keys=self._counter_keys(budget["id"], period))
+        live = await self._read(keys=self._counter_keys(budget["id"], period))
+        if live:
+            spent, spent_tokens, reserved, tokens_reserved = (int(x) for x in live)
+        else:
+            row = (await self.store.spent([budget["id"]], period)).get(budget["id"])
+            spent = row["spent_micros"] if row else 0
+            spent_tokens = row["spent_tokens"] if row else 0
+            reserved = tokens_reserved = 0
         return {
             "period_start": period,
             "period_end": next_month(period),
-            "spent_micros": spent["spent_micros"] if spent else 0,
-            "spent_tokens": spent["spent_tokens"] if spent else 0,
-            "reserved_micros": max(int(reserved), 0),
-            "reserved_tokens": max(int(tokens_reserved), 0),
+            "spent_micros": spent,
+            "spent_tokens": spent_tokens,
+            "reserved_micros": max(reserved, 0),
+            "reserved_tokens": max(tokens_reserved, 0),
         }
 
     async def reserve(

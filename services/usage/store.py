@@ -311,11 +311,18 @@ class UsageStore:
             return cur.rowcount > 0
 
     async def spent(self, budget_ids: Sequence[uuid.UUID], period: dt.datetime) -> dict[uuid.UUID, Row]:
+        """Settled spend of each budget in the period, summed from its settled reservations."""
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT budget_id, spent_micros, spent_tokens FROM budget_spend "
-                "WHERE budget_id = ANY(%s) AND period_start = %s",
-                (list(budget_ids), period),
+                """
+                SELECT b.id AS budget_id, sum(r.settled_amount_micros)::bigint AS spent_micros,
+                       sum(r.settled_tokens)::bigint AS spent_tokens
+                FROM reservations r, unnest(r.budgets) AS b(id)
+                WHERE r.state = 2 AND r.budgets && %s::uuid[] AND r.period_start = %s
+                  AND b.id = ANY(%s::uuid[])
+                GROUP BY b.id
+                """,
+                (list(budget_ids), period, list(budget_ids)),
             )
             return {row["budget_id"]: row for row in await cur.fetchall()}
 
@@ -347,8 +354,8 @@ class UsageStore:
     async def close_reservation(
         self, reservation_id: uuid.UUID, state: int, amount: int, tokens: int
     ) -> Row | None:
-        """Move an OPEN reservation to `state`; a settle adds its amount to every budget's
-        period spend in the same transaction. Returns the row (unchanged when not open)."""
+        """Move an OPEN reservation to `state` (once); returns the row, unchanged when it was
+        not open. Settled rows are what a budget's settled spend is summed from."""
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 """
@@ -359,17 +366,6 @@ class UsageStore:
                 (state, amount, tokens, reservation_id),
             )
             row = await cur.fetchone()
-            if row is not None and state == 2 and row["budgets"]:
-                await conn.execute(
-                    """
-                    INSERT INTO budget_spend (budget_id, period_start, spent_micros, spent_tokens)
-                    SELECT b.id, %s, %s, %s FROM budgets b WHERE b.id = ANY(%s) ORDER BY b.id
-                    ON CONFLICT (budget_id, period_start) DO UPDATE
-                        SET spent_micros = budget_spend.spent_micros + EXCLUDED.spent_micros,
-                            spent_tokens = budget_spend.spent_tokens + EXCLUDED.spent_tokens
-                    """,
-                    (row["period_start"], amount, tokens, row["budgets"]),
-                )
             if row is None:
                 cur = await conn.execute("SELECT * FROM reservations WHERE id = %s", (reservation_id,))
                 row = await cur.fetchone()
