@@ -214,6 +214,18 @@ def _route(rpc: Rpc) -> dict[str, Any]:
     return route
 
 
+def _preflight_route() -> dict[str, Any]:
+    # The CORS filter answers preflights only on routes with a route entry (not the 404 direct
+    # response), and REST paths match no gRPC route before transcoding. Preflights stop at the
+    # CORS filter; anything else reaching this route still meets ext_authz (which is enabled).
+    return {
+        "name": "cors_preflight",
+        "match": {"prefix": "/", "headers": [{"name": ":method",
+                                               "string_match": {"exact": "OPTIONS"}}]},
+        "route": {"cluster": "auth", "timeout": "5s"},
+    }
+
+
 def _not_found_route() -> dict[str, Any]:
     # Unknown REST paths are already 404 from the transcoder (reject_unknown_method); this
     # catches unknown gRPC paths. Nothing is routed upstream, so skipping auth here is safe.
@@ -385,7 +397,7 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
     """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
     rpcs = load_rpcs(descriptor)
     services = sorted({r.full_service for r in rpcs})
-    routes = [_route(r) for r in rpcs] + [_not_found_route()]
+    routes = [_route(r) for r in rpcs] + [_preflight_route(), _not_found_route()]
     hcm = {
         "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager"),

@@ -348,3 +348,35 @@ async def test_rate_limit_service_down_fails_open_but_auth_down_fails_closed(
     finally:
         mesh.ensure("auth")
     assert (await http.get(f"/v1/{account.org}", headers=headers)).status_code == 200
+
+
+async def test_server_stream_through_gateway_json_and_grpc(
+    http: httpx.AsyncClient, gateway_channel: grpc.aio.Channel
+) -> None:
+    """A server-streaming route (no 15 s route timeout) end to end: Usage's CSV export, as
+    HttpBody chunks over JSON/HTTP and as a gRPC stream."""
+    account = await sign_up(http)
+    key = await create_key(http, account)
+    params = {"startTime": "2020-01-01T00:00:00Z", "endTime": "2020-12-31T00:00:00Z"}
+    reply = await http.get("/v1/usageRecords:export", params=params,
+                           headers={"x-api-key": key["secret"]})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("text/csv")
+    assert reply.text.startswith("occur_time,resource_type,model")
+
+    stub = usage_pb2_grpc.UsageServiceStub(gateway_channel)
+    request = usage_pb2.ExportUsageRecordsRequest()
+    request.start_time.FromJsonString(params["startTime"])
+    request.end_time.FromJsonString(params["endTime"])
+    chunks = [c async for c in stub.ExportUsageRecords(
+        request, metadata=(("x-api-key", key["secret"]),), timeout=10)]
+    assert chunks and chunks[0].data.startswith(b"occur_time,")
+
+
+async def test_cors_preflight_is_answered_without_credentials(http: httpx.AsyncClient) -> None:
+    reply = await http.options("/v1/users/me", headers={
+        "origin": "https://app.example.com", "access-control-request-method": "GET",
+        "access-control-request-headers": "authorization"})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "authorization" in reply.headers["access-control-allow-headers"]
