@@ -673,7 +673,10 @@ TLS_MODES: tuple[str, ...] = ("mtls", "istio", "plaintext")
 
 def interceptor_for(callee: str, mode: TlsMode) -> PeerAuthorizationInterceptor:
     """mtls: local CA certificates; istio: the sidecar's XFCC; plaintext: debugging only."""
-    source: IdentitySource = {"mtls": "mtls", "istio": "xfcc", "plaintext": "plaintext"}[mode]
+    sources: dict[str, IdentitySource] = {"mtls": "mtls", "istio": "xfcc", "plaintext": "plaintext"}
+    if mode not in sources:
+        raise ValueError(f"unknown TLS mode {mode!r}; expected one of {', '.join(TLS_MODES)}")
+    source = sources[mode]
     return PeerAuthorizationInterceptor(callee, mode=source)
 
 
