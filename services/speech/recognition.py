@@ -30,7 +30,9 @@ from services.speech.audio import ASR_SAMPLE_RATE, EnergyVad, StreamResampler
 log = logging.getLogger("aimesh.speech.recognition")
 
 PREROLL_SAMPLES = ASR_SAMPLE_RATE * 300 // 1000  # audio kept before the detected onset
-FINAL_TIMEOUT_SECONDS = 15.0  # how long an utterance may take to finalize on Triton
+# How long an utterance may take to finalize on Triton: generous, because a busy recognizer
+# works through a backlog of chunks first; it only guards against a stuck sequence.
+FINAL_TIMEOUT_SECONDS = 60.0
 OUTPUT_QUEUE_SIZE = 32  # events buffered towards a slow client before we stop reading audio
 
 
@@ -92,7 +94,7 @@ class RecognitionOptions:
     max_utterance_ms: int = 30_000
     audio_offset: float = 0.0
     # Audio per Triton request: small for streams (interim latency), large for files.
-    send_chunk_ms: int = 100
+    send_chunk_ms: int = 200
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -122,7 +124,6 @@ class _Utterance:
         self.index = index
         self.first_sample = first_sample  # 16 kHz stream index of the sequence's first sample
         self.sent = first_sample
-        self.closing = False  # after END_OF_UTTERANCE: interim results are no longer useful
         self.started = False
         self.stream: SequenceStream = session.triton.recognize(idle_timeout=30.0)
         self.final: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
@@ -140,7 +141,7 @@ class _Utterance:
                     if not self.final.done():
                         self.final.set_result(response.outputs)
                     return
-                if self.closing or not self.session.options.interim_results:
+                if not self.session.options.interim_results:
                     continue
                 text = _text(np.asarray(transcript).reshape(-1)[0]).strip()
                 words = text.split()
@@ -302,7 +303,6 @@ class RecognitionSession:
         utterance = self._utterance
         assert utterance is not None
         self._utterance = None
-        utterance.closing = True
         await self._emit(SpeechEnded(utterance.index, self.offset_of(speech_end)))
         await self._emit(EndOfUtterance(utterance.index, self.offset_of(position)))
         await self._finalize(utterance, position)
@@ -362,8 +362,7 @@ class RecognitionSession:
         utterance = self._utterance
         if utterance is not None and not self.done:
             self._utterance = None
-            utterance.closing = True
-            # Everything received so far, including the VAD's partial last frame.
+                # Everything received so far, including the VAD's partial last frame.
             position = self._history_start + len(self._history)
             await self._emit(SpeechEnded(utterance.index, self.offset_of(position)))
             await self._emit(EndOfUtterance(utterance.index, self.offset_of(position)))
