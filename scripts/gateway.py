@@ -118,9 +118,11 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def upstream_cluster(name: str, address: str, http2: bool = True,
-                     health_check: bool = True) -> dict[str, Any]:
-    """The one definition of an upstream cluster. mTLS later = a transport_socket added here."""
+def upstream_cluster(name: str, address: str, http2: bool = True, health_check: bool = True,
+                     transport_socket: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one definition of an upstream cluster. For mTLS, render() passes
+    services.common.tls.envoy_upstream_transport_socket(name, certs) for the service clusters
+    (health checks and ext_authz/ratelimit calls then use it too)."""
     host = address.rpartition(":")[0]
     cluster: dict[str, Any] = {
         "name": name,
@@ -131,6 +133,8 @@ def upstream_cluster(name: str, address: str, http2: bool = True,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(address)}}]}],
         },
     }
+    if transport_socket is not None:
+        cluster["transport_socket"] = transport_socket
     if http2:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -426,6 +430,7 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
         "http2_protocol_options": {"max_concurrent_streams": 1000},
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
     }
+    # Service clusters (mTLS goes here: transport_socket=...); the JWKS loopback stays plaintext.
     clusters = [upstream_cluster(s, settings.address_of(s)) for s in SERVICES]
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
     clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,

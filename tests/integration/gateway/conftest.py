@@ -5,6 +5,7 @@ downloads), so gRPC-through-the-gateway uses Python gRPC clients instead."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,7 +38,14 @@ class Account:
 @pytest.fixture(scope="session")
 async def gateway(mesh: TestMesh) -> str:
     mesh.ensure("auth", "usage")
-    return f"http://{mesh.ensure_gateway()}"
+    base = f"http://{mesh.ensure_gateway()}"
+    # Envoy is ready when its listener is; wait until it also reaches Auth (first health check).
+    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        for _ in range(100):
+            if (await client.get("/.well-known/jwks.json")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+    return base
 
 
 @pytest.fixture(scope="session")
