@@ -20,12 +20,12 @@ import datetime as dt
 import statistics
 import time
 import uuid
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import psycopg
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from tests.support.mesh import TestMesh
 
 SCRATCH_SCHEMA = "bench_usage"
@@ -96,7 +96,7 @@ def make_record(org: str, rid: str, now: timestamp_pb2.Timestamp) -> usage_pb2.U
 async def record_usage(stub: usage_pb2_grpc.UsageServiceStub, total: int, batch: int, concurrency: int) -> float:
     org = f"bench-{uuid.uuid4().hex[:10]}"
     now = timestamp_pb2.Timestamp()
-    now.FromDatetime(dt.datetime.now(dt.timezone.utc))
+    now.FromDatetime(dt.datetime.now(dt.UTC))
 
     async def one(i: int) -> float:
         records = [make_record(org, f"b{batch}-{i}-{j}", now) for j in range(batch)]

@@ -15,12 +15,13 @@ import datetime as dt
 import html
 import logging
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from services.billing import invoicing
 from services.billing.store import (
     INVOICE_DRAFT,
@@ -74,7 +75,7 @@ class Billing:
     # --- subscriptions -------------------------------------------------------------------
 
     async def subscription(self, org: str, now: dt.datetime | None = None) -> Row:
-        row, push = await self.store.subscription(org, now or dt.datetime.now(dt.timezone.utc))
+        row, push = await self.store.subscription(org, now or dt.datetime.now(dt.UTC))
         if push:
             await self.push_policy(row, strict=False)
         return row
@@ -105,7 +106,7 @@ class Billing:
         """Roll over subscriptions at period boundaries and retry unsynced policy pushes."""
         while True:
             try:
-                for org in await self.store.orgs_needing_attention(dt.datetime.now(dt.timezone.utc)):
+                for org in await self.store.orgs_needing_attention(dt.datetime.now(dt.UTC)):
                     await self.subscription(org)
             except asyncio.CancelledError:
                 raise
@@ -145,7 +146,7 @@ class Billing:
     async def generate(
         self, org: str, start: dt.datetime, allow_open: bool, metadata: Sequence[tuple[str, str]] | None
     ) -> Row:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         if start != month_start(start) or start.tzinfo is None:
             raise invalid_argument("period_start_time must be the first instant of a UTC month",
                                    {"period_start_time": "not the first instant of a UTC month"})
@@ -185,7 +186,7 @@ class Billing:
                 return row
             if row["state"] != INVOICE_DRAFT:
                 raise _invalid_state(row, "finalize")
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             if row["period_end"] > now:
                 raise failed_precondition("the period has not ended yet", reason="PERIOD_NOT_ENDED")
             cur = await conn.execute(
@@ -211,7 +212,7 @@ class Billing:
             cur = await conn.execute(
                 "UPDATE invoices SET state = %s, payment_reference = %s, paid_time = %s, "
                 "update_time = now() WHERE id = %s RETURNING *",
-                (INVOICE_PAID, reference, paid or dt.datetime.now(dt.timezone.utc), row["id"]),
+                (INVOICE_PAID, reference, paid or dt.datetime.now(dt.UTC), row["id"]),
             )
             return await cur.fetchone()
 

@@ -16,9 +16,9 @@ Rules (the contract's, aimesh.billing.v1):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Iterable, Sequence
 
 KIND_SUBSCRIPTION_FEE = 1
 KIND_USAGE = 2

@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 import grpc
+from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from google.api import httpbody_pb2
 
-from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from services.billing import invoicing
 from services.billing.billing import Billing
 from services.billing.billing import timestamp as _ts
@@ -298,7 +298,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             identity.require_role(Role.ADMIN, "generating an invoice")
         v.check(request.HasField("period_start_time"), "period_start_time", "required")
         v.raise_if_any()
-        start = request.period_start_time.ToDatetime(tzinfo=dt.timezone.utc)
+        start = request.period_start_time.ToDatetime(tzinfo=dt.UTC)
         row = await self.billing.generate(org, start, request.allow_open_period, identity.to_headers())
         return await self._invoice_message(row)
 
@@ -337,7 +337,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             raise invalid_argument("payment_reference must be 1-200 characters",
                                    {"payment_reference": "1-200 characters"})
         _require_platform_admin(identity, "marking an invoice paid")
-        paid = request.paid_time.ToDatetime(tzinfo=dt.timezone.utc) if request.HasField("paid_time") else None
+        paid = request.paid_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("paid_time") else None
         return await self._invoice_message(
             await self.billing.mark_paid(identity.org, invoice_id, request.payment_reference, paid))
 

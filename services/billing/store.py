@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from services.billing.invoicing import Line, Totals
 from services.common.db import Database
@@ -15,8 +16,8 @@ INVOICE_DRAFT, INVOICE_FINALIZED, INVOICE_PAID, INVOICE_VOID = 1, 2, 3, 4
 
 
 def month_start(t: dt.datetime) -> dt.datetime:
-    t = t.astimezone(dt.timezone.utc)
-    return dt.datetime(t.year, t.month, 1, tzinfo=dt.timezone.utc)
+    t = t.astimezone(dt.UTC)
+    return dt.datetime(t.year, t.month, 1, tzinfo=dt.UTC)
 
 
 def next_month(start: dt.datetime) -> dt.datetime:
@@ -94,20 +95,19 @@ class BillingStore:
         self, plan_id: str, changes: Row, prices: Sequence[Row] | None, version: int | None
     ) -> Row | None:
         """Apply `changes` (+ prices when given); None when the plan or its version is gone."""
-        async with self.db.connection() as conn:
-            async with conn.transaction():
-                sets = "".join(f", {column} = %({column})s" for column in changes)
-                guard = " AND version = %(version)s" if version is not None else ""
-                cur = await conn.execute(
-                    f"UPDATE plans SET version = version + 1, update_time = now(){sets} "
-                    f"WHERE id = %(id)s{guard} RETURNING id",
-                    {**changes, "id": plan_id, "version": version},
-                )
-                if await cur.fetchone() is None:
-                    return None
-                if prices is not None:
-                    await self._replace_prices(conn, plan_id, prices)
-                return await self.get_plan(plan_id, conn)
+        async with self.db.connection() as conn, conn.transaction():
+            sets = "".join(f", {column} = %({column})s" for column in changes)
+            guard = " AND version = %(version)s" if version is not None else ""
+            cur = await conn.execute(
+                f"UPDATE plans SET version = version + 1, update_time = now(){sets} "
+                f"WHERE id = %(id)s{guard} RETURNING id",
+                {**changes, "id": plan_id, "version": version},
+            )
+            if await cur.fetchone() is None:
+                return None
+            if prices is not None:
+                await self._replace_prices(conn, plan_id, prices)
+            return await self.get_plan(plan_id, conn)
 
     async def default_plan_id(self, conn: Any) -> str:
         cur = await conn.execute("SELECT id FROM plans WHERE is_default")
@@ -299,12 +299,11 @@ class BillingStore:
 
     async def transition(self, org: str, invoice_id: uuid.UUID, apply: Any) -> Row | None:
         """Lock the invoice and let `apply(conn, row)` move it (returns the new row)."""
-        async with self.db.connection() as conn:
-            async with conn.transaction():
-                cur = await conn.execute(
-                    "SELECT * FROM invoices WHERE org = %s AND id = %s FOR UPDATE", (org, invoice_id)
-                )
-                row = await cur.fetchone()
-                if row is None:
-                    return None
-                return await apply(conn, row)
+        async with self.db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT * FROM invoices WHERE org = %s AND id = %s FOR UPDATE", (org, invoice_id)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            return await apply(conn, row)

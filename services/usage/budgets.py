@@ -195,7 +195,7 @@ class Reservation:
     settled_amount_micros: int = 0
     settled_tokens: int = 0
     close_time: dt.datetime | None = None
-    period_start: dt.datetime = field(default_factory=lambda: month_start(dt.datetime.now(dt.timezone.utc)))
+    period_start: dt.datetime = field(default_factory=lambda: month_start(dt.datetime.now(dt.UTC)))
 
 
 def _word(value: bytes | str) -> str:
@@ -203,11 +203,11 @@ def _word(value: bytes | str) -> str:
 
 
 def _from_ms(ms: int | bytes | str) -> dt.datetime:
-    return dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)
 
 
 def _rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class Budgets:
@@ -228,7 +228,7 @@ class Budgets:
 
     async def current(self, budget: Row, now: dt.datetime | None = None) -> dict[str, Any]:
         """The budget's current period: live counters from Redis, else PostgreSQL's settled sum."""
-        period = month_start(now or dt.datetime.now(dt.timezone.utc))
+        period = month_start(now or dt.datetime.now(dt.UTC))
         live = await self._read(keys=self._counter_keys(budget["id"], period))
         if live:
             spent, spent_tokens, reserved, tokens_reserved = (int(x) for x in live)
@@ -256,7 +256,7 @@ class Budgets:
         ttl_ms: int,
         request_id: str,
     ) -> Reservation:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         period = month_start(now)
         reservation_id = (
             uuid.uuid5(RESERVATION_NAMESPACE, f"{org}/{request_id}") if request_id else uuid.uuid4()
@@ -365,7 +365,7 @@ class Budgets:
                 return None
             state = _STATE_NAMES[h["state"]]
             expire = _from_ms(h["expire_ms"])
-            if state == STATE_OPEN and expire < dt.datetime.now(dt.timezone.utc):
+            if state == STATE_OPEN and expire < dt.datetime.now(dt.UTC):
                 state = STATE_EXPIRED
             return Reservation(
                 id=reservation_id, org=h["org"], api_key=h["api_key"],
@@ -377,7 +377,7 @@ class Budgets:
                 settled_tokens=int(h.get("settled_tokens", 0)),
                 close_time=_from_ms(h["close_ms"]) if "close_ms" in h else (
                     expire if state == STATE_EXPIRED else None),
-                period_start=dt.datetime.strptime(h["period"], "%Y%m").replace(tzinfo=dt.timezone.utc),
+                period_start=dt.datetime.strptime(h["period"], "%Y%m").replace(tzinfo=dt.UTC),
             )
         row = await self.store.get_reservation(org, reservation_id)
         return _from_row(row) if row else None
@@ -418,7 +418,7 @@ class Budgets:
 
     async def expire_stale(self) -> int:
         """Mark lapsed reservations EXPIRED in PostgreSQL (Redis purges their holds itself)."""
-        return await self.store.expire_reservations(dt.datetime.now(dt.timezone.utc))
+        return await self.store.expire_reservations(dt.datetime.now(dt.UTC))
 
 
 def _from_row(row: Row) -> Reservation:

@@ -8,9 +8,11 @@ import datetime as dt
 import hashlib
 import io
 import json
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from aimesh.usage.v1 import usage_pb2
+
 from services.common.errors import FieldViolations, invalid_argument
 from services.usage import names
 from services.usage.store import NewRecord, RecordFilter, Row
@@ -56,7 +58,7 @@ def validate_records(
         if not r.HasField("occur_time"):
             v.add(f"{at}.occur_time", "required")
         else:
-            occur = r.occur_time.ToDatetime(tzinfo=dt.timezone.utc)
+            occur = r.occur_time.ToDatetime(tzinfo=dt.UTC)
             v.check(occur <= now + MAX_FUTURE, f"{at}.occur_time",
                     "more than 5 minutes in the future")
             v.check(occur >= now - MAX_AGE, f"{at}.occur_time", "older than 35 days")
@@ -71,8 +73,8 @@ def time_range(
     start: Any, end: Any, v: FieldViolations, required: bool
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
     """Validate a [start, end) pair of protobuf Timestamps (present-or-not aware)."""
-    s = start.ToDatetime(tzinfo=dt.timezone.utc) if start is not None else None
-    e = end.ToDatetime(tzinfo=dt.timezone.utc) if end is not None else None
+    s = start.ToDatetime(tzinfo=dt.UTC) if start is not None else None
+    e = end.ToDatetime(tzinfo=dt.UTC) if end is not None else None
     if required:
         v.check(s is not None, "start_time", "required")
         v.check(e is not None, "end_time", "required")
@@ -134,7 +136,7 @@ class CsvChunks:
         """Full chunks made ready by these rows."""
         for row in rows:
             line = self._line([
-                row["occur_time"].astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+                row["occur_time"].astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
                 usage_pb2.ResourceType.Name(row["resource_type"]),
                 row["model"], row["quantity_micros"], row["api_key"], row["user_name"],
                 row["request_id"], record_name(row),

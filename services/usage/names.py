@@ -63,8 +63,8 @@ def valid_currency(code: str) -> bool:
 
 
 def month_start(t: dt.datetime) -> dt.datetime:
-    t = t.astimezone(dt.timezone.utc)
-    return dt.datetime(t.year, t.month, 1, tzinfo=dt.timezone.utc)
+    t = t.astimezone(dt.UTC)
+    return dt.datetime(t.year, t.month, 1, tzinfo=dt.UTC)
 
 
 def next_month(start: dt.datetime) -> dt.datetime:

@@ -21,8 +21,8 @@ the defaults AIMESH_RATELIMIT_DEFAULT_ORG_RPM / AIMESH_RATELIMIT_DEFAULT_KEY_RPM
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from services.common.cache import ServiceCache
 from services.common.config import Settings

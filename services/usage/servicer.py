@@ -12,22 +12,21 @@ budget writes only from Orchestrator/Speech/Knowledge, SetRateLimitPolicy only f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import asyncio
 import datetime as dt
 import logging
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+from envoy_api.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.api import httpbody_pb2
 from google.protobuf import duration_pb2, empty_pb2, timestamp_pb2
 from google.type import date_pb2
 from redis.exceptions import RedisError
 
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
-from envoy_api.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from services.common.errors import (
     FieldViolations,
     ServiceError,
@@ -75,7 +74,7 @@ def _limiter(runtime: Runtime) -> RateLimiter:
     if existing is None:
         assert runtime.db is not None and runtime.cache is not None
         existing = RateLimiter(runtime.settings, UsageStore(runtime.db), runtime.cache)
-        setattr(runtime, "_usage_rate_limiter", existing)
+        runtime._usage_rate_limiter = existing
     return existing
 
 
@@ -160,7 +159,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def RecordUsage(
         self, request: usage_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RecordUsageResponse:
-        records = ledger.validate_records(request.records, dt.datetime.now(dt.timezone.utc))
+        records = ledger.validate_records(request.records, dt.datetime.now(dt.UTC))
         inserted = await self.store.record(records)
         response = usage_pb2.RecordUsageResponse()
         for r in records:
@@ -309,7 +308,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                     "an ISO 4217 code like USD is required with a money cap")
         v.check(len(request.request_id) <= 200, "request_id", "at most 200 characters")
         v.raise_if_any()
-        row, created = await self.store.create_budget({
+        row, _ = await self.store.create_budget({
             "org": identity.org, "scope": b.scope, "api_key": b.api_key,
             "display_name": b.display_name, "monthly_limit_micros": b.monthly_limit_micros,
             "currency_code": b.currency_code, "monthly_token_limit": b.monthly_token_limit,
@@ -372,8 +371,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         if row is None:
             raise not_found(f"{request.budget.name} not found")
         changes = {p: getattr(request.budget, p) for p in paths}
-        money = changes.get("monthly_limit_micros", row["monthly_limit_micros"])
-        tokens = changes.get("monthly_token_limit", row["monthly_token_limit"])
+        money = int(changes["monthly_limit_micros"] if "monthly_limit_micros" in changes
+                    else row["monthly_limit_micros"])
+        tokens = int(changes["monthly_token_limit"] if "monthly_token_limit" in changes
+                     else row["monthly_token_limit"])
         if money <= 0 and tokens <= 0:
             raise invalid_argument("a budget needs a money cap or a token cap",
                                    {"budget.monthly_limit_micros": "set a money cap or a token cap"})
@@ -395,7 +396,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def DeleteBudget(
         self, request: usage_pb2.DeleteBudgetRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        identity, row, budget_id = await self._load_budget(request.name, context)
+        identity, _, budget_id = await self._load_budget(request.name, context)
         identity.require_role(Role.ADMIN, "deleting a budget")
         if not await self.store.delete_budget(identity.org, budget_id) and not request.allow_missing:
             raise not_found(f"{request.name} not found")

@@ -15,16 +15,16 @@ from decimal import ROUND_HALF_UP, Decimal
 import grpc
 import psycopg
 import pytest
-from google.protobuf import field_mask_pb2, timestamp_pb2
-
 from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from envoy_api.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy_api.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf import field_mask_pb2, timestamp_pb2
+
 from services.common.errors import error_info, field_violations, status_from_rpc_error
 from tests.support.mesh import TestMesh
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 RT = usage_pb2.ResourceType
 State = billing_pb2.Invoice.State
 

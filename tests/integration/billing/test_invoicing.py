@@ -3,7 +3,14 @@ line, shared allowances consumed in model order, exact per-model prices, tax on 
 
 from __future__ import annotations
 
-from services.billing.invoicing import Price, UsageTotal, compute, effective_tax_rate, format_money, line_amount
+from services.billing.invoicing import (
+    Price,
+    UsageTotal,
+    compute,
+    effective_tax_rate,
+    format_money,
+    line_amount,
+)
 
 
 def test_rounding_is_half_up_once_per_line() -> None:

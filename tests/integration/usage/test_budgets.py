@@ -10,10 +10,10 @@ import uuid
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.rpc import error_details_pb2
 
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from services.common.errors import error_info, field_violations, status_from_rpc_error
 from tests.support.mesh import TestMesh
 

@@ -9,10 +9,10 @@ import uuid
 
 import grpc
 import pytest
-
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from envoy_api.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy_api.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
 from services.common.errors import field_violations, status_from_rpc_error
 from tests.support.mesh import TestMesh
 

@@ -8,15 +8,15 @@ import asyncio
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import AsyncIterator
 
 import grpc
 import pytest
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from services.common.db import Database
 from services.common.errors import ServiceError
 from services.common.server import Runtime
@@ -93,7 +93,7 @@ async def test_usage_down_delays_but_never_drops(mesh: TestMesh, caller: tuple[R
     assert len(ids) == len(expected) and set(ids) == expected  # each exactly once
 
     stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     s, e = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
     s.FromDatetime(now - dt.timedelta(hours=1))
     e.FromDatetime(now + dt.timedelta(minutes=1))
@@ -108,7 +108,7 @@ async def _empty(client: UsageClient) -> bool:
 
 
 async def test_redelivery_after_lost_ack_is_not_double_counted(mesh: TestMesh, caller: tuple[Runtime, UsageClient]) -> None:
-    runtime, client = caller
+    _, client = caller
     mesh.ensure("usage")
     org = f"org-{uuid.uuid4().hex[:12]}"
     record = client.make_record(org=org, resource_type=ResourceType.RESOURCE_TYPE_SEARCHES,
@@ -124,7 +124,7 @@ async def test_invalid_records_are_parked_not_blocking(mesh: TestMesh, caller: t
     runtime, client = caller
     mesh.ensure("usage")
     org = f"org-{uuid.uuid4().hex[:12]}"
-    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=90)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=90)
     async with runtime.db.connection() as conn:  # type: ignore[union-attr]
         await conn.execute("DELETE FROM usage_outbox WHERE dead_reason IS NOT NULL")
         # Joins the caller's transaction: both rows commit together.
