@@ -140,7 +140,9 @@ def server_command(
     return argv, env
 
 
-def is_ready(ports: TritonPorts = TritonPorts(), host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+def is_ready(
+    ports: TritonPorts = TritonPorts(), host: str = "127.0.0.1", timeout: float = 1.0
+) -> bool:
     """True when the server answers /v2/health/ready with 200 (all models loaded)."""
     try:
         with urllib.request.urlopen(
@@ -172,7 +174,9 @@ def wait_ready(
             tail = ""
             if log_path is not None and log_path.exists():
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-            raise RuntimeError(f"tritonserver exited with {process.returncode} before ready\n{tail}")
+            raise RuntimeError(
+                f"tritonserver exited with {process.returncode} before ready\n{tail}"
+            )
         if is_ready(ports, host):
             return
         time.sleep(0.5)

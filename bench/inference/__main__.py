@@ -80,7 +80,9 @@ def asr_direct(audio: np.ndarray, decoder: object) -> tuple[float, float, str]:
     return done - start, done - end_of_audio, hyp.hypstr if hyp else ""
 
 
-async def asr_triton(client: TritonClient, audio: np.ndarray, pace: bool) -> tuple[float, float, str]:
+async def asr_triton(
+    client: TritonClient, audio: np.ndarray, pace: bool
+) -> tuple[float, float, str]:
     """(processing seconds, end-of-audio latency seconds, transcript) through Triton.
 
     Unpaced: chunks are sent as fast as the stream accepts them (throughput, for the RTF).
@@ -121,7 +123,9 @@ async def run(url: str, rounds: int) -> None:
     await client.wait_until_ready()
     audios: list[np.ndarray] = []
     for s in SENTENCES:
-        parts = [c async for c in client.synthesize(s, voice="en-us+f2", rate_wpm=130, sample_rate=RATE)]
+        parts = [
+            c async for c in client.synthesize(s, voice="en-us+f2", rate_wpm=130, sample_rate=RATE)
+        ]
         audios.append(np.concatenate(parts))
     seconds = sum(len(a) for a in audios) / RATE
     decoder = Decoder(samprate=RATE)
@@ -172,11 +176,19 @@ async def run(url: str, rounds: int) -> None:
     eps32 = len(texts) / (time.perf_counter() - start)
     await client.close()
 
-    print(f"audio: {len(audios)} utterances, {seconds:.1f} s at 16 kHz, {CHUNK * 1000 // RATE} ms chunks, {rounds} rounds")
+    print(
+        f"audio: {len(audios)} utterances, {seconds:.1f} s at 16 kHz, {CHUNK * 1000 // RATE} ms chunks, {rounds} rounds"
+    )
     print(f"{'metric':44} {'in-process':>12} {'via Triton':>12} {'ratio':>8}")
-    print(f"{'ASR real-time factor (lower is better)':44} {d_rtf:12.3f} {m_rtf:12.3f} {m_rtf / d_rtf:8.2f}")
-    print(f"{'ASR end-of-audio -> final result (ms)':44} {d_lat:12.1f} {m_lat:12.1f} {m_lat / d_lat:8.2f}")
-    print(f"{'TTS time to first audio chunk (ms)':44} {'':12} {statistics.median(ttfc) * 1000:12.1f}")
+    print(
+        f"{'ASR real-time factor (lower is better)':44} {d_rtf:12.3f} {m_rtf:12.3f} {m_rtf / d_rtf:8.2f}"
+    )
+    print(
+        f"{'ASR end-of-audio -> final result (ms)':44} {d_lat:12.1f} {m_lat:12.1f} {m_lat / d_lat:8.2f}"
+    )
+    print(
+        f"{'TTS time to first audio chunk (ms)':44} {'':12} {statistics.median(ttfc) * 1000:12.1f}"
+    )
     print(f"{'TTS real-time factor':44} {'':12} {statistics.median(tts_rtf):12.4f}")
     print(f"{'embeddings/s, batch 1':44} {'':12} {eps1:12.1f}")
     print(f"{'embeddings/s, batch 32':44} {'':12} {eps32:12.1f} {eps32 / eps1:8.2f}")

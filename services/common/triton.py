@@ -27,13 +27,18 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult, service_pb2
-from tritonclient.grpc import service_pb2_grpc
+from tritonclient.grpc import (
+    InferInput,
+    InferRequestedOutput,
+    InferResult,
+    service_pb2,
+    service_pb2_grpc,
+)
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from services.common import errors
@@ -83,16 +88,16 @@ _CORE_INVALID = (
     "does not support batching",
     "not valid utf-8",
 )
-_INPUT_NAME = re.compile(r"^(?:\[request id: [^\]]*\]\s*)?([A-Z][A-Z0-9_]*(?:\[\d+\])?)(?![A-Za-z0-9_])")
+_INPUT_NAME = re.compile(
+    r"^(?:\[request id: [^\]]*\]\s*)?([A-Z][A-Z0-9_]*(?:\[\d+\])?)(?![A-Za-z0-9_])"
+)
 
 
 def _strip_request_id(message: str) -> str:
     return re.sub(r"^\[request id: [^\]]*\]\s*", "", message)
 
 
-def map_error(
-    model: str, message: str, code: grpc.StatusCode | None = None
-) -> ServiceError:
+def map_error(model: str, message: str, code: grpc.StatusCode | None = None) -> ServiceError:
     """Turn a Triton failure (status code if known, else only its message) into a ServiceError."""
     text = _strip_request_id(message or "triton returned no message")
     low = text.lower()
@@ -115,14 +120,18 @@ def map_error(
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED or "deadline exceeded" in low:
         return errors.deadline_exceeded(
-            f"{model}: inference deadline exceeded", reason="TRITON_DEADLINE_EXCEEDED", metadata=meta
+            f"{model}: inference deadline exceeded",
+            reason="TRITON_DEADLINE_EXCEEDED",
+            metadata=meta,
         )
     if code == grpc.StatusCode.UNAVAILABLE:
         return errors.unavailable(
             f"Triton is unreachable: {text}", reason="TRITON_UNAVAILABLE", metadata=meta
         )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.resource_exhausted(f"{model}: {text}", reason="TRITON_OVERLOADED", metadata=meta)
+        return errors.resource_exhausted(
+            f"{model}: {text}", reason="TRITON_OVERLOADED", metadata=meta
+        )
     if code == grpc.StatusCode.NOT_FOUND:
         return errors.failed_precondition(
             f"inference model {model!r} is not deployed on Triton: {text}",
@@ -130,7 +139,9 @@ def map_error(
             metadata=meta,
         )
     match = _INPUT_NAME.match(message or "")
-    is_input_error = match is not None and not low.startswith(("recognition failed", "synthesis failed"))
+    is_input_error = match is not None and not low.startswith(
+        ("recognition failed", "synthesis failed")
+    )
     if code == grpc.StatusCode.INVALID_ARGUMENT or (
         code is None and (is_input_error or any(p in low for p in _CORE_INVALID))
     ):
@@ -142,8 +153,12 @@ def map_error(
             metadata=meta,
         )
     if code == grpc.StatusCode.CANCELLED or "cancelled" in low:
-        return ServiceError(grpc.StatusCode.CANCELLED, f"{model}: {text}", "TRITON_CANCELLED", metadata=meta)
-    return ServiceError(grpc.StatusCode.INTERNAL, f"{model}: {text}", "TRITON_INTERNAL", metadata=meta)
+        return ServiceError(
+            grpc.StatusCode.CANCELLED, f"{model}: {text}", "TRITON_CANCELLED", metadata=meta
+        )
+    return ServiceError(
+        grpc.StatusCode.INTERNAL, f"{model}: {text}", "TRITON_INTERNAL", metadata=meta
+    )
 
 
 def _from_exception(model: str, exc: InferenceServerException) -> ServiceError:
@@ -270,7 +285,9 @@ class TritonClient:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
-        self._client = triton_aio.InferenceServerClient(url, creds=credentials, channel_args=options)
+        self._client = triton_aio.InferenceServerClient(
+            url, creds=credentials, channel_args=options
+        )
         if credentials is not None:
             self._channel = grpc.aio.secure_channel(url, credentials, options=options)
         else:
@@ -289,7 +306,7 @@ class TritonClient:
             await self._client.close()
             await self._channel.close()
 
-    async def __aenter__(self) -> TritonClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -298,7 +315,9 @@ class TritonClient:
     def _timeout(self, timeout: float | None) -> float:
         value = self.default_timeout if timeout is None else timeout
         if value <= 0:
-            raise errors.deadline_exceeded("no time left for inference", reason="TRITON_DEADLINE_EXCEEDED")
+            raise errors.deadline_exceeded(
+                "no time left for inference", reason="TRITON_DEADLINE_EXCEEDED"
+            )
         return value
 
     # --- health ---------------------------------------------------------------------------
@@ -306,15 +325,19 @@ class TritonClient:
     async def is_model_ready(self, model: str, timeout: float = 2.0) -> bool:
         try:
             return bool(await self._client.is_model_ready(model, client_timeout=timeout))
-        except (InferenceServerException, grpc.RpcError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, InferenceServerException, grpc.RpcError, OSError):
             return False
 
-    async def readiness(self, models: Iterable[str] = ALL_MODELS, timeout: float = 2.0) -> dict[str, bool]:
+    async def readiness(
+        self, models: Iterable[str] = ALL_MODELS, timeout: float = 2.0
+    ) -> dict[str, bool]:
         names = list(models)
         ready = await asyncio.gather(*(self.is_model_ready(m, timeout) for m in names))
         return dict(zip(names, ready))
 
-    async def wait_until_ready(self, models: Iterable[str] = ALL_MODELS, timeout: float = 120.0) -> None:
+    async def wait_until_ready(
+        self, models: Iterable[str] = ALL_MODELS, timeout: float = 120.0
+    ) -> None:
         names = list(models)
         deadline = time.monotonic() + timeout
         while True:
@@ -394,8 +417,10 @@ class TritonClient:
                 if final:
                     return
             raise ServiceError(
-                grpc.StatusCode.INTERNAL, f"{model}: stream closed before the final response",
-                "TRITON_STREAM_TRUNCATED", metadata={"model": model},
+                grpc.StatusCode.INTERNAL,
+                f"{model}: stream closed before the final response",
+                "TRITON_STREAM_TRUNCATED",
+                metadata={"model": model},
             )
         except grpc.aio.AioRpcError as exc:
             raise _from_rpc_error(model, exc) from None
@@ -456,7 +481,9 @@ class TritonClient:
             inputs["VOICE"] = np.array([voice.encode()], dtype=object)
         if rate_wpm:
             inputs["RATE"] = np.array([rate_wpm], dtype=np.int32)
-        async for response in self.stream(TTS_MODEL, inputs, ["AUDIO", "SAMPLE_RATE"], timeout=timeout):
+        async for response in self.stream(
+            TTS_MODEL, inputs, ["AUDIO", "SAMPLE_RATE"], timeout=timeout
+        ):
             audio = response.get("AUDIO")
             if audio is not None and audio.size:
                 yield audio.astype(np.int16, copy=False)
@@ -481,7 +508,9 @@ class TritonClient:
         async for response in self.stream(RESPONDER_MODEL, inputs, timeout=timeout):
             yield response
 
-    def recognize(self, *, idle_timeout: float = 20.0, timeout: float | None = None) -> SequenceStream:
+    def recognize(
+        self, *, idle_timeout: float = 20.0, timeout: float | None = None
+    ) -> SequenceStream:
         """A speech-recognition sequence: send 16 kHz PCM16 chunks, iterate hypotheses."""
         return self.sequence(ASR_MODEL, idle_timeout=idle_timeout, timeout=timeout)
 
@@ -523,7 +552,7 @@ class SequenceStream:
     def __post_init__(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_size)
 
-    async def __aenter__(self) -> SequenceStream:
+    async def __aenter__(self) -> Self:
         self.open()
         return self
 
@@ -553,7 +582,7 @@ class SequenceStream:
         while True:
             try:
                 item = await asyncio.wait_for(self._queue.get(), self.idle_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._error = errors.deadline_exceeded(
                     f"{self.model}: no audio for {self.idle_timeout:.0f}s; the stream was closed",
                     reason="STREAM_IDLE_TIMEOUT",

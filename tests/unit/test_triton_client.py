@@ -13,18 +13,60 @@ from services.common.triton import build_inputs, map_error
 @pytest.mark.parametrize(
     "message, code, expected, reason",
     [
-        ("Request for unknown model: 'x' is not found", None, grpc.StatusCode.FAILED_PRECONDITION, "TRITON_MODEL_NOT_FOUND"),
-        ("Request for unknown model: 'x' is not found", grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION, "TRITON_MODEL_NOT_FOUND"),
-        ("Request for model 'x' is not ready", None, grpc.StatusCode.UNAVAILABLE, "TRITON_MODEL_NOT_READY"),
-        ("failed to connect to all addresses", grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "TRITON_UNAVAILABLE"),
-        ("Deadline Exceeded", grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED, "TRITON_DEADLINE_EXCEEDED"),
-        ("[request id: 7-0] SAMPLE_RATE must be 16000 Hz mono PCM16, got 8000 Hz", None, grpc.StatusCode.INVALID_ARGUMENT, "TRITON_INVALID_INPUT"),
-        ("[request id: <id_unknown>] inference request batch-size must be <= 32 for 'm'", grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT, "TRITON_INVALID_INPUT"),
-        ("sequence 5 is not open: it was never started", None, grpc.StatusCode.FAILED_PRECONDITION, "TRITON_SEQUENCE_NOT_OPEN"),
+        (
+            "Request for unknown model: 'x' is not found",
+            None,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "TRITON_MODEL_NOT_FOUND",
+        ),
+        (
+            "Request for unknown model: 'x' is not found",
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "TRITON_MODEL_NOT_FOUND",
+        ),
+        (
+            "Request for model 'x' is not ready",
+            None,
+            grpc.StatusCode.UNAVAILABLE,
+            "TRITON_MODEL_NOT_READY",
+        ),
+        (
+            "failed to connect to all addresses",
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.UNAVAILABLE,
+            "TRITON_UNAVAILABLE",
+        ),
+        (
+            "Deadline Exceeded",
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "TRITON_DEADLINE_EXCEEDED",
+        ),
+        (
+            "[request id: 7-0] SAMPLE_RATE must be 16000 Hz mono PCM16, got 8000 Hz",
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "TRITON_INVALID_INPUT",
+        ),
+        (
+            "[request id: <id_unknown>] inference request batch-size must be <= 32 for 'm'",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "TRITON_INVALID_INPUT",
+        ),
+        (
+            "sequence 5 is not open: it was never started",
+            None,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "TRITON_SEQUENCE_NOT_OPEN",
+        ),
         ("recognition failed: boom", None, grpc.StatusCode.INTERNAL, "TRITON_INTERNAL"),
     ],
 )
-def test_map_error(message: str, code: grpc.StatusCode | None, expected: grpc.StatusCode, reason: str) -> None:
+def test_map_error(
+    message: str, code: grpc.StatusCode | None, expected: grpc.StatusCode, reason: str
+) -> None:
     err = map_error("m", message, code)
     assert isinstance(err, ServiceError)
     assert err.code == expected

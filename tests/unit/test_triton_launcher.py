@@ -40,7 +40,12 @@ def test_port_in_use_on_a_free_port() -> None:
 def test_model_repository_layout() -> None:
     repo = triton_server.DEFAULT_MODEL_REPOSITORY
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
-    assert models == ["grounded_responder", "speech_recognition", "speech_synthesis", "text_embedding"]
+    assert models == [
+        "grounded_responder",
+        "speech_recognition",
+        "speech_synthesis",
+        "text_embedding",
+    ]
     for name in models:
         config = (repo / name / "config.pbtxt").read_text()
         assert f'name: "{name}"' in config

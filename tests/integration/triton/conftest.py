@@ -17,9 +17,7 @@ from services.common.triton import TritonClient
 
 
 @contextlib.contextmanager
-def running_triton(
-    grpc_port: int | None = None, timeout: float = 300.0
-) -> Iterator[str]:
+def running_triton(grpc_port: int | None = None, timeout: float = 300.0) -> Iterator[str]:
     """Yield the gRPC address of a ready tritonserver serving triton/models."""
     url = Settings.from_env().triton_url
     host, _, port = url.rpartition(":")

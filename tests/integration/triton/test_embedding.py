@@ -22,7 +22,11 @@ async def test_shape_and_normalization(triton: TritonClient) -> None:
 
 async def test_similar_sentences_are_closer(triton: TritonClient) -> None:
     v = await triton.embed(
-        ["A cat is sleeping on the sofa.", "A kitten naps on the couch.", "Interest rates rose again."]
+        [
+            "A cat is sleeping on the sofa.",
+            "A kitten naps on the couch.",
+            "Interest rates rose again.",
+        ]
     )
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
     assert float(v[0] @ v[1]) > float(v[1] @ v[2]) + 0.2

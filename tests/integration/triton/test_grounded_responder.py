@@ -9,8 +9,10 @@ from services.common.triton import RESPONDER_MODEL, TritonClient
 
 PASSAGES = [
     "Bananas are yellow when ripe. They grow in tropical climates.",
-    "The Eiffel Tower is in Paris. It was completed in 1889 for the World's Fair. "
-    "It is about 330 metres tall.",
+    (
+        "The Eiffel Tower is in Paris. It was completed in 1889 for the World's Fair. "
+        "It is about 330 metres tall."
+    ),
     "Mount Everest is the highest mountain above sea level.",
 ]
 IDS = ["docs/fruit#0", "docs/paris#3", "docs/everest#1"]
@@ -20,7 +22,9 @@ async def test_streams_tokens_with_citations(triton: TritonClient) -> None:
     tokens: list[str] = []
     indices: list[int] = []
     final = None
-    async for r in triton.respond("When was the Eiffel Tower completed?", PASSAGES, IDS, max_sentences=2):
+    async for r in triton.respond(
+        "When was the Eiffel Tower completed?", PASSAGES, IDS, max_sentences=2
+    ):
         token = r["TOKEN"].reshape(-1)[0].decode()
         if "CITATIONS" in r.outputs:
             final = r
@@ -43,7 +47,9 @@ async def test_streams_tokens_with_citations(triton: TritonClient) -> None:
 
 
 async def test_unrelated_question_answers_honestly(triton: TritonClient) -> None:
-    responses = [r async for r in triton.respond("How do I reset my router password?", PASSAGES[:1])]
+    responses = [
+        r async for r in triton.respond("How do I reset my router password?", PASSAGES[:1])
+    ]
     answer = "".join(r["TOKEN"].reshape(-1)[0].decode() for r in responses)
     assert "do not contain an answer" in answer
     assert responses[-1]["CITATIONS"].size == 0
@@ -52,9 +58,24 @@ async def test_unrelated_question_answers_honestly(triton: TritonClient) -> None
 @pytest.mark.parametrize(
     "inputs, field",
     [
-        ({"QUESTION": np.array([b""], dtype=object), "PASSAGES": np.array([b"x."], dtype=object)}, "QUESTION"),
-        ({"QUESTION": np.array([b"q"], dtype=object), "PASSAGES": np.array([b"\xff"], dtype=object)}, "PASSAGES[0]"),
-        ({"QUESTION": np.array([b"q"], dtype=object), "PASSAGES": np.zeros((0,), dtype=object)}, "PASSAGES"),
+        (
+            {
+                "QUESTION": np.array([b""], dtype=object),
+                "PASSAGES": np.array([b"x."], dtype=object),
+            },
+            "QUESTION",
+        ),
+        (
+            {
+                "QUESTION": np.array([b"q"], dtype=object),
+                "PASSAGES": np.array([b"\xff"], dtype=object),
+            },
+            "PASSAGES[0]",
+        ),
+        (
+            {"QUESTION": np.array([b"q"], dtype=object), "PASSAGES": np.zeros((0,), dtype=object)},
+            "PASSAGES",
+        ),
         (
             {
                 "QUESTION": np.array([b"q"], dtype=object),
@@ -65,7 +86,9 @@ async def test_unrelated_question_answers_honestly(triton: TritonClient) -> None
         ),
     ],
 )
-async def test_bad_input_is_invalid_argument(triton: TritonClient, inputs: dict, field: str) -> None:
+async def test_bad_input_is_invalid_argument(
+    triton: TritonClient, inputs: dict, field: str
+) -> None:
     with pytest.raises(ServiceError) as err:
         async for _ in triton.stream(RESPONDER_MODEL, inputs):
             pass

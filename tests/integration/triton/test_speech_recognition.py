@@ -45,9 +45,13 @@ async def test_wrong_sample_rate_is_invalid_argument(triton: TritonClient) -> No
     with pytest.raises(ServiceError) as err:
         async with triton.recognize() as stream:
             await stream.send(
-                {"AUDIO": np.zeros((1, 800), dtype=np.int16), "SAMPLE_RATE": np.array([[8000]], dtype=np.int32)}
+                {
+                    "AUDIO": np.zeros((1, 800), dtype=np.int16),
+                    "SAMPLE_RATE": np.array([[8000]], dtype=np.int32),
+                }
             )
-            await stream.end()
+            # A well-formed END, so the only problem in the stream is the sample rate.
+            await stream.end({"AUDIO": np.zeros((1, 0), dtype=np.int16)})
             async for _ in stream:
                 pass
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -58,7 +62,10 @@ async def test_empty_audio_is_invalid_argument(triton: TritonClient) -> None:
     with pytest.raises(ServiceError) as err:
         async with triton.recognize() as stream:
             await stream.end(
-                {"AUDIO": np.zeros((1, 0), dtype=np.int16), "SAMPLE_RATE": np.array([[16000]], dtype=np.int32)}
+                {
+                    "AUDIO": np.zeros((1, 0), dtype=np.int16),
+                    "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
+                }
             )
             async for _ in stream:
                 pass
@@ -70,7 +77,10 @@ async def test_oversized_chunk_is_invalid_argument(triton: TritonClient) -> None
     with pytest.raises(ServiceError) as err:
         async with triton.recognize() as stream:
             await stream.send(
-                {"AUDIO": np.zeros((1, 16000 * 11), dtype=np.int16), "SAMPLE_RATE": np.array([[16000]], dtype=np.int32)}
+                {
+                    "AUDIO": np.zeros((1, 16000 * 11), dtype=np.int16),
+                    "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
+                }
             )
             async for _ in stream:
                 pass
@@ -81,7 +91,10 @@ async def test_silent_stream_is_closed_by_idle_timeout(triton: TritonClient) -> 
     with pytest.raises(ServiceError) as err:
         async with triton.sequence(ASR_MODEL, idle_timeout=1.0) as stream:
             await stream.send(
-                {"AUDIO": np.zeros((1, 1600), dtype=np.int16), "SAMPLE_RATE": np.array([[16000]], dtype=np.int32)}
+                {
+                    "AUDIO": np.zeros((1, 1600), dtype=np.int16),
+                    "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
+                }
             )
             async for _ in stream:  # the caller never sends more audio nor END
                 pass

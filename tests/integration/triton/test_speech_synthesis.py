@@ -37,7 +37,9 @@ async def test_streams_valid_pcm_of_plausible_duration(triton: TritonClient) -> 
 
 async def test_sample_rate_and_rate_change_duration(triton: TritonClient) -> None:
     async def seconds(**kw: int) -> float:
-        audio = np.concatenate([c async for c in triton.synthesize("Hello from the speech model.", **kw)])
+        audio = np.concatenate(
+            [c async for c in triton.synthesize("Hello from the speech model.", **kw)]
+        )
         return len(audio) / int(kw.get("sample_rate", 22050))
 
     slow = await seconds(rate_wpm=100, sample_rate=16000)
@@ -48,10 +50,7 @@ async def test_sample_rate_and_rate_change_duration(triton: TritonClient) -> Non
 
 
 async def test_lists_voices(triton: TritonClient) -> None:
-    out = [
-        r
-        async for r in triton.stream(TTS_MODEL, {"LIST_VOICES": np.array([True])}, ["VOICES"])
-    ]
+    out = [r async for r in triton.stream(TTS_MODEL, {"LIST_VOICES": np.array([True])}, ["VOICES"])]
     voices = [json.loads(v) for v in out[0]["VOICES"]]
     assert len(voices) > 20
     assert any("en-us" in v["languages"] for v in voices)

@@ -70,7 +70,9 @@ class TritonPythonModel:
         if not question:
             raise ValueError("QUESTION is empty")
         if len(question) > self.max_question:
-            raise ValueError(f"QUESTION has {len(question)} characters; at most {self.max_question}")
+            raise ValueError(
+                f"QUESTION has {len(question)} characters; at most {self.max_question}"
+            )
         raw_p = pb_utils.get_input_tensor_by_name(request, "PASSAGES").as_numpy().reshape(-1)
         if raw_p.size == 0:
             raise ValueError("PASSAGES is empty: a grounded answer needs context passages")
@@ -172,7 +174,7 @@ class TritonPythonModel:
             except ValueError as exc:
                 code = pb_utils.TritonError.INVALID_ARG
                 message = str(exc)
-            except Exception as exc:  # keep the instance alive; fail only this request
+            except Exception as exc:  # noqa: BLE001  keep the instance alive; fail only this request
                 code = pb_utils.TritonError.INTERNAL
                 message = f"responder failed: {exc}"
             else:
@@ -183,4 +185,3 @@ class TritonPythonModel:
                 pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)),
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
             )
-        return None

@@ -8,6 +8,7 @@ so interim hypotheses reach the client while the stream is still open.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -35,10 +36,12 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.max_chunk_samples = int(float(params.get("max_chunk_seconds", "10")) * SAMPLE_RATE)
-        self.idle_timeout = float(params.get("idle_timeout_seconds", "30"))
+        self.idle_timeout = float(params.get("idle_timeout_seconds", "120"))
         self._new_decoder = lambda: Decoder(samprate=SAMPLE_RATE)
         # The pocketsphinx en-US model ships inside its wheel; Decoder() finds it by default.
-        self.pool: list[Any] = [self._new_decoder() for _ in range(int(params.get("warm_decoders", "2")))]
+        self.pool: list[Any] = [
+            self._new_decoder() for _ in range(int(params.get("warm_decoders", "2")))
+        ]
         self.frame_ms = 1000.0 / float(self.pool[0].config["frate"]) if self.pool else 10.0
         self.streams: dict[int, _Stream] = {}
         self.lock = threading.Lock()
@@ -61,10 +64,8 @@ class TritonPythonModel:
         for corrid, stream in list(self.streams.items()):
             if now - stream.last_seen > self.idle_timeout:
                 del self.streams[corrid]
-                try:
+                with contextlib.suppress(Exception):  # an utterance may not be open
                     stream.decoder.end_utt()
-                except Exception:
-                    pass
                 self._release(stream.decoder)
 
     @staticmethod
@@ -80,18 +81,29 @@ class TritonPythonModel:
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
 
-    def _response(self, stream: _Stream, text: str, final: bool, words: list[tuple[str, int, int, float]]) -> Any:
+    def _response(
+        self, stream: _Stream, text: str, final: bool, words: list[tuple[str, int, int, float]]
+    ) -> Any:
         # Batched model (max_batch_size > 0): every output carries a leading batch dim of 1.
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("TRANSCRIPT", np.array([[text.encode()]], dtype=np.object_)),
                 pb_utils.Tensor("IS_FINAL", np.array([[final]], dtype=bool)),
                 pb_utils.Tensor(
-                    "WORDS", np.array([[w[0].encode() for w in words]], dtype=np.object_).reshape(1, -1)
+                    "WORDS",
+                    np.array([[w[0].encode() for w in words]], dtype=np.object_).reshape(1, -1),
                 ),
-                pb_utils.Tensor("WORD_START_MS", np.array([[w[1] for w in words]], dtype=np.int32).reshape(1, -1)),
-                pb_utils.Tensor("WORD_END_MS", np.array([[w[2] for w in words]], dtype=np.int32).reshape(1, -1)),
-                pb_utils.Tensor("WORD_CONFIDENCE", np.array([[w[3] for w in words]], dtype=np.float32).reshape(1, -1)),
+                pb_utils.Tensor(
+                    "WORD_START_MS",
+                    np.array([[w[1] for w in words]], dtype=np.int32).reshape(1, -1),
+                ),
+                pb_utils.Tensor(
+                    "WORD_END_MS", np.array([[w[2] for w in words]], dtype=np.int32).reshape(1, -1)
+                ),
+                pb_utils.Tensor(
+                    "WORD_CONFIDENCE",
+                    np.array([[w[3] for w in words]], dtype=np.float32).reshape(1, -1),
+                ),
                 pb_utils.Tensor(
                     "AUDIO_MS", np.array([[stream.samples * 1000 // SAMPLE_RATE]], dtype=np.int32)
                 ),
@@ -102,7 +114,7 @@ class TritonPythonModel:
         words: list[tuple[str, int, int, float]] = []
         for seg in decoder.seg():
             word = seg.word
-            if word.startswith("<") or word.startswith("[") or word.startswith("++"):
+            if word.startswith(("<", "[", "++")):
                 continue  # <s>, </s>, <sil>, [NOISE]: not words
             if word.endswith(")") and "(" in word:
                 word = word[: word.index("(")]  # alternate pronunciation marker, e.g. "the(2)"
@@ -146,15 +158,18 @@ class TritonPythonModel:
         elif stream is None:
             self._send_error(
                 sender,
-                f"sequence {corrid} is not open: it was never started, already ended, or closed "
-                f"after {self.idle_timeout:.0f}s without audio",
+                f"sequence {corrid} is not open: it was never started, already ended, failed, or "
+                "was closed by the sequence idle timeout",
                 pb_utils.TritonError.UNAVAILABLE,
             )
             return
         stream.last_seen = time.monotonic()
         try:
             rate_tensor = pb_utils.get_input_tensor_by_name(request, "SAMPLE_RATE")
-            if rate_tensor is not None and int(rate_tensor.as_numpy().reshape(-1)[0]) != SAMPLE_RATE:
+            if (
+                rate_tensor is not None
+                and int(rate_tensor.as_numpy().reshape(-1)[0]) != SAMPLE_RATE
+            ):
                 raise ValueError(f"SAMPLE_RATE must be {SAMPLE_RATE} Hz mono PCM16")
             audio = pb_utils.get_input_tensor_by_name(request, "AUDIO").as_numpy().reshape(-1)
             if audio.size > self.max_chunk_samples:
@@ -204,16 +219,11 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 self._handle(request, sender)
-            except Exception as exc:  # never let one stream take the instance down
-                try:
+            except Exception as exc:  # noqa: BLE001  never let one stream take the instance down
+                with contextlib.suppress(Exception):  # the sender may already be closed
                     self._send_error(
-                        sender,
-                        f"recognition failed: {exc}",
-                        pb_utils.TritonError.INTERNAL,
+                        sender, f"recognition failed: {exc}", pb_utils.TritonError.INTERNAL
                     )
-                except Exception:
-                    pass
-        return None
 
     def finalize(self) -> None:
         self.streams.clear()

@@ -141,16 +141,20 @@ class TritonPythonModel:
             AUDIO_OUTPUT_SYNCHRONOUS, chunk_ms, None, ESPEAK_INITIALIZE_DONT_EXIT
         )
         if rate <= 0:
-            raise pb_utils.TritonModelException("espeak_Initialize failed (espeak-ng-data missing?)")
+            raise pb_utils.TritonModelException(
+                "espeak_Initialize failed (espeak-ng-data missing?)"
+            )
         self.native_rate = int(rate)
         # The callback object must outlive every synthesis: keep a reference on the model.
         self._callback = SYNTH_CALLBACK(self._on_audio)
         self.lib.espeak_SetSynthCallback(self._callback)
         self._sink: Any = None
         self.voices = self._list_voices()
-        self._voice_keys = {v["name"].lower() for v in self.voices} | {
-            v["identifier"].lower() for v in self.voices
-        } | {lang.lower() for v in self.voices for lang in v["languages"]}
+        self._voice_keys = (
+            {v["name"].lower() for v in self.voices}
+            | {v["identifier"].lower() for v in self.voices}
+            | {lang.lower() for v in self.voices for lang in v["languages"]}
+        )
 
     def _list_voices(self) -> list[dict[str, Any]]:
         table = self.lib.espeak_ListVoices(None)
@@ -211,9 +215,9 @@ class TritonPythonModel:
         voice = self.default_voice
         if voice_raw is not None:
             try:
-                voice = (voice_raw if isinstance(voice_raw, bytes) else str(voice_raw).encode()).decode(
-                    "utf-8"
-                ).strip() or self.default_voice
+                voice = (
+                    voice_raw if isinstance(voice_raw, bytes) else str(voice_raw).encode()
+                ).decode("utf-8").strip() or self.default_voice
             except UnicodeDecodeError as exc:
                 raise ValueError("VOICE is not valid UTF-8") from exc
         # "<voice>+<variant>" (e.g. en-us+f2) selects one of eSpeak's voice variants.
@@ -238,8 +242,11 @@ class TritonPythonModel:
 
     def _synthesize(self, sender: Any, spec: dict[str, Any]) -> None:
         if self.lib.espeak_SetVoiceByName(spec["voice"].encode()) != EE_OK:
-            self._error(sender, f"eSpeak could not load voice {spec['voice']!r}",
-                        pb_utils.TritonError.INVALID_ARG)
+            self._error(
+                sender,
+                f"eSpeak could not load voice {spec['voice']!r}",
+                pb_utils.TritonError.INVALID_ARG,
+            )
             return
         self.lib.espeak_SetParameter(ESPEAK_RATE, spec["wpm"], 0)
         resampler = StreamResampler(self.native_rate, spec["rate"])
@@ -270,8 +277,9 @@ class TritonPythonModel:
         if sender.is_cancelled():
             self._error(sender, "synthesis cancelled by the client", pb_utils.TritonError.CANCELLED)
         elif status != EE_OK:
-            self._error(sender, f"espeak_Synth failed with status {status}",
-                        pb_utils.TritonError.INTERNAL)
+            self._error(
+                sender, f"espeak_Synth failed with status {status}", pb_utils.TritonError.INTERNAL
+            )
         else:
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
@@ -284,9 +292,7 @@ class TritonPythonModel:
                 self._error(sender, str(exc), pb_utils.TritonError.INVALID_ARG)
                 continue
             if spec["list"]:
-                voices = np.array(
-                    [json.dumps(v).encode() for v in self.voices], dtype=np.object_
-                )
+                voices = np.array([json.dumps(v).encode() for v in self.voices], dtype=np.object_)
                 sender.send(
                     pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("VOICES", voices)]),
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
@@ -294,9 +300,8 @@ class TritonPythonModel:
                 continue
             try:
                 self._synthesize(sender, spec)
-            except Exception as exc:  # keep the instance alive; report on this request only
+            except Exception as exc:  # noqa: BLE001  keep the instance alive; report on this request only
                 self._error(sender, f"synthesis failed: {exc}", pb_utils.TritonError.INTERNAL)
-        return None
 
     def finalize(self) -> None:
         self._sink = None
