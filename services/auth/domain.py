@@ -100,6 +100,16 @@ class AuthDomain:
         self._redis_down_until = 0.0
         self._touched: dict[str, float] = {}
 
+    async def housekeeping(self, every_seconds: float = 3600.0) -> None:
+        """Background pruning for the life of the server (idempotency records, old tokens)."""
+        while True:
+            try:
+                async with self.db.connection() as conn:
+                    await store.prune(conn)
+            except Exception:
+                log.exception("auth housekeeping failed")
+            await asyncio.sleep(every_seconds)
+
     # --- tokens ----------------------------------------------------------------------------
 
     async def _signing_key(self) -> _ActiveKey:

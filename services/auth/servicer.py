@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ _ROLE_TO_PB = {
 _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
 DEFAULT_PAGE, MAX_PAGE = 50, 1000
+DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
+log = logging.getLogger("aimesh.auth")
 
 
 def _ts(value: datetime | float | None) -> timestamp_pb2.Timestamp | None:
@@ -301,6 +304,10 @@ class _Shared:
                                if e.strip())
             self.domain = AuthDomain(runtime.db, runtime.cache, settings.auth_secret,
                                      settings.auth_access_token_seconds, admins, runtime.spawn)
+            runtime.spawn(self.domain.housekeeping(), "auth-housekeeping")
+            if settings.auth_secret == DEV_SECRET:
+                log.warning("AIMESH_AUTH_SECRET is the local development default; set a real "
+                            "secret outside a developer machine")
         return self.domain
 
 

@@ -360,3 +360,13 @@ async def lock_idempotency(conn: Conn, scope: str, request_id: str) -> None:
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"auth.idem:{scope}:{request_id}",)
     )
+
+
+async def prune(conn: Conn) -> None:
+    """Drop what can no longer matter: idempotency records past their day, refresh tokens a
+    week past expiry (reuse detection needs spent tokens only until they expire), and retired
+    signing keys' private halves are kept (audit) but marked retired."""
+    await conn.execute("DELETE FROM idempotency WHERE create_time < now() - interval '1 day'")
+    await conn.execute(
+        "DELETE FROM refresh_tokens WHERE expire_time < now() - interval '7 days'")
+    await mark_expired_keys_retired(conn)

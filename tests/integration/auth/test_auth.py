@@ -325,3 +325,22 @@ async def test_rotation_keeps_old_tokens_valid_and_new_key_was_prepublished(
         _stop(process)
 
 
+
+
+async def test_expired_api_key_is_refused_even_when_cached(
+    mesh: TestMesh, stub: auth_pb2_grpc.AuthServiceStub
+) -> None:
+    pair = await _sign_up(stub)
+    key = await stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(
+        parent=pair.organization, api_key=auth_pb2.ApiKey(
+            expire_time={"seconds": int(time.time()) + 2})),
+        metadata=_identity(pair), timeout=5)
+    check = external_auth_pb2_grpc.AuthorizationStub(mesh.channel("auth"))
+    assert (await check.Check(_check_request({"x-api-key": key.secret}), timeout=5)).status.code == 0
+    await asyncio.sleep(max(0.0, key.expire_time.seconds - time.time()) + 0.1)
+    denied = await check.Check(_check_request({"x-api-key": key.secret}), timeout=5)
+    assert json.loads(denied.denied_response.body)["details"][0]["reason"] == "API_KEY_EXPIRED"
+    listed = await stub.ListApiKeys(auth_pb2.ListApiKeysRequest(
+        parent=pair.organization, show_inactive=True), metadata=_identity(pair), timeout=5)
+    assert [k.state for k in listed.api_keys] == [auth_pb2.ApiKey.STATE_EXPIRED]
+    assert listed.api_keys[0].last_use_time.seconds > 0  # the successful check was recorded

@@ -380,3 +380,12 @@ async def test_cors_preflight_is_answered_without_credentials(http: httpx.AsyncC
     assert reply.status_code == 200, reply.text
     assert reply.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "authorization" in reply.headers["access-control-allow-headers"]
+
+
+async def test_logout_revokes_the_refresh_family(http: httpx.AsyncClient) -> None:
+    account = await sign_up(http)
+    for _ in range(2):  # idempotent
+        assert (await http.post("/v1/auth:logout",
+                                json={"refreshToken": account.refresh_token})).status_code == 200
+    reply = await http.post("/v1/auth:refreshToken", json={"refreshToken": account.refresh_token})
+    assert reply.status_code == 401 and _status(reply) == (16, "REFRESH_TOKEN_REVOKED")
