@@ -220,3 +220,25 @@ async def test_budget_crud_and_bad_input(mesh: TestMesh) -> None:
     assert {f for f, _ in field_violations(status_from_rpc_error(err.value))} == {  # type: ignore[arg-type]
         "estimated_amount_micros", "currency_code", "ttl"}
 
+
+
+async def test_api_key_budget_applies_only_to_that_key(mesh: TestMesh) -> None:
+    mesh.ensure("usage")
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    key = f"organizations/{org}/apiKeys/k1"
+    budget = await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
+        scope=usage_pb2.Budget.SCOPE_API_KEY, api_key=key, monthly_token_limit=100)),
+        metadata=identity(org), timeout=10)
+
+    def reserve(api_key: str, tokens: int) -> usage_pb2.ReserveBudgetRequest:
+        return usage_pb2.ReserveBudgetRequest(organization=f"organizations/{org}", api_key=api_key,
+                                              currency_code="USD", estimated_tokens=tokens)
+
+    held = await stub.ReserveBudget(reserve(key, 80), timeout=10)
+    assert list(held.budgets) == [budget.name]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ReserveBudget(reserve(key, 30), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    other = await stub.ReserveBudget(reserve(f"organizations/{org}/apiKeys/k2", 1000), timeout=10)
+    assert list(other.budgets) == []  # another key of the org is not capped by k1's budget

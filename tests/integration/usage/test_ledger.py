@@ -113,6 +113,15 @@ async def test_concurrent_records_with_retried_duplicates_total_exactly(mesh: Te
                 for row in by_day.rows}
     assert got_days == dict(per_day)
 
+    # The CSV export of the same ledger: chunks of at most 64 KiB ending on line boundaries.
+    chunks = [c.data async for c in stub.ExportUsageRecords(
+        usage_pb2.ExportUsageRecordsRequest(organization=f"organizations/{org}", start_time=ts(start),
+                                            end_time=ts(end)), timeout=30)]
+    assert len(chunks) > 1 and all(len(c) <= 64 * 1024 and c.endswith(b"\r\n") for c in chunks)
+    exported = list(csv.DictReader(io.StringIO(b"".join(chunks).decode())))
+    assert len(exported) == 1000
+    assert sum(int(r["quantity_micros"]) for r in exported) == sum(expected.values())
+
 
 async def test_list_paginates_newest_first_and_export_is_csv(mesh: TestMesh) -> None:
     mesh.ensure("usage")
