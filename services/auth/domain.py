@@ -565,8 +565,22 @@ class AuthDomain:
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc)
             if not only_new:
-                log.error("could not write API key revocation to Redis; cached entries expire "
-                          "within %s s", API_KEY_CACHE_TTL)
+                # Redis may come back with the old "active" entry still cached: keep retrying
+                # the overwrite in the background for as long as such an entry could live.
+                log.error("could not write API key revocation to Redis; retrying")
+                self._spawn(self._retry_overwrite(prefix, entry, ttl), "apikey-invalidate")
+
+    async def _retry_overwrite(self, prefix: str, entry: dict[str, Any], ttl: int) -> None:
+        assert self.cache is not None
+        deadline = time.monotonic() + API_KEY_CACHE_TTL
+        while time.monotonic() < deadline:
+            await asyncio.sleep(REDIS_RETRY_AFTER)
+            try:
+                await asyncio.wait_for(self.cache.redis.set(
+                    self.cache.key("apikey", prefix), json.dumps(entry), ex=ttl), 2.0)
+                return
+            except (RedisError, OSError, TimeoutError):
+                continue
 
     def _redis_failed(self, exc: BaseException) -> None:
         if time.monotonic() >= self._redis_down_until:
