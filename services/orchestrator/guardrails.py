@@ -2,8 +2,8 @@
 on the prompt before it reaches a model and on the output before it is sent.
 
 Output is filtered as it streams without ever retracting sent text: the filter holds back the
-last, possibly incomplete word (and a trailing run of number groups, and as many characters as
-the longest stop sequence or blocked phrase) and only releases text that can no longer become
+last, possibly incomplete word (and a trailing run of number groups, and any tail that could
+still grow into a stop sequence or blocked phrase) and only releases text that can no longer become
 part of a match.
 """
 
@@ -119,16 +119,10 @@ class OutputFilter:
 
     rails: Guardrails
     stop: tuple[str, ...]
-    hold: int = 0
     buffer: str = ""
     counts: Counter[str] = field(default_factory=Counter)
     blocked: Action | None = None
     stopped: bool = False
-
-    def __post_init__(self) -> None:
-        # Multi-word stop sequences and blocked phrases may straddle the released boundary.
-        longest = max([len(s) for s in self.stop] + [len(t) for t in self.rails.blocklist] + [0])
-        self.hold = max(self.hold, longest)
 
     @property
     def done(self) -> bool:
@@ -159,11 +153,23 @@ class OutputFilter:
         number = re.search(r"[\d+(][\d\s().+-]*$", buf[:cut])
         if number:
             cut = number.start()
-        cut = min(cut, len(buf) - self.hold)
+        cut = min(cut, len(buf) - self._partial_match(buf))
         for start, end, _ in _pii_spans(buf):
             if start < cut < end:
                 cut = start
         return cut
+
+    def _partial_match(self, buf: str) -> int:
+        """Length of the longest buffer suffix that could still grow into a stop sequence
+        (case-sensitive) or a blocked phrase (any case)."""
+        low = buf.lower()
+        longest = 0
+        for term, text in [(s, buf) for s in self.stop] + [(t, low) for t in self.rails.blocklist]:
+            for k in range(min(len(term), len(text)), longest, -1):
+                if text.endswith(term[:k]):
+                    longest = k
+                    break
+        return longest
 
     def flush(self) -> str:
         if self.done:

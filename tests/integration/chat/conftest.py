@@ -19,6 +19,7 @@ from tests.support.mesh import TestMesh, free_port
 CATALOG = Path(__file__).resolve().parents[3] / "services" / "orchestrator" / "catalog.json"
 CIRCUIT_THRESHOLD = 2
 CIRCUIT_OPEN_SECONDS = 1.0
+TINY_WINDOW = 400  # tokens, for history-trimming tests
 
 
 @dataclass
@@ -40,6 +41,7 @@ def _catalog(base: str, path: Path) -> None:
         ],
         "flaky-test": [{"provider": "openai", "deployment": "flaky", "base_url": f"{base}/v1"}],
         "claude-test": [{"provider": "anthropic", "deployment": "ok", "base_url": base}],
+        "tiny-test": [{"provider": "triton", "deployment": "grounded_responder"}],
     }
     for name, deployments in test_models.items():
         data["models"].append({
@@ -47,7 +49,8 @@ def _catalog(base: str, path: Path) -> None:
             "prompt_price_micros_per_million_tokens": 1_000_000 if name == "claude-test" else 0,
             "completion_price_micros_per_million_tokens": 2_000_000 if name == "claude-test" else 0,
             "name": name, "display_name": name, "description": "test model (local replay server)",
-            "context_window_tokens": 4096, "max_output_tokens": 256, "capabilities": ["CHAT", "STREAMING", "RETRIEVAL"],
+            "context_window_tokens": TINY_WINDOW if name == "tiny-test" else 4096,
+            "max_output_tokens": 64 if name == "tiny-test" else 256, "capabilities": ["CHAT", "STREAMING", "RETRIEVAL"],
             "deployments": deployments,
         })
     path.write_text(json.dumps(data))

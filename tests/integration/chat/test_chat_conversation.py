@@ -14,7 +14,7 @@ from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from services.common.errors import field_violations, status_from_rpc_error
-from tests.integration.chat.conftest import ChatStack
+from tests.integration.chat.conftest import TINY_WINDOW, ChatStack
 
 SYSTEM = ("Aimesh stores conversations in PostgreSQL. Answers stream token by token. "
           "The gateway is Envoy and it listens on port 8080.")
@@ -210,3 +210,18 @@ async def test_send_with_request_id_replays(chat: ChatStack) -> None:
     assert [e.WhichOneof("event") for e in second] == ["user_message", "assistant_message"]
     assert second[0].user_message == first[0].user_message and second[1].assistant_message == first[-1].assistant_message
     assert len(await _messages(chat, md, conv.name)) == 2
+
+
+async def test_history_is_trimmed_to_the_model_budget(chat: ChatStack) -> None:
+    md = _identity()
+    conv = await _stub(chat).CreateConversation(cpb.CreateConversationRequest(conversation=cpb.Conversation(
+        system_prompt="The archive opens at nine.", default_model="models/tiny-test")), metadata=md)
+    filler = " ".join(f"Sentence {i} talks about the weather in detail." for i in range(12))
+    for _ in range(4):  # together far beyond the 400-token window
+        events = await _send(chat, md, conv.name, filler)
+        assert events[-1].assistant_message.state == cpb.Message.STATE_COMPLETE, events[-1]
+    events = await _send(chat, md, conv.name, "When does the archive open?")
+    final = events[-1].assistant_message
+    assert final.state == cpb.Message.STATE_COMPLETE
+    assert final.usage.prompt_tokens <= TINY_WINDOW - 64  # room left for the answer
+    assert "nine" in final.content  # the system prompt is never trimmed
