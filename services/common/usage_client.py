@@ -24,6 +24,13 @@ instances of a service drain the same outbox safely (SELECT ... FOR UPDATE SKIP 
 Records Usage rejects as invalid (INVALID_ARGUMENT naming records[i]) are kept with
 `dead_reason` set instead of blocking the queue; inspect them with SQL.
 
+Services without a client object at hand can use the module-level shortcut, which keeps one
+UsageClient per runtime (created on first use, drainer included):
+
+    await record_usage(runtime, org=identity.org, resource_type="RESOURCE_TYPE_SEARCHES",
+                       quantity=1, request_id=f"{request_id}/searches", subject=identity.subject,
+                       api_key=identity.key_id or "", source="knowledge")
+
 How the outbox table gets into the caller's schema: the client creates it itself, idempotently
 (CREATE TABLE IF NOT EXISTS under an advisory lock), before its first insert or drain. No
 migration is needed in the calling service; its yoyo migrations must simply not create a
@@ -394,3 +401,51 @@ class UsageClient:
                 raise service_error_from(exc) from None
         raise AssertionError("unreachable")
 
+
+def client_for(runtime: Any) -> UsageClient:
+    """The runtime's shared UsageClient (created, with its drainer, on first use)."""
+    client = getattr(runtime, "_usage_client", None)
+    if client is None:
+        client = UsageClient(runtime)
+        setattr(runtime, "_usage_client", client)  # noqa: B010 - Runtime has no slot for it
+    return client
+
+
+def resource_type_of(value: int | str) -> int:
+    """ResourceType from its number, its name or its short name ("searches")."""
+    if isinstance(value, int):
+        return value
+    name = value.strip().upper()
+    if not name.startswith("RESOURCE_TYPE_"):
+        name = f"RESOURCE_TYPE_{name}"
+    try:
+        return ResourceType.Value(name)
+    except ValueError:
+        raise ValueError(f"unknown resource type {value!r}") from None
+
+
+async def record_usage(
+    runtime: Any,
+    *,
+    org: str,
+    resource_type: int | str,
+    quantity: int | float | Decimal | str,
+    request_id: str,
+    source: str | None = None,
+    subject: str = "",
+    api_key: str = "",
+    model: str = "",
+    occur_time: dt.datetime | None = None,
+    conn: Any = None,
+) -> None:
+    """Queue one usage record through the runtime's shared client. `subject` is the acting
+    user (bare id or "users/..."), `api_key` a key id or its full resource name."""
+    bare_org = org.removeprefix("organizations/")
+    user = subject if not subject or subject.startswith("users/") else f"users/{subject}"
+    key = api_key if not api_key or api_key.startswith("organizations/") else (
+        f"organizations/{bare_org}/apiKeys/{api_key}")
+    await client_for(runtime).record(
+        org=bare_org, resource_type=resource_type_of(resource_type), quantity=quantity,
+        request_id=request_id, source=source, user=user, api_key=key, model=model,
+        occur_time=occur_time, conn=conn,
+    )

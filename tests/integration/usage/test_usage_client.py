@@ -20,7 +20,7 @@ from google.protobuf import timestamp_pb2
 from services.common.db import Database
 from services.common.errors import ServiceError
 from services.common.server import Runtime
-from services.common.usage_client import ResourceType, UsageClient, to_micros
+from services.common.usage_client import ResourceType, UsageClient, client_for, record_usage, to_micros
 from tests.support.mesh import TestMesh
 
 CALLER_SCHEMA = "usage_client_test"
@@ -44,7 +44,8 @@ async def caller(mesh: TestMesh) -> AsyncIterator[tuple[Runtime, UsageClient]]:
         for task in runtime.tasks:
             task.cancel()
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
-        await client.channels.close()
+        for c in {client, getattr(runtime, "_usage_client", client)}:
+            await c.channels.close()
         await db.close()
 
 
@@ -175,3 +176,26 @@ async def test_reserve_settles_releases_and_propagates_budget_errors(
     assert err.value.metadata["budget"] == budget.name
     current = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=owner, timeout=10)
     assert (current.spent_micros, current.reserved_micros) == (550, 0)
+
+
+async def test_module_level_record_usage_shortcut(mesh: TestMesh, caller: tuple[Runtime, UsageClient]) -> None:
+    runtime, _ = caller
+    mesh.ensure("usage")
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    await record_usage(runtime, org=org, resource_type="RESOURCE_TYPE_SEARCHES", quantity=1,
+                       request_id="s-1", subject="alice", api_key="k9", source="knowledge")
+    await record_usage(runtime, org=f"organizations/{org}", resource_type="chunks_embedded",
+                       quantity=12, request_id="c-1")
+    shared = client_for(runtime)
+    assert client_for(runtime) is shared
+    await shared.flush()
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    page = await stub.ListUsageRecords(usage_pb2.ListUsageRecordsRequest(
+        organization=f"organizations/{org}"), timeout=10)
+    got = {r.request_id: r for r in page.usage_records}
+    assert got["s-1"].user == "users/alice"
+    assert got["s-1"].api_key == f"organizations/{org}/apiKeys/k9"
+    assert got["c-1"].quantity_micros == 12_000_000
+    assert got["c-1"].resource_type == ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED
+    with pytest.raises(ValueError):
+        await record_usage(runtime, org=org, resource_type="bananas", quantity=1, request_id="x")
