@@ -429,7 +429,7 @@ async def record_usage(
     *,
     org: str,
     resource_type: int | str,
-    quantity: int | float | Decimal | str,
+    quantity: float | Decimal | str,
     request_id: str,
     source: str | None = None,
     subject: str = "",

@@ -20,7 +20,13 @@ from google.protobuf import timestamp_pb2
 from services.common.db import Database
 from services.common.errors import ServiceError
 from services.common.server import Runtime
-from services.common.usage_client import ResourceType, UsageClient, client_for, record_usage, to_micros
+from services.common.usage_client import (
+    ResourceType,
+    UsageClient,
+    client_for,
+    record_usage,
+    to_micros,
+)
 from tests.support.mesh import TestMesh
 
 CALLER_SCHEMA = "usage_client_test"
