@@ -1,6 +1,5 @@
 """Chat end to end through the real Envoy gateway: sign up, upload a document to Knowledge, then
-SendMessage with retrieval as JSON/HTTP with server-sent events (httpx, what curl -N sends) and
-as gRPC (grpcio; grpcurl cannot be installed here). The answer is grounded in the document and
+SendMessage with retrieval as JSON/HTTP with server-sent events (httpx, and curl -N) and as gRPC (grpcio; grpcurl cannot be installed here). The answer is grounded in the document and
 cites it."""
 
 from __future__ import annotations
@@ -95,8 +94,21 @@ async def test_grounded_chat_over_sse_and_grpc_cites_the_document(edge: httpx.As
     assert final.state == cpb.Message.STATE_COMPLETE and "sunset" in final.content
     assert final.citations and final.citations[0].document == document
 
+    # And with curl, as a shell user would (-N: print events as they arrive).
+    curl = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-N", "--max-time", "60", "-X", "POST",
+        "-H", f"authorization: {account.bearer['authorization']}", "-H", "content-type: application/json",
+        "-d", json.dumps({"content": "Who logs the weather?", "retrieval": {"enabled": True}}),
+        f"{edge.base_url}/v1/{conversation}:sendMessage", stdout=asyncio.subprocess.PIPE)
+    out, _ = await curl.communicate()
+    assert curl.returncode == 0
+    curl_events = [json.loads(line[5:]) for line in out.decode().splitlines() if line.startswith("data:")]
+    last = curl_events[-1]["assistantMessage"]
+    assert last["state"] == "STATE_COMPLETE" and "red ledger" in last["content"]
+    assert last["citations"][0]["document"] == document
+
     listed = (await edge.get(f"/v1/{conversation}/messages", headers=account.bearer)).json()
-    assert [m["role"] for m in listed["messages"]] == ["ROLE_USER", "ROLE_ASSISTANT"] * 2
+    assert [m["role"] for m in listed["messages"]] == ["ROLE_USER", "ROLE_ASSISTANT"] * 3
 
 
 async def test_other_org_cannot_read_the_conversation(edge: httpx.AsyncClient) -> None:
