@@ -389,3 +389,18 @@ async def test_logout_revokes_the_refresh_family(http: httpx.AsyncClient) -> Non
                                 json={"refreshToken": account.refresh_token})).status_code == 200
     reply = await http.post("/v1/auth:refreshToken", json={"refreshToken": account.refresh_token})
     assert reply.status_code == 401 and _status(reply) == (16, "REFRESH_TOKEN_REVOKED")
+
+
+async def test_body_limit_fits_base64_uploads(http: httpx.AsyncClient) -> None:
+    """Recognize takes up to 10 MiB of audio, ~13.4 MiB as base64 JSON: the gateway must pass it
+    on to Speech (whatever Speech then answers, or 503 when it is not running), never 413."""
+    import base64
+
+    account = await sign_up(http)
+    key = await create_key(http, account)
+    headers = {"x-api-key": key["secret"], "content-type": "application/json"}
+    audio = base64.b64encode(b"\x00" * (10 * 1024 * 1024)).decode()
+    body = json.dumps({"config": {"languageCode": "en-US"}, "content": audio}).encode()
+    reply = await http.post("/v1/speech:recognize", content=body, headers=headers, timeout=60)
+    assert reply.status_code != 413, reply.text[:300]
+    assert reply.headers["content-type"].startswith("application/json")
