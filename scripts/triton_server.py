@@ -115,7 +115,7 @@ def server_command(
         "--allow-gpu-metrics=false",
         "--strict-readiness=true",
         "--exit-on-error=true",
-        "--exit-timeout-secs=10",
+        "--exit-timeout-secs=5",
         f"--log-verbose={log_verbose}",
         # Room for audio chunks and embedding batches in the stub's shared memory.
         "--backend-config=python,shm-default-byte-size=16777216",

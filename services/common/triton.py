@@ -440,8 +440,14 @@ class TritonClient:
         timeout: float | None = None,
         idle_timeout: float = 20.0,
         queue_size: int | None = None,
+        end_inputs: Tensors | None = None,
     ) -> SequenceStream:
-        """Open a streaming sequence (use as `async with`)."""
+        """Open a streaming sequence (use as `async with`).
+
+        `end_inputs`: a well-formed request body that the client sends with the END flag when the
+        stream is abandoned (caller gone, error), so Triton and the model free the sequence now
+        instead of after the idle timeout.
+        """
         return SequenceStream(
             self,
             model,
@@ -450,6 +456,7 @@ class TritonClient:
             timeout=self._timeout(timeout if timeout is not None else 3600.0),
             idle_timeout=idle_timeout,
             queue_size=queue_size or self.stream_queue_size,
+            end_inputs=end_inputs,
         )
 
     # --- typed helpers for the four models ------------------------------------------------
@@ -511,11 +518,86 @@ class TritonClient:
     def recognize(
         self, *, idle_timeout: float = 20.0, timeout: float | None = None
     ) -> SequenceStream:
-        """A speech-recognition sequence: send 16 kHz PCM16 chunks, iterate hypotheses."""
-        return self.sequence(ASR_MODEL, idle_timeout=idle_timeout, timeout=timeout)
+        """A speech-recognition sequence: send 16 kHz PCM16 chunks, iterate hypotheses.
+
+        Chunks: `{"AUDIO": int16 array shaped (1, n), "SAMPLE_RATE": [[16000]]}` (SAMPLE_RATE is
+        required on the first). `parse_recognition()` turns a response into a `Recognition`.
+        """
+        return self.sequence(
+            ASR_MODEL,
+            idle_timeout=idle_timeout,
+            timeout=timeout,
+            end_inputs={"AUDIO": np.zeros((1, 0), dtype=np.int16)},
+        )
+
+    async def _abandon_sequence(self, model: str, sequence_id: int, inputs: Tensors) -> None:
+        """Best effort: END a sequence whose own stream is gone; the outcome is irrelevant."""
+        request = _stream_request(
+            model,
+            build_inputs(model, inputs),
+            None,
+            f"{sequence_id}-abandon",
+            sequence_id=sequence_id,
+            end=True,
+        )
+
+        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
+            yield request
+            await asyncio.sleep(5.0)  # half-close only after the reply (or give up)
+
+        call = self._stub.ModelStreamInfer(requests(), timeout=5.0)
+        try:
+            async for message in call:
+                if message.error_message or _is_final(message.infer_response):
+                    break
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            call.cancel()
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """One speech_recognition response: interim (is_final False) or the final result."""
+
+    transcript: str
+    is_final: bool
+    words: tuple[Word, ...]
+    audio_ms: int
+
+
+def parse_recognition(response: StreamResponse) -> Recognition:
+    out = response.outputs
+
+    def flat(name: str) -> np.ndarray:
+        value = out.get(name)
+        return np.zeros(0) if value is None else value.reshape(-1)
+
+    text = flat("TRANSCRIPT")
+    words = tuple(
+        Word(w.decode() if isinstance(w, bytes) else str(w), int(s), int(e), float(c))
+        for w, s, e, c in zip(
+            flat("WORDS"), flat("WORD_START_MS"), flat("WORD_END_MS"), flat("WORD_CONFIDENCE")
+        )
+    )
+    return Recognition(
+        transcript=text[0].decode() if text.size else "",
+        is_final=bool(flat("IS_FINAL")[0]) if flat("IS_FINAL").size else False,
+        words=words,
+        audio_ms=int(flat("AUDIO_MS")[0]) if flat("AUDIO_MS").size else 0,
+    )
 
 
 _END = object()
+_background: set[asyncio.Future[None]] = set()
 
 
 @dataclass
@@ -541,7 +623,10 @@ class SequenceStream:
     timeout: float
     idle_timeout: float
     queue_size: int
+    end_inputs: Tensors | None = None
     _queue: asyncio.Queue[_Chunk | object] = field(init=False)
+    _finished: bool = field(init=False, default=False)
+    _abandoned: bool = field(init=False, default=False)
     _call: Any = field(init=False, default=None)
     _sent: int = field(init=False, default=0)
     _ended: bool = field(init=False, default=False)
@@ -637,6 +722,7 @@ class SequenceStream:
                 if outputs:
                     yield StreamResponse(response.id, outputs, final)
                 if final and response.id == self._end_request_id:
+                    self._finished = True
                     return
         except grpc.aio.AioRpcError as exc:
             if self._error is not None:
@@ -660,6 +746,19 @@ class SequenceStream:
         """Stop the stream; cancels it on the server if it is still running."""
         if self._call is not None and not self._call.done():
             self._call.cancel()
+        if (
+            self._sent
+            and not self._finished
+            and not self._abandoned
+            and self.end_inputs is not None
+        ):
+            self._abandoned = True
+            # A task, not an await: aclose() also runs while the caller is being cancelled.
+            task = asyncio.ensure_future(
+                self.client._abandon_sequence(self.model, self.sequence_id, self.end_inputs)
+            )
+            _background.add(task)
+            task.add_done_callback(_background.discard)
         # Unblock a request generator waiting on the queue.
         try:
             self._queue.put_nowait(_END)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import ServiceError
-from services.common.triton import ASR_MODEL, TritonClient
+from services.common.triton import ASR_MODEL, StreamResponse, TritonClient, parse_recognition
 
 from .speech_util import SENTENCES, recognize, synthesize, word_error_rate
 
@@ -116,3 +116,33 @@ async def test_twenty_concurrent_streams_do_not_mix(triton: TritonClient) -> Non
         own = word_error_rate(baseline[i % len(audios)], text)
         others = [word_error_rate(b, text) for j, b in enumerate(baseline) if j != i % len(audios)]
         assert own < min(others), (i, text, baseline)
+
+
+async def test_caller_going_away_cancels_the_stream(triton: TritonClient) -> None:
+    audio = await synthesize(triton, SENTENCES[3])
+    got_interim = asyncio.Event()
+
+    async def caller() -> None:
+        async with triton.recognize() as stream:
+            for i in range(0, len(audio) // 2, 1600):
+                await stream.send(
+                    {
+                        "AUDIO": audio[i : i + 1600].reshape(1, -1),
+                        "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
+                    }
+                )
+            async for _ in stream:
+                got_interim.set()
+                await asyncio.sleep(3600)  # a caller that hangs until it is cancelled
+
+    task = asyncio.create_task(caller())
+    await asyncio.wait_for(got_interim.wait(), 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The model keeps serving, and a full stream still gets its typed final result.
+    _interim, text, final = await recognize(triton, audio)
+    result = parse_recognition(StreamResponse("x", final, True))
+    assert result.is_final and result.transcript == text
+    assert [w.word for w in result.words] == text.split()
+    assert result.audio_ms == len(audio) * 1000 // 16000
