@@ -1,0 +1,115 @@
+"""Server streams through a real Envoy as Server-Sent Events, and what an upstream receives.
+
+A second Envoy is rendered from the same code as the mesh gateway, with the Orchestrator cluster
+pointing at a stand-in OrchestratorService (Generate streams three deltas slowly) so the test
+can see SSE framing, incremental delivery and the headers the gateway forwards upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from aimesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+from scripts import gateway as gw
+from tests.integration.gateway.conftest import create_key, sign_up
+from tests.support.mesh import TestMesh, free_port
+
+
+class StandInOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    async def Generate(
+        self, request: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[orchestrator_pb2.GenerateResponse]:
+        self.seen.append({k: str(v) for k, v in context.invocation_metadata() or ()})
+        for word in ("one", "two", "three"):
+            yield orchestrator_pb2.GenerateResponse(delta=orchestrator_pb2.TextDelta(text=word))
+            await asyncio.sleep(0.3)
+
+
+def _start_envoy(config: Path, admin_file: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(gw.envoy_argv(config, admin_file, concurrency=1), stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+async def stream_gateway(mesh: TestMesh, tmp_path: Path) -> AsyncIterator[tuple[str, StandInOrchestrator]]:
+    mesh.ensure("auth", "usage")
+    fake = StandInOrchestrator()
+    server = grpc.aio.server()
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    settings = dataclasses.replace(
+        mesh.settings,
+        gateway_addr=f"127.0.0.1:{free_port()}",
+        gateway_admin_addr=f"127.0.0.1:{free_port()}",
+        service_addrs={**mesh.settings.service_addrs, "orchestrator": f"127.0.0.1:{port}"},
+    )
+    config, admin_file = gw.write_config(settings, tmp_path)
+    envoy = _start_envoy(config, admin_file, tmp_path / "envoy.log")
+    try:
+        base = f"http://{settings.gateway_addr}"
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+            while time.monotonic() < deadline:
+                assert envoy.poll() is None, (tmp_path / "envoy.log").read_text()[-2000:]
+                try:
+                    if (await client.get("/.well-known/jwks.json")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        yield base, fake
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=10)
+        await server.stop(grace=None)
+
+
+async def test_server_stream_is_sse_incremental_and_upstream_sees_identity_not_key(
+    http: httpx.AsyncClient, stream_gateway: tuple[str, StandInOrchestrator]
+) -> None:
+    base, fake = stream_gateway
+    account = await sign_up(http)
+    key = await create_key(http, account)
+    arrivals: list[float] = []
+    events: list[dict[str, object]] = []
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        started = time.monotonic()
+        async with client.stream(
+            "POST", "/v1/models/m1:generate",
+            json={"messages": [{"role": "ROLE_USER", "content": "hi"}]},
+            headers={"x-api-key": key["secret"], "x-aimesh-org": "o_spoofed"},
+        ) as reply:
+            assert reply.status_code == 200, await reply.aread()
+            buffer = ""
+            async for chunk in reply.aiter_text():
+                buffer += chunk
+                while "\n\n" in buffer:
+                    event, buffer = buffer.split("\n\n", 1)
+                    assert event.startswith("data: "), event
+                    events.append(json.loads(event[len("data: "):]))
+                    arrivals.append(time.monotonic() - started)
+    assert [e["delta"]["text"] for e in events] == ["one", "two", "three"]  # type: ignore[index]
+    # Delivered as produced (0.3 s apart), not buffered until the stream ended.
+    assert arrivals[-1] - arrivals[0] > 0.4
+
+    seen = fake.seen[-1]
+    assert seen["x-aimesh-org"] == account.org_id
+    assert seen["x-aimesh-key-id"] == key["name"].rsplit("/", 1)[1]
+    assert seen["x-aimesh-roles"] == "member"
+    assert "x-api-key" not in seen and "authorization" not in seen
+    assert "x-aimesh-jwt-payload" not in seen
