@@ -46,6 +46,8 @@ NEGATIVE_CACHE_TTL = 30
 REDIS_TIMEOUT = 0.25  # a slow Redis must not slow every request: fall back to PostgreSQL
 REDIS_RETRY_AFTER = 1.0
 SIGNING_KEY_REFRESH = 30.0
+LOGIN_FAILURES_ALLOWED = 10
+LOGIN_FAILURE_WINDOW = 900  # seconds
 MAX_GRACE = timedelta(days=7)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -250,12 +252,15 @@ class AuthDomain:
         v.check(bool(email), "email", "is required")
         v.check(bool(password), "password", "is required")
         v.raise_if_any()
+        await self._check_login_throttle(email)
         async with self.db.connection() as conn:
             user = await store.user_by_email(conn, email)
         if user is None:
             await asyncio.to_thread(crypto.burn_password_check, password)
+            await self._login_failed(email)
             raise unauthenticated("wrong e-mail or password", reason="INVALID_CREDENTIALS")
         if not await asyncio.to_thread(crypto.verify_password, user["password_hash"], password):
+            await self._login_failed(email)
             raise unauthenticated("wrong e-mail or password", reason="INVALID_CREDENTIALS")
         async with self.db.connection() as conn:
             scope = f"login:{user['id']}"
@@ -276,6 +281,36 @@ class AuthDomain:
             if request_id:
                 await store.save_idempotent_result(conn, scope, request_id, self._seal(tokens))
         return tokens
+
+    # Password guessing: after LOGIN_FAILURES_ALLOWED failures for one e-mail within the window,
+    # further attempts are refused until it passes. Counted in Redis (shared by replicas); without
+    # Redis the throttle is skipped rather than blocking every login.
+    async def _check_login_throttle(self, email: str) -> None:
+        if self.cache is None or time.monotonic() < self._redis_down_until:
+            return
+        key = self.cache.key("login-fail", email)
+        try:
+            failures, ttl = await asyncio.wait_for(asyncio.gather(
+                self.cache.redis.get(key), self.cache.redis.ttl(key)), REDIS_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._redis_failed(exc)
+            return
+        if failures is not None and int(failures) >= LOGIN_FAILURES_ALLOWED:
+            raise resource_exhausted(
+                "too many failed logins for this e-mail; try again later",
+                reason="LOGIN_THROTTLED", retry_after_seconds=float(max(ttl, 1)))
+
+    async def _login_failed(self, email: str) -> None:
+        if self.cache is None or time.monotonic() < self._redis_down_until:
+            return
+        key = self.cache.key("login-fail", email)
+        try:
+            async with self.cache.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, LOGIN_FAILURE_WINDOW, nx=True)
+                await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._redis_failed(exc)
 
     async def refresh(self, refresh_token: str, request_id: str) -> Tokens:
         if not refresh_token:

@@ -404,3 +404,16 @@ async def test_body_limit_fits_base64_uploads(http: httpx.AsyncClient) -> None:
     reply = await http.post("/v1/speech:recognize", content=body, headers=headers, timeout=60)
     assert reply.status_code != 413, reply.text[:300]
     assert reply.headers["content-type"].startswith("application/json")
+
+
+async def test_password_guessing_is_throttled_per_email(http: httpx.AsyncClient) -> None:
+    account = await sign_up(http)
+    for _ in range(10):
+        reply = await http.post("/v1/auth:login",
+                                json={"email": account.email, "password": "wrong password!"})
+        assert reply.status_code == 401
+    reply = await http.post("/v1/auth:login",
+                            json={"email": account.email, "password": account.password})
+    assert reply.status_code == 429 and _status(reply) == (8, "LOGIN_THROTTLED")
+    retry = [d for d in reply.json()["details"] if d["@type"].endswith("google.rpc.RetryInfo")]
+    assert retry and float(retry[0]["retryDelay"].rstrip("s")) > 0
