@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import tls
 from services.common.config import REPO_ROOT, SERVICES, ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -51,10 +52,21 @@ class Process:
             return ""
 
 
-def grpc_healthy(address: str, service: str = "", timeout: float = 1.0) -> bool:
-    """True when the gRPC health service at `address` says SERVING."""
+def health_channel(settings: Settings, callee: str) -> grpc.Channel:
+    """A blocking channel to `callee` for probes: as the operator identity under mTLS."""
+    address = settings.address_of(callee)
+    if settings.tls_mode != "mtls":
+        return grpc.insecure_channel(address)
+    material = tls.load_identity("operator", settings.certs_path)
+    return grpc.secure_channel(
+        address, tls.channel_credentials(material), options=tls.channel_options(callee)
+    )
+
+
+def grpc_healthy(settings: Settings, callee: str, service: str = "", timeout: float = 1.0) -> bool:
+    """True when the gRPC health service of `callee` says SERVING."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with health_channel(settings, callee) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
@@ -78,6 +90,8 @@ class Stack:
         env.update(settings.as_env())
         directory = log_dir or Path(settings.var_dir) / "log"
         directory.mkdir(parents=True, exist_ok=True)
+        if settings.tls_mode == "mtls":
+            tls.ensure_certificates(settings.certs_path)  # idempotent: the local CA and leaves
         return cls(env=env, log_dir=directory)
 
     @property
@@ -98,9 +112,9 @@ class Stack:
         return process
 
     def start_service(self, service: str) -> Process:
-        address = self.settings.address_of(service)
+        settings = self.settings
         return self.spawn(
-            service, [PYTHON, "-m", f"services.{service}"], lambda: grpc_healthy(address)
+            service, [PYTHON, "-m", f"services.{service}"], lambda: grpc_healthy(settings, service)
         )
 
     def triton_ports(self) -> tuple[str, "triton_server.TritonPorts"]:
@@ -186,11 +200,17 @@ def _print_endpoints(stack: Stack) -> None:
     for name, address in rows:
         print(f"  {name.ljust(width)}  {address}")
     first = s.address_of("auth")
+    if s.tls_mode == "mtls":  # services accept only mesh certificates; the operator's may list
+        certs = s.certs_path
+        how = (f"-cacert {certs}/ca.pem -cert {certs}/operator.pem -key {certs}/operator-key.pem "
+               f"-authority {tls.server_name('auth')}")
+    else:
+        how = "-plaintext"
     print(
         "\nTry:\n"
-        f"  grpcurl -plaintext {first} list\n"
-        f"  grpcurl -plaintext {first} grpc.health.v1.Health/Check\n"
-        f"  grpcurl -protoset gen/descriptor.binpb -plaintext {first} describe\n"
+        f"  grpcurl {how} {first} list\n"
+        f"  grpcurl {how} {first} grpc.health.v1.Health/Check\n"
+        f"  python -m scripts.stack status\n"
     )
     if "gateway" in stack.processes:
         print(
@@ -281,7 +301,8 @@ def status(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
     for service in SERVICES:
         address = settings.address_of(service)
-        print(f"{service:13} {address:18} {'SERVING' if grpc_healthy(address) else 'down'}")
+        state = "SERVING" if grpc_healthy(settings, service) else "down"
+        print(f"{service:13} {address:18} {state}")
     return 0
 
 

@@ -1,72 +1,39 @@
-"""The one way a service calls another: pooled grpc.aio channels with retries, keepalive,
-tracing and deadline propagation.
+"""The one way a service calls another: pooled grpc.aio channels with mTLS, retries,
+keepalive, tracing and deadline propagation.
 
-Retries follow the contract: methods whose proto says `idempotency_level = NO_SIDE_EFFECTS`
-or `IDEMPOTENT` are retried on UNAVAILABLE (gRPC's own retry policy, via service config);
+Transport and retry policy come from services.common.tls / mesh_policy: in `mtls` mode the
+channel presents this process's certificate from the local CA and checks the callee's name;
+methods the contract marks `idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT` are retried
+on UNAVAILABLE (gRPC's own retry policy, the same set Istio's VirtualServices retry);
 everything else is sent once and relies on its `request_id` for safe manual retries.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import grpc
 from google.protobuf import descriptor as descriptor_mod
-from google.protobuf import descriptor_pb2
 
-from services.common import telemetry
+from services.common import telemetry, tls
 from services.common.config import Settings
 
-RETRYABLE_LEVELS = (
-    descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
-    descriptor_pb2.MethodOptions.IDEMPOTENT,
-)
-
-KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
+# The mesh identity this process presents when it calls others; serve() sets it to the
+# service's name. Tools and tests that are not a service call as the operator.
+_process_identity = "operator"
 
 
-def idempotent_methods(services: Iterable[descriptor_mod.ServiceDescriptor]) -> list[tuple[str, str]]:
-    """(service full name, method name) of every method the contract marks safe to retry."""
-    out = []
-    for service in services:
-        for method in service.methods:
-            if method.GetOptions().idempotency_level in RETRYABLE_LEVELS:
-                out.append((service.full_name, method.name))
-    return out
+def set_process_identity(identity: str) -> None:
+    global _process_identity
+    _process_identity = identity
 
 
 def service_descriptors(service: str) -> list[descriptor_mod.ServiceDescriptor]:
     """The proto services of aimesh service `service` (module aimesh.<svc>.v1.<svc>_pb2)."""
     module = importlib.import_module(f"aimesh.{service}.v1.{service}_pb2")
     return list(module.DESCRIPTOR.services_by_name.values())
-
-
-def retry_service_config(services: Iterable[descriptor_mod.ServiceDescriptor]) -> str:
-    methods = idempotent_methods(services)
-    config: dict[str, Any] = {"methodConfig": []}
-    if methods:
-        config["methodConfig"].append(
-            {
-                "name": [{"service": s, "method": m} for s, m in methods],
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        )
-    return json.dumps(config)
 
 
 class _DeadlinePropagation(
@@ -103,17 +70,30 @@ class _DeadlinePropagation(
         return await continuation(self._details(details), request_iterator)
 
 
+def open_channel(settings: Settings, callee: str, caller: str | None = None) -> grpc.aio.Channel:
+    """A new channel to `callee` (a service name) as `caller` (default: this process)."""
+    return tls.open_channel(
+        settings.address_of(callee),
+        caller=caller or _process_identity,
+        callee=callee,
+        mode=settings.tls_mode,  # type: ignore[arg-type]
+        certs_dir=settings.certs_path,
+        interceptors=[*telemetry.client_interceptors(), _DeadlinePropagation()],
+    )
+
+
 class Channels:
     """One channel per target service, created on first use and closed together."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, caller: str | None = None) -> None:
         self.settings = settings
+        self.caller = caller
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, service: str) -> grpc.aio.Channel:
         channel = self._channels.get(service)
         if channel is None:
-            channel = open_channel(self.settings.address_of(service), service_descriptors(service))
+            channel = open_channel(self.settings, service, self.caller)
             self._channels[service] = channel
         return channel
 
@@ -121,18 +101,3 @@ class Channels:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
-
-
-def open_channel(
-    address: str, services: Iterable[descriptor_mod.ServiceDescriptor] = ()
-) -> grpc.aio.Channel:
-    options = [
-        *KEEPALIVE_OPTIONS,
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", retry_service_config(services)),
-    ]
-    return grpc.aio.insecure_channel(
-        address,
-        options=options,
-        interceptors=[*telemetry.client_interceptors(), _DeadlinePropagation()],
-    )

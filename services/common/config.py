@@ -129,6 +129,14 @@ class Settings:
     var_dir: str = _env("AIMESH_VAR_DIR", str(REPO_ROOT / "var"))  # type: ignore[assignment]
     # Export spans to the console (OTLP exporters are configured by the standard OTEL_* variables).
     trace_console: bool = _env("AIMESH_TRACE_CONSOLE", "false", _bool)  # type: ignore[assignment]
+    # Transport security between mesh peers: mtls (local CA certificates, the default), istio (the
+    # sidecar does mTLS; caller identity from its XFCC header), plaintext (debugging only: peer
+    # authorization is off).
+    tls_mode: str = _env(
+        "AIMESH_TLS_MODE", "mtls", _choice("mtls", "istio", "plaintext")
+    )  # type: ignore[assignment]
+    # The local CA and per-identity certificates (scripts/ca.py); empty = <var_dir>/certs.
+    certs_dir: str = _env("AIMESH_CERTS_DIR", "")  # type: ignore[assignment]
     # Orchestrator: the model catalog (JSON) and hosted-provider endpoints and credentials.
     orchestrator_catalog: str = _env(
         "AIMESH_ORCHESTRATOR_CATALOG", str(REPO_ROOT / "services" / "orchestrator" / "catalog.json")
@@ -170,6 +178,20 @@ class Settings:
     gateway_admin_addr: str = _env("AIMESH_GATEWAY_ADMIN_ADDR", "127.0.0.1:9901", _address)  # type: ignore[assignment]
     # Gateway behaviour when the rate-limit service is unreachable: false = fail open (serve).
     gateway_ratelimit_fail_closed: bool = _env("AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED", "false", _bool)  # type: ignore[assignment]
+    # Knowledge: Milvus server URI (http://host:19530); empty = a Milvus Lite file under var_dir.
+    milvus_uri: str = _env(
+        "AIMESH_MILVUS_URI", "", lambda n, v: v and _url(("http", "https", "tcp"))(n, v)
+    )  # type: ignore[assignment]
+    # Knowledge: OpenSearch URL for the keyword index; empty = PostgreSQL full-text search.
+    opensearch_url: str = _env(
+        "AIMESH_OPENSEARCH_URL", "", lambda n, v: v and _url(("http", "https"))(n, v)
+    )  # type: ignore[assignment]
+    # Knowledge: where raw uploaded documents are kept; empty = <var_dir>/knowledge/blobs.
+    knowledge_blob_dir: str = _env("AIMESH_KNOWLEDGE_BLOB_DIR", "")  # type: ignore[assignment]
+    # Knowledge: stored bytes allowed per organization (RESOURCE_EXHAUSTED beyond).
+    knowledge_org_quota_bytes: int = _env(
+        "AIMESH_KNOWLEDGE_ORG_QUOTA_BYTES", str(10 * 1024**3), _int(1, 2**50)
+    )  # type: ignore[assignment]
     service_addrs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -187,6 +209,10 @@ class Settings:
             addrs[service] = _address(var, env.get(var, f"127.0.0.1:{port}"))
         values["service_addrs"] = addrs
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def certs_path(self) -> Path:
+        return Path(self.certs_dir) if self.certs_dir else Path(self.var_dir) / "certs"
 
     def address_of(self, service: str) -> str:
         """host:port where `service` listens (and where callers reach it)."""

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from services.common import telemetry
+from services.common import channels, mesh_policy, telemetry, tls
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError
@@ -239,12 +239,14 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
             log.warning("Redis unreachable at start; continuing without cache: %s", exc)
 
     server = grpc.aio.server(
-        interceptors=[*telemetry.server_interceptors(), ErrorInterceptor()],
+        # Peer authorization first: a caller the mesh policy refuses reaches no servicer code.
+        interceptors=[
+            tls.interceptor_for(spec.name, settings.tls_mode),  # type: ignore[arg-type]
+            *telemetry.server_interceptors(),
+            ErrorInterceptor(),
+        ],
         options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
+            *mesh_policy.SERVER_KEEPALIVE_OPTIONS,
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ],
     )
@@ -262,7 +264,14 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
 
     address = f"0.0.0.0:{settings.listen_port(spec.name)}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = tls.add_listen_port(
+            server, address, spec.name, settings.tls_mode, settings.certs_path  # type: ignore[arg-type]
+        )
+    except tls.CertificateError as exc:
+        raise StartupError(
+            f"TLS material for {spec.name} in {settings.certs_path} (AIMESH_CERTS_DIR) is unusable: "
+            f"{exc}; run scripts/ca.py"
+        ) from None
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {address} (AIMESH_{spec.name.upper()}_ADDR): {exc}") from None
     if bound == 0:
@@ -281,6 +290,10 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
     async def set_all(status: int) -> None:
         for name in ("", *spec.service_names):
             await health.set(name, status)
+
+    # Liveness (the process answers) is separate from readiness (its dependencies answer):
+    # Kubernetes restarts on the first, only stops routing on the second.
+    await health.set("liveness", health_pb2.HealthCheckResponse.SERVING)
 
     async def watch_readiness() -> None:
         last: bool | None = None
@@ -340,6 +353,7 @@ def serve(spec: ServiceSpec) -> None:
         print(f"aimesh-{spec.name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     telemetry.configure(spec.name, settings.log_level, settings.trace_console)
+    channels.set_process_identity(spec.name)
     try:
         code = asyncio.run(_run(spec, settings))
     except (StartupError, ConfigError) as exc:

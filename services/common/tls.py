@@ -706,6 +706,7 @@ def open_channel(
     mode: TlsMode,
     certs_dir: Path = DEFAULT_CERTS_DIR,
     extra_options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[Any] = (),
 ) -> grpc.aio.Channel:
     """A channel from `caller` to `callee`: retry service config and keepalive from
     mesh_policy, plus (mtls) the caller's certificate and a check of the callee's name."""
@@ -716,9 +717,12 @@ def open_channel(
     if mode == "mtls":
         material = load_identity(caller, certs_dir)
         return grpc.aio.secure_channel(
-            target, channel_credentials(material), options=[*options, *channel_options(callee)]
+            target,
+            channel_credentials(material),
+            options=[*options, *channel_options(callee)],
+            interceptors=list(interceptors) or None,
         )
-    return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors) or None)
 
 
 def envoy_upstream_transport_socket(

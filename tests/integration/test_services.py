@@ -14,15 +14,21 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.common.channels import service_descriptors
-from services.common.config import SERVICES
+from services.common.channels import open_channel, service_descriptors
+from services.common.config import SERVICES, Settings
 from tests.support.mesh import TestMesh, free_port
+
+
+# Services whose readiness includes their Triton models.
+NEEDS_TRITON = {"orchestrator", "speech"}
 
 
 @pytest.mark.parametrize("service", SERVICES)
 async def test_service_starts_healthy_with_reflection(mesh: TestMesh, service: str) -> None:
+    if service in NEEDS_TRITON:
+        mesh.ensure_triton()
     mesh.ensure(service)
-    channel = mesh.channel(service)
+    channel = mesh.channel(service, identity="operator")  # operators may reflect; see mesh_policy
     full_names = [d.full_name for d in service_descriptors(service)]
 
     health = health_pb2_grpc.HealthStub(channel)
@@ -45,7 +51,7 @@ async def test_service_starts_healthy_with_reflection(mesh: TestMesh, service: s
 async def test_unknown_method_is_unimplemented(mesh: TestMesh, service: str) -> None:
     mesh.ensure(service)
     full_name = service_descriptors(service)[0].full_name
-    call = mesh.channel(service).unary_unary(f"/{full_name}/NoSuchMethod")
+    call = mesh.channel(service, identity="operator").unary_unary(f"/{full_name}/NoSuchMethod")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(b"", timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -111,7 +117,7 @@ async def test_sigterm_drains_and_exits_zero(mesh: TestMesh) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with open_channel(Settings.from_env(env), "conversation", caller="operator") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for _ in range(100):
                 try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from scripts.stack import Stack
+from services.common.channels import open_channel
 from services.common.config import SERVICES, Settings
 
 
@@ -32,7 +33,7 @@ class TestMesh:
 
     __test__ = False  # not a test class
 
-    def __init__(self) -> None:
+    def __init__(self, tls_mode: str | None = None) -> None:
         self.var_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-"))
         overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
         overrides.update(
@@ -41,6 +42,7 @@ class TestMesh:
                 "AIMESH_VAR_DIR": str(self.var_dir),
                 "AIMESH_DRAIN_SECONDS": "3",
                 "AIMESH_HEALTH_INTERVAL_SECONDS": "0.5",
+                "AIMESH_TLS_MODE": tls_mode or os.environ.get("AIMESH_TEST_TLS_MODE", "plaintext"),
             }
         )
         # Triton is shared: reuse the developer's/CI's server on the default port if one runs.
@@ -99,11 +101,14 @@ class TestMesh:
     def stop(self, service: str) -> int | None:
         return self.stack.stop(service)
 
-    def channel(self, service: str) -> grpc.aio.Channel:
-        """An aio channel to `service` (created in the running event loop, cached)."""
-        if service not in self._channels:
-            self._channels[service] = grpc.aio.insecure_channel(self.address(service))
-        return self._channels[service]
+    def channel(self, service: str, identity: str = "gateway") -> grpc.aio.Channel:
+        """An aio channel to `service` as mesh `identity` (under mTLS, with that identity's
+        certificate: "gateway" may forward end-user identity headers to public RPCs; a service
+        name acts as that service). Created in the running event loop, cached."""
+        key = f"{service}/{identity}"
+        if key not in self._channels:
+            self._channels[key] = open_channel(self.settings, service, caller=identity)
+        return self._channels[key]
 
     async def aclose(self) -> None:
         for channel in self._channels.values():
