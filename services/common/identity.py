@@ -1,8 +1,10 @@
 """Who is calling: the identity the gateway established, read from its x-aimesh-* headers.
 
 Envoy strips any client-sent x-aimesh-* header before authentication and sets these after
-it (ext_authz for API keys, jwt_authn claims for JWTs). Services accept them only from the
-gateway's connections (peer identity under mTLS, enforced by the peer-authorization interceptor).
+it (ext_authz for API keys, jwt_authn claims for JWTs). Services accept them only from peers the
+caller graph lets forward them — the gateway, or a service acting for a user on the methods
+services.common.mesh_policy names — enforced on the verified mTLS identity by
+tls.PeerAuthorizationInterceptor before any servicer code runs.
 """
 
 from __future__ import annotations
