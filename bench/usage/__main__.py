@@ -9,6 +9,7 @@ PostgreSQL and Redis, then measures in one run:
 * RecordUsage at batch 1 and batch 100 from `concurrency` concurrent callers — records/s
   (each record deduplicated and rolled up in the same transaction);
 * ReserveBudget then SettleReservation against an organization budget — p50/p99 of each;
+* ShouldRateLimit (one Redis script, no PostgreSQL) as the floor of a Usage RPC on this machine;
 and prints the ratios to the baseline.
 """
 
@@ -24,6 +25,8 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+from envoy_api.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy_api.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import timestamp_pb2
 
 from tests.support.mesh import TestMesh
@@ -131,6 +134,20 @@ async def reserve_settle(stub: usage_pb2_grpc.UsageServiceStub, total: int, conc
     return reserves, settles
 
 
+async def rate_limit_floor(channel: object, total: int, concurrency: int) -> tuple[float, list[float]]:
+    stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+    D = ratelimit_pb2.RateLimitDescriptor
+    request = rls_pb2.RateLimitRequest(domain="aimesh", descriptors=[
+        D(entries=[D.Entry(key="org_id", value=f"bench-{uuid.uuid4().hex[:10]}")])])
+
+    async def one(_: int) -> float:
+        t0 = time.perf_counter()
+        await stub.ShouldRateLimit(request, timeout=10)
+        return time.perf_counter() - t0
+
+    return await run_workers(total, concurrency, one)
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
@@ -147,6 +164,7 @@ async def main(args: argparse.Namespace) -> None:
         rate_1 = await record_usage(stub, args.records, 1, args.concurrency)
         rate_100 = await record_usage(stub, args.records * 10, 100, args.concurrency)
         reserves, settles = await reserve_settle(stub, args.reservations, args.concurrency)
+        floor_s, floor_lat = await rate_limit_floor(mesh.channel("usage"), args.records, args.concurrency)
 
         print(f"usage benchmark (concurrency {args.concurrency}, same PostgreSQL/Redis, one run)")
         print(f"  baseline single-row INSERT      {base_rate:10.0f} rows/s   "
@@ -161,6 +179,8 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  SettleReservation               p50 {ms(percentile(settles, 0.5))}  "
               f"p99 {ms(percentile(settles, 0.99))}   p99 ratio to INSERT p99 "
               f"{percentile(settles, 0.99) / percentile(base_lat, 0.99):.2f}x")
+        print(f"  ShouldRateLimit (RPC floor)     {args.records / floor_s:10.0f} calls/s     "
+              f"p50 {ms(percentile(floor_lat, 0.5))}  p99 {ms(percentile(floor_lat, 0.99))}")
         print(f"  (mean reserve {ms(statistics.mean(reserves))}, mean settle {ms(statistics.mean(settles))})")
     finally:
         await mesh.aclose()

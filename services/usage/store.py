@@ -39,7 +39,8 @@ class RecordFilter:
 
 # Ledger insert and rollup in ONE statement (one transaction): data-modifying CTEs always run
 # to completion. Rows are sorted so concurrent overlapping batches lock unique-index entries
-# and rollup rows in the same order (no deadlocks).
+# and rollup rows in the same order (no deadlocks). Each session adds to its own shard of a
+# rollup row (pg_backend_pid() % 8), so concurrent writers of one org do not queue on one row.
 _RECORD_SQL = """
 WITH input AS (
     SELECT * FROM unnest(
@@ -60,14 +61,14 @@ inserted AS (
     RETURNING org, request_id, api_key, resource_type, model, quantity_micros, occur_time
 ),
 rolled AS (
-    INSERT INTO usage_daily AS d (org, day, resource_type, model, api_key, quantity_micros,
-                                  record_count)
+    INSERT INTO usage_daily AS d (org, day, resource_type, model, api_key, shard,
+                                  quantity_micros, record_count)
     SELECT org, (occur_time AT TIME ZONE 'UTC')::date, resource_type, model, api_key,
-           sum(quantity_micros), count(*)
+           pg_backend_pid() %% 8, sum(quantity_micros), count(*)
     FROM inserted
     GROUP BY 1, 2, 3, 4, 5
     ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (org, day, resource_type, model, api_key) DO UPDATE
+    ON CONFLICT (org, day, resource_type, model, api_key, shard) DO UPDATE
         SET quantity_micros = d.quantity_micros + EXCLUDED.quantity_micros,
             record_count = d.record_count + EXCLUDED.record_count
     RETURNING 1
