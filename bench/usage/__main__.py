@@ -36,7 +36,7 @@ SCRATCH_SCHEMA = "bench_usage"
 
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run_workers(total: int, concurrency: int, one: Callable[[int], Awaitable[float]]) -> tuple[float, list[float]]:
