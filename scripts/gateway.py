@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import descriptor_pb2
 
+from services.common import mesh_policy
 from services.common.config import REPO_ROOT, SERVICES, Settings
 
 if TYPE_CHECKING:
@@ -87,6 +88,11 @@ class Rpc:
     @property
     def is_read(self) -> bool:
         return self.idempotency == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+
+
+def is_public(rpc: Rpc) -> bool:
+    """May the gateway call this RPC at all (services/common/mesh_policy.py, the caller graph)?"""
+    return mesh_policy.is_allowed(rpc.service, mesh_policy.GATEWAY, rpc.path)
 
 
 def load_rpcs(descriptor: Path = DESCRIPTOR) -> list[Rpc]:
@@ -401,7 +407,9 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
     """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
     rpcs = load_rpcs(descriptor)
     services = sorted({r.full_service for r in rpcs})
-    routes = [_route(r) for r in rpcs] + [_preflight_route(), _not_found_route()]
+    # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
+    # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
+    routes = [_route(r) for r in rpcs if is_public(r)] + [_preflight_route(), _not_found_route()]
     hcm = {
         "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager"),

@@ -47,8 +47,11 @@ def test_routes_cover_every_rpc_and_streams_have_no_timeout(mesh: TestMesh) -> N
     hcm = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"]
     routes = {r["match"].get("path"): r for r in hcm["route_config"]["virtual_hosts"][0]["routes"]}
-    rpcs = gw.load_rpcs()
+    rpcs = [r for r in gw.load_rpcs() if gw.is_public(r)]
     assert rpcs and all(r.path in routes for r in rpcs)
+    # Service-to-service RPCs (mesh policy) are not reachable through the gateway at all.
+    internal = "/aimesh.usage.v1.UsageService/SetRateLimitPolicy"
+    assert internal not in routes and internal in [r.path for r in gw.load_rpcs()]
     for rpc in rpcs:
         action = routes[rpc.path]["route"]
         assert action["cluster"] == rpc.service
@@ -225,8 +228,14 @@ async def test_role_and_scope_failures_are_403(http: httpx.AsyncClient, account:
     assert reply.status_code == 403 and _status(reply) == (7, "SCOPE_REQUIRED")
 
 
-async def test_unknown_path_404_and_malformed_json_400(http: httpx.AsyncClient) -> None:
+async def test_unknown_path_404_and_malformed_json_400(http: httpx.AsyncClient,
+                                                       account: Account) -> None:
     reply = await http.get("/v1/no/such/thing")
+    assert reply.status_code == 404 and _status(reply)[0] == 5
+    # An internal RPC (SetRateLimitPolicy: Billing only) has an HTTP rule but no gateway route.
+    reply = await http.put(f"/v1/{account.org}/rateLimitPolicy", headers=account.bearer,
+                           json={"organizationRequestsPerMinute": 10_000_000,
+                                 "apiKeyRequestsPerMinute": 10_000_000})
     assert reply.status_code == 404 and _status(reply)[0] == 5
 
     reply = await http.post("/v1/auth:login", content=b'{"email": 5, "password": "x"}',
