@@ -169,7 +169,7 @@ async def test_circuit_opens_after_failures_and_recovers(
     server, _ = replay
     router = _router(providers, threshold=2, open_seconds=0.5)
     model = _model(Deployment("openai", "flaky"))
-    server.fail_next = 2
+    server.fail_next["flaky"] = 2
     count_before = len(server.requests)
     for _ in range(2):
         with pytest.raises(AllProvidersFailed):

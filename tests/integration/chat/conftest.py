@@ -40,6 +40,7 @@ def _catalog(base: str, path: Path) -> None:
             {"provider": "triton", "deployment": "grounded_responder", "priority": 1},
         ],
         "flaky-test": [{"provider": "openai", "deployment": "flaky", "base_url": f"{base}/v1"}],
+        "flaky-conv-test": [{"provider": "openai", "deployment": "flaky-conv", "base_url": f"{base}/v1"}],
         "claude-test": [{"provider": "anthropic", "deployment": "ok", "base_url": base}],
         "tiny-test": [{"provider": "triton", "deployment": "grounded_responder"}],
     }

@@ -37,15 +37,16 @@ class Replay:
         self.requests: list[dict] = []  # type: ignore[type-arg]
         self.headers: list[dict[str, str]] = []
         self.disconnected = asyncio.Event()
-        self.fail_next = 0
+        # Scenario "flaky..." -> how many of its next requests fail with 503.
+        self.fail_next: dict[str, int] = {}
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         scenario = body["model"]
-        if scenario == "flaky" and self.fail_next > 0:
-            self.fail_next -= 1
+        if scenario.startswith("flaky") and self.fail_next.get(scenario, 0) > 0:
+            self.fail_next[scenario] -= 1
             scenario = "overloaded"
         if scenario == "rate-limited":
             return web.json_response(

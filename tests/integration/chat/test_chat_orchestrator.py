@@ -96,7 +96,7 @@ async def test_anthropic_deployment_through_the_service(chat: ChatStack) -> None
 
 
 async def test_circuit_opens_after_failures_then_recovers(chat: ChatStack) -> None:
-    chat.replay.fail_next = CIRCUIT_THRESHOLD
+    chat.replay.fail_next["flaky"] = CIRCUIT_THRESHOLD
     for _ in range(CIRCUIT_THRESHOLD):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _run(chat, _request(model="models/flaky-test"))
