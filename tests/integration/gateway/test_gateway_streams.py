@@ -1,8 +1,8 @@
 """Server streams through a real Envoy as Server-Sent Events, and what an upstream receives.
 
-A second Envoy is rendered from the same code as the mesh gateway, with the Orchestrator cluster
-pointing at a stand-in OrchestratorService (Generate streams three deltas slowly) so the test
-can see SSE framing, incremental delivery and the headers the gateway forwards upstream.
+A second Envoy is rendered from the same code as the mesh gateway, with the Conversation cluster
+pointing at a stand-in ConversationService (SendMessage streams three deltas slowly) so the
+test can see SSE framing, incremental delivery and the headers the gateway forwards upstream.
 """
 
 from __future__ import annotations
@@ -18,23 +18,24 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from aimesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 
 from scripts import gateway as gw
 from tests.integration.gateway.conftest import create_key, sign_up
 from tests.support.mesh import TestMesh, free_port
 
 
-class StandInOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+class StandInConversation(conversation_pb2_grpc.ConversationServiceServicer):
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []
 
-    async def Generate(
-        self, request: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[orchestrator_pb2.GenerateResponse]:
+    async def SendMessage(
+        self, request: conversation_pb2.SendMessageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[conversation_pb2.SendMessageResponse]:
         self.seen.append({k: str(v) for k, v in context.invocation_metadata() or ()})
         for word in ("one", "two", "three"):
-            yield orchestrator_pb2.GenerateResponse(delta=orchestrator_pb2.TextDelta(text=word))
+            yield conversation_pb2.SendMessageResponse(
+                delta=conversation_pb2.AssistantDelta(text=word))
             await asyncio.sleep(0.3)
 
 
@@ -45,18 +46,18 @@ def _start_envoy(config: Path, admin_file: Path, log: Path) -> subprocess.Popen[
 
 
 @pytest.fixture
-async def stream_gateway(mesh: TestMesh, tmp_path: Path) -> AsyncIterator[tuple[str, StandInOrchestrator]]:
+async def stream_gateway(mesh: TestMesh, tmp_path: Path) -> AsyncIterator[tuple[str, StandInConversation]]:
     mesh.ensure("auth", "usage")
-    fake = StandInOrchestrator()
+    fake = StandInConversation()
     server = grpc.aio.server()
-    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(fake, server)
+    conversation_pb2_grpc.add_ConversationServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     settings = dataclasses.replace(
         mesh.settings,
         gateway_addr=f"127.0.0.1:{free_port()}",
         gateway_admin_addr=f"127.0.0.1:{free_port()}",
-        service_addrs={**mesh.settings.service_addrs, "orchestrator": f"127.0.0.1:{port}"},
+        service_addrs={**mesh.settings.service_addrs, "conversation": f"127.0.0.1:{port}"},
     )
     config, admin_file = gw.write_config(settings, tmp_path)
     envoy = _start_envoy(config, admin_file, tmp_path / "envoy.log")
@@ -80,7 +81,7 @@ async def stream_gateway(mesh: TestMesh, tmp_path: Path) -> AsyncIterator[tuple[
 
 
 async def test_server_stream_is_sse_incremental_and_upstream_sees_identity_not_key(
-    http: httpx.AsyncClient, stream_gateway: tuple[str, StandInOrchestrator]
+    http: httpx.AsyncClient, stream_gateway: tuple[str, StandInConversation]
 ) -> None:
     base, fake = stream_gateway
     account = await sign_up(http)
@@ -90,8 +91,7 @@ async def test_server_stream_is_sse_incremental_and_upstream_sees_identity_not_k
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         started = time.monotonic()
         async with client.stream(
-            "POST", "/v1/models/m1:generate",
-            json={"messages": [{"role": "ROLE_USER", "content": "hi"}]},
+            "POST", "/v1/conversations/c1:sendMessage", json={"content": "hi"},
             headers={"x-api-key": key["secret"], "x-aimesh-org": "o_spoofed"},
         ) as reply:
             assert reply.status_code == 200, await reply.aread()
