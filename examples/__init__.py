@@ -1,0 +1,1 @@
+"""Command-line examples for aimesh clients (run from the repository root with `python -m examples.<name>`)."""
