@@ -346,6 +346,32 @@ def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> 
     ]
 
 
+def _access_log() -> dict[str, Any]:
+    # One JSON line per request on stdout (the stack's gateway.log): who, what, how it ended.
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": _t("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
+            "log_format": {"json_format": {
+                "time": "%START_TIME%",
+                "request_id": "%REQ(X-REQUEST-ID)%",
+                "method": "%REQ(:METHOD)%",
+                "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                "rpc": "%REQ(:PATH)%",
+                "status": "%RESPONSE_CODE%",
+                "grpc_status": "%GRPC_STATUS%",
+                "details": "%RESPONSE_CODE_DETAILS%",
+                "flags": "%RESPONSE_FLAGS%",
+                "duration_ms": "%DURATION%",
+                "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+                "org": "%REQ(X-AIMESH-ORG)%",
+                "key_id": "%REQ(X-AIMESH-KEY-ID)%",
+                "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+            }},
+        },
+    }
+
+
 def _cors_policy() -> dict[str, Any]:
     return {
         "@type": _t("envoy.extensions.filters.http.cors.v3.CorsPolicy"),
@@ -435,6 +461,7 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
         },
         "http_filters": _http_filters(settings, services, descriptor),
         "local_reply_config": _local_reply_config(),
+        "access_log": [_access_log()],
         "http2_protocol_options": {"max_concurrent_streams": 1000},
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
     }
@@ -445,6 +472,14 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
                                      health_check=False))
     return {
         "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": _t("envoy.extensions.resource_monitors.downstream_connections.v3."
+                            "DownstreamConnectionsConfig"),
+                "max_active_downstream_connections": 10000,
+            },
+        }]},
         "static_resources": {
             "listeners": [{
                 "name": "gateway",
