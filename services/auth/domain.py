@@ -164,7 +164,9 @@ class AuthDomain:
         v.check(grace >= timedelta(0), "previous_key_grace", "must not be negative")
         v.check(grace <= MAX_GRACE, "previous_key_grace", "must be at most 7 days")
         v.raise_if_any()
-        grace = max(grace, minimum)  # tokens signed by the old key must keep verifying
+        # Tokens signed by the old key must keep verifying until they expire, including those
+        # other replicas sign until their cached active key refreshes, plus clock skew.
+        grace = max(grace, minimum + timedelta(seconds=SIGNING_KEY_REFRESH + 60))
         async with self.db.connection() as conn:
             await store.lock_signing_keys(conn)
             if request_id:
