@@ -294,6 +294,7 @@ class TritonClient:
             self._channel = grpc.aio.insecure_channel(url, options=options)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._closed = False
+        self._background: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Any) -> TritonClient:
@@ -302,6 +303,8 @@ class TritonClient:
 
     async def close(self) -> None:
         if not self._closed:
+            if self._background:  # let abandoned sequences reach Triton first
+                await asyncio.wait(set(self._background), timeout=2.0)
             self._closed = True
             await self._client.close()
             await self._channel.close()
@@ -532,28 +535,35 @@ class TritonClient:
 
     async def _abandon_sequence(self, model: str, sequence_id: int, inputs: Tensors) -> None:
         """Best effort: END a sequence whose own stream is gone; the outcome is irrelevant."""
-        request = _stream_request(
-            model,
-            build_inputs(model, inputs),
-            None,
-            f"{sequence_id}-abandon",
-            sequence_id=sequence_id,
-            end=True,
-        )
-
-        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
-            yield request
-            await asyncio.sleep(5.0)  # half-close only after the reply (or give up)
-
-        call = self._stub.ModelStreamInfer(requests(), timeout=5.0)
+        if self._closed:
+            return
         try:
-            async for message in call:
-                if message.error_message or _is_final(message.infer_response):
-                    break
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            request = _stream_request(
+                model,
+                build_inputs(model, inputs),
+                None,
+                f"{sequence_id}-abandon",
+                sequence_id=sequence_id,
+                end=True,
+            )
+
+            async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
+                yield request
+                await asyncio.sleep(5.0)  # half-close only after the reply (or give up)
+
+            call = self._stub.ModelStreamInfer(requests(), timeout=5.0)
+            try:
+                async for message in call:
+                    if message.error_message or _is_final(message.infer_response):
+                        break
+            finally:
+                call.cancel()
+        except Exception:  # noqa: BLE001, S110  best effort: Triton's idle timeout is the fallback
             pass
-        finally:
-            call.cancel()
+
+    def _track(self, task: asyncio.Future[None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 @dataclass(frozen=True)
@@ -597,7 +607,6 @@ def parse_recognition(response: StreamResponse) -> Recognition:
 
 
 _END = object()
-_background: set[asyncio.Future[None]] = set()
 
 
 @dataclass
@@ -754,11 +763,11 @@ class SequenceStream:
         ):
             self._abandoned = True
             # A task, not an await: aclose() also runs while the caller is being cancelled.
-            task = asyncio.ensure_future(
-                self.client._abandon_sequence(self.model, self.sequence_id, self.end_inputs)
+            self.client._track(
+                asyncio.ensure_future(
+                    self.client._abandon_sequence(self.model, self.sequence_id, self.end_inputs)
+                )
             )
-            _background.add(task)
-            task.add_done_callback(_background.discard)
         # Unblock a request generator waiting on the queue.
         try:
             self._queue.put_nowait(_END)

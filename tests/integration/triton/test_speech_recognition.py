@@ -146,3 +146,17 @@ async def test_caller_going_away_cancels_the_stream(triton: TritonClient) -> Non
     assert result.is_final and result.transcript == text
     assert [w.word for w in result.words] == text.split()
     assert result.audio_ms == len(audio) * 1000 // 16000
+
+
+async def test_chunk_for_a_dropped_sequence_is_failed_precondition(triton: TritonClient) -> None:
+    # After max_sequence_idle_microseconds Triton forgets a sequence; its next chunk then carries
+    # no START flag. Reproduce that message without waiting 30 s: skip START on purpose.
+    stream = triton.sequence(ASR_MODEL)
+    stream._sent = 1  # the START request "was sent" long ago
+    await stream.send({"AUDIO": np.zeros((1, 1600), dtype=np.int16)})
+    with pytest.raises(ServiceError) as err:
+        async for _ in stream:
+            pass
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.reason == "TRITON_SEQUENCE_NOT_OPEN"
+    assert "START" in err.value.message

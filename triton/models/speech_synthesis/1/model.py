@@ -149,6 +149,14 @@ class TritonPythonModel:
         self._callback = SYNTH_CALLBACK(self._on_audio)
         self.lib.espeak_SetSynthCallback(self._callback)
         self._sink: Any = None
+        # Warm up: the first synthesis loads voice data; pay for it at load, not on a request.
+        if self.lib.espeak_SetVoiceByName(self.default_voice.encode()) == EE_OK:
+            self._sink = lambda _pcm: None
+            warm = b"ready\0"
+            self.lib.espeak_Synth(
+                warm, len(warm), 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None
+            )
+            self._sink = None
         self.voices = self._list_voices()
         self._voice_keys = (
             {v["name"].lower() for v in self.voices}

@@ -39,6 +39,8 @@ class TritonPythonModel:
         # The model's own limit (256 word pieces); longer input is refused, not truncated.
         self.max_tokens = min(int(params.get("max_tokens", "256")), self.model.max_seq_length)
         self.dim = int(self.model.get_sentence_embedding_dimension() or 384)
+        # Warm up: the first forward pass is several times slower than the rest.
+        self.model.encode(["warm up"], show_progress_bar=False)
 
     def _validate(self, raw: np.ndarray) -> tuple[list[str], list[int]] | str:
         texts: list[str] = []
