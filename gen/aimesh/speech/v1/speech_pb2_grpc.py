@@ -194,16 +194,18 @@ class SpeechServiceServicer(object):
 
         Responses: first `conversation` (the conversation's name, created if config named none).
         Then per turn (a turn is one caller utterance and the assistant's reply, identified by
-        turn_id): `speech_event` SPEECH_BEGIN, interim and final `transcript`s, `speech_event`
-        END_OF_UTTERANCE, then `text_delta`s and `audio` chunks of the reply, and
-        `turn_complete`. An utterance whose final transcript is empty gets no reply; its turn
+        turn_id): `speech_event` SPEECH_BEGIN, interim `transcript`s, `speech_event`s SPEECH_END
+        and END_OF_UTTERANCE, the final `transcript`, then `text_delta`s and `audio` chunks of
+        the reply (audio sentence by sentence as the text arrives), and `turn_complete`. An utterance whose final transcript is empty gets no reply; its turn
         completes with no messages.
 
         Barge-in: when the caller starts speaking while a reply is still being generated or
         its audio is still playing (as estimated from the audio sent), the server cancels the
         reply's generation and synthesis, stores the assistant message as STATE_INCOMPLETE,
-        sends `barge_in` and then `turn_complete` (interrupted) for the interrupted turn. The
-        client must stop playback and drop any buffered audio of that turn at once. Clients
+        sends `barge_in` and then `turn_complete` (interrupted) for the interrupted turn. If the
+        reply was already fully generated and only its audio was still playing, that turn has
+        completed already (its message is STATE_COMPLETE) and `barge_in` alone is sent. Either
+        way the client must stop playback and drop any buffered audio of that turn at once. Clients
         should apply echo cancellation, or the reply's own audio can trigger a barge-in.
 
         Errors within a turn (recognition of one utterance, generation, synthesis) are
