@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import socket
 import statistics
@@ -33,12 +34,12 @@ from pathlib import Path
 
 import grpc
 import httpx
-
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
 from scripts import triton_server
 from scripts.stack import Stack
 from services.common.config import SERVICES
@@ -100,7 +101,7 @@ async def measure(name: str, stream: Stream, requests: int) -> Path_:
     for _ in range(requests):
         try:
             result.samples.append(await timed(stream))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - count and show every kind of failure
             result.errors += 1
             print(f"  {name}: {type(exc).__name__}: {str(exc)[:160]}")
     return result
@@ -110,7 +111,7 @@ def _p(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -238,8 +239,8 @@ async def bench(args: argparse.Namespace, gateway: str, orchestrator_addr: str, 
 
         names = await asyncio.gather(*(new_conversation() for _ in range(args.streams)))
         await concurrent(f"{args.streams} Triton responder streams, direct", [triton_stream] * args.streams)
-        await concurrent(f"{args.streams} SendMessage streams via Envoy gRPC",
-                         [lambda n=n: _edge_send(conv_edge, n, key_md) for n in names])
+        edge_streams: list[Stream] = [functools.partial(_edge_send, conv_edge, n, key_md) for n in names]
+        await concurrent(f"{args.streams} SendMessage streams via Envoy gRPC", edge_streams)
 
         await triton.close()
         for channel in (direct_orch, direct_conv, edge):

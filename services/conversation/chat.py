@@ -12,15 +12,17 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
-from google.rpc import status_pb2
-
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
+from google.rpc import status_pb2
+from redis.exceptions import RedisError
+
 from services.common.cache import ServiceCache
 from services.common.channels import Channels
 from services.common.errors import ServiceError, status_from_rpc_error
@@ -93,7 +95,7 @@ class Chat:
                 raw = await self.cache.redis.get(self._context_key(org, conv_id))
                 if raw is not None:
                     return [(int(r), c) for r, c in json.loads(raw)]
-            except Exception as exc:
+            except (RedisError, OSError, ValueError) as exc:
                 log.warning("context cache read failed", extra={"error": str(exc)})
         rows = await self.store.recent_messages(org, conv_id, CONTEXT_MESSAGES)
         history = [(int(r["role"]), r["content"]) for r in rows if r["content"]]
@@ -106,15 +108,8 @@ class Chat:
         try:
             await self.cache.redis.set(self._context_key(org, conv_id), json.dumps(history[-CONTEXT_MESSAGES:]),
                                        ex=CONTEXT_TTL_SECONDS)
-        except Exception as exc:
+        except (RedisError, OSError) as exc:
             log.warning("context cache write failed", extra={"error": str(exc)})
-
-    async def forget(self, org: str, conv_id: str) -> None:
-        if self.cache is not None:
-            try:
-                await self.cache.redis.delete(self._context_key(org, conv_id))
-            except Exception:
-                pass
 
     # --- prompt -------------------------------------------------------------------------------
 
@@ -146,7 +141,7 @@ class Chat:
     # --- the turn -----------------------------------------------------------------------------
 
     async def send(self, identity: Identity, conv: Row, request: cpb.SendMessageRequest, model_name: str,
-                   timeout: float | None, to_message: Any) -> AsyncIterator[cpb.SendMessageResponse]:
+                   timeout: float | None, to_message: Any) -> AsyncGenerator[cpb.SendMessageResponse, None]:
         org, conv_id = identity.org, conv["id"]
         model = await self.model(model_name, identity)
         async with self.store.turn(org, conv_id, timeout):

@@ -7,17 +7,18 @@ import base64
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
-from google.rpc import status_pb2
-
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+
 from services.common.channels import Channels
 from services.common.errors import (
     FieldViolations,
@@ -132,7 +133,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                 purged = await self.store.purge_expired()
                 if purged:
                     log.info("purged expired conversations", extra={"count": purged})
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep purging on later rounds
                 log.warning("purge failed", extra={"error": str(exc)})
             await asyncio.sleep(3600)
 

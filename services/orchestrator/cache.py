@@ -17,6 +17,8 @@ import json
 import logging
 
 from aimesh.orchestrator.v1 import orchestrator_pb2
+from redis.exceptions import RedisError
+
 from services.common.cache import ServiceCache
 
 log = logging.getLogger("aimesh.orchestrator.cache")
@@ -42,7 +44,7 @@ class GenerationStore:
             return None
         try:
             raw = await self.cache.redis.get(key)
-        except Exception as exc:
+        except (RedisError, OSError) as exc:
             log.warning("cache read failed", extra={"error": str(exc)})
             return None
         if raw is None:
@@ -55,7 +57,7 @@ class GenerationStore:
         value = json.dumps([base64.b64encode(e.SerializeToString()).decode() for e in events])
         try:
             await self.cache.redis.set(key, value, ex=ttl)
-        except Exception as exc:
+        except (RedisError, OSError) as exc:
             log.warning("cache write failed", extra={"error": str(exc)})
 
     def _response_key(self, digest: str) -> str:

@@ -138,7 +138,7 @@ class Catalog:
         self._models = {m.name: m for m in sorted(usable, key=lambda m: m.name)}
 
     @classmethod
-    def load(cls, settings: Settings, path: str | None = None) -> "Catalog":
+    def load(cls, settings: Settings, path: str | None = None) -> Catalog:
         source = Path(path or settings.orchestrator_catalog)
         try:
             data = json.loads(source.read_text())

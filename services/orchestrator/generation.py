@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
+from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 
-from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from services.common.channels import Channels
 from services.common.errors import FieldViolations, invalid_argument, unavailable
 from services.common.identity import Identity
@@ -25,7 +26,7 @@ from services.orchestrator import metering, retrieval
 from services.orchestrator.cache import GenerationStore, response_key
 from services.orchestrator.catalog import Catalog, ModelEntry
 from services.orchestrator.guardrails import BLOCK, Action, Guardrails, OutputFilter
-from services.orchestrator.providers import Finish, Piece, Passage, ProviderError, ProviderRequest
+from services.orchestrator.providers import Finish, Passage, ProviderError, ProviderRequest
 from services.orchestrator.routing import AllProvidersFailed, Router, Served
 from services.orchestrator.tokens import MESSAGE_OVERHEAD, count_messages, count_text
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 REDACTION, BLOCK = "redaction", "block"
 INPUT, OUTPUT = "input", "output"
@@ -71,7 +71,7 @@ class Guardrails:
     blocklist: tuple[str, ...] = ()
 
     @classmethod
-    def from_setting(cls, value: str) -> "Guardrails":
+    def from_setting(cls, value: str) -> Guardrails:
         return cls(tuple(t.strip().lower() for t in value.split(",") if t.strip()))
 
     def redact(self, text: str, counts: Counter[str]) -> str:
@@ -105,7 +105,7 @@ class Guardrails:
             redacted.append(self.redact(content, counts))
         return redacted, _redactions(counts, INPUT)
 
-    def output_filter(self, stop: Iterable[str] = ()) -> "OutputFilter":
+    def output_filter(self, stop: Iterable[str] = ()) -> OutputFilter:
         return OutputFilter(self, tuple(s for s in stop if s))
 
 

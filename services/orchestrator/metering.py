@@ -11,9 +11,9 @@ through the shared usage client (services/common/usage_client.py).
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from services.common.identity import Identity
 from services.common.usage_client import ResourceType, UsageClient
@@ -39,15 +39,17 @@ async def report_tokens(usage: UsageClient | None, identity: Identity, model: st
     if usage is None:
         return
     try:
+        who = _who(identity)
         records = [
             usage.make_record(org=identity.org, resource_type=kind, quantity=count, model=model,
-                              request_id=f"{generation_id}/{suffix}", source="orchestrator", **_who(identity))
+                              request_id=f"{generation_id}/{suffix}", source="orchestrator",
+                              api_key=who.get("api_key", ""), user=who.get("user", ""))
             for kind, count, suffix in (
                 (ResourceType.RESOURCE_TYPE_PROMPT_TOKENS, prompt_tokens, "prompt_tokens"),
                 (ResourceType.RESOURCE_TYPE_COMPLETION_TOKENS, completion_tokens, "completion_tokens"))
         ]
         await usage.record_many(records)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - metering must never fail the generation
         log.error("usage not queued", extra={"generation_id": generation_id, "error": str(exc)})
 
 

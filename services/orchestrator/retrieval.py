@@ -7,10 +7,15 @@ import re
 from dataclasses import dataclass
 
 import grpc
-
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
+
 from services.common.channels import Channels
-from services.common.errors import ServiceError, field_violations, status_from_rpc_error, unavailable
+from services.common.errors import (
+    ServiceError,
+    field_violations,
+    status_from_rpc_error,
+    unavailable,
+)
 from services.common.identity import Identity
 from services.orchestrator.providers import Passage
 

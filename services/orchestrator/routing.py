@@ -14,15 +14,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Mapping
 
 import grpc
 
 from services.orchestrator.catalog import Deployment, ModelEntry
 from services.orchestrator.providers import Finish, Piece, Provider, ProviderError, ProviderRequest
+
+log = logging.getLogger("aimesh.orchestrator.routing")
 
 
 class CircuitBreaker:
@@ -152,7 +155,7 @@ class Router:
                 breaker.release()
                 await _close(stream)
                 raise
-            except (ProviderError, asyncio.TimeoutError, StopAsyncIteration) as exc:
+            except (TimeoutError, ProviderError, StopAsyncIteration) as exc:
                 await _close(stream)
                 breaker.failure()
                 attempts.append(_attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds))
@@ -172,7 +175,7 @@ class Router:
                         return
                     try:
                         item = await asyncio.wait_for(stream.__anext__(), self.first_token_seconds)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         raise ProviderError(
                             f"{deployment.provider}: no output for {self.first_token_seconds:g}s",
                             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -206,5 +209,5 @@ async def _close(stream: AsyncIterator[object]) -> None:
     if aclose is not None:
         try:
             await aclose()
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - the attempt's outcome is already decided
+            log.debug("closing a provider stream failed: %s", exc)

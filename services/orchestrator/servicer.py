@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import grpc
-
 from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
+
 from services.common.channels import Channels
 from services.common.errors import FieldViolations, invalid_argument
 from services.common.identity import require_identity

@@ -9,7 +9,7 @@ Providers that report their own usage (OpenAI, Anthropic) override it for meteri
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 _PIECE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 MESSAGE_OVERHEAD = 4

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -27,6 +27,7 @@ from services.orchestrator.providers.http import make_client
 from services.orchestrator.providers.openai import OpenAIProvider
 from services.orchestrator.routing import AllProvidersFailed, CircuitBreaker, Router, Served
 from tests.integration.chat.replay_server import ANSWER, Replay, start_replay
+
 
 @pytest.fixture(scope="module")
 async def replay() -> AsyncIterator[tuple[Replay, str]]:

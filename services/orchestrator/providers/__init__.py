@@ -7,8 +7,9 @@ Closing the stream (aclose, or cancellation) cancels the upstream generation.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 import grpc
 
@@ -85,8 +86,8 @@ class Provider(Protocol):
 def grounding_prompt(passages: list[Passage]) -> str:
     """System text that hands retrieved passages to a general chat model, numbered for citing."""
     lines = [
-        "Answer using the numbered sources below when they are relevant. Cite a source as [n] "
-        "right after the sentence that uses it. If the sources do not contain the answer, say so.",
+        ("Answer using the numbered sources below when they are relevant. Cite a source as [n] "
+         "right after the sentence that uses it. If the sources do not contain the answer, say so."),
         "",
     ]
     lines += [f"[{i}] {p.text}" for i, p in enumerate(passages, start=1)]

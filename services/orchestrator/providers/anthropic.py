@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -16,7 +17,12 @@ from services.orchestrator.providers import (
     StreamItem,
     with_grounding,
 )
-from services.orchestrator.providers.http import HTTPProvider, load_json, raise_for_status, transport_error
+from services.orchestrator.providers.http import (
+    HTTPProvider,
+    load_json,
+    raise_for_status,
+    transport_error,
+)
 from services.orchestrator.providers.sse import iter_sse
 
 API_VERSION = "2023-06-01"

@@ -3,8 +3,8 @@ providers use): `event:`/`data:` fields, events end at a blank line, `:` lines a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import httpx
 
@@ -16,7 +16,8 @@ class SSEEvent:
 
 
 async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
-    event, data = "", []
+    event = ""
+    data: list[str] = []
     async for line in response.aiter_lines():
         if not line:
             if data or event:
@@ -26,7 +27,7 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
         if line.startswith(":"):
             continue
         name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value.removeprefix(" ")
         if name == "event":
             event = value
         elif name == "data":

@@ -3,14 +3,20 @@ extractive responder streams one token per decoupled response, then its citation
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 
 from services.common.errors import ServiceError
 from services.common.triton import RESPONDER_MODEL, TritonClient
 from services.orchestrator.catalog import Deployment
-from services.orchestrator.providers import Finish, Piece, ProviderError, ProviderRequest, StreamItem
+from services.orchestrator.providers import (
+    Finish,
+    Piece,
+    ProviderError,
+    ProviderRequest,
+    StreamItem,
+)
 
 MAX_QUESTION_CHARS = 2000  # the responder's max_question_chars
 MAX_PASSAGES = 64

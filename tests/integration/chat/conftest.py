@@ -5,9 +5,9 @@ session mesh's Knowledge/Usage/Triton. Hosted APIs cannot be reached from here."
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 import grpc
 import pytest

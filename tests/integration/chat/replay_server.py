@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+
 from aiohttp import web
 
 ANSWER = ["The ", "sky ", "is ", "blue."]

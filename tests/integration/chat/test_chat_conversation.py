@@ -8,11 +8,11 @@ import uuid
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
-
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
+from google.protobuf import field_mask_pb2
+
 from services.common.errors import field_violations, status_from_rpc_error
 from tests.integration.chat.conftest import TINY_WINDOW, ChatStack
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
 import pytest
-
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
+
 from tests.integration.gateway.conftest import Account, sign_up
 from tests.support.mesh import TestMesh
 

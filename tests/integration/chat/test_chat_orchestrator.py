@@ -8,9 +8,9 @@ import uuid
 
 import grpc
 import pytest
-
 from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
+
 from services.common.errors import error_info, field_violations, status_from_rpc_error
 from tests.integration.chat.conftest import CIRCUIT_OPEN_SECONDS, CIRCUIT_THRESHOLD, ChatStack
 from tests.integration.chat.replay_server import ANSWER
