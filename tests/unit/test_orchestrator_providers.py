@@ -221,3 +221,42 @@ async def test_closing_the_stream_cancels_upstream(
             break
     await stream.aclose()  # type: ignore[attr-defined]
     await asyncio.wait_for(server.disconnected.wait(), 5)
+
+
+class _FakeTriton:
+    """Stands in for services.common.triton.TritonClient: records the request, replays responses
+    shaped like Triton's vLLM backend (decoupled, one `text_output` piece per response)."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.calls: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+
+    async def stream(self, model: str, inputs: dict, outputs: object = None, *, timeout: float | None = None,  # type: ignore[type-arg]
+                     request_id: str | None = None) -> AsyncIterator[object]:
+        import numpy as np
+
+        from services.common.triton import StreamResponse
+
+        self.calls.append((model, inputs))
+        for i, piece in enumerate(self.pieces):
+            yield StreamResponse("r", {"text_output": np.array([piece.encode()], dtype=object)},
+                                 final=i == len(self.pieces) - 1)
+
+
+async def test_triton_llm_deployment_uses_the_vllm_backend_interface() -> None:
+    import json as json_mod
+
+    from services.orchestrator.providers.triton import TritonProvider
+
+    fake = _FakeTriton(["Hel", "lo", " there"])
+    provider = TritonProvider(fake)  # type: ignore[arg-type]
+    request = ProviderRequest(messages=[("system", "Be brief."), ("user", "Hi")], max_output_tokens=10,
+                              temperature=0.0, stop=["\n"])
+    text, finish = await _collect(provider.stream(Deployment("triton", "llama_vllm"), request))
+    assert text == "Hello there" and finish == Finish("stop")
+    model, inputs = fake.calls[0]
+    assert model == "llama_vllm"
+    prompt = inputs["text_input"][0].decode()
+    assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>") and prompt.endswith("<|im_start|>assistant\n")
+    assert bool(inputs["stream"][0]) and bool(inputs["exclude_input_in_output"][0])
+    assert json_mod.loads(inputs["sampling_parameters"][0]) == {"max_tokens": 10, "temperature": 0.0, "stop": ["\n"]}

@@ -1,11 +1,21 @@
-"""Triton-hosted models through the one Triton client (services/common/triton.py): the grounded
-extractive responder streams one token per decoupled response, then its citations."""
+"""Triton-hosted models through the one Triton client (services/common/triton.py).
+
+* The grounded extractive responder streams one token per decoupled response, then its
+  citations.
+* Any other deployment is an LLM served with Triton's vLLM backend interface (decoupled;
+  inputs `text_input`, `stream`, `sampling_parameters` JSON, `exclude_input_in_output`;
+  output `text_output`, one new piece of text per response when streaming). The chat is
+  rendered with the ChatML template, which the model must understand.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
+import numpy as np
 
 from services.common.errors import ServiceError
 from services.common.triton import RESPONDER_MODEL, TritonClient
@@ -16,6 +26,7 @@ from services.orchestrator.providers import (
     ProviderError,
     ProviderRequest,
     StreamItem,
+    with_grounding,
 )
 
 MAX_QUESTION_CHARS = 2000  # the responder's max_question_chars
@@ -41,12 +52,39 @@ class TritonProvider:
     def __init__(self, client: TritonClient) -> None:
         self.client = client
 
-    async def stream(self, deployment: Deployment, request: ProviderRequest) -> AsyncIterator[StreamItem]:
-        if deployment.deployment != RESPONDER_MODEL:
-            raise ProviderError(
-                f"triton: no chat adapter for model {deployment.deployment!r}",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
+    def stream(self, deployment: Deployment, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+        if deployment.deployment == RESPONDER_MODEL:
+            return self._grounded(request)
+        return self._llm(deployment, request)
+
+    async def _llm(self, deployment: Deployment, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+        params: dict[str, Any] = {"max_tokens": request.max_output_tokens}
+        for key, value in (("temperature", request.temperature), ("top_p", request.top_p),
+                           ("seed", request.seed)):
+            if value is not None:
+                params[key] = value
+        if request.stop:
+            params["stop"] = request.stop
+        inputs = {
+            "text_input": np.array([chatml(with_grounding(request)).encode()], dtype=object),
+            "stream": np.array([True]),
+            "sampling_parameters": np.array([json.dumps(params).encode()], dtype=object),
+            "exclude_input_in_output": np.array([True]),
+        }
+        produced = 0
+        try:
+            async for response in self.client.stream(deployment.deployment, inputs, timeout=3600):
+                out = response.get("text_output")
+                text = "".join(_decode(v) for v in out.reshape(-1)) if out is not None else ""
+                if text:
+                    produced += 1
+                    yield Piece(text)
+        except ServiceError as exc:
+            raise ProviderError(f"triton: {exc.message}", exc.code) from None
+        # The backend does not say why it stopped; reaching max_tokens pieces means LENGTH.
+        yield Finish("length" if produced >= request.max_output_tokens else "stop")
+
+    async def _grounded(self, request: ProviderRequest) -> AsyncIterator[StreamItem]:
         question = request.messages[-1][1][-MAX_QUESTION_CHARS:]
         passages, ids = grounding_passages(request)
         if not passages:
@@ -78,3 +116,9 @@ class TritonProvider:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def chatml(messages: list[tuple[str, str]]) -> str:
+    """The ChatML rendering of a chat, ending with the assistant's turn opened."""
+    turns = [f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in messages]
+    return "".join(turns) + "<|im_start|>assistant\n"
