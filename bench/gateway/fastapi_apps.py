@@ -111,10 +111,13 @@ async def proxy(path: str, request: Request) -> Response:
     if "x-aimesh-key-id" in headers:
         descriptors.append(ratelimit_pb2.RateLimitDescriptor(
             entries=[org, entry(key="key_id", value=headers["x-aimesh-key-id"])]))
-    verdict = await _state["limit"].ShouldRateLimit(
-        rls_pb2.RateLimitRequest(domain="aimesh", descriptors=descriptors), timeout=0.25)
-    if verdict.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT:
-        return JSONResponse({"code": 8, "message": "rate limit exceeded"}, status_code=429)
+    try:
+        verdict = await _state["limit"].ShouldRateLimit(
+            rls_pb2.RateLimitRequest(domain="aimesh", descriptors=descriptors), timeout=0.25)
+        if verdict.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT:
+            return JSONResponse({"code": 8, "message": "rate limit exceeded"}, status_code=429)
+    except grpc.aio.AioRpcError:
+        pass  # fail open, like the Envoy gateway's default
     headers.pop("host", None)
     upstream = await _state["http"].get(f"/v1/{path}", headers=headers)
     return Response(upstream.content, status_code=upstream.status_code,
