@@ -29,8 +29,10 @@ def read_wav(path: str | Path) -> tuple[bytes, int]:
     """Mono 16-bit PCM WAV file -> (raw little-endian PCM bytes, sample rate)."""
     with wave.open(str(path), "rb") as reader:
         if reader.getnchannels() != 1 or reader.getsampwidth() != 2:
-            raise ValueError(f"{path}: need mono 16-bit PCM, got {reader.getnchannels()} channels, "
-                             f"{reader.getsampwidth() * 8}-bit")
+            raise ValueError(
+                f"{path}: need mono 16-bit PCM, got {reader.getnchannels()} channels, "
+                f"{reader.getsampwidth() * 8}-bit"
+            )
         return reader.readframes(reader.getnframes()), reader.getframerate()
 
 
@@ -41,7 +43,9 @@ def pcm_chunks(pcm: bytes, sample_rate: int, chunk_ms: int = CHUNK_MS) -> Iterat
         yield pcm[i : i + step]
 
 
-async def paced(chunks: Iterator[bytes], sample_rate: int, realtime: float = 1.0) -> AsyncIterator[bytes]:
+async def paced(
+    chunks: Iterator[bytes], sample_rate: int, realtime: float = 1.0
+) -> AsyncIterator[bytes]:
     """Yield chunks no faster than `realtime` x real time (0 = no pacing), like a microphone."""
     start = time.monotonic()
     sent = 0.0
@@ -105,6 +109,9 @@ class WavWriter:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()

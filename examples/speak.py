@@ -1,7 +1,7 @@
 """Speak a sentence into a WAV file with StreamingSynthesize (audio is written as it arrives).
 
-    .venv/bin/python -m examples.speak "Hello from aimesh." hello.wav [--voice voices/en-us]
-        [--rate 1.0] [--sample-rate 16000] [--address 127.0.0.1:8080] [--token JWT_OR_KEY]
+.venv/bin/python -m examples.speak "Hello from aimesh." hello.wav [--voice voices/en-us]
+    [--rate 1.0] [--sample-rate 16000] [--address 127.0.0.1:8080] [--token JWT_OR_KEY]
 """
 
 from __future__ import annotations
@@ -35,15 +35,19 @@ async def speak(args: argparse.Namespace) -> int:
         stub = speech_pb2_grpc.SpeechServiceStub(channel)
         try:
             with WavWriter(args.out, args.sample_rate) as wav:
-                async for chunk in stub.StreamingSynthesize(request, metadata=credentials(args.token, args.org)):
+                async for chunk in stub.StreamingSynthesize(
+                    request, metadata=credentials(args.token, args.org)
+                ):
                     first = first or time.perf_counter() - started
                     wav.write(chunk.audio_content)
                     samples += len(chunk.audio_content) // 2
         except grpc.aio.AioRpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    print(f"wrote {args.out}: {samples / args.sample_rate:.2f} s at {args.sample_rate} Hz "
-          f"(first audio after {first * 1000:.0f} ms)")
+    print(
+        f"wrote {args.out}: {samples / args.sample_rate:.2f} s at {args.sample_rate} Hz "
+        f"(first audio after {first * 1000:.0f} ms)"
+    )
     return 0
 
 
@@ -54,9 +58,13 @@ def main() -> None:
     parser.add_argument("--voice", default="voices/en-us")
     parser.add_argument("--rate", type=float, default=1.0, help="speaking rate, 0.25-4.0")
     parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--address", default=os.environ.get("AIMESH_GATEWAY_ADDR", "127.0.0.1:8080"))
+    parser.add_argument(
+        "--address", default=os.environ.get("AIMESH_GATEWAY_ADDR", "127.0.0.1:8080")
+    )
     parser.add_argument("--token", default=os.environ.get("AIMESH_TOKEN", ""))
-    parser.add_argument("--org", default="", help="call the Speech service directly as this organization")
+    parser.add_argument(
+        "--org", default="", help="call the Speech service directly as this organization"
+    )
     raise SystemExit(asyncio.run(speak(parser.parse_args())))
 
 

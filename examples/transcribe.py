@@ -24,7 +24,11 @@ from aimesh_sdk.audio import read_wav, recognize_requests, silence
 
 def credentials(token: str, org: str) -> list[tuple[str, str]]:
     if org:  # straight to the service: what the gateway would set
-        return [("x-aimesh-org", org), ("x-aimesh-subject", "users/cli"), ("x-aimesh-roles", "member")]
+        return [
+            ("x-aimesh-org", org),
+            ("x-aimesh-subject", "users/cli"),
+            ("x-aimesh-roles", "member"),
+        ]
     return [("authorization", f"Bearer {token}")] if token else []
 
 
@@ -33,11 +37,17 @@ async def transcribe(args: argparse.Namespace) -> int:
     pcm += silence(1.0, rate)  # a short pause at the end so the last utterance ends naturally
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = speech_pb2_grpc.SpeechServiceStub(channel)
-        requests = recognize_requests(pcm, rate, interim_results=args.interim, realtime=args.realtime)
+        requests = recognize_requests(
+            pcm, rate, interim_results=args.interim, realtime=args.realtime
+        )
         try:
-            async for response in stub.StreamingRecognize(requests, metadata=credentials(args.token, args.org)):
+            async for response in stub.StreamingRecognize(
+                requests, metadata=credentials(args.token, args.org)
+            ):
                 if response.error.code:
-                    print(f"\n[utterance {response.utterance_index} failed: {response.error.message}]")
+                    print(
+                        f"\n[utterance {response.utterance_index} failed: {response.error.message}]"
+                    )
                 for result in response.results:
                     best = result.alternatives[0]
                     if not result.is_final:
@@ -57,11 +67,17 @@ async def transcribe(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Transcribe a mono 16-bit WAV file.")
     parser.add_argument("wav")
-    parser.add_argument("--address", default=os.environ.get("AIMESH_GATEWAY_ADDR", "127.0.0.1:8080"))
+    parser.add_argument(
+        "--address", default=os.environ.get("AIMESH_GATEWAY_ADDR", "127.0.0.1:8080")
+    )
     parser.add_argument("--token", default=os.environ.get("AIMESH_TOKEN", ""))
-    parser.add_argument("--org", default="", help="call the Speech service directly as this organization")
+    parser.add_argument(
+        "--org", default="", help="call the Speech service directly as this organization"
+    )
     parser.add_argument("--interim", action="store_true", help="show interim results")
-    parser.add_argument("--realtime", type=float, default=1.0, help="pacing: 1 = real time, 0 = as fast as possible")
+    parser.add_argument(
+        "--realtime", type=float, default=1.0, help="pacing: 1 = real time, 0 = as fast as possible"
+    )
     raise SystemExit(asyncio.run(transcribe(parser.parse_args())))
 
 

@@ -38,7 +38,9 @@ from tests.support.mesh import TestMesh
 
 RATE = 16000
 SILENCE_MS = 800  # the default endpointing silence
-SLACK_SECONDS = 1.5  # recognition time allowed after the endpoint for a stream to count as real time
+SLACK_SECONDS = (
+    1.5  # recognition time allowed after the endpoint for a stream to count as real time
+)
 LEAD_SECONDS = 0.3
 TAIL_SECONDS = 1.2
 TTS_TEXT = "Your meeting with the design team starts at nine tomorrow morning in room four."
@@ -51,7 +53,11 @@ def pct(samples: list[float], q: float) -> float:
 
 def framed(speech: np.ndarray) -> np.ndarray:
     return np.concatenate(
-        [np.zeros(int(LEAD_SECONDS * RATE), np.int16), speech, np.zeros(int(TAIL_SECONDS * RATE), np.int16)]
+        [
+            np.zeros(int(LEAD_SECONDS * RATE), np.int16),
+            speech,
+            np.zeros(int(TAIL_SECONDS * RATE), np.int16),
+        ]
     )
 
 
@@ -62,8 +68,12 @@ class StreamResult:
     transcript: str
 
 
-async def gateway_stream(stub: speech_pb2_grpc.SpeechServiceStub, metadata: list[tuple[str, str]],
-                         speech: np.ndarray, realtime: float) -> StreamResult:
+async def gateway_stream(
+    stub: speech_pb2_grpc.SpeechServiceStub,
+    metadata: list[tuple[str, str]],
+    speech: np.ndarray,
+    realtime: float,
+) -> StreamResult:
     audio = framed(speech)
     speech_end = LEAD_SECONDS + speech.size / RATE  # seconds into the audio
     started = time.perf_counter()
@@ -72,7 +82,9 @@ async def gateway_stream(stub: speech_pb2_grpc.SpeechServiceStub, metadata: list
         yield speech_pb2.StreamingRecognizeRequest(
             streaming_config=speech_pb2.StreamingRecognitionConfig(
                 config=speech_pb2.RecognitionConfig(
-                    encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE, language_code="en-US"
+                    encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
+                    sample_rate_hertz=RATE,
+                    language_code="en-US",
                 )
             )
         )
@@ -120,15 +132,21 @@ async def direct_stream(client: TritonClient, speech: np.ndarray, realtime: floa
                 final_at = time.perf_counter()
                 text = np.asarray(response["TRANSCRIPT"]).reshape(-1)[0].decode()
         await feeder
-    return StreamResult(time.perf_counter() - started, (final_at - end_sent) if final_at else None, text)
+    return StreamResult(
+        time.perf_counter() - started, (final_at - end_sent) if final_at else None, text
+    )
 
 
-async def tts_first_byte_gateway(stub: speech_pb2_grpc.SpeechServiceStub, metadata: list[tuple[str, str]]) -> float:
+async def tts_first_byte_gateway(
+    stub: speech_pb2_grpc.SpeechServiceStub, metadata: list[tuple[str, str]]
+) -> float:
     started = time.perf_counter()
     call = stub.StreamingSynthesize(
         speech_pb2.StreamingSynthesizeRequest(
             text=TTS_TEXT,
-            audio_config=speech_pb2.AudioOutputConfig(encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE),
+            audio_config=speech_pb2.AudioOutputConfig(
+                encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE
+            ),
         ),
         metadata=metadata,
         timeout=60,
@@ -168,8 +186,10 @@ async def main(repeats: int, max_streams: int) -> None:
         speech = {s: await synthesize(client, s) for s in SENTENCES}
         total = sum(a.size for a in speech.values()) / RATE
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"speech benchmark: {len(SENTENCES)} utterances, {total:.1f} s of speech, "
-              f"triton {mesh.settings.triton_url}, gateway {gateway}, load average {load} on {os.cpu_count()} CPUs")
+        print(
+            f"speech benchmark: {len(SENTENCES)} utterances, {total:.1f} s of speech, "
+            f"triton {mesh.settings.triton_url}, gateway {gateway}, load average {load} on {os.cpu_count()} CPUs"
+        )
 
         # Warm up both paths (decoder pool, TTS voice, channels).
         await gateway_stream(stub, metadata, speech[SENTENCES[0]], 0)
@@ -183,10 +203,14 @@ async def main(repeats: int, max_streams: int) -> None:
                 # around it (cheap: silence never reaches Triton).
                 rtf_gw.append((await gateway_stream(stub, metadata, a, 0)).wall / (a.size / RATE))
                 rtf_direct.append((await direct_stream(client, a, 0)).wall / (a.size / RATE))
-        print("streaming ASR real-time factor (wall / speech time, lower is faster; audio sent unpaced):")
+        print(
+            "streaming ASR real-time factor (wall / speech time, lower is faster; audio sent unpaced):"
+        )
         print(line("gateway -> Speech -> Triton", rtf_gw, "x"))
         print(line("engine direct (Triton sequence)", rtf_direct, "x"))
-        print(f"  ratio gateway/direct (p50): {statistics.median(rtf_gw) / statistics.median(rtf_direct):.2f}")
+        print(
+            f"  ratio gateway/direct (p50): {statistics.median(rtf_gw) / statistics.median(rtf_direct):.2f}"
+        )
 
         lat_gw: list[float] = []
         lat_direct: list[float] = []
@@ -207,19 +231,27 @@ async def main(repeats: int, max_streams: int) -> None:
         print("TTS time to first audio byte:")
         print(line("gateway StreamingSynthesize", tts_gw))
         print(line("engine direct", tts_direct))
-        print(f"  ratio gateway/direct (p50): {statistics.median(tts_gw) / statistics.median(tts_direct):.2f}")
+        print(
+            f"  ratio gateway/direct (p50): {statistics.median(tts_gw) / statistics.median(tts_direct):.2f}"
+        )
 
-        print("concurrent real-time streams through the gateway (sustained: all finals, "
-              f"p95 end-of-speech -> final < {SILENCE_MS / 1000 + SLACK_SECONDS:.1f} s):")
+        print(
+            "concurrent real-time streams through the gateway (sustained: all finals, "
+            f"p95 end-of-speech -> final < {SILENCE_MS / 1000 + SLACK_SECONDS:.1f} s):"
+        )
         sustained = 0
         n = 1
         while n <= max_streams:
             plan = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
-            results = await asyncio.gather(*(gateway_stream(stub, metadata, speech[s], 1.0) for s in plan))
+            results = await asyncio.gather(
+                *(gateway_stream(stub, metadata, speech[s], 1.0) for s in plan)
+            )
             latencies = [r.eos_to_final for r in results if r.eos_to_final is not None]
             ok = len(latencies) == n and pct(latencies, 0.95) < SILENCE_MS / 1000 + SLACK_SECONDS
             p95 = f"{pct(latencies, 0.95):.2f}s" if latencies else "n/a"
-            print(f"  {n:3d} streams: finals {len(latencies)}/{n}, p95 latency {p95}  {'ok' if ok else 'NOT sustained'}")
+            print(
+                f"  {n:3d} streams: finals {len(latencies)}/{n}, p95 latency {p95}  {'ok' if ok else 'NOT sustained'}"
+            )
             if not ok:
                 break
             sustained = n

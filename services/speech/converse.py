@@ -66,7 +66,9 @@ _SENTENCE = re.compile(r"^(.*?[.!?;:])\s+|^(.*?)\n+", re.DOTALL)
 
 def service_error(exc: grpc.aio.AioRpcError, what: str) -> ServiceError:
     """A downstream failure as our own error, keeping its code."""
-    return ServiceError(exc.code(), f"{what}: {exc.details()}", reason=f"CONVERSATION_{exc.code().name}")
+    return ServiceError(
+        exc.code(), f"{what}: {exc.details()}", reason=f"CONVERSATION_{exc.code().name}"
+    )
 
 
 def take_sentences(buffer: str) -> tuple[list[str], str]:
@@ -100,7 +102,9 @@ class ConverseSession:
     def __init__(self, servicer: SpeechServicer, identity: Identity) -> None:
         self.servicer = servicer
         self.identity = identity
-        self.out: asyncio.Queue[speech_pb2.ConverseResponse | None] = asyncio.Queue(OUTPUT_QUEUE_SIZE)
+        self.out: asyncio.Queue[speech_pb2.ConverseResponse | None] = asyncio.Queue(
+            OUTPUT_QUEUE_SIZE
+        )
         self.turns: dict[int, Turn] = {}  # by utterance index
         self.active: Turn | None = None  # the turn whose reply runs or plays
         self.playback_end = 0.0  # monotonic time the client finishes playing the sent audio
@@ -115,8 +119,11 @@ class ConverseSession:
         cfg, audio, v = check_first_message(first, "config", "recognition_config")
         check_speaking_rate(v, "config.speaking_rate", cfg.speaking_rate)
         check_output(
-            v, "config.output_audio_config", cfg.output_audio_config,
-            cfg.HasField("output_audio_config"), linear16_only=True,
+            v,
+            "config.output_audio_config",
+            cfg.output_audio_config,
+            cfg.HasField("output_audio_config"),
+            linear16_only=True,
         )
         if cfg.conversation and not re.match(r"^conversations/[^/]+$", cfg.conversation):
             v.add("config.conversation", "must be conversations/{conversation} or empty")
@@ -131,7 +138,9 @@ class ConverseSession:
         )
 
     def _stub(self) -> conversation_pb2_grpc.ConversationServiceStub:
-        return conversation_pb2_grpc.ConversationServiceStub(self.servicer.channels.get("conversation"))
+        return conversation_pb2_grpc.ConversationServiceStub(
+            self.servicer.channels.get("conversation")
+        )
 
     async def _open_conversation(self) -> bool:
         stub = self._stub()
@@ -140,7 +149,8 @@ class ConverseSession:
             try:
                 found = await stub.GetConversation(
                     conversation_pb2.GetConversationRequest(name=self.config.conversation),
-                    metadata=headers, timeout=10.0,
+                    metadata=headers,
+                    timeout=10.0,
                 )
             except grpc.aio.AioRpcError as exc:
                 raise service_error(exc, f"conversation {self.config.conversation}") from None
@@ -159,7 +169,8 @@ class ConverseSession:
                     ),
                     request_id=str(uuid.uuid4()),
                 ),
-                metadata=headers, timeout=10.0,
+                metadata=headers,
+                timeout=10.0,
             )
         except grpc.aio.AioRpcError as exc:
             raise service_error(exc, "creating the conversation") from None
@@ -168,14 +179,18 @@ class ConverseSession:
 
     # --- the session ----------------------------------------------------------------------
 
-    async def run(self, requests: AsyncIterator[speech_pb2.ConverseRequest]) -> AsyncIterator[speech_pb2.ConverseResponse]:
+    async def run(
+        self, requests: AsyncIterator[speech_pb2.ConverseRequest]
+    ) -> AsyncIterator[speech_pb2.ConverseResponse]:
         first = await next_request(requests, CONVERSE_IDLE_SECONDS)
         options = self._check(first)
         self.voice = await self.servicer.synthesizer.voice(self.config.voice)
         await self.servicer._require_asr()
         created = await self._open_conversation()
         yield speech_pb2.ConverseResponse(
-            conversation=speech_pb2.ConversationReady(conversation=self.conversation, created=created)
+            conversation=speech_pb2.ConversationReady(
+                conversation=self.conversation, created=created
+            )
         )
         session = RecognitionSession(self.servicer.triton, options)
         chunks = audio_intake(
@@ -201,9 +216,19 @@ class ConverseSession:
             for turn in self.turns.values():
                 if turn.reply is not None:
                     turn.reply.cancel()
-            await asyncio.gather(pump, loop, *(t.reply for t in self.turns.values() if t.reply), return_exceptions=True)
+            await asyncio.gather(
+                pump,
+                loop,
+                *(t.reply for t in self.turns.values() if t.reply),
+                return_exceptions=True,
+            )
             await session.abort()
-            metering.meter(self.servicer.channels, self.identity, metering.AUDIO_SECONDS, session.received_seconds)
+            metering.meter(
+                self.servicer.channels,
+                self.identity,
+                metering.AUDIO_SECONDS,
+                session.received_seconds,
+            )
 
     async def _put(self, turn_id: str, **event: Any) -> None:
         await self.out.put(speech_pb2.ConverseResponse(turn_id=turn_id, **event))
@@ -224,16 +249,23 @@ class ConverseSession:
                     # A turn starts at the caller's SPEECH_BEGIN (or at a failure before it).
                     turn = Turn(turn_id=f"turn-{uuid.uuid4().hex[:12]}", utterance=event.utterance)
                     self.turns[event.utterance] = turn
-                if isinstance(event, SpeechBegan) and self._reply_active() and not self.config.disable_barge_in:
+                if (
+                    isinstance(event, SpeechBegan)
+                    and self._reply_active()
+                    and not self.config.disable_barge_in
+                ):
                     await self._barge_in(turn, event.offset)
                 speech_event = speech_event_of(event)
                 if speech_event is not None:
                     kind, offset = speech_event
                     await self._put(
-                        turn.turn_id, speech_event=speech_pb2.SpeechEvent(type=kind, offset=duration(offset))  # type: ignore[arg-type]
+                        turn.turn_id,
+                        speech_event=speech_pb2.SpeechEvent(type=kind, offset=duration(offset)),  # type: ignore[arg-type]
                     )
                 elif isinstance(event, Hypothesis):
-                    await self._put(turn.turn_id, transcript=streaming_result(event, with_words=True))
+                    await self._put(
+                        turn.turn_id, transcript=streaming_result(event, with_words=True)
+                    )
                     if event.is_final:
                         await self._start_turn(turn, event.text)
                 elif isinstance(event, UtteranceFailed):
@@ -330,7 +362,10 @@ class ConverseSession:
                 if which == "user_message":
                     turn.user_message = event.user_message.name
                 elif which == "delta" and event.delta.text:
-                    await self._put(turn.turn_id, text_delta=speech_pb2.AssistantTextDelta(text=event.delta.text))
+                    await self._put(
+                        turn.turn_id,
+                        text_delta=speech_pb2.AssistantTextDelta(text=event.delta.text),
+                    )
                     ready, buffer = take_sentences(buffer + event.delta.text)
                     for sentence in ready:
                         await sentences.put(sentence)
@@ -378,14 +413,21 @@ class ConverseSession:
                         index += 1
                         turn.audio_samples += chunk.pcm.size
                         # The client plays in real time from the first chunk on.
-                        self.playback_end = max(self.playback_end, time.monotonic()) + chunk.pcm.size / self.rate
+                        self.playback_end = (
+                            max(self.playback_end, time.monotonic()) + chunk.pcm.size / self.rate
+                        )
                 except ServiceError as exc:
                     failed = True
                     await self._put(
-                        turn.turn_id, error=unavailable(f"speech synthesis failed: {exc.message}").to_status()
+                        turn.turn_id,
+                        error=unavailable(f"speech synthesis failed: {exc.message}").to_status(),
                     )
         finally:
             metering.meter(
-                self.servicer.channels, self.identity, metering.CHARACTERS, characters,
-                f"{turn.turn_id}-{uuid.uuid4().hex[:8]}", self.voice.name,
+                self.servicer.channels,
+                self.identity,
+                metering.CHARACTERS,
+                characters,
+                f"{turn.turn_id}-{uuid.uuid4().hex[:8]}",
+                self.voice.name,
             )

@@ -21,7 +21,10 @@ def alternative(h: Hypothesis, with_words: bool) -> speech_pb2.SpeechRecognition
     if with_words:
         for w in h.words:
             alt.words.add(
-                word=w.word, start_offset=duration(w.start), end_offset=duration(w.end), confidence=w.confidence
+                word=w.word,
+                start_offset=duration(w.start),
+                end_offset=duration(w.end),
+                confidence=w.confidence,
             )
     return alt
 

@@ -44,8 +44,12 @@ def meter(
     now.GetCurrentTime()
     kind = usage_pb2.ResourceType.Name(resource_type).removeprefix("RESOURCE_TYPE_").lower()
     record = usage_pb2.UsageRecord(
-        organization=identity.org if identity.org.startswith("organizations/") else f"organizations/{identity.org}",
-        api_key=(identity.key_id or "") if (identity.key_id or "").startswith("organizations/") else "",
+        organization=identity.org
+        if identity.org.startswith("organizations/")
+        else f"organizations/{identity.org}",
+        api_key=(identity.key_id or "")
+        if (identity.key_id or "").startswith("organizations/")
+        else "",
         user=identity.subject if identity.subject.startswith("users/") else "",
         resource_type=resource_type,  # type: ignore[arg-type]
         model=model,
@@ -78,11 +82,18 @@ async def _send(channels: Channels, identity: Identity, record: usage_pb2.UsageR
             return
         except grpc.aio.AioRpcError as exc:
             # Safe to resend: the ledger dedupes on request_id.
-            retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            retryable = exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
             if not retryable or attempt == _ATTEMPTS:
                 log.warning(
                     "usage not recorded",
-                    extra={"request_id": record.request_id, "code": exc.code().name, "detail": exc.details()},
+                    extra={
+                        "request_id": record.request_id,
+                        "code": exc.code().name,
+                        "detail": exc.details(),
+                    },
                 )
                 return
         await asyncio.sleep(delay)

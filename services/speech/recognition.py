@@ -126,7 +126,9 @@ class _Utterance:
         self.sent = first_sample
         self.started = False
         self.stream: SequenceStream = session.triton.recognize(idle_timeout=30.0)
-        self.final: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        self.final: asyncio.Future[dict[str, np.ndarray]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.previous_words: list[str] = []
         self.reader = asyncio.ensure_future(self._read())
 
@@ -268,7 +270,9 @@ class RecognitionSession:
 
     async def _process(self, pcm: np.ndarray) -> None:
         if pcm.size:
-            self._history = np.concatenate([self._history, pcm]) if self._history.size else pcm.copy()
+            self._history = (
+                np.concatenate([self._history, pcm]) if self._history.size else pcm.copy()
+            )
         for position, decision in self._vad.push(pcm):
             if decision.begin_sample is not None and self._utterance is None:
                 await self._begin(decision.begin_sample)
@@ -319,7 +323,10 @@ class RecognitionSession:
             outputs = await asyncio.wait_for(asyncio.shield(utterance.final), FINAL_TIMEOUT_SECONDS)
         except TimeoutError:
             await self._emit(
-                UtteranceFailed(utterance.index, unavailable("the recognizer did not finalize the utterance in time"))
+                UtteranceFailed(
+                    utterance.index,
+                    unavailable("the recognizer did not finalize the utterance in time"),
+                )
             )
             return
         except ServiceError as exc:
@@ -329,7 +336,9 @@ class RecognitionSession:
             await utterance.close()
         await self._emit(self._final(utterance, position, outputs))
 
-    def _final(self, utterance: _Utterance, position: int, outputs: dict[str, np.ndarray]) -> Hypothesis:
+    def _final(
+        self, utterance: _Utterance, position: int, outputs: dict[str, np.ndarray]
+    ) -> Hypothesis:
         text = _text(np.asarray(outputs["TRANSCRIPT"]).reshape(-1)[0]).strip()
         base = self.offset_of(utterance.first_sample)
         words: list[Word] = []
@@ -362,7 +371,7 @@ class RecognitionSession:
         utterance = self._utterance
         if utterance is not None and not self.done:
             self._utterance = None
-                # Everything received so far, including the VAD's partial last frame.
+            # Everything received so far, including the VAD's partial last frame.
             position = self._history_start + len(self._history)
             await self._emit(SpeechEnded(utterance.index, self.offset_of(position)))
             await self._emit(EndOfUtterance(utterance.index, self.offset_of(position)))
@@ -394,9 +403,7 @@ class ReadinessCache:
         return self._ready
 
 
-async def run_session(
-    session: RecognitionSession, chunks: AsyncIterator[np.ndarray]
-) -> None:
+async def run_session(session: RecognitionSession, chunks: AsyncIterator[np.ndarray]) -> None:
     """Feed a session from checked audio; a fatal intake error (limit, bad chunk) first
     finalizes the utterance in progress, then ends the stream with that status."""
     try:

@@ -118,7 +118,10 @@ def check_first_message(
         v.add(f"{config_field}.{recognition_field}", "required")
         v.raise_if_any()
     audio = check_stream_recognition(
-        v, f"{config_field}.{recognition_field}", getattr(cfg, recognition_field), cfg.endpointing,
+        v,
+        f"{config_field}.{recognition_field}",
+        getattr(cfg, recognition_field),
+        cfg.endpointing,
         f"{config_field}.endpointing",
     )
     return cfg, audio, v
@@ -133,7 +136,11 @@ def check_speaking_rate(v: FieldViolations, field: str, rate: float) -> None:
 
 
 def check_output(
-    v: FieldViolations, field: str, config: speech_pb2.AudioOutputConfig, has: bool, linear16_only: bool
+    v: FieldViolations,
+    field: str,
+    config: speech_pb2.AudioOutputConfig,
+    has: bool,
+    linear16_only: bool,
 ) -> None:
     if not has:
         v.add(field, "required")
@@ -179,7 +186,12 @@ def parse_page_token(token: str, language: str) -> int:
     except (ValueError, UnicodeDecodeError):
         raise invalid_argument(
             "page_token is malformed or belongs to another language_code",
-            [("page_token", "use next_page_token of the previous call with the same language_code")],
+            [
+                (
+                    "page_token",
+                    "use next_page_token of the previous call with the same language_code",
+                )
+            ],
         ) from None
 
 
@@ -228,7 +240,12 @@ async def audio_intake(
         if request.HasField(config_field):
             raise invalid_argument(
                 f"{config_field} is allowed in the first message only",
-                [(config_field, "send it once, in the first message; later messages carry audio_content only")],
+                [
+                    (
+                        config_field,
+                        "send it once, in the first message; later messages carry audio_content only",
+                    )
+                ],
             )
         data: bytes = request.audio_content
         if len(data) > MAX_CHUNK_BYTES:

@@ -68,7 +68,9 @@ _GENDERS = {
 # --- encoding -------------------------------------------------------------------------------
 
 
-def recognize_response(event: Event, session: RecognitionSession, with_words: bool) -> speech_pb2.StreamingRecognizeResponse:
+def recognize_response(
+    event: Event, session: RecognitionSession, with_words: bool
+) -> speech_pb2.StreamingRecognizeResponse:
     out = speech_pb2.StreamingRecognizeResponse(
         total_audio_processed=duration(session.received_seconds), utterance_index=event.utterance
     )
@@ -118,7 +120,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     # --- StreamingRecognize ---------------------------------------------------------------
 
     async def StreamingRecognize(
-        self, request_iterator: AsyncIterator[speech_pb2.StreamingRecognizeRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[speech_pb2.StreamingRecognizeRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
         identity = self._identity(context)
         requests = request_iterator.__aiter__()
@@ -156,7 +160,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
-            metering.meter(self.channels, identity, metering.AUDIO_SECONDS, session.received_seconds)
+            metering.meter(
+                self.channels, identity, metering.AUDIO_SECONDS, session.received_seconds
+            )
 
     # --- Recognize ------------------------------------------------------------------------
 
@@ -237,7 +243,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                     v.add("content", str(exc))
                 else:
                     if rate and rate != wav_rate:
-                        v.add("config.sample_rate_hertz", f"{rate} Hz disagrees with the WAV header ({wav_rate} Hz)")
+                        v.add(
+                            "config.sample_rate_hertz",
+                            f"{rate} Hz disagrees with the WAV header ({wav_rate} Hz)",
+                        )
                     rate = wav_rate
         elif config.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
             if content and is_wav(content):
@@ -255,7 +264,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             v.add("config.sample_rate_hertz", f"must be 8000-48000 Hz, got {rate}")
             rate = 0
         if rate and samples.size / rate > RECOGNIZE_MAX_SECONDS:
-            v.add("content", f"{samples.size / rate:.1f} s of audio; at most {RECOGNIZE_MAX_SECONDS:.0f} s")
+            v.add(
+                "content",
+                f"{samples.size / rate:.1f} s of audio; at most {RECOGNIZE_MAX_SECONDS:.0f} s",
+            )
         v.raise_if_any()
         return samples, rate
 
@@ -270,7 +282,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         v = FieldViolations()
         check_text(v, request.text, max_chars)
         check_speaking_rate(v, "speaking_rate", request.speaking_rate)
-        check_output(v, "audio_config", request.audio_config, request.HasField("audio_config"), linear16_only)
+        check_output(
+            v, "audio_config", request.audio_config, request.HasField("audio_config"), linear16_only
+        )
         check_request_id(v, request.request_id)
         v.raise_if_any()
 
@@ -283,12 +297,19 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
         parts = [
             chunk.pcm
-            async for chunk in self.synthesizer.stream(request.text, voice, request.speaking_rate, rate)
+            async for chunk in self.synthesizer.stream(
+                request.text, voice, request.speaking_rate, rate
+            )
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
         wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
         metering.meter(
-            self.channels, identity, metering.CHARACTERS, len(request.text), request.request_id, voice.name
+            self.channels,
+            identity,
+            metering.CHARACTERS,
+            len(request.text),
+            request.request_id,
+            voice.name,
         )
         return speech_pb2.SynthesizeResponse(
             audio_content=wav_bytes(pcm, rate) if wav else pcm.astype("<i2").tobytes(),
@@ -309,7 +330,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         played = 0
         spoken = 0  # characters whose synthesis started: what is metered if the caller leaves
         try:
-            async for chunk in self.synthesizer.stream(request.text, voice, request.speaking_rate, rate):
+            async for chunk in self.synthesizer.stream(
+                request.text, voice, request.speaking_rate, rate
+            ):
                 spoken = max(spoken, chunk.text_end)
                 yield speech_pb2.StreamingSynthesizeResponse(
                     audio_content=chunk.pcm.astype("<i2").tobytes(),
@@ -324,9 +347,13 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         except ServiceError as exc:
             if index == 0:
                 raise
-            raise unavailable(f"synthesis failed after {index} chunks: {exc.message}", reason="SYNTHESIS_FAILED") from None
+            raise unavailable(
+                f"synthesis failed after {index} chunks: {exc.message}", reason="SYNTHESIS_FAILED"
+            ) from None
         finally:
-            metering.meter(self.channels, identity, metering.CHARACTERS, spoken, request.request_id, voice.name)
+            metering.meter(
+                self.channels, identity, metering.CHARACTERS, spoken, request.request_id, voice.name
+            )
 
     async def ListVoices(
         self, request: speech_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
@@ -334,18 +361,25 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self._identity(context)
         check_language_filter(request.language_code)
         if request.page_size < 0:
-            raise invalid_argument("page_size must not be negative", [("page_size", "0-1000 (0 means 50)")])
+            raise invalid_argument(
+                "page_size must not be negative", [("page_size", "0-1000 (0 means 50)")]
+            )
         offset = parse_page_token(request.page_token, request.language_code)
         size = min(request.page_size or 50, 1000)
         wanted = request.language_code.lower()
         voices = [
             v
             for v in await self.synthesizer.voices()
-            if not wanted or any(c.lower() == wanted or c.lower().startswith(wanted + "-") for c in v.language_codes)
+            if not wanted
+            or any(
+                c.lower() == wanted or c.lower().startswith(wanted + "-") for c in v.language_codes
+            )
         ]
         page = voices[offset : offset + size]
         response = speech_pb2.ListVoicesResponse(
-            next_page_token=page_token(offset + size, request.language_code) if offset + size < len(voices) else ""
+            next_page_token=page_token(offset + size, request.language_code)
+            if offset + size < len(voices)
+            else ""
         )
         for v in page:
             response.voices.add(
@@ -360,7 +394,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     # --- Converse -------------------------------------------------------------------------
 
     async def Converse(
-        self, request_iterator: AsyncIterator[speech_pb2.ConverseRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[speech_pb2.ConverseRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[speech_pb2.ConverseResponse]:
         identity = self._identity(context)
         session = ConverseSession(self, identity)

@@ -154,8 +154,11 @@ class Synthesizer:
         for lo, hi in split_sentences(text):
             resampler = StreamResampler(model_rate, sample_rate)
             async for pcm in self.triton.synthesize(
-                text[lo:hi], voice=voice.engine_voice, rate_wpm=wpm_for(speaking_rate),
-                sample_rate=model_rate, timeout=60.0,
+                text[lo:hi],
+                voice=voice.engine_voice,
+                rate_wpm=wpm_for(speaking_rate),
+                sample_rate=model_rate,
+                timeout=60.0,
             ):
                 out = resampler.push(pcm)
                 for i in range(0, len(out), max_samples):

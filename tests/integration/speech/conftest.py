@@ -23,6 +23,8 @@ from tests.integration.triton.speech_util import SENTENCES, synthesize
 from tests.support.mesh import TestMesh
 
 RATE = 16000
+QUESTION = "the weather today is sunny with a high of seventy degrees"
+INTERRUPTION = "the meeting starts at nine in the morning"
 
 
 @dataclass
@@ -90,15 +92,17 @@ def with_pauses(*parts: np.ndarray, lead: float = 0.4, gap: float = 1.2) -> np.n
     return np.concatenate(out)
 
 
-def streaming_config(**overrides: object) -> speech_pb2.StreamingRecognitionConfig:
-    config = speech_pb2.StreamingRecognitionConfig(
-        config=speech_pb2.RecognitionConfig(
-            encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
-            sample_rate_hertz=RATE,
-            language_code="en-US",
-            enable_word_time_offsets=True,
-        ),
+def recognition_config(word_time_offsets: bool = True) -> speech_pb2.RecognitionConfig:
+    return speech_pb2.RecognitionConfig(
+        encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
+        sample_rate_hertz=RATE,
+        language_code="en-US",
+        enable_word_time_offsets=word_time_offsets,
     )
+
+
+def streaming_config(**overrides: object) -> speech_pb2.StreamingRecognitionConfig:
+    config = speech_pb2.StreamingRecognitionConfig(config=recognition_config())
     for key, value in overrides.items():
         if key == "audio_offset_seconds":
             config.audio_offset.FromNanoseconds(round(float(value) * 1e9))  # type: ignore[arg-type]
@@ -121,13 +125,29 @@ async def stream_recognize(
         async for chunk in paced(pcm_chunks(pcm.tobytes(), RATE), RATE, realtime):
             yield speech_pb2.StreamingRecognizeRequest(audio_content=chunk)
 
-    return [r async for r in speech.stub.StreamingRecognize(requests(), metadata=speech.metadata, timeout=60)]
+    return [
+        r
+        async for r in speech.stub.StreamingRecognize(
+            requests(), metadata=speech.metadata, timeout=60
+        )
+    ]
 
 
-def finals(responses: Sequence[speech_pb2.StreamingRecognizeResponse]) -> list[speech_pb2.StreamingRecognitionResult]:
+def finals(
+    responses: Sequence[speech_pb2.StreamingRecognizeResponse],
+) -> list[speech_pb2.StreamingRecognitionResult]:
     return [r for resp in responses for r in resp.results if r.is_final]
 
 
 def rpc_error_details(exc: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
     status = status_from_rpc_error(exc)
     return field_violations(status) if status is not None else []
+
+
+@pytest.fixture(scope="session")
+async def questions(speech_mesh: TestMesh) -> dict[str, np.ndarray]:
+    client = TritonClient(speech_mesh.settings.triton_url, default_timeout=60.0)
+    try:
+        return {q: await synthesize(client, q) for q in (QUESTION, INTERRUPTION)}
+    finally:
+        await client.close()

@@ -28,7 +28,9 @@ from tests.integration.triton.speech_util import SENTENCES, word_error_rate
 MAX_MEAN_WER = 0.5
 
 
-async def _recognize(speech: Speech, content: bytes, **config: object) -> speech_pb2.RecognizeResponse:
+async def _recognize(
+    speech: Speech, content: bytes, **config: object
+) -> speech_pb2.RecognizeResponse:
     request = speech_pb2.RecognizeRequest(
         config=speech_pb2.RecognitionConfig(language_code="en-US", **config),  # type: ignore[arg-type]
         content=content,
@@ -36,7 +38,9 @@ async def _recognize(speech: Speech, content: bytes, **config: object) -> speech
     return await speech.stub.Recognize(request, metadata=speech.metadata, timeout=60)
 
 
-async def test_recognize_wav_has_bounded_wer(gateway_speech: Speech, utterances: dict[str, np.ndarray]) -> None:
+async def test_recognize_wav_has_bounded_wer(
+    gateway_speech: Speech, utterances: dict[str, np.ndarray]
+) -> None:
     # Through Envoy: unary gRPC, bearer token, WAV in.
     wers = []
     for sentence in SENTENCES:
@@ -57,14 +61,19 @@ async def test_streaming_interim_precedes_final_and_words_are_monotonic(
 ) -> None:
     first, second = SENTENCES[2], SENTENCES[3]
     responses = await stream_recognize(
-        gateway_speech, with_pauses(utterances[first], utterances[second]), realtime=1.0, interim_results=True
+        gateway_speech,
+        with_pauses(utterances[first], utterances[second]),
+        realtime=1.0,
+        interim_results=True,
     )
     kinds = []
     for resp in responses:
         for result in resp.results:
             kinds.append(("final" if result.is_final else "interim", result.utterance_index))
         if resp.speech_event_type:
-            kinds.append((speech_pb2.SpeechEventType.Name(resp.speech_event_type), resp.utterance_index))
+            kinds.append(
+                (speech_pb2.SpeechEventType.Name(resp.speech_event_type), resp.utterance_index)
+            )
     for index in (0, 1):
         mine = [k for k, u in kinds if u == index]
         assert mine[0] == "SPEECH_EVENT_TYPE_SPEECH_BEGIN", kinds
@@ -103,7 +112,9 @@ async def test_restart_with_audio_offset_continues_timestamps(
     words = shifted[0].alternatives[0].words
     assert words
     for word in words:
-        assert 301.5e9 <= word.start_offset.ToNanoseconds() <= word.end_offset.ToNanoseconds() <= end
+        assert (
+            301.5e9 <= word.start_offset.ToNanoseconds() <= word.end_offset.ToNanoseconds() <= end
+        )
 
 
 def _bad_config(**changes: object) -> speech_pb2.StreamingRecognizeRequest:
@@ -120,25 +131,51 @@ GOOD = speech_pb2.StreamingRecognizeRequest(streaming_config=streaming_config())
 @pytest.mark.parametrize(
     ("messages", "code", "field"),
     [
-        ([AUDIO, AUDIO], grpc.StatusCode.INVALID_ARGUMENT, "streaming_config"),
+        ([AUDIO], grpc.StatusCode.INVALID_ARGUMENT, "streaming_config"),
         ([], grpc.StatusCode.INVALID_ARGUMENT, "streaming_config"),
         ([GOOD, GOOD], grpc.StatusCode.INVALID_ARGUMENT, "streaming_config"),
-        ([_bad_config(encoding=speech_pb2.AUDIO_ENCODING_WAV), AUDIO], grpc.StatusCode.INVALID_ARGUMENT,
-         "streaming_config.config.encoding"),
-        ([_bad_config(sample_rate_hertz=4000), AUDIO], grpc.StatusCode.INVALID_ARGUMENT,
-         "streaming_config.config.sample_rate_hertz"),
-        ([_bad_config(language_code="fr-FR"), AUDIO], grpc.StatusCode.INVALID_ARGUMENT,
-         "streaming_config.config.language_code"),
-        ([GOOD, speech_pb2.StreamingRecognizeRequest(audio_content=b"\x00\x00\x00")],
-         grpc.StatusCode.INVALID_ARGUMENT, "audio_content"),
-        ([GOOD, speech_pb2.StreamingRecognizeRequest(audio_content=b"\x00" * 32770)],
-         grpc.StatusCode.OUT_OF_RANGE, "audio_content"),
+        (
+            [_bad_config(encoding=speech_pb2.AUDIO_ENCODING_WAV)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "streaming_config.config.encoding",
+        ),
+        (
+            [_bad_config(sample_rate_hertz=4000)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "streaming_config.config.sample_rate_hertz",
+        ),
+        (
+            [_bad_config(language_code="fr-FR")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "streaming_config.config.language_code",
+        ),
+        (
+            [GOOD, speech_pb2.StreamingRecognizeRequest(audio_content=b"\x00\x00\x00")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "audio_content",
+        ),
+        (
+            [GOOD, speech_pb2.StreamingRecognizeRequest(audio_content=b"\x00" * 32770)],
+            grpc.StatusCode.OUT_OF_RANGE,
+            "audio_content",
+        ),
     ],
-    ids=["audio-first", "empty", "config-twice", "encoding", "sample-rate", "language", "odd-chunk",
-         "chunk-too-large"],
+    ids=[
+        "audio-first",
+        "empty",
+        "config-twice",
+        "encoding",
+        "sample-rate",
+        "language",
+        "odd-chunk",
+        "chunk-too-large",
+    ],
 )
 async def test_bad_streams_are_rejected(
-    speech: Speech, messages: list[speech_pb2.StreamingRecognizeRequest], code: grpc.StatusCode, field: str
+    speech: Speech,
+    messages: list[speech_pb2.StreamingRecognizeRequest],
+    code: grpc.StatusCode,
+    field: str,
 ) -> None:
     async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
         for message in messages:
@@ -146,7 +183,9 @@ async def test_bad_streams_are_rejected(
 
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for response in speech.stub.StreamingRecognize(requests(), metadata=speech.metadata, timeout=20):
+        async for response in speech.stub.StreamingRecognize(
+            requests(), metadata=speech.metadata, timeout=20
+        ):
             received.append(response)
     assert info.value.code() == code, info.value.details()
     assert field in [f for f, _ in rpc_error_details(info.value)]
@@ -163,7 +202,9 @@ async def test_stream_past_max_duration_is_out_of_range(speech: Speech) -> None:
             yield speech_pb2.StreamingRecognizeRequest(audio_content=chunk)
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in speech.stub.StreamingRecognize(requests(), metadata=speech.metadata, timeout=60):
+        async for _ in speech.stub.StreamingRecognize(
+            requests(), metadata=speech.metadata, timeout=60
+        ):
             pass
     assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert "300 seconds" in (info.value.details() or "")
@@ -176,14 +217,18 @@ async def test_recognize_rejects_bad_requests(speech: Speech) -> None:
     assert "config.sample_rate_hertz" in [f for f, _ in rpc_error_details(info.value)]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _recognize(
-            speech, wav_bytes(np.zeros(61 * 8000, dtype=np.int16), 8000),
-            encoding=speech_pb2.AUDIO_ENCODING_WAV, sample_rate_hertz=16000,
+            speech,
+            wav_bytes(np.zeros(61 * 8000, dtype=np.int16), 8000),
+            encoding=speech_pb2.AUDIO_ENCODING_WAV,
+            sample_rate_hertz=16000,
         )
     fields = [f for f, _ in rpc_error_details(info.value)]
     assert "content" in fields and "config.sample_rate_hertz" in fields
 
 
-async def test_ten_concurrent_streams_stay_separate(speech: Speech, utterances: dict[str, np.ndarray]) -> None:
+async def test_ten_concurrent_streams_stay_separate(
+    speech: Speech, utterances: dict[str, np.ndarray]
+) -> None:
     a, b = SENTENCES[2], SENTENCES[3]
     plan = [a if i % 2 == 0 else b for i in range(10)]
     replies = await asyncio.gather(

@@ -18,7 +18,8 @@ async def test_synthesize_wav_at_requested_rate(gateway_speech: Speech) -> None:
     text = "The quick brown fox jumps over the lazy dog."
     reply = await gateway_speech.stub.Synthesize(
         speech_pb2.SynthesizeRequest(
-            text=text, audio_config=speech_pb2.AudioOutputConfig(encoding=WAV, sample_rate_hertz=11025)
+            text=text,
+            audio_config=speech_pb2.AudioOutputConfig(encoding=WAV, sample_rate_hertz=11025),
         ),
         metadata=gateway_speech.metadata,
         timeout=30,
@@ -37,7 +38,10 @@ async def test_streaming_synthesis_chunks_are_continuous(speech: Speech) -> None
         c
         async for c in speech.stub.StreamingSynthesize(
             speech_pb2.StreamingSynthesizeRequest(
-                text=text, audio_config=speech_pb2.AudioOutputConfig(encoding=LINEAR16, sample_rate_hertz=16000)
+                text=text,
+                audio_config=speech_pb2.AudioOutputConfig(
+                    encoding=LINEAR16, sample_rate_hertz=16000
+                ),
             ),
             metadata=speech.metadata,
             timeout=30,
@@ -56,22 +60,45 @@ async def test_streaming_synthesis_chunks_are_continuous(speech: Speech) -> None
             spans.append((chunk.text_start_offset, chunk.text_end_offset))
     # Sentence by sentence, in order, covering the whole text.
     assert [text[a:b].strip() for a, b in spans] == [
-        "Hello there.", "This is the second sentence!", "And is this the third?"
+        "Hello there.",
+        "This is the second sentence!",
+        "And is this the third?",
     ]
 
 
 async def test_synthesis_errors(speech: Speech) -> None:
     cases = [
-        (speech_pb2.SynthesizeRequest(text="", audio_config=speech_pb2.AudioOutputConfig(encoding=WAV)),
-         grpc.StatusCode.INVALID_ARGUMENT, {"text"}),
-        (speech_pb2.SynthesizeRequest(text="x" * 5001, speaking_rate=9, audio_config=speech_pb2.AudioOutputConfig()),
-         grpc.StatusCode.INVALID_ARGUMENT, {"text", "speaking_rate", "audio_config.encoding"}),
-        (speech_pb2.SynthesizeRequest(text="hi", audio_config=speech_pb2.AudioOutputConfig(
-            encoding=WAV, sample_rate_hertz=96000)),
-         grpc.StatusCode.INVALID_ARGUMENT, {"audio_config.sample_rate_hertz"}),
-        (speech_pb2.SynthesizeRequest(text="hi", voice="voices/klingon",
-                                      audio_config=speech_pb2.AudioOutputConfig(encoding=WAV)),
-         grpc.StatusCode.NOT_FOUND, set()),
+        (
+            speech_pb2.SynthesizeRequest(
+                text="", audio_config=speech_pb2.AudioOutputConfig(encoding=WAV)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            {"text"},
+        ),
+        (
+            speech_pb2.SynthesizeRequest(
+                text="x" * 5001, speaking_rate=9, audio_config=speech_pb2.AudioOutputConfig()
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            {"text", "speaking_rate", "audio_config.encoding"},
+        ),
+        (
+            speech_pb2.SynthesizeRequest(
+                text="hi",
+                audio_config=speech_pb2.AudioOutputConfig(encoding=WAV, sample_rate_hertz=96000),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            {"audio_config.sample_rate_hertz"},
+        ),
+        (
+            speech_pb2.SynthesizeRequest(
+                text="hi",
+                voice="voices/klingon",
+                audio_config=speech_pb2.AudioOutputConfig(encoding=WAV),
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            set(),
+        ),
     ]
     for request, code, fields in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -80,7 +107,9 @@ async def test_synthesis_errors(speech: Speech) -> None:
         assert fields <= {f for f, _ in rpc_error_details(info.value)}
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in speech.stub.StreamingSynthesize(
-            speech_pb2.StreamingSynthesizeRequest(text="hi", audio_config=speech_pb2.AudioOutputConfig(encoding=WAV)),
+            speech_pb2.StreamingSynthesizeRequest(
+                text="hi", audio_config=speech_pb2.AudioOutputConfig(encoding=WAV)
+            ),
             metadata=speech.metadata,
         ):
             pass
@@ -89,7 +118,9 @@ async def test_synthesis_errors(speech: Speech) -> None:
 
 
 async def test_list_voices_filters_and_pages(speech: Speech) -> None:
-    english = await speech.stub.ListVoices(speech_pb2.ListVoicesRequest(language_code="en"), metadata=speech.metadata)
+    english = await speech.stub.ListVoices(
+        speech_pb2.ListVoicesRequest(language_code="en"), metadata=speech.metadata
+    )
     names = [v.name for v in english.voices]
     assert "voices/en-us" in names and names == sorted(names)
     assert all(any(c.lower().startswith("en") for c in v.language_codes) for v in english.voices)
@@ -97,7 +128,8 @@ async def test_list_voices_filters_and_pages(speech: Speech) -> None:
     token = ""
     while True:
         page = await speech.stub.ListVoices(
-            speech_pb2.ListVoicesRequest(language_code="en", page_size=3, page_token=token), metadata=speech.metadata
+            speech_pb2.ListVoicesRequest(language_code="en", page_size=3, page_token=token),
+            metadata=speech.metadata,
         )
         assert len(page.voices) <= 3
         paged += [v.name for v in page.voices]
@@ -106,5 +138,7 @@ async def test_list_voices_filters_and_pages(speech: Speech) -> None:
             break
     assert paged == names
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await speech.stub.ListVoices(speech_pb2.ListVoicesRequest(page_token="garbage"), metadata=speech.metadata)
+        await speech.stub.ListVoices(
+            speech_pb2.ListVoicesRequest(page_token="garbage"), metadata=speech.metadata
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
