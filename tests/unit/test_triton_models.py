@@ -64,6 +64,7 @@ def test_select_orders_by_similarity_and_drops_duplicates() -> None:
     responder = load_model("grounded_responder")
     model = responder.TritonPythonModel()
     model.min_similarity = 0.2
+    model.max_total_sentences = 1024
     model.duplicate_similarity = 0.92
     vectors = {
         "q": [1.0, 0.0, 0.0],

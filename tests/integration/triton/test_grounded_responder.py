@@ -55,6 +55,15 @@ async def test_unrelated_question_answers_honestly(triton: TritonClient) -> None
     assert responses[-1]["CITATIONS"].size == 0
 
 
+async def test_too_many_sentences_is_invalid_argument(triton: TritonClient) -> None:
+    passages = ["Ok. " * 20] * 60  # 1200 sentences
+    with pytest.raises(ServiceError) as err:
+        async for _ in triton.respond("q?", passages):
+            pass
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.violations[0][0] == "PASSAGES"
+
+
 @pytest.mark.parametrize(
     "inputs, field",
     [

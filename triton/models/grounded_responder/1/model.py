@@ -46,6 +46,7 @@ class TritonPythonModel:
         self.max_passage_chars = int(params.get("max_passage_chars", "20000"))
         self.min_similarity = float(params.get("min_similarity", "0.2"))
         self.duplicate_similarity = float(params.get("duplicate_similarity", "0.92"))
+        self.max_total_sentences = int(params.get("max_total_sentences", "1024"))
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         out: list[np.ndarray] = []
@@ -109,6 +110,12 @@ class TritonPythonModel:
         ]
         if not sentences:
             return []
+        if len(sentences) > self.max_total_sentences:
+            # Bounded work per request: one instance serves everyone.
+            raise ValueError(
+                f"PASSAGES split into {len(sentences)} sentences; at most "
+                f"{self.max_total_sentences} per request (send the best-ranked passages only)"
+            )
         vectors = self._embed([question] + [s for s, _ in sentences])
         q, sv = vectors[0], vectors[1:]
         scores = sv @ q
