@@ -43,13 +43,14 @@ def meter(
     now = timestamp_pb2.Timestamp()
     now.GetCurrentTime()
     kind = usage_pb2.ResourceType.Name(resource_type).removeprefix("RESOURCE_TYPE_").lower()
+    # The gateway's headers carry bare ids; the ledger wants resource names.
+    org = identity.org.removeprefix("organizations/")
+    key = identity.key_id or ""
+    if key and not key.startswith("organizations/"):
+        key = f"organizations/{org}/apiKeys/{key}"
     record = usage_pb2.UsageRecord(
-        organization=identity.org
-        if identity.org.startswith("organizations/")
-        else f"organizations/{identity.org}",
-        api_key=(identity.key_id or "")
-        if (identity.key_id or "").startswith("organizations/")
-        else "",
+        organization=f"organizations/{org}",
+        api_key=key,
         user=identity.subject if identity.subject.startswith("users/") else "",
         resource_type=resource_type,  # type: ignore[arg-type]
         model=model,

@@ -36,7 +36,7 @@ class Speech:
 def identity(org: str | None = None) -> list[tuple[str, str]]:
     """Headers the gateway would set for a member of a fresh organization."""
     return [
-        ("x-aimesh-org", org or f"organizations/test-{uuid.uuid4().hex[:12]}"),
+        ("x-aimesh-org", org or f"test-{uuid.uuid4().hex[:12]}"),
         ("x-aimesh-subject", f"users/test-{uuid.uuid4().hex[:8]}"),
         ("x-aimesh-roles", "member"),
     ]
