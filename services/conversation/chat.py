@@ -1,9 +1,14 @@
 """SendMessage: one turn of a chat, in the conversation's order.
 
-Holds the conversation's turn (advisory lock), stores the user message, builds the prompt
+Holds the conversation's turn, stores the user message, builds the prompt
 (system prompt + as much recent history as fits the model's budget + the new message), streams
 the Orchestrator's answer and stores the assistant message — in a `finally` shielded from
 cancellation, so a disconnect or deadline still leaves the text produced so far, INCOMPLETE.
+
+The turn: within one process, sends to a conversation queue on an asyncio.Lock (FIFO, so in
+arrival order); across replicas, the holder also takes a lease on the conversation row
+(`turn_holder`, renewed while it streams, expiring if its process dies). No database
+connection is held while an answer streams, so concurrent streams are not capped by the pool.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +32,7 @@ from redis.exceptions import RedisError
 
 from services.common.cache import ServiceCache
 from services.common.channels import Channels
-from services.common.errors import ServiceError, status_from_rpc_error
+from services.common.errors import ServiceError, deadline_exceeded, status_from_rpc_error
 from services.common.identity import Identity
 from services.conversation.store import Row, Store
 
@@ -35,6 +42,7 @@ CONTEXT_MESSAGES = 100  # most recent messages considered for the prompt (and ca
 CONTEXT_TTL_SECONDS = 3600
 MODEL_INFO_SECONDS = 60.0
 RETRIEVAL_RESERVE_TOKENS = 400  # per retrieved chunk (chunks are at most ~2,000 characters)
+TURN_LEASE_SECONDS = 30.0
 _ROLE = {cpb.Message.ROLE_USER: opb.ROLE_USER, cpb.Message.ROLE_ASSISTANT: opb.ROLE_ASSISTANT}
 
 
@@ -52,12 +60,25 @@ def rpc_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status:
     return status_from_rpc_error(exc) or status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
 
 
+def _busy() -> ServiceError:
+    return deadline_exceeded("timed out waiting for the previous message of this conversation to finish",
+                             reason="CONVERSATION_BUSY")
+
+
+class DownstreamError(ServiceError):
+    """A downstream failure passed on unchanged: same code, message and status details (e.g.
+    the Orchestrator's NOT_FOUND listing the valid models)."""
+
+    def __init__(self, exc: grpc.aio.AioRpcError) -> None:
+        super().__init__(exc.code(), exc.details() or exc.code().name)
+        self.status = rpc_status(exc)
+
+    def to_status(self) -> status_pb2.Status:
+        return self.status
+
+
 def reraise(exc: grpc.aio.AioRpcError) -> ServiceError:
-    """Pass a downstream failure on with its code, message and details."""
-    status = rpc_status(exc)
-    error = ServiceError(exc.code(), exc.details() or exc.code().name)
-    error.trailing_metadata = lambda: (("grpc-status-details-bin", status.SerializeToString()),)  # type: ignore[method-assign]
-    return error
+    return DownstreamError(exc)
 
 
 class Chat:
@@ -66,6 +87,52 @@ class Chat:
         self.cache = cache
         self.channels = channels
         self._models: dict[str, tuple[float, opb.Model]] = {}
+        # conversation key -> (lock, number of sends holding or waiting for it)
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def turn(self, org: str, conv_id: str, timeout: float | None) -> AsyncIterator[None]:
+        """Hold the conversation's turn (see the module docstring); waiting past `timeout`
+        seconds is DEADLINE_EXCEEDED and stores nothing."""
+        key = f"{org}/{conv_id}"
+        lock, users = self._turns.get(key) or (asyncio.Lock(), 0)
+        self._turns[key] = (lock, users + 1)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            try:
+                await asyncio.wait_for(lock.acquire(), timeout)
+            except TimeoutError:
+                raise _busy() from None
+            try:
+                holder = uuid.uuid4().hex
+                delay = 0.02
+                while not await self.store.take_turn(org, conv_id, holder, TURN_LEASE_SECONDS):
+                    if deadline is not None and time.monotonic() + delay > deadline:
+                        raise _busy()
+                    await asyncio.sleep(delay)  # another replica holds it
+                    delay = min(delay * 2, 0.5)
+                renewer = asyncio.ensure_future(self._renew(org, conv_id, holder))
+                try:
+                    yield
+                finally:
+                    renewer.cancel()
+                    await asyncio.shield(self.store.release_turn(org, conv_id, holder))
+            finally:
+                lock.release()
+        finally:
+            lock_, users = self._turns[key]
+            if users <= 1:
+                del self._turns[key]
+            else:
+                self._turns[key] = (lock_, users - 1)
+
+    async def _renew(self, org: str, conv_id: str, holder: str) -> None:
+        while True:
+            await asyncio.sleep(TURN_LEASE_SECONDS / 3)
+            try:
+                await self.store.renew_turn(org, conv_id, holder, TURN_LEASE_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - retried on the next round
+                log.warning("turn lease renewal failed", extra={"error": str(exc)})
 
     def orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
         return orchestrator_pb2_grpc.OrchestratorServiceStub(self.channels.get("orchestrator"))
@@ -144,7 +211,7 @@ class Chat:
                    timeout: float | None, to_message: Any) -> AsyncGenerator[cpb.SendMessageResponse, None]:
         org, conv_id = identity.org, conv["id"]
         model = await self.model(model_name, identity)
-        async with self.store.turn(org, conv_id, timeout):
+        async with self.turn(org, conv_id, timeout):
             if request.request_id:
                 earlier = await self.store.messages_for_request(org, conv_id, request.request_id)
                 if earlier:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from services.common.db import Database
-from services.common.errors import already_exists, deadline_exceeded
+from services.common.errors import already_exists
 
 Row = dict[str, Any]
 PURGE_AFTER_DAYS = 30
@@ -150,25 +148,24 @@ class Store:
 
     # --- ordering -----------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def turn(self, org: str, conv_id: str, timeout: float | None) -> AsyncIterator[None]:
-        """Hold the conversation's turn: a session advisory lock (Postgres queues waiters in
-        arrival order). Waiting longer than `timeout` seconds is DEADLINE_EXCEEDED."""
+    async def take_turn(self, org: str, conv_id: str, holder: str, lease_seconds: float) -> bool:
+        """Take the conversation's turn if it is free (or its lease expired)."""
         async with self.db.connection() as conn:
-            key = f"conversation:{org}:{conv_id}"
-            ms = max(int((timeout or 0) * 1000), 1) if timeout is not None else 0
-            try:
-                await conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{ms}ms")))
-                await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-                await conn.execute("SET lock_timeout = 0")
-                await conn.commit()  # a session lock outlives the transaction
-            except psycopg.errors.LockNotAvailable:
-                await conn.rollback()
-                raise deadline_exceeded(
-                    "timed out waiting for the previous message of this conversation to finish",
-                    reason="CONVERSATION_BUSY") from None
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-                await conn.commit()
+            cur = await conn.execute(
+                "UPDATE conversations SET turn_holder = %s, turn_expire_time = now() + make_interval(secs => %s) "
+                "WHERE org = %s AND id = %s AND (turn_holder IS NULL OR turn_expire_time < now()) RETURNING id",
+                (holder, lease_seconds, org, conv_id))
+            return await cur.fetchone() is not None
+
+    async def renew_turn(self, org: str, conv_id: str, holder: str, lease_seconds: float) -> bool:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE conversations SET turn_expire_time = now() + make_interval(secs => %s) "
+                "WHERE org = %s AND id = %s AND turn_holder = %s RETURNING id", (lease_seconds, org, conv_id, holder))
+            return await cur.fetchone() is not None
+
+    async def release_turn(self, org: str, conv_id: str, holder: str) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(
+                "UPDATE conversations SET turn_holder = NULL, turn_expire_time = NULL "
+                "WHERE org = %s AND id = %s AND turn_holder = %s", (org, conv_id, holder))

@@ -34,10 +34,10 @@ async def _create(chat: ChatStack, md: list[tuple[str, str]], **kw: object) -> c
     return await _stub(chat).CreateConversation(cpb.CreateConversationRequest(conversation=conv), metadata=md)
 
 
-async def _send(chat: ChatStack, md: list[tuple[str, str]], conv: str, content: str,
+async def _send(chat: ChatStack, md: list[tuple[str, str]], conv: str, content: str, timeout: float = 60,
                 **kw: object) -> list[cpb.SendMessageResponse]:
     request = cpb.SendMessageRequest(conversation=conv, content=content, **kw)  # type: ignore[arg-type]
-    return [e async for e in _stub(chat).SendMessage(request, metadata=md, timeout=60)]
+    return [e async for e in _stub(chat).SendMessage(request, metadata=md, timeout=timeout)]
 
 
 async def _messages(chat: ChatStack, md: list[tuple[str, str]], conv: str) -> list[cpb.Message]:
@@ -224,3 +224,27 @@ async def test_history_is_trimmed_to_the_model_budget(chat: ChatStack) -> None:
     assert final.state == cpb.Message.STATE_COMPLETE
     assert final.usage.prompt_tokens <= TINY_WINDOW - 64  # room left for the answer
     assert "nine" in final.content  # the system prompt is never trimmed
+
+
+async def test_send_waiting_past_its_deadline_stores_nothing(chat: ChatStack) -> None:
+    md = _identity()
+    conv = await _create(chat, md)
+    first = _stub(chat).SendMessage(
+        cpb.SendMessageRequest(conversation=conv.name, content="Keep talking", model="models/slow-test"),
+        metadata=md, timeout=60)
+    async for event in first:
+        if event.HasField("delta"):
+            break  # the first send now holds the turn and is streaming
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _send(chat, md, conv.name, "Me next?", timeout=1.0)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    first.cancel()
+    for _ in range(50):
+        messages = await _messages(chat, md, conv.name)
+        if len(messages) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert [m.content for m in messages if m.role == cpb.Message.ROLE_USER] == ["Keep talking"]
+    # The turn is free again: the next send goes through.
+    events = await _send(chat, md, conv.name, "Where are conversations stored?")
+    assert events[-1].assistant_message.state == cpb.Message.STATE_COMPLETE
