@@ -29,7 +29,15 @@ def running_triton(grpc_port: int | None = None, timeout: float = 300.0) -> Iter
         launcher.wait_ready(ports, host=host or "127.0.0.1", timeout=timeout)
         yield f"{host}:{ports.grpc}"
         return
-    proc = launcher.start(ports=ports, timeout=timeout)
+    try:
+        proc = launcher.start(ports=ports, timeout=timeout)
+    except RuntimeError:
+        # Another session started one in the meantime (both saw a free port): use theirs.
+        if not launcher.port_in_use(ports.grpc):
+            raise
+        launcher.wait_ready(ports, timeout=timeout)
+        yield f"127.0.0.1:{ports.grpc}"
+        return
     try:
         yield f"127.0.0.1:{ports.grpc}"
     finally:
