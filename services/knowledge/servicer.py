@@ -1,20 +1,254 @@
-"""Knowledge's gRPC surface: thin — decode, authorize, call the domain logic, encode.
-
-Until the Knowledge issue lands, every RPC answers UNIMPLEMENTED (the generated base class's behaviour,
-turned into a clean status by the server runtime).
-"""
+"""Knowledge's gRPC surface: thin — decode, authorize, call the domain logic, encode."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from services.common.errors import FieldViolations, ServiceError, invalid_argument
+from services.common.identity import Identity, Role, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.triton import TritonClient
+from services.knowledge import metering
+from services.knowledge.blobs import BlobStore
+from services.knowledge.documents import (
+    MAX_STREAM_BYTES,
+    MAX_UNARY_BYTES,
+    Documents,
+    NewDocument,
+    check_new_document,
+    collect_stream,
+    parse_name,
+)
+from services.knowledge.ingest import Ingestor
+from services.knowledge.keyword_index import (
+    KeywordIndex,
+    OpenSearchKeywordIndex,
+    PostgresKeywordIndex,
+)
+from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
+from services.knowledge.store import DocumentRow, Store
+from services.knowledge.vector_index import VectorIndex
+
+Doc = knowledge_pb2.Document
+MODES = {
+    knowledge_pb2.SEARCH_MODE_UNSPECIFIED: HYBRID,
+    knowledge_pb2.SEARCH_MODE_HYBRID: HYBRID,
+    knowledge_pb2.SEARCH_MODE_SEMANTIC: SEMANTIC,
+    knowledge_pb2.SEARCH_MODE_KEYWORD: KEYWORD,
+}
+STATE_NAMES = {Doc.STATE_PROCESSING: "PROCESSING", Doc.STATE_READY: "READY", Doc.STATE_FAILED: "FAILED"}
+STATE_VALUES = {v: k for k, v in STATE_NAMES.items()}
+
+
+def _timestamp(value: object) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)  # type: ignore[arg-type]
+    return ts
+
+
+def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
+    return knowledge_pb2.Document(
+        name=f"documents/{row.document_id}",
+        display_name=row.display_name,
+        mime_type=row.mime_type,
+        size_bytes=row.size_bytes,
+        state=STATE_VALUES[row.state],
+        failure_reason=row.failure_reason,
+        chunk_count=row.chunk_count,
+        metadata=row.metadata,
+        create_time=_timestamp(row.create_time),
+        update_time=_timestamp(row.update_time),
+        content_sha256=row.content_sha256,
+    )
+
+
+def _new_document(doc: knowledge_pb2.Document, document_id: str, request_id: str) -> NewDocument:
+    return NewDocument(doc.display_name, doc.mime_type, dict(doc.metadata), document_id, request_id)
 
 
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        settings = runtime.settings
+        assert runtime.db is not None
+        var = Path(settings.var_dir) / "knowledge"
+        self.store = Store(runtime.db)
+        self.blobs = BlobStore(Path(settings.knowledge_blob_dir) if settings.knowledge_blob_dir else var / "blobs")
+        self.vectors = VectorIndex(settings.milvus_uri, lite_path=var / "milvus.db")
+        self.keywords: KeywordIndex = (
+            OpenSearchKeywordIndex(settings.opensearch_url) if settings.opensearch_url else PostgresKeywordIndex(self.store)
+        )
+        self.triton = TritonClient.from_settings(settings)
+        self.searcher = Searcher(self.store, self.vectors, self.keywords, self.triton, runtime.cache)
+        self.ingestor = Ingestor(
+            runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self.searcher.bump_generation
+        )
+        self.documents = Documents(
+            self.store, self.blobs, self.vectors, self.keywords, self.ingestor,
+            settings.knowledge_org_quota_bytes, self.searcher.bump_generation,
+        )
+        runtime.add_health_check("vector-index", self.vectors.ping)
+        runtime.on_shutdown(self._close)
+        # Open the vector index (and create the collection) before processing starts.
+        runtime.spawn(self._start(), "knowledge-start")
+
+    async def _start(self) -> None:
+        await self.vectors.open()
+        self.ingestor.start()
+
+    async def _close(self) -> None:
+        await self.triton.close()
+        await self.keywords.close()
+        await self.vectors.close()
+
+    # --- RPCs -------------------------------------------------------------------------------
+
+    async def CreateDocument(
+        self, request: knowledge_pb2.CreateDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> knowledge_pb2.Document:
+        identity = _caller(context, Role.MEMBER, "uploading a document")
+        doc = _new_document(request.document, request.document_id, request.request_id)
+        v = FieldViolations()
+        v.check(request.HasField("document"), "document", "required")
+        check_new_document(doc, "", v)
+        if not request.content:
+            v.add("content", "required: 1 byte to 8 MiB")
+        elif len(request.content) > MAX_UNARY_BYTES:
+            v.add("content", f"{len(request.content)} bytes is over the 8 MiB ({MAX_UNARY_BYTES} bytes) limit; "
+                             "use UploadDocument for up to 64 MiB")
+        v.raise_if_any()
+        row = await self.documents.create(identity.org, doc, request.content, "content")
+        return to_proto(row)
+
+    async def UploadDocument(
+        self, request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
+    ) -> knowledge_pb2.Document:
+        identity = _caller(context, Role.MEMBER, "uploading a document")
+        stream = request_iterator.__aiter__()
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")]) from None
+        if first.WhichOneof("payload") != "metadata":
+            raise invalid_argument("the first message must carry metadata", [("metadata", "required in the first message")])
+        meta = first.metadata
+        doc = _new_document(meta.document, meta.document_id, meta.request_id)
+        v = FieldViolations()
+        v.check(meta.HasField("document"), "metadata.document", "required")
+        check_new_document(doc, "metadata.", v)
+        v.check(0 <= meta.size_bytes <= MAX_STREAM_BYTES, "metadata.size_bytes",
+                f"must be 0-{MAX_STREAM_BYTES} (64 MiB)")
+        v.raise_if_any()
+
+        async def pieces() -> AsyncIterator[bytes]:
+            async for message in stream:
+                if message.WhichOneof("payload") != "content_chunk":
+                    raise invalid_argument("only the first message may carry metadata",
+                                           [("metadata", "allowed in the first message only")])
+                yield message.content_chunk
+
+        content = await collect_stream(pieces(), meta.size_bytes)
+        row = await self.documents.create(identity.org, doc, content, "content_chunk")
+        return to_proto(row)
+
+    async def GetDocument(
+        self, request: knowledge_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> knowledge_pb2.Document:
+        identity = _caller(context, Role.VIEWER, "reading documents")
+        return to_proto(await self.documents.get(identity.org, request.name))
+
+    async def ListDocuments(
+        self, request: knowledge_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> knowledge_pb2.ListDocumentsResponse:
+        identity = _caller(context, Role.VIEWER, "listing documents")
+        if request.state not in (Doc.STATE_UNSPECIFIED, *STATE_NAMES):
+            raise invalid_argument("state is not a known value", [("state", "unknown enum value")])
+        rows, token, total = await self.documents.list(
+            identity.org, request.page_size, request.page_token, STATE_NAMES.get(request.state)
+        )
+        return knowledge_pb2.ListDocumentsResponse(
+            documents=[to_proto(r) for r in rows], next_page_token=token, total_size=total
+        )
+
+    async def DeleteDocument(
+        self, request: knowledge_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        identity = _caller(context, Role.MEMBER, "deleting a document")
+        await self.documents.delete(identity.org, request.name)
+        return empty_pb2.Empty()
+
+    async def SearchDocuments(
+        self, request: knowledge_pb2.SearchDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> knowledge_pb2.SearchDocumentsResponse:
+        identity = _caller(context, Role.VIEWER, "searching documents")
+        v = FieldViolations()
+        v.check(bool(request.query.strip()) and len(request.query) <= 2048, "query", "required, 1-2,048 characters")
+        v.check(request.mode in MODES, "mode", "unknown search mode")
+        top_k = request.top_k or 10
+        v.check(1 <= top_k <= 100, "top_k", "must be 1-100 (default 10)")
+        v.check(len(request.metadata_filters) <= 16, "metadata_filters", "at most 16 entries")
+        v.check(len(request.documents) <= 100, "documents", "at most 100 names")
+        document_ids: list[str] | None = None
+        if request.documents:
+            document_ids = []
+            for i, name in enumerate(request.documents):
+                try:
+                    document_ids.append(parse_name(name, f"documents[{i}]"))
+                except ServiceError:
+                    v.add(f"documents[{i}]", f"expected documents/{{document}}, got {name!r}")
+        v.raise_if_any()
+        mode = MODES[request.mode]
+        mode_value = knowledge_pb2.SEARCH_MODE_HYBRID if mode == HYBRID else request.mode
+
+        normalized = knowledge_pb2.SearchDocumentsRequest()
+        normalized.CopyFrom(request)
+        normalized.mode, normalized.top_k = mode_value, top_k
+        fingerprint = normalized.SerializeToString(deterministic=True)
+        generation = await self.searcher.generation(identity.org)
+        cached = await self.searcher.cached(identity.org, generation, fingerprint)
+        metering.report(self.runtime, identity.org, metering.SEARCHES, 1, _request_id(context),
+                        subject=identity.subject, api_key=identity.key_id or "")
+        if cached is not None:
+            return knowledge_pb2.SearchDocumentsResponse.FromString(cached)
+
+        results = await self.searcher.search(
+            identity.org, request.query, mode, top_k, dict(request.metadata_filters), document_ids
+        )
+        response = knowledge_pb2.SearchDocumentsResponse(
+            mode=mode_value,
+            results=[
+                knowledge_pb2.SearchResult(
+                    chunk_id=r.hit.chunk_id, text=r.hit.text, score=r.score,
+                    semantic_rank=r.semantic_rank, keyword_rank=r.keyword_rank,
+                    document=f"documents/{r.hit.document_id}", document_display_name=r.hit.display_name,
+                    chunk_index=r.hit.chunk_index, start_offset=r.hit.start_offset,
+                    end_offset=r.hit.end_offset, heading_path=r.hit.heading_path,
+                )
+                for r in results
+            ],
+        )
+        await self.searcher.remember(identity.org, generation, fingerprint, response.SerializeToString())
+        return response
+
+
+def _caller(context: grpc.aio.ServicerContext, role: Role, action: str) -> Identity:
+    identity = require_identity(context.invocation_metadata() or ())
+    identity.require_role(role, action)
+    return identity
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    import uuid
+
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return f"search-{value}"
+    return f"search-{uuid.uuid4()}"
 
 
 def build_spec() -> ServiceSpec:
