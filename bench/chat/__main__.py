@@ -121,8 +121,6 @@ async def run(args: argparse.Namespace) -> None:
         "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{_free_port()}",
         "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{_free_port()}",
         "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
-        # Each in-flight SendMessage holds its conversation's turn on one pooled connection.
-        "AIMESH_DB_POOL_MAX": str(min(200, args.streams + 20)),
         "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "120",
         # The direct paths call services without mesh certificates; transport security costs
         # are the gateway benchmark's subject, not this one's.
@@ -188,7 +186,7 @@ async def bench(args: argparse.Namespace, gateway: str, orchestrator_addr: str, 
             return created.name
 
         async def triton_stream() -> AsyncIterator[str]:
-            async for response in triton.respond(QUESTION, [CONTEXT], ["context"], max_sentences=3):
+            async for response in triton.respond(QUESTION, [CONTEXT], ["context"], max_sentences=3, timeout=600):
                 token = response.get("TOKEN")
                 if token is not None and token.size:
                     value = token.reshape(-1)[0]
@@ -288,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.chat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20, help="sequential requests per path")
-    parser.add_argument("--streams", type=int, default=50, help="concurrent streams held through Envoy")
+    parser.add_argument("--streams", type=int, default=100, help="concurrent streams held through Envoy")
     args = parser.parse_args(argv)
     asyncio.run(run(args))
     return 0

@@ -173,8 +173,9 @@ class Orchestrator:
                 return
 
         def make_request(entry: ModelEntry) -> ProviderRequest:
+            # A fallback model may allow less output than the requested model.
             return ProviderRequest(
-                messages=messages, max_output_tokens=max_out,
+                messages=messages, max_output_tokens=max(1, min(max_out, entry.max_output_tokens)),
                 temperature=request.temperature if request.HasField("temperature") else None,
                 top_p=request.top_p if request.HasField("top_p") else None,
                 stop=list(request.stop), seed=request.seed if request.HasField("seed") else None,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import grpc
 import numpy as np
 
 from services.common.errors import ServiceError
+from services.common.server import current_deadline
 from services.common.triton import RESPONDER_MODEL, TritonClient
 from services.orchestrator.catalog import Deployment
 from services.orchestrator.providers import (
@@ -31,6 +33,14 @@ from services.orchestrator.providers import (
 
 MAX_QUESTION_CHARS = 2000  # the responder's max_question_chars
 MAX_PASSAGES = 64
+NO_DEADLINE_SECONDS = 600.0
+
+
+def _time_left() -> float:
+    """The caller's remaining time: queued requests wait for a busy model instead of failing
+    at the Triton client's default timeout (the router's first-token limit still applies)."""
+    deadline = current_deadline.get()
+    return NO_DEADLINE_SECONDS if deadline is None else max(deadline - time.monotonic(), 0.001)
 
 
 def _decode(value: object) -> str:
@@ -73,7 +83,7 @@ class TritonProvider:
         }
         produced = 0
         try:
-            async for response in self.client.stream(deployment.deployment, inputs, timeout=3600):
+            async for response in self.client.stream(deployment.deployment, inputs, timeout=_time_left()):
                 out = response.get("text_output")
                 text = "".join(_decode(v) for v in out.reshape(-1)) if out is not None else ""
                 if text:
@@ -95,7 +105,7 @@ class TritonProvider:
             )
         produced = 0
         try:
-            async for response in self.client.respond(question, passages, ids, max_sentences=3):
+            async for response in self.client.respond(question, passages, ids, max_sentences=3, timeout=_time_left()):
                 token = response.get("TOKEN")
                 text = _decode(token.reshape(-1)[0]) if token is not None and token.size else ""
                 if text:
