@@ -30,14 +30,19 @@ INTERRUPTION = "the meeting starts at nine in the morning"
 @dataclass
 class Speech:
     stub: speech_pb2_grpc.SpeechServiceStub
-    metadata: Sequence[tuple[str, str]]
+    metadata: Sequence[tuple[str, str]]  # what the caller sends with each Speech call
+    # The same caller's identity headers, for direct set-up calls to other services.
+    identity: Sequence[tuple[str, str]] = ()
+
+    def __post_init__(self) -> None:
+        self.identity = self.identity or self.metadata
 
 
-def identity(org: str | None = None) -> list[tuple[str, str]]:
-    """Headers the gateway would set for a member of a fresh organization."""
+def identity(org: str | None = None, subject: str | None = None) -> list[tuple[str, str]]:
+    """Headers the gateway would set for a member of (by default) a fresh organization."""
     return [
         ("x-aimesh-org", org or f"test-{uuid.uuid4().hex[:12]}"),
-        ("x-aimesh-subject", f"users/test-{uuid.uuid4().hex[:8]}"),
+        ("x-aimesh-subject", subject or f"users/test-{uuid.uuid4().hex[:8]}"),
         ("x-aimesh-roles", "member"),
     ]
 
@@ -70,6 +75,7 @@ async def gateway_speech(speech_mesh: TestMesh) -> AsyncIterator[Speech]:
         yield Speech(
             speech_pb2_grpc.SpeechServiceStub(channel),
             [("authorization", f"Bearer {account.access_token}")],
+            identity(account.org_id, account.user),
         )
 
 

@@ -29,7 +29,7 @@ async def new_conversation(mesh: TestMesh, speech: Speech) -> str:
         conversation_pb2.CreateConversationRequest(
             conversation=conversation_pb2.Conversation(title="voice test", system_prompt=FACTS)
         ),
-        metadata=speech.metadata,
+        metadata=speech.identity,
         timeout=10,
     )
     return created.name

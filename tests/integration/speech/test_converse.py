@@ -28,8 +28,10 @@ async def converse_mesh(speech_mesh: TestMesh) -> TestMesh:
 
 
 async def test_converse_answers_a_spoken_question(
-    converse_mesh: TestMesh, speech: Speech, questions: dict[str, np.ndarray]
+    converse_mesh: TestMesh, gateway_speech: Speech, questions: dict[str, np.ndarray]
 ) -> None:
+    # Through Envoy: a bidi stream, bearer token, identity set by the gateway.
+    speech = gateway_speech
     caller = Caller(speech)
 
     def on_response(response: speech_pb2.ConverseResponse) -> None:
