@@ -61,6 +61,15 @@ async def test_send_message_streams_and_stores_both_messages(chat: ChatStack) ->
     assert listed[1] == stored
     got = await _stub(chat).GetConversation(cpb.GetConversationRequest(name=conv.name), metadata=md)
     assert got.message_count == 2
+    assert await _stub(chat).GetMessage(cpb.GetMessageRequest(name=stored.name), metadata=md) == stored
+    page = await _stub(chat).ListMessages(cpb.ListMessagesRequest(parent=conv.name, page_size=1), metadata=md)
+    assert len(page.messages) == 1 and page.total_size == 2 and page.next_page_token
+    rest = await _stub(chat).ListMessages(cpb.ListMessagesRequest(
+        parent=conv.name, page_size=1, page_token=page.next_page_token), metadata=md)
+    assert [m.name for m in rest.messages] == [stored.name] and not rest.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _stub(chat).ListMessages(cpb.ListMessagesRequest(parent=conv.name, page_token="garbage"), metadata=md)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_history_is_context_for_the_next_turn(chat: ChatStack) -> None:
