@@ -88,7 +88,7 @@ def chunk_document(
             heading_cost = min(len(heading_ids), MAX_HEADING_TOKENS)
         budget = max(32, min(max_tokens, MODEL_MAX_TOKENS - 2 - heading_cost - 2))
         overlap = min(overlap_tokens, budget // 3)
-        offsets = [o for o in tok.encode(body, add_special_tokens=False).offsets]
+        offsets = _split_long(tok.encode(body, add_special_tokens=False).offsets)
         if not offsets:
             continue
         lo = 0
@@ -111,6 +111,18 @@ def chunk_document(
                 nxt -= 1
             lo = nxt
     return _fit(chunks)
+
+
+def _split_long(offsets: list[tuple[int, int]], piece: int = 100) -> list[tuple[int, int]]:
+    """A "word" over 100 characters is one [UNK] piece to WordPiece; cut its span into 100-char
+    pieces so the character cap can still split it (the model sees [UNK]s: cheap in tokens)."""
+    out: list[tuple[int, int]] = []
+    for start, end in offsets:
+        if end - start <= piece:
+            out.append((start, end))
+        else:
+            out.extend((s, min(end, s + piece)) for s in range(start, end, piece))
+    return out
 
 
 def _fit(chunks: list[Chunk]) -> list[Chunk]:

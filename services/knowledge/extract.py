@@ -271,14 +271,11 @@ EXTRACT_MEMORY_BYTES = 2 * 1024**3
 async def run_isolated(mime_type: str, path: str, timeout: float = EXTRACT_TIMEOUT_SECONDS) -> Extracted:
     """extract() of the file at `path` in a child process with a time and memory limit."""
 
-    def limit() -> None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (EXTRACT_MEMORY_BYTES, EXTRACT_MEMORY_BYTES))
-
+    # The child caps its own memory (no preexec_fn: that would force a plain fork() of this
+    # multi-threaded gRPC process instead of a spawn).
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.knowledge.extract", mime_type, path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=limit,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
@@ -302,6 +299,9 @@ async def run_isolated(mime_type: str, path: str, timeout: float = EXTRACT_TIMEO
 
 
 def _main(argv: list[str]) -> int:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (EXTRACT_MEMORY_BYTES, EXTRACT_MEMORY_BYTES))
     mime_type, path = argv
     with open(path, "rb") as handle:
         content = handle.read()

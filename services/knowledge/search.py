@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from redis.exceptions import RedisError
 
 from services.common.cache import ServiceCache

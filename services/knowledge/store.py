@@ -299,3 +299,27 @@ class Store:
 
 def chunk_id(uid: UUID | str, index: int) -> str:
     return f"{uid}-{index}"
+
+
+async def purge_org(store: Store, org: str) -> int:
+    """Deletes every document (and, by cascade, chunk row) of `org`; for benchmarks and tools."""
+    async with store.db.connection() as conn:
+        cur = await conn.execute("DELETE FROM documents WHERE org = %s", (org,))
+        return cur.rowcount
+
+
+async def bulk_load(store: Store, org: str, docs: list[tuple[UUID, str]], rows: list[tuple[str, UUID, int, str]]) -> None:
+    """Fast load of READY documents and their chunk rows with COPY (benchmarks: 100k chunks).
+    docs: (uid, document_id); rows: (chunk_id, document uid, chunk index, text)."""
+    async with store.db.connection() as conn:
+        async with conn.cursor() as cur:
+            async with cur.copy(
+                "COPY documents (org, document_id, uid, display_name, mime_type, size_bytes, content_sha256, state) FROM STDIN"
+            ) as copy:
+                for uid, document_id in docs:
+                    await copy.write_row((org, document_id, uid, document_id, "text/plain", 0, "", "READY"))
+            async with cur.copy(
+                "COPY chunks (chunk_id, org, document_uid, chunk_index, text, start_offset, end_offset) FROM STDIN"
+            ) as copy:
+                for cid, uid, index, text in rows:
+                    await copy.write_row((cid, org, uid, index, text, 0, len(text)))
