@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import descriptor_pb2
 
-from services.common import mesh_policy
+from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
 
 if TYPE_CHECKING:
@@ -465,8 +465,20 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
         "http2_protocol_options": {"max_concurrent_streams": 1000},
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
     }
-    # Service clusters (mTLS goes here: transport_socket=...); the JWKS loopback stays plaintext.
-    clusters = [upstream_cluster(s, settings.address_of(s)) for s in SERVICES]
+    # Service clusters: under local mTLS the gateway presents its own certificate and accepts
+    # only the callee's SPIFFE identity. The JWKS loopback (to this listener) stays plaintext.
+    clusters = [
+        upstream_cluster(
+            s,
+            settings.address_of(s),
+            transport_socket=(
+                tls.envoy_upstream_transport_socket(s, settings.certs_path)
+                if settings.tls_mode == "mtls"
+                else None
+            ),
+        )
+        for s in SERVICES
+    ]
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
     clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
                                      health_check=False))
