@@ -79,6 +79,10 @@ class TestMesh:
         host, ports = self.stack.triton_ports()
         if not triton_server.is_ready(ports, host):
             process = self.stack.processes.get("triton")
+            if (process is None or not process.alive()) and triton_server.port_in_use(ports.grpc, host):
+                # Another session (scripts/up, a second test run) is starting one: wait for it.
+                triton_server.wait_ready(ports, host=host, timeout=timeout)
+                return self.settings.triton_url
             if process is None or not process.alive():
                 if self.stack.start_triton() is None:
                     raise RuntimeError("no Triton model repository at triton/models")
