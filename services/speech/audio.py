@@ -141,6 +141,11 @@ class EnergyVad:
             self.noise_floor = 0.95 * self.noise_floor + 0.05 * max(rms, 10.0)
         return loud
 
+    @property
+    def last_speech_end(self) -> int | None:
+        """End (exclusive sample) of the last loud frame of the utterance in progress."""
+        return self._last_loud_end if self.in_speech else None
+
     def push(self, samples: np.ndarray) -> list[tuple[int, VadDecision]]:
         """Feed samples; returns (sample index just after the deciding frame, decision) pairs."""
         buf = np.concatenate([self._pending, samples]) if self._pending.size else samples

@@ -30,6 +30,10 @@ from services.speech.audio import ASR_SAMPLE_RATE, EnergyVad, StreamResampler
 log = logging.getLogger("aimesh.speech.recognition")
 
 PREROLL_SAMPLES = ASR_SAMPLE_RATE * 300 // 1000  # audio kept before the detected onset
+# Silence sent after the last loud frame: enough for the decoder to close the last word. The
+# rest of a pause is held back (sent only if speech resumes), so endpointing silence costs no
+# inference.
+TRAIL_SAMPLES = ASR_SAMPLE_RATE * 300 // 1000
 # How long an utterance may take to finalize on Triton: generous, because a busy recognizer
 # works through a backlog of chunks first; it only guards against a stuck sequence.
 FINAL_TIMEOUT_SECONDS = 60.0
@@ -281,10 +285,13 @@ class RecognitionSession:
                 if self.done:
                     return
         utterance = self._utterance
-        if utterance is not None and self._vad.position - utterance.sent >= self._send_chunk:
-            chunk = self._slice(utterance.sent, self._vad.position)
-            utterance.sent = self._vad.position
-            await utterance.send(chunk)
+        speech_end = self._vad.last_speech_end
+        if utterance is not None and speech_end is not None:
+            limit = min(self._vad.position, speech_end + TRAIL_SAMPLES)
+            if limit - utterance.sent >= self._send_chunk:
+                chunk = self._slice(utterance.sent, limit)
+                utterance.sent = limit
+                await utterance.send(chunk)
         self._trim()
 
     def _trim(self) -> None:
@@ -309,15 +316,17 @@ class RecognitionSession:
         self._utterance = None
         await self._emit(SpeechEnded(utterance.index, self.offset_of(speech_end)))
         await self._emit(EndOfUtterance(utterance.index, self.offset_of(position)))
-        await self._finalize(utterance, position)
+        await self._finalize(utterance, position, min(position, speech_end + TRAIL_SAMPLES))
         if self.options.single_utterance:
             self.done = True
 
-    async def _finalize(self, utterance: _Utterance, position: int) -> None:
-        tail = self._slice(utterance.sent, position)
+    async def _finalize(self, utterance: _Utterance, position: int, send_until: int) -> None:
+        """End the utterance's sequence (audio up to `send_until`) and emit its final result,
+        which covers the audio up to `position`."""
+        tail = self._slice(utterance.sent, max(send_until, utterance.sent))
         if tail.size == 0:
             tail = np.zeros(ASR_SAMPLE_RATE // 100, dtype=np.int16)  # END needs an AUDIO tensor
-        utterance.sent = position
+        utterance.sent = max(send_until, utterance.sent)
         try:
             await utterance.send(tail, end=True)
             outputs = await asyncio.wait_for(asyncio.shield(utterance.final), FINAL_TIMEOUT_SECONDS)
@@ -375,7 +384,7 @@ class RecognitionSession:
             position = self._history_start + len(self._history)
             await self._emit(SpeechEnded(utterance.index, self.offset_of(position)))
             await self._emit(EndOfUtterance(utterance.index, self.offset_of(position)))
-            await self._finalize(utterance, position)
+            await self._finalize(utterance, position, position)
 
     async def abort(self) -> None:
         """Stop without finalizing (client went away, fatal error)."""
