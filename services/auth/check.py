@@ -98,8 +98,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             try:
                 claims = crypto.decode_payload_header(payload)
                 roles = tuple(str(r) for r in claims.get("roles", []))
+                scopes = tuple(str(claims.get("scope", "")).split())
                 return Principal(org_id=str(claims["org"]), subject=f"users/{claims['sub']}",
-                                 roles=roles)
+                                 roles=roles, scopes=scopes)
             except (ValueError, KeyError, TypeError):
                 raise unauthenticated("access token lacks org/sub claims",
                                       reason="TOKEN_INVALID") from None

@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import jwt
 from argon2 import PasswordHasher
@@ -150,9 +150,10 @@ def generate_signing_key() -> KeyPair:
 
 def sign_access_token(
     private_pem: bytes, kid: str, user_id: str, org_id: str, roles: list[str], ttl_seconds: int,
-    now: float | None = None,
+    now: float | None = None, scopes: Sequence[str] = (),
 ) -> tuple[str, int]:
-    """An RS256 access token and its expiry (epoch seconds)."""
+    """An RS256 access token and its expiry (epoch seconds); `scopes` go in the space-separated
+    `scope` claim (RFC 8693)."""
     issued = int(now if now is not None else time.time())
     expires = issued + ttl_seconds
     claims: dict[str, Any] = {
@@ -166,6 +167,8 @@ def sign_access_token(
         "exp": expires,
         "jti": secrets.token_hex(12),
     }
+    if scopes:
+        claims["scope"] = " ".join(scopes)
     token = jwt.encode(claims, private_pem, algorithm=JWT_ALG, headers={"kid": kid})
     return token, expires
 

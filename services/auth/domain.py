@@ -32,7 +32,7 @@ from services.common.errors import (
     resource_exhausted,
     unauthenticated,
 )
-from services.common.identity import Role
+from services.common.identity import PLATFORM_ADMIN_SCOPE, Role
 
 log = logging.getLogger("aimesh.auth")
 
@@ -195,8 +195,13 @@ class AuthDomain:
     async def _issue(self, conn: store.Conn, user_id: str, org_id: str, role: str,
                      family_id: str | None = None) -> Tokens:
         key = await self._signing_key()
+        scopes: list[str] = []
+        if self.platform_admins:
+            user = await store.get_user(conn, user_id)
+            if user is not None and str(user["email"]).lower() in self.platform_admins:
+                scopes.append(PLATFORM_ADMIN_SCOPE)
         access, exp = crypto.sign_access_token(key.private_pem, key.kid, user_id, org_id, [role],
-                                               self.access_ttl)
+                                               self.access_ttl, scopes=scopes)
         if family_id is None:
             family_id = crypto.new_id("rf_")
             await store.insert_family(conn, family_id, user_id, org_id)

@@ -33,7 +33,6 @@ from services.common.errors import (
 from services.common.identity import Identity, Role, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 
-PLATFORM_ADMIN_SCOPE = "platform:admin"
 _PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _PLAN_MUTABLE = {"display_name", "description", "monthly_fee_micros", "prices",
@@ -42,12 +41,8 @@ _PLAN_MUTABLE = {"display_name", "description", "monthly_fee_micros", "prices",
 _MAX_MONEY = 10**15
 
 
-def _is_platform_admin(identity: Identity) -> bool:
-    return PLATFORM_ADMIN_SCOPE in identity.scopes
-
-
 def _require_platform_admin(identity: Identity, action: str) -> None:
-    if not _is_platform_admin(identity):
+    if not identity.is_platform_admin:
         raise permission_denied(f"{action} requires a platform admin", reason="PLATFORM_ADMIN_REQUIRED")
 
 
@@ -139,7 +134,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListPlans(self, request: billing_pb2.ListPlansRequest, context: grpc.aio.ServicerContext) -> billing_pb2.ListPlansResponse:
         identity = require_identity(context.invocation_metadata() or ())
         size, offset = _page(request.page_token, request.page_size)
-        show_all = request.show_all and _is_platform_admin(identity)
+        show_all = request.show_all and identity.is_platform_admin
         plans = await self.store.list_plans(show_all, size + 1, offset)
         response = billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in plans[:size]])
         if len(plans) > size:
@@ -150,7 +145,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         identity = require_identity(context.invocation_metadata() or ())
         plan_id = self._plan_id(request.name, "name")
         plan = await self.store.get_plan(plan_id)
-        if plan is None or (not plan["publicly_available"] and not _is_platform_admin(identity)
+        if plan is None or (not plan["publicly_available"] and not identity.is_platform_admin
                             and not await self._subscribed_to(identity.org, plan_id)):
             raise not_found(f"{request.name} not found")
         return _plan_message(plan)
@@ -236,7 +231,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         if len(request.request_id) > 200:
             raise invalid_argument("request_id too long", {"request_id": "at most 200 characters"})
         identity.require_role(Role.OWNER, "changing the plan")
-        row = await self.billing.change_plan(identity.org, plan_id, _is_platform_admin(identity))
+        row = await self.billing.change_plan(identity.org, plan_id, identity.is_platform_admin)
         return self._subscription_message(row)
 
     # --- invoices ------------------------------------------------------------------------
@@ -294,7 +289,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             if requested != identity.org:
                 _require_platform_admin(identity, "invoicing another organization")
             org = requested
-        if org == identity.org and not _is_platform_admin(identity):
+        if org == identity.org and not identity.is_platform_admin:
             identity.require_role(Role.ADMIN, "generating an invoice")
         v.check(request.HasField("period_start_time"), "period_start_time", "required")
         v.raise_if_any()
@@ -345,7 +340,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         identity, invoice_id = await self._own_invoice(request.name, context)
         if len(request.reason) > 500:
             raise invalid_argument("reason too long", {"reason": "at most 500 characters"})
-        if not _is_platform_admin(identity):
+        if not identity.is_platform_admin:
             identity.require_role(Role.OWNER, "voiding an invoice")
         return await self._invoice_message(await self.billing.void(identity.org, invoice_id, request.reason))
 

@@ -22,6 +22,10 @@ HEADER_KEY_ID = "x-aimesh-key-id"
 HEADER_SCOPES = "x-aimesh-scopes"
 IDENTITY_HEADERS = (HEADER_ORG, HEADER_SUBJECT, HEADER_ROLES, HEADER_KEY_ID, HEADER_SCOPES)
 
+# Operators of the platform itself (plans, price book, cross-org reads). Auth puts this scope in
+# the access tokens of the users named by AIMESH_AUTH_PLATFORM_ADMINS.
+PLATFORM_ADMIN_SCOPE = "platform:admin"
+
 
 class Role(IntEnum):
     """Organization roles, ordered: a higher role may do everything a lower one may."""
@@ -52,6 +56,10 @@ class Identity:
     @property
     def highest_role(self) -> Role | None:
         return max(self.roles) if self.roles else None
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return PLATFORM_ADMIN_SCOPE in self.scopes
 
     def has_role(self, minimum: Role) -> bool:
         top = self.highest_role

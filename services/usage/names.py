@@ -8,9 +8,6 @@ import uuid
 
 from services.common.errors import FieldViolations, permission_denied
 from services.common.identity import Identity
-
-# An identity scope that marks a platform operator (may act on any organization).
-PLATFORM_ADMIN_SCOPE = "platform:admin"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _KEY = re.compile(r"^organizations/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})/apiKeys/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -80,7 +77,7 @@ def resolve_org(identity: Identity | None, requested: str, field: str, v: FieldV
     if requested:
         org = parse_org(requested, field, v)
         v.raise_if_any()
-        if identity is not None and identity.org != org and PLATFORM_ADMIN_SCOPE not in identity.scopes:
+        if identity is not None and identity.org != org and not identity.is_platform_admin:
             raise permission_denied(
                 f"{requested} is not the caller's organization", reason="ORGANIZATION_MISMATCH"
             )

@@ -22,6 +22,10 @@ from services.common.channels import open_channel
 from services.common.config import SERVICES, Settings
 
 
+# The one e-mail address the test mesh's Auth treats as a platform admin.
+PLATFORM_ADMIN_EMAIL = "platform-admin@aimesh.test"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,6 +46,7 @@ class TestMesh:
                 "AIMESH_VAR_DIR": str(self.var_dir),
                 "AIMESH_DRAIN_SECONDS": "3",
                 "AIMESH_HEALTH_INTERVAL_SECONDS": "0.5",
+                "AIMESH_AUTH_PLATFORM_ADMINS": PLATFORM_ADMIN_EMAIL,
                 "AIMESH_TLS_MODE": tls_mode or os.environ.get("AIMESH_TEST_TLS_MODE", "plaintext"),
             }
         )
