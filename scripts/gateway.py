@@ -526,28 +526,6 @@ def _port_free(addr: str) -> bool:
             return False
 
 
-def gateway_descriptor(source: Path = DESCRIPTOR) -> bytes:
-    """gen/descriptor.binpb plus google/rpc/error_details.proto: the transcoder can only print a
-    google.rpc.Status whose details (ErrorInfo, BadRequest, RetryInfo) it can resolve; without
-    them convert_grpc_status silently sends an empty body."""
-    from google.rpc import error_details_pb2
-
-    fds = descriptor_pb2.FileDescriptorSet.FromString(source.read_bytes())
-    present = {f.name for f in fds.file}
-
-    def add(file_descriptor: Any) -> None:
-        for dependency in file_descriptor.dependencies:
-            add(dependency)
-        if file_descriptor.name not in present:
-            proto = descriptor_pb2.FileDescriptorProto()
-            file_descriptor.CopyToProto(proto)
-            fds.file.append(proto)
-            present.add(file_descriptor.name)
-
-    add(error_details_pb2.DESCRIPTOR)
-    return fds.SerializeToString()
-
-
 def write_config(settings: Settings, out_dir: Path) -> tuple[Path, Path]:
     """Render into out_dir; returns (config path, admin-address file). A busy admin port (e.g.
     a developer's gateway already on 9901) falls back to a free loopback port."""
@@ -555,10 +533,10 @@ def write_config(settings: Settings, out_dir: Path) -> tuple[Path, Path]:
     admin = settings.gateway_admin_addr
     if not _port_free(admin):
         admin = "127.0.0.1:0"
-    descriptor = out_dir / "descriptor.binpb"
-    descriptor.write_bytes(gateway_descriptor())
+    # gen/descriptor.binpb already carries google/rpc/error_details.proto (scripts/gen), which
+    # the transcoder needs to print error details.
     config = out_dir / "envoy.json"
-    config.write_text(json.dumps(render(settings, descriptor, admin_addr=admin), indent=1))
+    config.write_text(json.dumps(render(settings, DESCRIPTOR, admin_addr=admin), indent=1))
     return config, out_dir / "admin-address.txt"
 
 
