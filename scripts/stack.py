@@ -232,8 +232,14 @@ def up(args: argparse.Namespace) -> int:
         print(f"up: unknown service(s): {', '.join(unknown)}; known: {', '.join(SERVICES)}", file=sys.stderr)
         return 2
     try:
-        if not args.no_triton and stack.start_triton() is not None:
-            print("starting triton ...", flush=True)
+        if not args.no_triton:
+            from scripts import triton_server
+
+            host, ports = stack.triton_ports()
+            if triton_server.is_ready(ports, host):
+                print(f"using the Triton already serving on {host}:{ports.grpc}", flush=True)
+            elif stack.start_triton() is not None:
+                print("starting triton (loading models takes a minute) ...", flush=True)
         for service in wanted:
             stack.start_service(service)
         if not args.no_gateway and stack.start_gateway() is not None:
