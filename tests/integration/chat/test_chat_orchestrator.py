@@ -190,3 +190,20 @@ async def test_tokens_are_metered_to_usage(chat: ChatStack) -> None:
         await asyncio.sleep(0.5)
     assert found == {usage_pb2.RESOURCE_TYPE_PROMPT_TOKENS: usage.prompt_tokens * 1_000_000,
                      usage_pb2.RESOURCE_TYPE_COMPLETION_TOKENS: usage.completion_tokens * 1_000_000}
+
+
+async def test_used_up_budget_is_resource_exhausted(chat: ChatStack) -> None:
+    from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
+    if chat.usage is None:
+        pytest.skip("the Usage service did not start in this mesh")
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    md = [("x-aimesh-org", org), ("x-aimesh-subject", "user-1"), ("x-aimesh-roles", "owner")]
+    await usage_pb2_grpc.UsageServiceStub(chat.usage).CreateBudget(usage_pb2.CreateBudgetRequest(
+        budget=usage_pb2.Budget(scope=usage_pb2.Budget.SCOPE_ORGANIZATION, display_name="tiny",
+                                monthly_token_limit=10)), metadata=md, timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _run(chat, _request(model="models/claude-test"), md)  # priced: needs a budget hold
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    events = await _run(chat, _request(), md)  # the free responder needs no hold
+    assert events[-1].completion.finish_reason == pb.FINISH_REASON_STOP
