@@ -438,10 +438,15 @@ async def record_usage(
     occur_time: dt.datetime | None = None,
     conn: Any = None,
 ) -> None:
-    """Queue one usage record through the runtime's shared client. `subject` is the acting
-    user (bare id or "users/..."), `api_key` a key id or its full resource name."""
+    """Queue one usage record through the runtime's shared client. `subject` is the gateway's
+    subject (a user: bare id or "users/..."; an API key subject records no user), `api_key` a
+    key id or its full resource name."""
     bare_org = org.removeprefix("organizations/")
-    user = subject if not subject or subject.startswith("users/") else f"users/{subject}"
+    # The gateway's subject is "users/<id>" for people and "apiKeys/<id>" for keys (no user).
+    if not subject or subject.startswith("apiKeys/"):
+        user = ""
+    else:
+        user = subject if subject.startswith("users/") else f"users/{subject}"
     key = api_key if not api_key or api_key.startswith("organizations/") else (
         f"organizations/{bare_org}/apiKeys/{api_key}")
     await client_for(runtime).record(

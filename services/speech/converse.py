@@ -224,7 +224,7 @@ class ConverseSession:
             )
             await session.abort()
             metering.meter(
-                self.servicer.channels,
+                self.servicer.runtime,
                 self.identity,
                 metering.AUDIO_SECONDS,
                 session.received_seconds,
@@ -424,7 +424,7 @@ class ConverseSession:
                     )
         finally:
             metering.meter(
-                self.servicer.channels,
+                self.servicer.runtime,
                 self.identity,
                 metering.CHARACTERS,
                 characters,

@@ -161,7 +161,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
             metering.meter(
-                self.channels, identity, metering.AUDIO_SECONDS, session.received_seconds
+                self.runtime, identity, metering.AUDIO_SECONDS, session.received_seconds
             )
 
     # --- Recognize ------------------------------------------------------------------------
@@ -215,7 +215,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         if key is not None:
             await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
         metering.meter(
-            self.channels, identity, metering.AUDIO_SECONDS, len(samples) / rate, request.request_id
+            self.runtime, identity, metering.AUDIO_SECONDS, len(samples) / rate, request.request_id
         )
         return response
 
@@ -304,7 +304,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
         wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
         metering.meter(
-            self.channels,
+            self.runtime,
             identity,
             metering.CHARACTERS,
             len(request.text),
@@ -352,7 +352,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             ) from None
         finally:
             metering.meter(
-                self.channels, identity, metering.CHARACTERS, spoken, request.request_id, voice.name
+                self.runtime, identity, metering.CHARACTERS, spoken, request.request_id, voice.name
             )
 
     async def ListVoices(
