@@ -24,6 +24,16 @@ def identity(org: str, role: str = "owner") -> list[tuple[str, str]]:
     return [("x-aimesh-org", org), ("x-aimesh-subject", "users/tester"), ("x-aimesh-roles", role)]
 
 
+def gateway_stub(mesh: TestMesh) -> usage_pb2_grpc.UsageServiceStub:
+    """Budget CRUD arrives through the gateway, with the end user's identity headers."""
+    return usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="gateway"))
+
+
+def service_stub(mesh: TestMesh) -> usage_pb2_grpc.UsageServiceStub:
+    """Holds are reserved, settled and released by the service doing the work."""
+    return usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="orchestrator"))
+
+
 async def make_budget(stub: usage_pb2_grpc.UsageServiceStub, org: str, **caps: object) -> usage_pb2.Budget:
     budget = usage_pb2.Budget(scope=usage_pb2.Budget.SCOPE_ORGANIZATION, display_name="cap", **caps)  # type: ignore[arg-type]
     return await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=budget), metadata=identity(org), timeout=10)
@@ -31,14 +41,15 @@ async def make_budget(stub: usage_pb2_grpc.UsageServiceStub, org: str, **caps: o
 
 async def test_concurrent_reservations_never_overrun_a_small_budget(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = gateway_stub(mesh)
+    svc = service_stub(mesh)
     org = f"org-{uuid.uuid4().hex[:12]}"
     limit, estimate = 1_000_000, 70_000  # $1.00 budget, $0.07 per request
     budget = await make_budget(stub, org, monthly_limit_micros=limit, currency_code="USD")
 
     async def work(i: int) -> int:
         try:
-            r = await stub.ReserveBudget(
+            r = await svc.ReserveBudget(
                 usage_pb2.ReserveBudgetRequest(
                     organization=f"organizations/{org}", estimated_amount_micros=estimate,
                     currency_code="USD", request_id=f"w-{i}",
@@ -51,9 +62,9 @@ async def test_concurrent_reservations_never_overrun_a_small_budget(mesh: TestMe
         await asyncio.sleep(0.01)
         actual = estimate - (i % 3) * 10_000 if i % 5 else estimate + 5_000  # some settle above
         if i % 7 == 0:
-            await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=20)
+            await svc.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=20)
             return 0
-        settled = await stub.SettleReservation(
+        settled = await svc.SettleReservation(
             usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=actual), timeout=20
         )
         assert settled.state == State.STATE_SETTLED
@@ -69,7 +80,7 @@ async def test_concurrent_reservations_never_overrun_a_small_budget(mesh: TestMe
     assert total <= current.spent_micros  # second wave's settles are counted too
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ReserveBudget(
+        await svc.ReserveBudget(
             usage_pb2.ReserveBudgetRequest(organization=f"organizations/{org}",
                                            estimated_amount_micros=limit, currency_code="USD"),
             timeout=10,
@@ -89,20 +100,21 @@ async def test_concurrent_reservations_never_overrun_a_small_budget(mesh: TestMe
 
 async def test_settle_release_idempotency_and_states(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = gateway_stub(mesh)
+    svc = service_stub(mesh)
     org = f"org-{uuid.uuid4().hex[:12]}"
     budget = await make_budget(stub, org, monthly_limit_micros=500, currency_code="EUR",
                                monthly_token_limit=1000)
     req = usage_pb2.ReserveBudgetRequest(organization=f"organizations/{org}", estimated_amount_micros=300,
                                          currency_code="EUR", estimated_tokens=600, request_id="same")
-    first, again = await asyncio.gather(stub.ReserveBudget(req, timeout=10), stub.ReserveBudget(req, timeout=10))
+    first, again = await asyncio.gather(svc.ReserveBudget(req, timeout=10), svc.ReserveBudget(req, timeout=10))
     assert first.name == again.name and list(first.budgets) == [budget.name]
     held = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
     assert held.reserved_micros == 300 and held.used_tokens == 600
 
     # The token cap refuses the next one with its own reason.
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ReserveBudget(
+        await svc.ReserveBudget(
             usage_pb2.ReserveBudgetRequest(organization=f"organizations/{org}", estimated_amount_micros=1,
                                            currency_code="EUR", estimated_tokens=500), timeout=10)
     info = error_info(status_from_rpc_error(err.value))  # type: ignore[arg-type]
@@ -110,51 +122,52 @@ async def test_settle_release_idempotency_and_states(mesh: TestMesh) -> None:
     assert info.metadata["limit_tokens"] == "1000"
 
     settle = usage_pb2.SettleReservationRequest(name=first.name, actual_amount_micros=250, actual_tokens=550)
-    done, repeat = await asyncio.gather(stub.SettleReservation(settle, timeout=10),
-                                        stub.SettleReservation(settle, timeout=10))
+    done, repeat = await asyncio.gather(svc.SettleReservation(settle, timeout=10),
+                                        svc.SettleReservation(settle, timeout=10))
     assert done.state == repeat.state == State.STATE_SETTLED
     assert done.settled_amount_micros == 250
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.SettleReservation(
+        await svc.SettleReservation(
             usage_pb2.SettleReservationRequest(name=first.name, actual_amount_micros=1), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(status_from_rpc_error(err.value)).reason == "RESERVATION_NOT_OPEN"  # type: ignore[arg-type,union-attr]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=first.name), timeout=10)
+        await svc.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=first.name), timeout=10)
     assert error_info(status_from_rpc_error(err.value)).reason == "RESERVATION_SETTLED"  # type: ignore[arg-type,union-attr]
 
     after = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
     assert (after.spent_micros, after.reserved_micros, after.used_tokens) == (250, 0, 550)
 
     # A released hold frees its amount; releasing twice is a no-op.
-    r = await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+    r = await svc.ReserveBudget(usage_pb2.ReserveBudgetRequest(
         organization=f"organizations/{org}", estimated_amount_micros=250, currency_code="EUR"), timeout=10)
-    released = await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
-    again_released = await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
+    released = await svc.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
+    again_released = await svc.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
     assert released.state == again_released.state == State.STATE_RELEASED
 
     # A hold that lapses stops counting and cannot be settled.
-    r = await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+    r = await svc.ReserveBudget(usage_pb2.ReserveBudgetRequest(
         organization=f"organizations/{org}", estimated_amount_micros=250, currency_code="EUR",
         ttl=duration_pb2.Duration(seconds=1)), timeout=10)
     await asyncio.sleep(1.3)
     lapsed = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
     assert lapsed.reserved_micros == 0
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.SettleReservation(usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=1), timeout=10)
+        await svc.SettleReservation(usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=1), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    expired = await stub.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
+    expired = await svc.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=10)
     assert expired.state == State.STATE_EXPIRED
 
 
 async def test_redis_loss_recovers_settled_spend_from_postgres(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = gateway_stub(mesh)
+    svc = service_stub(mesh)
     org = f"org-{uuid.uuid4().hex[:12]}"
     budget = await make_budget(stub, org, monthly_limit_micros=1000, currency_code="USD")
-    r = await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+    r = await svc.ReserveBudget(usage_pb2.ReserveBudgetRequest(
         organization=f"organizations/{org}", estimated_amount_micros=800, currency_code="USD"), timeout=10)
-    await stub.SettleReservation(usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=800), timeout=10)
+    await svc.SettleReservation(usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=800), timeout=10)
     # Drop this budget's live counters (as if Redis had lost them).
     client = aioredis.Redis.from_url(mesh.settings.redis_url)
     try:
@@ -164,17 +177,18 @@ async def test_redis_loss_recovers_settled_spend_from_postgres(mesh: TestMesh) -
     finally:
         await client.aclose()
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+        await svc.ReserveBudget(usage_pb2.ReserveBudgetRequest(
             organization=f"organizations/{org}", estimated_amount_micros=300, currency_code="USD"), timeout=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    ok = await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+    ok = await svc.ReserveBudget(usage_pb2.ReserveBudgetRequest(
         organization=f"organizations/{org}", estimated_amount_micros=200, currency_code="USD"), timeout=10)
     assert ok.state == State.STATE_OPEN
 
 
 async def test_budget_crud_and_bad_input(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = gateway_stub(mesh)
+    svc = service_stub(mesh)
     org = f"org-{uuid.uuid4().hex[:12]}"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
@@ -184,7 +198,7 @@ async def test_budget_crud_and_bad_input(mesh: TestMesh) -> None:
     fields = {f for f, _ in field_violations(status_from_rpc_error(err.value))}  # type: ignore[arg-type]
     assert {"budget.monthly_limit_micros", "budget.currency_code", "budget.api_key"} <= fields
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await make_budget(usage_pb2_grpc.UsageServiceStub(mesh.channel("usage")), org)
+        await make_budget(gateway_stub(mesh), org)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
@@ -214,17 +228,26 @@ async def test_budget_crud_and_bad_input(mesh: TestMesh) -> None:
                             metadata=identity(org), timeout=10)
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+        await svc.ReserveBudget(usage_pb2.ReserveBudgetRequest(
             organization=f"organizations/{org}", estimated_amount_micros=-1, currency_code="usd",
             ttl=duration_pb2.Duration(seconds=7200)), timeout=10)
     assert {f for f, _ in field_violations(status_from_rpc_error(err.value))} == {  # type: ignore[arg-type]
         "estimated_amount_micros", "currency_code", "ttl"}
 
+    if mesh.settings.tls_mode == "mtls":
+        # The gateway (hence any end user) may never hold or release budget on its own.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+                organization=f"organizations/{org}", estimated_amount_micros=1, currency_code="USD"),
+                metadata=identity(org), timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
 
 
 async def test_api_key_budget_applies_only_to_that_key(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = gateway_stub(mesh)
+    svc = service_stub(mesh)
     org = f"org-{uuid.uuid4().hex[:12]}"
     key = f"organizations/{org}/apiKeys/k1"
     budget = await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
@@ -235,10 +258,10 @@ async def test_api_key_budget_applies_only_to_that_key(mesh: TestMesh) -> None:
         return usage_pb2.ReserveBudgetRequest(organization=f"organizations/{org}", api_key=api_key,
                                               currency_code="USD", estimated_tokens=tokens)
 
-    held = await stub.ReserveBudget(reserve(key, 80), timeout=10)
+    held = await svc.ReserveBudget(reserve(key, 80), timeout=10)
     assert list(held.budgets) == [budget.name]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ReserveBudget(reserve(key, 30), timeout=10)
+        await svc.ReserveBudget(reserve(key, 30), timeout=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    other = await stub.ReserveBudget(reserve(f"organizations/{org}/apiKeys/k2", 1000), timeout=10)
+    other = await svc.ReserveBudget(reserve(f"organizations/{org}/apiKeys/k2", 1000), timeout=10)
     assert list(other.budgets) == []  # another key of the org is not capped by k1's budget

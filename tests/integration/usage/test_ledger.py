@@ -43,13 +43,22 @@ def record(org: str, request_id: str, rtype: int, qty: int, when: dt.datetime, m
     )
 
 
+def stubs(mesh: TestMesh) -> tuple[usage_pb2_grpc.UsageServiceStub, usage_pb2_grpc.UsageServiceStub,
+                                    usage_pb2_grpc.UsageServiceStub]:
+    """(gateway, recorder, billing): end-user reads arrive through the gateway with identity
+    headers; services that did the work record it; Billing reads any org without headers."""
+    return (usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="gateway")),
+            usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="orchestrator")),
+            usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing")))
+
+
 def identity(org: str) -> list[tuple[str, str]]:
     return [("x-aimesh-org", org), ("x-aimesh-subject", "users/tester"), ("x-aimesh-roles", "owner")]
 
 
 async def test_concurrent_records_with_retried_duplicates_total_exactly(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub, recorder, billing = stubs(mesh)
     org = new_org()
     rng = random.Random(8)
     now = dt.datetime.now(UTC).replace(microsecond=0)
@@ -78,7 +87,7 @@ async def test_concurrent_records_with_retried_duplicates_total_exactly(mesh: Te
 
     async def send(call: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
         async with gate:
-            return await stub.RecordUsage(call, timeout=60)
+            return await recorder.RecordUsage(call, timeout=60)
 
     replies = await asyncio.gather(*(send(c) for c in calls))
     assert sum(r.accepted_count for r in replies) == 1000
@@ -99,7 +108,7 @@ async def test_concurrent_records_with_retried_duplicates_total_exactly(mesh: Te
         assert got == dict(expected)
         assert sum(row.record_count for row in summary.rows) == 1000
 
-    by_day = await stub.GetUsageSummary(
+    by_day = await billing.GetUsageSummary(
         usage_pb2.GetUsageSummaryRequest(
             organization=f"organizations/{org}", start_time=ts(start), end_time=ts(end),
             group_by=[GroupBy.GROUP_BY_DAY],
@@ -114,7 +123,7 @@ async def test_concurrent_records_with_retried_duplicates_total_exactly(mesh: Te
     assert got_days == dict(per_day)
 
     # The CSV export of the same ledger: chunks of at most 64 KiB ending on line boundaries.
-    chunks = [c.data async for c in stub.ExportUsageRecords(
+    chunks = [c.data async for c in billing.ExportUsageRecords(
         usage_pb2.ExportUsageRecordsRequest(organization=f"organizations/{org}", start_time=ts(start),
                                             end_time=ts(end)), timeout=30)]
     assert len(chunks) > 1 and all(len(c) <= 64 * 1024 and c.endswith(b"\r\n") for c in chunks)
@@ -122,10 +131,17 @@ async def test_concurrent_records_with_retried_duplicates_total_exactly(mesh: Te
     assert len(exported) == 1000
     assert sum(int(r["quantity_micros"]) for r in exported) == sum(expected.values())
 
+    if mesh.settings.tls_mode == "mtls":
+        # Ledger writes never come from the gateway: an end user cannot credit usage.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RecordUsage(usage_pb2.RecordUsageRequest(records=records[:1]),
+                                   metadata=identity(org), timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
 
 async def test_list_paginates_newest_first_and_export_is_csv(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub, recorder, billing = stubs(mesh)
     org = new_org()
     base = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=2)
     records = [
@@ -134,7 +150,7 @@ async def test_list_paginates_newest_first_and_export_is_csv(mesh: TestMesh) -> 
         for i in range(25)
     ]
     records.append(record(org, 'quote"d,id', RT.RESOURCE_TYPE_REQUESTS, 1_000_000, base, model="m,1"))
-    await stub.RecordUsage(usage_pb2.RecordUsageRequest(records=records), timeout=10)
+    await recorder.RecordUsage(usage_pb2.RecordUsageRequest(records=records), timeout=10)
 
     seen: list[str] = []
     token = ""
@@ -180,7 +196,7 @@ async def test_list_paginates_newest_first_and_export_is_csv(mesh: TestMesh) -> 
 
 async def test_bad_records_name_every_bad_field(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub, recorder, billing = stubs(mesh)
     org = new_org()
     now = dt.datetime.now(UTC)
     bad = [
@@ -192,7 +208,7 @@ async def test_bad_records_name_every_bad_field(mesh: TestMesh) -> None:
         usage_pb2.UsageRecord(organization="org", request_id="x", resource_type=1, quantity_micros=1),
     ]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.RecordUsage(usage_pb2.RecordUsageRequest(records=bad), timeout=10)
+        await recorder.RecordUsage(usage_pb2.RecordUsageRequest(records=bad), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     status = status_from_rpc_error(err.value)
     assert status is not None

@@ -36,7 +36,8 @@ def request(org: str, key: str | None = None) -> rls_pb2.RateLimitRequest:
 
 
 async def set_policy(mesh: TestMesh, org: str, org_rpm: int, key_rpm: int) -> None:
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    # Rate limits follow the subscribed plan: only Billing sets them.
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
     await stub.SetRateLimitPolicy(
         usage_pb2.SetRateLimitPolicyRequest(
             policy=usage_pb2.RateLimitPolicy(
@@ -113,7 +114,7 @@ async def test_windows_are_separate_per_key_and_per_org(mesh: TestMesh) -> None:
 async def test_default_policy_and_unknown_descriptors(mesh: TestMesh) -> None:
     mesh.ensure("usage")
     org = f"org-{uuid.uuid4().hex[:12]}"
-    usage = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    usage = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
     policy = await usage.GetRateLimitPolicy(
         usage_pb2.GetRateLimitPolicyRequest(name=f"organizations/{org}/rateLimitPolicy"), timeout=5
     )
@@ -146,7 +147,7 @@ async def test_policy_change_applies_to_next_check(mesh: TestMesh) -> None:
 
 async def test_bad_policy_is_invalid_argument(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.SetRateLimitPolicy(
             usage_pb2.SetRateLimitPolicyRequest(
@@ -165,3 +166,15 @@ async def test_bad_policy_is_invalid_argument(mesh: TestMesh) -> None:
         "policy.organization_requests_per_minute",
         "policy.api_key_requests_per_minute",
     }
+
+    if mesh.settings.tls_mode == "mtls":
+        # The gateway may ask ShouldRateLimit but never set a policy (that would lift its limit).
+        gateway = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="gateway"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await gateway.SetRateLimitPolicy(
+                usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
+                    name="organizations/x/rateLimitPolicy", organization_requests_per_minute=1,
+                    api_key_requests_per_minute=1)),
+                timeout=5,
+            )
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

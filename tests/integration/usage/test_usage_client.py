@@ -17,6 +17,7 @@ import pytest
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from services.common.channels import Channels
 from services.common.db import Database
 from services.common.errors import ServiceError
 from services.common.server import Runtime
@@ -43,7 +44,10 @@ async def caller(mesh: TestMesh) -> AsyncIterator[tuple[Runtime, UsageClient]]:
         mesh.settings, usage_outbox_poll_seconds=0.2, usage_outbox_max_backoff_seconds=1.0
     )
     runtime = Runtime(name="testcaller", settings=settings, db=db, cache=None)
-    client = UsageClient(runtime)
+    # Calls as a service that records usage (the test process itself is "operator", which the
+    # caller graph rightly refuses ledger writes); registered as the runtime's shared client.
+    client = UsageClient(runtime, Channels(settings, caller="knowledge"))
+    runtime._usage_client = client  # type: ignore[attr-defined]
     try:
         yield runtime, client
     finally:
@@ -55,8 +59,13 @@ async def caller(mesh: TestMesh) -> AsyncIterator[tuple[Runtime, UsageClient]]:
         await db.close()
 
 
+def billing_reader(mesh: TestMesh) -> usage_pb2_grpc.UsageServiceStub:
+    """Reads of any organization's ledger without end-user headers: what Billing does."""
+    return usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
+
+
 async def ledger_ids(mesh: TestMesh, org: str) -> list[str]:
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = billing_reader(mesh)
     ids: list[str] = []
     token = ""
     while True:
@@ -99,7 +108,7 @@ async def test_usage_down_delays_but_never_drops(mesh: TestMesh, caller: tuple[R
     expected = {f"{p}-{i}" for p, n in (("before", 50), ("during", 150), ("after", 50)) for i in range(n)}
     assert len(ids) == len(expected) and set(ids) == expected  # each exactly once
 
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = billing_reader(mesh)
     now = dt.datetime.now(dt.UTC)
     s, e = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
     s.FromDatetime(now - dt.timedelta(hours=1))
@@ -163,7 +172,7 @@ async def test_reserve_settles_releases_and_propagates_budget_errors(
     _, client = caller
     mesh.ensure("usage")
     org = f"org-{uuid.uuid4().hex[:12]}"
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="gateway"))
     owner = [("x-aimesh-org", org), ("x-aimesh-subject", "users/o"), ("x-aimesh-roles", "owner")]
     budget = await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
         scope=usage_pb2.Budget.SCOPE_ORGANIZATION, monthly_limit_micros=1000, currency_code="USD")),
@@ -195,7 +204,7 @@ async def test_module_level_record_usage_shortcut(mesh: TestMesh, caller: tuple[
     shared = client_for(runtime)
     assert client_for(runtime) is shared
     await shared.flush()
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+    stub = billing_reader(mesh)
     page = await stub.ListUsageRecords(usage_pb2.ListUsageRecordsRequest(
         organization=f"organizations/{org}"), timeout=10)
     got = {r.request_id: r for r in page.usage_records}
