@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from scripts.stack import Stack
+from services.common.channels import open_channel
 from tests.integration.chat.replay_server import Replay, start_replay
 from tests.support.mesh import TestMesh, free_port
 
@@ -84,8 +85,11 @@ async def chat(mesh: TestMesh) -> AsyncIterator[ChatStack]:
         for service in ("orchestrator", "conversation"):
             stack.start_service(service)
         stack.wait_ready(["orchestrator", "conversation"], timeout=60)
-        orchestrator = grpc.aio.insecure_channel(stack.settings.address_of("orchestrator"))
-        conversation = grpc.aio.insecure_channel(stack.settings.address_of("conversation"))
+        # As the mesh identities that may call them (under mTLS, with their certificates):
+        # only Conversation (and Speech) call the Orchestrator; clients reach Conversation
+        # through the gateway.
+        orchestrator = open_channel(stack.settings, "orchestrator", caller="conversation")
+        conversation = open_channel(stack.settings, "conversation", caller="gateway")
         yield ChatStack(stack, replay, orchestrator, conversation, usage)
         await orchestrator.close()
         await conversation.close()
