@@ -5,6 +5,7 @@ signing-key rotation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from services.auth import crypto
+from services.common.channels import open_channel
 from services.common.errors import error_info, field_violations, status_from_rpc_error
 from tests.support.mesh import TestMesh, free_port
 
@@ -214,6 +216,13 @@ async def test_check_caches_keys_and_revocation_overwrites_the_entry(
     assert denied.denied_response.status.code == 401
     assert json.loads(denied.denied_response.body)["details"][0]["reason"] == "API_KEY_REVOKED"
 
+    if mesh.settings.tls_mode == "mtls":
+        # Only Envoy asks ext_authz; another workload cannot probe keys through it.
+        other = external_auth_pb2_grpc.AuthorizationStub(mesh.channel("auth", identity="usage"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await other.Check(_check_request({"x-api-key": key.secret}), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
 
 def _start_auth(mesh: TestMesh, name: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     """A second Auth process on its own port, same database, with `env` overrides."""
@@ -225,8 +234,16 @@ def _start_auth(mesh: TestMesh, name: str, **env: str) -> tuple[subprocess.Popen
     return process, address
 
 
-async def _wait_serving(process: subprocess.Popen[bytes], address: str) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
+def _channel(mesh: TestMesh, address: str, identity: str = "gateway") -> grpc.aio.Channel:
+    """A channel to a second Auth process at `address`, as mesh `identity` (mTLS when the
+    mesh runs it)."""
+    settings = dataclasses.replace(
+        mesh.settings, service_addrs={**mesh.settings.service_addrs, "auth": address})
+    return open_channel(settings, "auth", caller=identity)
+
+
+async def _wait_serving(mesh: TestMesh, process: subprocess.Popen[bytes], address: str) -> None:
+    async with _channel(mesh, address, "operator") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(300):
             try:
@@ -251,19 +268,19 @@ async def auth_without_redis(mesh: TestMesh) -> AsyncIterator[str]:
     process, address = _start_auth(mesh, "auth-no-redis",
                                    AIMESH_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     try:
-        await _wait_serving(process, address)
+        await _wait_serving(mesh, process, address)
         yield address
     finally:
         _stop(process)
 
 
 async def test_check_falls_back_to_postgres_without_redis(
-    auth_without_redis: str, stub: auth_pb2_grpc.AuthServiceStub
+    mesh: TestMesh, auth_without_redis: str, stub: auth_pb2_grpc.AuthServiceStub
 ) -> None:
     pair = await _sign_up(stub)
     key = await stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(
         parent=pair.organization, api_key=auth_pb2.ApiKey()), metadata=_identity(pair), timeout=5)
-    async with grpc.aio.insecure_channel(auth_without_redis) as channel:
+    async with _channel(mesh, auth_without_redis) as channel:
         check = external_auth_pb2_grpc.AuthorizationStub(channel)
         for _ in range(2):  # second call: Redis marked down, straight to PostgreSQL
             ok = await check.Check(_check_request({"x-api-key": key.secret}), timeout=5)
@@ -286,8 +303,8 @@ async def test_rotation_keeps_old_tokens_valid_and_new_key_was_prepublished(
     email = _email()
     process, address = _start_auth(mesh, "auth-admin", AIMESH_AUTH_PLATFORM_ADMINS=email)
     try:
-        await _wait_serving(process, address)
-        async with grpc.aio.insecure_channel(address) as channel, \
+        await _wait_serving(mesh, process, address)
+        async with _channel(mesh, address) as channel, \
                 httpx.AsyncClient(base_url=f"http://{gateway}", timeout=10) as http:
             admin = auth_pb2_grpc.AuthServiceStub(channel)
             old = await _sign_up(admin, email)

@@ -56,9 +56,15 @@ def reason(err: grpc.aio.AioRpcError) -> str:
 
 
 def stubs(mesh: TestMesh) -> tuple[billing_pb2_grpc.BillingServiceStub, usage_pb2_grpc.UsageServiceStub]:
+    """Billing as end users reach it (through the gateway); Usage as Billing itself reads it."""
     mesh.ensure("usage", "billing")
-    return (billing_pb2_grpc.BillingServiceStub(mesh.channel("billing")),
-            usage_pb2_grpc.UsageServiceStub(mesh.channel("usage")))
+    return (billing_pb2_grpc.BillingServiceStub(mesh.channel("billing", identity="gateway")),
+            usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing")))
+
+
+def recorder(mesh: TestMesh) -> usage_pb2_grpc.UsageServiceStub:
+    """Usage records come from the services that did the work."""
+    return usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="orchestrator"))
 
 
 async def move_to_next_period(mesh: TestMesh, org: str) -> None:
@@ -137,7 +143,7 @@ async def test_month_of_usage_invoiced_to_the_cent_and_limits_follow_plan(mesh: 
         D(entries=[D.Entry(key="org_id", value=org), D.Entry(key="key_id", value="k")])])
     if dt.datetime.now(UTC).second > 50:
         await asyncio.sleep(61 - dt.datetime.now(UTC).second)
-    rls = rls_pb2_grpc.RateLimitServiceStub(mesh.channel("usage"))
+    rls = rls_pb2_grpc.RateLimitServiceStub(mesh.channel("usage", identity="gateway"))
     replies = await asyncio.gather(*(rls.ShouldRateLimit(check, timeout=10) for _ in range(20)))
     assert sum(r.overall_code == rls_pb2.RateLimitResponse.Code.OK for r in replies) == 7
 
@@ -159,7 +165,7 @@ async def test_month_of_usage_invoiced_to_the_cent_and_limits_follow_plan(mesh: 
             organization=f"organizations/{org}", request_id=f"m-{i}", resource_type=rtype, model=model,
             quantity_micros=qty, occur_time=ts(start + dt.timedelta(seconds=rng.randrange(span)))))
     for i in range(0, len(records), 200):
-        await usage.RecordUsage(usage_pb2.RecordUsageRequest(records=records[i:i + 200]), timeout=30)
+        await recorder(mesh).RecordUsage(usage_pb2.RecordUsageRequest(records=records[i:i + 200]), timeout=30)
 
     request = billing_pb2.GenerateInvoiceRequest(period_start_time=ts(start), allow_open_period=True)
     invoice = await billing.GenerateInvoice(request, metadata=who(org), timeout=30)
@@ -178,7 +184,7 @@ async def test_month_of_usage_invoiced_to_the_cent_and_limits_follow_plan(mesh: 
     extra = usage_pb2.UsageRecord(organization=f"organizations/{org}", request_id="late",
                                   resource_type=RT.RESOURCE_TYPE_COMPLETION_TOKENS, model="models/small",
                                   quantity_micros=1_000_000_000_000, occur_time=ts(now - dt.timedelta(minutes=1)))
-    await usage.RecordUsage(usage_pb2.RecordUsageRequest(records=[extra]), timeout=10)
+    await recorder(mesh).RecordUsage(usage_pb2.RecordUsageRequest(records=[extra]), timeout=10)
     totals[(RT.RESOURCE_TYPE_COMPLETION_TOKENS, "models/small")] += extra.quantity_micros
     recomputed = await billing.GenerateInvoice(request, metadata=who(org), timeout=30)
     assert recomputed.name == invoice.name
@@ -307,3 +313,11 @@ async def test_plan_change_refusals_and_plans_as_data(mesh: TestMesh) -> None:
         await billing.CreatePlan(billing_pb2.CreatePlanRequest(plan_id="xyz", plan=billing_pb2.Plan()),
                                  metadata=who(org), timeout=10)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    if mesh.settings.tls_mode == "mtls":
+        # Billing's API is public only: no service reaches it (it calls Usage, never the reverse).
+        other = billing_pb2_grpc.BillingServiceStub(mesh.channel("billing", identity="orchestrator"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await other.ChangePlan(billing_pb2.ChangePlanRequest(plan="plans/pro"),
+                                   metadata=who(org), timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

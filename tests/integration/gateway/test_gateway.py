@@ -295,8 +295,8 @@ async def test_rate_limit_allows_exactly_the_limit_under_concurrency(
     account = await sign_up(http)
     key = await create_key(http, account)
     limit = 12
-    usage = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
-    # As Billing would on a plan change (Usage is called directly, not through the gateway).
+    # As Billing does on a plan change (Usage is called directly, not through the gateway).
+    usage = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
     await usage.SetRateLimitPolicy(usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
         name=f"{account.org}/rateLimitPolicy", organization_requests_per_minute=1000,
         api_key_requests_per_minute=limit, plan="test")), timeout=5)

@@ -21,6 +21,7 @@ import pytest
 from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 
 from scripts import gateway as gw
+from services.common import tls
 from tests.integration.gateway.conftest import create_key, sign_up
 from tests.support.mesh import TestMesh, free_port
 
@@ -49,9 +50,13 @@ def _start_envoy(config: Path, admin_file: Path, log: Path) -> subprocess.Popen[
 async def stream_gateway(mesh: TestMesh, tmp_path: Path) -> AsyncIterator[tuple[str, StandInConversation]]:
     mesh.ensure("auth", "usage")
     fake = StandInConversation()
-    server = grpc.aio.server()
+    # Listens as "conversation" would (mTLS and the caller graph when the mesh runs mtls), so
+    # the gateway's upstream TLS is exercised too.
+    mode = mesh.settings.tls_mode
+    server = grpc.aio.server(interceptors=[tls.interceptor_for("conversation", mode)])  # type: ignore[arg-type]
     conversation_pb2_grpc.add_ConversationServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = tls.add_listen_port(server, "127.0.0.1:0", "conversation", mode,  # type: ignore[arg-type]
+                               mesh.settings.certs_path)
     await server.start()
     settings = dataclasses.replace(
         mesh.settings,

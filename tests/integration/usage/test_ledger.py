@@ -141,7 +141,7 @@ async def test_concurrent_records_with_retried_duplicates_total_exactly(mesh: Te
 
 async def test_list_paginates_newest_first_and_export_is_csv(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub, recorder, billing = stubs(mesh)
+    stub, recorder, _ = stubs(mesh)
     org = new_org()
     base = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=2)
     records = [
@@ -196,7 +196,7 @@ async def test_list_paginates_newest_first_and_export_is_csv(mesh: TestMesh) -> 
 
 async def test_bad_records_name_every_bad_field(mesh: TestMesh) -> None:
     mesh.ensure("usage")
-    stub, recorder, billing = stubs(mesh)
+    stub, recorder, _ = stubs(mesh)
     org = new_org()
     now = dt.datetime.now(UTC)
     bad = [
