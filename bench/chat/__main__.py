@@ -1,7 +1,7 @@
 """Chat benchmark: time to first token (TTFT) and tokens/s of one grounded answer, five paths,
 same machine, same run, then many concurrent streams through Envoy.
 
-    .venv/bin/python -m bench.chat [--requests 20] [--streams 50]
+    .venv/bin/python -m bench.chat [--requests 20] [--streams 100]
 
 Paths (the same question and context each time; the Triton grounded responder answers):
 1. Triton directly (services/common/triton.py `respond`, decoupled stream);
@@ -14,7 +14,9 @@ TTFT = request sent -> first text token received; tokens/s = tokens after the fi
 the time from first to last. Ratios are to path 1 (mesh overhead). Then `--streams` SendMessage
 streams through Envoy gRPC are started at once (each its own conversation) and held to the end:
 p50/p95 TTFT under that load. Everything (services, Envoy, Triton, this client) shares the same
-cores, so absolute numbers are bounded by the machine; the ratios are the point.
+cores, so absolute numbers are bounded by the machine; the ratios are the point. The mesh runs
+as configured (mTLS between services by default); the direct paths call as the mesh identities
+allowed to (Conversation -> Orchestrator, gateway -> Conversation).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 
 from scripts import triton_server
 from scripts.stack import Stack
-from services.common.config import SERVICES
+from services.common.channels import open_channel
+from services.common.config import SERVICES, Settings
 from services.common.triton import TritonClient
 
 CONTEXT = (
@@ -122,9 +125,6 @@ async def run(args: argparse.Namespace) -> None:
         "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{_free_port()}",
         "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
         "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "120",
-        # The direct paths call services without mesh certificates; transport security costs
-        # are the gateway benchmark's subject, not this one's.
-        "AIMESH_TLS_MODE": "plaintext",
     })
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     try:
@@ -140,14 +140,13 @@ async def run(args: argparse.Namespace) -> None:
         stack.start_gateway()
         stack.wait_ready(["gateway"], timeout=60)
         settings = stack.settings
-        await bench(args, settings.gateway_addr, settings.address_of("orchestrator"),
-                    settings.address_of("conversation"), settings.address_of("usage"), settings.triton_url)
+        await bench(args, settings)
     finally:
         stack.stop_all()
 
 
-async def bench(args: argparse.Namespace, gateway: str, orchestrator_addr: str, conversation_addr: str,
-                usage_addr: str, triton_url: str) -> None:
+async def bench(args: argparse.Namespace, settings: Settings) -> None:
+    gateway = settings.gateway_addr
     async with httpx.AsyncClient(base_url=f"http://{gateway}", timeout=300) as http:
         for _ in range(20):  # Envoy may still be connecting to Auth right after start
             signup = await http.post("/v1/auth:signUp", json={
@@ -162,7 +161,7 @@ async def bench(args: argparse.Namespace, gateway: str, orchestrator_addr: str, 
         key = await http.post(f"/v1/{org}/apiKeys", json={"displayName": "bench"}, headers=bearer)
         key.raise_for_status()
         secret, key_id = key.json()["secret"], key.json()["name"].rsplit("/", 1)[1]
-        async with grpc.aio.insecure_channel(usage_addr) as usage_channel:
+        async with open_channel(settings, "usage", caller="billing") as usage_channel:  # Billing sets plan limits
             await usage_pb2_grpc.UsageServiceStub(usage_channel).SetRateLimitPolicy(
                 usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
                     name=f"{org}/rateLimitPolicy", organization_requests_per_minute=10_000_000,
@@ -172,9 +171,10 @@ async def bench(args: argparse.Namespace, gateway: str, orchestrator_addr: str, 
                     ("x-aimesh-roles", "member"), ("x-aimesh-key-id", key_id))
         key_md = (("x-api-key", secret),)
 
-        triton = TritonClient(triton_url)
-        direct_orch = grpc.aio.insecure_channel(orchestrator_addr)
-        direct_conv = grpc.aio.insecure_channel(conversation_addr)
+        triton = TritonClient(settings.triton_url)
+        # Direct paths as the mesh identities allowed to make them (mTLS by default).
+        direct_orch = open_channel(settings, "orchestrator", caller="conversation")
+        direct_conv = open_channel(settings, "conversation", caller="gateway")
         edge = grpc.aio.insecure_channel(gateway)
         orch = orchestrator_pb2_grpc.OrchestratorServiceStub(direct_orch)
         conv_direct = conversation_pb2_grpc.ConversationServiceStub(direct_conv)
