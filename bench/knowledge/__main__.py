@@ -20,17 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import math
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from bench.knowledge.corpus import ITEMS, SyntheticCorpus, item_text, queries
-from services.common.config import Settings
+from scripts import triton_server as launcher
+from services.common.config import REPO_ROOT, Settings
 from services.common.db import Database
 from services.common.server import Runtime
 from services.common.triton import EMBEDDING_MODEL, TritonClient
@@ -40,6 +45,7 @@ from services.knowledge.keyword_index import PostgresKeywordIndex
 from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
 from services.knowledge.store import DocumentRow, Store, bulk_load, chunk_id, purge_org
 from services.knowledge.vector_index import VectorIndex
+from tests.support.mesh import free_port
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "knowledge" / "migrations"
 MODES = (KEYWORD, SEMANTIC, HYBRID)
@@ -232,6 +238,35 @@ class Bench:
         return times
 
 
+@contextlib.contextmanager
+def embedding_triton(settings: Settings, workdir: Path) -> Iterator[str]:
+    """The configured Triton if its embedding model is ready, else a private one on free ports
+    serving only text_embedding (the shared one may be restarted by others mid-run)."""
+    host, _, port = settings.triton_url.rpartition(":")
+    shared = launcher.TritonPorts(grpc=int(port), http=int(port) - 1, metrics=int(port) + 1)
+    if _model_ready(host, shared.http):
+        yield settings.triton_url
+        return
+    repository = workdir / "models"
+    repository.mkdir()
+    (repository / EMBEDDING_MODEL).symlink_to(REPO_ROOT / "triton" / "models" / EMBEDDING_MODEL)
+    ports = launcher.TritonPorts(grpc=free_port(), http=free_port(), metrics=free_port())
+    print(f"(no ready {EMBEDDING_MODEL} on {settings.triton_url}: starting a private Triton on :{ports.grpc})")
+    process = launcher.start(repository, ports, work_dir=workdir / "triton")
+    try:
+        yield f"127.0.0.1:{ports.grpc}"
+    finally:
+        launcher.stop(process)
+
+
+def _model_ready(host: str, http_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{http_port}/v2/models/{EMBEDDING_MODEL}/ready", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.knowledge")
     parser.add_argument("--sizes", default="10000,100000", help="corpus sizes for the latency runs")
@@ -241,7 +276,8 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     settings = Settings.from_env()
-    with tempfile.TemporaryDirectory(prefix="aimesh-bench-knowledge-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="aimesh-bench-knowledge-") as tmp, embedding_triton(settings, Path(tmp)) as url:
+        settings = dataclasses.replace(settings, triton_url=url)
         bench = Bench(settings, Path(tmp))
         await bench.open()
         try:
