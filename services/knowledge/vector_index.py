@@ -66,9 +66,12 @@ class VectorIndex:
             schema.add_field("doc", DataType.VARCHAR, max_length=40)
             schema.add_field("vec", DataType.FLOAT_VECTOR, dim=DIMENSION)
             index = client.prepare_index_params()
-            index.add_index("vec", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 64})
-            index.add_index("org", index_type="INVERTED")
-            index.add_index("doc", index_type="INVERTED")
+            # AUTOINDEX: HNSW on a Milvus server and on Milvus Lite 3 (faiss); FLAT on Lite 2.x,
+            # which accepts nothing else. Scalar indexes speed up the org/doc filters on a server.
+            index.add_index("vec", index_type="AUTOINDEX", metric_type="COSINE")
+            if not self.is_lite:
+                index.add_index("org", index_type="INVERTED")
+                index.add_index("doc", index_type="INVERTED")
             try:
                 client.create_collection(COLLECTION, schema=schema, index_params=index)
             except Exception:
