@@ -16,6 +16,7 @@ the current CA, and leaves everything else alone.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import inspect
 import ipaddress
@@ -495,6 +496,12 @@ def xfcc_identity(header: str, trust_domain: str = mesh_policy.K8S_TRUST_DOMAIN)
     return None
 
 
+# The verified mesh identity of the peer whose RPC is being served (None in plaintext mode),
+# for servicers whose answer depends on who is asking, not only on whether they may ask.
+current_peer: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "aimesh_current_peer", default=None
+)
+
 IdentitySource = Literal["mtls", "xfcc", "plaintext"]
 Behavior = Callable[..., Any]
 
@@ -574,6 +581,7 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
                 else "no mesh identity: x-forwarded-client-cert from the sidecar is required",
             )
         assert caller is not None
+        current_peer.set(caller)
         if not self._policy.is_allowed(self._callee, caller, method):
             log.warning(
                 "denied %s on %s: caller %r is not in the caller graph (%s)",

@@ -27,12 +27,14 @@ from google.protobuf import duration_pb2, empty_pb2, timestamp_pb2
 from google.type import date_pb2
 from redis.exceptions import RedisError
 
+from services.common import mesh_policy, tls
 from services.common.errors import (
     FieldViolations,
     ServiceError,
     already_exists,
     invalid_argument,
     not_found,
+    unauthenticated,
     unavailable,
 )
 from services.common.identity import Identity, Role, identity_from_metadata, require_identity
@@ -65,7 +67,15 @@ def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def _identity(context: grpc.aio.ServicerContext) -> Identity | None:
-    return identity_from_metadata(context.invocation_metadata() or ())
+    """The end user the call acts for, or None for a service acting on its own account (which
+    then names the organization in the request). The gateway always acts for an end user:
+    an identity-less call from it would let the request pick any organization."""
+    identity = identity_from_metadata(context.invocation_metadata() or ())
+    if identity is None and tls.current_peer.get() == mesh_policy.GATEWAY:
+        raise unauthenticated(
+            "calls through the gateway must carry the caller's identity", reason="IDENTITY_MISSING"
+        )
+    return identity
 
 
 def _limiter(runtime: Runtime) -> RateLimiter:
@@ -465,7 +475,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         v = FieldViolations()
         org = _parse_policy_name(request.name, "name", v)
         v.raise_if_any()
-        names.resolve_org(identity_from_metadata(context.invocation_metadata() or ()),
+        names.resolve_org(_identity(context),
                           names.org_name(org), "name", v)
         row = await self.store.get_rate_limit_policy(org)
         if row is None:

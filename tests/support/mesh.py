@@ -11,6 +11,7 @@ for the components they need and the mesh starts each once:
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -126,3 +127,4 @@ class TestMesh:
 
     def close(self) -> None:
         self.stack.stop_all()
+        shutil.rmtree(self.var_dir, ignore_errors=True)

@@ -178,3 +178,20 @@ async def test_bad_policy_is_invalid_argument(mesh: TestMesh) -> None:
                 timeout=5,
             )
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_gateway_calls_without_identity_cannot_pick_an_organization(mesh: TestMesh) -> None:
+    """The gateway always acts for an authenticated end user; an identity-less call from it
+    naming some organization is refused (a service acting on its own account may do so)."""
+    if mesh.settings.tls_mode != "mtls":
+        pytest.skip("needs mTLS: the peer's identity is what tells the gateway from a service")
+    mesh.ensure("usage")
+    name = f"organizations/o_{uuid.uuid4().hex[:12]}/rateLimitPolicy"
+    request = usage_pb2.GetRateLimitPolicyRequest(name=name)
+    as_gateway = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="gateway"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await as_gateway.GetRateLimitPolicy(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    as_billing = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
+    policy = await as_billing.GetRateLimitPolicy(request, timeout=10)
+    assert policy.name == name
