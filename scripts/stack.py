@@ -237,6 +237,12 @@ def up(args: argparse.Namespace) -> int:
 
             host, ports = stack.triton_ports()
             if triton_server.is_ready(ports, host):
+                missing = triton_server.missing_models(ports, host)
+                if missing:
+                    raise RuntimeError(
+                        f"the Triton already on {host}:{ports.grpc} lacks {', '.join(missing)}; "
+                        "stop it or set AIMESH_TRITON_URL to a free port"
+                    )
                 print(f"using the Triton already serving on {host}:{ports.grpc}", flush=True)
             elif stack.start_triton() is not None:
                 print("starting triton (loading models takes a minute) ...", flush=True)

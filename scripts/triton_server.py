@@ -140,6 +140,33 @@ def server_command(
     return argv, env
 
 
+def repository_models(model_repository: Path = DEFAULT_MODEL_REPOSITORY) -> list[str]:
+    """The model names in a Triton model repository (folders with a config.pbtxt)."""
+    return sorted(d.name for d in model_repository.iterdir() if (d / "config.pbtxt").is_file())
+
+
+def missing_models(
+    ports: TritonPorts = TritonPorts(),
+    host: str = "127.0.0.1",
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY,
+    timeout: float = 2.0,
+) -> list[str]:
+    """Models of `model_repository` that the server on `ports` does not serve ready — a server
+    started on another repository answers health/ready but lacks them."""
+    missing = []
+    for name in repository_models(model_repository):
+        try:
+            with urllib.request.urlopen(
+                f"http://{host}:{ports.http}/v2/models/{name}/ready", timeout=timeout
+            ) as resp:
+                if resp.status == 200:
+                    continue
+        except (urllib.error.URLError, OSError):
+            pass
+        missing.append(name)
+    return missing
+
+
 def is_ready(
     ports: TritonPorts = TritonPorts(), host: str = "127.0.0.1", timeout: float = 1.0
 ) -> bool:

@@ -48,7 +48,7 @@ class TestMesh:
                 "AIMESH_DRAIN_SECONDS": "3",
                 "AIMESH_HEALTH_INTERVAL_SECONDS": "0.5",
                 "AIMESH_AUTH_PLATFORM_ADMINS": PLATFORM_ADMIN_EMAIL,
-                "AIMESH_TLS_MODE": tls_mode or os.environ.get("AIMESH_TEST_TLS_MODE", "plaintext"),
+                "AIMESH_TLS_MODE": tls_mode or os.environ.get("AIMESH_TEST_TLS_MODE", "mtls"),
             }
         )
         # Triton is shared: reuse the developer's/CI's server on the default port if one runs.
@@ -93,6 +93,12 @@ class TestMesh:
                 if self.stack.start_triton() is None:
                     raise RuntimeError("no Triton model repository at triton/models")
             self.stack.wait_ready(["triton"], timeout=timeout)
+        missing = triton_server.missing_models(ports, host)
+        if missing:
+            raise RuntimeError(
+                f"the Triton on {self.settings.triton_url} does not serve {', '.join(missing)} "
+                "(started on another model repository?); stop it or set AIMESH_TRITON_URL"
+            )
         return self.settings.triton_url
 
     def ensure_gateway(self, timeout: float = 60.0) -> str:
