@@ -32,8 +32,8 @@ from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
 from aimesh_sdk.audio import paced, pcm_chunks
 from services.common.triton import TritonClient
-from tests.integration.gateway.conftest import sign_up
-from tests.integration.triton.speech_util import SENTENCES, synthesize
+from tests.support.accounts import sign_up
+from tests.support.speech import SENTENCES, synthesize
 from tests.support.mesh import TestMesh
 
 RATE = 16000

@@ -18,7 +18,6 @@ from services.common.channels import open_channel, service_descriptors
 from services.common.config import SERVICES, Settings
 from tests.support.mesh import TestMesh, free_port
 
-
 # Services whose readiness includes their Triton models.
 NEEDS_TRITON = {"orchestrator", "speech"}
 

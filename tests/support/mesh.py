@@ -22,7 +22,6 @@ from scripts.stack import Stack
 from services.common.channels import open_channel
 from services.common.config import SERVICES, Settings
 
-
 # The one e-mail address the test mesh's Auth treats as a platform admin.
 PLATFORM_ADMIN_EMAIL = "platform-admin@aimesh.test"
 

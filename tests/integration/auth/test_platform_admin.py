@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 
 import jwt
-
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
+
 from services.common.identity import PLATFORM_ADMIN_SCOPE
 from tests.support.mesh import PLATFORM_ADMIN_EMAIL, TestMesh
 

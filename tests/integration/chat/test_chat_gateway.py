@@ -15,7 +15,7 @@ import pytest
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 
-from tests.integration.gateway.conftest import Account, sign_up
+from tests.support.accounts import Account, sign_up
 from tests.support.mesh import TestMesh
 
 DOCUMENT = (

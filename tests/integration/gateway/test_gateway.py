@@ -20,7 +20,7 @@ from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from scripts import gateway as gw
 from services.auth import crypto
 from services.common.errors import error_info, status_from_rpc_error
-from tests.integration.gateway.conftest import Account, create_key, sign_up
+from tests.support.accounts import Account, create_key, sign_up
 from tests.support.mesh import TestMesh
 
 

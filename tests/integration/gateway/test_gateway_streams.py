@@ -22,7 +22,7 @@ from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 
 from scripts import gateway as gw
 from services.common import tls
-from tests.integration.gateway.conftest import create_key, sign_up
+from tests.support.accounts import create_key, sign_up
 from tests.support.mesh import TestMesh, free_port
 
 

@@ -19,8 +19,8 @@ from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
 from services.common.errors import field_violations, status_from_rpc_error
 from services.common.triton import TritonClient
-from tests.integration.triton.speech_util import SENTENCES, synthesize
 from tests.support.mesh import TestMesh
+from tests.support.speech import SENTENCES, synthesize
 
 RATE = 16000
 QUESTION = "the weather today is sunny with a high of seventy degrees"
@@ -62,7 +62,7 @@ async def speech(speech_mesh: TestMesh) -> Speech:
 @pytest.fixture(scope="session")
 async def gateway_speech(speech_mesh: TestMesh) -> AsyncIterator[Speech]:
     """Speech through Envoy (gRPC), authenticated as a freshly signed-up user."""
-    from tests.integration.gateway.conftest import sign_up
+    from tests.support.accounts import sign_up
 
     speech_mesh.ensure("auth", "usage")
     try:

@@ -21,7 +21,7 @@ from tests.integration.speech.conftest import (
     streaming_config,
     with_pauses,
 )
-from tests.integration.triton.speech_util import SENTENCES, word_error_rate
+from tests.support.speech import SENTENCES, word_error_rate
 
 # pocketsphinx on synthetic speech is far from perfect; this bound still fails on garbage,
 # a wrong sample rate, truncated utterances or transcripts of another stream.

@@ -8,8 +8,7 @@ import pytest
 
 from services.common.errors import ServiceError
 from services.common.triton import ASR_MODEL, StreamResponse, TritonClient, parse_recognition
-
-from .speech_util import SENTENCES, recognize, synthesize, word_error_rate
+from tests.support.speech import SENTENCES, recognize, synthesize, word_error_rate
 
 # Measured here with eSpeak's en-us+f2 voice: about 0.2-0.45 per sentence. The bound catches a
 # broken pipeline (wrong rate, lost chunks, mixed streams give ~1.0) without flaking.
