@@ -1,9 +1,9 @@
 """Usage metering for Knowledge: the ONE place that reports chunks embedded and searches.
 
-The shared Usage client (services/common/usage_client.py) is being written by the Usage issue;
-until it exists this logs what would be reported. Reporting never fails or slows the RPC that
-caused it: it runs as a background task, and each record carries a dedupe request_id so a retry
-cannot double-charge.
+Records go through the shared Usage client (services/common/usage_client.py: a durable outbox
+in this service's schema, drained to Usage's RecordUsage). Reporting never fails or slows the
+RPC that caused it: the outbox insert runs as a background task, and each record carries a
+dedupe request_id so a retry cannot double-charge. Without the client module it only logs.
 """
 
 from __future__ import annotations

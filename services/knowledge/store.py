@@ -16,6 +16,8 @@ from services.common.db import Database
 from services.knowledge.chunking import Chunk
 
 PROCESSING, READY, FAILED = "PROCESSING", "READY", "FAILED"
+# Matching chunks ranked per keyword query stage at most.
+KEYWORD_CANDIDATES = 2000
 
 
 @dataclass
@@ -283,13 +285,20 @@ class Store:
                 "coalesce(nullif(replace(replace(plainto_tsquery('english', %(q)s)::text, ' & ', ' | '), '!', ''), '')::tsquery, ''::tsquery)",
             ):
                 seen = [r[0] for r in results]
+                # Ranking reads every matching tsvector: cap the candidates so a query made of
+                # very common words stays fast (its ranking is then over the first matches).
                 cur = await conn.execute(
-                    f"""SELECT c.chunk_id, ts_rank_cd(c.tsv, q.query, 1) AS score
-                        FROM (SELECT {tsquery} AS query) q, chunks c
-                        JOIN documents d ON d.uid = c.document_uid
-                        WHERE {scope} AND c.tsv @@ q.query AND NOT (c.chunk_id = ANY(%(seen)s))
-                        ORDER BY score DESC, c.chunk_id LIMIT %(limit)s""",
+                    f"""SELECT m.chunk_id, ts_rank_cd(m.tsv, m.query, 1) AS score
+                        FROM (SELECT c.chunk_id, c.tsv, q.query
+                              FROM (SELECT {tsquery} AS query) q, chunks c
+                              JOIN documents d ON d.uid = c.document_uid
+                              WHERE {scope} AND c.tsv @@ q.query AND NOT (c.chunk_id = ANY(%(seen)s))
+                              LIMIT {KEYWORD_CANDIDATES}) m
+                        ORDER BY score DESC, m.chunk_id LIMIT %(limit)s""",
                     {**params, "seen": seen, "limit": limit - len(results)},
+                    # Never a server-side prepared statement: a generic plan cannot see how
+                    # selective this query's terms are and may scan the org's whole corpus.
+                    prepare=False,
                 )
                 results.extend((r["chunk_id"], float(r["score"])) for r in await cur.fetchall())
                 if len(results) >= limit or require_all:

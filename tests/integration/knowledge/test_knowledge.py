@@ -319,3 +319,41 @@ async def test_restart_during_ingestion_finishes_without_duplicates(caller: Call
     assert len(indexes) == len(set(indexes)) == min(done.chunk_count, 100)
     semantic = await caller.search("survey readings at a station", SEM, top_k=100)
     assert len({r.chunk_id for r in semantic}) == len(semantic) == min(done.chunk_count, 100)
+
+
+async def test_chunks_embedded_and_searches_are_metered(caller: Caller) -> None:
+    import psycopg
+    from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
+    doc = await caller.create(b"Metering check: the Cobaltlantern lights the harbour at night.")
+    done = await caller.wait_done(doc.name)
+    assert done.state == Doc.STATE_READY
+    await caller.search("Cobaltlantern", KW)
+    bare_org = caller.org.removeprefix("organizations/")
+    totals: dict[int, int] = {}
+    for _ in range(50):  # the outbox insert is a background task
+        # A record waits in Knowledge's outbox until drained to Usage (when a Usage runs in this
+        # mesh): look in both, one entry per request_id.
+        found: dict[str, usage_pb2.UsageRecord] = {}
+        async with await psycopg.AsyncConnection.connect(caller.mesh.settings.database_url) as conn:
+            cur = await conn.execute("SELECT record FROM knowledge.usage_outbox")
+            for (raw,) in await cur.fetchall():
+                record = usage_pb2.UsageRecord.FromString(raw)
+                if record.organization.endswith(bare_org):
+                    found[record.request_id] = record
+        usage = caller.mesh.stack.processes.get("usage")
+        if usage is not None and usage.alive():
+            listed = await usage_pb2_grpc.UsageServiceStub(caller.mesh.channel("usage")).ListUsageRecords(
+                usage_pb2.ListUsageRecordsRequest(page_size=1000), metadata=caller.metadata, timeout=10
+            )
+            found.update({r.request_id: r for r in listed.usage_records})
+        totals = {}
+        for record in found.values():
+            totals[record.resource_type] = totals.get(record.resource_type, 0) + record.quantity_micros
+        if len(totals) == 2:
+            break
+        await asyncio.sleep(0.2)
+    assert totals == {
+        usage_pb2.RESOURCE_TYPE_CHUNKS_EMBEDDED: done.chunk_count * 1_000_000,
+        usage_pb2.RESOURCE_TYPE_SEARCHES: 1_000_000,
+    }
