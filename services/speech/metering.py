@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from decimal import Decimal
 
 from aimesh.usage.v1 import usage_pb2
 
@@ -45,7 +46,8 @@ def meter(
             runtime,
             org=identity.org,
             resource_type=resource_type,
-            quantity=round(quantity, 6),
+            # Whole micro-units, rounded once here (half to even), then carried exactly.
+            quantity=Decimal(round(quantity * 1_000_000)) / 1_000_000,
             request_id=f"{request_id or uuid.uuid4()}/{kind}",
             source="speech",
             subject=identity.subject,

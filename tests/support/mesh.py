@@ -47,6 +47,9 @@ class TestMesh:
                 "AIMESH_DRAIN_SECONDS": "3",
                 "AIMESH_HEALTH_INTERVAL_SECONDS": "0.5",
                 "AIMESH_AUTH_PLATFORM_ADMINS": PLATFORM_ADMIN_EMAIL,
+                # Outboxes deliver promptly after Usage comes back (tests stop and restart it).
+                "AIMESH_USAGE_OUTBOX_POLL_SECONDS": "0.5",
+                "AIMESH_USAGE_OUTBOX_MAX_BACKOFF_SECONDS": "2",
                 "AIMESH_TLS_MODE": tls_mode or os.environ.get("AIMESH_TEST_TLS_MODE", "mtls"),
             }
         )

@@ -19,6 +19,8 @@ from aimesh.orchestrator.v1 import orchestrator_pb2
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
 from scripts.stack import grpc_healthy
+from services.common import tls
+from services.common.channels import open_channel
 from services.common.config import REPO_ROOT, Settings
 from tests.integration.speech.conftest import INTERRUPTION, QUESTION, Speech, identity
 from tests.integration.speech.converse_util import (
@@ -74,11 +76,19 @@ class SlowConversation(conversation_pb2_grpc.ConversationServiceServicer):
 
 
 @pytest.fixture(scope="module")
-async def slow_conversation() -> AsyncIterator[tuple[SlowConversation, str]]:
+async def slow_conversation(
+    speech_mesh: TestMesh,
+) -> AsyncIterator[tuple[SlowConversation, str]]:
+    """The double listens as the real Conversation does: under mTLS with the "conversation"
+    certificate and the caller-graph check, so Speech reaches it exactly as in production."""
     servicer = SlowConversation()
-    server = grpc.aio.server()
+    settings = speech_mesh.settings
+    mode = settings.tls_mode
+    server = grpc.aio.server(interceptors=[tls.interceptor_for("conversation", mode)])  # type: ignore[arg-type]
     conversation_pb2_grpc.add_ConversationServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = tls.add_listen_port(
+        server, "127.0.0.1:0", "conversation", mode, settings.certs_path  # type: ignore[arg-type]
+    )
     await server.start()
     yield servicer, f"127.0.0.1:{port}"
     await server.stop(0)
@@ -121,12 +131,14 @@ def speech_on_slow_conversation(
 
 
 async def test_barge_in_during_generation_cancels_it(
+    speech_mesh: TestMesh,
     speech_on_slow_conversation: str,
     slow_conversation: tuple[SlowConversation, str],
     questions: dict[str, np.ndarray],
 ) -> None:
     fake, _ = slow_conversation
-    async with grpc.aio.insecure_channel(speech_on_slow_conversation) as channel:
+    settings = Settings.from_env({**speech_mesh.env, "AIMESH_SPEECH_ADDR": speech_on_slow_conversation})
+    async with open_channel(settings, "speech", caller="gateway") as channel:
         caller = Caller(Speech(speech_pb2_grpc.SpeechServiceStub(channel), identity()))
         first_turn: list[str] = []
         barged: list[int] = []
