@@ -239,19 +239,18 @@ class Bench:
 
 
 @contextlib.contextmanager
-def embedding_triton(settings: Settings, workdir: Path) -> Iterator[str]:
-    """The configured Triton if its embedding model is ready, else a private one on free ports
-    serving only text_embedding (the shared one may be restarted by others mid-run)."""
+def embedding_triton(settings: Settings, workdir: Path, shared: bool) -> Iterator[str]:
+    """A private Triton on free ports serving only text_embedding (a shared one may be restarted
+    by others mid-run), or with `shared` the configured one when its embedding model is ready."""
     host, _, port = settings.triton_url.rpartition(":")
-    shared = launcher.TritonPorts(grpc=int(port), http=int(port) - 1, metrics=int(port) + 1)
-    if _model_ready(host, shared.http):
+    if shared and _model_ready(host, int(port) - 1):
         yield settings.triton_url
         return
     repository = workdir / "models"
     repository.mkdir()
     (repository / EMBEDDING_MODEL).symlink_to(REPO_ROOT / "triton" / "models" / EMBEDDING_MODEL)
     ports = launcher.TritonPorts(grpc=free_port(), http=free_port(), metrics=free_port())
-    print(f"(no ready {EMBEDDING_MODEL} on {settings.triton_url}: starting a private Triton on :{ports.grpc})")
+    print(f"(starting a private Triton with only {EMBEDDING_MODEL} on :{ports.grpc})")
     process = launcher.start(repository, ports, work_dir=workdir / "triton")
     try:
         yield f"127.0.0.1:{ports.grpc}"
@@ -273,10 +272,11 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--queries", type=int, default=30, help="queries per mode and size")
     parser.add_argument("--ingest-docs", type=int, default=8, help="documents in the ingestion sample")
     parser.add_argument("--distractors", type=int, default=300, help="distractor chunks in the quality set")
+    parser.add_argument("--shared-triton", action="store_true", help="use AIMESH_TRITON_URL's Triton if ready")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     settings = Settings.from_env()
-    with tempfile.TemporaryDirectory(prefix="aimesh-bench-knowledge-") as tmp, embedding_triton(settings, Path(tmp)) as url:
+    with tempfile.TemporaryDirectory(prefix="aimesh-bench-knowledge-") as tmp, embedding_triton(settings, Path(tmp), args.shared_triton) as url:
         settings = dataclasses.replace(settings, triton_url=url)
         bench = Bench(settings, Path(tmp))
         await bench.open()
