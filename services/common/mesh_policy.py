@@ -355,14 +355,20 @@ def client_service_config(
         entry: dict[str, Any] = {"name": [name]}
         if info.unary:
             entry["timeout"] = f"{UNARY_TIMEOUT_S}s"
+        if info.idempotent:
+            # A restarting peer refuses connections for a few seconds: an idempotent call waits
+            # for the channel to become ready (within its deadline) instead of failing fast.
+            # Retry-unsafe calls fail fast and leave the decision to the caller's request_id.
+            entry["waitForReady"] = True
         if info.idempotent and retries:
             entry["retryPolicy"] = retry
         if len(entry) > 1:
             configs.append(entry)
     return {
         "methodConfig": configs,
-        # Bound retries so a dead dependency cannot multiply load without limit.
-        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+        # Bound retries so a dead dependency cannot multiply load without limit, yet let the
+        # burst of calls one peer restart cuts at once (up to 25 on a channel) be retried.
+        "retryThrottling": {"maxTokens": 50, "tokenRatio": 0.1},
     }
 
 

@@ -141,6 +141,7 @@ def test_client_service_config_retries_only_idempotent() -> None:
                 assert entry["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
             else:
                 assert not info.idempotent
+            assert entry.get("waitForReady", False) is info.idempotent
             assert ("timeout" in entry) is info.unary
         listed = {
             f"/{e['name'][0]['service']}/{e['name'][0]['method']}"
