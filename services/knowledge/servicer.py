@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
 from services.knowledge.store import DocumentRow, Store
 from services.knowledge.vector_index import VectorIndex
 
+log = logging.getLogger("aimesh.knowledge")
 Doc = knowledge_pb2.Document
 MODES = {
     knowledge_pb2.SEARCH_MODE_UNSPECIFIED: HYBRID,
@@ -98,7 +101,16 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         runtime.spawn(self._start(), "knowledge-start")
 
     async def _start(self) -> None:
-        await self.vectors.open()
+        # Keep trying: a Milvus server may come up after us (readiness stays false meanwhile).
+        delay = 1.0
+        while True:
+            try:
+                await self.vectors.open()
+                break
+            except Exception as exc:  # any client/connection error: log and retry
+                log.warning("vector index not reachable yet (%s); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         self.ingestor.start()
 
     async def _close(self) -> None:
