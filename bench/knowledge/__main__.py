@@ -61,12 +61,12 @@ class Bench:
     def __init__(self, settings: Settings, workdir: Path) -> None:
         self.settings = settings
         self.db = Database(settings.database_url, "knowledge", 4)
-        self.store = Store(self.db)
+        self.blobs = BlobStore(workdir / "blobs")
+        self.store = Store(self.db, self.blobs.identity)
         self.vectors = VectorIndex("", lite_path=workdir / "milvus.db")
         self.keywords = PostgresKeywordIndex(self.store)
         self.triton = TritonClient(settings.triton_url)
         self.searcher = Searcher(self.store, self.vectors, self.keywords, self.triton, cache=None)
-        self.blobs = BlobStore(workdir / "blobs")
         runtime = Runtime(name="knowledge", settings=settings, db=self.db, cache=None)
         self.ingestor = Ingestor(runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self._noop)
         self.orgs: list[str] = []

@@ -18,6 +18,8 @@ from uuid import UUID
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Stable name of this store (replicas configured with the same path share it).
+        self.identity = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
 
     def path(self, org: str, uid: UUID) -> Path:
         # A short hash of the org keeps one organization's files together without trusting its name.

@@ -80,8 +80,8 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         settings = runtime.settings
         assert runtime.db is not None
         var = Path(settings.var_dir) / "knowledge"
-        self.store = Store(runtime.db)
         self.blobs = BlobStore(Path(settings.knowledge_blob_dir) if settings.knowledge_blob_dir else var / "blobs")
+        self.store = Store(runtime.db, self.blobs.identity)
         self.vectors = VectorIndex(settings.milvus_uri, lite_path=var / "milvus.db")
         self.keywords: KeywordIndex = (
             OpenSearchKeywordIndex(settings.opensearch_url) if settings.opensearch_url else PostgresKeywordIndex(self.store)

@@ -70,8 +70,10 @@ class DuplicateRequest(Exception):
 
 
 class Store:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, blob_store: str = "") -> None:
         self.db = db
+        # Identity of the blob store this process reads: it only processes documents stored there.
+        self.blob_store = blob_store
 
     # --- documents -----------------------------------------------------------------------
 
@@ -80,11 +82,11 @@ class Store:
             async with self.db.connection() as conn:
                 cur = await conn.execute(
                     f"""INSERT INTO documents (org, document_id, uid, display_name, mime_type, size_bytes,
-                           content_sha256, metadata, state, request_id)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'PROCESSING', %s)
+                           content_sha256, metadata, state, request_id, blob_store)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'PROCESSING', %s, %s)
                         RETURNING {_DOC_COLUMNS}""",
                     (doc.org, doc.document_id, doc.uid, doc.display_name, doc.mime_type, doc.size_bytes,
-                     doc.content_sha256, Jsonb(doc.metadata), doc.request_id),
+                     doc.content_sha256, Jsonb(doc.metadata), doc.request_id, self.blob_store),
                 )
                 row = await cur.fetchone()
         except psycopg.errors.UniqueViolation as exc:
@@ -173,10 +175,10 @@ class Store:
             cur = await conn.execute(
                 f"""UPDATE documents SET lease_until = now() + make_interval(secs => %s),
                            attempts = attempts + 1, update_time = now()
-                    WHERE org = %s AND uid = %s AND state = 'PROCESSING'
+                    WHERE org = %s AND uid = %s AND state = 'PROCESSING' AND blob_store = %s
                       AND (lease_until IS NULL OR lease_until < now())
                     RETURNING {_DOC_COLUMNS}""",
-                (lease_seconds, org, uid),
+                (lease_seconds, org, uid, self.blob_store),
             )
             row = await cur.fetchone()
         return DocumentRow.from_row(row) if row else None
@@ -201,9 +203,10 @@ class Store:
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 """SELECT org, uid FROM documents
-                   WHERE state = 'PROCESSING' AND (lease_until IS NULL OR lease_until < now())
+                   WHERE state = 'PROCESSING' AND blob_store = %s
+                     AND (lease_until IS NULL OR lease_until < now())
                    ORDER BY create_time LIMIT %s""",
-                (limit,),
+                (self.blob_store, limit),
             )
             return [(r["org"], r["uid"]) for r in await cur.fetchall()]
 
