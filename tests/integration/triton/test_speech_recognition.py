@@ -159,3 +159,65 @@ async def test_chunk_for_a_dropped_sequence_is_failed_precondition(triton: Trito
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert err.value.reason == "TRITON_SEQUENCE_NOT_OPEN"
     assert "START" in err.value.message
+
+
+async def test_end_of_utterance_gives_one_final_per_utterance_on_one_sequence(
+    triton: TritonClient,
+) -> None:
+    first = await synthesize(triton, SENTENCES[0])
+    second = await synthesize(triton, SENTENCES[1])
+    finals: list[dict[str, np.ndarray]] = []
+    request_ids: set[str] = set()
+    async with triton.recognize() as stream:
+
+        async def feed() -> None:
+            for audio, last in ((first, False), (second, True)):
+                for i in range(0, len(audio), 1600):
+                    piece = {"AUDIO": audio[i : i + 1600].reshape(1, -1)}
+                    if i == 0 and audio is first:
+                        piece["SAMPLE_RATE"] = np.array([[16000]], dtype=np.int32)
+                    flush = i + 1600 >= len(audio)
+                    if flush and last:
+                        await stream.end(piece)
+                    else:
+                        await stream.send(piece, end_of_utterance=flush)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            async for response in stream:
+                request_ids.add(response.request_id)
+                if bool(response["IS_FINAL"].reshape(-1)[0]):
+                    finals.append(response.outputs)
+        finally:
+            feeder.cancel()
+    # Every response came from the one sequence (request ids are "<sequence id>-<n>").
+    assert {rid.split("-")[0] for rid in request_ids} == {str(stream.sequence_id)}
+    assert len(finals) == 2
+    first_ms, total_ms = len(first) * 1000 // 16000, (len(first) + len(second)) * 1000 // 16000
+    results = [parse_recognition(StreamResponse("x", f, True)) for f in finals]
+    assert [r.audio_ms for r in results] == [first_ms, total_ms]
+    for result, sentence in zip(results, SENTENCES[:2]):
+        assert word_error_rate(sentence, result.transcript) <= 0.6, result.transcript
+        assert [w.word for w in result.words] == result.transcript.split()
+    # Timings count from the sequence start: the second utterance's words lie after the first's
+    # audio, and all timings increase.
+    assert all(first_ms <= w.start_ms and w.end_ms <= total_ms + 20 for w in results[1].words)
+    assert all(w.end_ms <= first_ms + 20 for w in results[0].words)
+    starts = [w.start_ms for r in results for w in r.words]
+    assert starts == sorted(starts)
+
+
+async def test_end_after_a_flushed_utterance_closes_quietly(triton: TritonClient) -> None:
+    audio = await synthesize(triton, SENTENCES[0])
+    responses: list[StreamResponse] = []
+    async with triton.recognize() as stream:
+        await stream.send(
+            {"AUDIO": audio.reshape(1, -1), "SAMPLE_RATE": np.array([[16000]], dtype=np.int32)},
+            end_of_utterance=True,
+        )
+        await stream.end({"AUDIO": np.zeros((1, 0), dtype=np.int16)})
+        async for response in stream:
+            responses.append(response)
+    finals = [r for r in responses if bool(r["IS_FINAL"].reshape(-1)[0])]
+    # One final (the flushed utterance); END with nothing new adds none, and no error.
+    assert len(finals) == 1 and parse_recognition(finals[0]).transcript

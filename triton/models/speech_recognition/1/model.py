@@ -2,7 +2,9 @@
 
 One Triton sequence (correlation id) is one client audio stream. Each request carries one PCM16
 chunk; START allocates a decoder from a pool, END flushes the final hypothesis with word timings
-and returns the decoder. Responses go out through each request's own response sender (decoupled),
+and returns the decoder. A chunk with END_OF_UTTERANCE=true flushes the final hypothesis of the
+current utterance and starts the next one on the same decoder, so one stream of many utterances
+is one sequence; word timings are always relative to the sequence start. Responses go out through each request's own response sender (decoupled),
 so interim hypotheses reach the client while the stream is still open.
 """
 
@@ -25,6 +27,7 @@ SAMPLE_RATE = 16000
 class _Stream:
     decoder: Any
     samples: int = 0
+    utterance_start: int = 0  # sequence sample where the current utterance began
     last_hyp: str = ""
     last_seen: float = field(default_factory=time.monotonic)
 
@@ -110,7 +113,8 @@ class TritonPythonModel:
             ]
         )
 
-    def _words(self, decoder: Any) -> list[tuple[str, int, int, float]]:
+    def _words(self, decoder: Any, base_ms: int) -> list[tuple[str, int, int, float]]:
+        # pocketsphinx counts frames from start_utt(); base_ms shifts them to the sequence start.
         words: list[tuple[str, int, int, float]] = []
         for seg in decoder.seg():
             word = seg.word
@@ -121,12 +125,20 @@ class TritonPythonModel:
             words.append(
                 (
                     word,
-                    int(seg.start_frame * self.frame_ms),
-                    int((seg.end_frame + 1) * self.frame_ms),
+                    base_ms + int(seg.start_frame * self.frame_ms),
+                    base_ms + int((seg.end_frame + 1) * self.frame_ms),
                     float(max(0.0, min(1.0, seg.prob))),
                 )
             )
         return words
+
+    def _flush(self, stream: _Stream) -> Any:
+        """End the decoder's utterance and build its final response."""
+        stream.decoder.end_utt()
+        hyp = stream.decoder.hyp()
+        text = hyp.hypstr if hyp is not None else ""
+        words = self._words(stream.decoder, stream.utterance_start * 1000 // SAMPLE_RATE)
+        return self._response(stream, text, True, words)
 
     # --- request handling ---------------------------------------------------------------
 
@@ -134,6 +146,8 @@ class TritonPythonModel:
         corrid = self._control(request, "CORRID")
         start = self._control(request, "START") == 1
         end = self._control(request, "END") == 1
+        eou_tensor = pb_utils.get_input_tensor_by_name(request, "END_OF_UTTERANCE")
+        end_of_utterance = eou_tensor is not None and bool(eou_tensor.as_numpy().reshape(-1)[0])
         stream = self.streams.get(corrid)
         if start:
             if stream is not None:  # a restarted id: drop the stale state first
@@ -177,7 +191,7 @@ class TritonPythonModel:
                     f"AUDIO chunk has {audio.size} samples; at most {self.max_chunk_samples} "
                     f"({self.max_chunk_samples / SAMPLE_RATE:.0f}s) per chunk"
                 )
-            if audio.size == 0 and not end:
+            if audio.size == 0 and not end and not end_of_utterance:
                 raise ValueError("AUDIO chunk is empty")
         except ValueError as exc:
             # Bad chunk: the sequence is unusable, close it so the decoder returns to the pool.
@@ -192,19 +206,28 @@ class TritonPythonModel:
             stream.samples += int(audio.size)
         if end:
             del self.streams[corrid]
-            stream.decoder.end_utt()
-            hyp = stream.decoder.hyp()
-            text = hyp.hypstr if hyp is not None else ""
             if stream.samples == 0:
+                stream.decoder.end_utt()
                 self._release(stream.decoder)
                 self._send_error(sender, "AUDIO is empty: the stream ended without any audio")
                 return
-            words = self._words(stream.decoder)
+            if stream.samples == stream.utterance_start and stream.utterance_start > 0:
+                # The last utterance was already flushed (END_OF_UTTERANCE): nothing to report.
+                stream.decoder.end_utt()
+                self._release(stream.decoder)
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return
+            response = self._flush(stream)
             self._release(stream.decoder)
-            sender.send(
-                self._response(stream, text, True, words),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        if end_of_utterance:
+            # Final of this utterance (possibly empty), then a fresh utterance, same sequence.
+            response = self._flush(stream)
+            stream.utterance_start = stream.samples
+            stream.last_hyp = ""
+            stream.decoder.start_utt()
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
         hyp = stream.decoder.hyp()
         text = hyp.hypstr if hyp is not None else ""
