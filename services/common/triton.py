@@ -5,7 +5,7 @@
                        iterator; leaving the loop early cancels the request on the server.
 * `sequence()`         a `SequenceStream` for sequence-batched streaming models (ASR): one gRPC
                        stream = one Triton sequence with a unique id, START on the first chunk,
-                       END on the last; a bounded send queue gives backpressure and an idle timer
+                       END on the last (ASR: `send(..., end_of_utterance=True)` in between); a bounded send queue gives backpressure and an idle timer
                        closes a silent stream with a clear error.
 * `is_model_ready()` / `readiness()` feed the services' health checks.
 
@@ -50,6 +50,8 @@ ASR_MODEL = "speech_recognition"
 TTS_MODEL = "speech_synthesis"
 RESPONDER_MODEL = "grounded_responder"
 ALL_MODELS = (EMBEDDING_MODEL, ASR_MODEL, TTS_MODEL, RESPONDER_MODEL)
+# ASR control input: flush the current utterance's final result, keep the sequence open.
+ASR_END_OF_UTTERANCE = "END_OF_UTTERANCE"
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _FINAL_PARAM = "triton_final_response"
@@ -524,7 +526,9 @@ class TritonClient:
         """A speech-recognition sequence: send 16 kHz PCM16 chunks, iterate hypotheses.
 
         Chunks: `{"AUDIO": int16 array shaped (1, n), "SAMPLE_RATE": [[16000]]}` (SAMPLE_RATE is
-        required on the first). `parse_recognition()` turns a response into a `Recognition`.
+        required on the first). `send(chunk, end_of_utterance=True)` gets a final result per
+        utterance on the same sequence (timings from the sequence start); `end()` the last one.
+        `parse_recognition()` turns a response into a `Recognition`.
         """
         return self.sequence(
             ASR_MODEL,
@@ -657,7 +661,11 @@ class SequenceStream:
         if self._call is None:
             self._call = self.client._stub.ModelStreamInfer(self._requests(), timeout=self.timeout)
 
-    async def send(self, inputs: Tensors) -> None:
+    async def send(self, inputs: Tensors, *, end_of_utterance: bool = False) -> None:
+        """Queue one chunk. `end_of_utterance` (ASR): the model answers this chunk with the final
+        result of the utterance so far and keeps the sequence open for the next utterance."""
+        if end_of_utterance:
+            inputs = {**inputs, ASR_END_OF_UTTERANCE: np.array([[True]], dtype=bool)}
         if self._ended:
             raise errors.failed_precondition("the stream has already ended", reason="STREAM_ENDED")
         if self._error is not None:

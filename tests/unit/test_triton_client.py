@@ -94,3 +94,31 @@ def test_build_inputs_rejects_unencodable_values() -> None:
         build_inputs("m", {"X": np.array([1 + 2j])})
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.violations[0][0] == "X"
+
+
+async def test_sequence_marks_start_once_and_end_of_utterance_on_request() -> None:
+    from services.common.triton import ASR_END_OF_UTTERANCE, TritonClient
+
+    client = TritonClient("127.0.0.1:1")  # never dialled: the requests are inspected directly
+    stream = client.recognize()
+    stream._call = object()  # keep send() from opening a gRPC call
+    try:
+        chunk = {"AUDIO": np.zeros((1, 160), dtype=np.int16)}
+        await stream.send(chunk)
+        await stream.send(chunk, end_of_utterance=True)
+        await stream.send(chunk)
+        await stream.end(chunk)
+        requests = stream._requests()
+        sent = [await anext(requests) for _ in range(4)]
+    finally:
+        stream._call = None
+        await stream.aclose()
+        await client.close()
+    params = [r.parameters for r in sent]
+    assert {p["sequence_id"].int64_param for p in params} == {stream.sequence_id}
+    assert [p["sequence_start"].bool_param for p in params] == [True, False, False, False]
+    assert [p["sequence_end"].bool_param for p in params] == [False, False, False, True]
+    names = [[i.name for i in r.inputs] for r in sent]
+    assert [ASR_END_OF_UTTERANCE in n for n in names] == [False, True, False, False]
+    eou = sent[1].inputs[[i.name for i in sent[1].inputs].index(ASR_END_OF_UTTERANCE)]
+    assert eou.datatype == "BOOL" and list(eou.shape) == [1, 1]
