@@ -1,14 +1,19 @@
 """Streaming recognition: caller audio in, speech events and interim/final results out.
 
 A `RecognitionSession` segments the caller's audio into utterances with an energy VAD and runs
-each utterance through the Triton ASR model (pocketsphinx) as one Triton sequence. A client
-stream therefore holds at most one Triton sequence at a time, and sequence ids are unique across
-all concurrent streams (random 62-bit ids from the one Triton client). Only speech (plus a short
-pre-roll) is sent to Triton, so silence costs no inference.
+the whole client stream through ONE Triton ASR sequence (pocketsphinx): the last chunk of each
+utterance carries END_OF_UTTERANCE, which makes the model send that utterance's final result
+(word timings from the sequence start) and start the next utterance on the same decoder; the
+caller's half-close sends END. Sequence ids are random 62-bit ids from the one Triton client.
+Only speech (plus a short pre-roll and trail) is sent, so silence costs no inference; the sample
+map (stream position of each utterance vs. its position in the sequence) turns sequence timings
+back into stream timings. A long pause is bridged with a tiny keep-alive chunk so neither the
+client's idle timer nor Triton's sequence idle timeout closes the sequence.
 
-Why per-utterance sequences: the ASR model finalizes a hypothesis (with word timings) only on
-the sequence END flag; one sequence per utterance is how a long stream gets a final result per
-utterance. Failures of one utterance are reported as `UtteranceFailed` and the session goes on.
+A failed utterance (Triton error, no final in time) is reported as `UtteranceFailed` and the
+session goes on; its sequence is then unusable, so it is abandoned and the next utterance opens
+a new one: a stream never holds more than one sequence at a time, and only ever replaces it after
+a failure.
 
 Plain Python: the servicer turns the events into protobuf messages.
 """
@@ -16,8 +21,10 @@ Plain Python: the servicer turns the events into protobuf messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -37,6 +44,11 @@ TRAIL_SAMPLES = ASR_SAMPLE_RATE * 300 // 1000
 # How long an utterance may take to finalize on Triton: generous, because a busy recognizer
 # works through a backlog of chunks first; it only guards against a stuck sequence.
 FINAL_TIMEOUT_SECONDS = 60.0
+# A sequence with nothing to send (a pause between utterances) gets a 10 ms silent chunk this
+# often: well inside the client's idle timer and Triton's 30 s max_sequence_idle_microseconds.
+KEEPALIVE_SECONDS = 10.0
+KEEPALIVE_SAMPLES = ASR_SAMPLE_RATE // 100
+IDLE_TIMEOUT_SECONDS = 30.0
 OUTPUT_QUEUE_SIZE = 32  # events buffered towards a slow client before we stop reading audio
 
 
@@ -121,20 +133,55 @@ def _text(value: object) -> str:
 
 
 class _Utterance:
-    """One utterance = one Triton sequence, with a task that reads its responses."""
+    """One utterance: where it starts in the stream and in the sequence, and its final."""
 
-    def __init__(self, session: RecognitionSession, index: int, first_sample: int) -> None:
-        self.session = session
+    def __init__(self, index: int, first_sample: int) -> None:
         self.index = index
-        self.first_sample = first_sample  # 16 kHz stream index of the sequence's first sample
-        self.sent = first_sample
-        self.started = False
-        self.stream: SequenceStream = session.triton.recognize(idle_timeout=30.0)
+        self.first_sample = first_sample  # 16 kHz stream index of the utterance's first sample
+        self.sent = first_sample  # stream index up to which its audio went to Triton
+        self.sequence_start: int | None = None  # sequence sample of first_sample, once sent
         self.final: asyncio.Future[dict[str, np.ndarray]] = (
             asyncio.get_running_loop().create_future()
         )
         self.previous_words: list[str] = []
+
+    def fail(self, error: ServiceError) -> None:
+        if not self.final.done():
+            self.final.set_exception(error)
+            self.final.exception()  # retrieved: a failure nobody awaits must not be logged
+
+
+class _Recognizer:
+    """The stream's one Triton ASR sequence, with a task that reads its responses.
+
+    Responses of one sequence arrive in order, and the session waits for an utterance's final
+    before sending the next utterance's audio, so the next IS_FINAL response always belongs to
+    the oldest utterance that sent END_OF_UTTERANCE (`awaiting`)."""
+
+    def __init__(self, session: RecognitionSession) -> None:
+        self.session = session
+        self.stream: SequenceStream = session.triton.recognize(idle_timeout=IDLE_TIMEOUT_SECONDS)
+        self.sent = 0  # samples sent on the sequence
+        self.last_send = time.monotonic()
+        self.current: _Utterance | None = None  # gets the interim results
+        self.awaiting: deque[_Utterance] = deque()  # flushed, final not yet received
+        self.error: ServiceError | None = None
+        self.ended = False
+        self._lock = asyncio.Lock()  # one chunk at a time: keeps `sent` equal to the sequence
         self.reader = asyncio.ensure_future(self._read())
+        self.keepalive = asyncio.ensure_future(self._keep_alive())
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and not self.ended
+
+    def _fail(self, error: ServiceError) -> None:
+        if self.error is None:
+            self.error = error
+        for utterance in (*self.awaiting, self.current):
+            if utterance is not None:
+                utterance.fail(error)
+        self.awaiting.clear()
 
     async def _read(self) -> None:
         try:
@@ -144,64 +191,100 @@ class _Utterance:
                 if transcript is None or is_final is None:
                     continue
                 if bool(np.asarray(is_final).reshape(-1)[0]):
-                    if not self.final.done():
-                        self.final.set_result(response.outputs)
-                    return
-                if not self.session.options.interim_results:
+                    if self.awaiting:  # else: the flush of keep-alive silence at END
+                        flushed = self.awaiting.popleft()
+                        if not flushed.final.done():
+                            flushed.final.set_result(response.outputs)
                     continue
-                text = _text(np.asarray(transcript).reshape(-1)[0]).strip()
-                words = text.split()
-                audio_ms = response.get("AUDIO_MS")
-                covered = (
-                    int(np.asarray(audio_ms).reshape(-1)[0]) / 1000.0
-                    if audio_ms is not None
-                    else (self.sent - self.first_sample) / ASR_SAMPLE_RATE
-                )
-                self.session.emit_nowait(
-                    Hypothesis(
-                        utterance=self.index,
-                        text=text,
-                        is_final=False,
-                        end_offset=self.session.offset_of(self.first_sample) + covered,
-                        stability=stability_of(self.previous_words, words),
-                    )
-                )
-                self.previous_words = words
-            if not self.final.done():
-                self.final.set_exception(
-                    unavailable("the recognizer closed the utterance without a final result")
-                )
+                current = self.current
+                if current is None or not self.session.options.interim_results:
+                    continue
+                self._interim(current, response.outputs)
+            if self.awaiting or self.current is not None:
+                self._fail(unavailable("the recognizer closed the stream without a final result"))
         except ServiceError as exc:
-            if not self.final.done():
-                self.final.set_exception(exc)
+            self._fail(exc)
         except asyncio.CancelledError:
-            if not self.final.done():
-                self.final.cancel()
+            self._fail(unavailable("the recognizer stream was closed"))
             raise
         except Exception as exc:  # keep the session alive: the error is this utterance's
             log.exception("recognizer stream failed")
-            if not self.final.done():
-                self.final.set_exception(unavailable(f"recognizer stream failed: {exc}"))
+            self._fail(unavailable(f"recognizer stream failed: {exc}"))
 
-    async def send(self, samples: np.ndarray, end: bool = False) -> None:
-        if self.final.done():
-            return  # already failed: the error surfaces when the final is awaited
-        inputs: dict[str, np.ndarray] = {"AUDIO": samples.astype(np.int16).reshape(1, -1)}
-        if not self.started:
-            inputs["SAMPLE_RATE"] = np.array([[ASR_SAMPLE_RATE]], dtype=np.int32)
-            self.started = True
-        try:
-            if end:
-                await self.stream.end(inputs)
-            else:
-                await self.stream.send(inputs)
-        except ServiceError as exc:
-            if not self.final.done():
-                self.final.set_exception(exc)
+    def _interim(self, utterance: _Utterance, outputs: dict[str, np.ndarray]) -> None:
+        text = _text(np.asarray(outputs["TRANSCRIPT"]).reshape(-1)[0]).strip()
+        words = text.split()
+        audio_ms = outputs.get("AUDIO_MS")
+        start = utterance.sequence_start or 0
+        covered = (
+            int(np.asarray(audio_ms).reshape(-1)[0]) / 1000.0 - start / ASR_SAMPLE_RATE
+            if audio_ms is not None
+            else (utterance.sent - utterance.first_sample) / ASR_SAMPLE_RATE
+        )
+        self.session.emit_nowait(
+            Hypothesis(
+                utterance=utterance.index,
+                text=text,
+                is_final=False,
+                end_offset=self.session.offset_of(utterance.first_sample) + max(covered, 0.0),
+                stability=stability_of(utterance.previous_words, words),
+            )
+        )
+        utterance.previous_words = words
+
+    async def send(
+        self,
+        samples: np.ndarray,
+        utterance: _Utterance | None,
+        *,
+        end_of_utterance: bool = False,
+        end: bool = False,
+    ) -> None:
+        """Send one chunk (of `utterance`, or keep-alive silence when None); errors fail the
+        utterances involved, never the session."""
+        async with self._lock:
+            if not self.usable:
+                if utterance is not None and self.error is not None:
+                    utterance.fail(self.error)
+                return
+            if utterance is not None:
+                if utterance.sequence_start is None:
+                    utterance.sequence_start = self.sent
+                if end_of_utterance or end:
+                    self.awaiting.append(utterance)
+            inputs: dict[str, np.ndarray] = {"AUDIO": samples.astype(np.int16).reshape(1, -1)}
+            if self.sent == 0:
+                inputs["SAMPLE_RATE"] = np.array([[ASR_SAMPLE_RATE]], dtype=np.int32)
+            self.sent += int(samples.size)
+            self.last_send = time.monotonic()
+            try:
+                if end:
+                    self.ended = True
+                    await self.stream.end(inputs)
+                else:
+                    await self.stream.send(inputs, end_of_utterance=end_of_utterance)
+            except ServiceError as exc:
+                self._fail(exc)
+
+    async def _keep_alive(self) -> None:
+        # Between utterances nothing is sent; a long pause would let the sequence time out.
+        while True:
+            await asyncio.sleep(KEEPALIVE_SECONDS / 2)
+            idle = time.monotonic() - self.last_send
+            if idle >= KEEPALIVE_SECONDS and self.current is None and not self.awaiting:
+                await self.send(np.zeros(KEEPALIVE_SAMPLES, dtype=np.int16), None)
+
+    async def end(self) -> None:
+        """Caller done and no utterance in progress: END the sequence (nothing left to report)."""
+        if self.usable and self.sent:
+            await self.send(np.zeros(0, dtype=np.int16), None, end=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.reader), 10.0)
 
     async def close(self) -> None:
-        self.reader.cancel()
-        await asyncio.gather(self.reader, return_exceptions=True)
+        for task in (self.keepalive, self.reader):
+            task.cancel()
+        await asyncio.gather(self.keepalive, self.reader, return_exceptions=True)
         await self.stream.aclose()
 
 
@@ -223,7 +306,11 @@ class RecognitionSession:
     _history: np.ndarray = field(init=False)
     _history_start: int = 0
     _utterance: _Utterance | None = None
+    _recognizer: _Recognizer | None = None
+    _sent_until: int = 0  # stream sample up to which audio went to Triton (never resent)
+    _last_word_end: float = 0.0
     _next_index: int = 0
+    sequences_opened: int = 0  # 1 for a healthy stream; more only after failed utterances
     done: bool = False  # single_utterance reached its end: stop feeding audio
 
     def __post_init__(self) -> None:
@@ -290,8 +377,8 @@ class RecognitionSession:
             limit = min(self._vad.position, speech_end + TRAIL_SAMPLES)
             if limit - utterance.sent >= self._send_chunk:
                 chunk = self._slice(utterance.sent, limit)
-                utterance.sent = limit
-                await utterance.send(chunk)
+                utterance.sent = self._sent_until = limit
+                await self._send(utterance, chunk)
         self._trim()
 
     def _trim(self) -> None:
@@ -306,8 +393,16 @@ class RecognitionSession:
     async def _begin(self, begin_sample: int) -> None:
         index = self._next_index
         self._next_index += 1
-        first = max(self._history_start, begin_sample - PREROLL_SAMPLES)
-        self._utterance = _Utterance(self, index, first)
+        first = max(self._history_start, begin_sample - PREROLL_SAMPLES, self._sent_until)
+        utterance = _Utterance(index, first)
+        recognizer = self._recognizer
+        if recognizer is None or not recognizer.usable:
+            if recognizer is not None:  # failed: abandon it (Triton frees it at once)
+                await recognizer.close()
+            recognizer = self._recognizer = _Recognizer(self)
+            self.sequences_opened += 1
+        recognizer.current = utterance
+        self._utterance = utterance
         await self._emit(SpeechBegan(index, self.offset_of(begin_sample)))
 
     async def _end(self, position: int, speech_end: int) -> None:
@@ -320,42 +415,55 @@ class RecognitionSession:
         if self.options.single_utterance:
             self.done = True
 
-    async def _finalize(self, utterance: _Utterance, position: int, send_until: int) -> None:
-        """End the utterance's sequence (audio up to `send_until`) and emit its final result,
-        which covers the audio up to `position`."""
+    async def _send(
+        self, utterance: _Utterance, samples: np.ndarray, *, last: bool = False, end: bool = False
+    ) -> None:
+        recognizer = self._recognizer
+        if recognizer is None:  # aborted
+            utterance.fail(unavailable("the recognition session was aborted"))
+            return
+        if last or end:
+            recognizer.current = None
+        await recognizer.send(samples, utterance, end_of_utterance=last and not end, end=end)
+
+    async def _finalize(
+        self, utterance: _Utterance, position: int, send_until: int, *, end: bool = False
+    ) -> None:
+        """Flush the utterance (audio up to `send_until`; END_OF_UTTERANCE, or END when the
+        caller is done) and emit its final result, which covers the audio up to `position`."""
         tail = self._slice(utterance.sent, max(send_until, utterance.sent))
-        if tail.size == 0:
-            tail = np.zeros(ASR_SAMPLE_RATE // 100, dtype=np.int16)  # END needs an AUDIO tensor
+        if tail.size == 0 and utterance.sequence_start is None:
+            tail = np.zeros(ASR_SAMPLE_RATE // 100, dtype=np.int16)  # an utterance needs audio
         utterance.sent = max(send_until, utterance.sent)
+        self._sent_until = max(self._sent_until, utterance.sent)
         try:
-            await utterance.send(tail, end=True)
+            await self._send(utterance, tail, last=True, end=end)
             outputs = await asyncio.wait_for(asyncio.shield(utterance.final), FINAL_TIMEOUT_SECONDS)
         except TimeoutError:
-            await self._emit(
-                UtteranceFailed(
-                    utterance.index,
-                    unavailable("the recognizer did not finalize the utterance in time"),
-                )
-            )
+            # A late final would be taken for the next utterance's: drop this sequence.
+            error = unavailable("the recognizer did not finalize the utterance in time")
+            if self._recognizer is not None:
+                self._recognizer._fail(error)
+            await self._emit(UtteranceFailed(utterance.index, error))
             return
         except ServiceError as exc:
             await self._emit(UtteranceFailed(utterance.index, exc))
             return
-        finally:
-            await utterance.close()
         await self._emit(self._final(utterance, position, outputs))
 
     def _final(
         self, utterance: _Utterance, position: int, outputs: dict[str, np.ndarray]
     ) -> Hypothesis:
         text = _text(np.asarray(outputs["TRANSCRIPT"]).reshape(-1)[0]).strip()
-        base = self.offset_of(utterance.first_sample)
+        # Timings count from the sequence start; the utterance's audio began at sequence_start.
+        start_in_sequence = (utterance.sequence_start or 0) / ASR_SAMPLE_RATE
+        base = self.offset_of(utterance.first_sample) - start_in_sequence
         words: list[Word] = []
         raw_words = np.asarray(outputs.get("WORDS", np.zeros(0, dtype=object))).reshape(-1)
         starts = np.asarray(outputs.get("WORD_START_MS", np.zeros(0))).reshape(-1)
         ends = np.asarray(outputs.get("WORD_END_MS", np.zeros(0))).reshape(-1)
         confs = np.asarray(outputs.get("WORD_CONFIDENCE", np.zeros(0))).reshape(-1)
-        last_end = base
+        last_end = max(self.offset_of(utterance.first_sample), self._last_word_end)
         for i, raw in enumerate(raw_words):
             # Clamp so timings never run backwards even if the decoder's segments overlap.
             start = max(base + float(starts[i]) / 1000.0, last_end) if i < len(starts) else last_end
@@ -363,6 +471,7 @@ class RecognitionSession:
             conf = float(confs[i]) if i < len(confs) else 0.0
             words.append(Word(_text(raw), round(start, 3), round(end, 3), conf))
             last_end = end
+        self._last_word_end = last_end
         confidence = float(np.mean([w.confidence for w in words])) if words else 0.0
         return Hypothesis(
             utterance=utterance.index,
@@ -384,13 +493,19 @@ class RecognitionSession:
             position = self._history_start + len(self._history)
             await self._emit(SpeechEnded(utterance.index, self.offset_of(position)))
             await self._emit(EndOfUtterance(utterance.index, self.offset_of(position)))
-            await self._finalize(utterance, position, position)
+            await self._finalize(utterance, position, position, end=True)
+        elif self._recognizer is not None:
+            await self._recognizer.end()
+        recognizer, self._recognizer = self._recognizer, None
+        if recognizer is not None:
+            await recognizer.close()
 
     async def abort(self) -> None:
-        """Stop without finalizing (client went away, fatal error)."""
-        utterance, self._utterance = self._utterance, None
-        if utterance is not None:
-            await utterance.close()
+        """Stop without finalizing (client went away, fatal error); idempotent."""
+        self._utterance = None
+        recognizer, self._recognizer = self._recognizer, None
+        if recognizer is not None:
+            await recognizer.close()
 
 
 class ReadinessCache:
