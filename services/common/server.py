@@ -29,6 +29,7 @@ from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError
 from services.common.errors import ServiceError
+from services.common.handlers import call_unary, iterate_stream, rewrap
 
 log = logging.getLogger("aimesh.server")
 
@@ -129,31 +130,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return handler
+        return rewrap(
+            handler, lambda b: _wrap_unary(b, method), lambda b: _wrap_stream(b, method)
+        )
 
 
 def _enter(context: grpc.aio.ServicerContext) -> None:
@@ -176,10 +155,7 @@ def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _enter(context)
         try:
-            result = behavior(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            return await call_unary(behavior, request, context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -194,15 +170,8 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _enter(context)
         try:
-            result = behavior(request, context)
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    yield item
-            elif inspect.isawaitable(result):
-                await result  # handler writes with context.write()
-            elif result is not None:
-                for item in result:
-                    yield item
+            async for item in iterate_stream(behavior, request, context):
+                yield item
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-import inspect
 import ipaddress
 import logging
 import os
@@ -36,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common import mesh_policy
 from services.common.config import REPO_ROOT
+from services.common.handlers import Behavior, call_unary, iterate_stream, rewrap
 
 log = logging.getLogger("aimesh.tls")
 
@@ -503,7 +503,6 @@ current_peer: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 IdentitySource = Literal["mtls", "xfcc", "plaintext"]
-Behavior = Callable[..., Any]
 
 
 class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
@@ -625,51 +624,19 @@ def _wrap(
     def unary_response(behavior: Behavior) -> Behavior:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await check(context)
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+            return await call_unary(behavior, request, context)
 
         return run
 
     def stream_response(behavior: Behavior) -> Behavior:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await check(context)
-            result = behavior(request, context)
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    yield item
-            elif inspect.isawaitable(result):  # a coroutine that writes with context.write()
-                await result
-            else:  # a plain iterator
-                for item in result:
-                    yield item
+            async for item in iterate_stream(behavior, request, context):
+                yield item
 
         return run
 
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            unary_response(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            stream_response(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            unary_response(handler.stream_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            stream_response(handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
+    return rewrap(handler, unary_response, stream_response)
 
 
 # --------------------------------------------------------------------------------------------

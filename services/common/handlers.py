@@ -1,0 +1,54 @@
+"""Rebuilding a gRPC method handler around its behavior: what every server interceptor here
+(errors, peer authorization) needs, for all four call kinds."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+
+Behavior = Callable[..., Any]
+Around = Callable[[Behavior], Behavior]
+
+
+def rewrap(handler: grpc.RpcMethodHandler, around_unary: Around, around_stream: Around) -> grpc.RpcMethodHandler:
+    """The same handler (kind and serializers) with its behavior wrapped: single-response kinds
+    by `around_unary`, streaming-response kinds by `around_stream`."""
+    kinds = (
+        ("unary_unary", grpc.unary_unary_rpc_method_handler, around_unary),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler, around_stream),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler, around_unary),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler, around_stream),
+    )
+    for attribute, build, around in kinds:
+        behavior = getattr(handler, attribute)
+        if behavior:
+            return build(
+                around(behavior),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
+async def call_unary(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    """Run a single-response behavior, sync or async (the generated base classes are sync)."""
+    result = behavior(request, context)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def iterate_stream(
+    behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """The responses of a streaming behavior: an async generator, a coroutine that writes with
+    context.write(), or a plain iterator."""
+    result = behavior(request, context)
+    if inspect.isasyncgen(result):
+        async for item in result:
+            yield item
+    elif inspect.isawaitable(result):
+        await result
+    elif result is not None:
+        for item in result:
+            yield item
