@@ -11,12 +11,12 @@ from tests.support.mesh import TestMesh
 
 
 @pytest.fixture(scope="session")
-def mesh_process() -> Iterator[TestMesh]:
+def mesh_process(request: pytest.FixtureRequest) -> Iterator[TestMesh]:
     mesh = TestMesh()
     try:
         yield mesh
     finally:
-        mesh.close()
+        mesh.close(keep_logs=request.session.testsfailed > 0)
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,8 @@ def identity_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | Mapping
     """The identity in the request headers, or None when the gateway set none."""
     pairs = metadata.items() if isinstance(metadata, Mapping) else metadata
     headers = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in pairs}
-    org = headers.get(HEADER_ORG, "").strip()
+    # The gateway sends the bare id ("o_…"); a resource name ("organizations/o_…") means the same org.
+    org = headers.get(HEADER_ORG, "").strip().removeprefix("organizations/")
     subject = headers.get(HEADER_SUBJECT, "").strip()
     if not org or not subject:
         return None

@@ -133,6 +133,10 @@ class TestMesh:
             await channel.close()
         self._channels.clear()
 
-    def close(self) -> None:
+    def close(self, keep_logs: bool = False) -> None:
+        """Stop everything; remove the var dir unless its logs are wanted (a failed session)."""
         self.stack.stop_all()
-        shutil.rmtree(self.var_dir, ignore_errors=True)
+        if keep_logs:
+            print(f"\ntest mesh logs kept in {self.stack.log_dir}")
+        else:
+            shutil.rmtree(self.var_dir, ignore_errors=True)
