@@ -61,12 +61,8 @@ def _catalog(base: str, path: Path) -> None:
 @pytest.fixture(scope="session")
 async def chat(mesh: TestMesh) -> AsyncIterator[ChatStack]:
     mesh.ensure_triton()
-    try:
-        mesh.ensure("usage")
-        usage: grpc.aio.Channel | None = mesh.channel("usage")
-    except RuntimeError as exc:
-        print(f"Usage service unavailable, metering is not checked: {exc}")
-        usage = None
+    mesh.ensure("usage")
+    usage: grpc.aio.Channel | None = mesh.channel("usage")
     replay, runner, base = await start_replay()
     catalog = mesh.var_dir / "chat-catalog.json"
     _catalog(base, catalog)
