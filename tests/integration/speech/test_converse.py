@@ -60,10 +60,11 @@ async def test_converse_answers_a_spoken_question(
         for r in caller.responses
         if r.WhichOneof("event") == "transcript" and r.transcript.is_final
     ]
-    # pocketsphinx on synthetic speech is approximate (and its pooled decoders adapt between
-    # utterances): bound the error rather than expect one exact word.
+    # pocketsphinx on synthetic speech is approximate: the transcript must be recognisably the
+    # question (closer to it than to the other sentence spoken in these tests), not exact.
     assert len(finals) == 1
-    assert word_error_rate(QUESTION, finals[0].alternatives[0].transcript) <= 0.6
+    heard = finals[0].alternatives[0].transcript
+    assert word_error_rate(QUESTION, heard) < word_error_rate(INTERRUPTION, heard), heard
     assert events.index("transcript") < events.index("text_delta") < events.index("turn_complete")
     assert "audio" in events and events.index("audio") < events.index("turn_complete")
     reply_text = "".join(
