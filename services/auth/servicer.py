@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from services.auth import check, store
 from services.auth.domain import (
@@ -27,6 +27,7 @@ from services.auth.domain import (
 from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.timestamps import to_timestamp
 
 _ROLE_TO_PB = {
     "owner": auth_pb2.ROLE_OWNER, "admin": auth_pb2.ROLE_ADMIN,
@@ -39,15 +40,6 @@ DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/comm
 log = logging.getLogger("aimesh.auth")
 
 
-def _ts(value: datetime | float | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    if isinstance(value, datetime):
-        ts.FromDatetime(value)
-    else:
-        ts.FromNanoseconds(int(value * 1e9))
-    return ts
 
 
 def _principal(context: grpc.aio.ServicerContext) -> Principal:
@@ -103,8 +95,8 @@ def _token_after(rows: list[store.Row], limit: int) -> str:
 def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
     return auth_pb2.TokenPair(
         access_token=tokens.access_token, token_type="Bearer",
-        expire_time=_ts(float(tokens.access_expire)), expires_in_seconds=tokens.expires_in,
-        refresh_token=tokens.refresh_token, refresh_expire_time=_ts(tokens.refresh_expire),
+        expire_time=to_timestamp(float(tokens.access_expire)), expires_in_seconds=tokens.expires_in,
+        refresh_token=tokens.refresh_token, refresh_expire_time=to_timestamp(tokens.refresh_expire),
         user=f"users/{tokens.user_id}", organization=f"organizations/{tokens.org_id}",
     )
 
@@ -120,10 +112,10 @@ def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
     return auth_pb2.ApiKey(
         name=f"organizations/{row['org_id']}/apiKeys/{row['id']}",
         display_name=row["display_name"], secret=secret, prefix=row["prefix"],
-        scopes=list(row["scopes"]), expire_time=_ts(row["expire_time"]), state=state,
+        scopes=list(row["scopes"]), expire_time=to_timestamp(row["expire_time"]), state=state,
         creator=row["creator"] if row["creator"].startswith("users/") else "",
-        create_time=_ts(row["create_time"]), revoke_time=_ts(row["revoke_time"]),
-        last_use_time=_ts(row["last_use_time"]),
+        create_time=to_timestamp(row["create_time"]), revoke_time=to_timestamp(row["revoke_time"]),
+        last_use_time=to_timestamp(row["last_use_time"]),
     )
 
 
@@ -134,8 +126,8 @@ def _membership(row: store.Row) -> auth_pb2.Membership:
         role=_ROLE_TO_PB[row["role"]],
         state=auth_pb2.Membership.STATE_ACTIVE if row["state"] == "active"
         else auth_pb2.Membership.STATE_INVITED,
-        inviter=row["inviter"], create_time=_ts(row["create_time"]),
-        update_time=_ts(row["update_time"]), etag=str(row["version"]),
+        inviter=row["inviter"], create_time=to_timestamp(row["create_time"]),
+        update_time=to_timestamp(row["update_time"]), etag=str(row["version"]),
     )
 
 
@@ -195,7 +187,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.SigningKey(kid=row["kid"], alg=row["alg"],
                                    state=auth_pb2.SigningKey.STATE_ACTIVE,
                                    public_key=auth_pb2.Jwk(**jwk),
-                                   create_time=_ts(row["create_time"]))
+                                   create_time=to_timestamp(row["create_time"]))
 
     async def GetCurrentUser(self, request: auth_pb2.GetCurrentUserRequest,
                              context: Any) -> auth_pb2.User:
@@ -208,7 +200,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             name=f"users/{user['id']}", email=user["email"], display_name=user["display_name"],
             organization=f"organizations/{principal.org_id}",
             roles=[_ROLE_TO_PB[r] for r in principal.roles if r in _ROLE_TO_PB],
-            create_time=_ts(user["create_time"]))
+            create_time=to_timestamp(user["create_time"]))
 
     async def GetOrganization(self, request: auth_pb2.GetOrganizationRequest,
                               context: Any) -> auth_pb2.Organization:
@@ -216,8 +208,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         org = await self.domain.get_org(_org_from(request.name, principal, "name"))
         return auth_pb2.Organization(name=f"organizations/{org['id']}",
                                      display_name=org["display_name"],
-                                     create_time=_ts(org["create_time"]),
-                                     update_time=_ts(org["update_time"]))
+                                     create_time=to_timestamp(org["create_time"]),
+                                     update_time=to_timestamp(org["update_time"]))
 
     async def ListMemberships(self, request: auth_pb2.ListMembershipsRequest,
                               context: Any) -> auth_pb2.ListMembershipsResponse:

@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
-from google.protobuf import timestamp_pb2
 
 from services.billing import invoicing
 from services.billing.store import (
@@ -37,6 +36,7 @@ from services.billing.store import (
 from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
+from services.common.timestamps import to_timestamp
 
 log = logging.getLogger("aimesh.billing")
 
@@ -46,12 +46,6 @@ _STATE_WORDS = {INVOICE_DRAFT: "DRAFT", INVOICE_FINALIZED: "FINALIZED", INVOICE_
                 INVOICE_VOID: "VOID"}
 
 
-def timestamp(t: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if t is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(t)
-    return stamp
 
 
 def prices_of(plan: Row) -> list[invoicing.Price]:
@@ -164,7 +158,7 @@ class Billing:
         try:
             summary = await self.usage.GetUsageSummary(
                 usage_pb2.GetUsageSummaryRequest(
-                    organization=f"organizations/{org}", start_time=timestamp(start), end_time=timestamp(end),
+                    organization=f"organizations/{org}", start_time=to_timestamp(start), end_time=to_timestamp(end),
                     group_by=[usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE,
                               usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL],
                 ),

@@ -19,7 +19,6 @@ from google.api import httpbody_pb2
 
 from services.billing import invoicing
 from services.billing.billing import Billing
-from services.billing.billing import timestamp as _ts
 from services.billing.store import BillingStore, Row
 from services.common.channels import Channels
 from services.common.errors import (
@@ -32,6 +31,7 @@ from services.common.errors import (
 )
 from services.common.identity import Identity, Role, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.timestamps import to_timestamp
 
 _PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -77,8 +77,8 @@ def _plan_message(plan: Row) -> billing_pb2.Plan:
         tax_rate_micros=plan["tax_rate_micros"],
         publicly_available=plan["publicly_available"],
         archived=plan["archived"],
-        create_time=_ts(plan["create_time"]),
-        update_time=_ts(plan["update_time"]),
+        create_time=to_timestamp(plan["create_time"]),
+        update_time=to_timestamp(plan["update_time"]),
         etag=str(plan["version"]),
     )
 
@@ -214,11 +214,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             organization=f"organizations/{row['org']}",
             plan=f"plans/{row['plan_id']}",
             pending_plan=f"plans/{row['pending_plan_id']}" if row["pending_plan_id"] else "",
-            current_period_start_time=_ts(row["period_start"]),
-            current_period_end_time=_ts(row["period_end"]),
+            current_period_start_time=to_timestamp(row["period_start"]),
+            current_period_end_time=to_timestamp(row["period_end"]),
             state=row["state"],
-            create_time=_ts(row["create_time"]),
-            update_time=_ts(row["update_time"]),
+            create_time=to_timestamp(row["create_time"]),
+            update_time=to_timestamp(row["update_time"]),
         )
 
     async def GetSubscription(self, request: billing_pb2.GetSubscriptionRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Subscription:
@@ -243,8 +243,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             number=row["number"],
             organization=f"organizations/{row['org']}",
             plan=f"plans/{row['plan_id']}",
-            period_start_time=_ts(row["period_start"]),
-            period_end_time=_ts(row["period_end"]),
+            period_start_time=to_timestamp(row["period_start"]),
+            period_end_time=to_timestamp(row["period_end"]),
             state=row["state"],
             currency_code=row["currency_code"],
             line_items=[billing_pb2.InvoiceLineItem(
@@ -258,13 +258,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             tax_rate_micros=row["tax_rate_micros"],
             tax_micros=row["tax_micros"],
             total_micros=row["total_micros"],
-            create_time=_ts(row["create_time"]),
-            update_time=_ts(row["update_time"]),
-            finalize_time=_ts(row["finalize_time"]),
-            due_time=_ts(row["due_time"]),
-            paid_time=_ts(row["paid_time"]),
+            create_time=to_timestamp(row["create_time"]),
+            update_time=to_timestamp(row["update_time"]),
+            finalize_time=to_timestamp(row["finalize_time"]),
+            due_time=to_timestamp(row["due_time"]),
+            paid_time=to_timestamp(row["paid_time"]),
             payment_reference=row["payment_reference"],
-            void_time=_ts(row["void_time"]),
+            void_time=to_timestamp(row["void_time"]),
             void_reason=row["void_reason"],
         )
 

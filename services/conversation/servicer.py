@@ -10,13 +10,11 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
-from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
 from services.common.channels import Channels
@@ -29,6 +27,7 @@ from services.common.errors import (
 )
 from services.common.identity import Identity, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.timestamps import to_timestamp
 from services.conversation.chat import Chat
 from services.conversation.store import PURGE_AFTER_DAYS, Row, Store
 
@@ -41,21 +40,17 @@ _MODEL = re.compile(r"^models/[a-z0-9][a-z0-9.-]{0,62}$")
 MAX_CONTENT = 32_000
 
 
-def _ts(value: Any) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def conversation_message(row: Row) -> cpb.Conversation:
     conv = cpb.Conversation(
         name=f"conversations/{row['id']}", title=row["title"], metadata=row["metadata"],
         default_model=row["default_model"], system_prompt=row["system_prompt"],
-        message_count=row["message_count"], create_time=_ts(row["create_time"]),
-        update_time=_ts(row["update_time"]), etag=row["etag"])
+        message_count=row["message_count"], create_time=to_timestamp(row["create_time"]),
+        update_time=to_timestamp(row["update_time"]), etag=row["etag"])
     if row["delete_time"] is not None:
-        conv.delete_time.CopyFrom(_ts(row["delete_time"]))
-        conv.expire_time.CopyFrom(_ts(row["delete_time"] + timedelta(days=PURGE_AFTER_DAYS)))
+        conv.delete_time.CopyFrom(to_timestamp(row["delete_time"]))
+        conv.expire_time.CopyFrom(to_timestamp(row["delete_time"] + timedelta(days=PURGE_AFTER_DAYS)))
     return conv
 
 
@@ -63,7 +58,7 @@ def message_message(row: Row) -> cpb.Message:
     msg = cpb.Message(
         name=f"conversations/{row['conversation_id']}/messages/{row['id']}", role=row["role"],
         content=row["content"], state=row["state"], model=row["model"], finish_reason=row["finish_reason"],
-        create_time=_ts(row["create_time"]))
+        create_time=to_timestamp(row["create_time"]))
     if row["prompt_tokens"] is not None:
         msg.usage.CopyFrom(opb.TokenUsage(
             prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],

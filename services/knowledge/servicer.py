@@ -9,11 +9,12 @@ from pathlib import Path
 
 import grpc
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from services.common.errors import FieldViolations, ServiceError, invalid_argument
 from services.common.identity import Identity, Role, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
 from services.knowledge import metering
 from services.knowledge.blobs import BlobStore
@@ -48,10 +49,6 @@ STATE_NAMES = {Doc.STATE_PROCESSING: "PROCESSING", Doc.STATE_READY: "READY", Doc
 STATE_VALUES = {v: k for k, v in STATE_NAMES.items()}
 
 
-def _timestamp(value: object) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)  # type: ignore[arg-type]
-    return ts
 
 
 def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
@@ -64,8 +61,8 @@ def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
         failure_reason=row.failure_reason,
         chunk_count=row.chunk_count,
         metadata=row.metadata,
-        create_time=_timestamp(row.create_time),
-        update_time=_timestamp(row.update_time),
+        create_time=to_timestamp(row.create_time),
+        update_time=to_timestamp(row.update_time),
         content_sha256=row.content_sha256,
     )
 

@@ -8,6 +8,7 @@ import uuid
 
 from services.common.errors import FieldViolations, permission_denied
 from services.common.identity import Identity
+
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _KEY = re.compile(r"^organizations/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})/apiKeys/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")

@@ -39,6 +39,7 @@ from services.common.errors import (
 )
 from services.common.identity import Identity, Role, identity_from_metadata, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.timestamps import to_timestamp
 from services.usage import budgets as budget_rules
 from services.usage import ledger, names
 from services.usage.budgets import Budgets, Reservation
@@ -58,12 +59,6 @@ _BUDGET_MUTABLE = {"display_name", "monthly_limit_micros", "monthly_token_limit"
 _EXPIRY_SWEEP_SECONDS = 30
 
 
-def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _identity(context: grpc.aio.ServicerContext) -> Identity | None:
@@ -208,7 +203,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             org, start, end, groups, request.api_key, list(request.resource_types)
         )
         summary = usage_pb2.UsageSummary(
-            organization=names.org_name(org), start_time=_ts(start), end_time=_ts(end)
+            organization=names.org_name(org), start_time=to_timestamp(start), end_time=to_timestamp(end)
         )
         for row in rows:
             item = summary.rows.add(
@@ -277,13 +272,13 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             monthly_limit_micros=row["monthly_limit_micros"],
             currency_code=row["currency_code"],
             monthly_token_limit=row["monthly_token_limit"],
-            period_start_time=_ts(live["period_start"]),
-            period_end_time=_ts(live["period_end"]),
+            period_start_time=to_timestamp(live["period_start"]),
+            period_end_time=to_timestamp(live["period_end"]),
             spent_micros=live["spent_micros"],
             reserved_micros=live["reserved_micros"],
             used_tokens=live["spent_tokens"] + live["reserved_tokens"],
-            create_time=_ts(row["create_time"]),
-            update_time=_ts(row["update_time"]),
+            create_time=to_timestamp(row["create_time"]),
+            update_time=to_timestamp(row["update_time"]),
             etag=str(row["version"]),
         )
 
@@ -513,10 +508,10 @@ def _record_message(row: Row) -> usage_pb2.UsageRecord:
         resource_type=row["resource_type"],
         model=row["model"],
         quantity_micros=row["quantity_micros"],
-        occur_time=_ts(row["occur_time"]),
+        occur_time=to_timestamp(row["occur_time"]),
         request_id=row["request_id"],
         source=row["source"],
-        create_time=_ts(row["create_time"]),
+        create_time=to_timestamp(row["create_time"]),
     )
 
 
@@ -530,11 +525,11 @@ def _reservation_message(r: Reservation) -> usage_pb2.Reservation:
         tokens=r.tokens,
         state=r.state,
         budgets=[f"budgets/{b}" for b in r.budgets],
-        expire_time=_ts(r.expire_time),
+        expire_time=to_timestamp(r.expire_time),
         settled_amount_micros=r.settled_amount_micros,
         settled_tokens=r.settled_tokens,
-        create_time=_ts(r.create_time),
-        close_time=_ts(r.close_time),
+        create_time=to_timestamp(r.create_time),
+        close_time=to_timestamp(r.close_time),
     )
 
 
