@@ -157,6 +157,8 @@ class UsageClient:
         self._ready_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._drain_lock = asyncio.Lock()
+        # Outbox inserts started by record_usage_soon(), awaited (briefly) at shutdown.
+        self._pending: set[asyncio.Task[None]] = set()
         if start_drainer:
             runtime.spawn(self._drain_forever(), "usage-outbox-drain")
             runtime.on_shutdown(self.close)
@@ -318,6 +320,8 @@ class UsageClient:
 
     async def close(self) -> None:
         """Last delivery attempt at shutdown (what fails stays queued for the next start)."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=5)
         try:
             await asyncio.wait_for(self.flush(), timeout=2)
         except Exception as exc:  # noqa: BLE001 - undelivered rows stay in the outbox
@@ -454,3 +458,21 @@ async def record_usage(
         request_id=request_id, source=source, user=user, api_key=key, model=model,
         occur_time=occur_time, conn=conn,
     )
+
+
+def record_usage_soon(runtime: Any, **fields: Any) -> None:
+    """record_usage() without waiting: the outbox insert runs in the background, so a stream or
+    an RPC never waits on metering. Failures are logged; the client's shutdown waits for inserts
+    still running. Keywords: those of record_usage()."""
+    client = client_for(runtime)
+
+    async def insert() -> None:
+        try:
+            await record_usage(runtime, **fields)
+        except Exception:
+            log.exception("could not queue a usage record",
+                          extra={"request_id": fields.get("request_id")})
+
+    task = asyncio.ensure_future(insert())
+    client._pending.add(task)
+    task.add_done_callback(client._pending.discard)

@@ -9,8 +9,6 @@ in the background: a speech stream never waits on the ledger.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
 from decimal import Decimal
 
@@ -18,14 +16,10 @@ from aimesh.usage.v1 import usage_pb2
 
 from services.common.identity import Identity
 from services.common.server import Runtime
-from services.common.usage_client import record_usage
-
-log = logging.getLogger("aimesh.speech.metering")
+from services.common.usage_client import record_usage_soon
 
 AUDIO_SECONDS = usage_pb2.RESOURCE_TYPE_AUDIO_SECONDS
 CHARACTERS = usage_pb2.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED
-# Outbox inserts in flight; a set (not Runtime.spawn's list) so finished ones are forgotten.
-_pending: set[asyncio.Task[None]] = set()
 
 
 def meter(
@@ -41,31 +35,15 @@ def meter(
     if quantity <= 0:
         return
     kind = usage_pb2.ResourceType.Name(resource_type).removeprefix("RESOURCE_TYPE_").lower()
-    task = asyncio.ensure_future(
-        record_usage(
-            runtime,
-            org=identity.org,
-            resource_type=resource_type,
-            # Whole micro-units, rounded once here (half to even), then carried exactly.
-            quantity=Decimal(round(quantity * 1_000_000)) / 1_000_000,
-            request_id=f"{request_id or uuid.uuid4()}/{kind}",
-            source="speech",
-            subject=identity.subject,
-            api_key=identity.key_id or "",
-            model=model,
-        )
+    record_usage_soon(
+        runtime,
+        org=identity.org,
+        resource_type=resource_type,
+        # Whole micro-units, rounded once here (half to even), then carried exactly.
+        quantity=Decimal(round(quantity * 1_000_000)) / 1_000_000,
+        request_id=f"{request_id or uuid.uuid4()}/{kind}",
+        source="speech",
+        subject=identity.subject,
+        api_key=identity.key_id or "",
+        model=model,
     )
-    _pending.add(task)
-    task.add_done_callback(_done)
-
-
-def _done(task: asyncio.Task[None]) -> None:
-    _pending.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.error("could not queue a usage record", exc_info=task.exception())
-
-
-async def drain(timeout: float = 5.0) -> None:
-    """On shutdown: let outbox inserts in flight finish (registered with runtime.on_shutdown)."""
-    if _pending:
-        await asyncio.wait(list(_pending), timeout=timeout)

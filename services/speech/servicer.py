@@ -105,7 +105,6 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         runtime.add_health_check("triton", models_ready)
         runtime.on_shutdown(self.triton.close)
         runtime.on_shutdown(self.channels.close)
-        runtime.on_shutdown(metering.drain)
 
     def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         return require_identity(context.invocation_metadata())
