@@ -257,8 +257,17 @@ async def test_invoice_lifecycle_and_period_rules(mesh: TestMesh) -> None:
 async def test_plan_change_refusals_and_plans_as_data(mesh: TestMesh) -> None:
     billing, _ = stubs(mesh)
     org = f"org-{uuid.uuid4().hex[:12]}"
-    plans = await billing.ListPlans(billing_pb2.ListPlansRequest(), metadata=who(org), timeout=10)
-    names = [p.name for p in plans.plans]
+    # Every page: other tests (and earlier runs on the same database) add public plans too.
+    names: list[str] = []
+    token = ""
+    while True:
+        page = await billing.ListPlans(
+            billing_pb2.ListPlansRequest(page_size=1000, page_token=token), metadata=who(org), timeout=10
+        )
+        names.extend(p.name for p in page.plans)
+        token = page.next_page_token
+        if not token:
+            break
     assert "plans/free" in names and "plans/pro" in names and "plans/enterprise" not in names
     pro = await billing.GetPlan(billing_pb2.GetPlanRequest(name="plans/pro"), metadata=who(org), timeout=10)
     assert pro.monthly_fee_micros == 49_000_000 and pro.api_key_requests_per_minute == 120
