@@ -347,13 +347,26 @@ class RecognitionSession:
             await self._finish_utterance(self._position)
             self.done = True
             return
-        if self._pending.size >= self._send_chunk:
+        if self._idle_too_long():
+            # A long stretch without speech is still decoded, in bounded pieces: a decoder's
+            # utterance (and the work at its end) must not grow with a silent caller.
+            await self._finish_utterance(self._position)
+        elif self._pending.size >= self._send_chunk:
             await self._send(self._pending.size, self._open_utterance())
 
     def _speech_start_timed_out(self) -> bool:
         limit = self.options.speech_start_timeout_ms * ASR_SAMPLE_RATE // 1000
         waiting = self._utterance is None or not self._utterance.began
         return limit > 0 and waiting and self._position - self._listening_since >= limit
+
+    def _idle_too_long(self) -> bool:
+        utterance = self._utterance
+        limit = self.options.max_utterance_ms * ASR_SAMPLE_RATE // 1000
+        return (
+            utterance is not None
+            and not utterance.began
+            and self._position - utterance.first_sample >= limit
+        )
 
     def _open_utterance(self) -> _Utterance:
         if self._utterance is None:

@@ -54,7 +54,7 @@ from services.speech.requests import (
     parse_page_token,
     seconds,
 )
-from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
+from services.speech.synthesis import DEFAULT_VOICE, NATURAL_SAMPLE_RATE, Synthesizer
 
 RECOGNIZE_CACHE_SECONDS = 24 * 3600  # how long a Recognize request_id replays its result
 
@@ -126,10 +126,11 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                         }
                     )
                     finals = [r async for r in stream if r.get("IS_FINAL") is not None]
-                voice = await self.synthesizer.voice("")
+                voices = await self.synthesizer.voices()
+                voice = next((v for v in voices if v.name == DEFAULT_VOICE), voices[0])
                 audio = [c async for c in self.synthesizer.stream("Ready.", voice, 1.0, 16000)]
             return bool(finals) and bool(audio)
-        except (ServiceError, TimeoutError):
+        except (ServiceError, TimeoutError, IndexError):
             return False
 
     def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
@@ -186,9 +187,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
-            metering.meter(
-                self.runtime, identity, metering.AUDIO_SECONDS, session.received_seconds
-            )
+            metering.meter(self.runtime, identity, metering.AUDIO_SECONDS, session.received_seconds)
 
     # --- Recognize ------------------------------------------------------------------------
 
@@ -414,6 +413,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 language_codes=list(v.language_codes),
                 gender=_GENDERS.get(v.gender, speech_pb2.Voice.GENDER_UNSPECIFIED),
                 natural_sample_rate_hertz=NATURAL_SAMPLE_RATE,
+                family=v.family,
             )
         return response
 

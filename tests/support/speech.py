@@ -9,9 +9,10 @@ import numpy as np
 
 from services.common.triton import TritonClient
 
-# eSpeak's "en-us+f2" at 130 wpm is the synthetic voice pocketsphinx's en-US model handles best.
-ASR_VOICE = "en-us+f2"
-ASR_RATE_WPM = 130
+# Test speech comes from the Piper neural voice on Triton (the default en-US voice): the
+# recognizer understands it (WER ~0.1) where eSpeak's formant voices score 0.3-0.8.
+ASR_VOICE = "piper:en_US-joe-medium"
+ASR_RATE_WPM = 175
 SENTENCES = (
     "please turn on the kitchen lights and call my mother tomorrow morning",
     "the weather today is sunny with a high of seventy degrees",

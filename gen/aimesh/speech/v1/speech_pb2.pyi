@@ -166,7 +166,7 @@ class RecognizeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SpeechRecognitionResult, _Mapping]]] = ..., total_audio_processed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Voice(_message.Message):
-    __slots__ = ("name", "display_name", "language_codes", "gender", "natural_sample_rate_hertz")
+    __slots__ = ("name", "display_name", "language_codes", "gender", "natural_sample_rate_hertz", "family")
     class Gender(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         GENDER_UNSPECIFIED: _ClassVar[Voice.Gender]
@@ -182,12 +182,14 @@ class Voice(_message.Message):
     LANGUAGE_CODES_FIELD_NUMBER: _ClassVar[int]
     GENDER_FIELD_NUMBER: _ClassVar[int]
     NATURAL_SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     language_codes: _containers.RepeatedScalarFieldContainer[str]
     gender: Voice.Gender
     natural_sample_rate_hertz: int
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., language_codes: _Optional[_Iterable[str]] = ..., gender: _Optional[_Union[Voice.Gender, str]] = ..., natural_sample_rate_hertz: _Optional[int] = ...) -> None: ...
+    family: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., language_codes: _Optional[_Iterable[str]] = ..., gender: _Optional[_Union[Voice.Gender, str]] = ..., natural_sample_rate_hertz: _Optional[int] = ..., family: _Optional[str] = ...) -> None: ...
 
 class AudioOutputConfig(_message.Message):
     __slots__ = ("encoding", "sample_rate_hertz")
