@@ -236,6 +236,50 @@ def _preflight_route() -> dict[str, Any]:
     }
 
 
+# Files the gateway serves itself, without auth (public documents): the OpenAPI document of
+# the JSON surface (scripts/gen) and the web console's build (console/dist, built by
+# scripts/setup). Envoy reads them when it starts; a rebuilt console needs a gateway restart.
+OPENAPI_DOCUMENT = REPO_ROOT / "gen" / "openapi.json"
+CONSOLE_DIST = REPO_ROOT / "console" / "dist"
+MAX_STATIC_BYTES = 8 * 1024 * 1024
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                  ".css": "text/css; charset=utf-8", ".json": "application/json",
+                  ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+                  ".wav": "audio/wav", ".txt": "text/plain; charset=utf-8"}
+
+
+def _static_route(path: str, file: Path, match: str = "path") -> dict[str, Any]:
+    content_type = _CONTENT_TYPES.get(file.suffix, "application/octet-stream")
+    return {
+        "name": f"static:{path}",
+        "match": {match: path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [{
+            "header": {"key": "content-type", "value": content_type},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "typed_per_filter_config": {
+            **_disabled("envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn"),
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": _t("envoy.config.route.v3.FilterConfig"), "disabled": True},
+        },
+    }
+
+
+def _static_routes() -> list[dict[str, Any]]:
+    routes = []
+    if OPENAPI_DOCUMENT.is_file():
+        routes.append(_static_route("/v1/openapi.json", OPENAPI_DOCUMENT))
+    index = CONSOLE_DIST / "index.html"
+    if index.is_file():
+        for file in sorted(p for p in CONSOLE_DIST.rglob("*") if p.is_file()):
+            if file.stat().st_size <= MAX_STATIC_BYTES:
+                routes.append(_static_route(f"/console/{file.relative_to(CONSOLE_DIST)}", file))
+        # The single-page app: /console, /console/ and its own routes get index.html.
+        routes.append(_static_route("/console", index))
+        routes.append(_static_route("/console/", index, match="prefix"))
+    return routes
+
+
 def _not_found_route() -> dict[str, Any]:
     # Unknown REST paths are already 404 from the transcoder (reject_unknown_method); this
     # catches unknown gRPC paths. Nothing is routed upstream, so skipping auth here is safe.
@@ -435,7 +479,8 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
     services = sorted({r.full_service for r in rpcs})
     # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
     # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
-    routes = [_route(r) for r in rpcs if is_public(r)] + [_preflight_route(), _not_found_route()]
+    routes = ([_route(r) for r in rpcs if is_public(r)] + _static_routes()
+              + [_preflight_route(), _not_found_route()])
     hcm = {
         "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager"),
@@ -452,6 +497,7 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
         }],
         "route_config": {
             "name": "aimesh",
+            "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
             "virtual_hosts": [{
                 "name": "aimesh",
                 "domains": ["*"],
