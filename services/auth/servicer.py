@@ -18,12 +18,9 @@ from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import empty_pb2
 
 from services.auth import check, store
-from services.auth.domain import (
-    ROLE_BY_NAME,
-    AuthDomain,
-    Principal,
-    Tokens,
-)
+from services.auth.domain import AuthDomain
+from services.auth.principal import ROLE_BY_NAME, Principal
+from services.auth.sessions import Tokens
 from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
@@ -144,7 +141,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.domain = domain
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.TokenPair:
-        return _token_pair(await self.domain.sign_up(
+        return _token_pair(await self.domain.sessions.sign_up(
             request.email, request.password, request.display_name,
             request.organization_display_name, request.request_id))
 
@@ -156,19 +153,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 raise invalid_argument("organization must be organizations/{organization}",
                                        [("organization", "must be organizations/{organization}")])
             org = parts[1]
-        return _token_pair(await self.domain.login(request.email, request.password, org,
+        return _token_pair(await self.domain.sessions.login(request.email, request.password, org,
                                                    request.request_id))
 
     async def RefreshToken(self, request: auth_pb2.RefreshTokenRequest,
                            context: Any) -> auth_pb2.TokenPair:
-        return _token_pair(await self.domain.refresh(request.refresh_token, request.request_id))
+        return _token_pair(await self.domain.sessions.refresh(request.refresh_token,
+                                                              request.request_id))
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> empty_pb2.Empty:
-        await self.domain.logout(request.refresh_token)
+        await self.domain.sessions.logout(request.refresh_token)
         return empty_pb2.Empty()
 
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.Jwks:
-        keys = await self.domain.jwks()
+        keys = await self.domain.signing_keys.jwks()
         return auth_pb2.Jwks(keys=[auth_pb2.Jwk(**{k: v for k, v in key.items()
                                                    if k in ("kty", "kid", "use", "alg", "n", "e")})
                                    for key in keys])
@@ -178,10 +176,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         if not principal.subject.startswith("users/"):
             raise unauthenticated("rotating keys needs a user identity", reason="USER_REQUIRED")
-        user = await self.domain.get_user(principal.subject[6:])
         grace = (request.previous_key_grace.ToTimedelta()
                  if request.HasField("previous_key_grace") else None)
-        row = await self.domain.rotate_signing_key(user["email"], grace, request.request_id)
+        row = await self.domain.rotate_signing_key(principal.subject[6:], grace,
+                                                   request.request_id)
         jwk = {k: v for k, v in dict(row["public_jwk"]).items()
                if k in ("kty", "kid", "use", "alg", "n", "e")}
         return auth_pb2.SigningKey(kid=row["kid"], alg=row["alg"],
@@ -195,7 +193,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if not principal.subject.startswith("users/"):
             raise unauthenticated("GetCurrentUser needs a user (access token), not an API key",
                                   reason="USER_REQUIRED")
-        user = await self.domain.get_user(principal.subject[6:])
+        user = await self.domain.memberships.get_user(principal.subject[6:])
         return auth_pb2.User(
             name=f"users/{user['id']}", email=user["email"], display_name=user["display_name"],
             organization=f"organizations/{principal.org_id}",
@@ -205,7 +203,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetOrganization(self, request: auth_pb2.GetOrganizationRequest,
                               context: Any) -> auth_pb2.Organization:
         principal = _principal(context)
-        org = await self.domain.get_org(_org_from(request.name, principal, "name"))
+        org = await self.domain.memberships.get_org(_org_from(request.name, principal, "name"))
         return auth_pb2.Organization(name=f"organizations/{org['id']}",
                                      display_name=org["display_name"],
                                      create_time=to_timestamp(org["create_time"]),
@@ -217,7 +215,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         org_id = _org_from(request.parent, principal, "parent")
         limit, cursor = _page(request.page_size, request.page_token)
         role = _ROLE_NAME.get(request.role) if request.role else None  # type: ignore[call-overload]
-        rows, total = await self.domain.list_memberships(org_id, role, cursor, limit)
+        rows, total = await self.domain.memberships.list(org_id, role, cursor, limit)
         return auth_pb2.ListMembershipsResponse(
             memberships=[_membership(r) for r in rows], next_page_token=_token_after(rows, limit),
             total_size=total)
@@ -227,7 +225,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         _org_from(request.parent, principal, "parent")
         role = _role(request.membership.role, "membership.role")
-        return _membership(await self.domain.create_membership(
+        return _membership(await self.domain.memberships.create(
             principal, request.membership.email, role, request.request_id))
 
     async def UpdateMembership(self, request: auth_pb2.UpdateMembershipRequest,
@@ -240,14 +238,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         membership_id = _child(request.membership.name, "memberships", principal,
                                "membership.name")
         role = _role(request.membership.role, "membership.role")
-        return _membership(await self.domain.update_membership(
+        return _membership(await self.domain.memberships.update_role(
             principal, membership_id, role, request.membership.etag))
 
     async def DeleteMembership(self, request: auth_pb2.DeleteMembershipRequest,
                                context: Any) -> empty_pb2.Empty:
         principal = _principal(context)
         membership_id = _child(request.name, "memberships", principal, "name")
-        await self.domain.delete_membership(principal, membership_id, request.allow_missing)
+        await self.domain.memberships.delete(principal, membership_id, request.allow_missing)
         return empty_pb2.Empty()
 
     async def CreateApiKey(self, request: auth_pb2.CreateApiKeyRequest,
@@ -256,21 +254,21 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         _org_from(request.parent, principal, "parent")
         key = request.api_key
         expire = key.expire_time.ToDatetime(UTC) if key.HasField("expire_time") else None
-        row, secret = await self.domain.create_api_key(
+        row, secret = await self.domain.api_keys.create(
             principal, key.display_name, list(key.scopes), expire, request.request_id)
         return _api_key(row, secret)
 
     async def GetApiKey(self, request: auth_pb2.GetApiKeyRequest, context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
         key_id = _child(request.name, "apiKeys", principal, "name")
-        return _api_key(await self.domain.get_api_key(principal.org_id, key_id))
+        return _api_key(await self.domain.api_keys.get(principal.org_id, key_id))
 
     async def ListApiKeys(self, request: auth_pb2.ListApiKeysRequest,
                           context: Any) -> auth_pb2.ListApiKeysResponse:
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
         limit, cursor = _page(request.page_size, request.page_token)
-        rows, total = await self.domain.list_api_keys(org_id, request.show_inactive, cursor, limit)
+        rows, total = await self.domain.api_keys.list(org_id, request.show_inactive, cursor, limit)
         return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(r) for r in rows],
                                             next_page_token=_token_after(rows, limit),
                                             total_size=total)
@@ -279,7 +277,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                            context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
         key_id = _child(request.name, "apiKeys", principal, "name")
-        return _api_key(await self.domain.revoke_api_key(principal, key_id))
+        return _api_key(await self.domain.api_keys.revoke(principal, key_id))
 
 
 class _Shared:

@@ -28,7 +28,7 @@ from services.common import channels, mesh_policy, telemetry, tls
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError
-from services.common.errors import ServiceError
+from services.common.errors import DomainError, ServiceError
 from services.common.handlers import call_unary, iterate_stream, rewrap
 
 log = logging.getLogger("aimesh.server")
@@ -141,6 +141,8 @@ def _enter(context: grpc.aio.ServicerContext) -> None:
 
 
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    if isinstance(exc, DomainError):
+        exc = exc.to_service_error()
     if isinstance(exc, ServiceError):
         await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
     if isinstance(exc, NotImplementedError):
