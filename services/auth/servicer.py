@@ -5,8 +5,6 @@ The same process also serves Envoy's ext_authz `Check` (services/auth/check.py).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,8 +19,9 @@ from services.auth import check, store
 from services.auth.domain import AuthDomain
 from services.auth.principal import ROLE_BY_NAME, Principal
 from services.auth.sessions import Tokens
-from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
+from services.common.errors import invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 
@@ -32,7 +31,6 @@ _ROLE_TO_PB = {
 }
 _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
-DEFAULT_PAGE, MAX_PAGE = 50, 1000
 DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
 log = logging.getLogger("aimesh.auth")
 
@@ -67,26 +65,9 @@ def _child(name: str, collection: str, principal: Principal, field_name: str) ->
     return parts[3]
 
 
-def _page(page_size: int, page_token: str) -> tuple[int, tuple[datetime, str] | None]:
-    v = FieldViolations()
-    v.check(page_size >= 0, "page_size", "must not be negative")
-    cursor: tuple[datetime, str] | None = None
-    if page_token:
-        try:
-            raw = json.loads(base64.urlsafe_b64decode(page_token.encode()))
-            cursor = (datetime.fromisoformat(raw[0]), str(raw[1]))
-        except (ValueError, TypeError, IndexError, KeyError):
-            v.add("page_token", "is not a token returned by this method")
-    v.raise_if_any()
-    return min(page_size or DEFAULT_PAGE, MAX_PAGE), cursor
-
-
-def _token_after(rows: list[store.Row], limit: int) -> str:
-    if len(rows) < limit or not rows:
-        return ""
-    last = rows[-1]
-    return base64.urlsafe_b64encode(
-        json.dumps([last["create_time"].isoformat(), last["id"]]).encode()).decode()
+def _create_order(row: store.Row) -> tuple[datetime, str]:
+    """The keyset both Auth lists page by."""
+    return row["create_time"], row["id"]
 
 
 def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
@@ -139,6 +120,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, runtime: Runtime, domain: AuthDomain) -> None:
         self.runtime = runtime
         self.domain = domain
+        self.pages = Paginator(runtime.settings)
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.TokenPair:
         return _token_pair(await self.domain.sessions.sign_up(
@@ -213,12 +195,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                               context: Any) -> auth_pb2.ListMembershipsResponse:
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
-        limit, cursor = _page(request.page_size, request.page_token)
+        page = self.pages.start(request, principal.org_id)
         role = _ROLE_NAME.get(request.role) if request.role else None  # type: ignore[call-overload]
-        rows, total = await self.domain.memberships.list(org_id, role, cursor, limit)
+        rows, total = await self.domain.memberships.list(org_id, role, page.cursor,  # type: ignore[arg-type]
+                                                         page.size + 1)
+        rows, token = page.split(rows, _create_order)
         return auth_pb2.ListMembershipsResponse(
-            memberships=[_membership(r) for r in rows], next_page_token=_token_after(rows, limit),
-            total_size=total)
+            memberships=[_membership(r) for r in rows], next_page_token=token, total_size=total)
 
     async def CreateMembership(self, request: auth_pb2.CreateMembershipRequest,
                                context: Any) -> auth_pb2.Membership:
@@ -267,11 +250,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                           context: Any) -> auth_pb2.ListApiKeysResponse:
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
-        limit, cursor = _page(request.page_size, request.page_token)
-        rows, total = await self.domain.api_keys.list(org_id, request.show_inactive, cursor, limit)
+        page = self.pages.start(request, principal.org_id)
+        rows, total = await self.domain.api_keys.list(org_id, request.show_inactive, page.cursor,  # type: ignore[arg-type]
+                                                      page.size + 1)
+        rows, token = page.split(rows, _create_order)
         return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(r) for r in rows],
-                                            next_page_token=_token_after(rows, limit),
-                                            total_size=total)
+                                            next_page_token=token, total_size=total)
 
     async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest,
                            context: Any) -> auth_pb2.ApiKey:
