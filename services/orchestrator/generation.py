@@ -9,15 +9,14 @@ tokens produced so far are still metered.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from collections.abc import AsyncIterator
 
 from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 
+from services.common.background import BackgroundTasks
 from services.common.channels import Channels
 from services.common.errors import FieldViolations, invalid_argument, unavailable
 from services.common.identity import Identity
@@ -103,7 +102,8 @@ class Orchestrator:
         self.store = store
         self.channels = channels
         self.usage = usage
-        self._pending: set[asyncio.Task[Any]] = set()
+        # Cache writes run off the response path; shutdown waits for them (drain).
+        self.background = BackgroundTasks("orchestrator")
 
     def count(self, request_messages: list[tuple[str, str]], passages: list[Passage]) -> int:
         return count_messages(request_messages) + sum(count_text(p.text) + MESSAGE_OVERHEAD for p in passages)
@@ -232,35 +232,35 @@ class Orchestrator:
                 completion = self._completion(
                     served[0], finish, failure, out_filter, input_actions, retrieved, "".join(sent_text),
                     prompt_tokens, completion_tokens)
+                # Metered durably BEFORE the completion is sent: a caller that saw it is billed
+                # even if this process is killed right after.
+                await self._meter(spend, identity, served[0], generation_id,
+                                  completion.usage.prompt_tokens, completion.usage.completion_tokens)
                 events.append(pb.GenerateResponse(completion=completion))
                 finished = True
                 yield events[-1]
             finally:
                 # Runs on cancellation too: what was produced is metered and completed answers cached.
-                if served:
-                    usage = events[-1].completion.usage if finished else pb.TokenUsage(
-                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-                    spend.prompt_tokens, spend.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-                    self._background(metering.report_tokens(
-                        self.usage, identity, served[0].model.name, generation_id,
-                        usage.prompt_tokens, usage.completion_tokens))
-                    if finished and events[-1].completion.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH):
-                        if digest is not None:
-                            self._background(self.store.store_response(digest, events))
-                        if request.request_id:
-                            self._background(self.store.store_replay(identity.org, request.request_id, events))
+                if served and not spend.metered:
+                    await self._meter(spend, identity, served[0], generation_id,
+                                      prompt_tokens, completion_tokens)
+                if finished and events[-1].completion.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH):
+                    if digest is not None:
+                        self.background.start(self.store.store_response(digest, events), "cache-response")
+                    if request.request_id:
+                        self.background.start(
+                            self.store.store_replay(identity.org, request.request_id, events), "cache-replay")
 
-
-    def _background(self, coro: Awaitable[Any]) -> None:
-        # Off the response path and not tied to the (possibly cancelled) request task.
-        task = asyncio.ensure_future(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    async def _meter(self, spend: metering.Spend, identity: Identity, served: Served, generation_id: str,
+                     prompt_tokens: int, completion_tokens: int) -> None:
+        spend.prompt_tokens, spend.completion_tokens = prompt_tokens, completion_tokens
+        spend.metered = True
+        await metering.report_tokens(self.usage, identity, served.model.name, generation_id,
+                                     prompt_tokens, completion_tokens)
 
     async def drain(self) -> None:
-        """Let pending usage reports and cache writes finish (at shutdown)."""
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=5)
+        """Let pending cache writes finish (at shutdown)."""
+        await self.background.wait(timeout=5)
 
     def _completion(self, served: Served, finish: Finish | None, failure: ProviderError | None,
                     out_filter: OutputFilter, input_actions: list[Action], retrieved: list[retrieval.Retrieved],
@@ -311,8 +311,8 @@ class Orchestrator:
             if event.HasField("completion"):
                 event.completion.cached = True
                 del event.completion.provider_attempts[:]
-                self._background(metering.report_tokens(
+                await metering.report_tokens(
                     self.usage, identity, model.name, generation_id,
-                    event.completion.usage.prompt_tokens, event.completion.usage.completion_tokens))
+                    event.completion.usage.prompt_tokens, event.completion.usage.completion_tokens)
             yield event
 
