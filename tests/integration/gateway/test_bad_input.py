@@ -104,3 +104,55 @@ async def test_nul_over_grpc_names_nested_field(
     status = status_from_rpc_error(caught.value)
     assert status is not None and [f for f, _ in field_violations(status)] == ["api_key.display_name"]
     assert conversation_pb2  # the conversation messages are registered for the raw-bytes cases
+
+
+# --- gRPC-Web framing (item 7) ----------------------------------------------------------------
+
+def _frame(payload: bytes, flags: int = 0, announced: int | None = None) -> bytes:
+    length = len(payload) if announced is None else announced
+    return bytes([flags]) + length.to_bytes(4, "big") + payload
+
+
+async def test_malformed_grpc_web_frames_are_refused_at_once(
+    gateway: str, account: Account
+) -> None:
+    """A gRPC-Web request carries exactly one uncompressed (or declared-encoding) data frame.
+    Each case is refused by the gateway with INVALID_ARGUMENT in gRPC-Web form, without waiting
+    for a route timeout (the client's own 3 s timeout would fail the test)."""
+    message = auth_pb2.GetOrganizationRequest(name=account.org).SerializeToString()
+    valid = _frame(message)
+    cases = {
+        "truncated frame": _frame(message[:3], announced=len(message)),
+        "truncated header": valid[:3],
+        "compressed flag without grpc-encoding": _frame(message, flags=1),
+        "client-sent trailer frame": valid + _frame(b"grpc-status: 0\r\n", flags=0x80),
+        "trailer frame only": _frame(b"grpc-status: 0\r\n", flags=0x80),
+        "two frames on a unary call": valid + valid,
+        "empty body": b"",
+    }
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **account.bearer}
+    path = "/aimesh.auth.v1.AuthService/GetOrganization"
+    async with httpx.AsyncClient(base_url=gateway, timeout=3) as client:
+        ok = await client.post(path, content=valid, headers=headers, timeout=15)
+        assert ok.status_code == 200 and "grpc-status" not in ok.headers, ok.headers
+        outcomes: dict[str, object] = {}
+        for case, body in cases.items():
+            try:
+                reply = await client.post(path, content=body, headers=headers)
+            except httpx.TimeoutException:
+                outcomes[case] = "no answer within 3 s"
+                continue
+            outcomes[case] = (reply.status_code, reply.headers.get("content-type"),
+                              reply.headers.get("grpc-status"), reply.headers.get("grpc-message"))
+        expected_shape = {case: (200, "application/grpc-web+proto", "3") for case in cases}
+        assert {case: o[:3] if isinstance(o, tuple) else o for case, o in outcomes.items()} == (
+            expected_shape), outcomes
+        assert all(isinstance(o, tuple) and o[3] for o in outcomes.values()), outcomes
+        # The text (base64) variant is checked after the gateway decodes it.
+        import base64
+
+        text = {**headers, "content-type": "application/grpc-web-text"}
+        reply = await client.post(path, content=base64.b64encode(valid + valid), headers=text)
+        assert reply.headers.get("grpc-status") == "3", reply.headers
+        reply = await client.post(path, content=base64.b64encode(valid), headers=text)
+        assert reply.status_code == 200 and reply.headers.get("grpc-status") in (None, "0"), reply.headers
