@@ -45,10 +45,14 @@ from services.common.config import REPO_ROOT, SERVICES, Settings
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
 RATE_LIMIT_DOMAIN = "aimesh"
 JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
-# Everything a client must never be able to set: identity headers and the verified-JWT header.
+# Set in front of grpc_web on gRPC-Web requests, read by the frame check behind it.
+GRPC_WEB_MARK = "x-aimesh-grpc-web"
+GRPC_WEB_FRAMES_LUA = REPO_ROOT / "envoy" / "grpc_web_frames.lua"
+# Everything a client must never be able to set: identity headers, the verified-JWT header and
+# the gRPC-Web mark.
 STRIPPED_REQUEST_HEADERS = (
     "x-aimesh-org", "x-aimesh-subject", "x-aimesh-roles", "x-aimesh-key-id", "x-aimesh-scopes",
-    JWT_PAYLOAD_HEADER,
+    JWT_PAYLOAD_HEADER, GRPC_WEB_MARK,
 )
 # RPCs reachable without credentials (their own body is the credential, or they are public).
 PUBLIC_METHODS = frozenset({
@@ -280,6 +284,22 @@ def _filter(name: str, config_type: str, **config: Any) -> dict[str, Any]:
     return {"name": name, "typed_config": {"@type": _t(config_type), **config}}
 
 
+# grpc_web turns application/grpc-web* into application/grpc; remember that it was gRPC-Web.
+_GRPC_WEB_MARK_LUA = f"""
+function envoy_on_request(handle)
+  local content_type = handle:headers():get("content-type")
+  if content_type ~= nil and string.find(content_type, "^application/grpc%-web") then
+    handle:headers():add("{GRPC_WEB_MARK}", "1")
+  end
+end
+"""
+
+
+def _lua(name: str, source: str) -> dict[str, Any]:
+    return _filter(name, "envoy.extensions.filters.http.lua.v3.Lua",
+                   default_source_code={"inline_string": source})
+
+
 def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
     """The filter chain, in order; every filter after the transcoder sees the gRPC path."""
     return [
@@ -287,8 +307,10 @@ def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> 
                 "envoy.extensions.filters.http.health_check.v3.HealthCheck",
                 pass_through_mode=False,
                 headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}]),
+        _lua("aimesh.grpc_web_mark", _GRPC_WEB_MARK_LUA),
         _filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
         _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
+        _lua("aimesh.grpc_web_frames", GRPC_WEB_FRAMES_LUA.read_text()),
         _transcoder_filter(services, descriptor),
         _jwt_authn_filter(int(settings.gateway_addr.rpartition(":")[2])),
         _filter("envoy.filters.http.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",

@@ -171,6 +171,9 @@ class Settings:
     # Auth: master secret for encrypting signing keys at rest and keying API-key/refresh-token
     # hashes (HKDF-derived subkeys). Changing it invalidates every API key and refresh token.
     auth_secret: str = _env("AIMESH_AUTH_SECRET", "aimesh-local-dev-secret-change-me")  # type: ignore[assignment]
+    # Key that signs List methods' page tokens (services/common/pagination.py); every replica of
+    # a service must share it. Changing it invalidates outstanding page tokens only.
+    page_token_secret: str = _env("AIMESH_PAGE_TOKEN_SECRET", "aimesh-local-dev-page-tokens-change-me")  # type: ignore[assignment]
     auth_access_token_seconds: int = _env("AIMESH_AUTH_ACCESS_TOKEN_SECONDS", "900", _int(30, 86_400))  # type: ignore[assignment]
     # Comma-separated e-mails of platform admins (may rotate signing keys).
     auth_platform_admins: str = _env("AIMESH_AUTH_PLATFORM_ADMINS", "")  # type: ignore[assignment]

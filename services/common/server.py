@@ -25,9 +25,16 @@ from grpc_reflection.v1alpha import reflection
 from services.common import channels, deadlines, mesh_policy, telemetry, tls
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
-from services.common.db import Database, StartupError
-from services.common.errors import ServiceError
+from services.common.db import Database, StartupError, database_error, is_transient
+from services.common.errors import DomainError, ServiceError
 from services.common.handlers import call_unary, iterate_stream, rewrap
+from services.common.request_checks import (
+    check_request,
+    checked_deserializer,
+    checked_stream,
+    is_idempotent_read,
+    method_descriptor,
+)
 
 log = logging.getLogger("aimesh.server")
 
@@ -111,8 +118,11 @@ def spec_for(name: str, package_dir: Path, bindings: Sequence[Binding], **option
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns ServiceError into a rich google.rpc.Status, unimplemented RPCs into UNIMPLEMENTED,
-    and unexpected exceptions into INTERNAL with a logged traceback (never a crashed stream).
-    Also records the RPC's deadline so downstream calls inherit it."""
+    an unreachable database into UNAVAILABLE (retryable), and unexpected exceptions into
+    INTERNAL with a logged traceback (never a crashed stream, never a Python class name).
+    Every request message first passes services.common.request_checks (malformed bytes, NUL
+    characters: INVALID_ARGUMENT); idempotent reads whose database connection broke mid-call
+    run once more. Also records the RPC's deadline so downstream calls inherit it."""
 
     async def intercept_service(
         self,
@@ -123,12 +133,29 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        described = method_descriptor(method)
+        retry_once = is_idempotent_read(described)
         return rewrap(
-            handler, lambda b: _wrap_unary(b, method), lambda b: _wrap_stream(b, method)
+            handler,
+            lambda b: _wrap_unary(b, method, retry_once),
+            lambda b: _wrap_stream(b, method),
+            checked_deserializer(
+                handler.request_deserializer, described.input_type if described else None
+            ),
         )
 
 
+def _checked(request: Any) -> Any:
+    """A unary request after request_checks; a client stream wrapped to check each message."""
+    if hasattr(request, "__aiter__"):
+        return checked_stream(request)
+    return check_request(request)
+
+
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    exc = database_error(exc) or exc
+    if isinstance(exc, DomainError):
+        exc = exc.to_service_error()
     if isinstance(exc, ServiceError):
         await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
     if isinstance(exc, NotImplementedError):
@@ -139,11 +166,20 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseExcepti
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.lstrip('/')}")
 
 
-def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_unary(behavior: Callable[..., Any], method: str, retry_once: bool = False) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         deadlines.start(context.time_remaining())
         try:
-            return await call_unary(behavior, request, context)
+            request = _checked(request)
+            try:
+                return await call_unary(behavior, request, context)
+            except Exception as exc:
+                if not (retry_once and is_transient(exc)):
+                    raise
+                # A read that met a connection broken by a database restart: the pool hands out
+                # a checked connection now, so one more run usually answers.
+                log.warning("retrying %s once after a database error: %s", method, exc)
+                return await call_unary(behavior, request, context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -158,7 +194,7 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         deadlines.start(context.time_remaining())
         try:
-            async for item in iterate_stream(behavior, request, context):
+            async for item in iterate_stream(behavior, _checked(request), context):
                 yield item
         except asyncio.CancelledError:
             raise

@@ -13,6 +13,7 @@ from google.protobuf import empty_pb2
 
 from services.common.errors import FieldViolations, ServiceError, invalid_argument
 from services.common.identity import Identity, Role, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
@@ -79,6 +80,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         var = Path(settings.var_dir) / "knowledge"
         self.blobs = BlobStore(Path(settings.knowledge_blob_dir) if settings.knowledge_blob_dir else var / "blobs")
         self.store = Store(runtime.db, self.blobs.identity)
+        self.pages = Paginator(settings)
         self.vectors = VectorIndex(settings.milvus_uri, lite_path=var / "milvus.db")
         self.keywords: KeywordIndex = (
             OpenSearchKeywordIndex(settings.opensearch_url) if settings.opensearch_url else PostgresKeywordIndex(self.store)
@@ -175,10 +177,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request: knowledge_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.ListDocumentsResponse:
         identity = _caller(context, Role.VIEWER, "listing documents")
+        page = self.pages.start(request, identity.org)
         if request.state not in (Doc.STATE_UNSPECIFIED, *STATE_NAMES):
             raise invalid_argument("state is not a known value", [("state", "unknown enum value")])
         rows, token, total = await self.documents.list(
-            identity.org, request.page_size, request.page_token, STATE_NAMES.get(request.state)
+            identity.org, page, STATE_NAMES.get(request.state)
         )
         return knowledge_pb2.ListDocumentsResponse(
             documents=[to_proto(r) for r in rows], next_page_token=token, total_size=total

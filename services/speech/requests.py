@@ -7,7 +7,6 @@ The limits here are the ones speech.proto documents; change both together.
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -166,33 +165,6 @@ def check_text(v: FieldViolations, text: str, limit: int) -> None:
         v.add("text", "required (1 or more non-blank characters)")
     elif len(text) > limit:
         v.add("text", f"has {len(text)} characters; at most {limit}")
-
-
-# --- ListVoices page tokens -----------------------------------------------------------------
-
-
-def page_token(offset: int, language: str) -> str:
-    return base64.urlsafe_b64encode(f"v1:{offset}:{language}".encode()).decode()
-
-
-def parse_page_token(token: str, language: str) -> int:
-    if not token:
-        return 0
-    try:
-        version, offset, lang = base64.urlsafe_b64decode(token.encode()).decode().split(":", 2)
-        if version != "v1" or lang != language or int(offset) < 0:
-            raise ValueError
-        return int(offset)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_argument(
-            "page_token is malformed or belongs to another language_code",
-            [
-                (
-                    "page_token",
-                    "use next_page_token of the previous call with the same language_code",
-                )
-            ],
-        ) from None
 
 
 def check_language_filter(code: str) -> None:

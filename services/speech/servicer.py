@@ -16,8 +16,9 @@ import numpy as np
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, ServiceError, invalid_argument, unavailable
+from services.common.errors import FieldViolations, ServiceError, unavailable
 from services.common.identity import Identity, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
 from services.speech import metering
@@ -50,8 +51,6 @@ from services.speech.requests import (
     check_text,
     duration,
     next_request,
-    page_token,
-    parse_page_token,
     seconds,
 )
 from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
@@ -94,6 +93,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.runtime = runtime
         self.triton = TritonClient.from_settings(runtime.settings)
         self.channels = Channels(runtime.settings)
+        self.pages = Paginator(runtime.settings)
         self.synthesizer = Synthesizer(self.triton)
         self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
         self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
@@ -357,14 +357,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     async def ListVoices(
         self, request: speech_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.ListVoicesResponse:
-        self._identity(context)
+        identity = self._identity(context)
         check_language_filter(request.language_code)
-        if request.page_size < 0:
-            raise invalid_argument(
-                "page_size must not be negative", [("page_size", "0-1000 (0 means 50)")]
-            )
-        offset = parse_page_token(request.page_token, request.language_code)
-        size = min(request.page_size or 50, 1000)
+        pager = self.pages.start(request, identity.org)
         wanted = request.language_code.lower()
         voices = [
             v
@@ -374,12 +369,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 c.lower() == wanted or c.lower().startswith(wanted + "-") for c in v.language_codes
             )
         ]
-        page = voices[offset : offset + size]
-        response = speech_pb2.ListVoicesResponse(
-            next_page_token=page_token(offset + size, request.language_code)
-            if offset + size < len(voices)
-            else ""
-        )
+        page, token = pager.slice(voices)
+        response = speech_pb2.ListVoicesResponse(next_page_token=token)
         for v in page:
             response.voices.add(
                 name=v.name,
