@@ -15,8 +15,12 @@ from typing import Any
 from services.common.config import SERVICE_PORTS
 from services.common.identity import IDENTITY_HEADERS
 from services.common.mesh_policy import (
+    EDGE,
+    EDGE_HEALTH_PATHS,
+    EDGE_PUBLIC_PREFIX,
     GATEWAY,
     GRPC_SERVICES,
+    IDENTITIES,
     K8S_TRUST_DOMAIN,
     NAMESPACE,
     PER_TRY_TIMEOUT_S,
@@ -88,7 +92,40 @@ def authorization_policies(trust_domain: str = K8S_TRUST_DOMAIN) -> list[dict[st
         )
         if callee != TRITON:
             docs.append(_identity_header_policy(callee, trust_domain))
+    docs.append(_edge_policy(trust_domain))
     return docs
+
+
+def _edge_policy(trust_domain: str) -> dict[str, Any]:
+    """The HTTP edge is not gRPC: the gateway may send its public prefix, anyone its probes
+    (what `mesh_policy.edge_allows` says locally)."""
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": _meta(f"{EDGE}-callers"),
+        "spec": {
+            "selector": _workload(EDGE),
+            "action": "ALLOW",
+            "rules": [
+                {
+                    "from": [{"source": {"principals": [istio_principal(GATEWAY, trust_domain)]}}],
+                    "to": [{"operation": {"paths": [EDGE_PUBLIC_PREFIX + "*"]}}],
+                },
+                {
+                    "from": [
+                        {
+                            "source": {
+                                "principals": [
+                                    istio_principal(c, trust_domain) for c in IDENTITIES
+                                ]
+                            }
+                        }
+                    ],
+                    "to": [{"operation": {"paths": list(EDGE_HEALTH_PATHS)}}],
+                },
+            ],
+        },
+    }
 
 
 def _identity_header_policy(callee: str, trust_domain: str) -> dict[str, Any]:

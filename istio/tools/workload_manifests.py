@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from services.common import mesh_policy
-from services.common.config import SERVICE_PORTS
+from services.common.config import HTTP_SERVICE_PORTS, SERVICE_PORTS
+
+# gRPC services, then the HTTP edge (services/edge: OpenAI-compatible API behind the gateway).
+WORKLOADS: dict[str, int] = {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}
 
 IMAGE = "ghcr.io/aimesh/aimesh"  # one image, `python -m services.<svc>` picks the service
 USER_ID = 10001
@@ -21,7 +24,7 @@ RESOURCES: dict[str, dict[str, dict[str, str]]] = {
         "requests": {"cpu": "100m", "memory": "256Mi"},
         "limits": {"cpu": "1", "memory": "512Mi"},
     }
-    for name in SERVICE_PORTS
+    for name in WORKLOADS
 }
 for heavy in ("knowledge", "speech", "orchestrator"):
     RESOURCES[heavy] = {
@@ -49,6 +52,17 @@ def service_account(name: str) -> dict[str, Any]:
 
 
 def service(name: str, port: int) -> dict[str, Any]:
+    if name in HTTP_SERVICE_PORTS:
+        # HTTP/1.1 (JSON, SSE, multipart, WebSocket): Istio must treat it as HTTP, not gRPC.
+        ports = [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP",
+                  "appProtocol": "http"}]
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": mesh_policy.NAMESPACE, "labels": labels(name)},
+            "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": name},
+                     "ports": ports},
+        }
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -110,6 +124,7 @@ def deployment(name: str, port: int) -> dict[str, Any]:
         },
         # Let Envoy and kube-proxy stop sending before SIGTERM starts the drain.
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        **(_http_probes(port) if name in HTTP_SERVICE_PORTS else {}),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": USER_ID,
@@ -176,9 +191,22 @@ def deployment(name: str, port: int) -> dict[str, Any]:
     }
 
 
+def _http_probes(port: int) -> dict[str, Any]:
+    """The HTTP edge: /readyz (its gRPC dependencies answer) and /healthz (the loop runs)."""
+    ready = {"path": "/readyz", "port": port}
+    return {
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "startupProbe": {"httpGet": ready, "periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": {"httpGet": ready, "periodSeconds": 5, "timeoutSeconds": 2,
+                           "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10,
+                          "timeoutSeconds": 2, "failureThreshold": 3},
+    }
+
+
 def documents() -> dict[str, list[dict[str, Any]]]:
     """File name (under istio/base/workloads/) -> its manifests."""
     return {
         f"{name}.yaml": [service_account(name), service(name, port), deployment(name, port)]
-        for name, port in SERVICE_PORTS.items()
+        for name, port in WORKLOADS.items()
     }
