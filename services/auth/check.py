@@ -29,7 +29,9 @@ from google.protobuf import json_format, wrappers_pb2
 from google.rpc import status_pb2
 
 from services.auth import crypto
-from services.auth.domain import AuthDomain, Principal
+from services.auth.domain import AuthDomain
+from services.auth.errors import AuthError
+from services.auth.principal import Principal
 from services.common.channels import service_descriptors
 from services.common.config import SERVICES
 from services.common.errors import ServiceError, permission_denied, unauthenticated
@@ -87,6 +89,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             principal = await self._authenticate(headers)
             self._authorize(principal, http.path.split("?", 1)[0])
+        except AuthError as exc:
+            return _deny(exc.to_service_error(), grpc_caller)
         except ServiceError as exc:
             return _deny(exc, grpc_caller)
         return _allow(principal)
@@ -121,7 +125,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             if exp is not None and exp <= time.time():
                 raise unauthenticated("access token expired", reason="TOKEN_EXPIRED")
             raise unauthenticated("access token invalid", reason="TOKEN_INVALID")
-        return await self.domain.authenticate_api_key(credential)
+        return await self.domain.api_keys.authenticate(credential)
 
     def _authorize(self, principal: Principal, path: str) -> None:
         if principal.key_id is None or not principal.scopes:

@@ -16,12 +16,9 @@ from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import empty_pb2
 
 from services.auth import check, store
-from services.auth.domain import (
-    ROLE_BY_NAME,
-    AuthDomain,
-    Principal,
-    Tokens,
-)
+from services.auth.domain import AuthDomain
+from services.auth.principal import ROLE_BY_NAME, Principal
+from services.auth.sessions import Tokens
 from services.common.errors import invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
 from services.common.names import ResourceName, resource
@@ -126,7 +123,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.pages = Paginator(runtime.settings)
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.TokenPair:
-        return _token_pair(await self.domain.sign_up(
+        return _token_pair(await self.domain.sessions.sign_up(
             request.email, request.password, request.display_name,
             request.organization_display_name, request.request_id))
 
@@ -134,19 +131,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         org: str | None = None
         if request.organization:
             org = ORGANIZATION.id(request.organization, "organization")
-        return _token_pair(await self.domain.login(request.email, request.password, org,
+        return _token_pair(await self.domain.sessions.login(request.email, request.password, org,
                                                    request.request_id))
 
     async def RefreshToken(self, request: auth_pb2.RefreshTokenRequest,
                            context: Any) -> auth_pb2.TokenPair:
-        return _token_pair(await self.domain.refresh(request.refresh_token, request.request_id))
+        return _token_pair(await self.domain.sessions.refresh(request.refresh_token,
+                                                              request.request_id))
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> empty_pb2.Empty:
-        await self.domain.logout(request.refresh_token)
+        await self.domain.sessions.logout(request.refresh_token)
         return empty_pb2.Empty()
 
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.Jwks:
-        keys = await self.domain.jwks()
+        keys = await self.domain.signing_keys.jwks()
         return auth_pb2.Jwks(keys=[auth_pb2.Jwk(**{k: v for k, v in key.items()
                                                    if k in ("kty", "kid", "use", "alg", "n", "e")})
                                    for key in keys])
@@ -156,10 +154,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         if not principal.subject.startswith("users/"):
             raise unauthenticated("rotating keys needs a user identity", reason="USER_REQUIRED")
-        user = await self.domain.get_user(principal.subject[6:])
         grace = (request.previous_key_grace.ToTimedelta()
                  if request.HasField("previous_key_grace") else None)
-        row = await self.domain.rotate_signing_key(user["email"], grace, request.request_id)
+        row = await self.domain.rotate_signing_key(principal.subject[6:], grace,
+                                                   request.request_id)
         jwk = {k: v for k, v in dict(row["public_jwk"]).items()
                if k in ("kty", "kid", "use", "alg", "n", "e")}
         return auth_pb2.SigningKey(kid=row["kid"], alg=row["alg"],
@@ -173,7 +171,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if not principal.subject.startswith("users/"):
             raise unauthenticated("GetCurrentUser needs a user (access token), not an API key",
                                   reason="USER_REQUIRED")
-        user = await self.domain.get_user(principal.subject[6:])
+        user = await self.domain.memberships.get_user(principal.subject[6:])
         return auth_pb2.User(
             name=USER.format(user["id"]), email=user["email"], display_name=user["display_name"],
             organization=ORGANIZATION.format(principal.org_id),
@@ -183,7 +181,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetOrganization(self, request: auth_pb2.GetOrganizationRequest,
                               context: Any) -> auth_pb2.Organization:
         principal = _principal(context)
-        org = await self.domain.get_org(_org_from(request.name, principal, "name"))
+        org = await self.domain.memberships.get_org(_org_from(request.name, principal, "name"))
         return auth_pb2.Organization(name=ORGANIZATION.format(org["id"]),
                                      display_name=org["display_name"],
                                      create_time=to_timestamp(org["create_time"]),
@@ -195,7 +193,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         org_id = _org_from(request.parent, principal, "parent")
         page = self.pages.start(request, principal.org_id)
         role = _ROLE_NAME.get(request.role) if request.role else None  # type: ignore[call-overload]
-        rows, total = await self.domain.list_memberships(org_id, role, page.cursor, page.size + 1)  # type: ignore[arg-type]
+        rows, total = await self.domain.memberships.list(org_id, role, page.cursor,  # type: ignore[arg-type]
+                                                         page.size + 1)
         rows, token = page.split(rows, _create_order)
         return auth_pb2.ListMembershipsResponse(
             memberships=[_membership(r) for r in rows], next_page_token=token, total_size=total)
@@ -205,7 +204,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         _org_from(request.parent, principal, "parent")
         role = _role(request.membership.role, "membership.role")
-        return _membership(await self.domain.create_membership(
+        return _membership(await self.domain.memberships.create(
             principal, request.membership.email, role, request.request_id))
 
     async def UpdateMembership(self, request: auth_pb2.UpdateMembershipRequest,
@@ -218,14 +217,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         membership_id = _child(request.membership.name, MEMBERSHIP, principal,
                                "membership.name")
         role = _role(request.membership.role, "membership.role")
-        return _membership(await self.domain.update_membership(
+        return _membership(await self.domain.memberships.update_role(
             principal, membership_id, role, request.membership.etag))
 
     async def DeleteMembership(self, request: auth_pb2.DeleteMembershipRequest,
                                context: Any) -> empty_pb2.Empty:
         principal = _principal(context)
         membership_id = _child(request.name, MEMBERSHIP, principal, "name")
-        await self.domain.delete_membership(principal, membership_id, request.allow_missing)
+        await self.domain.memberships.delete(principal, membership_id, request.allow_missing)
         return empty_pb2.Empty()
 
     async def CreateApiKey(self, request: auth_pb2.CreateApiKeyRequest,
@@ -234,22 +233,22 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         _org_from(request.parent, principal, "parent")
         key = request.api_key
         expire = key.expire_time.ToDatetime(UTC) if key.HasField("expire_time") else None
-        row, secret = await self.domain.create_api_key(
+        row, secret = await self.domain.api_keys.create(
             principal, key.display_name, list(key.scopes), expire, request.request_id)
         return _api_key(row, secret)
 
     async def GetApiKey(self, request: auth_pb2.GetApiKeyRequest, context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
         key_id = _child(request.name, API_KEY, principal, "name")
-        return _api_key(await self.domain.get_api_key(principal.org_id, key_id))
+        return _api_key(await self.domain.api_keys.get(principal.org_id, key_id))
 
     async def ListApiKeys(self, request: auth_pb2.ListApiKeysRequest,
                           context: Any) -> auth_pb2.ListApiKeysResponse:
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
         page = self.pages.start(request, principal.org_id)
-        rows, total = await self.domain.list_api_keys(org_id, request.show_inactive, page.cursor,  # type: ignore[arg-type]
-                                                       page.size + 1)
+        rows, total = await self.domain.api_keys.list(org_id, request.show_inactive, page.cursor,  # type: ignore[arg-type]
+                                                      page.size + 1)
         rows, token = page.split(rows, _create_order)
         return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(r) for r in rows],
                                             next_page_token=token, total_size=total)
@@ -258,7 +257,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                            context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
         key_id = _child(request.name, API_KEY, principal, "name")
-        return _api_key(await self.domain.revoke_api_key(principal, key_id))
+        return _api_key(await self.domain.api_keys.revoke(principal, key_id))
 
 
 class _Shared:

@@ -102,6 +102,12 @@ async def get_membership(conn: Conn, org_id: str, membership_id: str) -> Row | N
     )
 
 
+async def membership_by_email(conn: Conn, org_id: str, email: str) -> Row | None:
+    return await _one(
+        conn, "SELECT * FROM memberships WHERE org_id = %s AND email = %s", (org_id, email)
+    )
+
+
 async def list_memberships(
     conn: Conn, org_id: str, role: str | None, after: tuple[datetime, str] | None, limit: int
 ) -> list[Row]:

@@ -25,6 +25,8 @@ SERVICE_PORTS: dict[str, int] = {
     "speech": 50055,
 }
 SERVICES: tuple[str, ...] = tuple(SERVICE_PORTS)
+# HTTP services behind the gateway (not gRPC): the OpenAI-compatible edge (services/edge).
+HTTP_SERVICE_PORTS: dict[str, int] = {"edge": 50058}
 
 
 class ConfigError(Exception):
@@ -207,7 +209,7 @@ class Settings:
             raw = env.get(f.metadata["env"], f.metadata["default"])
             values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
         addrs = {}
-        for service, port in SERVICE_PORTS.items():
+        for service, port in {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}.items():
             var = f"AIMESH_{service.upper()}_ADDR"
             addrs[service] = _address(var, env.get(var, f"127.0.0.1:{port}"))
         values["service_addrs"] = addrs

@@ -26,7 +26,7 @@ from services.common import channels, deadlines, mesh_policy, telemetry, tls
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError, database_error, is_transient
-from services.common.errors import ServiceError
+from services.common.errors import DomainError, ServiceError
 from services.common.handlers import call_unary, iterate_stream, rewrap
 from services.common.request_checks import (
     check_request,
@@ -154,6 +154,8 @@ def _checked(request: Any) -> Any:
 
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
     exc = database_error(exc) or exc
+    if isinstance(exc, DomainError):
+        exc = exc.to_service_error()
     if isinstance(exc, ServiceError):
         await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
     if isinstance(exc, NotImplementedError):
