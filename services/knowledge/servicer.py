@@ -15,6 +15,7 @@ from services.common.errors import FieldViolations, invalid_argument
 from services.common.identity import Identity, Role, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, idle_limited
 from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
 from services.common.usage_client import ResourceType, UsageClient
@@ -143,11 +144,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.Document:
         identity = _caller(context, Role.MEMBER, "uploading a document")
-        stream = request_iterator.__aiter__()
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")]) from None
+        # Like every client stream, an upload that stops sending ends after an idle limit.
+        stream = idle_limited(request_iterator.__aiter__(), CLIENT_STREAM_IDLE_SECONDS, "content_chunk")
+        first = await anext(stream, None)
+        if first is None:
+            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")])
         if first.WhichOneof("payload") != "metadata":
             raise invalid_argument("the first message must carry metadata", [("metadata", "required in the first message")])
         meta = first.metadata
