@@ -40,6 +40,7 @@ class TestMesh:
     def __init__(self, tls_mode: str | None = None) -> None:
         self.var_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-"))
         overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
+        overrides.update({f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES})
         overrides.update(
             {
                 "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
