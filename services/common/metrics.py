@@ -37,6 +37,13 @@ RPC_SERVER_DURATION = Histogram(
     _RPC_LABELS,
     buckets=LATENCY_BUCKETS,
 )
+RPC_SERVER_STREAM_DURATION = Histogram(
+    "rpc_server_stream_duration_seconds",
+    "Duration of server- and bidi-streaming calls served (kept apart: they last as long as the "
+    "conversation, not as long as the work).",
+    _RPC_LABELS,
+    buckets=LATENCY_BUCKETS,
+)
 RPC_SERVER_ACTIVE = Gauge(
     "rpc_server_active_requests",
     "gRPC calls (unary and streams) being served right now.",
@@ -48,6 +55,11 @@ RPC_CLIENT_DURATION = Histogram(
     _RPC_LABELS,
     buckets=LATENCY_BUCKETS,
 )
+TRITON_MODEL_READY = Gauge(
+    "aimesh_triton_model_ready",
+    "1 when the Triton model answered ready to this service's last readiness probe, else 0.",
+    ("model",),
+)
 TRITON_DURATION = Histogram(
     "aimesh_triton_request_duration_seconds",
     "Duration of inference calls to Triton by model and outcome (streams: until the last response).",
@@ -58,6 +70,22 @@ CACHE_REQUESTS = Counter(
     "aimesh_cache_requests_total",
     "Cache look-ups by cache and result (hit/miss).",
     ("cache", "result"),
+)
+
+OUTBOX_DEPTH = Gauge(
+    "aimesh_usage_outbox_depth",
+    "Usage records waiting in a service's durable outbox for delivery to Usage.",
+    ("outbox",),
+)
+OUTBOX_AGE = Gauge(
+    "aimesh_usage_outbox_oldest_age_seconds",
+    "Age of the oldest undelivered record in a service's usage outbox (0 when empty).",
+    ("outbox",),
+)
+CERTIFICATE_EXPIRY = Gauge(
+    "aimesh_tls_certificate_expiry_timestamp_seconds",
+    "Unix time at which the certificate this process presents to its mesh peers expires.",
+    ("identity",),
 )
 
 _enabled = True
@@ -105,10 +133,11 @@ def code_of(context: grpc.aio.ServicerContext, failed: bool | None) -> str:
 class RpcTimer:
     """Times one served call and keeps the in-flight gauge; `finish(code)` records it once."""
 
-    __slots__ = ("service", "method", "started")
+    __slots__ = ("service", "method", "started", "histogram")
 
-    def __init__(self, service: str, method: str) -> None:
+    def __init__(self, service: str, method: str, streaming: bool) -> None:
         self.service, self.method = service, method
+        self.histogram = RPC_SERVER_STREAM_DURATION if streaming else RPC_SERVER_DURATION
         self.started = time.perf_counter()
         if _enabled:
             RPC_SERVER_ACTIVE.labels(service, method).inc()
@@ -116,7 +145,7 @@ class RpcTimer:
     def finish(self, code: str) -> None:
         if _enabled:
             RPC_SERVER_ACTIVE.labels(self.service, self.method).dec()
-            RPC_SERVER_DURATION.labels(self.service, self.method, code).observe(
+            self.histogram.labels(self.service, self.method, code).observe(
                 time.perf_counter() - self.started
             )
 
@@ -124,6 +153,28 @@ class RpcTimer:
 def record_cache(cache: str, hit: bool) -> None:
     if _enabled:
         CACHE_REQUESTS.labels(cache, "hit" if hit else "miss").inc()
+
+
+def observe_outbox(outbox: str, depth: int, oldest_age_seconds: float) -> None:
+    if _enabled:
+        OUTBOX_DEPTH.labels(outbox).set(depth)
+        OUTBOX_AGE.labels(outbox).set(oldest_age_seconds)
+
+
+def record_certificate(identity: str, pem_path: str) -> None:
+    """Export when `identity`'s certificate expires (for the expiry alert); absent file: nothing."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(open(pem_path, "rb").read())
+    except (OSError, ValueError):
+        return
+    CERTIFICATE_EXPIRY.labels(identity).set(cert.not_valid_after_utc.timestamp())
+
+
+def record_model_ready(model: str, ready: bool) -> None:
+    if _enabled:
+        TRITON_MODEL_READY.labels(model).set(1.0 if ready else 0.0)
 
 
 def observe_triton(model: str, outcome: str, seconds: float) -> None:

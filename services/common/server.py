@@ -323,6 +323,8 @@ def serve(spec: ServiceSpec) -> None:
         raise SystemExit(2) from None
     telemetry.configure(spec.name, settings.log_level, settings.trace_console, settings.otlp_endpoint)
     metrics.serve(spec.name, settings.metrics_address_of(spec.name), on=settings.metrics_enabled)
+    if settings.tls_mode == "mtls":
+        metrics.record_certificate(spec.name, str(tls.CertPaths(settings.certs_path).cert(spec.name)))
     channels.set_process_identity(spec.name)
     try:
         code = asyncio.run(_run(spec, settings))

@@ -114,7 +114,8 @@ class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
         return rewrap(handler, lambda b: _unary(b, method), lambda b: _stream(b, method))
 
 
-def _start(method: str, context: grpc.aio.ServicerContext) -> tuple[trace.Span, object, metrics.RpcTimer]:
+def _start(method: str, context: grpc.aio.ServicerContext,
+           streaming: bool) -> tuple[trace.Span, object, metrics.RpcTimer]:
     service, name = metrics.split_method(method)
     carrier = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
     span = _tracer.start_span(
@@ -124,7 +125,7 @@ def _start(method: str, context: grpc.aio.ServicerContext) -> tuple[trace.Span, 
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
     )
     token = otel_context.attach(trace.set_span_in_context(span))
-    return span, token, metrics.RpcTimer(service, name)
+    return span, token, metrics.RpcTimer(service, name, streaming)
 
 
 def _finish(span: trace.Span, timer: metrics.RpcTimer, context: grpc.aio.ServicerContext,
@@ -147,7 +148,7 @@ def _detach(token: object, task: asyncio.Task[Any] | None) -> None:
 
 def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        span, token, timer = _start(method, context)
+        span, token, timer = _start(method, context, streaming=False)
         task = asyncio.current_task()
         failed = True
         try:
@@ -163,7 +164,7 @@ def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
 
 def _stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        span, token, timer = _start(method, context)
+        span, token, timer = _start(method, context, streaming=True)
         task = asyncio.current_task()
         failed: bool | None = True
         try:

@@ -19,6 +19,7 @@ from services.common.usage_client import UsageClient
 from services.orchestrator.cache import GenerationStore
 from services.orchestrator.catalog import Catalog, ModelEntry
 from services.orchestrator.generation import _ROLES, Orchestrator
+from services.orchestrator import metrics
 from services.orchestrator.guardrails import Guardrails
 from services.orchestrator.providers import Provider
 from services.orchestrator.providers.anthropic import AnthropicProvider
@@ -80,6 +81,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.channels = Channels(settings)
         self.router = Router(providers, settings.circuit_failure_threshold, settings.circuit_open_seconds,
                              settings.provider_first_token_seconds)
+        metrics.watch_circuits(self.router)
         # Token usage goes through the shared client's durable outbox (in this service's schema).
         self.usage = UsageClient(runtime, channels=self.channels) if runtime.db is not None else None
         self.orchestrator = Orchestrator(self.catalog, self.router, Guardrails.from_setting(settings.guardrail_blocklist),
@@ -116,7 +118,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
         identity = require_identity(context.invocation_metadata())
-        async for event in self.orchestrator.generate(request, identity):
+        async for event in metrics.observe(self.orchestrator.generate(request, identity), identity,
+                                           request.model):
             yield event
 
 
