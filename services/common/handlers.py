@@ -12,9 +12,15 @@ Behavior = Callable[..., Any]
 Around = Callable[[Behavior], Behavior]
 
 
-def rewrap(handler: grpc.RpcMethodHandler, around_unary: Around, around_stream: Around) -> grpc.RpcMethodHandler:
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    around_unary: Around,
+    around_stream: Around,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
     """The same handler (kind and serializers) with its behavior wrapped: single-response kinds
-    by `around_unary`, streaming-response kinds by `around_stream`."""
+    by `around_unary`, streaming-response kinds by `around_stream`; optionally another request
+    deserializer."""
     kinds = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, around_unary),
         ("unary_stream", grpc.unary_stream_rpc_method_handler, around_stream),
@@ -26,7 +32,7 @@ def rewrap(handler: grpc.RpcMethodHandler, around_unary: Around, around_stream: 
         if behavior:
             return build(
                 around(behavior),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=request_deserializer or handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     return handler
