@@ -10,7 +10,7 @@ no metric calls; circuit state is read from the router at scrape time.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, REGISTRY
@@ -28,6 +28,11 @@ TOKENS = Counter(
     "aimesh_gen_ai_tokens",
     "Tokens metered for generations, by model, token type (input/output) and organization.",
     ("gen_ai_request_model", "gen_ai_token_type", "org"),
+)
+COST = Counter(
+    "aimesh_gen_ai_cost_micros",
+    "Spend on generations in micros of the currency, by organization and model (catalog prices).",
+    ("org", "gen_ai_request_model", "currency"),
 )
 TOKENS_PER_REQUEST = Histogram(
     "gen_ai_client_token_usage",
@@ -74,8 +79,12 @@ def _model_of(event: pb.GenerateResponse, fallback: str) -> str:
     return event.metadata.model or fallback
 
 
+# (model name, prompt tokens, completion tokens) -> (cost in micros, currency code)
+Pricing = Callable[[str, int, int], tuple[int, str]]
+
+
 async def observe(events: AsyncIterator[pb.GenerateResponse], identity: Identity,
-                  requested_model: str) -> AsyncIterator[pb.GenerateResponse]:
+                  requested_model: str, pricing: Pricing) -> AsyncIterator[pb.GenerateResponse]:
     """Pass `events` through, recording the generation's metrics as they go by."""
     if not metrics.enabled():
         async for event in events:
@@ -91,17 +100,19 @@ async def observe(events: AsyncIterator[pb.GenerateResponse], identity: Identity
             first_text_at = time.perf_counter()
             TIME_TO_FIRST_TOKEN.labels(model).observe(first_text_at - started)
         elif event.HasField("completion"):
-            _completed(event.completion, identity, model, started, first_text_at)
+            _completed(event.completion, identity, model, started, first_text_at, pricing)
         yield event
 
 
 def _completed(completion: pb.Completion, identity: Identity, model: str, started: float,
-               first_text_at: float | None) -> None:
+               first_text_at: float | None, pricing: Pricing) -> None:
     now = time.perf_counter()
     usage = completion.usage
     for kind, count in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
         TOKENS.labels(model, kind, identity.org).inc(count)
         TOKENS_PER_REQUEST.labels(model, kind).observe(count)
+    cost, currency = pricing(model, usage.prompt_tokens, usage.completion_tokens)
+    COST.labels(identity.org, model, currency or "USD").inc(cost)
     if first_text_at is not None and usage.completion_tokens > 1:
         TIME_PER_OUTPUT_TOKEN.labels(model).observe((now - first_text_at) / (usage.completion_tokens - 1))
     REQUEST_DURATION.labels(model, pb.FinishReason.Name(completion.finish_reason)).observe(now - started)

@@ -11,7 +11,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, invalid_argument
+from services.common.errors import FieldViolations, ServiceError, invalid_argument
 from services.common.identity import require_identity
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import RESPONDER_MODEL, TritonClient
@@ -21,6 +21,7 @@ from services.orchestrator.catalog import Catalog, ModelEntry
 from services.orchestrator.generation import _ROLES, Orchestrator
 from services.orchestrator import metrics
 from services.orchestrator.guardrails import Guardrails
+from services.orchestrator.metering import cost_micros
 from services.orchestrator.providers import Provider
 from services.orchestrator.providers.anthropic import AnthropicProvider
 from services.orchestrator.providers.http import make_client
@@ -119,8 +120,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
         identity = require_identity(context.invocation_metadata())
         async for event in metrics.observe(self.orchestrator.generate(request, identity), identity,
-                                           request.model):
+                                           request.model, self._price):
             yield event
+
+    def _price(self, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[int, str]:
+        try:
+            entry = self.catalog.get(model)
+        except ServiceError:
+            return 0, ""
+        return cost_micros(entry, prompt_tokens, completion_tokens), entry.currency_code
 
 
 def build_spec() -> ServiceSpec:
