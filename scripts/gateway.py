@@ -48,10 +48,14 @@ if TYPE_CHECKING:
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
 RATE_LIMIT_DOMAIN = "aimesh"
 JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
-# Everything a client must never be able to set: identity headers and the verified-JWT header.
+# Set in front of grpc_web on gRPC-Web requests, read by the frame check behind it.
+GRPC_WEB_MARK = "x-aimesh-grpc-web"
+GRPC_WEB_FRAMES_LUA = REPO_ROOT / "envoy" / "grpc_web_frames.lua"
+# Everything a client must never be able to set: identity headers, the verified-JWT header and
+# the gRPC-Web mark.
 STRIPPED_REQUEST_HEADERS = (
     "x-aimesh-org", "x-aimesh-subject", "x-aimesh-roles", "x-aimesh-key-id", "x-aimesh-scopes",
-    JWT_PAYLOAD_HEADER,
+    JWT_PAYLOAD_HEADER, GRPC_WEB_MARK,
 )
 # RPCs reachable without credentials (their own body is the credential, or they are public).
 PUBLIC_METHODS = frozenset({
@@ -250,6 +254,103 @@ def _not_found_route() -> dict[str, Any]:
     }
 
 
+# The OpenAI-compatible edge (services/edge): plain HTTP (JSON, SSE, multipart), so the
+# transcoder is off on its route; authentication and rate limits are the same as for every route.
+EDGE_PREFIX = mesh_policy.EDGE_PUBLIC_PREFIX
+
+
+def _edge_route() -> dict[str, Any]:
+    return {
+        "name": "openai_edge",
+        "match": {"prefix": EDGE_PREFIX},
+        "route": {
+            "cluster": mesh_policy.EDGE,
+            # SSE streams run as long as tokens flow; the edge bounds unary work itself.
+            "timeout": "0s",
+            "idle_timeout": STREAM_IDLE_TIMEOUT,
+            "rate_limits": _rate_limits(),
+        },
+        "typed_per_filter_config": {
+            "envoy.filters.http.jwt_authn": {
+                "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"),
+                "requirement_name": "jwt_if_present",
+            },
+            # Not a gRPC method: with reject_unknown_method the transcoder would answer 404.
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": _t("envoy.config.route.v3.FilterConfig"), "disabled": True},
+        },
+    }
+
+
+def _edge_cluster(settings: Settings) -> dict[str, Any]:
+    cluster = upstream_cluster(
+        mesh_policy.EDGE, settings.address_of(mesh_policy.EDGE), http2=False, health_check=False,
+        transport_socket=(
+            tls.envoy_upstream_transport_socket(mesh_policy.EDGE, settings.certs_path)
+            if settings.tls_mode == "mtls" else None
+        ),
+    )
+    cluster["health_checks"] = [{
+        "timeout": "1s", "interval": "5s", "unhealthy_interval": "1s",
+        "unhealthy_threshold": 2, "healthy_threshold": 1,
+        "http_health_check": {"path": "/readyz"},
+    }]
+    return cluster
+
+
+# Envoy's own replies on the edge's prefix (rate limit, no upstream, too large) in OpenAI's
+# error shape, which its client libraries map to exceptions; 429 carries retry-after.
+_EDGE_LOCAL_REPLIES = {
+    413: ("invalid_request_error", "request_too_large", "request body too large"),
+    429: ("requests", "rate_limit_exceeded",
+          ("rate limit exceeded for this API key or organization; retry after "
+           "%RESP(x-ratelimit-reset)% seconds")),
+    503: ("server_error", "service_unavailable", "service unavailable (%RESPONSE_CODE_DETAILS%)"),
+    504: ("server_error", "timeout", "timed out (%RESPONSE_CODE_DETAILS%)"),
+}
+
+
+def _edge_local_reply_mappers() -> list[dict[str, Any]]:
+    on_edge = {"header_filter": {"header": {"name": ":path",
+                                            "string_match": {"prefix": EDGE_PREFIX}}}}
+    mappers = []
+    for http_code, (kind, code, message) in _EDGE_LOCAL_REPLIES.items():
+        status = {"status_code_filter": {"comparison": {
+            "op": "EQ", "value": {"default_value": http_code,
+                                  "runtime_key": f"aimesh.edge_lr.{http_code}"}}}}
+        mapper: dict[str, Any] = {
+            "filter": {"and_filter": {"filters": [status, on_edge]}},
+            "body_format_override": {
+                "json_format": {"error": {"message": message, "type": kind, "param": None,
+                                          "code": code}},
+                "content_type": "application/json",
+            },
+        }
+        if http_code == 429:
+            mapper["headers_to_add"] = [{"header": {"key": "retry-after",
+                                                    "value": "%RESP(x-ratelimit-reset)%"},
+                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+        mappers.append(mapper)
+    return mappers
+
+
+# grpc_web turns application/grpc-web* into application/grpc; remember that it was gRPC-Web.
+_GRPC_WEB_MARK_LUA = f"""
+function envoy_on_request(handle)
+  local content_type = handle:headers():get("content-type")
+  if content_type ~= nil and string.find(content_type, "^application/grpc%-web") then
+    handle:headers():add("{GRPC_WEB_MARK}", "1")
+  end
+end
+"""
+
+
+def _lua(name: str, source: str) -> dict[str, Any]:
+    return {"name": name, "typed_config": {
+        "@type": _t("envoy.extensions.filters.http.lua.v3.Lua"),
+        "default_source_code": {"inline_string": source}}}
+
+
 def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
     return [
@@ -261,10 +362,12 @@ def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> 
                 "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
             },
         },
+        _lua("aimesh.grpc_web_mark", _GRPC_WEB_MARK_LUA),
         {"name": "envoy.filters.http.grpc_web",
          "typed_config": {"@type": _t("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")}},
         {"name": "envoy.filters.http.cors",
          "typed_config": {"@type": _t("envoy.extensions.filters.http.cors.v3.Cors")}},
+        _lua("aimesh.grpc_web_frames", GRPC_WEB_FRAMES_LUA.read_text()),
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": {
@@ -391,6 +494,7 @@ def _cors_policy() -> dict[str, Any]:
 _LOCAL_REPLY_CODES = {
     400: (3, "INVALID_ARGUMENT", "invalid request"), 404: (5, "NOT_FOUND", "not found"),
     413: (3, "REQUEST_TOO_LARGE", "request body too large"),
+    431: (3, "HEADERS_TOO_LARGE", "request headers too large"),
     429: (8, "RESOURCE_EXHAUSTED", "rate limit exceeded"),
     503: (14, "UNAVAILABLE", "service unavailable"), 504: (4, "DEADLINE_EXCEEDED", "timed out"),
 }
@@ -425,7 +529,7 @@ def _local_reply_config() -> dict[str, Any]:
                 "content_type": "application/json",
             },
         })
-    return {"mappers": mappers}
+    return {"mappers": [*_edge_local_reply_mappers(), *mappers]}
 
 
 OTLP_CLUSTER = "otlp_collector"
@@ -454,7 +558,8 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
     services = sorted({r.full_service for r in rpcs})
     # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
     # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
-    routes = [_route(r) for r in rpcs if is_public(r)] + [_preflight_route(), _not_found_route()]
+    routes = [_route(r) for r in rpcs if is_public(r)] + [
+        _preflight_route(), _edge_route(), _not_found_route()]
     hcm = {
         "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager"),
@@ -498,6 +603,7 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
         )
         for s in SERVICES
     ]
+    clusters.append(_edge_cluster(settings))
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
     clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
                                      health_check=False))

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import tls
-from services.common.config import REPO_ROOT, SERVICES, ConfigError, Settings
+from services.common.config import HTTP_SERVICE_PORTS, REPO_ROOT, SERVICES, ConfigError, Settings
 
 if TYPE_CHECKING:
     from scripts import triton_server
@@ -75,6 +75,32 @@ def grpc_healthy(settings: Settings, callee: str, service: str = "", timeout: fl
         return False
 
 
+def http_ready(settings: Settings, callee: str, timeout: float = 1.0) -> bool:
+    """True when an HTTP service (the edge) answers 200 on /readyz; as the operator under mTLS."""
+    import ssl
+
+    import httpx
+
+    verify: ssl.SSLContext | bool = False
+    scheme = "http"
+    if settings.tls_mode == "mtls":
+        certs = settings.certs_path
+        verify = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        verify.check_hostname = False  # a local probe by address; the CA check stays
+        verify.load_cert_chain(certs / "operator.pem", certs / "operator-key.pem")
+        scheme = "https"
+    try:
+        reply = httpx.get(f"{scheme}://{settings.address_of(callee)}/readyz", verify=verify,
+                          timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return reply.status_code == 200
+
+
+# Everything `up --only` may name: the gRPC services, then the HTTP edge that calls them.
+COMPONENTS: tuple[str, ...] = (*SERVICES, *HTTP_SERVICE_PORTS)
+
+
 @dataclass
 class Stack:
     """A set of running components sharing one environment (AIMESH_* variables)."""
@@ -113,8 +139,9 @@ class Stack:
 
     def start_service(self, service: str) -> Process:
         settings = self.settings
+        probe = http_ready if service in HTTP_SERVICE_PORTS else grpc_healthy
         return self.spawn(
-            service, [PYTHON, "-m", f"services.{service}"], lambda: grpc_healthy(settings, service)
+            service, [PYTHON, "-m", f"services.{service}"], lambda: probe(settings, service)
         )
 
     def triton_ports(self) -> tuple[str, "triton_server.TritonPorts"]:
@@ -197,7 +224,7 @@ STATE_FILE = Path(os.environ.get("AIMESH_VAR_DIR", REPO_ROOT / "var")) / "run" /
 
 def _print_endpoints(stack: Stack) -> None:
     s = stack.settings
-    rows = [(name, s.address_of(name)) for name in SERVICES if name in stack.processes]
+    rows = [(name, s.address_of(name)) for name in COMPONENTS if name in stack.processes]
     if "triton" in stack.processes:
         rows.append(("triton (gRPC)", s.triton_url))
     if "gateway" in stack.processes:
@@ -226,6 +253,8 @@ def _print_endpoints(stack: Stack) -> None:
             f"  curl -s -X POST http://{s.gateway_addr}/v1/auth:signUp -H 'content-type: application/json' \\\n"
             "       -d '{\"email\":\"you@example.com\",\"password\":\"correct horse battery\",\"organizationDisplayName\":\"Acme\"}'\n"
         )
+        print(f"  OpenAI-compatible clients: base_url=http://{s.gateway_addr}/openai/v1, "
+              "api_key=<an aimesh API key>\n")
     print(f"Logs: {stack.log_dir}/<component>.log")
 
 
@@ -235,10 +264,10 @@ def up(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"up: configuration error: {exc}", file=sys.stderr)
         return 2
-    wanted = args.only.split(",") if args.only else list(SERVICES)
-    unknown = sorted(set(wanted) - set(SERVICES))
+    wanted = args.only.split(",") if args.only else list(COMPONENTS)
+    unknown = sorted(set(wanted) - set(COMPONENTS))
     if unknown:
-        print(f"up: unknown service(s): {', '.join(unknown)}; known: {', '.join(SERVICES)}", file=sys.stderr)
+        print(f"up: unknown service(s): {', '.join(unknown)}; known: {', '.join(COMPONENTS)}", file=sys.stderr)
         return 2
     try:
         if not args.no_triton:
@@ -322,9 +351,10 @@ def down(_: argparse.Namespace) -> int:
 
 def status(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    for service in SERVICES:
+    for service in COMPONENTS:
         address = settings.address_of(service)
-        state = "SERVING" if grpc_healthy(settings, service) else "down"
+        healthy = http_ready if service in HTTP_SERVICE_PORTS else grpc_healthy
+        state = "SERVING" if healthy(settings, service) else "down"
         print(f"{service:13} {address:18} {state}")
     return 0
 

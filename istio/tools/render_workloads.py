@@ -23,7 +23,10 @@ sys.path.insert(0, str(ROOT))
 import yaml
 
 from services.common import mesh_policy
-from services.common.config import SERVICE_PORTS
+from services.common.config import HTTP_SERVICE_PORTS, SERVICE_PORTS
+
+# gRPC services, then the HTTP edge (services/edge: OpenAI-compatible API behind the gateway).
+WORKLOADS: dict[str, int] = {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}
 
 OUT = ROOT / "istio" / "base" / "workloads"
 IMAGE = "ghcr.io/aimesh/aimesh"  # one image, `python -m services.<svc>` picks the service
@@ -36,7 +39,7 @@ RESOURCES: dict[str, dict[str, dict[str, str]]] = {
         "requests": {"cpu": "100m", "memory": "256Mi"},
         "limits": {"cpu": "1", "memory": "512Mi"},
     }
-    for name in SERVICE_PORTS
+    for name in WORKLOADS
 }
 for heavy in ("knowledge", "speech", "orchestrator"):
     RESOURCES[heavy] = {
@@ -64,6 +67,17 @@ def service_account(name: str) -> dict[str, Any]:
 
 
 def service(name: str, port: int) -> dict[str, Any]:
+    if name in HTTP_SERVICE_PORTS:
+        # HTTP/1.1 (JSON, SSE, multipart, WebSocket): Istio must treat it as HTTP, not gRPC.
+        ports = [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP",
+                  "appProtocol": "http"}]
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": mesh_policy.NAMESPACE, "labels": labels(name)},
+            "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": name},
+                     "ports": ports},
+        }
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -125,6 +139,7 @@ def deployment(name: str, port: int) -> dict[str, Any]:
         },
         # Let Envoy and kube-proxy stop sending before SIGTERM starts the drain.
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        **(_http_probes(port) if name in HTTP_SERVICE_PORTS else {}),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": USER_ID,
@@ -191,9 +206,22 @@ def deployment(name: str, port: int) -> dict[str, Any]:
     }
 
 
+def _http_probes(port: int) -> dict[str, Any]:
+    """The HTTP edge: /readyz (its gRPC dependencies answer) and /healthz (the loop runs)."""
+    ready = {"path": "/readyz", "port": port}
+    return {
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "startupProbe": {"httpGet": ready, "periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": {"httpGet": ready, "periodSeconds": 5, "timeoutSeconds": 2,
+                           "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10,
+                          "timeoutSeconds": 2, "failureThreshold": 3},
+    }
+
+
 def render() -> dict[str, str]:
     files: dict[str, str] = {}
-    for name, port in SERVICE_PORTS.items():
+    for name, port in WORKLOADS.items():
         docs = [service_account(name), service(name, port), deployment(name, port)]
         files[f"{name}.yaml"] = HEADER + "---\n".join(
             yaml.safe_dump(d, sort_keys=False, width=100) for d in docs
@@ -201,7 +229,7 @@ def render() -> dict[str, str]:
     files["kustomization.yaml"] = (
         HEADER
         + "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n"
-        + "".join(f"- {name}.yaml\n" for name in SERVICE_PORTS)
+        + "".join(f"- {name}.yaml\n" for name in WORKLOADS)
     )
     return files
 

@@ -5,8 +5,6 @@ The same process also serves Envoy's ext_authz `Check` (services/auth/check.py).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,14 +16,12 @@ from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import empty_pb2
 
 from services.auth import check, store
-from services.auth.domain import (
-    ROLE_BY_NAME,
-    AuthDomain,
-    Principal,
-    Tokens,
-)
-from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
+from services.auth.domain import AuthDomain
+from services.auth.principal import ROLE_BY_NAME, Principal
+from services.auth.sessions import Tokens
+from services.common.errors import invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 
@@ -35,7 +31,6 @@ _ROLE_TO_PB = {
 }
 _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
-DEFAULT_PAGE, MAX_PAGE = 50, 1000
 DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
 log = logging.getLogger("aimesh.auth")
 
@@ -70,26 +65,9 @@ def _child(name: str, collection: str, principal: Principal, field_name: str) ->
     return parts[3]
 
 
-def _page(page_size: int, page_token: str) -> tuple[int, tuple[datetime, str] | None]:
-    v = FieldViolations()
-    v.check(page_size >= 0, "page_size", "must not be negative")
-    cursor: tuple[datetime, str] | None = None
-    if page_token:
-        try:
-            raw = json.loads(base64.urlsafe_b64decode(page_token.encode()))
-            cursor = (datetime.fromisoformat(raw[0]), str(raw[1]))
-        except (ValueError, TypeError, IndexError, KeyError):
-            v.add("page_token", "is not a token returned by this method")
-    v.raise_if_any()
-    return min(page_size or DEFAULT_PAGE, MAX_PAGE), cursor
-
-
-def _token_after(rows: list[store.Row], limit: int) -> str:
-    if len(rows) < limit or not rows:
-        return ""
-    last = rows[-1]
-    return base64.urlsafe_b64encode(
-        json.dumps([last["create_time"].isoformat(), last["id"]]).encode()).decode()
+def _create_order(row: store.Row) -> tuple[datetime, str]:
+    """The keyset both Auth lists page by."""
+    return row["create_time"], row["id"]
 
 
 def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
@@ -142,9 +120,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, runtime: Runtime, domain: AuthDomain) -> None:
         self.runtime = runtime
         self.domain = domain
+        self.pages = Paginator(runtime.settings)
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.TokenPair:
-        return _token_pair(await self.domain.sign_up(
+        return _token_pair(await self.domain.sessions.sign_up(
             request.email, request.password, request.display_name,
             request.organization_display_name, request.request_id))
 
@@ -156,19 +135,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 raise invalid_argument("organization must be organizations/{organization}",
                                        [("organization", "must be organizations/{organization}")])
             org = parts[1]
-        return _token_pair(await self.domain.login(request.email, request.password, org,
+        return _token_pair(await self.domain.sessions.login(request.email, request.password, org,
                                                    request.request_id))
 
     async def RefreshToken(self, request: auth_pb2.RefreshTokenRequest,
                            context: Any) -> auth_pb2.TokenPair:
-        return _token_pair(await self.domain.refresh(request.refresh_token, request.request_id))
+        return _token_pair(await self.domain.sessions.refresh(request.refresh_token,
+                                                              request.request_id))
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> empty_pb2.Empty:
-        await self.domain.logout(request.refresh_token)
+        await self.domain.sessions.logout(request.refresh_token)
         return empty_pb2.Empty()
 
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.Jwks:
-        keys = await self.domain.jwks()
+        keys = await self.domain.signing_keys.jwks()
         return auth_pb2.Jwks(keys=[auth_pb2.Jwk(**{k: v for k, v in key.items()
                                                    if k in ("kty", "kid", "use", "alg", "n", "e")})
                                    for key in keys])
@@ -178,10 +158,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         if not principal.subject.startswith("users/"):
             raise unauthenticated("rotating keys needs a user identity", reason="USER_REQUIRED")
-        user = await self.domain.get_user(principal.subject[6:])
         grace = (request.previous_key_grace.ToTimedelta()
                  if request.HasField("previous_key_grace") else None)
-        row = await self.domain.rotate_signing_key(user["email"], grace, request.request_id)
+        row = await self.domain.rotate_signing_key(principal.subject[6:], grace,
+                                                   request.request_id)
         jwk = {k: v for k, v in dict(row["public_jwk"]).items()
                if k in ("kty", "kid", "use", "alg", "n", "e")}
         return auth_pb2.SigningKey(kid=row["kid"], alg=row["alg"],
@@ -195,7 +175,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if not principal.subject.startswith("users/"):
             raise unauthenticated("GetCurrentUser needs a user (access token), not an API key",
                                   reason="USER_REQUIRED")
-        user = await self.domain.get_user(principal.subject[6:])
+        user = await self.domain.memberships.get_user(principal.subject[6:])
         return auth_pb2.User(
             name=f"users/{user['id']}", email=user["email"], display_name=user["display_name"],
             organization=f"organizations/{principal.org_id}",
@@ -205,7 +185,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetOrganization(self, request: auth_pb2.GetOrganizationRequest,
                               context: Any) -> auth_pb2.Organization:
         principal = _principal(context)
-        org = await self.domain.get_org(_org_from(request.name, principal, "name"))
+        org = await self.domain.memberships.get_org(_org_from(request.name, principal, "name"))
         return auth_pb2.Organization(name=f"organizations/{org['id']}",
                                      display_name=org["display_name"],
                                      create_time=to_timestamp(org["create_time"]),
@@ -215,12 +195,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                               context: Any) -> auth_pb2.ListMembershipsResponse:
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
-        limit, cursor = _page(request.page_size, request.page_token)
+        page = self.pages.start(request, principal.org_id)
         role = _ROLE_NAME.get(request.role) if request.role else None  # type: ignore[call-overload]
-        rows, total = await self.domain.list_memberships(org_id, role, cursor, limit)
+        rows, total = await self.domain.memberships.list(org_id, role, page.cursor,  # type: ignore[arg-type]
+                                                         page.size + 1)
+        rows, token = page.split(rows, _create_order)
         return auth_pb2.ListMembershipsResponse(
-            memberships=[_membership(r) for r in rows], next_page_token=_token_after(rows, limit),
-            total_size=total)
+            memberships=[_membership(r) for r in rows], next_page_token=token, total_size=total)
 
     async def CreateMembership(self, request: auth_pb2.CreateMembershipRequest,
                                context: Any) -> auth_pb2.Membership:
@@ -256,30 +237,31 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         _org_from(request.parent, principal, "parent")
         key = request.api_key
         expire = key.expire_time.ToDatetime(UTC) if key.HasField("expire_time") else None
-        row, secret = await self.domain.create_api_key(
+        row, secret = await self.domain.api_keys.create(
             principal, key.display_name, list(key.scopes), expire, request.request_id)
         return _api_key(row, secret)
 
     async def GetApiKey(self, request: auth_pb2.GetApiKeyRequest, context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
         key_id = _child(request.name, "apiKeys", principal, "name")
-        return _api_key(await self.domain.get_api_key(principal.org_id, key_id))
+        return _api_key(await self.domain.api_keys.get(principal.org_id, key_id))
 
     async def ListApiKeys(self, request: auth_pb2.ListApiKeysRequest,
                           context: Any) -> auth_pb2.ListApiKeysResponse:
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
-        limit, cursor = _page(request.page_size, request.page_token)
-        rows, total = await self.domain.list_api_keys(org_id, request.show_inactive, cursor, limit)
+        page = self.pages.start(request, principal.org_id)
+        rows, total = await self.domain.api_keys.list(org_id, request.show_inactive, page.cursor,  # type: ignore[arg-type]
+                                                      page.size + 1)
+        rows, token = page.split(rows, _create_order)
         return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(r) for r in rows],
-                                            next_page_token=_token_after(rows, limit),
-                                            total_size=total)
+                                            next_page_token=token, total_size=total)
 
     async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest,
                            context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
         key_id = _child(request.name, "apiKeys", principal, "name")
-        return _api_key(await self.domain.revoke_api_key(principal, key_id))
+        return _api_key(await self.domain.api_keys.revoke(principal, key_id))
 
 
 class _Shared:

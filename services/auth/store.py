@@ -102,6 +102,12 @@ async def get_membership(conn: Conn, org_id: str, membership_id: str) -> Row | N
     )
 
 
+async def membership_by_email(conn: Conn, org_id: str, email: str) -> Row | None:
+    return await _one(
+        conn, "SELECT * FROM memberships WHERE org_id = %s AND email = %s", (org_id, email)
+    )
+
+
 async def list_memberships(
     conn: Conn, org_id: str, role: str | None, after: tuple[datetime, str] | None, limit: int
 ) -> list[Row]:
@@ -280,6 +286,11 @@ async def revoke_family(conn: Conn, family_id: str) -> None:
         "UPDATE refresh_families SET revoke_time = COALESCE(revoke_time, now()) WHERE id = %s",
         (family_id,),
     )
+
+
+async def family_revoked(conn: Conn, family_id: str) -> bool:
+    row = await _one(conn, "SELECT revoke_time FROM refresh_families WHERE id = %s", (family_id,))
+    return row is None or row["revoke_time"] is not None
 
 
 # --- signing keys ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from services.common.errors import (
     permission_denied,
 )
 from services.common.identity import Identity, Role, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 
@@ -44,20 +45,6 @@ _MAX_MONEY = 10**15
 def _require_platform_admin(identity: Identity, action: str) -> None:
     if not identity.is_platform_admin:
         raise permission_denied(f"{action} requires a platform admin", reason="PLATFORM_ADMIN_REQUIRED")
-
-
-def _page(token: str, size: int) -> tuple[int, int]:
-    if size < 0:
-        raise invalid_argument("page_size must not be negative", {"page_size": "must be >= 0"})
-    offset = 0
-    if token:
-        try:
-            offset = int(token.removeprefix("o:"))
-            if not token.startswith("o:") or offset < 0:
-                raise ValueError
-        except ValueError:
-            raise invalid_argument("malformed page_token", {"page_token": "malformed"}) from None
-    return min(size or 50, 1000), offset
 
 
 def _plan_message(plan: Row) -> billing_pb2.Plan:
@@ -127,19 +114,17 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         channels = Channels(runtime.settings)
         runtime.on_shutdown(channels.close)
         self.billing = Billing(runtime.settings, self.store, channels)
+        self.pages = Paginator(runtime.settings)
         runtime.spawn(self.billing.sweep_forever(), "billing-subscription-sweep")
 
     # --- plans ---------------------------------------------------------------------------
 
     async def ListPlans(self, request: billing_pb2.ListPlansRequest, context: grpc.aio.ServicerContext) -> billing_pb2.ListPlansResponse:
         identity = require_identity(context.invocation_metadata() or ())
-        size, offset = _page(request.page_token, request.page_size)
+        page = self.pages.start(request, identity.org)
         show_all = request.show_all and identity.is_platform_admin
-        plans = await self.store.list_plans(show_all, size + 1, offset)
-        response = billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in plans[:size]])
-        if len(plans) > size:
-            response.next_page_token = f"o:{offset + size}"
-        return response
+        plans, token = page.split(await self.store.list_plans(show_all, page.size + 1, page.offset))
+        return billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in plans], next_page_token=token)
 
     async def GetPlan(self, request: billing_pb2.GetPlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
@@ -310,16 +295,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def ListInvoices(self, request: billing_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext) -> billing_pb2.ListInvoicesResponse:
         identity = require_identity(context.invocation_metadata() or ())
-        size, offset = _page(request.page_token, request.page_size)
+        page = self.pages.start(request, identity.org)
         if request.state not in (0, 1, 2, 3, 4):
             raise invalid_argument("unknown state", {"state": "unknown invoice state"})
-        rows = await self.store.list_invoices(identity.org, request.state, size + 1, offset)
-        response = billing_pb2.ListInvoicesResponse(
-            invoices=[await self._invoice_message(r) for r in rows[:size]]
+        rows, token = page.split(await self.store.list_invoices(identity.org, request.state, page.size + 1, page.offset))
+        return billing_pb2.ListInvoicesResponse(
+            invoices=[await self._invoice_message(r) for r in rows], next_page_token=token
         )
-        if len(rows) > size:
-            response.next_page_token = f"o:{offset + size}"
-        return response
 
     async def FinalizeInvoice(self, request: billing_pb2.FinalizeInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)

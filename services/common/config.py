@@ -25,6 +25,8 @@ SERVICE_PORTS: dict[str, int] = {
     "speech": 50055,
 }
 SERVICES: tuple[str, ...] = tuple(SERVICE_PORTS)
+# HTTP services behind the gateway (not gRPC): the OpenAI-compatible edge (services/edge).
+HTTP_SERVICE_PORTS: dict[str, int] = {"edge": 50058}
 
 
 class ConfigError(Exception):
@@ -179,6 +181,9 @@ class Settings:
     # Auth: master secret for encrypting signing keys at rest and keying API-key/refresh-token
     # hashes (HKDF-derived subkeys). Changing it invalidates every API key and refresh token.
     auth_secret: str = _env("AIMESH_AUTH_SECRET", "aimesh-local-dev-secret-change-me")  # type: ignore[assignment]
+    # Key that signs List methods' page tokens (services/common/pagination.py); every replica of
+    # a service must share it. Changing it invalidates outstanding page tokens only.
+    page_token_secret: str = _env("AIMESH_PAGE_TOKEN_SECRET", "aimesh-local-dev-page-tokens-change-me")  # type: ignore[assignment]
     auth_access_token_seconds: int = _env("AIMESH_AUTH_ACCESS_TOKEN_SECONDS", "900", _int(30, 86_400))  # type: ignore[assignment]
     # Comma-separated e-mails of platform admins (may rotate signing keys).
     auth_platform_admins: str = _env("AIMESH_AUTH_PLATFORM_ADMINS", "")  # type: ignore[assignment]
@@ -214,12 +219,12 @@ class Settings:
             raw = env.get(f.metadata["env"], f.metadata["default"])
             values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
         addrs = {}
-        for service, port in SERVICE_PORTS.items():
+        for service, port in {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}.items():
             var = f"AIMESH_{service.upper()}_ADDR"
             addrs[service] = _address(var, env.get(var, f"127.0.0.1:{port}"))
         values["service_addrs"] = addrs
         metrics_addrs = {}
-        for service, port in SERVICE_PORTS.items():
+        for service, port in {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}.items():
             var = f"AIMESH_{service.upper()}_METRICS_ADDR"
             metrics_addrs[service] = _address(var, env.get(var, f"127.0.0.1:{9400 + port % 100}"))
         values["metrics_addrs"] = metrics_addrs

@@ -68,6 +68,15 @@ class ServiceError(Exception):
         return f"ServiceError({self.code.name}, {self.message!r}, reason={self.reason!r})"
 
 
+class DomainError(Exception):
+    """Base of a service's plain-Python domain errors (no gRPC types in the domain). The service
+    maps each kind to a status in one place, its `to_service_error`; the server runtime and any
+    other edge (Auth's ext_authz Check) call it."""
+
+    def to_service_error(self) -> ServiceError:
+        raise NotImplementedError
+
+
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]

@@ -32,9 +32,12 @@ K8S_TRUST_DOMAIN = "cluster.local"
 
 GATEWAY = "gateway"
 OPERATOR = "operator"
+# The OpenAI-compatible HTTP edge (services/edge): the gateway routes /openai/v1/* to it and it
+# calls the gRPC services for the user, like the gateway does for transcoded calls.
+EDGE = "edge"
 # Every identity the local CA issues a certificate for (= Kubernetes ServiceAccount names).
 SERVICES: tuple[str, ...] = tuple(SERVICE_PORTS)
-IDENTITIES: tuple[str, ...] = (GATEWAY, *SERVICES, OPERATOR)
+IDENTITIES: tuple[str, ...] = (GATEWAY, *SERVICES, EDGE, OPERATOR)
 
 # Callee -> the fully qualified gRPC services it serves (besides health and reflection).
 GRPC_SERVICES: Mapping[str, tuple[str, ...]] = {
@@ -152,10 +155,11 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
     ),
     "orchestrator": (
         _rule(
-            ["conversation", "speech"],
+            [GATEWAY, "conversation", "speech", EDGE],
             _all("orchestrator"),
             forwards_identity=True,
-            why="only Conversation and Speech generate; no public route",
+            why="public model catalog and stateless generation; Conversation, Speech and the "
+            "OpenAI edge generate for their users",
         ),
     ),
     "conversation": (
@@ -170,8 +174,29 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
             why="voice Converse runs a conversation turn for the user",
         ),
     ),
-    "speech": (_rule([GATEWAY], _all("speech"), forwards_identity=True, why="public API"),),
+    "speech": (
+        _rule([GATEWAY], _all("speech"), forwards_identity=True, why="public API"),
+        _rule(
+            [EDGE],
+            ["/aimesh.speech.v1.SpeechService/" + m for m in ("Recognize", "Synthesize", "ListVoices")],
+            forwards_identity=True,
+            why="OpenAI audio/transcriptions and audio/speech",
+        ),
+    ),
 }
+
+# The HTTP edge is not gRPC: only the gateway may send it requests (its public prefix), any
+# mesh identity may probe its health. Enforced locally by services/edge/server.py (mTLS peer)
+# and in Kubernetes by the AuthorizationPolicy rendered below.
+EDGE_PUBLIC_PREFIX = "/openai/v1/"
+EDGE_HEALTH_PATHS: tuple[str, ...] = ("/healthz", "/readyz")
+
+
+def edge_allows(caller_identity: str, path: str) -> bool:
+    """May `caller_identity` send this HTTP request path to the edge?"""
+    if path in EDGE_HEALTH_PATHS:
+        return caller_identity in IDENTITIES
+    return caller_identity == GATEWAY and path.startswith(EDGE_PUBLIC_PREFIX)
 
 # Triton is not ours (no interceptor), but Istio guards it with the same graph.
 TRITON = "triton"
@@ -444,6 +469,35 @@ def authorization_policies(trust_domain: str = K8S_TRUST_DOMAIN) -> list[dict[st
         )
         if callee != TRITON:
             docs.append(_identity_header_policy(callee, trust_domain))
+    docs.append(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": _meta(f"{EDGE}-callers"),
+            "spec": {
+                "selector": _workload(EDGE),
+                "action": "ALLOW",
+                "rules": [
+                    {
+                        "from": [{"source": {"principals": [istio_principal(GATEWAY, trust_domain)]}}],
+                        "to": [{"operation": {"paths": [EDGE_PUBLIC_PREFIX + "*"]}}],
+                    },
+                    {
+                        "from": [
+                            {
+                                "source": {
+                                    "principals": [
+                                        istio_principal(c, trust_domain) for c in IDENTITIES
+                                    ]
+                                }
+                            }
+                        ],
+                        "to": [{"operation": {"paths": list(EDGE_HEALTH_PATHS)}}],
+                    },
+                ],
+            },
+        }
+    )
     return docs
 
 

@@ -23,10 +23,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from services.common import channels, deadlines, mesh_policy, metrics, telemetry, tls
+from services.common.access import AccessInterceptor
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError, database_error, is_transient
-from services.common.errors import ServiceError
+from services.common.errors import DomainError, ServiceError
 from services.common.handlers import call_unary, iterate_stream, rewrap
 from services.common.request_checks import (
     check_request,
@@ -154,6 +155,8 @@ def _checked(request: Any) -> Any:
 
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
     exc = database_error(exc) or exc
+    if isinstance(exc, DomainError):
+        exc = exc.to_service_error()
     if isinstance(exc, ServiceError):
         await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
     if isinstance(exc, NotImplementedError):
@@ -262,6 +265,8 @@ def _new_server(spec: ServiceSpec, settings: Settings) -> grpc.aio.Server:
             tls.interceptor_for(spec.name, settings.tls_mode),  # type: ignore[arg-type]
             *telemetry.server_interceptors(),
             ErrorInterceptor(),
+            # Inside the error interceptor: the role × method matrix, before any servicer code.
+            AccessInterceptor(),
         ],
         options=[
             *mesh_policy.SERVER_KEEPALIVE_OPTIONS,

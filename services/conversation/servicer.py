@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import re
 import uuid
@@ -26,6 +25,7 @@ from services.common.errors import (
     not_found,
 )
 from services.common.identity import Identity, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 from services.conversation.chat import Chat
@@ -78,26 +78,6 @@ def _conv_id(name: str, field: str) -> str:
     return name[len(prefix):]
 
 
-def _page(token: str, kind: str) -> int:
-    if not token:
-        return 0
-    try:
-        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix != kind:
-            raise ValueError(prefix)
-        return int(value)
-    except ValueError:
-        raise invalid_argument("malformed page_token", [("page_token", "not a token from a matching previous call")]) from None
-
-
-def _token(kind: str, value: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
-
-
-def _page_size(size: int) -> int:
-    return 50 if size <= 0 else min(size, 1000)
-
-
 def _check_fields(conv: cpb.Conversation, paths: set[str], v: FieldViolations, prefix: str = "conversation") -> None:
     if "title" in paths:
         v.check(len(conv.title) <= 256, f"{prefix}.title", "at most 256 characters")
@@ -119,6 +99,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self.store = Store(runtime.db)
         self.channels = Channels(runtime.settings)
         self.chat = Chat(self.store, runtime.cache, self.channels)
+        self.pages = Paginator(runtime.settings)
         runtime.on_shutdown(self.channels.close)
         runtime.spawn(self._purge_loop(), "conversation-purge")
 
@@ -163,12 +144,11 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
 
     async def ListConversations(self, request: cpb.ListConversationsRequest, context: grpc.aio.ServicerContext) -> cpb.ListConversationsResponse:
         identity = require_identity(context.invocation_metadata())
-        kind = "d" if request.show_deleted else "c"
-        offset, size = _page(request.page_token, kind), _page_size(request.page_size)
-        rows = await self.store.list_conversations(identity.org, request.show_deleted, offset, size + 1)
+        page = self.pages.start(request, identity.org)
+        rows, token = page.split(
+            await self.store.list_conversations(identity.org, request.show_deleted, page.offset, page.size + 1))
         return cpb.ListConversationsResponse(
-            conversations=[conversation_message(r) for r in rows[:size]],
-            next_page_token=_token(kind, offset + size) if len(rows) > size else "")
+            conversations=[conversation_message(r) for r in rows], next_page_token=token)
 
     async def UpdateConversation(self, request: cpb.UpdateConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
@@ -216,13 +196,13 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListMessages(self, request: cpb.ListMessagesRequest, context: grpc.aio.ServicerContext) -> cpb.ListMessagesResponse:
         identity = require_identity(context.invocation_metadata())
         conv_id = _conv_id(request.parent, "parent")
+        page = self.pages.start(request, identity.org)
         await self._existing(identity, conv_id)
-        after, size = _page(request.page_token, "m"), _page_size(request.page_size)
-        rows, total = await self.store.list_messages(identity.org, conv_id, after, size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
+        after = int(page.cursor[0]) if page.cursor else 0
+        rows, total = await self.store.list_messages(identity.org, conv_id, after, page.size + 1)
+        rows, token = page.split(rows, lambda r: (r["seq"],))
         return cpb.ListMessagesResponse(messages=[message_message(r) for r in rows], total_size=total,
-                                        next_page_token=_token("m", rows[-1]["seq"]) if more else "")
+                                        next_page_token=token)
 
     async def GetMessage(self, request: cpb.GetMessageRequest, context: grpc.aio.ServicerContext) -> cpb.Message:
         identity = require_identity(context.invocation_metadata())

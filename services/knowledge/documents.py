@@ -3,9 +3,7 @@ hand it to the ingestion worker; get, list with keyset pagination, delete from e
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +18,7 @@ from services.common.errors import (
     not_found,
     resource_exhausted,
 )
+from services.common.pagination import Page
 from services.knowledge.blobs import BlobStore
 from services.knowledge.extract import SUPPORTED_TYPES, base_type, sniff
 from services.knowledge.ingest import Ingestor
@@ -80,24 +79,6 @@ def _is_uuid(value: str) -> bool:
         return str(UUID(value)) == value
     except ValueError:
         return False
-
-
-def encode_page_token(state: str | None, row: DocumentRow) -> str:
-    raw = json.dumps({"s": state or "", "t": row.create_time.isoformat(), "i": row.document_id})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_page_token(token: str, state: str | None) -> tuple[datetime, str]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        cursor = (datetime.fromisoformat(data["t"]), str(data["i"]))
-        same_filter = data["s"] == (state or "")
-    except (ValueError, KeyError, TypeError):  # bad base64 / JSON / shape; binascii.Error is a ValueError
-        raise invalid_argument("page_token is malformed", [("page_token", "not a token from ListDocuments")]) from None
-    if not same_filter:
-        raise invalid_argument("page_token was issued for a different state filter",
-                               [("page_token", "used with a different `state` than the call that issued it")])
-    return cursor
 
 
 class Documents:
@@ -171,15 +152,11 @@ class Documents:
             raise not_found(f"{name} not found", reason="DOCUMENT_NOT_FOUND", metadata={"document": name})
         return row
 
-    async def list(self, org: str, page_size: int, page_token: str, state: str | None) -> tuple[list[DocumentRow], str, int]:
-        v = FieldViolations()
-        v.check(page_size >= 0, "page_size", "must not be negative")
-        v.raise_if_any()
-        limit = min(page_size or 50, 1000)
-        after = decode_page_token(page_token, state) if page_token else None
-        rows, total = await self.store.list_documents(org, limit + 1, state, after)
-        next_token = encode_page_token(state, rows[limit - 1]) if len(rows) > limit else ""
-        return rows[:limit], next_token, total
+    async def list(self, org: str, page: Page, state: str | None) -> tuple[list[DocumentRow], str, int]:
+        """One page, newest first; a `page` token checked by services.common.pagination."""
+        rows, total = await self.store.list_documents(org, page.size + 1, state, page.cursor)  # type: ignore[arg-type]
+        rows, token = page.split(rows, lambda r: (r.create_time, r.document_id))
+        return rows, token, total
 
     async def delete(self, org: str, name: str) -> None:
         document_id = parse_name(name)

@@ -13,10 +13,12 @@ from google.protobuf import empty_pb2
 
 from services.common.errors import FieldViolations, ServiceError, invalid_argument
 from services.common.identity import Identity, Role, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, idle_limited
 from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
-from services.knowledge import metering
+from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge.blobs import BlobStore
 from services.knowledge.documents import (
     MAX_STREAM_BYTES,
@@ -79,14 +81,18 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         var = Path(settings.var_dir) / "knowledge"
         self.blobs = BlobStore(Path(settings.knowledge_blob_dir) if settings.knowledge_blob_dir else var / "blobs")
         self.store = Store(runtime.db, self.blobs.identity)
+        self.pages = Paginator(settings)
         self.vectors = VectorIndex(settings.milvus_uri, lite_path=var / "milvus.db")
         self.keywords: KeywordIndex = (
             OpenSearchKeywordIndex(settings.opensearch_url) if settings.opensearch_url else PostgresKeywordIndex(self.store)
         )
         self.triton = TritonClient.from_settings(settings)
         self.searcher = Searcher(self.store, self.vectors, self.keywords, self.triton, runtime.cache)
+        # Chunks embedded and searches go through the durable usage outbox (in this schema).
+        self.usage = UsageClient(runtime)
         self.ingestor = Ingestor(
-            runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self.searcher.bump_generation
+            runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self.usage,
+            self.searcher.bump_generation,
         )
         self.documents = Documents(
             self.store, self.blobs, self.vectors, self.keywords, self.ingestor,
@@ -138,11 +144,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.Document:
         identity = _caller(context, Role.MEMBER, "uploading a document")
-        stream = request_iterator.__aiter__()
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")]) from None
+        # Like every client stream, an upload that stops sending ends after an idle limit.
+        stream = idle_limited(request_iterator.__aiter__(), CLIENT_STREAM_IDLE_SECONDS, "content_chunk")
+        first = await anext(stream, None)
+        if first is None:
+            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")])
         if first.WhichOneof("payload") != "metadata":
             raise invalid_argument("the first message must carry metadata", [("metadata", "required in the first message")])
         meta = first.metadata
@@ -175,10 +181,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request: knowledge_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.ListDocumentsResponse:
         identity = _caller(context, Role.VIEWER, "listing documents")
+        page = self.pages.start(request, identity.org)
         if request.state not in (Doc.STATE_UNSPECIFIED, *STATE_NAMES):
             raise invalid_argument("state is not a known value", [("state", "unknown enum value")])
         rows, token, total = await self.documents.list(
-            identity.org, request.page_size, request.page_token, STATE_NAMES.get(request.state)
+            identity.org, page, STATE_NAMES.get(request.state)
         )
         return knowledge_pb2.ListDocumentsResponse(
             documents=[to_proto(r) for r in rows], next_page_token=token, total_size=total
@@ -220,8 +227,8 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         fingerprint = normalized.SerializeToString(deterministic=True)
         generation = await self.searcher.generation(identity.org)
         cached = await self.searcher.cached(identity.org, generation, fingerprint)
-        metering.report(self.runtime, identity.org, metering.SEARCHES, 1, _request_id(context),
-                        subject=identity.subject, api_key=identity.key_id or "")
+        # Metered before the reply (cached or not) is sent: a search the caller saw is billed once.
+        await self.usage.meter(identity, ResourceType.RESOURCE_TYPE_SEARCHES, 1, _request_id(context))
         if cached is not None:
             return knowledge_pb2.SearchDocumentsResponse.FromString(cached)
 
@@ -256,8 +263,8 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
-            return f"search-{value}"
-    return f"search-{uuid.uuid4()}"
+            return value
+    return str(uuid.uuid4())
 
 
 def build_spec() -> ServiceSpec:

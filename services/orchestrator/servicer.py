@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,8 +10,9 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, ServiceError, invalid_argument
+from services.common.errors import FieldViolations, ServiceError
 from services.common.identity import require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import RESPONDER_MODEL, TritonClient
 from services.common.usage_client import UsageClient
@@ -44,23 +44,6 @@ def model_message(m: ModelEntry) -> pb.Model:
     )
 
 
-def _page(page_size: int, page_token: str, total: int) -> tuple[int, int]:
-    size = 50 if page_size <= 0 else min(page_size, 1000)
-    start = 0
-    if page_token:
-        try:
-            start = int(base64.urlsafe_b64decode(page_token.encode()).decode().removeprefix("o:"))
-        except ValueError:
-            raise invalid_argument("malformed page_token", [("page_token", "not a token from a previous call")]) from None
-        if not 0 <= start <= total:
-            raise invalid_argument("malformed page_token", [("page_token", "out of range")])
-    return start, size
-
-
-def _token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
-
-
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self, runtime: Runtime, catalog: Catalog | None = None,
                  providers: dict[str, Provider] | None = None) -> None:
@@ -80,6 +63,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if any(d.provider == "triton" for m in self.catalog.models() for d in m.deployments):
                 runtime.add_health_check("triton", lambda: triton.is_model_ready(RESPONDER_MODEL))
         self.channels = Channels(settings)
+        self.pages = Paginator(settings)
         self.router = Router(providers, settings.circuit_failure_threshold, settings.circuit_open_seconds,
                              settings.provider_first_token_seconds)
         metrics.watch_circuits(self.router)
@@ -91,13 +75,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         runtime.on_shutdown(self.orchestrator.drain)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        require_identity(context.invocation_metadata())
+        identity = require_identity(context.invocation_metadata())
         models = self.catalog.models()
-        start, size = _page(request.page_size, request.page_token, len(models))
-        page = models[start:start + size]
-        more = start + size < len(models)
-        return pb.ListModelsResponse(models=[model_message(m) for m in page],
-                                     next_page_token=_token(start + size) if more else "",
+        page, token = self.pages.start(request, identity.org).slice(models)
+        return pb.ListModelsResponse(models=[model_message(m) for m in page], next_page_token=token,
                                      total_size=len(models))
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:

@@ -17,11 +17,12 @@ import numpy as np
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, ServiceError, invalid_argument, unavailable
+from services.common.errors import FieldViolations, ServiceError, unavailable
 from services.common.identity import Identity, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
-from services.speech import metering
+from services.common.usage_client import ResourceType, UsageClient
 from services.speech import metrics as speech_metrics
 from services.speech.audio import AudioFormatError, is_wav, parse_wav, pcm_from_bytes, wav_bytes
 from services.speech.converse import ConverseSession
@@ -52,8 +53,6 @@ from services.speech.requests import (
     check_text,
     duration,
     next_request,
-    page_token,
-    parse_page_token,
     seconds,
 )
 from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
@@ -96,6 +95,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.runtime = runtime
         self.triton = TritonClient.from_settings(runtime.settings)
         self.channels = Channels(runtime.settings)
+        # Audio seconds and characters go through the durable usage outbox (in this schema).
+        self.usage = UsageClient(runtime)
+        self.pages = Paginator(runtime.settings)
         self.synthesizer = Synthesizer(self.triton)
         self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
         self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
@@ -163,8 +165,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
             speech_metrics.record_audio("StreamingRecognize", session.received_seconds)
-            metering.meter(
-                self.runtime, identity, metering.AUDIO_SECONDS, session.received_seconds
+            await self.usage.meter(
+                identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
             )
 
     # --- Recognize ------------------------------------------------------------------------
@@ -220,8 +222,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             raise unavailable(f"recognition failed: {failure.message}", reason="RECOGNITION_FAILED")
         if key is not None:
             await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
-        metering.meter(
-            self.runtime, identity, metering.AUDIO_SECONDS, len(samples) / rate, request.request_id
+        await self.usage.meter(
+            identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, len(samples) / rate, request.request_id
         )
         return response
 
@@ -309,13 +311,12 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
         wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
-        metering.meter(
-            self.runtime,
+        await self.usage.meter(
             identity,
-            metering.CHARACTERS,
+            ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
             len(request.text),
             request.request_id,
-            voice.name,
+            model=voice.name,
         )
         return speech_pb2.SynthesizeResponse(
             audio_content=wav_bytes(pcm, rate) if wav else pcm.astype("<i2").tobytes(),
@@ -357,21 +358,20 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 f"synthesis failed after {index} chunks: {exc.message}", reason="SYNTHESIS_FAILED"
             ) from None
         finally:
-            metering.meter(
-                self.runtime, identity, metering.CHARACTERS, spoken, request.request_id, voice.name
+            await self.usage.meter(
+                identity,
+                ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
+                spoken,
+                request.request_id,
+                model=voice.name,
             )
 
     async def ListVoices(
         self, request: speech_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.ListVoicesResponse:
-        self._identity(context)
+        identity = self._identity(context)
         check_language_filter(request.language_code)
-        if request.page_size < 0:
-            raise invalid_argument(
-                "page_size must not be negative", [("page_size", "0-1000 (0 means 50)")]
-            )
-        offset = parse_page_token(request.page_token, request.language_code)
-        size = min(request.page_size or 50, 1000)
+        pager = self.pages.start(request, identity.org)
         wanted = request.language_code.lower()
         voices = [
             v
@@ -381,12 +381,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 c.lower() == wanted or c.lower().startswith(wanted + "-") for c in v.language_codes
             )
         ]
-        page = voices[offset : offset + size]
-        response = speech_pb2.ListVoicesResponse(
-            next_page_token=page_token(offset + size, request.language_code)
-            if offset + size < len(voices)
-            else ""
-        )
+        page, token = pager.slice(voices)
+        response = speech_pb2.ListVoicesResponse(next_page_token=token)
         for v in page:
             response.voices.add(
                 name=v.name,

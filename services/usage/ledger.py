@@ -1,21 +1,18 @@
-"""The usage ledger's rules: record validation, page tokens, CSV rendering (no gRPC types)."""
+"""The usage ledger's rules: record validation, CSV rendering (no gRPC types)."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as dt
-import hashlib
 import io
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aimesh.usage.v1 import usage_pb2
 
-from services.common.errors import FieldViolations, invalid_argument
+from services.common.errors import FieldViolations
 from services.usage import names
-from services.usage.store import NewRecord, RecordFilter, Row
+from services.usage.store import NewRecord, Row
 
 MAX_RECORDS = 1000
 MAX_FUTURE = dt.timedelta(minutes=5)
@@ -82,36 +79,6 @@ def time_range(
         if v.check(e > s, "end_time", "must be after start_time"):
             v.check(e - s <= MAX_RANGE, "end_time", "range longer than 366 days")
     return s, e
-
-
-def _filter_digest(f: RecordFilter) -> str:
-    raw = json.dumps([f.org, f.start and f.start.isoformat(), f.end and f.end.isoformat(),
-                      f.resource_type, f.model, f.api_key, f.user])
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-
-def encode_page_token(f: RecordFilter, occur_time: dt.datetime, record_id: int) -> str:
-    raw = json.dumps({"t": occur_time.isoformat(), "i": record_id, "f": _filter_digest(f)})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_page_token(f: RecordFilter, token: str) -> tuple[dt.datetime, int] | None:
-    if not token:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if data["f"] != _filter_digest(f):
-            raise invalid_argument("page_token was issued for other filters",
-                                   {"page_token": "filters differ from the first call"})
-        return dt.datetime.fromisoformat(data["t"]), int(data["i"])
-    except (ValueError, KeyError, TypeError):
-        raise invalid_argument("malformed page_token", {"page_token": "malformed"}) from None
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise invalid_argument("page_size must not be negative", {"page_size": "must be >= 0"})
-    return min(requested or 50, 1000)
 
 
 def record_name(row: Row) -> str:

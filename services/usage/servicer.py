@@ -38,6 +38,7 @@ from services.common.errors import (
     unavailable,
 )
 from services.common.identity import Identity, Role, identity_from_metadata, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 from services.usage import budgets as budget_rules
@@ -148,6 +149,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self.store = UsageStore(runtime.db)
         self.limiter = _limiter(runtime)
         self.budgets = Budgets(self.store, runtime.cache)
+        self.pages = Paginator(runtime.settings)
         runtime.spawn(self._sweep_expired(), "usage-reservation-expiry")
 
     async def _sweep_expired(self) -> None:
@@ -239,16 +241,12 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.ListUsageRecordsRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ListUsageRecordsResponse:
         f = self._record_filter(request, context, required=False)
-        size = ledger.page_size(request.page_size)
-        after = ledger.decode_page_token(f, request.page_token)
-        rows = await self.store.list_records(f, size + 1, after)
-        response = usage_pb2.ListUsageRecordsResponse()
-        for row in rows[:size]:
-            response.usage_records.append(_record_message(row))
-        if len(rows) > size:
-            last = rows[size - 1]
-            response.next_page_token = ledger.encode_page_token(f, last["occur_time"], last["id"])
-        return response
+        page = self.pages.start(request, f.org)
+        rows = await self.store.list_records(f, page.size + 1, page.cursor)  # type: ignore[arg-type]
+        rows, token = page.split(rows, lambda r: (r["occur_time"], r["id"]))
+        return usage_pb2.ListUsageRecordsResponse(
+            usage_records=[_record_message(r) for r in rows], next_page_token=token
+        )
 
     async def ExportUsageRecords(
         self, request: usage_pb2.ExportUsageRecordsRequest, context: grpc.aio.ServicerContext
@@ -344,22 +342,12 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.ListBudgetsRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ListBudgetsResponse:
         identity = require_identity(context.invocation_metadata() or ())
-        size = ledger.page_size(request.page_size)
-        after = None
-        if request.page_token:
-            try:
-                stamp, raw_id = request.page_token.split("|", 1)
-                after = (dt.datetime.fromisoformat(stamp), uuid.UUID(raw_id))
-            except ValueError:
-                raise invalid_argument("malformed page_token", {"page_token": "malformed"}) from None
-        rows = await self.store.list_budgets(identity.org, size + 1, after)
-        response = usage_pb2.ListBudgetsResponse()
-        for row in rows[:size]:
-            response.budgets.append(await self._budget_message(row))
-        if len(rows) > size:
-            last = rows[size - 1]
-            response.next_page_token = f"{last['create_time'].isoformat()}|{last['id']}"
-        return response
+        page = self.pages.start(request, identity.org)
+        rows = await self.store.list_budgets(identity.org, page.size + 1, page.cursor)  # type: ignore[arg-type]
+        rows, token = page.split(rows, lambda r: (r["create_time"], r["id"]))
+        return usage_pb2.ListBudgetsResponse(
+            budgets=[await self._budget_message(r) for r in rows], next_page_token=token
+        )
 
     async def UpdateBudget(
         self, request: usage_pb2.UpdateBudgetRequest, context: grpc.aio.ServicerContext

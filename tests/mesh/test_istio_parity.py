@@ -165,13 +165,13 @@ def test_evaluator_sees_a_tampered_policy() -> None:
     for p in policies:
         if p["metadata"]["name"] == "orchestrator-callers":
             p["spec"]["rules"][0]["from"][0]["source"]["principals"].append(
-                "cluster.local/ns/aimesh/sa/gateway"
+                "cluster.local/ns/aimesh/sa/knowledge"
             )
     generate = "/aimesh.orchestrator.v1.OrchestratorService/Generate"
     assert istio_allows(
-        policies, "orchestrator", "cluster.local/ns/aimesh/sa/gateway", generate, {}
+        policies, "orchestrator", "cluster.local/ns/aimesh/sa/knowledge", generate, {}
     )
-    assert not mp.is_allowed("orchestrator", "gateway", generate)
+    assert not mp.is_allowed("orchestrator", "knowledge", generate)
 
 
 def test_every_workload_has_policies_and_baseline_denies() -> None:

@@ -16,10 +16,22 @@ USAGE = "/aimesh.usage.v1.UsageService/"
 STRANGER = "stranger"
 
 
-def test_only_conversation_and_speech_call_orchestrator() -> None:
+def test_orchestrator_is_public_and_called_by_its_user_facing_services() -> None:
+    # Public: the model catalog and stateless Generate through the gateway (issue 13); the
+    # services that generate for their users; nobody else (Knowledge, Usage, ...).
     for identity in (*mp.IDENTITIES, STRANGER):
-        expected = identity in ("conversation", "speech")
-        assert mp.is_allowed("orchestrator", identity, ORCH + "Generate") is expected, identity
+        expected = identity in ("gateway", "conversation", "speech", "edge")
+        for method in ("Generate", "ListModels", "GetModel"):
+            assert mp.is_allowed("orchestrator", identity, ORCH + method) is expected, identity
+
+
+def test_edge_takes_only_the_gateway_on_its_public_prefix() -> None:
+    assert mp.edge_allows("gateway", "/openai/v1/chat/completions")
+    assert not mp.edge_allows("gateway", "/v1/models")
+    for identity in (*mp.IDENTITIES, STRANGER):
+        if identity != "gateway":
+            assert not mp.edge_allows(identity, "/openai/v1/models"), identity
+        assert mp.edge_allows(identity, "/readyz") is (identity != STRANGER)
 
 
 def test_usage_accounting_only_from_services() -> None:

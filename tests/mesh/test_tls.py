@@ -118,15 +118,16 @@ async def test_allowed_caller_server_stream(server_port: int, certs_dir: Path) -
 async def test_valid_cert_wrong_identity_denied(
     server_port: int, certs_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    creds = tls.channel_credentials(tls.load_identity("gateway", certs_dir))
+    # Knowledge holds a valid mesh certificate but never generates.
+    creds = tls.channel_credentials(tls.load_identity("knowledge", certs_dir))
     with (
         caplog.at_level(logging.WARNING, logger="aimesh.tls"),
         pytest.raises(grpc.aio.AioRpcError) as err,
     ):
         await _call(server_port, creds)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "gateway may not call" in (err.value.details() or "")
-    assert any("denied" in r.getMessage() and "'gateway'" in r.getMessage() for r in caplog.records)
+    assert "knowledge may not call" in (err.value.details() or "")
+    assert any("denied" in r.getMessage() and "'knowledge'" in r.getMessage() for r in caplog.records)
 
 
 async def test_streaming_denied_before_first_message(server_port: int, certs_dir: Path) -> None:
@@ -341,7 +342,7 @@ async def test_istio_mode_uses_sidecar_identity(xfcc_port: int) -> None:
     reply = await _call(xfcc_port, None, metadata=_xfcc("conversation"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await _call(xfcc_port, None, metadata=_xfcc("gateway"))
+        await _call(xfcc_port, None, metadata=_xfcc("knowledge"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _call(xfcc_port, None)

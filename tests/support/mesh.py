@@ -20,7 +20,7 @@ import grpc
 
 from scripts.stack import Stack
 from services.common.channels import open_channel
-from services.common.config import SERVICES, Settings
+from services.common.config import HTTP_SERVICE_PORTS, SERVICES, Settings
 
 # The one e-mail address the test mesh's Auth treats as a platform admin.
 PLATFORM_ADMIN_EMAIL = "platform-admin@aimesh.test"
@@ -39,8 +39,14 @@ class TestMesh:
 
     def __init__(self, tls_mode: str | None = None) -> None:
         self.var_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-"))
-        overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
-        overrides.update({f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES})
+        overrides = {
+            f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
+            for s in (*SERVICES, *HTTP_SERVICE_PORTS)
+        }
+        overrides.update({
+            f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}"
+            for s in (*SERVICES, *HTTP_SERVICE_PORTS)
+        })
         overrides.update(
             {
                 "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
