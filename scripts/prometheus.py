@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from services.common.config import REPO_ROOT, SERVICES, Settings
+from services.common.config import HTTP_SERVICE_PORTS, REPO_ROOT, SERVICES, Settings
 
 if TYPE_CHECKING:
     from scripts.stack import Process, Stack
@@ -40,7 +40,7 @@ def render(settings: Settings, envoy_admin: str | None, triton_metrics: str | No
             "job_name": "aimesh",
             "static_configs": [
                 {"targets": [settings.metrics_address_of(s)], "labels": {"service": s}}
-                for s in SERVICES
+                for s in (*SERVICES, *HTTP_SERVICE_PORTS)
             ],
         },
         {"job_name": "prometheus", "static_configs": [{"targets": [settings.prometheus_addr]}]},
@@ -82,7 +82,7 @@ def is_ready(address: str) -> bool:
         return False
 
 
-def start_in_stack(stack: "Stack") -> "Process | None":
+def start_in_stack(stack: Stack) -> Process | None:
     """Prometheus scraping what `stack` runs, or None when the binary is not installed."""
     from scripts import gateway
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -42,6 +44,13 @@ RPC_SERVER_STREAM_DURATION = Histogram(
     "Duration of server- and bidi-streaming calls served (kept apart: they last as long as the "
     "conversation, not as long as the work).",
     _RPC_LABELS,
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_SERVER_DURATION = Histogram(
+    "http_server_request_duration_seconds",
+    "Duration of HTTP requests served by the HTTP services (OTel http.server.request.duration); "
+    "the route is the matched template, never the raw path.",
+    ("http_request_method", "http_route", "http_response_status_code"),
     buckets=LATENCY_BUCKETS,
 )
 RPC_SERVER_ACTIVE = Gauge(
@@ -133,7 +142,7 @@ def code_of(context: grpc.aio.ServicerContext, failed: bool | None) -> str:
 class RpcTimer:
     """Times one served call and keeps the in-flight gauge; `finish(code)` records it once."""
 
-    __slots__ = ("service", "method", "started", "histogram")
+    __slots__ = ("histogram", "method", "service", "started")
 
     def __init__(self, service: str, method: str, streaming: bool) -> None:
         self.service, self.method = service, method
@@ -166,7 +175,7 @@ def record_certificate(identity: str, pem_path: str) -> None:
     from cryptography import x509
 
     try:
-        cert = x509.load_pem_x509_certificate(open(pem_path, "rb").read())
+        cert = x509.load_pem_x509_certificate(Path(pem_path).read_bytes())
     except (OSError, ValueError):
         return
     CERTIFICATE_EXPIRY.labels(identity).set(cert.not_valid_after_utc.timestamp())

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any, AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
@@ -179,6 +181,51 @@ def _stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
             _detach(token, task)
 
     return wrapped
+
+
+class AsgiTelemetry:
+    """The HTTP services' counterpart of RpcTelemetryInterceptor, as ASGI middleware: a SERVER
+    span continuing the gateway's `traceparent` (current while the request runs, so the gRPC
+    calls it makes carry it on) and http.server.request.duration by route template."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        method = scope.get("method", "GET")
+        span = _tracer.start_span(
+            f"{method} {scope.get('path', '')}", context=propagate.extract(carrier), kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope.get("path", "")},
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        task = asyncio.current_task()
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            span.update_name(f"{method} {route}")
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR, str(status)))
+            span.end()
+            if metrics.enabled():
+                metrics.HTTP_SERVER_DURATION.labels(method, route, str(status)).observe(
+                    time.perf_counter() - started)
+            _detach(token, task)
 
 
 def server_interceptors() -> list[object]:

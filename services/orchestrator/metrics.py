@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
+from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, REGISTRY
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from services.common import metrics
 from services.common.identity import Identity
 from services.orchestrator.routing import CircuitBreaker, Router

@@ -4,9 +4,9 @@ factor on whole files, and how soon synthesis produces its first audio."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Iterator, TypeVar
+from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 

@@ -1,5 +1,5 @@
 """Observability end to end, against real components: a mesh of its own (seven services, Envoy,
-the shared Triton) with a real Prometheus (Debian's package) scraping it and a test OTLP receiver
+the HTTP edge, the shared Triton) with a real Prometheus (Debian's package) scraping it and a test OTLP receiver
 (the opentelemetry-proto wire format) collecting spans from Envoy and every service.
 
 After a scripted session through the gateway (sign-up, upload, search, streamed chat, a blocked
@@ -29,8 +29,7 @@ from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from scripts import prometheus
-from scripts.stack import Stack
-from services.common.config import SERVICES
+from scripts.stack import COMPONENTS, Stack
 from tests.support.accounts import Account, sign_up
 from tests.support.mesh import TestMesh, free_port
 
@@ -49,7 +48,7 @@ class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):
 
     spans: list[tuple[str, object]] = field(default_factory=list)
 
-    async def Export(self, request, context):  # type: ignore[no-untyped-def] # noqa: N802
+    async def Export(self, request, context):  # type: ignore[no-untyped-def]
         for resource_spans in request.resource_spans:
             service = next((a.value.string_value for a in resource_spans.resource.attributes
                             if a.key == "service.name"), "")
@@ -77,7 +76,7 @@ async def observed(mesh: TestMesh) -> AsyncIterator[Observed]:
     await receiver.start()
     var_dir = mesh.var_dir / "observability"
     overrides = dict(mesh.env)
-    for service in SERVICES:
+    for service in COMPONENTS:
         overrides[f"AIMESH_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
         overrides[f"AIMESH_{service.upper()}_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
     overrides.update({
@@ -91,7 +90,7 @@ async def observed(mesh: TestMesh) -> AsyncIterator[Observed]:
     })
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     try:
-        for service in SERVICES:
+        for service in COMPONENTS:
             stack.start_service(service)
         stack.start_gateway()
         stack.wait_ready(list(stack.processes), timeout=120)
@@ -150,6 +149,8 @@ async def _session(http: httpx.AsyncClient, gateway: str) -> Account:
         "audioConfig": {"encoding": "AUDIO_ENCODING_LINEAR16", "sampleRateHertz": 16000}})
     assert reply.status_code == 200, reply.text
     pcm = base64.b64decode(reply.json()["audioContent"])
+    reply = await http.get("/openai/v1/models", headers=account.bearer)  # the HTTP edge
+    assert reply.status_code == 200, reply.text
     await _recognize(gateway, account, pcm)
     reply = await http.post("/v1/budgets", headers=account.bearer, json={
         "displayName": "monthly", "scope": "SCOPE_ORGANIZATION", "monthlyTokenLimit": "1000000"})
@@ -211,13 +212,13 @@ async def test_metrics_rules_dashboards_and_one_trace_per_request(observed: Obse
         async def all_up() -> list[dict] | None:  # type: ignore[type-arg]
             reply = await http.get(f"http://{observed.prometheus}/api/v1/targets")
             targets = reply.json()["data"]["activeTargets"]
-            if len(targets) == len(SERVICES) + 3 and all(t["health"] == "up" for t in targets):
+            if len(targets) == len(COMPONENTS) + 3 and all(t["health"] == "up" for t in targets):
                 return targets  # type: ignore[no-any-return]
             return None
 
         targets = await _eventually(all_up)
         assert targets, (await http.get(f"http://{observed.prometheus}/api/v1/targets")).json()
-        assert {t["labels"].get("service") for t in targets} >= {*SERVICES, "gateway", "triton"}
+        assert {t["labels"].get("service") for t in targets} >= {*COMPONENTS, "gateway", "triton"}
 
         # Tokens in the metrics equal the tokens in Usage's ledger (the outbox drains first).
         org = account.org_id
@@ -236,7 +237,7 @@ async def test_metrics_rules_dashboards_and_one_trace_per_request(observed: Obse
         # Every dashboard panel's PromQL returns data after this traffic.
         missing: list[str] = []
         for board, title, expr in _panel_queries():
-            result = await _eventually(lambda: _query(http, observed.prometheus, expr), timeout=30)
+            result = await _eventually(lambda q=expr: _query(http, observed.prometheus, q), timeout=30)
             if not result:
                 missing.append(f"{board} / {title}: {expr}")
         assert not missing, "panels without data:\n" + "\n".join(missing)
