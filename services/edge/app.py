@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.identity import Identity, identity_from_metadata
+from services.common.names import resource
 from services.edge import schemas
 from services.edge.errors import OpenAIError, from_rpc_error
 
@@ -62,14 +63,17 @@ def caller(request: Request) -> Identity:
     return identity
 
 
+MODEL = resource("orchestrator.aimesh.dev/Model")
+
+
 def model_name(model_id: str) -> str:
     """OpenAI model ids are aimesh model names without the `models/` prefix (both accepted)."""
-    return model_id if model_id.startswith("models/") else f"models/{model_id}"
+    return model_id if MODEL.matches(model_id) else MODEL.format(model_id)
 
 
 def model_object(model: opb.Model) -> schemas.ModelObject:
     # The catalog keeps no creation time; 0 says "unknown" in the field OpenAI requires.
-    return schemas.ModelObject(id=model.name.removeprefix("models/"), created=0,
+    return schemas.ModelObject(id=MODEL.id(model.name, "model"), created=0,
                                owned_by=model.provider or "aimesh")
 
 
