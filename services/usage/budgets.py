@@ -249,7 +249,7 @@ class Budgets:
             spent_tokens = row["spent_tokens"] if row else 0
             reserved = tokens_reserved = 0
         usage_metrics.record_budget(
-            str(budget["org"]), f"budgets/{budget['id']}", budget["monthly_limit_micros"],
+            str(budget["org"]), BUDGET.format(budget["id"]), budget["monthly_limit_micros"],
             spent + max(reserved, 0), budget["monthly_token_limit"], spent_tokens + max(tokens_reserved, 0))
         return {
             "period_start": period,
