@@ -33,7 +33,13 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.cache import ServiceCache
-from services.common.errors import FieldViolations, ServiceError, failed_precondition, invalid_argument, not_found
+from services.common.errors import (
+    FieldViolations,
+    ServiceError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+)
 from services.common.names import resource
 from services.common.timestamps import month_start, next_month
 from services.usage.ledger import check_api_key
@@ -536,10 +542,6 @@ def budget_changes(row: Row, b: Any, paths: list[str]) -> tuple[Row, int | None]
     if not b.etag.isdigit():
         raise invalid_argument("malformed etag", {"budget.etag": "not an etag this service returned"})
     return changes, int(b.etag)
-
-
-def etag_mismatch(what: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.ABORTED, f"{what} changed since it was read (etag)", "ETAG_MISMATCH")
 
 
 def reservation_ttl_ms(org: str, request: Any) -> int:

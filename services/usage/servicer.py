@@ -31,6 +31,7 @@ from services.common import mesh_policy, tls
 from services.common.errors import (
     FieldViolations,
     already_exists,
+    etag_mismatch,
     invalid_argument,
     not_found,
     permission_denied,
@@ -296,7 +297,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         changes, version = budget_rules.budget_changes(row, request.budget, paths)
         updated = await self.store.update_budget(identity.org, budget_id, changes, version)
         if updated is None:
-            raise budget_rules.etag_mismatch("the budget")
+            raise etag_mismatch(request.budget.name)
         return await self._budget_message(updated)
 
     async def DeleteBudget(
