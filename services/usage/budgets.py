@@ -42,6 +42,7 @@ from services.common.errors import (
 )
 from services.common.names import resource
 from services.common.timestamps import month_start, next_month
+from services.usage import metrics as usage_metrics
 from services.usage.ledger import check_api_key
 from services.usage.store import Row, UsageStore
 
@@ -254,6 +255,9 @@ class Budgets:
             spent = row["spent_micros"] if row else 0
             spent_tokens = row["spent_tokens"] if row else 0
             reserved = tokens_reserved = 0
+        usage_metrics.record_budget(
+            str(budget["org"]), BUDGET.format(budget["id"]), budget["monthly_limit_micros"],
+            spent + max(reserved, 0), budget["monthly_token_limit"], spent_tokens + max(tokens_reserved, 0))
         return {
             "period_start": period,
             "period_end": next_month(period),
@@ -324,6 +328,7 @@ class Budgets:
         if outcome == "over":
             index, spent, reserved, used_tokens = (int(x) for x in result[1:5])
             budget, _, _ = applicable[index - 1]
+            usage_metrics.record_budget_rejection(org)
             self._raise_exceeded(budget, period, currency, spent, reserved, used_tokens, amount, tokens)
         create_ms, expire_ms = int(result[1]), int(result[2])
         reservation = Reservation(
