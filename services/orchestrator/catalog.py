@@ -17,7 +17,7 @@ from services.common.config import ConfigError, Settings
 from services.common.errors import invalid_argument, not_found
 
 PROVIDERS = ("triton", "openai", "anthropic")
-CAPABILITIES = ("CHAT", "STREAMING", "RETRIEVAL", "SEED")
+CAPABILITIES = ("CHAT", "STREAMING", "RETRIEVAL", "SEED", "TOOLS", "JSON_MODE")
 _MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
 
