@@ -494,6 +494,7 @@ def _cors_policy() -> dict[str, Any]:
 _LOCAL_REPLY_CODES = {
     400: (3, "INVALID_ARGUMENT", "invalid request"), 404: (5, "NOT_FOUND", "not found"),
     413: (3, "REQUEST_TOO_LARGE", "request body too large"),
+    431: (3, "HEADERS_TOO_LARGE", "request headers too large"),
     429: (8, "RESOURCE_EXHAUSTED", "rate limit exceeded"),
     503: (14, "UNAVAILABLE", "service unavailable"), 504: (4, "DEADLINE_EXCEEDED", "timed out"),
 }

@@ -208,7 +208,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         _org_from(request.parent, principal, "parent")
         role = _role(request.membership.role, "membership.role")
-        return _membership(await self.domain.memberships.create(
+        return _membership(await self.domain.create_membership(
             principal, request.membership.email, role, request.request_id))
 
     async def UpdateMembership(self, request: auth_pb2.UpdateMembershipRequest,
@@ -221,14 +221,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         membership_id = _child(request.membership.name, "memberships", principal,
                                "membership.name")
         role = _role(request.membership.role, "membership.role")
-        return _membership(await self.domain.memberships.update_role(
+        return _membership(await self.domain.update_membership(
             principal, membership_id, role, request.membership.etag))
 
     async def DeleteMembership(self, request: auth_pb2.DeleteMembershipRequest,
                                context: Any) -> empty_pb2.Empty:
         principal = _principal(context)
         membership_id = _child(request.name, "memberships", principal, "name")
-        await self.domain.memberships.delete(principal, membership_id, request.allow_missing)
+        await self.domain.delete_membership(principal, membership_id, request.allow_missing)
         return empty_pb2.Empty()
 
     async def CreateApiKey(self, request: auth_pb2.CreateApiKeyRequest,

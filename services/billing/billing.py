@@ -42,6 +42,9 @@ log = logging.getLogger("aimesh.billing")
 
 SWEEP_SECONDS = 60
 DUE_DAYS = 30
+# How far back an invoice may be generated (billing.proto, GenerateInvoice): older periods are
+# outside any subscription this platform can have priced, e.g. a typo'd year 1.
+MAX_LOOKBACK_MONTHS = 24
 _STATE_WORDS = {INVOICE_DRAFT: "DRAFT", INVOICE_FINALIZED: "FINALIZED", INVOICE_PAID: "PAID",
                 INVOICE_VOID: "VOID"}
 
@@ -147,6 +150,11 @@ class Billing:
         if start > now:
             raise invalid_argument("the period has not started yet",
                                    {"period_start_time": "in the future"})
+        earliest = _months_before(month_start(now), MAX_LOOKBACK_MONTHS)
+        if start < earliest:
+            raise invalid_argument(
+                f"period_start_time {start:%Y-%m} is more than {MAX_LOOKBACK_MONTHS} months ago",
+                {"period_start_time": f"must be {earliest:%Y-%m-%d} or later"})
         end = next_month(start)
         if end > now and not allow_open:
             raise failed_precondition("the period has not ended yet (set allow_open_period for a preview)",
@@ -270,3 +278,8 @@ def _invalid_state(row: Row, action: str) -> Exception:
     state = _STATE_WORDS[row["state"]]
     return failed_precondition(f"cannot {action} a {state} invoice", reason="INVALID_STATE",
                                metadata={"state": state})
+
+
+def _months_before(start: dt.datetime, months: int) -> dt.datetime:
+    index = start.year * 12 + start.month - 1 - months
+    return start.replace(year=index // 12, month=index % 12 + 1)

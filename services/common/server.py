@@ -23,6 +23,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from services.common import channels, deadlines, mesh_policy, telemetry, tls
+from services.common.access import AccessInterceptor
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError, database_error, is_transient
@@ -264,6 +265,8 @@ def _new_server(spec: ServiceSpec, settings: Settings) -> grpc.aio.Server:
             tls.interceptor_for(spec.name, settings.tls_mode),  # type: ignore[arg-type]
             *telemetry.server_interceptors(),
             ErrorInterceptor(),
+            # Inside the error interceptor: the role × method matrix, before any servicer code.
+            AccessInterceptor(),
         ],
         options=[
             *mesh_policy.SERVER_KEEPALIVE_OPTIONS,

@@ -21,7 +21,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common import mesh_policy
 from services.common.config import REPO_ROOT
-from services.common.handlers import Behavior, call_unary, iterate_stream, rewrap
+from services.common.handlers import before
 
 log = logging.getLogger("aimesh.tls")
 
@@ -549,7 +549,7 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         metadata = {k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())}
-        return _wrap(handler, lambda ctx: self._check(ctx, method, metadata))
+        return before(handler, lambda ctx: self._check(ctx, method, metadata))
 
     def _caller(self, context: grpc.aio.ServicerContext, metadata: dict[str, Any]) -> str | None:
         if self._mode == "xfcc":
@@ -613,30 +613,6 @@ def _is_local_health_probe(context: grpc.aio.ServicerContext, method: str) -> bo
         return False
     peer = context.peer() or ""
     return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
-
-
-def _wrap(
-    handler: grpc.RpcMethodHandler,
-    check: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
-) -> grpc.RpcMethodHandler:
-    """The same handler with `check(context)` run before its behavior, for all four kinds."""
-
-    def unary_response(behavior: Behavior) -> Behavior:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context)
-            return await call_unary(behavior, request, context)
-
-        return run
-
-    def stream_response(behavior: Behavior) -> Behavior:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await check(context)
-            async for item in iterate_stream(behavior, request, context):
-                yield item
-
-        return run
-
-    return rewrap(handler, unary_response, stream_response)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
-from services.knowledge import metering
+from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge.blobs import BlobStore
 from services.knowledge.documents import (
     MAX_STREAM_BYTES,
@@ -87,8 +87,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         )
         self.triton = TritonClient.from_settings(settings)
         self.searcher = Searcher(self.store, self.vectors, self.keywords, self.triton, runtime.cache)
+        # Chunks embedded and searches go through the durable usage outbox (in this schema).
+        self.usage = UsageClient(runtime)
         self.ingestor = Ingestor(
-            runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self.searcher.bump_generation
+            runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self.usage,
+            self.searcher.bump_generation,
         )
         self.documents = Documents(
             self.store, self.blobs, self.vectors, self.keywords, self.ingestor,
@@ -223,8 +226,8 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         fingerprint = normalized.SerializeToString(deterministic=True)
         generation = await self.searcher.generation(identity.org)
         cached = await self.searcher.cached(identity.org, generation, fingerprint)
-        metering.report(self.runtime, identity.org, metering.SEARCHES, 1, _request_id(context),
-                        subject=identity.subject, api_key=identity.key_id or "")
+        # Metered before the reply (cached or not) is sent: a search the caller saw is billed once.
+        await self.usage.meter(identity, ResourceType.RESOURCE_TYPE_SEARCHES, 1, _request_id(context))
         if cached is not None:
             return knowledge_pb2.SearchDocumentsResponse.FromString(cached)
 
@@ -259,8 +262,8 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
-            return f"search-{value}"
-    return f"search-{uuid.uuid4()}"
+            return value
+    return str(uuid.uuid4())
 
 
 def build_spec() -> ServiceSpec:

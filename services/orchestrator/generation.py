@@ -9,10 +9,9 @@ tokens produced so far are still metered.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from google.protobuf import duration_pb2, json_format
 from google.rpc import status_pb2
 
+from services.common.background import BackgroundTasks
 from services.common.channels import Channels
 from services.common.errors import FieldViolations, invalid_argument, unavailable
 from services.common.identity import Identity
@@ -341,7 +341,8 @@ class Orchestrator:
         self.store = store
         self.channels = channels
         self.usage = usage
-        self._pending: set[asyncio.Task[Any]] = set()
+        # Cache writes run off the response path; shutdown waits for them (drain).
+        self.background = BackgroundTasks("orchestrator")
 
     def count(self, request_messages: list[tuple[str, str]], passages: list[Passage]) -> int:
         return count_messages(request_messages) + sum(count_text(p.text) + MESSAGE_OVERHEAD for p in passages)
@@ -422,13 +423,16 @@ class Orchestrator:
                 tail = run.out_filter.flush() if run.failure is None else ""
                 if tail:
                     yield run.emit_text(tail)
-                yield self._complete(call, run)
+                completion = self._complete(call, run)
+                # Metered durably BEFORE the completion is sent: a caller that saw it is billed
+                # even if this process is killed right after.
+                await self._meter(call, run, spend)
+                yield completion
             finally:
                 # Runs on cancellation too: what was produced is metered and completed answers cached.
-                if run.served:
-                    usage = run.usage(prompt.tokens)
-                    spend.prompt_tokens, spend.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-                    self._settle(call, run, usage)
+                if run.served and not spend.metered:
+                    await self._meter(call, run, spend)
+                self._keep(call, run)
 
     async def _provider_output(self, call: _Call, run: _Stream) -> AsyncIterator[pb.GenerateResponse]:
         """Metadata, then filtered deltas, until the provider finishes, fails or a filter ends it."""
@@ -462,27 +466,26 @@ class Orchestrator:
         run.finished = True
         return event
 
-    def _settle(self, call: _Call, run: _Stream, usage: pb.TokenUsage) -> None:
-        """Meter the tokens; keep a whole answer for the response cache and for replays."""
-        self._background(metering.report_tokens(
-            self.usage, call.identity, run.served[0].model.name, call.generation_id,
-            usage.prompt_tokens, usage.completion_tokens))
+    async def _meter(self, call: _Call, run: _Stream, spend: metering.Spend) -> None:
+        """Queue the tokens produced so far in the durable outbox; the hold settles them."""
+        usage = run.usage(call.prompt.tokens)
+        spend.prompt_tokens, spend.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        spend.metered = True
+        await metering.report_tokens(self.usage, call.identity, run.served[0].model.name,
+                                     call.generation_id, usage.prompt_tokens, usage.completion_tokens)
+
+    def _keep(self, call: _Call, run: _Stream) -> None:
+        """Keep a whole answer for the response cache and for replays (off the response path)."""
         if run.completed_answer:
             if call.cache_key is not None:
-                self._background(self.store.store_response(call.cache_key, run.events))
+                self.background.start(self.store.store_response(call.cache_key, run.events), "cache-response")
             if call.request.request_id:
-                self._background(self.store.store_replay(call.identity.org, call.request.request_id, run.events))
-
-    def _background(self, coro: Awaitable[Any]) -> None:
-        # Off the response path and not tied to the (possibly cancelled) request task.
-        task = asyncio.ensure_future(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+                self.background.start(self.store.store_replay(
+                    call.identity.org, call.request.request_id, run.events), "cache-replay")
 
     async def drain(self) -> None:
-        """Let pending usage reports and cache writes finish (at shutdown)."""
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=5)
+        """Let pending cache writes finish (at shutdown)."""
+        await self.background.wait(timeout=5)
 
     def _completion(self, call: _Call, run: _Stream) -> pb.Completion:
         finish, failure, out_filter = run.finish, run.failure, run.out_filter
@@ -517,8 +520,8 @@ class Orchestrator:
             if event.HasField("completion"):
                 event.completion.cached = True
                 del event.completion.provider_attempts[:]
-                self._background(metering.report_tokens(
+                await metering.report_tokens(
                     self.usage, identity, model.name, generation_id,
-                    event.completion.usage.prompt_tokens, event.completion.usage.completion_tokens))
+                    event.completion.usage.prompt_tokens, event.completion.usage.completion_tokens)
             yield event
 

@@ -21,7 +21,7 @@ from services.common.identity import Identity, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
-from services.speech import metering
+from services.common.usage_client import ResourceType, UsageClient
 from services.speech.audio import AudioFormatError, is_wav, parse_wav, pcm_from_bytes, wav_bytes
 from services.speech.converse import ConverseSession
 from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
@@ -93,6 +93,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.runtime = runtime
         self.triton = TritonClient.from_settings(runtime.settings)
         self.channels = Channels(runtime.settings)
+        # Audio seconds and characters go through the durable usage outbox (in this schema).
+        self.usage = UsageClient(runtime)
         self.pages = Paginator(runtime.settings)
         self.synthesizer = Synthesizer(self.triton)
         self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
@@ -159,8 +161,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
-            metering.meter(
-                self.runtime, identity, metering.AUDIO_SECONDS, session.received_seconds
+            await self.usage.meter(
+                identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
             )
 
     # --- Recognize ------------------------------------------------------------------------
@@ -213,8 +215,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             raise unavailable(f"recognition failed: {failure.message}", reason="RECOGNITION_FAILED")
         if key is not None:
             await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
-        metering.meter(
-            self.runtime, identity, metering.AUDIO_SECONDS, len(samples) / rate, request.request_id
+        await self.usage.meter(
+            identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, len(samples) / rate, request.request_id
         )
         return response
 
@@ -302,13 +304,12 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
         wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
-        metering.meter(
-            self.runtime,
+        await self.usage.meter(
             identity,
-            metering.CHARACTERS,
+            ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
             len(request.text),
             request.request_id,
-            voice.name,
+            model=voice.name,
         )
         return speech_pb2.SynthesizeResponse(
             audio_content=wav_bytes(pcm, rate) if wav else pcm.astype("<i2").tobytes(),
@@ -350,8 +351,12 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 f"synthesis failed after {index} chunks: {exc.message}", reason="SYNTHESIS_FAILED"
             ) from None
         finally:
-            metering.meter(
-                self.runtime, identity, metering.CHARACTERS, spoken, request.request_id, voice.name
+            await self.usage.meter(
+                identity,
+                ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
+                spoken,
+                request.request_id,
+                model=voice.name,
             )
 
     async def ListVoices(
