@@ -35,15 +35,12 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf import descriptor_pb2
 
 from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
-
-if TYPE_CHECKING:
-    from scripts.stack import Process, Stack
 
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
 RATE_LIMIT_DOMAIN = "aimesh"
@@ -128,11 +125,40 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+def upstream_transport_socket(
+    callee: str, certs_dir: Path, identity: str = mesh_policy.GATEWAY
+) -> dict[str, Any]:
+    """Envoy cluster `transport_socket` for the gateway's mTLS to `callee` (local mode):
+    present the gateway certificate, trust only the local CA, require callee's SPIFFE id."""
+    paths = tls.CertPaths(certs_dir)
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _t("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+            "sni": tls.server_name(callee),
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(paths.cert(identity))},
+                        "private_key": {"filename": str(paths.key(identity))},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(paths.ca_cert)},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": mesh_policy.spiffe_id(callee)}}
+                    ],
+                },
+            },
+        },
+    }
+
+
 def upstream_cluster(name: str, address: str, http2: bool = True, health_check: bool = True,
                      transport_socket: dict[str, Any] | None = None) -> dict[str, Any]:
     """The one definition of an upstream cluster. For mTLS, render() passes
-    services.common.tls.envoy_upstream_transport_socket(name, certs) for the service clusters
-    (health checks and ext_authz/ratelimit calls then use it too)."""
+    upstream_transport_socket(name, certs) for the service clusters (health checks and
+    ext_authz/ratelimit calls then use it too)."""
     host = address.rpartition(":")[0]
     cluster: dict[str, Any] = {
         "name": name,
@@ -286,7 +312,7 @@ def _edge_cluster(settings: Settings) -> dict[str, Any]:
     cluster = upstream_cluster(
         mesh_policy.EDGE, settings.address_of(mesh_policy.EDGE), http2=False, health_check=False,
         transport_socket=(
-            tls.envoy_upstream_transport_socket(mesh_policy.EDGE, settings.certs_path)
+            upstream_transport_socket(mesh_policy.EDGE, settings.certs_path)
             if settings.tls_mode == "mtls" else None
         ),
     )
@@ -334,6 +360,10 @@ def _edge_local_reply_mappers() -> list[dict[str, Any]]:
     return mappers
 
 
+def _filter(name: str, config_type: str, **config: Any) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": _t(config_type), **config}}
+
+
 # grpc_web turns application/grpc-web* into application/grpc; remember that it was gRPC-Web.
 _GRPC_WEB_MARK_LUA = f"""
 function envoy_on_request(handle)
@@ -346,107 +376,97 @@ end
 
 
 def _lua(name: str, source: str) -> dict[str, Any]:
-    return {"name": name, "typed_config": {
-        "@type": _t("envoy.extensions.filters.http.lua.v3.Lua"),
-        "default_source_code": {"inline_string": source}}}
+    return _filter(name, "envoy.extensions.filters.http.lua.v3.Lua",
+                   default_source_code={"inline_string": source})
 
 
 def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
-    gateway_port = int(settings.gateway_addr.rpartition(":")[2])
+    """The filter chain, in order; every filter after the transcoder sees the gRPC path."""
     return [
-        {
-            "name": "envoy.filters.http.health_check",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.health_check.v3.HealthCheck"),
-                "pass_through_mode": False,
-                "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
-            },
-        },
+        _filter("envoy.filters.http.health_check",
+                "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                pass_through_mode=False,
+                headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}]),
         _lua("aimesh.grpc_web_mark", _GRPC_WEB_MARK_LUA),
-        {"name": "envoy.filters.http.grpc_web",
-         "typed_config": {"@type": _t("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")}},
-        {"name": "envoy.filters.http.cors",
-         "typed_config": {"@type": _t("envoy.extensions.filters.http.cors.v3.Cors")}},
+        _filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
+        _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
         _lua("aimesh.grpc_web_frames", GRPC_WEB_FRAMES_LUA.read_text()),
-        {
-            "name": "envoy.filters.http.grpc_json_transcoder",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.grpc_json_transcoder.v3."
-                            "GrpcJsonTranscoder"),
-                "proto_descriptor": str(descriptor),
-                "services": services,
-                "convert_grpc_status": True,
-                "max_request_body_size": MAX_REQUEST_BYTES,
-                "max_response_body_size": MAX_REQUEST_BYTES,
-                "request_validation_options": {
-                    "reject_unknown_method": True,
-                    "reject_unknown_query_parameters": True,
-                    "reject_binding_body_field_collisions": True,
-                },
-                "print_options": {"stream_sse_style_delimited": True},
-            },
-        },
-        {
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"),
-                "providers": {
-                    "aimesh": {
-                        "issuer": JWT_ISSUER,
-                        "audiences": [JWT_AUDIENCE],
-                        "remote_jwks": {
-                            "http_uri": {
-                                "uri": f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json",
-                                "cluster": "jwks_loopback",
-                                "timeout": "2s",
-                            },
-                            # Auth publishes the next signing key ahead of use, so a minute-old
-                            # JWKS already holds the key a fresh rotation activates.
-                            "cache_duration": "60s",
-                            "async_fetch": {"fast_listener": True,
-                                            "failed_refetch_duration": "1s"},
-                        },
-                        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-                        "forward_payload_header": JWT_PAYLOAD_HEADER,
-                        "clock_skew_seconds": 30,
-                    }
-                },
-                "requirement_map": {
-                    # Never rejects here: a missing or bad JWT may be an API key; Check decides.
-                    "jwt_if_present": {"requires_any": {"requirements": [
-                        {"provider_name": "aimesh"}, {"allow_missing_or_failed": {}},
-                    ]}},
-                },
-            },
-        },
-        {
-            "name": "envoy.filters.http.ext_authz",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
-                "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
-                "transport_api_version": "V3",
-                "failure_mode_allow": False,
-                "status_on_error": {"code": 503},
-            },
-        },
-        {
-            "name": "envoy.filters.http.ratelimit",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.ratelimit.v3.RateLimit"),
-                "domain": RATE_LIMIT_DOMAIN,
-                "timeout": "0.25s",
-                "failure_mode_deny": settings.gateway_ratelimit_fail_closed,
-                "rate_limited_as_resource_exhausted": True,
-                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
-                "rate_limit_service": {
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "usage"}},
-                    "transport_api_version": "V3",
-                },
-            },
-        },
-        {"name": "envoy.filters.http.router",
-         "typed_config": {"@type": _t("envoy.extensions.filters.http.router.v3.Router")}},
+        _transcoder_filter(services, descriptor),
+        _jwt_authn_filter(int(settings.gateway_addr.rpartition(":")[2])),
+        _filter("envoy.filters.http.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                grpc_service={"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
+                transport_api_version="V3",
+                failure_mode_allow=False,
+                status_on_error={"code": 503}),
+        _ratelimit_filter(settings.gateway_ratelimit_fail_closed),
+        _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
     ]
+
+
+def _transcoder_filter(services: list[str], descriptor: Path) -> dict[str, Any]:
+    return _filter(
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        proto_descriptor=str(descriptor),
+        services=services,
+        convert_grpc_status=True,
+        max_request_body_size=MAX_REQUEST_BYTES,
+        max_response_body_size=MAX_REQUEST_BYTES,
+        request_validation_options={
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+            "reject_binding_body_field_collisions": True,
+        },
+        print_options={"stream_sse_style_delimited": True},
+    )
+
+
+def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
+    provider = {
+        "issuer": JWT_ISSUER,
+        "audiences": [JWT_AUDIENCE],
+        "remote_jwks": {
+            "http_uri": {
+                "uri": f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json",
+                "cluster": "jwks_loopback",
+                "timeout": "2s",
+            },
+            # Auth publishes the next signing key ahead of use, so a minute-old
+            # JWKS already holds the key a fresh rotation activates.
+            "cache_duration": "60s",
+            "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
+        },
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "forward_payload_header": JWT_PAYLOAD_HEADER,
+        "clock_skew_seconds": 30,
+    }
+    return _filter(
+        "envoy.filters.http.jwt_authn",
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        providers={"aimesh": provider},
+        requirement_map={
+            # Never rejects here: a missing or bad JWT may be an API key; Check decides.
+            "jwt_if_present": {"requires_any": {"requirements": [
+                {"provider_name": "aimesh"}, {"allow_missing_or_failed": {}},
+            ]}},
+        },
+    )
+
+
+def _ratelimit_filter(fail_closed: bool) -> dict[str, Any]:
+    return _filter(
+        "envoy.filters.http.ratelimit",
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        domain=RATE_LIMIT_DOMAIN,
+        timeout="0.25s",
+        failure_mode_deny=fail_closed,
+        rate_limited_as_resource_exhausted=True,
+        enable_x_ratelimit_headers="DRAFT_VERSION_03",
+        rate_limit_service={
+            "grpc_service": {"envoy_grpc": {"cluster_name": "usage"}},
+            "transport_api_version": "V3",
+        },
+    )
 
 
 def _access_log() -> dict[str, Any]:
@@ -535,13 +555,40 @@ def _local_reply_config() -> dict[str, Any]:
 def render(settings: Settings, descriptor: Path = DESCRIPTOR,
            admin_addr: str | None = None) -> dict[str, Any]:
     """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
+    return {
+        "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": _t("envoy.extensions.resource_monitors.downstream_connections.v3."
+                            "DownstreamConnectionsConfig"),
+                "max_active_downstream_connections": 10000,
+            },
+        }]},
+        "static_resources": {
+            "listeners": [{
+                "name": "gateway",
+                "address": _socket_address(settings.gateway_addr),
+                "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": _connection_manager(settings, descriptor),
+                }]}],
+            }],
+            "clusters": _clusters(settings),
+        },
+    }
+
+
+def _connection_manager(settings: Settings, descriptor: Path) -> dict[str, Any]:
+    """The HTTP connection manager: header stripping, routes, filters, error bodies, access log."""
     rpcs = load_rpcs(descriptor)
     services = sorted({r.full_service for r in rpcs})
     # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
     # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
     routes = [_route(r) for r in rpcs if is_public(r)] + [
         _preflight_route(), _edge_route(), _not_found_route()]
-    hcm = {
+    return {
         "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager"),
         "stat_prefix": "gateway",
@@ -570,14 +617,19 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
         "http2_protocol_options": {"max_concurrent_streams": 1000},
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
     }
-    # Service clusters: under local mTLS the gateway presents its own certificate and accepts
-    # only the callee's SPIFFE identity. The JWKS loopback (to this listener) stays plaintext.
+
+
+def _clusters(settings: Settings) -> list[dict[str, Any]]:
+    """One cluster per service, plus the JWKS loopback (to this listener, plaintext).
+
+    Under local mTLS the gateway presents its own certificate and accepts only the callee's
+    SPIFFE identity."""
     clusters = [
         upstream_cluster(
             s,
             settings.address_of(s),
             transport_socket=(
-                tls.envoy_upstream_transport_socket(s, settings.certs_path)
+                upstream_transport_socket(s, settings.certs_path)
                 if settings.tls_mode == "mtls"
                 else None
             ),
@@ -588,29 +640,7 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
     clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
                                      health_check=False))
-    return {
-        "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
-        "overload_manager": {"resource_monitors": [{
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {
-                "@type": _t("envoy.extensions.resource_monitors.downstream_connections.v3."
-                            "DownstreamConnectionsConfig"),
-                "max_active_downstream_connections": 10000,
-            },
-        }]},
-        "static_resources": {
-            "listeners": [{
-                "name": "gateway",
-                "address": _socket_address(settings.gateway_addr),
-                "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
-                }]}],
-            }],
-            "clusters": clusters,
-        },
-    }
+    return clusters
 
 
 # --- running it ------------------------------------------------------------------------------
@@ -669,13 +699,6 @@ def is_ready(admin_file: Path) -> bool:
             return resp.status == 200
     except OSError:
         return False
-
-
-def start_in_stack(stack: Stack) -> Process:
-    settings = stack.settings
-    config, admin_file = write_config(settings, Path(settings.var_dir) / "envoy")
-    admin_file.unlink(missing_ok=True)
-    return stack.spawn("gateway", envoy_argv(config, admin_file), lambda: is_ready(admin_file))
 
 
 def validate(config: Path) -> subprocess.CompletedProcess[str]:

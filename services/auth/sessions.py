@@ -18,7 +18,9 @@ from services.auth.throttle import LoginThrottle
 from services.common.db import Database
 from services.common.errors import FieldViolations
 from services.common.identity import PLATFORM_ADMIN_SCOPE
+from services.common.names import resource
 
+USER = resource("auth.aimesh.dev/User")
 REFRESH_TTL = timedelta(days=30)
 
 
@@ -111,7 +113,7 @@ class Sessions:
                 raise AlreadyExists("that e-mail is already registered", "EMAIL_TAKEN")
             await store.insert_org(conn, org_id, org_name.strip())
             await store.insert_membership(conn, crypto.new_id("m_"), org_id, user_id, email,
-                                          "owner", "active", f"users/{user_id}")
+                                          "owner", "active", USER.format(user_id))
             await store.activate_invitations(conn, user_id, email)
             tokens = await self._issue(conn, user_id, org_id, "owner")
             if request_id:

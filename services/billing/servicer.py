@@ -18,7 +18,7 @@ from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from google.api import httpbody_pb2
 
 from services.billing import invoicing
-from services.billing.billing import Billing
+from services.billing.billing import INVOICE, ORGANIZATION, PLAN, SUBSCRIPTION, Billing
 from services.billing.store import BillingStore, Row
 from services.common.channels import Channels
 from services.common.errors import (
@@ -49,7 +49,7 @@ def _require_platform_admin(identity: Identity, action: str) -> None:
 
 def _plan_message(plan: Row) -> billing_pb2.Plan:
     return billing_pb2.Plan(
-        name=f"plans/{plan['id']}",
+        name=PLAN.format(plan["id"]),
         display_name=plan["display_name"],
         description=plan["description"],
         currency_code=plan["currency_code"],
@@ -128,7 +128,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def GetPlan(self, request: billing_pb2.GetPlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
-        plan_id = self._plan_id(request.name, "name")
+        plan_id = PLAN.id(request.name, "name")
         plan = await self.store.get_plan(plan_id)
         if plan is None or (not plan["publicly_available"] and not identity.is_platform_admin
                             and not await self._subscribed_to(identity.org, plan_id)):
@@ -138,13 +138,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def _subscribed_to(self, org: str, plan_id: str) -> bool:
         subscription = await self.billing.subscription(org)
         return plan_id in (subscription["plan_id"], subscription["pending_plan_id"])
-
-    @staticmethod
-    def _plan_id(name: str, field: str) -> str:
-        plan_id = name.removeprefix("plans/")
-        if not name.startswith("plans/") or not _PLAN_ID.match(plan_id):
-            raise invalid_argument(f"{field} must be \"plans/{{plan}}\"", {field: 'must be "plans/{plan}"'})
-        return plan_id
 
     async def CreatePlan(self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
@@ -163,13 +156,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             "archived": p.archived, "request_id": request.request_id or None,
         }, prices)
         if plan is None:
-            raise already_exists(f"plans/{request.plan_id} already exists")
+            raise already_exists(f"{PLAN.format(request.plan_id)} already exists")
         return _plan_message(plan)
 
     async def UpdatePlan(self, request: billing_pb2.UpdatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
         _require_platform_admin(identity, "updating a plan")
-        plan_id = self._plan_id(request.plan.name, "plan.name")
+        plan_id = PLAN.id(request.plan.name, "plan.name")
         v = FieldViolations()
         paths = set(request.update_mask.paths)
         v.check(bool(paths), "update_mask", "required")
@@ -195,10 +188,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     def _subscription_message(self, row: Row) -> billing_pb2.Subscription:
         return billing_pb2.Subscription(
-            name="subscription",
-            organization=f"organizations/{row['org']}",
-            plan=f"plans/{row['plan_id']}",
-            pending_plan=f"plans/{row['pending_plan_id']}" if row["pending_plan_id"] else "",
+            name=SUBSCRIPTION.format(),
+            organization=ORGANIZATION.format(row["org"]),
+            plan=PLAN.format(row["plan_id"]),
+            pending_plan=PLAN.format(row["pending_plan_id"]) if row["pending_plan_id"] else "",
             current_period_start_time=to_timestamp(row["period_start"]),
             current_period_end_time=to_timestamp(row["period_end"]),
             state=row["state"],
@@ -212,7 +205,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def ChangePlan(self, request: billing_pb2.ChangePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Subscription:
         identity = require_identity(context.invocation_metadata() or ())
-        plan_id = self._plan_id(request.plan, "plan")
+        plan_id = PLAN.id(request.plan, "plan")
         if len(request.request_id) > 200:
             raise invalid_argument("request_id too long", {"request_id": "at most 200 characters"})
         identity.require_role(Role.OWNER, "changing the plan")
@@ -224,10 +217,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def _invoice_message(self, row: Row) -> billing_pb2.Invoice:
         lines = await self.store.invoice_lines(row["id"])
         return billing_pb2.Invoice(
-            name=f"invoices/{row['id']}",
+            name=INVOICE.format(row["id"]),
             number=row["number"],
-            organization=f"organizations/{row['org']}",
-            plan=f"plans/{row['plan_id']}",
+            organization=ORGANIZATION.format(row["org"]),
+            plan=PLAN.format(row["plan_id"]),
             period_start_time=to_timestamp(row["period_start"]),
             period_end_time=to_timestamp(row["period_end"]),
             state=row["state"],
@@ -253,24 +246,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             void_reason=row["void_reason"],
         )
 
-    def _invoice_id(self, name: str) -> uuid.UUID:
-        try:
-            if not name.startswith("invoices/"):
-                raise ValueError
-            return uuid.UUID(name.removeprefix("invoices/"))
-        except ValueError:
-            raise invalid_argument('name must be "invoices/{invoice}"', {"name": 'must be "invoices/{invoice}"'}) from None
-
     async def GenerateInvoice(self, request: billing_pb2.GenerateInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity = require_identity(context.invocation_metadata() or ())
         v = FieldViolations()
         org = identity.org
         if request.organization:
-            prefix = "organizations/"
-            requested = request.organization.removeprefix(prefix)
-            v.check(request.organization.startswith(prefix) and bool(requested), "organization",
-                    'must be "organizations/{organization}"')
-            v.raise_if_any()
+            requested = ORGANIZATION.id(request.organization, "organization")
             if requested != identity.org:
                 _require_platform_admin(identity, "invoicing another organization")
             org = requested
@@ -284,7 +265,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def _own_invoice(self, name: str, context: grpc.aio.ServicerContext) -> tuple[Identity, uuid.UUID]:
         identity = require_identity(context.invocation_metadata() or ())
-        return identity, self._invoice_id(name)
+        invoice_id = INVOICE.uuid(name, "name")
+        assert invoice_id is not None
+        return identity, invoice_id
 
     async def GetInvoice(self, request: billing_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)

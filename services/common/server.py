@@ -331,7 +331,8 @@ async def _watch_readiness(
                 if now
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
-            for name in ("", *spec.service_names):
+            # The overall status last: whoever waits for it finds every service's status set.
+            for name in (*spec.service_names, ""):
                 await health.set(name, status)
             log.info("readiness changed", extra={"ready": now})
             last = now

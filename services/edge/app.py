@@ -23,7 +23,7 @@ from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.identity import Identity, identity_from_metadata
 from services.edge import schemas
-from services.edge.chat import ChatCompletions, model_name
+from services.edge.chat import MODEL, ChatCompletions, model_name
 from services.edge.errors import OpenAIError, from_rpc_error
 
 log = logging.getLogger("aimesh.edge")
@@ -66,7 +66,7 @@ def caller(request: Request) -> Identity:
 
 def model_object(model: opb.Model) -> schemas.ModelObject:
     # The catalog keeps no creation time; 0 says "unknown" in the field OpenAI requires.
-    return schemas.ModelObject(id=model.name.removeprefix("models/"), created=0,
+    return schemas.ModelObject(id=MODEL.id(model.name, "model"), created=0,
                                owned_by=model.provider or "aimesh")
 
 

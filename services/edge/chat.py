@@ -20,6 +20,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 from google.protobuf import json_format, struct_pb2
 
 from services.common.identity import Identity
+from services.common.names import resource
 from services.edge import schemas
 from services.edge.errors import OpenAIError, bad_request, from_rpc_error, unsupported
 
@@ -40,9 +41,12 @@ FIELD_NAMES = {"max_output_tokens": "max_tokens", "response_format": "response_f
                "model": "model"}
 
 
+MODEL = resource("orchestrator.aimesh.dev/Model")
+
+
 def model_name(model_id: str) -> str:
     """OpenAI model ids are aimesh model names without the `models/` prefix (both accepted)."""
-    return model_id if model_id.startswith("models/") else f"models/{model_id}"
+    return model_id if MODEL.matches(model_id) else MODEL.format(model_id)
 
 
 def _struct(value: dict[str, object], param: str) -> struct_pb2.Struct:

@@ -11,22 +11,23 @@ import grpc
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from google.protobuf import empty_pb2
 
-from services.common.errors import FieldViolations, ServiceError, invalid_argument
+from services.common.errors import FieldViolations, invalid_argument
 from services.common.identity import Identity, Role, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, idle_limited
 from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
 from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge.blobs import BlobStore
 from services.knowledge.documents import (
+    DOCUMENT,
     MAX_STREAM_BYTES,
     MAX_UNARY_BYTES,
     Documents,
     NewDocument,
     check_new_document,
     collect_stream,
-    parse_name,
 )
 from services.knowledge.ingest import Ingestor
 from services.knowledge.keyword_index import (
@@ -54,7 +55,7 @@ STATE_VALUES = {v: k for k, v in STATE_NAMES.items()}
 
 def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
     return knowledge_pb2.Document(
-        name=f"documents/{row.document_id}",
+        name=DOCUMENT.format(row.document_id),
         display_name=row.display_name,
         mime_type=row.mime_type,
         size_bytes=row.size_bytes,
@@ -143,11 +144,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.Document:
         identity = _caller(context, Role.MEMBER, "uploading a document")
-        stream = request_iterator.__aiter__()
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")]) from None
+        # Like every client stream, an upload that stops sending ends after an idle limit.
+        stream = idle_limited(request_iterator.__aiter__(), CLIENT_STREAM_IDLE_SECONDS, "content_chunk")
+        first = await anext(stream, None)
+        if first is None:
+            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")])
         if first.WhichOneof("payload") != "metadata":
             raise invalid_argument("the first message must carry metadata", [("metadata", "required in the first message")])
         meta = first.metadata
@@ -212,10 +213,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         if request.documents:
             document_ids = []
             for i, name in enumerate(request.documents):
-                try:
-                    document_ids.append(parse_name(name, f"documents[{i}]"))
-                except ServiceError:
-                    v.add(f"documents[{i}]", f"expected documents/{{document}}, got {name!r}")
+                document_ids.append(DOCUMENT.id(name, f"documents[{i}]", v))
         v.raise_if_any()
         mode = MODES[request.mode]
         mode_value = knowledge_pb2.SEARCH_MODE_HYBRID if mode == HYBRID else request.mode
@@ -240,7 +238,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                 knowledge_pb2.SearchResult(
                     chunk_id=r.hit.chunk_id, text=r.hit.text, score=r.score,
                     semantic_rank=r.semantic_rank, keyword_rank=r.keyword_rank,
-                    document=f"documents/{r.hit.document_id}", document_display_name=r.hit.display_name,
+                    document=DOCUMENT.format(r.hit.document_id), document_display_name=r.hit.display_name,
                     chunk_index=r.hit.chunk_index, start_offset=r.hit.start_offset,
                     end_offset=r.hit.end_offset, heading_path=r.hit.heading_path,
                 )

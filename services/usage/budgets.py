@@ -24,6 +24,7 @@ capped at MAX_AMOUNT (10^15 micros = 10^9 currency units) by validation.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +34,16 @@ from google.rpc import error_details_pb2, status_pb2
 
 from services.common.cache import ServiceCache
 from services.common.errors import ServiceError, failed_precondition, not_found
-from services.usage.names import month_start, next_month
+from services.common.names import resource
+from services.common.timestamps import month_start, next_month
 from services.usage.store import Row, UsageStore
 
 STATE_OPEN, STATE_SETTLED, STATE_RELEASED, STATE_EXPIRED = 1, 2, 3, 4
 _STATE_NAMES = {"open": STATE_OPEN, "settled": STATE_SETTLED, "released": STATE_RELEASED,
                 "expired": STATE_EXPIRED}
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+BUDGET = resource("usage.aimesh.dev/Budget")
+RESERVATION = resource("usage.aimesh.dev/Reservation")
 RESERVATION_NAMESPACE = uuid.UUID("6f1d7c52-3a8e-4f0a-9a44-1b2c3d4e5f60")
 # Counters outlive their month by this much (late settles of reservations made in it).
 MAX_AMOUNT = 10**15
@@ -180,6 +185,11 @@ class BudgetExceeded(ServiceError):
         return status
 
 
+def valid_currency(code: str) -> bool:
+    """An ISO 4217-shaped currency code (three capital letters)."""
+    return bool(_CURRENCY.match(code))
+
+
 @dataclass
 class Reservation:
     id: uuid.UUID
@@ -302,7 +312,7 @@ class Budgets:
         if outcome == "dup":
             existing = await self.get(org, reservation_id)
             if existing is None:
-                raise not_found(f"reservations/{reservation_id} not found")
+                raise not_found(f"{RESERVATION.format(reservation_id)} not found")
             return existing
         if outcome == "over":
             index, spent, reserved, used_tokens = (int(x) for x in result[1:5])
@@ -327,7 +337,7 @@ class Budgets:
         budget: Row, period: dt.datetime, currency: str, spent: int, reserved: int,
         used_tokens: int, amount: int, tokens: int,
     ) -> None:
-        name = f"budgets/{budget['id']}"
+        name = BUDGET.format(budget["id"])
         metadata = {
             "budget": name,
             "period_start": _rfc3339(period),
@@ -388,7 +398,7 @@ class Budgets:
         """Settle (amount, tokens) or release an open reservation, exactly once."""
         current = await self.get(org, reservation_id)
         if current is None:
-            raise not_found(f"reservations/{reservation_id} not found", reason="RESERVATION_NOT_FOUND")
+            raise not_found(f"{RESERVATION.format(reservation_id)} not found", reason="RESERVATION_NOT_FOUND")
         keys = [self._reservation_key(reservation_id)]
         for budget_id in current.budgets:
             keys.extend(self._counter_keys(budget_id, current.period_start))
@@ -437,7 +447,7 @@ def state_check_for_settle(r: Reservation, amount: int, tokens: int) -> None:
     if r.state == STATE_SETTLED and r.settled_amount_micros == amount and r.settled_tokens == tokens:
         return
     raise failed_precondition(
-        f"reservations/{r.id} is not open (state {_state_word(r.state)})",
+        f"{RESERVATION.format(r.id)} is not open (state {_state_word(r.state)})",
         reason="RESERVATION_NOT_OPEN",
         metadata={"state": _state_word(r.state)},
     )
@@ -446,7 +456,7 @@ def state_check_for_settle(r: Reservation, amount: int, tokens: int) -> None:
 def state_check_for_release(r: Reservation) -> None:
     if r.state == STATE_SETTLED:
         raise failed_precondition(
-            f"reservations/{r.id} is already settled", reason="RESERVATION_SETTLED"
+            f"{RESERVATION.format(r.id)} is already settled", reason="RESERVATION_SETTLED"
         )
 
 

@@ -11,9 +11,13 @@ from typing import Any
 from aimesh.usage.v1 import usage_pb2
 
 from services.common.errors import FieldViolations
-from services.usage import names
+from services.common.names import resource
 from services.usage.store import NewRecord, Row
 
+ORGANIZATION = resource("auth.aimesh.dev/Organization")
+API_KEY = resource("auth.aimesh.dev/ApiKey")
+USER = resource("auth.aimesh.dev/User")
+USAGE_RECORD = resource("usage.aimesh.dev/UsageRecord")
 MAX_RECORDS = 1000
 MAX_FUTURE = dt.timedelta(minutes=5)
 MAX_AGE = dt.timedelta(days=35)
@@ -41,13 +45,14 @@ def validate_records(
         v.raise_if_any()
     for i, r in enumerate(items):
         at = f"records[{i}]"
-        org = names.parse_org(r.organization, f"{at}.organization", v)
+        org = ORGANIZATION.id(r.organization, f"{at}.organization", v)
         v.check(0 < len(r.request_id) <= 200, f"{at}.request_id", "required, at most 200 characters")
         v.check(r.resource_type in VALID_RESOURCE_TYPES, f"{at}.resource_type",
                 "must be a known resource type (not UNSPECIFIED)")
         v.check(r.quantity_micros >= 0, f"{at}.quantity_micros", "must not be negative")
-        names.parse_api_key(r.api_key, f"{at}.api_key", v, org or None)
-        v.check(not r.user or r.user.startswith("users/"), f"{at}.user", 'must be "users/{user}"')
+        check_api_key(r.api_key, f"{at}.api_key", v, org)
+        if r.user:
+            USER.parse(r.user, f"{at}.user", v)
         for field_name in ("model", "source", "user"):
             v.check(len(getattr(r, field_name)) <= MAX_TEXT, f"{at}.{field_name}",
                     f"at most {MAX_TEXT} characters")
@@ -66,6 +71,14 @@ def validate_records(
     return out
 
 
+def check_api_key(value: str, field: str, v: FieldViolations, org: str) -> None:
+    """An optional API-key name, which must belong to `org` (when known)."""
+    if value:
+        key_org = API_KEY.parse(value, field, v)[0]
+        if key_org and org and key_org != org:
+            v.add(field, "belongs to another organization")
+
+
 def time_range(
     start: Any, end: Any, v: FieldViolations, required: bool
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -82,7 +95,7 @@ def time_range(
 
 
 def record_name(row: Row) -> str:
-    return f"usageRecords/{row['id']}"
+    return USAGE_RECORD.format(row["id"])
 
 
 class CsvChunks:

@@ -34,16 +34,18 @@ from services.common.errors import (
     already_exists,
     invalid_argument,
     not_found,
+    permission_denied,
     unauthenticated,
     unavailable,
 )
 from services.common.identity import Identity, Role, identity_from_metadata, require_identity
 from services.common.pagination import Paginator
+from services.common.names import resource
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 from services.usage import budgets as budget_rules
-from services.usage import ledger, names
-from services.usage.budgets import Budgets, Reservation
+from services.usage import ledger
+from services.usage.budgets import BUDGET, RESERVATION, Budgets, Reservation
 from services.usage.ratelimit import Policy, RateLimiter
 from services.usage.store import RecordFilter, Row, UsageStore
 
@@ -56,6 +58,8 @@ _GROUPS = {
     usage_pb2.GetUsageSummaryRequest.GROUP_BY_DAY: "day",
     usage_pb2.GetUsageSummaryRequest.GROUP_BY_API_KEY: "api_key",
 }
+ORGANIZATION = resource("auth.aimesh.dev/Organization")
+RATE_LIMIT_POLICY = resource("usage.aimesh.dev/RateLimitPolicy")
 _BUDGET_MUTABLE = {"display_name", "monthly_limit_micros", "monthly_token_limit"}
 _EXPIRY_SWEEP_SECONDS = 30
 
@@ -86,7 +90,7 @@ def _limiter(runtime: Runtime) -> RateLimiter:
 
 def _policy_message(org: str, policy: Policy, update_time: object = None) -> usage_pb2.RateLimitPolicy:
     message = usage_pb2.RateLimitPolicy(
-        name=f"{names.org_name(org)}/rateLimitPolicy",
+        name=RATE_LIMIT_POLICY.format(org),
         organization_requests_per_minute=policy.org_rpm,
         api_key_requests_per_minute=policy.key_rpm,
         plan=policy.plan,
@@ -98,12 +102,23 @@ def _policy_message(org: str, policy: Policy, update_time: object = None) -> usa
     return message
 
 
-def _parse_policy_name(name: str, field: str, v: FieldViolations) -> str:
-    suffix = "/rateLimitPolicy"
-    if not name.endswith(suffix):
-        v.add(field, 'must be "organizations/{organization}/rateLimitPolicy"')
-        return ""
-    return names.parse_org(name[: -len(suffix)], field, v)
+def _resolve_org(identity: Identity | None, requested: str, field: str, v: FieldViolations) -> str:
+    """The organization an RPC acts on: the requested one (must be the caller's unless the
+    caller is a platform admin or an internal service call without user identity), else the
+    caller's. The mesh policy restricts which peers may call without identity."""
+    if requested:
+        org = ORGANIZATION.id(requested, field, v)
+        v.raise_if_any()
+        if identity is not None and identity.org != org and not identity.is_platform_admin:
+            raise permission_denied(
+                f"{requested} is not the caller's organization", reason="ORGANIZATION_MISMATCH"
+            )
+        return org
+    if identity is None:
+        v.add(field, "required for calls without a caller identity")
+        v.raise_if_any()
+    assert identity is not None
+    return identity.org
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
@@ -183,7 +198,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.UsageSummary:
         v = FieldViolations()
-        org = names.resolve_org(_identity(context), request.organization, "organization", v)
+        org = _resolve_org(_identity(context), request.organization, "organization", v)
         start, end = ledger.time_range(
             request.start_time if request.HasField("start_time") else None,
             request.end_time if request.HasField("end_time") else None, v, required=True,
@@ -198,14 +213,14 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 groups.append(_GROUPS[g])
         for i, t in enumerate(request.resource_types):
             v.check(t in ledger.VALID_RESOURCE_TYPES, f"resource_types[{i}]", "unknown resource type")
-        names.parse_api_key(request.api_key, "api_key", v, org)
+        ledger.check_api_key(request.api_key, "api_key", v, org)
         v.raise_if_any()
         assert start is not None and end is not None
         rows = await self.store.summarize(
             org, start, end, groups, request.api_key, list(request.resource_types)
         )
         summary = usage_pb2.UsageSummary(
-            organization=names.org_name(org), start_time=to_timestamp(start), end_time=to_timestamp(end)
+            organization=ORGANIZATION.format(org), start_time=to_timestamp(start), end_time=to_timestamp(end)
         )
         for row in rows:
             item = summary.rows.add(
@@ -222,7 +237,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 
     def _record_filter(self, request: object, context: grpc.aio.ServicerContext, required: bool) -> RecordFilter:
         v = FieldViolations()
-        org = names.resolve_org(_identity(context), request.organization, "organization", v)  # type: ignore[attr-defined]
+        org = _resolve_org(_identity(context), request.organization, "organization", v)  # type: ignore[attr-defined]
         start, end = ledger.time_range(
             request.start_time if request.HasField("start_time") else None,  # type: ignore[attr-defined]
             request.end_time if request.HasField("end_time") else None,  # type: ignore[attr-defined]
@@ -230,7 +245,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         )
         rtype = request.resource_type  # type: ignore[attr-defined]
         v.check(rtype == 0 or rtype in ledger.VALID_RESOURCE_TYPES, "resource_type", "unknown resource type")
-        names.parse_api_key(request.api_key, "api_key", v, org)  # type: ignore[attr-defined]
+        ledger.check_api_key(request.api_key, "api_key", v, org)  # type: ignore[attr-defined]
         v.raise_if_any()
         return RecordFilter(
             org=org, start=start, end=end, resource_type=rtype, model=request.model,  # type: ignore[attr-defined]
@@ -263,7 +278,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def _budget_message(self, row: Row) -> usage_pb2.Budget:
         live = await self.budgets.current(row)
         return usage_pb2.Budget(
-            name=f"budgets/{row['id']}",
+            name=BUDGET.format(row["id"]),
             display_name=row["display_name"],
             scope=row["scope"],
             api_key=row["api_key"],
@@ -301,13 +316,13 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 "budget.scope", "must be ORGANIZATION or API_KEY")
         if b.scope == usage_pb2.Budget.SCOPE_API_KEY:
             v.check(bool(b.api_key), "budget.api_key", "required when scope is API_KEY")
-            names.parse_api_key(b.api_key, "budget.api_key", v, identity.org)
+            ledger.check_api_key(b.api_key, "budget.api_key", v, identity.org)
         else:
             v.check(not b.api_key, "budget.api_key", "only with scope API_KEY")
         v.check(b.monthly_limit_micros > 0 or b.monthly_token_limit > 0, "budget.monthly_limit_micros",
                 "set a money cap or a token cap")
         if b.monthly_limit_micros > 0 or b.currency_code:
-            v.check(names.valid_currency(b.currency_code), "budget.currency_code",
+            v.check(budget_rules.valid_currency(b.currency_code), "budget.currency_code",
                     "an ISO 4217 code like USD is required with a money cap")
         v.check(len(request.request_id) <= 200, "request_id", "at most 200 characters")
         v.raise_if_any()
@@ -325,7 +340,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def _load_budget(self, name: str, context: grpc.aio.ServicerContext) -> tuple[Identity, Row | None, uuid.UUID]:
         identity = require_identity(context.invocation_metadata() or ())
         v = FieldViolations()
-        budget_id = names.parse_uuid_name(name, "budgets", "name", v)
+        budget_id = BUDGET.uuid(name, "name", v)
         v.raise_if_any()
         assert budget_id is not None
         return identity, await self.store.get_budget(identity.org, budget_id), budget_id
@@ -401,11 +416,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
         v = FieldViolations()
-        org = names.resolve_org(_identity(context), request.organization, "organization", v)
-        names.parse_api_key(request.api_key, "api_key", v, org)
+        org = _resolve_org(_identity(context), request.organization, "organization", v)
+        ledger.check_api_key(request.api_key, "api_key", v, org)
         cap = budget_rules.MAX_AMOUNT
         v.check(0 <= request.estimated_amount_micros <= cap, "estimated_amount_micros", f"must be 0..{cap}")
-        v.check(names.valid_currency(request.currency_code), "currency_code", "an ISO 4217 code like USD")
+        v.check(budget_rules.valid_currency(request.currency_code), "currency_code", "an ISO 4217 code like USD")
         v.check(0 <= request.estimated_tokens <= cap, "estimated_tokens", f"must be 0..{cap}")
         ttl_ms = 300_000
         if request.HasField("ttl"):
@@ -421,7 +436,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 
     def _reservation_target(self, name: str, context: grpc.aio.ServicerContext) -> tuple[str | None, uuid.UUID]:
         v = FieldViolations()
-        reservation_id = names.parse_uuid_name(name, "reservations", "name", v)
+        reservation_id = RESERVATION.uuid(name, "name", v)
         v.raise_if_any()
         assert reservation_id is not None
         identity = _identity(context)
@@ -456,10 +471,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.GetRateLimitPolicyRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RateLimitPolicy:
         v = FieldViolations()
-        org = _parse_policy_name(request.name, "name", v)
+        org = RATE_LIMIT_POLICY.id(request.name, "name", v)
         v.raise_if_any()
-        names.resolve_org(_identity(context),
-                          names.org_name(org), "name", v)
+        _resolve_org(_identity(context),
+                          ORGANIZATION.format(org), "name", v)
         row = await self.store.get_rate_limit_policy(org)
         if row is None:
             return _policy_message(org, self.limiter.default_policy())
@@ -472,7 +487,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     ) -> usage_pb2.RateLimitPolicy:
         v = FieldViolations()
         p = request.policy
-        org = _parse_policy_name(p.name, "policy.name", v)
+        org = RATE_LIMIT_POLICY.id(p.name, "policy.name", v)
         v.check(0 < p.organization_requests_per_minute <= _MAX_RPM,
                 "policy.organization_requests_per_minute", f"must be 1..{_MAX_RPM}")
         v.check(0 < p.api_key_requests_per_minute <= _MAX_RPM,
@@ -490,7 +505,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 def _record_message(row: Row) -> usage_pb2.UsageRecord:
     return usage_pb2.UsageRecord(
         name=ledger.record_name(row),
-        organization=names.org_name(row["org"]),
+        organization=ORGANIZATION.format(row["org"]),
         api_key=row["api_key"],
         user=row["user_name"],
         resource_type=row["resource_type"],
@@ -505,14 +520,14 @@ def _record_message(row: Row) -> usage_pb2.UsageRecord:
 
 def _reservation_message(r: Reservation) -> usage_pb2.Reservation:
     return usage_pb2.Reservation(
-        name=f"reservations/{r.id}",
-        organization=names.org_name(r.org),
+        name=RESERVATION.format(r.id),
+        organization=ORGANIZATION.format(r.org),
         api_key=r.api_key,
         amount_micros=r.amount_micros,
         currency_code=r.currency_code,
         tokens=r.tokens,
         state=r.state,
-        budgets=[f"budgets/{b}" for b in r.budgets],
+        budgets=[BUDGET.format(b) for b in r.budgets],
         expire_time=to_timestamp(r.expire_time),
         settled_amount_micros=r.settled_amount_micros,
         settled_tokens=r.settled_tokens,

@@ -110,8 +110,7 @@ class TestMesh:
         """A ready Envoy gateway in front of the mesh; returns host:port."""
         process = self.stack.processes.get("gateway")
         if process is None or not process.alive():
-            if self.stack.start_gateway() is None:
-                raise RuntimeError("no gateway configuration (scripts/gateway.py) yet")
+            self.stack.start_gateway()
             self.stack.wait_ready(["gateway"], timeout=timeout)
         return self.settings.gateway_addr
 
