@@ -173,7 +173,7 @@ class _Answer:
         kind = event.WhichOneof("event")
         if kind == "metadata":
             self.completion_id = f"chatcmpl-{event.metadata.generation_id}"
-            self.model = event.metadata.model.removeprefix("models/")
+            self.model = MODEL.id(event.metadata.model, "model")
         elif kind == "delta":
             self.text.append(event.delta.text)
         elif kind == "tool_call":
