@@ -22,7 +22,7 @@ from google.rpc import status_pb2
 
 from services.common.background import BackgroundTasks
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, invalid_argument, unavailable
+from services.common.errors import FieldViolations, ServiceError, invalid_argument, unavailable
 from services.common.identity import Identity
 from services.common.usage_client import UsageClient
 from services.orchestrator import metering, retrieval
@@ -36,7 +36,7 @@ from services.orchestrator.providers import (
     ProviderRequest,
     ToolCallPiece,
 )
-from services.orchestrator.routing import AllProvidersFailed, Router, Served
+from services.orchestrator.routing import CLIENT_ERRORS, AllProvidersFailed, Router, Served
 from services.orchestrator.tokens import MESSAGE_OVERHEAD, count_messages, count_text
 
 _ROLES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant",
@@ -303,6 +303,12 @@ def _metadata(served: Served, generation_id: str) -> pb.GenerateResponse:
 
 def _all_failed(model: ModelEntry, exc: AllProvidersFailed) -> Exception:
     tried = ", ".join(f"{a.provider}/{a.deployment}" for a in exc.attempts)
+    if exc.attempts and all(a.code in CLIENT_ERRORS for a in exc.attempts):
+        # Every deployment refused the request itself: the caller's error, not an outage.
+        last = exc.attempts[-1]
+        return ServiceError(last.code, f"{model.name} refused the request: {last.message}",
+                            reason="REQUEST_REFUSED_BY_PROVIDER",
+                            metadata={"providers_tried": tried, "model": model.name})
     return unavailable(
         f"every provider of {model.name} failed: " + "; ".join(
             f"{a.provider}/{a.deployment}: {a.code.name} {a.message}" for a in exc.attempts),

@@ -2,6 +2,7 @@
 wire formats (hosted APIs cannot be reached from here). The requested model id picks the
 scenario: "ok", "length", "rate-limited", "overloaded", "truncated", "malformed",
 "error-mid-stream", "error-event", "die-before-first", "slow-first", "endless", "flaky",
+"picky" (HTTP 400 invalid_request_error for a last message containing REJECT, else "ok") and
 "tools" (a get_weather tool call, then an answer once the tool result is in the messages)."""
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class Replay:
         if scenario.startswith("flaky") and self.fail_next.get(scenario, 0) > 0:
             self.fail_next[scenario] -= 1
             scenario = "overloaded"
+        if scenario == "picky" and "REJECT" in str(body["messages"][-1].get("content", "")):
+            return web.json_response(
+                {"error": {"message": "Invalid 'messages[1].content': rejected by policy.",
+                           "type": "invalid_request_error", "param": "messages",
+                           "code": "invalid_value"}}, status=400)
         if scenario == "rate-limited":
             return web.json_response(
                 {"error": {"message": "Rate limit reached for gpt-4o-mini", "type": "requests",
