@@ -182,6 +182,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             if await self.store.get_plan(plan_id) is None:
                 raise not_found(f"{request.plan.name} not found")
             raise ServiceError(grpc.StatusCode.ABORTED, "the plan changed since it was read (etag)", "ETAG_MISMATCH")
+        await self.billing.push_default_policy()  # the sweep retries if Usage is away
         return _plan_message(updated)
 
     # --- subscription --------------------------------------------------------------------

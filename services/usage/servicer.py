@@ -46,7 +46,7 @@ from services.common.timestamps import to_timestamp
 from services.usage import budgets as budget_rules
 from services.usage import ledger
 from services.usage.budgets import BUDGET, RESERVATION, Budgets, Reservation
-from services.usage.ratelimit import Policy, RateLimiter
+from services.usage.ratelimit import DEFAULT_POLICY_ORG, Policy, RateLimiter
 from services.usage.store import RecordFilter, Row, UsageStore
 
 log = logging.getLogger("aimesh.usage")
@@ -60,6 +60,7 @@ _GROUPS = {
 }
 ORGANIZATION = resource("auth.aimesh.dev/Organization")
 RATE_LIMIT_POLICY = resource("usage.aimesh.dev/RateLimitPolicy")
+DEFAULT_POLICY_NAME = f"organizations/{DEFAULT_POLICY_ORG}/rateLimitPolicy"
 _BUDGET_MUTABLE = {"display_name", "monthly_limit_micros", "monthly_token_limit"}
 _EXPIRY_SWEEP_SECONDS = 30
 
@@ -471,13 +472,15 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.GetRateLimitPolicyRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RateLimitPolicy:
         v = FieldViolations()
+        if request.name == DEFAULT_POLICY_NAME:
+            return _policy_message(DEFAULT_POLICY_ORG, await self.limiter.default_policy())
         org = RATE_LIMIT_POLICY.id(request.name, "name", v)
         v.raise_if_any()
         _resolve_org(_identity(context),
                           ORGANIZATION.format(org), "name", v)
         row = await self.store.get_rate_limit_policy(org)
         if row is None:
-            return _policy_message(org, self.limiter.default_policy())
+            return _policy_message(org, await self.limiter.default_policy())
         return _policy_message(
             org, Policy(row["org_rpm"], row["key_rpm"], row["plan"]), row["update_time"]
         )
@@ -487,7 +490,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     ) -> usage_pb2.RateLimitPolicy:
         v = FieldViolations()
         p = request.policy
-        org = RATE_LIMIT_POLICY.id(p.name, "policy.name", v)
+        # The default policy (organizations without their own) has the AIP-159 "-" for an id.
+        org = (DEFAULT_POLICY_ORG if p.name == DEFAULT_POLICY_NAME
+               else RATE_LIMIT_POLICY.id(p.name, "policy.name", v))
         v.check(0 < p.organization_requests_per_minute <= _MAX_RPM,
                 "policy.organization_requests_per_minute", f"must be 1..{_MAX_RPM}")
         v.check(0 < p.api_key_requests_per_minute <= _MAX_RPM,
