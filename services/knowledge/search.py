@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from redis.exceptions import RedisError
 
+from services.common import metrics
 from services.common.cache import ServiceCache
 from services.common.triton import TritonClient
 from services.knowledge.keyword_index import KeywordIndex
@@ -86,9 +87,11 @@ class Searcher:
         if self.cache is None or generation is None:
             return None
         try:
-            return await self.cache.redis.get(self._answer_key(org, generation, fingerprint))
+            answer = await self.cache.redis.get(self._answer_key(org, generation, fingerprint))
         except RedisError:
             return None
+        metrics.record_cache("knowledge_search", answer is not None)
+        return answer
 
     async def remember(self, org: str, generation: str | None, fingerprint: bytes, answer: bytes) -> None:
         if self.cache is None or generation is None:

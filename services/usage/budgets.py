@@ -36,6 +36,7 @@ from services.common.cache import ServiceCache
 from services.common.errors import ServiceError, failed_precondition, not_found
 from services.common.names import resource
 from services.common.timestamps import month_start, next_month
+from services.usage import metrics as usage_metrics
 from services.usage.store import Row, UsageStore
 
 STATE_OPEN, STATE_SETTLED, STATE_RELEASED, STATE_EXPIRED = 1, 2, 3, 4
@@ -247,6 +248,9 @@ class Budgets:
             spent = row["spent_micros"] if row else 0
             spent_tokens = row["spent_tokens"] if row else 0
             reserved = tokens_reserved = 0
+        usage_metrics.record_budget(
+            str(budget["org"]), BUDGET.format(budget["id"]), budget["monthly_limit_micros"],
+            spent + max(reserved, 0), budget["monthly_token_limit"], spent_tokens + max(tokens_reserved, 0))
         return {
             "period_start": period,
             "period_end": next_month(period),
@@ -317,6 +321,7 @@ class Budgets:
         if outcome == "over":
             index, spent, reserved, used_tokens = (int(x) for x in result[1:5])
             budget, _, _ = applicable[index - 1]
+            usage_metrics.record_budget_rejection(org)
             self._raise_exceeded(budget, period, currency, spent, reserved, used_tokens, amount, tokens)
         create_ms, expire_ms = int(result[1]), int(result[2])
         reservation = Reservation(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 
 from services.common.cache import ServiceCache
 from services.common.config import Settings
+from services.usage import metrics as usage_metrics
 from services.usage.store import UsageStore
 
 WINDOW_SECONDS = 60
@@ -209,4 +210,5 @@ class RateLimiter:
             # When the request is refused the counts are pre-request: say which window refused.
             this_over = over and count + hits > limit
             statuses[index] = Status(this_over, limit, max(limit - count, 0), checks[index].kind)
+        usage_metrics.record_ratelimit(over)
         return Decision(over, statuses, reset)
