@@ -60,7 +60,7 @@ _GROUPS = {
 }
 ORGANIZATION = resource("auth.aimesh.dev/Organization")
 RATE_LIMIT_POLICY = resource("usage.aimesh.dev/RateLimitPolicy")
-DEFAULT_POLICY_NAME = f"organizations/{DEFAULT_POLICY_ORG}/rateLimitPolicy"
+DEFAULT_POLICY_NAME = RATE_LIMIT_POLICY.format(DEFAULT_POLICY_ORG)
 _BUDGET_MUTABLE = {"display_name", "monthly_limit_micros", "monthly_token_limit"}
 _EXPIRY_SWEEP_SECONDS = 30
 
