@@ -31,7 +31,8 @@ from services.orchestrator.routing import Router
 from services.orchestrator.tokens import count_messages
 
 _CAPS = {"CHAT": pb.Model.CAPABILITY_CHAT, "STREAMING": pb.Model.CAPABILITY_STREAMING,
-         "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED}
+         "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED,
+         "TOOLS": pb.Model.CAPABILITY_TOOLS, "JSON_MODE": pb.Model.CAPABILITY_JSON_MODE}
 
 
 def model_message(m: ModelEntry) -> pb.Model:
@@ -91,7 +92,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         v = FieldViolations()
         v.check(1 <= len(request.messages) <= 1000, "messages", "1-1000 messages required")
         for i, m in enumerate(request.messages):
-            v.check(m.role in _ROLES, f"messages[{i}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
+            v.check(m.role in _ROLES, f"messages[{i}].role",
+                    "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
         v.raise_if_any()
         prompt = count_messages((_ROLES[m.role], m.content) for m in request.messages)
         return pb.CountTokensResponse(
