@@ -43,6 +43,10 @@ class TestMesh:
             f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
             for s in (*SERVICES, *HTTP_SERVICE_PORTS)
         }
+        overrides.update({
+            f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}"
+            for s in (*SERVICES, *HTTP_SERVICE_PORTS)
+        })
         overrides.update(
             {
                 "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
