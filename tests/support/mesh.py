@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -121,6 +122,14 @@ class TestMesh:
 
     def stop(self, service: str) -> int | None:
         return self.stack.stop(service)
+
+    def crash(self, service: str) -> None:
+        """SIGKILL `service` and everything it started (its process group, as a container dies):
+        no drain, no shutdown hooks. Only processes this mesh started: it refuses others."""
+        process = self.stack.processes.pop(service)
+        if process.alive():
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        process.popen.wait()
 
     def channel(self, service: str, identity: str = "gateway") -> grpc.aio.Channel:
         """An aio channel to `service` as mesh `identity` (under mTLS, with that identity's
