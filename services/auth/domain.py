@@ -5,6 +5,7 @@
 - sessions.py      sign-up, login, refresh-token families, logout
 - memberships.py   users, organizations, memberships and roles
 - api_keys.py      API keys and their request-path cache
+- revocation.py    ended sessions and membership changes, enforced at the gateway within 1 s
 - redis_guard.py   Redis on the request path (timeouts, fallback, surely-applied writes)
 
 All are plain Python and raise the domain errors of errors.py, which maps them to gRPC status
@@ -23,12 +24,15 @@ from services.auth import crypto, store
 from services.auth.api_keys import ApiKeys
 from services.auth.errors import Forbidden
 from services.auth.memberships import Memberships
+from services.auth.principal import ROLE_NAMES, Principal
 from services.auth.redis_guard import RedisGuard
+from services.auth.revocation import Revocations
 from services.auth.sessions import Sessions
 from services.auth.signing_keys import SigningKeys
 from services.auth.throttle import LoginThrottle
 from services.common.cache import ServiceCache
 from services.common.db import Database
+from services.common.identity import Role
 
 log = logging.getLogger("aimesh.auth")
 
@@ -45,8 +49,9 @@ class AuthDomain:
         self.redis = RedisGuard(cache, spawn)
         self.signing_keys = SigningKeys(db, secrets, access_ttl_seconds)
         self.memberships = Memberships(db)
+        self.revocations = Revocations(db, self.redis, access_ttl_seconds)
         self.sessions = Sessions(db, secrets, self.signing_keys, LoginThrottle(self.redis),
-                                 access_ttl_seconds, platform_admins)
+                                 self.revocations, access_ttl_seconds, platform_admins)
         self.api_keys = ApiKeys(db, secrets, self.redis, self.memberships, spawn)
 
     async def housekeeping(self, every_seconds: float = 3600.0) -> None:
@@ -69,3 +74,26 @@ class AuthDomain:
         async with self.db.connection() as conn:
             row, _ = await self.signing_keys.rotate(conn, grace, request_id)
         return row
+
+    # --- membership changes: take effect on existing access tokens at once -------------------
+
+    async def create_membership(self, principal: Principal, email: str, role: Role,
+                                request_id: str) -> store.Row:
+        row = await self.memberships.create(principal, email, role, request_id)
+        if row["user_id"] is not None and row["state"] == "active":
+            await self.revocations.membership_changed(row["org_id"], row["user_id"], row["role"])
+        return row
+
+    async def update_membership(self, principal: Principal, membership_id: str, role: Role,
+                                etag: str) -> store.Row:
+        row = await self.memberships.update_role(principal, membership_id, role, etag)
+        if row["user_id"] is not None:
+            await self.revocations.membership_changed(row["org_id"], row["user_id"],
+                                                      ROLE_NAMES[role])
+        return row
+
+    async def delete_membership(self, principal: Principal, membership_id: str,
+                                allow_missing: bool) -> None:
+        row = await self.memberships.delete(principal, membership_id, allow_missing)
+        if row is not None and row["user_id"] is not None:
+            await self.revocations.membership_changed(row["org_id"], row["user_id"], None)

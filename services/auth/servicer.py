@@ -21,6 +21,7 @@ from services.auth.principal import ROLE_BY_NAME, Principal
 from services.auth.sessions import Tokens
 from services.common.errors import invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
+from services.common.names import ResourceName, resource
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
@@ -32,6 +33,10 @@ _ROLE_TO_PB = {
 _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
 DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
+ORGANIZATION = resource("auth.aimesh.dev/Organization")
+USER = resource("auth.aimesh.dev/User")
+MEMBERSHIP = resource("auth.aimesh.dev/Membership")
+API_KEY = resource("auth.aimesh.dev/ApiKey")
 log = logging.getLogger("aimesh.auth")
 
 
@@ -46,23 +51,18 @@ def _principal(context: grpc.aio.ServicerContext) -> Principal:
 
 def _org_from(name: str, principal: Principal, field_name: str) -> str:
     """The organization id in `organizations/{id}`; another org's name is NOT_FOUND (no leak)."""
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "organizations" or not parts[1]:
-        raise invalid_argument(f"{field_name} must be organizations/{{organization}}",
-                               [(field_name, "must be organizations/{organization}")])
-    if parts[1] != principal.org_id:
+    org_id = ORGANIZATION.id(name, field_name)
+    if org_id != principal.org_id:
         raise not_found("organization not found", reason="ORGANIZATION_NOT_FOUND")
-    return parts[1]
+    return org_id
 
 
-def _child(name: str, collection: str, principal: Principal, field_name: str) -> str:
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "organizations" or parts[2] != collection or not parts[3]:
-        pattern = f"organizations/{{organization}}/{collection}/{{id}}"
-        raise invalid_argument(f"{field_name} must be {pattern}", [(field_name, f"must be {pattern}")])
-    if parts[1] != principal.org_id:
-        raise not_found(f"{collection[:-1]} not found")
-    return parts[3]
+def _child(name: str, kind: ResourceName, principal: Principal, field_name: str) -> str:
+    """The own id of a resource under the caller's organization; another org's is NOT_FOUND."""
+    org_id, child_id = kind.parse(name, field_name)
+    if org_id != principal.org_id:
+        raise not_found(f"{kind.type.rsplit('/', 1)[1]} not found")
+    return child_id
 
 
 def _create_order(row: store.Row) -> tuple[datetime, str]:
@@ -75,7 +75,7 @@ def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
         access_token=tokens.access_token, token_type="Bearer",
         expire_time=to_timestamp(float(tokens.access_expire)), expires_in_seconds=tokens.expires_in,
         refresh_token=tokens.refresh_token, refresh_expire_time=to_timestamp(tokens.refresh_expire),
-        user=f"users/{tokens.user_id}", organization=f"organizations/{tokens.org_id}",
+        user=USER.format(tokens.user_id), organization=ORGANIZATION.format(tokens.org_id),
     )
 
 
@@ -88,7 +88,7 @@ def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
     else:
         state = auth_pb2.ApiKey.STATE_ACTIVE
     return auth_pb2.ApiKey(
-        name=f"organizations/{row['org_id']}/apiKeys/{row['id']}",
+        name=API_KEY.format(row["org_id"], row["id"]),
         display_name=row["display_name"], secret=secret, prefix=row["prefix"],
         scopes=list(row["scopes"]), expire_time=to_timestamp(row["expire_time"]), state=state,
         creator=row["creator"] if row["creator"].startswith("users/") else "",
@@ -99,8 +99,8 @@ def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
 
 def _membership(row: store.Row) -> auth_pb2.Membership:
     return auth_pb2.Membership(
-        name=f"organizations/{row['org_id']}/memberships/{row['id']}",
-        user=f"users/{row['user_id']}" if row["user_id"] else "", email=row["email"],
+        name=MEMBERSHIP.format(row["org_id"], row["id"]),
+        user=USER.format(row["user_id"]) if row["user_id"] else "", email=row["email"],
         role=_ROLE_TO_PB[row["role"]],
         state=auth_pb2.Membership.STATE_ACTIVE if row["state"] == "active"
         else auth_pb2.Membership.STATE_INVITED,
@@ -130,11 +130,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.TokenPair:
         org: str | None = None
         if request.organization:
-            parts = request.organization.split("/")
-            if len(parts) != 2 or parts[0] != "organizations" or not parts[1]:
-                raise invalid_argument("organization must be organizations/{organization}",
-                                       [("organization", "must be organizations/{organization}")])
-            org = parts[1]
+            org = ORGANIZATION.id(request.organization, "organization")
         return _token_pair(await self.domain.sessions.login(request.email, request.password, org,
                                                    request.request_id))
 
@@ -177,8 +173,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                                   reason="USER_REQUIRED")
         user = await self.domain.memberships.get_user(principal.subject[6:])
         return auth_pb2.User(
-            name=f"users/{user['id']}", email=user["email"], display_name=user["display_name"],
-            organization=f"organizations/{principal.org_id}",
+            name=USER.format(user["id"]), email=user["email"], display_name=user["display_name"],
+            organization=ORGANIZATION.format(principal.org_id),
             roles=[_ROLE_TO_PB[r] for r in principal.roles if r in _ROLE_TO_PB],
             create_time=to_timestamp(user["create_time"]))
 
@@ -186,7 +182,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                               context: Any) -> auth_pb2.Organization:
         principal = _principal(context)
         org = await self.domain.memberships.get_org(_org_from(request.name, principal, "name"))
-        return auth_pb2.Organization(name=f"organizations/{org['id']}",
+        return auth_pb2.Organization(name=ORGANIZATION.format(org["id"]),
                                      display_name=org["display_name"],
                                      create_time=to_timestamp(org["create_time"]),
                                      update_time=to_timestamp(org["update_time"]))
@@ -208,7 +204,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         _org_from(request.parent, principal, "parent")
         role = _role(request.membership.role, "membership.role")
-        return _membership(await self.domain.memberships.create(
+        return _membership(await self.domain.create_membership(
             principal, request.membership.email, role, request.request_id))
 
     async def UpdateMembership(self, request: auth_pb2.UpdateMembershipRequest,
@@ -218,17 +214,17 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if bad:
             raise invalid_argument("only 'role' can be updated",
                                    [("update_mask", f"unsupported path(s): {', '.join(bad)}")])
-        membership_id = _child(request.membership.name, "memberships", principal,
+        membership_id = _child(request.membership.name, MEMBERSHIP, principal,
                                "membership.name")
         role = _role(request.membership.role, "membership.role")
-        return _membership(await self.domain.memberships.update_role(
+        return _membership(await self.domain.update_membership(
             principal, membership_id, role, request.membership.etag))
 
     async def DeleteMembership(self, request: auth_pb2.DeleteMembershipRequest,
                                context: Any) -> empty_pb2.Empty:
         principal = _principal(context)
-        membership_id = _child(request.name, "memberships", principal, "name")
-        await self.domain.memberships.delete(principal, membership_id, request.allow_missing)
+        membership_id = _child(request.name, MEMBERSHIP, principal, "name")
+        await self.domain.delete_membership(principal, membership_id, request.allow_missing)
         return empty_pb2.Empty()
 
     async def CreateApiKey(self, request: auth_pb2.CreateApiKeyRequest,
@@ -243,7 +239,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def GetApiKey(self, request: auth_pb2.GetApiKeyRequest, context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
-        key_id = _child(request.name, "apiKeys", principal, "name")
+        key_id = _child(request.name, API_KEY, principal, "name")
         return _api_key(await self.domain.api_keys.get(principal.org_id, key_id))
 
     async def ListApiKeys(self, request: auth_pb2.ListApiKeysRequest,
@@ -260,7 +256,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest,
                            context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
-        key_id = _child(request.name, "apiKeys", principal, "name")
+        key_id = _child(request.name, API_KEY, principal, "name")
         return _api_key(await self.domain.api_keys.revoke(principal, key_id))
 
 

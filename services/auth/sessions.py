@@ -12,12 +12,15 @@ from datetime import UTC, datetime, timedelta
 from services.auth import crypto, store
 from services.auth.errors import AlreadyExists, BadCredentials, Forbidden, invalid, raise_violations
 from services.auth.memberships import EMAIL
+from services.auth.revocation import Revocations
 from services.auth.signing_keys import SigningKeys
 from services.auth.throttle import LoginThrottle
 from services.common.db import Database
 from services.common.errors import FieldViolations
 from services.common.identity import PLATFORM_ADMIN_SCOPE
+from services.common.names import resource
 
+USER = resource("auth.aimesh.dev/User")
 REFRESH_TTL = timedelta(days=30)
 
 
@@ -47,12 +50,13 @@ class Ended:
 
 class Sessions:
     def __init__(self, db: Database, secrets: crypto.Secrets, keys: SigningKeys,
-                 throttle: LoginThrottle, access_ttl_seconds: int,
+                 throttle: LoginThrottle, revocations: Revocations, access_ttl_seconds: int,
                  platform_admins: frozenset[str]) -> None:
         self.db = db
         self.secrets = secrets
         self.keys = keys
         self.throttle = throttle
+        self.revocations = revocations
         self.access_ttl = access_ttl_seconds
         self.platform_admins = platform_admins
 
@@ -68,7 +72,8 @@ class Sessions:
             family_id = crypto.new_id("rf_")
             await store.insert_family(conn, family_id, user_id, org_id)
         access, exp = crypto.sign_access_token(key.private_pem, key.kid, user_id, org_id, [role],
-                                               self.access_ttl, scopes=scopes)
+                                               self.access_ttl, scopes=scopes,
+                                               session_id=family_id)
         refresh = crypto.generate_refresh_token()
         refresh_expire = now_utc() + REFRESH_TTL
         await store.insert_refresh_token(conn, self.secrets.credential_hash(refresh), family_id,
@@ -108,7 +113,7 @@ class Sessions:
                 raise AlreadyExists("that e-mail is already registered", "EMAIL_TAKEN")
             await store.insert_org(conn, org_id, org_name.strip())
             await store.insert_membership(conn, crypto.new_id("m_"), org_id, user_id, email,
-                                          "owner", "active", f"users/{user_id}")
+                                          "owner", "active", USER.format(user_id))
             await store.activate_invitations(conn, user_id, email)
             tokens = await self._issue(conn, user_id, org_id, "owner")
             if request_id:
@@ -181,8 +186,10 @@ class Sessions:
                     await store.save_idempotent_result(conn, scope, request_id,
                                                        self._seal(tokens))
                 return tokens
-            # Someone replayed a spent token: assume theft and end the whole family.
+            # Someone replayed a spent token: assume theft and end the whole family, including
+            # the access tokens issued in it.
             await store.revoke_family(conn, row["family_id"])
+        await self.revocations.sessions_ended([row["family_id"]])
         # Raised after the commit so the family revocation sticks.
         raise BadCredentials("refresh token already used; the session was revoked",
                              "REFRESH_TOKEN_REUSED")
@@ -197,4 +204,5 @@ class Sessions:
             if row is None:
                 return None
             await store.revoke_family(conn, row["family_id"])
+        await self.revocations.sessions_ended([row["family_id"]])
         return Ended(row["family_id"], row["user_id"], row["org_id"])

@@ -288,6 +288,11 @@ async def revoke_family(conn: Conn, family_id: str) -> None:
     )
 
 
+async def family_revoked(conn: Conn, family_id: str) -> bool:
+    row = await _one(conn, "SELECT revoke_time FROM refresh_families WHERE id = %s", (family_id,))
+    return row is None or row["revoke_time"] is not None
+
+
 # --- signing keys ----------------------------------------------------------------------------
 
 async def signing_keys(conn: Conn) -> list[Row]:

@@ -30,20 +30,29 @@ from services.billing.store import (
     STATE_CANCELED,
     BillingStore,
     Row,
-    month_start,
-    next_month,
 )
 from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
-from services.common.timestamps import to_timestamp
+from services.common.names import resource
+from services.common.timestamps import month_start, next_month, to_timestamp
 
 log = logging.getLogger("aimesh.billing")
 
 SWEEP_SECONDS = 60
 DUE_DAYS = 30
+# How far back an invoice may be generated (billing.proto, GenerateInvoice): older periods are
+# outside any subscription this platform can have priced, e.g. a typo'd year 1.
+MAX_LOOKBACK_MONTHS = 24
 _STATE_WORDS = {INVOICE_DRAFT: "DRAFT", INVOICE_FINALIZED: "FINALIZED", INVOICE_PAID: "PAID",
                 INVOICE_VOID: "VOID"}
+
+PLAN = resource("billing.aimesh.dev/Plan")
+INVOICE = resource("billing.aimesh.dev/Invoice")
+SUBSCRIPTION = resource("billing.aimesh.dev/Subscription")
+ORGANIZATION = resource("auth.aimesh.dev/Organization")
+RATE_LIMIT_POLICY = resource("usage.aimesh.dev/RateLimitPolicy")
+DEFAULT_POLICY_ORG = "-"  # organizations/-/rateLimitPolicy: for organizations without their own
 
 
 
@@ -61,6 +70,7 @@ class Billing:
         self.settings = settings
         self.store = store
         self.channels = channels
+        self._default_pushed: tuple[str, int, int] | None = None
 
     @property
     def usage(self) -> usage_pb2_grpc.UsageServiceStub:
@@ -80,10 +90,10 @@ class Billing:
         plan = await self.store.get_plan(subscription["plan_id"])
         assert plan is not None
         request = usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
-            name=f"organizations/{subscription['org']}/rateLimitPolicy",
+            name=RATE_LIMIT_POLICY.format(subscription["org"]),
             organization_requests_per_minute=plan["org_rpm"],
             api_key_requests_per_minute=plan["key_rpm"],
-            plan=f"plans/{plan['id']}",
+            plan=PLAN.format(plan["id"]),
         ))
         try:
             await self.usage.SetRateLimitPolicy(request, timeout=5)
@@ -96,10 +106,34 @@ class Billing:
         await self.store.mark_policy_synced(subscription["org"], plan["id"])
         return True
 
+    async def push_default_policy(self) -> bool:
+        """Make the default plan's limits Usage's default policy (organizations without their
+        own), so a new organization has its plan's limits from sign-up, before Billing first
+        sees it. Pushed at start, by every sweep when they changed, and after UpdatePlan."""
+        plan = await self.store.default_plan()
+        if plan is None:
+            return False
+        limits = (plan["id"], plan["org_rpm"], plan["key_rpm"])
+        if limits == self._default_pushed:
+            return True
+        request = usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
+            name=RATE_LIMIT_POLICY.format(DEFAULT_POLICY_ORG),
+            organization_requests_per_minute=plan["org_rpm"],
+            api_key_requests_per_minute=plan["key_rpm"], plan=PLAN.format(plan["id"])))
+        try:
+            await self.usage.SetRateLimitPolicy(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("default rate-limit policy push failed; will retry",
+                        extra={"code": exc.code().name})
+            return False
+        self._default_pushed = limits
+        return True
+
     async def sweep_forever(self) -> None:
         """Roll over subscriptions at period boundaries and retry unsynced policy pushes."""
         while True:
             try:
+                await self.push_default_policy()
                 for org in await self.store.orgs_needing_attention(dt.datetime.now(dt.UTC)):
                     await self.subscription(org)
             except asyncio.CancelledError:
@@ -112,22 +146,22 @@ class Billing:
         subscription = await self.subscription(org)
         plan = await self.store.get_plan(plan_id)
         if plan is None:
-            raise not_found(f"plans/{plan_id} not found", reason="PLAN_NOT_FOUND")
+            raise not_found(f"{PLAN.format(plan_id)} not found", reason="PLAN_NOT_FOUND")
         if subscription["state"] == STATE_CANCELED:
             raise failed_precondition("the subscription is canceled", reason="SUBSCRIPTION_CANCELED")
         if plan_id == subscription["plan_id"]:
             if not subscription["pending_plan_id"]:
-                raise failed_precondition(f"already on plans/{plan_id}", reason="PLAN_UNCHANGED")
+                raise failed_precondition(f"already on {PLAN.format(plan_id)}", reason="PLAN_UNCHANGED")
             return await self.store.set_pending_plan(org, None)  # cancels the pending change
         if plan["archived"]:
-            raise failed_precondition(f"plans/{plan_id} is no longer offered", reason="PLAN_ARCHIVED")
+            raise failed_precondition(f"{PLAN.format(plan_id)} is no longer offered", reason="PLAN_ARCHIVED")
         if not plan["publicly_available"] and not may_use_private:
-            raise failed_precondition(f"plans/{plan_id} is not offered to this organization",
+            raise failed_precondition(f"{PLAN.format(plan_id)} is not offered to this organization",
                                       reason="PLAN_NOT_PUBLIC")
         currencies = await self.store.open_invoice_currencies(org)
         if currencies - {plan["currency_code"]}:
             raise failed_precondition(
-                f"plans/{plan_id} bills in {plan['currency_code']} but the organization has open "
+                f"{PLAN.format(plan_id)} bills in {plan['currency_code']} but the organization has open "
                 f"invoices in {', '.join(sorted(currencies))}; settle or void them first",
                 reason="CURRENCY_MISMATCH",
                 metadata={"plan_currency": plan["currency_code"],
@@ -147,6 +181,11 @@ class Billing:
         if start > now:
             raise invalid_argument("the period has not started yet",
                                    {"period_start_time": "in the future"})
+        earliest = _months_before(month_start(now), MAX_LOOKBACK_MONTHS)
+        if start < earliest:
+            raise invalid_argument(
+                f"period_start_time {start:%Y-%m} is more than {MAX_LOOKBACK_MONTHS} months ago",
+                {"period_start_time": f"must be {earliest:%Y-%m-%d} or later"})
         end = next_month(start)
         if end > now and not allow_open:
             raise failed_precondition("the period has not ended yet (set allow_open_period for a preview)",
@@ -158,7 +197,7 @@ class Billing:
         try:
             summary = await self.usage.GetUsageSummary(
                 usage_pb2.GetUsageSummaryRequest(
-                    organization=f"organizations/{org}", start_time=to_timestamp(start), end_time=to_timestamp(end),
+                    organization=ORGANIZATION.format(org), start_time=to_timestamp(start), end_time=to_timestamp(end),
                     group_by=[usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE,
                               usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL],
                 ),
@@ -230,7 +269,7 @@ class Billing:
     async def _transition(self, org: str, invoice_id: uuid.UUID, apply: Any) -> Row:
         row = await self.store.transition(org, invoice_id, apply)
         if row is None:
-            raise not_found(f"invoices/{invoice_id} not found")
+            raise not_found(f"{INVOICE.format(invoice_id)} not found")
         return row
 
     async def render_html(self, invoice: Row) -> str:
@@ -253,7 +292,7 @@ class Billing:
             "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px}"
             ".n{text-align:right}</style></head><body>"
             f"<h1>Invoice {e(number)}</h1>"
-            f"<p>Organization: {e(invoice['org'])}<br>Plan: plans/{e(invoice['plan_id'])}<br>"
+            f"<p>Organization: {e(invoice['org'])}<br>Plan: {e(PLAN.format(invoice['plan_id']))}<br>"
             f"Period: {invoice['period_start']:%Y-%m-%d} to {invoice['period_end']:%Y-%m-%d} (UTC, end exclusive)<br>"
             f"State: {_STATE_WORDS[invoice['state']]}</p>"
             "<table><thead><tr><th>Item</th><th class=n>Quantity</th><th class=n>Included</th>"
@@ -270,3 +309,8 @@ def _invalid_state(row: Row, action: str) -> Exception:
     state = _STATE_WORDS[row["state"]]
     return failed_precondition(f"cannot {action} a {state} invoice", reason="INVALID_STATE",
                                metadata={"state": state})
+
+
+def _months_before(start: dt.datetime, months: int) -> dt.datetime:
+    index = start.year * 12 + start.month - 1 - months
+    return start.replace(year=index // 12, month=index % 12 + 1)

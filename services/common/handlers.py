@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -58,3 +59,26 @@ async def iterate_stream(
     elif result is not None:
         for item in result:
             yield item
+
+
+def before(
+    handler: grpc.RpcMethodHandler, check: Callable[[grpc.aio.ServicerContext], Any]
+) -> grpc.RpcMethodHandler:
+    """The same handler with `await check(context)` run before its behavior, for all four kinds."""
+
+    def unary_response(behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(context)
+            return await call_unary(behavior, request, context)
+
+        return run
+
+    def stream_response(behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await check(context)
+            async for item in iterate_stream(behavior, request, context):
+                yield item
+
+        return run
+
+    return rewrap(handler, unary_response, stream_response)

@@ -7,7 +7,10 @@ interceptor, so no service repeats them):
   <class ...>" UNKNOWN;
 - a NUL character in any string field, at any depth (path-derived names, titles, queries, map
   keys, Struct values), becomes INVALID_ARGUMENT naming the field: PostgreSQL text and jsonb
-  cannot hold it.
+  cannot hold it;
+- a Timestamp or Duration outside the range protobuf defines for it (gRPC callers can send any
+  seconds; JSON callers cannot) becomes INVALID_ARGUMENT naming the field, instead of an
+  overflow deep in a service.
 """
 
 from __future__ import annotations
@@ -68,11 +71,12 @@ def check_request(request: Any) -> Any:
     if isinstance(request, Undecodable):
         raise request.error
     if isinstance(request, Message):
-        violations = [(path, "must not contain NUL (\\u0000) characters") for path in nul_fields(request)]
+        violations = field_problems(request)
         if violations:
-            names = ", ".join(path for path, _ in violations)
-            raise invalid_argument(f"{names}: NUL characters are not allowed in text",
-                                   violations, reason="NUL_CHARACTER")
+            summary = "; ".join(f"{path}: {problem}" for path, problem in violations)
+            reasons = {problem for _, problem in violations}
+            reason = "NUL_CHARACTER" if reasons == {NUL_PROBLEM} else "INVALID_ARGUMENT"
+            raise invalid_argument(summary, violations, reason=reason)
     return request
 
 
@@ -82,9 +86,23 @@ async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield check_request(request)
 
 
-def nul_fields(message: Message, prefix: str = "") -> list[str]:
-    """Paths (`conversation.title`, `labels[key]`, `items[2].text`) of string fields holding NUL."""
-    found: list[str] = []
+NUL_PROBLEM = "must not contain NUL (\\u0000) characters"
+# google/protobuf/timestamp.proto and duration.proto: the only values these types may hold.
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01 .. 9999-12-31T23:59:59Z
+_MAX_DURATION_SECONDS = 315576000000
+
+
+def nul_fields(message: Message) -> list[str]:
+    """Paths (`conversation.title`, `labels['key']`, `items[2].text`) of strings holding NUL."""
+    return [path for path, problem in field_problems(message) if problem == NUL_PROBLEM]
+
+
+def field_problems(message: Message, prefix: str = "") -> list[tuple[str, str]]:
+    """(path, problem) for every string holding NUL and every out-of-range Timestamp/Duration."""
+    problem = _well_known_problem(message)
+    if problem is not None:
+        return [(prefix.rstrip("."), problem)]
+    found: list[tuple[str, str]] = []
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
         if _is_map(field):
@@ -92,22 +110,36 @@ def nul_fields(message: Message, prefix: str = "") -> list[str]:
             for key, item in value.items():
                 entry = f"{path}[{key!r}]" if isinstance(key, str) else f"{path}[{key}]"
                 if isinstance(key, str) and "\x00" in key:
-                    found.append(entry)
-                found.extend(_nul_in_value(value_field, item, entry))
+                    found.append((entry, NUL_PROBLEM))
+                found.extend(_value_problems(value_field, item, entry))
         elif field.is_repeated:
             for index, item in enumerate(value):
-                found.extend(_nul_in_value(field, item, f"{path}[{index}]"))
+                found.extend(_value_problems(field, item, f"{path}[{index}]"))
         else:
-            found.extend(_nul_in_value(field, value, path))
+            found.extend(_value_problems(field, value, path))
     return found
 
 
-def _nul_in_value(field: _descriptor.FieldDescriptor, value: Any, path: str) -> list[str]:
+def _value_problems(field: _descriptor.FieldDescriptor, value: Any, path: str) -> list[tuple[str, str]]:
     if field.type == _STRING:
-        return [path] if "\x00" in value else []
+        return [(path, NUL_PROBLEM)] if "\x00" in value else []
     if field.type in (_MESSAGE, _GROUP):
-        return nul_fields(value, path + ".")
+        return field_problems(value, path + ".")
     return []
+
+
+def _well_known_problem(message: Message) -> str | None:
+    name = message.DESCRIPTOR.full_name
+    if name == "google.protobuf.Timestamp":
+        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
+            return "timestamp out of range (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z)"
+    elif name == "google.protobuf.Duration":
+        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        same_sign = seconds == 0 or nanos == 0 or (seconds > 0) == (nanos > 0)
+        if not (abs(seconds) <= _MAX_DURATION_SECONDS and abs(nanos) <= 999_999_999 and same_sign):
+            return "duration out of range (±315576000000 s)"
+    return None
 
 
 def _is_map(field: _descriptor.FieldDescriptor) -> bool:

@@ -22,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from services.common import channels, deadlines, mesh_policy, telemetry, tls
+from services.common import channels, deadlines, mesh_policy, metrics, telemetry, tls
+from services.common.access import AccessInterceptor
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError, database_error, is_transient
@@ -264,6 +265,8 @@ def _new_server(spec: ServiceSpec, settings: Settings) -> grpc.aio.Server:
             tls.interceptor_for(spec.name, settings.tls_mode),  # type: ignore[arg-type]
             *telemetry.server_interceptors(),
             ErrorInterceptor(),
+            # Inside the error interceptor: the role × method matrix, before any servicer code.
+            AccessInterceptor(),
         ],
         options=[
             *mesh_policy.SERVER_KEEPALIVE_OPTIONS,
@@ -328,7 +331,8 @@ async def _watch_readiness(
                 if now
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
-            for name in ("", *spec.service_names):
+            # The overall status last: whoever waits for it finds every service's status set.
+            for name in (*spec.service_names, ""):
                 await health.set(name, status)
             log.info("readiness changed", extra={"ready": now})
             last = now
@@ -373,7 +377,10 @@ def serve(spec: ServiceSpec) -> None:
     except ConfigError as exc:
         print(f"aimesh-{spec.name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    telemetry.configure(spec.name, settings.log_level, settings.trace_console)
+    telemetry.configure(spec.name, settings.log_level, settings.trace_console, settings.otlp_endpoint)
+    metrics.serve(spec.name, settings.metrics_address_of(spec.name), on=settings.metrics_enabled)
+    if settings.tls_mode == "mtls":
+        metrics.record_certificate(spec.name, str(tls.CertPaths(settings.certs_path).cert(spec.name)))
     channels.set_process_identity(spec.name)
     try:
         code = asyncio.run(_run(spec, settings))

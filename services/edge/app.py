@@ -15,7 +15,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.exceptions import HTTPException
 
@@ -23,6 +23,7 @@ from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.identity import Identity, identity_from_metadata
 from services.edge import schemas
+from services.edge.chat import MODEL, ChatCompletions, model_name
 from services.edge.errors import OpenAIError, from_rpc_error
 
 log = logging.getLogger("aimesh.edge")
@@ -39,6 +40,7 @@ class Backends:
         self.channels = Channels(settings)
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(
             self.channels.get("orchestrator"))
+        self.chat = ChatCompletions(self.orchestrator)
 
     async def ready(self) -> bool:
         stub = health_pb2_grpc.HealthStub(self.channels.get(READINESS_DEPENDENCY))
@@ -62,14 +64,9 @@ def caller(request: Request) -> Identity:
     return identity
 
 
-def model_name(model_id: str) -> str:
-    """OpenAI model ids are aimesh model names without the `models/` prefix (both accepted)."""
-    return model_id if model_id.startswith("models/") else f"models/{model_id}"
-
-
 def model_object(model: opb.Model) -> schemas.ModelObject:
     # The catalog keeps no creation time; 0 says "unknown" in the field OpenAI requires.
-    return schemas.ModelObject(id=model.name.removeprefix("models/"), created=0,
+    return schemas.ModelObject(id=MODEL.id(model.name, "model"), created=0,
                                owned_by=model.provider or "aimesh")
 
 
@@ -173,5 +170,14 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
                                     param="model", code="model_not_found")
             raise error from None
         return model_object(model).wire()
+
+    @app.post(f"{PREFIX}/chat/completions", response_model=schemas.ChatCompletion)
+    async def chat_completions(body: schemas.ChatCompletionRequest, request: Request) -> Any:
+        identity = caller(request)
+        chat: ChatCompletions = request.app.state.backends.chat
+        if body.stream:
+            return StreamingResponse(await chat.stream(body, identity), media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
+        return JSONResponse(await chat.complete(body, identity))
 
     return app

@@ -11,22 +11,23 @@ import grpc
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from google.protobuf import empty_pb2
 
-from services.common.errors import FieldViolations, ServiceError, invalid_argument
+from services.common.errors import FieldViolations, invalid_argument
 from services.common.identity import Identity, Role, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, idle_limited
 from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
 from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge.blobs import BlobStore
 from services.knowledge.documents import (
+    DOCUMENT,
     MAX_STREAM_BYTES,
-    MAX_UNARY_BYTES,
     Documents,
     NewDocument,
     check_new_document,
+    check_unary_content,
     collect_stream,
-    parse_name,
 )
 from services.knowledge.ingest import Ingestor
 from services.knowledge.keyword_index import (
@@ -34,7 +35,7 @@ from services.knowledge.keyword_index import (
     OpenSearchKeywordIndex,
     PostgresKeywordIndex,
 )
-from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
+from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher, check_query
 from services.knowledge.store import DocumentRow, Store
 from services.knowledge.vector_index import VectorIndex
 
@@ -54,7 +55,7 @@ STATE_VALUES = {v: k for k, v in STATE_NAMES.items()}
 
 def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
     return knowledge_pb2.Document(
-        name=f"documents/{row.document_id}",
+        name=DOCUMENT.format(row.document_id),
         display_name=row.display_name,
         mime_type=row.mime_type,
         size_bytes=row.size_bytes,
@@ -130,11 +131,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         v = FieldViolations()
         v.check(request.HasField("document"), "document", "required")
         check_new_document(doc, "", v)
-        if not request.content:
-            v.add("content", "required: 1 byte to 8 MiB")
-        elif len(request.content) > MAX_UNARY_BYTES:
-            v.add("content", f"{len(request.content)} bytes is over the 8 MiB ({MAX_UNARY_BYTES} bytes) limit; "
-                             "use UploadDocument for up to 64 MiB")
+        check_unary_content(request.content, v)
         v.raise_if_any()
         row = await self.documents.create(identity.org, doc, request.content, "content")
         return to_proto(row)
@@ -143,11 +140,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.Document:
         identity = _caller(context, Role.MEMBER, "uploading a document")
-        stream = request_iterator.__aiter__()
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")]) from None
+        # Like every client stream, an upload that stops sending ends after an idle limit.
+        stream = idle_limited(request_iterator.__aiter__(), CLIENT_STREAM_IDLE_SECONDS, "content_chunk")
+        first = await anext(stream, None)
+        if first is None:
+            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")])
         if first.WhichOneof("payload") != "metadata":
             raise invalid_argument("the first message must carry metadata", [("metadata", "required in the first message")])
         meta = first.metadata
@@ -202,20 +199,10 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     ) -> knowledge_pb2.SearchDocumentsResponse:
         identity = _caller(context, Role.VIEWER, "searching documents")
         v = FieldViolations()
-        v.check(bool(request.query.strip()) and len(request.query) <= 2048, "query", "required, 1-2,048 characters")
         v.check(request.mode in MODES, "mode", "unknown search mode")
-        top_k = request.top_k or 10
-        v.check(1 <= top_k <= 100, "top_k", "must be 1-100 (default 10)")
-        v.check(len(request.metadata_filters) <= 16, "metadata_filters", "at most 16 entries")
+        top_k = check_query(request.query, request.top_k, len(request.metadata_filters), v)
         v.check(len(request.documents) <= 100, "documents", "at most 100 names")
-        document_ids: list[str] | None = None
-        if request.documents:
-            document_ids = []
-            for i, name in enumerate(request.documents):
-                try:
-                    document_ids.append(parse_name(name, f"documents[{i}]"))
-                except ServiceError:
-                    v.add(f"documents[{i}]", f"expected documents/{{document}}, got {name!r}")
+        document_ids = [DOCUMENT.id(name, f"documents[{i}]", v) for i, name in enumerate(request.documents)] or None
         v.raise_if_any()
         mode = MODES[request.mode]
         mode_value = knowledge_pb2.SEARCH_MODE_HYBRID if mode == HYBRID else request.mode
@@ -240,7 +227,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                 knowledge_pb2.SearchResult(
                     chunk_id=r.hit.chunk_id, text=r.hit.text, score=r.score,
                     semantic_rank=r.semantic_rank, keyword_rank=r.keyword_rank,
-                    document=f"documents/{r.hit.document_id}", document_display_name=r.hit.display_name,
+                    document=DOCUMENT.format(r.hit.document_id), document_display_name=r.hit.display_name,
                     chunk_index=r.hit.chunk_index, start_offset=r.hit.start_offset,
                     end_offset=r.hit.end_offset, heading_path=r.hit.heading_path,
                 )

@@ -6,7 +6,6 @@ The limits here are the ones speech.proto documents; change both together.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,13 +16,14 @@ from aimesh.speech.v1 import speech_pb2
 from google.protobuf import duration_pb2
 
 from services.common.errors import FieldViolations, invalid_argument, out_of_range
+from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, next_message
 from services.speech.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 SUPPORTED_LANGUAGES = ("en-US",)
 
 # StreamingRecognize
 STREAM_MAX_SECONDS = 300.0
-STREAM_IDLE_SECONDS = 10.0
+STREAM_IDLE_SECONDS = CLIENT_STREAM_IDLE_SECONDS
 # Converse
 CONVERSE_MAX_SECONDS = 1800.0
 CONVERSE_IDLE_SECONDS = 30.0
@@ -179,17 +179,7 @@ def check_language_filter(code: str) -> None:
 
 async def next_request(requests: AsyncIterator[Any], idle_seconds: float) -> Any | None:
     """The next client message, None when the client half-closed; OUT_OF_RANGE when idle."""
-    try:
-        return await asyncio.wait_for(requests.__anext__(), idle_seconds)
-    except StopAsyncIteration:
-        return None
-    except TimeoutError:
-        raise out_of_range(
-            f"no request message for {idle_seconds:.0f} seconds (idle timeout); the stream was ended",
-            reason="STREAM_IDLE_TIMEOUT",
-            violations=[("audio_content", f"send audio at least every {idle_seconds:.0f} s")],
-            metadata={"limit": "idle_timeout", "seconds": f"{idle_seconds:.0f}"},
-        ) from None
+    return await next_message(requests, idle_seconds, "audio_content")
 
 
 async def audio_intake(

@@ -22,6 +22,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from scripts import gateway
 from services.common import tls
 
 AUTH = "aimesh.auth.v1.AuthService"
@@ -200,7 +201,7 @@ async def test_envoy_presents_gateway_identity(
 ) -> None:
     upstream, seen = auth_upstream
     listen = _free_port()
-    socket_cfg = tls.envoy_upstream_transport_socket("auth", certs_dir)
+    socket_cfg = gateway.upstream_transport_socket("auth", certs_dir)
     proc = await _run_envoy(_envoy_config(listen, upstream, socket_cfg), tmp_path, listen)
     try:
         reply = await _get_jwks(listen)
@@ -216,7 +217,7 @@ async def test_envoy_refuses_upstream_with_unexpected_identity(
     upstream, seen = auth_upstream
     listen = _free_port()
     # The upstream holds auth's certificate; a cluster pinned to usage must not accept it.
-    socket_cfg = tls.envoy_upstream_transport_socket("usage", certs_dir)
+    socket_cfg = gateway.upstream_transport_socket("usage", certs_dir)
     proc = await _run_envoy(_envoy_config(listen, upstream, socket_cfg), tmp_path, listen)
     try:
         with pytest.raises(grpc.aio.AioRpcError) as err:

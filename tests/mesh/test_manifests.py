@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from services.common import mesh_policy as mp
+from tests.support.istio import mesh_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 ISTIO = ROOT / "istio"
@@ -182,7 +183,8 @@ def test_workloads_are_hardened(kustomization: Path) -> None:
     assert pods
     for name, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True, name
-        assert pod["automountServiceAccountToken"] is False, name
+        # Only Prometheus talks to the Kubernetes API (pod discovery, a namespaced Role).
+        assert pod["automountServiceAccountToken"] is (name == "prometheus"), name
         assert pod.get("serviceAccountName") == name, name
         for c in pod["containers"]:
             sc = c["securityContext"]
@@ -200,7 +202,7 @@ def test_services_speak_grpc_health_and_named_ports(kustomization: Path) -> None
     deployments, services = _by_kind(docs, "Deployment"), _by_kind(docs, "Service")
     accounts = _by_kind(docs, "ServiceAccount")
     for name in mp.SERVICES:
-        port = mp.port_of(name)
+        port = mesh_manifests.port_of(name)
         (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == port, (name, probe)
@@ -236,7 +238,7 @@ def test_data_stores_external_in_production_in_cluster_in_kind() -> None:
     for store in ("postgres", "redis"):
         (rule,) = policies[f"{store}-clients"]["spec"]["rules"]
         principals = set(rule["from"][0]["source"]["principals"])
-        assert principals == {mp.istio_principal(s) for s in mp.SERVICES}
+        assert principals == {mesh_manifests.istio_principal(s) for s in mp.SERVICES}
 
 
 def test_pod_security_levels() -> None:

@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from services.common import mesh_policy as mp
+from tests.support.istio import mesh_manifests
 
 ORCH = "/aimesh.orchestrator.v1.OrchestratorService/"
 USAGE = "/aimesh.usage.v1.UsageService/"
@@ -96,7 +97,7 @@ def test_path_matches_is_istio_semantics() -> None:
 
 def test_spiffe_ids() -> None:
     assert mp.spiffe_id("usage") == "spiffe://aimesh.local/ns/aimesh/sa/usage"
-    assert mp.istio_principal("gateway") == "cluster.local/ns/aimesh/sa/gateway"
+    assert mesh_manifests.istio_principal("gateway") == "cluster.local/ns/aimesh/sa/gateway"
     assert mp.identity_from_spiffe("spiffe://aimesh.local/ns/aimesh/sa/speech") == "speech"
     assert mp.identity_from_spiffe("spiffe://other.domain/ns/aimesh/sa/speech") is None
     assert mp.identity_from_spiffe("spiffe://aimesh.local/ns/other/sa/speech") is None

@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from scripts import ca
 from services.common import mesh_policy, tls
 
 CALLEE = "orchestrator"
@@ -214,14 +215,14 @@ def test_foreign_cert_rejected_with_clear_message(certs_dir: Path, foreign_certs
     paths, foreign = tls.CertPaths(certs_dir), tls.CertPaths(foreign_certs_dir)
     with pytest.raises(tls.CertificateError, match="not issued by the local CA"):
         tls.verify_leaf(
-            tls._load_cert(foreign.cert("speech")), tls._load_cert(paths.ca_cert), "speech"
+            tls.load_cert(foreign.cert("speech")), tls.load_cert(paths.ca_cert), "speech"
         )
 
 
 def test_cert_for_other_identity_rejected(certs_dir: Path) -> None:
     paths = tls.CertPaths(certs_dir)
     with pytest.raises(tls.CertificateError, match="SAN URI"):
-        tls.verify_leaf(tls._load_cert(paths.cert("speech")), tls._load_cert(paths.ca_cert), "auth")
+        tls.verify_leaf(tls.load_cert(paths.cert("speech")), tls.load_cert(paths.ca_cert), "auth")
 
 
 async def test_client_verifies_server_identity(server_port: int, certs_dir: Path) -> None:
@@ -233,21 +234,21 @@ async def test_client_verifies_server_identity(server_port: int, certs_dir: Path
 
 
 def test_ensure_is_idempotent_and_keeps_valid_ca(tmp_path: Path) -> None:
-    first = tls.ensure_certificates(tmp_path)
+    first = ca.ensure_certificates(tmp_path)
     assert first.ca_created and set(first.issued) == set(mesh_policy.IDENTITIES)
     ca_before = (tmp_path / "ca.pem").read_bytes()
     leaf_before = (tmp_path / "usage.pem").read_bytes()
-    second = tls.ensure_certificates(tmp_path)
+    second = ca.ensure_certificates(tmp_path)
     assert not second.ca_created and second.issued == ()
     assert (tmp_path / "ca.pem").read_bytes() == ca_before
     assert (tmp_path / "usage.pem").read_bytes() == leaf_before
     assert os.stat(tmp_path / "ca-key.pem").st_mode & 0o077 == 0
     # A missing leaf is re-issued by the same CA; the others are left alone.
     (tmp_path / "usage.pem").unlink()
-    third = tls.ensure_certificates(tmp_path)
+    third = ca.ensure_certificates(tmp_path)
     assert third.issued == ("usage",) and (tmp_path / "ca.pem").read_bytes() == ca_before
     # A leaf close to expiry is renewed.
-    fourth = tls.ensure_certificates(tmp_path, ["billing"], renew_before=dt.timedelta(days=365))
+    fourth = ca.ensure_certificates(tmp_path, ["billing"], renew_before=dt.timedelta(days=365))
     assert fourth.issued == ("billing",)
 
 
@@ -255,11 +256,11 @@ def test_ensure_refuses_to_replace_expired_ca(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
-    cert, key = tls.create_ca(not_before=past, validity=dt.timedelta(days=1))
+    cert, key = ca.create_ca(not_before=past, validity=dt.timedelta(days=1))
     (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "ca-key.pem").write_bytes(tls._key_pem(key))
+    (tmp_path / "ca-key.pem").write_bytes(ca.key_pem(key))
     with pytest.raises(tls.CertificateError, match="expired"):
-        tls.ensure_certificates(tmp_path)
+        ca.ensure_certificates(tmp_path)
 
 
 def test_xfcc_identity() -> None:

@@ -78,3 +78,16 @@ def test_idempotency_comes_from_the_proto() -> None:
     assert is_idempotent_read(method_descriptor(GET))
     assert not is_idempotent_read(method_descriptor(CREATE))
     assert method_descriptor("/no.such.Service/Method") is None
+
+
+def test_out_of_range_timestamps_and_durations_are_named() -> None:
+    from aimesh.billing.v1 import billing_pb2
+    from google.protobuf import duration_pb2, timestamp_pb2
+
+    request = billing_pb2.GenerateInvoiceRequest(
+        period_start_time=timestamp_pb2.Timestamp(seconds=-10**15))
+    assert _violated_fields(request) == ["period_start_time"]
+    fine = billing_pb2.GenerateInvoiceRequest(period_start_time=timestamp_pb2.Timestamp(seconds=0))
+    assert check_request(fine) is fine
+    with pytest.raises(ServiceError):
+        check_request(duration_pb2.Duration(seconds=1, nanos=-5))

@@ -156,3 +156,47 @@ async def test_malformed_grpc_web_frames_are_refused_at_once(
         assert reply.headers.get("grpc-status") == "3", reply.headers
         reply = await client.post(path, content=base64.b64encode(valid), headers=text)
         assert reply.status_code == 200 and reply.headers.get("grpc-status") in (None, "0"), reply.headers
+
+
+# --- item 8: absurd values, Envoy's own replies as JSON ----------------------------------------
+
+async def test_invoice_for_absurd_periods_is_refused(
+    mesh: TestMesh, http: httpx.AsyncClient, account: Account
+) -> None:
+    mesh.ensure("billing")
+    for start in ("0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2000-02-01T00:00:00Z",
+                  "9999-12-01T00:00:00Z"):
+        reply = await http.post("/v1/invoices:generate", headers=account.bearer,
+                                json={"periodStartTime": start})
+        assert reply.status_code == 400, (start, reply.status_code, reply.text)
+        assert _fields(_json_status(reply)) == {"period_start_time"}, start
+
+
+async def test_431_and_every_404_are_json_status(http: httpx.AsyncClient, account: Account) -> None:
+    replies = {
+        "headers too large": await http.get("/v1/users/me", headers={"x-filler": "a" * 70_000}),
+        "unknown REST path": await http.get("/v1/no/such/thing"),
+        "unknown custom verb": await http.post("/v1/conversations/c1:explode", json={}),
+        "wrong HTTP method": await http.delete("/v1/auth:login"),
+        "unknown gRPC path over HTTP": await http.post("/aimesh.auth.v1.AuthService/NoSuchMethod",
+                                                       content=b"{}"),
+        "internal RPC path": await http.post("/aimesh.usage.v1.UsageService/SetRateLimitPolicy",
+                                             content=b"", headers={"content-type": "application/json"}),
+        "root": await http.get("/"),
+        "another org's resource": await http.get("/v1/organizations/o_0123456789abcdef",
+                                                 headers=account.bearer),
+        "another org's key": await http.get("/v1/organizations/o_0123456789abcdef/apiKeys/k1",
+                                            headers=account.bearer),
+        "HEAD unknown": await http.head("/v1/no/such/thing"),
+        "healthz sibling": await http.get("/healthz/x"),
+        "form content type": await http.post("/v1/nothing", content=b"a=b",
+                                             headers={"content-type": "application/x-www-form-urlencoded"}),
+    }
+    shapes = {case: (r.status_code, r.headers.get("content-type")) for case, r in replies.items()}
+    assert shapes["headers too large"][0] == 431, shapes
+    assert all(status == 404 for case, (status, _) in shapes.items() if case != "headers too large"), shapes
+    for case, reply in replies.items():
+        if reply.request.method == "HEAD":
+            continue  # no body by definition
+        status = _json_status(reply)
+        assert status["code"] == (3 if reply.status_code == 431 else 5), (case, status)

@@ -120,8 +120,10 @@ class KnowledgeServiceServicer(object):
         Errors: INVALID_ARGUMENT with field violations when the first message is not `metadata`,
         a later one is, the content is empty, or metadata is invalid (as CreateDocument);
         OUT_OF_RANGE when a chunk exceeds 1 MiB or the total exceeds 64 MiB (the stream is ended
-        at once); ALREADY_EXISTS and RESOURCE_EXHAUSTED as CreateDocument. If the client cancels,
-        nothing is stored.
+        at once), and OUT_OF_RANGE with reason STREAM_IDLE_TIMEOUT when no message arrives for
+        10 seconds (as StreamingRecognize; e.g. a stream that sends only metadata and waits);
+        ALREADY_EXISTS and RESOURCE_EXHAUSTED as CreateDocument. If the client cancels or the
+        stream is ended, nothing is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
