@@ -107,6 +107,12 @@ def failed_precondition(
     return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, reason, **kw)  # type: ignore[arg-type]
 
 
+def etag_mismatch(resource: str) -> ServiceError:
+    """ABORTED: the resource changed since the client read the etag it sent (AIP-154)."""
+    return ServiceError(grpc.StatusCode.ABORTED, f"{resource} changed since it was read (etag mismatch)",
+                        "ETAG_MISMATCH", metadata={"resource": resource})
+
+
 def unavailable(message: str, reason: str = "UNAVAILABLE", **kw: object) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, message, reason, **kw)  # type: ignore[arg-type]
 

@@ -23,9 +23,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from services.common.cache import ServiceCache
 from services.common.config import Settings
+from services.common.errors import FieldViolations
+from services.common.names import resource
 from services.usage import metrics as usage_metrics
 from services.usage.store import UsageStore
 
@@ -193,3 +196,16 @@ class RateLimiter:
             statuses[index] = Status(this_over, limit, max(limit - count, 0), checks[index].kind)
         usage_metrics.record_ratelimit(over)
         return Decision(over, statuses, reset)
+
+
+RATE_LIMIT_POLICY = resource("usage.aimesh.dev/RateLimitPolicy")
+MAX_RPM = 10_000_000
+
+
+def check_policy(p: Any, v: FieldViolations) -> None:
+    """A SetRateLimitPolicy request's policy (usage.v1.RateLimitPolicy): positive limits."""
+    v.check(0 < p.organization_requests_per_minute <= MAX_RPM,
+            "policy.organization_requests_per_minute", f"must be 1..{MAX_RPM}")
+    v.check(0 < p.api_key_requests_per_minute <= MAX_RPM,
+            "policy.api_key_requests_per_minute", f"must be 1..{MAX_RPM}")
+    v.check(len(p.plan) <= 200, "policy.plan", "at most 200 characters")
