@@ -116,6 +116,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             if await self.store.get_plan(plan_id) is None:
                 raise not_found(f"{request.plan.name} not found")
             raise etag_mismatch(request.plan.name)
+        await self.subscriptions.push_default_policy()  # the sweep retries if Usage is away
         return _plan_message(updated)
 
     # --- subscription --------------------------------------------------------------------
