@@ -46,8 +46,15 @@ from services.usage import budgets as budget_rules
 from services.usage import ledger
 from services.usage.budgets import BUDGET, RESERVATION, Budgets, Reservation
 from services.usage.ledger import ORGANIZATION
-from services.usage.ratelimit import RATE_LIMIT_POLICY, Policy, RateLimiter, check_policy
-from services.usage.store import RecordFilter, Row, UsageStore
+from services.usage.ratelimit import (
+    DEFAULT_POLICY_NAME,
+    DEFAULT_POLICY_ORG,
+    RATE_LIMIT_POLICY,
+    Policy,
+    RateLimiter,
+    check_policy,
+)
+from services.usage.store import RecordFilter, Row, Store
 
 log = logging.getLogger("aimesh.usage")
 
@@ -73,7 +80,7 @@ def _limiter(runtime: Runtime) -> RateLimiter:
     existing = getattr(runtime, "_usage_rate_limiter", None)
     if existing is None:
         assert runtime.db is not None and runtime.cache is not None
-        existing = RateLimiter(runtime.settings, UsageStore(runtime.db), runtime.cache)
+        existing = RateLimiter(runtime.settings, Store(runtime.db), runtime.cache)
         runtime._usage_rate_limiter = existing
     return existing
 
@@ -149,7 +156,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         assert runtime.db is not None and runtime.cache is not None
-        self.store = UsageStore(runtime.db)
+        self.store = Store(runtime.db)
         self.limiter = _limiter(runtime)
         self.budgets = Budgets(self.store, runtime.cache)
         self.pages = Paginator(runtime.settings)
@@ -352,11 +359,13 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def GetRateLimitPolicy(
         self, request: usage_pb2.GetRateLimitPolicyRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RateLimitPolicy:
+        if request.name == DEFAULT_POLICY_NAME:
+            return _policy_message(DEFAULT_POLICY_ORG, await self.limiter.default_policy())
         org = RATE_LIMIT_POLICY.id(request.name, "name")
         _resolve_org(_identity(context), ORGANIZATION.format(org), "name")
         row = await self.store.get_rate_limit_policy(org)
         if row is None:
-            return _policy_message(org, self.limiter.default_policy())
+            return _policy_message(org, await self.limiter.default_policy())
         return _policy_message(
             org, Policy(row["org_rpm"], row["key_rpm"], row["plan"]), row["update_time"]
         )
@@ -366,7 +375,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     ) -> usage_pb2.RateLimitPolicy:
         p = request.policy
         v = FieldViolations()
-        org = RATE_LIMIT_POLICY.id(p.name, "policy.name", v)
+        # The default policy (organizations without their own) has the AIP-159 "-" for an id.
+        org = (DEFAULT_POLICY_ORG if p.name == DEFAULT_POLICY_NAME
+               else RATE_LIMIT_POLICY.id(p.name, "policy.name", v))
         check_policy(p, v)
         v.raise_if_any()
         row = await self.store.set_rate_limit_policy(
