@@ -84,9 +84,10 @@ def service(name: str, port: int) -> dict[str, Any]:
     }
 
 
-def deployment(name: str, port: int) -> dict[str, Any]:
+def container(name: str, port: int) -> dict[str, Any]:
+    """The service's one container: its command, settings, probes and a locked-down runtime."""
     grpc_probe = {"port": port, "service": ""}
-    container = {
+    return {
         "name": name,
         "image": f"{IMAGE}:0.1.0",
         "imagePullPolicy": "IfNotPresent",
@@ -140,6 +141,9 @@ def deployment(name: str, port: int) -> dict[str, Any]:
             {"name": "var", "mountPath": "/var/lib/aimesh"},
         ],
     }
+
+
+def deployment(name: str, port: int) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -180,7 +184,7 @@ def deployment(name: str, port: int) -> dict[str, Any]:
                             "labelSelector": {"matchLabels": {"app.kubernetes.io/name": name}},
                         }
                     ],
-                    "containers": [container],
+                    "containers": [container(name, port)],
                     "volumes": [
                         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                         {"name": "var", "emptyDir": {"sizeLimit": "1Gi"}},
