@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from scripts import gateway
 from tests.support.envoy import one_route_bootstrap
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,16 +71,9 @@ def _bootstrap(listen_port: int, upstream_port: int, services: list[str]) -> str
 
 
 def test_envoy_validates_transcoder_for_all_services(tmp_path: Path) -> None:
-    cmd = _envoy_cmd()
     cfg = tmp_path / "envoy.yaml"
     cfg.write_text(_bootstrap(_free_port(), _free_port(), SERVICES))
-    r = subprocess.run(
-        [*cmd, "--mode", "validate", "-c", str(cfg), "--disable-hot-restart"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = gateway.validate(cfg)
     assert r.returncode == 0, (
         f"envoy rejected the descriptor set:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
     )
@@ -87,16 +81,9 @@ def test_envoy_validates_transcoder_for_all_services(tmp_path: Path) -> None:
 
 def test_envoy_validate_catches_unknown_service(tmp_path: Path) -> None:
     # Guards the test above: validation really builds the transcoder.
-    cmd = _envoy_cmd()
     cfg = tmp_path / "envoy.yaml"
     cfg.write_text(_bootstrap(_free_port(), _free_port(), ["aimesh.nope.v1.NopeService"]))
-    r = subprocess.run(
-        [*cmd, "--mode", "validate", "-c", str(cfg), "--disable-hot-restart"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = gateway.validate(cfg)
     assert r.returncode != 0
     assert "aimesh.nope.v1.NopeService" in r.stdout + r.stderr
 
