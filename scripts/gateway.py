@@ -557,6 +557,25 @@ def _local_reply_config() -> dict[str, Any]:
     return {"mappers": [*_edge_local_reply_mappers(), *mappers]}
 
 
+OTLP_CLUSTER = "otlp_collector"
+
+
+def _tracing() -> dict[str, Any]:
+    """Every request starts (or continues) a W3C trace that Envoy passes upstream in
+    `traceparent`; its spans go over OTLP/gRPC to AIMESH_OTLP_ENDPOINT."""
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _t("envoy.config.trace.v3.OpenTelemetryConfig"),
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": "aimesh-gateway",
+            },
+        },
+        "spawn_upstream_span": True,
+    }
+
+
 def render(settings: Settings, descriptor: Path = DESCRIPTOR,
            admin_addr: str | None = None) -> dict[str, Any]:
     """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
@@ -621,6 +640,7 @@ def _connection_manager(settings: Settings, descriptor: Path) -> dict[str, Any]:
         "access_log": [_access_log()],
         "http2_protocol_options": {"max_concurrent_streams": 1000},
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
+        **({"tracing": _tracing()} if settings.otlp_endpoint else {}),
     }
 
 
@@ -645,6 +665,9 @@ def _clusters(settings: Settings) -> list[dict[str, Any]]:
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
     clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
                                      health_check=False))
+    if settings.otlp_endpoint:
+        clusters.append(upstream_cluster(OTLP_CLUSTER, settings.otlp_endpoint.split("://")[-1],
+                                         health_check=False))
     return clusters
 
 

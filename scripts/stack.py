@@ -172,6 +172,13 @@ class Stack:
         admin_file.unlink(missing_ok=True)
         return self.spawn("gateway", gateway.envoy_argv(config, admin_file), lambda: gateway.is_ready(admin_file))
 
+    def start_prometheus(self) -> Process | None:
+        """Prometheus scraping every running component (after the gateway: it needs Envoy's
+        admin address), or None when the binary is not installed."""
+        from scripts import prometheus
+
+        return prometheus.start_in_stack(self)
+
     def wait_ready(self, names: Iterable[str], timeout: float = 120.0) -> None:
         """Block until every named component is ready; raise with its log tail if one dies."""
         pending = set(names)
@@ -221,6 +228,8 @@ def _print_endpoints(stack: Stack) -> None:
         rows.append(("triton (gRPC)", s.triton_url))
     if "gateway" in stack.processes:
         rows.append(("gateway (gRPC, gRPC-Web, JSON/HTTP)", s.gateway_addr))
+    if "prometheus" in stack.processes:
+        rows.append(("prometheus (metrics, alerts)", f"http://{s.prometheus_addr}"))
     width = max(len(r[0]) for r in rows)
     print("\naimesh is up:")
     for name, address in rows:
@@ -281,6 +290,8 @@ def up(args: argparse.Namespace) -> int:
             print("starting gateway ...", flush=True)
         print(f"starting {', '.join(wanted)} ...", flush=True)
         stack.wait_ready(list(stack.processes), timeout=args.timeout)
+        if not args.no_prometheus and stack.start_prometheus() is not None:
+            stack.wait_ready(["prometheus"], timeout=60)
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f"up: {exc}", file=sys.stderr)
         stack.stop_all()
@@ -357,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--only", help="comma-separated services to start")
     p_up.add_argument("--no-triton", action="store_true")
     p_up.add_argument("--no-gateway", action="store_true")
+    p_up.add_argument("--no-prometheus", action="store_true")
     p_up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for health")
     p_up.set_defaults(func=up)
     sub.add_parser("down", help="stop a detached stack").set_defaults(func=down)

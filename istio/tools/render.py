@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render the generated halves of istio/base: workloads/ and mesh/.
+"""Render the generated parts of istio/base: workloads/, mesh/ and observability/.
 
     .venv/bin/python istio/tools/render.py           write them
     .venv/bin/python istio/tools/render.py --check   exit 1 if a committed file is stale
@@ -7,8 +7,9 @@
 workloads/ (workload_manifests.py): ServiceAccount + Service + Deployment per service.
 mesh/ (mesh_manifests.py): PeerAuthentication, DestinationRules, VirtualServices and
 AuthorizationPolicies from the caller graph (services/common/mesh_policy.py) and the
-protos' idempotency (gen/descriptor.binpb). Run it after changing either; tests/mesh runs
-`--check`. Everything else in istio/ is written by hand.
+protos' idempotency (gen/descriptor.binpb). observability/ (observability_manifests.py):
+Prometheus and Grafana with the rules and dashboards of observability/. Run it after changing
+any of them; tests/mesh runs `--check`. Everything else in istio/ is written by hand.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
 
 import mesh_manifests  # noqa: E402  (beside this file)
+import observability_manifests  # noqa: E402
 import workload_manifests  # noqa: E402
 import yaml  # noqa: E402
 
@@ -65,6 +67,7 @@ def render() -> dict[Path, str]:
     for folder, documents in (
         ("workloads", workload_manifests.documents()),
         ("mesh", mesh_manifests.documents()),
+        ("observability", observability_manifests.documents()),
     ):
         for name, docs in documents.items():
             files[Path(folder) / name] = _yaml(docs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from observability_manifests import METRICS_PORT, scrape_annotations
 from services.common import mesh_policy
 from services.common.config import HTTP_SERVICE_PORTS, SERVICE_PORTS
 
@@ -87,15 +88,20 @@ def service(name: str, port: int) -> dict[str, Any]:
 def container(name: str, port: int) -> dict[str, Any]:
     """The service's one container: its command, settings, probes and a locked-down runtime."""
     grpc_probe = {"port": port, "service": ""}
+    http_probes = _http_probes(port) if name in HTTP_SERVICE_PORTS else {}
+    serving_port = http_probes.pop("ports", [{"name": "grpc", "containerPort": port, "protocol": "TCP"}])
     return {
         "name": name,
         "image": f"{IMAGE}:0.1.0",
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", f"services.{name}"],
-        "ports": [{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
+        "ports": [*serving_port,
+                  {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "env": [
             # Listen on all interfaces in the pod; the sidecar connects over the pod IP.
             {"name": f"AIMESH_{name.upper()}_ADDR", "value": f"0.0.0.0:{port}"},
+            # Prometheus endpoint; the sidecar merges it into its own (scrape annotations).
+            {"name": f"AIMESH_{name.upper()}_METRICS_ADDR", "value": f"0.0.0.0:{METRICS_PORT}"},
             {"name": "AIMESH_VAR_DIR", "value": "/var/lib/aimesh"},
         ],
         "envFrom": [
@@ -125,7 +131,7 @@ def container(name: str, port: int) -> dict[str, Any]:
         },
         # Let Envoy and kube-proxy stop sending before SIGTERM starts the drain.
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
-        **(_http_probes(port) if name in HTTP_SERVICE_PORTS else {}),
+        **http_probes,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": USER_ID,
@@ -162,6 +168,7 @@ def deployment(name: str, port: int) -> dict[str, Any]:
                     "annotations": {
                         # The app dials peers at start; the sidecar must be up first.
                         "proxy.istio.io/config": '{"holdApplicationUntilProxyStarts": true}',
+                        **scrape_annotations(METRICS_PORT),
                     },
                 },
                 "spec": {

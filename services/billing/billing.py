@@ -52,6 +52,7 @@ INVOICE = resource("billing.aimesh.dev/Invoice")
 SUBSCRIPTION = resource("billing.aimesh.dev/Subscription")
 ORGANIZATION = resource("auth.aimesh.dev/Organization")
 RATE_LIMIT_POLICY = resource("usage.aimesh.dev/RateLimitPolicy")
+DEFAULT_POLICY_ORG = "-"  # organizations/-/rateLimitPolicy: for organizations without their own
 
 
 
@@ -69,6 +70,7 @@ class Billing:
         self.settings = settings
         self.store = store
         self.channels = channels
+        self._default_pushed: tuple[str, int, int] | None = None
 
     @property
     def usage(self) -> usage_pb2_grpc.UsageServiceStub:
@@ -104,10 +106,34 @@ class Billing:
         await self.store.mark_policy_synced(subscription["org"], plan["id"])
         return True
 
+    async def push_default_policy(self) -> bool:
+        """Make the default plan's limits Usage's default policy (organizations without their
+        own), so a new organization has its plan's limits from sign-up, before Billing first
+        sees it. Pushed at start, by every sweep when they changed, and after UpdatePlan."""
+        plan = await self.store.default_plan()
+        if plan is None:
+            return False
+        limits = (plan["id"], plan["org_rpm"], plan["key_rpm"])
+        if limits == self._default_pushed:
+            return True
+        request = usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
+            name=RATE_LIMIT_POLICY.format(DEFAULT_POLICY_ORG),
+            organization_requests_per_minute=plan["org_rpm"],
+            api_key_requests_per_minute=plan["key_rpm"], plan=PLAN.format(plan["id"])))
+        try:
+            await self.usage.SetRateLimitPolicy(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("default rate-limit policy push failed; will retry",
+                        extra={"code": exc.code().name})
+            return False
+        self._default_pushed = limits
+        return True
+
     async def sweep_forever(self) -> None:
         """Roll over subscriptions at period boundaries and retry unsynced policy pushes."""
         while True:
             try:
+                await self.push_default_policy()
                 for org in await self.store.orgs_needing_attention(dt.datetime.now(dt.UTC)):
                     await self.subscription(org)
             except asyncio.CancelledError:

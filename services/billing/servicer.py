@@ -9,7 +9,6 @@ finalizing and voiding invoices need ADMIN or higher.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from pathlib import Path
 
@@ -17,14 +16,14 @@ import grpc
 from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from google.api import httpbody_pb2
 
-from services.billing import invoicing
+from services.billing import plans
 from services.billing.billing import INVOICE, ORGANIZATION, PLAN, SUBSCRIPTION, Billing
 from services.billing.store import BillingStore, Row
 from services.common.channels import Channels
 from services.common.errors import (
     FieldViolations,
-    ServiceError,
     already_exists,
+    etag_mismatch,
     invalid_argument,
     not_found,
     permission_denied,
@@ -33,13 +32,6 @@ from services.common.identity import Identity, Role, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
-
-_PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_PLAN_MUTABLE = {"display_name", "description", "monthly_fee_micros", "prices",
-                 "organization_requests_per_minute", "api_key_requests_per_minute",
-                 "tax_rate_micros", "publicly_available", "archived"}
-_MAX_MONEY = 10**15
 
 
 def _require_platform_admin(identity: Identity, action: str) -> None:
@@ -68,42 +60,6 @@ def _plan_message(plan: Row) -> billing_pb2.Plan:
         update_time=to_timestamp(plan["update_time"]),
         etag=str(plan["version"]),
     )
-
-
-def _validate_plan(plan: billing_pb2.Plan, fields: set[str], v: FieldViolations) -> list[Row]:
-    """Check the named fields of `plan`; returns its prices as rows."""
-    if "display_name" in fields:
-        v.check(1 <= len(plan.display_name) <= 100, "plan.display_name", "1-100 characters")
-    if "description" in fields:
-        v.check(len(plan.description) <= 2000, "plan.description", "at most 2000 characters")
-    if "currency_code" in fields:
-        v.check(bool(_CURRENCY.match(plan.currency_code)), "plan.currency_code", "an ISO 4217 code like USD")
-    if "monthly_fee_micros" in fields:
-        v.check(0 <= plan.monthly_fee_micros <= _MAX_MONEY, "plan.monthly_fee_micros", "must be >= 0")
-    if "organization_requests_per_minute" in fields:
-        v.check(plan.organization_requests_per_minute > 0, "plan.organization_requests_per_minute", "must be > 0")
-    if "api_key_requests_per_minute" in fields:
-        v.check(plan.api_key_requests_per_minute > 0, "plan.api_key_requests_per_minute", "must be > 0")
-    if "tax_rate_micros" in fields:
-        v.check(0 <= plan.tax_rate_micros <= 1_000_000, "plan.tax_rate_micros", "must be 0..1000000")
-    prices: list[Row] = []
-    if "prices" in fields:
-        seen: set[tuple[int, str]] = set()
-        valid_types = set(invoicing.RESOURCE_LABELS)
-        for i, p in enumerate(plan.prices):
-            at = f"plan.prices[{i}]"
-            v.check(p.resource_type in valid_types, f"{at}.resource_type", "unknown resource type")
-            v.check(p.included_quantity_micros >= 0, f"{at}.included_quantity_micros", "must be >= 0")
-            v.check(0 <= p.overage_unit_price_micros <= _MAX_MONEY, f"{at}.overage_unit_price_micros", "must be >= 0")
-            v.check(p.price_unit_quantity >= 1, f"{at}.price_unit_quantity", "must be >= 1")
-            v.check((p.resource_type, p.model) not in seen, f"{at}.model",
-                    "this resource type and model are priced twice")
-            seen.add((p.resource_type, p.model))
-            prices.append({"resource_type": p.resource_type, "model": p.model,
-                           "included_quantity_micros": p.included_quantity_micros,
-                           "overage_unit_price_micros": p.overage_unit_price_micros,
-                           "price_unit_quantity": p.price_unit_quantity})
-    return prices
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
@@ -142,19 +98,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def CreatePlan(self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
         _require_platform_admin(identity, "creating a plan")
-        v = FieldViolations()
-        v.check(bool(_PLAN_ID.match(request.plan_id)), "plan_id", "3-40 characters of [a-z0-9-]")
-        prices = _validate_plan(request.plan, _PLAN_MUTABLE | {"currency_code"}, v)
-        v.check(len(request.request_id) <= 200, "request_id", "at most 200 characters")
-        v.raise_if_any()
-        p = request.plan
-        plan, _ = await self.store.create_plan({
-            "id": request.plan_id, "display_name": p.display_name, "description": p.description,
-            "currency_code": p.currency_code, "monthly_fee_micros": p.monthly_fee_micros,
-            "org_rpm": p.organization_requests_per_minute, "key_rpm": p.api_key_requests_per_minute,
-            "tax_rate_micros": p.tax_rate_micros, "publicly_available": p.publicly_available,
-            "archived": p.archived, "request_id": request.request_id or None,
-        }, prices)
+        plan, _ = await self.store.create_plan(*plans.new_plan(request.plan_id, request.plan, request.request_id))
         if plan is None:
             raise already_exists(f"{PLAN.format(request.plan_id)} already exists")
         return _plan_message(plan)
@@ -163,25 +107,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         identity = require_identity(context.invocation_metadata() or ())
         _require_platform_admin(identity, "updating a plan")
         plan_id = PLAN.id(request.plan.name, "plan.name")
-        v = FieldViolations()
-        paths = set(request.update_mask.paths)
-        v.check(bool(paths), "update_mask", "required")
-        for path in sorted(paths - _PLAN_MUTABLE):
-            v.add("update_mask", f"{path!r} cannot be updated")
-        prices = _validate_plan(request.plan, paths & _PLAN_MUTABLE, v)
-        version = None
-        if request.plan.etag:
-            v.check(request.plan.etag.isdigit(), "plan.etag", "malformed")
-        v.raise_if_any()
-        if request.plan.etag:
-            version = int(request.plan.etag)
-        columns = {"organization_requests_per_minute": "org_rpm", "api_key_requests_per_minute": "key_rpm"}
-        changes = {columns.get(f, f): getattr(request.plan, f) for f in paths if f != "prices"}
-        updated = await self.store.update_plan(plan_id, changes, prices if "prices" in paths else None, version)
+        changes, prices, version = plans.plan_update(request.plan, set(request.update_mask.paths))
+        updated = await self.store.update_plan(plan_id, changes, prices, version)
         if updated is None:
             if await self.store.get_plan(plan_id) is None:
                 raise not_found(f"{request.plan.name} not found")
-            raise ServiceError(grpc.StatusCode.ABORTED, "the plan changed since it was read (etag)", "ETAG_MISMATCH")
+            raise etag_mismatch(request.plan.name)
+        await self.billing.push_default_policy()  # the sweep retries if Usage is away
         return _plan_message(updated)
 
     # --- subscription --------------------------------------------------------------------

@@ -101,6 +101,10 @@ class BillingStore:
                 await self._replace_prices(conn, plan_id, prices)
             return await self.get_plan(plan_id, conn)
 
+    async def default_plan(self) -> Row | None:
+        async with self.db.connection() as conn:
+            return await self.get_plan(await self.default_plan_id(conn), conn)
+
     async def default_plan_id(self, conn: Any) -> str:
         cur = await conn.execute("SELECT id FROM plans WHERE is_default")
         row = await cur.fetchone()

@@ -31,7 +31,7 @@ def _describe(url: str) -> str:
     return f"{parts.hostname}:{parts.port or 5432}/{parts.path.lstrip('/')}"
 
 
-POOL_WAIT_SECONDS = 5.0
+POOL_WAIT_SECONDS = 3.0
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -10,6 +10,7 @@ from typing import Iterable, Mapping, Sequence
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry import trace
 
 ERROR_DOMAIN = "aimesh.dev"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -37,9 +38,11 @@ class ServiceError(Exception):
 
     def to_status(self) -> status_pb2.Status:
         details: list[any_pb2.Any] = []
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
-        )
+        metadata = dict(self.metadata)
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # a user's error report then leads to the request's trace
+            metadata.setdefault("trace_id", format(span.trace_id, "032x"))
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
         details.append(_pack(info))
         if self.violations:
             bad = error_details_pb2.BadRequest(
@@ -102,6 +105,12 @@ def failed_precondition(
     message: str, reason: str = "FAILED_PRECONDITION", **kw: object
 ) -> ServiceError:
     return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, reason, **kw)  # type: ignore[arg-type]
+
+
+def etag_mismatch(resource: str) -> ServiceError:
+    """ABORTED: the resource changed since the client read the etag it sent (AIP-154)."""
+    return ServiceError(grpc.StatusCode.ABORTED, f"{resource} changed since it was read (etag mismatch)",
+                        "ETAG_MISMATCH", metadata={"resource": resource})
 
 
 def unavailable(message: str, reason: str = "UNAVAILABLE", **kw: object) -> ServiceError:

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from services.common import channels, deadlines, mesh_policy, telemetry, tls
+from services.common import channels, deadlines, mesh_policy, metrics, telemetry, tls
 from services.common.access import AccessInterceptor
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
@@ -372,7 +372,10 @@ def serve(spec: ServiceSpec) -> None:
     except ConfigError as exc:
         print(f"aimesh-{spec.name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    telemetry.configure(spec.name, settings.log_level, settings.trace_console)
+    telemetry.configure(spec.name, settings.log_level, settings.trace_console, settings.otlp_endpoint)
+    metrics.serve(spec.name, settings.metrics_address_of(spec.name), on=settings.metrics_enabled)
+    if settings.tls_mode == "mtls":
+        metrics.record_certificate(spec.name, str(tls.CertPaths(settings.certs_path).cert(spec.name)))
     channels.set_process_identity(spec.name)
     try:
         code = asyncio.run(_run(spec, settings))

@@ -71,6 +71,7 @@ import grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from services.common import metrics
 from services.common.background import BackgroundTasks
 from services.common.channels import Channels
 from services.common.errors import ServiceError, error_info, field_violations, status_from_rpc_error
@@ -240,6 +241,16 @@ class UsageClient:
             row = await cur.fetchone()
             return int(row["n"])
 
+    async def observe_outbox(self) -> None:
+        """Outbox depth and the age of its oldest record, for the 'not draining' alert."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(create_time)), 0) AS age "
+                f"FROM {OUTBOX_TABLE} WHERE dead_reason IS NULL"
+            )
+            row = await cur.fetchone()
+        metrics.observe_outbox(self.runtime.name, int(row["n"]), float(row["age"]))
+
     async def flush(self) -> int:
         """Deliver everything queued now; returns records delivered. Raises if Usage fails."""
         delivered = 0
@@ -315,6 +326,12 @@ class UsageClient:
                 level = logging.WARNING if failures < 5 else logging.ERROR
                 log.log(level, "usage outbox delivery failed; will retry",
                         extra={"failures": failures, "error": str(exc).splitlines()[0][:200]})
+            try:
+                await self.observe_outbox()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the database is away: readiness reports it
+                pass
 
     async def close(self) -> None:
         """Last delivery attempt at shutdown (what fails stays queued for the next start)."""

@@ -17,7 +17,7 @@ from google.rpc import status_pb2
 
 from services.common.channels import Channels
 from services.common.errors import (
-    ServiceError,
+    etag_mismatch,
     failed_precondition,
     not_found,
 )
@@ -124,8 +124,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         if row["delete_time"] is not None:
             raise failed_precondition(f"{CONVERSATION.format(conv_id)} is deleted; undelete it first", reason="CONVERSATION_DELETED")
         if request.conversation.etag and request.conversation.etag != row["etag"]:
-            raise ServiceError(grpc.StatusCode.ABORTED, "the conversation changed since it was read (etag mismatch)",
-                               "ETAG_MISMATCH")
+            raise etag_mismatch(request.conversation.name)
         if "default_model" in paths and request.conversation.default_model:
             await self.chat.model(request.conversation.default_model, identity)
         changes = {p: (dict(request.conversation.metadata) if p == "metadata" else getattr(request.conversation, p))

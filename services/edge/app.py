@@ -15,15 +15,15 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.exceptions import HTTPException
 
 from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.identity import Identity, identity_from_metadata
-from services.common.names import resource
 from services.edge import schemas
+from services.edge.chat import MODEL, ChatCompletions, model_name
 from services.edge.errors import OpenAIError, from_rpc_error
 
 log = logging.getLogger("aimesh.edge")
@@ -40,6 +40,7 @@ class Backends:
         self.channels = Channels(settings)
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(
             self.channels.get("orchestrator"))
+        self.chat = ChatCompletions(self.orchestrator)
 
     async def ready(self) -> bool:
         stub = health_pb2_grpc.HealthStub(self.channels.get(READINESS_DEPENDENCY))
@@ -61,14 +62,6 @@ def caller(request: Request) -> Identity:
                           "'Authorization: Bearer <API key>'", kind="authentication_error",
                           code="invalid_api_key")
     return identity
-
-
-MODEL = resource("orchestrator.aimesh.dev/Model")
-
-
-def model_name(model_id: str) -> str:
-    """OpenAI model ids are aimesh model names without the `models/` prefix (both accepted)."""
-    return model_id if MODEL.matches(model_id) else MODEL.format(model_id)
 
 
 def model_object(model: opb.Model) -> schemas.ModelObject:
@@ -177,5 +170,14 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
                                     param="model", code="model_not_found")
             raise error from None
         return model_object(model).wire()
+
+    @app.post(f"{PREFIX}/chat/completions", response_model=schemas.ChatCompletion)
+    async def chat_completions(body: schemas.ChatCompletionRequest, request: Request) -> Any:
+        identity = caller(request)
+        chat: ChatCompletions = request.app.state.backends.chat
+        if body.stream:
+            return StreamingResponse(await chat.stream(body, identity), media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
+        return JSONResponse(await chat.complete(body, identity))
 
     return app

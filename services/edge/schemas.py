@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticUndefined
 
 MAX_STOP = 4
 
@@ -21,6 +22,13 @@ class Strict(BaseModel):
 
 class Out(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Fields with a real default (object="chat.completion", index=0) are always sent;
+        # optional ones (default None) only when set.
+        for name, info in type(self).model_fields.items():
+            if info.default is not None and info.default is not PydanticUndefined:
+                self.__pydantic_fields_set__.add(name)
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True, by_alias=True)

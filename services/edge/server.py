@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from services.common import mesh_policy, telemetry, tls
+from services.common import mesh_policy, metrics, telemetry, tls
 from services.common.channels import set_process_identity
 from services.common.config import ConfigError, Settings
 
@@ -115,7 +115,8 @@ def build_config(settings: Settings) -> uvicorn.Config:
             "http": MeshPeerProtocol,
         }
     return uvicorn.Config(
-        PeerGuard(create_app(settings), settings.tls_mode), host=host, port=int(port),
+        telemetry.AsgiTelemetry(PeerGuard(create_app(settings), settings.tls_mode)),
+        host=host, port=int(port),
         lifespan="on", log_config=None, access_log=False, proxy_headers=False,
         server_header=False, timeout_graceful_shutdown=int(settings.drain_seconds) or 1,
         **options,
@@ -127,6 +128,9 @@ def main() -> None:
         settings = Settings.from_env()
     except ConfigError as exc:
         raise SystemExit(f"edge: configuration error: {exc}") from None
-    telemetry.configure(mesh_policy.EDGE, settings.log_level, settings.trace_console)
+    telemetry.configure(mesh_policy.EDGE, settings.log_level, settings.trace_console,
+                        settings.otlp_endpoint)
+    metrics.serve(mesh_policy.EDGE, settings.metrics_address_of(mesh_policy.EDGE),
+                  on=settings.metrics_enabled)
     set_process_identity(mesh_policy.EDGE)
     uvicorn.Server(build_config(settings)).run()

@@ -159,6 +159,15 @@ class Documents:
             await self.on_corpus_change(org)
 
 
+def check_unary_content(content: bytes, v: FieldViolations) -> None:
+    """CreateDocument carries the whole file: 1 byte to 8 MiB (UploadDocument streams more)."""
+    if not content:
+        v.add("content", "required: 1 byte to 8 MiB")
+    elif len(content) > MAX_UNARY_BYTES:
+        v.add("content", f"{len(content)} bytes is over the 8 MiB ({MAX_UNARY_BYTES} bytes) limit; "
+                         "use UploadDocument for up to 64 MiB")
+
+
 async def collect_stream(pieces: AsyncIterator[bytes], declared: int) -> bytes:
     """Joins the content pieces of an upload stream, enforcing the piece and total limits."""
     from services.common.errors import out_of_range

@@ -24,6 +24,7 @@ from services.common.identity import Identity
 from services.common.server import Runtime
 from services.common.triton import TritonClient
 from services.common.usage_client import ResourceType, UsageClient
+from services.knowledge import metrics as knowledge_metrics
 from services.knowledge.blobs import BlobStore
 from services.knowledge.chunking import chunk_document
 from services.knowledge.extract import ExtractionError, run_isolated
@@ -73,6 +74,7 @@ class Ingestor:
         self.active: dict[UUID, asyncio.Task[None]] = {}
 
     def start(self) -> None:
+        knowledge_metrics.watch_queue(lambda: (len(self.queued), len(self.active)))
         for i in range(WORKERS):
             self.runtime.spawn(self._worker(), f"knowledge-ingest-{i}")
         self.runtime.spawn(self._sweeper(), "knowledge-ingest-sweeper")
@@ -142,6 +144,7 @@ class Ingestor:
 
             if await self.store.mark_ready(uid, count, meter):
                 await self.on_corpus_change(org)
+                knowledge_metrics.record_document(True, count)
                 log.info("document ready", extra={"org": org, "uid": str(uid), "chunks": count})
             else:
                 # Deleted while we worked: remove what we indexed.
@@ -196,6 +199,7 @@ class Ingestor:
         await self.store.delete_chunks(uid)
 
     async def _fail(self, org: str, uid: UUID, reason: str) -> None:
+        knowledge_metrics.record_document(False)
         log.info("document failed", extra={"org": org, "uid": str(uid), "reason": reason})
         try:
             await self._purge(org, uid)

@@ -23,10 +23,10 @@ from services.knowledge.blobs import BlobStore
 from services.knowledge.documents import (
     DOCUMENT,
     MAX_STREAM_BYTES,
-    MAX_UNARY_BYTES,
     Documents,
     NewDocument,
     check_new_document,
+    check_unary_content,
     collect_stream,
 )
 from services.knowledge.ingest import Ingestor
@@ -35,7 +35,7 @@ from services.knowledge.keyword_index import (
     OpenSearchKeywordIndex,
     PostgresKeywordIndex,
 )
-from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
+from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher, check_query
 from services.knowledge.store import DocumentRow, Store
 from services.knowledge.vector_index import VectorIndex
 
@@ -131,11 +131,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         v = FieldViolations()
         v.check(request.HasField("document"), "document", "required")
         check_new_document(doc, "", v)
-        if not request.content:
-            v.add("content", "required: 1 byte to 8 MiB")
-        elif len(request.content) > MAX_UNARY_BYTES:
-            v.add("content", f"{len(request.content)} bytes is over the 8 MiB ({MAX_UNARY_BYTES} bytes) limit; "
-                             "use UploadDocument for up to 64 MiB")
+        check_unary_content(request.content, v)
         v.raise_if_any()
         row = await self.documents.create(identity.org, doc, request.content, "content")
         return to_proto(row)
@@ -203,17 +199,10 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     ) -> knowledge_pb2.SearchDocumentsResponse:
         identity = _caller(context, Role.VIEWER, "searching documents")
         v = FieldViolations()
-        v.check(bool(request.query.strip()) and len(request.query) <= 2048, "query", "required, 1-2,048 characters")
         v.check(request.mode in MODES, "mode", "unknown search mode")
-        top_k = request.top_k or 10
-        v.check(1 <= top_k <= 100, "top_k", "must be 1-100 (default 10)")
-        v.check(len(request.metadata_filters) <= 16, "metadata_filters", "at most 16 entries")
+        top_k = check_query(request.query, request.top_k, len(request.metadata_filters), v)
         v.check(len(request.documents) <= 100, "documents", "at most 100 names")
-        document_ids: list[str] | None = None
-        if request.documents:
-            document_ids = []
-            for i, name in enumerate(request.documents):
-                document_ids.append(DOCUMENT.id(name, f"documents[{i}]", v))
+        document_ids = [DOCUMENT.id(name, f"documents[{i}]", v) for i, name in enumerate(request.documents)] or None
         v.raise_if_any()
         mode = MODES[request.mode]
         mode_value = knowledge_pb2.SEARCH_MODE_HYBRID if mode == HYBRID else request.mode

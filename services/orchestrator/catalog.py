@@ -18,7 +18,7 @@ from services.common.errors import not_found
 from services.common.names import resource
 
 PROVIDERS = ("triton", "openai", "anthropic")
-CAPABILITIES = ("CHAT", "STREAMING", "RETRIEVAL", "SEED")
+CAPABILITIES = ("CHAT", "STREAMING", "RETRIEVAL", "SEED", "TOOLS", "JSON_MODE")
 MODEL = resource("orchestrator.aimesh.dev/Model")
 _MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 

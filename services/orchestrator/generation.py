@@ -9,13 +9,15 @@ tokens produced so far are still metered.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 from google.rpc import status_pb2
 
 from services.common.background import BackgroundTasks
@@ -27,16 +29,28 @@ from services.orchestrator import metering, retrieval
 from services.orchestrator.cache import GenerationStore, response_key
 from services.orchestrator.catalog import Catalog, ModelEntry
 from services.orchestrator.guardrails import BLOCK, Action, Guardrails, OutputFilter
-from services.orchestrator.providers import Finish, Passage, ProviderError, ProviderRequest
+from services.orchestrator.providers import (
+    Finish,
+    Passage,
+    ProviderError,
+    ProviderRequest,
+    ToolCallPiece,
+)
 from services.orchestrator.routing import CLIENT_ERRORS, AllProvidersFailed, Router, Served
 from services.orchestrator.tokens import MESSAGE_OVERHEAD, count_messages, count_text
 
-_ROLES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
+_ROLES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant",
+          pb.ROLE_TOOL: "tool"}
 _FINISH = {
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
     "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
 }
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_TOOLS = 128
+_CHOICE = {pb.ToolChoice.MODE_AUTO: "auto", pb.ToolChoice.MODE_NONE: "none",
+           pb.ToolChoice.MODE_REQUIRED: "required"}
 _KIND = {"redaction": pb.GuardrailAction.KIND_REDACTION, "block": pb.GuardrailAction.KIND_BLOCK}
 _STAGE = {"input": pb.GuardrailAction.STAGE_INPUT, "output": pb.GuardrailAction.STAGE_OUTPUT}
 MAX_CONTENT_CHARS = 200_000
@@ -47,14 +61,24 @@ def validate(request: pb.GenerateRequest, model: ModelEntry) -> None:
     v = FieldViolations()
     if v.check(1 <= len(request.messages) <= 1000, "messages", "1-1000 messages required"):
         for i, m in enumerate(request.messages):
-            v.check(m.role in _ROLES, f"messages[{i}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
-            v.check(bool(m.content), f"messages[{i}].content", "must not be empty")
+            v.check(m.role in _ROLES, f"messages[{i}].role",
+                    "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
+            v.check(bool(m.content) or (m.role == pb.ROLE_ASSISTANT and bool(m.tool_calls)),
+                    f"messages[{i}].content", "must not be empty")
             v.check(len(m.content) <= MAX_CONTENT_CHARS, f"messages[{i}].content",
                     f"{len(m.content)} characters; at most {MAX_CONTENT_CHARS}")
             if m.role == pb.ROLE_SYSTEM and i > 0:
                 v.add(f"messages[{i}].role", "a ROLE_SYSTEM message may only be the first message")
-        v.check(request.messages[-1].role == pb.ROLE_USER, f"messages[{len(request.messages) - 1}].role",
-                "the last message must be ROLE_USER")
+            if m.tool_calls:
+                v.check(m.role == pb.ROLE_ASSISTANT, f"messages[{i}].tool_calls",
+                        "only ROLE_ASSISTANT messages carry tool calls")
+                v.check(len(m.tool_calls) <= MAX_TOOLS, f"messages[{i}].tool_calls", "at most 128")
+            v.check((m.role == pb.ROLE_TOOL) == bool(m.tool_call_id), f"messages[{i}].tool_call_id",
+                    "required on ROLE_TOOL messages and only there")
+        v.check(request.messages[-1].role in (pb.ROLE_USER, pb.ROLE_TOOL),
+                f"messages[{len(request.messages) - 1}].role",
+                "the last message must be ROLE_USER (or ROLE_TOOL answering tool calls)")
+    _validate_tools(request, model, v)
     if request.HasField("temperature"):
         v.check(0.0 <= request.temperature <= 2.0, "temperature", "must be 0.0-2.0")
     if request.HasField("top_p"):
@@ -74,6 +98,68 @@ def validate(request: pb.GenerateRequest, model: ModelEntry) -> None:
         v.check(len(r.metadata_filters) <= 16, "retrieval.metadata_filters", "at most 16 entries")
     v.check(len(request.request_id) <= 64, "request_id", "at most 64 characters")
     v.raise_if_any()
+
+
+def _validate_tools(request: pb.GenerateRequest, model: ModelEntry, v: FieldViolations) -> None:
+    uses_tools = bool(request.tools) or any(m.tool_calls or m.tool_call_id for m in request.messages)
+    if uses_tools:
+        v.check("TOOLS" in model.capabilities, "tools",
+                f"{model.name} does not support tools (no CAPABILITY_TOOLS)")
+    v.check(len(request.tools) <= MAX_TOOLS, "tools", f"at most {MAX_TOOLS} tools")
+    names = [t.name for t in request.tools]
+    for i, name in enumerate(names):
+        v.check(bool(_TOOL_NAME.match(name)), f"tools[{i}].name", "1-64 characters of [a-zA-Z0-9_-]")
+    v.check(len(set(names)) == len(names), "tools", "tool names must be unique")
+    choice = request.tool_choice
+    if choice.mode != pb.ToolChoice.MODE_UNSPECIFIED:
+        v.check(bool(request.tools), "tool_choice", "requires tools")
+    if choice.mode == pb.ToolChoice.MODE_FUNCTION:
+        v.check(choice.function_name in names, "tool_choice.function_name", "must name one of the tools")
+    fmt = request.response_format.type
+    if fmt in (pb.ResponseFormat.TYPE_JSON_OBJECT, pb.ResponseFormat.TYPE_JSON_SCHEMA):
+        v.check("JSON_MODE" in model.capabilities, "response_format",
+                f"{model.name} does not support JSON response formats (no CAPABILITY_JSON_MODE)")
+    if fmt == pb.ResponseFormat.TYPE_JSON_SCHEMA:
+        v.check(bool(_TOOL_NAME.match(request.response_format.schema_name)),
+                "response_format.schema_name", "1-64 characters of [a-zA-Z0-9_-]")
+
+
+def tool_fields(request: pb.GenerateRequest) -> dict[str, Any]:
+    """The request's function-calling and response-format parts, in chat-completions shapes."""
+    out: dict[str, Any] = {}
+    if request.tools:
+        tools = []
+        for t in request.tools:
+            function: dict[str, Any] = {"name": t.name}
+            if t.description:
+                function["description"] = t.description
+            if t.HasField("parameters"):
+                function["parameters"] = json_format.MessageToDict(t.parameters)
+            if t.strict:
+                function["strict"] = True
+            tools.append({"type": "function", "function": function})
+        out["tools"] = tools
+        choice = request.tool_choice
+        if choice.mode == pb.ToolChoice.MODE_FUNCTION:
+            out["tool_choice"] = {"type": "function", "function": {"name": choice.function_name}}
+        elif choice.mode in _CHOICE:
+            out["tool_choice"] = _CHOICE[choice.mode]
+    out["tool_calls"] = {
+        i: [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls]
+        for i, m in enumerate(request.messages) if m.tool_calls}
+    out["tool_call_ids"] = {i: m.tool_call_id for i, m in enumerate(request.messages) if m.tool_call_id}
+    fmt = request.response_format
+    if fmt.type == pb.ResponseFormat.TYPE_JSON_OBJECT:
+        out["response_format"] = {"type": "json_object"}
+    elif fmt.type == pb.ResponseFormat.TYPE_JSON_SCHEMA:
+        schema: dict[str, Any] = {"name": fmt.schema_name}
+        if fmt.HasField("json_schema"):
+            schema["schema"] = json_format.MessageToDict(fmt.json_schema)
+        if fmt.strict:
+            schema["strict"] = True
+        out["response_format"] = {"type": "json_schema", "json_schema": schema}
+    return out
 
 
 def _action(a: Action) -> pb.GuardrailAction:
@@ -153,7 +239,16 @@ class _Call:
             temperature=request.temperature if request.HasField("temperature") else None,
             top_p=request.top_p if request.HasField("top_p") else None,
             stop=list(request.stop), seed=request.seed if request.HasField("seed") else None,
-            passages=self.prompt.passages)
+            passages=self.prompt.passages, **tool_fields(request))
+
+    def chain(self, catalog: Catalog) -> list[ModelEntry]:
+        """The model and its fallbacks; with tools or a JSON format only those that honour them
+        (falling back to a model that ignores them would answer wrongly)."""
+        needed = {"TOOLS"} if self.request.tools else set()
+        if self.request.response_format.type in (pb.ResponseFormat.TYPE_JSON_OBJECT,
+                                                 pb.ResponseFormat.TYPE_JSON_SCHEMA):
+            needed.add("JSON_MODE")
+        return [m for m in catalog.chain(self.model) if needed <= set(m.capabilities)]
 
 
 @dataclass
@@ -347,7 +442,7 @@ class Orchestrator:
 
     async def _provider_output(self, call: _Call, run: _Stream) -> AsyncIterator[pb.GenerateResponse]:
         """Metadata, then filtered deltas, until the provider finishes, fails or a filter ends it."""
-        stream = self.router.generate(self.catalog.chain(call.model), call.provider_request, run.served)
+        stream = self.router.generate(call.chain(self.catalog), call.provider_request, run.served)
         try:
             async for item in stream:
                 if not run.events:
@@ -356,6 +451,10 @@ class Orchestrator:
                     run.finish = item
                     break
                 run.completion_tokens += 1
+                if isinstance(item, ToolCallPiece):
+                    yield run.emit(pb.GenerateResponse(tool_call=pb.ToolCallDelta(
+                        index=item.index, id=item.id, name=item.name, arguments=item.arguments)))
+                    continue
                 text = run.out_filter.feed(item.text)
                 if text:
                     yield run.emit_text(text)

@@ -10,7 +10,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations
+from services.common.errors import FieldViolations, ServiceError
 from services.common.identity import require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
@@ -19,7 +19,9 @@ from services.common.usage_client import UsageClient
 from services.orchestrator.cache import GenerationStore
 from services.orchestrator.catalog import Catalog, ModelEntry
 from services.orchestrator.generation import _ROLES, Orchestrator
+from services.orchestrator import metrics
 from services.orchestrator.guardrails import Guardrails
+from services.orchestrator.metering import cost_micros
 from services.orchestrator.providers import Provider
 from services.orchestrator.providers.anthropic import AnthropicProvider
 from services.orchestrator.providers.http import make_client
@@ -29,7 +31,8 @@ from services.orchestrator.routing import Router
 from services.orchestrator.tokens import count_messages
 
 _CAPS = {"CHAT": pb.Model.CAPABILITY_CHAT, "STREAMING": pb.Model.CAPABILITY_STREAMING,
-         "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED}
+         "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED,
+         "TOOLS": pb.Model.CAPABILITY_TOOLS, "JSON_MODE": pb.Model.CAPABILITY_JSON_MODE}
 
 
 def model_message(m: ModelEntry) -> pb.Model:
@@ -64,6 +67,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.pages = Paginator(settings)
         self.router = Router(providers, settings.circuit_failure_threshold, settings.circuit_open_seconds,
                              settings.provider_first_token_seconds)
+        metrics.watch_circuits(self.router)
         # Token usage goes through the shared client's durable outbox (in this service's schema).
         self.usage = UsageClient(runtime, channels=self.channels) if runtime.db is not None else None
         self.orchestrator = Orchestrator(self.catalog, self.router, Guardrails.from_setting(settings.guardrail_blocklist),
@@ -88,7 +92,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         v = FieldViolations()
         v.check(1 <= len(request.messages) <= 1000, "messages", "1-1000 messages required")
         for i, m in enumerate(request.messages):
-            v.check(m.role in _ROLES, f"messages[{i}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
+            v.check(m.role in _ROLES, f"messages[{i}].role",
+                    "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
         v.raise_if_any()
         prompt = count_messages((_ROLES[m.role], m.content) for m in request.messages)
         return pb.CountTokensResponse(
@@ -97,8 +102,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
         identity = require_identity(context.invocation_metadata())
-        async for event in self.orchestrator.generate(request, identity):
+        async for event in metrics.observe(self.orchestrator.generate(request, identity), identity,
+                                           request.model, self._price):
             yield event
+
+    def _price(self, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[int, str]:
+        try:
+            entry = self.catalog.get(model)
+        except ServiceError:
+            return 0, ""
+        return cost_micros(entry, prompt_tokens, completion_tokens), entry.currency_code
 
 
 def build_spec() -> ServiceSpec:

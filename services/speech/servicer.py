@@ -7,6 +7,7 @@ converse.py (the full-duplex voice loop over Conversation). Checks and limits: r
 from __future__ import annotations
 
 import asyncio
+import time
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
 from services.common.usage_client import ResourceType, UsageClient
+from services.speech import metrics as speech_metrics
 from services.speech.audio import AudioFormatError, is_wav, parse_wav, pcm_from_bytes, wav_bytes
 from services.speech.converse import ConverseSession
 from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
@@ -154,13 +156,15 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         )
         pump = asyncio.ensure_future(run_session(session, chunks))
         try:
-            async for event in session.events():
-                yield recognize_response(event, session, cfg.config.enable_word_time_offsets)
-            await pump  # raises the fatal error (limit, bad chunk) that ended the intake
+            with speech_metrics.active_stream("StreamingRecognize"):
+                async for event in session.events():
+                    yield recognize_response(event, session, cfg.config.enable_word_time_offsets)
+                await pump  # raises the fatal error (limit, bad chunk) that ended the intake
         finally:
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
+            speech_metrics.record_audio("StreamingRecognize", session.received_seconds)
             await self.usage.meter(
                 identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
             )
@@ -192,6 +196,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             for i in range(0, len(samples), step):
                 yield samples[i : i + step]
 
+        started = time.perf_counter()
         pump = asyncio.ensure_future(run_session(session, chunks()))
         response = speech_pb2.RecognizeResponse(total_audio_processed=duration(len(samples) / rate))
         failure: ServiceError | None = None
@@ -210,6 +215,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
+        speech_metrics.record_realtime_factor(time.perf_counter() - started, len(samples) / rate)
+        speech_metrics.record_audio("Recognize", len(samples) / rate)
         if failure is not None:
             # A whole-file answer with a hole in it is wrong: fail, and let the caller retry.
             raise unavailable(f"recognition failed: {failure.message}", reason="RECOGNITION_FAILED")
@@ -298,8 +305,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
         parts = [
             chunk.pcm
-            async for chunk in self.synthesizer.stream(
-                request.text, voice, request.speaking_rate, rate
+            async for chunk in speech_metrics.first_audio(
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
             )
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
@@ -330,8 +337,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         played = 0
         spoken = 0  # characters whose synthesis started: what is metered if the caller leaves
         try:
-            async for chunk in self.synthesizer.stream(
-                request.text, voice, request.speaking_rate, rate
+            async for chunk in speech_metrics.first_audio(
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
             ):
                 spoken = max(spoken, chunk.text_end)
                 yield speech_pb2.StreamingSynthesizeResponse(

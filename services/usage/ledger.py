@@ -12,7 +12,7 @@ from aimesh.usage.v1 import usage_pb2
 
 from services.common.errors import FieldViolations
 from services.common.names import resource
-from services.usage.store import NewRecord, Row
+from services.usage.store import NewRecord, RecordFilter, Row
 
 ORGANIZATION = resource("auth.aimesh.dev/Organization")
 API_KEY = resource("auth.aimesh.dev/ApiKey")
@@ -92,6 +92,67 @@ def time_range(
         if v.check(e > s, "end_time", "must be after start_time"):
             v.check(e - s <= MAX_RANGE, "end_time", "range longer than 366 days")
     return s, e
+
+
+GROUPS = {
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE: "resource_type",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL: "model",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_DAY: "day",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_API_KEY: "api_key",
+}
+
+
+def summary_query(org: str, request: usage_pb2.GetUsageSummaryRequest
+                  ) -> tuple[dt.datetime, dt.datetime, list[str]]:
+    """A summary's [start, end) and group-by columns, after checking every field."""
+    v = FieldViolations()
+    start, end = time_range(
+        request.start_time if request.HasField("start_time") else None,
+        request.end_time if request.HasField("end_time") else None, v, required=True,
+    )
+    groups: list[str] = []
+    for i, g in enumerate(request.group_by):
+        if g not in GROUPS:
+            v.add(f"group_by[{i}]", "must be a known dimension (not UNSPECIFIED)")
+        elif GROUPS[g] in groups:
+            v.add(f"group_by[{i}]", "repeated dimension")
+        else:
+            groups.append(GROUPS[g])
+    for i, t in enumerate(request.resource_types):
+        v.check(t in VALID_RESOURCE_TYPES, f"resource_types[{i}]", "unknown resource type")
+    check_api_key(request.api_key, "api_key", v, org)
+    v.raise_if_any()
+    assert start is not None and end is not None
+    return start, end, groups
+
+
+def record_filter(org: str, request: Any, required: bool) -> RecordFilter:
+    """The filter of a List/ExportUsageRecords request (time range required for exports)."""
+    v = FieldViolations()
+    start, end = time_range(
+        request.start_time if request.HasField("start_time") else None,
+        request.end_time if request.HasField("end_time") else None,
+        v, required=required,
+    )
+    rtype = request.resource_type
+    v.check(rtype == 0 or rtype in VALID_RESOURCE_TYPES, "resource_type", "unknown resource type")
+    check_api_key(request.api_key, "api_key", v, org)
+    v.raise_if_any()
+    return RecordFilter(org=org, start=start, end=end, resource_type=rtype, model=request.model,
+                        api_key=request.api_key, user=getattr(request, "user", ""))
+
+
+def duplicates(records: list[NewRecord], inserted: set[tuple[str, str]]) -> list[str]:
+    """Request ids of `records` the ledger already held (a second copy in one batch counts)."""
+    fresh = set(inserted)
+    repeated = []
+    for r in records:
+        key = (r.org, r.request_id)
+        if key in fresh:
+            fresh.discard(key)
+        else:
+            repeated.append(r.request_id)
+    return repeated
 
 
 def record_name(row: Row) -> str:

@@ -37,12 +37,16 @@ class TestMesh:
 
     __test__ = False  # not a test class
 
-    def __init__(self, tls_mode: str | None = None) -> None:
+    def __init__(self, tls_mode: str | None = None, extra_env: dict[str, str] | None = None) -> None:
         self.var_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-"))
         overrides = {
             f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
             for s in (*SERVICES, *HTTP_SERVICE_PORTS)
         }
+        overrides.update({
+            f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}"
+            for s in (*SERVICES, *HTTP_SERVICE_PORTS)
+        })
         overrides.update(
             {
                 "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
@@ -56,6 +60,7 @@ class TestMesh:
                 "AIMESH_TLS_MODE": tls_mode or os.environ.get("AIMESH_TEST_TLS_MODE", "mtls"),
             }
         )
+        overrides.update(extra_env or {})
         # Triton is shared: reuse the developer's/CI's server on the default port if one runs.
         overrides.setdefault("AIMESH_TRITON_URL", os.environ.get("AIMESH_TRITON_URL", "127.0.0.1:8001"))
         self.stack = Stack.create(overrides, log_dir=self.var_dir / "log")

@@ -11,10 +11,8 @@ import pytest
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
+from tests.integration.edge.conftest import DEFAULT_MODEL, EdgeStack
 from tests.support.accounts import Account
-from tests.support.mesh import TestMesh
-
-DEFAULT_MODEL = "grounded-extractive-v1"
 
 
 async def test_models_list_and_get_with_the_official_client(client: openai.AsyncOpenAI) -> None:
@@ -34,8 +32,8 @@ async def test_unknown_model_is_not_found(client: openai.AsyncOpenAI) -> None:
     assert caught.value.body["type"] == "invalid_request_error"  # type: ignore[index]
 
 
-async def test_bad_key_is_authentication_error(edge_gateway: str) -> None:
-    async with openai.AsyncOpenAI(base_url=f"{edge_gateway}/openai/v1", api_key="amk_bad_key",
+async def test_bad_key_is_authentication_error(edge: EdgeStack) -> None:
+    async with openai.AsyncOpenAI(base_url=edge.openai_base, api_key="amk_bad_key",
                                   max_retries=0) as bad:
         with pytest.raises(openai.AuthenticationError) as caught:
             await bad.models.list()
@@ -57,13 +55,13 @@ async def test_client_identity_headers_are_not_trusted(edge_http: httpx.AsyncCli
 
 
 async def test_catalog_is_public_as_json_and_grpc(
-    edge_http: httpx.AsyncClient, edge_gateway: str, edge_account: Account, api_key: str
+    edge_http: httpx.AsyncClient, edge: EdgeStack, edge_account: Account, api_key: str
 ) -> None:
     """Issue 13 item 2: ListModels/GetModel (and Generate) are public through the gateway."""
     reply = await edge_http.get("/v1/models", headers={"authorization": f"Bearer {api_key}"})
     assert reply.status_code == 200, reply.text
     assert f"models/{DEFAULT_MODEL}" in [m["name"] for m in reply.json()["models"]]
-    async with grpc.aio.insecure_channel(edge_gateway.removeprefix("http://")) as channel:
+    async with grpc.aio.insecure_channel(edge.base_url.removeprefix("http://")) as channel:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         model = await stub.GetModel(opb.GetModelRequest(name=f"models/{DEFAULT_MODEL}"),
                                     metadata=[("authorization", f"Bearer {api_key}")], timeout=10)
@@ -73,20 +71,21 @@ async def test_catalog_is_public_as_json_and_grpc(
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_edge_refuses_peers_other_than_the_gateway(mesh: TestMesh, edge_gateway: str) -> None:
+async def test_edge_refuses_peers_other_than_the_gateway(edge: EdgeStack) -> None:
     """The edge trusts identity headers only because only the gateway reaches it: another mesh
     identity (here Knowledge's certificate) is refused, a client without a certificate too."""
     import ssl
 
     from services.common import tls
 
-    if mesh.settings.tls_mode != "mtls":
+    settings = edge.stack.settings
+    if settings.tls_mode != "mtls":
         pytest.skip("peer checks need AIMESH_TEST_TLS_MODE=mtls (the default)")
-    paths = tls.CertPaths(mesh.settings.certs_path)
+    paths = tls.CertPaths(settings.certs_path)
     context = ssl.create_default_context(cafile=str(paths.ca_cert))
     context.check_hostname = False
     context.load_cert_chain(paths.cert("knowledge"), paths.key("knowledge"))
-    url = f"https://{mesh.address('edge')}"
+    url = f"https://{settings.address_of('edge')}"
     headers = {"x-aimesh-org": "o_x", "x-aimesh-subject": "users/u_x"}
     async with httpx.AsyncClient(verify=context) as as_knowledge:
         reply = await as_knowledge.get(f"{url}/openai/v1/models", headers=headers)

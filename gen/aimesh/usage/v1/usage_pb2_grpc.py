@@ -286,8 +286,9 @@ class UsageServiceServicer(object):
 
     def SetRateLimitPolicy(self, request, context):
         """Replaces an organization's rate-limit policy (full replace, no field mask). Called by
-        Billing when an organization's plan changes; takes effect for the gateway's next
-        rate-limit check.
+        Billing when an organization's plan changes, and for "organizations/-/rateLimitPolicy"
+        (the default) when its default plan's limits are known or change; takes effect for the
+        gateway's next rate-limit check.
 
         Errors: INVALID_ARGUMENT (limits not positive), PERMISSION_DENIED (caller is not the
         Billing service or a platform admin).
