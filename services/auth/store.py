@@ -9,7 +9,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-Row = dict[str, Any]
+from services.common.db import Row
+
 Conn = AsyncConnection[Any]
 
 
@@ -99,6 +100,12 @@ async def active_membership(conn: Conn, user_id: str, org_id: str | None) -> Row
 async def get_membership(conn: Conn, org_id: str, membership_id: str) -> Row | None:
     return await _one(
         conn, "SELECT * FROM memberships WHERE org_id = %s AND id = %s", (org_id, membership_id)
+    )
+
+
+async def membership_by_email(conn: Conn, org_id: str, email: str) -> Row | None:
+    return await _one(
+        conn, "SELECT * FROM memberships WHERE org_id = %s AND email = %s", (org_id, email)
     )
 
 
@@ -280,6 +287,11 @@ async def revoke_family(conn: Conn, family_id: str) -> None:
         "UPDATE refresh_families SET revoke_time = COALESCE(revoke_time, now()) WHERE id = %s",
         (family_id,),
     )
+
+
+async def family_revoked(conn: Conn, family_id: str) -> bool:
+    row = await _one(conn, "SELECT revoke_time FROM refresh_families WHERE id = %s", (family_id,))
+    return row is None or row["revoke_time"] is not None
 
 
 # --- signing keys ----------------------------------------------------------------------------

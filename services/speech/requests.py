@@ -6,8 +6,6 @@ The limits here are the ones speech.proto documents; change both together.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,13 +16,14 @@ from aimesh.speech.v1 import speech_pb2
 from google.protobuf import duration_pb2
 
 from services.common.errors import FieldViolations, invalid_argument, out_of_range
+from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, next_message
 from services.speech.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 SUPPORTED_LANGUAGES = ("en-US",)
 
 # StreamingRecognize
 STREAM_MAX_SECONDS = 300.0
-STREAM_IDLE_SECONDS = 10.0
+STREAM_IDLE_SECONDS = CLIENT_STREAM_IDLE_SECONDS
 # Converse
 CONVERSE_MAX_SECONDS = 1800.0
 CONVERSE_IDLE_SECONDS = 30.0
@@ -168,33 +167,6 @@ def check_text(v: FieldViolations, text: str, limit: int) -> None:
         v.add("text", f"has {len(text)} characters; at most {limit}")
 
 
-# --- ListVoices page tokens -----------------------------------------------------------------
-
-
-def page_token(offset: int, language: str) -> str:
-    return base64.urlsafe_b64encode(f"v1:{offset}:{language}".encode()).decode()
-
-
-def parse_page_token(token: str, language: str) -> int:
-    if not token:
-        return 0
-    try:
-        version, offset, lang = base64.urlsafe_b64decode(token.encode()).decode().split(":", 2)
-        if version != "v1" or lang != language or int(offset) < 0:
-            raise ValueError
-        return int(offset)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_argument(
-            "page_token is malformed or belongs to another language_code",
-            [
-                (
-                    "page_token",
-                    "use next_page_token of the previous call with the same language_code",
-                )
-            ],
-        ) from None
-
-
 def check_language_filter(code: str) -> None:
     if code and not _LANGUAGE.match(code):
         raise invalid_argument(
@@ -207,17 +179,7 @@ def check_language_filter(code: str) -> None:
 
 async def next_request(requests: AsyncIterator[Any], idle_seconds: float) -> Any | None:
     """The next client message, None when the client half-closed; OUT_OF_RANGE when idle."""
-    try:
-        return await asyncio.wait_for(requests.__anext__(), idle_seconds)
-    except StopAsyncIteration:
-        return None
-    except TimeoutError:
-        raise out_of_range(
-            f"no request message for {idle_seconds:.0f} seconds (idle timeout); the stream was ended",
-            reason="STREAM_IDLE_TIMEOUT",
-            violations=[("audio_content", f"send audio at least every {idle_seconds:.0f} s")],
-            metadata={"limit": "idle_timeout", "seconds": f"{idle_seconds:.0f}"},
-        ) from None
+    return await next_message(requests, idle_seconds, "audio_content")
 
 
 async def audio_intake(

@@ -7,6 +7,7 @@ converse.py (the full-duplex voice loop over Conversation). Checks and limits: r
 from __future__ import annotations
 
 import asyncio
+import time
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,11 +17,13 @@ import numpy as np
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, ServiceError, invalid_argument, unavailable
+from services.common.errors import FieldViolations, ServiceError, unavailable
 from services.common.identity import Identity, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
-from services.speech import metering
+from services.common.usage_client import ResourceType, UsageClient
+from services.speech import metrics as speech_metrics
 from services.speech.audio import AudioFormatError, is_wav, parse_wav, pcm_from_bytes, wav_bytes
 from services.speech.converse import ConverseSession
 from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
@@ -50,8 +53,6 @@ from services.speech.requests import (
     check_text,
     duration,
     next_request,
-    page_token,
-    parse_page_token,
     seconds,
 )
 from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
@@ -94,6 +95,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.runtime = runtime
         self.triton = TritonClient.from_settings(runtime.settings)
         self.channels = Channels(runtime.settings)
+        # Audio seconds and characters go through the durable usage outbox (in this schema).
+        self.usage = UsageClient(runtime)
+        self.pages = Paginator(runtime.settings)
         self.synthesizer = Synthesizer(self.triton)
         self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
         self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
@@ -152,15 +156,17 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         )
         pump = asyncio.ensure_future(run_session(session, chunks))
         try:
-            async for event in session.events():
-                yield recognize_response(event, session, cfg.config.enable_word_time_offsets)
-            await pump  # raises the fatal error (limit, bad chunk) that ended the intake
+            with speech_metrics.active_stream("StreamingRecognize"):
+                async for event in session.events():
+                    yield recognize_response(event, session, cfg.config.enable_word_time_offsets)
+                await pump  # raises the fatal error (limit, bad chunk) that ended the intake
         finally:
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
-            metering.meter(
-                self.runtime, identity, metering.AUDIO_SECONDS, session.received_seconds
+            speech_metrics.record_audio("StreamingRecognize", session.received_seconds)
+            await self.usage.meter(
+                identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
             )
 
     # --- Recognize ------------------------------------------------------------------------
@@ -190,6 +196,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             for i in range(0, len(samples), step):
                 yield samples[i : i + step]
 
+        started = time.perf_counter()
         pump = asyncio.ensure_future(run_session(session, chunks()))
         response = speech_pb2.RecognizeResponse(total_audio_processed=duration(len(samples) / rate))
         failure: ServiceError | None = None
@@ -208,13 +215,15 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
+        speech_metrics.record_realtime_factor(time.perf_counter() - started, len(samples) / rate)
+        speech_metrics.record_audio("Recognize", len(samples) / rate)
         if failure is not None:
             # A whole-file answer with a hole in it is wrong: fail, and let the caller retry.
             raise unavailable(f"recognition failed: {failure.message}", reason="RECOGNITION_FAILED")
         if key is not None:
             await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
-        metering.meter(
-            self.runtime, identity, metering.AUDIO_SECONDS, len(samples) / rate, request.request_id
+        await self.usage.meter(
+            identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, len(samples) / rate, request.request_id
         )
         return response
 
@@ -296,19 +305,18 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
         parts = [
             chunk.pcm
-            async for chunk in self.synthesizer.stream(
-                request.text, voice, request.speaking_rate, rate
+            async for chunk in speech_metrics.first_audio(
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
             )
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
         wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
-        metering.meter(
-            self.runtime,
+        await self.usage.meter(
             identity,
-            metering.CHARACTERS,
+            ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
             len(request.text),
             request.request_id,
-            voice.name,
+            model=voice.name,
         )
         return speech_pb2.SynthesizeResponse(
             audio_content=wav_bytes(pcm, rate) if wav else pcm.astype("<i2").tobytes(),
@@ -329,8 +337,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         played = 0
         spoken = 0  # characters whose synthesis started: what is metered if the caller leaves
         try:
-            async for chunk in self.synthesizer.stream(
-                request.text, voice, request.speaking_rate, rate
+            async for chunk in speech_metrics.first_audio(
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
             ):
                 spoken = max(spoken, chunk.text_end)
                 yield speech_pb2.StreamingSynthesizeResponse(
@@ -350,21 +358,20 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 f"synthesis failed after {index} chunks: {exc.message}", reason="SYNTHESIS_FAILED"
             ) from None
         finally:
-            metering.meter(
-                self.runtime, identity, metering.CHARACTERS, spoken, request.request_id, voice.name
+            await self.usage.meter(
+                identity,
+                ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
+                spoken,
+                request.request_id,
+                model=voice.name,
             )
 
     async def ListVoices(
         self, request: speech_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.ListVoicesResponse:
-        self._identity(context)
+        identity = self._identity(context)
         check_language_filter(request.language_code)
-        if request.page_size < 0:
-            raise invalid_argument(
-                "page_size must not be negative", [("page_size", "0-1000 (0 means 50)")]
-            )
-        offset = parse_page_token(request.page_token, request.language_code)
-        size = min(request.page_size or 50, 1000)
+        pager = self.pages.start(request, identity.org)
         wanted = request.language_code.lower()
         voices = [
             v
@@ -374,12 +381,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 c.lower() == wanted or c.lower().startswith(wanted + "-") for c in v.language_codes
             )
         ]
-        page = voices[offset : offset + size]
-        response = speech_pb2.ListVoicesResponse(
-            next_page_token=page_token(offset + size, request.language_code)
-            if offset + size < len(voices)
-            else ""
-        )
+        page, token = pager.slice(voices)
+        response = speech_pb2.ListVoicesResponse(next_page_token=token)
         for v in page:
             response.voices.add(
                 name=v.name,

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import not_found
+from services.common.names import resource
 from services.common.triton import TTS_MODEL, TritonClient
 from services.speech.audio import StreamResampler
 
 # eSpeak NG renders at 22,050 Hz; the model resamples to these rates itself.
 NATURAL_SAMPLE_RATE = 22050
 MODEL_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-DEFAULT_VOICE = "voices/en-us"
+VOICE = resource("speech.aimesh.dev/Voice")
+DEFAULT_VOICE = VOICE.format("en-us")
 BASE_WPM = 175  # eSpeak's normal rate = speaking_rate 1.0
 MIN_WPM, MAX_WPM = 80, 450  # what the model accepts; speaking_rate maps into this range
 MODEL_MAX_CHARS = 5000  # per TTS request (model parameter max_text_chars)
@@ -43,7 +45,7 @@ class VoiceInfo:
 
     @property
     def name(self) -> str:
-        return f"voices/{self.voice_id}"
+        return VOICE.format(self.voice_id)
 
 
 def bcp47(code: str) -> str:

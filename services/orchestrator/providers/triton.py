@@ -11,15 +11,14 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import numpy as np
 
+from services.common import deadlines
 from services.common.errors import ServiceError
-from services.common.server import current_deadline
 from services.common.triton import RESPONDER_MODEL, TritonClient
 from services.orchestrator.catalog import Deployment
 from services.orchestrator.providers import (
@@ -39,8 +38,8 @@ NO_DEADLINE_SECONDS = 600.0
 def _time_left() -> float:
     """The caller's remaining time: queued requests wait for a busy model instead of failing
     at the Triton client's default timeout (the router's first-token limit still applies)."""
-    deadline = current_deadline.get()
-    return NO_DEADLINE_SECONDS if deadline is None else max(deadline - time.monotonic(), 0.001)
+    left = deadlines.time_left()
+    return NO_DEADLINE_SECONDS if left is None else left
 
 
 def _decode(value: object) -> str:

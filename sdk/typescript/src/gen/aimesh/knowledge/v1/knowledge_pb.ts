@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file aimesh/knowledge/v1/knowledge.proto.
  */
 export const file_aimesh_knowledge_v1_knowledge: GenFile = /*@__PURE__*/
-  fileDesc("CiNhaW1lc2gva25vd2xlZGdlL3YxL2tub3dsZWRnZS5wcm90bxITYWltZXNoLmtub3dsZWRnZS52MSKMBQoIRG9jdW1lbnQSEgoEbmFtZRgBIAEoCUIE4kEBCBIaCgxkaXNwbGF5X25hbWUYAiABKAlCBOJBAQISGAoJbWltZV90eXBlGAMgASgJQgXiQQICBRIYCgpzaXplX2J5dGVzGAQgASgDQgTiQQEDEjgKBXN0YXRlGAUgASgOMiMuYWltZXNoLmtub3dsZWRnZS52MS5Eb2N1bWVudC5TdGF0ZUIE4kEBAxIcCg5mYWlsdXJlX3JlYXNvbhgGIAEoCUIE4kEBAxIZCgtjaHVua19jb3VudBgHIAEoBUIE4kEBAxJECghtZXRhZGF0YRgIIAMoCzIrLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnQuTWV0YWRhdGFFbnRyeUIF4kECAQUSNQoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIcCg5jb250ZW50X3NoYTI1NhgLIAEoCUIE4kEBAxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiVwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIUChBTVEFURV9QUk9DRVNTSU5HEAESDwoLU1RBVEVfUkVBRFkQAhIQCgxTVEFURV9GQUlMRUQQAzpN6kFKCh1rbm93bGVkZ2UuYWltZXNoLmRldi9Eb2N1bWVudBIUZG9jdW1lbnRzL3tkb2N1bWVudH0qCWRvY3VtZW50czIIZG9jdW1lbnQimwEKFUNyZWF0ZURvY3VtZW50UmVxdWVzdBI1Cghkb2N1bWVudBgBIAEoCzIdLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnRCBOJBAQISFgoHY29udGVudBgCIAEoDEIF4kECAgQSGQoLZG9jdW1lbnRfaWQYAyABKAlCBOJBAQESGAoKcmVxdWVzdF9pZBgEIAEoCUIE4kEBASKeAQoWVXBsb2FkRG9jdW1lbnRNZXRhZGF0YRI1Cghkb2N1bWVudBgBIAEoCzIdLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnRCBOJBAQISGQoLZG9jdW1lbnRfaWQYAiABKAlCBOJBAQESGAoKc2l6ZV9ieXRlcxgDIAEoA0IE4kEBARIYCgpyZXF1ZXN0X2lkGAQgASgJQgTiQQEBIogBChVVcGxvYWREb2N1bWVudFJlcXVlc3QSRQoIbWV0YWRhdGEYASABKAsyKy5haW1lc2gua25vd2xlZGdlLnYxLlVwbG9hZERvY3VtZW50TWV0YWRhdGFCBOJBAQFIABIdCg1jb250ZW50X2NodW5rGAIgASgMQgTiQQEBSABCCQoHcGF5bG9hZCJKChJHZXREb2N1bWVudFJlcXVlc3QSNAoEbmFtZRgBIAEoCUIm4kEBAvpBHwoda25vd2xlZGdlLmFpbWVzaC5kZXYvRG9jdW1lbnQigwEKFExpc3REb2N1bWVudHNSZXF1ZXN0EhcKCXBhZ2Vfc2l6ZRgBIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAIgASgJQgTiQQEBEjgKBXN0YXRlGAMgASgOMiMuYWltZXNoLmtub3dsZWRnZS52MS5Eb2N1bWVudC5TdGF0ZUIE4kEBASKIAQoVTGlzdERvY3VtZW50c1Jlc3BvbnNlEjYKCWRvY3VtZW50cxgBIAMoCzIdLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnRCBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDEhgKCnRvdGFsX3NpemUYAyABKAVCBOJBAQMiTQoVRGVsZXRlRG9jdW1lbnRSZXF1ZXN0EjQKBG5hbWUYASABKAlCJuJBAQL6QR8KHWtub3dsZWRnZS5haW1lc2guZGV2L0RvY3VtZW50IswCChZTZWFyY2hEb2N1bWVudHNSZXF1ZXN0EhMKBXF1ZXJ5GAEgASgJQgTiQQECEjMKBG1vZGUYAiABKA4yHy5haW1lc2gua25vd2xlZGdlLnYxLlNlYXJjaE1vZGVCBOJBAQESEwoFdG9wX2sYAyABKAVCBOJBAQESYAoQbWV0YWRhdGFfZmlsdGVycxgEIAMoCzJALmFpbWVzaC5rbm93bGVkZ2UudjEuU2VhcmNoRG9jdW1lbnRzUmVxdWVzdC5NZXRhZGF0YUZpbHRlcnNFbnRyeUIE4kEBARI5Cglkb2N1bWVudHMYBSADKAlCJuJBAQH6QR8KHWtub3dsZWRnZS5haW1lc2guZGV2L0RvY3VtZW50GjYKFE1ldGFkYXRhRmlsdGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi1AIKDFNlYXJjaFJlc3VsdBIWCghjaHVua19pZBgBIAEoCUIE4kEBAxISCgR0ZXh0GAIgASgJQgTiQQEDEhMKBXNjb3JlGAMgASgBQgTiQQEDEhsKDXNlbWFudGljX3JhbmsYBCABKAVCBOJBAQMSGgoMa2V5d29yZF9yYW5rGAUgASgFQgTiQQEDEjgKCGRvY3VtZW50GAYgASgJQibiQQED+kEfCh1rbm93bGVkZ2UuYWltZXNoLmRldi9Eb2N1bWVudBIjChVkb2N1bWVudF9kaXNwbGF5X25hbWUYByABKAlCBOJBAQMSGQoLY2h1bmtfaW5kZXgYCCABKAVCBOJBAQMSGgoMc3RhcnRfb2Zmc2V0GAkgASgFQgTiQQEDEhgKCmVuZF9vZmZzZXQYCiABKAVCBOJBAQMSGgoMaGVhZGluZ19wYXRoGAsgAygJQgTiQQEDIogBChdTZWFyY2hEb2N1bWVudHNSZXNwb25zZRI4CgdyZXN1bHRzGAEgAygLMiEuYWltZXNoLmtub3dsZWRnZS52MS5TZWFyY2hSZXN1bHRCBOJBAQMSMwoEbW9kZRgCIAEoDjIfLmFpbWVzaC5rbm93bGVkZ2UudjEuU2VhcmNoTW9kZUIE4kEBAyp0CgpTZWFyY2hNb2RlEhsKF1NFQVJDSF9NT0RFX1VOU1BFQ0lGSUVEEAASGAoUU0VBUkNIX01PREVfU0VNQU5USUMQARIXChNTRUFSQ0hfTU9ERV9LRVlXT1JEEAISFgoSU0VBUkNIX01PREVfSFlCUklEEAMy8QUKEEtub3dsZWRnZVNlcnZpY2USdQoOQ3JlYXRlRG9jdW1lbnQSKi5haW1lc2gua25vd2xlZGdlLnYxLkNyZWF0ZURvY3VtZW50UmVxdWVzdBodLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnQiGILT5JMCEjoBKiINL3YxL2RvY3VtZW50cxJdCg5VcGxvYWREb2N1bWVudBIqLmFpbWVzaC5rbm93bGVkZ2UudjEuVXBsb2FkRG9jdW1lbnRSZXF1ZXN0Gh0uYWltZXNoLmtub3dsZWRnZS52MS5Eb2N1bWVudCgBEngKC0dldERvY3VtZW50EicuYWltZXNoLmtub3dsZWRnZS52MS5HZXREb2N1bWVudFJlcXVlc3QaHS5haW1lc2gua25vd2xlZGdlLnYxLkRvY3VtZW50IiGQAgGC0+STAhgSFi92MS97bmFtZT1kb2N1bWVudHMvKn0SgAEKDUxpc3REb2N1bWVudHMSKS5haW1lc2gua25vd2xlZGdlLnYxLkxpc3REb2N1bWVudHNSZXF1ZXN0GiouYWltZXNoLmtub3dsZWRnZS52MS5MaXN0RG9jdW1lbnRzUmVzcG9uc2UiGJACAYLT5JMCDxINL3YxL2RvY3VtZW50cxJ3Cg5EZWxldGVEb2N1bWVudBIqLmFpbWVzaC5rbm93bGVkZ2UudjEuRGVsZXRlRG9jdW1lbnRSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5IiGQAgKC0+STAhgqFi92MS97bmFtZT1kb2N1bWVudHMvKn0SkAEKD1NlYXJjaERvY3VtZW50cxIrLmFpbWVzaC5rbm93bGVkZ2UudjEuU2VhcmNoRG9jdW1lbnRzUmVxdWVzdBosLmFpbWVzaC5rbm93bGVkZ2UudjEuU2VhcmNoRG9jdW1lbnRzUmVzcG9uc2UiIpACAYLT5JMCGToBKiIUL3YxL2RvY3VtZW50czpzZWFyY2hiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_empty, file_google_protobuf_timestamp]);
+  fileDesc("CiNhaW1lc2gva25vd2xlZGdlL3YxL2tub3dsZWRnZS5wcm90bxITYWltZXNoLmtub3dsZWRnZS52MSKMBQoIRG9jdW1lbnQSEgoEbmFtZRgBIAEoCUIE4kEBCBIaCgxkaXNwbGF5X25hbWUYAiABKAlCBOJBAQISGAoJbWltZV90eXBlGAMgASgJQgXiQQICBRIYCgpzaXplX2J5dGVzGAQgASgDQgTiQQEDEjgKBXN0YXRlGAUgASgOMiMuYWltZXNoLmtub3dsZWRnZS52MS5Eb2N1bWVudC5TdGF0ZUIE4kEBAxIcCg5mYWlsdXJlX3JlYXNvbhgGIAEoCUIE4kEBAxIZCgtjaHVua19jb3VudBgHIAEoBUIE4kEBAxJECghtZXRhZGF0YRgIIAMoCzIrLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnQuTWV0YWRhdGFFbnRyeUIF4kECAQUSNQoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIcCg5jb250ZW50X3NoYTI1NhgLIAEoCUIE4kEBAxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiVwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIUChBTVEFURV9QUk9DRVNTSU5HEAESDwoLU1RBVEVfUkVBRFkQAhIQCgxTVEFURV9GQUlMRUQQAzpN6kFKCh1rbm93bGVkZ2UuYWltZXNoLmRldi9Eb2N1bWVudBIUZG9jdW1lbnRzL3tkb2N1bWVudH0qCWRvY3VtZW50czIIZG9jdW1lbnQimwEKFUNyZWF0ZURvY3VtZW50UmVxdWVzdBI1Cghkb2N1bWVudBgBIAEoCzIdLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnRCBOJBAQISFgoHY29udGVudBgCIAEoDEIF4kECAgQSGQoLZG9jdW1lbnRfaWQYAyABKAlCBOJBAQESGAoKcmVxdWVzdF9pZBgEIAEoCUIE4kEBASKeAQoWVXBsb2FkRG9jdW1lbnRNZXRhZGF0YRI1Cghkb2N1bWVudBgBIAEoCzIdLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnRCBOJBAQISGQoLZG9jdW1lbnRfaWQYAiABKAlCBOJBAQESGAoKc2l6ZV9ieXRlcxgDIAEoA0IE4kEBARIYCgpyZXF1ZXN0X2lkGAQgASgJQgTiQQEBIogBChVVcGxvYWREb2N1bWVudFJlcXVlc3QSRQoIbWV0YWRhdGEYASABKAsyKy5haW1lc2gua25vd2xlZGdlLnYxLlVwbG9hZERvY3VtZW50TWV0YWRhdGFCBOJBAQFIABIdCg1jb250ZW50X2NodW5rGAIgASgMQgTiQQEBSABCCQoHcGF5bG9hZCJKChJHZXREb2N1bWVudFJlcXVlc3QSNAoEbmFtZRgBIAEoCUIm4kEBAvpBHwoda25vd2xlZGdlLmFpbWVzaC5kZXYvRG9jdW1lbnQigwEKFExpc3REb2N1bWVudHNSZXF1ZXN0EhcKCXBhZ2Vfc2l6ZRgBIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAIgASgJQgTiQQEBEjgKBXN0YXRlGAMgASgOMiMuYWltZXNoLmtub3dsZWRnZS52MS5Eb2N1bWVudC5TdGF0ZUIE4kEBASKIAQoVTGlzdERvY3VtZW50c1Jlc3BvbnNlEjYKCWRvY3VtZW50cxgBIAMoCzIdLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnRCBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDEhgKCnRvdGFsX3NpemUYAyABKAVCBOJBAQMiTQoVRGVsZXRlRG9jdW1lbnRSZXF1ZXN0EjQKBG5hbWUYASABKAlCJuJBAQL6QR8KHWtub3dsZWRnZS5haW1lc2guZGV2L0RvY3VtZW50IswCChZTZWFyY2hEb2N1bWVudHNSZXF1ZXN0EhMKBXF1ZXJ5GAEgASgJQgTiQQECEjMKBG1vZGUYAiABKA4yHy5haW1lc2gua25vd2xlZGdlLnYxLlNlYXJjaE1vZGVCBOJBAQESEwoFdG9wX2sYAyABKAVCBOJBAQESYAoQbWV0YWRhdGFfZmlsdGVycxgEIAMoCzJALmFpbWVzaC5rbm93bGVkZ2UudjEuU2VhcmNoRG9jdW1lbnRzUmVxdWVzdC5NZXRhZGF0YUZpbHRlcnNFbnRyeUIE4kEBARI5Cglkb2N1bWVudHMYBSADKAlCJuJBAQH6QR8KHWtub3dsZWRnZS5haW1lc2guZGV2L0RvY3VtZW50GjYKFE1ldGFkYXRhRmlsdGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi1AIKDFNlYXJjaFJlc3VsdBIWCghjaHVua19pZBgBIAEoCUIE4kEBAxISCgR0ZXh0GAIgASgJQgTiQQEDEhMKBXNjb3JlGAMgASgBQgTiQQEDEhsKDXNlbWFudGljX3JhbmsYBCABKAVCBOJBAQMSGgoMa2V5d29yZF9yYW5rGAUgASgFQgTiQQEDEjgKCGRvY3VtZW50GAYgASgJQibiQQED+kEfCh1rbm93bGVkZ2UuYWltZXNoLmRldi9Eb2N1bWVudBIjChVkb2N1bWVudF9kaXNwbGF5X25hbWUYByABKAlCBOJBAQMSGQoLY2h1bmtfaW5kZXgYCCABKAVCBOJBAQMSGgoMc3RhcnRfb2Zmc2V0GAkgASgFQgTiQQEDEhgKCmVuZF9vZmZzZXQYCiABKAVCBOJBAQMSGgoMaGVhZGluZ19wYXRoGAsgAygJQgTiQQEDIogBChdTZWFyY2hEb2N1bWVudHNSZXNwb25zZRI4CgdyZXN1bHRzGAEgAygLMiEuYWltZXNoLmtub3dsZWRnZS52MS5TZWFyY2hSZXN1bHRCBOJBAQMSMwoEbW9kZRgCIAEoDjIfLmFpbWVzaC5rbm93bGVkZ2UudjEuU2VhcmNoTW9kZUIE4kEBAyIoChFFbWJlZFRleHRzUmVxdWVzdBITCgV0ZXh0cxgBIAMoCUIE4kEBAiJACg1UZXh0RW1iZWRkaW5nEhQKBnZhbHVlcxgBIAMoAkIE4kEBAxIZCgt0b2tlbl9jb3VudBgCIAEoBUIE4kEBAyKDAQoSRW1iZWRUZXh0c1Jlc3BvbnNlEjwKCmVtYmVkZGluZ3MYASADKAsyIi5haW1lc2gua25vd2xlZGdlLnYxLlRleHRFbWJlZGRpbmdCBOJBAQMSEwoFbW9kZWwYAiABKAlCBOJBAQMSGgoMdG90YWxfdG9rZW5zGAMgASgFQgTiQQEDKnQKClNlYXJjaE1vZGUSGwoXU0VBUkNIX01PREVfVU5TUEVDSUZJRUQQABIYChRTRUFSQ0hfTU9ERV9TRU1BTlRJQxABEhcKE1NFQVJDSF9NT0RFX0tFWVdPUkQQAhIWChJTRUFSQ0hfTU9ERV9IWUJSSUQQAzL5BgoQS25vd2xlZGdlU2VydmljZRJ1Cg5DcmVhdGVEb2N1bWVudBIqLmFpbWVzaC5rbm93bGVkZ2UudjEuQ3JlYXRlRG9jdW1lbnRSZXF1ZXN0Gh0uYWltZXNoLmtub3dsZWRnZS52MS5Eb2N1bWVudCIYgtPkkwISOgEqIg0vdjEvZG9jdW1lbnRzEl0KDlVwbG9hZERvY3VtZW50EiouYWltZXNoLmtub3dsZWRnZS52MS5VcGxvYWREb2N1bWVudFJlcXVlc3QaHS5haW1lc2gua25vd2xlZGdlLnYxLkRvY3VtZW50KAESeAoLR2V0RG9jdW1lbnQSJy5haW1lc2gua25vd2xlZGdlLnYxLkdldERvY3VtZW50UmVxdWVzdBodLmFpbWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnQiIZACAYLT5JMCGBIWL3YxL3tuYW1lPWRvY3VtZW50cy8qfRKAAQoNTGlzdERvY3VtZW50cxIpLmFpbWVzaC5rbm93bGVkZ2UudjEuTGlzdERvY3VtZW50c1JlcXVlc3QaKi5haW1lc2gua25vd2xlZGdlLnYxLkxpc3REb2N1bWVudHNSZXNwb25zZSIYkAIBgtPkkwIPEg0vdjEvZG9jdW1lbnRzEncKDkRlbGV0ZURvY3VtZW50EiouYWltZXNoLmtub3dsZWRnZS52MS5EZWxldGVEb2N1bWVudFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkiIZACAoLT5JMCGCoWL3YxL3tuYW1lPWRvY3VtZW50cy8qfRKQAQoPU2VhcmNoRG9jdW1lbnRzEisuYWltZXNoLmtub3dsZWRnZS52MS5TZWFyY2hEb2N1bWVudHNSZXF1ZXN0GiwuYWltZXNoLmtub3dsZWRnZS52MS5TZWFyY2hEb2N1bWVudHNSZXNwb25zZSIikAIBgtPkkwIZOgEqIhQvdjEvZG9jdW1lbnRzOnNlYXJjaBKFAQoKRW1iZWRUZXh0cxImLmFpbWVzaC5rbm93bGVkZ2UudjEuRW1iZWRUZXh0c1JlcXVlc3QaJy5haW1lc2gua25vd2xlZGdlLnYxLkVtYmVkVGV4dHNSZXNwb25zZSImkAIBgtPkkwIdOgEqIhgvdjEvZG9jdW1lbnRzOmVtYmVkVGV4dHNiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_empty, file_google_protobuf_timestamp]);
 
 /**
  * An uploaded document and the state of its indexing.
@@ -569,6 +569,90 @@ export const SearchDocumentsResponseSchema: GenMessage<SearchDocumentsResponse> 
   messageDesc(file_aimesh_knowledge_v1_knowledge, 10);
 
 /**
+ * Request for EmbedTexts.
+ *
+ * @generated from message aimesh.knowledge.v1.EmbedTextsRequest
+ */
+export type EmbedTextsRequest = Message<"aimesh.knowledge.v1.EmbedTextsRequest"> & {
+  /**
+   * The texts, 1-2,048; each non-empty and at most 256 word pieces of the model's tokenizer.
+   *
+   * @generated from field: repeated string texts = 1;
+   */
+  texts: string[];
+};
+
+/**
+ * Describes the message aimesh.knowledge.v1.EmbedTextsRequest.
+ * Use `create(EmbedTextsRequestSchema)` to create a new message.
+ */
+export const EmbedTextsRequestSchema: GenMessage<EmbedTextsRequest> = /*@__PURE__*/
+  messageDesc(file_aimesh_knowledge_v1_knowledge, 11);
+
+/**
+ * One text's embedding.
+ *
+ * @generated from message aimesh.knowledge.v1.TextEmbedding
+ */
+export type TextEmbedding = Message<"aimesh.knowledge.v1.TextEmbedding"> & {
+  /**
+   * The L2-normalized vector (384 values for all-MiniLM-L6-v2).
+   *
+   * @generated from field: repeated float values = 1;
+   */
+  values: number[];
+
+  /**
+   * Word pieces of the text as the model counted them ([CLS] and [SEP] included).
+   *
+   * @generated from field: int32 token_count = 2;
+   */
+  tokenCount: number;
+};
+
+/**
+ * Describes the message aimesh.knowledge.v1.TextEmbedding.
+ * Use `create(TextEmbeddingSchema)` to create a new message.
+ */
+export const TextEmbeddingSchema: GenMessage<TextEmbedding> = /*@__PURE__*/
+  messageDesc(file_aimesh_knowledge_v1_knowledge, 12);
+
+/**
+ * Response of EmbedTexts.
+ *
+ * @generated from message aimesh.knowledge.v1.EmbedTextsResponse
+ */
+export type EmbedTextsResponse = Message<"aimesh.knowledge.v1.EmbedTextsResponse"> & {
+  /**
+   * One embedding per text, in request order.
+   *
+   * @generated from field: repeated aimesh.knowledge.v1.TextEmbedding embeddings = 1;
+   */
+  embeddings: TextEmbedding[];
+
+  /**
+   * The embedding model's id, e.g. "all-minilm-l6-v2".
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * Sum of the texts' token_count.
+   *
+   * @generated from field: int32 total_tokens = 3;
+   */
+  totalTokens: number;
+};
+
+/**
+ * Describes the message aimesh.knowledge.v1.EmbedTextsResponse.
+ * Use `create(EmbedTextsResponseSchema)` to create a new message.
+ */
+export const EmbedTextsResponseSchema: GenMessage<EmbedTextsResponse> = /*@__PURE__*/
+  messageDesc(file_aimesh_knowledge_v1_knowledge, 13);
+
+/**
  * How SearchDocuments matches chunks.
  *
  * @generated from enum aimesh.knowledge.v1.SearchMode
@@ -662,8 +746,10 @@ export const KnowledgeService: GenService<{
    * Errors: INVALID_ARGUMENT with field violations when the first message is not `metadata`,
    * a later one is, the content is empty, or metadata is invalid (as CreateDocument);
    * OUT_OF_RANGE when a chunk exceeds 1 MiB or the total exceeds 64 MiB (the stream is ended
-   * at once); ALREADY_EXISTS and RESOURCE_EXHAUSTED as CreateDocument. If the client cancels,
-   * nothing is stored.
+   * at once), and OUT_OF_RANGE with reason STREAM_IDLE_TIMEOUT when no message arrives for
+   * 10 seconds (as StreamingRecognize; e.g. a stream that sends only metadata and waits);
+   * ALREADY_EXISTS and RESOURCE_EXHAUSTED as CreateDocument. If the client cancels or the
+   * stream is ended, nothing is stored.
    *
    * @generated from rpc aimesh.knowledge.v1.KnowledgeService.UploadDocument
    */
@@ -729,6 +815,23 @@ export const KnowledgeService: GenService<{
     methodKind: "unary";
     input: typeof SearchDocumentsRequestSchema;
     output: typeof SearchDocumentsResponseSchema;
+  },
+  /**
+   * Embeds texts with the model Knowledge indexes documents with (all-MiniLM-L6-v2 on
+   * Triton: 384 dimensions, L2-normalized), so the vectors compare directly with the indexed
+   * chunks'. Backs the OpenAI-compatible /openai/v1/embeddings. Each text counts as one
+   * embedded chunk in the organization's usage.
+   *
+   * Errors: INVALID_ARGUMENT with field violations for no texts or more than 2,048, an empty
+   * text, or a text longer than the model's 256 word pieces (nothing is truncated);
+   * UNAVAILABLE when the embedding model cannot be reached (retryable).
+   *
+   * @generated from rpc aimesh.knowledge.v1.KnowledgeService.EmbedTexts
+   */
+  embedTexts: {
+    methodKind: "unary";
+    input: typeof EmbedTextsRequestSchema;
+    output: typeof EmbedTextsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_aimesh_knowledge_v1_knowledge, 0);

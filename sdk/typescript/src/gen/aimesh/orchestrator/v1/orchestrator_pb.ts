@@ -8,16 +8,16 @@ import { file_google_api_annotations } from "../../../google/api/annotations_pb.
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb.js";
 import { file_google_api_resource } from "../../../google/api/resource_pb.js";
 import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import type { Status } from "../../../google/rpc/status_pb.js";
 import { file_google_rpc_status } from "../../../google/rpc/status_pb.js";
-import type { Message } from "@bufbuild/protobuf";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file aimesh/orchestrator/v1/orchestrator.proto.
  */
 export const file_aimesh_orchestrator_v1_orchestrator: GenFile = /*@__PURE__*/
-  fileDesc("CilhaW1lc2gvb3JjaGVzdHJhdG9yL3YxL29yY2hlc3RyYXRvci5wcm90bxIWYWltZXNoLm9yY2hlc3RyYXRvci52MSLPBAoFTW9kZWwSEgoEbmFtZRgBIAEoCUIE4kEBCBIaCgxkaXNwbGF5X25hbWUYAiABKAlCBOJBAQMSGQoLZGVzY3JpcHRpb24YAyABKAlCBOJBAQMSFgoIcHJvdmlkZXIYBCABKAlCBOJBAQMSIwoVY29udGV4dF93aW5kb3dfdG9rZW5zGAUgASgFQgTiQQEDEh8KEW1heF9vdXRwdXRfdG9rZW5zGAYgASgFQgTiQQEDEjQKJnByb21wdF9wcmljZV9taWNyb3NfcGVyX21pbGxpb25fdG9rZW5zGAcgASgDQgTiQQEDEjgKKmNvbXBsZXRpb25fcHJpY2VfbWljcm9zX3Blcl9taWxsaW9uX3Rva2VucxgIIAEoA0IE4kEBAxIbCg1jdXJyZW5jeV9jb2RlGAkgASgJQgTiQQEDEkQKDGNhcGFiaWxpdGllcxgKIAMoDjIoLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuTW9kZWwuQ2FwYWJpbGl0eUIE4kEBAyKGAQoKQ2FwYWJpbGl0eRIaChZDQVBBQklMSVRZX1VOU1BFQ0lGSUVEEAASEwoPQ0FQQUJJTElUWV9DSEFUEAESGAoUQ0FQQUJJTElUWV9TVFJFQU1JTkcQAhIYChRDQVBBQklMSVRZX1JFVFJJRVZBTBADEhMKD0NBUEFCSUxJVFlfU0VFRBAEOkHqQT4KHW9yY2hlc3RyYXRvci5haW1lc2guZGV2L01vZGVsEg5tb2RlbHMve21vZGVsfSoGbW9kZWxzMgVtb2RlbCJGChFMaXN0TW9kZWxzUmVxdWVzdBIXCglwYWdlX3NpemUYASABKAVCBOJBAQESGAoKcGFnZV90b2tlbhgCIAEoCUIE4kEBASKCAQoSTGlzdE1vZGVsc1Jlc3BvbnNlEjMKBm1vZGVscxgBIAMoCzIdLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuTW9kZWxCBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDEhgKCnRvdGFsX3NpemUYAyABKAVCBOJBAQMiRwoPR2V0TW9kZWxSZXF1ZXN0EjQKBG5hbWUYASABKAlCJuJBAQL6QR8KHW9yY2hlc3RyYXRvci5haW1lc2guZGV2L01vZGVsIlYKC0NoYXRNZXNzYWdlEjAKBHJvbGUYASABKA4yHC5haW1lc2gub3JjaGVzdHJhdG9yLnYxLlJvbGVCBOJBAQISFQoHY29udGVudBgCIAEoCUIE4kEBAiKQAgoQUmV0cmlldmFsT3B0aW9ucxIVCgdlbmFibGVkGAEgASgIQgTiQQEBEhMKBXRvcF9rGAIgASgFQgTiQQEBEjkKCWRvY3VtZW50cxgDIAMoCUIm4kEBAfpBHwoda25vd2xlZGdlLmFpbWVzaC5kZXYvRG9jdW1lbnQSXQoQbWV0YWRhdGFfZmlsdGVycxgEIAMoCzI9LmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuUmV0cmlldmFsT3B0aW9ucy5NZXRhZGF0YUZpbHRlcnNFbnRyeUIE4kEBARo2ChRNZXRhZGF0YUZpbHRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsUDCg9HZW5lcmF0ZVJlcXVlc3QSNQoFbW9kZWwYASABKAlCJuJBAQL6QR8KHW9yY2hlc3RyYXRvci5haW1lc2guZGV2L01vZGVsEjsKCG1lc3NhZ2VzGAIgAygLMiMuYWltZXNoLm9yY2hlc3RyYXRvci52MS5DaGF0TWVzc2FnZUIE4kEBAhIeCgt0ZW1wZXJhdHVyZRgDIAEoAkIE4kEBAUgAiAEBEhgKBXRvcF9wGAQgASgCQgTiQQEBSAGIAQESJAoRbWF4X291dHB1dF90b2tlbnMYBSABKAVCBOJBAQFIAogBARISCgRzdG9wGAYgAygJQgTiQQEBEhcKBHNlZWQYByABKANCBOJBAQFIA4gBARJBCglyZXRyaWV2YWwYCCABKAsyKC5haW1lc2gub3JjaGVzdHJhdG9yLnYxLlJldHJpZXZhbE9wdGlvbnNCBOJBAQESGwoNZGlzYWJsZV9jYWNoZRgJIAEoCEIE4kEBARIYCgpyZXF1ZXN0X2lkGAogASgJQgTiQQEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCFAoSX21heF9vdXRwdXRfdG9rZW5zQgcKBV9zZWVkItsBChBHZW5lcmF0ZVJlc3BvbnNlEkQKCG1ldGFkYXRhGAEgASgLMiouYWltZXNoLm9yY2hlc3RyYXRvci52MS5HZW5lcmF0aW9uTWV0YWRhdGFCBOJBAQNIABI4CgVkZWx0YRgCIAEoCzIhLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuVGV4dERlbHRhQgTiQQEDSAASPgoKY29tcGxldGlvbhgDIAEoCzIiLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuQ29tcGxldGlvbkIE4kEBA0gAQgcKBWV2ZW50IpoBChJHZW5lcmF0aW9uTWV0YWRhdGESNQoFbW9kZWwYASABKAlCJuJBAQP6QR8KHW9yY2hlc3RyYXRvci5haW1lc2guZGV2L01vZGVsEhYKCHByb3ZpZGVyGAIgASgJQgTiQQEDEhgKCmRlcGxveW1lbnQYAyABKAlCBOJBAQMSGwoNZ2VuZXJhdGlvbl9pZBgEIAEoCUIE4kEBAyIfCglUZXh0RGVsdGESEgoEdGV4dBgBIAEoCUIE4kEBAyJmCgpUb2tlblVzYWdlEhsKDXByb21wdF90b2tlbnMYASABKAVCBOJBAQMSHwoRY29tcGxldGlvbl90b2tlbnMYAiABKAVCBOJBAQMSGgoMdG90YWxfdG9rZW5zGAMgASgFQgTiQQEDIpECCghDaXRhdGlvbhITCgVpbmRleBgBIAEoBUIE4kEBAxI4Cghkb2N1bWVudBgCIAEoCUIm4kEBA/pBHwoda25vd2xlZGdlLmFpbWVzaC5kZXYvRG9jdW1lbnQSIwoVZG9jdW1lbnRfZGlzcGxheV9uYW1lGAMgASgJQgTiQQEDEhYKCGNodW5rX2lkGAQgASgJQgTiQQEDEhkKC2NodW5rX2luZGV4GAUgASgFQgTiQQEDEhoKDHN0YXJ0X29mZnNldBgGIAEoBUIE4kEBAxIYCgplbmRfb2Zmc2V0GAcgASgFQgTiQQEDEhMKBXF1b3RlGAggASgJQgTiQQEDEhMKBXNjb3JlGAkgASgBQgTiQQEDIt8CCg9HdWFyZHJhaWxBY3Rpb24SQAoEa2luZBgBIAEoDjIsLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuR3VhcmRyYWlsQWN0aW9uLktpbmRCBOJBAQMSQgoFc3RhZ2UYAiABKA4yLS5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkd1YXJkcmFpbEFjdGlvbi5TdGFnZUIE4kEBAxIWCghjYXRlZ29yeRgDIAEoCUIE4kEBAxIUCgZyZWFzb24YBCABKAlCBOJBAQMSEwoFY291bnQYBSABKAVCBOJBAQMiQAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASEgoOS0lORF9SRURBQ1RJT04QARIOCgpLSU5EX0JMT0NLEAIiQQoFU3RhZ2USFQoRU1RBR0VfVU5TUEVDSUZJRUQQABIPCgtTVEFHRV9JTlBVVBABEhAKDFNUQUdFX09VVFBVVBACIqABCg9Qcm92aWRlckF0dGVtcHQSFgoIcHJvdmlkZXIYASABKAlCBOJBAQMSGAoKZGVwbG95bWVudBgCIAEoCUIE4kEBAxIoCgZzdGF0dXMYAyABKAsyEi5nb29nbGUucnBjLlN0YXR1c0IE4kEBAxIxCghkdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBAyKWAwoKQ29tcGxldGlvbhJBCg1maW5pc2hfcmVhc29uGAEgASgOMiQuYWltZXNoLm9yY2hlc3RyYXRvci52MS5GaW5pc2hSZWFzb25CBOJBAQMSNwoFdXNhZ2UYAiABKAsyIi5haW1lc2gub3JjaGVzdHJhdG9yLnYxLlRva2VuVXNhZ2VCBOJBAQMSOQoJY2l0YXRpb25zGAMgAygLMiAuYWltZXNoLm9yY2hlc3RyYXRvci52MS5DaXRhdGlvbkIE4kEBAxJIChFndWFyZHJhaWxfYWN0aW9ucxgEIAMoCzInLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuR3VhcmRyYWlsQWN0aW9uQgTiQQEDEhQKBmNhY2hlZBgFIAEoCEIE4kEBAxJIChFwcm92aWRlcl9hdHRlbXB0cxgGIAMoCzInLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuUHJvdmlkZXJBdHRlbXB0QgTiQQEDEicKBWVycm9yGAcgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNCBOJBAQMiiAEKEkNvdW50VG9rZW5zUmVxdWVzdBI1CgVtb2RlbBgBIAEoCUIm4kEBAvpBHwodb3JjaGVzdHJhdG9yLmFpbWVzaC5kZXYvTW9kZWwSOwoIbWVzc2FnZXMYAiADKAsyIy5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkNoYXRNZXNzYWdlQgTiQQECIn4KE0NvdW50VG9rZW5zUmVzcG9uc2USGwoNcHJvbXB0X3Rva2VucxgBIAEoBUIE4kEBAxIjChVjb250ZXh0X3dpbmRvd190b2tlbnMYAiABKAVCBOJBAQMSJQoXYXZhaWxhYmxlX291dHB1dF90b2tlbnMYAyABKAVCBOJBAQMqUAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARINCglST0xFX1VTRVIQAhISCg5ST0xFX0FTU0lTVEFOVBADKrcBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISIAocRklOSVNIX1JFQVNPTl9DT05URU5UX0ZJTFRFUhADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAFMqoEChNPcmNoZXN0cmF0b3JTZXJ2aWNlEnoKCkxpc3RNb2RlbHMSKS5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiouYWltZXNoLm9yY2hlc3RyYXRvci52MS5MaXN0TW9kZWxzUmVzcG9uc2UiFZACAYLT5JMCDBIKL3YxL21vZGVscxJyCghHZXRNb2RlbBInLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuR2V0TW9kZWxSZXF1ZXN0Gh0uYWltZXNoLm9yY2hlc3RyYXRvci52MS5Nb2RlbCIekAIBgtPkkwIVEhMvdjEve25hbWU9bW9kZWxzLyp9EokBCghHZW5lcmF0ZRInLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuR2VuZXJhdGVSZXF1ZXN0GiguYWltZXNoLm9yY2hlc3RyYXRvci52MS5HZW5lcmF0ZVJlc3BvbnNlIiiC0+STAiI6ASoiHS92MS97bW9kZWw9bW9kZWxzLyp9OmdlbmVyYXRlMAESlgEKC0NvdW50VG9rZW5zEiouYWltZXNoLm9yY2hlc3RyYXRvci52MS5Db3VudFRva2Vuc1JlcXVlc3QaKy5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkNvdW50VG9rZW5zUmVzcG9uc2UiLpACAYLT5JMCJToBKiIgL3YxL3ttb2RlbD1tb2RlbHMvKn06Y291bnRUb2tlbnNiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_rpc_status]);
+  fileDesc("CilhaW1lc2gvb3JjaGVzdHJhdG9yL3YxL29yY2hlc3RyYXRvci5wcm90bxIWYWltZXNoLm9yY2hlc3RyYXRvci52MSL/BAoFTW9kZWwSEgoEbmFtZRgBIAEoCUIE4kEBCBIaCgxkaXNwbGF5X25hbWUYAiABKAlCBOJBAQMSGQoLZGVzY3JpcHRpb24YAyABKAlCBOJBAQMSFgoIcHJvdmlkZXIYBCABKAlCBOJBAQMSIwoVY29udGV4dF93aW5kb3dfdG9rZW5zGAUgASgFQgTiQQEDEh8KEW1heF9vdXRwdXRfdG9rZW5zGAYgASgFQgTiQQEDEjQKJnByb21wdF9wcmljZV9taWNyb3NfcGVyX21pbGxpb25fdG9rZW5zGAcgASgDQgTiQQEDEjgKKmNvbXBsZXRpb25fcHJpY2VfbWljcm9zX3Blcl9taWxsaW9uX3Rva2VucxgIIAEoA0IE4kEBAxIbCg1jdXJyZW5jeV9jb2RlGAkgASgJQgTiQQEDEkQKDGNhcGFiaWxpdGllcxgKIAMoDjIoLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuTW9kZWwuQ2FwYWJpbGl0eUIE4kEBAyK2AQoKQ2FwYWJpbGl0eRIaChZDQVBBQklMSVRZX1VOU1BFQ0lGSUVEEAASEwoPQ0FQQUJJTElUWV9DSEFUEAESGAoUQ0FQQUJJTElUWV9TVFJFQU1JTkcQAhIYChRDQVBBQklMSVRZX1JFVFJJRVZBTBADEhMKD0NBUEFCSUxJVFlfU0VFRBAEEhQKEENBUEFCSUxJVFlfVE9PTFMQBRIYChRDQVBBQklMSVRZX0pTT05fTU9ERRAGOkHqQT4KHW9yY2hlc3RyYXRvci5haW1lc2guZGV2L01vZGVsEg5tb2RlbHMve21vZGVsfSoGbW9kZWxzMgVtb2RlbCJGChFMaXN0TW9kZWxzUmVxdWVzdBIXCglwYWdlX3NpemUYASABKAVCBOJBAQESGAoKcGFnZV90b2tlbhgCIAEoCUIE4kEBASKCAQoSTGlzdE1vZGVsc1Jlc3BvbnNlEjMKBm1vZGVscxgBIAMoCzIdLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuTW9kZWxCBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDEhgKCnRvdGFsX3NpemUYAyABKAVCBOJBAQMiRwoPR2V0TW9kZWxSZXF1ZXN0EjQKBG5hbWUYASABKAlCJuJBAQL6QR8KHW9yY2hlc3RyYXRvci5haW1lc2guZGV2L01vZGVsIkkKCFRvb2xDYWxsEhAKAmlkGAEgASgJQgTiQQECEhIKBG5hbWUYAiABKAlCBOJBAQISFwoJYXJndW1lbnRzGAMgASgJQgTiQQECIq4BCgtDaGF0TWVzc2FnZRIwCgRyb2xlGAEgASgOMhwuYWltZXNoLm9yY2hlc3RyYXRvci52MS5Sb2xlQgTiQQECEhUKB2NvbnRlbnQYAiABKAlCBOJBAQISOgoKdG9vbF9jYWxscxgDIAMoCzIgLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuVG9vbENhbGxCBOJBAQESGgoMdG9vbF9jYWxsX2lkGAQgASgJQgTiQQEBIn4KBFRvb2wSEgoEbmFtZRgBIAEoCUIE4kEBAhIZCgtkZXNjcmlwdGlvbhgCIAEoCUIE4kEBARIxCgpwYXJhbWV0ZXJzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdEIE4kEBARIUCgZzdHJpY3QYBCABKAhCBOJBAQEiyAEKClRvb2xDaG9pY2USOwoEbW9kZRgBIAEoDjInLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuVG9vbENob2ljZS5Nb2RlQgTiQQEBEhsKDWZ1bmN0aW9uX25hbWUYAiABKAlCBOJBAQEiYAoETW9kZRIUChBNT0RFX1VOU1BFQ0lGSUVEEAASDQoJTU9ERV9BVVRPEAESDQoJTU9ERV9OT05FEAISEQoNTU9ERV9SRVFVSVJFRBADEhEKDU1PREVfRlVOQ1RJT04QBCKPAgoOUmVzcG9uc2VGb3JtYXQSPwoEdHlwZRgBIAEoDjIrLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuUmVzcG9uc2VGb3JtYXQuVHlwZUIE4kEBARIZCgtzY2hlbWFfbmFtZRgCIAEoCUIE4kEBARIyCgtqc29uX3NjaGVtYRgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3RCBOJBAQESFAoGc3RyaWN0GAQgASgIQgTiQQEBIlcKBFR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEg0KCVRZUEVfVEVYVBABEhQKEFRZUEVfSlNPTl9PQkpFQ1QQAhIUChBUWVBFX0pTT05fU0NIRU1BEAMikAIKEFJldHJpZXZhbE9wdGlvbnMSFQoHZW5hYmxlZBgBIAEoCEIE4kEBARITCgV0b3BfaxgCIAEoBUIE4kEBARI5Cglkb2N1bWVudHMYAyADKAlCJuJBAQH6QR8KHWtub3dsZWRnZS5haW1lc2guZGV2L0RvY3VtZW50El0KEG1ldGFkYXRhX2ZpbHRlcnMYBCADKAsyPS5haW1lc2gub3JjaGVzdHJhdG9yLnYxLlJldHJpZXZhbE9wdGlvbnMuTWV0YWRhdGFGaWx0ZXJzRW50cnlCBOJBAQEaNgoUTWV0YWRhdGFGaWx0ZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASL+BAoPR2VuZXJhdGVSZXF1ZXN0EjUKBW1vZGVsGAEgASgJQibiQQEC+kEfCh1vcmNoZXN0cmF0b3IuYWltZXNoLmRldi9Nb2RlbBI7CghtZXNzYWdlcxgCIAMoCzIjLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuQ2hhdE1lc3NhZ2VCBOJBAQISHgoLdGVtcGVyYXR1cmUYAyABKAJCBOJBAQFIAIgBARIYCgV0b3BfcBgEIAEoAkIE4kEBAUgBiAEBEiQKEW1heF9vdXRwdXRfdG9rZW5zGAUgASgFQgTiQQEBSAKIAQESEgoEc3RvcBgGIAMoCUIE4kEBARIXCgRzZWVkGAcgASgDQgTiQQEBSAOIAQESQQoJcmV0cmlldmFsGAggASgLMiguYWltZXNoLm9yY2hlc3RyYXRvci52MS5SZXRyaWV2YWxPcHRpb25zQgTiQQEBEhsKDWRpc2FibGVfY2FjaGUYCSABKAhCBOJBAQESGAoKcmVxdWVzdF9pZBgKIAEoCUIE4kEBARIxCgV0b29scxgLIAMoCzIcLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuVG9vbEIE4kEBARI9Cgt0b29sX2Nob2ljZRgMIAEoCzIiLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuVG9vbENob2ljZUIE4kEBARJFCg9yZXNwb25zZV9mb3JtYXQYDSABKAsyJi5haW1lc2gub3JjaGVzdHJhdG9yLnYxLlJlc3BvbnNlRm9ybWF0QgTiQQEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCFAoSX21heF9vdXRwdXRfdG9rZW5zQgcKBV9zZWVkIp0CChBHZW5lcmF0ZVJlc3BvbnNlEkQKCG1ldGFkYXRhGAEgASgLMiouYWltZXNoLm9yY2hlc3RyYXRvci52MS5HZW5lcmF0aW9uTWV0YWRhdGFCBOJBAQNIABI4CgVkZWx0YRgCIAEoCzIhLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuVGV4dERlbHRhQgTiQQEDSAASPgoKY29tcGxldGlvbhgDIAEoCzIiLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuQ29tcGxldGlvbkIE4kEBA0gAEkAKCXRvb2xfY2FsbBgEIAEoCzIlLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuVG9vbENhbGxEZWx0YUIE4kEBA0gAQgcKBWV2ZW50ImMKDVRvb2xDYWxsRGVsdGESEwoFaW5kZXgYASABKAVCBOJBAQMSEAoCaWQYAiABKAlCBOJBAQMSEgoEbmFtZRgDIAEoCUIE4kEBAxIXCglhcmd1bWVudHMYBCABKAlCBOJBAQMimgEKEkdlbmVyYXRpb25NZXRhZGF0YRI1CgVtb2RlbBgBIAEoCUIm4kEBA/pBHwodb3JjaGVzdHJhdG9yLmFpbWVzaC5kZXYvTW9kZWwSFgoIcHJvdmlkZXIYAiABKAlCBOJBAQMSGAoKZGVwbG95bWVudBgDIAEoCUIE4kEBAxIbCg1nZW5lcmF0aW9uX2lkGAQgASgJQgTiQQEDIh8KCVRleHREZWx0YRISCgR0ZXh0GAEgASgJQgTiQQEDImYKClRva2VuVXNhZ2USGwoNcHJvbXB0X3Rva2VucxgBIAEoBUIE4kEBAxIfChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBUIE4kEBAxIaCgx0b3RhbF90b2tlbnMYAyABKAVCBOJBAQMikQIKCENpdGF0aW9uEhMKBWluZGV4GAEgASgFQgTiQQEDEjgKCGRvY3VtZW50GAIgASgJQibiQQED+kEfCh1rbm93bGVkZ2UuYWltZXNoLmRldi9Eb2N1bWVudBIjChVkb2N1bWVudF9kaXNwbGF5X25hbWUYAyABKAlCBOJBAQMSFgoIY2h1bmtfaWQYBCABKAlCBOJBAQMSGQoLY2h1bmtfaW5kZXgYBSABKAVCBOJBAQMSGgoMc3RhcnRfb2Zmc2V0GAYgASgFQgTiQQEDEhgKCmVuZF9vZmZzZXQYByABKAVCBOJBAQMSEwoFcXVvdGUYCCABKAlCBOJBAQMSEwoFc2NvcmUYCSABKAFCBOJBAQMi3wIKD0d1YXJkcmFpbEFjdGlvbhJACgRraW5kGAEgASgOMiwuYWltZXNoLm9yY2hlc3RyYXRvci52MS5HdWFyZHJhaWxBY3Rpb24uS2luZEIE4kEBAxJCCgVzdGFnZRgCIAEoDjItLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuR3VhcmRyYWlsQWN0aW9uLlN0YWdlQgTiQQEDEhYKCGNhdGVnb3J5GAMgASgJQgTiQQEDEhQKBnJlYXNvbhgEIAEoCUIE4kEBAxITCgVjb3VudBgFIAEoBUIE4kEBAyJACgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABISCg5LSU5EX1JFREFDVElPThABEg4KCktJTkRfQkxPQ0sQAiJBCgVTdGFnZRIVChFTVEFHRV9VTlNQRUNJRklFRBAAEg8KC1NUQUdFX0lOUFVUEAESEAoMU1RBR0VfT1VUUFVUEAIioAEKD1Byb3ZpZGVyQXR0ZW1wdBIWCghwcm92aWRlchgBIAEoCUIE4kEBAxIYCgpkZXBsb3ltZW50GAIgASgJQgTiQQEDEigKBnN0YXR1cxgDIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzQgTiQQEDEjEKCGR1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgTiQQEDIpYDCgpDb21wbGV0aW9uEkEKDWZpbmlzaF9yZWFzb24YASABKA4yJC5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkZpbmlzaFJlYXNvbkIE4kEBAxI3CgV1c2FnZRgCIAEoCzIiLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuVG9rZW5Vc2FnZUIE4kEBAxI5CgljaXRhdGlvbnMYAyADKAsyIC5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkNpdGF0aW9uQgTiQQEDEkgKEWd1YXJkcmFpbF9hY3Rpb25zGAQgAygLMicuYWltZXNoLm9yY2hlc3RyYXRvci52MS5HdWFyZHJhaWxBY3Rpb25CBOJBAQMSFAoGY2FjaGVkGAUgASgIQgTiQQEDEkgKEXByb3ZpZGVyX2F0dGVtcHRzGAYgAygLMicuYWltZXNoLm9yY2hlc3RyYXRvci52MS5Qcm92aWRlckF0dGVtcHRCBOJBAQMSJwoFZXJyb3IYByABKAsyEi5nb29nbGUucnBjLlN0YXR1c0IE4kEBAyKIAQoSQ291bnRUb2tlbnNSZXF1ZXN0EjUKBW1vZGVsGAEgASgJQibiQQEC+kEfCh1vcmNoZXN0cmF0b3IuYWltZXNoLmRldi9Nb2RlbBI7CghtZXNzYWdlcxgCIAMoCzIjLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuQ2hhdE1lc3NhZ2VCBOJBAQIifgoTQ291bnRUb2tlbnNSZXNwb25zZRIbCg1wcm9tcHRfdG9rZW5zGAEgASgFQgTiQQEDEiMKFWNvbnRleHRfd2luZG93X3Rva2VucxgCIAEoBUIE4kEBAxIlChdhdmFpbGFibGVfb3V0cHV0X3Rva2VucxgDIAEoBUIE4kEBAypfCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1NZU1RFTRABEg0KCVJPTEVfVVNFUhACEhIKDlJPTEVfQVNTSVNUQU5UEAMSDQoJUk9MRV9UT09MEAQq1QEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIgChxGSU5JU0hfUkVBU09OX0NPTlRFTlRfRklMVEVSEAMSGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQBBIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAUSHAoYRklOSVNIX1JFQVNPTl9UT09MX0NBTExTEAYyqgQKE09yY2hlc3RyYXRvclNlcnZpY2USegoKTGlzdE1vZGVscxIpLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuTGlzdE1vZGVsc1JlcXVlc3QaKi5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkxpc3RNb2RlbHNSZXNwb25zZSIVkAIBgtPkkwIMEgovdjEvbW9kZWxzEnIKCEdldE1vZGVsEicuYWltZXNoLm9yY2hlc3RyYXRvci52MS5HZXRNb2RlbFJlcXVlc3QaHS5haW1lc2gub3JjaGVzdHJhdG9yLnYxLk1vZGVsIh6QAgGC0+STAhUSEy92MS97bmFtZT1tb2RlbHMvKn0SiQEKCEdlbmVyYXRlEicuYWltZXNoLm9yY2hlc3RyYXRvci52MS5HZW5lcmF0ZVJlcXVlc3QaKC5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkdlbmVyYXRlUmVzcG9uc2UiKILT5JMCIjoBKiIdL3YxL3ttb2RlbD1tb2RlbHMvKn06Z2VuZXJhdGUwARKWAQoLQ291bnRUb2tlbnMSKi5haW1lc2gub3JjaGVzdHJhdG9yLnYxLkNvdW50VG9rZW5zUmVxdWVzdBorLmFpbWVzaC5vcmNoZXN0cmF0b3IudjEuQ291bnRUb2tlbnNSZXNwb25zZSIukAIBgtPkkwIlOgEqIiAvdjEve21vZGVsPW1vZGVscy8qfTpjb3VudFRva2Vuc2IGcHJvdG8z", [file_google_api_annotations, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_struct, file_google_rpc_status]);
 
 /**
  * A model in the catalog: one logical model, served by one or more provider deployments
@@ -148,6 +148,20 @@ export enum Model_Capability {
    * @generated from enum value: CAPABILITY_SEED = 4;
    */
   SEED = 4,
+
+  /**
+   * Accepts GenerateRequest.tools and may answer with tool calls (function calling).
+   *
+   * @generated from enum value: CAPABILITY_TOOLS = 5;
+   */
+  TOOLS = 5,
+
+  /**
+   * Honors GenerateRequest.response_format JSON modes (json_object, json_schema).
+   *
+   * @generated from enum value: CAPABILITY_JSON_MODE = 6;
+   */
+  JSON_MODE = 6,
 }
 
 /**
@@ -241,6 +255,41 @@ export const GetModelRequestSchema: GenMessage<GetModelRequest> = /*@__PURE__*/
   messageDesc(file_aimesh_orchestrator_v1_orchestrator, 3);
 
 /**
+ * A call of one of the request's tools, as the model asked for it.
+ *
+ * @generated from message aimesh.orchestrator.v1.ToolCall
+ */
+export type ToolCall = Message<"aimesh.orchestrator.v1.ToolCall"> & {
+  /**
+   * Id the model gave the call, 1-64 characters; the ROLE_TOOL answer refers to it.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Name of the called function (a Tool.name of the request).
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The arguments as a JSON text (as generated; the model may produce invalid JSON).
+   *
+   * @generated from field: string arguments = 3;
+   */
+  arguments: string;
+};
+
+/**
+ * Describes the message aimesh.orchestrator.v1.ToolCall.
+ * Use `create(ToolCallSchema)` to create a new message.
+ */
+export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 4);
+
+/**
  * One chat message of a prompt.
  *
  * @generated from message aimesh.orchestrator.v1.ChatMessage
@@ -254,11 +303,26 @@ export type ChatMessage = Message<"aimesh.orchestrator.v1.ChatMessage"> & {
   role: Role;
 
   /**
-   * Plain-text content, at most 200,000 characters. Must not be empty.
+   * Plain-text content, at most 200,000 characters. Must not be empty, except for a
+   * ROLE_ASSISTANT message that carries tool_calls.
    *
    * @generated from field: string content = 2;
    */
   content: string;
+
+  /**
+   * ROLE_ASSISTANT only: the tool calls that answer was, at most 128.
+   *
+   * @generated from field: repeated aimesh.orchestrator.v1.ToolCall tool_calls = 3;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * ROLE_TOOL only (and required there): the ToolCall.id this message answers.
+   *
+   * @generated from field: string tool_call_id = 4;
+   */
+  toolCallId: string;
 };
 
 /**
@@ -266,7 +330,209 @@ export type ChatMessage = Message<"aimesh.orchestrator.v1.ChatMessage"> & {
  * Use `create(ChatMessageSchema)` to create a new message.
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 4);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 5);
+
+/**
+ * A function the model may call (OpenAI-style function calling). Only models with
+ * CAPABILITY_TOOLS accept tools.
+ *
+ * @generated from message aimesh.orchestrator.v1.Tool
+ */
+export type Tool = Message<"aimesh.orchestrator.v1.Tool"> & {
+  /**
+   * Function name, 1-64 characters of [a-zA-Z0-9_-], unique within the request.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What the function does; the model reads it to decide when to call it.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * The arguments as a JSON Schema object. Absent: the function takes no arguments.
+   *
+   * @generated from field: google.protobuf.Struct parameters = 3;
+   */
+  parameters?: JsonObject | undefined;
+
+  /**
+   * Ask the provider to follow `parameters` exactly (structured outputs), where supported.
+   *
+   * @generated from field: bool strict = 4;
+   */
+  strict: boolean;
+};
+
+/**
+ * Describes the message aimesh.orchestrator.v1.Tool.
+ * Use `create(ToolSchema)` to create a new message.
+ */
+export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 6);
+
+/**
+ * Whether and which tool the model must call.
+ *
+ * @generated from message aimesh.orchestrator.v1.ToolChoice
+ */
+export type ToolChoice = Message<"aimesh.orchestrator.v1.ToolChoice"> & {
+  /**
+   * The choice.
+   *
+   * @generated from field: aimesh.orchestrator.v1.ToolChoice.Mode mode = 1;
+   */
+  mode: ToolChoice_Mode;
+
+  /**
+   * MODE_FUNCTION only: the Tool.name to call.
+   *
+   * @generated from field: string function_name = 2;
+   */
+  functionName: string;
+};
+
+/**
+ * Describes the message aimesh.orchestrator.v1.ToolChoice.
+ * Use `create(ToolChoiceSchema)` to create a new message.
+ */
+export const ToolChoiceSchema: GenMessage<ToolChoice> = /*@__PURE__*/
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 7);
+
+/**
+ * The choice.
+ *
+ * @generated from enum aimesh.orchestrator.v1.ToolChoice.Mode
+ */
+export enum ToolChoice_Mode {
+  /**
+   * Not set: MODE_AUTO when tools are given.
+   *
+   * @generated from enum value: MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model decides between answering and calling tools.
+   *
+   * @generated from enum value: MODE_AUTO = 1;
+   */
+  AUTO = 1,
+
+  /**
+   * The model must answer with text, not call tools.
+   *
+   * @generated from enum value: MODE_NONE = 2;
+   */
+  NONE = 2,
+
+  /**
+   * The model must call at least one tool.
+   *
+   * @generated from enum value: MODE_REQUIRED = 3;
+   */
+  REQUIRED = 3,
+
+  /**
+   * The model must call `function_name`.
+   *
+   * @generated from enum value: MODE_FUNCTION = 4;
+   */
+  FUNCTION = 4,
+}
+
+/**
+ * Describes the enum aimesh.orchestrator.v1.ToolChoice.Mode.
+ */
+export const ToolChoice_ModeSchema: GenEnum<ToolChoice_Mode> = /*@__PURE__*/
+  enumDesc(file_aimesh_orchestrator_v1_orchestrator, 7, 0);
+
+/**
+ * The form the answer must take. Only models with CAPABILITY_JSON_MODE accept JSON modes.
+ *
+ * @generated from message aimesh.orchestrator.v1.ResponseFormat
+ */
+export type ResponseFormat = Message<"aimesh.orchestrator.v1.ResponseFormat"> & {
+  /**
+   * The form.
+   *
+   * @generated from field: aimesh.orchestrator.v1.ResponseFormat.Type type = 1;
+   */
+  type: ResponseFormat_Type;
+
+  /**
+   * TYPE_JSON_SCHEMA only: the schema's name, 1-64 characters of [a-zA-Z0-9_-].
+   *
+   * @generated from field: string schema_name = 2;
+   */
+  schemaName: string;
+
+  /**
+   * TYPE_JSON_SCHEMA only: the JSON Schema the answer follows.
+   *
+   * @generated from field: google.protobuf.Struct json_schema = 3;
+   */
+  jsonSchema?: JsonObject | undefined;
+
+  /**
+   * TYPE_JSON_SCHEMA only: ask the provider to follow the schema exactly, where supported.
+   *
+   * @generated from field: bool strict = 4;
+   */
+  strict: boolean;
+};
+
+/**
+ * Describes the message aimesh.orchestrator.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 8);
+
+/**
+ * The form.
+ *
+ * @generated from enum aimesh.orchestrator.v1.ResponseFormat.Type
+ */
+export enum ResponseFormat_Type {
+  /**
+   * Not set: free text.
+   *
+   * @generated from enum value: TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Free text.
+   *
+   * @generated from enum value: TYPE_TEXT = 1;
+   */
+  TEXT = 1,
+
+  /**
+   * Any valid JSON object.
+   *
+   * @generated from enum value: TYPE_JSON_OBJECT = 2;
+   */
+  JSON_OBJECT = 2,
+
+  /**
+   * JSON that follows `json_schema`.
+   *
+   * @generated from enum value: TYPE_JSON_SCHEMA = 3;
+   */
+  JSON_SCHEMA = 3,
+}
+
+/**
+ * Describes the enum aimesh.orchestrator.v1.ResponseFormat.Type.
+ */
+export const ResponseFormat_TypeSchema: GenEnum<ResponseFormat_Type> = /*@__PURE__*/
+  enumDesc(file_aimesh_orchestrator_v1_orchestrator, 8, 0);
 
 /**
  * How a generation is grounded in the caller's Knowledge documents.
@@ -313,7 +579,7 @@ export type RetrievalOptions = Message<"aimesh.orchestrator.v1.RetrievalOptions"
  * Use `create(RetrievalOptionsSchema)` to create a new message.
  */
 export const RetrievalOptionsSchema: GenMessage<RetrievalOptions> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 5);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 9);
 
 /**
  * Request for Generate.
@@ -330,7 +596,8 @@ export type GenerateRequest = Message<"aimesh.orchestrator.v1.GenerateRequest"> 
 
   /**
    * The prompt: an optional leading ROLE_SYSTEM message, then user/assistant turns ending
-   * with a ROLE_USER message. 1-1000 messages.
+   * with a ROLE_USER message (or ROLE_TOOL messages answering the last assistant message's
+   * tool calls). 1-1000 messages.
    *
    * @generated from field: repeated aimesh.orchestrator.v1.ChatMessage messages = 2;
    */
@@ -395,6 +662,28 @@ export type GenerateRequest = Message<"aimesh.orchestrator.v1.GenerateRequest"> 
    * @generated from field: string request_id = 10;
    */
   requestId: string;
+
+  /**
+   * Functions the model may call, at most 128 (models with CAPABILITY_TOOLS only). Calls
+   * stream back as `tool_call` events and end with finish_reason TOOL_CALLS.
+   *
+   * @generated from field: repeated aimesh.orchestrator.v1.Tool tools = 11;
+   */
+  tools: Tool[];
+
+  /**
+   * Whether and which tool to call. Requires `tools`.
+   *
+   * @generated from field: aimesh.orchestrator.v1.ToolChoice tool_choice = 12;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * The answer's form (JSON modes on models with CAPABILITY_JSON_MODE only).
+   *
+   * @generated from field: aimesh.orchestrator.v1.ResponseFormat response_format = 13;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -402,7 +691,7 @@ export type GenerateRequest = Message<"aimesh.orchestrator.v1.GenerateRequest"> 
  * Use `create(GenerateRequestSchema)` to create a new message.
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 6);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 10);
 
 /**
  * One event of a Generate stream.
@@ -439,6 +728,14 @@ export type GenerateResponse = Message<"aimesh.orchestrator.v1.GenerateResponse"
      */
     value: Completion;
     case: "completion";
+  } | {
+    /**
+     * Next piece of a tool call (requests with tools only).
+     *
+     * @generated from field: aimesh.orchestrator.v1.ToolCallDelta tool_call = 4;
+     */
+    value: ToolCallDelta;
+    case: "toolCall";
   } | { case: undefined; value?: undefined };
 };
 
@@ -447,7 +744,50 @@ export type GenerateResponse = Message<"aimesh.orchestrator.v1.GenerateResponse"
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 7);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 11);
+
+/**
+ * A piece of a tool call. The first piece of call `index` carries its id and name; the
+ * concatenated `arguments` of its pieces give the call's arguments (JSON text).
+ *
+ * @generated from message aimesh.orchestrator.v1.ToolCallDelta
+ */
+export type ToolCallDelta = Message<"aimesh.orchestrator.v1.ToolCallDelta"> & {
+  /**
+   * 0-based position of the call among this answer's tool calls.
+   *
+   * @generated from field: int32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The call's id (first piece of the call only).
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * The called function's name (first piece of the call only).
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * The next part of the arguments' JSON text.
+   *
+   * @generated from field: string arguments = 4;
+   */
+  arguments: string;
+};
+
+/**
+ * Describes the message aimesh.orchestrator.v1.ToolCallDelta.
+ * Use `create(ToolCallDeltaSchema)` to create a new message.
+ */
+export const ToolCallDeltaSchema: GenMessage<ToolCallDelta> = /*@__PURE__*/
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 12);
 
 /**
  * Which model and provider deployment serve a generation.
@@ -490,7 +830,7 @@ export type GenerationMetadata = Message<"aimesh.orchestrator.v1.GenerationMetad
  * Use `create(GenerationMetadataSchema)` to create a new message.
  */
 export const GenerationMetadataSchema: GenMessage<GenerationMetadata> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 8);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 13);
 
 /**
  * A piece of generated text. Concatenating every delta's text in order gives the answer.
@@ -512,7 +852,7 @@ export type TextDelta = Message<"aimesh.orchestrator.v1.TextDelta"> & {
  * Use `create(TextDeltaSchema)` to create a new message.
  */
 export const TextDeltaSchema: GenMessage<TextDelta> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 9);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 14);
 
 /**
  * Token counts of one generation.
@@ -548,7 +888,7 @@ export type TokenUsage = Message<"aimesh.orchestrator.v1.TokenUsage"> & {
  * Use `create(TokenUsageSchema)` to create a new message.
  */
 export const TokenUsageSchema: GenMessage<TokenUsage> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 10);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 15);
 
 /**
  * A passage of a Knowledge document that the answer relies on.
@@ -626,7 +966,7 @@ export type Citation = Message<"aimesh.orchestrator.v1.Citation"> & {
  * Use `create(CitationSchema)` to create a new message.
  */
 export const CitationSchema: GenMessage<Citation> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 11);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 16);
 
 /**
  * Something a guardrail did to the prompt or the output.
@@ -675,7 +1015,7 @@ export type GuardrailAction = Message<"aimesh.orchestrator.v1.GuardrailAction"> 
  * Use `create(GuardrailActionSchema)` to create a new message.
  */
 export const GuardrailActionSchema: GenMessage<GuardrailAction> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 12);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 17);
 
 /**
  * What the guardrail did.
@@ -709,7 +1049,7 @@ export enum GuardrailAction_Kind {
  * Describes the enum aimesh.orchestrator.v1.GuardrailAction.Kind.
  */
 export const GuardrailAction_KindSchema: GenEnum<GuardrailAction_Kind> = /*@__PURE__*/
-  enumDesc(file_aimesh_orchestrator_v1_orchestrator, 12, 0);
+  enumDesc(file_aimesh_orchestrator_v1_orchestrator, 17, 0);
 
 /**
  * Where the guardrail applied.
@@ -743,7 +1083,7 @@ export enum GuardrailAction_Stage {
  * Describes the enum aimesh.orchestrator.v1.GuardrailAction.Stage.
  */
 export const GuardrailAction_StageSchema: GenEnum<GuardrailAction_Stage> = /*@__PURE__*/
-  enumDesc(file_aimesh_orchestrator_v1_orchestrator, 12, 1);
+  enumDesc(file_aimesh_orchestrator_v1_orchestrator, 17, 1);
 
 /**
  * One attempt to serve the generation on a provider deployment.
@@ -786,7 +1126,7 @@ export type ProviderAttempt = Message<"aimesh.orchestrator.v1.ProviderAttempt"> 
  * Use `create(ProviderAttemptSchema)` to create a new message.
  */
 export const ProviderAttemptSchema: GenMessage<ProviderAttempt> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 13);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 18);
 
 /**
  * Last event of a Generate stream.
@@ -851,7 +1191,7 @@ export type Completion = Message<"aimesh.orchestrator.v1.Completion"> & {
  * Use `create(CompletionSchema)` to create a new message.
  */
 export const CompletionSchema: GenMessage<Completion> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 14);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 19);
 
 /**
  * Request for CountTokens.
@@ -879,7 +1219,7 @@ export type CountTokensRequest = Message<"aimesh.orchestrator.v1.CountTokensRequ
  * Use `create(CountTokensRequestSchema)` to create a new message.
  */
 export const CountTokensRequestSchema: GenMessage<CountTokensRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 15);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 20);
 
 /**
  * Response of CountTokens.
@@ -916,7 +1256,7 @@ export type CountTokensResponse = Message<"aimesh.orchestrator.v1.CountTokensRes
  * Use `create(CountTokensResponseSchema)` to create a new message.
  */
 export const CountTokensResponseSchema: GenMessage<CountTokensResponse> = /*@__PURE__*/
-  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 16);
+  messageDesc(file_aimesh_orchestrator_v1_orchestrator, 21);
 
 /**
  * The author of a chat message.
@@ -951,6 +1291,13 @@ export enum Role {
    * @generated from enum value: ROLE_ASSISTANT = 3;
    */
   ASSISTANT = 3,
+
+  /**
+   * The result of a tool call the model asked for; `tool_call_id` names the call.
+   *
+   * @generated from enum value: ROLE_TOOL = 4;
+   */
+  TOOL = 4,
 }
 
 /**
@@ -1008,6 +1355,13 @@ export enum FinishReason {
    * @generated from enum value: FINISH_REASON_ERROR = 5;
    */
   ERROR = 5,
+
+  /**
+   * The model answered with tool calls (tool_call events) for the caller to run.
+   *
+   * @generated from enum value: FINISH_REASON_TOOL_CALLS = 6;
+   */
+  TOOL_CALLS = 6,
 }
 
 /**
