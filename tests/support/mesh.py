@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 
 import grpc
@@ -24,6 +26,10 @@ from services.common.config import HTTP_SERVICE_PORTS, SERVICES, Settings
 
 # The one e-mail address the test mesh's Auth treats as a platform admin.
 PLATFORM_ADMIN_EMAIL = "platform-admin@aimesh.test"
+
+
+class PlaintextUnchecked(UserWarning):
+    """A check skipped because the test mesh runs without mTLS (listed in pytest's summary)."""
 
 
 def free_port() -> int:
@@ -125,6 +131,23 @@ class TestMesh:
 
     def stop(self, service: str) -> int | None:
         return self.stack.stop(service)
+
+    def crash(self, service: str) -> None:
+        """SIGKILL `service` and everything it started (its process group, as a container dies):
+        no drain, no shutdown hooks. Only processes this mesh started: it refuses others."""
+        process = self.stack.processes.pop(service)
+        if process.alive():
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        process.popen.wait()
+
+    def mtls_only(self, what: str) -> bool:
+        """Guard for checks that only mean something under mTLS (the peer's certificate is what
+        they test): True under mTLS, the default. In plaintext mode (AIMESH_TEST_TLS_MODE, for
+        debugging) it warns, naming the checks, so none is dropped silently."""
+        if self.settings.tls_mode == "mtls":
+            return True
+        warnings.warn(PlaintextUnchecked(f"not checked in plaintext mode: {what}"), stacklevel=2)
+        return False
 
     def channel(self, service: str, identity: str = "gateway") -> grpc.aio.Channel:
         """An aio channel to `service` as mesh `identity` (under mTLS, with that identity's

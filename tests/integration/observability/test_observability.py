@@ -176,6 +176,10 @@ async def _recognize(gateway: str, account: Account, pcm: bytes) -> None:
     assert replies
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 def _panel_queries() -> list[tuple[str, str, str]]:
     queries = []
     for path in sorted(DASHBOARDS.glob("*.json")):
@@ -247,6 +251,25 @@ async def test_metrics_rules_dashboards_and_one_trace_per_request(observed: Obse
         assert {g["name"] for g in rules} == {"aimesh-rpc", "aimesh-gen-ai", "aimesh-alerts"}
         assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
 
+        # An error names its trace: ErrorInfo.metadata.trace_id, a trace the receiver gets.
+        reply = await http.get("/v1/documents/00000000-0000-4000-8000-000000000000",
+                               headers=account.bearer)
+        assert reply.status_code == 404, reply.text
+        infos = [d for d in reply.json().get("details", []) if d.get("@type", "").endswith("ErrorInfo")]
+        assert infos and len(infos[0]["metadata"]["trace_id"]) == 32, reply.text
+        error_trace = bytes.fromhex(infos[0]["metadata"]["trace_id"])
+
+        # A client that walks away from a streamed answer leaves no context-detach errors.
+        conversation = (await http.post("/v1/conversations", headers=account.bearer,
+                                        json={"title": "left early"})).json()["name"]
+        async with http.stream("POST", f"/v1/{conversation}:sendMessage", headers=account.bearer,
+                               json={"content": "Where are the spare bulbs stored?",
+                                     "retrieval": {"enabled": True}}) as reply:
+            async for line in reply.aiter_lines():
+                if line.startswith("data:"):
+                    break  # hang up after the first event
+        await asyncio.sleep(2)
+
         # No metrics or admin endpoint is reachable through the public gateway.
         for path in ("/metrics", "/stats/prometheus", "/api/v1/targets", "/-/ready"):
             reply = await http.get(path, headers=account.bearer)
@@ -264,6 +287,11 @@ async def test_metrics_rules_dashboards_and_one_trace_per_request(observed: Obse
                     getattr(span, "name", "").startswith("triton ") for _, span in spans):
                 return {b"": spans}
         return None
+
+    assert await _eventually(
+        lambda: _true(any(span.trace_id == error_trace for _, span in observed.sink.spans)))  # type: ignore[attr-defined]
+    logs = "".join(p.read_text(errors="replace") for p in observed.stack.log_dir.glob("*.log"))
+    assert "Failed to detach context" not in logs
 
     found = await _eventually(chat_trace, timeout=30)
     assert found, sorted({(s, getattr(sp, "name", "")) for s, sp in observed.sink.spans})

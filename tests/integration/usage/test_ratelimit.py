@@ -175,7 +175,7 @@ async def test_bad_policy_is_invalid_argument(mesh: TestMesh) -> None:
         "policy.api_key_requests_per_minute",
     }
 
-    if mesh.settings.tls_mode == "mtls":
+    if mesh.mtls_only("SetRateLimitPolicy refused to the gateway"):
         # The gateway may ask ShouldRateLimit but never set a policy (that would lift its limit).
         gateway = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="gateway"))
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -191,7 +191,7 @@ async def test_bad_policy_is_invalid_argument(mesh: TestMesh) -> None:
 async def test_gateway_calls_without_identity_cannot_pick_an_organization(mesh: TestMesh) -> None:
     """The gateway always acts for an authenticated end user; an identity-less call from it
     naming some organization is refused (a service acting on its own account may do so)."""
-    if mesh.settings.tls_mode != "mtls":
+    if not mesh.mtls_only("identity-less gateway calls refused"):
         pytest.skip("needs mTLS: the peer's identity is what tells the gateway from a service")
     mesh.ensure("usage")
     name = f"organizations/o_{uuid.uuid4().hex[:12]}/rateLimitPolicy"
