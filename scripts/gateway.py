@@ -794,10 +794,11 @@ def is_ready(admin_file: Path) -> bool:
         return False
 
 
-def validate(config: Path) -> subprocess.CompletedProcess[str]:
+def validate(config: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`envoy --mode validate` (relative paths in `config` resolve against `cwd`)."""
     return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config),
                            "--disable-hot-restart", "-l", "error"],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,6 +149,12 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
             forwards_identity=True,
             why="retrieval for grounded generation, with citations",
         ),
+        _rule(
+            [EDGE],
+            [_KNOWLEDGE + "EmbedTexts"],
+            forwards_identity=True,
+            why="OpenAI embeddings on the model Knowledge indexes with",
+        ),
     ),
     "orchestrator": (
         _rule(
