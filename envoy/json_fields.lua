@@ -26,56 +26,51 @@ local function read_string(s, i)
   end
 end
 
+-- The items of an array or object, from just after its opening bracket: read_item(i) returns
+-- the index after one item and, if it found one, the path of an unknown field.
+local function items(s, i, closer, read_item)
+  i = skip_space(s, i)
+  if string.sub(s, i, i) == closer then return i + 1 end
+  while true do
+    local unknown
+    i, unknown = read_item(skip_space(s, i))
+    if unknown then return i, unknown end
+    i = skip_space(s, i)
+    local d = string.sub(s, i, i)
+    if d == closer then return i + 1 end
+    if d ~= "," then error("expected , or " .. closer) end
+    i = i + 1
+  end
+end
+
 -- Returns the index after the value and, if one is found, the path of the first unknown field.
-local function walk(s, i, schema, path)
+local walk
+walk = function(s, i, schema, path)
   i = skip_space(s, i)
   local c = string.sub(s, i, i)
   if c == '"' then
     local _, after = read_string(s, i)
     return after
   elseif c == "[" then
-    i = skip_space(s, i + 1)
-    if string.sub(s, i, i) == "]" then return i + 1 end
-    while true do
-      local unknown
-      i, unknown = walk(s, i, schema, path)
-      if unknown then return i, unknown end
-      i = skip_space(s, i)
-      local d = string.sub(s, i, i)
-      if d == "]" then return i + 1 end
-      if d ~= "," then error("expected , or ]") end
-      i = i + 1
-    end
+    return items(s, i + 1, "]", function(j) return walk(s, j, schema, path) end)
   elseif c == "{" then
-    i = skip_space(s, i + 1)
-    if string.sub(s, i, i) == "}" then return i + 1 end
-    while true do
-      i = skip_space(s, i)
-      if string.sub(s, i, i) ~= '"' then error("expected a field name") end
+    return items(s, i + 1, "}", function(j)
+      if string.sub(s, j, j) ~= '"' then error("expected a field name") end
       local key
-      key, i = read_string(s, i)
+      key, j = read_string(s, j)
       local child = nil
       if schema ~= nil then
-        local id
-        if schema.map ~= nil then
-          id = schema.map
-        else
+        local id = schema.map
+        if id == nil then
           id = schema.fields[key]
-          if id == nil then return i, path .. key end
+          if id == nil then return j, path .. key end
         end
         if id ~= 0 then child = SCHEMAS[id] end
       end
-      i = skip_space(s, i)
-      if string.sub(s, i, i) ~= ":" then error("expected :") end
-      local unknown
-      i, unknown = walk(s, i + 1, child, path .. key .. ".")
-      if unknown then return i, unknown end
-      i = skip_space(s, i)
-      local d = string.sub(s, i, i)
-      if d == "}" then return i + 1 end
-      if d ~= "," then error("expected , or }") end
-      i = i + 1
-    end
+      j = skip_space(s, j)
+      if string.sub(s, j, j) ~= ":" then error("expected :") end
+      return walk(s, j + 1, child, path .. key .. ".")
+    end)
   end
   if c == "" then error("unexpected end") end
   return string.find(s, "[,%]} \t\r\n]", i) or (#s + 1)
