@@ -145,9 +145,11 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
         _rule([GATEWAY], _all("knowledge"), forwards_identity=True, why="public API"),
         _rule(
             ["orchestrator"],
-            [_KNOWLEDGE + "SearchDocuments", _KNOWLEDGE + "GetDocument"],
+            [_KNOWLEDGE + "SearchDocuments", _KNOWLEDGE + "GetDocument",
+             _KNOWLEDGE + "ListDocuments"],
             forwards_identity=True,
-            why="retrieval for grounded generation, with citations",
+            why="retrieval for grounded generation, with citations (on by default when the "
+            "organization has READY documents)",
         ),
         _rule(
             [EDGE],
