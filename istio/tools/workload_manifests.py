@@ -85,11 +85,12 @@ def service(name: str, port: int) -> dict[str, Any]:
     }
 
 
-def deployment(name: str, port: int) -> dict[str, Any]:
+def container(name: str, port: int) -> dict[str, Any]:
+    """The service's one container: its command, settings, probes and a locked-down runtime."""
     grpc_probe = {"port": port, "service": ""}
     http_probes = _http_probes(port) if name in HTTP_SERVICE_PORTS else {}
     serving_port = http_probes.pop("ports", [{"name": "grpc", "containerPort": port, "protocol": "TCP"}])
-    container = {
+    return {
         "name": name,
         "image": f"{IMAGE}:0.1.0",
         "imagePullPolicy": "IfNotPresent",
@@ -146,6 +147,9 @@ def deployment(name: str, port: int) -> dict[str, Any]:
             {"name": "var", "mountPath": "/var/lib/aimesh"},
         ],
     }
+
+
+def deployment(name: str, port: int) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -187,7 +191,7 @@ def deployment(name: str, port: int) -> dict[str, Any]:
                             "labelSelector": {"matchLabels": {"app.kubernetes.io/name": name}},
                         }
                     ],
-                    "containers": [container],
+                    "containers": [container(name, port)],
                     "volumes": [
                         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                         {"name": "var", "emptyDir": {"sizeLimit": "1Gi"}},

@@ -9,7 +9,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-Row = dict[str, Any]
+from services.common.db import Row
+
 Conn = AsyncConnection[Any]
 
 

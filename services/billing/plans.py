@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from services.billing import invoicing
+from services.billing import pricing
 from services.billing.store import Row
 from services.common.errors import FieldViolations
+from services.common.names import resource
 
+PLAN = resource("billing.aimesh.dev/Plan")
 PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 MUTABLE = frozenset({"display_name", "description", "monthly_fee_micros", "prices",
@@ -40,7 +42,7 @@ def check_plan(plan: Any, fields: set[str] | frozenset[str], v: FieldViolations)
     prices: list[Row] = []
     if "prices" in fields:
         seen: set[tuple[int, str]] = set()
-        valid_types = set(invoicing.RESOURCE_LABELS)
+        valid_types = set(pricing.RESOURCE_LABELS)
         for i, p in enumerate(plan.prices):
             at = f"plan.prices[{i}]"
             v.check(p.resource_type in valid_types, f"{at}.resource_type", "unknown resource type")

@@ -17,8 +17,10 @@ from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from google.api import httpbody_pb2
 
 from services.billing import plans
-from services.billing.billing import INVOICE, ORGANIZATION, PLAN, SUBSCRIPTION, Billing
-from services.billing.store import BillingStore, Row
+from services.billing.invoices import INVOICE, Invoices
+from services.billing.plans import PLAN
+from services.billing.store import Row, Store
+from services.billing.subscriptions import ORGANIZATION, SUBSCRIPTION, Subscriptions
 from services.common.channels import Channels
 from services.common.errors import (
     FieldViolations,
@@ -66,12 +68,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         assert runtime.db is not None
-        self.store = BillingStore(runtime.db)
+        self.store = Store(runtime.db)
         channels = Channels(runtime.settings)
         runtime.on_shutdown(channels.close)
-        self.billing = Billing(runtime.settings, self.store, channels)
+        self.subscriptions = Subscriptions(self.store, channels)
+        self.invoices = Invoices(runtime.settings, self.store, self.subscriptions)
         self.pages = Paginator(runtime.settings)
-        runtime.spawn(self.billing.sweep_forever(), "billing-subscription-sweep")
+        runtime.spawn(self.subscriptions.sweep_forever(), "billing-subscription-sweep")
 
     # --- plans ---------------------------------------------------------------------------
 
@@ -92,7 +95,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return _plan_message(plan)
 
     async def _subscribed_to(self, org: str, plan_id: str) -> bool:
-        subscription = await self.billing.subscription(org)
+        subscription = await self.subscriptions.subscription(org)
         return plan_id in (subscription["plan_id"], subscription["pending_plan_id"])
 
     async def CreatePlan(self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
@@ -113,7 +116,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             if await self.store.get_plan(plan_id) is None:
                 raise not_found(f"{request.plan.name} not found")
             raise etag_mismatch(request.plan.name)
-        await self.billing.push_default_policy()  # the sweep retries if Usage is away
+        await self.subscriptions.push_default_policy()  # the sweep retries if Usage is away
         return _plan_message(updated)
 
     # --- subscription --------------------------------------------------------------------
@@ -133,7 +136,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def GetSubscription(self, request: billing_pb2.GetSubscriptionRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Subscription:
         identity = require_identity(context.invocation_metadata() or ())
-        return self._subscription_message(await self.billing.subscription(identity.org))
+        return self._subscription_message(await self.subscriptions.subscription(identity.org))
 
     async def ChangePlan(self, request: billing_pb2.ChangePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Subscription:
         identity = require_identity(context.invocation_metadata() or ())
@@ -141,7 +144,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         if len(request.request_id) > 200:
             raise invalid_argument("request_id too long", {"request_id": "at most 200 characters"})
         identity.require_role(Role.OWNER, "changing the plan")
-        row = await self.billing.change_plan(identity.org, plan_id, identity.is_platform_admin)
+        row = await self.subscriptions.change_plan(identity.org, plan_id, identity.is_platform_admin)
         return self._subscription_message(row)
 
     # --- invoices ------------------------------------------------------------------------
@@ -192,7 +195,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         v.check(request.HasField("period_start_time"), "period_start_time", "required")
         v.raise_if_any()
         start = request.period_start_time.ToDatetime(tzinfo=dt.UTC)
-        row = await self.billing.generate(org, start, request.allow_open_period, identity.to_headers())
+        row = await self.invoices.generate(org, start, request.allow_open_period, identity.to_headers())
         return await self._invoice_message(row)
 
     async def _own_invoice(self, name: str, context: grpc.aio.ServicerContext) -> tuple[Identity, uuid.UUID]:
@@ -221,7 +224,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def FinalizeInvoice(self, request: billing_pb2.FinalizeInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
         identity.require_role(Role.ADMIN, "finalizing an invoice")
-        return await self._invoice_message(await self.billing.finalize(identity.org, invoice_id))
+        return await self._invoice_message(await self.invoices.finalize(identity.org, invoice_id))
 
     async def MarkInvoicePaid(self, request: billing_pb2.MarkInvoicePaidRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
@@ -231,7 +234,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         _require_platform_admin(identity, "marking an invoice paid")
         paid = request.paid_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("paid_time") else None
         return await self._invoice_message(
-            await self.billing.mark_paid(identity.org, invoice_id, request.payment_reference, paid))
+            await self.invoices.mark_paid(identity.org, invoice_id, request.payment_reference, paid))
 
     async def VoidInvoice(self, request: billing_pb2.VoidInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
@@ -239,14 +242,14 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             raise invalid_argument("reason too long", {"reason": "at most 500 characters"})
         if not identity.is_platform_admin:
             identity.require_role(Role.OWNER, "voiding an invoice")
-        return await self._invoice_message(await self.billing.void(identity.org, invoice_id, request.reason))
+        return await self._invoice_message(await self.invoices.void(identity.org, invoice_id, request.reason))
 
     async def RenderInvoice(self, request: billing_pb2.RenderInvoiceRequest, context: grpc.aio.ServicerContext) -> httpbody_pb2.HttpBody:
         identity, invoice_id = await self._own_invoice(request.name, context)
         row = await self.store.get_invoice(identity.org, invoice_id)
         if row is None:
             raise not_found(f"{request.name} not found")
-        page = await self.billing.render_html(row)
+        page = await self.invoices.render_html(row)
         return httpbody_pb2.HttpBody(content_type="text/html; charset=utf-8", data=page.encode())
 
 

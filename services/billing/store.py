@@ -7,16 +7,15 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from services.billing.invoicing import Line, Totals
-from services.common.db import Database
+from services.billing.pricing import Line, Totals
+from services.common.db import Database, Row
 from services.common.timestamps import month_start, next_month
 
-Row = dict[str, Any]
 STATE_ACTIVE, STATE_PAST_DUE, STATE_CANCELED = 1, 2, 3
 INVOICE_DRAFT, INVOICE_FINALIZED, INVOICE_PAID, INVOICE_VOID = 1, 2, 3, 4
 
 
-class BillingStore:
+class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
 

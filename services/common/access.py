@@ -112,7 +112,8 @@ METHOD_ACCESS: Mapping[str, Access] = {
     _KNOW + "ListDocuments": _r(V, "knowledge.read"),
     _KNOW + "DeleteDocument": _r(M, "knowledge.write"),
     _KNOW + "SearchDocuments": _r(V, "knowledge.read"),
-    # Orchestrator (called by Conversation and Speech for the user)
+    _KNOW + "EmbedTexts": _r(V, "knowledge.read"),
+    # Orchestrator (public through the gateway; also called by Conversation, Speech and the edge)
     _ORCH + "ListModels": _r(V, "inference"),
     _ORCH + "GetModel": _r(V, "inference"),
     _ORCH + "Generate": _r(M, "inference"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -20,6 +21,9 @@ from services.common.config import ConfigError
 from services.common.errors import ServiceError, invalid_argument, unavailable
 
 log = logging.getLogger(__name__)
+
+# One row as every store returns it (psycopg's dict_row): column name -> value.
+Row = dict[str, Any]
 
 
 class StartupError(Exception):

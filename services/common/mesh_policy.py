@@ -145,9 +145,17 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
         _rule([GATEWAY], _all("knowledge"), forwards_identity=True, why="public API"),
         _rule(
             ["orchestrator"],
-            [_KNOWLEDGE + "SearchDocuments", _KNOWLEDGE + "GetDocument"],
+            [_KNOWLEDGE + "SearchDocuments", _KNOWLEDGE + "GetDocument",
+             _KNOWLEDGE + "ListDocuments"],
             forwards_identity=True,
-            why="retrieval for grounded generation, with citations",
+            why="retrieval for grounded generation, with citations (on by default when the "
+            "organization has READY documents)",
+        ),
+        _rule(
+            [EDGE],
+            [_KNOWLEDGE + "EmbedTexts"],
+            forwards_identity=True,
+            why="OpenAI embeddings on the model Knowledge indexes with",
         ),
     ),
     "orchestrator": (

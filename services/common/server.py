@@ -153,7 +153,10 @@ def _checked(request: Any) -> Any:
     return check_request(request)
 
 
-async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    """Abort the RPC with the status `exc` stands for (an abort already under way goes on)."""
+    if _is_abort(exc):
+        raise exc
     exc = database_error(exc) or exc
     if isinstance(exc, DomainError):
         exc = exc.to_service_error()
@@ -181,11 +184,7 @@ def _wrap_unary(behavior: Callable[..., Any], method: str, retry_once: bool = Fa
                 # a checked connection now, so one more run usually answers.
                 log.warning("retrying %s once after a database error: %s", method, exc)
                 return await call_unary(behavior, request, context)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
+        except Exception as exc:  # not CancelledError: a cancelled RPC stays cancelled
             await _fail(context, method, exc)
 
     return wrapped
@@ -197,11 +196,7 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
         try:
             async for item in iterate_stream(behavior, _checked(request), context):
                 yield item
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
+        except Exception as exc:  # not CancelledError: a cancelled RPC stays cancelled
             await _fail(context, method, exc)
 
     return wrapped

@@ -10,11 +10,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from services.common.db import Database
+from services.common.db import Database, Row
 from services.common.errors import already_exists
 from services.conversation.conversations import CONVERSATION
 
-Row = dict[str, Any]
 PURGE_AFTER_DAYS = 30
 _UPDATABLE = ("title", "metadata", "default_model", "system_prompt")
 

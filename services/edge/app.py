@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+from aimesh.knowledge.v1 import knowledge_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ from services.common.config import Settings
 from services.common.identity import Identity, identity_from_metadata
 from services.edge import schemas
 from services.edge.chat import MODEL, ChatCompletions, model_name
+from services.edge.embeddings import EMBEDDING_MODEL, Embeddings
 from services.edge.errors import OpenAIError, from_rpc_error
 
 log = logging.getLogger("aimesh.edge")
@@ -41,6 +43,8 @@ class Backends:
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(
             self.channels.get("orchestrator"))
         self.chat = ChatCompletions(self.orchestrator)
+        self.embeddings = Embeddings(
+            knowledge_pb2_grpc.KnowledgeServiceStub(self.channels.get("knowledge")))
 
     async def ready(self) -> bool:
         stub = health_pb2_grpc.HealthStub(self.channels.get(READINESS_DEPENDENCY))
@@ -62,6 +66,20 @@ def caller(request: Request) -> Identity:
                           "'Authorization: Bearer <API key>'", kind="authentication_error",
                           code="invalid_api_key")
     return identity
+
+
+def forwarded(request: Request, identity: Identity) -> list[tuple[str, str]]:
+    """gRPC metadata for a downstream call: the caller's identity and Envoy's request id (which
+    services use to meter a retried request once)."""
+    headers = identity.to_headers()
+    request_id = request.headers.get("x-request-id")
+    if request_id:
+        headers.append(("x-request-id", request_id))
+    return headers
+
+
+# Knowledge's embedding model is listed beside the Orchestrator's chat models.
+EMBEDDING_MODEL_OBJECT = schemas.ModelObject(id=EMBEDDING_MODEL, created=0, owned_by="triton")
 
 
 def model_object(model: opb.Model) -> schemas.ModelObject:
@@ -154,11 +172,13 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
                     break
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
-        return schemas.ModelList(data=models).wire()
+        return schemas.ModelList(data=[*models, EMBEDDING_MODEL_OBJECT]).wire()
 
     @app.get(PREFIX + "/models/{model_id:path}", response_model=schemas.ModelObject)
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
         identity = caller(request)
+        if model_id == EMBEDDING_MODEL:
+            return EMBEDDING_MODEL_OBJECT.wire()
         stub = request.app.state.backends.orchestrator
         try:
             model = await stub.GetModel(opb.GetModelRequest(name=model_name(model_id)),
@@ -179,5 +199,11 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
             return StreamingResponse(await chat.stream(body, identity), media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})
         return JSONResponse(await chat.complete(body, identity))
+
+    @app.post(f"{PREFIX}/embeddings", response_model=schemas.EmbeddingList)
+    async def embeddings(body: schemas.EmbeddingRequest, request: Request) -> Any:
+        identity = caller(request)
+        service: Embeddings = request.app.state.backends.embeddings
+        return JSONResponse(await service.create(body, identity, forwarded(request, identity)))
 
     return app

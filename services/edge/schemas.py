@@ -214,3 +214,32 @@ class ChatCompletion(Out):
     system_fingerprint: str | None = None
     choices: list[Choice]
     usage: Usage
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+
+class EmbeddingRequest(Strict):
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+class Embedding(Out):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(Out):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Out):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

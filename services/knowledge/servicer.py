@@ -29,6 +29,7 @@ from services.knowledge.documents import (
     check_unary_content,
     collect_stream,
 )
+from services.knowledge.chunking import count_tokens
 from services.knowledge.ingest import Ingestor
 from services.knowledge.keyword_index import (
     KeywordIndex,
@@ -71,6 +72,11 @@ def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
 
 def _new_document(doc: knowledge_pb2.Document, document_id: str, request_id: str) -> NewDocument:
     return NewDocument(doc.display_name, doc.mime_type, dict(doc.metadata), document_id, request_id)
+
+
+MAX_EMBED_TEXTS = 2048
+EMBED_MAX_TOKENS = 256  # the Triton model's limit (triton/models/text_embedding)
+EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 
 
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
@@ -236,6 +242,30 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         )
         await self.searcher.remember(identity.org, generation, fingerprint, response.SerializeToString())
         return response
+
+
+    async def EmbedTexts(
+        self, request: knowledge_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
+    ) -> knowledge_pb2.EmbedTextsResponse:
+        identity = _caller(context, Role.VIEWER, "embedding texts")
+        texts = list(request.texts)
+        v = FieldViolations()
+        v.check(1 <= len(texts) <= MAX_EMBED_TEXTS, "texts", f"1-{MAX_EMBED_TEXTS:,} texts required")
+        for i, text in enumerate(texts[:MAX_EMBED_TEXTS]):
+            v.check(bool(text.strip()), f"texts[{i}]", "must not be empty")
+        v.raise_if_any()
+        counts = count_tokens(texts)
+        for i, n in enumerate(counts):
+            v.check(n <= EMBED_MAX_TOKENS, f"texts[{i}]",
+                    f"{n} tokens; the embedding model takes at most {EMBED_MAX_TOKENS}")
+        v.raise_if_any()
+        vectors = await self.triton.embed(texts, timeout=60.0)
+        await self.usage.meter(identity, ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED, len(texts),
+                               _request_id(context))
+        return knowledge_pb2.EmbedTextsResponse(
+            embeddings=[knowledge_pb2.TextEmbedding(values=vector.tolist(), token_count=n)
+                        for vector, n in zip(vectors, counts)],
+            model=EMBEDDING_MODEL_ID, total_tokens=sum(counts))
 
 
 def _caller(context: grpc.aio.ServicerContext, role: Role, action: str) -> Identity:

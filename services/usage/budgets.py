@@ -44,7 +44,7 @@ from services.common.names import resource
 from services.common.timestamps import month_start, next_month
 from services.usage import metrics as usage_metrics
 from services.usage.ledger import check_api_key
-from services.usage.store import Row, UsageStore
+from services.usage.store import Row, Store
 
 STATE_OPEN, STATE_SETTLED, STATE_RELEASED, STATE_EXPIRED = 1, 2, 3, 4
 _STATE_NAMES = {"open": STATE_OPEN, "settled": STATE_SETTLED, "released": STATE_RELEASED,
@@ -229,7 +229,7 @@ def _rfc3339(t: dt.datetime) -> str:
 
 
 class Budgets:
-    def __init__(self, store: UsageStore, cache: ServiceCache) -> None:
+    def __init__(self, store: Store, cache: ServiceCache) -> None:
         self.store = store
         self.cache = cache
         self._reserve = cache.redis.register_script(_RESERVE)

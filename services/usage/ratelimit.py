@@ -32,7 +32,7 @@ from services.common.config import Settings
 from services.common.errors import FieldViolations
 from services.common.names import resource
 from services.usage import metrics as usage_metrics
-from services.usage.store import UsageStore
+from services.usage.store import Store
 
 WINDOW_SECONDS = 60
 POLICY_CACHE_SECONDS = 300
@@ -121,7 +121,7 @@ def classify(descriptors: Sequence[Sequence[tuple[str, str]]]) -> list[Check]:
 
 
 class RateLimiter:
-    def __init__(self, settings: Settings, store: UsageStore, cache: ServiceCache) -> None:
+    def __init__(self, settings: Settings, store: Store, cache: ServiceCache) -> None:
         self.settings = settings
         self.store = store
         self.cache = cache

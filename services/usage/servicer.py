@@ -54,7 +54,7 @@ from services.usage.ratelimit import (
     RateLimiter,
     check_policy,
 )
-from services.usage.store import RecordFilter, Row, UsageStore
+from services.usage.store import RecordFilter, Row, Store
 
 log = logging.getLogger("aimesh.usage")
 
@@ -80,7 +80,7 @@ def _limiter(runtime: Runtime) -> RateLimiter:
     existing = getattr(runtime, "_usage_rate_limiter", None)
     if existing is None:
         assert runtime.db is not None and runtime.cache is not None
-        existing = RateLimiter(runtime.settings, UsageStore(runtime.db), runtime.cache)
+        existing = RateLimiter(runtime.settings, Store(runtime.db), runtime.cache)
         runtime._usage_rate_limiter = existing
     return existing
 
@@ -156,7 +156,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         assert runtime.db is not None and runtime.cache is not None
-        self.store = UsageStore(runtime.db)
+        self.store = Store(runtime.db)
         self.limiter = _limiter(runtime)
         self.budgets = Budgets(self.store, runtime.cache)
         self.pages = Paginator(runtime.settings)

@@ -96,6 +96,19 @@ async def _call(
         return await call(health_pb2.HealthCheckRequest(), timeout=5, metadata=metadata)
 
 
+async def _stream_replies(port: int, creds: grpc.ChannelCredentials) -> list[health_pb2.HealthCheckResponse]:
+    """Every reply of the server stream StreamGenerate, as `creds`' identity."""
+    async with grpc.aio.secure_channel(
+        f"127.0.0.1:{port}", creds, options=tls.channel_options(CALLEE)
+    ) as channel:
+        call = channel.unary_stream(
+            f"/{ORCH}/StreamGenerate",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        return [r async for r in call(health_pb2.HealthCheckRequest(), timeout=5)]
+
+
 async def test_allowed_caller(server_port: int, certs_dir: Path) -> None:
     creds = tls.channel_credentials(tls.load_identity("conversation", certs_dir))
     reply = await _call(server_port, creds)
@@ -104,16 +117,7 @@ async def test_allowed_caller(server_port: int, certs_dir: Path) -> None:
 
 async def test_allowed_caller_server_stream(server_port: int, certs_dir: Path) -> None:
     creds = tls.channel_credentials(tls.load_identity("speech", certs_dir))
-    async with grpc.aio.secure_channel(
-        f"127.0.0.1:{server_port}", creds, options=tls.channel_options(CALLEE)
-    ) as channel:
-        call = channel.unary_stream(
-            f"/{ORCH}/StreamGenerate",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        replies = [r async for r in call(health_pb2.HealthCheckRequest(), timeout=5)]
-    assert len(replies) == 3
+    assert len(await _stream_replies(server_port, creds)) == 3
 
 
 async def test_valid_cert_wrong_identity_denied(
@@ -133,16 +137,8 @@ async def test_valid_cert_wrong_identity_denied(
 
 async def test_streaming_denied_before_first_message(server_port: int, certs_dir: Path) -> None:
     creds = tls.channel_credentials(tls.load_identity("billing", certs_dir))
-    async with grpc.aio.secure_channel(
-        f"127.0.0.1:{server_port}", creds, options=tls.channel_options(CALLEE)
-    ) as channel:
-        call = channel.unary_stream(
-            f"/{ORCH}/StreamGenerate",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            _ = [r async for r in call(health_pb2.HealthCheckRequest(), timeout=5)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _stream_replies(server_port, creds)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 

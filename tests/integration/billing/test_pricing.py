@@ -1,9 +1,9 @@
-"""Invoice arithmetic (services/billing/invoicing.py) without services: half-up rounding once per
+"""Invoice arithmetic (services/billing/pricing.py) without services: half-up rounding once per
 line, shared allowances consumed in model order, exact per-model prices, tax on the subtotal."""
 
 from __future__ import annotations
 
-from services.billing.invoicing import (
+from services.billing.pricing import (
     Price,
     UsageTotal,
     compute,
