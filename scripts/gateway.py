@@ -10,10 +10,11 @@ serves gRPC, gRPC-Web and JSON/HTTP. Filter order (the filters after the transco
 gRPC path; tests/contract checks this line against the rendered chain):
 
     health_check → aimesh.grpc_web_mark → grpc_web → cors → aimesh.grpc_web_frames →
-    grpc_json_transcoder → jwt_authn → ext_authz → ratelimit → router
+    aimesh.json_fields → grpc_json_transcoder → jwt_authn → ext_authz → ratelimit →
+    router
 
 health_check answers /healthz; the two Lua filters (envoy/grpc_web_frames.lua) check gRPC-Web
-framing; ext_authz calls Auth's Check, ratelimit Usage's RateLimitService.
+framing; aimesh.json_fields (envoy/json_fields.lua) refuses unknown JSON body fields; ext_authz calls Auth's Check, ratelimit Usage's RateLimitService.
 
 Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
 JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -53,6 +55,8 @@ JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
 # Set in front of grpc_web on gRPC-Web requests, read by the frame check behind it.
 GRPC_WEB_MARK = "x-aimesh-grpc-web"
 GRPC_WEB_FRAMES_LUA = REPO_ROOT / "envoy" / "grpc_web_frames.lua"
+JSON_FIELDS_LUA = REPO_ROOT / "envoy" / "json_fields.lua"
+JSON_FIELDS_METADATA = "aimesh.json_fields"  # dynamic metadata namespace the Lua filter sets
 # Everything a client must never be able to set: identity headers, the verified-JWT header and
 # the gRPC-Web mark.
 STRIPPED_REQUEST_HEADERS = (
@@ -424,6 +428,80 @@ def _lua(name: str, source: str) -> dict[str, Any]:
                    default_source_code={"inline_string": source})
 
 
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _lua_path_pattern(template: str) -> str:
+    """An anchored Lua pattern for a google.api.http path template."""
+    def literal(text: str) -> str:
+        return re.sub(r"([%^$().\[\]*+\-?])", r"%\1", text)
+
+    def variable(match: re.Match[str]) -> str:
+        segments = (match.group(1).partition("=")[2] or "*").split("/")
+        return "/".join("[^/]+" if p == "*" else ".+" if p == "**" else literal(p) for p in segments)
+
+    parts = re.split(r"(\{[^}]+\})", template)
+    return "^" + "".join(variable(re.match(r"\{([^}]+)\}", p)) if p.startswith("{")  # type: ignore[arg-type]
+                         else literal(p) for p in parts) + "$"
+
+
+def _json_body_tables(descriptor: Path) -> str:
+    """ROUTES and SCHEMAS for envoy/json_fields.lua: every public HTTP rule with a body, and
+    the field names (proto and JSON spelling) of each message a body can hold."""
+    from google.api import annotations_pb2
+    from google.protobuf import descriptor_pool
+
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in fds.file:
+        pool.Add(file)
+    schemas: list[str] = []
+    ids: dict[str, int] = {}
+
+    def schema_id(message: Any) -> int:
+        # Well-known types and HttpBody have their own JSON forms: not checked field by field.
+        if message.full_name.startswith("google.protobuf.") or message.full_name == "google.api.HttpBody":
+            return 0
+        if message.full_name not in ids:
+            ids[message.full_name] = len(schemas) + 1
+            schemas.append("")
+            entries = []
+            for field in message.fields:
+                child = 0
+                if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                    value = field.message_type.fields_by_name["value"]
+                    schemas.append(f"{{map={schema_id(value.message_type) if value.message_type else 0}}}")
+                    child = len(schemas)
+                elif field.message_type is not None:
+                    child = schema_id(field.message_type)
+                for name in sorted({field.name, field.json_name}):
+                    entries.append(f"[{_lua_string(name)}]={child}")
+            schemas[ids[message.full_name] - 1] = "{fields={" + ",".join(entries) + "}}"
+        return ids[message.full_name]
+
+    public = {r.path for r in load_rpcs(descriptor) if is_public(r)}
+    routes = []
+    for file in fds.file:
+        for service in file.service:
+            for method in service.method:
+                if f"/{file.package}.{service.name}/{method.name}" not in public:
+                    continue
+                rule = method.options.Extensions[annotations_pb2.http]
+                request = pool.FindMessageTypeByName(method.input_type.lstrip("."))
+                for binding in [rule, *rule.additional_bindings]:
+                    verb = binding.WhichOneof("pattern")
+                    if not binding.body or verb in (None, "custom"):
+                        continue
+                    body = request if binding.body == "*" else request.fields_by_name[binding.body].message_type
+                    if body is None or not schema_id(body):
+                        continue
+                    routes.append(f"{{{_lua_string(verb.upper())},"
+                                  f"{_lua_string(_lua_path_pattern(getattr(binding, verb)))},{schema_id(body)}}}")
+    return ("ROUTES = {\n  " + ",\n  ".join(routes) + "\n}\nSCHEMAS = {\n  "
+            + ",\n  ".join(schemas) + "\n}")
+
+
 def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
     """The filter chain, in order; every filter after the transcoder sees the gRPC path."""
     return [
@@ -435,6 +513,8 @@ def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> 
         _filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
         _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
         _lua("aimesh.grpc_web_frames", GRPC_WEB_FRAMES_LUA.read_text()),
+        _lua("aimesh.json_fields", JSON_FIELDS_LUA.read_text().replace(
+            "-- GENERATED TABLES --", _json_body_tables(descriptor))),
         _transcoder_filter(services, descriptor),
         _jwt_authn_filter(int(settings.gateway_addr.rpartition(":")[2])),
         _filter("envoy.filters.http.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
@@ -570,6 +650,12 @@ def _local_reply_config() -> dict[str, Any]:
         "invert_match": True, "treat_missing_header_as_empty": True}}}
     transcoded = {"header_filter": {"header": {"name": "x-envoy-original-path",
                                                "present_match": True}}}
+    # envoy/json_fields.lua answers with a complete google.rpc.Status (field violations
+    # included) and marks it so; its body is left as it is.
+    not_already_status = {"metadata_filter": {
+        "matcher": {"filter": JSON_FIELDS_METADATA, "path": [{"key": "refused"}],
+                    "value": {"bool_match": False}},
+        "match_if_key_not_found": True}}
     mappers = []
     for http_code, (grpc_code, reason, summary) in _LOCAL_REPLY_CODES.items():
         status = {"status_code_filter": {"comparison": {
@@ -587,7 +673,7 @@ def _local_reply_config() -> dict[str, Any]:
                             "retryDelay": "%RESP(x-ratelimit-reset)%s"})
         mappers.append({
             "filter": {"and_filter": {"filters": [
-                status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
+                status, not_already_status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
             "body_format_override": {
                 "json_format": {"code": grpc_code, "message": message, "details": details},
                 "content_type": "application/json",
