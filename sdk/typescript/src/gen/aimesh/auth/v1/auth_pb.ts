@@ -15,7 +15,260 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file aimesh/auth/v1/auth.proto.
  */
 export const file_aimesh_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChlhaW1lc2gvYXV0aC92MS9hdXRoLnByb3RvEg5haW1lc2guYXV0aC52MSLtAQoMT3JnYW5pemF0aW9uEhIKBG5hbWUYASABKAlCBOJBAQgSGgoMZGlzcGxheV9uYW1lGAIgASgJQgTiQQECEjUKC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQM6P+pBPAocYXV0aC5haW1lc2guZGV2L09yZ2FuaXphdGlvbhIcb3JnYW5pemF0aW9ucy97b3JnYW5pemF0aW9ufSKTAgoEVXNlchISCgRuYW1lGAEgASgJQgTiQQEIEhMKBWVtYWlsGAIgASgJQgTiQQECEhoKDGRpc3BsYXlfbmFtZRgDIAEoCUIE4kEBARI7Cgxvcmdhbml6YXRpb24YBCABKAlCJeJBAQP6QR4KHGF1dGguYWltZXNoLmRldi9Pcmdhbml6YXRpb24SKQoFcm9sZXMYBSADKA4yFC5haW1lc2guYXV0aC52MS5Sb2xlQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAzon6kEkChRhdXRoLmFpbWVzaC5kZXYvVXNlchIMdXNlcnMve3VzZXJ9IpMECgpNZW1iZXJzaGlwEhIKBG5hbWUYASABKAlCBOJBAQgSKwoEdXNlchgCIAEoCUId4kEBA/pBFgoUYXV0aC5haW1lc2guZGV2L1VzZXISFAoFZW1haWwYAyABKAlCBeJBAgIFEigKBHJvbGUYBCABKA4yFC5haW1lc2guYXV0aC52MS5Sb2xlQgTiQQECEjUKBXN0YXRlGAUgASgOMiAuYWltZXNoLmF1dGgudjEuTWVtYmVyc2hpcC5TdGF0ZUIE4kEBAxIuCgdpbnZpdGVyGAYgASgJQh3iQQED+kEWChRhdXRoLmFpbWVzaC5kZXYvVXNlchI1CgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhIKBGV0YWcYCSABKAlCBOJBAQEiQwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIRCg1TVEFURV9JTlZJVEVEEAESEAoMU1RBVEVfQUNUSVZFEAI6VupBUwoaYXV0aC5haW1lc2guZGV2L01lbWJlcnNoaXASNW9yZ2FuaXphdGlvbnMve29yZ2FuaXphdGlvbn0vbWVtYmVyc2hpcHMve21lbWJlcnNoaXB9IuIECgZBcGlLZXkSEgoEbmFtZRgBIAEoCUIE4kEBCBIaCgxkaXNwbGF5X25hbWUYAiABKAlCBOJBAQESFAoGc2VjcmV0GAMgASgJQgTiQQEDEhQKBnByZWZpeBgEIAEoCUIE4kEBAxIVCgZzY29wZXMYBSADKAlCBeJBAgEFEjYKC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIF4kECAQUSMQoFc3RhdGUYByABKA4yHC5haW1lc2guYXV0aC52MS5BcGlLZXkuU3RhdGVCBOJBAQMSLgoHY3JlYXRvchgIIAEoCUId4kEBA/pBFgoUYXV0aC5haW1lc2guZGV2L1VzZXISNQoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3Jldm9rZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI3Cg1sYXN0X3VzZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAyJWCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0FDVElWRRABEhEKDVNUQVRFX1JFVk9LRUQQAhIRCg1TVEFURV9FWFBJUkVEEAM6S+pBSAoWYXV0aC5haW1lc2guZGV2L0FwaUtleRIub3JnYW5pemF0aW9ucy97b3JnYW5pemF0aW9ufS9hcGlLZXlzL3thcGlfa2V5fSLgAgoJVG9rZW5QYWlyEhoKDGFjY2Vzc190b2tlbhgBIAEoCUIE4kEBAxIYCgp0b2tlbl90eXBlGAIgASgJQgTiQQEDEjUKC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIgChJleHBpcmVzX2luX3NlY29uZHMYBCABKANCBOJBAQMSGwoNcmVmcmVzaF90b2tlbhgFIAEoCUIE4kEBAxI9ChNyZWZyZXNoX2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIrCgR1c2VyGAcgASgJQh3iQQED+kEWChRhdXRoLmFpbWVzaC5kZXYvVXNlchI7Cgxvcmdhbml6YXRpb24YCCABKAlCJeJBAQP6QR4KHGF1dGguYWltZXNoLmRldi9Pcmdhbml6YXRpb24icwoDSndrEhEKA2t0eRgBIAEoCUIE4kEBAxIRCgNraWQYAiABKAlCBOJBAQMSEQoDdXNlGAMgASgJQgTiQQEDEhEKA2FsZxgEIAEoCUIE4kEBAxIPCgFuGAUgASgJQgTiQQEDEg8KAWUYBiABKAlCBOJBAQMiLwoESndrcxInCgRrZXlzGAEgAygLMhMuYWltZXNoLmF1dGgudjEuSndrQgTiQQEDIt8CCgpTaWduaW5nS2V5EhEKA2tpZBgBIAEoCUIE4kEBAxIRCgNhbGcYAiABKAlCBOJBAQMSNQoFc3RhdGUYAyABKA4yIC5haW1lc2guYXV0aC52MS5TaWduaW5nS2V5LlN0YXRlQgTiQQEDEi0KCnB1YmxpY19rZXkYBCABKAsyEy5haW1lc2guYXV0aC52MS5Kd2tCBOJBAQMSNQoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3JldGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAyJXCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0FDVElWRRABEhIKDlNUQVRFX1JFVElSSU5HEAISEQoNU1RBVEVfUkVUSVJFRBADIpwBCg1TaWduVXBSZXF1ZXN0EhMKBWVtYWlsGAEgASgJQgTiQQECEhcKCHBhc3N3b3JkGAIgASgJQgXiQQICBBIaCgxkaXNwbGF5X25hbWUYAyABKAlCBOJBAQESJwoZb3JnYW5pemF0aW9uX2Rpc3BsYXlfbmFtZRgEIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAUgASgJQgTiQQEBIpMBCgxMb2dpblJlcXVlc3QSEwoFZW1haWwYASABKAlCBOJBAQISFwoIcGFzc3dvcmQYAiABKAlCBeJBAgIEEjsKDG9yZ2FuaXphdGlvbhgDIAEoCUIl4kEBAfpBHgocYXV0aC5haW1lc2guZGV2L09yZ2FuaXphdGlvbhIYCgpyZXF1ZXN0X2lkGAQgASgJQgTiQQEBIk0KE1JlZnJlc2hUb2tlblJlcXVlc3QSHAoNcmVmcmVzaF90b2tlbhgBIAEoCUIF4kECAgQSGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBASItCg1Mb2dvdXRSZXF1ZXN0EhwKDXJlZnJlc2hfdG9rZW4YASABKAlCBeJBAgIEIhAKDkdldEp3a3NSZXF1ZXN0InAKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0EjsKEnByZXZpb3VzX2tleV9ncmFjZRgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIhcKFUdldEN1cnJlbnRVc2VyUmVxdWVzdCJNChZHZXRPcmdhbml6YXRpb25SZXF1ZXN0EjMKBG5hbWUYASABKAlCJeJBAQL6QR4KHGF1dGguYWltZXNoLmRldi9Pcmdhbml6YXRpb24irAEKFkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QSNQoGcGFyZW50GAEgASgJQiXiQQEC+kEeChxhdXRoLmFpbWVzaC5kZXYvT3JnYW5pemF0aW9uEhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAMgASgJQgTiQQEBEigKBHJvbGUYBCABKA4yFC5haW1lc2guYXV0aC52MS5Sb2xlQgTiQQEBIokBChdMaXN0TWVtYmVyc2hpcHNSZXNwb25zZRI1CgttZW1iZXJzaGlwcxgBIAMoCzIaLmFpbWVzaC5hdXRoLnYxLk1lbWJlcnNoaXBCBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDEhgKCnRvdGFsX3NpemUYAyABKAVCBOJBAQMioAEKF0NyZWF0ZU1lbWJlcnNoaXBSZXF1ZXN0EjUKBnBhcmVudBgBIAEoCUIl4kEBAvpBHgocYXV0aC5haW1lc2guZGV2L09yZ2FuaXphdGlvbhI0CgptZW1iZXJzaGlwGAIgASgLMhouYWltZXNoLmF1dGgudjEuTWVtYmVyc2hpcEIE4kEBAhIYCgpyZXF1ZXN0X2lkGAMgASgJQgTiQQEBIoYBChdVcGRhdGVNZW1iZXJzaGlwUmVxdWVzdBI0CgptZW1iZXJzaGlwGAEgASgLMhouYWltZXNoLmF1dGgudjEuTWVtYmVyc2hpcEIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQEiaQoXRGVsZXRlTWVtYmVyc2hpcFJlcXVlc3QSMQoEbmFtZRgBIAEoCUIj4kEBAvpBHAoaYXV0aC5haW1lc2guZGV2L01lbWJlcnNoaXASGwoNYWxsb3dfbWlzc2luZxgCIAEoCEIE4kEBASKVAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBI1CgZwYXJlbnQYASABKAlCJeJBAQL6QR4KHGF1dGguYWltZXNoLmRldi9Pcmdhbml6YXRpb24SLQoHYXBpX2tleRgCIAEoCzIWLmFpbWVzaC5hdXRoLnYxLkFwaUtleUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAMgASgJQgTiQQEBIkEKEEdldEFwaUtleVJlcXVlc3QSLQoEbmFtZRgBIAEoCUIf4kEBAvpBGAoWYXV0aC5haW1lc2guZGV2L0FwaUtleSKbAQoSTGlzdEFwaUtleXNSZXF1ZXN0EjUKBnBhcmVudBgBIAEoCUIl4kEBAvpBHgocYXV0aC5haW1lc2guZGV2L09yZ2FuaXphdGlvbhIXCglwYWdlX3NpemUYAiABKAVCBOJBAQESGAoKcGFnZV90b2tlbhgDIAEoCUIE4kEBARIbCg1zaG93X2luYWN0aXZlGAQgASgIQgTiQQEBIn4KE0xpc3RBcGlLZXlzUmVzcG9uc2USLgoIYXBpX2tleXMYASADKAsyFi5haW1lc2guYXV0aC52MS5BcGlLZXlCBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDEhgKCnRvdGFsX3NpemUYAyABKAVCBOJBAQMiRAoTUmV2b2tlQXBpS2V5UmVxdWVzdBItCgRuYW1lGAEgASgJQh/iQQEC+kEYChZhdXRoLmFpbWVzaC5kZXYvQXBpS2V5Kl4KBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg4KClJPTEVfT1dORVIQARIOCgpST0xFX0FETUlOEAISDwoLUk9MRV9NRU1CRVIQAxIPCgtST0xFX1ZJRVdFUhAEMu0PCgtBdXRoU2VydmljZRJeCgZTaWduVXASHS5haW1lc2guYXV0aC52MS5TaWduVXBSZXF1ZXN0GhkuYWltZXNoLmF1dGgudjEuVG9rZW5QYWlyIhqC0+STAhQ6ASoiDy92MS9hdXRoOnNpZ25VcBJbCgVMb2dpbhIcLmFpbWVzaC5hdXRoLnYxLkxvZ2luUmVxdWVzdBoZLmFpbWVzaC5hdXRoLnYxLlRva2VuUGFpciIZgtPkkwITOgEqIg4vdjEvYXV0aDpsb2dpbhJwCgxSZWZyZXNoVG9rZW4SIy5haW1lc2guYXV0aC52MS5SZWZyZXNoVG9rZW5SZXF1ZXN0GhkuYWltZXNoLmF1dGgudjEuVG9rZW5QYWlyIiCC0+STAho6ASoiFS92MS9hdXRoOnJlZnJlc2hUb2tlbhJeCgZMb2dvdXQSHS5haW1lc2guYXV0aC52MS5Mb2dvdXRSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5Ih2QAgKC0+STAhQ6ASoiDy92MS9hdXRoOmxvZ291dBJzCgdHZXRKd2tzEh4uYWltZXNoLmF1dGgudjEuR2V0Sndrc1JlcXVlc3QaFC5haW1lc2guYXV0aC52MS5Kd2tzIjKQAgGC0+STAilaGBIWLy53ZWxsLWtub3duL2p3a3MuanNvbhINL3YxL2F1dGgvandrcxJ/ChBSb3RhdGVTaWduaW5nS2V5EicuYWltZXNoLmF1dGgudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaGi5haW1lc2guYXV0aC52MS5TaWduaW5nS2V5IiaC0+STAiA6ASoiGy92MS9hdXRoL3NpZ25pbmdLZXlzOnJvdGF0ZRJmCg5HZXRDdXJyZW50VXNlchIlLmFpbWVzaC5hdXRoLnYxLkdldEN1cnJlbnRVc2VyUmVxdWVzdBoULmFpbWVzaC5hdXRoLnYxLlVzZXIiF5ACAYLT5JMCDhIML3YxL3VzZXJzL21lEn4KD0dldE9yZ2FuaXphdGlvbhImLmFpbWVzaC5hdXRoLnYxLkdldE9yZ2FuaXphdGlvblJlcXVlc3QaHC5haW1lc2guYXV0aC52MS5Pcmdhbml6YXRpb24iJZACAYLT5JMCHBIaL3YxL3tuYW1lPW9yZ2FuaXphdGlvbnMvKn0SlwEKD0xpc3RNZW1iZXJzaGlwcxImLmFpbWVzaC5hdXRoLnYxLkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QaJy5haW1lc2guYXV0aC52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIzkAIBgtPkkwIqEigvdjEve3BhcmVudD1vcmdhbml6YXRpb25zLyp9L21lbWJlcnNoaXBzEpUBChBDcmVhdGVNZW1iZXJzaGlwEicuYWltZXNoLmF1dGgudjEuQ3JlYXRlTWVtYmVyc2hpcFJlcXVlc3QaGi5haW1lc2guYXV0aC52MS5NZW1iZXJzaGlwIjyC0+STAjY6Cm1lbWJlcnNoaXAiKC92MS97cGFyZW50PW9yZ2FuaXphdGlvbnMvKn0vbWVtYmVyc2hpcHMSowEKEFVwZGF0ZU1lbWJlcnNoaXASJy5haW1lc2guYXV0aC52MS5VcGRhdGVNZW1iZXJzaGlwUmVxdWVzdBoaLmFpbWVzaC5hdXRoLnYxLk1lbWJlcnNoaXAiSpACAoLT5JMCQToKbWVtYmVyc2hpcDIzL3YxL3ttZW1iZXJzaGlwLm5hbWU9b3JnYW5pemF0aW9ucy8qL21lbWJlcnNoaXBzLyp9EogBChBEZWxldGVNZW1iZXJzaGlwEicuYWltZXNoLmF1dGgudjEuRGVsZXRlTWVtYmVyc2hpcFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkiM5ACAoLT5JMCKiooL3YxL3tuYW1lPW9yZ2FuaXphdGlvbnMvKi9tZW1iZXJzaGlwcy8qfRKCAQoMQ3JlYXRlQXBpS2V5EiMuYWltZXNoLmF1dGgudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoWLmFpbWVzaC5hdXRoLnYxLkFwaUtleSI1gtPkkwIvOgdhcGlfa2V5IiQvdjEve3BhcmVudD1vcmdhbml6YXRpb25zLyp9L2FwaUtleXMSdgoJR2V0QXBpS2V5EiAuYWltZXNoLmF1dGgudjEuR2V0QXBpS2V5UmVxdWVzdBoWLmFpbWVzaC5hdXRoLnYxLkFwaUtleSIvkAIBgtPkkwImEiQvdjEve25hbWU9b3JnYW5pemF0aW9ucy8qL2FwaUtleXMvKn0ShwEKC0xpc3RBcGlLZXlzEiIuYWltZXNoLmF1dGgudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiMuYWltZXNoLmF1dGgudjEuTGlzdEFwaUtleXNSZXNwb25zZSIvkAIBgtPkkwImEiQvdjEve3BhcmVudD1vcmdhbml6YXRpb25zLyp9L2FwaUtleXMShgEKDFJldm9rZUFwaUtleRIjLmFpbWVzaC5hdXRoLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaFi5haW1lc2guYXV0aC52MS5BcGlLZXkiOZACAoLT5JMCMDoBKiIrL3YxL3tuYW1lPW9yZ2FuaXphdGlvbnMvKi9hcGlLZXlzLyp9OnJldm9rZWIGcHJvdG8z", [file_google_api_annotations, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_empty, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChlhaW1lc2gvYXV0aC92MS9hdXRoLnByb3RvEg5haW1lc2guYXV0aC52MSKZAwoKQXVkaXRFdmVudBISCgRuYW1lGAEgASgJQgTiQQEIEhQKBmFjdGlvbhgCIAEoCUIE4kEBAxITCgVhY3RvchgDIAEoCUIE4kEBAxIWCghyZXNvdXJjZRgEIAEoCUIE4kEBAxIaCgxwZWVyX2FkZHJlc3MYBSABKAlCBOJBAQMSGAoKcmVxdWVzdF9pZBgGIAEoCUIE4kEBAxI1CgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSPgoHZGV0YWlscxgIIAMoCzInLmFpbWVzaC5hdXRoLnYxLkF1ZGl0RXZlbnQuRGV0YWlsc0VudHJ5QgTiQQEDGi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBOlfqQVQKGmF1dGguYWltZXNoLmRldi9BdWRpdEV2ZW50EjZvcmdhbml6YXRpb25zL3tvcmdhbml6YXRpb259L2F1ZGl0RXZlbnRzL3thdWRpdF9ldmVudH0imAEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSNQoGcGFyZW50GAEgASgJQiXiQQEC+kEeChxhdXRoLmFpbWVzaC5kZXYvT3JnYW5pemF0aW9uEhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAMgASgJQgTiQQEBEhQKBmFjdGlvbhgEIAEoCUIE4kEBASJwChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRI2CgxhdWRpdF9ldmVudHMYASADKAsyGi5haW1lc2guYXV0aC52MS5BdWRpdEV2ZW50QgTiQQEDEh0KD25leHRfcGFnZV90b2tlbhgCIAEoCUIE4kEBAyK6AgoSUmVwb3J0ZWRBdWRpdEV2ZW50EhcKCWV2ZW50X2tleRgBIAEoCUIE4kEBAhIaCgxvcmdhbml6YXRpb24YAiABKAlCBOJBAQISFAoGYWN0aW9uGAMgASgJQgTiQQECEhMKBWFjdG9yGAQgASgJQgTiQQEBEhYKCHJlc291cmNlGAUgASgJQgTiQQEBEhoKDHBlZXJfYWRkcmVzcxgGIAEoCUIE4kEBARIYCgpyZXF1ZXN0X2lkGAcgASgJQgTiQQEBEkYKB2RldGFpbHMYCCADKAsyLy5haW1lc2guYXV0aC52MS5SZXBvcnRlZEF1ZGl0RXZlbnQuRGV0YWlsc0VudHJ5QgTiQQEBGi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlQKGFJlY29yZEF1ZGl0RXZlbnRzUmVxdWVzdBI4CgZldmVudHMYASADKAsyIi5haW1lc2guYXV0aC52MS5SZXBvcnRlZEF1ZGl0RXZlbnRCBOJBAQIiOQoZUmVjb3JkQXVkaXRFdmVudHNSZXNwb25zZRIcCg5yZWNvcmRlZF9jb3VudBgBIAEoBUIE4kEBAyLtAQoMT3JnYW5pemF0aW9uEhIKBG5hbWUYASABKAlCBOJBAQgSGgoMZGlzcGxheV9uYW1lGAIgASgJQgTiQQECEjUKC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQM6P+pBPAocYXV0aC5haW1lc2guZGV2L09yZ2FuaXphdGlvbhIcb3JnYW5pemF0aW9ucy97b3JnYW5pemF0aW9ufSKTAgoEVXNlchISCgRuYW1lGAEgASgJQgTiQQEIEhMKBWVtYWlsGAIgASgJQgTiQQECEhoKDGRpc3BsYXlfbmFtZRgDIAEoCUIE4kEBARI7Cgxvcmdhbml6YXRpb24YBCABKAlCJeJBAQP6QR4KHGF1dGguYWltZXNoLmRldi9Pcmdhbml6YXRpb24SKQoFcm9sZXMYBSADKA4yFC5haW1lc2guYXV0aC52MS5Sb2xlQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAzon6kEkChRhdXRoLmFpbWVzaC5kZXYvVXNlchIMdXNlcnMve3VzZXJ9IpMECgpNZW1iZXJzaGlwEhIKBG5hbWUYASABKAlCBOJBAQgSKwoEdXNlchgCIAEoCUId4kEBA/pBFgoUYXV0aC5haW1lc2guZGV2L1VzZXISFAoFZW1haWwYAyABKAlCBeJBAgIFEigKBHJvbGUYBCABKA4yFC5haW1lc2guYXV0aC52MS5Sb2xlQgTiQQECEjUKBXN0YXRlGAUgASgOMiAuYWltZXNoLmF1dGgudjEuTWVtYmVyc2hpcC5TdGF0ZUIE4kEBAxIuCgdpbnZpdGVyGAYgASgJQh3iQQED+kEWChRhdXRoLmFpbWVzaC5kZXYvVXNlchI1CgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhIKBGV0YWcYCSABKAlCBOJBAQEiQwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIRCg1TVEFURV9JTlZJVEVEEAESEAoMU1RBVEVfQUNUSVZFEAI6VupBUwoaYXV0aC5haW1lc2guZGV2L01lbWJlcnNoaXASNW9yZ2FuaXphdGlvbnMve29yZ2FuaXphdGlvbn0vbWVtYmVyc2hpcHMve21lbWJlcnNoaXB9IuIECgZBcGlLZXkSEgoEbmFtZRgBIAEoCUIE4kEBCBIaCgxkaXNwbGF5X25hbWUYAiABKAlCBOJBAQESFAoGc2VjcmV0GAMgASgJQgTiQQEDEhQKBnByZWZpeBgEIAEoCUIE4kEBAxIVCgZzY29wZXMYBSADKAlCBeJBAgEFEjYKC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIF4kECAQUSMQoFc3RhdGUYByABKA4yHC5haW1lc2guYXV0aC52MS5BcGlLZXkuU3RhdGVCBOJBAQMSLgoHY3JlYXRvchgIIAEoCUId4kEBA/pBFgoUYXV0aC5haW1lc2guZGV2L1VzZXISNQoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3Jldm9rZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI3Cg1sYXN0X3VzZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAyJWCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0FDVElWRRABEhEKDVNUQVRFX1JFVk9LRUQQAhIRCg1TVEFURV9FWFBJUkVEEAM6S+pBSAoWYXV0aC5haW1lc2guZGV2L0FwaUtleRIub3JnYW5pemF0aW9ucy97b3JnYW5pemF0aW9ufS9hcGlLZXlzL3thcGlfa2V5fSLgAgoJVG9rZW5QYWlyEhoKDGFjY2Vzc190b2tlbhgBIAEoCUIE4kEBAxIYCgp0b2tlbl90eXBlGAIgASgJQgTiQQEDEjUKC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIgChJleHBpcmVzX2luX3NlY29uZHMYBCABKANCBOJBAQMSGwoNcmVmcmVzaF90b2tlbhgFIAEoCUIE4kEBAxI9ChNyZWZyZXNoX2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIrCgR1c2VyGAcgASgJQh3iQQED+kEWChRhdXRoLmFpbWVzaC5kZXYvVXNlchI7Cgxvcmdhbml6YXRpb24YCCABKAlCJeJBAQP6QR4KHGF1dGguYWltZXNoLmRldi9Pcmdhbml6YXRpb24icwoDSndrEhEKA2t0eRgBIAEoCUIE4kEBAxIRCgNraWQYAiABKAlCBOJBAQMSEQoDdXNlGAMgASgJQgTiQQEDEhEKA2FsZxgEIAEoCUIE4kEBAxIPCgFuGAUgASgJQgTiQQEDEg8KAWUYBiABKAlCBOJBAQMiLwoESndrcxInCgRrZXlzGAEgAygLMhMuYWltZXNoLmF1dGgudjEuSndrQgTiQQEDIt8CCgpTaWduaW5nS2V5EhEKA2tpZBgBIAEoCUIE4kEBAxIRCgNhbGcYAiABKAlCBOJBAQMSNQoFc3RhdGUYAyABKA4yIC5haW1lc2guYXV0aC52MS5TaWduaW5nS2V5LlN0YXRlQgTiQQEDEi0KCnB1YmxpY19rZXkYBCABKAsyEy5haW1lc2guYXV0aC52MS5Kd2tCBOJBAQMSNQoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3JldGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAyJXCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0FDVElWRRABEhIKDlNUQVRFX1JFVElSSU5HEAISEQoNU1RBVEVfUkVUSVJFRBADIpwBCg1TaWduVXBSZXF1ZXN0EhMKBWVtYWlsGAEgASgJQgTiQQECEhcKCHBhc3N3b3JkGAIgASgJQgXiQQICBBIaCgxkaXNwbGF5X25hbWUYAyABKAlCBOJBAQESJwoZb3JnYW5pemF0aW9uX2Rpc3BsYXlfbmFtZRgEIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAUgASgJQgTiQQEBIpMBCgxMb2dpblJlcXVlc3QSEwoFZW1haWwYASABKAlCBOJBAQISFwoIcGFzc3dvcmQYAiABKAlCBeJBAgIEEjsKDG9yZ2FuaXphdGlvbhgDIAEoCUIl4kEBAfpBHgocYXV0aC5haW1lc2guZGV2L09yZ2FuaXphdGlvbhIYCgpyZXF1ZXN0X2lkGAQgASgJQgTiQQEBIk0KE1JlZnJlc2hUb2tlblJlcXVlc3QSHAoNcmVmcmVzaF90b2tlbhgBIAEoCUIF4kECAgQSGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBASItCg1Mb2dvdXRSZXF1ZXN0EhwKDXJlZnJlc2hfdG9rZW4YASABKAlCBeJBAgIEIhAKDkdldEp3a3NSZXF1ZXN0InAKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0EjsKEnByZXZpb3VzX2tleV9ncmFjZRgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQEBIhcKFUdldEN1cnJlbnRVc2VyUmVxdWVzdCJNChZHZXRPcmdhbml6YXRpb25SZXF1ZXN0EjMKBG5hbWUYASABKAlCJeJBAQL6QR4KHGF1dGguYWltZXNoLmRldi9Pcmdhbml6YXRpb24irAEKFkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QSNQoGcGFyZW50GAEgASgJQiXiQQEC+kEeChxhdXRoLmFpbWVzaC5kZXYvT3JnYW5pemF0aW9uEhcKCXBhZ2Vfc2l6ZRgCIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAMgASgJQgTiQQEBEigKBHJvbGUYBCABKA4yFC5haW1lc2guYXV0aC52MS5Sb2xlQgTiQQEBIokBChdMaXN0TWVtYmVyc2hpcHNSZXNwb25zZRI1CgttZW1iZXJzaGlwcxgBIAMoCzIaLmFpbWVzaC5hdXRoLnYxLk1lbWJlcnNoaXBCBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDEhgKCnRvdGFsX3NpemUYAyABKAVCBOJBAQMioAEKF0NyZWF0ZU1lbWJlcnNoaXBSZXF1ZXN0EjUKBnBhcmVudBgBIAEoCUIl4kEBAvpBHgocYXV0aC5haW1lc2guZGV2L09yZ2FuaXphdGlvbhI0CgptZW1iZXJzaGlwGAIgASgLMhouYWltZXNoLmF1dGgudjEuTWVtYmVyc2hpcEIE4kEBAhIYCgpyZXF1ZXN0X2lkGAMgASgJQgTiQQEBIoYBChdVcGRhdGVNZW1iZXJzaGlwUmVxdWVzdBI0CgptZW1iZXJzaGlwGAEgASgLMhouYWltZXNoLmF1dGgudjEuTWVtYmVyc2hpcEIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQEiaQoXRGVsZXRlTWVtYmVyc2hpcFJlcXVlc3QSMQoEbmFtZRgBIAEoCUIj4kEBAvpBHAoaYXV0aC5haW1lc2guZGV2L01lbWJlcnNoaXASGwoNYWxsb3dfbWlzc2luZxgCIAEoCEIE4kEBASKVAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBI1CgZwYXJlbnQYASABKAlCJeJBAQL6QR4KHGF1dGguYWltZXNoLmRldi9Pcmdhbml6YXRpb24SLQoHYXBpX2tleRgCIAEoCzIWLmFpbWVzaC5hdXRoLnYxLkFwaUtleUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAMgASgJQgTiQQEBIkEKEEdldEFwaUtleVJlcXVlc3QSLQoEbmFtZRgBIAEoCUIf4kEBAvpBGAoWYXV0aC5haW1lc2guZGV2L0FwaUtleSKbAQoSTGlzdEFwaUtleXNSZXF1ZXN0EjUKBnBhcmVudBgBIAEoCUIl4kEBAvpBHgocYXV0aC5haW1lc2guZGV2L09yZ2FuaXphdGlvbhIXCglwYWdlX3NpemUYAiABKAVCBOJBAQESGAoKcGFnZV90b2tlbhgDIAEoCUIE4kEBARIbCg1zaG93X2luYWN0aXZlGAQgASgIQgTiQQEBIn4KE0xpc3RBcGlLZXlzUmVzcG9uc2USLgoIYXBpX2tleXMYASADKAsyFi5haW1lc2guYXV0aC52MS5BcGlLZXlCBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDEhgKCnRvdGFsX3NpemUYAyABKAVCBOJBAQMiRAoTUmV2b2tlQXBpS2V5UmVxdWVzdBItCgRuYW1lGAEgASgJQh/iQQEC+kEYChZhdXRoLmFpbWVzaC5kZXYvQXBpS2V5Kl4KBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg4KClJPTEVfT1dORVIQARIOCgpST0xFX0FETUlOEAISDwoLUk9MRV9NRU1CRVIQAxIPCgtST0xFX1ZJRVdFUhAEMpgSCgtBdXRoU2VydmljZRJeCgZTaWduVXASHS5haW1lc2guYXV0aC52MS5TaWduVXBSZXF1ZXN0GhkuYWltZXNoLmF1dGgudjEuVG9rZW5QYWlyIhqC0+STAhQ6ASoiDy92MS9hdXRoOnNpZ25VcBJbCgVMb2dpbhIcLmFpbWVzaC5hdXRoLnYxLkxvZ2luUmVxdWVzdBoZLmFpbWVzaC5hdXRoLnYxLlRva2VuUGFpciIZgtPkkwITOgEqIg4vdjEvYXV0aDpsb2dpbhJwCgxSZWZyZXNoVG9rZW4SIy5haW1lc2guYXV0aC52MS5SZWZyZXNoVG9rZW5SZXF1ZXN0GhkuYWltZXNoLmF1dGgudjEuVG9rZW5QYWlyIiCC0+STAho6ASoiFS92MS9hdXRoOnJlZnJlc2hUb2tlbhJeCgZMb2dvdXQSHS5haW1lc2guYXV0aC52MS5Mb2dvdXRSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5Ih2QAgKC0+STAhQ6ASoiDy92MS9hdXRoOmxvZ291dBJzCgdHZXRKd2tzEh4uYWltZXNoLmF1dGgudjEuR2V0Sndrc1JlcXVlc3QaFC5haW1lc2guYXV0aC52MS5Kd2tzIjKQAgGC0+STAilaGBIWLy53ZWxsLWtub3duL2p3a3MuanNvbhINL3YxL2F1dGgvandrcxJ/ChBSb3RhdGVTaWduaW5nS2V5EicuYWltZXNoLmF1dGgudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaGi5haW1lc2guYXV0aC52MS5TaWduaW5nS2V5IiaC0+STAiA6ASoiGy92MS9hdXRoL3NpZ25pbmdLZXlzOnJvdGF0ZRJmCg5HZXRDdXJyZW50VXNlchIlLmFpbWVzaC5hdXRoLnYxLkdldEN1cnJlbnRVc2VyUmVxdWVzdBoULmFpbWVzaC5hdXRoLnYxLlVzZXIiF5ACAYLT5JMCDhIML3YxL3VzZXJzL21lEn4KD0dldE9yZ2FuaXphdGlvbhImLmFpbWVzaC5hdXRoLnYxLkdldE9yZ2FuaXphdGlvblJlcXVlc3QaHC5haW1lc2guYXV0aC52MS5Pcmdhbml6YXRpb24iJZACAYLT5JMCHBIaL3YxL3tuYW1lPW9yZ2FuaXphdGlvbnMvKn0SlwEKD0xpc3RNZW1iZXJzaGlwcxImLmFpbWVzaC5hdXRoLnYxLkxpc3RNZW1iZXJzaGlwc1JlcXVlc3QaJy5haW1lc2guYXV0aC52MS5MaXN0TWVtYmVyc2hpcHNSZXNwb25zZSIzkAIBgtPkkwIqEigvdjEve3BhcmVudD1vcmdhbml6YXRpb25zLyp9L21lbWJlcnNoaXBzEpUBChBDcmVhdGVNZW1iZXJzaGlwEicuYWltZXNoLmF1dGgudjEuQ3JlYXRlTWVtYmVyc2hpcFJlcXVlc3QaGi5haW1lc2guYXV0aC52MS5NZW1iZXJzaGlwIjyC0+STAjY6Cm1lbWJlcnNoaXAiKC92MS97cGFyZW50PW9yZ2FuaXphdGlvbnMvKn0vbWVtYmVyc2hpcHMSowEKEFVwZGF0ZU1lbWJlcnNoaXASJy5haW1lc2guYXV0aC52MS5VcGRhdGVNZW1iZXJzaGlwUmVxdWVzdBoaLmFpbWVzaC5hdXRoLnYxLk1lbWJlcnNoaXAiSpACAoLT5JMCQToKbWVtYmVyc2hpcDIzL3YxL3ttZW1iZXJzaGlwLm5hbWU9b3JnYW5pemF0aW9ucy8qL21lbWJlcnNoaXBzLyp9EogBChBEZWxldGVNZW1iZXJzaGlwEicuYWltZXNoLmF1dGgudjEuRGVsZXRlTWVtYmVyc2hpcFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkiM5ACAoLT5JMCKiooL3YxL3tuYW1lPW9yZ2FuaXphdGlvbnMvKi9tZW1iZXJzaGlwcy8qfRKCAQoMQ3JlYXRlQXBpS2V5EiMuYWltZXNoLmF1dGgudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoWLmFpbWVzaC5hdXRoLnYxLkFwaUtleSI1gtPkkwIvOgdhcGlfa2V5IiQvdjEve3BhcmVudD1vcmdhbml6YXRpb25zLyp9L2FwaUtleXMSdgoJR2V0QXBpS2V5EiAuYWltZXNoLmF1dGgudjEuR2V0QXBpS2V5UmVxdWVzdBoWLmFpbWVzaC5hdXRoLnYxLkFwaUtleSIvkAIBgtPkkwImEiQvdjEve25hbWU9b3JnYW5pemF0aW9ucy8qL2FwaUtleXMvKn0ShwEKC0xpc3RBcGlLZXlzEiIuYWltZXNoLmF1dGgudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiMuYWltZXNoLmF1dGgudjEuTGlzdEFwaUtleXNSZXNwb25zZSIvkAIBgtPkkwImEiQvdjEve3BhcmVudD1vcmdhbml6YXRpb25zLyp9L2FwaUtleXMShgEKDFJldm9rZUFwaUtleRIjLmFpbWVzaC5hdXRoLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaFi5haW1lc2guYXV0aC52MS5BcGlLZXkiOZACAoLT5JMCMDoBKiIrL3YxL3tuYW1lPW9yZ2FuaXphdGlvbnMvKi9hcGlLZXlzLyp9OnJldm9rZRKXAQoPTGlzdEF1ZGl0RXZlbnRzEiYuYWltZXNoLmF1dGgudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBonLmFpbWVzaC5hdXRoLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlIjOQAgGC0+STAioSKC92MS97cGFyZW50PW9yZ2FuaXphdGlvbnMvKn0vYXVkaXRFdmVudHMSjgEKEVJlY29yZEF1ZGl0RXZlbnRzEiguYWltZXNoLmF1dGgudjEuUmVjb3JkQXVkaXRFdmVudHNSZXF1ZXN0GikuYWltZXNoLmF1dGgudjEuUmVjb3JkQXVkaXRFdmVudHNSZXNwb25zZSIkkAICgtPkkwIbOgEqIhYvdjEvYXVkaXRFdmVudHM6cmVjb3JkYgZwcm90bzM", [file_google_api_annotations, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_empty, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+
+/**
+ * One security-relevant action, as recorded in the audit log.
+ *
+ * @generated from message aimesh.auth.v1.AuditEvent
+ */
+export type AuditEvent = Message<"aimesh.auth.v1.AuditEvent"> & {
+  /**
+   * Resource name, "organizations/{organization}/auditEvents/{audit_event}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What happened, "<service>.<Method>" (e.g. "auth.CreateApiKey", "billing.ChangePlan") or
+   * "auth.Login.failed" for a failed login.
+   *
+   * @generated from field: string action = 2;
+   */
+  action: string;
+
+  /**
+   * Who did it: "users/{user}", "apiKeys/{api_key}", or for failed logins "email:{address}".
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * The resource acted on (e.g. the API key's or membership's name), when there is one.
+   *
+   * @generated from field: string resource = 4;
+   */
+  resource: string;
+
+  /**
+   * The client's address as the gateway saw it (its x-envoy-external-address).
+   *
+   * @generated from field: string peer_address = 5;
+   */
+  peerAddress: string;
+
+  /**
+   * The gateway's x-request-id of the request, for matching with access and service logs.
+   *
+   * @generated from field: string request_id = 6;
+   */
+  requestId: string;
+
+  /**
+   * When the action was recorded.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 7;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * Action-specific facts (e.g. "role": "ROLE_VIEWER", "code": "UNAUTHENTICATED").
+   *
+   * @generated from field: map<string, string> details = 8;
+   */
+  details: { [key: string]: string };
+};
+
+/**
+ * Describes the message aimesh.auth.v1.AuditEvent.
+ * Use `create(AuditEventSchema)` to create a new message.
+ */
+export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
+  messageDesc(file_aimesh_auth_v1_auth, 0);
+
+/**
+ * Request for ListAuditEvents.
+ *
+ * @generated from message aimesh.auth.v1.ListAuditEventsRequest
+ */
+export type ListAuditEventsRequest = Message<"aimesh.auth.v1.ListAuditEventsRequest"> & {
+  /**
+   * The organization, "organizations/{organization}".
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * Maximum results per page: default 50, values above 1000 are coerced to 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token from a previous call with the same other parameters.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * Only events with this action (e.g. "auth.CreateApiKey"); empty means all.
+   *
+   * @generated from field: string action = 4;
+   */
+  action: string;
+};
+
+/**
+ * Describes the message aimesh.auth.v1.ListAuditEventsRequest.
+ * Use `create(ListAuditEventsRequestSchema)` to create a new message.
+ */
+export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
+  messageDesc(file_aimesh_auth_v1_auth, 1);
+
+/**
+ * Response of ListAuditEvents.
+ *
+ * @generated from message aimesh.auth.v1.ListAuditEventsResponse
+ */
+export type ListAuditEventsResponse = Message<"aimesh.auth.v1.ListAuditEventsResponse"> & {
+  /**
+   * The page of events, newest first.
+   *
+   * @generated from field: repeated aimesh.auth.v1.AuditEvent audit_events = 1;
+   */
+  auditEvents: AuditEvent[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message aimesh.auth.v1.ListAuditEventsResponse.
+ * Use `create(ListAuditEventsResponseSchema)` to create a new message.
+ */
+export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
+  messageDesc(file_aimesh_auth_v1_auth, 2);
+
+/**
+ * An event another service reports (see RecordAuditEvents).
+ *
+ * @generated from message aimesh.auth.v1.ReportedAuditEvent
+ */
+export type ReportedAuditEvent = Message<"aimesh.auth.v1.ReportedAuditEvent"> & {
+  /**
+   * Unique per action (e.g. "<method>:<organization>:<request id>"): a repeat is ignored.
+   *
+   * @generated from field: string event_key = 1;
+   */
+  eventKey: string;
+
+  /**
+   * The organization the action belongs to, "organizations/{organization}".
+   *
+   * @generated from field: string organization = 2;
+   */
+  organization: string;
+
+  /**
+   * As AuditEvent.action.
+   *
+   * @generated from field: string action = 3;
+   */
+  action: string;
+
+  /**
+   * As AuditEvent.actor.
+   *
+   * @generated from field: string actor = 4;
+   */
+  actor: string;
+
+  /**
+   * As AuditEvent.resource.
+   *
+   * @generated from field: string resource = 5;
+   */
+  resource: string;
+
+  /**
+   * As AuditEvent.peer_address.
+   *
+   * @generated from field: string peer_address = 6;
+   */
+  peerAddress: string;
+
+  /**
+   * As AuditEvent.request_id.
+   *
+   * @generated from field: string request_id = 7;
+   */
+  requestId: string;
+
+  /**
+   * As AuditEvent.details.
+   *
+   * @generated from field: map<string, string> details = 8;
+   */
+  details: { [key: string]: string };
+};
+
+/**
+ * Describes the message aimesh.auth.v1.ReportedAuditEvent.
+ * Use `create(ReportedAuditEventSchema)` to create a new message.
+ */
+export const ReportedAuditEventSchema: GenMessage<ReportedAuditEvent> = /*@__PURE__*/
+  messageDesc(file_aimesh_auth_v1_auth, 3);
+
+/**
+ * Request for RecordAuditEvents.
+ *
+ * @generated from message aimesh.auth.v1.RecordAuditEventsRequest
+ */
+export type RecordAuditEventsRequest = Message<"aimesh.auth.v1.RecordAuditEventsRequest"> & {
+  /**
+   * The events, at most 100.
+   *
+   * @generated from field: repeated aimesh.auth.v1.ReportedAuditEvent events = 1;
+   */
+  events: ReportedAuditEvent[];
+};
+
+/**
+ * Describes the message aimesh.auth.v1.RecordAuditEventsRequest.
+ * Use `create(RecordAuditEventsRequestSchema)` to create a new message.
+ */
+export const RecordAuditEventsRequestSchema: GenMessage<RecordAuditEventsRequest> = /*@__PURE__*/
+  messageDesc(file_aimesh_auth_v1_auth, 4);
+
+/**
+ * Response of RecordAuditEvents.
+ *
+ * @generated from message aimesh.auth.v1.RecordAuditEventsResponse
+ */
+export type RecordAuditEventsResponse = Message<"aimesh.auth.v1.RecordAuditEventsResponse"> & {
+  /**
+   * How many events were new (the others had been recorded before).
+   *
+   * @generated from field: int32 recorded_count = 1;
+   */
+  recordedCount: number;
+};
+
+/**
+ * Describes the message aimesh.auth.v1.RecordAuditEventsResponse.
+ * Use `create(RecordAuditEventsResponseSchema)` to create a new message.
+ */
+export const RecordAuditEventsResponseSchema: GenMessage<RecordAuditEventsResponse> = /*@__PURE__*/
+  messageDesc(file_aimesh_auth_v1_auth, 5);
 
 /**
  * An organization (tenant). Everything except users is owned by exactly one organization.
@@ -57,7 +310,7 @@ export type Organization = Message<"aimesh.auth.v1.Organization"> & {
  * Use `create(OrganizationSchema)` to create a new message.
  */
 export const OrganizationSchema: GenMessage<Organization> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 0);
+  messageDesc(file_aimesh_auth_v1_auth, 6);
 
 /**
  * A person who can log in. A user may belong to several organizations.
@@ -113,7 +366,7 @@ export type User = Message<"aimesh.auth.v1.User"> & {
  * Use `create(UserSchema)` to create a new message.
  */
 export const UserSchema: GenMessage<User> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 1);
+  messageDesc(file_aimesh_auth_v1_auth, 7);
 
 /**
  * A user's (or an invited e-mail's) membership in an organization.
@@ -190,7 +443,7 @@ export type Membership = Message<"aimesh.auth.v1.Membership"> & {
  * Use `create(MembershipSchema)` to create a new message.
  */
 export const MembershipSchema: GenMessage<Membership> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 2);
+  messageDesc(file_aimesh_auth_v1_auth, 8);
 
 /**
  * State of a membership.
@@ -224,7 +477,7 @@ export enum Membership_State {
  * Describes the enum aimesh.auth.v1.Membership.State.
  */
 export const Membership_StateSchema: GenEnum<Membership_State> = /*@__PURE__*/
-  enumDesc(file_aimesh_auth_v1_auth, 2, 0);
+  enumDesc(file_aimesh_auth_v1_auth, 8, 0);
 
 /**
  * An API key: a long-lived credential for server-to-server calls, scoped to one organization.
@@ -318,7 +571,7 @@ export type ApiKey = Message<"aimesh.auth.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 3);
+  messageDesc(file_aimesh_auth_v1_auth, 9);
 
 /**
  * State of an API key.
@@ -359,7 +612,7 @@ export enum ApiKey_State {
  * Describes the enum aimesh.auth.v1.ApiKey.State.
  */
 export const ApiKey_StateSchema: GenEnum<ApiKey_State> = /*@__PURE__*/
-  enumDesc(file_aimesh_auth_v1_auth, 3, 0);
+  enumDesc(file_aimesh_auth_v1_auth, 9, 0);
 
 /**
  * The credentials returned by SignUp, Login and RefreshToken.
@@ -429,7 +682,7 @@ export type TokenPair = Message<"aimesh.auth.v1.TokenPair"> & {
  * Use `create(TokenPairSchema)` to create a new message.
  */
 export const TokenPairSchema: GenMessage<TokenPair> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 4);
+  messageDesc(file_aimesh_auth_v1_auth, 10);
 
 /**
  * One public key in RFC 7517 JWK form (RSA only). JSON names are the RFC member names.
@@ -485,7 +738,7 @@ export type Jwk = Message<"aimesh.auth.v1.Jwk"> & {
  * Use `create(JwkSchema)` to create a new message.
  */
 export const JwkSchema: GenMessage<Jwk> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 5);
+  messageDesc(file_aimesh_auth_v1_auth, 11);
 
 /**
  * An RFC 7517 JWK Set: JSON {"keys":[...]}.
@@ -506,7 +759,7 @@ export type Jwks = Message<"aimesh.auth.v1.Jwks"> & {
  * Use `create(JwksSchema)` to create a new message.
  */
 export const JwksSchema: GenMessage<Jwks> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 6);
+  messageDesc(file_aimesh_auth_v1_auth, 12);
 
 /**
  * A token-signing key pair (the private half never leaves Auth).
@@ -562,7 +815,7 @@ export type SigningKey = Message<"aimesh.auth.v1.SigningKey"> & {
  * Use `create(SigningKeySchema)` to create a new message.
  */
 export const SigningKeySchema: GenMessage<SigningKey> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 7);
+  messageDesc(file_aimesh_auth_v1_auth, 13);
 
 /**
  * Lifecycle of a signing key.
@@ -603,7 +856,7 @@ export enum SigningKey_State {
  * Describes the enum aimesh.auth.v1.SigningKey.State.
  */
 export const SigningKey_StateSchema: GenEnum<SigningKey_State> = /*@__PURE__*/
-  enumDesc(file_aimesh_auth_v1_auth, 7, 0);
+  enumDesc(file_aimesh_auth_v1_auth, 13, 0);
 
 /**
  * Request for SignUp.
@@ -653,7 +906,7 @@ export type SignUpRequest = Message<"aimesh.auth.v1.SignUpRequest"> & {
  * Use `create(SignUpRequestSchema)` to create a new message.
  */
 export const SignUpRequestSchema: GenMessage<SignUpRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 8);
+  messageDesc(file_aimesh_auth_v1_auth, 14);
 
 /**
  * Request for Login.
@@ -697,7 +950,7 @@ export type LoginRequest = Message<"aimesh.auth.v1.LoginRequest"> & {
  * Use `create(LoginRequestSchema)` to create a new message.
  */
 export const LoginRequestSchema: GenMessage<LoginRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 9);
+  messageDesc(file_aimesh_auth_v1_auth, 15);
 
 /**
  * Request for RefreshToken.
@@ -726,7 +979,7 @@ export type RefreshTokenRequest = Message<"aimesh.auth.v1.RefreshTokenRequest"> 
  * Use `create(RefreshTokenRequestSchema)` to create a new message.
  */
 export const RefreshTokenRequestSchema: GenMessage<RefreshTokenRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 10);
+  messageDesc(file_aimesh_auth_v1_auth, 16);
 
 /**
  * Request for Logout.
@@ -747,7 +1000,7 @@ export type LogoutRequest = Message<"aimesh.auth.v1.LogoutRequest"> & {
  * Use `create(LogoutRequestSchema)` to create a new message.
  */
 export const LogoutRequestSchema: GenMessage<LogoutRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 11);
+  messageDesc(file_aimesh_auth_v1_auth, 17);
 
 /**
  * Request for GetJwks.
@@ -762,7 +1015,7 @@ export type GetJwksRequest = Message<"aimesh.auth.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 12);
+  messageDesc(file_aimesh_auth_v1_auth, 18);
 
 /**
  * Request for RotateSigningKey.
@@ -792,7 +1045,7 @@ export type RotateSigningKeyRequest = Message<"aimesh.auth.v1.RotateSigningKeyRe
  * Use `create(RotateSigningKeyRequestSchema)` to create a new message.
  */
 export const RotateSigningKeyRequestSchema: GenMessage<RotateSigningKeyRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 13);
+  messageDesc(file_aimesh_auth_v1_auth, 19);
 
 /**
  * Request for GetCurrentUser.
@@ -807,7 +1060,7 @@ export type GetCurrentUserRequest = Message<"aimesh.auth.v1.GetCurrentUserReques
  * Use `create(GetCurrentUserRequestSchema)` to create a new message.
  */
 export const GetCurrentUserRequestSchema: GenMessage<GetCurrentUserRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 14);
+  messageDesc(file_aimesh_auth_v1_auth, 20);
 
 /**
  * Request for GetOrganization.
@@ -828,7 +1081,7 @@ export type GetOrganizationRequest = Message<"aimesh.auth.v1.GetOrganizationRequ
  * Use `create(GetOrganizationRequestSchema)` to create a new message.
  */
 export const GetOrganizationRequestSchema: GenMessage<GetOrganizationRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 15);
+  messageDesc(file_aimesh_auth_v1_auth, 21);
 
 /**
  * Request for ListMemberships.
@@ -845,6 +1098,7 @@ export type ListMembershipsRequest = Message<"aimesh.auth.v1.ListMembershipsRequ
 
   /**
    * Maximum results per page: default 50, values above 1000 are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -852,6 +1106,8 @@ export type ListMembershipsRequest = Message<"aimesh.auth.v1.ListMembershipsRequ
 
   /**
    * next_page_token from a previous call with the same other parameters.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 3;
    */
@@ -870,7 +1126,7 @@ export type ListMembershipsRequest = Message<"aimesh.auth.v1.ListMembershipsRequ
  * Use `create(ListMembershipsRequestSchema)` to create a new message.
  */
 export const ListMembershipsRequestSchema: GenMessage<ListMembershipsRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 16);
+  messageDesc(file_aimesh_auth_v1_auth, 22);
 
 /**
  * Response of ListMemberships.
@@ -905,7 +1161,7 @@ export type ListMembershipsResponse = Message<"aimesh.auth.v1.ListMembershipsRes
  * Use `create(ListMembershipsResponseSchema)` to create a new message.
  */
 export const ListMembershipsResponseSchema: GenMessage<ListMembershipsResponse> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 17);
+  messageDesc(file_aimesh_auth_v1_auth, 23);
 
 /**
  * Request for CreateMembership.
@@ -940,7 +1196,7 @@ export type CreateMembershipRequest = Message<"aimesh.auth.v1.CreateMembershipRe
  * Use `create(CreateMembershipRequestSchema)` to create a new message.
  */
 export const CreateMembershipRequestSchema: GenMessage<CreateMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 18);
+  messageDesc(file_aimesh_auth_v1_auth, 24);
 
 /**
  * Request for UpdateMembership.
@@ -968,7 +1224,7 @@ export type UpdateMembershipRequest = Message<"aimesh.auth.v1.UpdateMembershipRe
  * Use `create(UpdateMembershipRequestSchema)` to create a new message.
  */
 export const UpdateMembershipRequestSchema: GenMessage<UpdateMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 19);
+  messageDesc(file_aimesh_auth_v1_auth, 25);
 
 /**
  * Request for DeleteMembership.
@@ -996,7 +1252,7 @@ export type DeleteMembershipRequest = Message<"aimesh.auth.v1.DeleteMembershipRe
  * Use `create(DeleteMembershipRequestSchema)` to create a new message.
  */
 export const DeleteMembershipRequestSchema: GenMessage<DeleteMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 20);
+  messageDesc(file_aimesh_auth_v1_auth, 26);
 
 /**
  * Request for CreateApiKey.
@@ -1032,7 +1288,7 @@ export type CreateApiKeyRequest = Message<"aimesh.auth.v1.CreateApiKeyRequest"> 
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 21);
+  messageDesc(file_aimesh_auth_v1_auth, 27);
 
 /**
  * Request for GetApiKey.
@@ -1053,7 +1309,7 @@ export type GetApiKeyRequest = Message<"aimesh.auth.v1.GetApiKeyRequest"> & {
  * Use `create(GetApiKeyRequestSchema)` to create a new message.
  */
 export const GetApiKeyRequestSchema: GenMessage<GetApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 22);
+  messageDesc(file_aimesh_auth_v1_auth, 28);
 
 /**
  * Request for ListApiKeys.
@@ -1070,6 +1326,7 @@ export type ListApiKeysRequest = Message<"aimesh.auth.v1.ListApiKeysRequest"> & 
 
   /**
    * Maximum results per page: default 50, values above 1000 are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -1077,6 +1334,8 @@ export type ListApiKeysRequest = Message<"aimesh.auth.v1.ListApiKeysRequest"> & 
 
   /**
    * next_page_token from a previous call with the same other parameters.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 3;
    */
@@ -1095,7 +1354,7 @@ export type ListApiKeysRequest = Message<"aimesh.auth.v1.ListApiKeysRequest"> & 
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 23);
+  messageDesc(file_aimesh_auth_v1_auth, 29);
 
 /**
  * Response of ListApiKeys.
@@ -1130,7 +1389,7 @@ export type ListApiKeysResponse = Message<"aimesh.auth.v1.ListApiKeysResponse"> 
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 24);
+  messageDesc(file_aimesh_auth_v1_auth, 30);
 
 /**
  * Request for RevokeApiKey.
@@ -1151,7 +1410,7 @@ export type RevokeApiKeyRequest = Message<"aimesh.auth.v1.RevokeApiKeyRequest"> 
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_aimesh_auth_v1_auth, 25);
+  messageDesc(file_aimesh_auth_v1_auth, 31);
 
 /**
  * Role of a user in an organization. Each role includes the permissions of the roles below it.
@@ -1432,6 +1691,36 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiKeyRequestSchema;
     output: typeof ApiKeySchema;
+  },
+  /**
+   * Lists the organization's audit log, newest first: every security-relevant action (sign-up,
+   * failed logins, API key creation and revocation, membership and role changes, signing key
+   * rotation, plan changes, invoice state changes, budget changes), each recorded once with who,
+   * what, when, from where and the request id. Requires OWNER or ADMIN.
+   *
+   * Errors: INVALID_ARGUMENT (malformed parent, page size or token), NOT_FOUND (another
+   * organization), PERMISSION_DENIED.
+   *
+   * @generated from rpc aimesh.auth.v1.AuthService.ListAuditEvents
+   */
+  listAuditEvents: {
+    methodKind: "unary";
+    input: typeof ListAuditEventsRequestSchema;
+    output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * Records audit events for actions other services performed (Billing's plan and invoice
+   * changes, Usage's budget changes). Internal: only those services may call it. An event whose
+   * event_key was already recorded is ignored, so the call is safe to retry.
+   *
+   * Errors: INVALID_ARGUMENT (missing event_key, action or organization), PERMISSION_DENIED.
+   *
+   * @generated from rpc aimesh.auth.v1.AuthService.RecordAuditEvents
+   */
+  recordAuditEvents: {
+    methodKind: "unary";
+    input: typeof RecordAuditEventsRequestSchema;
+    output: typeof RecordAuditEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_aimesh_auth_v1_auth, 0);

@@ -194,6 +194,7 @@ export const PlanSchema: GenMessage<Plan> = /*@__PURE__*/
 export type ListPlansRequest = Message<"aimesh.billing.v1.ListPlansRequest"> & {
   /**
    * Maximum results per page: default 50, values above 1000 are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -201,6 +202,8 @@ export type ListPlansRequest = Message<"aimesh.billing.v1.ListPlansRequest"> & {
 
   /**
    * next_page_token from a previous call.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 2;
    */
@@ -888,6 +891,7 @@ export const GetInvoiceRequestSchema: GenMessage<GetInvoiceRequest> = /*@__PURE_
 export type ListInvoicesRequest = Message<"aimesh.billing.v1.ListInvoicesRequest"> & {
   /**
    * Maximum results per page: default 50, values above 1000 are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -895,6 +899,8 @@ export type ListInvoicesRequest = Message<"aimesh.billing.v1.ListInvoicesRequest
 
   /**
    * next_page_token from a previous call with the same filter.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 2;
    */

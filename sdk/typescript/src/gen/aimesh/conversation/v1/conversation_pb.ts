@@ -348,6 +348,7 @@ export type ListConversationsRequest = Message$1<"aimesh.conversation.v1.ListCon
   /**
    * Maximum conversations to return. Default 50, maximum 1000; larger values are coerced
    * to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -355,6 +356,8 @@ export type ListConversationsRequest = Message$1<"aimesh.conversation.v1.ListCon
 
   /**
    * next_page_token of a previous ListConversations call with the same show_deleted.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 2;
    */
@@ -490,6 +493,7 @@ export type ListMessagesRequest = Message$1<"aimesh.conversation.v1.ListMessages
   /**
    * Maximum messages to return. Default 50, maximum 1000; larger values are coerced to
    * 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -497,6 +501,8 @@ export type ListMessagesRequest = Message$1<"aimesh.conversation.v1.ListMessages
 
   /**
    * next_page_token of a previous ListMessages call.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 3;
    */
@@ -595,7 +601,8 @@ export type SendMessageRequest = Message$1<"aimesh.conversation.v1.SendMessageRe
   model: string;
 
   /**
-   * Grounding in the organization's documents. Default: no retrieval.
+   * Grounding in the organization's documents. Absent: automatic — on when the model can
+   * ground answers and the organization has READY documents (see GenerateRequest.retrieval).
    *
    * @generated from field: aimesh.orchestrator.v1.RetrievalOptions retrieval = 4;
    */

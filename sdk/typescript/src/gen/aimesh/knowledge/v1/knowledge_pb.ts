@@ -310,6 +310,7 @@ export type ListDocumentsRequest = Message<"aimesh.knowledge.v1.ListDocumentsReq
   /**
    * Maximum documents to return. Default 50, maximum 1000; larger values are coerced to
    * 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -317,6 +318,8 @@ export type ListDocumentsRequest = Message<"aimesh.knowledge.v1.ListDocumentsReq
 
   /**
    * next_page_token of a previous ListDocuments call with the same filter.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 2;
    */

@@ -178,6 +178,7 @@ export const Model_CapabilitySchema: GenEnum<Model_Capability> = /*@__PURE__*/
 export type ListModelsRequest = Message<"aimesh.orchestrator.v1.ListModelsRequest"> & {
   /**
    * Maximum models to return. Default 50, maximum 1000; larger values are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -185,6 +186,8 @@ export type ListModelsRequest = Message<"aimesh.orchestrator.v1.ListModelsReques
 
   /**
    * next_page_token of a previous ListModels call, to fetch the next page.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 2;
    */
@@ -642,7 +645,10 @@ export type GenerateRequest = Message<"aimesh.orchestrator.v1.GenerateRequest"> 
   seed?: bigint | undefined;
 
   /**
-   * Retrieval from Knowledge documents. Default: no retrieval.
+   * Retrieval from Knowledge documents. Absent: automatic — on, with default options, for
+   * models with CAPABILITY_RETRIEVAL when the organization has READY documents and the last
+   * message is ROLE_USER; set it (e.g. `enabled: false`) to decide explicitly. A grounded
+   * model with nothing to ground on answers that it has no documents and how to add them.
    *
    * @generated from field: aimesh.orchestrator.v1.RetrievalOptions retrieval = 8;
    */

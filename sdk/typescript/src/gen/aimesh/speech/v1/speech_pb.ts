@@ -840,6 +840,7 @@ export type ListVoicesRequest = Message<"aimesh.speech.v1.ListVoicesRequest"> & 
 
   /**
    * Maximum voices to return. Default 50, maximum 1000; larger values are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -847,6 +848,8 @@ export type ListVoicesRequest = Message<"aimesh.speech.v1.ListVoicesRequest"> & 
 
   /**
    * next_page_token of a previous ListVoices call with the same language_code.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 3;
    */

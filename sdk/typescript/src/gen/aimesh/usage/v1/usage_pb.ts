@@ -431,6 +431,7 @@ export type ListUsageRecordsRequest = Message<"aimesh.usage.v1.ListUsageRecordsR
 
   /**
    * Maximum results per page: default 50, values above 1000 are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 8;
    */
@@ -438,6 +439,8 @@ export type ListUsageRecordsRequest = Message<"aimesh.usage.v1.ListUsageRecordsR
 
   /**
    * next_page_token from a previous call with the same filters.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 9;
    */
@@ -746,6 +749,7 @@ export const GetBudgetRequestSchema: GenMessage<GetBudgetRequest> = /*@__PURE__*
 export type ListBudgetsRequest = Message<"aimesh.usage.v1.ListBudgetsRequest"> & {
   /**
    * Maximum results per page: default 50, values above 1000 are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -753,6 +757,8 @@ export type ListBudgetsRequest = Message<"aimesh.usage.v1.ListBudgetsRequest"> &
 
   /**
    * next_page_token from a previous call.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 2;
    */
