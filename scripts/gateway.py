@@ -2,13 +2,19 @@
 
     python -m scripts.gateway render [--out DIR]     # write envoy.json for the current settings
     python -m scripts.gateway validate               # render + `envoy --mode validate`
+    python -m scripts.gateway reference [--check]    # envoy/envoy.yaml, envoy/envoy.k8s.yaml
 
 Routes and the transcoder's service list are generated from gen/descriptor.binpb, so a new
 service or RPC gets its gateway route from `scripts/gen` alone. One listener (AIMESH_GATEWAY_ADDR)
-serves gRPC, gRPC-Web and JSON/HTTP. Filter order (each sees the transcoded gRPC path):
+serves gRPC, gRPC-Web and JSON/HTTP. Filter order (the filters after the transcoder see the
+gRPC path; tests/contract checks this line against the rendered chain):
 
-    health_check (/healthz) → grpc_web → cors → grpc_json_transcoder → jwt_authn → ext_authz
-    (Auth) → ratelimit (Usage) → router
+    health_check → aimesh.grpc_web_mark → grpc_web → cors → aimesh.grpc_web_frames →
+    aimesh.json_fields → grpc_json_transcoder → jwt_authn → ext_authz → ratelimit →
+    router
+
+health_check answers /healthz; the two Lua filters (envoy/grpc_web_frames.lua) check gRPC-Web
+framing; aimesh.json_fields (envoy/json_fields.lua) refuses unknown JSON body fields; ext_authz calls Auth's Check, ratelimit Usage's RateLimitService.
 
 Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
 JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
@@ -29,29 +35,33 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import socket
 import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf import descriptor_pb2
 
 from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
 
-if TYPE_CHECKING:
-    from scripts.stack import Process, Stack
-
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
 RATE_LIMIT_DOMAIN = "aimesh"
 JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
-# Everything a client must never be able to set: identity headers and the verified-JWT header.
+# Set in front of grpc_web on gRPC-Web requests, read by the frame check behind it.
+GRPC_WEB_MARK = "x-aimesh-grpc-web"
+GRPC_WEB_FRAMES_LUA = REPO_ROOT / "envoy" / "grpc_web_frames.lua"
+JSON_FIELDS_LUA = REPO_ROOT / "envoy" / "json_fields.lua"
+JSON_FIELDS_METADATA = "aimesh.json_fields"  # dynamic metadata namespace the Lua filter sets
+# Everything a client must never be able to set: identity headers, the verified-JWT header and
+# the gRPC-Web mark.
 STRIPPED_REQUEST_HEADERS = (
     "x-aimesh-org", "x-aimesh-subject", "x-aimesh-roles", "x-aimesh-key-id", "x-aimesh-scopes",
-    JWT_PAYLOAD_HEADER,
+    JWT_PAYLOAD_HEADER, GRPC_WEB_MARK,
 )
 # RPCs reachable without credentials (their own body is the credential, or they are public).
 PUBLIC_METHODS = frozenset({
@@ -124,11 +134,40 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+def upstream_transport_socket(
+    callee: str, certs_dir: Path, identity: str = mesh_policy.GATEWAY
+) -> dict[str, Any]:
+    """Envoy cluster `transport_socket` for the gateway's mTLS to `callee` (local mode):
+    present the gateway certificate, trust only the local CA, require callee's SPIFFE id."""
+    paths = tls.CertPaths(certs_dir)
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _t("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+            "sni": tls.server_name(callee),
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(paths.cert(identity))},
+                        "private_key": {"filename": str(paths.key(identity))},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(paths.ca_cert)},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": mesh_policy.spiffe_id(callee)}}
+                    ],
+                },
+            },
+        },
+    }
+
+
 def upstream_cluster(name: str, address: str, http2: bool = True, health_check: bool = True,
                      transport_socket: dict[str, Any] | None = None) -> dict[str, Any]:
     """The one definition of an upstream cluster. For mTLS, render() passes
-    services.common.tls.envoy_upstream_transport_socket(name, certs) for the service clusters
-    (health checks and ext_authz/ratelimit calls then use it too)."""
+    upstream_transport_socket(name, certs) for the service clusters (health checks and
+    ext_authz/ratelimit calls then use it too)."""
     host = address.rpartition(":")[0]
     cluster: dict[str, Any] = {
         "name": name,
@@ -236,6 +275,45 @@ def _preflight_route() -> dict[str, Any]:
     }
 
 
+# Files the gateway serves itself, without auth (public documents): the OpenAPI document of
+# the JSON surface (scripts/gen) and the web console (console/dist: committed, fixed file
+# names, so Envoy can always load them and this configuration stays the same on every
+# machine). Envoy reads them when it starts: after rebuilding the console, restart it.
+OPENAPI_DOCUMENT = REPO_ROOT / "gen" / "openapi.json"
+CONSOLE_DIST = REPO_ROOT / "console" / "dist"
+CONSOLE_FILES = ("index.html", "assets/console.js", "assets/console.css")
+MAX_STATIC_BYTES = 8 * 1024 * 1024
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                  ".css": "text/css; charset=utf-8", ".json": "application/json"}
+
+
+def _static_route(path: str, file: Path, match: str = "path") -> dict[str, Any]:
+    return {
+        "name": f"static:{path}",
+        "match": {match: path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [{
+            "header": {"key": "content-type", "value": _CONTENT_TYPES[file.suffix]},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "typed_per_filter_config": {
+            **_disabled("envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn"),
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": _t("envoy.config.route.v3.FilterConfig"), "disabled": True},
+        },
+    }
+
+
+def _static_routes() -> list[dict[str, Any]]:
+    index = CONSOLE_DIST / "index.html"
+    return [
+        _static_route("/v1/openapi.json", OPENAPI_DOCUMENT),
+        *(_static_route(f"/console/{name}", CONSOLE_DIST / name) for name in CONSOLE_FILES),
+        # The single-page app: /console, /console/ and its own paths get index.html.
+        _static_route("/console", index),
+        _static_route("/console/", index, match="prefix"),
+    ]
+
+
 def _not_found_route() -> dict[str, Any]:
     # Unknown REST paths are already 404 from the transcoder (reject_unknown_method); this
     # catches unknown gRPC paths. Nothing is routed upstream, so skipping auth here is safe.
@@ -250,100 +328,269 @@ def _not_found_route() -> dict[str, Any]:
     }
 
 
+# The OpenAI-compatible edge (services/edge): plain HTTP (JSON, SSE, multipart), so the
+# transcoder is off on its route; authentication and rate limits are the same as for every route.
+EDGE_PREFIX = mesh_policy.EDGE_PUBLIC_PREFIX
+
+
+def _edge_route() -> dict[str, Any]:
+    return {
+        "name": "openai_edge",
+        "match": {"prefix": EDGE_PREFIX},
+        "route": {
+            "cluster": mesh_policy.EDGE,
+            # SSE streams run as long as tokens flow; the edge bounds unary work itself.
+            "timeout": "0s",
+            "idle_timeout": STREAM_IDLE_TIMEOUT,
+            "rate_limits": _rate_limits(),
+        },
+        "typed_per_filter_config": {
+            "envoy.filters.http.jwt_authn": {
+                "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"),
+                "requirement_name": "jwt_if_present",
+            },
+            # Not a gRPC method: with reject_unknown_method the transcoder would answer 404.
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": _t("envoy.config.route.v3.FilterConfig"), "disabled": True},
+        },
+    }
+
+
+def _edge_cluster(settings: Settings) -> dict[str, Any]:
+    cluster = upstream_cluster(
+        mesh_policy.EDGE, settings.address_of(mesh_policy.EDGE), http2=False, health_check=False,
+        transport_socket=(
+            upstream_transport_socket(mesh_policy.EDGE, settings.certs_path)
+            if settings.tls_mode == "mtls" else None
+        ),
+    )
+    cluster["health_checks"] = [{
+        "timeout": "1s", "interval": "5s", "unhealthy_interval": "1s",
+        "unhealthy_threshold": 2, "healthy_threshold": 1,
+        "http_health_check": {"path": "/readyz"},
+    }]
+    return cluster
+
+
+# Envoy's own replies on the edge's prefix (rate limit, no upstream, too large) in OpenAI's
+# error shape, which its client libraries map to exceptions; 429 carries retry-after.
+_EDGE_LOCAL_REPLIES = {
+    413: ("invalid_request_error", "request_too_large", "request body too large"),
+    429: ("requests", "rate_limit_exceeded",
+          ("rate limit exceeded for this API key or organization; retry after "
+           "%RESP(x-ratelimit-reset)% seconds")),
+    503: ("server_error", "service_unavailable", "service unavailable (%RESPONSE_CODE_DETAILS%)"),
+    504: ("server_error", "timeout", "timed out (%RESPONSE_CODE_DETAILS%)"),
+}
+
+
+def _edge_local_reply_mappers() -> list[dict[str, Any]]:
+    on_edge = {"header_filter": {"header": {"name": ":path",
+                                            "string_match": {"prefix": EDGE_PREFIX}}}}
+    mappers = []
+    for http_code, (kind, code, message) in _EDGE_LOCAL_REPLIES.items():
+        status = {"status_code_filter": {"comparison": {
+            "op": "EQ", "value": {"default_value": http_code,
+                                  "runtime_key": f"aimesh.edge_lr.{http_code}"}}}}
+        mapper: dict[str, Any] = {
+            "filter": {"and_filter": {"filters": [status, on_edge]}},
+            "body_format_override": {
+                "json_format": {"error": {"message": message, "type": kind, "param": None,
+                                          "code": code}},
+                "content_type": "application/json",
+            },
+        }
+        if http_code == 429:
+            mapper["headers_to_add"] = [{"header": {"key": "retry-after",
+                                                    "value": "%RESP(x-ratelimit-reset)%"},
+                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+        mappers.append(mapper)
+    return mappers
+
+
+def _filter(name: str, config_type: str, **config: Any) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": _t(config_type), **config}}
+
+
+# grpc_web turns application/grpc-web* into application/grpc; remember that it was gRPC-Web.
+_GRPC_WEB_MARK_LUA = f"""
+function envoy_on_request(handle)
+  local content_type = handle:headers():get("content-type")
+  if content_type ~= nil and string.find(content_type, "^application/grpc%-web") then
+    handle:headers():add("{GRPC_WEB_MARK}", "1")
+  end
+end
+"""
+
+
+def _lua(name: str, source: str) -> dict[str, Any]:
+    return _filter(name, "envoy.extensions.filters.http.lua.v3.Lua",
+                   default_source_code={"inline_string": source})
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _lua_path_pattern(template: str) -> str:
+    """An anchored Lua pattern for a google.api.http path template."""
+    def literal(text: str) -> str:
+        return re.sub(r"([%^$().\[\]*+\-?])", r"%\1", text)
+
+    def variable(match: re.Match[str]) -> str:
+        segments = (match.group(1).partition("=")[2] or "*").split("/")
+        return "/".join("[^/]+" if p == "*" else ".+" if p == "**" else literal(p) for p in segments)
+
+    parts = re.split(r"(\{[^}]+\})", template)
+    return "^" + "".join(variable(re.match(r"\{([^}]+)\}", p)) if p.startswith("{")  # type: ignore[arg-type]
+                         else literal(p) for p in parts) + "$"
+
+
+def _json_body_tables(descriptor: Path) -> str:
+    """ROUTES and SCHEMAS for envoy/json_fields.lua: every public HTTP rule with a body, and
+    the field names (proto and JSON spelling) of each message a body can hold."""
+    from google.api import annotations_pb2
+    from google.protobuf import descriptor_pool
+
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in fds.file:
+        pool.Add(file)
+    schemas: list[str] = []
+    ids: dict[str, int] = {}
+
+    def schema_id(message: Any) -> int:
+        # Well-known types and HttpBody have their own JSON forms: not checked field by field.
+        if message.full_name.startswith("google.protobuf.") or message.full_name == "google.api.HttpBody":
+            return 0
+        if message.full_name not in ids:
+            ids[message.full_name] = len(schemas) + 1
+            schemas.append("")
+            entries = []
+            for field in message.fields:
+                child = 0
+                if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                    value = field.message_type.fields_by_name["value"]
+                    schemas.append(f"{{map={schema_id(value.message_type) if value.message_type else 0}}}")
+                    child = len(schemas)
+                elif field.message_type is not None:
+                    child = schema_id(field.message_type)
+                for name in sorted({field.name, field.json_name}):
+                    entries.append(f"[{_lua_string(name)}]={child}")
+            schemas[ids[message.full_name] - 1] = "{fields={" + ",".join(entries) + "}}"
+        return ids[message.full_name]
+
+    public = {r.path for r in load_rpcs(descriptor) if is_public(r)}
+    routes = []
+    for file in fds.file:
+        for service in file.service:
+            for method in service.method:
+                if f"/{file.package}.{service.name}/{method.name}" not in public:
+                    continue
+                rule = method.options.Extensions[annotations_pb2.http]
+                request = pool.FindMessageTypeByName(method.input_type.lstrip("."))
+                for binding in [rule, *rule.additional_bindings]:
+                    verb = binding.WhichOneof("pattern")
+                    if not binding.body or verb in (None, "custom"):
+                        continue
+                    body = request if binding.body == "*" else request.fields_by_name[binding.body].message_type
+                    if body is None or not schema_id(body):
+                        continue
+                    routes.append(f"{{{_lua_string(verb.upper())},"
+                                  f"{_lua_string(_lua_path_pattern(getattr(binding, verb)))},{schema_id(body)}}}")
+    return ("ROUTES = {\n  " + ",\n  ".join(routes) + "\n}\nSCHEMAS = {\n  "
+            + ",\n  ".join(schemas) + "\n}")
+
+
 def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
-    gateway_port = int(settings.gateway_addr.rpartition(":")[2])
+    """The filter chain, in order; every filter after the transcoder sees the gRPC path."""
     return [
-        {
-            "name": "envoy.filters.http.health_check",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.health_check.v3.HealthCheck"),
-                "pass_through_mode": False,
-                "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
-            },
-        },
-        {"name": "envoy.filters.http.grpc_web",
-         "typed_config": {"@type": _t("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")}},
-        {"name": "envoy.filters.http.cors",
-         "typed_config": {"@type": _t("envoy.extensions.filters.http.cors.v3.Cors")}},
-        {
-            "name": "envoy.filters.http.grpc_json_transcoder",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.grpc_json_transcoder.v3."
-                            "GrpcJsonTranscoder"),
-                "proto_descriptor": str(descriptor),
-                "services": services,
-                "convert_grpc_status": True,
-                "max_request_body_size": MAX_REQUEST_BYTES,
-                "max_response_body_size": MAX_REQUEST_BYTES,
-                "request_validation_options": {
-                    "reject_unknown_method": True,
-                    "reject_unknown_query_parameters": True,
-                    "reject_binding_body_field_collisions": True,
-                },
-                "print_options": {"stream_sse_style_delimited": True},
-            },
-        },
-        {
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"),
-                "providers": {
-                    "aimesh": {
-                        "issuer": JWT_ISSUER,
-                        "audiences": [JWT_AUDIENCE],
-                        "remote_jwks": {
-                            "http_uri": {
-                                "uri": f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json",
-                                "cluster": "jwks_loopback",
-                                "timeout": "2s",
-                            },
-                            # Auth publishes the next signing key ahead of use, so a minute-old
-                            # JWKS already holds the key a fresh rotation activates.
-                            "cache_duration": "60s",
-                            "async_fetch": {"fast_listener": True,
-                                            "failed_refetch_duration": "1s"},
-                        },
-                        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-                        "forward_payload_header": JWT_PAYLOAD_HEADER,
-                        "clock_skew_seconds": 30,
-                    }
-                },
-                "requirement_map": {
-                    # Never rejects here: a missing or bad JWT may be an API key; Check decides.
-                    "jwt_if_present": {"requires_any": {"requirements": [
-                        {"provider_name": "aimesh"}, {"allow_missing_or_failed": {}},
-                    ]}},
-                },
-            },
-        },
-        {
-            "name": "envoy.filters.http.ext_authz",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
-                "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
-                "transport_api_version": "V3",
-                "failure_mode_allow": False,
-                "status_on_error": {"code": 503},
-            },
-        },
-        {
-            "name": "envoy.filters.http.ratelimit",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.http.ratelimit.v3.RateLimit"),
-                "domain": RATE_LIMIT_DOMAIN,
-                "timeout": "0.25s",
-                "failure_mode_deny": settings.gateway_ratelimit_fail_closed,
-                "rate_limited_as_resource_exhausted": True,
-                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
-                "rate_limit_service": {
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "usage"}},
-                    "transport_api_version": "V3",
-                },
-            },
-        },
-        {"name": "envoy.filters.http.router",
-         "typed_config": {"@type": _t("envoy.extensions.filters.http.router.v3.Router")}},
+        _filter("envoy.filters.http.health_check",
+                "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                pass_through_mode=False,
+                headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}]),
+        _lua("aimesh.grpc_web_mark", _GRPC_WEB_MARK_LUA),
+        _filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
+        _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
+        _lua("aimesh.grpc_web_frames", GRPC_WEB_FRAMES_LUA.read_text()),
+        _lua("aimesh.json_fields", JSON_FIELDS_LUA.read_text().replace(
+            "-- GENERATED TABLES --", _json_body_tables(descriptor))),
+        _transcoder_filter(services, descriptor),
+        _jwt_authn_filter(int(settings.gateway_addr.rpartition(":")[2])),
+        _filter("envoy.filters.http.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                grpc_service={"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
+                transport_api_version="V3",
+                failure_mode_allow=False,
+                status_on_error={"code": 503}),
+        _ratelimit_filter(settings.gateway_ratelimit_fail_closed),
+        _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
     ]
+
+
+def _transcoder_filter(services: list[str], descriptor: Path) -> dict[str, Any]:
+    return _filter(
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        proto_descriptor=str(descriptor),
+        services=services,
+        convert_grpc_status=True,
+        max_request_body_size=MAX_REQUEST_BYTES,
+        max_response_body_size=MAX_REQUEST_BYTES,
+        request_validation_options={
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+            "reject_binding_body_field_collisions": True,
+        },
+        print_options={"stream_sse_style_delimited": True},
+    )
+
+
+def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
+    provider = {
+        "issuer": JWT_ISSUER,
+        "audiences": [JWT_AUDIENCE],
+        "remote_jwks": {
+            "http_uri": {
+                "uri": f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json",
+                "cluster": "jwks_loopback",
+                "timeout": "2s",
+            },
+            # Auth publishes the next signing key ahead of use, so a minute-old
+            # JWKS already holds the key a fresh rotation activates.
+            "cache_duration": "60s",
+            "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
+        },
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "forward_payload_header": JWT_PAYLOAD_HEADER,
+        "clock_skew_seconds": 30,
+    }
+    return _filter(
+        "envoy.filters.http.jwt_authn",
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        providers={"aimesh": provider},
+        requirement_map={
+            # Never rejects here: a missing or bad JWT may be an API key; Check decides.
+            "jwt_if_present": {"requires_any": {"requirements": [
+                {"provider_name": "aimesh"}, {"allow_missing_or_failed": {}},
+            ]}},
+        },
+    )
+
+
+def _ratelimit_filter(fail_closed: bool) -> dict[str, Any]:
+    return _filter(
+        "envoy.filters.http.ratelimit",
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        domain=RATE_LIMIT_DOMAIN,
+        timeout="0.25s",
+        failure_mode_deny=fail_closed,
+        rate_limited_as_resource_exhausted=True,
+        enable_x_ratelimit_headers="DRAFT_VERSION_03",
+        rate_limit_service={
+            "grpc_service": {"envoy_grpc": {"cluster_name": "usage"}},
+            "transport_api_version": "V3",
+        },
+    )
 
 
 def _access_log() -> dict[str, Any]:
@@ -391,6 +638,7 @@ def _cors_policy() -> dict[str, Any]:
 _LOCAL_REPLY_CODES = {
     400: (3, "INVALID_ARGUMENT", "invalid request"), 404: (5, "NOT_FOUND", "not found"),
     413: (3, "REQUEST_TOO_LARGE", "request body too large"),
+    431: (3, "HEADERS_TOO_LARGE", "request headers too large"),
     429: (8, "RESOURCE_EXHAUSTED", "rate limit exceeded"),
     503: (14, "UNAVAILABLE", "service unavailable"), 504: (4, "DEADLINE_EXCEEDED", "timed out"),
 }
@@ -402,6 +650,12 @@ def _local_reply_config() -> dict[str, Any]:
         "invert_match": True, "treat_missing_header_as_empty": True}}}
     transcoded = {"header_filter": {"header": {"name": "x-envoy-original-path",
                                                "present_match": True}}}
+    # envoy/json_fields.lua answers with a complete google.rpc.Status (field violations
+    # included) and marks it so; its body is left as it is.
+    not_already_status = {"metadata_filter": {
+        "matcher": {"filter": JSON_FIELDS_METADATA, "path": [{"key": "refused"}],
+                    "value": {"bool_match": False}},
+        "match_if_key_not_found": True}}
     mappers = []
     for http_code, (grpc_code, reason, summary) in _LOCAL_REPLY_CODES.items():
         status = {"status_code_filter": {"comparison": {
@@ -419,69 +673,38 @@ def _local_reply_config() -> dict[str, Any]:
                             "retryDelay": "%RESP(x-ratelimit-reset)%s"})
         mappers.append({
             "filter": {"and_filter": {"filters": [
-                status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
+                status, not_already_status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
             "body_format_override": {
                 "json_format": {"code": grpc_code, "message": message, "details": details},
                 "content_type": "application/json",
             },
         })
-    return {"mappers": mappers}
+    return {"mappers": [*_edge_local_reply_mappers(), *mappers]}
+
+
+OTLP_CLUSTER = "otlp_collector"
+
+
+def _tracing() -> dict[str, Any]:
+    """Every request starts (or continues) a W3C trace that Envoy passes upstream in
+    `traceparent`; its spans go over OTLP/gRPC to AIMESH_OTLP_ENDPOINT."""
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _t("envoy.config.trace.v3.OpenTelemetryConfig"),
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": "aimesh-gateway",
+            },
+        },
+        "spawn_upstream_span": True,
+    }
 
 
 def render(settings: Settings, descriptor: Path = DESCRIPTOR,
-           admin_addr: str | None = None) -> dict[str, Any]:
-    """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
-    rpcs = load_rpcs(descriptor)
-    services = sorted({r.full_service for r in rpcs})
-    # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
-    # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
-    routes = [_route(r) for r in rpcs if is_public(r)] + [_preflight_route(), _not_found_route()]
-    hcm = {
-        "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
-                    "HttpConnectionManager"),
-        "stat_prefix": "gateway",
-        "codec_type": "AUTO",
-        "use_remote_address": True,
-        "early_header_mutation_extensions": [{
-            "name": "envoy.http.early_header_mutation.header_mutation",
-            "typed_config": {
-                "@type": _t("envoy.extensions.http.early_header_mutation.header_mutation.v3."
-                            "HeaderMutation"),
-                "mutations": [{"remove": h} for h in STRIPPED_REQUEST_HEADERS],
-            },
-        }],
-        "route_config": {
-            "name": "aimesh",
-            "virtual_hosts": [{
-                "name": "aimesh",
-                "domains": ["*"],
-                "routes": routes,
-                "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
-            }],
-        },
-        "http_filters": _http_filters(settings, services, descriptor),
-        "local_reply_config": _local_reply_config(),
-        "access_log": [_access_log()],
-        "http2_protocol_options": {"max_concurrent_streams": 1000},
-        "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
-    }
-    # Service clusters: under local mTLS the gateway presents its own certificate and accepts
-    # only the callee's SPIFFE identity. The JWKS loopback (to this listener) stays plaintext.
-    clusters = [
-        upstream_cluster(
-            s,
-            settings.address_of(s),
-            transport_socket=(
-                tls.envoy_upstream_transport_socket(s, settings.certs_path)
-                if settings.tls_mode == "mtls"
-                else None
-            ),
-        )
-        for s in SERVICES
-    ]
-    gateway_port = int(settings.gateway_addr.rpartition(":")[2])
-    clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
-                                     health_check=False))
+           admin_addr: str | None = None, static_files: bool = True) -> dict[str, Any]:
+    """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters).
+    static_files: serve the OpenAPI document and the console from the repository's files."""
     return {
         "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
         "overload_manager": {"resource_monitors": [{
@@ -499,12 +722,82 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
                 "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
+                    "typed_config": _connection_manager(settings, descriptor, static_files),
                 }]}],
             }],
-            "clusters": clusters,
+            "clusters": _clusters(settings),
         },
     }
+
+
+def _connection_manager(settings: Settings, descriptor: Path,
+                        static_files: bool = True) -> dict[str, Any]:
+    """The HTTP connection manager: header stripping, routes, filters, error bodies, access log."""
+    rpcs = load_rpcs(descriptor)
+    services = sorted({r.full_service for r in rpcs})
+    # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
+    # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
+    routes = ([_route(r) for r in rpcs if is_public(r)]
+              + (_static_routes() if static_files else [])
+              + [_preflight_route(), _edge_route(), _not_found_route()])
+    return {
+        "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
+                    "HttpConnectionManager"),
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "early_header_mutation_extensions": [{
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": _t("envoy.extensions.http.early_header_mutation.header_mutation.v3."
+                            "HeaderMutation"),
+                "mutations": [{"remove": h} for h in STRIPPED_REQUEST_HEADERS],
+            },
+        }],
+        "route_config": {
+            "name": "aimesh",
+            "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
+            "virtual_hosts": [{
+                "name": "aimesh",
+                "domains": ["*"],
+                "routes": routes,
+                "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
+            }],
+        },
+        "http_filters": _http_filters(settings, services, descriptor),
+        "local_reply_config": _local_reply_config(),
+        "access_log": [_access_log()],
+        "http2_protocol_options": {"max_concurrent_streams": 1000},
+        "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
+        **({"tracing": _tracing()} if settings.otlp_endpoint else {}),
+    }
+
+
+def _clusters(settings: Settings) -> list[dict[str, Any]]:
+    """One cluster per service, plus the JWKS loopback (to this listener, plaintext).
+
+    Under local mTLS the gateway presents its own certificate and accepts only the callee's
+    SPIFFE identity."""
+    clusters = [
+        upstream_cluster(
+            s,
+            settings.address_of(s),
+            transport_socket=(
+                upstream_transport_socket(s, settings.certs_path)
+                if settings.tls_mode == "mtls"
+                else None
+            ),
+        )
+        for s in SERVICES
+    ]
+    clusters.append(_edge_cluster(settings))
+    gateway_port = int(settings.gateway_addr.rpartition(":")[2])
+    clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
+                                     health_check=False))
+    if settings.otlp_endpoint:
+        clusters.append(upstream_cluster(OTLP_CLUSTER, settings.otlp_endpoint.split("://")[-1],
+                                         health_check=False))
+    return clusters
 
 
 # --- running it ------------------------------------------------------------------------------
@@ -540,6 +833,73 @@ def write_config(settings: Settings, out_dir: Path) -> tuple[Path, Path]:
     return config, out_dir / "admin-address.txt"
 
 
+ENVOY_DIR = REPO_ROOT / "envoy"
+# In Kubernetes the ConfigMap gateway-envoy-config is mounted here (istio/base/gateway.yaml).
+K8S_CONFIG_DIR = "/etc/envoy"
+_REFERENCE_HEADER = (
+    "# GENERATED by `.venv/bin/python -m scripts.gateway reference` from scripts/gateway.py and\n"
+    "# gen/descriptor.binpb for {what}.\n"
+    "# Do not edit by hand; tests/contract fails when it is stale.\n"
+)
+
+
+def _replace_paths(value: Any, replacements: dict[str, str]) -> Any:
+    """The same configuration with each path prefix in `replacements` swapped."""
+    if isinstance(value, dict):
+        return {k: _replace_paths(v, replacements) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_paths(v, replacements) for v in value]
+    if isinstance(value, str):
+        for prefix, replacement in replacements.items():
+            if value.startswith(prefix):
+                return replacement + value[len(prefix):]
+    return value
+
+
+def _yaml(config: dict[str, Any]) -> str:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        # Inline Lua sources read as code, not as one escaped line.
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(config, Dumper=Dumper, sort_keys=False, width=100)
+
+
+def k8s_settings() -> Settings:
+    """The gateway pod's settings: the aimesh-config ConfigMap (istio/base/config.yaml), and
+    the public listener on every interface of the pod."""
+    import yaml
+
+    config_map = yaml.safe_load((REPO_ROOT / "istio" / "base" / "config.yaml").read_text())
+    return Settings.from_env({**config_map["data"], "AIMESH_GATEWAY_ADDR": "0.0.0.0:8080"})
+
+
+def reference_configs() -> dict[Path, str]:
+    """What the gateway runs, as reviewable files: envoy/envoy.yaml for the default local
+    settings (paths relative to the repository root, where scripts/stack.py runs Envoy) and
+    envoy/envoy.k8s.yaml for the gateway pod (istio/base/gateway.yaml). What runs locally is
+    rendered the same way for the actual settings into $AIMESH_VAR_DIR/envoy/envoy.json."""
+    local = _replace_paths(render(Settings.from_env({})), {f"{REPO_ROOT}/": ""})
+    # The pod carries no repository files: it serves no console or OpenAPI document.
+    k8s = _replace_paths(render(k8s_settings(), static_files=False),
+                         {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"})
+    return {
+        ENVOY_DIR / "envoy.yaml": _REFERENCE_HEADER.format(
+            what="the default local settings (no AIMESH_* variables; paths relative to the\n"
+                 "# repository root)") + _yaml(local),
+        ENVOY_DIR / "envoy.k8s.yaml": _REFERENCE_HEADER.format(
+            what="the gateway pod (settings from istio/base/config.yaml; ConfigMap\n"
+                 "# gateway-envoy-config mounted at /etc/envoy)") + _yaml(k8s),
+    }
+
+
 def envoy_argv(config: Path, admin_file: Path, concurrency: int = 2) -> list[str]:
     return [envoy_binary(), "-c", str(config), "--admin-address-path", str(admin_file),
             "--disable-hot-restart", "--concurrency", str(concurrency), "-l", "warning"]
@@ -565,25 +925,23 @@ def is_ready(admin_file: Path) -> bool:
         return False
 
 
-def start_in_stack(stack: Stack) -> Process:
-    settings = stack.settings
-    config, admin_file = write_config(settings, Path(settings.var_dir) / "envoy")
-    admin_file.unlink(missing_ok=True)
-    return stack.spawn("gateway", envoy_argv(config, admin_file), lambda: is_ready(admin_file))
-
-
-def validate(config: Path) -> subprocess.CompletedProcess[str]:
+def validate(config: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`envoy --mode validate` (relative paths in `config` resolve against `cwd`)."""
     return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config),
                            "--disable-hot-restart", "-l", "error"],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts.gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["render", "validate"])
+    parser.add_argument("command", choices=["render", "validate", "reference"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--check", action="store_true",
+                        help="reference: exit 1 if envoy/*.yaml are stale, change nothing")
     args = parser.parse_args(argv)
+    if args.command == "reference":
+        return _write_reference(check=args.check)
     settings = Settings.from_env()
     config, _ = write_config(settings, args.out or Path(settings.var_dir) / "envoy")
     if args.command == "render":
@@ -592,6 +950,20 @@ def main(argv: list[str] | None = None) -> int:
     result = validate(config)
     sys.stdout.write(result.stdout[-4000:] + result.stderr[-4000:])
     return result.returncode
+
+
+def _write_reference(*, check: bool) -> int:
+    stale = []
+    for path, text in reference_configs().items():
+        if not check:
+            path.write_text(text)
+        elif not path.exists() or path.read_text() != text:
+            stale.append(str(path))
+    if stale:
+        print("stale (run .venv/bin/python -m scripts.gateway reference):", *stale, sep="\n  ",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

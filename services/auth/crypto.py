@@ -13,8 +13,9 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
@@ -150,10 +151,10 @@ def generate_signing_key() -> KeyPair:
 
 def sign_access_token(
     private_pem: bytes, kid: str, user_id: str, org_id: str, roles: list[str], ttl_seconds: int,
-    now: float | None = None, scopes: Sequence[str] = (),
+    now: float | None = None, scopes: Sequence[str] = (), session_id: str | None = None,
 ) -> tuple[str, int]:
     """An RS256 access token and its expiry (epoch seconds); `scopes` go in the space-separated
-    `scope` claim (RFC 8693)."""
+    `scope` claim (RFC 8693), the session (refresh family) in `sid` so it can be revoked."""
     issued = int(now if now is not None else time.time())
     expires = issued + ttl_seconds
     claims: dict[str, Any] = {
@@ -169,6 +170,8 @@ def sign_access_token(
     }
     if scopes:
         claims["scope"] = " ".join(scopes)
+    if session_id:
+        claims["sid"] = session_id
     token = jwt.encode(claims, private_pem, algorithm=JWT_ALG, headers={"kid": kid})
     return token, expires
 

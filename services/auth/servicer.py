@@ -5,8 +5,6 @@ The same process also serves Envoy's ext_authz `Check` (services/auth/check.py).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,14 +16,14 @@ from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import empty_pb2
 
 from services.auth import check, store
-from services.auth.domain import (
-    ROLE_BY_NAME,
-    AuthDomain,
-    Principal,
-    Tokens,
-)
+from services.auth.domain import AuthDomain
+from services.auth.principal import ROLE_BY_NAME, Principal
+from services.auth.sessions import Tokens
+from services.common.audit import Event
 from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
+from services.common.names import ResourceName, resource
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 
@@ -35,8 +33,12 @@ _ROLE_TO_PB = {
 }
 _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
-DEFAULT_PAGE, MAX_PAGE = 50, 1000
 DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
+ORGANIZATION = resource("auth.aimesh.dev/Organization")
+USER = resource("auth.aimesh.dev/User")
+MEMBERSHIP = resource("auth.aimesh.dev/Membership")
+API_KEY = resource("auth.aimesh.dev/ApiKey")
+AUDIT_EVENT = resource("auth.aimesh.dev/AuditEvent")
 log = logging.getLogger("aimesh.auth")
 
 
@@ -51,45 +53,23 @@ def _principal(context: grpc.aio.ServicerContext) -> Principal:
 
 def _org_from(name: str, principal: Principal, field_name: str) -> str:
     """The organization id in `organizations/{id}`; another org's name is NOT_FOUND (no leak)."""
-    parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "organizations" or not parts[1]:
-        raise invalid_argument(f"{field_name} must be organizations/{{organization}}",
-                               [(field_name, "must be organizations/{organization}")])
-    if parts[1] != principal.org_id:
+    org_id = ORGANIZATION.id(name, field_name)
+    if org_id != principal.org_id:
         raise not_found("organization not found", reason="ORGANIZATION_NOT_FOUND")
-    return parts[1]
+    return org_id
 
 
-def _child(name: str, collection: str, principal: Principal, field_name: str) -> str:
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "organizations" or parts[2] != collection or not parts[3]:
-        pattern = f"organizations/{{organization}}/{collection}/{{id}}"
-        raise invalid_argument(f"{field_name} must be {pattern}", [(field_name, f"must be {pattern}")])
-    if parts[1] != principal.org_id:
-        raise not_found(f"{collection[:-1]} not found")
-    return parts[3]
+def _child(name: str, kind: ResourceName, principal: Principal, field_name: str) -> str:
+    """The own id of a resource under the caller's organization; another org's is NOT_FOUND."""
+    org_id, child_id = kind.parse(name, field_name)
+    if org_id != principal.org_id:
+        raise not_found(f"{kind.type.rsplit('/', 1)[1]} not found")
+    return child_id
 
 
-def _page(page_size: int, page_token: str) -> tuple[int, tuple[datetime, str] | None]:
-    v = FieldViolations()
-    v.check(page_size >= 0, "page_size", "must not be negative")
-    cursor: tuple[datetime, str] | None = None
-    if page_token:
-        try:
-            raw = json.loads(base64.urlsafe_b64decode(page_token.encode()))
-            cursor = (datetime.fromisoformat(raw[0]), str(raw[1]))
-        except (ValueError, TypeError, IndexError, KeyError):
-            v.add("page_token", "is not a token returned by this method")
-    v.raise_if_any()
-    return min(page_size or DEFAULT_PAGE, MAX_PAGE), cursor
-
-
-def _token_after(rows: list[store.Row], limit: int) -> str:
-    if len(rows) < limit or not rows:
-        return ""
-    last = rows[-1]
-    return base64.urlsafe_b64encode(
-        json.dumps([last["create_time"].isoformat(), last["id"]]).encode()).decode()
+def _create_order(row: store.Row) -> tuple[datetime, str]:
+    """The keyset both Auth lists page by."""
+    return row["create_time"], row["id"]
 
 
 def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
@@ -97,7 +77,7 @@ def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
         access_token=tokens.access_token, token_type="Bearer",
         expire_time=to_timestamp(float(tokens.access_expire)), expires_in_seconds=tokens.expires_in,
         refresh_token=tokens.refresh_token, refresh_expire_time=to_timestamp(tokens.refresh_expire),
-        user=f"users/{tokens.user_id}", organization=f"organizations/{tokens.org_id}",
+        user=USER.format(tokens.user_id), organization=ORGANIZATION.format(tokens.org_id),
     )
 
 
@@ -110,7 +90,7 @@ def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
     else:
         state = auth_pb2.ApiKey.STATE_ACTIVE
     return auth_pb2.ApiKey(
-        name=f"organizations/{row['org_id']}/apiKeys/{row['id']}",
+        name=API_KEY.format(row["org_id"], row["id"]),
         display_name=row["display_name"], secret=secret, prefix=row["prefix"],
         scopes=list(row["scopes"]), expire_time=to_timestamp(row["expire_time"]), state=state,
         creator=row["creator"] if row["creator"].startswith("users/") else "",
@@ -121,14 +101,22 @@ def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
 
 def _membership(row: store.Row) -> auth_pb2.Membership:
     return auth_pb2.Membership(
-        name=f"organizations/{row['org_id']}/memberships/{row['id']}",
-        user=f"users/{row['user_id']}" if row["user_id"] else "", email=row["email"],
+        name=MEMBERSHIP.format(row["org_id"], row["id"]),
+        user=USER.format(row["user_id"]) if row["user_id"] else "", email=row["email"],
         role=_ROLE_TO_PB[row["role"]],
         state=auth_pb2.Membership.STATE_ACTIVE if row["state"] == "active"
         else auth_pb2.Membership.STATE_INVITED,
         inviter=row["inviter"], create_time=to_timestamp(row["create_time"]),
         update_time=to_timestamp(row["update_time"]), etag=str(row["version"]),
     )
+
+
+def _audit_event(row: store.Row) -> auth_pb2.AuditEvent:
+    return auth_pb2.AuditEvent(
+        name=AUDIT_EVENT.format(row["org_id"], row["id"]), action=row["action"],
+        actor=row["actor"], resource=row["resource"], peer_address=row["peer_address"],
+        request_id=row["request_id"], create_time=to_timestamp(row["create_time"]),
+        details={str(k): str(v) for k, v in dict(row["details"]).items()})
 
 
 def _role(value: int, field_name: str) -> Role:
@@ -142,33 +130,31 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, runtime: Runtime, domain: AuthDomain) -> None:
         self.runtime = runtime
         self.domain = domain
+        self.pages = Paginator(runtime.settings)
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.TokenPair:
-        return _token_pair(await self.domain.sign_up(
+        return _token_pair(await self.domain.sessions.sign_up(
             request.email, request.password, request.display_name,
             request.organization_display_name, request.request_id))
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.TokenPair:
         org: str | None = None
         if request.organization:
-            parts = request.organization.split("/")
-            if len(parts) != 2 or parts[0] != "organizations" or not parts[1]:
-                raise invalid_argument("organization must be organizations/{organization}",
-                                       [("organization", "must be organizations/{organization}")])
-            org = parts[1]
-        return _token_pair(await self.domain.login(request.email, request.password, org,
+            org = ORGANIZATION.id(request.organization, "organization")
+        return _token_pair(await self.domain.sessions.login(request.email, request.password, org,
                                                    request.request_id))
 
     async def RefreshToken(self, request: auth_pb2.RefreshTokenRequest,
                            context: Any) -> auth_pb2.TokenPair:
-        return _token_pair(await self.domain.refresh(request.refresh_token, request.request_id))
+        return _token_pair(await self.domain.sessions.refresh(request.refresh_token,
+                                                              request.request_id))
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> empty_pb2.Empty:
-        await self.domain.logout(request.refresh_token)
+        await self.domain.sessions.logout(request.refresh_token)
         return empty_pb2.Empty()
 
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.Jwks:
-        keys = await self.domain.jwks()
+        keys = await self.domain.signing_keys.jwks()
         return auth_pb2.Jwks(keys=[auth_pb2.Jwk(**{k: v for k, v in key.items()
                                                    if k in ("kty", "kid", "use", "alg", "n", "e")})
                                    for key in keys])
@@ -178,10 +164,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         if not principal.subject.startswith("users/"):
             raise unauthenticated("rotating keys needs a user identity", reason="USER_REQUIRED")
-        user = await self.domain.get_user(principal.subject[6:])
         grace = (request.previous_key_grace.ToTimedelta()
                  if request.HasField("previous_key_grace") else None)
-        row = await self.domain.rotate_signing_key(user["email"], grace, request.request_id)
+        row = await self.domain.rotate_signing_key(principal.subject[6:], grace,
+                                                   request.request_id)
         jwk = {k: v for k, v in dict(row["public_jwk"]).items()
                if k in ("kty", "kid", "use", "alg", "n", "e")}
         return auth_pb2.SigningKey(kid=row["kid"], alg=row["alg"],
@@ -195,18 +181,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if not principal.subject.startswith("users/"):
             raise unauthenticated("GetCurrentUser needs a user (access token), not an API key",
                                   reason="USER_REQUIRED")
-        user = await self.domain.get_user(principal.subject[6:])
+        user = await self.domain.memberships.get_user(principal.subject[6:])
         return auth_pb2.User(
-            name=f"users/{user['id']}", email=user["email"], display_name=user["display_name"],
-            organization=f"organizations/{principal.org_id}",
+            name=USER.format(user["id"]), email=user["email"], display_name=user["display_name"],
+            organization=ORGANIZATION.format(principal.org_id),
             roles=[_ROLE_TO_PB[r] for r in principal.roles if r in _ROLE_TO_PB],
             create_time=to_timestamp(user["create_time"]))
 
     async def GetOrganization(self, request: auth_pb2.GetOrganizationRequest,
                               context: Any) -> auth_pb2.Organization:
         principal = _principal(context)
-        org = await self.domain.get_org(_org_from(request.name, principal, "name"))
-        return auth_pb2.Organization(name=f"organizations/{org['id']}",
+        org = await self.domain.memberships.get_org(_org_from(request.name, principal, "name"))
+        return auth_pb2.Organization(name=ORGANIZATION.format(org["id"]),
                                      display_name=org["display_name"],
                                      create_time=to_timestamp(org["create_time"]),
                                      update_time=to_timestamp(org["update_time"]))
@@ -215,12 +201,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                               context: Any) -> auth_pb2.ListMembershipsResponse:
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
-        limit, cursor = _page(request.page_size, request.page_token)
+        page = self.pages.start(request, principal.org_id)
         role = _ROLE_NAME.get(request.role) if request.role else None  # type: ignore[call-overload]
-        rows, total = await self.domain.list_memberships(org_id, role, cursor, limit)
+        rows, total = await self.domain.memberships.list(org_id, role, page.cursor,  # type: ignore[arg-type]
+                                                         page.size + 1)
+        rows, token = page.split(rows, _create_order)
         return auth_pb2.ListMembershipsResponse(
-            memberships=[_membership(r) for r in rows], next_page_token=_token_after(rows, limit),
-            total_size=total)
+            memberships=[_membership(r) for r in rows], next_page_token=token, total_size=total)
 
     async def CreateMembership(self, request: auth_pb2.CreateMembershipRequest,
                                context: Any) -> auth_pb2.Membership:
@@ -237,7 +224,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if bad:
             raise invalid_argument("only 'role' can be updated",
                                    [("update_mask", f"unsupported path(s): {', '.join(bad)}")])
-        membership_id = _child(request.membership.name, "memberships", principal,
+        membership_id = _child(request.membership.name, MEMBERSHIP, principal,
                                "membership.name")
         role = _role(request.membership.role, "membership.role")
         return _membership(await self.domain.update_membership(
@@ -246,7 +233,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def DeleteMembership(self, request: auth_pb2.DeleteMembershipRequest,
                                context: Any) -> empty_pb2.Empty:
         principal = _principal(context)
-        membership_id = _child(request.name, "memberships", principal, "name")
+        membership_id = _child(request.name, MEMBERSHIP, principal, "name")
         await self.domain.delete_membership(principal, membership_id, request.allow_missing)
         return empty_pb2.Empty()
 
@@ -256,30 +243,61 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         _org_from(request.parent, principal, "parent")
         key = request.api_key
         expire = key.expire_time.ToDatetime(UTC) if key.HasField("expire_time") else None
-        row, secret = await self.domain.create_api_key(
+        row, secret = await self.domain.api_keys.create(
             principal, key.display_name, list(key.scopes), expire, request.request_id)
         return _api_key(row, secret)
 
     async def GetApiKey(self, request: auth_pb2.GetApiKeyRequest, context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
-        key_id = _child(request.name, "apiKeys", principal, "name")
-        return _api_key(await self.domain.get_api_key(principal.org_id, key_id))
+        key_id = _child(request.name, API_KEY, principal, "name")
+        return _api_key(await self.domain.api_keys.get(principal.org_id, key_id))
 
     async def ListApiKeys(self, request: auth_pb2.ListApiKeysRequest,
                           context: Any) -> auth_pb2.ListApiKeysResponse:
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
-        limit, cursor = _page(request.page_size, request.page_token)
-        rows, total = await self.domain.list_api_keys(org_id, request.show_inactive, cursor, limit)
+        page = self.pages.start(request, principal.org_id)
+        rows, total = await self.domain.api_keys.list(org_id, request.show_inactive, page.cursor,  # type: ignore[arg-type]
+                                                      page.size + 1)
+        rows, token = page.split(rows, _create_order)
         return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(r) for r in rows],
-                                            next_page_token=_token_after(rows, limit),
-                                            total_size=total)
+                                            next_page_token=token, total_size=total)
 
     async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest,
                            context: Any) -> auth_pb2.ApiKey:
         principal = _principal(context)
-        key_id = _child(request.name, "apiKeys", principal, "name")
-        return _api_key(await self.domain.revoke_api_key(principal, key_id))
+        key_id = _child(request.name, API_KEY, principal, "name")
+        return _api_key(await self.domain.api_keys.revoke(principal, key_id))
+
+
+    async def ListAuditEvents(self, request: auth_pb2.ListAuditEventsRequest,
+                              context: Any) -> auth_pb2.ListAuditEventsResponse:
+        principal = _principal(context)
+        org_id = _org_from(request.parent, principal, "parent")
+        page = self.pages.start(request, principal.org_id)
+        rows = await self.domain.audit.list(org_id, request.action or None,
+                                            page.cursor, page.size + 1)  # type: ignore[arg-type]
+        rows, token = page.split(rows, _create_order)
+        return auth_pb2.ListAuditEventsResponse(audit_events=[_audit_event(r) for r in rows],
+                                                next_page_token=token)
+
+    async def RecordAuditEvents(self, request: auth_pb2.RecordAuditEventsRequest,
+                                context: Any) -> auth_pb2.RecordAuditEventsResponse:
+        v = FieldViolations()
+        v.check(0 < len(request.events) <= 100, "events", "must hold 1-100 events")
+        for i, e in enumerate(request.events):
+            v.check(bool(e.event_key), f"events[{i}].event_key", "is required")
+            v.check(bool(e.action), f"events[{i}].action", "is required")
+            ORGANIZATION.id(e.organization, f"events[{i}].organization", v)
+        v.raise_if_any()
+        recorded = 0
+        for e in request.events:
+            recorded += await self.domain.audit.record(Event(
+                event_key=e.event_key, org_id=ORGANIZATION.id(e.organization, "organization"),
+                action=e.action, actor=e.actor,
+                resource=e.resource, peer_address=e.peer_address, request_id=e.request_id,
+                details=dict(e.details)))
+        return auth_pb2.RecordAuditEventsResponse(recorded_count=recorded)
 
 
 class _Shared:
@@ -322,6 +340,8 @@ def build_spec() -> ServiceSpec:
         ],
         # API-key checks fall back to PostgreSQL when Redis is down, so Redis is not required.
         cache_required_for_readiness=False,
+        # Auth keeps the audit log: its own events go straight to its store.
+        audit_sink=lambda runtime: shared.get(runtime).audit,
     )
 
 

@@ -9,7 +9,6 @@ finalizing and voiding invoices need ADMIN or higher.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from pathlib import Path
 
@@ -17,28 +16,24 @@ import grpc
 from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from google.api import httpbody_pb2
 
-from services.billing import invoicing
-from services.billing.billing import Billing
-from services.billing.store import BillingStore, Row
+from services.billing import plans
+from services.billing.invoices import INVOICE, Invoices
+from services.billing.plans import PLAN
+from services.billing.store import Row, Store
+from services.billing.subscriptions import ORGANIZATION, SUBSCRIPTION, Subscriptions
 from services.common.channels import Channels
 from services.common.errors import (
     FieldViolations,
-    ServiceError,
     already_exists,
+    etag_mismatch,
     invalid_argument,
     not_found,
     permission_denied,
 )
 from services.common.identity import Identity, Role, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
-
-_PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_PLAN_MUTABLE = {"display_name", "description", "monthly_fee_micros", "prices",
-                 "organization_requests_per_minute", "api_key_requests_per_minute",
-                 "tax_rate_micros", "publicly_available", "archived"}
-_MAX_MONEY = 10**15
 
 
 def _require_platform_admin(identity: Identity, action: str) -> None:
@@ -46,23 +41,9 @@ def _require_platform_admin(identity: Identity, action: str) -> None:
         raise permission_denied(f"{action} requires a platform admin", reason="PLATFORM_ADMIN_REQUIRED")
 
 
-def _page(token: str, size: int) -> tuple[int, int]:
-    if size < 0:
-        raise invalid_argument("page_size must not be negative", {"page_size": "must be >= 0"})
-    offset = 0
-    if token:
-        try:
-            offset = int(token.removeprefix("o:"))
-            if not token.startswith("o:") or offset < 0:
-                raise ValueError
-        except ValueError:
-            raise invalid_argument("malformed page_token", {"page_token": "malformed"}) from None
-    return min(size or 50, 1000), offset
-
-
 def _plan_message(plan: Row) -> billing_pb2.Plan:
     return billing_pb2.Plan(
-        name=f"plans/{plan['id']}",
+        name=PLAN.format(plan["id"]),
         display_name=plan["display_name"],
         description=plan["description"],
         currency_code=plan["currency_code"],
@@ -83,67 +64,30 @@ def _plan_message(plan: Row) -> billing_pb2.Plan:
     )
 
 
-def _validate_plan(plan: billing_pb2.Plan, fields: set[str], v: FieldViolations) -> list[Row]:
-    """Check the named fields of `plan`; returns its prices as rows."""
-    if "display_name" in fields:
-        v.check(1 <= len(plan.display_name) <= 100, "plan.display_name", "1-100 characters")
-    if "description" in fields:
-        v.check(len(plan.description) <= 2000, "plan.description", "at most 2000 characters")
-    if "currency_code" in fields:
-        v.check(bool(_CURRENCY.match(plan.currency_code)), "plan.currency_code", "an ISO 4217 code like USD")
-    if "monthly_fee_micros" in fields:
-        v.check(0 <= plan.monthly_fee_micros <= _MAX_MONEY, "plan.monthly_fee_micros", "must be >= 0")
-    if "organization_requests_per_minute" in fields:
-        v.check(plan.organization_requests_per_minute > 0, "plan.organization_requests_per_minute", "must be > 0")
-    if "api_key_requests_per_minute" in fields:
-        v.check(plan.api_key_requests_per_minute > 0, "plan.api_key_requests_per_minute", "must be > 0")
-    if "tax_rate_micros" in fields:
-        v.check(0 <= plan.tax_rate_micros <= 1_000_000, "plan.tax_rate_micros", "must be 0..1000000")
-    prices: list[Row] = []
-    if "prices" in fields:
-        seen: set[tuple[int, str]] = set()
-        valid_types = set(invoicing.RESOURCE_LABELS)
-        for i, p in enumerate(plan.prices):
-            at = f"plan.prices[{i}]"
-            v.check(p.resource_type in valid_types, f"{at}.resource_type", "unknown resource type")
-            v.check(p.included_quantity_micros >= 0, f"{at}.included_quantity_micros", "must be >= 0")
-            v.check(0 <= p.overage_unit_price_micros <= _MAX_MONEY, f"{at}.overage_unit_price_micros", "must be >= 0")
-            v.check(p.price_unit_quantity >= 1, f"{at}.price_unit_quantity", "must be >= 1")
-            v.check((p.resource_type, p.model) not in seen, f"{at}.model",
-                    "this resource type and model are priced twice")
-            seen.add((p.resource_type, p.model))
-            prices.append({"resource_type": p.resource_type, "model": p.model,
-                           "included_quantity_micros": p.included_quantity_micros,
-                           "overage_unit_price_micros": p.overage_unit_price_micros,
-                           "price_unit_quantity": p.price_unit_quantity})
-    return prices
-
-
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         assert runtime.db is not None
-        self.store = BillingStore(runtime.db)
+        self.store = Store(runtime.db)
         channels = Channels(runtime.settings)
         runtime.on_shutdown(channels.close)
-        self.billing = Billing(runtime.settings, self.store, channels)
-        runtime.spawn(self.billing.sweep_forever(), "billing-subscription-sweep")
+        self.subscriptions = Subscriptions(self.store, channels)
+        self.invoices = Invoices(runtime.settings, self.store, self.subscriptions)
+        self.pages = Paginator(runtime.settings)
+        runtime.spawn(self.subscriptions.sweep_forever(), "billing-subscription-sweep")
 
     # --- plans ---------------------------------------------------------------------------
 
     async def ListPlans(self, request: billing_pb2.ListPlansRequest, context: grpc.aio.ServicerContext) -> billing_pb2.ListPlansResponse:
         identity = require_identity(context.invocation_metadata() or ())
-        size, offset = _page(request.page_token, request.page_size)
+        page = self.pages.start(request, identity.org)
         show_all = request.show_all and identity.is_platform_admin
-        plans = await self.store.list_plans(show_all, size + 1, offset)
-        response = billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in plans[:size]])
-        if len(plans) > size:
-            response.next_page_token = f"o:{offset + size}"
-        return response
+        plans, token = page.split(await self.store.list_plans(show_all, page.size + 1, page.offset))
+        return billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in plans], next_page_token=token)
 
     async def GetPlan(self, request: billing_pb2.GetPlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
-        plan_id = self._plan_id(request.name, "name")
+        plan_id = PLAN.id(request.name, "name")
         plan = await self.store.get_plan(plan_id)
         if plan is None or (not plan["publicly_available"] and not identity.is_platform_admin
                             and not await self._subscribed_to(identity.org, plan_id)):
@@ -151,69 +95,38 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return _plan_message(plan)
 
     async def _subscribed_to(self, org: str, plan_id: str) -> bool:
-        subscription = await self.billing.subscription(org)
+        subscription = await self.subscriptions.subscription(org)
         return plan_id in (subscription["plan_id"], subscription["pending_plan_id"])
-
-    @staticmethod
-    def _plan_id(name: str, field: str) -> str:
-        plan_id = name.removeprefix("plans/")
-        if not name.startswith("plans/") or not _PLAN_ID.match(plan_id):
-            raise invalid_argument(f"{field} must be \"plans/{{plan}}\"", {field: 'must be "plans/{plan}"'})
-        return plan_id
 
     async def CreatePlan(self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
         _require_platform_admin(identity, "creating a plan")
-        v = FieldViolations()
-        v.check(bool(_PLAN_ID.match(request.plan_id)), "plan_id", "3-40 characters of [a-z0-9-]")
-        prices = _validate_plan(request.plan, _PLAN_MUTABLE | {"currency_code"}, v)
-        v.check(len(request.request_id) <= 200, "request_id", "at most 200 characters")
-        v.raise_if_any()
-        p = request.plan
-        plan, _ = await self.store.create_plan({
-            "id": request.plan_id, "display_name": p.display_name, "description": p.description,
-            "currency_code": p.currency_code, "monthly_fee_micros": p.monthly_fee_micros,
-            "org_rpm": p.organization_requests_per_minute, "key_rpm": p.api_key_requests_per_minute,
-            "tax_rate_micros": p.tax_rate_micros, "publicly_available": p.publicly_available,
-            "archived": p.archived, "request_id": request.request_id or None,
-        }, prices)
+        plan, _ = await self.store.create_plan(*plans.new_plan(request.plan_id, request.plan, request.request_id))
         if plan is None:
-            raise already_exists(f"plans/{request.plan_id} already exists")
+            raise already_exists(f"{PLAN.format(request.plan_id)} already exists")
         return _plan_message(plan)
 
     async def UpdatePlan(self, request: billing_pb2.UpdatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
         _require_platform_admin(identity, "updating a plan")
-        plan_id = self._plan_id(request.plan.name, "plan.name")
-        v = FieldViolations()
-        paths = set(request.update_mask.paths)
-        v.check(bool(paths), "update_mask", "required")
-        for path in sorted(paths - _PLAN_MUTABLE):
-            v.add("update_mask", f"{path!r} cannot be updated")
-        prices = _validate_plan(request.plan, paths & _PLAN_MUTABLE, v)
-        version = None
-        if request.plan.etag:
-            v.check(request.plan.etag.isdigit(), "plan.etag", "malformed")
-        v.raise_if_any()
-        if request.plan.etag:
-            version = int(request.plan.etag)
-        columns = {"organization_requests_per_minute": "org_rpm", "api_key_requests_per_minute": "key_rpm"}
-        changes = {columns.get(f, f): getattr(request.plan, f) for f in paths if f != "prices"}
-        updated = await self.store.update_plan(plan_id, changes, prices if "prices" in paths else None, version)
+        plan_id = PLAN.id(request.plan.name, "plan.name")
+        changes, prices, version = plans.plan_update(request.plan, set(request.update_mask.paths))
+        updated = await self.store.update_plan(plan_id, changes, prices, version)
         if updated is None:
             if await self.store.get_plan(plan_id) is None:
                 raise not_found(f"{request.plan.name} not found")
-            raise ServiceError(grpc.StatusCode.ABORTED, "the plan changed since it was read (etag)", "ETAG_MISMATCH")
+            raise etag_mismatch(request.plan.name)
+        await self.subscriptions.push_default_policy()  # the sweep retries if Usage is away
         return _plan_message(updated)
 
     # --- subscription --------------------------------------------------------------------
 
     def _subscription_message(self, row: Row) -> billing_pb2.Subscription:
         return billing_pb2.Subscription(
-            name="subscription",
-            organization=f"organizations/{row['org']}",
-            plan=f"plans/{row['plan_id']}",
-            pending_plan=f"plans/{row['pending_plan_id']}" if row["pending_plan_id"] else "",
+            name=SUBSCRIPTION.format(),
+            organization=ORGANIZATION.format(row["org"]),
+            plan=PLAN.format(row["plan_id"]),
+            pending_plan=PLAN.format(row["pending_plan_id"]) if row["pending_plan_id"] else "",
             current_period_start_time=to_timestamp(row["period_start"]),
             current_period_end_time=to_timestamp(row["period_end"]),
             state=row["state"],
@@ -223,15 +136,15 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def GetSubscription(self, request: billing_pb2.GetSubscriptionRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Subscription:
         identity = require_identity(context.invocation_metadata() or ())
-        return self._subscription_message(await self.billing.subscription(identity.org))
+        return self._subscription_message(await self.subscriptions.subscription(identity.org))
 
     async def ChangePlan(self, request: billing_pb2.ChangePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Subscription:
         identity = require_identity(context.invocation_metadata() or ())
-        plan_id = self._plan_id(request.plan, "plan")
+        plan_id = PLAN.id(request.plan, "plan")
         if len(request.request_id) > 200:
             raise invalid_argument("request_id too long", {"request_id": "at most 200 characters"})
         identity.require_role(Role.OWNER, "changing the plan")
-        row = await self.billing.change_plan(identity.org, plan_id, identity.is_platform_admin)
+        row = await self.subscriptions.change_plan(identity.org, plan_id, identity.is_platform_admin)
         return self._subscription_message(row)
 
     # --- invoices ------------------------------------------------------------------------
@@ -239,10 +152,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def _invoice_message(self, row: Row) -> billing_pb2.Invoice:
         lines = await self.store.invoice_lines(row["id"])
         return billing_pb2.Invoice(
-            name=f"invoices/{row['id']}",
+            name=INVOICE.format(row["id"]),
             number=row["number"],
-            organization=f"organizations/{row['org']}",
-            plan=f"plans/{row['plan_id']}",
+            organization=ORGANIZATION.format(row["org"]),
+            plan=PLAN.format(row["plan_id"]),
             period_start_time=to_timestamp(row["period_start"]),
             period_end_time=to_timestamp(row["period_end"]),
             state=row["state"],
@@ -268,24 +181,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             void_reason=row["void_reason"],
         )
 
-    def _invoice_id(self, name: str) -> uuid.UUID:
-        try:
-            if not name.startswith("invoices/"):
-                raise ValueError
-            return uuid.UUID(name.removeprefix("invoices/"))
-        except ValueError:
-            raise invalid_argument('name must be "invoices/{invoice}"', {"name": 'must be "invoices/{invoice}"'}) from None
-
     async def GenerateInvoice(self, request: billing_pb2.GenerateInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity = require_identity(context.invocation_metadata() or ())
         v = FieldViolations()
         org = identity.org
         if request.organization:
-            prefix = "organizations/"
-            requested = request.organization.removeprefix(prefix)
-            v.check(request.organization.startswith(prefix) and bool(requested), "organization",
-                    'must be "organizations/{organization}"')
-            v.raise_if_any()
+            requested = ORGANIZATION.id(request.organization, "organization")
             if requested != identity.org:
                 _require_platform_admin(identity, "invoicing another organization")
             org = requested
@@ -294,12 +195,14 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         v.check(request.HasField("period_start_time"), "period_start_time", "required")
         v.raise_if_any()
         start = request.period_start_time.ToDatetime(tzinfo=dt.UTC)
-        row = await self.billing.generate(org, start, request.allow_open_period, identity.to_headers())
+        row = await self.invoices.generate(org, start, request.allow_open_period, identity.to_headers())
         return await self._invoice_message(row)
 
     async def _own_invoice(self, name: str, context: grpc.aio.ServicerContext) -> tuple[Identity, uuid.UUID]:
         identity = require_identity(context.invocation_metadata() or ())
-        return identity, self._invoice_id(name)
+        invoice_id = INVOICE.uuid(name, "name")
+        assert invoice_id is not None
+        return identity, invoice_id
 
     async def GetInvoice(self, request: billing_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
@@ -310,21 +213,18 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def ListInvoices(self, request: billing_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext) -> billing_pb2.ListInvoicesResponse:
         identity = require_identity(context.invocation_metadata() or ())
-        size, offset = _page(request.page_token, request.page_size)
+        page = self.pages.start(request, identity.org)
         if request.state not in (0, 1, 2, 3, 4):
             raise invalid_argument("unknown state", {"state": "unknown invoice state"})
-        rows = await self.store.list_invoices(identity.org, request.state, size + 1, offset)
-        response = billing_pb2.ListInvoicesResponse(
-            invoices=[await self._invoice_message(r) for r in rows[:size]]
+        rows, token = page.split(await self.store.list_invoices(identity.org, request.state, page.size + 1, page.offset))
+        return billing_pb2.ListInvoicesResponse(
+            invoices=[await self._invoice_message(r) for r in rows], next_page_token=token
         )
-        if len(rows) > size:
-            response.next_page_token = f"o:{offset + size}"
-        return response
 
     async def FinalizeInvoice(self, request: billing_pb2.FinalizeInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
         identity.require_role(Role.ADMIN, "finalizing an invoice")
-        return await self._invoice_message(await self.billing.finalize(identity.org, invoice_id))
+        return await self._invoice_message(await self.invoices.finalize(identity.org, invoice_id))
 
     async def MarkInvoicePaid(self, request: billing_pb2.MarkInvoicePaidRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
@@ -334,7 +234,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         _require_platform_admin(identity, "marking an invoice paid")
         paid = request.paid_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("paid_time") else None
         return await self._invoice_message(
-            await self.billing.mark_paid(identity.org, invoice_id, request.payment_reference, paid))
+            await self.invoices.mark_paid(identity.org, invoice_id, request.payment_reference, paid))
 
     async def VoidInvoice(self, request: billing_pb2.VoidInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
@@ -342,14 +242,14 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             raise invalid_argument("reason too long", {"reason": "at most 500 characters"})
         if not identity.is_platform_admin:
             identity.require_role(Role.OWNER, "voiding an invoice")
-        return await self._invoice_message(await self.billing.void(identity.org, invoice_id, request.reason))
+        return await self._invoice_message(await self.invoices.void(identity.org, invoice_id, request.reason))
 
     async def RenderInvoice(self, request: billing_pb2.RenderInvoiceRequest, context: grpc.aio.ServicerContext) -> httpbody_pb2.HttpBody:
         identity, invoice_id = await self._own_invoice(request.name, context)
         row = await self.store.get_invoice(identity.org, invoice_id)
         if row is None:
             raise not_found(f"{request.name} not found")
-        page = await self.billing.render_html(row)
+        page = await self.invoices.render_html(row)
         return httpbody_pb2.HttpBody(content_type="text/html; charset=utf-8", data=page.encode())
 
 

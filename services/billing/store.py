@@ -7,24 +7,15 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from services.billing.invoicing import Line, Totals
-from services.common.db import Database
+from services.billing.pricing import Line, Totals
+from services.common.db import Database, Row
+from services.common.timestamps import month_start, next_month
 
-Row = dict[str, Any]
 STATE_ACTIVE, STATE_PAST_DUE, STATE_CANCELED = 1, 2, 3
 INVOICE_DRAFT, INVOICE_FINALIZED, INVOICE_PAID, INVOICE_VOID = 1, 2, 3, 4
 
 
-def month_start(t: dt.datetime) -> dt.datetime:
-    t = t.astimezone(dt.UTC)
-    return dt.datetime(t.year, t.month, 1, tzinfo=dt.UTC)
-
-
-def next_month(start: dt.datetime) -> dt.datetime:
-    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-
-
-class BillingStore:
+class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -108,6 +99,10 @@ class BillingStore:
             if prices is not None:
                 await self._replace_prices(conn, plan_id, prices)
             return await self.get_plan(plan_id, conn)
+
+    async def default_plan(self) -> Row | None:
+        async with self.db.connection() as conn:
+            return await self.get_plan(await self.default_plan_id(conn), conn)
 
     async def default_plan_id(self, conn: Any) -> str:
         cur = await conn.execute("SELECT id FROM plans WHERE is_default")

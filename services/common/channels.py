@@ -11,13 +11,12 @@ everything else is sent once and relies on its `request_id` for safe manual retr
 from __future__ import annotations
 
 import importlib
-import time
 from typing import Any, Callable
 
 import grpc
 from google.protobuf import descriptor as descriptor_mod
 
-from services.common import telemetry, tls
+from services.common import deadlines, telemetry, tls
 from services.common.config import Settings
 
 # The mesh identity this process presents when it calls others; serve() sets it to the
@@ -46,12 +45,9 @@ class _DeadlinePropagation(
     remaining time of the incoming call being served (if any)."""
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        from services.common.server import current_deadline
-
-        deadline = current_deadline.get()
-        if deadline is None:
+        remaining = deadlines.time_left()
+        if remaining is None:
             return details
-        remaining = max(deadline - time.monotonic(), 0.001)
         timeout = remaining if details.timeout is None else min(details.timeout, remaining)
         return grpc.aio.ClientCallDetails(
             details.method, timeout, details.metadata, details.credentials, details.wait_for_ready

@@ -25,6 +25,8 @@ SERVICE_PORTS: dict[str, int] = {
     "speech": 50055,
 }
 SERVICES: tuple[str, ...] = tuple(SERVICE_PORTS)
+# HTTP services behind the gateway (not gRPC): the OpenAI-compatible edge (services/edge).
+HTTP_SERVICE_PORTS: dict[str, int] = {"edge": 50058}
 
 
 class ConfigError(Exception):
@@ -127,8 +129,16 @@ class Settings:
     )  # type: ignore[assignment]
     # Where runtime state lives locally: certificates, blobs, Milvus Lite file, logs.
     var_dir: str = _env("AIMESH_VAR_DIR", str(REPO_ROOT / "var"))  # type: ignore[assignment]
-    # Export spans to the console (OTLP exporters are configured by the standard OTEL_* variables).
+    # Export spans to the console (debugging).
     trace_console: bool = _env("AIMESH_TRACE_CONSOLE", "false", _bool)  # type: ignore[assignment]
+    # OTLP/gRPC collector (host:port) that every service and the gateway send spans to; empty = off.
+    otlp_endpoint: str = _env(
+        "AIMESH_OTLP_ENDPOINT", "", lambda n, v: v and _address(n, v.split("://")[-1])
+    )  # type: ignore[assignment]
+    # Prometheus metrics on each service's AIMESH_<SVC>_METRICS_ADDR (false: record nothing).
+    metrics_enabled: bool = _env("AIMESH_METRICS", "true", _bool)  # type: ignore[assignment]
+    # The Prometheus that scripts/up starts (scraping every service, Envoy and Triton).
+    prometheus_addr: str = _env("AIMESH_PROMETHEUS_ADDR", "127.0.0.1:9090", _address)  # type: ignore[assignment]
     # Transport security between mesh peers: mtls (local CA certificates, the default), istio (the
     # sidecar does mTLS; caller identity from its XFCC header), plaintext (debugging only: peer
     # authorization is off).
@@ -171,6 +181,9 @@ class Settings:
     # Auth: master secret for encrypting signing keys at rest and keying API-key/refresh-token
     # hashes (HKDF-derived subkeys). Changing it invalidates every API key and refresh token.
     auth_secret: str = _env("AIMESH_AUTH_SECRET", "aimesh-local-dev-secret-change-me")  # type: ignore[assignment]
+    # Key that signs List methods' page tokens (services/common/pagination.py); every replica of
+    # a service must share it. Changing it invalidates outstanding page tokens only.
+    page_token_secret: str = _env("AIMESH_PAGE_TOKEN_SECRET", "aimesh-local-dev-page-tokens-change-me")  # type: ignore[assignment]
     auth_access_token_seconds: int = _env("AIMESH_AUTH_ACCESS_TOKEN_SECONDS", "900", _int(30, 86_400))  # type: ignore[assignment]
     # Comma-separated e-mails of platform admins (may rotate signing keys).
     auth_platform_admins: str = _env("AIMESH_AUTH_PLATFORM_ADMINS", "")  # type: ignore[assignment]
@@ -193,6 +206,8 @@ class Settings:
         "AIMESH_KNOWLEDGE_ORG_QUOTA_BYTES", str(10 * 1024**3), _int(1, 2**50)
     )  # type: ignore[assignment]
     service_addrs: Mapping[str, str] = field(default_factory=dict)
+    # Each service's loopback Prometheus endpoint: port 94xx, xx = its default port's last two digits.
+    metrics_addrs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -204,10 +219,15 @@ class Settings:
             raw = env.get(f.metadata["env"], f.metadata["default"])
             values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
         addrs = {}
-        for service, port in SERVICE_PORTS.items():
+        for service, port in {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}.items():
             var = f"AIMESH_{service.upper()}_ADDR"
             addrs[service] = _address(var, env.get(var, f"127.0.0.1:{port}"))
         values["service_addrs"] = addrs
+        metrics_addrs = {}
+        for service, port in {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}.items():
+            var = f"AIMESH_{service.upper()}_METRICS_ADDR"
+            metrics_addrs[service] = _address(var, env.get(var, f"127.0.0.1:{9400 + port % 100}"))
+        values["metrics_addrs"] = metrics_addrs
         return cls(**values)  # type: ignore[arg-type]
 
     @property
@@ -217,6 +237,10 @@ class Settings:
     def address_of(self, service: str) -> str:
         """host:port where `service` listens (and where callers reach it)."""
         return self.service_addrs[service]
+
+    def metrics_address_of(self, service: str) -> str:
+        """host:port of `service`'s Prometheus endpoint."""
+        return self.metrics_addrs[service]
 
     def listen_port(self, service: str) -> int:
         return int(self.address_of(service).rpartition(":")[2])
@@ -232,4 +256,6 @@ class Settings:
                 )
         for service, addr in self.service_addrs.items():
             out[f"AIMESH_{service.upper()}_ADDR"] = addr
+        for service, addr in self.metrics_addrs.items():
+            out[f"AIMESH_{service.upper()}_METRICS_ADDR"] = addr
         return out

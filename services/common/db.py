@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from services.common.config import ConfigError
+from services.common.errors import ServiceError, invalid_argument, unavailable
 
 log = logging.getLogger(__name__)
+
+# One row as every store returns it (psycopg's dict_row): column name -> value.
+Row = dict[str, Any]
 
 
 class StartupError(Exception):
@@ -28,6 +33,29 @@ class StartupError(Exception):
 def _describe(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+
+
+POOL_WAIT_SECONDS = 3.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A broken or unreachable database (restart, failover, network): worth retrying."""
+    return isinstance(exc, (psycopg.OperationalError, PoolTimeout))
+
+
+def database_error(exc: BaseException) -> ServiceError | None:
+    """The client-facing error for a database failure, or None if `exc` is not one:
+    unreachable → UNAVAILABLE (retryable); a value PostgreSQL cannot store → INVALID_ARGUMENT.
+    Messages never carry driver class names or SQL."""
+    if is_transient(exc):
+        log.warning("database unavailable: %s", exc)
+        return unavailable("the database is temporarily unavailable; retry shortly",
+                           reason="DATABASE_UNAVAILABLE", retry_after_seconds=1.0)
+    if isinstance(exc, psycopg.DataError):
+        log.warning("database refused a value: %s", exc)
+        return invalid_argument("a value in the request cannot be stored (out of range or malformed)",
+                                [("", "out of range or malformed value")], reason="VALUE_NOT_STORABLE")
+    return None
 
 
 class Database:
@@ -45,6 +73,12 @@ class Database:
             open=False,
             kwargs={"options": f"-c search_path={schema}", "row_factory": dict_row},
             name=f"aimesh-{schema}",
+            # A connection is checked as it leaves the pool: after a database restart a stale
+            # one is replaced instead of failing the request that drew it.
+            check=AsyncConnectionPool.check_connection,
+            # While the database is away a request waits this long for a connection, then
+            # fails UNAVAILABLE (database_error) rather than hanging past the caller's deadline.
+            timeout=POOL_WAIT_SECONDS,
         )
 
     async def open(self, timeout: float = 10.0) -> None:

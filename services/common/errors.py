@@ -10,9 +10,18 @@ from typing import Iterable, Mapping, Sequence
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry import trace
 
 ERROR_DOMAIN = "aimesh.dev"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Errors travel in HTTP/2 headers (grpc-message, grpc-status-details-bin), which proxies cap
+# (Envoy: 60 KiB): an error quoting a huge bad value must not turn into a protocol error.
+MAX_MESSAGE_CHARS = 1024
+MAX_VIOLATION_CHARS = 256
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ServiceError(Exception):
@@ -27,19 +36,24 @@ class ServiceError(Exception):
         metadata: Mapping[str, str] | None = None,
         retry_after_seconds: float | None = None,
     ) -> None:
+        message = _clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason or code.name
-        self.violations = tuple(violations)
+        self.violations = tuple(
+            (_clip(f, MAX_VIOLATION_CHARS), _clip(d, MAX_VIOLATION_CHARS)) for f, d in violations
+        )
         self.metadata = dict(metadata or {})
         self.retry_after_seconds = retry_after_seconds
 
     def to_status(self) -> status_pb2.Status:
         details: list[any_pb2.Any] = []
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
-        )
+        metadata = dict(self.metadata)
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # a user's error report then leads to the request's trace
+            metadata.setdefault("trace_id", format(span.trace_id, "032x"))
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
         details.append(_pack(info))
         if self.violations:
             bad = error_details_pb2.BadRequest(
@@ -63,6 +77,15 @@ class ServiceError(Exception):
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code.name}, {self.message!r}, reason={self.reason!r})"
+
+
+class DomainError(Exception):
+    """Base of a service's plain-Python domain errors (no gRPC types in the domain). The service
+    maps each kind to a status in one place, its `to_service_error`; the server runtime and any
+    other edge (Auth's ext_authz Check) call it."""
+
+    def to_service_error(self) -> ServiceError:
+        raise NotImplementedError
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -93,6 +116,12 @@ def failed_precondition(
     message: str, reason: str = "FAILED_PRECONDITION", **kw: object
 ) -> ServiceError:
     return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, reason, **kw)  # type: ignore[arg-type]
+
+
+def etag_mismatch(resource: str) -> ServiceError:
+    """ABORTED: the resource changed since the client read the etag it sent (AIP-154)."""
+    return ServiceError(grpc.StatusCode.ABORTED, f"{resource} changed since it was read (etag mismatch)",
+                        "ETAG_MISMATCH", metadata={"resource": resource})
 
 
 def unavailable(message: str, reason: str = "UNAVAILABLE", **kw: object) -> ServiceError:

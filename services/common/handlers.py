@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -12,9 +13,15 @@ Behavior = Callable[..., Any]
 Around = Callable[[Behavior], Behavior]
 
 
-def rewrap(handler: grpc.RpcMethodHandler, around_unary: Around, around_stream: Around) -> grpc.RpcMethodHandler:
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    around_unary: Around,
+    around_stream: Around,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
     """The same handler (kind and serializers) with its behavior wrapped: single-response kinds
-    by `around_unary`, streaming-response kinds by `around_stream`."""
+    by `around_unary`, streaming-response kinds by `around_stream`; optionally another request
+    deserializer."""
     kinds = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, around_unary),
         ("unary_stream", grpc.unary_stream_rpc_method_handler, around_stream),
@@ -26,7 +33,7 @@ def rewrap(handler: grpc.RpcMethodHandler, around_unary: Around, around_stream: 
         if behavior:
             return build(
                 around(behavior),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=request_deserializer or handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     return handler
@@ -52,3 +59,26 @@ async def iterate_stream(
     elif result is not None:
         for item in result:
             yield item
+
+
+def before(
+    handler: grpc.RpcMethodHandler, check: Callable[[grpc.aio.ServicerContext], Any]
+) -> grpc.RpcMethodHandler:
+    """The same handler with `await check(context)` run before its behavior, for all four kinds."""
+
+    def unary_response(behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(context)
+            return await call_unary(behavior, request, context)
+
+        return run
+
+    def stream_response(behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await check(context)
+            async for item in iterate_stream(behavior, request, context):
+                yield item
+
+        return run
+
+    return rewrap(handler, unary_response, stream_response)

@@ -9,12 +9,10 @@ Start-up failures print one line naming the variable or address and exit non-zer
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
@@ -24,19 +22,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from services.common import channels, mesh_policy, telemetry, tls
+from services.common import channels, deadlines, mesh_policy, metrics, telemetry, tls
+from services.common.access import AccessInterceptor
+from services.common.audit import AuditInterceptor, AuditSink, RemoteAuditSink
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
-from services.common.db import Database, StartupError
-from services.common.errors import ServiceError
+from services.common.db import Database, StartupError, database_error, is_transient
+from services.common.errors import DomainError, ServiceError
 from services.common.handlers import call_unary, iterate_stream, rewrap
+from services.common.request_checks import (
+    check_request,
+    checked_deserializer,
+    checked_stream,
+    is_idempotent_read,
+    method_descriptor,
+)
 
 log = logging.getLogger("aimesh.server")
-
-# The deadline (monotonic seconds) of the RPC being served, for propagation to downstream calls.
-current_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "aimesh_current_deadline", default=None
-)
 
 HealthCheck = Callable[[], Awaitable[bool]]
 
@@ -88,6 +90,8 @@ class ServiceSpec:
     uses_cache: bool = True
     # False where the service must keep serving without Redis (e.g. Auth falls back to SQL).
     cache_required_for_readiness: bool = True
+    # Where its audit events go (services/common/audit.py); default: Auth's RecordAuditEvents.
+    audit_sink: Callable[[Runtime], AuditSink] | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,11 @@ def spec_for(name: str, package_dir: Path, bindings: Sequence[Binding], **option
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns ServiceError into a rich google.rpc.Status, unimplemented RPCs into UNIMPLEMENTED,
-    and unexpected exceptions into INTERNAL with a logged traceback (never a crashed stream).
-    Also records the RPC's deadline so downstream calls inherit it."""
+    an unreachable database into UNAVAILABLE (retryable), and unexpected exceptions into
+    INTERNAL with a logged traceback (never a crashed stream, never a Python class name).
+    Every request message first passes services.common.request_checks (malformed bytes, NUL
+    characters: INVALID_ARGUMENT); idempotent reads whose database connection broke mid-call
+    run once more. Also records the RPC's deadline so downstream calls inherit it."""
 
     async def intercept_service(
         self,
@@ -130,17 +137,32 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        described = method_descriptor(method)
+        retry_once = is_idempotent_read(described)
         return rewrap(
-            handler, lambda b: _wrap_unary(b, method), lambda b: _wrap_stream(b, method)
+            handler,
+            lambda b: _wrap_unary(b, method, retry_once),
+            lambda b: _wrap_stream(b, method),
+            checked_deserializer(
+                handler.request_deserializer, described.input_type if described else None
+            ),
         )
 
 
-def _enter(context: grpc.aio.ServicerContext) -> None:
-    remaining = context.time_remaining()
-    current_deadline.set(time.monotonic() + remaining if remaining is not None else None)
+def _checked(request: Any) -> Any:
+    """A unary request after request_checks; a client stream wrapped to check each message."""
+    if hasattr(request, "__aiter__"):
+        return checked_stream(request)
+    return check_request(request)
 
 
-async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    """Abort the RPC with the status `exc` stands for (an abort already under way goes on)."""
+    if _is_abort(exc):
+        raise exc
+    exc = database_error(exc) or exc
+    if isinstance(exc, DomainError):
+        exc = exc.to_service_error()
     if isinstance(exc, ServiceError):
         await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
     if isinstance(exc, NotImplementedError):
@@ -151,16 +173,21 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseExcepti
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.lstrip('/')}")
 
 
-def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_unary(behavior: Callable[..., Any], method: str, retry_once: bool = False) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        _enter(context)
+        deadlines.start(context.time_remaining())
         try:
-            return await call_unary(behavior, request, context)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
+            request = _checked(request)
+            try:
+                return await call_unary(behavior, request, context)
+            except Exception as exc:
+                if not (retry_once and is_transient(exc)):
+                    raise
+                # A read that met a connection broken by a database restart: the pool hands out
+                # a checked connection now, so one more run usually answers.
+                log.warning("retrying %s once after a database error: %s", method, exc)
+                return await call_unary(behavior, request, context)
+        except Exception as exc:  # not CancelledError: a cancelled RPC stays cancelled
             await _fail(context, method, exc)
 
     return wrapped
@@ -168,15 +195,11 @@ def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]
 
 def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        _enter(context)
+        deadlines.start(context.time_remaining())
         try:
-            async for item in iterate_stream(behavior, request, context):
+            async for item in iterate_stream(behavior, _checked(request), context):
                 yield item
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
+        except Exception as exc:  # not CancelledError: a cancelled RPC stays cancelled
             await _fail(context, method, exc)
 
     return wrapped
@@ -190,6 +213,30 @@ def _is_abort(exc: BaseException) -> bool:
 
 
 async def _run(spec: ServiceSpec, settings: Settings) -> int:
+    runtime = await _open_runtime(spec, settings)
+    server = _new_server(spec, settings, runtime)
+    registered = spec.register(server, runtime)
+    if inspect.isawaitable(registered):
+        await registered
+    health = _add_health_and_reflection(server, spec)
+    address = _listen(server, spec, settings)
+    await server.start()
+    watcher = asyncio.ensure_future(
+        _watch_readiness(health, spec, runtime, settings.health_interval_seconds)
+    )
+    log.info("serving", extra={"address": address, "services": list(spec.service_names)})
+    await _until_signalled()
+    log.info("draining", extra={"grace_seconds": settings.drain_seconds})
+    watcher.cancel()
+    await health.enter_graceful_shutdown()
+    await server.stop(grace=settings.drain_seconds)
+    await _close_runtime(runtime)
+    log.info("stopped")
+    return 0
+
+
+async def _open_runtime(spec: ServiceSpec, settings: Settings) -> Runtime:
+    """Migrate and open the service's database and connect its cache, as the spec asks."""
     runtime = Runtime(name=spec.name, settings=settings, db=None, cache=None)
     if spec.uses_db:
         runtime.db = Database(settings.database_url, spec.name, settings.db_pool_max)
@@ -206,23 +253,46 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
                     f"cannot reach Redis at {settings.redis_url} (AIMESH_REDIS_URL): {exc}"
                 ) from None
             log.warning("Redis unreachable at start; continuing without cache: %s", exc)
+    return runtime
 
-    server = grpc.aio.server(
+
+def _audit_sink(spec: ServiceSpec, runtime: Runtime) -> Callable[[], AuditSink]:
+    """The service's audit sink, made on the first audited call: its own (Auth) or a client of
+    Auth's RecordAuditEvents."""
+    made: list[AuditSink] = []
+
+    def sink() -> AuditSink:
+        if not made:
+            if spec.audit_sink is not None:
+                made.append(spec.audit_sink(runtime))
+            else:
+                auth = channels.Channels(runtime.settings)
+                runtime.on_shutdown(auth.close)
+                made.append(RemoteAuditSink(lambda: auth.get("auth"), runtime.spawn))
+        return made[0]
+
+    return sink
+
+
+def _new_server(spec: ServiceSpec, settings: Settings, runtime: Runtime) -> grpc.aio.Server:
+    return grpc.aio.server(
         # Peer authorization first: a caller the mesh policy refuses reaches no servicer code.
         interceptors=[
             tls.interceptor_for(spec.name, settings.tls_mode),  # type: ignore[arg-type]
             *telemetry.server_interceptors(),
             ErrorInterceptor(),
+            # Inside the error interceptor: the role × method matrix, before any servicer code.
+            AccessInterceptor(),
+            AuditInterceptor(_audit_sink(spec, runtime)),
         ],
         options=[
             *mesh_policy.SERVER_KEEPALIVE_OPTIONS,
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ],
     )
-    registered = spec.register(server, runtime)
-    if inspect.isawaitable(registered):
-        await registered
 
+
+def _add_health_and_reflection(server: grpc.aio.Server, spec: ServiceSpec) -> health_aio.HealthServicer:
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -230,7 +300,11 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
          reflection.SERVICE_NAME],
         server,
     )
+    return health
 
+
+def _listen(server: grpc.aio.Server, spec: ServiceSpec, settings: Settings) -> str:
+    """Bind the service's port (mTLS unless plaintext mode); returns the address."""
     address = f"0.0.0.0:{settings.listen_port(spec.name)}"
     try:
         bound = tls.add_listen_port(
@@ -245,52 +319,53 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
         raise StartupError(f"cannot listen on {address} (AIMESH_{spec.name.upper()}_ADDR): {exc}") from None
     if bound == 0:
         raise StartupError(f"cannot listen on {address} (AIMESH_{spec.name.upper()}_ADDR)")
-    await server.start()
+    return address
 
-    async def ready() -> bool:
-        checks: list[Awaitable[bool]] = []
-        if runtime.db is not None:
-            checks.append(runtime.db.ping())
-        if runtime.cache is not None and spec.cache_required_for_readiness:
-            checks.append(_safe(runtime.cache.ping()))
-        checks.extend(_safe(check()) for check in runtime.health_checks.values())
-        return all(await asyncio.gather(*checks))
 
-    async def set_all(status: int) -> None:
-        for name in ("", *spec.service_names):
-            await health.set(name, status)
+async def _ready(spec: ServiceSpec, runtime: Runtime) -> bool:
+    """Every dependency the service needs answers: database, cache, registered checks."""
+    checks: list[Awaitable[bool]] = []
+    if runtime.db is not None:
+        checks.append(runtime.db.ping())
+    if runtime.cache is not None and spec.cache_required_for_readiness:
+        checks.append(_safe(runtime.cache.ping()))
+    checks.extend(_safe(check()) for check in runtime.health_checks.values())
+    return all(await asyncio.gather(*checks))
 
+
+async def _watch_readiness(
+    health: health_aio.HealthServicer, spec: ServiceSpec, runtime: Runtime, interval_seconds: float
+) -> None:
     # Liveness (the process answers) is separate from readiness (its dependencies answer):
     # Kubernetes restarts on the first, only stops routing on the second.
     await health.set("liveness", health_pb2.HealthCheckResponse.SERVING)
+    last: bool | None = None
+    while True:
+        now = await _ready(spec, runtime)
+        if now != last:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if now
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            # The overall status last: whoever waits for it finds every service's status set.
+            for name in (*spec.service_names, ""):
+                await health.set(name, status)
+            log.info("readiness changed", extra={"ready": now})
+            last = now
+        await asyncio.sleep(interval_seconds)
 
-    async def watch_readiness() -> None:
-        last: bool | None = None
-        while True:
-            now = await ready()
-            if now != last:
-                await set_all(
-                    health_pb2.HealthCheckResponse.SERVING
-                    if now
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                log.info("readiness changed", extra={"ready": now})
-                last = now
-            await asyncio.sleep(settings.health_interval_seconds)
 
-    watcher = asyncio.ensure_future(watch_readiness())
-    log.info("serving", extra={"address": address, "services": list(spec.service_names)})
-
+async def _until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
-    log.info("draining", extra={"grace_seconds": settings.drain_seconds})
-    watcher.cancel()
-    await health.enter_graceful_shutdown()
-    await server.stop(grace=settings.drain_seconds)
+
+async def _close_runtime(runtime: Runtime) -> None:
+    """Cancel background tasks, run shutdown hooks (last registered first), close cache and db."""
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
@@ -303,8 +378,6 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
         await runtime.cache.close()
     if runtime.db is not None:
         await runtime.db.close()
-    log.info("stopped")
-    return 0
 
 
 async def _safe(check: Awaitable[bool]) -> bool:
@@ -321,7 +394,10 @@ def serve(spec: ServiceSpec) -> None:
     except ConfigError as exc:
         print(f"aimesh-{spec.name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    telemetry.configure(spec.name, settings.log_level, settings.trace_console)
+    telemetry.configure(spec.name, settings.log_level, settings.trace_console, settings.otlp_endpoint)
+    metrics.serve(spec.name, settings.metrics_address_of(spec.name), on=settings.metrics_enabled)
+    if settings.tls_mode == "mtls":
+        metrics.record_certificate(spec.name, str(tls.CertPaths(settings.certs_path).cert(spec.name)))
     channels.set_process_identity(spec.name)
     try:
         code = asyncio.run(_run(spec, settings))

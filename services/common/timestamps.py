@@ -1,4 +1,5 @@
-"""datetime ⇄ google.protobuf.Timestamp for the messages every service builds from its rows."""
+"""datetime ⇄ google.protobuf.Timestamp for the messages every service builds from its rows, and
+the calendar-month periods budgets and invoices share."""
 
 from __future__ import annotations
 
@@ -17,3 +18,14 @@ def to_timestamp(value: dt.datetime | float | None) -> timestamp_pb2.Timestamp |
     else:
         stamp.FromNanoseconds(int(value * 1e9))
     return stamp
+
+
+def month_start(t: dt.datetime) -> dt.datetime:
+    """The first instant (UTC) of the calendar month containing `t`."""
+    t = t.astimezone(dt.UTC)
+    return dt.datetime(t.year, t.month, 1, tzinfo=dt.UTC)
+
+
+def next_month(start: dt.datetime) -> dt.datetime:
+    """The first instant of the month after the one starting at `start`."""
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)

@@ -1,27 +1,24 @@
-"""Local mutual TLS: a CA per checkout, one certificate per mesh identity, peer authorization.
+"""Local mutual TLS at run time: load and verify this identity's certificate, build gRPC
+credentials, and authorize peers.
 
 On one machine this gives the guarantees Istio gives in Kubernetes: every service listens
 with mTLS and verifies its callers against the local CA, and `PeerAuthorizationInterceptor`
 checks the caller's SPIFFE identity against `services.common.mesh_policy` (the same graph
 Istio's AuthorizationPolicies are rendered from).
 
-Files under `certs_dir` (default var/certs, gitignored):
-    ca.pem, ca-key.pem             the CA (EC P-256), never overwritten while valid
+Files under `certs_dir` (default var/certs, gitignored), issued by scripts/ca.py:
+    ca.pem, ca-key.pem             the CA (EC P-256)
     <identity>.pem, <identity>-key.pem
                                    leaf for server and client use; SAN = URI spiffe id,
                                    DNS localhost and <identity>.aimesh.local, IP 127.0.0.1/::1
-`ensure_certificates` is idempotent: it issues what is missing, expiring, or not signed by
-the current CA, and leaves everything else alone.
 """
 
 from __future__ import annotations
 
 import contextvars
 import datetime as dt
-import ipaddress
 import logging
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,22 +26,17 @@ from typing import Any, Literal
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common import mesh_policy
 from services.common.config import REPO_ROOT
-from services.common.handlers import Behavior, call_unary, iterate_stream, rewrap
+from services.common.handlers import before
+from services.common.identity import IDENTITY_HEADERS
 
 log = logging.getLogger("aimesh.tls")
 
 DEFAULT_CERTS_DIR = REPO_ROOT / "var" / "certs"
-CA_VALIDITY = dt.timedelta(days=3650)
-LEAF_VALIDITY = dt.timedelta(days=30)
-# Re-issue a leaf when less than this is left, so a running stack never meets an expiry.
-RENEW_BEFORE = dt.timedelta(days=7)
-CLOCK_SKEW = dt.timedelta(minutes=5)
 LOCAL_DNS_SUFFIX = "aimesh.local"
 
 
@@ -52,7 +44,7 @@ class CertificateError(Exception):
     """A certificate is missing, expired, not ours, or not for the expected identity."""
 
 
-def _now() -> dt.datetime:
+def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
@@ -80,141 +72,7 @@ def server_name(identity: str) -> str:
     return f"{identity}.{LOCAL_DNS_SUFFIX}"
 
 
-# --------------------------------------------------------------------------------------------
-# Issuing
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    # Keys are created 0600 from the start, never world-readable for a moment.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def create_ca(
-    common_name: str = "aimesh local CA",
-    *,
-    not_before: dt.datetime | None = None,
-    validity: dt.timedelta = CA_VALIDITY,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed EC P-256 CA certificate that may sign leaves only (path length 0)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = (not_before or _now()) - CLOCK_SKEW
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def issue_leaf(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    identity: str,
-    *,
-    trust_domain: str = mesh_policy.LOCAL_TRUST_DOMAIN,
-    not_before: dt.datetime | None = None,
-    validity: dt.timedelta = LEAF_VALIDITY,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A leaf for `identity`, usable as both server and client certificate."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = (not_before or _now()) - CLOCK_SKEW
-    san = x509.SubjectAlternativeName(
-        [
-            x509.UniformResourceIdentifier(mesh_policy.spiffe_id(identity, trust_domain)),
-            x509.DNSName("localhost"),
-            x509.DNSName(server_name(identity)),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "aimesh"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, identity),
-                ]
-            )
-        )
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(min(start + validity, ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(san, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _load_cert(path: Path) -> x509.Certificate:
+def load_cert(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except FileNotFoundError:
@@ -223,7 +81,7 @@ def _load_cert(path: Path) -> x509.Certificate:
         raise CertificateError(f"{path}: not a PEM certificate ({exc})") from None
 
 
-def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
@@ -235,7 +93,7 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def _check_validity(cert: x509.Certificate, what: str, now: dt.datetime) -> None:
+def check_validity(cert: x509.Certificate, what: str, now: dt.datetime) -> None:
     if now < cert.not_valid_before_utc:
         raise CertificateError(
             f"{what}: not valid before {cert.not_valid_before_utc.isoformat()} (clock skew?)"
@@ -244,17 +102,6 @@ def _check_validity(cert: x509.Certificate, what: str, now: dt.datetime) -> None
         raise CertificateError(
             f"{what}: expired at {cert.not_valid_after_utc.isoformat()} (run scripts/ca.py)"
         )
-
-
-def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
-    def spki(pub: Any) -> bytes:
-        return bytes(
-            pub.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-
-    return spki(cert.public_key()) == spki(key.public_key())
 
 
 def _uris(cert: x509.Certificate) -> list[str]:
@@ -274,7 +121,7 @@ def verify_leaf(
     now: dt.datetime | None = None,
 ) -> None:
     """Raise CertificateError saying exactly why `cert` is not a valid leaf for `identity`."""
-    now = now or _now()
+    now = now or utc_now()
     what = f"certificate for {identity!r}"
     try:
         cert.verify_directly_issued_by(ca_cert)
@@ -283,88 +130,10 @@ def verify_leaf(
             f"{what}: not issued by the local CA {ca_cert.subject.rfc4514_string()!r} "
             f"(issuer {cert.issuer.rfc4514_string()!r})"
         ) from None
-    _check_validity(cert, what, now)
+    check_validity(cert, what, now)
     expected = mesh_policy.spiffe_id(identity, trust_domain)
     if expected not in _uris(cert):
         raise CertificateError(f"{what}: SAN URI is {_uris(cert)}, expected {expected}")
-
-
-@dataclass(frozen=True)
-class EnsureResult:
-    ca_created: bool
-    issued: tuple[str, ...]
-    kept: tuple[str, ...]
-
-
-def ensure_certificates(
-    certs_dir: Path = DEFAULT_CERTS_DIR,
-    identities: Iterable[str] = mesh_policy.IDENTITIES,
-    *,
-    trust_domain: str = mesh_policy.LOCAL_TRUST_DOMAIN,
-    renew_before: dt.timedelta = RENEW_BEFORE,
-) -> EnsureResult:
-    """Create the CA if absent and (re)issue leaves that are missing, expiring or foreign.
-
-    A CA that exists but is invalid (expired, unreadable) is not replaced silently: that
-    would invalidate every running peer, so it raises and the operator removes it.
-    """
-    paths = CertPaths(certs_dir)
-    certs_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(certs_dir, 0o700)
-    now = _now()
-    ca_created = False
-    if paths.ca_cert.exists() or paths.ca_key.exists():
-        ca_cert, ca_key = _load_cert(paths.ca_cert), _load_key(paths.ca_key)
-        _check_validity(ca_cert, f"CA {paths.ca_cert}", now)
-        if not _same_key(ca_cert, ca_key):
-            raise CertificateError(f"{paths.ca_key} does not belong to {paths.ca_cert}")
-        if ca_cert.not_valid_after_utc - now < renew_before:
-            log.warning(
-                "local CA %s expires at %s; delete %s to rotate it",
-                paths.ca_cert,
-                ca_cert.not_valid_after_utc.isoformat(),
-                certs_dir,
-            )
-    else:
-        ca_cert, ca_key = create_ca()
-        _write_private(paths.ca_key, _key_pem(ca_key))
-        _write_public(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-        ca_created = True
-        log.info("created local CA %s", paths.ca_cert)
-    issued: list[str] = []
-    kept: list[str] = []
-    for identity in identities:
-        reason = _leaf_needs_issue(paths, ca_cert, identity, trust_domain, now, renew_before)
-        if reason is None:
-            kept.append(identity)
-            continue
-        cert, key = issue_leaf(ca_cert, ca_key, identity, trust_domain=trust_domain)
-        _write_private(paths.key(identity), _key_pem(key))
-        _write_public(paths.cert(identity), cert.public_bytes(serialization.Encoding.PEM))
-        log.info("issued certificate for %s (%s)", identity, reason)
-        issued.append(identity)
-    return EnsureResult(ca_created, tuple(issued), tuple(kept))
-
-
-def _leaf_needs_issue(
-    paths: CertPaths,
-    ca_cert: x509.Certificate,
-    identity: str,
-    trust_domain: str,
-    now: dt.datetime,
-    renew_before: dt.timedelta,
-) -> str | None:
-    try:
-        cert = _load_cert(paths.cert(identity))
-        key = _load_key(paths.key(identity))
-        verify_leaf(cert, ca_cert, identity, trust_domain=trust_domain, now=now)
-    except CertificateError as exc:
-        return str(exc)
-    if not _same_key(cert, key):
-        return "key does not match certificate"
-    if cert.not_valid_after_utc - now < renew_before:
-        return f"expires at {cert.not_valid_after_utc.isoformat()}"
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,10 +158,10 @@ def load_identity(
     than as an opaque handshake error at the peer."""
     paths = CertPaths(certs_dir)
     try:
-        ca_cert = _load_cert(paths.ca_cert)
-        _check_validity(ca_cert, f"CA {paths.ca_cert}", _now())
-        verify_leaf(_load_cert(paths.cert(identity)), ca_cert, identity, trust_domain=trust_domain)
-        _load_key(paths.key(identity))
+        ca_cert = load_cert(paths.ca_cert)
+        check_validity(ca_cert, f"CA {paths.ca_cert}", utc_now())
+        verify_leaf(load_cert(paths.cert(identity)), ca_cert, identity, trust_domain=trust_domain)
+        load_key(paths.key(identity))
     except CertificateError as exc:
         log.error("refusing to use TLS material for %s: %s", identity, exc)
         raise
@@ -523,7 +292,7 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
         *,
         mode: IdentitySource = "mtls",
         trust_domain: str | None = None,
-        identity_headers: Sequence[str] = mesh_policy.IDENTITY_HEADERS,
+        identity_headers: Sequence[str] = IDENTITY_HEADERS,
     ) -> None:
         if mode not in ("mtls", "xfcc", "plaintext"):
             raise ValueError(f"unknown identity source {mode!r}")
@@ -549,7 +318,7 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         metadata = {k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())}
-        return _wrap(handler, lambda ctx: self._check(ctx, method, metadata))
+        return before(handler, lambda ctx: self._check(ctx, method, metadata))
 
     def _caller(self, context: grpc.aio.ServicerContext, metadata: dict[str, Any]) -> str | None:
         if self._mode == "xfcc":
@@ -615,32 +384,8 @@ def _is_local_health_probe(context: grpc.aio.ServicerContext, method: str) -> bo
     return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
 
 
-def _wrap(
-    handler: grpc.RpcMethodHandler,
-    check: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
-) -> grpc.RpcMethodHandler:
-    """The same handler with `check(context)` run before its behavior, for all four kinds."""
-
-    def unary_response(behavior: Behavior) -> Behavior:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context)
-            return await call_unary(behavior, request, context)
-
-        return run
-
-    def stream_response(behavior: Behavior) -> Behavior:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await check(context)
-            async for item in iterate_stream(behavior, request, context):
-                yield item
-
-        return run
-
-    return rewrap(handler, unary_response, stream_response)
-
-
 # --------------------------------------------------------------------------------------------
-# Wiring helpers for server.py / channels.py and the Envoy config.
+# Wiring helpers for server.py and channels.py.
 
 TlsMode = Literal["mtls", "istio", "plaintext"]
 TLS_MODES: tuple[str, ...] = ("mtls", "istio", "plaintext")
@@ -698,33 +443,3 @@ def open_channel(
             interceptors=list(interceptors) or None,
         )
     return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors) or None)
-
-
-def envoy_upstream_transport_socket(
-    callee: str, certs_dir: Path = DEFAULT_CERTS_DIR, identity: str = mesh_policy.GATEWAY
-) -> dict[str, Any]:
-    """Envoy cluster `transport_socket` for the gateway's mTLS to `callee` (local mode):
-    present the gateway certificate, trust only the local CA, require callee's SPIFFE id."""
-    paths = CertPaths(certs_dir)
-    return {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-            "UpstreamTlsContext",
-            "sni": server_name(callee),
-            "common_tls_context": {
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": str(paths.cert(identity))},
-                        "private_key": {"filename": str(paths.key(identity))},
-                    }
-                ],
-                "validation_context": {
-                    "trusted_ca": {"filename": str(paths.ca_cert)},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "URI", "matcher": {"exact": mesh_policy.spiffe_id(callee)}}
-                    ],
-                },
-            },
-        },
-    }

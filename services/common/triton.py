@@ -40,8 +40,9 @@ from tritonclient.grpc import (
     service_pb2_grpc,
 )
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.common import errors
+from services.common import errors, metrics, telemetry
 from services.common.errors import ServiceError
 
 # Model names in triton/models (the repository is the contract; these are its entry points).
@@ -260,6 +261,31 @@ def _stream_request(
 _request_counter = itertools.count(1)
 
 
+class _Observed:
+    """A CLIENT span (child of the RPC being served) and the latency metric of one inference
+    call. The span is never made current: a stream's body spans yields in other contexts."""
+
+    def __init__(self, model: str, method: str) -> None:
+        self.model = model
+        self.started = time.perf_counter()
+        self.span = telemetry.tracer().start_span(
+            f"triton {method} {model}", kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
+                        "rpc.method": method, "aimesh.triton.model": model},
+        )
+        self.outcome = "CANCELLED"  # unless finished otherwise: the caller went away
+
+    def failed(self, error: ServiceError) -> ServiceError:
+        self.outcome = error.code.name
+        return error
+
+    def finish(self) -> None:
+        metrics.observe_triton(self.model, self.outcome, time.perf_counter() - self.started)
+        if self.outcome != "OK":
+            self.span.set_status(Status(StatusCode.ERROR, self.outcome))
+        self.span.end()
+
+
 def new_request_id(prefix: str = "r") -> str:
     return f"{prefix}-{secrets.token_hex(4)}-{next(_request_counter)}"
 
@@ -329,9 +355,11 @@ class TritonClient:
 
     async def is_model_ready(self, model: str, timeout: float = 2.0) -> bool:
         try:
-            return bool(await self._client.is_model_ready(model, client_timeout=timeout))
+            ready = bool(await self._client.is_model_ready(model, client_timeout=timeout))
         except (TimeoutError, InferenceServerException, grpc.RpcError, OSError):
-            return False
+            ready = False
+        metrics.record_model_ready(model, ready)
+        return ready
 
     async def readiness(
         self, models: Iterable[str] = ALL_MODELS, timeout: float = 2.0
@@ -372,12 +400,16 @@ class TritonClient:
         deadline = self._timeout(timeout)
         built = build_inputs(model, inputs)
         requested = [InferRequestedOutput(name) for name in outputs] if outputs else None
+        observed = _Observed(model, "ModelInfer")
         try:
             result = await self._client.infer(
                 model, built, outputs=requested, request_id=request_id, client_timeout=deadline
             )
+            observed.outcome = "OK"
         except InferenceServerException as exc:
-            raise _from_exception(model, exc) from None
+            raise observed.failed(_from_exception(model, exc)) from None
+        finally:
+            observed.finish()
         return _outputs_of(result)
 
     # --- decoupled, one request -----------------------------------------------------------
@@ -408,10 +440,11 @@ class TritonClient:
 
         done = asyncio.Event()
         call = self._stub.ModelStreamInfer(requests(), timeout=deadline)
+        observed = _Observed(model, "ModelStreamInfer")
         try:
             async for message in call:
                 if message.error_message:
-                    raise map_error(model, message.error_message)
+                    raise observed.failed(map_error(model, message.error_message))
                 response = message.infer_response
                 if response.id and response.id != rid:
                     continue  # not ours (cannot happen on a private stream; defensive)
@@ -420,16 +453,18 @@ class TritonClient:
                 if outputs_map or not final:
                     yield StreamResponse(rid, outputs_map, final)
                 if final:
+                    observed.outcome = "OK"
                     return
-            raise ServiceError(
+            raise observed.failed(ServiceError(
                 grpc.StatusCode.INTERNAL,
                 f"{model}: stream closed before the final response",
                 "TRITON_STREAM_TRUNCATED",
                 metadata={"model": model},
-            )
+            ))
         except grpc.aio.AioRpcError as exc:
-            raise _from_rpc_error(model, exc) from None
+            raise observed.failed(_from_rpc_error(model, exc)) from None
         finally:
+            observed.finish()
             done.set()
             if not call.done():
                 call.cancel()

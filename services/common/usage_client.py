@@ -2,39 +2,39 @@
 
 Recording usage — durable, never dropped, counted once
 ------------------------------------------------------
+Every metering caller (Knowledge, Speech, Orchestrator) makes ONE call, typed:
+
     # in the servicer factory (the server's event loop is running there):
     self.usage = UsageClient(runtime)
 
-    # after (or inside the same transaction as) the work being billed:
-    await self.usage.record(
-        org=identity.org, resource_type=ResourceType.RESOURCE_TYPE_COMPLETION_TOKENS,
-        quantity=812, request_id=f"{request_id}/completion", model="models/llama-3-8b",
-        api_key=..., user=..., conn=conn,   # conn: optional, to join the caller's transaction
-    )
+    # inside the transaction of the work being billed (conn), or before the reply is sent:
+    await self.usage.meter(
+        identity, ResourceType.RESOURCE_TYPE_COMPLETION_TOKENS, 812, generation_id,
+        model="models/llama-3-8b", conn=conn,
+    )   # ledger request_id: f"{generation_id}/completion_tokens"
 
-`record()` only INSERTs into the `usage_outbox` table in the CALLER's own schema (so it is as
-durable as the caller's own data, and atomic with it when `conn` is passed). A background task
-(started with `runtime.spawn`) drains the outbox to Usage's RecordUsage in batches of up to
-500, deleting rows only after Usage acknowledged them; on failure it keeps the rows and retries
-with exponential backoff and jitter (AIMESH_USAGE_OUTBOX_POLL_SECONDS when idle, up to
-AIMESH_USAGE_OUTBOX_MAX_BACKOFF_SECONDS). Usage being down therefore delays counting but never
-loses it, and because every record carries a `request_id` that Usage deduplicates per
-organization, a batch re-sent after a lost acknowledgement is not counted twice. Several
-instances of a service drain the same outbox safely (SELECT ... FOR UPDATE SKIP LOCKED).
-Records Usage rejects as invalid (INVALID_ARGUMENT naming records[i]) are kept with
-`dead_reason` set instead of blocking the queue; inspect them with SQL.
+`meter()` INSERTs one record into the `usage_outbox` table in the CALLER's own schema: with
+`conn`, inside the caller's open transaction, so the record commits if and only if the work
+does; without it, the insert is awaited before `meter()` returns (the caller then replies), and
+it runs as a tracked task, so a request cancelled meanwhile still finishes its insert. Either
+way, once a caller has replied, its usage survives a SIGKILL. The payer comes from the Identity:
+the gateway subject "users/<id>" becomes the record's user, an API key (key_id) its api_key.
+A zero quantity records nothing.
 
-Services without a client object at hand can use the module-level shortcut, which keeps one
-UsageClient per runtime (created on first use, drainer included):
+A background task (started with `runtime.spawn`) drains the outbox to Usage's RecordUsage in
+batches of up to 500, deleting rows only after Usage acknowledged them; on failure it keeps the
+rows and retries with exponential backoff and jitter (AIMESH_USAGE_OUTBOX_POLL_SECONDS when idle,
+up to AIMESH_USAGE_OUTBOX_MAX_BACKOFF_SECONDS). Usage being down (or killed) therefore delays
+counting but never loses it, and because every record carries a `request_id` that Usage
+deduplicates per organization, a batch re-sent after a lost acknowledgement (the caller killed
+between Usage's commit and its own DELETE) is not counted twice. Several instances of a service
+drain the same outbox safely (SELECT ... FOR UPDATE SKIP LOCKED). Records Usage rejects as
+invalid (INVALID_ARGUMENT naming records[i]) are kept with `dead_reason` set instead of
+blocking the queue; inspect them with SQL.
 
-    await record_usage(runtime, org=identity.org, resource_type="RESOURCE_TYPE_SEARCHES",
-                       quantity=1, request_id=f"{request_id}/searches", subject=identity.subject,
-                       api_key=identity.key_id or "", source="knowledge")
-
-How the outbox table gets into the caller's schema: the client creates it itself, idempotently
-(CREATE TABLE IF NOT EXISTS under an advisory lock), before its first insert or drain. No
-migration is needed in the calling service; its yoyo migrations must simply not create a
-table named `usage_outbox`. (`OUTBOX_DDL` is exported for anyone who prefers a migration.)
+The outbox table is created by each calling service's own migrations
+(services/<svc>/migrations/NNNN_usage_outbox.sql; tests/unit/test_usage_outbox_migrations.py keeps
+them identical).
 
 Budgets — reserve before, settle after
 --------------------------------------
@@ -71,6 +71,8 @@ import grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from services.common import metrics
+from services.common.background import BackgroundTasks
 from services.common.channels import Channels
 from services.common.errors import ServiceError, error_info, field_violations, status_from_rpc_error
 from services.common.identity import Identity
@@ -79,20 +81,12 @@ log = logging.getLogger("aimesh.usage_client")
 
 ResourceType = usage_pb2.ResourceType
 OUTBOX_TABLE = "usage_outbox"
-OUTBOX_DDL = f"""
-CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (
-    id           bigserial PRIMARY KEY,
-    record       bytea NOT NULL,          -- a serialized aimesh.usage.v1.UsageRecord
-    dead_reason  text,                    -- set when Usage rejected the record as invalid
-    create_time  timestamptz NOT NULL DEFAULT now()
-)
-"""
 DRAIN_BATCH = 500
 RPC_TIMEOUT_SECONDS = 10.0
-_ADVISORY_LOCK = 0x75736167  # "usag": serializes concurrent CREATE TABLE IF NOT EXISTS
 _RECORD_INDEX = re.compile(r"^records\[(\d+)\]")
 _MICROS = Decimal(1_000_000)
 _VALID_TYPES = frozenset(v.number for v in ResourceType.DESCRIPTOR.values if v.number)
+Quantity = int | float | Decimal | str
 
 
 def to_micros(quantity: float | Decimal | str) -> int:
@@ -153,12 +147,10 @@ class UsageClient:
         self.settings = runtime.settings
         self.channels = channels or Channels(runtime.settings)
         self._owns_channels = channels is None
-        self._ready = False
-        self._ready_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._drain_lock = asyncio.Lock()
-        # Outbox inserts started by record_usage_soon(), awaited (briefly) at shutdown.
-        self._pending: set[asyncio.Task[None]] = set()
+        # Outbox inserts outlive a cancelled request; shutdown waits for them (close()).
+        self._inserts = BackgroundTasks("usage-outbox")
         if start_drainer:
             runtime.spawn(self._drain_forever(), "usage-outbox-drain")
             runtime.on_shutdown(self.close)
@@ -167,62 +159,71 @@ class UsageClient:
     def stub(self) -> usage_pb2_grpc.UsageServiceStub:
         return usage_pb2_grpc.UsageServiceStub(self.channels.get("usage"))
 
-    async def ensure_outbox(self) -> None:
-        """Create the outbox table in the caller's schema if it is not there yet."""
-        if self._ready:
-            return
-        async with self._ready_lock:
-            if self._ready:
-                return
-            async with self.db.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
-                await conn.execute(OUTBOX_DDL)
-            self._ready = True
-
     # --- recording -----------------------------------------------------------------------
 
-    async def record(self, *, conn: Any = None, **fields: Any) -> None:
-        """Queue one usage record durably (see module docstring). Keywords: those of
-        `make_record`. `conn`: the caller's open connection, to commit with its own data."""
-        await self.record_many([self.make_record(**fields)], conn=conn)
-
-    def make_record(
+    async def meter(
         self,
+        payer: Identity,
+        resource_type: ResourceType.ValueType,
+        quantity: Quantity,
+        work_id: str,
         *,
-        org: str,
-        resource_type: int,
-        quantity: float | Decimal | str | None = None,
-        quantity_micros: int | None = None,
-        request_id: str,
         model: str = "",
-        api_key: str = "",
-        user: str = "",
+        conn: Any = None,
         occur_time: dt.datetime | None = None,
-        source: str | None = None,
-    ) -> usage_pb2.UsageRecord:
-        """A validated UsageRecord: `quantity` in units (exact, see to_micros) or
-        `quantity_micros`; `request_id` unique per organization (e.g. "<request>/<type>")."""
-        if not org:
-            raise ValueError("org is required")
+    ) -> None:
+        """Record `quantity` units of `resource_type` used by `payer` (see the module docstring).
+        `work_id` names the work billed (the caller's request_id, a generation or document id;
+        "" for work no retry can repeat, e.g. a stream without request_id): the ledger's
+        request_id is "<work_id>/<kind>", so each kind of one piece of work counts once however
+        often it is retried. `conn`: the caller's open transaction, to commit with the work
+        itself; otherwise the insert is durable when this returns."""
+        kind = ResourceType.Name(resource_type).removeprefix("RESOURCE_TYPE_").lower() \
+            if resource_type in _VALID_TYPES else ""
+        request_id = f"{work_id or uuid.uuid4()}/{kind}"
+        record = self._record(payer, resource_type, quantity, request_id, model, occur_time)
+        if record is None:
+            return
+        if conn is not None:
+            await self._enqueue([record], conn)
+            return
+        # Shielded: the caller's cancellation (a client hanging up) cannot abort the insert.
+        await asyncio.shield(self._inserts.start(self._enqueue([record]), request_id))
+
+    def _record(
+        self,
+        payer: Identity,
+        resource_type: int,
+        quantity: Quantity,
+        request_id: str,
+        model: str,
+        occur_time: dt.datetime | None,
+    ) -> usage_pb2.UsageRecord | None:
+        """A validated UsageRecord, or None for a zero quantity (nothing to bill)."""
+        if not payer.org:
+            raise ValueError("the payer's organization is required")
         if not request_id:
             raise ValueError("request_id is required (it makes delivery retries safe)")
         if resource_type not in _VALID_TYPES:
             raise ValueError(f"unknown resource type {resource_type!r}")
-        if (quantity is None) == (quantity_micros is None):
-            raise ValueError("give exactly one of quantity and quantity_micros")
-        micros = to_micros(quantity) if quantity is not None else int(quantity_micros)  # type: ignore[arg-type]
-        if micros < 0:
-            raise ValueError("quantity_micros must be >= 0")
+        micros = to_micros(quantity)
+        if micros == 0:
+            return None
+        org = payer.org.removeprefix("organizations/")
+        subject = payer.subject or ""
+        # The gateway's subject is "users/<id>" for people and "apiKeys/<id>" for keys (no user).
+        user = "" if not subject or subject.startswith("apiKeys/") else (
+            subject if subject.startswith("users/") else f"users/{subject}")
+        api_key = f"organizations/{org}/apiKeys/{payer.key_id}" if payer.key_id else ""
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(occur_time or dt.datetime.now(dt.UTC))
         return usage_pb2.UsageRecord(
             organization=_org_name(org), request_id=request_id, resource_type=resource_type,
             quantity_micros=micros, model=model, api_key=api_key, user=user, occur_time=stamp,
-            source=source if source is not None else getattr(self.runtime, "name", ""),
+            source=getattr(self.runtime, "name", ""),
         )
 
-    async def record_many(self, records: Sequence[usage_pb2.UsageRecord], conn: Any = None) -> None:
-        await self.ensure_outbox()
+    async def _enqueue(self, records: Sequence[usage_pb2.UsageRecord], conn: Any = None) -> None:
         rows = [(r.SerializeToString(),) for r in records]
         sql = f"INSERT INTO {OUTBOX_TABLE} (record) VALUES (%s)"
         if conn is not None:
@@ -235,11 +236,20 @@ class UsageClient:
 
     async def pending(self) -> int:
         """Records waiting for delivery (dead ones excluded)."""
-        await self.ensure_outbox()
         async with self.db.connection() as conn:
             cur = await conn.execute(f"SELECT count(*) AS n FROM {OUTBOX_TABLE} WHERE dead_reason IS NULL")
             row = await cur.fetchone()
             return int(row["n"])
+
+    async def observe_outbox(self) -> None:
+        """Outbox depth and the age of its oldest record, for the 'not draining' alert."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(create_time)), 0) AS age "
+                f"FROM {OUTBOX_TABLE} WHERE dead_reason IS NULL"
+            )
+            row = await cur.fetchone()
+        metrics.observe_outbox(self.runtime.name, int(row["n"]), float(row["age"]))
 
     async def flush(self) -> int:
         """Deliver everything queued now; returns records delivered. Raises if Usage fails."""
@@ -251,7 +261,6 @@ class UsageClient:
                 return delivered
 
     async def _drain_batch(self) -> int:
-        await self.ensure_outbox()
         async with self._drain_lock, self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 f"SELECT id, record FROM {OUTBOX_TABLE} WHERE dead_reason IS NULL "
@@ -317,11 +326,16 @@ class UsageClient:
                 level = logging.WARNING if failures < 5 else logging.ERROR
                 log.log(level, "usage outbox delivery failed; will retry",
                         extra={"failures": failures, "error": str(exc).splitlines()[0][:200]})
+            try:
+                await self.observe_outbox()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the database is away: readiness reports it
+                pass
 
     async def close(self) -> None:
         """Last delivery attempt at shutdown (what fails stays queued for the next start)."""
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=5)
+        await self._inserts.wait(timeout=5)
         try:
             await asyncio.wait_for(self.flush(), timeout=2)
         except Exception as exc:  # noqa: BLE001 - undelivered rows stay in the outbox
@@ -404,75 +418,3 @@ class UsageClient:
                     return None
                 raise service_error_from(exc) from None
         raise AssertionError("unreachable")
-
-
-def client_for(runtime: Any) -> UsageClient:
-    """The runtime's shared UsageClient (created, with its drainer, on first use)."""
-    client = getattr(runtime, "_usage_client", None)
-    if client is None:
-        client = UsageClient(runtime)
-        setattr(runtime, "_usage_client", client)  # noqa: B010 - Runtime has no slot for it
-    return client
-
-
-def resource_type_of(value: int | str) -> int:
-    """ResourceType from its number, its name or its short name ("searches")."""
-    if isinstance(value, int):
-        return value
-    name = value.strip().upper()
-    if not name.startswith("RESOURCE_TYPE_"):
-        name = f"RESOURCE_TYPE_{name}"
-    try:
-        return ResourceType.Value(name)
-    except ValueError:
-        raise ValueError(f"unknown resource type {value!r}") from None
-
-
-async def record_usage(
-    runtime: Any,
-    *,
-    org: str,
-    resource_type: int | str,
-    quantity: float | Decimal | str,
-    request_id: str,
-    source: str | None = None,
-    subject: str = "",
-    api_key: str = "",
-    model: str = "",
-    occur_time: dt.datetime | None = None,
-    conn: Any = None,
-) -> None:
-    """Queue one usage record through the runtime's shared client. `subject` is the gateway's
-    subject (a user: bare id or "users/..."; an API key subject records no user), `api_key` a
-    key id or its full resource name."""
-    bare_org = org.removeprefix("organizations/")
-    # The gateway's subject is "users/<id>" for people and "apiKeys/<id>" for keys (no user).
-    if not subject or subject.startswith("apiKeys/"):
-        user = ""
-    else:
-        user = subject if subject.startswith("users/") else f"users/{subject}"
-    key = api_key if not api_key or api_key.startswith("organizations/") else (
-        f"organizations/{bare_org}/apiKeys/{api_key}")
-    await client_for(runtime).record(
-        org=bare_org, resource_type=resource_type_of(resource_type), quantity=quantity,
-        request_id=request_id, source=source, user=user, api_key=key, model=model,
-        occur_time=occur_time, conn=conn,
-    )
-
-
-def record_usage_soon(runtime: Any, **fields: Any) -> None:
-    """record_usage() without waiting: the outbox insert runs in the background, so a stream or
-    an RPC never waits on metering. Failures are logged; the client's shutdown waits for inserts
-    still running. Keywords: those of record_usage()."""
-    client = client_for(runtime)
-
-    async def insert() -> None:
-        try:
-            await record_usage(runtime, **fields)
-        except Exception:
-            log.exception("could not queue a usage record",
-                          extra={"request_id": fields.get("request_id")})
-
-    task = asyncio.ensure_future(insert())
-    client._pending.add(task)
-    task.add_done_callback(client._pending.discard)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,32 +17,28 @@ from google.rpc import status_pb2
 
 from services.common.channels import Channels
 from services.common.errors import (
-    FieldViolations,
-    ServiceError,
+    etag_mismatch,
     failed_precondition,
-    invalid_argument,
     not_found,
 )
 from services.common.identity import Identity, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
+from services.conversation import conversations
 from services.conversation.chat import Chat
+from services.conversation.conversations import CONVERSATION, MESSAGE
 from services.conversation.store import PURGE_AFTER_DAYS, Row, Store
 
 log = logging.getLogger("aimesh.conversation")
 
-_CONV_ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
-_ANY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-_META_KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_MODEL = re.compile(r"^models/[a-z0-9][a-z0-9.-]{0,62}$")
-MAX_CONTENT = 32_000
 
 
 
 
 def conversation_message(row: Row) -> cpb.Conversation:
     conv = cpb.Conversation(
-        name=f"conversations/{row['id']}", title=row["title"], metadata=row["metadata"],
+        name=CONVERSATION.format(row["id"]), title=row["title"], metadata=row["metadata"],
         default_model=row["default_model"], system_prompt=row["system_prompt"],
         message_count=row["message_count"], create_time=to_timestamp(row["create_time"]),
         update_time=to_timestamp(row["update_time"]), etag=row["etag"])
@@ -56,7 +50,7 @@ def conversation_message(row: Row) -> cpb.Conversation:
 
 def message_message(row: Row) -> cpb.Message:
     msg = cpb.Message(
-        name=f"conversations/{row['conversation_id']}/messages/{row['id']}", role=row["role"],
+        name=MESSAGE.format(row["conversation_id"], row["id"]), role=row["role"],
         content=row["content"], state=row["state"], model=row["model"], finish_reason=row["finish_reason"],
         create_time=to_timestamp(row["create_time"]))
     if row["prompt_tokens"] is not None:
@@ -70,48 +64,6 @@ def message_message(row: Row) -> cpb.Message:
     return msg
 
 
-def _conv_id(name: str, field: str) -> str:
-    prefix = "conversations/"
-    if not name.startswith(prefix) or not _ANY_ID.match(name[len(prefix):]):
-        raise invalid_argument(f"{field} must be conversations/{{conversation}}, got {name!r}",
-                               [(field, "expected conversations/{conversation}")])
-    return name[len(prefix):]
-
-
-def _page(token: str, kind: str) -> int:
-    if not token:
-        return 0
-    try:
-        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix != kind:
-            raise ValueError(prefix)
-        return int(value)
-    except ValueError:
-        raise invalid_argument("malformed page_token", [("page_token", "not a token from a matching previous call")]) from None
-
-
-def _token(kind: str, value: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
-
-
-def _page_size(size: int) -> int:
-    return 50 if size <= 0 else min(size, 1000)
-
-
-def _check_fields(conv: cpb.Conversation, paths: set[str], v: FieldViolations, prefix: str = "conversation") -> None:
-    if "title" in paths:
-        v.check(len(conv.title) <= 256, f"{prefix}.title", "at most 256 characters")
-    if "system_prompt" in paths:
-        v.check(len(conv.system_prompt) <= 32_000, f"{prefix}.system_prompt", "at most 32,000 characters")
-    if "default_model" in paths and conv.default_model:
-        v.check(bool(_MODEL.match(conv.default_model)), f"{prefix}.default_model", "expected models/{model}")
-    if "metadata" in paths:
-        v.check(len(conv.metadata) <= 32, f"{prefix}.metadata", "at most 32 entries")
-        for key, value in conv.metadata.items():
-            v.check(bool(_META_KEY.match(key)), f"{prefix}.metadata[{key}]", "keys match [a-z][a-z0-9_]{0,62}")
-            v.check(len(value) <= 256, f"{prefix}.metadata[{key}]", "values are at most 256 characters")
-
-
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         assert runtime.db is not None
@@ -119,6 +71,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self.store = Store(runtime.db)
         self.channels = Channels(runtime.settings)
         self.chat = Chat(self.store, runtime.cache, self.channels)
+        self.pages = Paginator(runtime.settings)
         runtime.on_shutdown(self.channels.close)
         runtime.spawn(self._purge_loop(), "conversation-purge")
 
@@ -135,20 +88,14 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def _existing(self, identity: Identity, conv_id: str) -> Row:
         row = await self.store.get_conversation(identity.org, conv_id)
         if row is None:
-            raise not_found(f"conversations/{conv_id} not found", reason="CONVERSATION_NOT_FOUND",
-                            metadata={"conversation": f"conversations/{conv_id}"})
+            name = CONVERSATION.format(conv_id)
+            raise not_found(f"{name} not found", reason="CONVERSATION_NOT_FOUND", metadata={"conversation": name})
         return row
 
     async def CreateConversation(self, request: cpb.CreateConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
-        v = FieldViolations()
+        conversations.check_new(request)
         conv = request.conversation
-        _check_fields(conv, {"title", "system_prompt", "default_model", "metadata"}, v)
-        if request.conversation_id:
-            v.check(bool(_CONV_ID.match(request.conversation_id)), "conversation_id",
-                    "4-63 characters of [a-z0-9-] starting with a letter")
-        v.check(len(request.request_id) <= 64, "request_id", "at most 64 characters")
-        v.raise_if_any()
         if conv.default_model:
             await self.chat.model(conv.default_model, identity)  # NOT_FOUND lists the valid models
         row = await self.store.create_conversation(
@@ -159,43 +106,32 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
 
     async def GetConversation(self, request: cpb.GetConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
-        return conversation_message(await self._existing(identity, _conv_id(request.name, "name")))
+        return conversation_message(await self._existing(identity, CONVERSATION.id(request.name, "name")))
 
     async def ListConversations(self, request: cpb.ListConversationsRequest, context: grpc.aio.ServicerContext) -> cpb.ListConversationsResponse:
         identity = require_identity(context.invocation_metadata())
-        kind = "d" if request.show_deleted else "c"
-        offset, size = _page(request.page_token, kind), _page_size(request.page_size)
-        rows = await self.store.list_conversations(identity.org, request.show_deleted, offset, size + 1)
+        page = self.pages.start(request, identity.org)
+        rows, token = page.split(
+            await self.store.list_conversations(identity.org, request.show_deleted, page.offset, page.size + 1))
         return cpb.ListConversationsResponse(
-            conversations=[conversation_message(r) for r in rows[:size]],
-            next_page_token=_token(kind, offset + size) if len(rows) > size else "")
+            conversations=[conversation_message(r) for r in rows], next_page_token=token)
 
     async def UpdateConversation(self, request: cpb.UpdateConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
-        conv_id = _conv_id(request.conversation.name, "conversation.name")
-        allowed = {"title", "metadata", "default_model", "system_prompt"}
-        paths = set(request.update_mask.paths)
-        v = FieldViolations()
-        v.check(bool(paths), "update_mask", "required: any of title, metadata, default_model, system_prompt or *")
-        if "*" in paths:
-            paths = allowed
-        for p in paths - allowed:
-            v.add("update_mask", f"unknown path {p!r}; allowed: {', '.join(sorted(allowed))}")
-        _check_fields(request.conversation, paths, v)
-        v.raise_if_any()
+        conv_id = CONVERSATION.id(request.conversation.name, "conversation.name")
+        paths = conversations.update_paths(request)
         row = await self._existing(identity, conv_id)
         if row["delete_time"] is not None:
-            raise failed_precondition(f"conversations/{conv_id} is deleted; undelete it first", reason="CONVERSATION_DELETED")
+            raise failed_precondition(f"{CONVERSATION.format(conv_id)} is deleted; undelete it first", reason="CONVERSATION_DELETED")
         if request.conversation.etag and request.conversation.etag != row["etag"]:
-            raise ServiceError(grpc.StatusCode.ABORTED, "the conversation changed since it was read (etag mismatch)",
-                               "ETAG_MISMATCH")
+            raise etag_mismatch(request.conversation.name)
         if "default_model" in paths and request.conversation.default_model:
             await self.chat.model(request.conversation.default_model, identity)
         changes = {p: (dict(request.conversation.metadata) if p == "metadata" else getattr(request.conversation, p))
                    for p in paths}
         updated = await self.store.update_conversation(identity.org, conv_id, changes)
         if updated is None:
-            raise not_found(f"conversations/{conv_id} not found", reason="CONVERSATION_NOT_FOUND")
+            raise not_found(f"{request.conversation.name} not found", reason="CONVERSATION_NOT_FOUND")
         return conversation_message(updated)
 
     async def DeleteConversation(self, request: cpb.DeleteConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
@@ -206,55 +142,39 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
 
     async def _set_deleted(self, name: str, deleted: bool, context: grpc.aio.ServicerContext) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
-        conv_id = _conv_id(name, "name")
+        conv_id = CONVERSATION.id(name, "name")
         await self._existing(identity, conv_id)
         row = await self.store.set_deleted(identity.org, conv_id, deleted)
         if row is None:
-            raise not_found(f"conversations/{conv_id} not found", reason="CONVERSATION_NOT_FOUND")
+            raise not_found(f"{name} not found", reason="CONVERSATION_NOT_FOUND")
         return conversation_message(row)
 
     async def ListMessages(self, request: cpb.ListMessagesRequest, context: grpc.aio.ServicerContext) -> cpb.ListMessagesResponse:
         identity = require_identity(context.invocation_metadata())
-        conv_id = _conv_id(request.parent, "parent")
+        conv_id = CONVERSATION.id(request.parent, "parent")
+        page = self.pages.start(request, identity.org)
         await self._existing(identity, conv_id)
-        after, size = _page(request.page_token, "m"), _page_size(request.page_size)
-        rows, total = await self.store.list_messages(identity.org, conv_id, after, size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
+        after = int(page.cursor[0]) if page.cursor else 0
+        rows, total = await self.store.list_messages(identity.org, conv_id, after, page.size + 1)
+        rows, token = page.split(rows, lambda r: (r["seq"],))
         return cpb.ListMessagesResponse(messages=[message_message(r) for r in rows], total_size=total,
-                                        next_page_token=_token("m", rows[-1]["seq"]) if more else "")
+                                        next_page_token=token)
 
     async def GetMessage(self, request: cpb.GetMessageRequest, context: grpc.aio.ServicerContext) -> cpb.Message:
         identity = require_identity(context.invocation_metadata())
-        parts = request.name.split("/")
-        if len(parts) != 4 or parts[0] != "conversations" or parts[2] != "messages" or not all(
-                _ANY_ID.match(p) for p in (parts[1], parts[3])):
-            raise invalid_argument(f"name must be conversations/{{conversation}}/messages/{{message}}, got {request.name!r}",
-                                   [("name", "expected conversations/{conversation}/messages/{message}")])
-        row = await self.store.get_message(identity.org, parts[1], parts[3])
-        if row is None or await self.store.get_conversation(identity.org, parts[1]) is None:
+        conv_id, message_id = MESSAGE.parse(request.name, "name")
+        row = await self.store.get_message(identity.org, conv_id, message_id)
+        if row is None or await self.store.get_conversation(identity.org, conv_id) is None:
             raise not_found(f"{request.name} not found", reason="MESSAGE_NOT_FOUND")
         return message_message(row)
 
     async def SendMessage(self, request: cpb.SendMessageRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.SendMessageResponse]:
         identity = require_identity(context.invocation_metadata())
-        conv_id = _conv_id(request.conversation, "conversation")
-        v = FieldViolations()
-        v.check(1 <= len(request.content) <= MAX_CONTENT, "content",
-                f"{len(request.content)} characters; must be 1-{MAX_CONTENT}")
-        if request.model:
-            v.check(bool(_MODEL.match(request.model)), "model", "expected models/{model}")
-        if request.HasField("temperature"):
-            v.check(0.0 <= request.temperature <= 2.0, "temperature", "must be 0.0-2.0")
-        if request.HasField("max_output_tokens"):
-            v.check(request.max_output_tokens >= 1, "max_output_tokens", "must be at least 1")
-        if request.retrieval.enabled:
-            v.check(request.retrieval.top_k == 0 or 1 <= request.retrieval.top_k <= 20, "retrieval.top_k", "must be 1-20")
-        v.check(len(request.request_id) <= 64, "request_id", "at most 64 characters")
-        v.raise_if_any()
+        conv_id = CONVERSATION.id(request.conversation, "conversation")
+        conversations.check_send(request)
         conv = await self._existing(identity, conv_id)
         if conv["delete_time"] is not None:
-            raise failed_precondition(f"conversations/{conv_id} is deleted; undelete it to send messages",
+            raise failed_precondition(f"{CONVERSATION.format(conv_id)} is deleted; undelete it to send messages",
                                       reason="CONVERSATION_DELETED")
         model = request.model or conv["default_model"] or self.runtime.settings.default_model
         stream = self.chat.send(identity, conv, request, model, context.time_remaining(), message_message)

@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from services.common.db import Database
+from services.common.db import Database, Row
 from services.common.errors import already_exists
+from services.conversation.conversations import CONVERSATION
 
-Row = dict[str, Any]
 PURGE_AFTER_DAYS = 30
 _UPDATABLE = ("title", "metadata", "default_model", "system_prompt")
 
@@ -50,8 +50,8 @@ class Store:
                      fields["system_prompt"], new_etag(), request_id or None),
                 )
             except psycopg.errors.UniqueViolation:
-                raise already_exists(f"conversations/{conv_id} already exists",
-                                     metadata={"conversation": f"conversations/{conv_id}"}) from None
+                name = CONVERSATION.format(conv_id)
+                raise already_exists(f"{name} already exists", metadata={"conversation": name}) from None
             row = await cur.fetchone()
             assert row is not None
             return row

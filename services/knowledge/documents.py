@@ -3,15 +3,12 @@ hand it to the ingestion worker; get, list with keyset pagination, delete from e
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from uuid import UUID
 
 from services.common.errors import (
     FieldViolations,
@@ -20,6 +17,8 @@ from services.common.errors import (
     not_found,
     resource_exhausted,
 )
+from services.common.names import resource
+from services.common.pagination import Page
 from services.knowledge.blobs import BlobStore
 from services.knowledge.extract import SUPPORTED_TYPES, base_type, sniff
 from services.knowledge.ingest import Ingestor
@@ -32,7 +31,7 @@ MAX_STREAM_BYTES = 64 * 1024 * 1024
 MAX_STREAM_PIECE = 1024 * 1024
 DOCUMENT_ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
 METADATA_KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-NAME = re.compile(r"^documents/([^/]+)$")
+DOCUMENT = resource("knowledge.aimesh.dev/Document")
 STATES = ("PROCESSING", "READY", "FAILED")
 
 
@@ -65,39 +64,6 @@ def check_new_document(doc: NewDocument, prefix: str, v: FieldViolations) -> Non
         v.check(bool(DOCUMENT_ID.match(doc.document_id)), f"{prefix}document_id",
                 "4-63 characters of [a-z0-9-], starting with a letter")
     v.check(len(doc.request_id) <= 64, f"{prefix}request_id", "at most 64 characters")
-
-
-def parse_name(name: str, field_name: str = "name") -> str:
-    match = NAME.match(name)
-    if not match or not DOCUMENT_ID.match(match.group(1)) and not _is_uuid(match.group(1)):
-        raise invalid_argument(f"{field_name}: expected documents/{{document}}, got {name!r}",
-                               [(field_name, "expected documents/{document}")])
-    return match.group(1)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(UUID(value)) == value
-    except ValueError:
-        return False
-
-
-def encode_page_token(state: str | None, row: DocumentRow) -> str:
-    raw = json.dumps({"s": state or "", "t": row.create_time.isoformat(), "i": row.document_id})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_page_token(token: str, state: str | None) -> tuple[datetime, str]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        cursor = (datetime.fromisoformat(data["t"]), str(data["i"]))
-        same_filter = data["s"] == (state or "")
-    except (ValueError, KeyError, TypeError):  # bad base64 / JSON / shape; binascii.Error is a ValueError
-        raise invalid_argument("page_token is malformed", [("page_token", "not a token from ListDocuments")]) from None
-    if not same_filter:
-        raise invalid_argument("page_token was issued for a different state filter",
-                               [("page_token", "used with a different `state` than the call that issued it")])
-    return cursor
 
 
 class Documents:
@@ -151,8 +117,9 @@ class Documents:
             created = await self.store.insert_document(row)
         except DuplicateDocument:
             await self.blobs.delete(org, uid)
-            raise already_exists(f"documents/{document_id} already exists", reason="DOCUMENT_EXISTS",
-                                 metadata={"document": f"documents/{document_id}"}) from None
+            name = DOCUMENT.format(document_id)
+            raise already_exists(f"{name} already exists", reason="DOCUMENT_EXISTS",
+                                 metadata={"document": name}) from None
         except DuplicateRequest:
             await self.blobs.delete(org, uid)
             replayed = await self.replay(org, doc.request_id)
@@ -165,24 +132,20 @@ class Documents:
         return created
 
     async def get(self, org: str, name: str) -> DocumentRow:
-        document_id = parse_name(name)
+        document_id = DOCUMENT.id(name, "name")
         row = await self.store.get_document(org, document_id)
         if row is None:
             raise not_found(f"{name} not found", reason="DOCUMENT_NOT_FOUND", metadata={"document": name})
         return row
 
-    async def list(self, org: str, page_size: int, page_token: str, state: str | None) -> tuple[list[DocumentRow], str, int]:
-        v = FieldViolations()
-        v.check(page_size >= 0, "page_size", "must not be negative")
-        v.raise_if_any()
-        limit = min(page_size or 50, 1000)
-        after = decode_page_token(page_token, state) if page_token else None
-        rows, total = await self.store.list_documents(org, limit + 1, state, after)
-        next_token = encode_page_token(state, rows[limit - 1]) if len(rows) > limit else ""
-        return rows[:limit], next_token, total
+    async def list(self, org: str, page: Page, state: str | None) -> tuple[list[DocumentRow], str, int]:
+        """One page, newest first; a `page` token checked by services.common.pagination."""
+        rows, total = await self.store.list_documents(org, page.size + 1, state, page.cursor)  # type: ignore[arg-type]
+        rows, token = page.split(rows, lambda r: (r.create_time, r.document_id))
+        return rows, token, total
 
     async def delete(self, org: str, name: str) -> None:
-        document_id = parse_name(name)
+        document_id = DOCUMENT.id(name, "name")
         row = await self.store.get_document(org, document_id)
         if row is None:
             return  # idempotent; says nothing about other organizations
@@ -194,6 +157,15 @@ class Documents:
         await self.blobs.delete(org, row.uid)
         if row.state == "READY":
             await self.on_corpus_change(org)
+
+
+def check_unary_content(content: bytes, v: FieldViolations) -> None:
+    """CreateDocument carries the whole file: 1 byte to 8 MiB (UploadDocument streams more)."""
+    if not content:
+        v.add("content", "required: 1 byte to 8 MiB")
+    elif len(content) > MAX_UNARY_BYTES:
+        v.add("content", f"{len(content)} bytes is over the 8 MiB ({MAX_UNARY_BYTES} bytes) limit; "
+                         "use UploadDocument for up to 64 MiB")
 
 
 async def collect_stream(pieces: AsyncIterator[bytes], declared: int) -> bytes:

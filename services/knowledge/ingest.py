@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 from uuid import UUID
 
 import grpc
 import numpy as np
 
 from services.common.errors import ServiceError
+from services.common.identity import Identity
 from services.common.server import Runtime
 from services.common.triton import TritonClient
-from services.knowledge import metering
+from services.common.usage_client import ResourceType, UsageClient
+from services.knowledge import metrics as knowledge_metrics
 from services.knowledge.blobs import BlobStore
 from services.knowledge.chunking import chunk_document
 from services.knowledge.extract import ExtractionError, run_isolated
@@ -55,6 +58,7 @@ class Ingestor:
         vectors: VectorIndex,
         keywords: KeywordIndex,
         triton: TritonClient,
+        usage: UsageClient,
         on_corpus_change: Callable[[str], Awaitable[None]],
     ) -> None:
         self.runtime = runtime
@@ -63,12 +67,14 @@ class Ingestor:
         self.vectors = vectors
         self.keywords = keywords
         self.triton = triton
+        self.usage = usage
         self.on_corpus_change = on_corpus_change
         self.queue: asyncio.Queue[tuple[str, UUID]] = asyncio.Queue()
         self.queued: set[UUID] = set()
         self.active: dict[UUID, asyncio.Task[None]] = {}
 
     def start(self) -> None:
+        knowledge_metrics.watch_queue(lambda: (len(self.queued), len(self.active)))
         for i in range(WORKERS):
             self.runtime.spawn(self._worker(), f"knowledge-ingest-{i}")
         self.runtime.spawn(self._sweeper(), "knowledge-ingest-sweeper")
@@ -130,9 +136,15 @@ class Ingestor:
         heartbeat = asyncio.ensure_future(self._heartbeat(uid))
         try:
             count = await self._run(org, uid, doc.mime_type)
-            if await self.store.mark_ready(uid, count):
+
+            async def meter(conn: Any) -> None:
+                # In mark_ready's transaction: the document is READY iff its chunks are billed.
+                await self.usage.meter(Identity(org=org, subject=""),
+                                       ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED, count, str(uid), conn=conn)
+
+            if await self.store.mark_ready(uid, count, meter):
                 await self.on_corpus_change(org)
-                metering.report(self.runtime, org, metering.CHUNKS_EMBEDDED, count, f"ingest-{uid}")
+                knowledge_metrics.record_document(True, count)
                 log.info("document ready", extra={"org": org, "uid": str(uid), "chunks": count})
             else:
                 # Deleted while we worked: remove what we indexed.
@@ -187,6 +199,7 @@ class Ingestor:
         await self.store.delete_chunks(uid)
 
     async def _fail(self, org: str, uid: UUID, reason: str) -> None:
+        knowledge_metrics.record_document(False)
         log.info("document failed", extra={"org": org, "uid": str(uid), "reason": reason})
         try:
             await self._purge(org, uid)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from redis.exceptions import RedisError
 
+from services.common import metrics
 from services.common.cache import ServiceCache
+from services.common.errors import FieldViolations
 from services.common.triton import TritonClient
 from services.knowledge.keyword_index import KeywordIndex
 from services.knowledge.store import ChunkHit, Store
@@ -25,6 +27,15 @@ RRF_K = 60
 SEMANTIC, KEYWORD, HYBRID = "semantic", "keyword", "hybrid"
 CACHE_TTL_SECONDS = 300
 QUERY_VECTOR_TTL_SECONDS = 86_400
+
+
+def check_query(query: str, top_k: int, filter_count: int, v: FieldViolations) -> int:
+    """A search's text and limits; returns the number of results to return (default 10)."""
+    v.check(bool(query.strip()) and len(query) <= 2048, "query", "required, 1-2,048 characters")
+    top_k = top_k or 10
+    v.check(1 <= top_k <= 100, "top_k", "must be 1-100 (default 10)")
+    v.check(filter_count <= 16, "metadata_filters", "at most 16 entries")
+    return top_k
 
 
 @dataclass
@@ -86,9 +97,11 @@ class Searcher:
         if self.cache is None or generation is None:
             return None
         try:
-            return await self.cache.redis.get(self._answer_key(org, generation, fingerprint))
+            answer = await self.cache.redis.get(self._answer_key(org, generation, fingerprint))
         except RedisError:
             return None
+        metrics.record_cache("knowledge_search", answer is not None)
+        return answer
 
     async def remember(self, org: str, generation: str | None, fingerprint: bytes, answer: bytes) -> None:
         if self.cache is None or generation is None:

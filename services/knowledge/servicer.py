@@ -11,29 +11,32 @@ import grpc
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from google.protobuf import empty_pb2
 
-from services.common.errors import FieldViolations, ServiceError, invalid_argument
+from services.common.errors import FieldViolations, invalid_argument
 from services.common.identity import Identity, Role, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, idle_limited
 from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
-from services.knowledge import metering
+from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge.blobs import BlobStore
 from services.knowledge.documents import (
+    DOCUMENT,
     MAX_STREAM_BYTES,
-    MAX_UNARY_BYTES,
     Documents,
     NewDocument,
     check_new_document,
+    check_unary_content,
     collect_stream,
-    parse_name,
 )
+from services.knowledge.chunking import count_tokens
 from services.knowledge.ingest import Ingestor
 from services.knowledge.keyword_index import (
     KeywordIndex,
     OpenSearchKeywordIndex,
     PostgresKeywordIndex,
 )
-from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
+from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher, check_query
 from services.knowledge.store import DocumentRow, Store
 from services.knowledge.vector_index import VectorIndex
 
@@ -53,7 +56,7 @@ STATE_VALUES = {v: k for k, v in STATE_NAMES.items()}
 
 def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
     return knowledge_pb2.Document(
-        name=f"documents/{row.document_id}",
+        name=DOCUMENT.format(row.document_id),
         display_name=row.display_name,
         mime_type=row.mime_type,
         size_bytes=row.size_bytes,
@@ -71,6 +74,11 @@ def _new_document(doc: knowledge_pb2.Document, document_id: str, request_id: str
     return NewDocument(doc.display_name, doc.mime_type, dict(doc.metadata), document_id, request_id)
 
 
+MAX_EMBED_TEXTS = 2048
+EMBED_MAX_TOKENS = 256  # the Triton model's limit (triton/models/text_embedding)
+EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+
+
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -79,14 +87,18 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         var = Path(settings.var_dir) / "knowledge"
         self.blobs = BlobStore(Path(settings.knowledge_blob_dir) if settings.knowledge_blob_dir else var / "blobs")
         self.store = Store(runtime.db, self.blobs.identity)
+        self.pages = Paginator(settings)
         self.vectors = VectorIndex(settings.milvus_uri, lite_path=var / "milvus.db")
         self.keywords: KeywordIndex = (
             OpenSearchKeywordIndex(settings.opensearch_url) if settings.opensearch_url else PostgresKeywordIndex(self.store)
         )
         self.triton = TritonClient.from_settings(settings)
         self.searcher = Searcher(self.store, self.vectors, self.keywords, self.triton, runtime.cache)
+        # Chunks embedded and searches go through the durable usage outbox (in this schema).
+        self.usage = UsageClient(runtime)
         self.ingestor = Ingestor(
-            runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self.searcher.bump_generation
+            runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self.usage,
+            self.searcher.bump_generation,
         )
         self.documents = Documents(
             self.store, self.blobs, self.vectors, self.keywords, self.ingestor,
@@ -125,11 +137,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         v = FieldViolations()
         v.check(request.HasField("document"), "document", "required")
         check_new_document(doc, "", v)
-        if not request.content:
-            v.add("content", "required: 1 byte to 8 MiB")
-        elif len(request.content) > MAX_UNARY_BYTES:
-            v.add("content", f"{len(request.content)} bytes is over the 8 MiB ({MAX_UNARY_BYTES} bytes) limit; "
-                             "use UploadDocument for up to 64 MiB")
+        check_unary_content(request.content, v)
         v.raise_if_any()
         row = await self.documents.create(identity.org, doc, request.content, "content")
         return to_proto(row)
@@ -138,11 +146,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.Document:
         identity = _caller(context, Role.MEMBER, "uploading a document")
-        stream = request_iterator.__aiter__()
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")]) from None
+        # Like every client stream, an upload that stops sending ends after an idle limit.
+        stream = idle_limited(request_iterator.__aiter__(), CLIENT_STREAM_IDLE_SECONDS, "content_chunk")
+        first = await anext(stream, None)
+        if first is None:
+            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")])
         if first.WhichOneof("payload") != "metadata":
             raise invalid_argument("the first message must carry metadata", [("metadata", "required in the first message")])
         meta = first.metadata
@@ -175,10 +183,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request: knowledge_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.ListDocumentsResponse:
         identity = _caller(context, Role.VIEWER, "listing documents")
+        page = self.pages.start(request, identity.org)
         if request.state not in (Doc.STATE_UNSPECIFIED, *STATE_NAMES):
             raise invalid_argument("state is not a known value", [("state", "unknown enum value")])
         rows, token, total = await self.documents.list(
-            identity.org, request.page_size, request.page_token, STATE_NAMES.get(request.state)
+            identity.org, page, STATE_NAMES.get(request.state)
         )
         return knowledge_pb2.ListDocumentsResponse(
             documents=[to_proto(r) for r in rows], next_page_token=token, total_size=total
@@ -196,20 +205,10 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     ) -> knowledge_pb2.SearchDocumentsResponse:
         identity = _caller(context, Role.VIEWER, "searching documents")
         v = FieldViolations()
-        v.check(bool(request.query.strip()) and len(request.query) <= 2048, "query", "required, 1-2,048 characters")
         v.check(request.mode in MODES, "mode", "unknown search mode")
-        top_k = request.top_k or 10
-        v.check(1 <= top_k <= 100, "top_k", "must be 1-100 (default 10)")
-        v.check(len(request.metadata_filters) <= 16, "metadata_filters", "at most 16 entries")
+        top_k = check_query(request.query, request.top_k, len(request.metadata_filters), v)
         v.check(len(request.documents) <= 100, "documents", "at most 100 names")
-        document_ids: list[str] | None = None
-        if request.documents:
-            document_ids = []
-            for i, name in enumerate(request.documents):
-                try:
-                    document_ids.append(parse_name(name, f"documents[{i}]"))
-                except ServiceError:
-                    v.add(f"documents[{i}]", f"expected documents/{{document}}, got {name!r}")
+        document_ids = [DOCUMENT.id(name, f"documents[{i}]", v) for i, name in enumerate(request.documents)] or None
         v.raise_if_any()
         mode = MODES[request.mode]
         mode_value = knowledge_pb2.SEARCH_MODE_HYBRID if mode == HYBRID else request.mode
@@ -220,8 +219,8 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         fingerprint = normalized.SerializeToString(deterministic=True)
         generation = await self.searcher.generation(identity.org)
         cached = await self.searcher.cached(identity.org, generation, fingerprint)
-        metering.report(self.runtime, identity.org, metering.SEARCHES, 1, _request_id(context),
-                        subject=identity.subject, api_key=identity.key_id or "")
+        # Metered before the reply (cached or not) is sent: a search the caller saw is billed once.
+        await self.usage.meter(identity, ResourceType.RESOURCE_TYPE_SEARCHES, 1, _request_id(context))
         if cached is not None:
             return knowledge_pb2.SearchDocumentsResponse.FromString(cached)
 
@@ -234,7 +233,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                 knowledge_pb2.SearchResult(
                     chunk_id=r.hit.chunk_id, text=r.hit.text, score=r.score,
                     semantic_rank=r.semantic_rank, keyword_rank=r.keyword_rank,
-                    document=f"documents/{r.hit.document_id}", document_display_name=r.hit.display_name,
+                    document=DOCUMENT.format(r.hit.document_id), document_display_name=r.hit.display_name,
                     chunk_index=r.hit.chunk_index, start_offset=r.hit.start_offset,
                     end_offset=r.hit.end_offset, heading_path=r.hit.heading_path,
                 )
@@ -243,6 +242,30 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         )
         await self.searcher.remember(identity.org, generation, fingerprint, response.SerializeToString())
         return response
+
+
+    async def EmbedTexts(
+        self, request: knowledge_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
+    ) -> knowledge_pb2.EmbedTextsResponse:
+        identity = _caller(context, Role.VIEWER, "embedding texts")
+        texts = list(request.texts)
+        v = FieldViolations()
+        v.check(1 <= len(texts) <= MAX_EMBED_TEXTS, "texts", f"1-{MAX_EMBED_TEXTS:,} texts required")
+        for i, text in enumerate(texts[:MAX_EMBED_TEXTS]):
+            v.check(bool(text.strip()), f"texts[{i}]", "must not be empty")
+        v.raise_if_any()
+        counts = count_tokens(texts)
+        for i, n in enumerate(counts):
+            v.check(n <= EMBED_MAX_TOKENS, f"texts[{i}]",
+                    f"{n} tokens; the embedding model takes at most {EMBED_MAX_TOKENS}")
+        v.raise_if_any()
+        vectors = await self.triton.embed(texts, timeout=60.0)
+        await self.usage.meter(identity, ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED, len(texts),
+                               _request_id(context))
+        return knowledge_pb2.EmbedTextsResponse(
+            embeddings=[knowledge_pb2.TextEmbedding(values=vector.tolist(), token_count=n)
+                        for vector, n in zip(vectors, counts)],
+            model=EMBEDDING_MODEL_ID, total_tokens=sum(counts))
 
 
 def _caller(context: grpc.aio.ServicerContext, role: Role, action: str) -> Identity:
@@ -256,8 +279,8 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
-            return f"search-{value}"
-    return f"search-{uuid.uuid4()}"
+            return value
+    return str(uuid.uuid4())
 
 
 def build_spec() -> ServiceSpec:

@@ -3,7 +3,7 @@ The only module that touches the `knowledge` schema."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -210,14 +210,19 @@ class Store:
             )
             return [(r["org"], r["uid"]) for r in await cur.fetchall()]
 
-    async def mark_ready(self, uid: UUID, chunk_count: int) -> bool:
-        async with self.db.connection() as conn:
+    async def mark_ready(self, uid: UUID, chunk_count: int,
+                         also: Callable[[Any], Awaitable[None]] | None = None) -> bool:
+        """PROCESSING -> READY; `also(conn)` runs in the same transaction when the row changed
+        (the usage record of the work commits with it, or neither does)."""
+        async with self.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 """UPDATE documents SET state = 'READY', chunk_count = %s, lease_until = NULL,
                           update_time = now()
                    WHERE uid = %s AND state = 'PROCESSING'""",
                 (chunk_count, uid),
             )
+            if cur.rowcount > 0 and also is not None:
+                await also(conn)
             return cur.rowcount > 0
 
     async def mark_failed(self, uid: UUID, reason: str) -> bool:

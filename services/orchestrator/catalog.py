@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import ConfigError, Settings
-from services.common.errors import invalid_argument, not_found
+from services.common.errors import not_found
+from services.common.names import resource
 
 PROVIDERS = ("triton", "openai", "anthropic")
-CAPABILITIES = ("CHAT", "STREAMING", "RETRIEVAL", "SEED")
+CAPABILITIES = ("CHAT", "STREAMING", "RETRIEVAL", "SEED", "TOOLS", "JSON_MODE")
+MODEL = resource("orchestrator.aimesh.dev/Model")
 _MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
 
@@ -100,7 +102,7 @@ def parse_catalog(data: dict[str, Any]) -> list[ModelEntry]:
             raise ConfigError(f"{where}: need 0 < max_output_tokens < context_window_tokens")
         models.append(
             ModelEntry(
-                name=f"models/{model_id}",
+                name=MODEL.format(model_id),
                 display_name=str(raw.get("display_name", model_id)),
                 description=str(raw.get("description", "")),
                 context_window_tokens=window,
@@ -112,7 +114,7 @@ def parse_catalog(data: dict[str, Any]) -> list[ModelEntry]:
                 currency_code=str(raw.get("currency_code", "USD")),
                 capabilities=caps,
                 deployments=deployments,
-                fallback_models=tuple(f"models/{m}" for m in raw.get("fallback_models", [])),
+                fallback_models=tuple(MODEL.format(m) for m in raw.get("fallback_models", [])),
             )
         )
     names = [m.name for m in models]
@@ -161,11 +163,7 @@ class Catalog:
 
     def get(self, name: str, field_name: str = "model") -> ModelEntry:
         """The model called `name` (`models/{id}`); NOT_FOUND lists the valid ones."""
-        if not name.startswith("models/") or not _MODEL_ID.match(name[len("models/"):]):
-            raise invalid_argument(
-                f"{field_name} must look like models/{{model}}, got {name!r}",
-                [(field_name, "expected models/{model} with 1-63 characters of [a-z0-9-.]")],
-            )
+        MODEL.parse(name, field_name)
         model = self._models.get(name)
         if model is None:
             valid = ", ".join(self.names())

@@ -4,7 +4,10 @@
   deployments of its fallback models.
 * Circuit breaker per deployment: opens after `threshold` consecutive failures, stays open
   `open_seconds`, then lets exactly one probe through (half-open); the probe's outcome closes
-  or re-opens it. State is per process (each replica learns on its own).
+  or re-opens it. State is per process (each replica learns on its own). Only the deployment's
+  own failures count: a client error (CLIENT_ERRORS) is the request's fault, and since the
+  breaker is shared by every organization, counting it would let one organization's bad
+  requests fail everyone else's.
 * Retries: the next deployment is tried only while nothing has been sent to the caller. Once
   the first piece went out, a failure ends the stream in-band (never duplicated text).
 * Timeouts: a deployment that produces no piece within `first_token_seconds` (or pauses that
@@ -26,6 +29,15 @@ from services.orchestrator.catalog import Deployment, ModelEntry
 from services.orchestrator.providers import Finish, Piece, Provider, ProviderError, ProviderRequest
 
 log = logging.getLogger("aimesh.orchestrator.routing")
+
+# Any healthy deployment would refuse the same request: no verdict on the deployment.
+CLIENT_ERRORS = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.OUT_OF_RANGE,
+})
 
 
 class CircuitBreaker:
@@ -63,6 +75,13 @@ class CircuitBreaker:
     def release(self) -> None:
         """An attempt ended without a verdict (caller cancelled): free the probe slot."""
         self._probing = False
+
+    def judge(self, exc: BaseException) -> None:
+        """Record a failed attempt: the deployment's failure, or no verdict for a client error."""
+        if isinstance(exc, ProviderError) and exc.code in CLIENT_ERRORS:
+            self.release()
+        else:
+            self.failure()
 
 
 @dataclass
@@ -157,7 +176,7 @@ class Router:
                 raise
             except (TimeoutError, ProviderError, StopAsyncIteration) as exc:
                 await _close(stream)
-                breaker.failure()
+                breaker.judge(exc)
                 attempts.append(_attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds))
                 continue
             # Output has started (or the provider finished with nothing): no more fallback.
@@ -183,7 +202,7 @@ class Router:
                     except StopAsyncIteration:
                         raise ProviderError(f"{deployment.provider}: stream ended without finishing") from None
             except ProviderError as exc:
-                breaker.failure()
+                breaker.judge(exc)
                 attempts[-1] = _attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds)
                 raise
             except BaseException:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,15 +10,18 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, invalid_argument
+from services.common.errors import FieldViolations, ServiceError
 from services.common.identity import require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import RESPONDER_MODEL, TritonClient
 from services.common.usage_client import UsageClient
 from services.orchestrator.cache import GenerationStore
 from services.orchestrator.catalog import Catalog, ModelEntry
 from services.orchestrator.generation import _ROLES, Orchestrator
+from services.orchestrator import metrics
 from services.orchestrator.guardrails import Guardrails
+from services.orchestrator.metering import cost_micros
 from services.orchestrator.providers import Provider
 from services.orchestrator.providers.anthropic import AnthropicProvider
 from services.orchestrator.providers.http import make_client
@@ -29,7 +31,8 @@ from services.orchestrator.routing import Router
 from services.orchestrator.tokens import count_messages
 
 _CAPS = {"CHAT": pb.Model.CAPABILITY_CHAT, "STREAMING": pb.Model.CAPABILITY_STREAMING,
-         "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED}
+         "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED,
+         "TOOLS": pb.Model.CAPABILITY_TOOLS, "JSON_MODE": pb.Model.CAPABILITY_JSON_MODE}
 
 
 def model_message(m: ModelEntry) -> pb.Model:
@@ -40,23 +43,6 @@ def model_message(m: ModelEntry) -> pb.Model:
         completion_price_micros_per_million_tokens=m.completion_price_micros_per_million_tokens,
         currency_code=m.currency_code, capabilities=[_CAPS[c] for c in m.capabilities],
     )
-
-
-def _page(page_size: int, page_token: str, total: int) -> tuple[int, int]:
-    size = 50 if page_size <= 0 else min(page_size, 1000)
-    start = 0
-    if page_token:
-        try:
-            start = int(base64.urlsafe_b64decode(page_token.encode()).decode().removeprefix("o:"))
-        except ValueError:
-            raise invalid_argument("malformed page_token", [("page_token", "not a token from a previous call")]) from None
-        if not 0 <= start <= total:
-            raise invalid_argument("malformed page_token", [("page_token", "out of range")])
-    return start, size
-
-
-def _token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -78,8 +64,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if any(d.provider == "triton" for m in self.catalog.models() for d in m.deployments):
                 runtime.add_health_check("triton", lambda: triton.is_model_ready(RESPONDER_MODEL))
         self.channels = Channels(settings)
+        self.pages = Paginator(settings)
         self.router = Router(providers, settings.circuit_failure_threshold, settings.circuit_open_seconds,
                              settings.provider_first_token_seconds)
+        metrics.watch_circuits(self.router)
         # Token usage goes through the shared client's durable outbox (in this service's schema).
         self.usage = UsageClient(runtime, channels=self.channels) if runtime.db is not None else None
         self.orchestrator = Orchestrator(self.catalog, self.router, Guardrails.from_setting(settings.guardrail_blocklist),
@@ -88,13 +76,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         runtime.on_shutdown(self.orchestrator.drain)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        require_identity(context.invocation_metadata())
+        identity = require_identity(context.invocation_metadata())
         models = self.catalog.models()
-        start, size = _page(request.page_size, request.page_token, len(models))
-        page = models[start:start + size]
-        more = start + size < len(models)
-        return pb.ListModelsResponse(models=[model_message(m) for m in page],
-                                     next_page_token=_token(start + size) if more else "",
+        page, token = self.pages.start(request, identity.org).slice(models)
+        return pb.ListModelsResponse(models=[model_message(m) for m in page], next_page_token=token,
                                      total_size=len(models))
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
@@ -107,7 +92,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         v = FieldViolations()
         v.check(1 <= len(request.messages) <= 1000, "messages", "1-1000 messages required")
         for i, m in enumerate(request.messages):
-            v.check(m.role in _ROLES, f"messages[{i}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
+            v.check(m.role in _ROLES, f"messages[{i}].role",
+                    "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
         v.raise_if_any()
         prompt = count_messages((_ROLES[m.role], m.content) for m in request.messages)
         return pb.CountTokensResponse(
@@ -116,8 +102,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
         identity = require_identity(context.invocation_metadata())
-        async for event in self.orchestrator.generate(request, identity):
+        async for event in metrics.observe(self.orchestrator.generate(request, identity), identity,
+                                           request.model, self._price):
             yield event
+
+    def _price(self, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[int, str]:
+        try:
+            entry = self.catalog.get(model)
+        except ServiceError:
+            return 0, ""
+        return cost_micros(entry, prompt_tokens, completion_tokens), entry.currency_code
 
 
 def build_spec() -> ServiceSpec:

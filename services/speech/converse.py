@@ -31,7 +31,7 @@ from aimesh.speech.v1 import speech_pb2
 
 from services.common.errors import ServiceError, failed_precondition, unavailable
 from services.common.identity import Identity
-from services.speech import metering
+from services.common.usage_client import ResourceType
 from services.speech.encode import speech_event_of, streaming_result
 from services.speech.recognition import (
     Hypothesis,
@@ -224,11 +224,8 @@ class ConverseSession:
                 return_exceptions=True,
             )
             await session.abort()
-            metering.meter(
-                self.servicer.runtime,
-                self.identity,
-                metering.AUDIO_SECONDS,
-                session.received_seconds,
+            await self.servicer.usage.meter(
+                self.identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
             )
 
     async def _put(self, turn_id: str, **event: Any) -> None:
@@ -424,11 +421,10 @@ class ConverseSession:
                         error=unavailable(f"speech synthesis failed: {exc.message}").to_status(),
                     )
         finally:
-            metering.meter(
-                self.servicer.runtime,
+            await self.servicer.usage.meter(
                 self.identity,
-                metering.CHARACTERS,
+                ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
                 characters,
                 f"{turn.turn_id}-{uuid.uuid4().hex[:8]}",
-                self.voice.name,
+                model=self.voice.name,
             )

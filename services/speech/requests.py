@@ -6,8 +6,6 @@ The limits here are the ones speech.proto documents; change both together.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,13 +16,21 @@ from aimesh.speech.v1 import speech_pb2
 from google.protobuf import duration_pb2
 
 from services.common.errors import FieldViolations, invalid_argument, out_of_range
-from services.speech.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, next_message
+from services.speech.audio import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioFormatError,
+    is_wav,
+    parse_wav,
+    pcm_from_bytes,
+)
 
 SUPPORTED_LANGUAGES = ("en-US",)
 
 # StreamingRecognize
 STREAM_MAX_SECONDS = 300.0
-STREAM_IDLE_SECONDS = 10.0
+STREAM_IDLE_SECONDS = CLIENT_STREAM_IDLE_SECONDS
 # Converse
 CONVERSE_MAX_SECONDS = 1800.0
 CONVERSE_IDLE_SECONDS = 30.0
@@ -177,31 +183,75 @@ def check_text(v: FieldViolations, text: str, limit: int) -> None:
         v.add("text", f"has {len(text)} characters; at most {limit}")
 
 
-# --- ListVoices page tokens -----------------------------------------------------------------
+def recognize_audio(request: speech_pb2.RecognizeRequest) -> tuple[np.ndarray, int]:
+    """Recognize's audio as 16-bit samples and their rate, after checking every field (WAV header
+    against the configured rate, LINEAR16 needs a rate, size and length limits)."""
+    v = FieldViolations()
+    check_request_id(v, request.request_id)
+    if not request.HasField("config"):
+        v.add("config", "required")
+        v.raise_if_any()
+    config = request.config
+    check_language(v, "config.language_code", config.language_code)
+    v.check(0 <= config.max_alternatives <= 5, "config.max_alternatives", "must be 0-5")
+    content = request.content
+    if not content:
+        v.add("content", "required: WAV or LINEAR16 audio")
+    elif len(content) > RECOGNIZE_MAX_BYTES:
+        v.add("content", f"{len(content)} bytes; at most {RECOGNIZE_MAX_BYTES} (10 MiB)")
+    rate = config.sample_rate_hertz
+    samples = np.zeros(0, dtype=np.int16)
+    if config.encoding == speech_pb2.AUDIO_ENCODING_WAV:
+        if content and len(content) <= RECOGNIZE_MAX_BYTES:
+            try:
+                samples, wav_rate = parse_wav(content)
+            except AudioFormatError as exc:
+                v.add("content", str(exc))
+            else:
+                if rate and rate != wav_rate:
+                    v.add(
+                        "config.sample_rate_hertz",
+                        f"{rate} Hz disagrees with the WAV header ({wav_rate} Hz)",
+                    )
+                rate = wav_rate
+    elif config.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
+        if content and is_wav(content):
+            v.add("config.encoding", "content is a WAV file; set AUDIO_ENCODING_WAV")
+        elif content and len(content) <= RECOGNIZE_MAX_BYTES:
+            try:
+                samples = pcm_from_bytes(content)
+            except AudioFormatError as exc:
+                v.add("content", str(exc))
+        if not rate:
+            v.add("config.sample_rate_hertz", "required for AUDIO_ENCODING_LINEAR16")
+    else:
+        v.add("config.encoding", "must be AUDIO_ENCODING_LINEAR16 or AUDIO_ENCODING_WAV")
+    if rate and not 8000 <= rate <= 48000:
+        v.add("config.sample_rate_hertz", f"must be 8000-48000 Hz, got {rate}")
+        rate = 0
+    if rate and samples.size / rate > RECOGNIZE_MAX_SECONDS:
+        v.add(
+            "content",
+            f"{samples.size / rate:.1f} s of audio; at most {RECOGNIZE_MAX_SECONDS:.0f} s",
+        )
+    v.raise_if_any()
+    return samples, rate
 
 
-def page_token(offset: int, language: str) -> str:
-    return base64.urlsafe_b64encode(f"v1:{offset}:{language}".encode()).decode()
-
-
-def parse_page_token(token: str, language: str) -> int:
-    if not token:
-        return 0
-    try:
-        version, offset, lang = base64.urlsafe_b64decode(token.encode()).decode().split(":", 2)
-        if version != "v1" or lang != language or int(offset) < 0:
-            raise ValueError
-        return int(offset)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_argument(
-            "page_token is malformed or belongs to another language_code",
-            [
-                (
-                    "page_token",
-                    "use next_page_token of the previous call with the same language_code",
-                )
-            ],
-        ) from None
+def check_synthesis(
+    request: speech_pb2.SynthesizeRequest | speech_pb2.StreamingSynthesizeRequest,
+    max_chars: int,
+    linear16_only: bool,
+) -> None:
+    """Synthesize/StreamingSynthesize request fields: every problem at once."""
+    v = FieldViolations()
+    check_text(v, request.text, max_chars)
+    check_speaking_rate(v, "speaking_rate", request.speaking_rate)
+    check_output(
+        v, "audio_config", request.audio_config, request.HasField("audio_config"), linear16_only
+    )
+    check_request_id(v, request.request_id)
+    v.raise_if_any()
 
 
 def check_language_filter(code: str) -> None:
@@ -216,17 +266,7 @@ def check_language_filter(code: str) -> None:
 
 async def next_request(requests: AsyncIterator[Any], idle_seconds: float) -> Any | None:
     """The next client message, None when the client half-closed; OUT_OF_RANGE when idle."""
-    try:
-        return await asyncio.wait_for(requests.__anext__(), idle_seconds)
-    except StopAsyncIteration:
-        return None
-    except TimeoutError:
-        raise out_of_range(
-            f"no request message for {idle_seconds:.0f} seconds (idle timeout); the stream was ended",
-            reason="STREAM_IDLE_TIMEOUT",
-            violations=[("audio_content", f"send audio at least every {idle_seconds:.0f} s")],
-            metadata={"limit": "idle_timeout", "seconds": f"{idle_seconds:.0f}"},
-        ) from None
+    return await next_message(requests, idle_seconds, "audio_content")
 
 
 async def audio_intake(

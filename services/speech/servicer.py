@@ -7,6 +7,7 @@ converse.py (the full-duplex voice loop over Conversation). Checks and limits: r
 from __future__ import annotations
 
 import asyncio
+import time
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,12 +17,14 @@ import numpy as np
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, ServiceError, invalid_argument, unavailable
+from services.common.errors import ServiceError, unavailable
 from services.common.identity import Identity, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
-from services.speech import metering
-from services.speech.audio import AudioFormatError, is_wav, parse_wav, pcm_from_bytes, wav_bytes
+from services.common.usage_client import ResourceType, UsageClient
+from services.speech import metrics as speech_metrics
+from services.speech.audio import wav_bytes
 from services.speech.converse import ConverseSession
 from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
 from services.speech.recognition import (
@@ -34,24 +37,17 @@ from services.speech.recognition import (
     run_session,
 )
 from services.speech.requests import (
-    RECOGNIZE_MAX_BYTES,
-    RECOGNIZE_MAX_SECONDS,
+    check_synthesis,
+    recognize_audio,
     STREAM_IDLE_SECONDS,
     STREAM_MAX_SECONDS,
     STREAMING_SYNTHESIZE_MAX_CHARS,
     SYNTHESIZE_MAX_CHARS,
     audio_intake,
     check_first_message,
-    check_language,
     check_language_filter,
-    check_output,
-    check_request_id,
-    check_speaking_rate,
-    check_text,
     duration,
     next_request,
-    page_token,
-    parse_page_token,
     seconds,
 )
 from services.speech.synthesis import DEFAULT_VOICE, NATURAL_SAMPLE_RATE, Synthesizer
@@ -94,6 +90,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.runtime = runtime
         self.triton = TritonClient.from_settings(runtime.settings)
         self.channels = Channels(runtime.settings)
+        # Audio seconds and characters go through the durable usage outbox (in this schema).
+        self.usage = UsageClient(runtime)
+        self.pages = Paginator(runtime.settings)
         self.synthesizer = Synthesizer(self.triton)
         self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
         self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
@@ -180,14 +179,18 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         )
         pump = asyncio.ensure_future(run_session(session, chunks))
         try:
-            async for event in session.events():
-                yield recognize_response(event, session, cfg.config.enable_word_time_offsets)
-            await pump  # raises the fatal error (limit, bad chunk) that ended the intake
+            with speech_metrics.active_stream("StreamingRecognize"):
+                async for event in session.events():
+                    yield recognize_response(event, session, cfg.config.enable_word_time_offsets)
+                await pump  # raises the fatal error (limit, bad chunk) that ended the intake
         finally:
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
-            metering.meter(self.runtime, identity, metering.AUDIO_SECONDS, session.received_seconds)
+            speech_metrics.record_audio("StreamingRecognize", session.received_seconds)
+            await self.usage.meter(
+                identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
+            )
 
     # --- Recognize ------------------------------------------------------------------------
 
@@ -195,7 +198,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.RecognizeResponse:
         identity = self._identity(context)
-        samples, rate = self._recognize_audio(request)
+        samples, rate = recognize_audio(request)
         cache = self.runtime.cache
         key = (
             cache.key("recognize", identity.org, request.request_id, _request_hash(request))
@@ -216,6 +219,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             for i in range(0, len(samples), step):
                 yield samples[i : i + step]
 
+        started = time.perf_counter()
         pump = asyncio.ensure_future(run_session(session, chunks()))
         response = speech_pb2.RecognizeResponse(total_audio_processed=duration(len(samples) / rate))
         failure: ServiceError | None = None
@@ -234,107 +238,41 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await session.abort()
+        speech_metrics.record_realtime_factor(time.perf_counter() - started, len(samples) / rate)
+        speech_metrics.record_audio("Recognize", len(samples) / rate)
         if failure is not None:
             # A whole-file answer with a hole in it is wrong: fail, and let the caller retry.
             raise unavailable(f"recognition failed: {failure.message}", reason="RECOGNITION_FAILED")
         if key is not None:
             await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
-        metering.meter(
-            self.runtime, identity, metering.AUDIO_SECONDS, len(samples) / rate, request.request_id
+        await self.usage.meter(
+            identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, len(samples) / rate, request.request_id
         )
         return response
 
-    def _recognize_audio(self, request: speech_pb2.RecognizeRequest) -> tuple[np.ndarray, int]:
-        v = FieldViolations()
-        check_request_id(v, request.request_id)
-        if not request.HasField("config"):
-            v.add("config", "required")
-            v.raise_if_any()
-        config = request.config
-        check_language(v, "config.language_code", config.language_code)
-        v.check(0 <= config.max_alternatives <= 5, "config.max_alternatives", "must be 0-5")
-        content = request.content
-        if not content:
-            v.add("content", "required: WAV or LINEAR16 audio")
-        elif len(content) > RECOGNIZE_MAX_BYTES:
-            v.add("content", f"{len(content)} bytes; at most {RECOGNIZE_MAX_BYTES} (10 MiB)")
-        rate = config.sample_rate_hertz
-        samples = np.zeros(0, dtype=np.int16)
-        if config.encoding == speech_pb2.AUDIO_ENCODING_WAV:
-            if content and len(content) <= RECOGNIZE_MAX_BYTES:
-                try:
-                    samples, wav_rate = parse_wav(content)
-                except AudioFormatError as exc:
-                    v.add("content", str(exc))
-                else:
-                    if rate and rate != wav_rate:
-                        v.add(
-                            "config.sample_rate_hertz",
-                            f"{rate} Hz disagrees with the WAV header ({wav_rate} Hz)",
-                        )
-                    rate = wav_rate
-        elif config.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
-            if content and is_wav(content):
-                v.add("config.encoding", "content is a WAV file; set AUDIO_ENCODING_WAV")
-            elif content and len(content) <= RECOGNIZE_MAX_BYTES:
-                try:
-                    samples = pcm_from_bytes(content)
-                except AudioFormatError as exc:
-                    v.add("content", str(exc))
-            if not rate:
-                v.add("config.sample_rate_hertz", "required for AUDIO_ENCODING_LINEAR16")
-        else:
-            v.add("config.encoding", "must be AUDIO_ENCODING_LINEAR16 or AUDIO_ENCODING_WAV")
-        if rate and not 8000 <= rate <= 48000:
-            v.add("config.sample_rate_hertz", f"must be 8000-48000 Hz, got {rate}")
-            rate = 0
-        if rate and samples.size / rate > RECOGNIZE_MAX_SECONDS:
-            v.add(
-                "content",
-                f"{samples.size / rate:.1f} s of audio; at most {RECOGNIZE_MAX_SECONDS:.0f} s",
-            )
-        v.raise_if_any()
-        return samples, rate
-
     # --- synthesis ------------------------------------------------------------------------
-
-    def _check_synthesis(
-        self,
-        request: speech_pb2.SynthesizeRequest | speech_pb2.StreamingSynthesizeRequest,
-        max_chars: int,
-        linear16_only: bool,
-    ) -> None:
-        v = FieldViolations()
-        check_text(v, request.text, max_chars)
-        check_speaking_rate(v, "speaking_rate", request.speaking_rate)
-        check_output(
-            v, "audio_config", request.audio_config, request.HasField("audio_config"), linear16_only
-        )
-        check_request_id(v, request.request_id)
-        v.raise_if_any()
 
     async def Synthesize(
         self, request: speech_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.SynthesizeResponse:
         identity = self._identity(context)
-        self._check_synthesis(request, SYNTHESIZE_MAX_CHARS, linear16_only=False)
+        check_synthesis(request, SYNTHESIZE_MAX_CHARS, linear16_only=False)
         voice = await self.synthesizer.voice(request.voice)
         rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
         parts = [
             chunk.pcm
-            async for chunk in self.synthesizer.stream(
-                request.text, voice, request.speaking_rate, rate
+            async for chunk in speech_metrics.first_audio(
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
             )
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
         wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
-        metering.meter(
-            self.runtime,
+        await self.usage.meter(
             identity,
-            metering.CHARACTERS,
+            ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
             len(request.text),
             request.request_id,
-            voice.name,
+            model=voice.name,
         )
         return speech_pb2.SynthesizeResponse(
             audio_content=wav_bytes(pcm, rate) if wav else pcm.astype("<i2").tobytes(),
@@ -348,15 +286,15 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.StreamingSynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[speech_pb2.StreamingSynthesizeResponse]:
         identity = self._identity(context)
-        self._check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, linear16_only=True)
+        check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, linear16_only=True)
         voice = await self.synthesizer.voice(request.voice)
         rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
         index = 0
         played = 0
         spoken = 0  # characters whose synthesis started: what is metered if the caller leaves
         try:
-            async for chunk in self.synthesizer.stream(
-                request.text, voice, request.speaking_rate, rate
+            async for chunk in speech_metrics.first_audio(
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
             ):
                 spoken = max(spoken, chunk.text_end)
                 yield speech_pb2.StreamingSynthesizeResponse(
@@ -376,21 +314,20 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 f"synthesis failed after {index} chunks: {exc.message}", reason="SYNTHESIS_FAILED"
             ) from None
         finally:
-            metering.meter(
-                self.runtime, identity, metering.CHARACTERS, spoken, request.request_id, voice.name
+            await self.usage.meter(
+                identity,
+                ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
+                spoken,
+                request.request_id,
+                model=voice.name,
             )
 
     async def ListVoices(
         self, request: speech_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.ListVoicesResponse:
-        self._identity(context)
+        identity = self._identity(context)
         check_language_filter(request.language_code)
-        if request.page_size < 0:
-            raise invalid_argument(
-                "page_size must not be negative", [("page_size", "0-1000 (0 means 50)")]
-            )
-        offset = parse_page_token(request.page_token, request.language_code)
-        size = min(request.page_size or 50, 1000)
+        pager = self.pages.start(request, identity.org)
         wanted = request.language_code.lower()
         voices = [
             v
@@ -400,12 +337,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 c.lower() == wanted or c.lower().startswith(wanted + "-") for c in v.language_codes
             )
         ]
-        page = voices[offset : offset + size]
-        response = speech_pb2.ListVoicesResponse(
-            next_page_token=page_token(offset + size, request.language_code)
-            if offset + size < len(voices)
-            else ""
-        )
+        page, token = pager.slice(voices)
+        response = speech_pb2.ListVoicesResponse(next_page_token=token)
         for v in page:
             response.voices.add(
                 name=v.name,

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import not_found
+from services.common.names import resource
 from services.common.triton import TTS_MODEL, TritonClient
 from services.speech.audio import StreamResampler
 
 # Piper's joe voice and eSpeak NG both render at 22,050 Hz; the model resamples to these rates.
 NATURAL_SAMPLE_RATE = 22050
 MODEL_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-DEFAULT_VOICE = "voices/en-us-joe"  # Piper, neural
+VOICE = resource("speech.aimesh.dev/Voice")
+DEFAULT_VOICE = VOICE.format("en-us-joe")  # Piper, neural
 BASE_WPM = 175  # eSpeak's normal rate = speaking_rate 1.0
 MIN_WPM, MAX_WPM = 80, 450  # what the model accepts; speaking_rate maps into this range
 MODEL_MAX_CHARS = 5000  # per TTS request (model parameter max_text_chars)
@@ -45,7 +47,7 @@ class VoiceInfo:
 
     @property
     def name(self) -> str:
-        return f"voices/{self.voice_id}"
+        return VOICE.format(self.voice_id)
 
 
 def bcp47(code: str) -> str:

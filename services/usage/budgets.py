@@ -24,6 +24,7 @@ capped at MAX_AMOUNT (10^15 micros = 10^9 currency units) by validation.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,13 +33,25 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.cache import ServiceCache
-from services.common.errors import ServiceError, failed_precondition, not_found
-from services.usage.names import month_start, next_month
-from services.usage.store import Row, UsageStore
+from services.common.errors import (
+    FieldViolations,
+    ServiceError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+)
+from services.common.names import resource
+from services.common.timestamps import month_start, next_month
+from services.usage import metrics as usage_metrics
+from services.usage.ledger import check_api_key
+from services.usage.store import Row, Store
 
 STATE_OPEN, STATE_SETTLED, STATE_RELEASED, STATE_EXPIRED = 1, 2, 3, 4
 _STATE_NAMES = {"open": STATE_OPEN, "settled": STATE_SETTLED, "released": STATE_RELEASED,
                 "expired": STATE_EXPIRED}
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+BUDGET = resource("usage.aimesh.dev/Budget")
+RESERVATION = resource("usage.aimesh.dev/Reservation")
 RESERVATION_NAMESPACE = uuid.UUID("6f1d7c52-3a8e-4f0a-9a44-1b2c3d4e5f60")
 # Counters outlive their month by this much (late settles of reservations made in it).
 MAX_AMOUNT = 10**15
@@ -180,6 +193,11 @@ class BudgetExceeded(ServiceError):
         return status
 
 
+def valid_currency(code: str) -> bool:
+    """An ISO 4217-shaped currency code (three capital letters)."""
+    return bool(_CURRENCY.match(code))
+
+
 @dataclass
 class Reservation:
     id: uuid.UUID
@@ -211,7 +229,7 @@ def _rfc3339(t: dt.datetime) -> str:
 
 
 class Budgets:
-    def __init__(self, store: UsageStore, cache: ServiceCache) -> None:
+    def __init__(self, store: Store, cache: ServiceCache) -> None:
         self.store = store
         self.cache = cache
         self._reserve = cache.redis.register_script(_RESERVE)
@@ -237,6 +255,9 @@ class Budgets:
             spent = row["spent_micros"] if row else 0
             spent_tokens = row["spent_tokens"] if row else 0
             reserved = tokens_reserved = 0
+        usage_metrics.record_budget(
+            str(budget["org"]), BUDGET.format(budget["id"]), budget["monthly_limit_micros"],
+            spent + max(reserved, 0), budget["monthly_token_limit"], spent_tokens + max(tokens_reserved, 0))
         return {
             "period_start": period,
             "period_end": next_month(period),
@@ -302,11 +323,12 @@ class Budgets:
         if outcome == "dup":
             existing = await self.get(org, reservation_id)
             if existing is None:
-                raise not_found(f"reservations/{reservation_id} not found")
+                raise not_found(f"{RESERVATION.format(reservation_id)} not found")
             return existing
         if outcome == "over":
             index, spent, reserved, used_tokens = (int(x) for x in result[1:5])
             budget, _, _ = applicable[index - 1]
+            usage_metrics.record_budget_rejection(org)
             self._raise_exceeded(budget, period, currency, spent, reserved, used_tokens, amount, tokens)
         create_ms, expire_ms = int(result[1]), int(result[2])
         reservation = Reservation(
@@ -327,7 +349,7 @@ class Budgets:
         budget: Row, period: dt.datetime, currency: str, spent: int, reserved: int,
         used_tokens: int, amount: int, tokens: int,
     ) -> None:
-        name = f"budgets/{budget['id']}"
+        name = BUDGET.format(budget["id"])
         metadata = {
             "budget": name,
             "period_start": _rfc3339(period),
@@ -388,7 +410,7 @@ class Budgets:
         """Settle (amount, tokens) or release an open reservation, exactly once."""
         current = await self.get(org, reservation_id)
         if current is None:
-            raise not_found(f"reservations/{reservation_id} not found", reason="RESERVATION_NOT_FOUND")
+            raise not_found(f"{RESERVATION.format(reservation_id)} not found", reason="RESERVATION_NOT_FOUND")
         keys = [self._reservation_key(reservation_id)]
         for budget_id in current.budgets:
             keys.extend(self._counter_keys(budget_id, current.period_start))
@@ -437,7 +459,7 @@ def state_check_for_settle(r: Reservation, amount: int, tokens: int) -> None:
     if r.state == STATE_SETTLED and r.settled_amount_micros == amount and r.settled_tokens == tokens:
         return
     raise failed_precondition(
-        f"reservations/{r.id} is not open (state {_state_word(r.state)})",
+        f"{RESERVATION.format(r.id)} is not open (state {_state_word(r.state)})",
         reason="RESERVATION_NOT_OPEN",
         metadata={"state": _state_word(r.state)},
     )
@@ -446,10 +468,106 @@ def state_check_for_settle(r: Reservation, amount: int, tokens: int) -> None:
 def state_check_for_release(r: Reservation) -> None:
     if r.state == STATE_SETTLED:
         raise failed_precondition(
-            f"reservations/{r.id} is already settled", reason="RESERVATION_SETTLED"
+            f"{RESERVATION.format(r.id)} is already settled", reason="RESERVATION_SETTLED"
         )
 
 
 def _state_word(state: int) -> str:
     return {v: k for k, v in _STATE_NAMES.items()}.get(state, "unknown").upper()
 
+
+
+# --- budget and reservation requests: the rules the RPCs enforce ------------------------------
+
+BUDGET_MUTABLE = frozenset({"display_name", "monthly_limit_micros", "monthly_token_limit"})
+SCOPE_ORGANIZATION, SCOPE_API_KEY = 1, 2  # usage.v1.Budget.Scope
+MAX_REQUEST_ID = 200
+DEFAULT_TTL_MS, MIN_TTL_MS, MAX_TTL_MS = 300_000, 1000, 3_600_000
+
+
+def _check_caps(b: Any, v: FieldViolations, fields: set[str] | frozenset[str]) -> None:
+    if "display_name" in fields:
+        v.check(len(b.display_name) <= 100, "budget.display_name", "at most 100 characters")
+    if "monthly_limit_micros" in fields:
+        v.check(0 <= b.monthly_limit_micros <= MAX_AMOUNT, "budget.monthly_limit_micros", f"must be 0..{MAX_AMOUNT}")
+    if "monthly_token_limit" in fields:
+        v.check(0 <= b.monthly_token_limit <= MAX_AMOUNT, "budget.monthly_token_limit", f"must be 0..{MAX_AMOUNT}")
+
+
+def new_budget(org: str, b: Any, request_id: str) -> Row:
+    """A CreateBudget request's budget (a usage.v1.Budget) as a row, after checking every rule:
+    a known scope (an API key of `org` only with scope API_KEY), a money or a token cap, an
+    ISO 4217 currency with a money cap."""
+    v = FieldViolations()
+    _check_caps(b, v, BUDGET_MUTABLE)
+    v.check(b.scope in (SCOPE_ORGANIZATION, SCOPE_API_KEY), "budget.scope", "must be ORGANIZATION or API_KEY")
+    if b.scope == SCOPE_API_KEY:
+        v.check(bool(b.api_key), "budget.api_key", "required when scope is API_KEY")
+        check_api_key(b.api_key, "budget.api_key", v, org)
+    else:
+        v.check(not b.api_key, "budget.api_key", "only with scope API_KEY")
+    v.check(b.monthly_limit_micros > 0 or b.monthly_token_limit > 0, "budget.monthly_limit_micros",
+            "set a money cap or a token cap")
+    if b.monthly_limit_micros > 0 or b.currency_code:
+        v.check(valid_currency(b.currency_code), "budget.currency_code",
+                "an ISO 4217 code like USD is required with a money cap")
+    v.check(len(request_id) <= MAX_REQUEST_ID, "request_id", f"at most {MAX_REQUEST_ID} characters")
+    v.raise_if_any()
+    return {
+        "org": org, "scope": b.scope, "api_key": b.api_key, "display_name": b.display_name,
+        "monthly_limit_micros": b.monthly_limit_micros, "currency_code": b.currency_code,
+        "monthly_token_limit": b.monthly_token_limit, "request_id": request_id or None,
+    }
+
+
+def check_update_mask(b: Any, paths: list[str]) -> None:
+    """UpdateBudget's mask names only mutable fields, and their new values are in range."""
+    v = FieldViolations()
+    v.check(bool(paths), "update_mask", "required")
+    for path in paths:
+        v.check(path in BUDGET_MUTABLE, "update_mask", f"{path!r} cannot be updated")
+    _check_caps(b, v, set(paths) & BUDGET_MUTABLE)
+    v.raise_if_any()
+
+
+def budget_changes(row: Row, b: Any, paths: list[str]) -> tuple[Row, int | None]:
+    """The column changes of an update of budget `row` and the version its etag expects (None:
+    no etag). The result must still have a cap, and a money cap needs the budget's currency."""
+    changes = {p: getattr(b, p) for p in paths}
+    money = int(changes.get("monthly_limit_micros", row["monthly_limit_micros"]))
+    tokens = int(changes.get("monthly_token_limit", row["monthly_token_limit"]))
+    if money <= 0 and tokens <= 0:
+        raise invalid_argument("a budget needs a money cap or a token cap",
+                               {"budget.monthly_limit_micros": "set a money cap or a token cap"})
+    if money > 0 and not row["currency_code"]:
+        raise invalid_argument("this budget has no currency; create a money budget instead",
+                               {"budget.monthly_limit_micros": "budget has no currency_code"})
+    if not b.etag:
+        return changes, None
+    if not b.etag.isdigit():
+        raise invalid_argument("malformed etag", {"budget.etag": "not an etag this service returned"})
+    return changes, int(b.etag)
+
+
+def reservation_ttl_ms(org: str, request: Any) -> int:
+    """A ReserveBudget request's hold lifetime, after checking its amounts, currency, key and ttl."""
+    v = FieldViolations()
+    check_api_key(request.api_key, "api_key", v, org)
+    v.check(0 <= request.estimated_amount_micros <= MAX_AMOUNT, "estimated_amount_micros", f"must be 0..{MAX_AMOUNT}")
+    v.check(valid_currency(request.currency_code), "currency_code", "an ISO 4217 code like USD")
+    v.check(0 <= request.estimated_tokens <= MAX_AMOUNT, "estimated_tokens", f"must be 0..{MAX_AMOUNT}")
+    ttl_ms = DEFAULT_TTL_MS
+    if request.HasField("ttl"):
+        ttl_ms = request.ttl.ToMilliseconds()
+        v.check(MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS, "ttl", "must be between 1 s and 1 h")
+    v.check(len(request.request_id) <= MAX_REQUEST_ID, "request_id", f"at most {MAX_REQUEST_ID} characters")
+    v.raise_if_any()
+    return ttl_ms
+
+
+def check_actuals(amount_micros: int, tokens: int) -> None:
+    """SettleReservation's actual amounts are within the representable range."""
+    v = FieldViolations()
+    v.check(0 <= amount_micros <= MAX_AMOUNT, "actual_amount_micros", f"must be 0..{MAX_AMOUNT}")
+    v.check(0 <= tokens <= MAX_AMOUNT, "actual_tokens", f"must be 0..{MAX_AMOUNT}")
+    v.raise_if_any()

@@ -1,22 +1,23 @@
-"""The usage ledger's rules: record validation, page tokens, CSV rendering (no gRPC types)."""
+"""The usage ledger's rules: record validation, CSV rendering (no gRPC types)."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as dt
-import hashlib
 import io
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aimesh.usage.v1 import usage_pb2
 
-from services.common.errors import FieldViolations, invalid_argument
-from services.usage import names
+from services.common.errors import FieldViolations
+from services.common.names import resource
 from services.usage.store import NewRecord, RecordFilter, Row
 
+ORGANIZATION = resource("auth.aimesh.dev/Organization")
+API_KEY = resource("auth.aimesh.dev/ApiKey")
+USER = resource("auth.aimesh.dev/User")
+USAGE_RECORD = resource("usage.aimesh.dev/UsageRecord")
 MAX_RECORDS = 1000
 MAX_FUTURE = dt.timedelta(minutes=5)
 MAX_AGE = dt.timedelta(days=35)
@@ -44,13 +45,14 @@ def validate_records(
         v.raise_if_any()
     for i, r in enumerate(items):
         at = f"records[{i}]"
-        org = names.parse_org(r.organization, f"{at}.organization", v)
+        org = ORGANIZATION.id(r.organization, f"{at}.organization", v)
         v.check(0 < len(r.request_id) <= 200, f"{at}.request_id", "required, at most 200 characters")
         v.check(r.resource_type in VALID_RESOURCE_TYPES, f"{at}.resource_type",
                 "must be a known resource type (not UNSPECIFIED)")
         v.check(r.quantity_micros >= 0, f"{at}.quantity_micros", "must not be negative")
-        names.parse_api_key(r.api_key, f"{at}.api_key", v, org or None)
-        v.check(not r.user or r.user.startswith("users/"), f"{at}.user", 'must be "users/{user}"')
+        check_api_key(r.api_key, f"{at}.api_key", v, org)
+        if r.user:
+            USER.parse(r.user, f"{at}.user", v)
         for field_name in ("model", "source", "user"):
             v.check(len(getattr(r, field_name)) <= MAX_TEXT, f"{at}.{field_name}",
                     f"at most {MAX_TEXT} characters")
@@ -69,6 +71,14 @@ def validate_records(
     return out
 
 
+def check_api_key(value: str, field: str, v: FieldViolations, org: str) -> None:
+    """An optional API-key name, which must belong to `org` (when known)."""
+    if value:
+        key_org = API_KEY.parse(value, field, v)[0]
+        if key_org and org and key_org != org:
+            v.add(field, "belongs to another organization")
+
+
 def time_range(
     start: Any, end: Any, v: FieldViolations, required: bool
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -78,44 +88,74 @@ def time_range(
     if required:
         v.check(s is not None, "start_time", "required")
         v.check(e is not None, "end_time", "required")
-    if s is not None and e is not None:
-        if v.check(e > s, "end_time", "must be after start_time"):
-            v.check(e - s <= MAX_RANGE, "end_time", "range longer than 366 days")
+    if s is not None and e is not None and v.check(e > s, "end_time", "must be after start_time"):
+        v.check(e - s <= MAX_RANGE, "end_time", "range longer than 366 days")
     return s, e
 
 
-def _filter_digest(f: RecordFilter) -> str:
-    raw = json.dumps([f.org, f.start and f.start.isoformat(), f.end and f.end.isoformat(),
-                      f.resource_type, f.model, f.api_key, f.user])
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+GROUPS = {
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE: "resource_type",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL: "model",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_DAY: "day",
+    usage_pb2.GetUsageSummaryRequest.GROUP_BY_API_KEY: "api_key",
+}
 
 
-def encode_page_token(f: RecordFilter, occur_time: dt.datetime, record_id: int) -> str:
-    raw = json.dumps({"t": occur_time.isoformat(), "i": record_id, "f": _filter_digest(f)})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+def summary_query(org: str, request: usage_pb2.GetUsageSummaryRequest
+                  ) -> tuple[dt.datetime, dt.datetime, list[str]]:
+    """A summary's [start, end) and group-by columns, after checking every field."""
+    v = FieldViolations()
+    start, end = time_range(
+        request.start_time if request.HasField("start_time") else None,
+        request.end_time if request.HasField("end_time") else None, v, required=True,
+    )
+    groups: list[str] = []
+    for i, g in enumerate(request.group_by):
+        if g not in GROUPS:
+            v.add(f"group_by[{i}]", "must be a known dimension (not UNSPECIFIED)")
+        elif GROUPS[g] in groups:
+            v.add(f"group_by[{i}]", "repeated dimension")
+        else:
+            groups.append(GROUPS[g])
+    for i, t in enumerate(request.resource_types):
+        v.check(t in VALID_RESOURCE_TYPES, f"resource_types[{i}]", "unknown resource type")
+    check_api_key(request.api_key, "api_key", v, org)
+    v.raise_if_any()
+    assert start is not None and end is not None
+    return start, end, groups
 
 
-def decode_page_token(f: RecordFilter, token: str) -> tuple[dt.datetime, int] | None:
-    if not token:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if data["f"] != _filter_digest(f):
-            raise invalid_argument("page_token was issued for other filters",
-                                   {"page_token": "filters differ from the first call"})
-        return dt.datetime.fromisoformat(data["t"]), int(data["i"])
-    except (ValueError, KeyError, TypeError):
-        raise invalid_argument("malformed page_token", {"page_token": "malformed"}) from None
+def record_filter(org: str, request: Any, required: bool) -> RecordFilter:
+    """The filter of a List/ExportUsageRecords request (time range required for exports)."""
+    v = FieldViolations()
+    start, end = time_range(
+        request.start_time if request.HasField("start_time") else None,
+        request.end_time if request.HasField("end_time") else None,
+        v, required=required,
+    )
+    rtype = request.resource_type
+    v.check(rtype == 0 or rtype in VALID_RESOURCE_TYPES, "resource_type", "unknown resource type")
+    check_api_key(request.api_key, "api_key", v, org)
+    v.raise_if_any()
+    return RecordFilter(org=org, start=start, end=end, resource_type=rtype, model=request.model,
+                        api_key=request.api_key, user=getattr(request, "user", ""))
 
 
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise invalid_argument("page_size must not be negative", {"page_size": "must be >= 0"})
-    return min(requested or 50, 1000)
+def duplicates(records: list[NewRecord], inserted: set[tuple[str, str]]) -> list[str]:
+    """Request ids of `records` the ledger already held (a second copy in one batch counts)."""
+    fresh = set(inserted)
+    repeated = []
+    for r in records:
+        key = (r.org, r.request_id)
+        if key in fresh:
+            fresh.discard(key)
+        else:
+            repeated.append(r.request_id)
+    return repeated
 
 
 def record_name(row: Row) -> str:
-    return f"usageRecords/{row['id']}"
+    return USAGE_RECORD.format(row["id"])
 
 
 class CsvChunks:

@@ -14,23 +14,32 @@ by a single Lua script: either every window takes the hits or none does (a rejec
 consumes no quota), so exactly `limit` requests pass per window however many race.
 
 Policies come from SetRateLimitPolicy (Billing, on plan changes), are stored in PostgreSQL and
-cached in Redis (write-through on set, fill-on-miss otherwise); organizations without one get
-the defaults AIMESH_RATELIMIT_DEFAULT_ORG_RPM / AIMESH_RATELIMIT_DEFAULT_KEY_RPM.
+cached in Redis (write-through on set, fill-on-miss otherwise). Organizations without their own
+get the default policy `organizations/-/rateLimitPolicy`, which Billing sets to its default
+plan's limits, so a new organization has its plan's limits from sign-up; until Billing has
+ever set it, AIMESH_RATELIMIT_DEFAULT_ORG_RPM / AIMESH_RATELIMIT_DEFAULT_KEY_RPM apply.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from services.common.cache import ServiceCache
 from services.common.config import Settings
-from services.usage.store import UsageStore
+from services.common.errors import FieldViolations
+from services.common.names import resource
+from services.usage import metrics as usage_metrics
+from services.usage.store import Store
 
 WINDOW_SECONDS = 60
 POLICY_CACHE_SECONDS = 300
 DEFAULT_MARKER = b"default"
+# The organization id of the default policy (AIP-159's "-": any organization without its own).
+DEFAULT_POLICY_ORG = "-"
+DEFAULT_POLICY_MEMORY_SECONDS = 5.0  # the default is read per check: keep it in memory briefly
 ORG_ENTRY = "org_id"
 KEY_ENTRY = "key_id"
 
@@ -112,45 +121,59 @@ def classify(descriptors: Sequence[Sequence[tuple[str, str]]]) -> list[Check]:
 
 
 class RateLimiter:
-    def __init__(self, settings: Settings, store: UsageStore, cache: ServiceCache) -> None:
+    def __init__(self, settings: Settings, store: Store, cache: ServiceCache) -> None:
         self.settings = settings
         self.store = store
         self.cache = cache
         self._script = cache.redis.register_script(_CHECK_AND_INCREMENT)
+        self._default: tuple[float, Policy] | None = None
 
-    def default_policy(self) -> Policy:
+    def configured_default(self) -> Policy:
         return Policy(
             self.settings.ratelimit_default_org_rpm,
             self.settings.ratelimit_default_key_rpm,
             is_default=True,
         )
 
+    async def default_policy(self) -> Policy:
+        """The policy of organizations without their own: the default plan's, as Billing set it."""
+        remembered = self._default
+        if remembered is not None and time.monotonic() - remembered[0] < DEFAULT_POLICY_MEMORY_SECONDS:
+            return remembered[1]
+        stored = await self._stored(DEFAULT_POLICY_ORG)
+        policy = replace(stored, is_default=True) if stored else self.configured_default()
+        self._default = (time.monotonic(), policy)
+        return policy
+
     def _policy_key(self, org: str) -> str:
         return self.cache.key("rlpolicy", org)
 
     async def policy(self, org: str) -> Policy:
-        cached = await self.cache.redis.get(self._policy_key(org))
-        if cached is not None:
-            return self._decode(cached)
-        row = await self.store.get_rate_limit_policy(org)
-        if row is None:
-            value = DEFAULT_MARKER
-        else:
-            value = f"{row['org_rpm']},{row['key_rpm']},{row['plan']}".encode()
-        # NX: never overwrite what a concurrent SetRateLimitPolicy just wrote through.
-        await self.cache.redis.set(self._policy_key(org), value, ex=POLICY_CACHE_SECONDS, nx=True)
-        return self._decode(value)
+        own = await self._stored(org)
+        return own if own is not None else await self.default_policy()
 
-    def _decode(self, value: bytes) -> Policy:
-        if value == DEFAULT_MARKER:
-            return self.default_policy()
-        org_rpm, key_rpm, plan = value.decode().split(",", 2)
+    async def _stored(self, org: str) -> Policy | None:
+        """The organization's own policy (None: it has none), cached in Redis."""
+        cached = await self.cache.redis.get(self._policy_key(org))
+        if cached is None:
+            row = await self.store.get_rate_limit_policy(org)
+            if row is None:
+                cached = DEFAULT_MARKER
+            else:
+                cached = f"{row['org_rpm']},{row['key_rpm']},{row['plan']}".encode()
+            # NX: never overwrite what a concurrent SetRateLimitPolicy just wrote through.
+            await self.cache.redis.set(self._policy_key(org), cached, ex=POLICY_CACHE_SECONDS, nx=True)
+        if cached == DEFAULT_MARKER:
+            return None
+        org_rpm, key_rpm, plan = cached.decode().split(",", 2)
         return Policy(int(org_rpm), int(key_rpm), plan)
 
     async def policy_changed(self, org: str, policy: Policy) -> None:
         """Write-through after the policy row committed: the next check sees it."""
         value = f"{policy.org_rpm},{policy.key_rpm},{policy.plan}".encode()
         await self.cache.redis.set(self._policy_key(org), value, ex=POLICY_CACHE_SECONDS)
+        if org == DEFAULT_POLICY_ORG:
+            self._default = None
 
     async def check(
         self, descriptors: Sequence[Sequence[tuple[str, str]]], hits: int, now: float | None = None
@@ -168,7 +191,7 @@ class RateLimiter:
                 continue
             if check.org not in policies:
                 policies[check.org] = (
-                    await self.policy(check.org) if check.org else self.default_policy()
+                    await self.policy(check.org) if check.org else await self.default_policy()
                 )
             policy = policies[check.org]
             if check.kind == "org":
@@ -190,4 +213,19 @@ class RateLimiter:
             # When the request is refused the counts are pre-request: say which window refused.
             this_over = over and count + hits > limit
             statuses[index] = Status(this_over, limit, max(limit - count, 0), checks[index].kind)
+        usage_metrics.record_ratelimit(over)
         return Decision(over, statuses, reset)
+
+
+RATE_LIMIT_POLICY = resource("usage.aimesh.dev/RateLimitPolicy")
+DEFAULT_POLICY_NAME = RATE_LIMIT_POLICY.format(DEFAULT_POLICY_ORG)
+MAX_RPM = 10_000_000
+
+
+def check_policy(p: Any, v: FieldViolations) -> None:
+    """A SetRateLimitPolicy request's policy (usage.v1.RateLimitPolicy): positive limits."""
+    v.check(0 < p.organization_requests_per_minute <= MAX_RPM,
+            "policy.organization_requests_per_minute", f"must be 1..{MAX_RPM}")
+    v.check(0 < p.api_key_requests_per_minute <= MAX_RPM,
+            "policy.api_key_requests_per_minute", f"must be 1..{MAX_RPM}")
+    v.check(len(p.plan) <= 200, "policy.plan", "at most 200 characters")

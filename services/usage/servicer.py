@@ -30,32 +30,34 @@ from redis.exceptions import RedisError
 from services.common import mesh_policy, tls
 from services.common.errors import (
     FieldViolations,
-    ServiceError,
     already_exists,
+    etag_mismatch,
     invalid_argument,
     not_found,
+    permission_denied,
     unauthenticated,
     unavailable,
 )
 from services.common.identity import Identity, Role, identity_from_metadata, require_identity
+from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 from services.usage import budgets as budget_rules
-from services.usage import ledger, names
-from services.usage.budgets import Budgets, Reservation
-from services.usage.ratelimit import Policy, RateLimiter
-from services.usage.store import RecordFilter, Row, UsageStore
+from services.usage import ledger
+from services.usage.budgets import BUDGET, RESERVATION, Budgets, Reservation
+from services.usage.ledger import ORGANIZATION
+from services.usage.ratelimit import (
+    DEFAULT_POLICY_NAME,
+    DEFAULT_POLICY_ORG,
+    RATE_LIMIT_POLICY,
+    Policy,
+    RateLimiter,
+    check_policy,
+)
+from services.usage.store import RecordFilter, Row, Store
 
 log = logging.getLogger("aimesh.usage")
 
-_MAX_RPM = 10_000_000
-_GROUPS = {
-    usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE: "resource_type",
-    usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL: "model",
-    usage_pb2.GetUsageSummaryRequest.GROUP_BY_DAY: "day",
-    usage_pb2.GetUsageSummaryRequest.GROUP_BY_API_KEY: "api_key",
-}
-_BUDGET_MUTABLE = {"display_name", "monthly_limit_micros", "monthly_token_limit"}
 _EXPIRY_SWEEP_SECONDS = 30
 
 
@@ -78,14 +80,14 @@ def _limiter(runtime: Runtime) -> RateLimiter:
     existing = getattr(runtime, "_usage_rate_limiter", None)
     if existing is None:
         assert runtime.db is not None and runtime.cache is not None
-        existing = RateLimiter(runtime.settings, UsageStore(runtime.db), runtime.cache)
+        existing = RateLimiter(runtime.settings, Store(runtime.db), runtime.cache)
         runtime._usage_rate_limiter = existing
     return existing
 
 
 def _policy_message(org: str, policy: Policy, update_time: object = None) -> usage_pb2.RateLimitPolicy:
     message = usage_pb2.RateLimitPolicy(
-        name=f"{names.org_name(org)}/rateLimitPolicy",
+        name=RATE_LIMIT_POLICY.format(org),
         organization_requests_per_minute=policy.org_rpm,
         api_key_requests_per_minute=policy.key_rpm,
         plan=policy.plan,
@@ -97,12 +99,21 @@ def _policy_message(org: str, policy: Policy, update_time: object = None) -> usa
     return message
 
 
-def _parse_policy_name(name: str, field: str, v: FieldViolations) -> str:
-    suffix = "/rateLimitPolicy"
-    if not name.endswith(suffix):
-        v.add(field, 'must be "organizations/{organization}/rateLimitPolicy"')
-        return ""
-    return names.parse_org(name[: -len(suffix)], field, v)
+def _resolve_org(identity: Identity | None, requested: str, field: str) -> str:
+    """The organization an RPC acts on: the requested one (must be the caller's unless the
+    caller is a platform admin or an internal service call without user identity), else the
+    caller's. The mesh policy restricts which peers may call without identity."""
+    if requested:
+        org = ORGANIZATION.id(requested, field)
+        if identity is not None and identity.org != org and not identity.is_platform_admin:
+            raise permission_denied(
+                f"{requested} is not the caller's organization", reason="ORGANIZATION_MISMATCH"
+            )
+        return org
+    if identity is None:
+        raise invalid_argument(f"{field} is required for calls without a caller identity",
+                               [(field, "required for calls without a caller identity")])
+    return identity.org
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
@@ -145,9 +156,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         assert runtime.db is not None and runtime.cache is not None
-        self.store = UsageStore(runtime.db)
+        self.store = Store(runtime.db)
         self.limiter = _limiter(runtime)
         self.budgets = Budgets(self.store, runtime.cache)
+        self.pages = Paginator(runtime.settings)
         runtime.spawn(self._sweep_expired(), "usage-reservation-expiry")
 
     async def _sweep_expired(self) -> None:
@@ -165,45 +177,22 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RecordUsageResponse:
         records = ledger.validate_records(request.records, dt.datetime.now(dt.UTC))
-        inserted = await self.store.record(records)
-        response = usage_pb2.RecordUsageResponse()
-        for r in records:
-            key = (r.org, r.request_id)
-            if key in inserted:
-                inserted.discard(key)  # a second copy in the same batch is a duplicate
-                response.accepted_count += 1
-            else:
-                response.duplicate_count += 1
-                response.duplicate_request_ids.append(r.request_id)
-        return response
+        repeated = ledger.duplicates(records, await self.store.record(records))
+        return usage_pb2.RecordUsageResponse(
+            accepted_count=len(records) - len(repeated), duplicate_count=len(repeated),
+            duplicate_request_ids=repeated,
+        )
 
     async def GetUsageSummary(
         self, request: usage_pb2.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.UsageSummary:
-        v = FieldViolations()
-        org = names.resolve_org(_identity(context), request.organization, "organization", v)
-        start, end = ledger.time_range(
-            request.start_time if request.HasField("start_time") else None,
-            request.end_time if request.HasField("end_time") else None, v, required=True,
-        )
-        groups: list[str] = []
-        for i, g in enumerate(request.group_by):
-            if g not in _GROUPS:
-                v.add(f"group_by[{i}]", "must be a known dimension (not UNSPECIFIED)")
-            elif _GROUPS[g] in groups:
-                v.add(f"group_by[{i}]", "repeated dimension")
-            else:
-                groups.append(_GROUPS[g])
-        for i, t in enumerate(request.resource_types):
-            v.check(t in ledger.VALID_RESOURCE_TYPES, f"resource_types[{i}]", "unknown resource type")
-        names.parse_api_key(request.api_key, "api_key", v, org)
-        v.raise_if_any()
-        assert start is not None and end is not None
+        org = _resolve_org(_identity(context), request.organization, "organization")
+        start, end, groups = ledger.summary_query(org, request)
         rows = await self.store.summarize(
             org, start, end, groups, request.api_key, list(request.resource_types)
         )
         summary = usage_pb2.UsageSummary(
-            organization=names.org_name(org), start_time=to_timestamp(start), end_time=to_timestamp(end)
+            organization=ORGANIZATION.format(org), start_time=to_timestamp(start), end_time=to_timestamp(end)
         )
         for row in rows:
             item = summary.rows.add(
@@ -218,37 +207,22 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 item.day.CopyFrom(date_pb2.Date(year=day.year, month=day.month, day=day.day))
         return summary
 
-    def _record_filter(self, request: object, context: grpc.aio.ServicerContext, required: bool) -> RecordFilter:
-        v = FieldViolations()
-        org = names.resolve_org(_identity(context), request.organization, "organization", v)  # type: ignore[attr-defined]
-        start, end = ledger.time_range(
-            request.start_time if request.HasField("start_time") else None,  # type: ignore[attr-defined]
-            request.end_time if request.HasField("end_time") else None,  # type: ignore[attr-defined]
-            v, required=required,
-        )
-        rtype = request.resource_type  # type: ignore[attr-defined]
-        v.check(rtype == 0 or rtype in ledger.VALID_RESOURCE_TYPES, "resource_type", "unknown resource type")
-        names.parse_api_key(request.api_key, "api_key", v, org)  # type: ignore[attr-defined]
-        v.raise_if_any()
-        return RecordFilter(
-            org=org, start=start, end=end, resource_type=rtype, model=request.model,  # type: ignore[attr-defined]
-            api_key=request.api_key, user=getattr(request, "user", ""),  # type: ignore[attr-defined]
-        )
+    def _record_filter(
+        self, request: usage_pb2.ListUsageRecordsRequest | usage_pb2.ExportUsageRecordsRequest,
+        context: grpc.aio.ServicerContext, required: bool) -> RecordFilter:
+        org = _resolve_org(_identity(context), request.organization, "organization")
+        return ledger.record_filter(org, request, required)
 
     async def ListUsageRecords(
         self, request: usage_pb2.ListUsageRecordsRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ListUsageRecordsResponse:
         f = self._record_filter(request, context, required=False)
-        size = ledger.page_size(request.page_size)
-        after = ledger.decode_page_token(f, request.page_token)
-        rows = await self.store.list_records(f, size + 1, after)
-        response = usage_pb2.ListUsageRecordsResponse()
-        for row in rows[:size]:
-            response.usage_records.append(_record_message(row))
-        if len(rows) > size:
-            last = rows[size - 1]
-            response.next_page_token = ledger.encode_page_token(f, last["occur_time"], last["id"])
-        return response
+        page = self.pages.start(request, f.org)
+        rows = await self.store.list_records(f, page.size + 1, page.cursor)  # type: ignore[arg-type]
+        rows, token = page.split(rows, lambda r: (r["occur_time"], r["id"]))
+        return usage_pb2.ListUsageRecordsResponse(
+            usage_records=[_record_message(r) for r in rows], next_page_token=token
+        )
 
     async def ExportUsageRecords(
         self, request: usage_pb2.ExportUsageRecordsRequest, context: grpc.aio.ServicerContext
@@ -265,7 +239,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def _budget_message(self, row: Row) -> usage_pb2.Budget:
         live = await self.budgets.current(row)
         return usage_pb2.Budget(
-            name=f"budgets/{row['id']}",
+            name=BUDGET.format(row["id"]),
             display_name=row["display_name"],
             scope=row["scope"],
             api_key=row["api_key"],
@@ -282,43 +256,12 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             etag=str(row["version"]),
         )
 
-    @staticmethod
-    def _check_caps(b: usage_pb2.Budget, v: FieldViolations, prefix: str, fields: set[str]) -> None:
-        if "display_name" in fields:
-            v.check(len(b.display_name) <= 100, f"{prefix}.display_name", "at most 100 characters")
-        if "monthly_limit_micros" in fields:
-            v.check(b.monthly_limit_micros >= 0, f"{prefix}.monthly_limit_micros", "must not be negative")
-        if "monthly_token_limit" in fields:
-            v.check(b.monthly_token_limit >= 0, f"{prefix}.monthly_token_limit", "must not be negative")
-
     async def CreateBudget(
         self, request: usage_pb2.CreateBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Budget:
         identity = require_identity(context.invocation_metadata() or ())
         identity.require_role(Role.ADMIN, "creating a budget")
-        b = request.budget
-        v = FieldViolations()
-        self._check_caps(b, v, "budget", _BUDGET_MUTABLE)
-        v.check(b.scope in (usage_pb2.Budget.SCOPE_ORGANIZATION, usage_pb2.Budget.SCOPE_API_KEY),
-                "budget.scope", "must be ORGANIZATION or API_KEY")
-        if b.scope == usage_pb2.Budget.SCOPE_API_KEY:
-            v.check(bool(b.api_key), "budget.api_key", "required when scope is API_KEY")
-            names.parse_api_key(b.api_key, "budget.api_key", v, identity.org)
-        else:
-            v.check(not b.api_key, "budget.api_key", "only with scope API_KEY")
-        v.check(b.monthly_limit_micros > 0 or b.monthly_token_limit > 0, "budget.monthly_limit_micros",
-                "set a money cap or a token cap")
-        if b.monthly_limit_micros > 0 or b.currency_code:
-            v.check(names.valid_currency(b.currency_code), "budget.currency_code",
-                    "an ISO 4217 code like USD is required with a money cap")
-        v.check(len(request.request_id) <= 200, "request_id", "at most 200 characters")
-        v.raise_if_any()
-        row, _ = await self.store.create_budget({
-            "org": identity.org, "scope": b.scope, "api_key": b.api_key,
-            "display_name": b.display_name, "monthly_limit_micros": b.monthly_limit_micros,
-            "currency_code": b.currency_code, "monthly_token_limit": b.monthly_token_limit,
-            "request_id": request.request_id or None,
-        })
+        row, _ = await self.store.create_budget(budget_rules.new_budget(identity.org, request.budget, request.request_id))
         if not row:
             raise already_exists("a budget for this scope and currency already exists",
                                  reason="BUDGET_EXISTS")
@@ -326,9 +269,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 
     async def _load_budget(self, name: str, context: grpc.aio.ServicerContext) -> tuple[Identity, Row | None, uuid.UUID]:
         identity = require_identity(context.invocation_metadata() or ())
-        v = FieldViolations()
-        budget_id = names.parse_uuid_name(name, "budgets", "name", v)
-        v.raise_if_any()
+        budget_id = BUDGET.uuid(name, "name")
         assert budget_id is not None
         return identity, await self.store.get_budget(identity.org, budget_id), budget_id
 
@@ -344,58 +285,26 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.ListBudgetsRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ListBudgetsResponse:
         identity = require_identity(context.invocation_metadata() or ())
-        size = ledger.page_size(request.page_size)
-        after = None
-        if request.page_token:
-            try:
-                stamp, raw_id = request.page_token.split("|", 1)
-                after = (dt.datetime.fromisoformat(stamp), uuid.UUID(raw_id))
-            except ValueError:
-                raise invalid_argument("malformed page_token", {"page_token": "malformed"}) from None
-        rows = await self.store.list_budgets(identity.org, size + 1, after)
-        response = usage_pb2.ListBudgetsResponse()
-        for row in rows[:size]:
-            response.budgets.append(await self._budget_message(row))
-        if len(rows) > size:
-            last = rows[size - 1]
-            response.next_page_token = f"{last['create_time'].isoformat()}|{last['id']}"
-        return response
+        page = self.pages.start(request, identity.org)
+        rows = await self.store.list_budgets(identity.org, page.size + 1, page.cursor)  # type: ignore[arg-type]
+        rows, token = page.split(rows, lambda r: (r["create_time"], r["id"]))
+        return usage_pb2.ListBudgetsResponse(
+            budgets=[await self._budget_message(r) for r in rows], next_page_token=token
+        )
 
     async def UpdateBudget(
         self, request: usage_pb2.UpdateBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Budget:
         identity, row, budget_id = await self._load_budget(request.budget.name, context)
         identity.require_role(Role.ADMIN, "updating a budget")
-        v = FieldViolations()
         paths = list(request.update_mask.paths)
-        v.check(bool(paths), "update_mask", "required")
-        for path in paths:
-            v.check(path in _BUDGET_MUTABLE, "update_mask", f"{path!r} cannot be updated")
-        self._check_caps(request.budget, v, "budget", set(paths) & _BUDGET_MUTABLE)
-        v.raise_if_any()
+        budget_rules.check_update_mask(request.budget, paths)
         if row is None:
             raise not_found(f"{request.budget.name} not found")
-        changes = {p: getattr(request.budget, p) for p in paths}
-        money = int(changes["monthly_limit_micros"] if "monthly_limit_micros" in changes
-                    else row["monthly_limit_micros"])
-        tokens = int(changes["monthly_token_limit"] if "monthly_token_limit" in changes
-                     else row["monthly_token_limit"])
-        if money <= 0 and tokens <= 0:
-            raise invalid_argument("a budget needs a money cap or a token cap",
-                                   {"budget.monthly_limit_micros": "set a money cap or a token cap"})
-        if money > 0 and not row["currency_code"]:
-            raise invalid_argument("this budget has no currency; create a money budget instead",
-                                   {"budget.monthly_limit_micros": "budget has no currency_code"})
-        version = None
-        if request.budget.etag:
-            try:
-                version = int(request.budget.etag)
-            except ValueError:
-                raise invalid_argument("malformed etag", {"budget.etag": "malformed"}) from None
+        changes, version = budget_rules.budget_changes(row, request.budget, paths)
         updated = await self.store.update_budget(identity.org, budget_id, changes, version)
         if updated is None:
-            raise ServiceError(grpc.StatusCode.ABORTED, "the budget changed since it was read (etag)",
-                               "ETAG_MISMATCH")
+            raise etag_mismatch(request.budget.name)
         return await self._budget_message(updated)
 
     async def DeleteBudget(
@@ -412,19 +321,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def ReserveBudget(
         self, request: usage_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
-        v = FieldViolations()
-        org = names.resolve_org(_identity(context), request.organization, "organization", v)
-        names.parse_api_key(request.api_key, "api_key", v, org)
-        cap = budget_rules.MAX_AMOUNT
-        v.check(0 <= request.estimated_amount_micros <= cap, "estimated_amount_micros", f"must be 0..{cap}")
-        v.check(names.valid_currency(request.currency_code), "currency_code", "an ISO 4217 code like USD")
-        v.check(0 <= request.estimated_tokens <= cap, "estimated_tokens", f"must be 0..{cap}")
-        ttl_ms = 300_000
-        if request.HasField("ttl"):
-            ttl_ms = request.ttl.ToMilliseconds()
-            v.check(1000 <= ttl_ms <= 3_600_000, "ttl", "must be between 1 s and 1 h")
-        v.check(len(request.request_id) <= 200, "request_id", "at most 200 characters")
-        v.raise_if_any()
+        org = _resolve_org(_identity(context), request.organization, "organization")
+        ttl_ms = budget_rules.reservation_ttl_ms(org, request)
         reservation = await self.budgets.reserve(
             org, request.api_key, request.estimated_amount_micros, request.currency_code,
             request.estimated_tokens, ttl_ms, request.request_id,
@@ -432,9 +330,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         return _reservation_message(reservation)
 
     def _reservation_target(self, name: str, context: grpc.aio.ServicerContext) -> tuple[str | None, uuid.UUID]:
-        v = FieldViolations()
-        reservation_id = names.parse_uuid_name(name, "reservations", "name", v)
-        v.raise_if_any()
+        reservation_id = RESERVATION.uuid(name, "name")
         assert reservation_id is not None
         identity = _identity(context)
         return (identity.org if identity else None), reservation_id
@@ -443,11 +339,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.SettleReservationRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
         org, reservation_id = self._reservation_target(request.name, context)
-        v = FieldViolations()
-        cap = budget_rules.MAX_AMOUNT
-        v.check(0 <= request.actual_amount_micros <= cap, "actual_amount_micros", f"must be 0..{cap}")
-        v.check(0 <= request.actual_tokens <= cap, "actual_tokens", f"must be 0..{cap}")
-        v.raise_if_any()
+        budget_rules.check_actuals(request.actual_amount_micros, request.actual_tokens)
         r = await self.budgets.close(
             org, reservation_id, True, request.actual_amount_micros, request.actual_tokens
         )
@@ -467,14 +359,13 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def GetRateLimitPolicy(
         self, request: usage_pb2.GetRateLimitPolicyRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RateLimitPolicy:
-        v = FieldViolations()
-        org = _parse_policy_name(request.name, "name", v)
-        v.raise_if_any()
-        names.resolve_org(_identity(context),
-                          names.org_name(org), "name", v)
+        if request.name == DEFAULT_POLICY_NAME:
+            return _policy_message(DEFAULT_POLICY_ORG, await self.limiter.default_policy())
+        org = RATE_LIMIT_POLICY.id(request.name, "name")
+        _resolve_org(_identity(context), ORGANIZATION.format(org), "name")
         row = await self.store.get_rate_limit_policy(org)
         if row is None:
-            return _policy_message(org, self.limiter.default_policy())
+            return _policy_message(org, await self.limiter.default_policy())
         return _policy_message(
             org, Policy(row["org_rpm"], row["key_rpm"], row["plan"]), row["update_time"]
         )
@@ -482,14 +373,12 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def SetRateLimitPolicy(
         self, request: usage_pb2.SetRateLimitPolicyRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RateLimitPolicy:
-        v = FieldViolations()
         p = request.policy
-        org = _parse_policy_name(p.name, "policy.name", v)
-        v.check(0 < p.organization_requests_per_minute <= _MAX_RPM,
-                "policy.organization_requests_per_minute", f"must be 1..{_MAX_RPM}")
-        v.check(0 < p.api_key_requests_per_minute <= _MAX_RPM,
-                "policy.api_key_requests_per_minute", f"must be 1..{_MAX_RPM}")
-        v.check(len(p.plan) <= 200, "policy.plan", "at most 200 characters")
+        v = FieldViolations()
+        # The default policy (organizations without their own) has the AIP-159 "-" for an id.
+        org = (DEFAULT_POLICY_ORG if p.name == DEFAULT_POLICY_NAME
+               else RATE_LIMIT_POLICY.id(p.name, "policy.name", v))
+        check_policy(p, v)
         v.raise_if_any()
         row = await self.store.set_rate_limit_policy(
             org, p.organization_requests_per_minute, p.api_key_requests_per_minute, p.plan
@@ -502,7 +391,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 def _record_message(row: Row) -> usage_pb2.UsageRecord:
     return usage_pb2.UsageRecord(
         name=ledger.record_name(row),
-        organization=names.org_name(row["org"]),
+        organization=ORGANIZATION.format(row["org"]),
         api_key=row["api_key"],
         user=row["user_name"],
         resource_type=row["resource_type"],
@@ -517,14 +406,14 @@ def _record_message(row: Row) -> usage_pb2.UsageRecord:
 
 def _reservation_message(r: Reservation) -> usage_pb2.Reservation:
     return usage_pb2.Reservation(
-        name=f"reservations/{r.id}",
-        organization=names.org_name(r.org),
+        name=RESERVATION.format(r.id),
+        organization=ORGANIZATION.format(r.org),
         api_key=r.api_key,
         amount_micros=r.amount_micros,
         currency_code=r.currency_code,
         tokens=r.tokens,
         state=r.state,
-        budgets=[f"budgets/{b}" for b in r.budgets],
+        budgets=[BUDGET.format(b) for b in r.budgets],
         expire_time=to_timestamp(r.expire_time),
         settled_amount_micros=r.settled_amount_micros,
         settled_tokens=r.settled_tokens,

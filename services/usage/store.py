@@ -8,9 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.db import Database
-
-Row = dict[str, Any]
+from services.common.db import Database, Row
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ SELECT org, request_id FROM inserted
 _GROUP_COLUMNS = {"resource_type": "resource_type", "model": "model", "api_key": "api_key"}
 
 
-class UsageStore:
+class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
 

@@ -23,6 +23,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from scripts import gateway
+from tests.support.envoy import one_route_bootstrap
+
 ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTOR = ROOT / "gen" / "descriptor.binpb"
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
@@ -54,113 +57,23 @@ def _free_port() -> int:
 
 
 def _bootstrap(listen_port: int, upstream_port: int, services: list[str]) -> str:
-    # JSON is valid YAML; building it as data avoids indentation mistakes.
-    cfg = {
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "gateway",
-                    "address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
-                    },
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters."
-                                        "network.http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "contract",
-                                        "route_config": {
-                                            "virtual_hosts": [
-                                                {
-                                                    "name": "all",
-                                                    "domains": ["*"],
-                                                    "routes": [
-                                                        {
-                                                            "match": {"prefix": "/"},
-                                                            "route": {"cluster": "auth"},
-                                                        }
-                                                    ],
-                                                }
-                                            ]
-                                        },
-                                        "http_filters": [
-                                            {
-                                                "name": "envoy.filters.http.grpc_json_transcoder",
-                                                "typed_config": {
-                                                    "@type": "type.googleapis.com/envoy.extensions."
-                                                    "filters.http.grpc_json_transcoder.v3."
-                                                    "GrpcJsonTranscoder",
-                                                    "proto_descriptor": str(DESCRIPTOR),
-                                                    "services": services,
-                                                },
-                                            },
-                                            {
-                                                "name": "envoy.filters.http.router",
-                                                "typed_config": {
-                                                    "@type": "type.googleapis.com/envoy.extensions."
-                                                    "filters.http.router.v3.Router"
-                                                },
-                                            },
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "auth",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                            "HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "auth",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": upstream_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
-        }
+    transcoder = {
+        "name": "envoy.filters.http.grpc_json_transcoder",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3."
+            "GrpcJsonTranscoder",
+            "proto_descriptor": str(DESCRIPTOR),
+            "services": services,
+        },
     }
-    return json.dumps(cfg)
+    # JSON is valid YAML; building it as data avoids indentation mistakes.
+    return json.dumps(one_route_bootstrap(listen_port, upstream_port, [transcoder]))
 
 
 def test_envoy_validates_transcoder_for_all_services(tmp_path: Path) -> None:
-    cmd = _envoy_cmd()
     cfg = tmp_path / "envoy.yaml"
     cfg.write_text(_bootstrap(_free_port(), _free_port(), SERVICES))
-    r = subprocess.run(
-        [*cmd, "--mode", "validate", "-c", str(cfg), "--disable-hot-restart"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = gateway.validate(cfg)
     assert r.returncode == 0, (
         f"envoy rejected the descriptor set:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
     )
@@ -168,16 +81,9 @@ def test_envoy_validates_transcoder_for_all_services(tmp_path: Path) -> None:
 
 def test_envoy_validate_catches_unknown_service(tmp_path: Path) -> None:
     # Guards the test above: validation really builds the transcoder.
-    cmd = _envoy_cmd()
     cfg = tmp_path / "envoy.yaml"
     cfg.write_text(_bootstrap(_free_port(), _free_port(), ["aimesh.nope.v1.NopeService"]))
-    r = subprocess.run(
-        [*cmd, "--mode", "validate", "-c", str(cfg), "--disable-hot-restart"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = gateway.validate(cfg)
     assert r.returncode != 0
     assert "aimesh.nope.v1.NopeService" in r.stdout + r.stderr
 

@@ -8,20 +8,21 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from scripts import ca
 from services.common import tls
 
 
 def write_leaf(certs_dir: Path, identity: str, cert: object, key: object) -> None:
     paths = tls.CertPaths(certs_dir)
     paths.cert(identity).write_bytes(cert.public_bytes(serialization.Encoding.PEM))  # type: ignore[attr-defined]
-    paths.key(identity).write_bytes(tls._key_pem(key))  # type: ignore[arg-type]
+    paths.key(identity).write_bytes(ca.key_pem(key))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
 def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The local CA and every identity, as scripts/ca.py makes them."""
     d = tmp_path_factory.mktemp("certs")
-    tls.ensure_certificates(d)
+    ca.ensure_certificates(d)
     return d
 
 
@@ -29,7 +30,7 @@ def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def foreign_certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another CA issuing the same identities: valid-looking, but not ours."""
     d = tmp_path_factory.mktemp("foreign")
-    tls.ensure_certificates(d)
+    ca.ensure_certificates(d)
     return d
 
 
@@ -38,11 +39,11 @@ def expired_certs_dir(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path)
     """Our CA's certificate file, plus a leaf for conversation that expired yesterday."""
     d = tmp_path_factory.mktemp("expired")
     paths = tls.CertPaths(certs_dir)
-    ca_cert = tls._load_cert(paths.ca_cert)
-    ca_key = tls._load_key(paths.ca_key)
+    ca_cert = tls.load_cert(paths.ca_cert)
+    ca_key = tls.load_key(paths.ca_key)
     (d / "ca.pem").write_bytes(paths.ca_cert.read_bytes())
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
-    cert, key = tls.issue_leaf(
+    cert, key = ca.issue_leaf(
         ca_cert, ca_key, "conversation", not_before=past, validity=dt.timedelta(days=1)
     )
     write_leaf(d, "conversation", cert, key)

@@ -22,7 +22,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from scripts import gateway
 from services.common import tls
+from tests.support.envoy import one_route_bootstrap
 
 AUTH = "aimesh.auth.v1.AuthService"
 
@@ -39,91 +41,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _envoy_config(listen: int, upstream: int, transport_socket: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "public",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters."
-                                        "network.http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "public",
-                                        "codec_type": "AUTO",
-                                        "route_config": {
-                                            "virtual_hosts": [
-                                                {
-                                                    "name": "all",
-                                                    "domains": ["*"],
-                                                    "routes": [
-                                                        {
-                                                            "match": {"prefix": "/"},
-                                                            "route": {"cluster": "auth"},
-                                                        }
-                                                    ],
-                                                }
-                                            ]
-                                        },
-                                        "http_filters": [
-                                            {
-                                                "name": "envoy.filters.http.router",
-                                                "typed_config": {
-                                                    "@type": "type.googleapis.com/envoy."
-                                                    "extensions.filters.http.router.v3.Router"
-                                                },
-                                            }
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "auth",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                            "HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "auth",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": upstream,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                    "transport_socket": transport_socket,
-                }
-            ],
-        }
-    }
 
 
 @pytest.fixture()
@@ -200,8 +117,8 @@ async def test_envoy_presents_gateway_identity(
 ) -> None:
     upstream, seen = auth_upstream
     listen = _free_port()
-    socket_cfg = tls.envoy_upstream_transport_socket("auth", certs_dir)
-    proc = await _run_envoy(_envoy_config(listen, upstream, socket_cfg), tmp_path, listen)
+    socket_cfg = gateway.upstream_transport_socket("auth", certs_dir)
+    proc = await _run_envoy(one_route_bootstrap(listen, upstream, [], socket_cfg), tmp_path, listen)
     try:
         reply = await _get_jwks(listen)
     finally:
@@ -216,8 +133,8 @@ async def test_envoy_refuses_upstream_with_unexpected_identity(
     upstream, seen = auth_upstream
     listen = _free_port()
     # The upstream holds auth's certificate; a cluster pinned to usage must not accept it.
-    socket_cfg = tls.envoy_upstream_transport_socket("usage", certs_dir)
-    proc = await _run_envoy(_envoy_config(listen, upstream, socket_cfg), tmp_path, listen)
+    socket_cfg = gateway.upstream_transport_socket("usage", certs_dir)
+    proc = await _run_envoy(one_route_bootstrap(listen, upstream, [], socket_cfg), tmp_path, listen)
     try:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await _get_jwks(listen)

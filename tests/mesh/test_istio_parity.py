@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from services.common import mesh_policy as mp
+from services.common.identity import IDENTITY_HEADERS
+from tests.support.istio import mesh_manifests, render
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH = ROOT / "istio" / "base" / "mesh"
@@ -27,27 +29,33 @@ def _docs(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((MESH / name).read_text()) if d]
 
 
-def test_committed_mesh_files_are_fresh() -> None:
-    rendered = mp.render_istio()
-    for name, text in rendered.items():
-        path = MESH / name
+def test_committed_manifests_are_fresh() -> None:
+    for relative, text in render.render().items():
+        path = render.BASE / relative
         assert path.exists() and path.read_text() == text, (
-            f"{path} is stale: run .venv/bin/python -m services.common.mesh_policy --write-istio"
+            f"{path} is stale: run .venv/bin/python istio/tools/render.py"
         )
 
 
-def test_committed_workloads_are_fresh() -> None:
+def test_render_check_cli_reports_a_stale_file(tmp_path: Path) -> None:
+    """`render.py --check` (what CI and reviewers run) fails on a stale copy and names it."""
+    import shutil
     import subprocess
     import sys
 
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "istio" / "tools" / "render_workloads.py"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    copy = tmp_path / "base"
+    shutil.copytree(render.BASE, copy)
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(render.TOOLS_DIR / "render.py"), "--check", "--out", str(copy)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    assert check().returncode == 0, check().stderr
+    (copy / "mesh" / "virtual-services.yaml").write_text("# edited by hand\n")
+    stale = check()
+    assert stale.returncode == 1 and "virtual-services.yaml" in stale.stderr
 
 
 # --- a small Istio AuthorizationPolicy evaluator (HTTP rules) ---------------------------
@@ -120,7 +128,7 @@ def istio_allows(
 
 
 def _method_universe() -> list[str]:
-    paths = set(mp.load_methods()) | set(mp.COMMON_METHODS)
+    paths = set(mp.load_methods()) | set(mesh_manifests.COMMON_METHODS)
     for callee in mp.POLICY:
         for rule in mp.rules_for(callee):
             paths.update(p.replace("*", "Anything") for p in (*rule.methods, *rule.not_methods))
@@ -138,7 +146,7 @@ def test_authorization_policies_equal_local_graph() -> None:
     checked = 0
     mismatches = []
     for callee, identity, path, header in itertools.product(
-        callees, (*mp.IDENTITIES, STRANGER), _method_universe(), (None, *mp.IDENTITY_HEADERS)
+        callees, (*mp.IDENTITIES, STRANGER), _method_universe(), (None, *IDENTITY_HEADERS)
     ):
         with_header = header is not None
         principal = (
@@ -165,13 +173,13 @@ def test_evaluator_sees_a_tampered_policy() -> None:
     for p in policies:
         if p["metadata"]["name"] == "orchestrator-callers":
             p["spec"]["rules"][0]["from"][0]["source"]["principals"].append(
-                "cluster.local/ns/aimesh/sa/gateway"
+                "cluster.local/ns/aimesh/sa/knowledge"
             )
     generate = "/aimesh.orchestrator.v1.OrchestratorService/Generate"
     assert istio_allows(
-        policies, "orchestrator", "cluster.local/ns/aimesh/sa/gateway", generate, {}
+        policies, "orchestrator", "cluster.local/ns/aimesh/sa/knowledge", generate, {}
     )
-    assert not mp.is_allowed("orchestrator", "gateway", generate)
+    assert not mp.is_allowed("orchestrator", "knowledge", generate)
 
 
 def test_every_workload_has_policies_and_baseline_denies() -> None:
@@ -206,14 +214,14 @@ def test_destination_rules() -> None:
         assert tp["outlierDetection"]["consecutiveGatewayErrors"] > 0
         assert tp["connectionPool"]["http"]["http2MaxRequests"] > 0
         hosts.add(d["spec"]["host"])
-    assert hosts == {mp.host(c) for c in (*mp.POLICY, mp.TRITON)}
+    assert hosts == {mesh_manifests.host(c) for c in (*mp.POLICY, mp.TRITON)}
 
 
 def test_virtual_service_retries_follow_idempotency() -> None:
     methods = mp.load_methods()
     if not methods:
         pytest.skip(f"{mp.DESCRIPTOR_PATH} missing: run scripts/gen")
-    known = {**methods, **mp.COMMON_METHODS}
+    known = {**methods, **mesh_manifests.COMMON_METHODS}
     covered: set[str] = set()
     for vs in _docs("virtual-services.yaml"):
         routes = vs["spec"]["http"]

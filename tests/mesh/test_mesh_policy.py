@@ -10,16 +10,29 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from services.common import mesh_policy as mp
+from tests.support.istio import mesh_manifests
 
 ORCH = "/aimesh.orchestrator.v1.OrchestratorService/"
 USAGE = "/aimesh.usage.v1.UsageService/"
 STRANGER = "stranger"
 
 
-def test_only_conversation_and_speech_call_orchestrator() -> None:
+def test_orchestrator_is_public_and_called_by_its_user_facing_services() -> None:
+    # Public: the model catalog and stateless Generate through the gateway (issue 13); the
+    # services that generate for their users; nobody else (Knowledge, Usage, ...).
     for identity in (*mp.IDENTITIES, STRANGER):
-        expected = identity in ("conversation", "speech")
-        assert mp.is_allowed("orchestrator", identity, ORCH + "Generate") is expected, identity
+        expected = identity in ("gateway", "conversation", "speech", "edge")
+        for method in ("Generate", "ListModels", "GetModel"):
+            assert mp.is_allowed("orchestrator", identity, ORCH + method) is expected, identity
+
+
+def test_edge_takes_only_the_gateway_on_its_public_prefix() -> None:
+    assert mp.edge_allows("gateway", "/openai/v1/chat/completions")
+    assert not mp.edge_allows("gateway", "/v1/models")
+    for identity in (*mp.IDENTITIES, STRANGER):
+        if identity != "gateway":
+            assert not mp.edge_allows(identity, "/openai/v1/models"), identity
+        assert mp.edge_allows(identity, "/readyz") is (identity != STRANGER)
 
 
 def test_usage_accounting_only_from_services() -> None:
@@ -84,7 +97,7 @@ def test_path_matches_is_istio_semantics() -> None:
 
 def test_spiffe_ids() -> None:
     assert mp.spiffe_id("usage") == "spiffe://aimesh.local/ns/aimesh/sa/usage"
-    assert mp.istio_principal("gateway") == "cluster.local/ns/aimesh/sa/gateway"
+    assert mesh_manifests.istio_principal("gateway") == "cluster.local/ns/aimesh/sa/gateway"
     assert mp.identity_from_spiffe("spiffe://aimesh.local/ns/aimesh/sa/speech") == "speech"
     assert mp.identity_from_spiffe("spiffe://other.domain/ns/aimesh/sa/speech") is None
     assert mp.identity_from_spiffe("spiffe://aimesh.local/ns/other/sa/speech") is None

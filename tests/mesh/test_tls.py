@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from scripts import ca
 from services.common import mesh_policy, tls
 
 CALLEE = "orchestrator"
@@ -95,6 +96,19 @@ async def _call(
         return await call(health_pb2.HealthCheckRequest(), timeout=5, metadata=metadata)
 
 
+async def _stream_replies(port: int, creds: grpc.ChannelCredentials) -> list[health_pb2.HealthCheckResponse]:
+    """Every reply of the server stream StreamGenerate, as `creds`' identity."""
+    async with grpc.aio.secure_channel(
+        f"127.0.0.1:{port}", creds, options=tls.channel_options(CALLEE)
+    ) as channel:
+        call = channel.unary_stream(
+            f"/{ORCH}/StreamGenerate",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        return [r async for r in call(health_pb2.HealthCheckRequest(), timeout=5)]
+
+
 async def test_allowed_caller(server_port: int, certs_dir: Path) -> None:
     creds = tls.channel_credentials(tls.load_identity("conversation", certs_dir))
     reply = await _call(server_port, creds)
@@ -103,44 +117,28 @@ async def test_allowed_caller(server_port: int, certs_dir: Path) -> None:
 
 async def test_allowed_caller_server_stream(server_port: int, certs_dir: Path) -> None:
     creds = tls.channel_credentials(tls.load_identity("speech", certs_dir))
-    async with grpc.aio.secure_channel(
-        f"127.0.0.1:{server_port}", creds, options=tls.channel_options(CALLEE)
-    ) as channel:
-        call = channel.unary_stream(
-            f"/{ORCH}/StreamGenerate",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        replies = [r async for r in call(health_pb2.HealthCheckRequest(), timeout=5)]
-    assert len(replies) == 3
+    assert len(await _stream_replies(server_port, creds)) == 3
 
 
 async def test_valid_cert_wrong_identity_denied(
     server_port: int, certs_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    creds = tls.channel_credentials(tls.load_identity("gateway", certs_dir))
+    # Knowledge holds a valid mesh certificate but never generates.
+    creds = tls.channel_credentials(tls.load_identity("knowledge", certs_dir))
     with (
         caplog.at_level(logging.WARNING, logger="aimesh.tls"),
         pytest.raises(grpc.aio.AioRpcError) as err,
     ):
         await _call(server_port, creds)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "gateway may not call" in (err.value.details() or "")
-    assert any("denied" in r.getMessage() and "'gateway'" in r.getMessage() for r in caplog.records)
+    assert "knowledge may not call" in (err.value.details() or "")
+    assert any("denied" in r.getMessage() and "'knowledge'" in r.getMessage() for r in caplog.records)
 
 
 async def test_streaming_denied_before_first_message(server_port: int, certs_dir: Path) -> None:
     creds = tls.channel_credentials(tls.load_identity("billing", certs_dir))
-    async with grpc.aio.secure_channel(
-        f"127.0.0.1:{server_port}", creds, options=tls.channel_options(CALLEE)
-    ) as channel:
-        call = channel.unary_stream(
-            f"/{ORCH}/StreamGenerate",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            _ = [r async for r in call(health_pb2.HealthCheckRequest(), timeout=5)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _stream_replies(server_port, creds)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -213,14 +211,14 @@ def test_foreign_cert_rejected_with_clear_message(certs_dir: Path, foreign_certs
     paths, foreign = tls.CertPaths(certs_dir), tls.CertPaths(foreign_certs_dir)
     with pytest.raises(tls.CertificateError, match="not issued by the local CA"):
         tls.verify_leaf(
-            tls._load_cert(foreign.cert("speech")), tls._load_cert(paths.ca_cert), "speech"
+            tls.load_cert(foreign.cert("speech")), tls.load_cert(paths.ca_cert), "speech"
         )
 
 
 def test_cert_for_other_identity_rejected(certs_dir: Path) -> None:
     paths = tls.CertPaths(certs_dir)
     with pytest.raises(tls.CertificateError, match="SAN URI"):
-        tls.verify_leaf(tls._load_cert(paths.cert("speech")), tls._load_cert(paths.ca_cert), "auth")
+        tls.verify_leaf(tls.load_cert(paths.cert("speech")), tls.load_cert(paths.ca_cert), "auth")
 
 
 async def test_client_verifies_server_identity(server_port: int, certs_dir: Path) -> None:
@@ -232,21 +230,21 @@ async def test_client_verifies_server_identity(server_port: int, certs_dir: Path
 
 
 def test_ensure_is_idempotent_and_keeps_valid_ca(tmp_path: Path) -> None:
-    first = tls.ensure_certificates(tmp_path)
+    first = ca.ensure_certificates(tmp_path)
     assert first.ca_created and set(first.issued) == set(mesh_policy.IDENTITIES)
     ca_before = (tmp_path / "ca.pem").read_bytes()
     leaf_before = (tmp_path / "usage.pem").read_bytes()
-    second = tls.ensure_certificates(tmp_path)
+    second = ca.ensure_certificates(tmp_path)
     assert not second.ca_created and second.issued == ()
     assert (tmp_path / "ca.pem").read_bytes() == ca_before
     assert (tmp_path / "usage.pem").read_bytes() == leaf_before
     assert os.stat(tmp_path / "ca-key.pem").st_mode & 0o077 == 0
     # A missing leaf is re-issued by the same CA; the others are left alone.
     (tmp_path / "usage.pem").unlink()
-    third = tls.ensure_certificates(tmp_path)
+    third = ca.ensure_certificates(tmp_path)
     assert third.issued == ("usage",) and (tmp_path / "ca.pem").read_bytes() == ca_before
     # A leaf close to expiry is renewed.
-    fourth = tls.ensure_certificates(tmp_path, ["billing"], renew_before=dt.timedelta(days=365))
+    fourth = ca.ensure_certificates(tmp_path, ["billing"], renew_before=dt.timedelta(days=365))
     assert fourth.issued == ("billing",)
 
 
@@ -254,11 +252,11 @@ def test_ensure_refuses_to_replace_expired_ca(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
-    cert, key = tls.create_ca(not_before=past, validity=dt.timedelta(days=1))
+    cert, key = ca.create_ca(not_before=past, validity=dt.timedelta(days=1))
     (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "ca-key.pem").write_bytes(tls._key_pem(key))
+    (tmp_path / "ca-key.pem").write_bytes(ca.key_pem(key))
     with pytest.raises(tls.CertificateError, match="expired"):
-        tls.ensure_certificates(tmp_path)
+        ca.ensure_certificates(tmp_path)
 
 
 def test_xfcc_identity() -> None:
@@ -341,7 +339,7 @@ async def test_istio_mode_uses_sidecar_identity(xfcc_port: int) -> None:
     reply = await _call(xfcc_port, None, metadata=_xfcc("conversation"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await _call(xfcc_port, None, metadata=_xfcc("gateway"))
+        await _call(xfcc_port, None, metadata=_xfcc("knowledge"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _call(xfcc_port, None)

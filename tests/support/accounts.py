@@ -45,3 +45,22 @@ async def create_key(http: httpx.AsyncClient, account: Account, **fields: object
                             json={"displayName": "test", **fields})
     assert reply.status_code == 200, reply.text
     return reply.json()  # type: ignore[no-any-return]
+
+
+async def login(http: httpx.AsyncClient, email: str, password: str, org: str) -> Account:
+    reply = await http.post("/v1/auth:login", json={
+        "email": email, "password": password, "organization": org})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    return Account(email, password, body["accessToken"], body["refreshToken"],
+                   body["organization"], body["user"])
+
+
+async def add_member(http: httpx.AsyncClient, owner: Account, role: str) -> tuple[Account, str]:
+    """A new user who joins `owner`'s organization with `role` ("ROLE_VIEWER", ...), signed in
+    there; and the membership's resource name."""
+    someone = await sign_up(http, "Elsewhere")
+    reply = await http.post(f"/v1/{owner.org}/memberships", headers=owner.bearer,
+                            json={"email": someone.email, "role": role})
+    assert reply.status_code == 200, reply.text
+    return await login(http, someone.email, someone.password, owner.org), reply.json()["name"]

@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 
 import grpc
 
 from scripts.stack import Stack
 from services.common.channels import open_channel
-from services.common.config import SERVICES, Settings
+from services.common.config import HTTP_SERVICE_PORTS, SERVICES, Settings
 
 # The one e-mail address the test mesh's Auth treats as a platform admin.
 PLATFORM_ADMIN_EMAIL = "platform-admin@aimesh.test"
+
+
+class PlaintextUnchecked(UserWarning):
+    """A check skipped because the test mesh runs without mTLS (listed in pytest's summary)."""
 
 
 def free_port() -> int:
@@ -37,9 +43,16 @@ class TestMesh:
 
     __test__ = False  # not a test class
 
-    def __init__(self, tls_mode: str | None = None) -> None:
+    def __init__(self, tls_mode: str | None = None, extra_env: dict[str, str] | None = None) -> None:
         self.var_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-"))
-        overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
+        overrides = {
+            f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
+            for s in (*SERVICES, *HTTP_SERVICE_PORTS)
+        }
+        overrides.update({
+            f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}"
+            for s in (*SERVICES, *HTTP_SERVICE_PORTS)
+        })
         overrides.update(
             {
                 "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
@@ -53,6 +66,7 @@ class TestMesh:
                 "AIMESH_TLS_MODE": tls_mode or os.environ.get("AIMESH_TEST_TLS_MODE", "mtls"),
             }
         )
+        overrides.update(extra_env or {})
         # Triton is shared: reuse the developer's/CI's server on the default port if one runs.
         overrides.setdefault("AIMESH_TRITON_URL", os.environ.get("AIMESH_TRITON_URL", "127.0.0.1:8001"))
         self.stack = Stack.create(overrides, log_dir=self.var_dir / "log")
@@ -107,8 +121,7 @@ class TestMesh:
         """A ready Envoy gateway in front of the mesh; returns host:port."""
         process = self.stack.processes.get("gateway")
         if process is None or not process.alive():
-            if self.stack.start_gateway() is None:
-                raise RuntimeError("no gateway configuration (scripts/gateway.py) yet")
+            self.stack.start_gateway()
             self.stack.wait_ready(["gateway"], timeout=timeout)
         return self.settings.gateway_addr
 
@@ -118,6 +131,23 @@ class TestMesh:
 
     def stop(self, service: str) -> int | None:
         return self.stack.stop(service)
+
+    def crash(self, service: str) -> None:
+        """SIGKILL `service` and everything it started (its process group, as a container dies):
+        no drain, no shutdown hooks. Only processes this mesh started: it refuses others."""
+        process = self.stack.processes.pop(service)
+        if process.alive():
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        process.popen.wait()
+
+    def mtls_only(self, what: str) -> bool:
+        """Guard for checks that only mean something under mTLS (the peer's certificate is what
+        they test): True under mTLS, the default. In plaintext mode (AIMESH_TEST_TLS_MODE, for
+        debugging) it warns, naming the checks, so none is dropped silently."""
+        if self.settings.tls_mode == "mtls":
+            return True
+        warnings.warn(PlaintextUnchecked(f"not checked in plaintext mode: {what}"), stacklevel=2)
+        return False
 
     def channel(self, service: str, identity: str = "gateway") -> grpc.aio.Channel:
         """An aio channel to `service` as mesh `identity` (under mTLS, with that identity's

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -35,6 +35,15 @@ class ProviderRequest:
     seed: int | None = None
     # Retrieved passages, numbered [1..n] in order; hosted models get them in the system prompt.
     passages: list[Passage] = field(default_factory=list)
+    # Function calling (models with CAPABILITY_TOOLS), in OpenAI's chat-completions shapes:
+    # tools [{"type": "function", "function": {...}}], tool_choice "auto"/"none"/"required" or
+    # {"type": "function", ...}, and per message index its tool_calls / tool_call_id.
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | dict[str, Any] | None = None
+    tool_calls: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    tool_call_ids: dict[int, str] = field(default_factory=dict)
+    # OpenAI's response_format object (models with CAPABILITY_JSON_MODE), else None.
+    response_format: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,14 +57,24 @@ class Piece:
 class Finish:
     """End of a generation: why it stopped and, if the provider reports them, token counts."""
 
-    reason: str  # "stop" | "length" | "content_filter"
+    reason: str  # "stop" | "length" | "content_filter" | "tool_calls"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     # Grounded providers: ids of the passages the answer cites, in citation-number order.
     cited_passage_ids: tuple[str, ...] = ()
 
 
-StreamItem = Piece | Finish
+@dataclass(frozen=True)
+class ToolCallPiece:
+    """Next piece of a tool call: id and name on a call's first piece, then argument text."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+StreamItem = Piece | ToolCallPiece | Finish
 
 
 class ProviderError(Exception):

@@ -15,7 +15,8 @@ from services.orchestrator.providers import (
     ProviderError,
     ProviderRequest,
     StreamItem,
-    with_grounding,
+    ToolCallPiece,
+    grounding_prompt,
 )
 from services.orchestrator.providers.http import (
     HTTPProvider,
@@ -25,7 +26,30 @@ from services.orchestrator.providers.http import (
 )
 from services.orchestrator.providers.sse import iter_sse
 
-_FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "stop"}
+_FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
+           "tool_calls": "tool_calls", "function_call": "tool_calls"}
+
+
+def chat_messages(request: ProviderRequest) -> list[dict[str, Any]]:
+    """The prompt as chat-completions messages: tool calls and tool results kept, retrieved
+    passages merged into the (first) system message."""
+    messages: list[dict[str, Any]] = []
+    for i, (role, content) in enumerate(request.messages):
+        message: dict[str, Any] = {"role": role, "content": content}
+        if i in request.tool_calls:
+            message["tool_calls"] = request.tool_calls[i]
+            if not content:
+                message["content"] = None
+        if i in request.tool_call_ids:
+            message["tool_call_id"] = request.tool_call_ids[i]
+        messages.append(message)
+    if request.passages:
+        context = grounding_prompt(request.passages)
+        if messages and messages[0]["role"] == "system":
+            messages[0]["content"] = f"{messages[0]['content']}\n\n{context}"
+        else:
+            messages.insert(0, {"role": "system", "content": context})
+    return messages
 
 
 class OpenAIProvider(HTTPProvider):
@@ -34,7 +58,7 @@ class OpenAIProvider(HTTPProvider):
     def body(self, deployment: Deployment, request: ProviderRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": deployment.deployment,
-            "messages": [{"role": r, "content": c} for r, c in with_grounding(request)],
+            "messages": chat_messages(request),
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": request.max_output_tokens,
@@ -45,6 +69,12 @@ class OpenAIProvider(HTTPProvider):
                 body[key] = value
         if request.stop:
             body["stop"] = request.stop
+        if request.tools:
+            body["tools"] = request.tools
+            if request.tool_choice is not None:
+                body["tool_choice"] = request.tool_choice
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
         return body
 
     async def stream(self, deployment: Deployment, request: ProviderRequest) -> AsyncIterator[StreamItem]:
@@ -72,9 +102,16 @@ class OpenAIProvider(HTTPProvider):
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     for choice in chunk.get("choices") or []:
-                        content = (choice.get("delta") or {}).get("content")
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
                         if content:
                             yield Piece(content)
+                        for call in delta.get("tool_calls") or []:
+                            function = call.get("function") or {}
+                            yield ToolCallPiece(
+                                index=int(call.get("index", 0)), id=call.get("id") or "",
+                                name=function.get("name") or "",
+                                arguments=function.get("arguments") or "")
                         if choice.get("finish_reason"):
                             finish_reason = choice["finish_reason"]
         except httpx.HTTPError as exc:

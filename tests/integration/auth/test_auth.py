@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from services.auth import crypto
 from services.common.channels import open_channel
 from services.common.errors import error_info, field_violations, status_from_rpc_error
+from services.common.identity import PLATFORM_ADMIN_SCOPE
 from tests.support.mesh import TestMesh, free_port
 
 PASSWORD = "correct horse battery staple"
@@ -216,7 +217,7 @@ async def test_check_caches_keys_and_revocation_overwrites_the_entry(
     assert denied.denied_response.status.code == 401
     assert json.loads(denied.denied_response.body)["details"][0]["reason"] == "API_KEY_REVOKED"
 
-    if mesh.settings.tls_mode == "mtls":
+    if mesh.mtls_only("ext_authz Check refused to a workload other than the gateway"):
         # Only Envoy asks ext_authz; another workload cannot probe keys through it.
         other = external_auth_pb2_grpc.AuthorizationStub(mesh.channel("auth", identity="usage"))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -310,16 +311,24 @@ async def test_rotation_keeps_old_tokens_valid_and_new_key_was_prepublished(
             old = await _sign_up(admin, email)
             before = (await http.get("/.well-known/jwks.json")).json()["keys"]
             old_kid = json.loads(crypto.b64url_decode(old.access_token.split(".")[0]))["kid"]
+            # What the gateway forwards for this token: its platform:admin scope included.
+            as_admin = (*_identity(old), ("x-aimesh-scopes", PLATFORM_ADMIN_SCOPE))
 
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await admin.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(
                     previous_key_grace=duration_pb2.Duration(seconds=-1)),
-                    metadata=_identity(old), timeout=10)
+                    metadata=as_admin, timeout=10)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
             rotated = await admin.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(
-                request_id=str(uuid.uuid4())), metadata=_identity(old), timeout=30)
+                request_id=str(uuid.uuid4())), metadata=as_admin, timeout=30)
             assert rotated.kid != old_kid
+            # The rotation is in the audit log, once (the refused attempt is not).
+            log = await admin.ListAuditEvents(auth_pb2.ListAuditEventsRequest(
+                parent=old.organization, action="auth.RotateSigningKey"), metadata=as_admin,
+                timeout=10)
+            assert [e.resource for e in log.audit_events] == [f"signingKeys/{rotated.kid}"]
+            assert log.audit_events[0].actor == old.user
             after = [k["kid"] for k in (await http.get("/.well-known/jwks.json")).json()["keys"]]
             assert after[0] == rotated.kid and old_kid in after  # old key kept for its tokens
             # Usually the new key was already published as "next" before the rotation.

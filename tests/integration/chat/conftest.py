@@ -43,6 +43,7 @@ def _catalog(base: str, path: Path) -> None:
         "flaky-test": [{"provider": "openai", "deployment": "flaky", "base_url": f"{base}/v1"}],
         "flaky-conv-test": [{"provider": "openai", "deployment": "flaky-conv", "base_url": f"{base}/v1"}],
         "claude-test": [{"provider": "anthropic", "deployment": "ok", "base_url": base}],
+        "picky-test": [{"provider": "openai", "deployment": "picky", "base_url": f"{base}/v1"}],
         "tiny-test": [{"provider": "triton", "deployment": "grounded_responder"}],
     }
     for name, deployments in test_models.items():

@@ -1,7 +1,9 @@
 """A local HTTP server replaying the OpenAI chat-completions and Anthropic Messages streaming
 wire formats (hosted APIs cannot be reached from here). The requested model id picks the
 scenario: "ok", "length", "rate-limited", "overloaded", "truncated", "malformed",
-"error-mid-stream", "error-event", "die-before-first", "slow-first", "endless", "flaky"."""
+"error-mid-stream", "error-event", "die-before-first", "slow-first", "endless", "flaky",
+"picky" (HTTP 400 invalid_request_error for a last message containing REJECT, else "ok") and
+"tools" (a get_weather tool call, then an answer once the tool result is in the messages)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,11 @@ class Replay:
         if scenario.startswith("flaky") and self.fail_next.get(scenario, 0) > 0:
             self.fail_next[scenario] -= 1
             scenario = "overloaded"
+        if scenario == "picky" and "REJECT" in str(body["messages"][-1].get("content", "")):
+            return web.json_response(
+                {"error": {"message": "Invalid 'messages[1].content': rejected by policy.",
+                           "type": "invalid_request_error", "param": "messages",
+                           "code": "invalid_value"}}, status=400)
         if scenario == "rate-limited":
             return web.json_response(
                 {"error": {"message": "Rate limit reached for gpt-4o-mini", "type": "requests",
@@ -59,6 +66,9 @@ class Replay:
                                      status=503)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
+        if scenario == "tools":
+            await self._tool_round(body, response)
+            return response
         if scenario == "die-before-first":
             request.transport.close()  # type: ignore[union-attr]
             return response
@@ -90,6 +100,32 @@ class Replay:
         await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         return response
+
+    async def _tool_round(self, body: dict, response: web.StreamResponse) -> None:  # type: ignore[type-arg]
+        """OpenAI's documented function-calling stream: tool_calls deltas (id, name, then the
+        arguments in pieces), finish_reason "tool_calls"; with the tool's result, a text answer."""
+        def chunk(delta: dict, finish: str | None = None) -> bytes:  # type: ignore[type-arg]
+            data = {"id": "chatcmpl-tools", "object": "chat.completion.chunk", "created": 1694268190,
+                    "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                         "finish_reason": finish}]}
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        await response.write(chunk({"role": "assistant", "content": None}))
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            for piece in ("It is ", json.loads(last["content"])["temperature"], " degrees."):
+                await response.write(chunk({"content": str(piece)}))
+            await response.write(chunk({}, "stop"))
+        else:
+            await response.write(chunk({"tool_calls": [{"index": 0, "id": "call_abc123", "type": "function",
+                                                        "function": {"name": "get_weather", "arguments": ""}}]}))
+            for piece in ('{"city', '": "Par', 'is"}'):
+                await response.write(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+            await response.write(chunk({}, "tool_calls"))
+        usage = {"id": "chatcmpl-tools", "object": "chat.completion.chunk", "choices": [],
+                 "usage": {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39}}
+        await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
 
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

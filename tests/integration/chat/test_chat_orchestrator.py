@@ -115,6 +115,21 @@ async def test_circuit_opens_after_failures_then_recovers(chat: ChatStack) -> No
     assert _text(events) == "".join(ANSWER)
 
 
+async def test_one_orgs_client_errors_do_not_open_the_circuit_for_others(chat: ChatStack) -> None:
+    """The reported scenario (issue 12 item 3): org P's requests that the provider refuses as
+    invalid (a client error, INVALID_ARGUMENT) must not make org V's valid chat on the same
+    deployment fail with "circuit open"."""
+    org_p, refused = _identity(), []
+    for _ in range(CIRCUIT_THRESHOLD + 3):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _run(chat, _request(model="models/picky-test", question="REJECT this"), org_p)
+        refused.append(caught.value.code())
+    events = await _run(chat, _request(model="models/picky-test"), _identity())  # org V
+    assert _text(events) == "".join(ANSWER)
+    # And org P's error stays the client error it is, not an outage.
+    assert set(refused) == {grpc.StatusCode.INVALID_ARGUMENT}
+
+
 async def test_guardrails_redact_pii_and_block_terms(chat: ChatStack) -> None:
     md = _identity()
     request = pb.GenerateRequest(model="models/grounded-extractive-v1", messages=[

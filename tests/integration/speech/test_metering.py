@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from decimal import Decimal
 
 import numpy as np
 from aimesh.speech.v1 import speech_pb2
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 
+from services.common.usage_client import to_micros
 from tests.integration.speech.conftest import RATE, Speech, recognition_config
 from tests.support.mesh import TestMesh
 
@@ -60,6 +62,8 @@ async def test_synthesis_and_recognition_are_metered_once(
     assert chars.quantity_micros == len(text) * 1_000_000
     assert chars.model == "voices/en-us-joe"  # the default voice (Piper)
     seconds = by_type[usage_pb2.RESOURCE_TYPE_AUDIO_SECONDS]
-    expected = np.frombuffer(audio.audio_content, dtype="<i2").size / RATE
-    assert seconds.quantity_micros == round(expected * 1_000_000)
+    samples = np.frombuffer(audio.audio_content, dtype="<i2").size
+    expected = samples / RATE
+    # Exact seconds, rounded half-up to the micro once (usage_client.to_micros).
+    assert seconds.quantity_micros == to_micros(Decimal(samples) / RATE)
     assert recognized.total_audio_processed.ToNanoseconds() == round(expected * 1e9)

@@ -6,12 +6,10 @@ from __future__ import annotations
 import subprocess
 import time
 
-import grpc
 import numpy as np
 import pytest
 
 from aimesh_sdk.audio import paced, pcm_chunks
-from services.common.errors import ServiceError
 from services.speech.audio import (
     SpeechDetector,
     StreamResampler,
@@ -21,7 +19,6 @@ from services.speech.audio import (
 )
 from services.speech.converse import take_sentences
 from services.speech.recognition import stability_of
-from services.speech.requests import page_token, parse_page_token
 from services.speech.synthesis import bcp47, split_sentences, wpm_for
 
 RATE = 16000
@@ -121,10 +118,6 @@ def test_small_helpers() -> None:
     assert bcp47("en-gb-x-rp") == "en-GB-x-rp" and bcp47("en-us") == "en-US"
     assert wpm_for(0) == 175 and wpm_for(0.25) == 80 and wpm_for(4.0) == 450
     assert stability_of(["a", "b"], ["a", "b", "c"]) == pytest.approx(0.67, abs=0.01)
-    assert parse_page_token(page_token(50, "en"), "en") == 50
-    with pytest.raises(ServiceError) as info:
-        parse_page_token(page_token(50, "en"), "de")
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_paced_audio_runs_in_real_time() -> None:

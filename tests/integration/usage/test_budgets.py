@@ -8,6 +8,7 @@ import asyncio
 import uuid
 
 import grpc
+import psycopg
 import pytest
 import redis.asyncio as aioredis
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -39,6 +40,18 @@ async def make_budget(stub: usage_pb2_grpc.UsageServiceStub, org: str, **caps: o
     return await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=budget), metadata=identity(org), timeout=10)
 
 
+async def settled_in_postgres(mesh: TestMesh, budget: usage_pb2.Budget) -> tuple[int, int]:
+    """(sum of settled amounts, settled reservations) of `budget` in Usage's PostgreSQL ledger of
+    reservations: the durable truth, read directly rather than through the Redis counters."""
+    budget_id = budget.name.removeprefix("budgets/")
+    async with await psycopg.AsyncConnection.connect(mesh.settings.database_url) as conn:
+        cur = await conn.execute(
+            "SELECT coalesce(sum(settled_amount_micros), 0), count(*) FROM usage.reservations "
+            "WHERE state = 2 AND %s::uuid = ANY(budgets)", (budget_id,))
+        total, count = await cur.fetchone()  # type: ignore[misc]
+    return int(total), int(count)
+
+
 async def test_concurrent_reservations_never_overrun_a_small_budget(mesh: TestMesh) -> None:
     mesh.ensure("usage")
     stub = gateway_stub(mesh)
@@ -47,37 +60,45 @@ async def test_concurrent_reservations_never_overrun_a_small_budget(mesh: TestMe
     limit, estimate = 1_000_000, 70_000  # $1.00 budget, $0.07 per request
     budget = await make_budget(stub, org, monthly_limit_micros=limit, currency_code="USD")
 
-    async def work(i: int) -> int:
+    async def work(wave: int, i: int) -> tuple[int, int]:
+        """(settled amount, overrun above the estimate) of one request."""
         try:
             r = await svc.ReserveBudget(
                 usage_pb2.ReserveBudgetRequest(
                     organization=f"organizations/{org}", estimated_amount_micros=estimate,
-                    currency_code="USD", request_id=f"w-{i}",
+                    currency_code="USD", request_id=f"w{wave}-{i}",
                 ),
                 timeout=20,
             )
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-            return 0
+            return 0, 0
         await asyncio.sleep(0.01)
         actual = estimate - (i % 3) * 10_000 if i % 5 else estimate + 5_000  # some settle above
         if i % 7 == 0:
             await svc.ReleaseReservation(usage_pb2.ReleaseReservationRequest(name=r.name), timeout=20)
-            return 0
+            return 0, 0
         settled = await svc.SettleReservation(
             usage_pb2.SettleReservationRequest(name=r.name, actual_amount_micros=actual), timeout=20
         )
         assert settled.state == State.STATE_SETTLED
-        return actual
+        return actual, max(0, actual - estimate)
 
-    for _ in range(2):  # a second wave runs against the nearly spent budget
-        spends = await asyncio.gather(*(work(i) for i in range(60)))
-    total = sum(spends)
+    total = overrun = settles = 0
+    for wave in range(2):  # the second wave runs against the nearly spent budget
+        results = await asyncio.gather(*(work(wave, i) for i in range(60)))
+        total += sum(spent for spent, _ in results)
+        overrun += sum(over for _, over in results)
+        settles += sum(1 for spent, _ in results if spent)
     current = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
+    in_postgres, settled_rows = await settled_in_postgres(mesh, budget)
+    assert settled_rows == settles
+    # Both waves' settles, counted once each, alike in the ledger and in the live counters.
+    assert in_postgres == total == current.spent_micros
     assert current.reserved_micros == 0
-    assert current.spent_micros <= limit + estimate
-    assert current.spent_micros >= limit - 2 * estimate  # the budget was actually used up
-    assert total <= current.spent_micros  # second wave's settles are counted too
+    # The documented bound (usage.proto, UsageService): cap + what settles ran over estimates.
+    assert in_postgres <= limit + overrun
+    assert in_postgres >= limit - 2 * estimate  # the budget was actually used up
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await svc.ReserveBudget(
@@ -96,6 +117,37 @@ async def test_concurrent_reservations_never_overrun_a_small_budget(mesh: TestMe
     assert info.metadata["limit_micros"] == str(limit)
     quota = [d for d in status.details if d.Is(error_details_pb2.QuotaFailure.DESCRIPTOR)]
     assert quota, "QuotaFailure detail missing"
+
+
+async def test_spend_exceeds_a_cap_by_exactly_the_settle_overruns(mesh: TestMesh) -> None:
+    """The bound documented on UsageService, reached exactly: holds fill the cap, every one
+    settles above its estimate (never refused: the work is done), and the spend ends at cap +
+    the sum of the overruns, in PostgreSQL and in GetBudget alike; no new hold fits."""
+    mesh.ensure("usage")
+    stub = gateway_stub(mesh)
+    svc = service_stub(mesh)
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    limit, estimate, overruns = 1_000, 250, (10, 0, 45, 120)
+    budget = await make_budget(stub, org, monthly_limit_micros=limit, currency_code="USD")
+
+    def reserve(amount: int) -> object:
+        return svc.ReserveBudget(usage_pb2.ReserveBudgetRequest(
+            organization=f"organizations/{org}", estimated_amount_micros=amount, currency_code="USD"),
+            timeout=10)
+
+    holds = [await reserve(estimate) for _ in overruns]  # 4 x 250: exactly the cap
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reserve(1)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for hold, over in zip(holds, overruns):
+        settled = await svc.SettleReservation(usage_pb2.SettleReservationRequest(
+            name=hold.name, actual_amount_micros=estimate + over), timeout=10)  # type: ignore[attr-defined]
+        assert settled.state == State.STATE_SETTLED
+    current = await stub.GetBudget(usage_pb2.GetBudgetRequest(name=budget.name), metadata=identity(org), timeout=10)
+    assert (await settled_in_postgres(mesh, budget))[0] == current.spent_micros == limit + sum(overruns)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reserve(1)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_settle_release_idempotency_and_states(mesh: TestMesh) -> None:
@@ -234,7 +286,7 @@ async def test_budget_crud_and_bad_input(mesh: TestMesh) -> None:
     assert {f for f, _ in field_violations(status_from_rpc_error(err.value))} == {  # type: ignore[arg-type]
         "estimated_amount_micros", "currency_code", "ttl"}
 
-    if mesh.settings.tls_mode == "mtls":
+    if mesh.mtls_only("ReserveBudget refused to the gateway"):
         # The gateway (hence any end user) may never hold or release budget on its own.
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ReserveBudget(usage_pb2.ReserveBudgetRequest(

@@ -131,7 +131,7 @@ async def test_concurrent_records_with_retried_duplicates_total_exactly(mesh: Te
     assert len(exported) == 1000
     assert sum(int(r["quantity_micros"]) for r in exported) == sum(expected.values())
 
-    if mesh.settings.tls_mode == "mtls":
+    if mesh.mtls_only("RecordUsage refused to the gateway"):
         # Ledger writes never come from the gateway: an end user cannot credit usage.
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.RecordUsage(usage_pb2.RecordUsageRequest(records=records[:1]),
@@ -170,13 +170,6 @@ async def test_list_paginates_newest_first_and_export_is_csv(mesh: TestMesh) -> 
         metadata=identity(org), timeout=10,
     )
     assert len(keyed.usage_records) == 12
-
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.ListUsageRecords(
-            usage_pb2.ListUsageRecordsRequest(page_size=7, page_token=page.next_page_token or "bm90LWpzb24="),
-            metadata=identity(org), timeout=10,
-        )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     body = b""
     async for chunk in stub.ExportUsageRecords(

@@ -118,14 +118,22 @@ async def test_default_policy_and_unknown_descriptors(mesh: TestMesh) -> None:
     policy = await usage.GetRateLimitPolicy(
         usage_pb2.GetRateLimitPolicyRequest(name=f"organizations/{org}/rateLimitPolicy"), timeout=5
     )
-    assert policy.organization_requests_per_minute == mesh.settings.ratelimit_default_org_rpm
-    assert policy.api_key_requests_per_minute == mesh.settings.ratelimit_default_key_rpm
+    # Organizations without their own policy get the default one (Billing sets it to its
+    # default plan's limits; the configured defaults until it ever has).
+    default = await usage.GetRateLimitPolicy(
+        usage_pb2.GetRateLimitPolicyRequest(name="organizations/-/rateLimitPolicy"), timeout=5
+    )
+    if not default.plan:
+        assert default.organization_requests_per_minute == mesh.settings.ratelimit_default_org_rpm
+        assert default.api_key_requests_per_minute == mesh.settings.ratelimit_default_key_rpm
+    assert policy.organization_requests_per_minute == default.organization_requests_per_minute
+    assert policy.api_key_requests_per_minute == default.api_key_requests_per_minute
     assert not policy.HasField("update_time")
 
     stub = rls_pb2_grpc.RateLimitServiceStub(mesh.channel("usage"))
     reply = await stub.ShouldRateLimit(request(org, "k"), timeout=5)
     assert reply.overall_code == Code.OK
-    assert reply.statuses[1].current_limit.requests_per_unit == mesh.settings.ratelimit_default_key_rpm
+    assert reply.statuses[1].current_limit.requests_per_unit == default.api_key_requests_per_minute
     Descriptor = ratelimit_pb2.RateLimitDescriptor
     odd = rls_pb2.RateLimitRequest(
         descriptors=[Descriptor(entries=[Descriptor.Entry(key="path", value="/x")])]
@@ -167,7 +175,7 @@ async def test_bad_policy_is_invalid_argument(mesh: TestMesh) -> None:
         "policy.api_key_requests_per_minute",
     }
 
-    if mesh.settings.tls_mode == "mtls":
+    if mesh.mtls_only("SetRateLimitPolicy refused to the gateway"):
         # The gateway may ask ShouldRateLimit but never set a policy (that would lift its limit).
         gateway = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="gateway"))
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -183,7 +191,7 @@ async def test_bad_policy_is_invalid_argument(mesh: TestMesh) -> None:
 async def test_gateway_calls_without_identity_cannot_pick_an_organization(mesh: TestMesh) -> None:
     """The gateway always acts for an authenticated end user; an identity-less call from it
     naming some organization is refused (a service acting on its own account may do so)."""
-    if mesh.settings.tls_mode != "mtls":
+    if not mesh.mtls_only("identity-less gateway calls refused"):
         pytest.skip("needs mTLS: the peer's identity is what tells the gateway from a service")
     mesh.ensure("usage")
     name = f"organizations/o_{uuid.uuid4().hex[:12]}/rateLimitPolicy"

@@ -21,13 +21,8 @@ from services.common.channels import Channels
 from services.common.db import Database
 from services.common.errors import ServiceError
 from services.common.server import Runtime
-from services.common.usage_client import (
-    ResourceType,
-    UsageClient,
-    client_for,
-    record_usage,
-    to_micros,
-)
+from services.common.identity import Identity
+from services.common.usage_client import ResourceType, UsageClient, to_micros
 from tests.support.mesh import TestMesh
 
 CALLER_SCHEMA = "usage_client_test"
@@ -37,7 +32,8 @@ CALLER_SCHEMA = "usage_client_test"
 async def caller(mesh: TestMesh) -> AsyncIterator[tuple[Runtime, UsageClient]]:
     """A stand-in calling service: its own schema and a UsageClient with a running drainer."""
     db = Database(mesh.settings.database_url, CALLER_SCHEMA, 4)
-    await db.migrate(Path("/nonexistent"))  # creates the schema only
+    # The outbox comes from a metering service's own migration, as in production.
+    await db.migrate(Path(__file__).resolve().parents[3] / "services" / "orchestrator" / "migrations")
     await db.open()
     # Short backoff so the test does not wait out production delays.
     settings = dataclasses.replace(
@@ -47,15 +43,13 @@ async def caller(mesh: TestMesh) -> AsyncIterator[tuple[Runtime, UsageClient]]:
     # Calls as a service that records usage (the test process itself is "operator", which the
     # caller graph rightly refuses ledger writes); registered as the runtime's shared client.
     client = UsageClient(runtime, Channels(settings, caller="knowledge"))
-    runtime._usage_client = client  # type: ignore[attr-defined]
     try:
         yield runtime, client
     finally:
         for task in runtime.tasks:
             task.cancel()
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
-        for c in {client, getattr(runtime, "_usage_client", client)}:
-            await c.channels.close()
+        await client.channels.close()
         await db.close()
 
 
@@ -93,8 +87,8 @@ async def test_usage_down_delays_but_never_drops(mesh: TestMesh, caller: tuple[R
 
     async def produce(prefix: str, n: int) -> None:
         for i in range(n):
-            await client.record(org=org, resource_type=ResourceType.RESOURCE_TYPE_PROMPT_TOKENS,
-                                quantity=10 + i, request_id=f"{prefix}-{i}", model="models/m")
+            await client.meter(Identity(org, "users/u"), ResourceType.RESOURCE_TYPE_PROMPT_TOKENS,
+                               10 + i, f"{prefix}-{i}", model="models/m")
             await asyncio.sleep(0.005)
 
     await produce("before", 50)
@@ -105,7 +99,8 @@ async def test_usage_down_delays_but_never_drops(mesh: TestMesh, caller: tuple[R
     await produce("after", 50)
     await wait_until(lambda: _empty(client))
     ids = await ledger_ids(mesh, org)
-    expected = {f"{p}-{i}" for p, n in (("before", 50), ("during", 150), ("after", 50)) for i in range(n)}
+    expected = {f"{p}-{i}/prompt_tokens" for p, n in (("before", 50), ("during", 150), ("after", 50))
+                for i in range(n)}
     assert len(ids) == len(expected) and set(ids) == expected  # each exactly once
 
     stub = billing_reader(mesh)
@@ -127,13 +122,15 @@ async def test_redelivery_after_lost_ack_is_not_double_counted(mesh: TestMesh, c
     _, client = caller
     mesh.ensure("usage")
     org = f"org-{uuid.uuid4().hex[:12]}"
-    record = client.make_record(org=org, resource_type=ResourceType.RESOURCE_TYPE_SEARCHES,
-                                quantity=1, request_id="once")
+    await client.meter(Identity(org, "users/u"), ResourceType.RESOURCE_TYPE_SEARCHES, 1, "once")
+    async with client.db.connection() as conn:
+        cur = await conn.execute("SELECT record FROM usage_outbox ORDER BY id DESC LIMIT 1")
+        record = usage_pb2.UsageRecord.FromString(bytes((await cur.fetchone())["record"]))
     # Simulate a delivery whose acknowledgement was lost: Usage has it, the outbox still too.
     await client.stub.RecordUsage(usage_pb2.RecordUsageRequest(records=[record]), timeout=10)
-    await client.record_many([record])
+    await client._enqueue([record])
     await wait_until(lambda: _empty(client))
-    assert await ledger_ids(mesh, org) == ["once"]
+    assert await ledger_ids(mesh, org) == ["once/searches"]
 
 
 async def test_invalid_records_are_parked_not_blocking(mesh: TestMesh, caller: tuple[Runtime, UsageClient]) -> None:
@@ -144,12 +141,11 @@ async def test_invalid_records_are_parked_not_blocking(mesh: TestMesh, caller: t
     async with runtime.db.connection() as conn:  # type: ignore[union-attr]
         await conn.execute("DELETE FROM usage_outbox WHERE dead_reason IS NOT NULL")
         # Joins the caller's transaction: both rows commit together.
-        await client.record(org=org, resource_type=ResourceType.RESOURCE_TYPE_SEARCHES, quantity=1,
-                            request_id="too-old", occur_time=old, conn=conn)
-        await client.record(org=org, resource_type=ResourceType.RESOURCE_TYPE_SEARCHES, quantity=1,
-                            request_id="fine", conn=conn)
+        payer = Identity(org, "users/u")
+        await client.meter(payer, ResourceType.RESOURCE_TYPE_SEARCHES, 1, "too-old", occur_time=old, conn=conn)
+        await client.meter(payer, ResourceType.RESOURCE_TYPE_SEARCHES, 1, "fine", conn=conn)
     await wait_until(lambda: _empty(client))
-    assert await ledger_ids(mesh, org) == ["fine"]
+    assert await ledger_ids(mesh, org) == ["fine/searches"]
     async with runtime.db.connection() as conn:  # type: ignore[union-attr]
         cur = await conn.execute("SELECT dead_reason FROM usage_outbox WHERE dead_reason IS NOT NULL")
         reasons = [r["dead_reason"] for r in await cur.fetchall()]
@@ -193,24 +189,46 @@ async def test_reserve_settles_releases_and_propagates_budget_errors(
     assert (current.spent_micros, current.reserved_micros) == (550, 0)
 
 
-async def test_module_level_record_usage_shortcut(mesh: TestMesh, caller: tuple[Runtime, UsageClient]) -> None:
-    runtime, _ = caller
+async def test_meter_derives_payer_and_ids_from_the_identity(
+    mesh: TestMesh, caller: tuple[Runtime, UsageClient]
+) -> None:
+    _, client = caller
     mesh.ensure("usage")
     org = f"org-{uuid.uuid4().hex[:12]}"
-    await record_usage(runtime, org=org, resource_type="RESOURCE_TYPE_SEARCHES", quantity=1,
-                       request_id="s-1", subject="alice", api_key="k9", source="knowledge")
-    await record_usage(runtime, org=f"organizations/{org}", resource_type="chunks_embedded",
-                       quantity=12, request_id="c-1")
-    shared = client_for(runtime)
-    assert client_for(runtime) is shared
-    await shared.flush()
-    stub = billing_reader(mesh)
-    page = await stub.ListUsageRecords(usage_pb2.ListUsageRecordsRequest(
+    await client.meter(Identity(org, "users/alice"), ResourceType.RESOURCE_TYPE_SEARCHES, 1, "s-1")
+    await client.meter(Identity(f"organizations/{org}", "apiKeys/k9", key_id="k9"),
+                       ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED, 12, "c-1")
+    await client.meter(Identity(org, "users/alice"), ResourceType.RESOURCE_TYPE_SEARCHES, 0, "zero")
+    await client.flush()
+    page = await billing_reader(mesh).ListUsageRecords(usage_pb2.ListUsageRecordsRequest(
         organization=f"organizations/{org}"), timeout=10)
     got = {r.request_id: r for r in page.usage_records}
-    assert got["s-1"].user == "users/alice"
-    assert got["s-1"].api_key == f"organizations/{org}/apiKeys/k9"
-    assert got["c-1"].quantity_micros == 12_000_000
-    assert got["c-1"].resource_type == ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED
+    assert set(got) == {"s-1/searches", "c-1/chunks_embedded"}  # a zero quantity bills nothing
+    assert (got["s-1/searches"].user, got["s-1/searches"].api_key) == ("users/alice", "")
+    assert got["c-1/chunks_embedded"].api_key == f"organizations/{org}/apiKeys/k9"
+    assert got["c-1/chunks_embedded"].user == ""
+    assert got["c-1/chunks_embedded"].quantity_micros == 12_000_000
+    assert got["c-1/chunks_embedded"].source == "testcaller"
     with pytest.raises(ValueError):
-        await record_usage(runtime, org=org, resource_type="bananas", quantity=1, request_id="x")
+        await client.meter(Identity(org, "users/a"), 999, 1, "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await client.meter(Identity(org, "users/a"), ResourceType.RESOURCE_TYPE_SEARCHES, -1, "x")
+
+
+async def test_a_cancelled_caller_still_queues_its_record(
+    mesh: TestMesh, caller: tuple[Runtime, UsageClient]
+) -> None:
+    """A client hanging up cancels the request task: the insert it started finishes anyway."""
+    _, client = caller
+    mesh.ensure("usage")
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    calls = [asyncio.ensure_future(client.meter(Identity(org, "users/u"),
+                                                ResourceType.RESOURCE_TYPE_SEARCHES, 1, f"c-{i}"))
+             for i in range(20)]
+    await asyncio.sleep(0)  # the inserts have started
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    await client._inserts.wait()
+    await client.flush()
+    assert sorted(await ledger_ids(mesh, org)) == sorted(f"c-{i}/searches" for i in range(20))

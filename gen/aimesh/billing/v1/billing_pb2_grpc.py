@@ -187,7 +187,8 @@ class BillingServiceServicer(object):
         again returns the same invoice (same name); a DRAFT is recomputed from the latest usage,
         a FINALIZED, PAID or VOID invoice is returned unchanged.
 
-        Errors: INVALID_ARGUMENT (period_start_time not the first instant of a UTC month),
+        Errors: INVALID_ARGUMENT (period_start_time not the first instant of a UTC month, in the
+        future, or more than 24 months before the current month),
         FAILED_PRECONDITION (reason PERIOD_NOT_ENDED: the period has not ended yet, unless
         allow_open_period), PERMISSION_DENIED (another organization without admin rights).
         """

@@ -186,3 +186,27 @@ class SearchDocumentsResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     mode: SearchMode
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
+
+class EmbedTextsRequest(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TextEmbedding(_message.Message):
+    __slots__ = ("values", "token_count")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    token_count: int
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., token_count: _Optional[int] = ...) -> None: ...
+
+class EmbedTextsResponse(_message.Message):
+    __slots__ = ("embeddings", "model", "total_tokens")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[TextEmbedding]
+    model: str
+    total_tokens: int
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[TextEmbedding, _Mapping]]] = ..., model: _Optional[str] = ..., total_tokens: _Optional[int] = ...) -> None: ...

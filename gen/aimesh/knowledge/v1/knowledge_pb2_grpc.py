@@ -76,6 +76,11 @@ class KnowledgeServiceStub(object):
                 request_serializer=aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.SerializeToString,
                 response_deserializer=aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.FromString,
                 _registered_method=True)
+        self.EmbedTexts = channel.unary_unary(
+                '/aimesh.knowledge.v1.KnowledgeService/EmbedTexts',
+                request_serializer=aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedTextsRequest.SerializeToString,
+                response_deserializer=aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedTextsResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServiceServicer(object):
@@ -120,8 +125,10 @@ class KnowledgeServiceServicer(object):
         Errors: INVALID_ARGUMENT with field violations when the first message is not `metadata`,
         a later one is, the content is empty, or metadata is invalid (as CreateDocument);
         OUT_OF_RANGE when a chunk exceeds 1 MiB or the total exceeds 64 MiB (the stream is ended
-        at once); ALREADY_EXISTS and RESOURCE_EXHAUSTED as CreateDocument. If the client cancels,
-        nothing is stored.
+        at once), and OUT_OF_RANGE with reason STREAM_IDLE_TIMEOUT when no message arrives for
+        10 seconds (as StreamingRecognize; e.g. a stream that sends only metadata and waits);
+        ALREADY_EXISTS and RESOURCE_EXHAUSTED as CreateDocument. If the client cancels or the
+        stream is ended, nothing is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +180,20 @@ class KnowledgeServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedTexts(self, request, context):
+        """Embeds texts with the model Knowledge indexes documents with (all-MiniLM-L6-v2 on
+        Triton: 384 dimensions, L2-normalized), so the vectors compare directly with the indexed
+        chunks'. Backs the OpenAI-compatible /openai/v1/embeddings. Each text counts as one
+        embedded chunk in the organization's usage.
+
+        Errors: INVALID_ARGUMENT with field violations for no texts or more than 2,048, an empty
+        text, or a text longer than the model's 256 word pieces (nothing is truncated);
+        UNAVAILABLE when the embedding model cannot be reached (retryable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KnowledgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +226,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.SearchDocuments,
                     request_deserializer=aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.FromString,
                     response_serializer=aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.SerializeToString,
+            ),
+            'EmbedTexts': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedTexts,
+                    request_deserializer=aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedTextsRequest.FromString,
+                    response_serializer=aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedTextsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -380,6 +406,33 @@ class KnowledgeService(object):
             '/aimesh.knowledge.v1.KnowledgeService/SearchDocuments',
             aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.SerializeToString,
             aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedTexts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aimesh.knowledge.v1.KnowledgeService/EmbedTexts',
+            aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedTextsRequest.SerializeToString,
+            aimesh_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedTextsResponse.FromString,
             options,
             channel_credentials,
             insecure,

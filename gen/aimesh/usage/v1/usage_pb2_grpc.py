@@ -46,6 +46,18 @@ class UsageServiceStub(object):
     reserved_micros, currency_code}} and google.rpc.QuotaFailure{violations: [{subject: the
     budget name, description}]}. Token caps report reason "TOKEN_BUDGET_EXCEEDED" the same way
     with limit_tokens/used_tokens.
+
+    How far spend can exceed a cap, exactly: a reservation is admitted only while settled +
+    held + its estimate <= cap, and a settle is never refused for the cap (the work is done).
+    So a period's settled spend (the sum of its SETTLED reservations in PostgreSQL, which
+    Budget.spent_micros reports) is at most cap + the sum, over reservations settled after the
+    last admitted reservation, of max(0, actual_amount_micros - estimated_amount_micros); it is
+    never above cap + the sum of all settle overruns, and never above cap when no settle exceeds
+    its estimate. The same holds for tokens (actual_tokens against estimated_tokens). Outside
+    this bound, by design: a cap lowered by UpdateBudget does not recall holds already admitted;
+    holds are kept in Redis, so if Redis loses its data, holds open at that moment stop counting
+    (settled spend is re-seeded from PostgreSQL); work a caller runs without a reservation (e.g.
+    Usage unreachable and the caller fails open) is metered in the ledger but not held.
     """
 
     def __init__(self, channel):
@@ -145,6 +157,18 @@ class UsageServiceServicer(object):
     reserved_micros, currency_code}} and google.rpc.QuotaFailure{violations: [{subject: the
     budget name, description}]}. Token caps report reason "TOKEN_BUDGET_EXCEEDED" the same way
     with limit_tokens/used_tokens.
+
+    How far spend can exceed a cap, exactly: a reservation is admitted only while settled +
+    held + its estimate <= cap, and a settle is never refused for the cap (the work is done).
+    So a period's settled spend (the sum of its SETTLED reservations in PostgreSQL, which
+    Budget.spent_micros reports) is at most cap + the sum, over reservations settled after the
+    last admitted reservation, of max(0, actual_amount_micros - estimated_amount_micros); it is
+    never above cap + the sum of all settle overruns, and never above cap when no settle exceeds
+    its estimate. The same holds for tokens (actual_tokens against estimated_tokens). Outside
+    this bound, by design: a cap lowered by UpdateBudget does not recall holds already admitted;
+    holds are kept in Redis, so if Redis loses its data, holds open at that moment stop counting
+    (settled spend is re-seeded from PostgreSQL); work a caller runs without a reservation (e.g.
+    Usage unreachable and the caller fails open) is metered in the ledger but not held.
     """
 
     def RecordUsage(self, request, context):
@@ -286,8 +310,9 @@ class UsageServiceServicer(object):
 
     def SetRateLimitPolicy(self, request, context):
         """Replaces an organization's rate-limit policy (full replace, no field mask). Called by
-        Billing when an organization's plan changes; takes effect for the gateway's next
-        rate-limit check.
+        Billing when an organization's plan changes, and for "organizations/-/rateLimitPolicy"
+        (the default) when its default plan's limits are known or change; takes effect for the
+        gateway's next rate-limit check.
 
         Errors: INVALID_ARGUMENT (limits not positive), PERMISSION_DENIED (caller is not the
         Billing service or a platform admin).
@@ -396,6 +421,18 @@ class UsageService(object):
     reserved_micros, currency_code}} and google.rpc.QuotaFailure{violations: [{subject: the
     budget name, description}]}. Token caps report reason "TOKEN_BUDGET_EXCEEDED" the same way
     with limit_tokens/used_tokens.
+
+    How far spend can exceed a cap, exactly: a reservation is admitted only while settled +
+    held + its estimate <= cap, and a settle is never refused for the cap (the work is done).
+    So a period's settled spend (the sum of its SETTLED reservations in PostgreSQL, which
+    Budget.spent_micros reports) is at most cap + the sum, over reservations settled after the
+    last admitted reservation, of max(0, actual_amount_micros - estimated_amount_micros); it is
+    never above cap + the sum of all settle overruns, and never above cap when no settle exceeds
+    its estimate. The same holds for tokens (actual_tokens against estimated_tokens). Outside
+    this bound, by design: a cap lowered by UpdateBudget does not recall holds already admitted;
+    holds are kept in Redis, so if Redis loses its data, holds open at that moment stop counting
+    (settled spend is re-seeded from PostgreSQL); work a caller runs without a reservation (e.g.
+    Usage unreachable and the caller fails open) is metered in the ledger but not held.
     """
 
     @staticmethod

@@ -1,0 +1,209 @@
+"""The edge's HTTP surface: routes decode the OpenAI request, call the domain (which calls the
+gRPC services as the `edge` mesh identity, forwarding the caller's identity headers), and
+encode OpenAI's response. Every error leaves in OpenAI's error shape (services/edge/errors.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from aimesh.knowledge.v1 import knowledge_pb2_grpc
+from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
+from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.exceptions import HTTPException
+
+from services.common.channels import Channels
+from services.common.config import Settings
+from services.common.identity import Identity, identity_from_metadata
+from services.edge import schemas
+from services.edge.chat import MODEL, ChatCompletions, model_name
+from services.edge.embeddings import EMBEDDING_MODEL, Embeddings
+from services.edge.errors import OpenAIError, from_rpc_error
+
+log = logging.getLogger("aimesh.edge")
+
+PREFIX = "/openai/v1"
+# The edge is ready when the service every endpoint needs answers its health check.
+READINESS_DEPENDENCY = "orchestrator"
+
+
+class Backends:
+    """gRPC stubs of the services the edge calls, over one pooled channel per service."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.channels = Channels(settings)
+        self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(
+            self.channels.get("orchestrator"))
+        self.chat = ChatCompletions(self.orchestrator)
+        self.embeddings = Embeddings(
+            knowledge_pb2_grpc.KnowledgeServiceStub(self.channels.get("knowledge")))
+
+    async def ready(self) -> bool:
+        stub = health_pb2_grpc.HealthStub(self.channels.get(READINESS_DEPENDENCY))
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def close(self) -> None:
+        await self.channels.close()
+
+
+def caller(request: Request) -> Identity:
+    """The authenticated caller the gateway established (x-aimesh-* headers)."""
+    identity = identity_from_metadata(request.headers.items())
+    if identity is None:
+        raise OpenAIError(401, "no caller identity: call through the gateway with "
+                          "'Authorization: Bearer <API key>'", kind="authentication_error",
+                          code="invalid_api_key")
+    return identity
+
+
+def forwarded(request: Request, identity: Identity) -> list[tuple[str, str]]:
+    """gRPC metadata for a downstream call: the caller's identity and Envoy's request id (which
+    services use to meter a retried request once)."""
+    headers = identity.to_headers()
+    request_id = request.headers.get("x-request-id")
+    if request_id:
+        headers.append(("x-request-id", request_id))
+    return headers
+
+
+# Knowledge's embedding model is listed beside the Orchestrator's chat models.
+EMBEDDING_MODEL_OBJECT = schemas.ModelObject(id=EMBEDDING_MODEL, created=0, owned_by="triton")
+
+
+def model_object(model: opb.Model) -> schemas.ModelObject:
+    # The catalog keeps no creation time; 0 says "unknown" in the field OpenAI requires.
+    return schemas.ModelObject(id=MODEL.id(model.name, "model"), created=0,
+                               owned_by=model.provider or "aimesh")
+
+
+def error_response(error: OpenAIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+
+def _validation_error(exc: RequestValidationError) -> OpenAIError:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return OpenAIError(400, "We could not parse the JSON body of your request. (HINT: This "
+                           "likely means you aren't using your HTTP library correctly. The OpenAI "
+                           "API expects a JSON payload.)", code="invalid_json")
+    if first.get("type") == "extra_forbidden":
+        return OpenAIError(400, f"Unrecognized request argument supplied: {param}", param=param,
+                           code="unknown_parameter")
+    if first.get("type") == "missing":
+        return OpenAIError(400, f"Missing required parameter: '{param}'.", param=param,
+                           code="missing_required_parameter")
+    return OpenAIError(400, f"Invalid value for '{param}': {first.get('msg', 'invalid')}",
+                       param=param, code="invalid_value")
+
+
+def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.backends = backends or Backends(settings)
+        try:
+            yield
+        finally:
+            await app.state.backends.close()
+
+    app = FastAPI(title="aimesh OpenAI-compatible API", version="1", lifespan=lifespan,
+                  openapi_url=f"{PREFIX}/openapi.json", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_validation_error(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(OpenAIError(404, f"Invalid URL ({request.method} "
+                                              f"{request.url.path})", code="unknown_url"))
+        if exc.status_code == 405:
+            return error_response(OpenAIError(405, f"{request.method} is not allowed on "
+                                              f"{request.url.path}", code="method_not_allowed"))
+        return error_response(OpenAIError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("edge request failed", exc_info=exc)
+        return error_response(OpenAIError(500, "internal error in the aimesh edge",
+                                          code="internal_error"))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> PlainTextResponse:
+        if await request.app.state.backends.ready():
+            return PlainTextResponse("ready")
+        return PlainTextResponse(f"waiting for {READINESS_DEPENDENCY}", status_code=503)
+
+    @app.get(f"{PREFIX}/models", response_model=schemas.ModelList)
+    async def list_models(request: Request) -> dict[str, Any]:
+        identity = caller(request)
+        stub = request.app.state.backends.orchestrator
+        models: list[schemas.ModelObject] = []
+        token = ""
+        try:
+            while True:
+                page = await stub.ListModels(opb.ListModelsRequest(page_size=1000, page_token=token),
+                                             metadata=identity.to_headers())
+                models += [model_object(m) for m in page.models]
+                token = page.next_page_token
+                if not token:
+                    break
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return schemas.ModelList(data=[*models, EMBEDDING_MODEL_OBJECT]).wire()
+
+    @app.get(PREFIX + "/models/{model_id:path}", response_model=schemas.ModelObject)
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        identity = caller(request)
+        if model_id == EMBEDDING_MODEL:
+            return EMBEDDING_MODEL_OBJECT.wire()
+        stub = request.app.state.backends.orchestrator
+        try:
+            model = await stub.GetModel(opb.GetModelRequest(name=model_name(model_id)),
+                                        metadata=identity.to_headers())
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                error = OpenAIError(404, f"The model '{model_id}' does not exist",
+                                    param="model", code="model_not_found")
+            raise error from None
+        return model_object(model).wire()
+
+    @app.post(f"{PREFIX}/chat/completions", response_model=schemas.ChatCompletion)
+    async def chat_completions(body: schemas.ChatCompletionRequest, request: Request) -> Any:
+        identity = caller(request)
+        chat: ChatCompletions = request.app.state.backends.chat
+        if body.stream:
+            return StreamingResponse(await chat.stream(body, identity), media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
+        return JSONResponse(await chat.complete(body, identity))
+
+    @app.post(f"{PREFIX}/embeddings", response_model=schemas.EmbeddingList)
+    async def embeddings(body: schemas.EmbeddingRequest, request: Request) -> Any:
+        identity = caller(request)
+        service: Embeddings = request.app.state.backends.embeddings
+        return JSONResponse(await service.create(body, identity, forwarded(request, identity)))
+
+    return app
