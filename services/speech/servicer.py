@@ -7,8 +7,8 @@ converse.py (the full-duplex voice loop over Conversation). Checks and limits: r
 from __future__ import annotations
 
 import asyncio
-import time
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,8 +37,6 @@ from services.speech.recognition import (
     run_session,
 )
 from services.speech.requests import (
-    check_synthesis,
-    recognize_audio,
     STREAM_IDLE_SECONDS,
     STREAM_MAX_SECONDS,
     STREAMING_SYNTHESIZE_MAX_CHARS,
@@ -46,8 +44,10 @@ from services.speech.requests import (
     audio_intake,
     check_first_message,
     check_language_filter,
+    check_synthesis,
     duration,
     next_request,
+    recognize_audio,
     seconds,
 )
 from services.speech.synthesis import DEFAULT_VOICE, NATURAL_SAMPLE_RATE, Synthesizer
@@ -138,7 +138,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     async def _require_asr(self) -> None:
         if not await self.asr_ready.ready():
             raise unavailable(
-                "the speech recognizer (Triton model speech_recognition) is not reachable; retry shortly",
+                "the speech recognizer (Triton model speech_recognition) is not reachable; "
+                "retry shortly",
                 reason="RECOGNIZER_UNAVAILABLE",
             )
 
@@ -246,7 +247,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         if key is not None:
             await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
         await self.usage.meter(
-            identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, len(samples) / rate, request.request_id
+            identity,
+            ResourceType.RESOURCE_TYPE_AUDIO_SECONDS,
+            len(samples) / rate,
+            request.request_id,
         )
         return response
 
@@ -262,7 +266,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         parts = [
             chunk.pcm
             async for chunk in speech_metrics.first_audio(
-                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate),
+                voice.name,
             )
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
@@ -294,7 +299,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         spoken = 0  # characters whose synthesis started: what is metered if the caller leaves
         try:
             async for chunk in speech_metrics.first_audio(
-                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate),
+                voice.name,
             ):
                 spoken = max(spoken, chunk.text_end)
                 yield speech_pb2.StreamingSynthesizeResponse(
