@@ -226,6 +226,8 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
     if inspect.isawaitable(registered):
         await registered
     health = _add_health_and_reflection(server, spec)
+    # grpc's servicer starts the overall status ("") as SERVING: not ready until checked.
+    await _set_readiness(health, spec, ready=False)
     address = _listen(server, spec, settings)
     await server.start()
     watcher = asyncio.ensure_future(
@@ -361,17 +363,20 @@ async def _watch_readiness(
     while True:
         now = await _ready(spec, runtime)
         if now != last:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if now
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            # The overall status last: whoever waits for it finds every service's status set.
-            for name in (*spec.service_names, ""):
-                await health.set(name, status)
+            await _set_readiness(health, spec, ready=now)
             log.info("readiness changed", extra={"ready": now})
             last = now
         await asyncio.sleep(interval_seconds)
+
+
+async def _set_readiness(
+    health: health_aio.HealthServicer, spec: ServiceSpec, *, ready: bool
+) -> None:
+    statuses = health_pb2.HealthCheckResponse
+    status = statuses.SERVING if ready else statuses.NOT_SERVING
+    # The overall status last: whoever waits for it finds every service's status set.
+    for name in (*spec.service_names, ""):
+        await health.set(name, status)
 
 
 async def _until_signalled() -> None:
