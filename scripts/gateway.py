@@ -10,10 +10,11 @@ serves gRPC, gRPC-Web and JSON/HTTP. Filter order (the filters after the transco
 gRPC path; tests/contract checks this line against the rendered chain):
 
     health_check → aimesh.grpc_web_mark → grpc_web → cors → aimesh.grpc_web_frames →
-    grpc_json_transcoder → jwt_authn → ext_authz → ratelimit → router
+    aimesh.json_fields → grpc_json_transcoder → jwt_authn → ext_authz → ratelimit →
+    router
 
 health_check answers /healthz; the two Lua filters (envoy/grpc_web_frames.lua) check gRPC-Web
-framing; ext_authz calls Auth's Check, ratelimit Usage's RateLimitService.
+framing; aimesh.json_fields (envoy/json_fields.lua) refuses unknown JSON body fields; ext_authz calls Auth's Check, ratelimit Usage's RateLimitService.
 
 Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
 JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -53,6 +55,8 @@ JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
 # Set in front of grpc_web on gRPC-Web requests, read by the frame check behind it.
 GRPC_WEB_MARK = "x-aimesh-grpc-web"
 GRPC_WEB_FRAMES_LUA = REPO_ROOT / "envoy" / "grpc_web_frames.lua"
+JSON_FIELDS_LUA = REPO_ROOT / "envoy" / "json_fields.lua"
+JSON_FIELDS_METADATA = "aimesh.json_fields"  # dynamic metadata namespace the Lua filter sets
 # Everything a client must never be able to set: identity headers, the verified-JWT header and
 # the gRPC-Web mark.
 STRIPPED_REQUEST_HEADERS = (
@@ -271,6 +275,45 @@ def _preflight_route() -> dict[str, Any]:
     }
 
 
+# Files the gateway serves itself, without auth (public documents): the OpenAPI document of
+# the JSON surface (scripts/gen) and the web console (console/dist: committed, fixed file
+# names, so Envoy can always load them and this configuration stays the same on every
+# machine). Envoy reads them when it starts: after rebuilding the console, restart it.
+OPENAPI_DOCUMENT = REPO_ROOT / "gen" / "openapi.json"
+CONSOLE_DIST = REPO_ROOT / "console" / "dist"
+CONSOLE_FILES = ("index.html", "assets/console.js", "assets/console.css")
+MAX_STATIC_BYTES = 8 * 1024 * 1024
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                  ".css": "text/css; charset=utf-8", ".json": "application/json"}
+
+
+def _static_route(path: str, file: Path, match: str = "path") -> dict[str, Any]:
+    return {
+        "name": f"static:{path}",
+        "match": {match: path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [{
+            "header": {"key": "content-type", "value": _CONTENT_TYPES[file.suffix]},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "typed_per_filter_config": {
+            **_disabled("envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn"),
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": _t("envoy.config.route.v3.FilterConfig"), "disabled": True},
+        },
+    }
+
+
+def _static_routes() -> list[dict[str, Any]]:
+    index = CONSOLE_DIST / "index.html"
+    return [
+        _static_route("/v1/openapi.json", OPENAPI_DOCUMENT),
+        *(_static_route(f"/console/{name}", CONSOLE_DIST / name) for name in CONSOLE_FILES),
+        # The single-page app: /console, /console/ and its own paths get index.html.
+        _static_route("/console", index),
+        _static_route("/console/", index, match="prefix"),
+    ]
+
+
 def _not_found_route() -> dict[str, Any]:
     # Unknown REST paths are already 404 from the transcoder (reject_unknown_method); this
     # catches unknown gRPC paths. Nothing is routed upstream, so skipping auth here is safe.
@@ -385,6 +428,80 @@ def _lua(name: str, source: str) -> dict[str, Any]:
                    default_source_code={"inline_string": source})
 
 
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _lua_path_pattern(template: str) -> str:
+    """An anchored Lua pattern for a google.api.http path template."""
+    def literal(text: str) -> str:
+        return re.sub(r"([%^$().\[\]*+\-?])", r"%\1", text)
+
+    def variable(match: re.Match[str]) -> str:
+        segments = (match.group(1).partition("=")[2] or "*").split("/")
+        return "/".join("[^/]+" if p == "*" else ".+" if p == "**" else literal(p) for p in segments)
+
+    parts = re.split(r"(\{[^}]+\})", template)
+    return "^" + "".join(variable(re.match(r"\{([^}]+)\}", p)) if p.startswith("{")  # type: ignore[arg-type]
+                         else literal(p) for p in parts) + "$"
+
+
+def _json_body_tables(descriptor: Path) -> str:
+    """ROUTES and SCHEMAS for envoy/json_fields.lua: every public HTTP rule with a body, and
+    the field names (proto and JSON spelling) of each message a body can hold."""
+    from google.api import annotations_pb2
+    from google.protobuf import descriptor_pool
+
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in fds.file:
+        pool.Add(file)
+    schemas: list[str] = []
+    ids: dict[str, int] = {}
+
+    def schema_id(message: Any) -> int:
+        # Well-known types and HttpBody have their own JSON forms: not checked field by field.
+        if message.full_name.startswith("google.protobuf.") or message.full_name == "google.api.HttpBody":
+            return 0
+        if message.full_name not in ids:
+            ids[message.full_name] = len(schemas) + 1
+            schemas.append("")
+            entries = []
+            for field in message.fields:
+                child = 0
+                if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                    value = field.message_type.fields_by_name["value"]
+                    schemas.append(f"{{map={schema_id(value.message_type) if value.message_type else 0}}}")
+                    child = len(schemas)
+                elif field.message_type is not None:
+                    child = schema_id(field.message_type)
+                for name in sorted({field.name, field.json_name}):
+                    entries.append(f"[{_lua_string(name)}]={child}")
+            schemas[ids[message.full_name] - 1] = "{fields={" + ",".join(entries) + "}}"
+        return ids[message.full_name]
+
+    public = {r.path for r in load_rpcs(descriptor) if is_public(r)}
+    routes = []
+    for file in fds.file:
+        for service in file.service:
+            for method in service.method:
+                if f"/{file.package}.{service.name}/{method.name}" not in public:
+                    continue
+                rule = method.options.Extensions[annotations_pb2.http]
+                request = pool.FindMessageTypeByName(method.input_type.lstrip("."))
+                for binding in [rule, *rule.additional_bindings]:
+                    verb = binding.WhichOneof("pattern")
+                    if not binding.body or verb in (None, "custom"):
+                        continue
+                    body = request if binding.body == "*" else request.fields_by_name[binding.body].message_type
+                    if body is None or not schema_id(body):
+                        continue
+                    routes.append(f"{{{_lua_string(verb.upper())},"
+                                  f"{_lua_string(_lua_path_pattern(getattr(binding, verb)))},{schema_id(body)}}}")
+    return ("ROUTES = {\n  " + ",\n  ".join(routes) + "\n}\nSCHEMAS = {\n  "
+            + ",\n  ".join(schemas) + "\n}")
+
+
 def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
     """The filter chain, in order; every filter after the transcoder sees the gRPC path."""
     return [
@@ -396,6 +513,8 @@ def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> 
         _filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
         _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
         _lua("aimesh.grpc_web_frames", GRPC_WEB_FRAMES_LUA.read_text()),
+        _lua("aimesh.json_fields", JSON_FIELDS_LUA.read_text().replace(
+            "-- GENERATED TABLES --", _json_body_tables(descriptor))),
         _transcoder_filter(services, descriptor),
         _jwt_authn_filter(int(settings.gateway_addr.rpartition(":")[2])),
         _filter("envoy.filters.http.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
@@ -531,6 +650,12 @@ def _local_reply_config() -> dict[str, Any]:
         "invert_match": True, "treat_missing_header_as_empty": True}}}
     transcoded = {"header_filter": {"header": {"name": "x-envoy-original-path",
                                                "present_match": True}}}
+    # envoy/json_fields.lua answers with a complete google.rpc.Status (field violations
+    # included) and marks it so; its body is left as it is.
+    not_already_status = {"metadata_filter": {
+        "matcher": {"filter": JSON_FIELDS_METADATA, "path": [{"key": "refused"}],
+                    "value": {"bool_match": False}},
+        "match_if_key_not_found": True}}
     mappers = []
     for http_code, (grpc_code, reason, summary) in _LOCAL_REPLY_CODES.items():
         status = {"status_code_filter": {"comparison": {
@@ -548,7 +673,7 @@ def _local_reply_config() -> dict[str, Any]:
                             "retryDelay": "%RESP(x-ratelimit-reset)%s"})
         mappers.append({
             "filter": {"and_filter": {"filters": [
-                status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
+                status, not_already_status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
             "body_format_override": {
                 "json_format": {"code": grpc_code, "message": message, "details": details},
                 "content_type": "application/json",
@@ -577,8 +702,9 @@ def _tracing() -> dict[str, Any]:
 
 
 def render(settings: Settings, descriptor: Path = DESCRIPTOR,
-           admin_addr: str | None = None) -> dict[str, Any]:
-    """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
+           admin_addr: str | None = None, static_files: bool = True) -> dict[str, Any]:
+    """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters).
+    static_files: serve the OpenAPI document and the console from the repository's files."""
     return {
         "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
         "overload_manager": {"resource_monitors": [{
@@ -596,7 +722,7 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
                 "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": _connection_manager(settings, descriptor),
+                    "typed_config": _connection_manager(settings, descriptor, static_files),
                 }]}],
             }],
             "clusters": _clusters(settings),
@@ -604,14 +730,16 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
     }
 
 
-def _connection_manager(settings: Settings, descriptor: Path) -> dict[str, Any]:
+def _connection_manager(settings: Settings, descriptor: Path,
+                        static_files: bool = True) -> dict[str, Any]:
     """The HTTP connection manager: header stripping, routes, filters, error bodies, access log."""
     rpcs = load_rpcs(descriptor)
     services = sorted({r.full_service for r in rpcs})
     # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
     # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
-    routes = [_route(r) for r in rpcs if is_public(r)] + [
-        _preflight_route(), _edge_route(), _not_found_route()]
+    routes = ([_route(r) for r in rpcs if is_public(r)]
+              + (_static_routes() if static_files else [])
+              + [_preflight_route(), _edge_route(), _not_found_route()])
     return {
         "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager"),
@@ -628,6 +756,7 @@ def _connection_manager(settings: Settings, descriptor: Path) -> dict[str, Any]:
         }],
         "route_config": {
             "name": "aimesh",
+            "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
             "virtual_hosts": [{
                 "name": "aimesh",
                 "domains": ["*"],
@@ -758,7 +887,9 @@ def reference_configs() -> dict[Path, str]:
     envoy/envoy.k8s.yaml for the gateway pod (istio/base/gateway.yaml). What runs locally is
     rendered the same way for the actual settings into $AIMESH_VAR_DIR/envoy/envoy.json."""
     local = _replace_paths(render(Settings.from_env({})), {f"{REPO_ROOT}/": ""})
-    k8s = _replace_paths(render(k8s_settings()), {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"})
+    # The pod carries no repository files: it serves no console or OpenAPI document.
+    k8s = _replace_paths(render(k8s_settings(), static_files=False),
+                         {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"})
     return {
         ENVOY_DIR / "envoy.yaml": _REFERENCE_HEADER.format(
             what="the default local settings (no AIMESH_* variables; paths relative to the\n"

@@ -29,7 +29,6 @@ import socket
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,8 @@ from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 
+from bench.accounts import bench_account
 from scripts import triton_server
 from scripts.stack import Stack
 from services.common.channels import open_channel
@@ -148,28 +147,8 @@ async def run(args: argparse.Namespace) -> None:
 async def bench(args: argparse.Namespace, settings: Settings) -> None:
     gateway = settings.gateway_addr
     async with httpx.AsyncClient(base_url=f"http://{gateway}", timeout=300) as http:
-        for _ in range(20):  # Envoy may still be connecting to Auth right after start
-            signup = await http.post("/v1/auth:signUp", json={
-                "email": f"bench-{uuid.uuid4().hex[:10]}@example.com",
-                "password": "benchmark password 123", "organizationDisplayName": "Bench"})
-            if signup.status_code != 503:
-                break
-            await asyncio.sleep(0.5)
-        signup.raise_for_status()
-        org = signup.json()["organization"]
-        bearer = {"authorization": f"Bearer {signup.json()['accessToken']}"}
-        key = await http.post(f"/v1/{org}/apiKeys", json={"displayName": "bench"}, headers=bearer)
-        key.raise_for_status()
-        secret, key_id = key.json()["secret"], key.json()["name"].rsplit("/", 1)[1]
-        async with open_channel(settings, "usage", caller="billing") as usage_channel:  # Billing sets plan limits
-            await usage_pb2_grpc.UsageServiceStub(usage_channel).SetRateLimitPolicy(
-                usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
-                    name=f"{org}/rateLimitPolicy", organization_requests_per_minute=10_000_000,
-                    api_key_requests_per_minute=10_000_000, plan="bench")), timeout=5)
-        org_id = org.split("/", 1)[1]
-        identity = (("x-aimesh-org", org_id), ("x-aimesh-subject", f"apiKeys/{key_id}"),
-                    ("x-aimesh-roles", "member"), ("x-aimesh-key-id", key_id))
-        key_md = (("x-api-key", secret),)
+        account = await bench_account(http, settings)
+        secret, identity, key_md = account.secret, account.identity, account.key_metadata
 
         triton = TritonClient(settings.triton_url)
         # Direct paths as the mesh identities allowed to make them (mTLS by default).

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,8 @@ from pathlib import Path
 import grpc
 import httpx
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 
+from bench.accounts import bench_account
 from scripts.stack import Stack
 from services.common.config import SERVICES
 
@@ -189,23 +188,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
         gateway = settings.gateway_addr
 
         async with httpx.AsyncClient(base_url=f"http://{gateway}", timeout=10) as setup:
-            signup = await setup.post("/v1/auth:signUp", json={
-                "email": f"bench-{uuid.uuid4().hex[:10]}@example.com",
-                "password": "benchmark password 123", "organizationDisplayName": "Bench"})
-            signup.raise_for_status()
-            tokens = signup.json()
-            org = tokens["organization"]
-            key = await setup.post(f"/v1/{org}/apiKeys", json={"displayName": "bench"},
-                                   headers={"authorization": f"Bearer {tokens['accessToken']}"})
-            key.raise_for_status()
-            secret = key.json()["secret"]
-            key_id = key.json()["name"].rsplit("/", 1)[1]
-        org_id = org.split("/", 1)[1]
-        async with grpc.aio.insecure_channel(settings.address_of("usage")) as usage_channel:
-            await usage_pb2_grpc.UsageServiceStub(usage_channel).SetRateLimitPolicy(
-                usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
-                    name=f"{org}/rateLimitPolicy", organization_requests_per_minute=10_000_000,
-                    api_key_requests_per_minute=10_000_000, plan="bench")), timeout=5)
+            account = await bench_account(setup, settings)
+        org, secret = account.organization, account.secret
 
         # The FastAPI pair: a JSON backend and the gateway in front of it.
         backend_port, fastapi_port = _free_port(), _free_port()
@@ -224,9 +208,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
         envoy_channel = grpc.aio.insecure_channel(gateway)
         direct = auth_pb2_grpc.AuthServiceStub(direct_channel)
         via_envoy = auth_pb2_grpc.AuthServiceStub(envoy_channel)
-        identity = (("x-aimesh-org", org_id), ("x-aimesh-subject", f"apiKeys/{key_id}"),
-                    ("x-aimesh-roles", "member"), ("x-aimesh-key-id", key_id))
-        key_md = (("x-api-key", secret),)
+        identity, key_md = account.identity, account.key_metadata
         envoy_http = Http1(gateway, f"/v1/{org}", {"x-api-key": secret})
         fastapi_http = Http1(f"127.0.0.1:{fastapi_port}", f"/v1/{org}", {"x-api-key": secret})
 

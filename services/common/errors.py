@@ -14,6 +14,14 @@ from opentelemetry import trace
 
 ERROR_DOMAIN = "aimesh.dev"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Errors travel in HTTP/2 headers (grpc-message, grpc-status-details-bin), which proxies cap
+# (Envoy: 60 KiB): an error quoting a huge bad value must not turn into a protocol error.
+MAX_MESSAGE_CHARS = 1024
+MAX_VIOLATION_CHARS = 256
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ServiceError(Exception):
@@ -28,11 +36,14 @@ class ServiceError(Exception):
         metadata: Mapping[str, str] | None = None,
         retry_after_seconds: float | None = None,
     ) -> None:
+        message = _clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason or code.name
-        self.violations = tuple(violations)
+        self.violations = tuple(
+            (_clip(f, MAX_VIOLATION_CHARS), _clip(d, MAX_VIOLATION_CHARS)) for f, d in violations
+        )
         self.metadata = dict(metadata or {})
         self.retry_after_seconds = retry_after_seconds
 

@@ -98,11 +98,11 @@ class Paginator:
         message = b"\0".join((method.encode(), org.encode(), payload))
         return hmac.new(self._key, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def start(self, request: Message, org: str) -> "Page":
+    def start(self, request: Message, org: str) -> Page:
         """The page a List request asks for; INVALID_ARGUMENT for a negative size or a token
         this method did not issue to `org` for the same filters."""
-        size: int = getattr(request, "page_size")
-        token: str = getattr(request, "page_token")
+        size: int = request.page_size  # type: ignore[attr-defined]
+        token: str = request.page_token  # type: ignore[attr-defined]
         if size < 0:
             raise invalid_argument(
                 f"page_size must not be negative (got {size})",
@@ -144,7 +144,7 @@ class Page:
         mac = self.paginator._mac(self.method, self.org, payload)
         return f"{_b64encode(payload)}.{_b64encode(mac)}"
 
-    def _resume(self, token: str) -> "Page":
+    def _resume(self, token: str) -> Page:
         def refuse(message: str, why: str) -> Exception:
             return invalid_argument(f"page_token {message}", [("page_token", why)], reason="INVALID_PAGE_TOKEN")
 

@@ -231,12 +231,17 @@ class Chat:
             try:
                 max_output = request.max_output_tokens if request.HasField("max_output_tokens") else min(
                     model.max_output_tokens, model.context_window_tokens // 4)
-                reserve = (request.retrieval.top_k or 5) * RETRIEVAL_RESERVE_TOKENS if request.retrieval.enabled else 0
+                # Unset retrieval is automatic (Orchestrator: on when the org has READY documents).
+                retrieves = request.retrieval.enabled or (
+                    not request.HasField("retrieval")
+                    and opb.Model.CAPABILITY_RETRIEVAL in model.capabilities)
+                reserve = (request.retrieval.top_k or 5) * RETRIEVAL_RESERVE_TOKENS if retrieves else 0
                 messages = await self.prompt(identity, model, conv["system_prompt"], history[:-1], request.content,
                                              max_output, reserve)
-                generate = opb.GenerateRequest(
-                    model=model.name, messages=messages, retrieval=request.retrieval,
-                    request_id=request.request_id)
+                generate = opb.GenerateRequest(model=model.name, messages=messages,
+                                               request_id=request.request_id)
+                if request.HasField("retrieval"):
+                    generate.retrieval.CopyFrom(request.retrieval)
                 if request.HasField("temperature"):
                     generate.temperature = request.temperature
                 if request.HasField("max_output_tokens"):

@@ -17,8 +17,8 @@ from services.common.errors import (
     not_found,
     resource_exhausted,
 )
-from services.common.pagination import Page
 from services.common.names import resource
+from services.common.pagination import Page
 from services.knowledge.blobs import BlobStore
 from services.knowledge.extract import SUPPORTED_TYPES, base_type, sniff
 from services.knowledge.ingest import Ingestor

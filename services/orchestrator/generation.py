@@ -347,6 +347,7 @@ class Orchestrator:
         self.store = store
         self.channels = channels
         self.usage = usage
+        self.documents = retrieval.ReadyDocuments(channels)
         # Cache writes run off the response path; shutdown waits for them (drain).
         self.background = BackgroundTasks("orchestrator")
 
@@ -367,7 +368,7 @@ class Orchestrator:
             for event in _blocked_events(model, generation_id, prompt.actions):
                 yield event
             return
-        await self._retrieve(request, identity, prompt)
+        await self._retrieve(request, identity, model, prompt)
         prompt.tokens = self.count(prompt.messages, prompt.passages)
         _fit_context_window(request, model, prompt)
         call = _Call(request, identity, model, generation_id, prompt)
@@ -401,13 +402,22 @@ class Orchestrator:
             prompt.messages = [(role, content) for (role, _), content in zip(messages, contents)]
         return prompt
 
-    async def _retrieve(self, request: pb.GenerateRequest, identity: Identity, prompt: _Prompt) -> None:
-        """Add the organization's passages for the last message, redacted like the messages."""
-        if not request.retrieval.enabled:
+    async def _retrieve(self, request: pb.GenerateRequest, identity: Identity, model: ModelEntry,
+                        prompt: _Prompt) -> None:
+        """Add the organization's passages for the last message, redacted like the messages.
+        Without retrieval options, models that can ground answers do so when the organization
+        has READY documents (a newcomer's first chat needs no settings)."""
+        options = request.retrieval
+        if not request.HasField("retrieval"):
+            if ("RETRIEVAL" not in model.capabilities or prompt.messages[-1][0] != "user"
+                    or not await self.documents.ready(identity)):
+                return
+            options = pb.RetrievalOptions(enabled=True)
+        if not options.enabled:
             return
         retrieved = await retrieval.search(
-            self.channels, identity, prompt.messages[-1][1], request.retrieval.top_k or 5,
-            list(request.retrieval.documents), dict(request.retrieval.metadata_filters))
+            self.channels, identity, prompt.messages[-1][1], options.top_k or 5,
+            list(options.documents), dict(options.metadata_filters))
         # Retrieved text is prompt input too: redact it before any model sees it.
         texts, more = self.rails.check_input(h.passage.text for h in retrieved)
         if texts:

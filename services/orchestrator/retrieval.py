@@ -3,7 +3,9 @@ and turn the model's citations back into Citation records."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -19,7 +21,10 @@ from services.common.errors import (
 from services.common.identity import Identity
 from services.orchestrator.providers import Passage
 
+log = logging.getLogger("aimesh.orchestrator.retrieval")
+
 QUOTE_CHARS = 1000
+READY_CHECK_SECONDS = 5.0
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 
 
@@ -57,3 +62,35 @@ def cited_indices(text: str, count: int) -> list[int]:
         if 1 <= n <= count and n not in seen:
             seen.append(n)
     return seen
+
+
+class ReadyDocuments:
+    """Whether an organization has READY documents (for automatic retrieval). A yes is kept for a
+    few seconds per organization; a no is asked again every time, so the first question after
+    the first upload is already grounded. Knowledge unreachable: no, with a warning — the chat
+    answers without grounding rather than failing."""
+
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+        self._known: dict[str, tuple[float, bool]] = {}
+
+    async def ready(self, identity: Identity) -> bool:
+        hit = self._known.get(identity.org)
+        if hit is not None and time.monotonic() - hit[0] < READY_CHECK_SECONDS:
+            return hit[1]
+        stub = knowledge_pb2_grpc.KnowledgeServiceStub(self.channels.get("knowledge"))
+        try:
+            page = await stub.ListDocuments(
+                knowledge_pb2.ListDocumentsRequest(page_size=1, state=knowledge_pb2.Document.STATE_READY),
+                # A Knowledge that is down must not hold up the chat: fail fast, answer without.
+                metadata=identity.to_headers(), timeout=2.0, wait_for_ready=False)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("cannot tell whether the organization has documents; answering without "
+                        "retrieval", extra={"code": exc.code().name})
+            return False
+        answer = bool(page.documents)
+        if answer:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[identity.org] = (time.monotonic(), answer)
+        return answer

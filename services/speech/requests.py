@@ -17,7 +17,14 @@ from google.protobuf import duration_pb2
 
 from services.common.errors import FieldViolations, invalid_argument, out_of_range
 from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, next_message
-from services.speech.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from services.speech.audio import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioFormatError,
+    is_wav,
+    parse_wav,
+    pcm_from_bytes,
+)
 
 SUPPORTED_LANGUAGES = ("en-US",)
 
@@ -29,6 +36,7 @@ CONVERSE_MAX_SECONDS = 1800.0
 CONVERSE_IDLE_SECONDS = 30.0
 # Both streams
 MAX_CHUNK_BYTES = 32768
+DEFAULT_SILENCE_MS = 500  # endpointing silence when the stream does not set one
 # Recognize
 RECOGNIZE_MAX_BYTES = 10 * 1024 * 1024
 RECOGNIZE_MAX_SECONDS = 60.0
@@ -57,6 +65,7 @@ class StreamAudio:
     sample_rate: int
     silence_ms: int
     max_utterance_ms: int
+    speech_start_timeout_ms: int = 0
 
 
 def check_language(v: FieldViolations, field: str, code: str) -> None:
@@ -84,7 +93,7 @@ def check_stream_recognition(
     )
     check_language(v, f"{prefix}.language_code", config.language_code)
     v.check(0 <= config.max_alternatives <= 5, f"{prefix}.max_alternatives", "must be 0-5")
-    silence_ms, max_ms = 800, 30_000
+    silence_ms, max_ms, start_ms = DEFAULT_SILENCE_MS, 30_000, 0
     if endpointing is not None:
         if endpointing.HasField("silence_duration"):
             silence_ms = int(seconds(endpointing.silence_duration) * 1000)
@@ -100,7 +109,14 @@ def check_stream_recognition(
                 f"{endpointing_field}.max_utterance_duration",
                 "must be 1 s to 60 s",
             )
-    return StreamAudio(rate, silence_ms, max_ms)
+        if endpointing.HasField("speech_start_timeout"):
+            start_ms = int(seconds(endpointing.speech_start_timeout) * 1000)
+            v.check(
+                1000 <= start_ms <= 60_000,
+                f"{endpointing_field}.speech_start_timeout",
+                "must be 1 s to 60 s",
+            )
+    return StreamAudio(rate, silence_ms, max_ms, start_ms)
 
 
 def check_first_message(
@@ -165,6 +181,77 @@ def check_text(v: FieldViolations, text: str, limit: int) -> None:
         v.add("text", "required (1 or more non-blank characters)")
     elif len(text) > limit:
         v.add("text", f"has {len(text)} characters; at most {limit}")
+
+
+def recognize_audio(request: speech_pb2.RecognizeRequest) -> tuple[np.ndarray, int]:
+    """Recognize's audio as 16-bit samples and their rate, after checking every field (WAV header
+    against the configured rate, LINEAR16 needs a rate, size and length limits)."""
+    v = FieldViolations()
+    check_request_id(v, request.request_id)
+    if not request.HasField("config"):
+        v.add("config", "required")
+        v.raise_if_any()
+    config = request.config
+    check_language(v, "config.language_code", config.language_code)
+    v.check(0 <= config.max_alternatives <= 5, "config.max_alternatives", "must be 0-5")
+    content = request.content
+    if not content:
+        v.add("content", "required: WAV or LINEAR16 audio")
+    elif len(content) > RECOGNIZE_MAX_BYTES:
+        v.add("content", f"{len(content)} bytes; at most {RECOGNIZE_MAX_BYTES} (10 MiB)")
+    rate = config.sample_rate_hertz
+    samples = np.zeros(0, dtype=np.int16)
+    if config.encoding == speech_pb2.AUDIO_ENCODING_WAV:
+        if content and len(content) <= RECOGNIZE_MAX_BYTES:
+            try:
+                samples, wav_rate = parse_wav(content)
+            except AudioFormatError as exc:
+                v.add("content", str(exc))
+            else:
+                if rate and rate != wav_rate:
+                    v.add(
+                        "config.sample_rate_hertz",
+                        f"{rate} Hz disagrees with the WAV header ({wav_rate} Hz)",
+                    )
+                rate = wav_rate
+    elif config.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
+        if content and is_wav(content):
+            v.add("config.encoding", "content is a WAV file; set AUDIO_ENCODING_WAV")
+        elif content and len(content) <= RECOGNIZE_MAX_BYTES:
+            try:
+                samples = pcm_from_bytes(content)
+            except AudioFormatError as exc:
+                v.add("content", str(exc))
+        if not rate:
+            v.add("config.sample_rate_hertz", "required for AUDIO_ENCODING_LINEAR16")
+    else:
+        v.add("config.encoding", "must be AUDIO_ENCODING_LINEAR16 or AUDIO_ENCODING_WAV")
+    if rate and not 8000 <= rate <= 48000:
+        v.add("config.sample_rate_hertz", f"must be 8000-48000 Hz, got {rate}")
+        rate = 0
+    if rate and samples.size / rate > RECOGNIZE_MAX_SECONDS:
+        v.add(
+            "content",
+            f"{samples.size / rate:.1f} s of audio; at most {RECOGNIZE_MAX_SECONDS:.0f} s",
+        )
+    v.raise_if_any()
+    return samples, rate
+
+
+def check_synthesis(
+    request: speech_pb2.SynthesizeRequest | speech_pb2.StreamingSynthesizeRequest,
+    max_chars: int,
+    linear16_only: bool,
+) -> None:
+    """Synthesize/StreamingSynthesize request fields: every problem at once."""
+    v = FieldViolations()
+    check_text(v, request.text, max_chars)
+    check_speaking_rate(v, "speaking_rate", request.speaking_rate)
+    check_output(
+        v, "audio_config", request.audio_config, request.HasField("audio_config"), linear16_only
+    )
+    check_request_id(v, request.request_id)
+    v.raise_if_any()
 
 
 def check_language_filter(code: str) -> None:

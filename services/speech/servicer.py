@@ -17,14 +17,14 @@ import numpy as np
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, ServiceError, unavailable
+from services.common.errors import ServiceError, unavailable
 from services.common.identity import Identity, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
 from services.common.usage_client import ResourceType, UsageClient
 from services.speech import metrics as speech_metrics
-from services.speech.audio import AudioFormatError, is_wav, parse_wav, pcm_from_bytes, wav_bytes
+from services.speech.audio import wav_bytes
 from services.speech.converse import ConverseSession
 from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
 from services.speech.recognition import (
@@ -37,25 +37,20 @@ from services.speech.recognition import (
     run_session,
 )
 from services.speech.requests import (
-    RECOGNIZE_MAX_BYTES,
-    RECOGNIZE_MAX_SECONDS,
+    check_synthesis,
+    recognize_audio,
     STREAM_IDLE_SECONDS,
     STREAM_MAX_SECONDS,
     STREAMING_SYNTHESIZE_MAX_CHARS,
     SYNTHESIZE_MAX_CHARS,
     audio_intake,
     check_first_message,
-    check_language,
     check_language_filter,
-    check_output,
-    check_request_id,
-    check_speaking_rate,
-    check_text,
     duration,
     next_request,
     seconds,
 )
-from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
+from services.speech.synthesis import DEFAULT_VOICE, NATURAL_SAMPLE_RATE, Synthesizer
 
 RECOGNIZE_CACHE_SECONDS = 24 * 3600  # how long a Recognize request_id replays its result
 
@@ -102,13 +97,40 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
         self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
 
+        self._answered = False  # both models answered a real request (warm-up) once
+
         async def models_ready() -> bool:
             ready = await self.triton.readiness((ASR_MODEL, TTS_MODEL))
-            return all(ready.values())
+            if not all(ready.values()):
+                return False
+            if not self._answered:
+                self._answered = await self._warm_up()
+            return self._answered
 
         runtime.add_health_check("triton", models_ready)
         runtime.on_shutdown(self.triton.close)
         runtime.on_shutdown(self.channels.close)
+
+    async def _warm_up(self) -> bool:
+        """Readiness means "answers": one short recognition stream and one synthesis go through
+        Triton before Speech reports SERVING, so the first caller's stream is not the one that
+        pays for first-use setup anywhere on the path."""
+        try:
+            async with asyncio.timeout(60.0):
+                async with self.triton.recognize() as stream:
+                    await stream.end(
+                        {
+                            "AUDIO": np.zeros((1, 8000), dtype=np.int16),
+                            "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
+                        }
+                    )
+                    finals = [r async for r in stream if r.get("IS_FINAL") is not None]
+                voices = await self.synthesizer.voices()
+                voice = next((v for v in voices if v.name == DEFAULT_VOICE), voices[0])
+                audio = [c async for c in self.synthesizer.stream("Ready.", voice, 1.0, 16000)]
+            return bool(finals) and bool(audio)
+        except (ServiceError, TimeoutError, IndexError):
+            return False
 
     def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         return require_identity(context.invocation_metadata())
@@ -144,6 +166,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 single_utterance=cfg.single_utterance,
                 silence_ms=audio.silence_ms,
                 max_utterance_ms=audio.max_utterance_ms,
+                speech_start_timeout_ms=audio.speech_start_timeout_ms,
                 audio_offset=offset,
             ),
         )
@@ -175,7 +198,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.RecognizeResponse:
         identity = self._identity(context)
-        samples, rate = self._recognize_audio(request)
+        samples, rate = recognize_audio(request)
         cache = self.runtime.cache
         key = (
             cache.key("recognize", identity.org, request.request_id, _request_hash(request))
@@ -227,80 +250,13 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         )
         return response
 
-    def _recognize_audio(self, request: speech_pb2.RecognizeRequest) -> tuple[np.ndarray, int]:
-        v = FieldViolations()
-        check_request_id(v, request.request_id)
-        if not request.HasField("config"):
-            v.add("config", "required")
-            v.raise_if_any()
-        config = request.config
-        check_language(v, "config.language_code", config.language_code)
-        v.check(0 <= config.max_alternatives <= 5, "config.max_alternatives", "must be 0-5")
-        content = request.content
-        if not content:
-            v.add("content", "required: WAV or LINEAR16 audio")
-        elif len(content) > RECOGNIZE_MAX_BYTES:
-            v.add("content", f"{len(content)} bytes; at most {RECOGNIZE_MAX_BYTES} (10 MiB)")
-        rate = config.sample_rate_hertz
-        samples = np.zeros(0, dtype=np.int16)
-        if config.encoding == speech_pb2.AUDIO_ENCODING_WAV:
-            if content and len(content) <= RECOGNIZE_MAX_BYTES:
-                try:
-                    samples, wav_rate = parse_wav(content)
-                except AudioFormatError as exc:
-                    v.add("content", str(exc))
-                else:
-                    if rate and rate != wav_rate:
-                        v.add(
-                            "config.sample_rate_hertz",
-                            f"{rate} Hz disagrees with the WAV header ({wav_rate} Hz)",
-                        )
-                    rate = wav_rate
-        elif config.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
-            if content and is_wav(content):
-                v.add("config.encoding", "content is a WAV file; set AUDIO_ENCODING_WAV")
-            elif content and len(content) <= RECOGNIZE_MAX_BYTES:
-                try:
-                    samples = pcm_from_bytes(content)
-                except AudioFormatError as exc:
-                    v.add("content", str(exc))
-            if not rate:
-                v.add("config.sample_rate_hertz", "required for AUDIO_ENCODING_LINEAR16")
-        else:
-            v.add("config.encoding", "must be AUDIO_ENCODING_LINEAR16 or AUDIO_ENCODING_WAV")
-        if rate and not 8000 <= rate <= 48000:
-            v.add("config.sample_rate_hertz", f"must be 8000-48000 Hz, got {rate}")
-            rate = 0
-        if rate and samples.size / rate > RECOGNIZE_MAX_SECONDS:
-            v.add(
-                "content",
-                f"{samples.size / rate:.1f} s of audio; at most {RECOGNIZE_MAX_SECONDS:.0f} s",
-            )
-        v.raise_if_any()
-        return samples, rate
-
     # --- synthesis ------------------------------------------------------------------------
-
-    def _check_synthesis(
-        self,
-        request: speech_pb2.SynthesizeRequest | speech_pb2.StreamingSynthesizeRequest,
-        max_chars: int,
-        linear16_only: bool,
-    ) -> None:
-        v = FieldViolations()
-        check_text(v, request.text, max_chars)
-        check_speaking_rate(v, "speaking_rate", request.speaking_rate)
-        check_output(
-            v, "audio_config", request.audio_config, request.HasField("audio_config"), linear16_only
-        )
-        check_request_id(v, request.request_id)
-        v.raise_if_any()
 
     async def Synthesize(
         self, request: speech_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.SynthesizeResponse:
         identity = self._identity(context)
-        self._check_synthesis(request, SYNTHESIZE_MAX_CHARS, linear16_only=False)
+        check_synthesis(request, SYNTHESIZE_MAX_CHARS, linear16_only=False)
         voice = await self.synthesizer.voice(request.voice)
         rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
         parts = [
@@ -330,7 +286,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.StreamingSynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[speech_pb2.StreamingSynthesizeResponse]:
         identity = self._identity(context)
-        self._check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, linear16_only=True)
+        check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, linear16_only=True)
         voice = await self.synthesizer.voice(request.voice)
         rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
         index = 0
@@ -390,6 +346,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 language_codes=list(v.language_codes),
                 gender=_GENDERS.get(v.gender, speech_pb2.Voice.GENDER_UNSPECIFIED),
                 natural_sample_rate_hertz=NATURAL_SAMPLE_RATE,
+                family=v.family,
             )
         return response
 

@@ -88,9 +88,8 @@ def time_range(
     if required:
         v.check(s is not None, "start_time", "required")
         v.check(e is not None, "end_time", "required")
-    if s is not None and e is not None:
-        if v.check(e > s, "end_time", "must be after start_time"):
-            v.check(e - s <= MAX_RANGE, "end_time", "range longer than 366 days")
+    if s is not None and e is not None and v.check(e > s, "end_time", "must be after start_time"):
+        v.check(e - s <= MAX_RANGE, "end_time", "range longer than 366 days")
     return s, e
 
 

@@ -67,8 +67,10 @@ def test_multi_segment_pattern() -> None:
 def test_services_do_not_hand_write_resource_names() -> None:
     """No f-string builds `<collection>/{...}` and no prefix test parses one outside names.py."""
     collections = {p.split("/")[0] for p in names.resource_types().values() if "/" in p}
-    built = re.compile(r"""f["'](?:%s)/\{""" % "|".join(collections))
-    parsed = re.compile(r"""(?:startswith|removeprefix)\(["'](?:%s)/["']\)""" % "|".join(collections - {"users"}))
+    any_collection = "|".join(collections)
+    built = re.compile(r"""f["'](?:""" + any_collection + r""")/\{""")
+    parsed_collection = "|".join(collections - {"users"})
+    parsed = re.compile(r"""(?:startswith|removeprefix)\(["'](?:""" + parsed_collection + r""")/["']\)""")
     offenders = []
     for path in SERVICES.rglob("*.py"):
         relative = str(path.relative_to(SERVICES.parent))

@@ -91,3 +91,12 @@ def test_out_of_range_timestamps_and_durations_are_named() -> None:
     assert check_request(fine) is fine
     with pytest.raises(ServiceError):
         check_request(duration_pb2.Duration(seconds=1, nanos=-5))
+
+
+def test_errors_quoting_huge_values_stay_small_enough_for_headers() -> None:
+    from services.common.errors import invalid_argument
+
+    huge = "x" * 70_000
+    error = invalid_argument(f"language_code {huge!r} is not a tag", [("language_code", huge)])
+    assert len(error.message) <= 1024
+    assert len(error.to_status().SerializeToString()) < 4096

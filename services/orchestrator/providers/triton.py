@@ -14,7 +14,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import numpy as np
 
 from services.common import deadlines
@@ -32,6 +31,11 @@ from services.orchestrator.providers import (
 
 MAX_QUESTION_CHARS = 2000  # the responder's max_question_chars
 MAX_PASSAGES = 64
+NO_CONTEXT_ANSWER = (
+    "I answer from your organization's documents, and it has none ready yet. Upload a document "
+    "(POST /v1/documents with its content, or the console's Documents page); once it is READY, "
+    "ask again and I will answer from it with citations. You can also give me context in a "
+    "system prompt.")
 NO_DEADLINE_SECONDS = 600.0
 
 
@@ -97,11 +101,14 @@ class TritonProvider:
         question = request.messages[-1][1][-MAX_QUESTION_CHARS:]
         passages, ids = grounding_passages(request)
         if not passages:
-            raise ProviderError(
-                "triton: the grounded responder answers only from context; enable retrieval or "
-                "give a system prompt or earlier messages",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
+            # Nothing to ground on (no documents, no system prompt, no earlier turns): say so
+            # and how to fix it, as a normal answer rather than a failure.
+            words = NO_CONTEXT_ANSWER.split(" ")
+            shown = words[: request.max_output_tokens]
+            for i, word in enumerate(shown):
+                yield Piece(word if i == len(words) - 1 else word + " ")
+            yield Finish("stop" if len(shown) == len(words) else "length", completion_tokens=len(shown))
+            return
         produced = 0
         try:
             async for response in self.client.respond(question, passages, ids, max_sentences=3, timeout=_time_left()):

@@ -67,9 +67,6 @@ async def test_send_message_streams_and_stores_both_messages(chat: ChatStack) ->
     rest = await _stub(chat).ListMessages(cpb.ListMessagesRequest(
         parent=conv.name, page_size=1, page_token=page.next_page_token), metadata=md)
     assert [m.name for m in rest.messages] == [stored.name] and not rest.next_page_token
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _stub(chat).ListMessages(cpb.ListMessagesRequest(parent=conv.name, page_token="garbage"), metadata=md)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_history_is_context_for_the_next_turn(chat: ChatStack) -> None:

@@ -1,6 +1,7 @@
 """The OpenAI-compatible edge through a real gateway. This package runs its own Orchestrator
 (whose catalog adds models served by the local OpenAI-compatible replay server: hosted APIs
-cannot be reached from here), its own edge and its own Envoy in front of them, next to the
+cannot be reached from here), a Conversation on it, its own edge and its own Envoy in front of
+them, next to the
 session mesh's Auth, Usage, Knowledge, Speech and the shared Triton. Clients are the official
 `openai` package (as users run it) and httpx for raw wire checks."""
 
@@ -66,6 +67,7 @@ async def edge(mesh: TestMesh) -> AsyncIterator[EdgeStack]:
     overrides = dict(mesh.env)
     overrides.update({
         "AIMESH_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}",
+        "AIMESH_CONVERSATION_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_EDGE_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_ORCHESTRATOR_CATALOG": str(catalog),
@@ -76,9 +78,9 @@ async def edge(mesh: TestMesh) -> AsyncIterator[EdgeStack]:
     })
     stack = Stack.create(overrides, log_dir=mesh.var_dir / "log" / "edge")
     try:
-        for service in ("orchestrator", "edge"):
+        for service in ("orchestrator", "conversation", "edge"):
             stack.start_service(service)
-        stack.wait_ready(["orchestrator", "edge"], timeout=120)
+        stack.wait_ready(["orchestrator", "conversation", "edge"], timeout=120)
         stack.start_gateway()
         stack.wait_ready(["gateway"], timeout=60)
         base = f"http://{stack.settings.gateway_addr}"

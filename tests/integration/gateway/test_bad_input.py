@@ -200,3 +200,33 @@ async def test_431_and_every_404_are_json_status(http: httpx.AsyncClient, accoun
             continue  # no body by definition
         status = _json_status(reply)
         assert status["code"] == (3 if reply.status_code == 431 else 5), (case, status)
+
+
+async def test_unknown_json_fields_are_400_and_output_only_fields_are_ignored(
+    http: httpx.AsyncClient, account: Account, conversations: None
+) -> None:
+    """Item 8, the documented choice (docs/CONVENTIONS.md): a field the message does not define
+    is refused at the gateway, naming it; an OUTPUT_ONLY field that exists is ignored (AIP-203)."""
+    cases = [
+        ("POST", "/v1/auth:login", {"email": "a@example.com", "password": "p", "rememberMe": True},
+         "rememberMe"),
+        ("POST", "/v1/conversations", {"title": "t", "colour": "red"}, "colour"),
+        ("POST", f"/v1/{account.org}/apiKeys", {"displayName": "k", "scopes": [], "owner": "me"}, "owner"),
+        ("PATCH", "/v1/conversations/c1?updateMask=title", {"title": "t", "nested": {"x": 1}}, "nested"),
+    ]
+    for method, path, body, field in cases:
+        reply = await http.request(method, path, json=body, headers=account.bearer)
+        assert reply.status_code == 400, (path, body, reply.status_code, reply.text)
+        status = _json_status(reply)
+        assert status["code"] == 3 and _fields(status) == {field}, (path, status)
+        assert field in status["message"]
+
+    # Known fields, in either JSON or proto spelling, and nested maps still pass.
+    created = await http.post("/v1/conversations", headers=account.bearer, json={
+        "title": "fine", "metadata": {"any_key": "v"}, "system_prompt": "be brief",
+        # OUTPUT_ONLY: accepted and ignored, never stored as sent.
+        "createTime": "2001-01-01T00:00:00Z", "messageCount": 99})
+    assert created.status_code == 200, created.text
+    conversation = created.json()
+    assert conversation["title"] == "fine" and conversation["metadata"] == {"any_key": "v"}
+    assert not conversation["createTime"].startswith("2001") and conversation.get("messageCount", 0) == 0

@@ -114,8 +114,9 @@ async def test_sigkill_mid_ingestion_reaches_ready_once_without_duplicates(calle
     assert [(r.request_id, r.quantity_micros) for r in embedded] == [
         (f"{uid}/chunks_embedded", ready.chunk_count * 1_000_000)]
 
-    # Vectors: read Milvus itself, with Knowledge stopped (Milvus Lite serves one process).
-    mesh.stop("knowledge")
+    # Vectors: read Milvus itself, with Knowledge gone (Milvus Lite serves one process) - killed
+    # again, so the vectors of a READY document must have been durable when it became READY.
+    mesh.crash("knowledge")
     try:
         ids = await asyncio.to_thread(_milvus_ids, Path(mesh.settings.var_dir), uid)
     finally:
