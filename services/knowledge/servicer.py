@@ -12,7 +12,7 @@ from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from google.protobuf import empty_pb2
 
 from services.common.errors import FieldViolations, invalid_argument
-from services.common.identity import Identity, Role, require_identity
+from services.common.identity import Identity, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, idle_limited
@@ -20,6 +20,7 @@ from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
 from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge.blobs import BlobStore
+from services.knowledge.chunking import count_tokens
 from services.knowledge.documents import (
     DOCUMENT,
     MAX_STREAM_BYTES,
@@ -29,7 +30,6 @@ from services.knowledge.documents import (
     check_unary_content,
     collect_stream,
 )
-from services.knowledge.chunking import count_tokens
 from services.knowledge.ingest import Ingestor
 from services.knowledge.keyword_index import (
     KeywordIndex,
@@ -132,7 +132,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def CreateDocument(
         self, request: knowledge_pb2.CreateDocumentRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.Document:
-        identity = _caller(context, Role.MEMBER, "uploading a document")
+        identity = _caller(context)
         doc = _new_document(request.document, request.document_id, request.request_id)
         v = FieldViolations()
         v.check(request.HasField("document"), "document", "required")
@@ -145,7 +145,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def UploadDocument(
         self, request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.Document:
-        identity = _caller(context, Role.MEMBER, "uploading a document")
+        identity = _caller(context)
         # Like every client stream, an upload that stops sending ends after an idle limit.
         stream = idle_limited(request_iterator.__aiter__(), CLIENT_STREAM_IDLE_SECONDS, "content_chunk")
         first = await anext(stream, None)
@@ -176,13 +176,13 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def GetDocument(
         self, request: knowledge_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.Document:
-        identity = _caller(context, Role.VIEWER, "reading documents")
+        identity = _caller(context)
         return to_proto(await self.documents.get(identity.org, request.name))
 
     async def ListDocuments(
         self, request: knowledge_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.ListDocumentsResponse:
-        identity = _caller(context, Role.VIEWER, "listing documents")
+        identity = _caller(context)
         page = self.pages.start(request, identity.org)
         if request.state not in (Doc.STATE_UNSPECIFIED, *STATE_NAMES):
             raise invalid_argument("state is not a known value", [("state", "unknown enum value")])
@@ -196,14 +196,14 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def DeleteDocument(
         self, request: knowledge_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        identity = _caller(context, Role.MEMBER, "deleting a document")
+        identity = _caller(context)
         await self.documents.delete(identity.org, request.name)
         return empty_pb2.Empty()
 
     async def SearchDocuments(
         self, request: knowledge_pb2.SearchDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.SearchDocumentsResponse:
-        identity = _caller(context, Role.VIEWER, "searching documents")
+        identity = _caller(context)
         v = FieldViolations()
         v.check(request.mode in MODES, "mode", "unknown search mode")
         top_k = check_query(request.query, request.top_k, len(request.metadata_filters), v)
@@ -247,7 +247,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def EmbedTexts(
         self, request: knowledge_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.EmbedTextsResponse:
-        identity = _caller(context, Role.VIEWER, "embedding texts")
+        identity = _caller(context)
         texts = list(request.texts)
         v = FieldViolations()
         v.check(1 <= len(texts) <= MAX_EMBED_TEXTS, "texts", f"1-{MAX_EMBED_TEXTS:,} texts required")
@@ -268,10 +268,9 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             model=EMBEDDING_MODEL_ID, total_tokens=sum(counts))
 
 
-def _caller(context: grpc.aio.ServicerContext, role: Role, action: str) -> Identity:
-    identity = require_identity(context.invocation_metadata() or ())
-    identity.require_role(role, action)
-    return identity
+def _caller(context: grpc.aio.ServicerContext) -> Identity:
+    # Roles are checked before any servicer code (services/common/access.py).
+    return require_identity(context.invocation_metadata() or ())
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

@@ -135,6 +135,7 @@ class ConverseSession:
             interim_results=cfg.interim_results,
             silence_ms=audio.silence_ms,
             max_utterance_ms=audio.max_utterance_ms,
+            speech_start_timeout_ms=audio.speech_start_timeout_ms,
         )
 
     def _stub(self) -> conversation_pb2_grpc.ConversationServiceStub:

@@ -36,6 +36,7 @@ CONVERSE_MAX_SECONDS = 1800.0
 CONVERSE_IDLE_SECONDS = 30.0
 # Both streams
 MAX_CHUNK_BYTES = 32768
+DEFAULT_SILENCE_MS = 500  # endpointing silence when the stream does not set one
 # Recognize
 RECOGNIZE_MAX_BYTES = 10 * 1024 * 1024
 RECOGNIZE_MAX_SECONDS = 60.0
@@ -64,6 +65,7 @@ class StreamAudio:
     sample_rate: int
     silence_ms: int
     max_utterance_ms: int
+    speech_start_timeout_ms: int = 0
 
 
 def check_language(v: FieldViolations, field: str, code: str) -> None:
@@ -91,7 +93,7 @@ def check_stream_recognition(
     )
     check_language(v, f"{prefix}.language_code", config.language_code)
     v.check(0 <= config.max_alternatives <= 5, f"{prefix}.max_alternatives", "must be 0-5")
-    silence_ms, max_ms = 800, 30_000
+    silence_ms, max_ms, start_ms = DEFAULT_SILENCE_MS, 30_000, 0
     if endpointing is not None:
         if endpointing.HasField("silence_duration"):
             silence_ms = int(seconds(endpointing.silence_duration) * 1000)
@@ -107,7 +109,14 @@ def check_stream_recognition(
                 f"{endpointing_field}.max_utterance_duration",
                 "must be 1 s to 60 s",
             )
-    return StreamAudio(rate, silence_ms, max_ms)
+        if endpointing.HasField("speech_start_timeout"):
+            start_ms = int(seconds(endpointing.speech_start_timeout) * 1000)
+            v.check(
+                1000 <= start_ms <= 60_000,
+                f"{endpointing_field}.speech_start_timeout",
+                "must be 1 s to 60 s",
+            )
+    return StreamAudio(rate, silence_ms, max_ms, start_ms)
 
 
 def check_first_message(

@@ -50,7 +50,7 @@ from services.speech.requests import (
     next_request,
     seconds,
 )
-from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
+from services.speech.synthesis import DEFAULT_VOICE, NATURAL_SAMPLE_RATE, Synthesizer
 
 RECOGNIZE_CACHE_SECONDS = 24 * 3600  # how long a Recognize request_id replays its result
 
@@ -97,13 +97,40 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
         self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
 
+        self._answered = False  # both models answered a real request (warm-up) once
+
         async def models_ready() -> bool:
             ready = await self.triton.readiness((ASR_MODEL, TTS_MODEL))
-            return all(ready.values())
+            if not all(ready.values()):
+                return False
+            if not self._answered:
+                self._answered = await self._warm_up()
+            return self._answered
 
         runtime.add_health_check("triton", models_ready)
         runtime.on_shutdown(self.triton.close)
         runtime.on_shutdown(self.channels.close)
+
+    async def _warm_up(self) -> bool:
+        """Readiness means "answers": one short recognition stream and one synthesis go through
+        Triton before Speech reports SERVING, so the first caller's stream is not the one that
+        pays for first-use setup anywhere on the path."""
+        try:
+            async with asyncio.timeout(60.0):
+                async with self.triton.recognize() as stream:
+                    await stream.end(
+                        {
+                            "AUDIO": np.zeros((1, 8000), dtype=np.int16),
+                            "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
+                        }
+                    )
+                    finals = [r async for r in stream if r.get("IS_FINAL") is not None]
+                voices = await self.synthesizer.voices()
+                voice = next((v for v in voices if v.name == DEFAULT_VOICE), voices[0])
+                audio = [c async for c in self.synthesizer.stream("Ready.", voice, 1.0, 16000)]
+            return bool(finals) and bool(audio)
+        except (ServiceError, TimeoutError, IndexError):
+            return False
 
     def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         return require_identity(context.invocation_metadata())
@@ -139,6 +166,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 single_utterance=cfg.single_utterance,
                 silence_ms=audio.silence_ms,
                 max_utterance_ms=audio.max_utterance_ms,
+                speech_start_timeout_ms=audio.speech_start_timeout_ms,
                 audio_offset=offset,
             ),
         )
@@ -318,6 +346,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 language_codes=list(v.language_codes),
                 gender=_GENDERS.get(v.gender, speech_pb2.Voice.GENDER_UNSPECIFIED),
                 natural_sample_rate_hertz=NATURAL_SAMPLE_RATE,
+                family=v.family,
             )
         return response
 

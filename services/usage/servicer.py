@@ -38,7 +38,7 @@ from services.common.errors import (
     unauthenticated,
     unavailable,
 )
-from services.common.identity import Identity, Role, identity_from_metadata, require_identity
+from services.common.identity import Identity, identity_from_metadata, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
@@ -260,7 +260,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.CreateBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Budget:
         identity = require_identity(context.invocation_metadata() or ())
-        identity.require_role(Role.ADMIN, "creating a budget")
         row, _ = await self.store.create_budget(budget_rules.new_budget(identity.org, request.budget, request.request_id))
         if not row:
             raise already_exists("a budget for this scope and currency already exists",
@@ -296,7 +295,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.UpdateBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Budget:
         identity, row, budget_id = await self._load_budget(request.budget.name, context)
-        identity.require_role(Role.ADMIN, "updating a budget")
         paths = list(request.update_mask.paths)
         budget_rules.check_update_mask(request.budget, paths)
         if row is None:
@@ -311,7 +309,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.DeleteBudgetRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         identity, _, budget_id = await self._load_budget(request.name, context)
-        identity.require_role(Role.ADMIN, "deleting a budget")
         if not await self.store.delete_budget(identity.org, budget_id) and not request.allow_missing:
             raise not_found(f"{request.name} not found")
         return empty_pb2.Empty()
