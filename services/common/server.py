@@ -27,7 +27,7 @@ from services.common.access import AccessInterceptor
 from services.common.audit import AuditInterceptor, AuditSink, RemoteAuditSink
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
-from services.common.db import Database, StartupError, database_error, is_transient
+from services.common.db import Database, StartupError, database_error, is_broken_connection
 from services.common.errors import DomainError, ServiceError
 from services.common.handlers import call_unary, iterate_stream, rewrap
 from services.common.request_checks import (
@@ -181,7 +181,7 @@ def _wrap_unary(behavior: Callable[..., Any], method: str, retry_once: bool = Fa
             try:
                 return await call_unary(behavior, request, context)
             except Exception as exc:
-                if not (retry_once and is_transient(exc)):
+                if not (retry_once and is_broken_connection(exc)):
                     raise
                 # A read that met a connection broken by a database restart: the pool hands out
                 # a checked connection now, so one more run usually answers.

@@ -1,4 +1,4 @@
-"""Audio plumbing for Speech: PCM/WAV decoding and encoding, streaming resampling, and the
+"""Audio plumbing for Speech: raw PCM, streaming resampling, and the
 voice activity detector that ends utterances (endpointing).
 
 Plain Python + numpy: no gRPC types. Samples are mono int16 throughout.
@@ -6,9 +6,6 @@ Plain Python + numpy: no gRPC types. Samples are mono int16 throughout.
 
 from __future__ import annotations
 
-import io
-import struct
-import wave
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,40 +27,6 @@ def pcm_from_bytes(data: bytes) -> np.ndarray:
     if len(data) % 2:
         raise AudioFormatError(f"{len(data)} bytes is not a whole number of 16-bit samples")
     return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
-
-
-def is_wav(data: bytes) -> bool:
-    return len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WAVE"
-
-
-def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """A RIFF/WAVE file holding mono 16-bit PCM -> (samples, sample rate)."""
-    if not is_wav(data):
-        raise AudioFormatError("not a RIFF/WAVE file (missing RIFF....WAVE header)")
-    try:
-        with wave.open(io.BytesIO(data), "rb") as reader:
-            channels = reader.getnchannels()
-            width = reader.getsampwidth()
-            rate = reader.getframerate()
-            frames = reader.readframes(reader.getnframes())
-    except (wave.Error, EOFError, struct.error) as exc:
-        raise AudioFormatError(f"unreadable WAV: {exc}") from None
-    if channels != 1:
-        raise AudioFormatError(f"WAV has {channels} channels; only mono is supported")
-    if width != 2:
-        raise AudioFormatError(f"WAV has {width * 8}-bit samples; only 16-bit PCM is supported")
-    return pcm_from_bytes(frames[: len(frames) - len(frames) % 2]), rate
-
-
-def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
-    """Mono int16 samples -> a complete WAV file."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(sample_rate)
-        writer.writeframes(samples.astype("<i2", copy=False).tobytes())
-    return out.getvalue()
 
 
 class StreamResampler:

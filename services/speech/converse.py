@@ -112,6 +112,7 @@ class ConverseSession:
         self.config = speech_pb2.ConverseConfig()
         self.voice: VoiceInfo | None = None
         self.rate = NATURAL_SAMPLE_RATE
+        self.input_encoding = "LINEAR16"  # of the caller's audio chunks
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -123,8 +124,9 @@ class ConverseSession:
             "config.output_audio_config",
             cfg.output_audio_config,
             cfg.HasField("output_audio_config"),
-            linear16_only=True,
+            ("LINEAR16",),
         )
+        self.input_encoding = audio.encoding
         if cfg.conversation and not re.match(r"^conversations/[^/]+$", cfg.conversation):
             v.add("config.conversation", "must be conversations/{conversation} or empty")
         v.raise_if_any()
@@ -198,6 +200,7 @@ class ConverseSession:
             requests,
             config_field="config",
             sample_rate=options.sample_rate,
+            encoding=self.input_encoding,
             max_seconds=CONVERSE_MAX_SECONDS,
             idle_seconds=CONVERSE_IDLE_SECONDS,
         )
@@ -225,7 +228,10 @@ class ConverseSession:
             )
             await session.abort()
             await self.servicer.usage.meter(
-                self.identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
+                self.identity,
+                ResourceType.RESOURCE_TYPE_AUDIO_SECONDS,
+                session.received_seconds,
+                "",
             )
 
     async def _put(self, turn_id: str, **event: Any) -> None:

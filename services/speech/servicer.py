@@ -7,8 +7,8 @@ converse.py (the full-duplex voice loop over Conversation). Checks and limits: r
 from __future__ import annotations
 
 import asyncio
-import time
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,8 +23,8 @@ from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
 from services.common.usage_client import ResourceType, UsageClient
+from services.speech import codecs
 from services.speech import metrics as speech_metrics
-from services.speech.audio import wav_bytes
 from services.speech.converse import ConverseSession
 from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
 from services.speech.recognition import (
@@ -37,8 +37,6 @@ from services.speech.recognition import (
     run_session,
 )
 from services.speech.requests import (
-    check_synthesis,
-    recognize_audio,
     STREAM_IDLE_SECONDS,
     STREAM_MAX_SECONDS,
     STREAMING_SYNTHESIZE_MAX_CHARS,
@@ -46,12 +44,17 @@ from services.speech.requests import (
     audio_intake,
     check_first_message,
     check_language_filter,
+    check_synthesis,
     duration,
+    encoding_name,
     next_request,
+    output_rate,
+    recognize_audio,
     seconds,
 )
 from services.speech.synthesis import DEFAULT_VOICE, NATURAL_SAMPLE_RATE, Synthesizer
 
+STREAMED_OUTPUTS = ("LINEAR16", "MULAW")  # encodings whose chunks play on their own
 RECOGNIZE_CACHE_SECONDS = 24 * 3600  # how long a Recognize request_id replays its result
 
 
@@ -174,6 +177,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             requests,
             config_field="streaming_config",
             sample_rate=audio.sample_rate,
+            encoding=audio.encoding,
             max_seconds=STREAM_MAX_SECONDS,
             idle_seconds=STREAM_IDLE_SECONDS,
         )
@@ -246,7 +250,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         if key is not None:
             await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
         await self.usage.meter(
-            identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, len(samples) / rate, request.request_id
+            identity,
+            ResourceType.RESOURCE_TYPE_AUDIO_SECONDS,
+            len(samples) / rate,
+            request.request_id,
         )
         return response
 
@@ -256,17 +263,17 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.SynthesizeResponse:
         identity = self._identity(context)
-        check_synthesis(request, SYNTHESIZE_MAX_CHARS, linear16_only=False)
+        check_synthesis(request, SYNTHESIZE_MAX_CHARS, codecs.OUTPUTS)
         voice = await self.synthesizer.voice(request.voice)
-        rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
+        rate = output_rate(request.audio_config, NATURAL_SAMPLE_RATE)
         parts = [
             chunk.pcm
             async for chunk in speech_metrics.first_audio(
-                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate),
+                voice.name,
             )
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
-        wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
         await self.usage.meter(
             identity,
             ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
@@ -275,7 +282,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             model=voice.name,
         )
         return speech_pb2.SynthesizeResponse(
-            audio_content=wav_bytes(pcm, rate) if wav else pcm.astype("<i2").tobytes(),
+            audio_content=codecs.encode(pcm, rate, encoding_name(request.audio_config.encoding)),
             encoding=request.audio_config.encoding,
             sample_rate_hertz=rate,
             audio_duration=duration(pcm.size / rate),
@@ -286,19 +293,21 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.StreamingSynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[speech_pb2.StreamingSynthesizeResponse]:
         identity = self._identity(context)
-        check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, linear16_only=True)
+        check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, STREAMED_OUTPUTS)
         voice = await self.synthesizer.voice(request.voice)
-        rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
+        rate = output_rate(request.audio_config, NATURAL_SAMPLE_RATE)
+        encoding = encoding_name(request.audio_config.encoding)
         index = 0
         played = 0
         spoken = 0  # characters whose synthesis started: what is metered if the caller leaves
         try:
             async for chunk in speech_metrics.first_audio(
-                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate),
+                voice.name,
             ):
                 spoken = max(spoken, chunk.text_end)
                 yield speech_pb2.StreamingSynthesizeResponse(
-                    audio_content=chunk.pcm.astype("<i2").tobytes(),
+                    audio_content=codecs.encode(chunk.pcm, rate, encoding),
                     chunk_index=index,
                     sample_rate_hertz=rate,
                     audio_offset=duration(played / rate),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from aimesh.speech.v1 import speech_pb2
 
-from services.speech.audio import wav_bytes
+from services.speech.codecs import encode
 from tests.integration.speech.conftest import (
     RATE,
     Speech,
@@ -46,7 +46,7 @@ async def test_recognize_wav_has_bounded_wer(
     for sentence in SENTENCES:
         reply = await _recognize(
             gateway_speech,
-            wav_bytes(with_pauses(utterances[sentence], gap=0.5), RATE),
+            encode(with_pauses(utterances[sentence], gap=0.5), RATE, "WAV"),
             encoding=speech_pb2.AUDIO_ENCODING_WAV,
             enable_word_time_offsets=True,
         )
@@ -222,7 +222,7 @@ async def test_recognize_rejects_bad_requests(speech: Speech) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _recognize(
             speech,
-            wav_bytes(np.zeros(61 * 8000, dtype=np.int16), 8000),
+            encode(np.zeros(61 * 8000, dtype=np.int16), 8000, "WAV"),
             encoding=speech_pb2.AUDIO_ENCODING_WAV,
             sample_rate_hertz=16000,
         )

@@ -4,19 +4,16 @@ streaming synthesis and captions, stability, page tokens and the SDK pacing help
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-
 from aimesh_sdk.audio import paced, pcm_chunks
-from services.speech.audio import (
-    SpeechDetector,
-    StreamResampler,
-    parse_wav,
-    resample,
-    wav_bytes,
-)
+
+from services.speech import codecs
+from services.speech.audio import AudioFormatError, SpeechDetector, StreamResampler, resample
 from services.speech.converse import take_sentences
 from services.speech.recognition import stability_of
 from services.speech.synthesis import bcp47, split_sentences, wpm_for
@@ -35,12 +32,13 @@ def quiet(seconds: float) -> np.ndarray:
 
 def spoken(text: str) -> np.ndarray:
     """eSpeak NG speech (the Debian package setup installs), 16 kHz, trimmed to the voice."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-s", "150", "--stdout", text],
-        check=True,
-        capture_output=True,
-    ).stdout
-    samples, rate = parse_wav(wav[: 44 + (len(wav) - 44) // 2 * 2])
+    with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", "150", "-w", wav.name, text],
+            check=True,
+            capture_output=True,
+        )
+        samples, rate = codecs.decode(Path(wav.name).read_bytes(), "WAV", 0)
     pcm = resample(samples, rate, RATE)
     voiced = np.flatnonzero(np.abs(pcm) > 300)
     return pcm[voiced[0] : voiced[-1] + 1]
@@ -94,10 +92,41 @@ def test_resampler_streams_without_losing_time() -> None:
     assert out.size == pytest.approx(2 * RATE, abs=2)
 
 
-def test_wav_round_trip() -> None:
-    samples = tone(0.25)
-    parsed, rate = parse_wav(wav_bytes(samples, RATE))
-    assert rate == RATE and np.array_equal(parsed, samples)
+@pytest.mark.parametrize("encoding", codecs.OUTPUTS)
+def test_every_output_format_decodes_back(encoding: str) -> None:
+    samples = spoken("turn on the kitchen lights")
+    rate = codecs.default_rate(encoding, RATE)
+    source = resample(samples, RATE, rate)
+    data = codecs.encode(source, rate, encoding)
+    decoded, decoded_rate = codecs.decode(data, "MULAW" if encoding == "MULAW" else encoding, rate)
+    assert decoded_rate == rate
+    if encoding in ("LINEAR16", "WAV", "FLAC"):  # lossless
+        assert np.array_equal(decoded, source)
+    elif encoding == "MULAW":  # 8-bit companding: the same wave, slightly coarser
+        assert np.corrcoef(decoded.astype(float), source.astype(float))[0, 1] > 0.999
+    else:  # lossy codecs: the same length (give or take codec padding) and loudness
+        assert abs(decoded.size - source.size) < 0.1 * rate
+        assert np.std(decoded) == pytest.approx(np.std(source), rel=0.25)
+
+
+@pytest.mark.parametrize(
+    ("data_encoding", "label", "rate", "needle"),
+    [
+        ("WAV", "FLAC", 0, "WAV file, not FLAC"),
+        ("FLAC", "LINEAR16", 16000, "FLAC file, not raw LINEAR16"),
+        ("OGG_OPUS", "WAV", 0, "OGG_OPUS file, not WAV"),
+        ("LINEAR16", "WAV", 0, "unreadable WAV"),
+        ("LINEAR16", "MULAW", 16000, "must be 8000 Hz"),
+        ("WAV", "WAV", 8000, "disagrees with the file's header"),
+    ],
+)
+def test_mislabelled_audio_is_refused(
+    data_encoding: str, label: str, rate: int, needle: str
+) -> None:
+    source_rate = 24000 if data_encoding == "OGG_OPUS" else RATE
+    data = codecs.encode(tone(0.5), source_rate, data_encoding)
+    with pytest.raises(AudioFormatError, match=needle):
+        codecs.decode(data, label, rate)
 
 
 def test_sentences_cover_the_text_and_respect_the_limit() -> None:
