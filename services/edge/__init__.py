@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP edge: `/openai/v1/...` behind the gateway, calling the gRPC services.
+"""The OpenAI-compatible HTTP edge: `/openai/v1/...` behind the gateway, calling the gRPC
+services.
 
 Why a service of its own: Envoy's JSON transcoder cannot answer one route with JSON or SSE
 depending on a body field (`stream`), nor parse multipart uploads, and OpenAI's wire shapes are
