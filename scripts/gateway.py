@@ -275,6 +275,45 @@ def _preflight_route() -> dict[str, Any]:
     }
 
 
+# Files the gateway serves itself, without auth (public documents): the OpenAPI document of
+# the JSON surface (scripts/gen) and the web console (console/dist: committed, fixed file
+# names, so Envoy can always load them and this configuration stays the same on every
+# machine). Envoy reads them when it starts: after rebuilding the console, restart it.
+OPENAPI_DOCUMENT = REPO_ROOT / "gen" / "openapi.json"
+CONSOLE_DIST = REPO_ROOT / "console" / "dist"
+CONSOLE_FILES = ("index.html", "assets/console.js", "assets/console.css")
+MAX_STATIC_BYTES = 8 * 1024 * 1024
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                  ".css": "text/css; charset=utf-8", ".json": "application/json"}
+
+
+def _static_route(path: str, file: Path, match: str = "path") -> dict[str, Any]:
+    return {
+        "name": f"static:{path}",
+        "match": {match: path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [{
+            "header": {"key": "content-type", "value": _CONTENT_TYPES[file.suffix]},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "typed_per_filter_config": {
+            **_disabled("envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn"),
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": _t("envoy.config.route.v3.FilterConfig"), "disabled": True},
+        },
+    }
+
+
+def _static_routes() -> list[dict[str, Any]]:
+    index = CONSOLE_DIST / "index.html"
+    return [
+        _static_route("/v1/openapi.json", OPENAPI_DOCUMENT),
+        *(_static_route(f"/console/{name}", CONSOLE_DIST / name) for name in CONSOLE_FILES),
+        # The single-page app: /console, /console/ and its own paths get index.html.
+        _static_route("/console", index),
+        _static_route("/console/", index, match="prefix"),
+    ]
+
+
 def _not_found_route() -> dict[str, Any]:
     # Unknown REST paths are already 404 from the transcoder (reject_unknown_method); this
     # catches unknown gRPC paths. Nothing is routed upstream, so skipping auth here is safe.
@@ -663,8 +702,9 @@ def _tracing() -> dict[str, Any]:
 
 
 def render(settings: Settings, descriptor: Path = DESCRIPTOR,
-           admin_addr: str | None = None) -> dict[str, Any]:
-    """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters)."""
+           admin_addr: str | None = None, static_files: bool = True) -> dict[str, Any]:
+    """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters).
+    static_files: serve the OpenAPI document and the console from the repository's files."""
     return {
         "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
         "overload_manager": {"resource_monitors": [{
@@ -682,7 +722,7 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
                 "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": _connection_manager(settings, descriptor),
+                    "typed_config": _connection_manager(settings, descriptor, static_files),
                 }]}],
             }],
             "clusters": _clusters(settings),
@@ -690,14 +730,16 @@ def render(settings: Settings, descriptor: Path = DESCRIPTOR,
     }
 
 
-def _connection_manager(settings: Settings, descriptor: Path) -> dict[str, Any]:
+def _connection_manager(settings: Settings, descriptor: Path,
+                        static_files: bool = True) -> dict[str, Any]:
     """The HTTP connection manager: header stripping, routes, filters, error bodies, access log."""
     rpcs = load_rpcs(descriptor)
     services = sorted({r.full_service for r in rpcs})
     # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
     # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
-    routes = [_route(r) for r in rpcs if is_public(r)] + [
-        _preflight_route(), _edge_route(), _not_found_route()]
+    routes = ([_route(r) for r in rpcs if is_public(r)]
+              + (_static_routes() if static_files else [])
+              + [_preflight_route(), _edge_route(), _not_found_route()])
     return {
         "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager"),
@@ -714,6 +756,7 @@ def _connection_manager(settings: Settings, descriptor: Path) -> dict[str, Any]:
         }],
         "route_config": {
             "name": "aimesh",
+            "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
             "virtual_hosts": [{
                 "name": "aimesh",
                 "domains": ["*"],
@@ -844,7 +887,9 @@ def reference_configs() -> dict[Path, str]:
     envoy/envoy.k8s.yaml for the gateway pod (istio/base/gateway.yaml). What runs locally is
     rendered the same way for the actual settings into $AIMESH_VAR_DIR/envoy/envoy.json."""
     local = _replace_paths(render(Settings.from_env({})), {f"{REPO_ROOT}/": ""})
-    k8s = _replace_paths(render(k8s_settings()), {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"})
+    # The pod carries no repository files: it serves no console or OpenAPI document.
+    k8s = _replace_paths(render(k8s_settings(), static_files=False),
+                         {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"})
     return {
         ENVOY_DIR / "envoy.yaml": _REFERENCE_HEADER.format(
             what="the default local settings (no AIMESH_* variables; paths relative to the\n"

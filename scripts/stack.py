@@ -228,6 +228,8 @@ def _print_endpoints(stack: Stack) -> None:
         rows.append(("triton (gRPC)", s.triton_url))
     if "gateway" in stack.processes:
         rows.append(("gateway (gRPC, gRPC-Web, JSON/HTTP)", s.gateway_addr))
+        rows.append(("web console", f"http://{s.gateway_addr}/console/"))
+        rows.append(("OpenAPI document", f"http://{s.gateway_addr}/v1/openapi.json"))
     if "prometheus" in stack.processes:
         rows.append(("prometheus (metrics, alerts)", f"http://{s.prometheus_addr}"))
     width = max(len(r[0]) for r in rows)

@@ -6,6 +6,7 @@
 - memberships.py   users, organizations, memberships and roles
 - api_keys.py      API keys and their request-path cache
 - revocation.py    ended sessions and membership changes, enforced at the gateway within 1 s
+- audit.py         the audit log of every service's security-relevant actions
 - redis_guard.py   Redis on the request path (timeouts, fallback, surely-applied writes)
 
 All are plain Python and raise the domain errors of errors.py, which maps them to gRPC status
@@ -22,6 +23,7 @@ from typing import Any
 
 from services.auth import crypto, store
 from services.auth.api_keys import ApiKeys
+from services.auth.audit import AuditLog
 from services.auth.errors import Forbidden
 from services.auth.memberships import Memberships
 from services.auth.principal import ROLE_NAMES, Principal
@@ -53,6 +55,7 @@ class AuthDomain:
         self.sessions = Sessions(db, secrets, self.signing_keys, LoginThrottle(self.redis),
                                  self.revocations, access_ttl_seconds, platform_admins)
         self.api_keys = ApiKeys(db, secrets, self.redis, self.memberships, spawn)
+        self.audit = AuditLog(db)
 
     async def housekeeping(self, every_seconds: float = 3600.0) -> None:
         """Background pruning for the life of the server (idempotency records, old tokens)."""

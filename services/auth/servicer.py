@@ -19,7 +19,8 @@ from services.auth import check, store
 from services.auth.domain import AuthDomain
 from services.auth.principal import ROLE_BY_NAME, Principal
 from services.auth.sessions import Tokens
-from services.common.errors import invalid_argument, not_found, unauthenticated
+from services.common.audit import Event
+from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
 from services.common.names import ResourceName, resource
 from services.common.pagination import Paginator
@@ -37,6 +38,7 @@ ORGANIZATION = resource("auth.aimesh.dev/Organization")
 USER = resource("auth.aimesh.dev/User")
 MEMBERSHIP = resource("auth.aimesh.dev/Membership")
 API_KEY = resource("auth.aimesh.dev/ApiKey")
+AUDIT_EVENT = resource("auth.aimesh.dev/AuditEvent")
 log = logging.getLogger("aimesh.auth")
 
 
@@ -107,6 +109,14 @@ def _membership(row: store.Row) -> auth_pb2.Membership:
         inviter=row["inviter"], create_time=to_timestamp(row["create_time"]),
         update_time=to_timestamp(row["update_time"]), etag=str(row["version"]),
     )
+
+
+def _audit_event(row: store.Row) -> auth_pb2.AuditEvent:
+    return auth_pb2.AuditEvent(
+        name=AUDIT_EVENT.format(row["org_id"], row["id"]), action=row["action"],
+        actor=row["actor"], resource=row["resource"], peer_address=row["peer_address"],
+        request_id=row["request_id"], create_time=to_timestamp(row["create_time"]),
+        details={str(k): str(v) for k, v in dict(row["details"]).items()})
 
 
 def _role(value: int, field_name: str) -> Role:
@@ -260,6 +270,36 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return _api_key(await self.domain.api_keys.revoke(principal, key_id))
 
 
+    async def ListAuditEvents(self, request: auth_pb2.ListAuditEventsRequest,
+                              context: Any) -> auth_pb2.ListAuditEventsResponse:
+        principal = _principal(context)
+        org_id = _org_from(request.parent, principal, "parent")
+        page = self.pages.start(request, principal.org_id)
+        rows = await self.domain.audit.list(org_id, request.action or None,
+                                            page.cursor, page.size + 1)  # type: ignore[arg-type]
+        rows, token = page.split(rows, _create_order)
+        return auth_pb2.ListAuditEventsResponse(audit_events=[_audit_event(r) for r in rows],
+                                                next_page_token=token)
+
+    async def RecordAuditEvents(self, request: auth_pb2.RecordAuditEventsRequest,
+                                context: Any) -> auth_pb2.RecordAuditEventsResponse:
+        v = FieldViolations()
+        v.check(0 < len(request.events) <= 100, "events", "must hold 1-100 events")
+        for i, e in enumerate(request.events):
+            v.check(bool(e.event_key), f"events[{i}].event_key", "is required")
+            v.check(bool(e.action), f"events[{i}].action", "is required")
+            ORGANIZATION.id(e.organization, f"events[{i}].organization", v)
+        v.raise_if_any()
+        recorded = 0
+        for e in request.events:
+            recorded += await self.domain.audit.record(Event(
+                event_key=e.event_key, org_id=ORGANIZATION.id(e.organization, "organization"),
+                action=e.action, actor=e.actor,
+                resource=e.resource, peer_address=e.peer_address, request_id=e.request_id,
+                details=dict(e.details)))
+        return auth_pb2.RecordAuditEventsResponse(recorded_count=recorded)
+
+
 class _Shared:
     """One AuthDomain per process, shared by both servicers."""
 
@@ -300,6 +340,8 @@ def build_spec() -> ServiceSpec:
         ],
         # API-key checks fall back to PostgreSQL when Redis is down, so Redis is not required.
         cache_required_for_readiness=False,
+        # Auth keeps the audit log: its own events go straight to its store.
+        audit_sink=lambda runtime: shared.get(runtime).audit,
     )
 
 

@@ -382,3 +382,37 @@ async def prune(conn: Conn) -> None:
     await conn.execute(
         "DELETE FROM refresh_tokens WHERE expire_time < now() - interval '7 days'")
     await mark_expired_keys_retired(conn)
+
+
+# --- audit log -------------------------------------------------------------------------------
+
+async def insert_audit_event(
+    conn: Conn, event_id: str, org_id: str | None, action: str, actor: str, resource: str,
+    peer_address: str, request_id: str, details: dict[str, str], event_key: str,
+) -> bool:
+    """Record one action; False when its event_key was recorded before."""
+    row = await _one(
+        conn,
+        "INSERT INTO audit_events (id, org_id, action, actor, resource, peer_address, request_id, "
+        "details, event_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (event_key) DO NOTHING RETURNING id",
+        (event_id, org_id, action, actor, resource, peer_address, request_id, Jsonb(details),
+         event_key),
+    )
+    return row is not None
+
+
+async def list_audit_events(
+    conn: Conn, org_id: str, action: str | None, before: tuple[datetime, str] | None, limit: int
+) -> list[Row]:
+    sql = "SELECT * FROM audit_events WHERE org_id = %s"
+    params: list[Any] = [org_id]
+    if action:
+        sql += " AND action = %s"
+        params.append(action)
+    if before:
+        sql += " AND (create_time, id) < (%s, %s)"
+        params.extend(before)
+    sql += " ORDER BY create_time DESC, id DESC LIMIT %s"
+    params.append(limit)
+    return await _all(conn, sql, tuple(params))

@@ -81,6 +81,8 @@ METHOD_ACCESS: Mapping[str, Access] = {
     _AUTH + "GetApiKey": _r(V),
     _AUTH + "ListApiKeys": _r(V),
     _AUTH + "RevokeApiKey": _r(A),
+    _AUTH + "ListAuditEvents": _r(A),
+    _AUTH + "RecordAuditEvents": SERVICE,
     # Billing
     _BILLING + "ListPlans": _r(V, "usage.read"),
     _BILLING + "GetPlan": _r(V, "usage.read"),

@@ -65,6 +65,7 @@ USAGE_ACCOUNTING: tuple[str, ...] = (
 # Rate-limit policy follows the subscribed plan, so only Billing sets it.
 USAGE_SET_RATE_LIMIT = _USAGE + "SetRateLimitPolicy"
 USAGE_INTERNAL: tuple[str, ...] = (*USAGE_ACCOUNTING, USAGE_SET_RATE_LIMIT)
+AUTH_RECORD_AUDIT = "/aimesh.auth.v1.AuthService/RecordAuditEvents"
 _KNOWLEDGE = "/aimesh.knowledge.v1.KnowledgeService/"
 _CONVERSATION = "/aimesh.conversation.v1.ConversationService/"
 
@@ -115,8 +116,11 @@ _COMMON: tuple[Rule, ...] = (
 
 POLICY: Mapping[str, tuple[Rule, ...]] = {
     "auth": (
-        _rule([GATEWAY], _all("auth"), forwards_identity=True, why="public Auth API"),
+        _rule([GATEWAY], _all("auth"), not_methods=[AUTH_RECORD_AUDIT], forwards_identity=True,
+              why="public Auth API; never audit-log writes"),
         _rule([GATEWAY], [EXT_AUTHZ_CHECK], why="Envoy ext_authz"),
+        _rule(["billing", "usage"], [AUTH_RECORD_AUDIT],
+              why="services report their security-relevant actions to the audit log"),
     ),
     "usage": (
         _rule(

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import channels, deadlines, mesh_policy, metrics, telemetry, tls
 from services.common.access import AccessInterceptor
+from services.common.audit import AuditInterceptor, AuditSink, RemoteAuditSink
 from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError, database_error, is_transient
@@ -89,6 +90,8 @@ class ServiceSpec:
     uses_cache: bool = True
     # False where the service must keep serving without Redis (e.g. Auth falls back to SQL).
     cache_required_for_readiness: bool = True
+    # Where its audit events go (services/common/audit.py); default: Auth's RecordAuditEvents.
+    audit_sink: Callable[[Runtime], AuditSink] | None = None
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ def _is_abort(exc: BaseException) -> bool:
 
 async def _run(spec: ServiceSpec, settings: Settings) -> int:
     runtime = await _open_runtime(spec, settings)
-    server = _new_server(spec, settings)
+    server = _new_server(spec, settings, runtime)
     registered = spec.register(server, runtime)
     if inspect.isawaitable(registered):
         await registered
@@ -253,7 +256,25 @@ async def _open_runtime(spec: ServiceSpec, settings: Settings) -> Runtime:
     return runtime
 
 
-def _new_server(spec: ServiceSpec, settings: Settings) -> grpc.aio.Server:
+def _audit_sink(spec: ServiceSpec, runtime: Runtime) -> Callable[[], AuditSink]:
+    """The service's audit sink, made on the first audited call: its own (Auth) or a client of
+    Auth's RecordAuditEvents."""
+    made: list[AuditSink] = []
+
+    def sink() -> AuditSink:
+        if not made:
+            if spec.audit_sink is not None:
+                made.append(spec.audit_sink(runtime))
+            else:
+                auth = channels.Channels(runtime.settings)
+                runtime.on_shutdown(auth.close)
+                made.append(RemoteAuditSink(lambda: auth.get("auth"), runtime.spawn))
+        return made[0]
+
+    return sink
+
+
+def _new_server(spec: ServiceSpec, settings: Settings, runtime: Runtime) -> grpc.aio.Server:
     return grpc.aio.server(
         # Peer authorization first: a caller the mesh policy refuses reaches no servicer code.
         interceptors=[
@@ -262,6 +283,7 @@ def _new_server(spec: ServiceSpec, settings: Settings) -> grpc.aio.Server:
             ErrorInterceptor(),
             # Inside the error interceptor: the role × method matrix, before any servicer code.
             AccessInterceptor(),
+            AuditInterceptor(_audit_sink(spec, runtime)),
         ],
         options=[
             *mesh_policy.SERVER_KEEPALIVE_OPTIONS,

@@ -215,7 +215,8 @@ def extract_pdf(content: bytes) -> Extracted:
     except ExtractionError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError, RecursionError) as exc:
-        raise ExtractionError(f"PDF could not be read: {type(exc).__name__}: {str(exc)[:200]}") from None
+        # The reason is shown to users (Document.error): the text, never a Python class name.
+        raise ExtractionError(f"PDF could not be read: {str(exc)[:200] or 'malformed structure'}") from None
     result = out.result()
     if not result.text.strip():
         raise ExtractionError("PDF has no extractable text (scanned images are not supported)")

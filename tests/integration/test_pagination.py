@@ -138,6 +138,17 @@ async def _api_keys(mesh: TestMesh, seed: bool) -> Tenant:
     return await _auth_tenant(mesh, seed, keys=True)
 
 
+async def _audit_events(mesh: TestMesh, seed: bool) -> Tenant:
+    """Sign-up and (seeded) three API keys: that many audit events."""
+    tenant = await _auth_tenant(mesh, seed, keys=True)
+    stub = auth_pb2_grpc.AuthServiceStub(mesh.channel("auth"))
+    listed = await stub.ListAuditEvents(auth_pb2.ListAuditEventsRequest(**tenant.fields),
+                                        metadata=tenant.headers, timeout=30)
+    tenant.seeded = {e.name for e in listed.audit_events} if seed else set()
+    tenant.other_fields = {**tenant.fields, "action": "auth.CreateApiKey"}
+    return tenant
+
+
 async def _plans(mesh: TestMesh, seed: bool) -> Tenant:
     tenant = Tenant(headers(new_org(), admin=True), {"show_all": True}, {"show_all": False})
     stub = billing_pb2_grpc.BillingServiceStub(mesh.channel("billing"))
@@ -262,6 +273,8 @@ CASES = [
              "memberships", _memberships),
     ListCase("aimesh.auth.v1.AuthService/ListApiKeys", ("auth",), auth_pb2_grpc.AuthServiceStub,
              "api_keys", _api_keys),
+    ListCase("aimesh.auth.v1.AuthService/ListAuditEvents", ("auth",), auth_pb2_grpc.AuthServiceStub,
+             "audit_events", _audit_events),
     ListCase("aimesh.billing.v1.BillingService/ListPlans", ("billing", "usage"),
              billing_pb2_grpc.BillingServiceStub, "plans", _plans),
     ListCase("aimesh.billing.v1.BillingService/ListInvoices", ("billing", "usage"),

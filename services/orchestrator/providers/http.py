@@ -63,7 +63,15 @@ async def raise_for_status(provider: str, response: httpx.Response) -> None:
 
 
 def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
-    return ProviderError(f"{provider}: {type(exc).__name__}: {exc}", grpc.StatusCode.UNAVAILABLE)
+    # Said in words: Python class names are no part of an API error (clients see this message).
+    if isinstance(exc, httpx.TimeoutException):
+        what = "timed out"
+    elif isinstance(exc, httpx.ConnectError):
+        what = "could not connect"
+    else:
+        what = "transport error"
+    detail = f" ({exc})" if str(exc) else ""
+    return ProviderError(f"{provider}: {what}{detail}", grpc.StatusCode.UNAVAILABLE)
 
 
 def load_json(provider: str, data: str) -> dict:  # type: ignore[type-arg]

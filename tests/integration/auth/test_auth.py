@@ -323,6 +323,12 @@ async def test_rotation_keeps_old_tokens_valid_and_new_key_was_prepublished(
             rotated = await admin.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(
                 request_id=str(uuid.uuid4())), metadata=as_admin, timeout=30)
             assert rotated.kid != old_kid
+            # The rotation is in the audit log, once (the refused attempt is not).
+            log = await admin.ListAuditEvents(auth_pb2.ListAuditEventsRequest(
+                parent=old.organization, action="auth.RotateSigningKey"), metadata=as_admin,
+                timeout=10)
+            assert [e.resource for e in log.audit_events] == [f"signingKeys/{rotated.kid}"]
+            assert log.audit_events[0].actor == old.user
             after = [k["kid"] for k in (await http.get("/.well-known/jwks.json")).json()["keys"]]
             assert after[0] == rotated.kid and old_kid in after  # old key kept for its tokens
             # Usually the new key was already published as "next" before the rotation.

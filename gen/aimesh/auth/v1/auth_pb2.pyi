@@ -29,6 +29,92 @@ ROLE_ADMIN: Role
 ROLE_MEMBER: Role
 ROLE_VIEWER: Role
 
+class AuditEvent(_message.Message):
+    __slots__ = ("name", "action", "actor", "resource", "peer_address", "request_id", "create_time", "details")
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: str
+    actor: str
+    resource: str
+    peer_address: str
+    request_id: str
+    create_time: _timestamp_pb2.Timestamp
+    details: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., resource: _Optional[str] = ..., peer_address: _Optional[str] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListAuditEventsRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token", "action")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    action: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+
+class ListAuditEventsResponse(_message.Message):
+    __slots__ = ("audit_events", "next_page_token")
+    AUDIT_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    audit_events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    next_page_token: str
+    def __init__(self, audit_events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ReportedAuditEvent(_message.Message):
+    __slots__ = ("event_key", "organization", "action", "actor", "resource", "peer_address", "request_id", "details")
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EVENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    event_key: str
+    organization: str
+    action: str
+    actor: str
+    resource: str
+    peer_address: str
+    request_id: str
+    details: _containers.ScalarMap[str, str]
+    def __init__(self, event_key: _Optional[str] = ..., organization: _Optional[str] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., resource: _Optional[str] = ..., peer_address: _Optional[str] = ..., request_id: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RecordAuditEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ReportedAuditEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[ReportedAuditEvent, _Mapping]]] = ...) -> None: ...
+
+class RecordAuditEventsResponse(_message.Message):
+    __slots__ = ("recorded_count",)
+    RECORDED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    recorded_count: int
+    def __init__(self, recorded_count: _Optional[int] = ...) -> None: ...
+
 class Organization(_message.Message):
     __slots__ = ("name", "display_name", "create_time", "update_time")
     NAME_FIELD_NUMBER: _ClassVar[int]

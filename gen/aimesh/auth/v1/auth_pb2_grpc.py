@@ -125,6 +125,16 @@ class AuthServiceStub(object):
                 request_serializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.ApiKey.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/aimesh.auth.v1.AuthService/ListAuditEvents',
+                request_serializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.RecordAuditEvents = channel.unary_unary(
+                '/aimesh.auth.v1.AuthService/RecordAuditEvents',
+                request_serializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.RecordAuditEventsRequest.SerializeToString,
+                response_deserializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.RecordAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer(object):
@@ -309,6 +319,30 @@ class AuthServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Lists the organization's audit log, newest first: every security-relevant action (sign-up,
+        failed logins, API key creation and revocation, membership and role changes, signing key
+        rotation, plan changes, invoice state changes, budget changes), each recorded once with who,
+        what, when, from where and the request id. Requires OWNER or ADMIN.
+
+        Errors: INVALID_ARGUMENT (malformed parent, page size or token), NOT_FOUND (another
+        organization), PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordAuditEvents(self, request, context):
+        """Records audit events for actions other services performed (Billing's plan and invoice
+        changes, Usage's budget changes). Internal: only those services may call it. An event whose
+        event_key was already recorded is ignored, so the call is safe to retry.
+
+        Errors: INVALID_ARGUMENT (missing event_key, action or organization), PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -391,6 +425,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.ApiKey.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'RecordAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAuditEvents,
+                    request_deserializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.RecordAuditEventsRequest.FromString,
+                    response_serializer=aimesh_dot_auth_dot_v1_dot_auth__pb2.RecordAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -835,6 +879,60 @@ class AuthService(object):
             '/aimesh.auth.v1.AuthService/RevokeApiKey',
             aimesh_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
             aimesh_dot_auth_dot_v1_dot_auth__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aimesh.auth.v1.AuthService/ListAuditEvents',
+            aimesh_dot_auth_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
+            aimesh_dot_auth_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aimesh.auth.v1.AuthService/RecordAuditEvents',
+            aimesh_dot_auth_dot_v1_dot_auth__pb2.RecordAuditEventsRequest.SerializeToString,
+            aimesh_dot_auth_dot_v1_dot_auth__pb2.RecordAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,8 +6,9 @@ like a live microphone, and write received PCM to a WAV file.
     pcm, rate = read_wav("question.wav")
     responses = stub.StreamingRecognize(recognize_requests(pcm, rate, interim_results=True))
 
-The request generators are async (grpc.aio) and pace audio in real time by default (`realtime=1.0`);
-`realtime=0` sends as fast as flow control allows, `2.0` twice as fast as real time.
+`recognize_requests` is async (grpc.aio), `iter_recognize_requests` its blocking twin (sync
+stubs); both pace audio in real time by default (`realtime=1.0`); `realtime=0` sends as fast as
+flow control allows, `2.0` twice as fast as real time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aimesh.speech.v1 import speech_pb2
 
@@ -63,6 +64,52 @@ def silence(seconds: float, sample_rate: int) -> bytes:
     return b"\x00\x00" * int(seconds * sample_rate)
 
 
+def recognition_config(
+    sample_rate: int,
+    *,
+    language_code: str = "en-US",
+    interim_results: bool = False,
+    word_time_offsets: bool = True,
+    audio_offset_seconds: float = 0.0,
+) -> speech_pb2.StreamingRecognitionConfig:
+    """The first message of a StreamingRecognize stream for 16-bit mono PCM."""
+    config = speech_pb2.StreamingRecognitionConfig(
+        config=speech_pb2.RecognitionConfig(
+            encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
+            sample_rate_hertz=sample_rate,
+            language_code=language_code,
+            enable_word_time_offsets=word_time_offsets,
+        ),
+        interim_results=interim_results,
+    )
+    config.audio_offset.FromNanoseconds(round(audio_offset_seconds * 1e9))
+    return config
+
+
+def iter_recognize_requests(
+    pcm: bytes,
+    sample_rate: int,
+    *,
+    realtime: float = 1.0,
+    chunk_ms: int = CHUNK_MS,
+    **config: Any,
+) -> Iterator[speech_pb2.StreamingRecognizeRequest]:
+    """Blocking StreamingRecognize request stream (for sync stubs); keywords as
+    recognition_config."""
+    yield speech_pb2.StreamingRecognizeRequest(
+        streaming_config=recognition_config(sample_rate, **config)
+    )
+    start = time.monotonic()
+    sent = 0.0
+    for chunk in pcm_chunks(pcm, sample_rate, chunk_ms):
+        if realtime > 0:
+            delay = start + sent / realtime - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        yield speech_pb2.StreamingRecognizeRequest(audio_content=chunk)
+        sent += len(chunk) / 2 / sample_rate
+
+
 async def recognize_requests(
     pcm: bytes,
     sample_rate: int,
@@ -75,16 +122,10 @@ async def recognize_requests(
     chunk_ms: int = CHUNK_MS,
 ) -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
     """A StreamingRecognize request stream: the config, then the audio paced in real time."""
-    config = speech_pb2.StreamingRecognitionConfig(
-        config=speech_pb2.RecognitionConfig(
-            encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
-            sample_rate_hertz=sample_rate,
-            language_code=language_code,
-            enable_word_time_offsets=word_time_offsets,
-        ),
-        interim_results=interim_results,
+    config = recognition_config(
+        sample_rate, language_code=language_code, interim_results=interim_results,
+        word_time_offsets=word_time_offsets, audio_offset_seconds=audio_offset_seconds,
     )
-    config.audio_offset.FromNanoseconds(round(audio_offset_seconds * 1e9))
     yield speech_pb2.StreamingRecognizeRequest(streaming_config=config)
     async for chunk in paced(pcm_chunks(pcm, sample_rate, chunk_ms), sample_rate, realtime):
         yield speech_pb2.StreamingRecognizeRequest(audio_content=chunk)

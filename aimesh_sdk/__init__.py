@@ -1,1 +1,0 @@
-"""Python SDK helpers for aimesh clients (on top of the generated stubs in gen/)."""
