@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Speak text into a WAV file.")
     parser.add_argument("text")
     parser.add_argument("out")
-    parser.add_argument("--voice", default="voices/en-us")
+    parser.add_argument("--voice", default="voices/en-us-joe")
     parser.add_argument("--rate", type=float, default=1.0, help="speaking rate, 0.25-4.0")
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument(

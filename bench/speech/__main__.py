@@ -1,18 +1,23 @@
-"""Speech benchmark: streaming ASR and TTS through the Envoy gateway vs the Triton engine directly.
+"""Speech benchmark: the mesh (gateway -> Speech -> Triton) against the engine, side by side.
 
-    .venv/bin/python -m bench.speech [--repeats 3] [--max-streams 12]
+    .venv/bin/python -m bench.speech [--repeats 2] [--max-streams 12] [--tiny]
 
 Starts (or reuses) Triton, the Speech, Auth and Usage services and the gateway on free ports
-(the tests' launcher), signs up a user, then measures in one run:
+(the tests' launcher), signs up a user, then measures in one run and prints ratios:
+* accuracy and parity: Piper clips (several rates and gains, noise, cut after the last word)
+  through the gateway's StreamingRecognize vs the pocketsphinx engine fed the same audio
+  directly (in this process): word error rate of each against the text, and how many clips the
+  mesh transcribed word for word like the engine;
 * streaming ASR real-time factor (audio sent as fast as flow control allows): wall time /
-  audio time, through the gateway (StreamingRecognize) vs the engine (one Triton sequence);
-* end-of-speech -> final latency with audio paced in real time: through the gateway it
-  includes the endpointing silence (800 ms by default; printed with and without it), directly
-  it is END -> final (the client knows where speech ends, no VAD);
-* TTS time to first audio byte: StreamingSynthesize through the gateway vs the engine;
+  audio time, through the gateway vs the engine (one Triton sequence);
+* end of speech -> final with audio paced in real time, at endpointing silences of 300, 500
+  and 800 ms: printed as measured and minus the configured silence (target <= 150 ms);
+* TTS time to first audio byte through the gateway: Piper (the default voice) vs eSpeak NG, and
+  the engine directly;
 * concurrent real-time streams: N streams at once, each paced in real time; a level is
   sustained when every stream gets its final and the p95 end-of-speech -> final latency stays
   under the endpointing silence + 1.5 s. Reports the largest sustained N on this machine.
+`--tiny` runs one clip, one repeat and up to 2 streams: what a test can afford.
 """
 
 from __future__ import annotations
@@ -24,20 +29,30 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
-
 from aimesh_sdk.audio import paced, pcm_chunks
+
 from services.common.triton import TritonClient
 from tests.support.accounts import sign_up
-from tests.support.speech import SENTENCES, synthesize
 from tests.support.mesh import TestMesh
+from tests.support.speech import (
+    PARITY_SENTENCES,
+    SENTENCES,
+    cut_after_last_word,
+    engine_transcript,
+    parity_clip,
+    synthesize,
+    word_error_rate,
+)
 
 RATE = 16000
-SILENCE_MS = 800  # the default endpointing silence
+SILENCE_MS = 500  # the default endpointing silence
+SILENCE_SETTINGS = (300, 500, 800)
 SLACK_SECONDS = (
     1.5  # recognition time allowed after the endpoint for a stream to count as real time
 )
@@ -73,31 +88,34 @@ async def gateway_stream(
     metadata: list[tuple[str, str]],
     speech: np.ndarray,
     realtime: float,
+    silence_ms: int = SILENCE_MS,
+    frame: bool = True,
 ) -> StreamResult:
-    audio = framed(speech)
-    speech_end = LEAD_SECONDS + speech.size / RATE  # seconds into the audio
+    audio = framed(speech) if frame else speech
+    speech_end = (LEAD_SECONDS if frame else 0.0) + speech.size / RATE  # seconds into the audio
     started = time.perf_counter()
+    config = speech_pb2.StreamingRecognitionConfig(
+        config=speech_pb2.RecognitionConfig(
+            encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
+            sample_rate_hertz=RATE,
+            language_code="en-US",
+        )
+    )
+    config.endpointing.silence_duration.FromMilliseconds(silence_ms)
 
     async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
-        yield speech_pb2.StreamingRecognizeRequest(
-            streaming_config=speech_pb2.StreamingRecognitionConfig(
-                config=speech_pb2.RecognitionConfig(
-                    encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
-                    sample_rate_hertz=RATE,
-                    language_code="en-US",
-                )
-            )
-        )
+        yield speech_pb2.StreamingRecognizeRequest(streaming_config=config)
         async for chunk in paced(pcm_chunks(audio.tobytes(), RATE), RATE, realtime):
             yield speech_pb2.StreamingRecognizeRequest(audio_content=chunk)
 
     final_at: float | None = None
-    text = ""
-    async for response in stub.StreamingRecognize(requests(), metadata=metadata, timeout=120):
+    texts: list[str] = []
+    async for response in stub.StreamingRecognize(requests(), metadata=metadata, timeout=300):
         for result in response.results:
-            if result.is_final and final_at is None:
-                final_at = time.perf_counter()
-                text = result.alternatives[0].transcript
+            if result.is_final and result.alternatives[0].transcript:
+                final_at = final_at or time.perf_counter()
+                texts.append(result.alternatives[0].transcript)
+    text = " ".join(texts)
     ended = time.perf_counter()
     eos = started + speech_end / realtime if realtime > 0 else None
     return StreamResult(ended - started, (final_at - eos) if (final_at and eos) else None, text)
@@ -138,12 +156,13 @@ async def direct_stream(client: TritonClient, speech: np.ndarray, realtime: floa
 
 
 async def tts_first_byte_gateway(
-    stub: speech_pb2_grpc.SpeechServiceStub, metadata: list[tuple[str, str]]
+    stub: speech_pb2_grpc.SpeechServiceStub, metadata: list[tuple[str, str]], voice: str = ""
 ) -> float:
     started = time.perf_counter()
     call = stub.StreamingSynthesize(
         speech_pb2.StreamingSynthesizeRequest(
             text=TTS_TEXT,
+            voice=voice,
             audio_config=speech_pb2.AudioOutputConfig(
                 encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE
             ),
@@ -171,7 +190,132 @@ def line(label: str, values: list[float], unit: str = "s") -> str:
     return f"  {label:<44} p50 {statistics.median(values):7.3f}{unit}  max {max(values):7.3f}{unit}"
 
 
-async def main(repeats: int, max_streams: int) -> None:
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
+def words_of(text: str) -> str:
+    return " ".join("".join(c if c.isalpha() or c in " '" else " " for c in text.lower()).split())
+
+
+async def accuracy(stub: Any, metadata: list[tuple[str, str]], tiny: bool) -> None:
+    variants = ((1.0, 1.0, 0.4, 20.0), (0.8, 0.35, 0.8, 40.0), (1.25, 1.8, 0.25, 10.0))
+    plan = [(t, v) for t in PARITY_SENTENCES for v in variants][: 1 if tiny else None]
+    mesh_wer: list[float] = []
+    engine_wer: list[float] = []
+    same = 0
+    for i, (text, (length_scale, gain, lead, noise)) in enumerate(plan):
+        pcm = parity_clip(
+            text, length_scale=length_scale, gain=gain, lead=lead, noise=noise, seed=i
+        )
+        expected = engine_transcript(pcm)
+        got = (await gateway_stream(stub, metadata, pcm, 0, frame=False)).transcript
+        same += got.split() == expected.split()
+        mesh_wer.append(word_error_rate(words_of(text), got))
+        engine_wer.append(word_error_rate(words_of(text), expected))
+    mesh, engine = statistics.mean(mesh_wer), statistics.mean(engine_wer)
+    print(
+        f"accuracy on {len(plan)} Piper clips (rates x0.8-1.25, gains x0.35-1.8, noise, cut after the last word):"
+    )
+    print(
+        f"  WER gateway StreamingRecognize {mesh:.3f}   engine on the whole clip {engine:.3f}   ratio {ratio(mesh, engine)}"
+    )
+    print(f"  word-for-word parity with the engine: {same}/{len(plan)} clips")
+
+
+async def realtime_factor(
+    stub: Any,
+    metadata: list[tuple[str, str]],
+    client: TritonClient,
+    speech: dict[str, np.ndarray],
+    repeats: int,
+) -> None:
+    rtf_gw: list[float] = []
+    rtf_direct: list[float] = []
+    for _ in range(repeats):
+        for a in speech.values():
+            rtf_gw.append((await gateway_stream(stub, metadata, a, 0)).wall / (a.size / RATE))
+            rtf_direct.append((await direct_stream(client, a, 0)).wall / (a.size / RATE))
+    print(
+        "streaming ASR real-time factor (wall / speech time, lower is faster; audio sent unpaced):"
+    )
+    print(line("gateway -> Speech -> Triton (+1.5 s of silence, decoded too)", rtf_gw, "x"))
+    print(line("engine direct (Triton sequence)", rtf_direct, "x"))
+    print(
+        f"  ratio gateway/direct (p50): {ratio(statistics.median(rtf_gw), statistics.median(rtf_direct))}"
+    )
+
+
+async def endpointing(
+    stub: Any, metadata: list[tuple[str, str]], client: TritonClient, speech: dict[str, np.ndarray]
+) -> None:
+    print("end of speech -> final result (real-time pacing), by endpointing silence:")
+    for silence_ms in SILENCE_SETTINGS:
+        lat = [
+            r.eos_to_final
+            for a in speech.values()
+            if (r := await gateway_stream(stub, metadata, a, 1.0, silence_ms)).eos_to_final
+            is not None
+        ]
+        beyond = [x - silence_ms / 1000 for x in lat]
+        print(
+            line(f"gateway, silence {silence_ms} ms", lat)
+            + f"   beyond the silence p50 {statistics.median(beyond) * 1000:.0f} ms (target <= 150)"
+        )
+    lat_direct = [
+        d.eos_to_final
+        for a in speech.values()
+        if (d := await direct_stream(client, a, 1.0)).eos_to_final is not None
+    ]
+    print(line("engine direct (END -> final, no endpointing)", lat_direct))
+
+
+async def tts(
+    stub: Any, metadata: list[tuple[str, str]], client: TritonClient, repeats: int
+) -> None:
+    piper = [await tts_first_byte_gateway(stub, metadata) for _ in range(repeats * 3)]
+    espeak = [
+        await tts_first_byte_gateway(stub, metadata, "voices/en-us") for _ in range(repeats * 3)
+    ]
+    direct = [await tts_first_byte_direct(client) for _ in range(repeats * 3)]
+    print("TTS time to first audio byte:")
+    print(line("gateway, Piper (default voice)", piper) + "   target <= 0.100 s")
+    print(line("gateway, eSpeak NG (voices/en-us)", espeak))
+    print(line("engine direct (eSpeak NG)", direct))
+    print(
+        f"  ratio Piper/eSpeak through the gateway (p50): {ratio(statistics.median(piper), statistics.median(espeak))}"
+    )
+
+
+async def concurrency(
+    stub: Any, metadata: list[tuple[str, str]], speech: dict[str, np.ndarray], max_streams: int
+) -> None:
+    print(
+        "concurrent real-time streams through the gateway (sustained: all finals, "
+        f"p95 end-of-speech -> final < {SILENCE_MS / 1000 + SLACK_SECONDS:.1f} s):"
+    )
+    sentences = list(speech)
+    sustained = 0
+    n = 1
+    while n <= max_streams:
+        plan = [sentences[i % len(sentences)] for i in range(n)]
+        results = await asyncio.gather(
+            *(gateway_stream(stub, metadata, speech[s], 1.0) for s in plan)
+        )
+        latencies = [r.eos_to_final for r in results if r.eos_to_final is not None]
+        ok = len(latencies) == n and pct(latencies, 0.95) < SILENCE_MS / 1000 + SLACK_SECONDS
+        p95 = f"{pct(latencies, 0.95):.2f}s" if latencies else "n/a"
+        print(
+            f"  {n:3d} streams: finals {len(latencies)}/{n}, p95 latency {p95}  {'ok' if ok else 'NOT sustained'}"
+        )
+        if not ok:
+            break
+        sustained = n
+        n = n * 2 if n < 4 else n + 2
+    print(f"  sustained concurrent real-time streams on this machine: {sustained}")
+
+
+async def main(repeats: int, max_streams: int, tiny: bool) -> None:
     mesh = TestMesh()
     try:
         mesh.ensure_triton()
@@ -183,80 +327,21 @@ async def main(repeats: int, max_streams: int) -> None:
         client = TritonClient(mesh.settings.triton_url, default_timeout=120.0)
         channel = grpc.aio.insecure_channel(gateway)
         stub = speech_pb2_grpc.SpeechServiceStub(channel)
-        speech = {s: await synthesize(client, s) for s in SENTENCES}
+        sentences = SENTENCES[:1] if tiny else SENTENCES
+        # Cut right after the last word, so the end of speech is where the audio says it is.
+        speech = {s: cut_after_last_word(await synthesize(client, s)) for s in sentences}
         total = sum(a.size for a in speech.values()) / RATE
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(
-            f"speech benchmark: {len(SENTENCES)} utterances, {total:.1f} s of speech, "
+            f"speech benchmark: {len(speech)} utterances, {total:.1f} s of speech, "
             f"triton {mesh.settings.triton_url}, gateway {gateway}, load average {load} on {os.cpu_count()} CPUs"
         )
-
-        # Warm up both paths (decoder pool, TTS voice, channels).
-        await gateway_stream(stub, metadata, speech[SENTENCES[0]], 0)
-        await direct_stream(client, speech[SENTENCES[0]], 0)
-
-        rtf_gw: list[float] = []
-        rtf_direct: list[float] = []
-        for _ in range(repeats):
-            for a in speech.values():
-                # Both over the speech duration; the gateway path also carries 1.5 s of silence
-                # around it (cheap: silence never reaches Triton).
-                rtf_gw.append((await gateway_stream(stub, metadata, a, 0)).wall / (a.size / RATE))
-                rtf_direct.append((await direct_stream(client, a, 0)).wall / (a.size / RATE))
-        print(
-            "streaming ASR real-time factor (wall / speech time, lower is faster; audio sent unpaced):"
-        )
-        print(line("gateway -> Speech -> Triton", rtf_gw, "x"))
-        print(line("engine direct (Triton sequence)", rtf_direct, "x"))
-        print(
-            f"  ratio gateway/direct (p50): {statistics.median(rtf_gw) / statistics.median(rtf_direct):.2f}"
-        )
-
-        lat_gw: list[float] = []
-        lat_direct: list[float] = []
-        for a in speech.values():
-            result = await gateway_stream(stub, metadata, a, 1.0)
-            if result.eos_to_final is not None:
-                lat_gw.append(result.eos_to_final)
-            direct = await direct_stream(client, a, 1.0)
-            if direct.eos_to_final is not None:
-                lat_direct.append(direct.eos_to_final)
-        print("end of speech -> final result (real-time pacing):")
-        print(line("gateway (incl. 800 ms endpointing silence)", lat_gw))
-        print(line("gateway minus endpointing silence", [x - SILENCE_MS / 1000 for x in lat_gw]))
-        print(line("engine direct (END -> final)", lat_direct))
-
-        tts_gw = [await tts_first_byte_gateway(stub, metadata) for _ in range(repeats * 3)]
-        tts_direct = [await tts_first_byte_direct(client) for _ in range(repeats * 3)]
-        print("TTS time to first audio byte:")
-        print(line("gateway StreamingSynthesize", tts_gw))
-        print(line("engine direct", tts_direct))
-        print(
-            f"  ratio gateway/direct (p50): {statistics.median(tts_gw) / statistics.median(tts_direct):.2f}"
-        )
-
-        print(
-            "concurrent real-time streams through the gateway (sustained: all finals, "
-            f"p95 end-of-speech -> final < {SILENCE_MS / 1000 + SLACK_SECONDS:.1f} s):"
-        )
-        sustained = 0
-        n = 1
-        while n <= max_streams:
-            plan = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
-            results = await asyncio.gather(
-                *(gateway_stream(stub, metadata, speech[s], 1.0) for s in plan)
-            )
-            latencies = [r.eos_to_final for r in results if r.eos_to_final is not None]
-            ok = len(latencies) == n and pct(latencies, 0.95) < SILENCE_MS / 1000 + SLACK_SECONDS
-            p95 = f"{pct(latencies, 0.95):.2f}s" if latencies else "n/a"
-            print(
-                f"  {n:3d} streams: finals {len(latencies)}/{n}, p95 latency {p95}  {'ok' if ok else 'NOT sustained'}"
-            )
-            if not ok:
-                break
-            sustained = n
-            n = n * 2 if n < 4 else n + 2
-        print(f"  sustained concurrent real-time streams on this machine: {sustained}")
+        await gateway_stream(stub, metadata, speech[sentences[0]], 0)  # channels, pools
+        await accuracy(stub, metadata, tiny)
+        await realtime_factor(stub, metadata, client, speech, repeats)
+        await endpointing(stub, metadata, client, speech)
+        await tts(stub, metadata, client, repeats)
+        await concurrency(stub, metadata, speech, max_streams)
         await channel.close()
         await client.close()
     finally:
@@ -268,5 +353,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-streams", type=int, default=12)
+    parser.add_argument("--tiny", action="store_true", help="one clip, one repeat, 2 streams")
     args = parser.parse_args()
-    asyncio.run(main(args.repeats, args.max_streams))
+    if args.tiny:
+        args.repeats, args.max_streams = 1, 2
+    asyncio.run(main(args.repeats, args.max_streams, args.tiny))

@@ -111,10 +111,12 @@ async def record_usage(stub: usage_pb2_grpc.UsageServiceStub, total: int, batch:
     return (max(total // batch, 1) * batch) / seconds
 
 
-async def reserve_settle(stub: usage_pb2_grpc.UsageServiceStub, total: int, concurrency: int) -> tuple[list[float], list[float]]:
+async def reserve_settle(stub: usage_pb2_grpc.UsageServiceStub, admin: usage_pb2_grpc.UsageServiceStub,
+                         total: int, concurrency: int) -> tuple[list[float], list[float]]:
     org = f"bench-{uuid.uuid4().hex[:10]}"
     owner = [("x-aimesh-org", org), ("x-aimesh-subject", "users/bench"), ("x-aimesh-roles", "owner")]
-    await stub.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
+    # An owner's request, as the gateway forwards it.
+    await admin.CreateBudget(usage_pb2.CreateBudgetRequest(budget=usage_pb2.Budget(
         scope=usage_pb2.Budget.SCOPE_ORGANIZATION, monthly_limit_micros=10**14, currency_code="USD")),
         metadata=owner, timeout=10)
     settles: list[float] = []
@@ -156,14 +158,17 @@ async def main(args: argparse.Namespace) -> None:
     mesh = TestMesh()
     try:
         mesh.ensure("usage")
-        stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage"))
+        # As the callers the mesh policy admits (under the default mTLS): ledger writes and
+        # budget holds come from the metering services, rate-limit checks from the gateway.
+        stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="orchestrator"))
         await record_usage(stub, 200, 1, args.concurrency)  # warm-up (connections, plans)
 
         base_s, base_lat = await baseline_inserts(mesh.settings.database_url, args.records, args.concurrency)
         base_rate = args.records / base_s
         rate_1 = await record_usage(stub, args.records, 1, args.concurrency)
         rate_100 = await record_usage(stub, args.records * 10, 100, args.concurrency)
-        reserves, settles = await reserve_settle(stub, args.reservations, args.concurrency)
+        owner_stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="gateway"))
+        reserves, settles = await reserve_settle(stub, owner_stub, args.reservations, args.concurrency)
         floor_s, floor_lat = await rate_limit_floor(mesh.channel("usage"), args.records, args.concurrency)
 
         print(f"usage benchmark (concurrency {args.concurrency}, same PostgreSQL/Redis, one run)")

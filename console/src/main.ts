@@ -274,6 +274,8 @@ async function documentsPage(main: HTMLElement): Promise<void> {
     window.clearTimeout(timer);
     if (docs.some((d) => d.state === knowledge.Document_State.PROCESSING) && main.isConnected) {
       timer = window.setTimeout(() => void refresh().catch(() => undefined), 1000);
+    } else if (progressText.textContent?.endsWith("processing…")) {
+      progressText.textContent = "All documents processed.";
     }
   };
   const upload = (file: File) => act(null, async () => {
@@ -528,24 +530,37 @@ async function speechPage(main: HTMLElement): Promise<void> {
 
 function barChart(title: string, points: { label: string; value: number }[]): HTMLElement {
   const max = Math.max(1, ...points.map((p) => p.value));
-  const width = 640;
-  const barW = points.length ? Math.max(8, Math.floor(width / points.length) - 4) : 0;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} 160`);
+  const width = 420;
+  const slot = points.length ? Math.min(60, Math.floor(width / points.length)) : 0;
+  const svgNs = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNs, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} 180`);
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `${title}: ${points.map((p) => `${p.label} ${p.value}`).join(", ") || "no data"}`);
+  const text = (x: number, y: number, content: string, cls: string) => {
+    const t = document.createElementNS(svgNs, "text");
+    t.setAttribute("x", String(x));
+    t.setAttribute("y", String(y));
+    t.setAttribute("class", cls);
+    t.setAttribute("text-anchor", "middle");
+    t.textContent = content;
+    svg.append(t);
+  };
+  const axis = document.createElementNS(svgNs, "line");
+  Object.entries({ x1: "0", x2: String(width), y1: "150", y2: "150", class: "axis" }).forEach(([k, v]) => axis.setAttribute(k, v));
+  svg.append(axis);
   points.forEach((p, i) => {
-    const hgt = Math.round((130 * p.value) / max);
-    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-    rect.setAttribute("x", String(i * (barW + 4)));
-    rect.setAttribute("y", String(140 - hgt));
-    rect.setAttribute("width", String(barW));
-    rect.setAttribute("height", String(hgt));
-    rect.setAttribute("class", "bar");
-    const tip = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    const hgt = Math.max(1, Math.round((120 * p.value) / max));
+    const x = i * slot + 8;
+    const rect = document.createElementNS(svgNs, "rect");
+    Object.entries({ x: String(x), y: String(150 - hgt), width: String(slot - 16), height: String(hgt), class: "bar" })
+      .forEach(([k, v]) => rect.setAttribute(k, v));
+    const tip = document.createElementNS(svgNs, "title");
     tip.textContent = `${p.label}: ${p.value}`;
     rect.append(tip);
     svg.append(rect);
+    text(x + (slot - 16) / 2, 145 - hgt, p.value.toLocaleString(), "value");
+    text(x + (slot - 16) / 2, 168, p.label.slice(5), "label");
   });
   return h("figure", { class: "chart" }, svg, h("figcaption", {}, title));
 }
@@ -560,7 +575,7 @@ async function usagePage(main: HTMLElement): Promise<void> {
   const [byDay, byModel] = await Promise.all([summarize([G.RESOURCE_TYPE, G.DAY]), summarize([G.RESOURCE_TYPE, G.MODEL])]);
   const kind = (t: number) => usage.ResourceType[t].toLowerCase().replace(/_/g, " ");
   const amount = (micros: bigint) => Number(micros) / 1e6;
-  const charts = h("div", { class: "grid two" });
+  const charts = h("div", { class: "grid charts" });
   const types = [...new Set(byDay.rows.map((r) => r.resourceType))];
   for (const t of types) {
     charts.append(barChart(`${kind(t)} per day`, byDay.rows.filter((r) => r.resourceType === t).map((r) => ({
@@ -655,6 +670,7 @@ async function route(): Promise<void> {
   who.replaceChildren(session ? h("span", {}, `${session.email} `, h("button", { type: "button", class: "linklike", onclick: signOut }, "Sign out")) : "");
   const main = document.getElementById("main")!;
   main.replaceChildren();
+  delete main.dataset.ready;
   main.dataset.page = page.path;
   document.title = `${page.title} · aimesh console`;
   await act(null, async () => {

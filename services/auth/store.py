@@ -16,7 +16,7 @@ Conn = AsyncConnection[Any]
 
 async def _one(conn: Conn, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
     cur = await conn.execute(sql, params)
-    return await cur.fetchone()  # type: ignore[no-any-return]
+    return await cur.fetchone()
 
 
 async def _all(conn: Conn, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
@@ -109,20 +109,32 @@ async def membership_by_email(conn: Conn, org_id: str, email: str) -> Row | None
     )
 
 
+async def _org_page(
+    conn: Conn, table: str, org_id: str, equal: dict[str, Any], cursor: tuple[datetime, str] | None,
+    limit: int, newest_first: bool, condition: str = "",
+) -> list[Row]:
+    """One keyset page of an organization's rows ordered by (create_time, id); `equal` filters
+    on columns whose value is set, `condition` is extra SQL. Table, columns and condition are
+    ours, never input."""
+    sql = f"SELECT * FROM {table} WHERE org_id = %s" + (f" AND {condition}" if condition else "")
+    params: list[Any] = [org_id]
+    for column, value in equal.items():
+        if value:
+            sql += f" AND {column} = %s"
+            params.append(value)
+    if cursor:
+        sql += f" AND (create_time, id) {'<' if newest_first else '>'} (%s, %s)"
+        params.extend(cursor)
+    order = "DESC" if newest_first else "ASC"
+    sql += f" ORDER BY create_time {order}, id {order} LIMIT %s"
+    params.append(limit)
+    return await _all(conn, sql, tuple(params))
+
+
 async def list_memberships(
     conn: Conn, org_id: str, role: str | None, after: tuple[datetime, str] | None, limit: int
 ) -> list[Row]:
-    sql = "SELECT * FROM memberships WHERE org_id = %s"
-    params: list[Any] = [org_id]
-    if role:
-        sql += " AND role = %s"
-        params.append(role)
-    if after:
-        sql += " AND (create_time, id) > (%s, %s)"
-        params.extend(after)
-    sql += " ORDER BY create_time, id LIMIT %s"
-    params.append(limit)
-    return await _all(conn, sql, tuple(params))
+    return await _org_page(conn, "memberships", org_id, {"role": role}, after, limit, False)
 
 
 async def count_memberships(conn: Conn, org_id: str, role: str | None) -> int:
@@ -206,25 +218,20 @@ async def api_key_by_prefix(conn: Conn, prefix: str) -> Row | None:
     return await _one(conn, "SELECT * FROM api_keys WHERE prefix = %s", (prefix,))
 
 
+_ACTIVE_KEY = "revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())"
+
+
 async def list_api_keys(
     conn: Conn, org_id: str, show_inactive: bool, before: tuple[datetime, str] | None, limit: int
 ) -> list[Row]:
-    sql = "SELECT * FROM api_keys WHERE org_id = %s"
-    params: list[Any] = [org_id]
-    if not show_inactive:
-        sql += " AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())"
-    if before:
-        sql += " AND (create_time, id) < (%s, %s)"
-        params.extend(before)
-    sql += " ORDER BY create_time DESC, id DESC LIMIT %s"
-    params.append(limit)
-    return await _all(conn, sql, tuple(params))
+    return await _org_page(conn, "api_keys", org_id, {}, before, limit, True,
+                           "" if show_inactive else _ACTIVE_KEY)
 
 
 async def count_api_keys(conn: Conn, org_id: str, show_inactive: bool) -> int:
     sql = "SELECT count(*) AS n FROM api_keys WHERE org_id = %s"
     if not show_inactive:
-        sql += " AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())"
+        sql += " AND " + _ACTIVE_KEY
     row = await _one(conn, sql, (org_id,))
     return int(row["n"]) if row else 0
 
@@ -343,11 +350,13 @@ async def activate_key(conn: Conn, kid: str) -> Row | None:
 
 async def mark_expired_keys_retired(conn: Conn) -> None:
     await conn.execute(
-        "UPDATE signing_keys SET state = 'retired' WHERE state = 'retiring' AND retire_time <= now()"
+        "UPDATE signing_keys SET state = 'retired' "
+        "WHERE state = 'retiring' AND retire_time <= now()"
     )
 
 
 # --- idempotency -----------------------------------------------------------------------------
+
 
 async def idempotent_result(conn: Conn, scope: str, request_id: str) -> bytes | None:
     row = await _one(
@@ -379,8 +388,7 @@ async def prune(conn: Conn) -> None:
     week past expiry (reuse detection needs spent tokens only until they expire), and retired
     signing keys' private halves are kept (audit) but marked retired."""
     await conn.execute("DELETE FROM idempotency WHERE create_time < now() - interval '1 day'")
-    await conn.execute(
-        "DELETE FROM refresh_tokens WHERE expire_time < now() - interval '7 days'")
+    await conn.execute("DELETE FROM refresh_tokens WHERE expire_time < now() - interval '7 days'")
     await mark_expired_keys_retired(conn)
 
 
@@ -405,14 +413,4 @@ async def insert_audit_event(
 async def list_audit_events(
     conn: Conn, org_id: str, action: str | None, before: tuple[datetime, str] | None, limit: int
 ) -> list[Row]:
-    sql = "SELECT * FROM audit_events WHERE org_id = %s"
-    params: list[Any] = [org_id]
-    if action:
-        sql += " AND action = %s"
-        params.append(action)
-    if before:
-        sql += " AND (create_time, id) < (%s, %s)"
-        params.extend(before)
-    sql += " ORDER BY create_time DESC, id DESC LIMIT %s"
-    params.append(limit)
-    return await _all(conn, sql, tuple(params))
+    return await _org_page(conn, "audit_events", org_id, {"action": action}, before, limit, True)

@@ -53,7 +53,7 @@ def _r(role: Role, scope: str | None = None, *, platform_admin_passes: bool = Fa
     return Access("role", role, scope, platform_admin_passes)
 
 
-V, M, A, O = Role.VIEWER, Role.MEMBER, Role.ADMIN, Role.OWNER
+V, M, A, O = Role.VIEWER, Role.MEMBER, Role.ADMIN, Role.OWNER  # noqa: E741 (the table is a grid)
 _AUTH = "/aimesh.auth.v1.AuthService/"
 _BILLING = "/aimesh.billing.v1.BillingService/"
 _CONV = "/aimesh.conversation.v1.ConversationService/"
@@ -192,7 +192,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             required = access.role.name if access and access.role else "PLATFORM_ADMIN"
             raise permission_denied(
                 f"{method.rsplit('/', 1)[-1]} {why}",
-                reason="PLATFORM_ADMIN_REQUIRED" if required == "PLATFORM_ADMIN" else "ROLE_REQUIRED",
+                reason="PLATFORM_ADMIN_REQUIRED"
+                if required == "PLATFORM_ADMIN"
+                else "ROLE_REQUIRED",
                 metadata={"required_role": required, "method": method},
             )
 

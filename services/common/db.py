@@ -39,8 +39,14 @@ POOL_WAIT_SECONDS = 3.0
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A broken or unreachable database (restart, failover, network): worth retrying."""
-    return isinstance(exc, (psycopg.OperationalError, PoolTimeout))
+    """A broken or unreachable database (restart, failover, network): worth retrying later."""
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def is_broken_connection(exc: BaseException) -> bool:
+    """A connection that broke during the call (worth one immediate retry on a fresh one), as
+    opposed to no connection at all within POOL_WAIT_SECONDS (retrying would only wait again)."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout)
 
 
 def database_error(exc: BaseException) -> ServiceError | None:
@@ -53,8 +59,11 @@ def database_error(exc: BaseException) -> ServiceError | None:
                            reason="DATABASE_UNAVAILABLE", retry_after_seconds=1.0)
     if isinstance(exc, psycopg.DataError):
         log.warning("database refused a value: %s", exc)
-        return invalid_argument("a value in the request cannot be stored (out of range or malformed)",
-                                [("", "out of range or malformed value")], reason="VALUE_NOT_STORABLE")
+        return invalid_argument(
+            "a value in the request cannot be stored (out of range or malformed)",
+            [("", "out of range or malformed value")],
+            reason="VALUE_NOT_STORABLE",
+        )
     return None
 
 

@@ -187,7 +187,8 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
         _rule([GATEWAY], _all("speech"), forwards_identity=True, why="public API"),
         _rule(
             [EDGE],
-            ["/aimesh.speech.v1.SpeechService/" + m for m in ("Recognize", "Synthesize", "ListVoices")],
+            ["/aimesh.speech.v1.SpeechService/" + m
+             for m in ("Recognize", "Synthesize", "StreamingSynthesize", "ListVoices")],
             forwards_identity=True,
             why="OpenAI audio/transcriptions and audio/speech",
         ),

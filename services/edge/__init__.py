@@ -1,1 +1,2 @@
-"""The OpenAI-compatible HTTP edge: `/openai/v1/...` behind the gateway, calling the gRPC services."""
+"""The OpenAI-compatible HTTP edge: `/openai/v1/...` behind the gateway, calling the gRPC
+services."""

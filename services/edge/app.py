@@ -14,16 +14,25 @@ import grpc
 from aimesh.knowledge.v1 import knowledge_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
+from aimesh.speech.v1 import speech_pb2_grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.identity import Identity, identity_from_metadata
 from services.edge import schemas
+from services.edge.audio import (
+    MAX_UPLOAD_BYTES,
+    SPEECH_MODEL,
+    TRANSCRIPTION_MODEL,
+    Audio,
+    TranscriptionForm,
+)
 from services.edge.chat import MODEL, ChatCompletions, model_name
 from services.edge.embeddings import EMBEDDING_MODEL, Embeddings
 from services.edge.errors import OpenAIError, from_rpc_error
@@ -43,6 +52,7 @@ class Backends:
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(
             self.channels.get("orchestrator"))
         self.chat = ChatCompletions(self.orchestrator)
+        self.audio = Audio(speech_pb2_grpc.SpeechServiceStub(self.channels.get("speech")))
         self.embeddings = Embeddings(
             knowledge_pb2_grpc.KnowledgeServiceStub(self.channels.get("knowledge")))
 
@@ -78,8 +88,12 @@ def forwarded(request: Request, identity: Identity) -> list[tuple[str, str]]:
     return headers
 
 
-# Knowledge's embedding model is listed beside the Orchestrator's chat models.
-EMBEDDING_MODEL_OBJECT = schemas.ModelObject(id=EMBEDDING_MODEL, created=0, owned_by="triton")
+# Knowledge's embedding model and Speech's recognizer and synthesizer are listed beside the
+# Orchestrator's chat models.
+SERVICE_MODELS = {m: schemas.ModelObject(id=m, created=0, owned_by="triton")
+                  for m in (EMBEDDING_MODEL, TRANSCRIPTION_MODEL, SPEECH_MODEL)}
+# Multipart fields besides the file are short; the whole upload is bounded by the file limit.
+MAX_FORM_FIELD_BYTES = 64 * 1024
 
 
 def model_object(model: opb.Model) -> schemas.ModelObject:
@@ -164,30 +178,37 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         token = ""
         try:
             while True:
-                page = await stub.ListModels(opb.ListModelsRequest(page_size=1000, page_token=token),
-                                             metadata=identity.to_headers())
+                page = await stub.ListModels(
+                    opb.ListModelsRequest(page_size=1000, page_token=token),
+                    metadata=identity.to_headers(),
+                )
                 models += [model_object(m) for m in page.models]
                 token = page.next_page_token
                 if not token:
                     break
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
-        return schemas.ModelList(data=[*models, EMBEDDING_MODEL_OBJECT]).wire()
+        return schemas.ModelList(data=[*models, *SERVICE_MODELS.values()]).wire()
 
     @app.get(PREFIX + "/models/{model_id:path}", response_model=schemas.ModelObject)
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
         identity = caller(request)
-        if model_id == EMBEDDING_MODEL:
-            return EMBEDDING_MODEL_OBJECT.wire()
+        if model_id in SERVICE_MODELS:
+            return SERVICE_MODELS[model_id].wire()
         stub = request.app.state.backends.orchestrator
         try:
-            model = await stub.GetModel(opb.GetModelRequest(name=model_name(model_id)),
-                                        metadata=identity.to_headers())
+            model = await stub.GetModel(
+                opb.GetModelRequest(name=model_name(model_id)), metadata=identity.to_headers()
+            )
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                error = OpenAIError(404, f"The model '{model_id}' does not exist",
-                                    param="model", code="model_not_found")
+                error = OpenAIError(
+                    404,
+                    f"The model '{model_id}' does not exist",
+                    param="model",
+                    code="model_not_found",
+                )
             raise error from None
         return model_object(model).wire()
 
@@ -196,8 +217,11 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         identity = caller(request)
         chat: ChatCompletions = request.app.state.backends.chat
         if body.stream:
-            return StreamingResponse(await chat.stream(body, identity), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            return StreamingResponse(
+                await chat.stream(body, identity),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
         return JSONResponse(await chat.complete(body, identity))
 
     @app.post(f"{PREFIX}/embeddings", response_model=schemas.EmbeddingList)
@@ -206,4 +230,47 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         service: Embeddings = request.app.state.backends.embeddings
         return JSONResponse(await service.create(body, identity, forwarded(request, identity)))
 
+    @app.post(f"{PREFIX}/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        identity = caller(request)
+        length = int(request.headers.get("content-length") or 0)
+        if length > MAX_UPLOAD_BYTES + MAX_FORM_FIELD_BYTES:
+            raise OpenAIError(413, f"upload of {length:,} bytes; the file may be at most "
+                              f"{MAX_UPLOAD_BYTES:,}", param="file", code="file_too_large")
+        form = await _transcription_form(request)
+        service: Audio = request.app.state.backends.audio
+        body, media_type = await service.transcribe(form, forwarded(request, identity))
+        return Response(body, media_type=media_type)
+
+    @app.post(f"{PREFIX}/audio/speech")
+    async def speech(body: schemas.SpeechRequest, request: Request) -> Response:
+        identity = caller(request)
+        service: Audio = request.app.state.backends.audio
+        audio, media_type = await service.speak(body, identity, forwarded(request, identity))
+        return StreamingResponse(audio, media_type=media_type)
+
     return app
+
+
+async def _transcription_form(request: Request) -> TranscriptionForm:
+    """The multipart fields OpenAI's clients send (400 for a missing file or model)."""
+    form = await request.form(max_files=1, max_fields=32, max_part_size=MAX_FORM_FIELD_BYTES)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise OpenAIError(400, "Missing required parameter: 'file' (a multipart/form-data upload)",
+                          param="file", code="missing_required_parameter")
+    model = form.get("model")
+    if not isinstance(model, str) or not model:
+        raise OpenAIError(400, "Missing required parameter: 'model'.", param="model",
+                          code="missing_required_parameter")
+    if str(form.get("stream", "false")).lower() == "true":
+        raise OpenAIError(400, "streamed transcription is not supported by this server",
+                          param="stream", code="unsupported_parameter")
+    audio = await upload.read(MAX_UPLOAD_BYTES + 1)
+    granularities = [str(g) for key in ("timestamp_granularities[]", "timestamp_granularities")
+                     for g in form.getlist(key)]
+    language = form.get("language")
+    return TranscriptionForm(
+        audio=audio, model=model, language=language if isinstance(language, str) else "en-US",
+        response_format=str(form.get("response_format") or "json"),
+        granularities=tuple(granularities))

@@ -243,3 +243,48 @@ class EmbeddingList(Out):
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
+
+
+# --- audio --------------------------------------------------------------------------------
+
+
+class SpeechRequest(Strict):
+    model: str = Field(min_length=1)
+    input: str = Field(min_length=1, max_length=4096)
+    voice: str = Field(min_length=1)
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | None = None
+    speed: float | None = Field(default=None, ge=0.25, le=4.0)
+    instructions: str | None = None
+    stream_format: Literal["audio", "sse"] | None = None
+
+
+class Transcription(Out):
+    text: str
+
+
+class TranscriptionWord(Out):
+    word: str
+    start: float
+    end: float
+
+
+class TranscriptionSegment(Out):
+    id: int
+    seek: int = 0
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float
+    compression_ratio: float = 1.0
+    no_speech_prob: float = 0.0
+
+
+class VerboseTranscription(Out):
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment] | None = None
+    words: list[TranscriptionWord] | None = None

@@ -1,18 +1,16 @@
-"""Audio plumbing for Speech: PCM/WAV decoding and encoding, streaming resampling, and the
-energy-based voice activity detector that ends utterances (endpointing).
+"""Audio plumbing for Speech: raw PCM, streaming resampling, and the
+voice activity detector that ends utterances (endpointing).
 
 Plain Python + numpy: no gRPC types. Samples are mono int16 throughout.
 """
 
 from __future__ import annotations
 
-import io
-import struct
-import wave
 from dataclasses import dataclass
 
 import numpy as np
 import soxr
+from pocketsphinx import Vad
 
 # The recognizer's native rate (the pocketsphinx en-US model).
 ASR_SAMPLE_RATE = 16000
@@ -29,40 +27,6 @@ def pcm_from_bytes(data: bytes) -> np.ndarray:
     if len(data) % 2:
         raise AudioFormatError(f"{len(data)} bytes is not a whole number of 16-bit samples")
     return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
-
-
-def is_wav(data: bytes) -> bool:
-    return len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WAVE"
-
-
-def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """A RIFF/WAVE file holding mono 16-bit PCM -> (samples, sample rate)."""
-    if not is_wav(data):
-        raise AudioFormatError("not a RIFF/WAVE file (missing RIFF....WAVE header)")
-    try:
-        with wave.open(io.BytesIO(data), "rb") as reader:
-            channels = reader.getnchannels()
-            width = reader.getsampwidth()
-            rate = reader.getframerate()
-            frames = reader.readframes(reader.getnframes())
-    except (wave.Error, EOFError, struct.error) as exc:
-        raise AudioFormatError(f"unreadable WAV: {exc}") from None
-    if channels != 1:
-        raise AudioFormatError(f"WAV has {channels} channels; only mono is supported")
-    if width != 2:
-        raise AudioFormatError(f"WAV has {width * 8}-bit samples; only 16-bit PCM is supported")
-    return pcm_from_bytes(frames[: len(frames) - len(frames) % 2]), rate
-
-
-def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
-    """Mono int16 samples -> a complete WAV file."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(sample_rate)
-        writer.writeframes(samples.astype("<i2", copy=False).tobytes())
-    return out.getvalue()
 
 
 class StreamResampler:
@@ -103,48 +67,74 @@ class VadDecision:
     forced: bool = False  # ended by max utterance duration rather than silence
 
 
-class EnergyVad:
-    """Frame energy against an adaptive noise floor: cheap, deterministic, good enough to
-    segment utterances for pocketsphinx (which has its own silence model inside an utterance).
+class SpeechDetector:
+    """Endpointing on the WebRTC voice activity classifier that pocketsphinx ships (`Vad`,
+    a GMM over spectral features, 30 ms frames): speech begins after `onset_frames` speech
+    frames in a row (4: the classifier calls its first 3 frames speech while it adapts); an
+    utterance ends after `silence_ms` of non-speech frames, or when it has lasted
+    `max_utterance_ms`.
 
-    Speech begins after `onset_frames` consecutive loud frames; an utterance ends after
-    `silence_ms` of quiet frames, or when it has lasted `max_utterance_ms`.
+    It only decides where utterances begin and end; every sample still goes to the
+    recognizer (a quiet word ending the classifier misses is not lost). The strictest mode:
+    the looser ones call steady background noise speech, so an utterance would never end.
     """
 
-    FRAME_MS = 20
+    FRAME_SECONDS = 0.03
 
     def __init__(
         self,
         silence_ms: int,
         max_utterance_ms: int,
         sample_rate: int = ASR_SAMPLE_RATE,
-        onset_frames: int = 3,
+        onset_frames: int = 4,
+        mode: int = Vad.STRICT,
     ) -> None:
-        self.frame = sample_rate * self.FRAME_MS // 1000
-        self.silence_frames = max(1, silence_ms // self.FRAME_MS)
-        self.max_frames = max(1, max_utterance_ms // self.FRAME_MS)
+        self._vad = Vad(mode, sample_rate, self.FRAME_SECONDS)
+        self.frame = self._vad.frame_bytes // 2
+        frame_ms = 1000.0 * self.frame / sample_rate
+        self.silence_frames = max(1, round(silence_ms / frame_ms))
+        self.max_frames = max(1, round(max_utterance_ms / frame_ms))
         self.onset_frames = onset_frames
-        self.noise_floor = 100.0  # RMS; adapts downwards/upwards on quiet frames
         self.in_speech = False
-        self._loud_run = 0
+        self._speech_run = 0
         self._quiet_run = 0
         self._utt_frames = 0
-        self._last_loud_end = 0
+        self._last_speech_end = 0
         self._pending = np.zeros(0, dtype=np.int16)
         self.position = 0  # samples consumed so far (16 kHz)
 
-    def _loud(self, frame: np.ndarray) -> bool:
-        rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) if frame.size else 0.0
-        loud = rms > max(300.0, 3.0 * self.noise_floor)
-        if not loud:
-            # Track the background slowly so steady noise does not count as speech.
-            self.noise_floor = 0.95 * self.noise_floor + 0.05 * max(rms, 10.0)
-        return loud
-
     @property
     def last_speech_end(self) -> int | None:
-        """End (exclusive sample) of the last loud frame of the utterance in progress."""
-        return self._last_loud_end if self.in_speech else None
+        """End (exclusive sample) of the last speech frame of the utterance in progress."""
+        return self._last_speech_end if self.in_speech else None
+
+    def _frame(self, speech: bool) -> VadDecision | None:
+        """Advance the state machine by one classified frame (already counted in position)."""
+        if not self.in_speech:
+            self._speech_run = self._speech_run + 1 if speech else 0
+            if self._speech_run < self.onset_frames:
+                return None
+            self.in_speech = True
+            self._utt_frames = self._speech_run
+            self._quiet_run = 0
+            self._last_speech_end = self.position
+            begin = self.position - self._speech_run * self.frame
+            self._speech_run = 0
+            return VadDecision(begin_sample=begin)
+        self._utt_frames += 1
+        if speech:
+            self._quiet_run = 0
+            self._last_speech_end = self.position
+        else:
+            self._quiet_run += 1
+        if self._quiet_run < self.silence_frames and self._utt_frames < self.max_frames:
+            return None
+        forced = self._quiet_run < self.silence_frames
+        self.in_speech = False
+        self._quiet_run = 0
+        return VadDecision(
+            end_speech_sample=self.position if forced else self._last_speech_end, forced=forced
+        )
 
     def push(self, samples: np.ndarray) -> list[tuple[int, VadDecision]]:
         """Feed samples; returns (sample index just after the deciding frame, decision) pairs."""
@@ -153,32 +143,10 @@ class EnergyVad:
         n = len(buf) // self.frame
         for i in range(n):
             frame = buf[i * self.frame : (i + 1) * self.frame]
-            start = self.position
             self.position += self.frame
-            loud = self._loud(frame)
-            if not self.in_speech:
-                self._loud_run = self._loud_run + 1 if loud else 0
-                if self._loud_run >= self.onset_frames:
-                    self.in_speech = True
-                    self._utt_frames = self._loud_run
-                    self._quiet_run = 0
-                    self._last_loud_end = self.position
-                    begin = self.position - self._loud_run * self.frame
-                    self._loud_run = 0
-                    decisions.append((self.position, VadDecision(begin_sample=begin)))
-                continue
-            self._utt_frames += 1
-            if loud:
-                self._quiet_run = 0
-                self._last_loud_end = start + self.frame
-            else:
-                self._quiet_run += 1
-            if self._quiet_run >= self.silence_frames or self._utt_frames >= self.max_frames:
-                forced = self._quiet_run < self.silence_frames
-                self.in_speech = False
-                self._quiet_run = 0
-                end = self.position if forced else self._last_loud_end
-                decisions.append((self.position, VadDecision(end_speech_sample=end, forced=forced)))
+            decision = self._frame(self._vad.is_speech(frame.astype("<i2", copy=False).tobytes()))
+            if decision is not None:
+                decisions.append((self.position, decision))
         self._pending = buf[n * self.frame :].copy()
         return decisions
 

@@ -22,16 +22,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2
 from aimesh.speech.v1 import speech_pb2
 
+from services.common.channels import Channels
 from services.common.errors import ServiceError, failed_precondition, unavailable
 from services.common.identity import Identity
-from services.common.usage_client import ResourceType
+from services.common.triton import TritonClient
+from services.common.usage_client import ResourceType, UsageClient
 from services.speech.encode import speech_event_of, streaming_result
 from services.speech.recognition import (
     Hypothesis,
@@ -51,10 +53,19 @@ from services.speech.requests import (
     duration,
     next_request,
 )
-from services.speech.synthesis import NATURAL_SAMPLE_RATE, VoiceInfo
+from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer, VoiceInfo
 
-if TYPE_CHECKING:
-    from services.speech.servicer import SpeechServicer
+
+class SpeechServices(Protocol):
+    """What a Converse session uses of the Speech servicer that runs it."""
+
+    channels: Channels
+    triton: TritonClient
+    usage: UsageClient
+    synthesizer: Synthesizer
+
+    async def _require_asr(self) -> None: ...
+
 
 log = logging.getLogger("aimesh.speech.converse")
 
@@ -99,7 +110,7 @@ class Turn:
 
 
 class ConverseSession:
-    def __init__(self, servicer: SpeechServicer, identity: Identity) -> None:
+    def __init__(self, servicer: SpeechServices, identity: Identity) -> None:
         self.servicer = servicer
         self.identity = identity
         self.out: asyncio.Queue[speech_pb2.ConverseResponse | None] = asyncio.Queue(
@@ -112,6 +123,7 @@ class ConverseSession:
         self.config = speech_pb2.ConverseConfig()
         self.voice: VoiceInfo | None = None
         self.rate = NATURAL_SAMPLE_RATE
+        self.input_encoding = "LINEAR16"  # of the caller's audio chunks
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -123,8 +135,9 @@ class ConverseSession:
             "config.output_audio_config",
             cfg.output_audio_config,
             cfg.HasField("output_audio_config"),
-            linear16_only=True,
+            ("LINEAR16",),
         )
+        self.input_encoding = audio.encoding
         if cfg.conversation and not re.match(r"^conversations/[^/]+$", cfg.conversation):
             v.add("config.conversation", "must be conversations/{conversation} or empty")
         v.raise_if_any()
@@ -135,6 +148,7 @@ class ConverseSession:
             interim_results=cfg.interim_results,
             silence_ms=audio.silence_ms,
             max_utterance_ms=audio.max_utterance_ms,
+            speech_start_timeout_ms=audio.speech_start_timeout_ms,
         )
 
     def _stub(self) -> conversation_pb2_grpc.ConversationServiceStub:
@@ -197,6 +211,7 @@ class ConverseSession:
             requests,
             config_field="config",
             sample_rate=options.sample_rate,
+            encoding=self.input_encoding,
             max_seconds=CONVERSE_MAX_SECONDS,
             idle_seconds=CONVERSE_IDLE_SECONDS,
         )
@@ -224,7 +239,10 @@ class ConverseSession:
             )
             await session.abort()
             await self.servicer.usage.meter(
-                self.identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
+                self.identity,
+                ResourceType.RESOURCE_TYPE_AUDIO_SECONDS,
+                session.received_seconds,
+                "",
             )
 
     async def _put(self, turn_id: str, **event: Any) -> None:

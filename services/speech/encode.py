@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from aimesh.speech.v1 import speech_pb2
 
-from services.speech.recognition import EndOfUtterance, Event, Hypothesis, SpeechBegan, SpeechEnded
+from services.speech.recognition import (
+    EndOfUtterance,
+    Event,
+    Hypothesis,
+    SpeechBegan,
+    SpeechEnded,
+    SpeechStartTimeout,
+)
 from services.speech.requests import duration
 
 LANGUAGE = "en-US"
@@ -13,6 +20,7 @@ SPEECH_EVENTS = {
     SpeechBegan: speech_pb2.SPEECH_EVENT_TYPE_SPEECH_BEGIN,
     SpeechEnded: speech_pb2.SPEECH_EVENT_TYPE_SPEECH_END,
     EndOfUtterance: speech_pb2.SPEECH_EVENT_TYPE_END_OF_UTTERANCE,
+    SpeechStartTimeout: speech_pb2.SPEECH_EVENT_TYPE_SPEECH_START_TIMEOUT,
 }
 
 

@@ -15,11 +15,13 @@ from services.common import metrics
 T = TypeVar("T")
 
 ASR_ACTIVE_STREAMS = Gauge(
-    "aimesh_speech_asr_active_streams", "StreamingRecognize and Converse streams open right now.",
+    "aimesh_speech_asr_active_streams",
+    "StreamingRecognize and Converse streams open right now.",
     ("method",),
 )
 ASR_AUDIO_SECONDS = Counter(
-    "aimesh_speech_asr_audio_seconds_total", "Seconds of audio received for recognition.",
+    "aimesh_speech_asr_audio_seconds_total",
+    "Seconds of audio received for recognition.",
     ("method",),
 )
 ASR_REALTIME_FACTOR = Histogram(

@@ -1,14 +1,14 @@
 """Streaming recognition: caller audio in, speech events and interim/final results out.
 
-A `RecognitionSession` segments the caller's audio into utterances with an energy VAD and runs
-the whole client stream through ONE Triton ASR sequence (pocketsphinx): the last chunk of each
-utterance carries END_OF_UTTERANCE, which makes the model send that utterance's final result
-(word timings from the sequence start) and start the next utterance on the same decoder; the
-caller's half-close sends END. Sequence ids are random 62-bit ids from the one Triton client.
-Only speech (plus a short pre-roll and trail) is sent, so silence costs no inference; the sample
-map (stream position of each utterance vs. its position in the sequence) turns sequence timings
-back into stream timings. A long pause is bridged with a tiny keep-alive chunk so neither the
-client's idle timer nor Triton's sequence idle timeout closes the sequence.
+A `RecognitionSession` runs the whole client stream through ONE Triton ASR sequence
+(pocketsphinx): every sample goes to the recognizer, in order, as it arrives. A voice activity
+detector (pocketsphinx's WebRTC classifier, audio.SpeechDetector) decides only where utterances
+end: the chunk at the end of an utterance carries END_OF_UTTERANCE, which makes the model send that
+utterance's final result (word timings from the sequence start) and start the next utterance on
+the same decoder; the caller's half-close sends END with the last samples. Since nothing is held
+back or dropped, the recognizer decodes exactly the audio the engine would be given for the
+whole stream, and sequence timings are stream timings (shifted by where the sequence began).
+Sequence ids are random 62-bit ids from the one Triton client.
 
 A failed utterance (Triton error, no final in time) is reported as `UtteranceFailed` and the
 session goes on; its sequence is then unusable, so it is abandoned and the next utterance opens
@@ -21,7 +21,6 @@ Plain Python: the servicer turns the events into protobuf messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -32,23 +31,16 @@ import numpy as np
 
 from services.common.errors import ServiceError, unavailable
 from services.common.triton import SequenceStream, TritonClient
-from services.speech.audio import ASR_SAMPLE_RATE, EnergyVad, StreamResampler
+from services.speech.audio import ASR_SAMPLE_RATE, SpeechDetector, StreamResampler
 
 log = logging.getLogger("aimesh.speech.recognition")
 
-PREROLL_SAMPLES = ASR_SAMPLE_RATE * 300 // 1000  # audio kept before the detected onset
-# Silence sent after the last loud frame: enough for the decoder to close the last word. The
-# rest of a pause is held back (sent only if speech resumes), so endpointing silence costs no
-# inference.
-TRAIL_SAMPLES = ASR_SAMPLE_RATE * 300 // 1000
 # How long an utterance may take to finalize on Triton: generous, because a busy recognizer
 # works through a backlog of chunks first; it only guards against a stuck sequence.
 FINAL_TIMEOUT_SECONDS = 60.0
-# A sequence with nothing to send (a pause between utterances) gets a 10 ms silent chunk this
-# often: well inside the client's idle timer and Triton's 30 s max_sequence_idle_microseconds.
-KEEPALIVE_SECONDS = 10.0
-KEEPALIVE_SAMPLES = ASR_SAMPLE_RATE // 100
-IDLE_TIMEOUT_SECONDS = 30.0
+# Longer than the callers' own idle limits (10 s StreamingRecognize, 30 s Converse): audio keeps
+# flowing on a live stream, so the sequence only goes idle when the caller does.
+IDLE_TIMEOUT_SECONDS = 40.0
 OUTPUT_QUEUE_SIZE = 32  # events buffered towards a slow client before we stop reading audio
 
 
@@ -82,6 +74,12 @@ class EndOfUtterance:
 
 
 @dataclass(frozen=True)
+class SpeechStartTimeout:
+    utterance: int
+    offset: float  # where the wait for speech ran out
+
+
+@dataclass(frozen=True)
 class Hypothesis:
     utterance: int
     text: str
@@ -98,7 +96,9 @@ class UtteranceFailed:
     error: ServiceError
 
 
-Event = SpeechBegan | SpeechEnded | EndOfUtterance | Hypothesis | UtteranceFailed
+Event = (
+    SpeechBegan | SpeechEnded | EndOfUtterance | SpeechStartTimeout | Hypothesis | UtteranceFailed
+)
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,11 @@ class RecognitionOptions:
     sample_rate: int
     interim_results: bool = False
     single_utterance: bool = False
-    silence_ms: int = 800
+    silence_ms: int = 500
     max_utterance_ms: int = 30_000
+    # 0: wait for speech forever; else end the stream when no speech begins this long after
+    # the stream starts or the previous utterance ends.
+    speech_start_timeout_ms: int = 0
     audio_offset: float = 0.0
     # Audio per Triton request: small for streams (interim latency), large for files.
     send_chunk_ms: int = 200
@@ -133,13 +136,13 @@ def _text(value: object) -> str:
 
 
 class _Utterance:
-    """One utterance: where it starts in the stream and in the sequence, and its final."""
+    """One utterance: a stretch of the stream from the end of the previous utterance to its
+    own end of utterance, all of it sent to the recognizer, and its final result."""
 
     def __init__(self, index: int, first_sample: int) -> None:
         self.index = index
-        self.first_sample = first_sample  # 16 kHz stream index of the utterance's first sample
-        self.sent = first_sample  # stream index up to which its audio went to Triton
-        self.sequence_start: int | None = None  # sequence sample of first_sample, once sent
+        self.first_sample = first_sample  # 16 kHz stream index where the utterance's audio starts
+        self.began = False  # the VAD heard speech in it (SPEECH_BEGIN was emitted)
         self.final: asyncio.Future[dict[str, np.ndarray]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -155,21 +158,19 @@ class _Recognizer:
     """The stream's one Triton ASR sequence, with a task that reads its responses.
 
     Responses of one sequence arrive in order, and the session waits for an utterance's final
-    before sending the next utterance's audio, so the next IS_FINAL response always belongs to
-    the oldest utterance that sent END_OF_UTTERANCE (`awaiting`)."""
+    before sending more audio, so the next IS_FINAL response always belongs to the utterance
+    that sent END_OF_UTTERANCE (`awaiting`)."""
 
-    def __init__(self, session: RecognitionSession) -> None:
+    def __init__(self, session: RecognitionSession, origin: int) -> None:
         self.session = session
+        self.origin = origin  # stream sample of the sequence's first sample
         self.stream: SequenceStream = session.triton.recognize(idle_timeout=IDLE_TIMEOUT_SECONDS)
         self.sent = 0  # samples sent on the sequence
-        self.last_send = time.monotonic()
         self.current: _Utterance | None = None  # gets the interim results
         self.awaiting: deque[_Utterance] = deque()  # flushed, final not yet received
         self.error: ServiceError | None = None
         self.ended = False
-        self._lock = asyncio.Lock()  # one chunk at a time: keeps `sent` equal to the sequence
         self.reader = asyncio.ensure_future(self._read())
-        self.keepalive = asyncio.ensure_future(self._keep_alive())
 
     @property
     def usable(self) -> bool:
@@ -191,16 +192,15 @@ class _Recognizer:
                 if transcript is None or is_final is None:
                     continue
                 if bool(np.asarray(is_final).reshape(-1)[0]):
-                    if self.awaiting:  # else: the flush of keep-alive silence at END
+                    if self.awaiting:
                         flushed = self.awaiting.popleft()
                         if not flushed.final.done():
                             flushed.final.set_result(response.outputs)
                     continue
                 current = self.current
-                if current is None or not self.session.options.interim_results:
-                    continue
-                self._interim(current, response.outputs)
-            if self.awaiting or self.current is not None:
+                if current is not None and current.began and self.session.options.interim_results:
+                    self._interim(current, response.outputs)
+            if self.awaiting:
                 self._fail(unavailable("the recognizer closed the stream without a final result"))
         except ServiceError as exc:
             self._fail(exc)
@@ -215,76 +215,50 @@ class _Recognizer:
         text = _text(np.asarray(outputs["TRANSCRIPT"]).reshape(-1)[0]).strip()
         words = text.split()
         audio_ms = outputs.get("AUDIO_MS")
-        start = utterance.sequence_start or 0
         covered = (
-            int(np.asarray(audio_ms).reshape(-1)[0]) / 1000.0 - start / ASR_SAMPLE_RATE
+            int(np.asarray(audio_ms).reshape(-1)[0]) * ASR_SAMPLE_RATE // 1000
             if audio_ms is not None
-            else (utterance.sent - utterance.first_sample) / ASR_SAMPLE_RATE
+            else self.sent
         )
         self.session.emit_nowait(
             Hypothesis(
                 utterance=utterance.index,
                 text=text,
                 is_final=False,
-                end_offset=self.session.offset_of(utterance.first_sample) + max(covered, 0.0),
+                end_offset=self.session.offset_of(self.origin + covered),
                 stability=stability_of(utterance.previous_words, words),
             )
         )
         utterance.previous_words = words
 
     async def send(
-        self,
-        samples: np.ndarray,
-        utterance: _Utterance | None,
-        *,
-        end_of_utterance: bool = False,
-        end: bool = False,
+        self, samples: np.ndarray, utterance: _Utterance, *, flush: bool = False, end: bool = False
     ) -> None:
-        """Send one chunk (of `utterance`, or keep-alive silence when None); errors fail the
-        utterances involved, never the session."""
-        async with self._lock:
-            if not self.usable:
-                if utterance is not None and self.error is not None:
-                    utterance.fail(self.error)
-                return
-            if utterance is not None:
-                if utterance.sequence_start is None:
-                    utterance.sequence_start = self.sent
-                if end_of_utterance or end:
-                    self.awaiting.append(utterance)
-            inputs: dict[str, np.ndarray] = {"AUDIO": samples.astype(np.int16).reshape(1, -1)}
-            if self.sent == 0:
-                inputs["SAMPLE_RATE"] = np.array([[ASR_SAMPLE_RATE]], dtype=np.int32)
-            self.sent += int(samples.size)
-            self.last_send = time.monotonic()
-            try:
-                if end:
-                    self.ended = True
-                    await self.stream.end(inputs)
-                else:
-                    await self.stream.send(inputs, end_of_utterance=end_of_utterance)
-            except ServiceError as exc:
-                self._fail(exc)
-
-    async def _keep_alive(self) -> None:
-        # Between utterances nothing is sent; a long pause would let the sequence time out.
-        while True:
-            await asyncio.sleep(KEEPALIVE_SECONDS / 2)
-            idle = time.monotonic() - self.last_send
-            if idle >= KEEPALIVE_SECONDS and self.current is None and not self.awaiting:
-                await self.send(np.zeros(KEEPALIVE_SAMPLES, dtype=np.int16), None)
-
-    async def end(self) -> None:
-        """Caller done and no utterance in progress: END the sequence (nothing left to report)."""
-        if self.usable and self.sent:
-            await self.send(np.zeros(0, dtype=np.int16), None, end=True)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.reader), 10.0)
+        """Send one chunk of `utterance`; `flush` asks for its final (END_OF_UTTERANCE, or END
+        with `end`). Errors fail the utterances involved, never the session."""
+        if not self.usable:
+            if self.error is not None:
+                utterance.fail(self.error)
+            return
+        self.current = None if flush else utterance
+        if flush:
+            self.awaiting.append(utterance)
+        inputs: dict[str, np.ndarray] = {"AUDIO": samples.astype(np.int16).reshape(1, -1)}
+        if self.sent == 0:
+            inputs["SAMPLE_RATE"] = np.array([[ASR_SAMPLE_RATE]], dtype=np.int32)
+        self.sent += int(samples.size)
+        try:
+            if end:
+                self.ended = True
+                await self.stream.end(inputs)
+            else:
+                await self.stream.send(inputs, end_of_utterance=flush)
+        except ServiceError as exc:
+            self._fail(exc)
 
     async def close(self) -> None:
-        for task in (self.keepalive, self.reader):
-            task.cancel()
-        await asyncio.gather(self.keepalive, self.reader, return_exceptions=True)
+        self.reader.cancel()
+        await asyncio.gather(self.reader, return_exceptions=True)
         await self.stream.aclose()
 
 
@@ -295,29 +269,33 @@ class _Recognizer:
 class RecognitionSession:
     """Feed int16 chunks at `options.sample_rate` with `push()`, then `finish()`; read events
     from `events()`. Bounded queues: when the consumer is slow, `push()` waits (backpressure),
-    and interim results, which a later one supersedes anyway, are dropped first."""
+    and interim results, which a later one supersedes anyway, are dropped first.
+
+    Every sample goes to the recognizer, in order, as soon as a chunk's worth is there; the
+    VAD only decides where an utterance ends (END_OF_UTTERANCE), so the recognizer sees the
+    same audio as the engine fed the whole stream."""
 
     triton: TritonClient
     options: RecognitionOptions
     received_samples: int = 0  # at the input rate; what is metered
     _queue: asyncio.Queue[Event | None] = field(init=False)
-    _vad: EnergyVad = field(init=False)
+    _vad: SpeechDetector = field(init=False)
     _resampler: StreamResampler = field(init=False)
-    _history: np.ndarray = field(init=False)
-    _history_start: int = 0
+    _pending: np.ndarray = field(init=False)  # resampled audio not yet sent
+    _position: int = 0  # 16 kHz stream samples received (sent + pending)
     _utterance: _Utterance | None = None
     _recognizer: _Recognizer | None = None
-    _sent_until: int = 0  # stream sample up to which audio went to Triton (never resent)
     _last_word_end: float = 0.0
     _next_index: int = 0
+    _listening_since: int = 0  # stream sample where waiting for speech (re)started
     sequences_opened: int = 0  # 1 for a healthy stream; more only after failed utterances
-    done: bool = False  # single_utterance reached its end: stop feeding audio
+    done: bool = False  # single_utterance reached its end, or speech_start_timeout: stop feeding
 
     def __post_init__(self) -> None:
         self._queue = asyncio.Queue(maxsize=OUTPUT_QUEUE_SIZE)
-        self._vad = EnergyVad(self.options.silence_ms, self.options.max_utterance_ms)
+        self._vad = SpeechDetector(self.options.silence_ms, self.options.max_utterance_ms)
         self._resampler = StreamResampler(self.options.sample_rate, ASR_SAMPLE_RATE)
-        self._history = np.zeros(0, dtype=np.int16)
+        self._pending = np.zeros(0, dtype=np.int16)
         self._send_chunk = ASR_SAMPLE_RATE * self.options.send_chunk_ms // 1000
 
     @property
@@ -346,118 +324,130 @@ class RecognitionSession:
     async def close_events(self) -> None:
         await self._queue.put(None)
 
-    def _slice(self, start: int, stop: int) -> np.ndarray:
-        lo = max(start - self._history_start, 0)
-        hi = max(stop - self._history_start, 0)
-        return self._history[lo:hi]
-
     async def push(self, samples: np.ndarray) -> None:
         """Feed caller audio (int16 at the input rate)."""
         if self.done:
             return
         self.received_samples += int(samples.size)
-        pcm = self._resampler.push(samples)
-        await self._process(pcm)
+        await self._process(self._resampler.push(samples))
 
     async def _process(self, pcm: np.ndarray) -> None:
-        if pcm.size:
-            self._history = (
-                np.concatenate([self._history, pcm]) if self._history.size else pcm.copy()
-            )
+        self._position += int(pcm.size)
+        self._pending = np.concatenate([self._pending, pcm]) if self._pending.size else pcm.copy()
         for position, decision in self._vad.push(pcm):
-            if decision.begin_sample is not None and self._utterance is None:
+            if decision.begin_sample is not None:
                 await self._begin(decision.begin_sample)
             elif decision.end_speech_sample is not None and self._utterance is not None:
                 await self._end(position, decision.end_speech_sample)
                 if self.done:
                     return
-        utterance = self._utterance
-        speech_end = self._vad.last_speech_end
-        if utterance is not None and speech_end is not None:
-            limit = min(self._vad.position, speech_end + TRAIL_SAMPLES)
-            if limit - utterance.sent >= self._send_chunk:
-                chunk = self._slice(utterance.sent, limit)
-                utterance.sent = self._sent_until = limit
-                await self._send(utterance, chunk)
-        self._trim()
+        if self._speech_start_timed_out():
+            index = self._open_utterance().index
+            await self._emit(SpeechStartTimeout(index, self.offset_of(self._position)))
+            await self._finish_utterance(self._position)
+            self.done = True
+            return
+        if self._idle_too_long():
+            # A long stretch without speech is still decoded, in bounded pieces: a decoder's
+            # utterance (and the work at its end) must not grow with a silent caller.
+            await self._finish_utterance(self._position)
+        elif self._pending.size >= self._send_chunk:
+            await self._send(self._pending.size, self._open_utterance())
 
-    def _trim(self) -> None:
-        keep_from = self._vad.position - PREROLL_SAMPLES
-        if self._utterance is not None:
-            keep_from = min(keep_from, self._utterance.sent)
-        drop = keep_from - self._history_start
-        if drop > 0:
-            self._history = self._history[drop:]
-            self._history_start += drop
+    def _speech_start_timed_out(self) -> bool:
+        limit = self.options.speech_start_timeout_ms * ASR_SAMPLE_RATE // 1000
+        waiting = self._utterance is None or not self._utterance.began
+        return limit > 0 and waiting and self._position - self._listening_since >= limit
+
+    def _idle_too_long(self) -> bool:
+        utterance = self._utterance
+        limit = self.options.max_utterance_ms * ASR_SAMPLE_RATE // 1000
+        return (
+            utterance is not None
+            and not utterance.began
+            and self._position - utterance.first_sample >= limit
+        )
+
+    def _open_utterance(self) -> _Utterance:
+        if self._utterance is None:
+            first = self._position - self._pending.size  # the first sample not yet sent
+            self._utterance = _Utterance(self._next_index, first)
+            self._next_index += 1
+        return self._utterance
 
     async def _begin(self, begin_sample: int) -> None:
-        index = self._next_index
-        self._next_index += 1
-        first = max(self._history_start, begin_sample - PREROLL_SAMPLES, self._sent_until)
-        utterance = _Utterance(index, first)
-        recognizer = self._recognizer
-        if recognizer is None or not recognizer.usable:
-            if recognizer is not None:  # failed: abandon it (Triton frees it at once)
-                await recognizer.close()
-            recognizer = self._recognizer = _Recognizer(self)
-            self.sequences_opened += 1
-        recognizer.current = utterance
-        self._utterance = utterance
-        await self._emit(SpeechBegan(index, self.offset_of(begin_sample)))
+        utterance = self._open_utterance()
+        if not utterance.began:
+            utterance.began = True
+            await self._emit(SpeechBegan(utterance.index, self.offset_of(begin_sample)))
 
     async def _end(self, position: int, speech_end: int) -> None:
         utterance = self._utterance
         assert utterance is not None
-        self._utterance = None
         await self._emit(SpeechEnded(utterance.index, self.offset_of(speech_end)))
         await self._emit(EndOfUtterance(utterance.index, self.offset_of(position)))
-        await self._finalize(utterance, position, min(position, speech_end + TRAIL_SAMPLES))
+        await self._finish_utterance(position)
+        self._listening_since = position
         if self.options.single_utterance:
             self.done = True
 
-    async def _send(
-        self, utterance: _Utterance, samples: np.ndarray, *, last: bool = False, end: bool = False
-    ) -> None:
+    def _recognizer_for(self, origin: int) -> _Recognizer:
+        """The stream's sequence; a new one only after the previous one failed."""
         recognizer = self._recognizer
-        if recognizer is None:  # aborted
-            utterance.fail(unavailable("the recognition session was aborted"))
-            return
-        if last or end:
-            recognizer.current = None
-        await recognizer.send(samples, utterance, end_of_utterance=last and not end, end=end)
+        if recognizer is None or not recognizer.usable:
+            if recognizer is not None:  # failed: abandon it (Triton frees it at once)
+                asyncio.ensure_future(recognizer.close())
+            recognizer = self._recognizer = _Recognizer(self, origin)
+            self.sequences_opened += 1
+        return recognizer
 
-    async def _finalize(
-        self, utterance: _Utterance, position: int, send_until: int, *, end: bool = False
+    async def _send(
+        self, count: int, utterance: _Utterance, *, flush: bool = False, end: bool = False
     ) -> None:
-        """Flush the utterance (audio up to `send_until`; END_OF_UTTERANCE, or END when the
-        caller is done) and emit its final result, which covers the audio up to `position`."""
-        tail = self._slice(utterance.sent, max(send_until, utterance.sent))
-        if tail.size == 0 and utterance.sequence_start is None:
-            tail = np.zeros(ASR_SAMPLE_RATE // 100, dtype=np.int16)  # an utterance needs audio
-        utterance.sent = max(send_until, utterance.sent)
-        self._sent_until = max(self._sent_until, utterance.sent)
+        """Send the first `count` pending samples as part of `utterance`."""
+        chunk, self._pending = self._pending[:count], self._pending[count:]
+        first = self._position - self._pending.size - chunk.size
+        recognizer = self._recognizer_for(first)
+        if (flush or end) and chunk.size == 0 and recognizer.sent == 0:
+            chunk = np.zeros(ASR_SAMPLE_RATE // 100, dtype=np.int16)  # a sequence needs audio
+        await recognizer.send(chunk, utterance, flush=flush or end, end=end)
+
+    async def _finish_utterance(self, position: int, *, end: bool = False) -> None:
+        """Send the audio up to `position` with END_OF_UTTERANCE (END when the caller is done)
+        and emit the utterance's final result."""
+        utterance = self._open_utterance()
+        self._utterance = None
+        count = self._pending.size - (self._position - position)
+        await self._send(count, utterance, flush=True, end=end)
+        recognizer = self._recognizer
         try:
-            await self._send(utterance, tail, last=True, end=end)
             outputs = await asyncio.wait_for(asyncio.shield(utterance.final), FINAL_TIMEOUT_SECONDS)
         except TimeoutError:
             # A late final would be taken for the next utterance's: drop this sequence.
             error = unavailable("the recognizer did not finalize the utterance in time")
-            if self._recognizer is not None:
-                self._recognizer._fail(error)
-            await self._emit(UtteranceFailed(utterance.index, error))
+            if recognizer is not None:
+                recognizer._fail(error)
+            if utterance.began:
+                await self._emit(UtteranceFailed(utterance.index, error))
             return
         except ServiceError as exc:
-            await self._emit(UtteranceFailed(utterance.index, exc))
+            if utterance.began:
+                await self._emit(UtteranceFailed(utterance.index, exc))
             return
-        await self._emit(self._final(utterance, position, outputs))
+        final = self._final(utterance, recognizer, position, outputs)
+        if utterance.began or final.text:
+            await self._emit(final)
 
     def _final(
-        self, utterance: _Utterance, position: int, outputs: dict[str, np.ndarray]
+        self,
+        utterance: _Utterance,
+        recognizer: _Recognizer | None,
+        position: int,
+        outputs: dict[str, np.ndarray],
     ) -> Hypothesis:
         text = _text(np.asarray(outputs["TRANSCRIPT"]).reshape(-1)[0]).strip()
-        # Timings count from the sequence start; the utterance's audio began at sequence_start.
-        start_in_sequence = (utterance.sequence_start or 0) / ASR_SAMPLE_RATE
-        base = self.offset_of(utterance.first_sample) - start_in_sequence
+        # Timings count from the sequence start, which is `origin` on the stream.
+        base = self.offset_of(recognizer.origin if recognizer is not None else 0)
         words: list[Word] = []
         raw_words = np.asarray(outputs.get("WORDS", np.zeros(0, dtype=object))).reshape(-1)
         starts = np.asarray(outputs.get("WORD_START_MS", np.zeros(0))).reshape(-1)
@@ -483,19 +473,16 @@ class RecognitionSession:
         )
 
     async def finish(self) -> None:
-        """The caller half-closed: finalize the utterance in progress."""
+        """The caller half-closed: every sample still pending goes to the recognizer with END,
+        and the utterance in progress (if any) gets its final."""
         if not self.done:
             await self._process(self._resampler.flush())
         utterance = self._utterance
-        if utterance is not None and not self.done:
-            self._utterance = None
-            # Everything received so far, including the VAD's partial last frame.
-            position = self._history_start + len(self._history)
-            await self._emit(SpeechEnded(utterance.index, self.offset_of(position)))
-            await self._emit(EndOfUtterance(utterance.index, self.offset_of(position)))
-            await self._finalize(utterance, position, position, end=True)
-        elif self._recognizer is not None:
-            await self._recognizer.end()
+        if not self.done and (utterance is not None or self._pending.size):
+            if utterance is not None and utterance.began:
+                await self._emit(SpeechEnded(utterance.index, self.offset_of(self._position)))
+                await self._emit(EndOfUtterance(utterance.index, self.offset_of(self._position)))
+            await self._finish_utterance(self._position, end=True)
         recognizer, self._recognizer = self._recognizer, None
         if recognizer is not None:
             await recognizer.close()

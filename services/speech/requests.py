@@ -17,14 +17,9 @@ from google.protobuf import duration_pb2
 
 from services.common.errors import FieldViolations, invalid_argument, out_of_range
 from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, next_message
-from services.speech.audio import (
-    MAX_SAMPLE_RATE,
-    MIN_SAMPLE_RATE,
-    AudioFormatError,
-    is_wav,
-    parse_wav,
-    pcm_from_bytes,
-)
+from services.speech import codecs
+from services.speech.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioFormatError
+from services.speech.synthesis import NATURAL_SAMPLE_RATE
 
 SUPPORTED_LANGUAGES = ("en-US",)
 
@@ -36,6 +31,7 @@ CONVERSE_MAX_SECONDS = 1800.0
 CONVERSE_IDLE_SECONDS = 30.0
 # Both streams
 MAX_CHUNK_BYTES = 32768
+DEFAULT_SILENCE_MS = 500  # endpointing silence when the stream does not set one
 # Recognize
 RECOGNIZE_MAX_BYTES = 10 * 1024 * 1024
 RECOGNIZE_MAX_SECONDS = 60.0
@@ -64,6 +60,8 @@ class StreamAudio:
     sample_rate: int
     silence_ms: int
     max_utterance_ms: int
+    speech_start_timeout_ms: int = 0
+    encoding: str = "LINEAR16"  # of the audio chunks: LINEAR16, MULAW or ALAW
 
 
 def check_language(v: FieldViolations, field: str, code: str) -> None:
@@ -81,9 +79,14 @@ def check_stream_recognition(
     endpointing_field: str,
 ) -> StreamAudio:
     """The recognition part of StreamingRecognize's and Converse's first message."""
-    if config.encoding != speech_pb2.AUDIO_ENCODING_LINEAR16:
-        v.add(f"{prefix}.encoding", "streams accept AUDIO_ENCODING_LINEAR16 only")
+    encoding = encoding_name(config.encoding)
+    if encoding not in codecs.STREAMABLE:
+        v.add(f"{prefix}.encoding", "streams accept AUDIO_ENCODING_LINEAR16, _MULAW or _ALAW")
     rate = config.sample_rate_hertz
+    if encoding in codecs.TELEPHONY:
+        v.check(
+            rate == codecs.TELEPHONY_RATE, f"{prefix}.sample_rate_hertz", f"{encoding} is 8000 Hz"
+        )
     v.check(
         MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE,
         f"{prefix}.sample_rate_hertz",
@@ -91,7 +94,7 @@ def check_stream_recognition(
     )
     check_language(v, f"{prefix}.language_code", config.language_code)
     v.check(0 <= config.max_alternatives <= 5, f"{prefix}.max_alternatives", "must be 0-5")
-    silence_ms, max_ms = 800, 30_000
+    silence_ms, max_ms, start_ms = DEFAULT_SILENCE_MS, 30_000, 0
     if endpointing is not None:
         if endpointing.HasField("silence_duration"):
             silence_ms = int(seconds(endpointing.silence_duration) * 1000)
@@ -107,7 +110,14 @@ def check_stream_recognition(
                 f"{endpointing_field}.max_utterance_duration",
                 "must be 1 s to 60 s",
             )
-    return StreamAudio(rate, silence_ms, max_ms)
+        if endpointing.HasField("speech_start_timeout"):
+            start_ms = int(seconds(endpointing.speech_start_timeout) * 1000)
+            v.check(
+                1000 <= start_ms <= 60_000,
+                f"{endpointing_field}.speech_start_timeout",
+                "must be 1 s to 60 s",
+            )
+    return StreamAudio(rate, silence_ms, max_ms, start_ms, encoding)
 
 
 def check_first_message(
@@ -141,30 +151,44 @@ def check_speaking_rate(v: FieldViolations, field: str, rate: float) -> None:
     v.check(rate == 0 or 0.25 <= rate <= 4.0, field, "must be 0.25-4.0 (0 means 1.0)")
 
 
+def encoding_name(value: int) -> str:
+    """speech.v1.AudioEncoding -> its name without the prefix ("LINEAR16", "MP3", ...)."""
+    try:
+        return speech_pb2.AudioEncoding.Name(value).removeprefix("AUDIO_ENCODING_")
+    except ValueError:
+        return f"unknown encoding {value}"
+
+
 def check_output(
     v: FieldViolations,
     field: str,
     config: speech_pb2.AudioOutputConfig,
     has: bool,
-    linear16_only: bool,
+    allowed: tuple[str, ...],
 ) -> None:
     if not has:
         v.add(field, "required")
         return
-    allowed = (
-        (speech_pb2.AUDIO_ENCODING_LINEAR16,)
-        if linear16_only
-        else (speech_pb2.AUDIO_ENCODING_LINEAR16, speech_pb2.AUDIO_ENCODING_WAV)
-    )
-    if config.encoding not in allowed:
-        names = " or ".join(speech_pb2.AudioEncoding.Name(e) for e in allowed)
-        v.add(f"{field}.encoding", f"must be {names}")
+    encoding = encoding_name(config.encoding)
+    if encoding not in allowed:
+        v.add(f"{field}.encoding", "must be " + " or ".join(f"AUDIO_ENCODING_{e}" for e in allowed))
+        return
     rate = config.sample_rate_hertz
-    v.check(
+    if not v.check(
         rate == 0 or MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE,
         f"{field}.sample_rate_hertz",
         f"must be 0 (the voice's rate) or {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz",
-    )
+    ):
+        return
+    problem = codecs.check_output(encoding, output_rate(config, NATURAL_SAMPLE_RATE))
+    if problem is not None:
+        v.add(f"{field}.sample_rate_hertz", problem)
+
+
+def output_rate(config: speech_pb2.AudioOutputConfig, natural: int) -> int:
+    """The rate synthesized audio is delivered at."""
+    encoding = encoding_name(config.encoding)
+    return config.sample_rate_hertz or codecs.default_rate(encoding, natural)
 
 
 def check_text(v: FieldViolations, text: str, limit: int) -> None:
@@ -187,36 +211,31 @@ def recognize_audio(request: speech_pb2.RecognizeRequest) -> tuple[np.ndarray, i
     v.check(0 <= config.max_alternatives <= 5, "config.max_alternatives", "must be 0-5")
     content = request.content
     if not content:
-        v.add("content", "required: WAV or LINEAR16 audio")
+        v.add("content", "required: audio in config.encoding")
     elif len(content) > RECOGNIZE_MAX_BYTES:
         v.add("content", f"{len(content)} bytes; at most {RECOGNIZE_MAX_BYTES} (10 MiB)")
     rate = config.sample_rate_hertz
     samples = np.zeros(0, dtype=np.int16)
-    if config.encoding == speech_pb2.AUDIO_ENCODING_WAV:
-        if content and len(content) <= RECOGNIZE_MAX_BYTES:
-            try:
-                samples, wav_rate = parse_wav(content)
-            except AudioFormatError as exc:
-                v.add("content", str(exc))
-            else:
-                if rate and rate != wav_rate:
-                    v.add(
-                        "config.sample_rate_hertz",
-                        f"{rate} Hz disagrees with the WAV header ({wav_rate} Hz)",
-                    )
-                rate = wav_rate
-    elif config.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
-        if content and is_wav(content):
-            v.add("config.encoding", "content is a WAV file; set AUDIO_ENCODING_WAV")
-        elif content and len(content) <= RECOGNIZE_MAX_BYTES:
-            try:
-                samples = pcm_from_bytes(content)
-            except AudioFormatError as exc:
-                v.add("content", str(exc))
-        if not rate:
-            v.add("config.sample_rate_hertz", "required for AUDIO_ENCODING_LINEAR16")
-    else:
-        v.add("config.encoding", "must be AUDIO_ENCODING_LINEAR16 or AUDIO_ENCODING_WAV")
+    encoding = encoding_name(config.encoding)
+    if encoding not in codecs.INPUTS:
+        v.add(
+            "config.encoding", "must be " + ", ".join(f"AUDIO_ENCODING_{e}" for e in codecs.INPUTS)
+        )
+    elif encoding in codecs.RAW_INPUTS and not rate:
+        v.add("config.sample_rate_hertz", f"required for AUDIO_ENCODING_{encoding}")
+    elif content and len(content) <= RECOGNIZE_MAX_BYTES:
+        raw = encoding in codecs.RAW_INPUTS
+        try:
+            samples, found_rate = codecs.decode(content, encoding, rate if raw else 0)
+        except AudioFormatError as exc:
+            v.add("content", str(exc))
+        else:
+            if rate and rate != found_rate:
+                v.add(
+                    "config.sample_rate_hertz",
+                    f"{rate} Hz disagrees with the file's header ({found_rate} Hz)",
+                )
+            rate = found_rate
     if rate and not 8000 <= rate <= 48000:
         v.add("config.sample_rate_hertz", f"must be 8000-48000 Hz, got {rate}")
         rate = 0
@@ -232,15 +251,13 @@ def recognize_audio(request: speech_pb2.RecognizeRequest) -> tuple[np.ndarray, i
 def check_synthesis(
     request: speech_pb2.SynthesizeRequest | speech_pb2.StreamingSynthesizeRequest,
     max_chars: int,
-    linear16_only: bool,
+    allowed: tuple[str, ...],
 ) -> None:
     """Synthesize/StreamingSynthesize request fields: every problem at once."""
     v = FieldViolations()
     check_text(v, request.text, max_chars)
     check_speaking_rate(v, "speaking_rate", request.speaking_rate)
-    check_output(
-        v, "audio_config", request.audio_config, request.HasField("audio_config"), linear16_only
-    )
+    check_output(v, "audio_config", request.audio_config, request.HasField("audio_config"), allowed)
     check_request_id(v, request.request_id)
     v.raise_if_any()
 
@@ -267,12 +284,14 @@ async def audio_intake(
     sample_rate: int,
     max_seconds: float,
     idle_seconds: float,
+    encoding: str = "LINEAR16",
 ) -> AsyncIterator[np.ndarray]:
     """Audio of the messages after the first, checked against the published limits:
     a second config is INVALID_ARGUMENT; a chunk over MAX_CHUNK_BYTES, audio past max_seconds
     or silence past idle_seconds is OUT_OF_RANGE."""
     received = 0
-    max_bytes = int(max_seconds * sample_rate) * 2
+    width = 2 if encoding == "LINEAR16" else 1  # bytes per sample
+    max_bytes = int(max_seconds * sample_rate) * width
     while True:
         request = await next_request(requests, idle_seconds)
         if request is None:
@@ -283,7 +302,8 @@ async def audio_intake(
                 [
                     (
                         config_field,
-                        "send it once, in the first message; later messages carry audio_content only",
+                        "send it once, in the first message; "
+                        "later messages carry audio_content only",
                     )
                 ],
             )
@@ -295,7 +315,7 @@ async def audio_intake(
                 violations=[("audio_content", f"at most {MAX_CHUNK_BYTES} bytes per message")],
                 metadata={"limit": "max_chunk_bytes", "bytes": str(MAX_CHUNK_BYTES)},
             )
-        if len(data) % 2 or not data:
+        if len(data) % width or not data:
             raise invalid_argument(
                 f"audio_content of {len(data)} bytes is not a whole number of 16-bit samples",
                 [("audio_content", "2 or more bytes, an even number (LINEAR16)")],
@@ -309,4 +329,7 @@ async def audio_intake(
                 metadata={"limit": "max_stream_duration", "seconds": f"{max_seconds:.0f}"},
             )
         received += len(data)
-        yield np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
+        if encoding == "LINEAR16":
+            yield np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
+        else:
+            yield codecs.decode(data, encoding, sample_rate)[0]

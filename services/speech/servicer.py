@@ -7,8 +7,8 @@ converse.py (the full-duplex voice loop over Conversation). Checks and limits: r
 from __future__ import annotations
 
 import asyncio
-import time
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,8 +23,8 @@ from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import ASR_MODEL, TTS_MODEL, TritonClient
 from services.common.usage_client import ResourceType, UsageClient
+from services.speech import codecs
 from services.speech import metrics as speech_metrics
-from services.speech.audio import wav_bytes
 from services.speech.converse import ConverseSession
 from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
 from services.speech.recognition import (
@@ -37,8 +37,6 @@ from services.speech.recognition import (
     run_session,
 )
 from services.speech.requests import (
-    check_synthesis,
-    recognize_audio,
     STREAM_IDLE_SECONDS,
     STREAM_MAX_SECONDS,
     STREAMING_SYNTHESIZE_MAX_CHARS,
@@ -46,12 +44,17 @@ from services.speech.requests import (
     audio_intake,
     check_first_message,
     check_language_filter,
+    check_synthesis,
     duration,
+    encoding_name,
     next_request,
+    output_rate,
+    recognize_audio,
     seconds,
 )
-from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
+from services.speech.synthesis import DEFAULT_VOICE, NATURAL_SAMPLE_RATE, Synthesizer
 
+STREAMED_OUTPUTS = ("LINEAR16", "MULAW")  # encodings whose chunks play on their own
 RECOGNIZE_CACHE_SECONDS = 24 * 3600  # how long a Recognize request_id replays its result
 
 
@@ -97,13 +100,40 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
         self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
 
+        self._answered = False  # both models answered a real request (warm-up) once
+
         async def models_ready() -> bool:
             ready = await self.triton.readiness((ASR_MODEL, TTS_MODEL))
-            return all(ready.values())
+            if not all(ready.values()):
+                return False
+            if not self._answered:
+                self._answered = await self._warm_up()
+            return self._answered
 
         runtime.add_health_check("triton", models_ready)
         runtime.on_shutdown(self.triton.close)
         runtime.on_shutdown(self.channels.close)
+
+    async def _warm_up(self) -> bool:
+        """Readiness means "answers": one short recognition stream and one synthesis go through
+        Triton before Speech reports SERVING, so the first caller's stream is not the one that
+        pays for first-use setup anywhere on the path."""
+        try:
+            async with asyncio.timeout(60.0):
+                async with self.triton.recognize() as stream:
+                    await stream.end(
+                        {
+                            "AUDIO": np.zeros((1, 8000), dtype=np.int16),
+                            "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
+                        }
+                    )
+                    finals = [r async for r in stream if r.get("IS_FINAL") is not None]
+                voices = await self.synthesizer.voices()
+                voice = next((v for v in voices if v.name == DEFAULT_VOICE), voices[0])
+                audio = [c async for c in self.synthesizer.stream("Ready.", voice, 1.0, 16000)]
+            return bool(finals) and bool(audio)
+        except (ServiceError, TimeoutError, IndexError):
+            return False
 
     def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         return require_identity(context.invocation_metadata())
@@ -111,7 +141,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     async def _require_asr(self) -> None:
         if not await self.asr_ready.ready():
             raise unavailable(
-                "the speech recognizer (Triton model speech_recognition) is not reachable; retry shortly",
+                "the speech recognizer (Triton model speech_recognition) is not reachable; "
+                "retry shortly",
                 reason="RECOGNIZER_UNAVAILABLE",
             )
 
@@ -139,6 +170,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 single_utterance=cfg.single_utterance,
                 silence_ms=audio.silence_ms,
                 max_utterance_ms=audio.max_utterance_ms,
+                speech_start_timeout_ms=audio.speech_start_timeout_ms,
                 audio_offset=offset,
             ),
         )
@@ -146,6 +178,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             requests,
             config_field="streaming_config",
             sample_rate=audio.sample_rate,
+            encoding=audio.encoding,
             max_seconds=STREAM_MAX_SECONDS,
             idle_seconds=STREAM_IDLE_SECONDS,
         )
@@ -218,7 +251,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         if key is not None:
             await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
         await self.usage.meter(
-            identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, len(samples) / rate, request.request_id
+            identity,
+            ResourceType.RESOURCE_TYPE_AUDIO_SECONDS,
+            len(samples) / rate,
+            request.request_id,
         )
         return response
 
@@ -228,17 +264,17 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.SynthesizeResponse:
         identity = self._identity(context)
-        check_synthesis(request, SYNTHESIZE_MAX_CHARS, linear16_only=False)
+        check_synthesis(request, SYNTHESIZE_MAX_CHARS, codecs.OUTPUTS)
         voice = await self.synthesizer.voice(request.voice)
-        rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
+        rate = output_rate(request.audio_config, NATURAL_SAMPLE_RATE)
         parts = [
             chunk.pcm
             async for chunk in speech_metrics.first_audio(
-                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate),
+                voice.name,
             )
         ]
         pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
-        wav = request.audio_config.encoding == speech_pb2.AUDIO_ENCODING_WAV
         await self.usage.meter(
             identity,
             ResourceType.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED,
@@ -247,7 +283,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             model=voice.name,
         )
         return speech_pb2.SynthesizeResponse(
-            audio_content=wav_bytes(pcm, rate) if wav else pcm.astype("<i2").tobytes(),
+            audio_content=codecs.encode(pcm, rate, encoding_name(request.audio_config.encoding)),
             encoding=request.audio_config.encoding,
             sample_rate_hertz=rate,
             audio_duration=duration(pcm.size / rate),
@@ -258,19 +294,21 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.StreamingSynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[speech_pb2.StreamingSynthesizeResponse]:
         identity = self._identity(context)
-        check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, linear16_only=True)
+        check_synthesis(request, STREAMING_SYNTHESIZE_MAX_CHARS, STREAMED_OUTPUTS)
         voice = await self.synthesizer.voice(request.voice)
-        rate = request.audio_config.sample_rate_hertz or NATURAL_SAMPLE_RATE
+        rate = output_rate(request.audio_config, NATURAL_SAMPLE_RATE)
+        encoding = encoding_name(request.audio_config.encoding)
         index = 0
         played = 0
         spoken = 0  # characters whose synthesis started: what is metered if the caller leaves
         try:
             async for chunk in speech_metrics.first_audio(
-                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate), voice.name
+                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate),
+                voice.name,
             ):
                 spoken = max(spoken, chunk.text_end)
                 yield speech_pb2.StreamingSynthesizeResponse(
-                    audio_content=chunk.pcm.astype("<i2").tobytes(),
+                    audio_content=codecs.encode(chunk.pcm, rate, encoding),
                     chunk_index=index,
                     sample_rate_hertz=rate,
                     audio_offset=duration(played / rate),
@@ -318,6 +356,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 language_codes=list(v.language_codes),
                 gender=_GENDERS.get(v.gender, speech_pb2.Voice.GENDER_UNSPECIFIED),
                 natural_sample_rate_hertz=NATURAL_SAMPLE_RATE,
+                family=v.family,
             )
         return response
 

@@ -1,5 +1,6 @@
-"""Speech synthesis on the Triton TTS model (eSpeak NG): the voice catalog, sentence splitting
-for streaming and captions, and output at any sample rate 8-48 kHz.
+"""Speech synthesis on the Triton TTS model (Piper neural voice for en-US, the default; eSpeak NG
+for the other languages): the voice catalog, sentence splitting for streaming and captions, and
+output at any sample rate 8-48 kHz.
 
 Plain Python: the servicer validates requests and encodes the chunks.
 """
@@ -19,11 +20,11 @@ from services.common.names import resource
 from services.common.triton import TTS_MODEL, TritonClient
 from services.speech.audio import StreamResampler
 
-# eSpeak NG renders at 22,050 Hz; the model resamples to these rates itself.
+# Piper's joe voice and eSpeak NG both render at 22,050 Hz; the model resamples to these rates.
 NATURAL_SAMPLE_RATE = 22050
 MODEL_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 VOICE = resource("speech.aimesh.dev/Voice")
-DEFAULT_VOICE = VOICE.format("en-us")
+DEFAULT_VOICE = VOICE.format("en-us-joe")  # Piper, neural
 BASE_WPM = 175  # eSpeak's normal rate = speaking_rate 1.0
 MIN_WPM, MAX_WPM = 80, 450  # what the model accepts; speaking_rate maps into this range
 MODEL_MAX_CHARS = 5000  # per TTS request (model parameter max_text_chars)
@@ -37,11 +38,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
 
 @dataclass(frozen=True)
 class VoiceInfo:
-    voice_id: str  # the resource id: `voices/{voice_id}`; an eSpeak language name
+    voice_id: str  # the resource id: `voices/{voice_id}`; an eSpeak language name, or Piper's
     display_name: str
     language_codes: tuple[str, ...]
     gender: str  # "male" | "female" | "unspecified"
     engine_voice: str  # what the model's VOICE input takes
+    family: str = "espeak"  # "piper" (neural) or "espeak" (formant)
 
     @property
     def name(self) -> str:
@@ -118,10 +120,12 @@ class Synthesizer:
                     raw.extend(json.loads(v) for v in np.asarray(voices).reshape(-1))
             by_id: dict[str, VoiceInfo] = {}
             for entry in raw:
-                languages = [str(lang) for lang in entry.get("languages", []) or []]  # type: ignore[union-attr]
+                listed = entry.get("languages")
+                languages = [str(lang) for lang in listed] if isinstance(listed, list) else []
                 if not languages:
                     continue
-                voice_id = languages[0].lower()
+                family = str(entry.get("family", "espeak"))
+                voice_id = str(entry.get("voice_id") or languages[0]).lower()
                 if not _VOICE_ID.match(voice_id) or voice_id in by_id:
                     continue
                 by_id[voice_id] = VoiceInfo(
@@ -129,7 +133,8 @@ class Synthesizer:
                     display_name=str(entry.get("name", voice_id)),
                     language_codes=tuple(bcp47(lang) for lang in languages),
                     gender=str(entry.get("gender", "unspecified")),
-                    engine_voice=voice_id,
+                    engine_voice=str(entry["identifier"]) if family == "piper" else voice_id,
+                    family=family,
                 )
             self._voices = sorted(by_id.values(), key=lambda v: v.name)
             self._loaded_at = time.monotonic()
@@ -150,7 +155,7 @@ class Synthesizer:
     async def stream(
         self, text: str, voice: VoiceInfo, speaking_rate: float, sample_rate: int
     ) -> AsyncIterator[AudioChunk]:
-        """Audio chunks as eSpeak produces them, sentence by sentence, at `sample_rate`."""
+        """Audio chunks as the engine produces them, sentence by sentence, at `sample_rate`."""
         model_rate = sample_rate if sample_rate in MODEL_RATES else NATURAL_SAMPLE_RATE
         max_samples = MAX_CHUNK_BYTES // 2
         for lo, hi in split_sentences(text):

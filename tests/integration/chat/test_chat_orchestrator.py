@@ -130,6 +130,25 @@ async def test_one_orgs_client_errors_do_not_open_the_circuit_for_others(chat: C
     assert set(refused) == {grpc.StatusCode.INVALID_ARGUMENT}
 
 
+async def test_one_orgs_used_up_budget_does_not_open_the_circuit(chat: ChatStack) -> None:
+    """RESOURCE_EXHAUSTED of a budget is org P's own limit: org V's chat on the same priced
+    deployment keeps working after more refusals than the circuit threshold."""
+    from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
+    assert chat.usage is not None, "the Usage service did not start in this mesh"
+    org_p = [("x-aimesh-org", f"org-{uuid.uuid4().hex[:12]}"), ("x-aimesh-subject", "user-1"),
+             ("x-aimesh-roles", "owner")]
+    await usage_pb2_grpc.UsageServiceStub(chat.usage).CreateBudget(usage_pb2.CreateBudgetRequest(
+        budget=usage_pb2.Budget(scope=usage_pb2.Budget.SCOPE_ORGANIZATION, display_name="tiny",
+                                monthly_token_limit=10)), metadata=org_p, timeout=10)
+    for _ in range(CIRCUIT_THRESHOLD + 2):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _run(chat, _request(model="models/claude-test"), org_p)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    events = await _run(chat, _request(model="models/claude-test"), _identity())  # org V
+    assert _text(events) == "".join(ANSWER)
+
+
 async def test_guardrails_redact_pii_and_block_terms(chat: ChatStack) -> None:
     md = _identity()
     request = pb.GenerateRequest(model="models/grounded-extractive-v1", messages=[

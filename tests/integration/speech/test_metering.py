@@ -60,7 +60,7 @@ async def test_synthesis_and_recognition_are_metered_once(
     assert len(records) == 2, records
     chars = by_type[usage_pb2.RESOURCE_TYPE_CHARACTERS_SYNTHESIZED]
     assert chars.quantity_micros == len(text) * 1_000_000
-    assert chars.model == "voices/en-us"
+    assert chars.model == "voices/en-us-joe"  # the default voice (Piper)
     seconds = by_type[usage_pb2.RESOURCE_TYPE_AUDIO_SECONDS]
     samples = np.frombuffer(audio.audio_content, dtype="<i2").size
     expected = samples / RATE

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from aimesh.speech.v1 import speech_pb2
 
-from services.speech.audio import wav_bytes
+from services.speech.codecs import encode
 from tests.integration.speech.conftest import (
     RATE,
     Speech,
@@ -46,7 +46,7 @@ async def test_recognize_wav_has_bounded_wer(
     for sentence in SENTENCES:
         reply = await _recognize(
             gateway_speech,
-            wav_bytes(with_pauses(utterances[sentence], gap=0.5), RATE),
+            encode(with_pauses(utterances[sentence], gap=0.5), RATE, "WAV"),
             encoding=speech_pb2.AUDIO_ENCODING_WAV,
             enable_word_time_offsets=True,
         )
@@ -204,8 +204,10 @@ async def test_stream_past_max_duration_is_out_of_range(speech: Speech) -> None:
             yield speech_pb2.StreamingRecognizeRequest(audio_content=chunk)
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
+        # Every second is decoded (silence too: nothing is dropped before the recognizer), so
+        # the 300 s take a while on a busy CPU before the limit is reached.
         async for _ in speech.stub.StreamingRecognize(
-            requests(), metadata=speech.metadata, timeout=60
+            requests(), metadata=speech.metadata, timeout=400
         ):
             pass
     assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
@@ -220,7 +222,7 @@ async def test_recognize_rejects_bad_requests(speech: Speech) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _recognize(
             speech,
-            wav_bytes(np.zeros(61 * 8000, dtype=np.int16), 8000),
+            encode(np.zeros(61 * 8000, dtype=np.int16), 8000, "WAV"),
             encoding=speech_pb2.AUDIO_ENCODING_WAV,
             sample_rate_hertz=16000,
         )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from aimesh.speech.v1 import speech_pb2
 
-from services.speech.audio import parse_wav
+from services.speech.codecs import decode
 from tests.integration.speech.conftest import Speech, rpc_error_details
 
 LINEAR16 = speech_pb2.AUDIO_ENCODING_LINEAR16
@@ -24,7 +24,7 @@ async def test_synthesize_wav_at_requested_rate(gateway_speech: Speech) -> None:
         metadata=gateway_speech.metadata,
         timeout=30,
     )
-    samples, rate = parse_wav(reply.audio_content)
+    samples, rate = decode(reply.audio_content, "WAV", 0)
     assert rate == reply.sample_rate_hertz == 11025  # not one the model renders: resampled here
     assert reply.audio_duration.ToNanoseconds() == pytest.approx(samples.size / rate * 1e9, abs=1e6)
     assert 1.0 < samples.size / rate < 6.0

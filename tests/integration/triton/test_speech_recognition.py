@@ -10,7 +10,7 @@ from services.common.errors import ServiceError
 from services.common.triton import ASR_MODEL, StreamResponse, TritonClient, parse_recognition
 from tests.support.speech import SENTENCES, recognize, synthesize, word_error_rate
 
-# Measured here with eSpeak's en-us+f2 voice: about 0.2-0.45 per sentence. The bound catches a
+# Measured here with the Piper voice: about 0.0-0.35 per sentence. The bound catches a
 # broken pipeline (wrong rate, lost chunks, mixed streams give ~1.0) without flaking.
 MAX_MEAN_WER = 0.5
 

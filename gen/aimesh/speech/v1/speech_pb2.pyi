@@ -20,6 +20,11 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_LINEAR16: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_WAV: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_FLAC: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_MULAW: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_ALAW: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_OGG_OPUS: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_MP3: _ClassVar[AudioEncoding]
 
 class SpeechEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,13 +32,20 @@ class SpeechEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPEECH_EVENT_TYPE_SPEECH_BEGIN: _ClassVar[SpeechEventType]
     SPEECH_EVENT_TYPE_SPEECH_END: _ClassVar[SpeechEventType]
     SPEECH_EVENT_TYPE_END_OF_UTTERANCE: _ClassVar[SpeechEventType]
+    SPEECH_EVENT_TYPE_SPEECH_START_TIMEOUT: _ClassVar[SpeechEventType]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 AUDIO_ENCODING_LINEAR16: AudioEncoding
 AUDIO_ENCODING_WAV: AudioEncoding
+AUDIO_ENCODING_FLAC: AudioEncoding
+AUDIO_ENCODING_MULAW: AudioEncoding
+AUDIO_ENCODING_ALAW: AudioEncoding
+AUDIO_ENCODING_OGG_OPUS: AudioEncoding
+AUDIO_ENCODING_MP3: AudioEncoding
 SPEECH_EVENT_TYPE_UNSPECIFIED: SpeechEventType
 SPEECH_EVENT_TYPE_SPEECH_BEGIN: SpeechEventType
 SPEECH_EVENT_TYPE_SPEECH_END: SpeechEventType
 SPEECH_EVENT_TYPE_END_OF_UTTERANCE: SpeechEventType
+SPEECH_EVENT_TYPE_SPEECH_START_TIMEOUT: SpeechEventType
 
 class RecognitionConfig(_message.Message):
     __slots__ = ("encoding", "sample_rate_hertz", "language_code", "max_alternatives", "enable_word_time_offsets")
@@ -50,12 +62,14 @@ class RecognitionConfig(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., enable_word_time_offsets: bool = ...) -> None: ...
 
 class EndpointingConfig(_message.Message):
-    __slots__ = ("silence_duration", "max_utterance_duration")
+    __slots__ = ("silence_duration", "max_utterance_duration", "speech_start_timeout")
     SILENCE_DURATION_FIELD_NUMBER: _ClassVar[int]
     MAX_UTTERANCE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_START_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     silence_duration: _duration_pb2.Duration
     max_utterance_duration: _duration_pb2.Duration
-    def __init__(self, silence_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_utterance_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    speech_start_timeout: _duration_pb2.Duration
+    def __init__(self, silence_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_utterance_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., speech_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamingRecognitionConfig(_message.Message):
     __slots__ = ("config", "interim_results", "single_utterance", "endpointing", "audio_offset")
@@ -162,7 +176,7 @@ class RecognizeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SpeechRecognitionResult, _Mapping]]] = ..., total_audio_processed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Voice(_message.Message):
-    __slots__ = ("name", "display_name", "language_codes", "gender", "natural_sample_rate_hertz")
+    __slots__ = ("name", "display_name", "language_codes", "gender", "natural_sample_rate_hertz", "family")
     class Gender(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         GENDER_UNSPECIFIED: _ClassVar[Voice.Gender]
@@ -178,12 +192,14 @@ class Voice(_message.Message):
     LANGUAGE_CODES_FIELD_NUMBER: _ClassVar[int]
     GENDER_FIELD_NUMBER: _ClassVar[int]
     NATURAL_SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     language_codes: _containers.RepeatedScalarFieldContainer[str]
     gender: Voice.Gender
     natural_sample_rate_hertz: int
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., language_codes: _Optional[_Iterable[str]] = ..., gender: _Optional[_Union[Voice.Gender, str]] = ..., natural_sample_rate_hertz: _Optional[int] = ...) -> None: ...
+    family: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., language_codes: _Optional[_Iterable[str]] = ..., gender: _Optional[_Union[Voice.Gender, str]] = ..., natural_sample_rate_hertz: _Optional[int] = ..., family: _Optional[str] = ...) -> None: ...
 
 class AudioOutputConfig(_message.Message):
     __slots__ = ("encoding", "sample_rate_hertz")

