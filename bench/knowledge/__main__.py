@@ -69,7 +69,9 @@ class Bench:
         self.triton = TritonClient(settings.triton_url)
         self.searcher = Searcher(self.store, self.vectors, self.keywords, self.triton, cache=None)
         runtime = Runtime(name="knowledge", settings=settings, db=self.db, cache=None)
-        self.ingestor = Ingestor(runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self._noop)
+        # No usage client: the bench drives _run and mark_ready itself, so nothing is metered.
+        self.ingestor = Ingestor(runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton,
+                                 None, self._noop)  # type: ignore[arg-type]
         self.orgs: list[str] = []
 
     @staticmethod
