@@ -248,6 +248,8 @@ class ChatCompletions:
                 answer.feed(event)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, FIELD_NAMES) from None
+        finally:
+            call.cancel()  # the client went away mid-answer: stop generating (what ran is metered)
         completion = answer.completion
         if completion is None:
             raise OpenAIError(
