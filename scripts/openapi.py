@@ -361,15 +361,24 @@ class Generator:
         output = m.output_type.lstrip(".")
         if output == _HTTP_BODY:
             return {"description": "Raw bytes; the media type is the body's content_type.",
-                    "content": {"*/*": {"schema": {"type": "string",
-                                                   "contentMediaType": "application/octet-stream"}}}}
+                    "content": {"*/*": {"schema": {
+                        "type": "string", "contentMediaType": "application/octet-stream"}}}}
         schema = self.ref(m.output_type)
         if m.server_streaming:
-            return {"description": "A stream of messages as server-sent events: each `data:` "
-                    "line holds one JSON message of this schema; a failure ends the stream "
-                    "with a google.rpc.Status event.",
-                    "content": {"text/event-stream": {"x-item-schema": schema, "schema": {
-                        "type": "string", "description": "SSE frames (see x-item-schema)"}}}}
+            return {
+                "description": "A stream of messages as server-sent events: each `data:` "
+                "line holds one JSON message of this schema; a failure ends the stream "
+                "with a google.rpc.Status event.",
+                "content": {
+                    "text/event-stream": {
+                        "x-item-schema": schema,
+                        "schema": {
+                            "type": "string",
+                            "description": "SSE frames (see x-item-schema)",
+                        },
+                    }
+                },
+            }
         return {"description": "OK", "content": {"application/json": {"schema": schema}}}
 
     def document(self) -> dict[str, Any]:
@@ -382,13 +391,21 @@ class Generator:
         for f in self.d.files:
             for svc in f.service:
                 if f.package.startswith("aimesh.") and any(
-                        svc.name in op["tags"] for ops in paths.values() for op in ops.values()):
-                    tags.append({"name": svc.name,
-                                 "description": _text(self.d.comments.get(f"{f.package}.{svc.name}", ""))})
+                    svc.name in op["tags"] for ops in paths.values() for op in ops.values()
+                ):
+                    tags.append(
+                        {
+                            "name": svc.name,
+                            "description": _text(
+                                self.d.comments.get(f"{f.package}.{svc.name}", "")
+                            ),
+                        }
+                    )
         return {
             "openapi": "3.1.0",
             "info": {
-                "title": TITLE, "version": VERSION,
+                "title": TITLE,
+                "version": VERSION,
                 "description": "JSON/HTTP surface of the aimesh gateway, transcoded by Envoy to "
                 "the gRPC services of the same contract (proto/aimesh/<svc>/v1). gRPC and "
                 "gRPC-Web reach the same methods on the same port; client- and bidi-streaming "
@@ -399,11 +416,18 @@ class Generator:
             "paths": paths,
             "components": {
                 "securitySchemes": {
-                    "bearer": {"type": "http", "scheme": "bearer",
-                               "description": "An access token (JWT) from auth:signUp, "
-                               "auth:login or auth:refreshToken, or an API key secret."},
-                    "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
-                               "description": "An API key secret (amk_...)."},
+                    "bearer": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "An access token (JWT) from auth:signUp, "
+                        "auth:login or auth:refreshToken, or an API key secret.",
+                    },
+                    "apiKey": {
+                        "type": "apiKey",
+                        "in": "header",
+                        "name": "x-api-key",
+                        "description": "An API key secret (amk_...).",
+                    },
                 },
                 "schemas": dict(sorted(self.schemas.items())),
             },
@@ -439,8 +463,11 @@ def render(descriptor: Path = DESCRIPTOR) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts.openapi", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts.openapi",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--descriptor", type=Path, default=DESCRIPTOR)
     parser.add_argument("--out", type=Path, help="default: print to stdout")
     args = parser.parse_args(argv)

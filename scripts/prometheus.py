@@ -1,7 +1,7 @@
 """The local Prometheus (Debian's `prometheus` package): its scrape configuration rendered from
 the settings, and how scripts/up and the tests start it.
 
-    python -m scripts.prometheus render [--out DIR]   # write prometheus.yml for the current settings
+    python -m scripts.prometheus render [--out DIR]   # prometheus.yml for the current settings
 
 Targets: every service's loopback metrics endpoint (job `aimesh`, label `service`), Envoy's admin
 `/stats/prometheus` (job `envoy`), Triton's metrics port (job `triton`) and Prometheus itself.
@@ -14,14 +14,11 @@ import argparse
 import shutil
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from services.common.config import HTTP_SERVICE_PORTS, REPO_ROOT, SERVICES, Settings
-
-if TYPE_CHECKING:
-    from scripts.stack import Process, Stack
 
 OBSERVABILITY = REPO_ROOT / "observability"
 RULES_DIR = OBSERVABILITY / "prometheus" / "rules"
@@ -33,7 +30,9 @@ def binary(name: str = "prometheus") -> str | None:
     return shutil.which(name)
 
 
-def render(settings: Settings, envoy_admin: str | None, triton_metrics: str | None) -> dict[str, Any]:
+def render(
+    settings: Settings, envoy_admin: str | None, triton_metrics: str | None
+) -> dict[str, Any]:
     """prometheus.yml for this stack; components that do not run are left out."""
     scrape: list[dict[str, Any]] = [
         {
@@ -46,16 +45,20 @@ def render(settings: Settings, envoy_admin: str | None, triton_metrics: str | No
         {"job_name": "prometheus", "static_configs": [{"targets": [settings.prometheus_addr]}]},
     ]
     if envoy_admin:
-        scrape.append({
-            "job_name": "envoy",
-            "metrics_path": "/stats/prometheus",
-            "static_configs": [{"targets": [envoy_admin], "labels": {"service": "gateway"}}],
-        })
+        scrape.append(
+            {
+                "job_name": "envoy",
+                "metrics_path": "/stats/prometheus",
+                "static_configs": [{"targets": [envoy_admin], "labels": {"service": "gateway"}}],
+            }
+        )
     if triton_metrics:
-        scrape.append({
-            "job_name": "triton",
-            "static_configs": [{"targets": [triton_metrics], "labels": {"service": "triton"}}],
-        })
+        scrape.append(
+            {
+                "job_name": "triton",
+                "static_configs": [{"targets": [triton_metrics], "labels": {"service": "triton"}}],
+            }
+        )
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "rule_files": [str(RULES_DIR / "*.yml")],
@@ -63,8 +66,9 @@ def render(settings: Settings, envoy_admin: str | None, triton_metrics: str | No
     }
 
 
-def write_config(settings: Settings, out_dir: Path, envoy_admin: str | None,
-                 triton_metrics: str | None) -> Path:
+def write_config(
+    settings: Settings, out_dir: Path, envoy_admin: str | None, triton_metrics: str | None
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "prometheus.yml"
     path.write_text(
@@ -82,21 +86,17 @@ def is_ready(address: str) -> bool:
         return False
 
 
-def start_in_stack(stack: Stack) -> Process | None:
-    """Prometheus scraping what `stack` runs, or None when the binary is not installed."""
-    from scripts import gateway
-
+def server_argv(
+    settings: Settings, envoy_admin: str | None, triton_metrics: str
+) -> list[str] | None:
+    """The Prometheus command line scraping the stack of `settings` (its config written under
+    var/prometheus), or None when the binary is not installed."""
     executable = binary()
     if executable is None:
         return None
-    settings = stack.settings
     work = Path(settings.var_dir) / "prometheus"
-    envoy_admin = None
-    if "gateway" in stack.processes:
-        envoy_admin = gateway.admin_address(Path(settings.var_dir) / "envoy" / "admin-address.txt")
-    host, ports = stack.triton_ports()
-    config = write_config(settings, work, envoy_admin, f"{host}:{ports.metrics}")
-    argv = [
+    config = write_config(settings, work, envoy_admin, triton_metrics)
+    return [
         executable,
         f"--config.file={config}",
         f"--storage.tsdb.path={work / 'data'}",
@@ -104,21 +104,28 @@ def start_in_stack(stack: Stack) -> Process | None:
         "--storage.tsdb.retention.time=2d",
         "--log.level=warn",
     ]
-    address = settings.prometheus_addr
-    return stack.spawn("prometheus", argv, lambda: is_ready(address))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts.prometheus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts.prometheus",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["render"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     host, _, port = settings.triton_url.rpartition(":")
     envoy_admin = settings.gateway_admin_addr
-    print(write_config(settings, args.out or Path(settings.var_dir) / "prometheus", envoy_admin,
-                       f"{host}:{int(port) + 1}"))
+    print(
+        write_config(
+            settings,
+            args.out or Path(settings.var_dir) / "prometheus",
+            envoy_admin,
+            f"{host}:{int(port) + 1}",
+        )
+    )
     return 0
 
 

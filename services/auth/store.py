@@ -16,7 +16,7 @@ Conn = AsyncConnection[Any]
 
 async def _one(conn: Conn, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
     cur = await conn.execute(sql, params)
-    return await cur.fetchone()  # type: ignore[no-any-return]
+    return await cur.fetchone()
 
 
 async def _all(conn: Conn, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
@@ -350,11 +350,13 @@ async def activate_key(conn: Conn, kid: str) -> Row | None:
 
 async def mark_expired_keys_retired(conn: Conn) -> None:
     await conn.execute(
-        "UPDATE signing_keys SET state = 'retired' WHERE state = 'retiring' AND retire_time <= now()"
+        "UPDATE signing_keys SET state = 'retired' "
+        "WHERE state = 'retiring' AND retire_time <= now()"
     )
 
 
 # --- idempotency -----------------------------------------------------------------------------
+
 
 async def idempotent_result(conn: Conn, scope: str, request_id: str) -> bytes | None:
     row = await _one(
@@ -386,8 +388,7 @@ async def prune(conn: Conn) -> None:
     week past expiry (reuse detection needs spent tokens only until they expire), and retired
     signing keys' private halves are kept (audit) but marked retired."""
     await conn.execute("DELETE FROM idempotency WHERE create_time < now() - interval '1 day'")
-    await conn.execute(
-        "DELETE FROM refresh_tokens WHERE expire_time < now() - interval '7 days'")
+    await conn.execute("DELETE FROM refresh_tokens WHERE expire_time < now() - interval '7 days'")
     await mark_expired_keys_retired(conn)
 
 

@@ -59,24 +59,34 @@ class Invoices:
     # --- invoices ------------------------------------------------------------------------
 
     async def generate(
-        self, org: str, start: dt.datetime, allow_open: bool, metadata: Sequence[tuple[str, str]] | None
+        self,
+        org: str,
+        start: dt.datetime,
+        allow_open: bool,
+        metadata: Sequence[tuple[str, str]] | None,
     ) -> Row:
         now = dt.datetime.now(dt.UTC)
         if start != month_start(start) or start.tzinfo is None:
-            raise invalid_argument("period_start_time must be the first instant of a UTC month",
-                                   {"period_start_time": "not the first instant of a UTC month"})
+            raise invalid_argument(
+                "period_start_time must be the first instant of a UTC month",
+                {"period_start_time": "not the first instant of a UTC month"},
+            )
         if start > now:
-            raise invalid_argument("the period has not started yet",
-                                   {"period_start_time": "in the future"})
+            raise invalid_argument(
+                "the period has not started yet", {"period_start_time": "in the future"}
+            )
         earliest = _months_before(month_start(now), MAX_LOOKBACK_MONTHS)
         if start < earliest:
             raise invalid_argument(
                 f"period_start_time {start:%Y-%m} is more than {MAX_LOOKBACK_MONTHS} months ago",
-                {"period_start_time": f"must be {earliest:%Y-%m-%d} or later"})
+                {"period_start_time": f"must be {earliest:%Y-%m-%d} or later"},
+            )
         end = next_month(start)
         if end > now and not allow_open:
-            raise failed_precondition("the period has not ended yet (set allow_open_period for a preview)",
-                                      reason="PERIOD_NOT_ENDED")
+            raise failed_precondition(
+                "the period has not ended yet (set allow_open_period for a preview)",
+                reason="PERIOD_NOT_ENDED",
+            )
         await self.subscriptions.subscription(org, now)
         plan_id = await self.store.plan_for_period(org, start)
         plan = await self.store.get_plan(plan_id or "free")
@@ -84,21 +94,34 @@ class Invoices:
         try:
             summary = await self.subscriptions.usage.GetUsageSummary(
                 usage_pb2.GetUsageSummaryRequest(
-                    organization=ORGANIZATION.format(org), start_time=to_timestamp(start), end_time=to_timestamp(end),
-                    group_by=[usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE,
-                              usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL],
+                    organization=ORGANIZATION.format(org),
+                    start_time=to_timestamp(start),
+                    end_time=to_timestamp(end),
+                    group_by=[
+                        usage_pb2.GetUsageSummaryRequest.GROUP_BY_RESOURCE_TYPE,
+                        usage_pb2.GetUsageSummaryRequest.GROUP_BY_MODEL,
+                    ],
                 ),
-                timeout=30, metadata=metadata,
+                timeout=30,
+                metadata=metadata,
             )
         except grpc.aio.AioRpcError as exc:
             raise unavailable(f"cannot read usage for the period: {exc.code().name}") from None
-        usage = [pricing.UsageTotal(r.resource_type, r.model, r.quantity_micros) for r in summary.rows]
+        usage = [
+            pricing.UsageTotal(r.resource_type, r.model, r.quantity_micros) for r in summary.rows
+        ]
         totals = pricing.compute(
-            plan["monthly_fee_micros"], prices_of(plan), usage,
-            pricing.effective_tax_rate(plan["tax_rate_micros"], self.settings.billing_tax_rate_micros),
+            plan["monthly_fee_micros"],
+            prices_of(plan),
+            usage,
+            pricing.effective_tax_rate(
+                plan["tax_rate_micros"], self.settings.billing_tax_rate_micros
+            ),
             plan["display_name"],
         )
-        return await self.store.upsert_invoice(org, start, end, plan["id"], plan["currency_code"], totals)
+        return await self.store.upsert_invoice(
+            org, start, end, plan["id"], plan["currency_code"], totals
+        )
 
     async def finalize(self, org: str, invoice_id: uuid.UUID) -> Row:
         async def apply(conn: Any, row: Row) -> Row:
@@ -123,7 +146,9 @@ class Invoices:
 
         return await self._transition(org, invoice_id, apply)
 
-    async def mark_paid(self, org: str, invoice_id: uuid.UUID, reference: str, paid: dt.datetime | None) -> Row:
+    async def mark_paid(
+        self, org: str, invoice_id: uuid.UUID, reference: str, paid: dt.datetime | None
+    ) -> Row:
         async def apply(conn: Any, row: Row) -> Row:
             if row["state"] == INVOICE_PAID and row["payment_reference"] == reference:
                 return row
@@ -163,12 +188,19 @@ class Invoices:
         lines = await self.store.invoice_lines(invoice["id"])
         currency = invoice["currency_code"]
         e = html.escape
+
+        def quantity(micros: int, kind: int) -> str:
+            return e(pricing.format_quantity(micros)) if kind == pricing.KIND_USAGE else ""
+
+        def money(micros: int) -> str:
+            return e(pricing.format_money(micros, currency))
+
         rows = "".join(
             f"<tr><td>{e(ln.description)}</td>"
-            f"<td class=n>{e(pricing.format_quantity(ln.quantity_micros)) if ln.kind == pricing.KIND_USAGE else ''}</td>"
-            f"<td class=n>{e(pricing.format_quantity(ln.included_quantity_micros)) if ln.kind == pricing.KIND_USAGE else ''}</td>"
-            f"<td class=n>{e(pricing.format_quantity(ln.billable_quantity_micros)) if ln.kind == pricing.KIND_USAGE else ''}</td>"
-            f"<td class=n>{e(pricing.format_money(ln.amount_micros, currency))}</td></tr>"
+            f"<td class=n>{quantity(ln.quantity_micros, ln.kind)}</td>"
+            f"<td class=n>{quantity(ln.included_quantity_micros, ln.kind)}</td>"
+            f"<td class=n>{quantity(ln.billable_quantity_micros, ln.kind)}</td>"
+            f"<td class=n>{money(ln.amount_micros)}</td></tr>"
             for ln in lines
         )
         number = invoice["number"] or "(draft)"
@@ -176,26 +208,29 @@ class Invoices:
         return (
             "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
             f"<title>Invoice {e(number)}</title><style>body{{font-family:sans-serif;margin:2em}}"
-            "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px}"
+            "table{border-collapse:collapse;width:100%}"
+            "td,th{border-bottom:1px solid #ddd;padding:4px}"
             ".n{text-align:right}</style></head><body>"
             f"<h1>Invoice {e(number)}</h1>"
-            f"<p>Organization: {e(invoice['org'])}<br>Plan: {e(PLAN.format(invoice['plan_id']))}<br>"
-            f"Period: {invoice['period_start']:%Y-%m-%d} to {invoice['period_end']:%Y-%m-%d} (UTC, end exclusive)<br>"
+            f"<p>Organization: {e(invoice['org'])}<br>Plan: {e(PLAN.format(invoice['plan_id']))}"
+            f"<br>Period: {invoice['period_start']:%Y-%m-%d} to {invoice['period_end']:%Y-%m-%d}"
+            " (UTC, end exclusive)<br>"
             f"State: {_STATE_WORDS[invoice['state']]}</p>"
             "<table><thead><tr><th>Item</th><th class=n>Quantity</th><th class=n>Included</th>"
             "<th class=n>Billable</th><th class=n>Amount</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>"
-            f"<p class=n>Subtotal: {e(pricing.format_money(invoice['subtotal_micros'], currency))}<br>"
-            f"Tax ({e(tax_percent)} %): {e(pricing.format_money(invoice['tax_micros'], currency))}<br>"
-            f"<strong>Total: {e(pricing.format_money(invoice['total_micros'], currency))}</strong></p>"
+            f"<p class=n>Subtotal: {money(invoice['subtotal_micros'])}<br>"
+            f"Tax ({e(tax_percent)} %): {money(invoice['tax_micros'])}<br>"
+            f"<strong>Total: {money(invoice['total_micros'])}</strong></p>"
             "</body></html>"
         )
 
 
 def _invalid_state(row: Row, action: str) -> Exception:
     state = _STATE_WORDS[row["state"]]
-    return failed_precondition(f"cannot {action} a {state} invoice", reason="INVALID_STATE",
-                               metadata={"state": state})
+    return failed_precondition(
+        f"cannot {action} a {state} invoice", reason="INVALID_STATE", metadata={"state": state}
+    )
 
 
 def _months_before(start: dt.datetime, months: int) -> dt.datetime:

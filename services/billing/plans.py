@@ -30,15 +30,31 @@ def check_plan(plan: Any, fields: set[str] | frozenset[str], v: FieldViolations)
     if "description" in fields:
         v.check(len(plan.description) <= 2000, "plan.description", "at most 2000 characters")
     if "currency_code" in fields:
-        v.check(bool(CURRENCY.match(plan.currency_code)), "plan.currency_code", "an ISO 4217 code like USD")
+        v.check(
+            bool(CURRENCY.match(plan.currency_code)),
+            "plan.currency_code",
+            "an ISO 4217 code like USD",
+        )
     if "monthly_fee_micros" in fields:
-        v.check(0 <= plan.monthly_fee_micros <= MAX_MONEY, "plan.monthly_fee_micros", f"must be 0..{MAX_MONEY}")
+        v.check(
+            0 <= plan.monthly_fee_micros <= MAX_MONEY,
+            "plan.monthly_fee_micros",
+            f"must be 0..{MAX_MONEY}",
+        )
     if "organization_requests_per_minute" in fields:
-        v.check(plan.organization_requests_per_minute > 0, "plan.organization_requests_per_minute", "must be > 0")
+        v.check(
+            plan.organization_requests_per_minute > 0,
+            "plan.organization_requests_per_minute",
+            "must be > 0",
+        )
     if "api_key_requests_per_minute" in fields:
-        v.check(plan.api_key_requests_per_minute > 0, "plan.api_key_requests_per_minute", "must be > 0")
+        v.check(
+            plan.api_key_requests_per_minute > 0, "plan.api_key_requests_per_minute", "must be > 0"
+        )
     if "tax_rate_micros" in fields:
-        v.check(0 <= plan.tax_rate_micros <= 1_000_000, "plan.tax_rate_micros", "must be 0..1000000")
+        v.check(
+            0 <= plan.tax_rate_micros <= 1_000_000, "plan.tax_rate_micros", "must be 0..1000000"
+        )
     prices: list[Row] = []
     if "prices" in fields:
         seen: set[tuple[int, str]] = set()
@@ -46,18 +62,32 @@ def check_plan(plan: Any, fields: set[str] | frozenset[str], v: FieldViolations)
         for i, p in enumerate(plan.prices):
             at = f"plan.prices[{i}]"
             v.check(p.resource_type in valid_types, f"{at}.resource_type", "unknown resource type")
-            v.check(0 <= p.included_quantity_micros <= MAX_MONEY, f"{at}.included_quantity_micros",
-                    f"must be 0..{MAX_MONEY}")
-            v.check(0 <= p.overage_unit_price_micros <= MAX_MONEY, f"{at}.overage_unit_price_micros",
-                    f"must be 0..{MAX_MONEY}")
+            v.check(
+                0 <= p.included_quantity_micros <= MAX_MONEY,
+                f"{at}.included_quantity_micros",
+                f"must be 0..{MAX_MONEY}",
+            )
+            v.check(
+                0 <= p.overage_unit_price_micros <= MAX_MONEY,
+                f"{at}.overage_unit_price_micros",
+                f"must be 0..{MAX_MONEY}",
+            )
             v.check(p.price_unit_quantity >= 1, f"{at}.price_unit_quantity", "must be >= 1")
-            v.check((p.resource_type, p.model) not in seen, f"{at}.model",
-                    "this resource type and model are priced twice")
+            v.check(
+                (p.resource_type, p.model) not in seen,
+                f"{at}.model",
+                "this resource type and model are priced twice",
+            )
             seen.add((p.resource_type, p.model))
-            prices.append({"resource_type": p.resource_type, "model": p.model,
-                           "included_quantity_micros": p.included_quantity_micros,
-                           "overage_unit_price_micros": p.overage_unit_price_micros,
-                           "price_unit_quantity": p.price_unit_quantity})
+            prices.append(
+                {
+                    "resource_type": p.resource_type,
+                    "model": p.model,
+                    "included_quantity_micros": p.included_quantity_micros,
+                    "overage_unit_price_micros": p.overage_unit_price_micros,
+                    "price_unit_quantity": p.price_unit_quantity,
+                }
+            )
     return prices
 
 
@@ -68,7 +98,9 @@ def new_plan(plan_id: str, plan: Any, request_id: str) -> tuple[Row, list[Row]]:
     prices = check_plan(plan, MUTABLE | {"currency_code"}, v)
     v.check(len(request_id) <= MAX_REQUEST_ID, "request_id", f"at most {MAX_REQUEST_ID} characters")
     v.raise_if_any()
-    row = {_COLUMNS.get(f, f): getattr(plan, f) for f in MUTABLE | {"currency_code"} if f != "prices"}
+    row = {
+        _COLUMNS.get(f, f): getattr(plan, f) for f in MUTABLE | {"currency_code"} if f != "prices"
+    }
     return {**row, "id": plan_id, "request_id": request_id or None}, prices
 
 

@@ -101,23 +101,36 @@ def compute(
                   fee_micros)]
     merged: dict[tuple[int, str], int] = {}
     for u in usage:
-        merged[(u.resource_type, u.model)] = merged.get((u.resource_type, u.model), 0) + u.quantity_micros
+        merged[(u.resource_type, u.model)] = (
+            merged.get((u.resource_type, u.model), 0) + u.quantity_micros
+        )
     for (rtype, model), quantity in sorted(merged.items()):
         label = RESOURCE_LABELS.get(rtype, f"Resource {rtype}")
         description = f"{label}, {model}" if model else label
         key = (rtype, model) if (rtype, model) in by_key else (rtype, "")
         price = by_key.get(key)
         if price is None:
-            lines.append(Line(KIND_USAGE, description, rtype, model, quantity, 0, quantity, 0, 1, 0))
+            lines.append(
+                Line(KIND_USAGE, description, rtype, model, quantity, 0, quantity, 0, 1, 0)
+            )
             continue
         included = min(quantity, allowance[key])
         allowance[key] -= included
         billable = quantity - included
-        lines.append(Line(
-            KIND_USAGE, description, rtype, model, quantity, included, billable,
-            price.overage_unit_price_micros, price.price_unit_quantity,
-            line_amount(billable, price.overage_unit_price_micros, price.price_unit_quantity),
-        ))
+        lines.append(
+            Line(
+                KIND_USAGE,
+                description,
+                rtype,
+                model,
+                quantity,
+                included,
+                billable,
+                price.overage_unit_price_micros,
+                price.price_unit_quantity,
+                line_amount(billable, price.overage_unit_price_micros, price.price_unit_quantity),
+            )
+        )
     subtotal = sum(line.amount_micros for line in lines)
     tax = round_half_up(Decimal(subtotal) * Decimal(tax_rate_micros) / MICROS)
     return Totals(lines, subtotal, tax_rate_micros, tax, subtotal + tax)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from pathlib import Path
+from typing import cast
 
 import grpc
 from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
+from aimesh.usage.v1 import usage_pb2
 from google.api import httpbody_pb2
 
 from services.billing import plans
@@ -38,7 +40,9 @@ from services.common.timestamps import to_timestamp
 
 def _require_platform_admin(identity: Identity, action: str) -> None:
     if not identity.is_platform_admin:
-        raise permission_denied(f"{action} requires a platform admin", reason="PLATFORM_ADMIN_REQUIRED")
+        raise permission_denied(
+            f"{action} requires a platform admin", reason="PLATFORM_ADMIN_REQUIRED"
+        )
 
 
 def _plan_message(plan: Row) -> billing_pb2.Plan:
@@ -48,11 +52,16 @@ def _plan_message(plan: Row) -> billing_pb2.Plan:
         description=plan["description"],
         currency_code=plan["currency_code"],
         monthly_fee_micros=plan["monthly_fee_micros"],
-        prices=[billing_pb2.PlanPrice(
-            resource_type=p["resource_type"], model=p["model"],
-            included_quantity_micros=p["included_quantity_micros"],
-            overage_unit_price_micros=p["overage_unit_price_micros"],
-            price_unit_quantity=p["price_unit_quantity"]) for p in plan["prices"]],
+        prices=[
+            billing_pb2.PlanPrice(
+                resource_type=p["resource_type"],
+                model=p["model"],
+                included_quantity_micros=p["included_quantity_micros"],
+                overage_unit_price_micros=p["overage_unit_price_micros"],
+                price_unit_quantity=p["price_unit_quantity"],
+            )
+            for p in plan["prices"]
+        ],
         organization_requests_per_minute=plan["org_rpm"],
         api_key_requests_per_minute=plan["key_rpm"],
         tax_rate_micros=plan["tax_rate_micros"],
@@ -78,19 +87,28 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     # --- plans ---------------------------------------------------------------------------
 
-    async def ListPlans(self, request: billing_pb2.ListPlansRequest, context: grpc.aio.ServicerContext) -> billing_pb2.ListPlansResponse:
+    async def ListPlans(
+        self, request: billing_pb2.ListPlansRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.ListPlansResponse:
         identity = require_identity(context.invocation_metadata() or ())
         page = self.pages.start(request, identity.org)
         show_all = request.show_all and identity.is_platform_admin
         plans, token = page.split(await self.store.list_plans(show_all, page.size + 1, page.offset))
-        return billing_pb2.ListPlansResponse(plans=[_plan_message(p) for p in plans], next_page_token=token)
+        return billing_pb2.ListPlansResponse(
+            plans=[_plan_message(p) for p in plans], next_page_token=token
+        )
 
-    async def GetPlan(self, request: billing_pb2.GetPlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
+    async def GetPlan(
+        self, request: billing_pb2.GetPlanRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
         plan_id = PLAN.id(request.name, "name")
         plan = await self.store.get_plan(plan_id)
-        if plan is None or (not plan["publicly_available"] and not identity.is_platform_admin
-                            and not await self._subscribed_to(identity.org, plan_id)):
+        if plan is None or (
+            not plan["publicly_available"]
+            and not identity.is_platform_admin
+            and not await self._subscribed_to(identity.org, plan_id)
+        ):
             raise not_found(f"{request.name} not found")
         return _plan_message(plan)
 
@@ -98,14 +116,20 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         subscription = await self.subscriptions.subscription(org)
         return plan_id in (subscription["plan_id"], subscription["pending_plan_id"])
 
-    async def CreatePlan(self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
+    async def CreatePlan(
+        self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Plan:
         require_identity(context.invocation_metadata() or ())
-        plan, _ = await self.store.create_plan(*plans.new_plan(request.plan_id, request.plan, request.request_id))
+        plan, _ = await self.store.create_plan(
+            *plans.new_plan(request.plan_id, request.plan, request.request_id)
+        )
         if plan is None:
             raise already_exists(f"{PLAN.format(request.plan_id)} already exists")
         return _plan_message(plan)
 
-    async def UpdatePlan(self, request: billing_pb2.UpdatePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Plan:
+    async def UpdatePlan(
+        self, request: billing_pb2.UpdatePlanRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Plan:
         require_identity(context.invocation_metadata() or ())
         plan_id = PLAN.id(request.plan.name, "plan.name")
         changes, prices, version = plans.plan_update(request.plan, set(request.update_mask.paths))
@@ -132,16 +156,22 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             update_time=to_timestamp(row["update_time"]),
         )
 
-    async def GetSubscription(self, request: billing_pb2.GetSubscriptionRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Subscription:
+    async def GetSubscription(
+        self, request: billing_pb2.GetSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Subscription:
         identity = require_identity(context.invocation_metadata() or ())
         return self._subscription_message(await self.subscriptions.subscription(identity.org))
 
-    async def ChangePlan(self, request: billing_pb2.ChangePlanRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Subscription:
+    async def ChangePlan(
+        self, request: billing_pb2.ChangePlanRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Subscription:
         identity = require_identity(context.invocation_metadata() or ())
         plan_id = PLAN.id(request.plan, "plan")
         if len(request.request_id) > 200:
             raise invalid_argument("request_id too long", {"request_id": "at most 200 characters"})
-        row = await self.subscriptions.change_plan(identity.org, plan_id, identity.is_platform_admin)
+        row = await self.subscriptions.change_plan(
+            identity.org, plan_id, identity.is_platform_admin
+        )
         return self._subscription_message(row)
 
     # --- invoices ------------------------------------------------------------------------
@@ -157,13 +187,21 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             period_end_time=to_timestamp(row["period_end"]),
             state=row["state"],
             currency_code=row["currency_code"],
-            line_items=[billing_pb2.InvoiceLineItem(
-                kind=ln.kind, description=ln.description, resource_type=ln.resource_type,
-                model=ln.model, quantity_micros=ln.quantity_micros,
-                included_quantity_micros=ln.included_quantity_micros,
-                billable_quantity_micros=ln.billable_quantity_micros,
-                unit_price_micros=ln.unit_price_micros, price_unit_quantity=ln.price_unit_quantity,
-                amount_micros=ln.amount_micros) for ln in lines],
+            line_items=[
+                billing_pb2.InvoiceLineItem(
+                    kind=cast(billing_pb2.InvoiceLineItem.Kind, ln.kind),
+                    description=ln.description,
+                    resource_type=cast(usage_pb2.ResourceType, ln.resource_type),
+                    model=ln.model,
+                    quantity_micros=ln.quantity_micros,
+                    included_quantity_micros=ln.included_quantity_micros,
+                    billable_quantity_micros=ln.billable_quantity_micros,
+                    unit_price_micros=ln.unit_price_micros,
+                    price_unit_quantity=ln.price_unit_quantity,
+                    amount_micros=ln.amount_micros,
+                )
+                for ln in lines
+            ],
             subtotal_micros=row["subtotal_micros"],
             tax_rate_micros=row["tax_rate_micros"],
             tax_micros=row["tax_micros"],
@@ -178,7 +216,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             void_reason=row["void_reason"],
         )
 
-    async def GenerateInvoice(self, request: billing_pb2.GenerateInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
+    async def GenerateInvoice(
+        self, request: billing_pb2.GenerateInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Invoice:
         identity = require_identity(context.invocation_metadata() or ())
         v = FieldViolations()
         org = identity.org
@@ -190,52 +230,77 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         v.check(request.HasField("period_start_time"), "period_start_time", "required")
         v.raise_if_any()
         start = request.period_start_time.ToDatetime(tzinfo=dt.UTC)
-        row = await self.invoices.generate(org, start, request.allow_open_period, identity.to_headers())
+        row = await self.invoices.generate(
+            org, start, request.allow_open_period, identity.to_headers()
+        )
         return await self._invoice_message(row)
 
-    async def _own_invoice(self, name: str, context: grpc.aio.ServicerContext) -> tuple[Identity, uuid.UUID]:
+    async def _own_invoice(
+        self, name: str, context: grpc.aio.ServicerContext
+    ) -> tuple[Identity, uuid.UUID]:
         identity = require_identity(context.invocation_metadata() or ())
         invoice_id = INVOICE.uuid(name, "name")
         assert invoice_id is not None
         return identity, invoice_id
 
-    async def GetInvoice(self, request: billing_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
+    async def GetInvoice(
+        self, request: billing_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
         row = await self.store.get_invoice(identity.org, invoice_id)
         if row is None:
             raise not_found(f"{request.name} not found")
         return await self._invoice_message(row)
 
-    async def ListInvoices(self, request: billing_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext) -> billing_pb2.ListInvoicesResponse:
+    async def ListInvoices(
+        self, request: billing_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.ListInvoicesResponse:
         identity = require_identity(context.invocation_metadata() or ())
         page = self.pages.start(request, identity.org)
         if request.state not in (0, 1, 2, 3, 4):
             raise invalid_argument("unknown state", {"state": "unknown invoice state"})
-        rows, token = page.split(await self.store.list_invoices(identity.org, request.state, page.size + 1, page.offset))
+        rows, token = page.split(
+            await self.store.list_invoices(identity.org, request.state, page.size + 1, page.offset)
+        )
         return billing_pb2.ListInvoicesResponse(
             invoices=[await self._invoice_message(r) for r in rows], next_page_token=token
         )
 
-    async def FinalizeInvoice(self, request: billing_pb2.FinalizeInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
+    async def FinalizeInvoice(
+        self, request: billing_pb2.FinalizeInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
         return await self._invoice_message(await self.invoices.finalize(identity.org, invoice_id))
 
-    async def MarkInvoicePaid(self, request: billing_pb2.MarkInvoicePaidRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
+    async def MarkInvoicePaid(
+        self, request: billing_pb2.MarkInvoicePaidRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
         if not 1 <= len(request.payment_reference) <= 200:
-            raise invalid_argument("payment_reference must be 1-200 characters",
-                                   {"payment_reference": "1-200 characters"})
-        paid = request.paid_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("paid_time") else None
+            raise invalid_argument(
+                "payment_reference must be 1-200 characters",
+                {"payment_reference": "1-200 characters"},
+            )
+        paid = (
+            request.paid_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("paid_time") else None
+        )
         return await self._invoice_message(
-            await self.invoices.mark_paid(identity.org, invoice_id, request.payment_reference, paid))
+            await self.invoices.mark_paid(identity.org, invoice_id, request.payment_reference, paid)
+        )
 
-    async def VoidInvoice(self, request: billing_pb2.VoidInvoiceRequest, context: grpc.aio.ServicerContext) -> billing_pb2.Invoice:
+    async def VoidInvoice(
+        self, request: billing_pb2.VoidInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
         if len(request.reason) > 500:
             raise invalid_argument("reason too long", {"reason": "at most 500 characters"})
-        return await self._invoice_message(await self.invoices.void(identity.org, invoice_id, request.reason))
+        return await self._invoice_message(
+            await self.invoices.void(identity.org, invoice_id, request.reason)
+        )
 
-    async def RenderInvoice(self, request: billing_pb2.RenderInvoiceRequest, context: grpc.aio.ServicerContext) -> httpbody_pb2.HttpBody:
+    async def RenderInvoice(
+        self, request: billing_pb2.RenderInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> httpbody_pb2.HttpBody:
         identity, invoice_id = await self._own_invoice(request.name, context)
         row = await self.store.get_invoice(identity.org, invoice_id)
         if row is None:
@@ -256,4 +321,3 @@ def build_spec() -> ServiceSpec:
             )
         ],
     )
-

@@ -29,7 +29,8 @@ class Store:
         plan = await cur.fetchone()
         if plan is not None:
             cur = await conn.execute(
-                "SELECT * FROM plan_prices WHERE plan_id = %s ORDER BY resource_type, model", (plan_id,)
+                "SELECT * FROM plan_prices WHERE plan_id = %s ORDER BY resource_type, model",
+                (plan_id,),
             )
             plan["prices"] = await cur.fetchall()
         return plan
@@ -48,7 +49,9 @@ class Store:
         async with self.db.connection() as conn:
             async with conn.transaction():
                 if plan.get("request_id"):
-                    cur = await conn.execute("SELECT id FROM plans WHERE request_id = %s", (plan["request_id"],))
+                    cur = await conn.execute(
+                        "SELECT id FROM plans WHERE request_id = %s", (plan["request_id"],)
+                    )
                     found = await cur.fetchone()
                     if found is not None:
                         return await self.get_plan(found["id"], conn), False
@@ -78,8 +81,17 @@ class Store:
                     overage_unit_price_micros, price_unit_quantity)
                 VALUES (%s, %s, %s, %s, %s, %s)
                 """,
-                [(plan_id, p["resource_type"], p["model"], p["included_quantity_micros"],
-                  p["overage_unit_price_micros"], p["price_unit_quantity"]) for p in prices],
+                [
+                    (
+                        plan_id,
+                        p["resource_type"],
+                        p["model"],
+                        p["included_quantity_micros"],
+                        p["overage_unit_price_micros"],
+                        p["price_unit_quantity"],
+                    )
+                    for p in prices
+                ],
             )
 
     async def update_plan(
@@ -117,7 +129,9 @@ class Store:
         (row, rate limits need pushing to Usage)."""
         async with self.db.connection() as conn:
             async with conn.transaction():
-                cur = await conn.execute("SELECT * FROM subscriptions WHERE org = %s FOR UPDATE", (org,))
+                cur = await conn.execute(
+                    "SELECT * FROM subscriptions WHERE org = %s FOR UPDATE", (org,)
+                )
                 row = await cur.fetchone()
                 if row is None:
                     start = month_start(now)
@@ -130,11 +144,13 @@ class Store:
                         (org, plan_id, start, next_month(start)),
                     )
                     await conn.execute(
-                        "INSERT INTO subscription_periods (org, period_start, plan_id) VALUES (%s, %s, %s) "
-                        "ON CONFLICT DO NOTHING",
+                        "INSERT INTO subscription_periods (org, period_start, plan_id) "
+                        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                         (org, start, plan_id),
                     )
-                    cur = await conn.execute("SELECT * FROM subscriptions WHERE org = %s FOR UPDATE", (org,))
+                    cur = await conn.execute(
+                        "SELECT * FROM subscriptions WHERE org = %s FOR UPDATE", (org,)
+                    )
                     row = await cur.fetchone()
                 assert row is not None
                 if now >= row["period_end"]:
@@ -169,7 +185,8 @@ class Store:
     async def set_pending_plan(self, org: str, pending: str | None) -> Row:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "UPDATE subscriptions SET pending_plan_id = %s, update_time = now() WHERE org = %s RETURNING *",
+                "UPDATE subscriptions SET pending_plan_id = %s, update_time = now() "
+                "WHERE org = %s RETURNING *",
                 (pending, org),
             )
             row = await cur.fetchone()
@@ -210,14 +227,20 @@ class Store:
     async def open_invoice_currencies(self, org: str) -> set[str]:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT DISTINCT currency_code FROM invoices WHERE org = %s AND state IN (1, 2)", (org,)
+                "SELECT DISTINCT currency_code FROM invoices WHERE org = %s AND state IN (1, 2)",
+                (org,),
             )
             return {r["currency_code"] for r in await cur.fetchall()}
 
     # --- invoices ------------------------------------------------------------------------
 
     async def upsert_invoice(
-        self, org: str, start: dt.datetime, end: dt.datetime, plan_id: str, currency: str,
+        self,
+        org: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        plan_id: str,
+        currency: str,
         totals: Totals,
     ) -> Row:
         """Create the period's invoice, or recompute it while DRAFT; other states unchanged."""
@@ -231,7 +254,8 @@ class Store:
                     (uuid.uuid4(), org, start, end, plan_id, currency),
                 )
                 cur = await conn.execute(
-                    "SELECT * FROM invoices WHERE org = %s AND period_start = %s FOR UPDATE", (org, start)
+                    "SELECT * FROM invoices WHERE org = %s AND period_start = %s FOR UPDATE",
+                    (org, start),
                 )
                 invoice = await cur.fetchone()
                 assert invoice is not None
@@ -240,15 +264,25 @@ class Store:
                 cur = await conn.execute(
                     """
                     UPDATE invoices SET plan_id = %s, currency_code = %s, subtotal_micros = %s,
-                        tax_rate_micros = %s, tax_micros = %s, total_micros = %s, update_time = now()
+                        tax_rate_micros = %s, tax_micros = %s, total_micros = %s,
+                        update_time = now()
                     WHERE id = %s RETURNING *
                     """,
-                    (plan_id, currency, totals.subtotal_micros, totals.tax_rate_micros,
-                     totals.tax_micros, totals.total_micros, invoice["id"]),
+                    (
+                        plan_id,
+                        currency,
+                        totals.subtotal_micros,
+                        totals.tax_rate_micros,
+                        totals.tax_micros,
+                        totals.total_micros,
+                        invoice["id"],
+                    ),
                 )
                 invoice = await cur.fetchone()
                 assert invoice is not None
-                await conn.execute("DELETE FROM invoice_lines WHERE invoice_id = %s", (invoice["id"],))
+                await conn.execute(
+                    "DELETE FROM invoice_lines WHERE invoice_id = %s", (invoice["id"],)
+                )
                 async with conn.cursor() as c:
                     await c.executemany(
                         """
@@ -258,10 +292,23 @@ class Store:
                             amount_micros)
                         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                         """,
-                        [(invoice["id"], i, ln.kind, ln.description, ln.resource_type, ln.model,
-                          ln.quantity_micros, ln.included_quantity_micros, ln.billable_quantity_micros,
-                          ln.unit_price_micros, ln.price_unit_quantity, ln.amount_micros)
-                         for i, ln in enumerate(totals.lines)],
+                        [
+                            (
+                                invoice["id"],
+                                i,
+                                ln.kind,
+                                ln.description,
+                                ln.resource_type,
+                                ln.model,
+                                ln.quantity_micros,
+                                ln.included_quantity_micros,
+                                ln.billable_quantity_micros,
+                                ln.unit_price_micros,
+                                ln.price_unit_quantity,
+                                ln.amount_micros,
+                            )
+                            for i, ln in enumerate(totals.lines)
+                        ],
                     )
                 return invoice
 
@@ -271,22 +318,34 @@ class Store:
                 "SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY position", (invoice_id,)
             )
             return [
-                Line(r["kind"], r["description"], r["resource_type"], r["model"], r["quantity_micros"],
-                     r["included_quantity_micros"], r["billable_quantity_micros"],
-                     r["unit_price_micros"], r["price_unit_quantity"], r["amount_micros"])
+                Line(
+                    r["kind"],
+                    r["description"],
+                    r["resource_type"],
+                    r["model"],
+                    r["quantity_micros"],
+                    r["included_quantity_micros"],
+                    r["billable_quantity_micros"],
+                    r["unit_price_micros"],
+                    r["price_unit_quantity"],
+                    r["amount_micros"],
+                )
                 for r in await cur.fetchall()
             ]
 
     async def get_invoice(self, org: str, invoice_id: uuid.UUID) -> Row | None:
         async with self.db.connection() as conn:
-            cur = await conn.execute("SELECT * FROM invoices WHERE org = %s AND id = %s", (org, invoice_id))
+            cur = await conn.execute(
+                "SELECT * FROM invoices WHERE org = %s AND id = %s", (org, invoice_id)
+            )
             return await cur.fetchone()
 
     async def list_invoices(self, org: str, state: int, limit: int, offset: int) -> list[Row]:
         extra, args = ("", [org]) if not state else (" AND state = %s", [org, state])
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM invoices WHERE org = %s" + extra
+                "SELECT * FROM invoices WHERE org = %s"
+                + extra
                 + " ORDER BY period_start DESC LIMIT %s OFFSET %s",
                 [*args, limit, offset],
             )

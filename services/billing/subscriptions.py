@@ -112,23 +112,33 @@ class Subscriptions:
         if plan is None:
             raise not_found(f"{PLAN.format(plan_id)} not found", reason="PLAN_NOT_FOUND")
         if subscription["state"] == STATE_CANCELED:
-            raise failed_precondition("the subscription is canceled", reason="SUBSCRIPTION_CANCELED")
+            raise failed_precondition(
+                "the subscription is canceled", reason="SUBSCRIPTION_CANCELED"
+            )
         if plan_id == subscription["plan_id"]:
             if not subscription["pending_plan_id"]:
-                raise failed_precondition(f"already on {PLAN.format(plan_id)}", reason="PLAN_UNCHANGED")
+                raise failed_precondition(
+                    f"already on {PLAN.format(plan_id)}", reason="PLAN_UNCHANGED"
+                )
             return await self.store.set_pending_plan(org, None)  # cancels the pending change
         if plan["archived"]:
-            raise failed_precondition(f"{PLAN.format(plan_id)} is no longer offered", reason="PLAN_ARCHIVED")
+            raise failed_precondition(
+                f"{PLAN.format(plan_id)} is no longer offered", reason="PLAN_ARCHIVED"
+            )
         if not plan["publicly_available"] and not may_use_private:
-            raise failed_precondition(f"{PLAN.format(plan_id)} is not offered to this organization",
-                                      reason="PLAN_NOT_PUBLIC")
+            raise failed_precondition(
+                f"{PLAN.format(plan_id)} is not offered to this organization",
+                reason="PLAN_NOT_PUBLIC",
+            )
         currencies = await self.store.open_invoice_currencies(org)
         if currencies - {plan["currency_code"]}:
             raise failed_precondition(
-                f"{PLAN.format(plan_id)} bills in {plan['currency_code']} but the organization has open "
-                f"invoices in {', '.join(sorted(currencies))}; settle or void them first",
+                f"{PLAN.format(plan_id)} bills in {plan['currency_code']} but the organization has "
+                f"open invoices in {', '.join(sorted(currencies))}; settle or void them first",
                 reason="CURRENCY_MISMATCH",
-                metadata={"plan_currency": plan["currency_code"],
-                          "open_invoice_currencies": ",".join(sorted(currencies))},
+                metadata={
+                    "plan_currency": plan["currency_code"],
+                    "open_invoice_currencies": ",".join(sorted(currencies)),
+                },
             )
         return await self.store.set_pending_plan(org, plan_id)

@@ -53,7 +53,7 @@ def _r(role: Role, scope: str | None = None, *, platform_admin_passes: bool = Fa
     return Access("role", role, scope, platform_admin_passes)
 
 
-V, M, A, O = Role.VIEWER, Role.MEMBER, Role.ADMIN, Role.OWNER
+V, M, A, O = Role.VIEWER, Role.MEMBER, Role.ADMIN, Role.OWNER  # noqa: E741 (the table is a grid)
 _AUTH = "/aimesh.auth.v1.AuthService/"
 _BILLING = "/aimesh.billing.v1.BillingService/"
 _CONV = "/aimesh.conversation.v1.ConversationService/"
@@ -148,6 +148,21 @@ METHOD_ACCESS: Mapping[str, Access] = {
 }
 
 
+# The OpenAI-compatible edge's HTTP routes (services/edge), by path prefix: the API-key scope
+# each needs, the same as the gRPC methods it calls for them.
+EDGE_SCOPES: tuple[tuple[str, str], ...] = (
+    ("/openai/v1/chat/completions", "inference"),
+    ("/openai/v1/models", "inference"),
+    ("/openai/v1/embeddings", "knowledge.read"),
+    ("/openai/v1/audio/", "speech"),
+)
+
+
+def http_scope(path: str) -> str | None:
+    """The scope an API key needs for an edge HTTP path (None: only unscoped keys)."""
+    return next((scope for prefix, scope in EDGE_SCOPES if path.startswith(prefix)), None)
+
+
 def refusal(access: Access | None, identity: Identity | None, method: str) -> str | None:
     """Why `identity` may not call `method` (None: it may). No identity: the servicer decides
     (it answers UNAUTHENTICATED where one is needed); unknown methods are refused."""
@@ -192,7 +207,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             required = access.role.name if access and access.role else "PLATFORM_ADMIN"
             raise permission_denied(
                 f"{method.rsplit('/', 1)[-1]} {why}",
-                reason="PLATFORM_ADMIN_REQUIRED" if required == "PLATFORM_ADMIN" else "ROLE_REQUIRED",
+                reason="PLATFORM_ADMIN_REQUIRED"
+                if required == "PLATFORM_ADMIN"
+                else "ROLE_REQUIRED",
                 metadata={"required_role": required, "method": method},
             )
 

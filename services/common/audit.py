@@ -142,7 +142,9 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
     """Records the calls AUDITED lists (installed inside the error interceptor, so it sees the
     servicer's own exceptions). A failure to record is logged, never fails the call."""
 
-    def __init__(self, sink: Callable[[], AuditSink], table: Mapping[str, Audited] = AUDITED) -> None:
+    def __init__(
+        self, sink: Callable[[], AuditSink], table: Mapping[str, Audited] = AUDITED
+    ) -> None:
         self._sink = sink
         self.table = table
 
@@ -156,8 +158,11 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         audited = self.table.get(method)
         if handler is None or audited is None:
             return handler
-        metadata = {k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())
-                    if isinstance(v, str)}
+        metadata = {
+            k.lower(): v
+            for k, v in (handler_call_details.invocation_metadata or ())
+            if isinstance(v, str)
+        }
 
         def around(behavior: Behavior) -> Behavior:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -166,8 +171,15 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     code = _code(exc)
                     if code in audited.on_failure:
-                        await self._record(method, audited, metadata, context, request, None,
-                                           {"code": code.name if code else ""})
+                        await self._record(
+                            method,
+                            audited,
+                            metadata,
+                            context,
+                            request,
+                            None,
+                            {"code": code.name if code else ""},
+                        )
                     raise
                 if audited.on_success:
                     await self._record(method, audited, metadata, context, request, response, {})
@@ -177,9 +189,16 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
         return rewrap(handler, around, lambda behavior: behavior)
 
-    async def _record(self, method: str, audited: Audited, metadata: Mapping[str, str],
-                      context: grpc.aio.ServicerContext, request: Any, response: Any,
-                      extra: dict[str, str]) -> None:
+    async def _record(
+        self,
+        method: str,
+        audited: Audited,
+        metadata: Mapping[str, str],
+        context: grpc.aio.ServicerContext,
+        request: Any,
+        response: Any,
+        extra: dict[str, str],
+    ) -> None:
         try:
             event = _event(method, audited, metadata, context, request, response, extra)
             await self._sink().record(event)
@@ -187,13 +206,22 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
             log.exception("could not record the audit event of %s", method)
 
 
-def _event(method: str, audited: Audited, metadata: Mapping[str, str],
-           context: grpc.aio.ServicerContext, request: Any, response: Any,
-           extra: dict[str, str]) -> Event:
+def _event(
+    method: str,
+    audited: Audited,
+    metadata: Mapping[str, str],
+    context: grpc.aio.ServicerContext,
+    request: Any,
+    response: Any,
+    extra: dict[str, str],
+) -> Event:
     identity = identity_from_metadata(metadata)
     org = audited.org(request, response) if audited.org else (identity.org if identity else "")
-    actor = audited.actor(request, response) if audited.actor else (
-        identity.subject if identity else "")
+    actor = (
+        audited.actor(request, response)
+        if audited.actor
+        else (identity.subject if identity else "")
+    )
     peer, gateway_request_id = _origin(metadata, context)
     retry_id = str(getattr(request, "request_id", "") or gateway_request_id or uuid.uuid4())
     outcome = "failed" if response is None else "ok"
@@ -201,10 +229,15 @@ def _event(method: str, audited: Audited, metadata: Mapping[str, str],
     action = f"{service.split('.')[1]}.{name}" + (".failed" if response is None else "")
     details = {**(audited.details(request, response) if response is not None else {}), **extra}
     return Event(
-        event_key=f"{method}:{outcome}:{org or actor}:{retry_id}", org_id=org or None,
-        action=action, actor=actor,
+        event_key=f"{method}:{outcome}:{org or actor}:{retry_id}",
+        org_id=org or None,
+        action=action,
+        actor=actor,
         resource=audited.resource(request, response) if response is not None else "",
-        peer_address=peer, request_id=gateway_request_id, details=details)
+        peer_address=peer,
+        request_id=gateway_request_id,
+        details=details,
+    )
 
 
 class RemoteAuditSink:
@@ -213,8 +246,9 @@ class RemoteAuditSink:
 
     RETRY_SECONDS = 300.0
 
-    def __init__(self, channel: Callable[[], grpc.aio.Channel],
-                 spawn: Callable[[Awaitable[Any], str], Any]) -> None:
+    def __init__(
+        self, channel: Callable[[], grpc.aio.Channel], spawn: Callable[[Awaitable[Any], str], Any]
+    ) -> None:
         self._channel = channel
         self._spawn = spawn
 
@@ -242,9 +276,20 @@ class RemoteAuditSink:
         from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
         stub = auth_pb2_grpc.AuthServiceStub(self._channel())
-        await stub.RecordAuditEvents(auth_pb2.RecordAuditEventsRequest(events=[
-            auth_pb2.ReportedAuditEvent(
-                event_key=event.event_key, organization=ORGANIZATION.format(event.org_id),
-                action=event.action, actor=event.actor, resource=event.resource,
-                peer_address=event.peer_address, request_id=event.request_id,
-                details=event.details)]), timeout=timeout)
+        await stub.RecordAuditEvents(
+            auth_pb2.RecordAuditEventsRequest(
+                events=[
+                    auth_pb2.ReportedAuditEvent(
+                        event_key=event.event_key,
+                        organization=ORGANIZATION.format(event.org_id),
+                        action=event.action,
+                        actor=event.actor,
+                        resource=event.resource,
+                        peer_address=event.peer_address,
+                        request_id=event.request_id,
+                        details=event.details,
+                    )
+                ]
+            ),
+            timeout=timeout,
+        )

@@ -11,7 +11,8 @@ everything else is sent once and relies on its `request_id` for safe manual retr
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor as descriptor_mod
@@ -53,16 +54,24 @@ class _DeadlinePropagation(
             details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
         )
 
-    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, request_iterator: Any) -> Any:
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
-    async def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, request_iterator: Any) -> Any:
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 
@@ -72,7 +81,7 @@ def open_channel(settings: Settings, callee: str, caller: str | None = None) -> 
         settings.address_of(callee),
         caller=caller or _process_identity,
         callee=callee,
-        mode=settings.tls_mode,  # type: ignore[arg-type]
+        mode=settings.tls_mode,
         certs_dir=settings.certs_path,
         interceptors=[*telemetry.client_interceptors(), _DeadlinePropagation()],
     )

@@ -7,9 +7,10 @@ path changes only these values. A bad value stops the process with one line nami
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Literal
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,11 @@ SERVICES: tuple[str, ...] = tuple(SERVICE_PORTS)
 # HTTP services behind the gateway (not gRPC): the OpenAI-compatible edge (services/edge).
 HTTP_SERVICE_PORTS: dict[str, int] = {"edge": 50058}
 
+# mtls: certificates from the local CA; istio: the sidecar's mTLS (identity from XFCC);
+# plaintext: debugging only (services/common/tls.py).
+TlsMode = Literal["mtls", "istio", "plaintext"]
+TLS_MODES: tuple[TlsMode, ...] = ("mtls", "istio", "plaintext")
+
 
 class ConfigError(Exception):
     """A configuration value is missing or malformed; the message names the variable."""
@@ -44,7 +50,9 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
     def parse(name: str, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in schemes or not parts.hostname:
-            raise ConfigError(f"{name}={value!r}: expected a {'/'.join(schemes)}:// URL with a host")
+            raise ConfigError(
+                f"{name}={value!r}: expected a {'/'.join(schemes)}:// URL with a host"
+            )
         return value
 
     return parse
@@ -118,15 +126,11 @@ class Settings:
     )  # type: ignore[assignment]
     triton_url: str = _env("AIMESH_TRITON_URL", "127.0.0.1:8001", _address)  # type: ignore[assignment]
     gateway_addr: str = _env("AIMESH_GATEWAY_ADDR", "127.0.0.1:8080", _address)  # type: ignore[assignment]
-    log_level: str = _env(
-        "AIMESH_LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR")
-    )  # type: ignore[assignment]
+    log_level: str = _env("AIMESH_LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"))  # type: ignore[assignment]
     # Seconds a draining server lets in-flight RPCs finish after SIGTERM.
     drain_seconds: float = _env("AIMESH_DRAIN_SECONDS", "10", _float(0, 300))  # type: ignore[assignment]
     # Seconds between readiness probes of a service's dependencies.
-    health_interval_seconds: float = _env(
-        "AIMESH_HEALTH_INTERVAL_SECONDS", "2", _float(0.1, 60)
-    )  # type: ignore[assignment]
+    health_interval_seconds: float = _env("AIMESH_HEALTH_INTERVAL_SECONDS", "2", _float(0.1, 60))  # type: ignore[assignment]
     # Where runtime state lives locally: certificates, blobs, Milvus Lite file, logs.
     var_dir: str = _env("AIMESH_VAR_DIR", str(REPO_ROOT / "var"))  # type: ignore[assignment]
     # Export spans to the console (debugging).
@@ -142,9 +146,7 @@ class Settings:
     # Transport security between mesh peers: mtls (local CA certificates, the default), istio (the
     # sidecar does mTLS; caller identity from its XFCC header), plaintext (debugging only: peer
     # authorization is off).
-    tls_mode: str = _env(
-        "AIMESH_TLS_MODE", "mtls", _choice("mtls", "istio", "plaintext")
-    )  # type: ignore[assignment]
+    tls_mode: TlsMode = _env("AIMESH_TLS_MODE", "mtls", _choice(*TLS_MODES))  # type: ignore[assignment]
     # The local CA and per-identity certificates (scripts/ca.py); empty = <var_dir>/certs.
     certs_dir: str = _env("AIMESH_CERTS_DIR", "")  # type: ignore[assignment]
     # Orchestrator: the model catalog (JSON) and hosted-provider endpoints and credentials.
@@ -171,26 +173,41 @@ class Settings:
     # Model SendMessage uses when neither the request nor the conversation names one.
     default_model: str = _env("AIMESH_DEFAULT_MODEL", "models/grounded-extractive-v1")  # type: ignore[assignment]
     # Usage: rate limits (requests per minute) for organizations without a policy from Billing.
-    ratelimit_default_org_rpm: int = _env("AIMESH_RATELIMIT_DEFAULT_ORG_RPM", "600", _int(1, 10_000_000))  # type: ignore[assignment]
-    ratelimit_default_key_rpm: int = _env("AIMESH_RATELIMIT_DEFAULT_KEY_RPM", "120", _int(1, 10_000_000))  # type: ignore[assignment]
+    ratelimit_default_org_rpm: int = _env(
+        "AIMESH_RATELIMIT_DEFAULT_ORG_RPM", "600", _int(1, 10_000_000)
+    )  # type: ignore[assignment]
+    ratelimit_default_key_rpm: int = _env(
+        "AIMESH_RATELIMIT_DEFAULT_KEY_RPM", "120", _int(1, 10_000_000)
+    )  # type: ignore[assignment]
     # Billing: platform tax rate x 1,000,000 (190000 = 19 %), used when a plan sets none.
     billing_tax_rate_micros: int = _env("AIMESH_BILLING_TAX_RATE_MICROS", "0", _int(0, 1_000_000))  # type: ignore[assignment]
-    # Usage client outbox: seconds between drain attempts when idle, and the backoff cap after failures.
-    usage_outbox_poll_seconds: float = _env("AIMESH_USAGE_OUTBOX_POLL_SECONDS", "2", _float(0.05, 600))  # type: ignore[assignment]
-    usage_outbox_max_backoff_seconds: float = _env("AIMESH_USAGE_OUTBOX_MAX_BACKOFF_SECONDS", "30", _float(0.1, 3600))  # type: ignore[assignment]
+    # Usage client outbox: seconds between drain attempts when idle, and the backoff cap after
+    # failures.
+    usage_outbox_poll_seconds: float = _env(
+        "AIMESH_USAGE_OUTBOX_POLL_SECONDS", "2", _float(0.05, 600)
+    )  # type: ignore[assignment]
+    usage_outbox_max_backoff_seconds: float = _env(
+        "AIMESH_USAGE_OUTBOX_MAX_BACKOFF_SECONDS", "30", _float(0.1, 3600)
+    )  # type: ignore[assignment]
     # Auth: master secret for encrypting signing keys at rest and keying API-key/refresh-token
     # hashes (HKDF-derived subkeys). Changing it invalidates every API key and refresh token.
     auth_secret: str = _env("AIMESH_AUTH_SECRET", "aimesh-local-dev-secret-change-me")  # type: ignore[assignment]
     # Key that signs List methods' page tokens (services/common/pagination.py); every replica of
     # a service must share it. Changing it invalidates outstanding page tokens only.
-    page_token_secret: str = _env("AIMESH_PAGE_TOKEN_SECRET", "aimesh-local-dev-page-tokens-change-me")  # type: ignore[assignment]
-    auth_access_token_seconds: int = _env("AIMESH_AUTH_ACCESS_TOKEN_SECONDS", "900", _int(30, 86_400))  # type: ignore[assignment]
+    page_token_secret: str = _env(
+        "AIMESH_PAGE_TOKEN_SECRET", "aimesh-local-dev-page-tokens-change-me"
+    )  # type: ignore[assignment]
+    auth_access_token_seconds: int = _env(
+        "AIMESH_AUTH_ACCESS_TOKEN_SECONDS", "900", _int(30, 86_400)
+    )  # type: ignore[assignment]
     # Comma-separated e-mails of platform admins (may rotate signing keys).
     auth_platform_admins: str = _env("AIMESH_AUTH_PLATFORM_ADMINS", "")  # type: ignore[assignment]
     # Envoy admin interface (loopback only); if the port is busy the gateway picks a free one.
     gateway_admin_addr: str = _env("AIMESH_GATEWAY_ADMIN_ADDR", "127.0.0.1:9901", _address)  # type: ignore[assignment]
     # Gateway behaviour when the rate-limit service is unreachable: false = fail open (serve).
-    gateway_ratelimit_fail_closed: bool = _env("AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED", "false", _bool)  # type: ignore[assignment]
+    gateway_ratelimit_fail_closed: bool = _env(
+        "AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED", "false", _bool
+    )  # type: ignore[assignment]
     # Knowledge: Milvus server URI (http://host:19530); empty = a Milvus Lite file under var_dir.
     milvus_uri: str = _env(
         "AIMESH_MILVUS_URI", "", lambda n, v: v and _url(("http", "https", "tcp"))(n, v)
@@ -206,11 +223,12 @@ class Settings:
         "AIMESH_KNOWLEDGE_ORG_QUOTA_BYTES", str(10 * 1024**3), _int(1, 2**50)
     )  # type: ignore[assignment]
     service_addrs: Mapping[str, str] = field(default_factory=dict)
-    # Each service's loopback Prometheus endpoint: port 94xx, xx = its default port's last two digits.
+    # Each service's loopback Prometheus endpoint: port 94xx, xx = its default port's last two
+    # digits.
     metrics_addrs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):

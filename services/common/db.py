@@ -59,8 +59,11 @@ def database_error(exc: BaseException) -> ServiceError | None:
                            reason="DATABASE_UNAVAILABLE", retry_after_seconds=1.0)
     if isinstance(exc, psycopg.DataError):
         log.warning("database refused a value: %s", exc)
-        return invalid_argument("a value in the request cannot be stored (out of range or malformed)",
-                                [("", "out of range or malformed value")], reason="VALUE_NOT_STORABLE")
+        return invalid_argument(
+            "a value in the request cannot be stored (out of range or malformed)",
+            [("", "out of range or malformed value")],
+            reason="VALUE_NOT_STORABLE",
+        )
     return None
 
 

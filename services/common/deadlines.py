@@ -10,7 +10,9 @@ import contextvars
 import time
 
 # Monotonic seconds at which the RPC being served (in this task's context) runs out.
-_current: contextvars.ContextVar[float | None] = contextvars.ContextVar("aimesh_current_deadline", default=None)
+_current: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "aimesh_current_deadline", default=None
+)
 
 # A call is never given less than this, so that an expired deadline fails as DEADLINE_EXCEEDED.
 _MINIMUM_SECONDS = 0.001

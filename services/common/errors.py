@@ -5,7 +5,7 @@ BadRequest field violations. Envoy's transcoder turns the same status into a JSO
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -53,7 +53,9 @@ class ServiceError(Exception):
         span = trace.get_current_span().get_span_context()
         if span.is_valid:  # a user's error report then leads to the request's trace
             metadata.setdefault("trace_id", format(span.trace_id, "032x"))
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata
+        )
         details.append(_pack(info))
         if self.violations:
             bad = error_details_pb2.BadRequest(
@@ -90,7 +92,7 @@ class DomainError(Exception):
 
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 
@@ -120,8 +122,12 @@ def failed_precondition(
 
 def etag_mismatch(resource: str) -> ServiceError:
     """ABORTED: the resource changed since the client read the etag it sent (AIP-154)."""
-    return ServiceError(grpc.StatusCode.ABORTED, f"{resource} changed since it was read (etag mismatch)",
-                        "ETAG_MISMATCH", metadata={"resource": resource})
+    return ServiceError(
+        grpc.StatusCode.ABORTED,
+        f"{resource} changed since it was read (etag mismatch)",
+        "ETAG_MISMATCH",
+        metadata={"resource": resource},
+    )
 
 
 def unavailable(message: str, reason: str = "UNAVAILABLE", **kw: object) -> ServiceError:
@@ -178,7 +184,8 @@ class FieldViolations:
 
 
 def status_from_rpc_error(error: grpc.RpcError) -> status_pb2.Status | None:
-    """The rich google.rpc.Status a peer attached to a failed call, if any (for clients and tests)."""
+    """The rich google.rpc.Status a peer attached to a failed call, if any (for clients and
+    tests)."""
     trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for key, value in trailers or ():
         if key == STATUS_DETAILS_KEY:

@@ -9,9 +9,9 @@ tls.PeerAuthorizationInterceptor before any servicer code runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Iterable, Mapping
 
 from services.common.errors import permission_denied, unauthenticated
 
@@ -36,7 +36,7 @@ class Role(IntEnum):
     OWNER = 4
 
     @classmethod
-    def parse(cls, name: str) -> "Role | None":
+    def parse(cls, name: str) -> Role | None:
         try:
             return cls[name.strip().upper()]
         except KeyError:
@@ -89,11 +89,14 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def identity_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str]) -> Identity | None:
+def identity_from_metadata(
+    metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str],
+) -> Identity | None:
     """The identity in the request headers, or None when the gateway set none."""
     pairs = metadata.items() if isinstance(metadata, Mapping) else metadata
     headers = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in pairs}
-    # The gateway sends the bare id ("o_…"); a resource name ("organizations/o_…") means the same org.
+    # The gateway sends the bare id ("o_…"); a resource name ("organizations/o_…") means the
+    # same org.
     org = headers.get(HEADER_ORG, "").strip().removeprefix("organizations/")
     subject = headers.get(HEADER_SUBJECT, "").strip()
     if not org or not subject:

@@ -28,7 +28,22 @@ log = logging.getLogger("aimesh.metrics")
 
 # Seconds; from sub-millisecond cache hits to minute-long streams.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
     300.0,
 )
 _RPC_LABELS = ("rpc_service", "rpc_method", "rpc_grpc_status_code")
@@ -71,7 +86,8 @@ TRITON_MODEL_READY = Gauge(
 )
 TRITON_DURATION = Histogram(
     "aimesh_triton_request_duration_seconds",
-    "Duration of inference calls to Triton by model and outcome (streams: until the last response).",
+    "Duration of inference calls to Triton by model and outcome "
+    "(streams: until the last response).",
     ("model", "outcome"),
     buckets=LATENCY_BUCKETS,
 )
@@ -116,8 +132,12 @@ def serve(service: str, address: str, on: bool = True) -> int | None:
     try:
         server, _thread = start_http_server(int(port), addr=host)
     except OSError as exc:
-        log.warning("metrics endpoint not served: %s (AIMESH_%s_METRICS_ADDR=%s)",
-                    exc, service.upper(), address)
+        log.warning(
+            "metrics endpoint not served: %s (AIMESH_%s_METRICS_ADDR=%s)",
+            exc,
+            service.upper(),
+            address,
+        )
         return None
     return int(server.server_port)
 
@@ -211,19 +231,29 @@ class ClientMetricsInterceptor(
             return call
         finally:
             if _enabled:
-                RPC_CLIENT_DURATION.labels(service, method, code).observe(time.perf_counter() - started)
+                RPC_CLIENT_DURATION.labels(service, method, code).observe(
+                    time.perf_counter() - started
+                )
 
-    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         return await self._timed(details, continuation(details, request))
 
-    async def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, request_iterator: Any) -> Any:
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
+    ) -> Any:
         # A client stream may be fed by call.write(): waiting here for its end would deadlock.
         return await continuation(details, request_iterator)
 
-    async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         return await continuation(details, request)
 
-    async def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, request_iterator: Any) -> Any:
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
+    ) -> Any:
         return await continuation(details, request_iterator)
 
 

@@ -57,7 +57,9 @@ class ResourceName:
 
     def error(self, name: str, field: str) -> ServiceError:
         return invalid_argument(
-            f"{field} must be {self.pattern}, got {name[:200]!r}", [(field, f"must be {self.pattern}")], reason=REASON
+            f"{field} must be {self.pattern}, got {name[:200]!r}",
+            [(field, f"must be {self.pattern}")],
+            reason=REASON,
         )
 
     def parse(self, name: str, field: str, v: FieldViolations | None = None) -> tuple[str, ...]:

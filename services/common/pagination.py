@@ -53,7 +53,9 @@ def _encode_value(value: object) -> list[object]:
         return ["u", str(value)]
     if value is None or isinstance(value, (str, int, bool)):
         return ["v", value]
-    raise TypeError(f"page cursor values must be str, int, bool, None, datetime or UUID, not {type(value)}")
+    raise TypeError(
+        f"page cursor values must be str, int, bool, None, datetime or UUID, not {type(value)}"
+    )
 
 
 def _decode_value(item: object) -> object:
@@ -92,7 +94,9 @@ class Paginator:
     """Issues and checks page tokens with the process's signing key."""
 
     def __init__(self, settings: Settings) -> None:
-        self._key = hashlib.sha256(b"aimesh page tokens\0" + settings.page_token_secret.encode()).digest()
+        self._key = hashlib.sha256(
+            b"aimesh page tokens\0" + settings.page_token_secret.encode()
+        ).digest()
 
     def _mac(self, method: str, org: str, payload: bytes) -> bytes:
         message = b"\0".join((method.encode(), org.encode(), payload))
@@ -101,12 +105,18 @@ class Paginator:
     def start(self, request: Message, org: str) -> Page:
         """The page a List request asks for; INVALID_ARGUMENT for a negative size or a token
         this method did not issue to `org` for the same filters."""
-        size: int = request.page_size  # type: ignore[attr-defined]
-        token: str = request.page_token  # type: ignore[attr-defined]
+        size: int = request.page_size
+        token: str = request.page_token
         if size < 0:
             raise invalid_argument(
                 f"page_size must not be negative (got {size})",
-                [("page_size", f"must be 0 (the default, {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}; larger values are coerced")],
+                [
+                    (
+                        "page_size",
+                        f"must be 0 (the default, {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}; "
+                        "larger values are coerced",
+                    )
+                ],
             )
         page = Page(
             paginator=self,
@@ -146,7 +156,9 @@ class Page:
 
     def _resume(self, token: str) -> Page:
         def refuse(message: str, why: str) -> Exception:
-            return invalid_argument(f"page_token {message}", [("page_token", why)], reason="INVALID_PAGE_TOKEN")
+            return invalid_argument(
+                f"page_token {message}", [("page_token", why)], reason="INVALID_PAGE_TOKEN"
+            )
 
         try:
             body, _, mac_text = token.partition(".")
@@ -170,7 +182,9 @@ class Page:
             )
         return Page(self.paginator, self.method, self.org, self.filters, self.size, cursor)
 
-    def split(self, rows: Sequence[T], cursor_of: Callable[[T], Sequence[Any]] | None = None) -> tuple[list[T], str]:
+    def split(
+        self, rows: Sequence[T], cursor_of: Callable[[T], Sequence[Any]] | None = None
+    ) -> tuple[list[T], str]:
         """Rows fetched with a limit of size + 1 -> (this page, next_page_token or "").
         Without `cursor_of` the next token holds the offset after this page."""
         page = list(rows[: self.size])

@@ -15,8 +15,9 @@ interceptor, so no service repeats them):
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import Message
@@ -120,7 +121,9 @@ def field_problems(message: Message, prefix: str = "") -> list[tuple[str, str]]:
     return found
 
 
-def _value_problems(field: _descriptor.FieldDescriptor, value: Any, path: str) -> list[tuple[str, str]]:
+def _value_problems(
+    field: _descriptor.FieldDescriptor, value: Any, path: str
+) -> list[tuple[str, str]]:
     if field.type == _STRING:
         return [(path, NUL_PROBLEM)] if "\x00" in value else []
     if field.type in (_MESSAGE, _GROUP):
@@ -131,11 +134,11 @@ def _value_problems(field: _descriptor.FieldDescriptor, value: Any, path: str) -
 def _well_known_problem(message: Message) -> str | None:
     name = message.DESCRIPTOR.full_name
     if name == "google.protobuf.Timestamp":
-        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        seconds, nanos = message.seconds, message.nanos
         if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
             return "timestamp out of range (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z)"
     elif name == "google.protobuf.Duration":
-        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        seconds, nanos = message.seconds, message.nanos
         same_sign = seconds == 0 or nanos == 0 or (seconds > 0) == (nanos > 0)
         if not (abs(seconds) <= _MAX_DURATION_SECONDS and abs(nanos) <= 999_999_999 and same_sign):
             return "duration out of range (±315576000000 s)"
@@ -144,13 +147,12 @@ def _well_known_problem(message: Message) -> str | None:
 
 def _is_map(field: _descriptor.FieldDescriptor) -> bool:
     return (
-        field.type == _MESSAGE
-        and field.is_repeated
-        and field.message_type.GetOptions().map_entry
+        field.type == _MESSAGE and field.is_repeated and field.message_type.GetOptions().map_entry
     )
 
 
 # --- naming the field of undecodable bytes ---------------------------------------------------
+
 
 class _Malformed(Exception):
     pass
@@ -169,8 +171,9 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _invalid_utf8_field(data: bytes, descriptor: _descriptor.Descriptor, prefix: str = "",
-                        depth: int = 0) -> str | None:
+def _invalid_utf8_field(
+    data: bytes, descriptor: _descriptor.Descriptor, prefix: str = "", depth: int = 0
+) -> str | None:
     """Walks the wire format to the first string field holding invalid UTF-8 (None if none is
     found, or the bytes are malformed in some other way)."""
     pos = 0
@@ -186,7 +189,7 @@ def _invalid_utf8_field(data: bytes, descriptor: _descriptor.Descriptor, prefix:
                 pos += 4
             elif wire_type == 2:
                 length, pos = _varint(data, pos)
-                chunk, pos = data[pos:pos + length], pos + length
+                chunk, pos = data[pos : pos + length], pos + length
                 if pos > len(data):
                     return None
                 field = descriptor.fields_by_number.get(number)

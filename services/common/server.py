@@ -13,9 +13,10 @@ import inspect
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -54,6 +55,8 @@ class Runtime:
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Objects the servicers of one process share (e.g. Usage's rate limiter), by name.
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def add_health_check(self, name: str, check: HealthCheck) -> None:
         """Readiness also requires `check()` to be true (e.g. Triton's model is ready)."""
@@ -104,7 +107,9 @@ class Binding:
     service: Any  # google.protobuf.descriptor.ServiceDescriptor
 
 
-def spec_for(name: str, package_dir: Path, bindings: Sequence[Binding], **options: Any) -> ServiceSpec:
+def spec_for(
+    name: str, package_dir: Path, bindings: Sequence[Binding], **options: Any
+) -> ServiceSpec:
     """A ServiceSpec serving `bindings`, migrating from `<package_dir>/migrations`."""
 
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
@@ -173,7 +178,9 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) 
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.lstrip('/')}")
 
 
-def _wrap_unary(behavior: Callable[..., Any], method: str, retry_once: bool = False) -> Callable[..., Any]:
+def _wrap_unary(
+    behavior: Callable[..., Any], method: str, retry_once: bool = False
+) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         deadlines.start(context.time_remaining())
         try:
@@ -219,6 +226,8 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
     if inspect.isawaitable(registered):
         await registered
     health = _add_health_and_reflection(server, spec)
+    # grpc's servicer starts the overall status ("") as SERVING: not ready until checked.
+    await _set_readiness(health, spec, ready=False)
     address = _listen(server, spec, settings)
     await server.start()
     watcher = asyncio.ensure_future(
@@ -278,7 +287,7 @@ def _new_server(spec: ServiceSpec, settings: Settings, runtime: Runtime) -> grpc
     return grpc.aio.server(
         # Peer authorization first: a caller the mesh policy refuses reaches no servicer code.
         interceptors=[
-            tls.interceptor_for(spec.name, settings.tls_mode),  # type: ignore[arg-type]
+            tls.interceptor_for(spec.name, settings.tls_mode),
             *telemetry.server_interceptors(),
             ErrorInterceptor(),
             # Inside the error interceptor: the role × method matrix, before any servicer code.
@@ -292,12 +301,17 @@ def _new_server(spec: ServiceSpec, settings: Settings, runtime: Runtime) -> grpc
     )
 
 
-def _add_health_and_reflection(server: grpc.aio.Server, spec: ServiceSpec) -> health_aio.HealthServicer:
+def _add_health_and_reflection(
+    server: grpc.aio.Server, spec: ServiceSpec
+) -> health_aio.HealthServicer:
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *spec.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     return health
@@ -308,15 +322,21 @@ def _listen(server: grpc.aio.Server, spec: ServiceSpec, settings: Settings) -> s
     address = f"0.0.0.0:{settings.listen_port(spec.name)}"
     try:
         bound = tls.add_listen_port(
-            server, address, spec.name, settings.tls_mode, settings.certs_path  # type: ignore[arg-type]
+            server,
+            address,
+            spec.name,
+            settings.tls_mode,
+            settings.certs_path,
         )
     except tls.CertificateError as exc:
         raise StartupError(
-            f"TLS material for {spec.name} in {settings.certs_path} (AIMESH_CERTS_DIR) is unusable: "
-            f"{exc}; run scripts/ca.py"
+            f"TLS material for {spec.name} in {settings.certs_path} (AIMESH_CERTS_DIR) is "
+            f"unusable: {exc}; run scripts/ca.py"
         ) from None
     except RuntimeError as exc:
-        raise StartupError(f"cannot listen on {address} (AIMESH_{spec.name.upper()}_ADDR): {exc}") from None
+        raise StartupError(
+            f"cannot listen on {address} (AIMESH_{spec.name.upper()}_ADDR): {exc}"
+        ) from None
     if bound == 0:
         raise StartupError(f"cannot listen on {address} (AIMESH_{spec.name.upper()}_ADDR)")
     return address
@@ -343,17 +363,20 @@ async def _watch_readiness(
     while True:
         now = await _ready(spec, runtime)
         if now != last:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if now
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            # The overall status last: whoever waits for it finds every service's status set.
-            for name in (*spec.service_names, ""):
-                await health.set(name, status)
+            await _set_readiness(health, spec, ready=now)
             log.info("readiness changed", extra={"ready": now})
             last = now
         await asyncio.sleep(interval_seconds)
+
+
+async def _set_readiness(
+    health: health_aio.HealthServicer, spec: ServiceSpec, *, ready: bool
+) -> None:
+    statuses = health_pb2.HealthCheckResponse
+    status = statuses.SERVING if ready else statuses.NOT_SERVING
+    # The overall status last: whoever waits for it finds every service's status set.
+    for name in (*spec.service_names, ""):
+        await health.set(name, status)
 
 
 async def _until_signalled() -> None:
@@ -394,10 +417,14 @@ def serve(spec: ServiceSpec) -> None:
     except ConfigError as exc:
         print(f"aimesh-{spec.name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    telemetry.configure(spec.name, settings.log_level, settings.trace_console, settings.otlp_endpoint)
+    telemetry.configure(
+        spec.name, settings.log_level, settings.trace_console, settings.otlp_endpoint
+    )
     metrics.serve(spec.name, settings.metrics_address_of(spec.name), on=settings.metrics_enabled)
     if settings.tls_mode == "mtls":
-        metrics.record_certificate(spec.name, str(tls.CertPaths(settings.certs_path).cert(spec.name)))
+        metrics.record_certificate(
+            spec.name, str(tls.CertPaths(settings.certs_path).cert(spec.name))
+        )
     channels.set_process_identity(spec.name)
     try:
         code = asyncio.run(_run(spec, settings))

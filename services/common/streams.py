@@ -9,7 +9,8 @@ STREAM_IDLE_TIMEOUT, naming the field the client should have kept sending.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from services.common.errors import out_of_range
 
@@ -24,14 +25,17 @@ async def next_message(stream: AsyncIterator[Any], idle_seconds: float, field: s
         return None
     except TimeoutError:
         raise out_of_range(
-            f"no request message for {idle_seconds:.0f} seconds (idle timeout); the stream was ended",
+            f"no request message for {idle_seconds:.0f} seconds (idle timeout); "
+            "the stream was ended",
             reason="STREAM_IDLE_TIMEOUT",
             violations=[(field, f"send a message at least every {idle_seconds:.0f} s")],
             metadata={"limit": "idle_timeout", "seconds": f"{idle_seconds:.0f}"},
         ) from None
 
 
-async def idle_limited(stream: AsyncIterator[Any], idle_seconds: float, field: str) -> AsyncIterator[Any]:
+async def idle_limited(
+    stream: AsyncIterator[Any], idle_seconds: float, field: str
+) -> AsyncIterator[Any]:
     """`stream`, ended with OUT_OF_RANGE when the client sends nothing for idle_seconds."""
     while (message := await next_message(stream, idle_seconds, field)) is not None:
         yield message

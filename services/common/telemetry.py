@@ -119,7 +119,8 @@ class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
 def _start(method: str, context: grpc.aio.ServicerContext,
            streaming: bool) -> tuple[trace.Span, object, metrics.RpcTimer]:
     service, name = metrics.split_method(method)
-    carrier = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+    metadata = context.invocation_metadata() or ()
+    carrier = {key: value for key, value in metadata if isinstance(value, str)}
     span = _tracer.start_span(
         method.lstrip("/"),
         context=propagate.extract(carrier),
@@ -130,8 +131,12 @@ def _start(method: str, context: grpc.aio.ServicerContext,
     return span, token, metrics.RpcTimer(service, name, streaming)
 
 
-def _finish(span: trace.Span, timer: metrics.RpcTimer, context: grpc.aio.ServicerContext,
-            failed: bool | None) -> None:
+def _finish(
+    span: trace.Span,
+    timer: metrics.RpcTimer,
+    context: grpc.aio.ServicerContext,
+    failed: bool | None,
+) -> None:
     code = metrics.code_of(context, failed)
     timer.finish(code)
     span.set_attribute("rpc.grpc.status_code", getattr(grpc.StatusCode, code).value[0])
@@ -198,7 +203,9 @@ class AsgiTelemetry:
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
         method = scope.get("method", "GET")
         span = _tracer.start_span(
-            f"{method} {scope.get('path', '')}", context=propagate.extract(carrier), kind=SpanKind.SERVER,
+            f"{method} {scope.get('path', '')}",
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": scope.get("path", "")},
         )
         token = otel_context.attach(trace.set_span_in_context(span))
@@ -224,7 +231,8 @@ class AsgiTelemetry:
             span.end()
             if metrics.enabled():
                 metrics.HTTP_SERVER_DURATION.labels(method, route, str(status)).observe(
-                    time.perf_counter() - started)
+                    time.perf_counter() - started
+                )
             _detach(token, task)
 
 

@@ -28,4 +28,8 @@ def month_start(t: dt.datetime) -> dt.datetime:
 
 def next_month(start: dt.datetime) -> dt.datetime:
     """The first instant of the month after the one starting at `start`."""
-    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )

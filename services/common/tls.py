@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.common import mesh_policy
-from services.common.config import REPO_ROOT
+from services.common.config import REPO_ROOT, TLS_MODES, TlsMode
 from services.common.handlers import before
 from services.common.identity import IDENTITY_HEADERS
 
@@ -387,8 +387,6 @@ def _is_local_health_probe(context: grpc.aio.ServicerContext, method: str) -> bo
 # --------------------------------------------------------------------------------------------
 # Wiring helpers for server.py and channels.py.
 
-TlsMode = Literal["mtls", "istio", "plaintext"]
-TLS_MODES: tuple[str, ...] = ("mtls", "istio", "plaintext")
 
 
 def interceptor_for(callee: str, mode: TlsMode) -> PeerAuthorizationInterceptor:
@@ -442,4 +440,6 @@ def open_channel(
             options=[*options, *channel_options(callee)],
             interceptors=list(interceptors) or None,
         )
-    return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors) or None)
+    return grpc.aio.insecure_channel(
+        target, options=options, interceptors=list(interceptors) or None
+    )

@@ -5,8 +5,9 @@
                        iterator; leaving the loop early cancels the request on the server.
 * `sequence()`         a `SequenceStream` for sequence-batched streaming models (ASR): one gRPC
                        stream = one Triton sequence with a unique id, START on the first chunk,
-                       END on the last (ASR: `send(..., end_of_utterance=True)` in between); a bounded send queue gives backpressure and an idle timer
-                       closes a silent stream with a clear error.
+                       END on the last (ASR: `send(..., end_of_utterance=True)` in between);
+                       a bounded send queue gives backpressure and an idle timer closes a
+                       silent stream with a clear error.
 * `is_model_ready()` / `readiness()` feed the services' health checks.
 
 Every failure surfaces as a `services.common.errors.ServiceError` with a gRPC status code: bad
@@ -32,6 +33,7 @@ from typing import Any, Self
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from tritonclient.grpc import (
     InferInput,
     InferRequestedOutput,
@@ -40,7 +42,6 @@ from tritonclient.grpc import (
     service_pb2_grpc,
 )
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.common import errors, metrics, telemetry
 from services.common.errors import ServiceError
@@ -269,9 +270,14 @@ class _Observed:
         self.model = model
         self.started = time.perf_counter()
         self.span = telemetry.tracer().start_span(
-            f"triton {method} {model}", kind=SpanKind.CLIENT,
-            attributes={"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
-                        "rpc.method": method, "aimesh.triton.model": model},
+            f"triton {method} {model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "inference.GRPCInferenceService",
+                "rpc.method": method,
+                "aimesh.triton.model": model,
+            },
         )
         self.outcome = "CANCELLED"  # unless finished otherwise: the caller went away
 
@@ -455,12 +461,14 @@ class TritonClient:
                 if final:
                     observed.outcome = "OK"
                     return
-            raise observed.failed(ServiceError(
-                grpc.StatusCode.INTERNAL,
-                f"{model}: stream closed before the final response",
-                "TRITON_STREAM_TRUNCATED",
-                metadata={"model": model},
-            ))
+            raise observed.failed(
+                ServiceError(
+                    grpc.StatusCode.INTERNAL,
+                    f"{model}: stream closed before the final response",
+                    "TRITON_STREAM_TRUNCATED",
+                    metadata={"model": model},
+                )
+            )
         except grpc.aio.AioRpcError as exc:
             raise observed.failed(_from_rpc_error(model, exc)) from None
         finally:

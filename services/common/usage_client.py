@@ -49,15 +49,16 @@ Entering raises `ServiceError` RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
 TOKEN_BUDGET_EXCEEDED, with the budget and period in ErrorInfo metadata) when a cap would be
 exceeded: let it propagate and the caller's RPC fails with the same status and details. On exit
 the hold is settled with the amount given to `hold.settle()` (even if the block raised after
-that: the work was done), otherwise released. Settle/release are retried with the same request id (idempotent); if
-Usage stays unreachable the hold simply lapses at its TTL. Pass `fail_open=True` to run the
-work anyway (logged) when Usage cannot be reached for the reservation.
+that: the work was done), otherwise released. Settle/release are retried with the same request
+id (idempotent); if Usage stays unreachable the hold simply lapses at its TTL. Pass
+`fail_open=True` to run the work anyway (logged) when Usage cannot be reached for the reservation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import random
 import re
@@ -65,7 +66,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -139,7 +140,9 @@ class Hold:
 class UsageClient:
     """Usage metering and budget holds for one service process (see the module docstring)."""
 
-    def __init__(self, runtime: Any, channels: Channels | None = None, start_drainer: bool = True) -> None:
+    def __init__(
+        self, runtime: Any, channels: Channels | None = None, start_drainer: bool = True
+    ) -> None:
         if runtime.db is None:
             raise ValueError("UsageClient needs the service's database (its outbox lives there)")
         self.runtime = runtime
@@ -164,7 +167,7 @@ class UsageClient:
     async def meter(
         self,
         payer: Identity,
-        resource_type: ResourceType.ValueType,
+        resource_type: int,
         quantity: Quantity,
         work_id: str,
         *,
@@ -178,8 +181,11 @@ class UsageClient:
         request_id is "<work_id>/<kind>", so each kind of one piece of work counts once however
         often it is retried. `conn`: the caller's open transaction, to commit with the work
         itself; otherwise the insert is durable when this returns."""
-        kind = ResourceType.Name(resource_type).removeprefix("RESOURCE_TYPE_").lower() \
-            if resource_type in _VALID_TYPES else ""
+        kind = (
+            ResourceType.Name(resource_type).removeprefix("RESOURCE_TYPE_").lower()
+            if resource_type in _VALID_TYPES
+            else ""
+        )
         request_id = f"{work_id or uuid.uuid4()}/{kind}"
         record = self._record(payer, resource_type, quantity, request_id, model, occur_time)
         if record is None:
@@ -212,14 +218,23 @@ class UsageClient:
         org = payer.org.removeprefix("organizations/")
         subject = payer.subject or ""
         # The gateway's subject is "users/<id>" for people and "apiKeys/<id>" for keys (no user).
-        user = "" if not subject or subject.startswith("apiKeys/") else (
-            subject if subject.startswith("users/") else f"users/{subject}")
+        user = (
+            ""
+            if not subject or subject.startswith("apiKeys/")
+            else (subject if subject.startswith("users/") else f"users/{subject}")
+        )
         api_key = f"organizations/{org}/apiKeys/{payer.key_id}" if payer.key_id else ""
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(occur_time or dt.datetime.now(dt.UTC))
         return usage_pb2.UsageRecord(
-            organization=_org_name(org), request_id=request_id, resource_type=resource_type,
-            quantity_micros=micros, model=model, api_key=api_key, user=user, occur_time=stamp,
+            organization=_org_name(org),
+            request_id=request_id,
+            resource_type=cast(ResourceType, resource_type),
+            quantity_micros=micros,
+            model=model,
+            api_key=api_key,
+            user=user,
+            occur_time=stamp,
             source=getattr(self.runtime, "name", ""),
         )
 
@@ -237,7 +252,9 @@ class UsageClient:
     async def pending(self) -> int:
         """Records waiting for delivery (dead ones excluded)."""
         async with self.db.connection() as conn:
-            cur = await conn.execute(f"SELECT count(*) AS n FROM {OUTBOX_TABLE} WHERE dead_reason IS NULL")
+            cur = await conn.execute(
+                f"SELECT count(*) AS n FROM {OUTBOX_TABLE} WHERE dead_reason IS NULL"
+            )
             row = await cur.fetchone()
             return int(row["n"])
 
@@ -245,7 +262,8 @@ class UsageClient:
         """Outbox depth and the age of its oldest record, for the 'not draining' alert."""
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                f"SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(create_time)), 0) AS age "
+                "SELECT count(*) AS n, "
+                "coalesce(extract(epoch FROM now() - min(create_time)), 0) AS age "
                 f"FROM {OUTBOX_TABLE} WHERE dead_reason IS NULL"
             )
             row = await cur.fetchone()
@@ -294,8 +312,10 @@ class UsageClient:
                 bad.setdefault(ids[int(match.group(1))], f"{field}: {description}")
         if not bad:  # not attributable to single records: park the whole batch
             bad = {i: exc.details() or "INVALID_ARGUMENT" for i in ids}
-        log.error("usage records rejected by Usage; parked in the outbox",
-                  extra={"count": len(bad), "reason": next(iter(bad.values()))})
+        log.error(
+            "usage records rejected by Usage; parked in the outbox",
+            extra={"count": len(bad), "reason": next(iter(bad.values()))},
+        )
         async with conn.cursor() as cur:
             await cur.executemany(
                 f"UPDATE {OUTBOX_TABLE} SET dead_reason = %s WHERE id = %s",
@@ -324,8 +344,11 @@ class UsageClient:
             except Exception as exc:  # noqa: BLE001 - any failure means: keep the rows, retry later
                 failures += 1
                 level = logging.WARNING if failures < 5 else logging.ERROR
-                log.log(level, "usage outbox delivery failed; will retry",
-                        extra={"failures": failures, "error": str(exc).splitlines()[0][:200]})
+                log.log(
+                    level,
+                    "usage outbox delivery failed; will retry",
+                    extra={"failures": failures, "error": str(exc).splitlines()[0][:200]},
+                )
             try:
                 await self.observe_outbox()
             except asyncio.CancelledError:
@@ -339,7 +362,9 @@ class UsageClient:
         try:
             await asyncio.wait_for(self.flush(), timeout=2)
         except Exception as exc:  # noqa: BLE001 - undelivered rows stay in the outbox
-            log.info("usage outbox not fully delivered at shutdown", extra={"error": str(exc)[:200]})
+            log.info(
+                "usage outbox not fully delivered at shutdown", extra={"error": str(exc)[:200]}
+            )
         if self._owns_channels:
             await self.channels.close()
 
@@ -364,12 +389,18 @@ class UsageClient:
         ttl = duration_pb2.Duration()
         ttl.FromMilliseconds(int(max(1.0, min(ttl_seconds, 3600.0)) * 1000))
         request = usage_pb2.ReserveBudgetRequest(
-            organization=_org_name(org), api_key=api_key,
-            estimated_amount_micros=estimated_amount_micros, currency_code=currency_code,
-            estimated_tokens=estimated_tokens, ttl=ttl, request_id=request_id or str(uuid.uuid4()),
+            organization=_org_name(org),
+            api_key=api_key,
+            estimated_amount_micros=estimated_amount_micros,
+            currency_code=currency_code,
+            estimated_tokens=estimated_tokens,
+            ttl=ttl,
+            request_id=request_id or str(uuid.uuid4()),
         )
         reservation = await self._call_with_retries(
-            lambda: self.stub.ReserveBudget(request, timeout=RPC_TIMEOUT_SECONDS, metadata=metadata),
+            lambda: self.stub.ReserveBudget(
+                request, timeout=RPC_TIMEOUT_SECONDS, metadata=metadata
+            ),
             fail_open=fail_open,
         )
         hold = Hold(reservation)
@@ -386,21 +417,30 @@ class UsageClient:
         if settle:
             assert hold.actual is not None
             request = usage_pb2.SettleReservationRequest(
-                name=hold.name, actual_amount_micros=hold.actual[0], actual_tokens=hold.actual[1],
+                name=hold.name,
+                actual_amount_micros=hold.actual[0],
+                actual_tokens=hold.actual[1],
                 request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, hold.name)),
             )
-            call = lambda: self.stub.SettleReservation(
-                request, timeout=RPC_TIMEOUT_SECONDS, metadata=metadata)
+            call = functools.partial(
+                self.stub.SettleReservation, request, timeout=RPC_TIMEOUT_SECONDS, metadata=metadata
+            )
         else:
             release = usage_pb2.ReleaseReservationRequest(name=hold.name)
-            call = lambda: self.stub.ReleaseReservation(
-                release, timeout=RPC_TIMEOUT_SECONDS, metadata=metadata)
+            call = functools.partial(
+                self.stub.ReleaseReservation,
+                release,
+                timeout=RPC_TIMEOUT_SECONDS,
+                metadata=metadata,
+            )
         try:
             await self._call_with_retries(call, fail_open=False)
         except ServiceError as exc:
             # The work is done (or abandoned); an unsettled hold lapses at its TTL.
-            log.error("could not close reservation", extra={"reservation": hold.name,
-                                                            "settle": settle, "error": exc.message})
+            log.error(
+                "could not close reservation",
+                extra={"reservation": hold.name, "settle": settle, "error": exc.message},
+            )
 
     async def _call_with_retries(self, call: Any, fail_open: bool, attempts: int = 4) -> Any:
         delay = 0.1
@@ -408,7 +448,10 @@ class UsageClient:
             try:
                 return await call()
             except grpc.aio.AioRpcError as exc:
-                transient = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                transient = exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
                 if transient and attempt + 1 < attempts:
                     await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                     delay = min(delay * 2, 2.0)

@@ -43,7 +43,10 @@ CONTEXT_TTL_SECONDS = 3600
 MODEL_INFO_SECONDS = 60.0
 RETRIEVAL_RESERVE_TOKENS = 400  # per retrieved chunk (chunks are at most ~2,000 characters)
 TURN_LEASE_SECONDS = 30.0
-_ROLE = {cpb.Message.ROLE_USER: opb.ROLE_USER, cpb.Message.ROLE_ASSISTANT: opb.ROLE_ASSISTANT}
+_ROLE: dict[int, opb.Role] = {
+    cpb.Message.ROLE_USER: opb.ROLE_USER,
+    cpb.Message.ROLE_ASSISTANT: opb.ROLE_ASSISTANT,
+}
 
 
 @dataclass
@@ -57,12 +60,16 @@ class Turn:
 
 
 def rpc_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status:
-    return status_from_rpc_error(exc) or status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
+    return status_from_rpc_error(exc) or status_pb2.Status(
+        code=exc.code().value[0], message=exc.details() or ""
+    )
 
 
 def _busy() -> ServiceError:
-    return deadline_exceeded("timed out waiting for the previous message of this conversation to finish",
-                             reason="CONVERSATION_BUSY")
+    return deadline_exceeded(
+        "timed out waiting for the previous message of this conversation to finish",
+        reason="CONVERSATION_BUSY",
+    )
 
 
 class DownstreamError(ServiceError):
@@ -143,7 +150,9 @@ class Chat:
         if hit is not None and time.monotonic() - hit[0] < MODEL_INFO_SECONDS:
             return hit[1]
         try:
-            model = await self.orchestrator().GetModel(opb.GetModelRequest(name=name), metadata=identity.to_headers())
+            model = await self.orchestrator().GetModel(
+                opb.GetModelRequest(name=name), metadata=identity.to_headers()
+            )
         except grpc.aio.AioRpcError as exc:
             raise reraise(exc) from None
         self._models[name] = (time.monotonic(), model)
@@ -173,17 +182,30 @@ class Chat:
         if self.cache is None:
             return
         try:
-            await self.cache.redis.set(self._context_key(org, conv_id), json.dumps(history[-CONTEXT_MESSAGES:]),
-                                       ex=CONTEXT_TTL_SECONDS)
+            await self.cache.redis.set(
+                self._context_key(org, conv_id),
+                json.dumps(history[-CONTEXT_MESSAGES:]),
+                ex=CONTEXT_TTL_SECONDS,
+            )
         except (RedisError, OSError) as exc:
             log.warning("context cache write failed", extra={"error": str(exc)})
 
     # --- prompt -------------------------------------------------------------------------------
 
-    async def prompt(self, identity: Identity, model: opb.Model, system_prompt: str,
-                     history: list[tuple[int, str]], content: str, max_output: int, reserve: int) -> list[opb.ChatMessage]:
+    async def prompt(
+        self,
+        identity: Identity,
+        model: opb.Model,
+        system_prompt: str,
+        history: list[tuple[int, str]],
+        content: str,
+        max_output: int,
+        reserve: int,
+    ) -> list[opb.ChatMessage]:
         """System prompt + the most recent history that fits + the new message (oldest dropped)."""
-        head = [opb.ChatMessage(role=opb.ROLE_SYSTEM, content=system_prompt)] if system_prompt else []
+        head = (
+            [opb.ChatMessage(role=opb.ROLE_SYSTEM, content=system_prompt)] if system_prompt else []
+        )
         turns = [opb.ChatMessage(role=_ROLE[r], content=c) for r, c in history if r in _ROLE]
         new = opb.ChatMessage(role=opb.ROLE_USER, content=content)
         budget = model.context_window_tokens - max_output - reserve
@@ -191,7 +213,9 @@ class Chat:
             messages = [*head, *turns, new]
             try:
                 counted = await self.orchestrator().CountTokens(
-                    opb.CountTokensRequest(model=model.name, messages=messages), metadata=identity.to_headers())
+                    opb.CountTokensRequest(model=model.name, messages=messages),
+                    metadata=identity.to_headers(),
+                )
             except grpc.aio.AioRpcError as exc:
                 raise reraise(exc) from None
             over = counted.prompt_tokens - budget
@@ -207,8 +231,15 @@ class Chat:
 
     # --- the turn -----------------------------------------------------------------------------
 
-    async def send(self, identity: Identity, conv: Row, request: cpb.SendMessageRequest, model_name: str,
-                   timeout: float | None, to_message: Any) -> AsyncGenerator[cpb.SendMessageResponse, None]:
+    async def send(
+        self,
+        identity: Identity,
+        conv: Row,
+        request: cpb.SendMessageRequest,
+        model_name: str,
+        timeout: float | None,
+        to_message: Any,
+    ) -> AsyncGenerator[cpb.SendMessageResponse, None]:
         org, conv_id = identity.org, conv["id"]
         model = await self.model(model_name, identity)
         async with self.turn(org, conv_id, timeout):
@@ -220,26 +251,47 @@ class Chat:
                         yield cpb.SendMessageResponse(assistant_message=to_message(earlier[1]))
                     return
             history = await self.history(org, conv_id)
-            user = await self.store.insert_message(org, conv_id, {
-                "role": cpb.Message.ROLE_USER, "content": request.content, "state": cpb.Message.STATE_COMPLETE,
-                "request_id": request.request_id or None})
+            user = await self.store.insert_message(
+                org,
+                conv_id,
+                {
+                    "role": cpb.Message.ROLE_USER,
+                    "content": request.content,
+                    "state": cpb.Message.STATE_COMPLETE,
+                    "request_id": request.request_id or None,
+                },
+            )
             history.append((cpb.Message.ROLE_USER, request.content))
             await self._save_history(org, conv_id, history)
             yield cpb.SendMessageResponse(user_message=to_message(user))
 
             turn = Turn(model=model.name, text=[])
             try:
-                max_output = request.max_output_tokens if request.HasField("max_output_tokens") else min(
-                    model.max_output_tokens, model.context_window_tokens // 4)
+                max_output = (
+                    request.max_output_tokens
+                    if request.HasField("max_output_tokens")
+                    else min(model.max_output_tokens, model.context_window_tokens // 4)
+                )
                 # Unset retrieval is automatic (Orchestrator: on when the org has READY documents).
                 retrieves = request.retrieval.enabled or (
                     not request.HasField("retrieval")
-                    and opb.Model.CAPABILITY_RETRIEVAL in model.capabilities)
-                reserve = (request.retrieval.top_k or 5) * RETRIEVAL_RESERVE_TOKENS if retrieves else 0
-                messages = await self.prompt(identity, model, conv["system_prompt"], history[:-1], request.content,
-                                             max_output, reserve)
-                generate = opb.GenerateRequest(model=model.name, messages=messages,
-                                               request_id=request.request_id)
+                    and opb.Model.CAPABILITY_RETRIEVAL in model.capabilities
+                )
+                reserve = (
+                    (request.retrieval.top_k or 5) * RETRIEVAL_RESERVE_TOKENS if retrieves else 0
+                )
+                messages = await self.prompt(
+                    identity,
+                    model,
+                    conv["system_prompt"],
+                    history[:-1],
+                    request.content,
+                    max_output,
+                    reserve,
+                )
+                generate = opb.GenerateRequest(
+                    model=model.name, messages=messages, request_id=request.request_id
+                )
                 if request.HasField("retrieval"):
                     generate.retrieval.CopyFrom(request.retrieval)
                 if request.HasField("temperature"):
@@ -255,7 +307,9 @@ class Chat:
                             yield cpb.SendMessageResponse(generation=event.metadata)
                         elif kind == "delta":
                             turn.text.append(event.delta.text)
-                            yield cpb.SendMessageResponse(delta=cpb.AssistantDelta(text=event.delta.text))
+                            yield cpb.SendMessageResponse(
+                                delta=cpb.AssistantDelta(text=event.delta.text)
+                            )
                         elif kind == "completion":
                             turn.completion = event.completion
                             for citation in event.completion.citations:
@@ -269,11 +323,19 @@ class Chat:
             finally:
                 # Also on disconnect/deadline (CancelledError): store what was produced, even if
                 # this task is cancelled again while writing.
-                assistant = await asyncio.shield(self._store_answer(identity, conv_id, request, turn, history))
+                assistant = await asyncio.shield(
+                    self._store_answer(identity, conv_id, request, turn, history)
+                )
             yield cpb.SendMessageResponse(assistant_message=to_message(assistant))
 
-    async def _store_answer(self, identity: Identity, conv_id: str, request: cpb.SendMessageRequest,
-                            turn: Turn, history: list[tuple[int, str]]) -> Row:
+    async def _store_answer(
+        self,
+        identity: Identity,
+        conv_id: str,
+        request: cpb.SendMessageRequest,
+        turn: Turn,
+        history: list[tuple[int, str]],
+    ) -> Row:
         completion = turn.completion
         content = "".join(turn.text)
         if turn.error is not None:
@@ -286,15 +348,24 @@ class Chat:
         else:
             state, finish = cpb.Message.STATE_COMPLETE, completion.finish_reason
         extra = cpb.Message(citations=completion.citations) if completion is not None else None
-        row = await self.store.insert_message(identity.org, conv_id, {
-            "role": cpb.Message.ROLE_ASSISTANT, "content": content, "state": state, "model": turn.model,
-            "prompt_tokens": completion.usage.prompt_tokens if completion else None,
-            "completion_tokens": completion.usage.completion_tokens if completion else None,
-            "citations": extra.SerializeToString() if extra is not None and extra.citations else None,
-            "finish_reason": finish,
-            "error": turn.error.SerializeToString() if turn.error is not None else None,
-            "request_id": request.request_id or None,
-        })
+        row = await self.store.insert_message(
+            identity.org,
+            conv_id,
+            {
+                "role": cpb.Message.ROLE_ASSISTANT,
+                "content": content,
+                "state": state,
+                "model": turn.model,
+                "prompt_tokens": completion.usage.prompt_tokens if completion else None,
+                "completion_tokens": completion.usage.completion_tokens if completion else None,
+                "citations": extra.SerializeToString()
+                if extra is not None and extra.citations
+                else None,
+                "finish_reason": finish,
+                "error": turn.error.SerializeToString() if turn.error is not None else None,
+                "request_id": request.request_id or None,
+            },
+        )
         if content:
             history.append((cpb.Message.ROLE_ASSISTANT, content))
             await self._save_history(identity.org, conv_id, history)

@@ -27,14 +27,24 @@ def check_fields(conv: cpb.Conversation, paths: set[str] | frozenset[str], v: Fi
     if "title" in paths:
         v.check(len(conv.title) <= 256, f"{prefix}.title", "at most 256 characters")
     if "system_prompt" in paths:
-        v.check(len(conv.system_prompt) <= 32_000, f"{prefix}.system_prompt", "at most 32,000 characters")
+        v.check(
+            len(conv.system_prompt) <= 32_000,
+            f"{prefix}.system_prompt",
+            "at most 32,000 characters",
+        )
     if "default_model" in paths and conv.default_model:
         MODEL.parse(conv.default_model, f"{prefix}.default_model", v)
     if "metadata" in paths:
         v.check(len(conv.metadata) <= 32, f"{prefix}.metadata", "at most 32 entries")
         for key, value in conv.metadata.items():
-            v.check(bool(META_KEY.match(key)), f"{prefix}.metadata[{key}]", "keys match [a-z][a-z0-9_]{0,62}")
-            v.check(len(value) <= 256, f"{prefix}.metadata[{key}]", "values are at most 256 characters")
+            v.check(
+                bool(META_KEY.match(key)),
+                f"{prefix}.metadata[{key}]",
+                "keys match [a-z][a-z0-9_]{0,62}",
+            )
+            v.check(
+                len(value) <= 256, f"{prefix}.metadata[{key}]", "values are at most 256 characters"
+            )
 
 
 def check_new(request: cpb.CreateConversationRequest) -> None:
@@ -42,9 +52,16 @@ def check_new(request: cpb.CreateConversationRequest) -> None:
     v = FieldViolations()
     check_fields(request.conversation, UPDATABLE, v)
     if request.conversation_id:
-        v.check(bool(CONVERSATION_ID.match(request.conversation_id)), "conversation_id",
-                "4-63 characters of [a-z0-9-] starting with a letter")
-    v.check(len(request.request_id) <= MAX_REQUEST_ID, "request_id", f"at most {MAX_REQUEST_ID} characters")
+        v.check(
+            bool(CONVERSATION_ID.match(request.conversation_id)),
+            "conversation_id",
+            "4-63 characters of [a-z0-9-] starting with a letter",
+        )
+    v.check(
+        len(request.request_id) <= MAX_REQUEST_ID,
+        "request_id",
+        f"at most {MAX_REQUEST_ID} characters",
+    )
     v.raise_if_any()
 
 
@@ -52,7 +69,11 @@ def update_paths(request: cpb.UpdateConversationRequest) -> set[str]:
     """The fields an update changes (`*` = all updatable), after checking the mask and values."""
     paths = set(request.update_mask.paths)
     v = FieldViolations()
-    v.check(bool(paths), "update_mask", "required: any of title, metadata, default_model, system_prompt or *")
+    v.check(
+        bool(paths),
+        "update_mask",
+        "required: any of title, metadata, default_model, system_prompt or *",
+    )
     if "*" in paths:
         paths = set(UPDATABLE)
     for p in paths - UPDATABLE:
@@ -65,8 +86,11 @@ def update_paths(request: cpb.UpdateConversationRequest) -> set[str]:
 def check_send(request: cpb.SendMessageRequest) -> None:
     """SendMessage's fields: every problem at once."""
     v = FieldViolations()
-    v.check(1 <= len(request.content) <= MAX_CONTENT, "content",
-            f"{len(request.content)} characters; must be 1-{MAX_CONTENT}")
+    v.check(
+        1 <= len(request.content) <= MAX_CONTENT,
+        "content",
+        f"{len(request.content)} characters; must be 1-{MAX_CONTENT}",
+    )
     if request.model:
         MODEL.parse(request.model, "model", v)
     if request.HasField("temperature"):
@@ -74,6 +98,14 @@ def check_send(request: cpb.SendMessageRequest) -> None:
     if request.HasField("max_output_tokens"):
         v.check(request.max_output_tokens >= 1, "max_output_tokens", "must be at least 1")
     if request.retrieval.enabled:
-        v.check(request.retrieval.top_k == 0 or 1 <= request.retrieval.top_k <= 20, "retrieval.top_k", "must be 1-20")
-    v.check(len(request.request_id) <= MAX_REQUEST_ID, "request_id", f"at most {MAX_REQUEST_ID} characters")
+        v.check(
+            request.retrieval.top_k == 0 or 1 <= request.retrieval.top_k <= 20,
+            "retrieval.top_k",
+            "must be 1-20",
+        )
+    v.check(
+        len(request.request_id) <= MAX_REQUEST_ID,
+        "request_id",
+        f"at most {MAX_REQUEST_ID} characters",
+    )
     v.raise_if_any()

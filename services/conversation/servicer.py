@@ -44,19 +44,30 @@ def conversation_message(row: Row) -> cpb.Conversation:
         update_time=to_timestamp(row["update_time"]), etag=row["etag"])
     if row["delete_time"] is not None:
         conv.delete_time.CopyFrom(to_timestamp(row["delete_time"]))
-        conv.expire_time.CopyFrom(to_timestamp(row["delete_time"] + timedelta(days=PURGE_AFTER_DAYS)))
+        conv.expire_time.CopyFrom(
+            to_timestamp(row["delete_time"] + timedelta(days=PURGE_AFTER_DAYS))
+        )
     return conv
 
 
 def message_message(row: Row) -> cpb.Message:
     msg = cpb.Message(
-        name=MESSAGE.format(row["conversation_id"], row["id"]), role=row["role"],
-        content=row["content"], state=row["state"], model=row["model"], finish_reason=row["finish_reason"],
-        create_time=to_timestamp(row["create_time"]))
+        name=MESSAGE.format(row["conversation_id"], row["id"]),
+        role=row["role"],
+        content=row["content"],
+        state=row["state"],
+        model=row["model"],
+        finish_reason=row["finish_reason"],
+        create_time=to_timestamp(row["create_time"]),
+    )
     if row["prompt_tokens"] is not None:
-        msg.usage.CopyFrom(opb.TokenUsage(
-            prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
-            total_tokens=row["prompt_tokens"] + row["completion_tokens"]))
+        msg.usage.CopyFrom(
+            opb.TokenUsage(
+                prompt_tokens=row["prompt_tokens"],
+                completion_tokens=row["completion_tokens"],
+                total_tokens=row["prompt_tokens"] + row["completion_tokens"],
+            )
+        )
     if row["citations"]:
         msg.citations.extend(cpb.Message.FromString(row["citations"]).citations)
     if row["error"]:
@@ -89,58 +100,100 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         row = await self.store.get_conversation(identity.org, conv_id)
         if row is None:
             name = CONVERSATION.format(conv_id)
-            raise not_found(f"{name} not found", reason="CONVERSATION_NOT_FOUND", metadata={"conversation": name})
+            raise not_found(
+                f"{name} not found",
+                reason="CONVERSATION_NOT_FOUND",
+                metadata={"conversation": name},
+            )
         return row
 
-    async def CreateConversation(self, request: cpb.CreateConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
+    async def CreateConversation(
+        self, request: cpb.CreateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
         conversations.check_new(request)
         conv = request.conversation
         if conv.default_model:
             await self.chat.model(conv.default_model, identity)  # NOT_FOUND lists the valid models
         row = await self.store.create_conversation(
-            identity.org, request.conversation_id or str(uuid.uuid4()),
-            {"title": conv.title, "metadata": dict(conv.metadata), "default_model": conv.default_model,
-             "system_prompt": conv.system_prompt}, request.request_id or None)
+            identity.org,
+            request.conversation_id or str(uuid.uuid4()),
+            {
+                "title": conv.title,
+                "metadata": dict(conv.metadata),
+                "default_model": conv.default_model,
+                "system_prompt": conv.system_prompt,
+            },
+            request.request_id or None,
+        )
         return conversation_message(row)
 
-    async def GetConversation(self, request: cpb.GetConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
+    async def GetConversation(
+        self, request: cpb.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
-        return conversation_message(await self._existing(identity, CONVERSATION.id(request.name, "name")))
+        return conversation_message(
+            await self._existing(identity, CONVERSATION.id(request.name, "name"))
+        )
 
-    async def ListConversations(self, request: cpb.ListConversationsRequest, context: grpc.aio.ServicerContext) -> cpb.ListConversationsResponse:
+    async def ListConversations(
+        self, request: cpb.ListConversationsRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListConversationsResponse:
         identity = require_identity(context.invocation_metadata())
         page = self.pages.start(request, identity.org)
         rows, token = page.split(
-            await self.store.list_conversations(identity.org, request.show_deleted, page.offset, page.size + 1))
+            await self.store.list_conversations(
+                identity.org, request.show_deleted, page.offset, page.size + 1
+            )
+        )
         return cpb.ListConversationsResponse(
-            conversations=[conversation_message(r) for r in rows], next_page_token=token)
+            conversations=[conversation_message(r) for r in rows], next_page_token=token
+        )
 
-    async def UpdateConversation(self, request: cpb.UpdateConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
+    async def UpdateConversation(
+        self, request: cpb.UpdateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
         conv_id = CONVERSATION.id(request.conversation.name, "conversation.name")
         paths = conversations.update_paths(request)
         row = await self._existing(identity, conv_id)
         if row["delete_time"] is not None:
-            raise failed_precondition(f"{CONVERSATION.format(conv_id)} is deleted; undelete it first", reason="CONVERSATION_DELETED")
+            raise failed_precondition(
+                f"{CONVERSATION.format(conv_id)} is deleted; undelete it first",
+                reason="CONVERSATION_DELETED",
+            )
         if request.conversation.etag and request.conversation.etag != row["etag"]:
             raise etag_mismatch(request.conversation.name)
         if "default_model" in paths and request.conversation.default_model:
             await self.chat.model(request.conversation.default_model, identity)
-        changes = {p: (dict(request.conversation.metadata) if p == "metadata" else getattr(request.conversation, p))
-                   for p in paths}
+        changes = {
+            p: (
+                dict(request.conversation.metadata)
+                if p == "metadata"
+                else getattr(request.conversation, p)
+            )
+            for p in paths
+        }
         updated = await self.store.update_conversation(identity.org, conv_id, changes)
         if updated is None:
-            raise not_found(f"{request.conversation.name} not found", reason="CONVERSATION_NOT_FOUND")
+            raise not_found(
+                f"{request.conversation.name} not found", reason="CONVERSATION_NOT_FOUND"
+            )
         return conversation_message(updated)
 
-    async def DeleteConversation(self, request: cpb.DeleteConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
+    async def DeleteConversation(
+        self, request: cpb.DeleteConversationRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Conversation:
         return await self._set_deleted(request.name, True, context)
 
-    async def UndeleteConversation(self, request: cpb.UndeleteConversationRequest, context: grpc.aio.ServicerContext) -> cpb.Conversation:
+    async def UndeleteConversation(
+        self, request: cpb.UndeleteConversationRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Conversation:
         return await self._set_deleted(request.name, False, context)
 
-    async def _set_deleted(self, name: str, deleted: bool, context: grpc.aio.ServicerContext) -> cpb.Conversation:
+    async def _set_deleted(
+        self, name: str, deleted: bool, context: grpc.aio.ServicerContext
+    ) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
         conv_id = CONVERSATION.id(name, "name")
         await self._existing(identity, conv_id)
@@ -149,7 +202,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             raise not_found(f"{name} not found", reason="CONVERSATION_NOT_FOUND")
         return conversation_message(row)
 
-    async def ListMessages(self, request: cpb.ListMessagesRequest, context: grpc.aio.ServicerContext) -> cpb.ListMessagesResponse:
+    async def ListMessages(
+        self, request: cpb.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListMessagesResponse:
         identity = require_identity(context.invocation_metadata())
         conv_id = CONVERSATION.id(request.parent, "parent")
         page = self.pages.start(request, identity.org)
@@ -157,10 +212,13 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         after = int(page.cursor[0]) if page.cursor else 0
         rows, total = await self.store.list_messages(identity.org, conv_id, after, page.size + 1)
         rows, token = page.split(rows, lambda r: (r["seq"],))
-        return cpb.ListMessagesResponse(messages=[message_message(r) for r in rows], total_size=total,
-                                        next_page_token=token)
+        return cpb.ListMessagesResponse(
+            messages=[message_message(r) for r in rows], total_size=total, next_page_token=token
+        )
 
-    async def GetMessage(self, request: cpb.GetMessageRequest, context: grpc.aio.ServicerContext) -> cpb.Message:
+    async def GetMessage(
+        self, request: cpb.GetMessageRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Message:
         identity = require_identity(context.invocation_metadata())
         conv_id, message_id = MESSAGE.parse(request.name, "name")
         row = await self.store.get_message(identity.org, conv_id, message_id)
@@ -168,16 +226,22 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             raise not_found(f"{request.name} not found", reason="MESSAGE_NOT_FOUND")
         return message_message(row)
 
-    async def SendMessage(self, request: cpb.SendMessageRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.SendMessageResponse]:
+    async def SendMessage(
+        self, request: cpb.SendMessageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cpb.SendMessageResponse]:
         identity = require_identity(context.invocation_metadata())
         conv_id = CONVERSATION.id(request.conversation, "conversation")
         conversations.check_send(request)
         conv = await self._existing(identity, conv_id)
         if conv["delete_time"] is not None:
-            raise failed_precondition(f"{CONVERSATION.format(conv_id)} is deleted; undelete it to send messages",
-                                      reason="CONVERSATION_DELETED")
+            raise failed_precondition(
+                f"{CONVERSATION.format(conv_id)} is deleted; undelete it to send messages",
+                reason="CONVERSATION_DELETED",
+            )
         model = request.model or conv["default_model"] or self.runtime.settings.default_model
-        stream = self.chat.send(identity, conv, request, model, context.time_remaining(), message_message)
+        stream = self.chat.send(
+            identity, conv, request, model, context.time_remaining(), message_message
+        )
         try:
             async for event in stream:
                 yield event
@@ -197,4 +261,3 @@ def build_spec() -> ServiceSpec:
             )
         ],
     )
-

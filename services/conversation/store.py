@@ -33,25 +33,39 @@ class Store:
 
     # --- conversations ------------------------------------------------------------------------
 
-    async def create_conversation(self, org: str, conv_id: str, fields: dict[str, Any], request_id: str | None) -> Row:
+    async def create_conversation(
+        self, org: str, conv_id: str, fields: dict[str, Any], request_id: str | None
+    ) -> Row:
         async with self.db.connection() as conn:
             if request_id:
                 cur = await conn.execute(
-                    "SELECT * FROM conversations WHERE org = %s AND create_request_id = %s", (org, request_id))
+                    "SELECT * FROM conversations WHERE org = %s AND create_request_id = %s",
+                    (org, request_id),
+                )
                 existing = await cur.fetchone()
                 if existing is not None:
                     return existing
             try:
                 cur = await conn.execute(
-                    """INSERT INTO conversations (org, id, title, metadata, default_model, system_prompt,
-                                                  etag, create_request_id)
+                    """INSERT INTO conversations (org, id, title, metadata, default_model,
+                                                  system_prompt, etag, create_request_id)
                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
-                    (org, conv_id, fields["title"], json.dumps(fields["metadata"]), fields["default_model"],
-                     fields["system_prompt"], new_etag(), request_id or None),
+                    (
+                        org,
+                        conv_id,
+                        fields["title"],
+                        json.dumps(fields["metadata"]),
+                        fields["default_model"],
+                        fields["system_prompt"],
+                        new_etag(),
+                        request_id or None,
+                    ),
                 )
             except psycopg.errors.UniqueViolation:
                 name = CONVERSATION.format(conv_id)
-                raise already_exists(f"{name} already exists", metadata={"conversation": name}) from None
+                raise already_exists(
+                    f"{name} already exists", metadata={"conversation": name}
+                ) from None
             row = await cur.fetchone()
             assert row is not None
             return row
@@ -60,25 +74,39 @@ class Store:
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 "SELECT * FROM conversations WHERE org = %s AND id = %s AND "
-                f"(delete_time IS NULL OR delete_time > now() - interval '{PURGE_AFTER_DAYS} days')",
-                (org, conv_id))
+                "(delete_time IS NULL OR "
+                f"delete_time > now() - interval '{PURGE_AFTER_DAYS} days')",
+                (org, conv_id),
+            )
             return await cur.fetchone()
 
-    async def list_conversations(self, org: str, show_deleted: bool, offset: int, limit: int) -> list[Row]:
+    async def list_conversations(
+        self, org: str, show_deleted: bool, offset: int, limit: int
+    ) -> list[Row]:
         async with self.db.connection() as conn:
-            visible = (f"(delete_time IS NULL OR delete_time > now() - interval '{PURGE_AFTER_DAYS} days')"
-                       if show_deleted else "delete_time IS NULL")
+            visible = (
+                f"(delete_time IS NULL OR delete_time > now() - interval '{PURGE_AFTER_DAYS} days')"
+                if show_deleted
+                else "delete_time IS NULL"
+            )
             cur = await conn.execute(
                 f"SELECT * FROM conversations WHERE org = %s AND {visible} "
                 "ORDER BY update_time DESC, id LIMIT %s OFFSET %s",
-                (org, limit, offset))
+                (org, limit, offset),
+            )
             return await cur.fetchall()
 
-    async def update_conversation(self, org: str, conv_id: str, changes: dict[str, Any]) -> Row | None:
+    async def update_conversation(
+        self, org: str, conv_id: str, changes: dict[str, Any]
+    ) -> Row | None:
         sets = [sql.SQL("{} = %s").format(sql.Identifier(k)) for k in changes if k in _UPDATABLE]
-        values = [json.dumps(v) if k == "metadata" else v for k, v in changes.items() if k in _UPDATABLE]
-        query = sql.SQL("UPDATE conversations SET {}, etag = %s, update_time = now() "
-                        "WHERE org = %s AND id = %s RETURNING *").format(sql.SQL(", ").join(sets))
+        values = [
+            json.dumps(v) if k == "metadata" else v for k, v in changes.items() if k in _UPDATABLE
+        ]
+        query = sql.SQL(
+            "UPDATE conversations SET {}, etag = %s, update_time = now() "
+            "WHERE org = %s AND id = %s RETURNING *"
+        ).format(sql.SQL(", ").join(sets))
         async with self.db.connection() as conn:
             cur = await conn.execute(query, (*values, new_etag(), org, conv_id))
             return await cur.fetchone()
@@ -86,35 +114,47 @@ class Store:
     async def set_deleted(self, org: str, conv_id: str, deleted: bool) -> Row | None:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "UPDATE conversations SET delete_time = CASE WHEN %s THEN coalesce(delete_time, now()) END, "
+                "UPDATE conversations "
+                "SET delete_time = CASE WHEN %s THEN coalesce(delete_time, now()) END, "
                 "etag = CASE WHEN (delete_time IS NULL) = %s THEN %s ELSE etag END "
                 "WHERE org = %s AND id = %s RETURNING *",
-                (deleted, deleted, new_etag(), org, conv_id))
+                (deleted, deleted, new_etag(), org, conv_id),
+            )
             return await cur.fetchone()
 
     async def purge_expired(self) -> int:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                f"DELETE FROM conversations WHERE delete_time < now() - interval '{PURGE_AFTER_DAYS} days'")
+                "DELETE FROM conversations "
+                f"WHERE delete_time < now() - interval '{PURGE_AFTER_DAYS} days'"
+            )
             return cur.rowcount
 
     # --- messages -----------------------------------------------------------------------------
 
-    async def list_messages(self, org: str, conv_id: str, after_seq: int, limit: int) -> tuple[list[Row], int]:
+    async def list_messages(
+        self, org: str, conv_id: str, after_seq: int, limit: int
+    ) -> tuple[list[Row], int]:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-                (org, conv_id, after_seq, limit))
+                "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND seq > %s "
+                "ORDER BY seq LIMIT %s",
+                (org, conv_id, after_seq, limit),
+            )
             rows = await cur.fetchall()
-            cur = await conn.execute("SELECT count(*) AS n FROM messages WHERE org = %s AND conversation_id = %s",
-                                     (org, conv_id))
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM messages WHERE org = %s AND conversation_id = %s",
+                (org, conv_id),
+            )
             total = await cur.fetchone()
             return rows, int(total["n"]) if total else 0
 
     async def get_message(self, org: str, conv_id: str, msg_id: str) -> Row | None:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND id = %s", (org, conv_id, msg_id))
+                "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND id = %s",
+                (org, conv_id, msg_id),
+            )
             return await cur.fetchone()
 
     async def recent_messages(self, org: str, conv_id: str, limit: int) -> list[Row]:
@@ -122,27 +162,36 @@ class Store:
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 "SELECT * FROM (SELECT * FROM messages WHERE org = %s AND conversation_id = %s "
-                "ORDER BY seq DESC LIMIT %s) recent ORDER BY seq", (org, conv_id, limit))
+                "ORDER BY seq DESC LIMIT %s) recent ORDER BY seq",
+                (org, conv_id, limit),
+            )
             return await cur.fetchall()
 
     async def messages_for_request(self, org: str, conv_id: str, request_id: str) -> list[Row]:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND request_id = %s ORDER BY seq",
-                (org, conv_id, request_id))
+                "SELECT * FROM messages "
+                "WHERE org = %s AND conversation_id = %s AND request_id = %s ORDER BY seq",
+                (org, conv_id, request_id),
+            )
             return await cur.fetchall()
 
     async def insert_message(self, org: str, conv_id: str, values: dict[str, Any]) -> Row:
         """Append a message and bump the conversation's count, update_time and etag, atomically."""
         columns = ["org", "conversation_id", "id", *values]
         query = sql.SQL("INSERT INTO messages ({}) VALUES ({}) RETURNING *").format(
-            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", ").join(sql.Placeholder() * len(columns)))
+            sql.SQL(", ").join(map(sql.Identifier, columns)),
+            sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        )
         async with self.db.connection() as conn:
             cur = await conn.execute(query, (org, conv_id, new_message_id(), *values.values()))
             row = await cur.fetchone()
             await conn.execute(
-                "UPDATE conversations SET message_count = message_count + 1, update_time = now(), etag = %s "
-                "WHERE org = %s AND id = %s", (new_etag(), org, conv_id))
+                "UPDATE conversations "
+                "SET message_count = message_count + 1, update_time = now(), etag = %s "
+                "WHERE org = %s AND id = %s",
+                (new_etag(), org, conv_id),
+            )
             assert row is not None
             return row
 
@@ -152,20 +201,27 @@ class Store:
         """Take the conversation's turn if it is free (or its lease expired)."""
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "UPDATE conversations SET turn_holder = %s, turn_expire_time = now() + make_interval(secs => %s) "
-                "WHERE org = %s AND id = %s AND (turn_holder IS NULL OR turn_expire_time < now()) RETURNING id",
-                (holder, lease_seconds, org, conv_id))
+                "UPDATE conversations "
+                "SET turn_holder = %s, turn_expire_time = now() + make_interval(secs => %s) "
+                "WHERE org = %s AND id = %s AND (turn_holder IS NULL OR turn_expire_time < now()) "
+                "RETURNING id",
+                (holder, lease_seconds, org, conv_id),
+            )
             return await cur.fetchone() is not None
 
     async def renew_turn(self, org: str, conv_id: str, holder: str, lease_seconds: float) -> bool:
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 "UPDATE conversations SET turn_expire_time = now() + make_interval(secs => %s) "
-                "WHERE org = %s AND id = %s AND turn_holder = %s RETURNING id", (lease_seconds, org, conv_id, holder))
+                "WHERE org = %s AND id = %s AND turn_holder = %s RETURNING id",
+                (lease_seconds, org, conv_id, holder),
+            )
             return await cur.fetchone() is not None
 
     async def release_turn(self, org: str, conv_id: str, holder: str) -> None:
         async with self.db.connection() as conn:
             await conn.execute(
                 "UPDATE conversations SET turn_holder = NULL, turn_expire_time = NULL "
-                "WHERE org = %s AND id = %s AND turn_holder = %s", (org, conv_id, holder))
+                "WHERE org = %s AND id = %s AND turn_holder = %s",
+                (org, conv_id, holder),
+            )

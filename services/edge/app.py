@@ -178,8 +178,10 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         token = ""
         try:
             while True:
-                page = await stub.ListModels(opb.ListModelsRequest(page_size=1000, page_token=token),
-                                             metadata=identity.to_headers())
+                page = await stub.ListModels(
+                    opb.ListModelsRequest(page_size=1000, page_token=token),
+                    metadata=identity.to_headers(),
+                )
                 models += [model_object(m) for m in page.models]
                 token = page.next_page_token
                 if not token:
@@ -195,13 +197,18 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
             return SERVICE_MODELS[model_id].wire()
         stub = request.app.state.backends.orchestrator
         try:
-            model = await stub.GetModel(opb.GetModelRequest(name=model_name(model_id)),
-                                        metadata=identity.to_headers())
+            model = await stub.GetModel(
+                opb.GetModelRequest(name=model_name(model_id)), metadata=identity.to_headers()
+            )
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                error = OpenAIError(404, f"The model '{model_id}' does not exist",
-                                    param="model", code="model_not_found")
+                error = OpenAIError(
+                    404,
+                    f"The model '{model_id}' does not exist",
+                    param="model",
+                    code="model_not_found",
+                )
             raise error from None
         return model_object(model).wire()
 
@@ -210,8 +217,11 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         identity = caller(request)
         chat: ChatCompletions = request.app.state.backends.chat
         if body.stream:
-            return StreamingResponse(await chat.stream(body, identity), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            return StreamingResponse(
+                await chat.stream(body, identity),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
         return JSONResponse(await chat.complete(body, identity))
 
     @app.post(f"{PREFIX}/embeddings", response_model=schemas.EmbeddingList)
@@ -262,4 +272,5 @@ async def _transcription_form(request: Request) -> TranscriptionForm:
     language = form.get("language")
     return TranscriptionForm(
         audio=audio, model=model, language=language if isinstance(language, str) else "en-US",
-        response_format=str(form.get("response_format") or "json"), granularities=tuple(granularities))
+        response_format=str(form.get("response_format") or "json"),
+        granularities=tuple(granularities))

@@ -11,6 +11,7 @@ import math
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
@@ -63,24 +64,37 @@ def check_transcription(form: TranscriptionForm) -> None:
         raise OpenAIError(404, f"The model '{form.model}' does not exist or cannot transcribe; use "
                           f"'{TRANSCRIPTION_MODEL}'", param="model", code="model_not_found")
     if form.response_format not in _FORMATS:
-        raise bad_request(f"response_format must be one of {', '.join(_FORMATS)}", "response_format")
+        raise bad_request(
+            f"response_format must be one of {', '.join(_FORMATS)}", "response_format"
+        )
     bad = [g for g in form.granularities if g not in ("word", "segment")]
     if bad:
-        raise bad_request(f"timestamp_granularities[] must be word or segment, got {bad[0]!r}",
-                          "timestamp_granularities")
+        raise bad_request(
+            f"timestamp_granularities[] must be word or segment, got {bad[0]!r}",
+            "timestamp_granularities",
+        )
     if form.granularities and form.response_format != "verbose_json":
-        raise bad_request("timestamp_granularities[] requires response_format verbose_json",
-                          "timestamp_granularities")
+        raise bad_request(
+            "timestamp_granularities[] requires response_format verbose_json",
+            "timestamp_granularities",
+        )
     if not form.audio:
         raise bad_request("the uploaded file is empty", "file")
     if len(form.audio) > MAX_UPLOAD_BYTES:
-        raise OpenAIError(413, f"the file is {len(form.audio):,} bytes; at most {MAX_UPLOAD_BYTES:,}",
-                          param="file", code="file_too_large")
+        raise OpenAIError(
+            413,
+            f"the file is {len(form.audio):,} bytes; at most {MAX_UPLOAD_BYTES:,}",
+            param="file",
+            code="file_too_large",
+        )
     kind = sniff_format(form.audio)
     if kind != "wav":
         found = f"{kind} audio" if kind else "not an audio format we recognize"
-        raise bad_request(f"Unsupported file format ({found}): send WAV (16-bit PCM, mono)",
-                          "file", code="unsupported_format")
+        raise bad_request(
+            f"Unsupported file format ({found}): send WAV (16-bit PCM, mono)",
+            "file",
+            code="unsupported_format",
+        )
 
 
 def language_code(value: str | None) -> str:
@@ -89,8 +103,9 @@ def language_code(value: str | None) -> str:
     return _LANGUAGES.get(value.lower(), value)
 
 
-def _seconds(duration: object) -> float:
-    return duration.seconds + duration.nanos / 1e9  # type: ignore[attr-defined, no-any-return]
+def _seconds(duration: Any) -> float:
+    """A google.protobuf.Duration in seconds."""
+    return float(duration.seconds + duration.nanos / 1e9)
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -110,13 +125,18 @@ def segments_of(reply: speech_pb2.RecognizeResponse) -> list[schemas.Transcripti
         end = _seconds(result.result_end_offset)
         start = _seconds(best.words[0].start_offset) if best.words else previous_end
         confidence = max(best.confidence, 1e-6)
-        segments.append(schemas.TranscriptionSegment(
-            id=i, start=start, end=end, text=best.transcript, avg_logprob=math.log(confidence)))
+        segments.append(
+            schemas.TranscriptionSegment(
+                id=i, start=start, end=end, text=best.transcript, avg_logprob=math.log(confidence)
+            )
+        )
         previous_end = end
     return segments
 
 
-def render_transcription(form: TranscriptionForm, reply: speech_pb2.RecognizeResponse) -> tuple[str, str]:
+def render_transcription(
+    form: TranscriptionForm, reply: speech_pb2.RecognizeResponse
+) -> tuple[str, str]:
     """(body, media type) in the requested response_format."""
     text = " ".join(r.alternatives[0].transcript for r in reply.results if r.alternatives).strip()
     if form.response_format == "json":
@@ -125,20 +145,29 @@ def render_transcription(form: TranscriptionForm, reply: speech_pb2.RecognizeRes
         return text + "\n", "text/plain; charset=utf-8"
     segments = segments_of(reply)
     if form.response_format == "verbose_json":
-        out = schemas.VerboseTranscription(language="english", duration=_seconds(reply.total_audio_processed),
-                                           text=text)
+        out = schemas.VerboseTranscription(
+            language="english", duration=_seconds(reply.total_audio_processed), text=text
+        )
         if "segment" in form.granularities or not form.granularities:
             out.segments = segments
         if "word" in form.granularities:
-            out.words = [schemas.TranscriptionWord(word=w.word, start=_seconds(w.start_offset),
-                                                   end=_seconds(w.end_offset))
-                         for r in reply.results for w in r.alternatives[0].words]
+            out.words = [
+                schemas.TranscriptionWord(
+                    word=w.word, start=_seconds(w.start_offset), end=_seconds(w.end_offset)
+                )
+                for r in reply.results
+                for w in r.alternatives[0].words
+            ]
         return json.dumps(out.wire()), "application/json"
     if form.response_format == "srt":
-        blocks = [f"{s.id + 1}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text}\n"
-                  for s in segments]
+        blocks = [
+            f"{s.id + 1}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text}\n"
+            for s in segments
+        ]
         return "\n".join(blocks), "application/x-subrip"
-    blocks = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text}\n" for s in segments]
+    blocks = [
+        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text}\n" for s in segments
+    ]
     return "WEBVTT\n\n" + "\n".join(blocks), "text/vtt"
 
 
@@ -156,27 +185,38 @@ class Audio:
     def __init__(self, speech: speech_pb2_grpc.SpeechServiceStub) -> None:
         self.speech = speech
 
-    async def transcribe(self, form: TranscriptionForm, metadata: list[tuple[str, str]]) -> tuple[str, str]:
+    async def transcribe(
+        self, form: TranscriptionForm, metadata: list[tuple[str, str]]
+    ) -> tuple[str, str]:
         check_transcription(form)
         words = form.response_format in ("verbose_json", "srt", "vtt")
         request = speech_pb2.RecognizeRequest(
             config=speech_pb2.RecognitionConfig(
-                encoding=speech_pb2.AUDIO_ENCODING_WAV, language_code=language_code(form.language),
-                enable_word_time_offsets=words),
-            content=form.audio)
+                encoding=speech_pb2.AUDIO_ENCODING_WAV,
+                language_code=language_code(form.language),
+                enable_word_time_offsets=words,
+            ),
+            content=form.audio,
+        )
         try:
             reply = await self.speech.Recognize(request, metadata=metadata, timeout=TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, {"content": "file", "config": "file",
-                                       "language_code": "language"}) from None
+            raise from_rpc_error(
+                exc, {"content": "file", "config": "file", "language_code": "language"}
+            ) from None
         return render_transcription(form, reply)
 
-    async def speak(self, req: schemas.SpeechRequest, identity: Identity,
-                    metadata: list[tuple[str, str]]) -> tuple[AsyncIterator[bytes], str]:
+    async def speak(
+        self, req: schemas.SpeechRequest, identity: Identity, metadata: list[tuple[str, str]]
+    ) -> tuple[AsyncIterator[bytes], str]:
         """(body, media type). Errors before the first audio raise here (a JSON error)."""
         if req.model != SPEECH_MODEL:
-            raise OpenAIError(404, f"The model '{req.model}' does not exist or cannot speak; use "
-                              f"'{SPEECH_MODEL}'", param="model", code="model_not_found")
+            raise OpenAIError(
+                404,
+                f"The model '{req.model}' does not exist or cannot speak; use '{SPEECH_MODEL}'",
+                param="model",
+                code="model_not_found",
+            )
         fmt = req.response_format or "wav"
         if fmt not in ("wav", "pcm"):
             raise unsupported("response_format", f"response_format {fmt!r} (wav and pcm are)")
@@ -186,18 +226,25 @@ class Audio:
             raise unsupported("stream_format", "stream_format 'sse'")
         voice = req.voice if VOICE.matches(req.voice) else VOICE.format(req.voice)
         request = speech_pb2.StreamingSynthesizeRequest(
-            text=req.input, voice=voice, speaking_rate=req.speed or 0.0,
+            text=req.input,
+            voice=voice,
+            speaking_rate=req.speed or 0.0,
             audio_config=speech_pb2.AudioOutputConfig(
                 encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
-                sample_rate_hertz=PCM_SAMPLE_RATE if fmt == "pcm" else 0))
+                sample_rate_hertz=PCM_SAMPLE_RATE if fmt == "pcm" else 0,
+            ),
+        )
         call = self.speech.StreamingSynthesize(request, metadata=metadata, timeout=TIMEOUT_SECONDS)
         chunks = call.__aiter__()
         try:
             first = await chunks.__anext__()
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise bad_request(f"unknown voice {req.voice!r} (GET /v1/voices lists them)",
-                                  "voice", code="invalid_voice") from None
+                raise bad_request(
+                    f"unknown voice {req.voice!r} (GET /v1/voices lists them)",
+                    "voice",
+                    code="invalid_voice",
+                ) from None
             raise from_rpc_error(exc, {"text": "input", "speaking_rate": "speed"}) from None
         except StopAsyncIteration:
             raise OpenAIError(502, "speech synthesis produced no audio") from None
@@ -217,8 +264,11 @@ class Audio:
         return whole(), "audio/wav"
 
 
-async def _stream(call: grpc.aio.UnaryStreamCall, first: speech_pb2.StreamingSynthesizeResponse,
-                  rest: AsyncIterator[speech_pb2.StreamingSynthesizeResponse]) -> AsyncIterator[bytes]:
+async def _stream(
+    call: grpc.aio.UnaryStreamCall,
+    first: speech_pb2.StreamingSynthesizeResponse,
+    rest: AsyncIterator[speech_pb2.StreamingSynthesizeResponse],
+) -> AsyncIterator[bytes]:
     try:
         yield first.audio_content
         async for chunk in rest:

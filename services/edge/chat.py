@@ -32,13 +32,24 @@ _FINISH = {opb.FINISH_REASON_STOP: "stop", opb.FINISH_REASON_LENGTH: "length",
            opb.FINISH_REASON_TOOL_CALLS: "tool_calls", opb.FINISH_REASON_CANCELLED: "stop"}
 _CHOICE = {"auto": opb.ToolChoice.MODE_AUTO, "none": opb.ToolChoice.MODE_NONE,
            "required": opb.ToolChoice.MODE_REQUIRED}
-_FORMATS = {"text": opb.ResponseFormat.TYPE_TEXT, "json_object": opb.ResponseFormat.TYPE_JSON_OBJECT,
-            "json_schema": opb.ResponseFormat.TYPE_JSON_SCHEMA}
+_FORMATS = {
+    "text": opb.ResponseFormat.TYPE_TEXT,
+    "json_object": opb.ResponseFormat.TYPE_JSON_OBJECT,
+    "json_schema": opb.ResponseFormat.TYPE_JSON_SCHEMA,
+}
 # Orchestrator field paths -> the OpenAI parameter the caller sent (for error `param`).
-FIELD_NAMES = {"max_output_tokens": "max_tokens", "response_format": "response_format",
-               "tool_choice": "tool_choice", "tools": "tools", "messages": "messages",
-               "temperature": "temperature", "top_p": "top_p", "stop": "stop", "seed": "seed",
-               "model": "model"}
+FIELD_NAMES = {
+    "max_output_tokens": "max_tokens",
+    "response_format": "response_format",
+    "tool_choice": "tool_choice",
+    "tools": "tools",
+    "messages": "messages",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "stop": "stop",
+    "seed": "seed",
+    "model": "model",
+}
 
 
 MODEL = resource("orchestrator.aimesh.dev/Model")
@@ -62,8 +73,9 @@ def _text(content: str | list[schemas.ContentPart] | None, where: str) -> str:
     texts = []
     for j, part in enumerate(content):
         if part.type not in ("text", "refusal") or part.text is None:
-            raise unsupported(f"{where}.content[{j}].type",
-                              f"content part type {part.type!r} (only text parts)")
+            raise unsupported(
+                f"{where}.content[{j}].type", f"content part type {part.type!r} (only text parts)"
+            )
         texts.append(part.text)
     return "\n".join(texts)
 
@@ -109,12 +121,14 @@ def to_generate(req: schemas.ChatCompletionRequest) -> opb.GenerateRequest:
             out.messages.append(opb.ChatMessage(role=opb.ROLE_SYSTEM, content="\n\n".join(system)))
         message = opb.ChatMessage(role=_ROLES[m.role], content=text)
         for call in m.tool_calls or ():
-            message.tool_calls.append(opb.ToolCall(id=call.id, name=call.function.name,
-                                                   arguments=call.function.arguments))
+            message.tool_calls.append(
+                opb.ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+            )
         if m.role == "tool":
             if not m.tool_call_id:
-                raise bad_request(f"{where}.tool_call_id is required for role 'tool'",
-                                  f"{where}.tool_call_id")
+                raise bad_request(
+                    f"{where}.tool_call_id is required for role 'tool'", f"{where}.tool_call_id"
+                )
             message.tool_call_id = m.tool_call_id
         out.messages.append(message)
     if system and not out.messages:
@@ -123,7 +137,9 @@ def to_generate(req: schemas.ChatCompletionRequest) -> opb.GenerateRequest:
         out.temperature = req.temperature
     if req.top_p is not None:
         out.top_p = req.top_p
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    max_tokens = (
+        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    )
     if max_tokens is not None:
         out.max_output_tokens = min(max_tokens, 2**31 - 1)
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
@@ -133,8 +149,11 @@ def to_generate(req: schemas.ChatCompletionRequest) -> opb.GenerateRequest:
     if req.seed is not None:
         out.seed = req.seed
     for tool in req.tools or ():
-        spec = opb.Tool(name=tool.function.name, description=tool.function.description or "",
-                        strict=bool(tool.function.strict))
+        spec = opb.Tool(
+            name=tool.function.name,
+            description=tool.function.description or "",
+            strict=bool(tool.function.strict),
+        )
         if tool.function.parameters is not None:
             spec.parameters.CopyFrom(_struct(tool.function.parameters, "tools.function.parameters"))
         out.tools.append(spec)
@@ -149,13 +168,16 @@ def to_generate(req: schemas.ChatCompletionRequest) -> opb.GenerateRequest:
         out.response_format.type = _FORMATS[fmt.type]
         if fmt.type == "json_schema":
             if fmt.json_schema is None:
-                raise bad_request("response_format.json_schema is required for type json_schema",
-                                  "response_format.json_schema")
+                raise bad_request(
+                    "response_format.json_schema is required for type json_schema",
+                    "response_format.json_schema",
+                )
             out.response_format.schema_name = fmt.json_schema.name
             out.response_format.strict = bool(fmt.json_schema.strict)
             if fmt.json_schema.schema_ is not None:
                 out.response_format.json_schema.CopyFrom(
-                    _struct(fmt.json_schema.schema_, "response_format.json_schema.schema"))
+                    _struct(fmt.json_schema.schema_, "response_format.json_schema.schema")
+                )
     return out
 
 
@@ -177,7 +199,9 @@ class _Answer:
         elif kind == "delta":
             self.text.append(event.delta.text)
         elif kind == "tool_call":
-            call = self.calls.setdefault(event.tool_call.index, {"id": "", "name": "", "arguments": ""})
+            call = self.calls.setdefault(
+                event.tool_call.index, {"id": "", "name": "", "arguments": ""}
+            )
             call["id"] = call["id"] or event.tool_call.id
             call["name"] = call["name"] or event.tool_call.name
             call["arguments"] += event.tool_call.arguments
@@ -187,15 +211,21 @@ class _Answer:
 
 def usage_of(completion: opb.Completion) -> schemas.Usage:
     u = completion.usage
-    return schemas.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                         total_tokens=u.total_tokens)
+    return schemas.Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.total_tokens,
+    )
 
 
 def in_band_error(completion: opb.Completion) -> OpenAIError:
     """A provider failure after output started (finish_reason ERROR)."""
     message = completion.error.message or "generation failed after output had started"
-    return OpenAIError(502 if completion.error.code != grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
-                       else 504, message, code="generation_failed")
+    return OpenAIError(
+        502 if completion.error.code != grpc.StatusCode.DEADLINE_EXCEEDED.value[0] else 504,
+        message,
+        code="generation_failed",
+    )
 
 
 class ChatCompletions:
@@ -203,10 +233,13 @@ class ChatCompletions:
         self.orchestrator = orchestrator
 
     def _call(self, request: opb.GenerateRequest, identity: Identity) -> grpc.aio.UnaryStreamCall:
-        return self.orchestrator.Generate(request, metadata=identity.to_headers(),
-                                          timeout=GENERATE_TIMEOUT_SECONDS)
+        return self.orchestrator.Generate(
+            request, metadata=identity.to_headers(), timeout=GENERATE_TIMEOUT_SECONDS
+        )
 
-    async def complete(self, req: schemas.ChatCompletionRequest, identity: Identity) -> dict[str, object]:
+    async def complete(
+        self, req: schemas.ChatCompletionRequest, identity: Identity
+    ) -> dict[str, object]:
         request = to_generate(req)
         answer = _Answer()
         call = self._call(request, identity)
@@ -215,28 +248,44 @@ class ChatCompletions:
                 answer.feed(event)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, FIELD_NAMES) from None
+        finally:
+            call.cancel()  # the client went away mid-answer: stop generating (what ran is metered)
         completion = answer.completion
         if completion is None:
-            raise OpenAIError(502, "generation ended without a completion", code="generation_failed")
+            raise OpenAIError(
+                502, "generation ended without a completion", code="generation_failed"
+            )
         if completion.finish_reason == opb.FINISH_REASON_ERROR:
             raise in_band_error(completion)
         text = "".join(answer.text)
-        message = schemas.AssistantMessage(content=text if text or not answer.calls else None,
-                                           refusal=None)
+        message = schemas.AssistantMessage(
+            content=text if text or not answer.calls else None, refusal=None
+        )
         if answer.calls:
             message.tool_calls = [
-                schemas.ToolCall(id=c["id"], function=schemas.FunctionCall(name=c["name"],
-                                                                           arguments=c["arguments"]))
-                for _, c in sorted(answer.calls.items())]
+                schemas.ToolCall(
+                    id=c["id"],
+                    function=schemas.FunctionCall(name=c["name"], arguments=c["arguments"]),
+                )
+                for _, c in sorted(answer.calls.items())
+            ]
         return schemas.ChatCompletion(
-            id=answer.completion_id, created=int(time.time()), model=answer.model,
-            choices=[schemas.Choice(message=message,
-                                    finish_reason=_FINISH.get(completion.finish_reason, "stop"),
-                                    logprobs=None)],
+            id=answer.completion_id,
+            created=int(time.time()),
+            model=answer.model,
+            choices=[
+                schemas.Choice(
+                    message=message,
+                    finish_reason=_FINISH.get(completion.finish_reason, "stop"),
+                    logprobs=None,
+                )
+            ],
             usage=usage_of(completion),
         ).wire()
 
-    async def stream(self, req: schemas.ChatCompletionRequest, identity: Identity) -> AsyncIterator[bytes]:
+    async def stream(
+        self, req: schemas.ChatCompletionRequest, identity: Identity
+    ) -> AsyncIterator[bytes]:
         """Open the stream; errors before the first event raise here (a plain HTTP error), the
         returned iterator yields SSE `data:` lines, ending with `data: [DONE]`."""
         request = to_generate(req)
@@ -247,7 +296,9 @@ class ChatCompletions:
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, FIELD_NAMES) from None
         except StopAsyncIteration:
-            raise OpenAIError(502, "generation ended before it started", code="generation_failed") from None
+            raise OpenAIError(
+                502, "generation ended before it started", code="generation_failed"
+            ) from None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _sse(call, first, events, include_usage)
 
@@ -256,16 +307,23 @@ def _data(payload: dict[str, object]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _sse(call: grpc.aio.UnaryStreamCall, first: opb.GenerateResponse,
-               events: AsyncIterator[opb.GenerateResponse], include_usage: bool) -> AsyncIterator[bytes]:
+async def _sse(
+    call: grpc.aio.UnaryStreamCall,
+    first: opb.GenerateResponse,
+    events: AsyncIterator[opb.GenerateResponse],
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
     answer = _Answer()
     answer.feed(first)
     created = int(time.time())
 
     def chunk(delta: schemas.Delta, finish: str | None = None) -> bytes:
         out = schemas.ChatCompletionChunk(
-            id=answer.completion_id, created=created, model=answer.model,
-            choices=[schemas.ChunkChoice(delta=delta, finish_reason=finish)])
+            id=answer.completion_id,
+            created=created,
+            model=answer.model,
+            choices=[schemas.ChunkChoice(delta=delta, finish_reason=finish)],
+        )
         if include_usage:
             out.usage = None  # set, so it is sent as null: OpenAI's shape with include_usage
         return _data(out.wire())
@@ -281,7 +339,8 @@ async def _sse(call: grpc.aio.UnaryStreamCall, first: opb.GenerateResponse,
                     piece = event.tool_call
                     delta = schemas.ToolCallDelta(
                         index=piece.index,
-                        function=schemas.ToolCallFunctionDelta(arguments=piece.arguments))
+                        function=schemas.ToolCallFunctionDelta(arguments=piece.arguments),
+                    )
                     if piece.id or piece.name:
                         delta.id, delta.type = piece.id, "function"
                         delta.function.name = piece.name
@@ -293,9 +352,15 @@ async def _sse(call: grpc.aio.UnaryStreamCall, first: opb.GenerateResponse,
                         break
                     yield chunk(schemas.Delta(), _FINISH.get(completion.finish_reason, "stop"))
                     if include_usage:
-                        yield _data(schemas.ChatCompletionChunk(
-                            id=answer.completion_id, created=created, model=answer.model,
-                            choices=[], usage=usage_of(completion)).wire())
+                        yield _data(
+                            schemas.ChatCompletionChunk(
+                                id=answer.completion_id,
+                                created=created,
+                                model=answer.model,
+                                choices=[],
+                                usage=usage_of(completion),
+                            ).wire()
+                        )
         except grpc.aio.AioRpcError as exc:
             yield _data(from_rpc_error(exc, FIELD_NAMES).body())
         yield b"data: [DONE]\n\n"

@@ -33,10 +33,11 @@ def texts_of(req: schemas.EmbeddingRequest) -> list[str]:
         raise unsupported("input", "token arrays as input (send text)")
     if len(texts) > MAX_INPUTS:
         raise bad_request(f"at most {MAX_INPUTS} inputs per request", "input")
-    for i, text in enumerate(texts):
-        if not text.strip():  # type: ignore[union-attr]
+    strings = [str(t) for t in texts]
+    for i, text in enumerate(strings):
+        if not text.strip():
             raise bad_request(f"input[{i}] must not be empty", f"input[{i}]")
-    return texts  # type: ignore[return-value]
+    return strings
 
 
 def encode(values: list[float] | np.ndarray, encoding_format: str | None) -> list[float] | str:

@@ -47,9 +47,17 @@ _CODES = {
 class OpenAIError(Exception):
     """An error the edge answers with: HTTP status plus OpenAI's error object."""
 
-    def __init__(self, status: int, message: str, *, kind: str | None = None,
-                 param: str | None = None, code: str | None = None,
-                 retry_after_seconds: float | None = None, should_retry: bool | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_seconds: float | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -60,8 +68,14 @@ class OpenAIError(Exception):
         self.should_retry = should_retry
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -79,11 +93,14 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def unsupported(param: str, what: str) -> OpenAIError:
-    return OpenAIError(400, f"{what} is not supported by this server", param=param,
-                       code="unsupported_parameter")
+    return OpenAIError(
+        400, f"{what} is not supported by this server", param=param, code="unsupported_parameter"
+    )
 
 
-def from_rpc_error(exc: grpc.aio.AioRpcError, field_names: dict[str, str] | None = None) -> OpenAIError:
+def from_rpc_error(
+    exc: grpc.aio.AioRpcError, field_names: dict[str, str] | None = None
+) -> OpenAIError:
     """The OpenAI error for a failed downstream call. `field_names` maps aimesh field paths
     (e.g. "max_output_tokens") to the OpenAI parameter the caller sent."""
     code = exc.code()
@@ -115,12 +132,19 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, field_names: dict[str, str] | None
             kind, should_retry = "insufficient_quota", False
         elif retry_after is None:
             retry_after = 1.0
-    return OpenAIError(status, message, kind=kind, param=param, code=oa_code,
-                       retry_after_seconds=retry_after, should_retry=should_retry)
+    return OpenAIError(
+        status,
+        message,
+        kind=kind,
+        param=param,
+        code=oa_code,
+        retry_after_seconds=retry_after,
+        should_retry=should_retry,
+    )
 
 
 def _param(field: str, names: dict[str, str]) -> str:
     head = field.split(".", 1)[0].split("[", 1)[0]
     if head in names:
-        return names[head] + field[len(head):]
+        return names[head] + field[len(head) :]
     return field

@@ -89,11 +89,24 @@ class PeerGuard:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
                     return
-                body = json.dumps({"error": {
-                    "message": f"peer {caller or 'unknown'} may not call {scope['path']} on the edge",
-                    "type": "permission_error", "param": None, "code": "peer_not_allowed"}}).encode()
-                await send({"type": "http.response.start", "status": 403,
-                            "headers": [(b"content-type", b"application/json")]})
+                body = json.dumps(
+                    {
+                        "error": {
+                            "message": f"peer {caller or 'unknown'} may not call "
+                            f"{scope['path']} on the edge",
+                            "type": "permission_error",
+                            "param": None,
+                            "code": "peer_not_allowed",
+                        }
+                    }
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -116,9 +129,14 @@ def build_config(settings: Settings) -> uvicorn.Config:
         }
     return uvicorn.Config(
         telemetry.AsgiTelemetry(PeerGuard(create_app(settings), settings.tls_mode)),
-        host=host, port=int(port),
-        lifespan="on", log_config=None, access_log=False, proxy_headers=False,
-        server_header=False, timeout_graceful_shutdown=int(settings.drain_seconds) or 1,
+        host=host,
+        port=int(port),
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.drain_seconds) or 1,
         **options,
     )
 
@@ -128,9 +146,11 @@ def main() -> None:
         settings = Settings.from_env()
     except ConfigError as exc:
         raise SystemExit(f"edge: configuration error: {exc}") from None
-    telemetry.configure(mesh_policy.EDGE, settings.log_level, settings.trace_console,
-                        settings.otlp_endpoint)
-    metrics.serve(mesh_policy.EDGE, settings.metrics_address_of(mesh_policy.EDGE),
-                  on=settings.metrics_enabled)
+    telemetry.configure(
+        mesh_policy.EDGE, settings.log_level, settings.trace_console, settings.otlp_endpoint
+    )
+    metrics.serve(
+        mesh_policy.EDGE, settings.metrics_address_of(mesh_policy.EDGE), on=settings.metrics_enabled
+    )
     set_process_identity(mesh_policy.EDGE)
     uvicorn.Server(build_config(settings)).run()

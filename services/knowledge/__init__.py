@@ -1,1 +1,2 @@
-"""The Knowledge service: documents, chunks, vectors and the keyword index; hybrid search with citations."""
+"""The Knowledge service: documents, chunks, vectors and the keyword index; hybrid search with
+citations."""

@@ -60,7 +60,9 @@ def _cut_point(text: str, offsets: list[tuple[int, int]], lo: int, hi: int) -> i
     floor = lo + max(1, (hi - lo) * 2 // 3)
     for i in range(hi, floor - 1, -1):
         end_char = offsets[i - 1][1]
-        if text[end_char - 1 : end_char] in _SENTENCE_END and (end_char >= len(text) or text[end_char].isspace()):
+        if text[end_char - 1 : end_char] in _SENTENCE_END and (
+            end_char >= len(text) or text[end_char].isspace()
+        ):
             return i
     for i in range(hi, floor - 1, -1):
         if i >= len(offsets) or offsets[i][0] > offsets[i - 1][1]:  # whitespace between pieces
@@ -84,7 +86,9 @@ def chunk_document(
             heading_ids = tok.encode(" > ".join(path) + "\n", add_special_tokens=False).ids
             if len(heading_ids) > MAX_HEADING_TOKENS:
                 path = (path[-1][:200],)
-                heading_ids = tok.encode(path[0] + "\n", add_special_tokens=False).ids[:MAX_HEADING_TOKENS]
+                heading_ids = tok.encode(path[0] + "\n", add_special_tokens=False).ids[
+                    :MAX_HEADING_TOKENS
+                ]
             heading_cost = min(len(heading_ids), MAX_HEADING_TOKENS)
         budget = max(32, min(max_tokens, MODEL_MAX_TOKENS - 2 - heading_cost - 2))
         overlap = min(overlap_tokens, budget // 3)
@@ -101,7 +105,9 @@ def chunk_document(
                 hi = _cut_point(body, offsets, lo, hi)
             start, end = offsets[lo][0], offsets[hi - 1][1]
             chunks.append(
-                Chunk(len(chunks), body[start:end], section.start + start, section.start + end, path)
+                Chunk(
+                    len(chunks), body[start:end], section.start + start, section.start + end, path
+                )
             )
             if hi >= len(offsets):
                 break
@@ -135,7 +141,9 @@ def _fit(chunks: list[Chunk]) -> list[Chunk]:
     for chunk, n in zip(chunks, counts):
         while n > MODEL_MAX_TOKENS and len(chunk.text) > 1:
             cut = max(1, int(len(chunk.text) * 0.9))
-            chunk = Chunk(chunk.index, chunk.text[:cut], chunk.start, chunk.start + cut, chunk.heading_path)
+            chunk = Chunk(
+                chunk.index, chunk.text[:cut], chunk.start, chunk.start + cut, chunk.heading_path
+            )
             n = count_tokens([chunk.embedding_input()])[0]
         fitted.append(chunk)
     return fitted

@@ -89,37 +89,54 @@ class Documents:
         """The document a previous attempt of this request created (AIP-155), if any."""
         return await self.store.get_by_request_id(org, request_id) if request_id else None
 
-    async def create(self, org: str, doc: NewDocument, content: bytes, content_field: str) -> DocumentRow:
+    async def create(
+        self, org: str, doc: NewDocument, content: bytes, content_field: str
+    ) -> DocumentRow:
         """Store and enqueue a fully received upload (its metadata was checked by the caller)."""
         previous = await self.replay(org, doc.request_id)
         if previous is not None:
             return previous
         problem = sniff(doc.mime_type, content) if content else "content is empty"
         if problem:
-            raise invalid_argument(f"{content_field}: {problem}", [(content_field, problem)],
-                                   reason="UNREADABLE_CONTENT" if content else "INVALID_ARGUMENT")
+            raise invalid_argument(
+                f"{content_field}: {problem}",
+                [(content_field, problem)],
+                reason="UNREADABLE_CONTENT" if content else "INVALID_ARGUMENT",
+            )
         if await self.store.stored_bytes(org) + len(content) > self.quota_bytes:
             raise resource_exhausted(
                 f"the organization's document storage quota ({self.quota_bytes} bytes) is used up",
-                reason="STORAGE_QUOTA_EXCEEDED", metadata={"quota_bytes": str(self.quota_bytes)},
+                reason="STORAGE_QUOTA_EXCEEDED",
+                metadata={"quota_bytes": str(self.quota_bytes)},
             )
         uid = uuid.uuid4()
         document_id = doc.document_id or str(uid)
         await self.blobs.put(org, uid, content)
         row = DocumentRow(
-            org=org, document_id=document_id, uid=uid, display_name=doc.display_name,
-            mime_type=doc.mime_type, size_bytes=len(content),
-            content_sha256=hashlib.sha256(content).hexdigest(), metadata=dict(doc.metadata),
-            state="PROCESSING", failure_reason="", chunk_count=0, attempts=0,
-            create_time=datetime.min, update_time=datetime.min, request_id=doc.request_id or None,
+            org=org,
+            document_id=document_id,
+            uid=uid,
+            display_name=doc.display_name,
+            mime_type=doc.mime_type,
+            size_bytes=len(content),
+            content_sha256=hashlib.sha256(content).hexdigest(),
+            metadata=dict(doc.metadata),
+            state="PROCESSING",
+            failure_reason="",
+            chunk_count=0,
+            attempts=0,
+            create_time=datetime.min,
+            update_time=datetime.min,
+            request_id=doc.request_id or None,
         )
         try:
             created = await self.store.insert_document(row)
         except DuplicateDocument:
             await self.blobs.delete(org, uid)
             name = DOCUMENT.format(document_id)
-            raise already_exists(f"{name} already exists", reason="DOCUMENT_EXISTS",
-                                 metadata={"document": name}) from None
+            raise already_exists(
+                f"{name} already exists", reason="DOCUMENT_EXISTS", metadata={"document": name}
+            ) from None
         except DuplicateRequest:
             await self.blobs.delete(org, uid)
             replayed = await self.replay(org, doc.request_id)
@@ -135,12 +152,16 @@ class Documents:
         document_id = DOCUMENT.id(name, "name")
         row = await self.store.get_document(org, document_id)
         if row is None:
-            raise not_found(f"{name} not found", reason="DOCUMENT_NOT_FOUND", metadata={"document": name})
+            raise not_found(
+                f"{name} not found", reason="DOCUMENT_NOT_FOUND", metadata={"document": name}
+            )
         return row
 
-    async def list(self, org: str, page: Page, state: str | None) -> tuple[list[DocumentRow], str, int]:
+    async def list(
+        self, org: str, page: Page, state: str | None
+    ) -> tuple[list[DocumentRow], str, int]:
         """One page, newest first; a `page` token checked by services.common.pagination."""
-        rows, total = await self.store.list_documents(org, page.size + 1, state, page.cursor)  # type: ignore[arg-type]
+        rows, total = await self.store.list_documents(org, page.size + 1, state, page.cursor)
         rows, token = page.split(rows, lambda r: (r.create_time, r.document_id))
         return rows, token, total
 
@@ -164,8 +185,11 @@ def check_unary_content(content: bytes, v: FieldViolations) -> None:
     if not content:
         v.add("content", "required: 1 byte to 8 MiB")
     elif len(content) > MAX_UNARY_BYTES:
-        v.add("content", f"{len(content)} bytes is over the 8 MiB ({MAX_UNARY_BYTES} bytes) limit; "
-                         "use UploadDocument for up to 64 MiB")
+        v.add(
+            "content",
+            f"{len(content)} bytes is over the 8 MiB ({MAX_UNARY_BYTES} bytes) limit; "
+            "use UploadDocument for up to 64 MiB",
+        )
 
 
 async def collect_stream(pieces: AsyncIterator[bytes], declared: int) -> bytes:
@@ -175,13 +199,17 @@ async def collect_stream(pieces: AsyncIterator[bytes], declared: int) -> bytes:
     buffer = bytearray()
     async for piece in pieces:
         if len(piece) > MAX_STREAM_PIECE:
-            raise out_of_range(f"content_chunk of {len(piece)} bytes exceeds 1 MiB ({MAX_STREAM_PIECE} bytes)",
-                               reason="CHUNK_TOO_LARGE")
+            raise out_of_range(
+                f"content_chunk of {len(piece)} bytes exceeds 1 MiB ({MAX_STREAM_PIECE} bytes)",
+                reason="CHUNK_TOO_LARGE",
+            )
         if not piece:
             raise invalid_argument("content_chunk is empty", [("content_chunk", "1 byte to 1 MiB")])
         buffer.extend(piece)
         if len(buffer) > MAX_STREAM_BYTES:
-            raise out_of_range(f"upload exceeds 64 MiB ({MAX_STREAM_BYTES} bytes)", reason="UPLOAD_TOO_LARGE")
+            raise out_of_range(
+                f"upload exceeds 64 MiB ({MAX_STREAM_BYTES} bytes)", reason="UPLOAD_TOO_LARGE"
+            )
     if declared and declared != len(buffer):
         raise invalid_argument(
             f"metadata.size_bytes was {declared} but {len(buffer)} bytes arrived",

@@ -47,7 +47,12 @@ def sniff(mime_type: str, content: bytes) -> str | None:
     kind = base_type(mime_type)
     if kind in TEXT_TYPES:
         charset = re.search(r"charset\s*=\s*\"?([\w.-]+)", mime_type, re.IGNORECASE)
-        if charset and charset.group(1).lower().replace("_", "-") not in ("utf-8", "utf8", "us-ascii", "ascii"):
+        if charset and charset.group(1).lower().replace("_", "-") not in (
+            "utf-8",
+            "utf8",
+            "us-ascii",
+            "ascii",
+        ):
             return f"charset {charset.group(1)!r} is not supported; text must be UTF-8"
         try:
             text = content.decode("utf-8")
@@ -130,7 +135,7 @@ def extract_markdown(content: bytes) -> Extracted:
     return out.result()
 
 
-def _inline_text(children: list) -> Iterator[str]:  # type: ignore[type-arg]
+def _inline_text(children: list) -> Iterator[str]:
     for child in children:
         if child.type in ("text", "code_inline"):
             yield child.content
@@ -144,9 +149,36 @@ def _inline_text(children: list) -> Iterator[str]:  # type: ignore[type-arg]
 
 _HTML_SKIP = {"script", "style", "noscript", "template", "head", "svg", "iframe", "object"}
 _HTML_BLOCKS = {
-    "p", "div", "li", "ul", "ol", "pre", "blockquote", "table", "tr", "td", "th", "section",
-    "article", "main", "header", "footer", "nav", "aside", "dd", "dt", "dl", "figure",
-    "figcaption", "caption", "br", "hr", "form", "address", "details", "summary",
+    "p",
+    "div",
+    "li",
+    "ul",
+    "ol",
+    "pre",
+    "blockquote",
+    "table",
+    "tr",
+    "td",
+    "th",
+    "section",
+    "article",
+    "main",
+    "header",
+    "footer",
+    "nav",
+    "aside",
+    "dd",
+    "dt",
+    "dl",
+    "figure",
+    "figcaption",
+    "caption",
+    "br",
+    "hr",
+    "form",
+    "address",
+    "details",
+    "summary",
 }
 
 
@@ -214,9 +246,20 @@ def extract_pdf(content: bytes) -> Extracted:
                 out.add(" ".join(paragraph.split()), new_section=(i == 0))
     except ExtractionError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError, RecursionError) as exc:
+    except (
+        PdfReadError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        AssertionError,
+        RecursionError,
+    ) as exc:
         # The reason is shown to users (Document.error): the text, never a Python class name.
-        raise ExtractionError(f"PDF could not be read: {str(exc)[:200] or 'malformed structure'}") from None
+        raise ExtractionError(
+            f"PDF could not be read: {str(exc)[:200] or 'malformed structure'}"
+        ) from None
     result = out.result()
     if not result.text.strip():
         raise ExtractionError("PDF has no extractable text (scanned images are not supported)")
@@ -227,7 +270,7 @@ def _outline_by_page(reader: object) -> dict[int, list[str]]:
     """Page number -> heading path of the first outline entry pointing into that page."""
     found: dict[int, list[str]] = {}
 
-    def visit(items: list, path: list[str]) -> None:  # type: ignore[type-arg]
+    def visit(items: list, path: list[str]) -> None:
         last: list[str] = path
         for item in items:
             if isinstance(item, list):
@@ -257,7 +300,11 @@ def extract(mime_type: str, content: bytes) -> Extracted:
         problem = sniff(mime_type, content)
         if problem:
             raise ExtractionError(problem)
-        result = {"text/plain": extract_text, "text/markdown": extract_markdown, "text/html": extract_html}[kind](content)
+        result = {
+            "text/plain": extract_text,
+            "text/markdown": extract_markdown,
+            "text/html": extract_html,
+        }[kind](content)
     if not result.text.strip():
         raise ExtractionError("no extractable text")
     return result
@@ -269,14 +316,21 @@ EXTRACT_TIMEOUT_SECONDS = 120.0
 EXTRACT_MEMORY_BYTES = 2 * 1024**3
 
 
-async def run_isolated(mime_type: str, path: str, timeout: float = EXTRACT_TIMEOUT_SECONDS) -> Extracted:
+async def run_isolated(
+    mime_type: str, path: str, timeout: float = EXTRACT_TIMEOUT_SECONDS
+) -> Extracted:
     """extract() of the file at `path` in a child process with a time and memory limit."""
 
     # The child caps its own memory (no preexec_fn: that would force a plain fork() of this
     # multi-threaded gRPC process instead of a spawn).
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.knowledge.extract", mime_type, path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "services.knowledge.extract",
+        mime_type,
+        path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)

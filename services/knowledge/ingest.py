@@ -131,7 +131,9 @@ class Ingestor:
         if doc is None:
             return  # gone, finished, or another worker holds it
         if doc.attempts > MAX_ATTEMPTS:
-            await self._fail(org, uid, f"processing was interrupted {MAX_ATTEMPTS} times; upload it again")
+            await self._fail(
+                org, uid, f"processing was interrupted {MAX_ATTEMPTS} times; upload it again"
+            )
             return
         heartbeat = asyncio.ensure_future(self._heartbeat(uid))
         try:
@@ -139,8 +141,13 @@ class Ingestor:
 
             async def meter(conn: Any) -> None:
                 # In mark_ready's transaction: the document is READY iff its chunks are billed.
-                await self.usage.meter(Identity(org=org, subject=""),
-                                       ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED, count, str(uid), conn=conn)
+                await self.usage.meter(
+                    Identity(org=org, subject=""),
+                    ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED,
+                    count,
+                    str(uid),
+                    conn=conn,
+                )
 
             if await self.store.mark_ready(uid, count, meter):
                 await self.on_corpus_change(org)
@@ -154,7 +161,11 @@ class Ingestor:
         except ServiceError as exc:
             transient = exc.code in TRANSIENT or exc.reason in TRANSIENT_REASONS
             if transient and doc.attempts < MAX_ATTEMPTS:
-                log.warning("transient ingestion failure, will retry: %s", exc.message, extra={"uid": str(uid)})
+                log.warning(
+                    "transient ingestion failure, will retry: %s",
+                    exc.message,
+                    extra={"uid": str(uid)},
+                )
                 # Back off while still holding the lease, then let the sweeper hand it out again.
                 await asyncio.sleep(min(2.0**doc.attempts, 60.0))
                 await self.store.release(uid)

@@ -25,7 +25,12 @@ class KeywordIndex(Protocol):
     async def delete_document(self, org: str, uid: UUID) -> None: ...
 
     async def search(
-        self, org: str, query: str, limit: int, doc_uids: Sequence[str] | None, require_all: bool = False
+        self,
+        org: str,
+        query: str,
+        limit: int,
+        doc_uids: Sequence[str] | None,
+        require_all: bool = False,
     ) -> list[tuple[str, float]]:
         """Best chunk ids with the engine's score; `require_all`: only chunks with every term."""
         ...
@@ -48,7 +53,12 @@ class PostgresKeywordIndex:
         return None  # deleting the document row cascades to its chunk rows
 
     async def search(
-        self, org: str, query: str, limit: int, doc_uids: Sequence[str] | None, require_all: bool = False
+        self,
+        org: str,
+        query: str,
+        limit: int,
+        doc_uids: Sequence[str] | None,
+        require_all: bool = False,
     ) -> list[tuple[str, float]]:
         return await self.store.keyword_search(org, query, limit, doc_uids, require_all)
 
@@ -109,8 +119,13 @@ def search_body(
         "query": {
             "bool": {
                 "must": [
-                    {"multi_match": {"query": query, "fields": ["text", "headings^2"],
-                                     "operator": "and" if require_all else "or"}}
+                    {
+                        "multi_match": {
+                            "query": query,
+                            "fields": ["text", "headings^2"],
+                            "operator": "and" if require_all else "or",
+                        }
+                    }
                 ],
                 "filter": filters,
             }
@@ -119,7 +134,10 @@ def search_body(
 
 
 def parse_hits(response: dict[str, Any]) -> list[tuple[str, float]]:
-    return [(hit["_id"], float(hit.get("_score") or 0.0)) for hit in response.get("hits", {}).get("hits", [])]
+    return [
+        (hit["_id"], float(hit.get("_score") or 0.0))
+        for hit in response.get("hits", {}).get("hits", [])
+    ]
 
 
 class OpenSearchKeywordIndex:
@@ -139,17 +157,28 @@ class OpenSearchKeywordIndex:
                 await self.client.indices.create(index=OPENSEARCH_INDEX, body=INDEX_BODY)
         except Exception as exc:
             if "resource_already_exists" not in str(exc):
-                raise unavailable(f"OpenSearch is unreachable: {exc}", reason="KEYWORD_INDEX_UNAVAILABLE") from None
+                raise unavailable(
+                    f"OpenSearch is unreachable: {exc}", reason="KEYWORD_INDEX_UNAVAILABLE"
+                ) from None
         self._ready = True
 
     async def index(self, org: str, uid: UUID, chunks: Sequence[Chunk]) -> None:
         await self.ensure_index()
-        response = await self.client.bulk(body=bulk_index_body(org, uid, chunks), refresh="wait_for")
+        response = await self.client.bulk(
+            body=bulk_index_body(org, uid, chunks), refresh="wait_for"
+        )
         if response.get("errors"):
             first = next(
-                (item["index"].get("error") for item in response["items"] if item["index"].get("error")), None
+                (
+                    item["index"].get("error")
+                    for item in response["items"]
+                    if item["index"].get("error")
+                ),
+                None,
             )
-            raise unavailable(f"OpenSearch refused chunks: {first}", reason="KEYWORD_INDEX_UNAVAILABLE")
+            raise unavailable(
+                f"OpenSearch refused chunks: {first}", reason="KEYWORD_INDEX_UNAVAILABLE"
+            )
 
     async def delete_document(self, org: str, uid: UUID) -> None:
         await self.ensure_index()
@@ -158,14 +187,21 @@ class OpenSearchKeywordIndex:
         )
 
     async def search(
-        self, org: str, query: str, limit: int, doc_uids: Sequence[str] | None, require_all: bool = False
+        self,
+        org: str,
+        query: str,
+        limit: int,
+        doc_uids: Sequence[str] | None,
+        require_all: bool = False,
     ) -> list[tuple[str, float]]:
         await self.ensure_index()
         body = search_body(org, query, limit, doc_uids, require_all)
         try:
             response = await self.client.search(index=OPENSEARCH_INDEX, body=body)
         except Exception as exc:
-            raise unavailable(f"OpenSearch search failed: {exc}", reason="KEYWORD_INDEX_UNAVAILABLE") from None
+            raise unavailable(
+                f"OpenSearch search failed: {exc}", reason="KEYWORD_INDEX_UNAVAILABLE"
+            ) from None
         return parse_hits(response)
 
     async def ping(self) -> bool:

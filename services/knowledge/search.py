@@ -46,7 +46,9 @@ class Result:
     keyword_rank: int
 
 
-def rrf(rankings: dict[str, Sequence[str]], k: int = RRF_K) -> list[tuple[str, float, dict[str, int]]]:
+def rrf(
+    rankings: dict[str, Sequence[str]], k: int = RRF_K
+) -> list[tuple[str, float, dict[str, int]]]:
     """Reciprocal rank fusion: score = sum over rankings of 1 / (k + rank), ranks 1-based."""
     scores: dict[str, float] = {}
     ranks: dict[str, dict[str, int]] = {}
@@ -103,23 +105,33 @@ class Searcher:
         metrics.record_cache("knowledge_search", answer is not None)
         return answer
 
-    async def remember(self, org: str, generation: str | None, fingerprint: bytes, answer: bytes) -> None:
+    async def remember(
+        self, org: str, generation: str | None, fingerprint: bytes, answer: bytes
+    ) -> None:
         if self.cache is None or generation is None:
             return
         try:
-            await self.cache.redis.set(self._answer_key(org, generation, fingerprint), answer, ex=CACHE_TTL_SECONDS)
+            await self.cache.redis.set(
+                self._answer_key(org, generation, fingerprint), answer, ex=CACHE_TTL_SECONDS
+            )
         except RedisError:
             pass
 
     def _answer_key(self, org: str, generation: str, fingerprint: bytes) -> str:
         assert self.cache is not None
         digest = hashlib.sha256(fingerprint).hexdigest()
-        return self.cache.key("search", hashlib.sha256(org.encode()).hexdigest()[:24], generation, digest)
+        return self.cache.key(
+            "search", hashlib.sha256(org.encode()).hexdigest()[:24], generation, digest
+        )
 
     # --- search ---------------------------------------------------------------------------
 
     async def query_vector(self, query: str) -> np.ndarray:
-        key = self.cache.key("qvec", hashlib.sha256(query.encode()).hexdigest()) if self.cache else None
+        key = (
+            self.cache.key("qvec", hashlib.sha256(query.encode()).hexdigest())
+            if self.cache
+            else None
+        )
         if key is not None:
             try:
                 raw = await self.cache.redis.get(key)  # type: ignore[union-attr]
@@ -146,7 +158,9 @@ class Searcher:
     ) -> list[Result]:
         doc_uids: list[str] | None = None
         if document_ids is not None or metadata_filters:
-            doc_uids = await self.store.resolve_documents(org, document_ids, metadata_filters or None)
+            doc_uids = await self.store.resolve_documents(
+                org, document_ids, metadata_filters or None
+            )
             if not doc_uids:
                 return []
         # Extra candidates: fusion needs depth, and hydration drops chunks of documents that are
@@ -160,7 +174,9 @@ class Searcher:
             # In hybrid mode the keyword side ranks only chunks with every query term: a chunk
             # sharing one common word with a paraphrase would otherwise outvote the semantic
             # ranking in the fusion. Keyword mode alone fills up with any-term matches.
-            return await self.keywords.search(org, query, depth, doc_uids, require_all=(mode == HYBRID))
+            return await self.keywords.search(
+                org, query, depth, doc_uids, require_all=(mode == HYBRID)
+            )
 
         if mode == SEMANTIC:
             sem, kw = await semantic(), []
@@ -171,7 +187,9 @@ class Searcher:
 
         if mode == HYBRID:
             fused = rrf({SEMANTIC: [c for c, _ in sem], KEYWORD: [c for c, _ in kw]})
-            ranked = [(cid, score, r.get(SEMANTIC, 0), r.get(KEYWORD, 0)) for cid, score, r in fused]
+            ranked = [
+                (cid, score, r.get(SEMANTIC, 0), r.get(KEYWORD, 0)) for cid, score, r in fused
+            ]
         elif mode == SEMANTIC:
             ranked = [(cid, score, i, 0) for i, (cid, score) in enumerate(sem, start=1)]
         else:

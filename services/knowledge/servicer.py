@@ -48,10 +48,12 @@ MODES = {
     knowledge_pb2.SEARCH_MODE_SEMANTIC: SEMANTIC,
     knowledge_pb2.SEARCH_MODE_KEYWORD: KEYWORD,
 }
-STATE_NAMES = {Doc.STATE_PROCESSING: "PROCESSING", Doc.STATE_READY: "READY", Doc.STATE_FAILED: "FAILED"}
+STATE_NAMES = {
+    Doc.STATE_PROCESSING: "PROCESSING",
+    Doc.STATE_READY: "READY",
+    Doc.STATE_FAILED: "FAILED",
+}
 STATE_VALUES = {v: k for k, v in STATE_NAMES.items()}
-
-
 
 
 def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
@@ -76,6 +78,9 @@ def _new_document(doc: knowledge_pb2.Document, document_id: str, request_id: str
 
 MAX_EMBED_TEXTS = 2048
 EMBED_MAX_TOKENS = 256  # the Triton model's limit (triton/models/text_embedding)
+# No text of at most 256 word pieces is longer (a word piece covers at most 100 characters):
+# longer texts are refused before tokenizing, which would hold the event loop for seconds.
+EMBED_MAX_CHARS = EMBED_MAX_TOKENS * 128
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 
 
@@ -85,24 +90,41 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         settings = runtime.settings
         assert runtime.db is not None
         var = Path(settings.var_dir) / "knowledge"
-        self.blobs = BlobStore(Path(settings.knowledge_blob_dir) if settings.knowledge_blob_dir else var / "blobs")
+        self.blobs = BlobStore(
+            Path(settings.knowledge_blob_dir) if settings.knowledge_blob_dir else var / "blobs"
+        )
         self.store = Store(runtime.db, self.blobs.identity)
         self.pages = Paginator(settings)
         self.vectors = VectorIndex(settings.milvus_uri, lite_path=var / "milvus.db")
         self.keywords: KeywordIndex = (
-            OpenSearchKeywordIndex(settings.opensearch_url) if settings.opensearch_url else PostgresKeywordIndex(self.store)
+            OpenSearchKeywordIndex(settings.opensearch_url)
+            if settings.opensearch_url
+            else PostgresKeywordIndex(self.store)
         )
         self.triton = TritonClient.from_settings(settings)
-        self.searcher = Searcher(self.store, self.vectors, self.keywords, self.triton, runtime.cache)
+        self.searcher = Searcher(
+            self.store, self.vectors, self.keywords, self.triton, runtime.cache
+        )
         # Chunks embedded and searches go through the durable usage outbox (in this schema).
         self.usage = UsageClient(runtime)
         self.ingestor = Ingestor(
-            runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self.usage,
+            runtime,
+            self.store,
+            self.blobs,
+            self.vectors,
+            self.keywords,
+            self.triton,
+            self.usage,
             self.searcher.bump_generation,
         )
         self.documents = Documents(
-            self.store, self.blobs, self.vectors, self.keywords, self.ingestor,
-            settings.knowledge_org_quota_bytes, self.searcher.bump_generation,
+            self.store,
+            self.blobs,
+            self.vectors,
+            self.keywords,
+            self.ingestor,
+            settings.knowledge_org_quota_bytes,
+            self.searcher.bump_generation,
         )
         runtime.add_health_check("vector-index", self.vectors.ping)
         runtime.on_shutdown(self._close)
@@ -143,30 +165,44 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         return to_proto(row)
 
     async def UploadDocument(
-        self, request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[knowledge_pb2.UploadDocumentRequest],
+        context: grpc.aio.ServicerContext,
     ) -> knowledge_pb2.Document:
         identity = _caller(context)
         # Like every client stream, an upload that stops sending ends after an idle limit.
-        stream = idle_limited(request_iterator.__aiter__(), CLIENT_STREAM_IDLE_SECONDS, "content_chunk")
+        stream = idle_limited(
+            request_iterator.__aiter__(), CLIENT_STREAM_IDLE_SECONDS, "content_chunk"
+        )
         first = await anext(stream, None)
         if first is None:
-            raise invalid_argument("the stream is empty", [("metadata", "the first message must carry metadata")])
+            raise invalid_argument(
+                "the stream is empty", [("metadata", "the first message must carry metadata")]
+            )
         if first.WhichOneof("payload") != "metadata":
-            raise invalid_argument("the first message must carry metadata", [("metadata", "required in the first message")])
+            raise invalid_argument(
+                "the first message must carry metadata",
+                [("metadata", "required in the first message")],
+            )
         meta = first.metadata
         doc = _new_document(meta.document, meta.document_id, meta.request_id)
         v = FieldViolations()
         v.check(meta.HasField("document"), "metadata.document", "required")
         check_new_document(doc, "metadata.", v)
-        v.check(0 <= meta.size_bytes <= MAX_STREAM_BYTES, "metadata.size_bytes",
-                f"must be 0-{MAX_STREAM_BYTES} (64 MiB)")
+        v.check(
+            0 <= meta.size_bytes <= MAX_STREAM_BYTES,
+            "metadata.size_bytes",
+            f"must be 0-{MAX_STREAM_BYTES} (64 MiB)",
+        )
         v.raise_if_any()
 
         async def pieces() -> AsyncIterator[bytes]:
             async for message in stream:
                 if message.WhichOneof("payload") != "content_chunk":
-                    raise invalid_argument("only the first message may carry metadata",
-                                           [("metadata", "allowed in the first message only")])
+                    raise invalid_argument(
+                        "only the first message may carry metadata",
+                        [("metadata", "allowed in the first message only")],
+                    )
                 yield message.content_chunk
 
         content = await collect_stream(pieces(), meta.size_bytes)
@@ -208,7 +244,9 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         v.check(request.mode in MODES, "mode", "unknown search mode")
         top_k = check_query(request.query, request.top_k, len(request.metadata_filters), v)
         v.check(len(request.documents) <= 100, "documents", "at most 100 names")
-        document_ids = [DOCUMENT.id(name, f"documents[{i}]", v) for i, name in enumerate(request.documents)] or None
+        document_ids = [
+            DOCUMENT.id(name, f"documents[{i}]", v) for i, name in enumerate(request.documents)
+        ] or None
         v.raise_if_any()
         mode = MODES[request.mode]
         mode_value = knowledge_pb2.SEARCH_MODE_HYBRID if mode == HYBRID else request.mode
@@ -220,7 +258,9 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         generation = await self.searcher.generation(identity.org)
         cached = await self.searcher.cached(identity.org, generation, fingerprint)
         # Metered before the reply (cached or not) is sent: a search the caller saw is billed once.
-        await self.usage.meter(identity, ResourceType.RESOURCE_TYPE_SEARCHES, 1, _request_id(context))
+        await self.usage.meter(
+            identity, ResourceType.RESOURCE_TYPE_SEARCHES, 1, _request_id(context)
+        )
         if cached is not None:
             return knowledge_pb2.SearchDocumentsResponse.FromString(cached)
 
@@ -231,18 +271,25 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             mode=mode_value,
             results=[
                 knowledge_pb2.SearchResult(
-                    chunk_id=r.hit.chunk_id, text=r.hit.text, score=r.score,
-                    semantic_rank=r.semantic_rank, keyword_rank=r.keyword_rank,
-                    document=DOCUMENT.format(r.hit.document_id), document_display_name=r.hit.display_name,
-                    chunk_index=r.hit.chunk_index, start_offset=r.hit.start_offset,
-                    end_offset=r.hit.end_offset, heading_path=r.hit.heading_path,
+                    chunk_id=r.hit.chunk_id,
+                    text=r.hit.text,
+                    score=r.score,
+                    semantic_rank=r.semantic_rank,
+                    keyword_rank=r.keyword_rank,
+                    document=DOCUMENT.format(r.hit.document_id),
+                    document_display_name=r.hit.display_name,
+                    chunk_index=r.hit.chunk_index,
+                    start_offset=r.hit.start_offset,
+                    end_offset=r.hit.end_offset,
+                    heading_path=r.hit.heading_path,
                 )
                 for r in results
             ],
         )
-        await self.searcher.remember(identity.org, generation, fingerprint, response.SerializeToString())
+        await self.searcher.remember(
+            identity.org, generation, fingerprint, response.SerializeToString()
+        )
         return response
-
 
     async def EmbedTexts(
         self, request: knowledge_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
@@ -250,22 +297,34 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         identity = _caller(context)
         texts = list(request.texts)
         v = FieldViolations()
-        v.check(1 <= len(texts) <= MAX_EMBED_TEXTS, "texts", f"1-{MAX_EMBED_TEXTS:,} texts required")
+        v.check(
+            1 <= len(texts) <= MAX_EMBED_TEXTS, "texts", f"1-{MAX_EMBED_TEXTS:,} texts required"
+        )
         for i, text in enumerate(texts[:MAX_EMBED_TEXTS]):
             v.check(bool(text.strip()), f"texts[{i}]", "must not be empty")
+            v.check(len(text) <= EMBED_MAX_CHARS, f"texts[{i}]",
+                    f"{len(text)} characters; at most {EMBED_MAX_TOKENS} word pieces fit")
         v.raise_if_any()
-        counts = count_tokens(texts)
+        counts = await asyncio.to_thread(count_tokens, texts)
         for i, n in enumerate(counts):
-            v.check(n <= EMBED_MAX_TOKENS, f"texts[{i}]",
-                    f"{n} tokens; the embedding model takes at most {EMBED_MAX_TOKENS}")
+            v.check(
+                n <= EMBED_MAX_TOKENS,
+                f"texts[{i}]",
+                f"{n} tokens; the embedding model takes at most {EMBED_MAX_TOKENS}",
+            )
         v.raise_if_any()
         vectors = await self.triton.embed(texts, timeout=60.0)
-        await self.usage.meter(identity, ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED, len(texts),
-                               _request_id(context))
+        await self.usage.meter(
+            identity, ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED, len(texts), _request_id(context)
+        )
         return knowledge_pb2.EmbedTextsResponse(
-            embeddings=[knowledge_pb2.TextEmbedding(values=vector.tolist(), token_count=n)
-                        for vector, n in zip(vectors, counts)],
-            model=EMBEDDING_MODEL_ID, total_tokens=sum(counts))
+            embeddings=[
+                knowledge_pb2.TextEmbedding(values=vector.tolist(), token_count=n)
+                for vector, n in zip(vectors, counts)
+            ],
+            model=EMBEDDING_MODEL_ID,
+            total_tokens=sum(counts),
+        )
 
 
 def _caller(context: grpc.aio.ServicerContext) -> Identity:

@@ -81,12 +81,22 @@ class Store:
         try:
             async with self.db.connection() as conn:
                 cur = await conn.execute(
-                    f"""INSERT INTO documents (org, document_id, uid, display_name, mime_type, size_bytes,
-                           content_sha256, metadata, state, request_id, blob_store)
+                    f"""INSERT INTO documents (org, document_id, uid, display_name, mime_type,
+                           size_bytes, content_sha256, metadata, state, request_id, blob_store)
                         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'PROCESSING', %s, %s)
                         RETURNING {_DOC_COLUMNS}""",
-                    (doc.org, doc.document_id, doc.uid, doc.display_name, doc.mime_type, doc.size_bytes,
-                     doc.content_sha256, Jsonb(doc.metadata), doc.request_id, self.blob_store),
+                    (
+                        doc.org,
+                        doc.document_id,
+                        doc.uid,
+                        doc.display_name,
+                        doc.mime_type,
+                        doc.size_bytes,
+                        doc.content_sha256,
+                        Jsonb(doc.metadata),
+                        doc.request_id,
+                        self.blob_store,
+                    ),
                 )
                 row = await cur.fetchone()
         except psycopg.errors.UniqueViolation as exc:
@@ -106,7 +116,8 @@ class Store:
         assert column in ("document_id", "request_id")
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                f"SELECT {_DOC_COLUMNS} FROM documents WHERE org = %s AND {column} = %s", (org, value)
+                f"SELECT {_DOC_COLUMNS} FROM documents WHERE org = %s AND {column} = %s",
+                (org, value),
             )
             row = await cur.fetchone()
         return DocumentRow.from_row(row) if row else None
@@ -146,7 +157,9 @@ class Store:
     async def delete_document(self, org: str, uid: UUID) -> bool:
         """Deletes the row (its chunk rows cascade, which also empties the PG keyword index)."""
         async with self.db.connection() as conn:
-            cur = await conn.execute("DELETE FROM documents WHERE org = %s AND uid = %s", (org, uid))
+            cur = await conn.execute(
+                "DELETE FROM documents WHERE org = %s AND uid = %s", (org, uid)
+            )
             return cur.rowcount > 0
 
     async def resolve_documents(
@@ -196,7 +209,8 @@ class Store:
         """Give the document back (shutdown, transient failure) so a worker retries it."""
         async with self.db.connection() as conn:
             await conn.execute(
-                "UPDATE documents SET lease_until = NULL WHERE uid = %s AND state = 'PROCESSING'", (uid,)
+                "UPDATE documents SET lease_until = NULL WHERE uid = %s AND state = 'PROCESSING'",
+                (uid,),
             )
 
     async def claimable(self, limit: int = 100) -> list[tuple[str, UUID]]:
@@ -210,8 +224,9 @@ class Store:
             )
             return [(r["org"], r["uid"]) for r in await cur.fetchall()]
 
-    async def mark_ready(self, uid: UUID, chunk_count: int,
-                         also: Callable[[Any], Awaitable[None]] | None = None) -> bool:
+    async def mark_ready(
+        self, uid: UUID, chunk_count: int, also: Callable[[Any], Awaitable[None]] | None = None
+    ) -> bool:
         """PROCESSING -> READY; `also(conn)` runs in the same transaction when the row changed
         (the usage record of the work commits with it, or neither does)."""
         async with self.db.connection() as conn, conn.transaction():
@@ -254,8 +269,17 @@ class Store:
                            start_offset = EXCLUDED.start_offset, end_offset = EXCLUDED.end_offset,
                            heading_path = EXCLUDED.heading_path, headings = EXCLUDED.headings""",
                     [
-                        (chunk_id(uid, c.index), org, uid, c.index, c.text, c.start, c.end, list(c.heading_path),
-                         " ".join(c.heading_path))
+                        (
+                            chunk_id(uid, c.index),
+                            org,
+                            uid,
+                            c.index,
+                            c.text,
+                            c.start,
+                            c.end,
+                            list(c.heading_path),
+                            " ".join(c.heading_path),
+                        )
                         for c in chunks
                     ],
                 )
@@ -269,7 +293,8 @@ class Store:
                 """SELECT c.chunk_id, d.document_id, d.display_name, c.chunk_index, c.text,
                           c.start_offset, c.end_offset, c.heading_path
                    FROM chunks c JOIN documents d ON d.uid = c.document_uid
-                   WHERE c.chunk_id = ANY(%s) AND c.org = %s AND d.org = %s AND d.state = 'READY'""",
+                   WHERE c.chunk_id = ANY(%s) AND c.org = %s AND d.org = %s
+                     AND d.state = 'READY'""",
                 (list(chunk_ids), org, org),
             )
             rows = await cur.fetchall()
@@ -290,7 +315,9 @@ class Store:
             for tsquery in (
                 "websearch_to_tsquery('english', %(q)s)",
                 # Any term: the AND query's lexemes joined by OR (negations dropped).
-                "coalesce(nullif(replace(replace(plainto_tsquery('english', %(q)s)::text, ' & ', ' | '), '!', ''), '')::tsquery, ''::tsquery)",
+                "coalesce(nullif(replace(replace("
+                "plainto_tsquery('english', %(q)s)::text, ' & ', ' | '), '!', ''), '')::tsquery, "
+                "''::tsquery)",
             ):
                 seen = [r[0] for r in results]
                 # Ranking reads every matching tsvector: cap the candidates so a query made of
@@ -300,7 +327,8 @@ class Store:
                         FROM (SELECT c.chunk_id, c.tsv, q.query
                               FROM (SELECT {tsquery} AS query) q, chunks c
                               JOIN documents d ON d.uid = c.document_uid
-                              WHERE {scope} AND c.tsv @@ q.query AND NOT (c.chunk_id = ANY(%(seen)s))
+                              WHERE {scope} AND c.tsv @@ q.query
+                                AND NOT (c.chunk_id = ANY(%(seen)s))
                               LIMIT {KEYWORD_CANDIDATES}) m
                         ORDER BY score DESC, m.chunk_id LIMIT %(limit)s""",
                     {**params, "seen": seen, "limit": limit - len(results)},
@@ -325,18 +353,24 @@ async def purge_org(store: Store, org: str) -> int:
         return cur.rowcount
 
 
-async def bulk_load(store: Store, org: str, docs: list[tuple[UUID, str]], rows: list[tuple[str, UUID, int, str]]) -> None:
+async def bulk_load(
+    store: Store, org: str, docs: list[tuple[UUID, str]], rows: list[tuple[str, UUID, int, str]]
+) -> None:
     """Fast load of READY documents and their chunk rows with COPY (benchmarks: 100k chunks).
     docs: (uid, document_id); rows: (chunk_id, document uid, chunk index, text)."""
     async with store.db.connection() as conn:
         async with conn.cursor() as cur:
             async with cur.copy(
-                "COPY documents (org, document_id, uid, display_name, mime_type, size_bytes, content_sha256, state) FROM STDIN"
+                "COPY documents (org, document_id, uid, display_name, mime_type, size_bytes, "
+                "content_sha256, state) FROM STDIN"
             ) as copy:
                 for uid, document_id in docs:
-                    await copy.write_row((org, document_id, uid, document_id, "text/plain", 0, "", "READY"))
+                    await copy.write_row(
+                        (org, document_id, uid, document_id, "text/plain", 0, "", "READY")
+                    )
             async with cur.copy(
-                "COPY chunks (chunk_id, org, document_uid, chunk_index, text, start_offset, end_offset) FROM STDIN"
+                "COPY chunks (chunk_id, org, document_uid, chunk_index, text, start_offset, "
+                "end_offset) FROM STDIN"
             ) as copy:
                 for cid, uid, index, text in rows:
                     await copy.write_row((cid, org, uid, index, text, 0, len(text)))

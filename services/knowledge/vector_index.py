@@ -87,7 +87,9 @@ class VectorIndex:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except Exception as exc:
             log.warning("vector index %s failed: %s", what, exc)
-            raise unavailable(f"vector index {what} failed: {exc}", reason="VECTOR_INDEX_UNAVAILABLE") from None
+            raise unavailable(
+                f"vector index {what} failed: {exc}", reason="VECTOR_INDEX_UNAVAILABLE"
+            ) from None
 
     async def upsert(self, org: str, uid: UUID, ids: Sequence[str], vectors: np.ndarray) -> None:
         rows = [
@@ -97,7 +99,9 @@ class VectorIndex:
         await self._call("upsert", self._client.upsert, COLLECTION, rows)
 
     async def delete_document(self, org: str, uid: UUID) -> None:
-        await self._call("delete", self._client.delete, COLLECTION, filter=scope_filter(org, [str(uid)]))
+        await self._call(
+            "delete", self._client.delete, COLLECTION, filter=scope_filter(org, [str(uid)])
+        )
 
     async def search(
         self, org: str, vector: np.ndarray, limit: int, doc_uids: Sequence[str] | None
@@ -118,7 +122,11 @@ class VectorIndex:
         if self._client is None:
             return False
         try:
-            return bool(await asyncio.wait_for(asyncio.to_thread(self._client.has_collection, COLLECTION), 2))
+            return bool(
+                await asyncio.wait_for(
+                    asyncio.to_thread(self._client.has_collection, COLLECTION), 2
+                )
+            )
         except Exception:
             return False
 

@@ -1,1 +1,2 @@
-"""The Orchestrator service: the model catalog and provider routing: streaming generation with fallback, circuit breakers and guardrails."""
+"""The Orchestrator service: the model catalog and provider routing: streaming generation with
+fallback, circuit breakers and guardrails."""

@@ -31,7 +31,9 @@ def response_key(org: str, request: orchestrator_pb2.GenerateRequest) -> str:
     copy = orchestrator_pb2.GenerateRequest()
     copy.CopyFrom(request)
     copy.request_id = ""
-    digest = hashlib.sha256(org.encode() + b"\0" + copy.SerializeToString(deterministic=True)).hexdigest()
+    digest = hashlib.sha256(
+        org.encode() + b"\0" + copy.SerializeToString(deterministic=True)
+    ).hexdigest()
     return digest
 
 
@@ -49,9 +51,14 @@ class GenerationStore:
             return None
         if raw is None:
             return None
-        return [orchestrator_pb2.GenerateResponse.FromString(base64.b64decode(e)) for e in json.loads(raw)]
+        return [
+            orchestrator_pb2.GenerateResponse.FromString(base64.b64decode(e))
+            for e in json.loads(raw)
+        ]
 
-    async def _put(self, key: str, events: list[orchestrator_pb2.GenerateResponse], ttl: int) -> None:
+    async def _put(
+        self, key: str, events: list[orchestrator_pb2.GenerateResponse], ttl: int
+    ) -> None:
         if self.cache is None:
             return
         value = json.dumps([base64.b64encode(e.SerializeToString()).decode() for e in events])
@@ -71,13 +78,19 @@ class GenerationStore:
     async def cached_response(self, digest: str) -> list[orchestrator_pb2.GenerateResponse] | None:
         return await self._get(self._response_key(digest)) if self.cache else None
 
-    async def store_response(self, digest: str, events: list[orchestrator_pb2.GenerateResponse]) -> None:
+    async def store_response(
+        self, digest: str, events: list[orchestrator_pb2.GenerateResponse]
+    ) -> None:
         if self.cache:
             await self._put(self._response_key(digest), events, RESPONSE_TTL_SECONDS)
 
-    async def replay(self, org: str, request_id: str) -> list[orchestrator_pb2.GenerateResponse] | None:
+    async def replay(
+        self, org: str, request_id: str
+    ) -> list[orchestrator_pb2.GenerateResponse] | None:
         return await self._get(self._replay_key(org, request_id)) if self.cache else None
 
-    async def store_replay(self, org: str, request_id: str, events: list[orchestrator_pb2.GenerateResponse]) -> None:
+    async def store_replay(
+        self, org: str, request_id: str, events: list[orchestrator_pb2.GenerateResponse]
+    ) -> None:
         if self.cache:
             await self._put(self._replay_key(org, request_id), events, REPLAY_TTL_SECONDS)

@@ -93,7 +93,8 @@ def parse_catalog(data: dict[str, Any]) -> list[ModelEntry]:
         if any(c not in CAPABILITIES for c in caps):
             raise ConfigError(f"{where}.capabilities={caps!r}: allowed {', '.join(CAPABILITIES)}")
         deployments = tuple(
-            _deployment(d, f"{where}.deployments[{j}]") for j, d in enumerate(raw.get("deployments", []))
+            _deployment(d, f"{where}.deployments[{j}]")
+            for j, d in enumerate(raw.get("deployments", []))
         )
         if not deployments:
             raise ConfigError(f"{where}: a model needs at least one deployment")
@@ -107,7 +108,9 @@ def parse_catalog(data: dict[str, Any]) -> list[ModelEntry]:
                 description=str(raw.get("description", "")),
                 context_window_tokens=window,
                 max_output_tokens=max_out,
-                prompt_price_micros_per_million_tokens=int(raw.get("prompt_price_micros_per_million_tokens", 0)),
+                prompt_price_micros_per_million_tokens=int(
+                    raw.get("prompt_price_micros_per_million_tokens", 0)
+                ),
                 completion_price_micros_per_million_tokens=int(
                     raw.get("completion_price_micros_per_million_tokens", 0)
                 ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,27 +101,42 @@ def validate(request: pb.GenerateRequest, model: ModelEntry) -> None:
 
 
 def _validate_tools(request: pb.GenerateRequest, model: ModelEntry, v: FieldViolations) -> None:
-    uses_tools = bool(request.tools) or any(m.tool_calls or m.tool_call_id for m in request.messages)
+    uses_tools = bool(request.tools) or any(
+        m.tool_calls or m.tool_call_id for m in request.messages
+    )
     if uses_tools:
-        v.check("TOOLS" in model.capabilities, "tools",
-                f"{model.name} does not support tools (no CAPABILITY_TOOLS)")
+        v.check(
+            "TOOLS" in model.capabilities,
+            "tools",
+            f"{model.name} does not support tools (no CAPABILITY_TOOLS)",
+        )
     v.check(len(request.tools) <= MAX_TOOLS, "tools", f"at most {MAX_TOOLS} tools")
     names = [t.name for t in request.tools]
     for i, name in enumerate(names):
-        v.check(bool(_TOOL_NAME.match(name)), f"tools[{i}].name", "1-64 characters of [a-zA-Z0-9_-]")
+        v.check(
+            bool(_TOOL_NAME.match(name)), f"tools[{i}].name", "1-64 characters of [a-zA-Z0-9_-]"
+        )
     v.check(len(set(names)) == len(names), "tools", "tool names must be unique")
     choice = request.tool_choice
     if choice.mode != pb.ToolChoice.MODE_UNSPECIFIED:
         v.check(bool(request.tools), "tool_choice", "requires tools")
     if choice.mode == pb.ToolChoice.MODE_FUNCTION:
-        v.check(choice.function_name in names, "tool_choice.function_name", "must name one of the tools")
+        v.check(
+            choice.function_name in names, "tool_choice.function_name", "must name one of the tools"
+        )
     fmt = request.response_format.type
     if fmt in (pb.ResponseFormat.TYPE_JSON_OBJECT, pb.ResponseFormat.TYPE_JSON_SCHEMA):
-        v.check("JSON_MODE" in model.capabilities, "response_format",
-                f"{model.name} does not support JSON response formats (no CAPABILITY_JSON_MODE)")
+        v.check(
+            "JSON_MODE" in model.capabilities,
+            "response_format",
+            f"{model.name} does not support JSON response formats (no CAPABILITY_JSON_MODE)",
+        )
     if fmt == pb.ResponseFormat.TYPE_JSON_SCHEMA:
-        v.check(bool(_TOOL_NAME.match(request.response_format.schema_name)),
-                "response_format.schema_name", "1-64 characters of [a-zA-Z0-9_-]")
+        v.check(
+            bool(_TOOL_NAME.match(request.response_format.schema_name)),
+            "response_format.schema_name",
+            "1-64 characters of [a-zA-Z0-9_-]",
+        )
 
 
 def tool_fields(request: pb.GenerateRequest) -> dict[str, Any]:
@@ -145,10 +160,16 @@ def tool_fields(request: pb.GenerateRequest) -> dict[str, Any]:
         elif choice.mode in _CHOICE:
             out["tool_choice"] = _CHOICE[choice.mode]
     out["tool_calls"] = {
-        i: [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in m.tool_calls]
-        for i, m in enumerate(request.messages) if m.tool_calls}
-    out["tool_call_ids"] = {i: m.tool_call_id for i, m in enumerate(request.messages) if m.tool_call_id}
+        i: [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+        for i, m in enumerate(request.messages)
+        if m.tool_calls
+    }
+    out["tool_call_ids"] = {
+        i: m.tool_call_id for i, m in enumerate(request.messages) if m.tool_call_id
+    }
     fmt = request.response_format
     if fmt.type == pb.ResponseFormat.TYPE_JSON_OBJECT:
         out["response_format"] = {"type": "json_object"}
@@ -163,8 +184,13 @@ def tool_fields(request: pb.GenerateRequest) -> dict[str, Any]:
 
 
 def _action(a: Action) -> pb.GuardrailAction:
-    return pb.GuardrailAction(kind=_KIND[a.kind], stage=_STAGE[a.stage], category=a.category,
-                              reason=a.reason, count=a.count)
+    return pb.GuardrailAction(
+        kind=_KIND[a.kind],
+        stage=_STAGE[a.stage],
+        category=a.category,
+        reason=a.reason,
+        count=a.count,
+    )
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -183,21 +209,38 @@ def _finish_reason(run: _Stream) -> pb.FinishReason:
     return _FINISH.get(run.finish.reason if run.finish else "stop", pb.FINISH_REASON_STOP)
 
 
-def _citations(finish: Finish | None, retrieved: list[retrieval.Retrieved], text: str) -> list[pb.Citation]:
+def _citations(
+    finish: Finish | None, retrieved: list[retrieval.Retrieved], text: str
+) -> list[pb.Citation]:
     """The passages the provider says it cited, else the [n] markers found in the text."""
     if finish is not None and finish.cited_passage_ids:
         by_id = {h.passage.id: h for h in retrieved}
-        return [_citation(n, by_id[pid]) for n, pid in enumerate(finish.cited_passage_ids, start=1)
-                if pid in by_id]
-    return [_citation(n, retrieved[n - 1]) for n in retrieval.cited_indices(text, len(retrieved))] if retrieved else []
+        return [
+            _citation(n, by_id[pid])
+            for n, pid in enumerate(finish.cited_passage_ids, start=1)
+            if pid in by_id
+        ]
+    return (
+        [_citation(n, retrieved[n - 1]) for n in retrieval.cited_indices(text, len(retrieved))]
+        if retrieved
+        else []
+    )
 
 
 def _citation(index: int, hit: retrieval.Retrieved) -> pb.Citation:
     r = hit.result
     quote = r.text[: retrieval.QUOTE_CHARS]
-    return pb.Citation(index=index, document=r.document, document_display_name=r.document_display_name,
-                       chunk_id=r.chunk_id, chunk_index=r.chunk_index, start_offset=r.start_offset,
-                       end_offset=r.start_offset + len(quote), quote=quote, score=r.score)
+    return pb.Citation(
+        index=index,
+        document=r.document,
+        document_display_name=r.document_display_name,
+        chunk_id=r.chunk_id,
+        chunk_index=r.chunk_index,
+        start_offset=r.start_offset,
+        end_offset=r.start_offset + len(quote),
+        quote=quote,
+        score=r.score,
+    )
 
 
 @dataclass
@@ -238,15 +281,20 @@ class _Call:
             max_output_tokens=max(1, min(self.prompt.max_output_tokens, entry.max_output_tokens)),
             temperature=request.temperature if request.HasField("temperature") else None,
             top_p=request.top_p if request.HasField("top_p") else None,
-            stop=list(request.stop), seed=request.seed if request.HasField("seed") else None,
-            passages=self.prompt.passages, **tool_fields(request))
+            stop=list(request.stop),
+            seed=request.seed if request.HasField("seed") else None,
+            passages=self.prompt.passages,
+            **tool_fields(request),
+        )
 
     def chain(self, catalog: Catalog) -> list[ModelEntry]:
         """The model and its fallbacks; with tools or a JSON format only those that honour them
         (falling back to a model that ignores them would answer wrongly)."""
         needed = {"TOOLS"} if self.request.tools else set()
-        if self.request.response_format.type in (pb.ResponseFormat.TYPE_JSON_OBJECT,
-                                                 pb.ResponseFormat.TYPE_JSON_SCHEMA):
+        if self.request.response_format.type in (
+            pb.ResponseFormat.TYPE_JSON_OBJECT,
+            pb.ResponseFormat.TYPE_JSON_SCHEMA,
+        ):
             needed.add("JSON_MODE")
         return [m for m in catalog.chain(self.model) if needed <= set(m.capabilities)]
 
@@ -281,24 +329,43 @@ class _Stream:
     def completed_answer(self) -> bool:
         """Finished with a whole answer (worth caching and replaying)."""
         return self.finished and self.events[-1].completion.finish_reason in (
-            pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+            pb.FINISH_REASON_STOP,
+            pb.FINISH_REASON_LENGTH,
+        )
 
 
-def _blocked_events(model: ModelEntry, generation_id: str, actions: list[Action]) -> list[pb.GenerateResponse]:
+def _blocked_events(
+    model: ModelEntry, generation_id: str, actions: list[Action]
+) -> list[pb.GenerateResponse]:
     """The whole answer to a prompt the input guardrails block: no model is called."""
     return [
-        pb.GenerateResponse(metadata=pb.GenerationMetadata(
-            model=model.name, provider="guardrails", deployment="input", generation_id=generation_id)),
-        pb.GenerateResponse(completion=pb.Completion(
-            finish_reason=pb.FINISH_REASON_CONTENT_FILTER, usage=pb.TokenUsage(),
-            guardrail_actions=[_action(a) for a in actions])),
+        pb.GenerateResponse(
+            metadata=pb.GenerationMetadata(
+                model=model.name,
+                provider="guardrails",
+                deployment="input",
+                generation_id=generation_id,
+            )
+        ),
+        pb.GenerateResponse(
+            completion=pb.Completion(
+                finish_reason=pb.FINISH_REASON_CONTENT_FILTER,
+                usage=pb.TokenUsage(),
+                guardrail_actions=[_action(a) for a in actions],
+            )
+        ),
     ]
 
 
 def _metadata(served: Served, generation_id: str) -> pb.GenerateResponse:
-    return pb.GenerateResponse(metadata=pb.GenerationMetadata(
-        model=served.model.name, provider=served.deployment.provider,
-        deployment=served.deployment.deployment, generation_id=generation_id))
+    return pb.GenerateResponse(
+        metadata=pb.GenerationMetadata(
+            model=served.model.name,
+            provider=served.deployment.provider,
+            deployment=served.deployment.deployment,
+            generation_id=generation_id,
+        )
+    )
 
 
 def _all_failed(model: ModelEntry, exc: AllProvidersFailed) -> Exception:
@@ -306,13 +373,19 @@ def _all_failed(model: ModelEntry, exc: AllProvidersFailed) -> Exception:
     if exc.attempts and all(a.code in CLIENT_ERRORS for a in exc.attempts):
         # Every deployment refused the request itself: the caller's error, not an outage.
         last = exc.attempts[-1]
-        return ServiceError(last.code, f"{model.name} refused the request: {last.message}",
-                            reason="REQUEST_REFUSED_BY_PROVIDER",
-                            metadata={"providers_tried": tried, "model": model.name})
+        return ServiceError(
+            last.code,
+            f"{model.name} refused the request: {last.message}",
+            reason="REQUEST_REFUSED_BY_PROVIDER",
+            metadata={"providers_tried": tried, "model": model.name},
+        )
     return unavailable(
-        f"every provider of {model.name} failed: " + "; ".join(
-            f"{a.provider}/{a.deployment}: {a.code.name} {a.message}" for a in exc.attempts),
-        reason="ALL_PROVIDERS_FAILED", metadata={"providers_tried": tried, "model": model.name},
+        f"every provider of {model.name} failed: "
+        + "; ".join(
+            f"{a.provider}/{a.deployment}: {a.code.name} {a.message}" for a in exc.attempts
+        ),
+        reason="ALL_PROVIDERS_FAILED",
+        metadata={"providers_tried": tried, "model": model.name},
     )
 
 
@@ -326,21 +399,33 @@ def _fit_context_window(request: pb.GenerateRequest, model: ModelEntry, prompt: 
         max_out = min(model.max_output_tokens, window - prompt.tokens)
         fits = max_out >= 1
     if not fits:
-        sizes = (f"prompt_tokens={prompt.tokens}, max_output_tokens={max_out}, "
-                 f"context_window_tokens={window}")
+        sizes = (
+            f"prompt_tokens={prompt.tokens}, max_output_tokens={max_out}, "
+            f"context_window_tokens={window}"
+        )
         raise invalid_argument(
             f"the prompt does not fit {model.name}'s context window ({sizes})",
             [("messages", f"prompt does not fit the context window: {sizes}")],
             reason="CONTEXT_WINDOW_EXCEEDED",
-            metadata={"prompt_tokens": str(prompt.tokens), "max_output_tokens": str(max_out),
-                      "context_window_tokens": str(window)},
+            metadata={
+                "prompt_tokens": str(prompt.tokens),
+                "max_output_tokens": str(max_out),
+                "context_window_tokens": str(window),
+            },
         )
     prompt.max_output_tokens = max_out
 
 
 class Orchestrator:
-    def __init__(self, catalog: Catalog, router: Router, rails: Guardrails, store: GenerationStore,
-                 channels: Channels, usage: UsageClient | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        router: Router,
+        rails: Guardrails,
+        store: GenerationStore,
+        channels: Channels,
+        usage: UsageClient | None = None,
+    ) -> None:
         self.catalog = catalog
         self.router = router
         self.rails = rails
@@ -352,9 +437,13 @@ class Orchestrator:
         self.background = BackgroundTasks("orchestrator")
 
     def count(self, request_messages: list[tuple[str, str]], passages: list[Passage]) -> int:
-        return count_messages(request_messages) + sum(count_text(p.text) + MESSAGE_OVERHEAD for p in passages)
+        return count_messages(request_messages) + sum(
+            count_text(p.text) + MESSAGE_OVERHEAD for p in passages
+        )
 
-    async def generate(self, request: pb.GenerateRequest, identity: Identity) -> AsyncIterator[pb.GenerateResponse]:
+    async def generate(
+        self, request: pb.GenerateRequest, identity: Identity
+    ) -> AsyncIterator[pb.GenerateResponse]:
         model = self.catalog.get(request.model)
         validate(request, model)
         replay = await self._replay(request, identity)
@@ -372,7 +461,11 @@ class Orchestrator:
         prompt.tokens = self.count(prompt.messages, prompt.passages)
         _fit_context_window(request, model, prompt)
         call = _Call(request, identity, model, generation_id, prompt)
-        if request.HasField("temperature") and request.temperature == 0 and not request.disable_cache:
+        if (
+            request.HasField("temperature")
+            and request.temperature == 0
+            and not request.disable_cache
+        ):
             call.cache_key = response_key(identity.org, request)
             hit = await self.store.cached_response(call.cache_key)
             if hit is not None:
@@ -383,7 +476,9 @@ class Orchestrator:
             async for event in events:
                 yield event
 
-    async def _replay(self, request: pb.GenerateRequest, identity: Identity) -> list[pb.GenerateResponse] | None:
+    async def _replay(
+        self, request: pb.GenerateRequest, identity: Identity
+    ) -> list[pb.GenerateResponse] | None:
         """A repeated request_id gets the stored answer again, marked cached (AIP-155)."""
         if not request.request_id:
             return None
@@ -402,35 +497,53 @@ class Orchestrator:
             prompt.messages = [(role, content) for (role, _), content in zip(messages, contents)]
         return prompt
 
-    async def _retrieve(self, request: pb.GenerateRequest, identity: Identity, model: ModelEntry,
-                        prompt: _Prompt) -> None:
+    async def _retrieve(
+        self, request: pb.GenerateRequest, identity: Identity, model: ModelEntry, prompt: _Prompt
+    ) -> None:
         """Add the organization's passages for the last message, redacted like the messages.
         Without retrieval options, models that can ground answers do so when the organization
         has READY documents (a newcomer's first chat needs no settings)."""
         options = request.retrieval
         if not request.HasField("retrieval"):
-            if ("RETRIEVAL" not in model.capabilities or prompt.messages[-1][0] != "user"
-                    or not await self.documents.ready(identity)):
+            if (
+                "RETRIEVAL" not in model.capabilities
+                or prompt.messages[-1][0] != "user"
+                or not await self.documents.ready(identity)
+            ):
                 return
             options = pb.RetrievalOptions(enabled=True)
         if not options.enabled:
             return
         retrieved = await retrieval.search(
-            self.channels, identity, prompt.messages[-1][1], options.top_k or 5,
-            list(options.documents), dict(options.metadata_filters))
+            self.channels,
+            identity,
+            prompt.messages[-1][1],
+            options.top_k or 5,
+            list(options.documents),
+            dict(options.metadata_filters),
+        )
         # Retrieved text is prompt input too: redact it before any model sees it.
         texts, more = self.rails.check_input(h.passage.text for h in retrieved)
         if texts:
-            retrieved = [retrieval.Retrieved(Passage(h.passage.id, t), h.result) for h, t in zip(retrieved, texts)]
+            retrieved = [
+                retrieval.Retrieved(Passage(h.passage.id, t), h.result)
+                for h, t in zip(retrieved, texts)
+            ]
             prompt.actions += more
         prompt.retrieved = retrieved
 
-    async def _serve(self, call: _Call) -> AsyncIterator[pb.GenerateResponse]:
+    async def _serve(self, call: _Call) -> AsyncGenerator[pb.GenerateResponse, None]:
         """Stream from a provider under a budget hold; meter and cache whatever happens."""
         prompt = call.prompt
         # Priced models hold budget for the worst case first (RESOURCE_EXHAUSTED when used up).
-        async with metering.budget_hold(self.usage, call.identity, call.model, prompt.tokens,
-                                        prompt.max_output_tokens, call.generation_id) as spend:
+        async with metering.budget_hold(
+            self.usage,
+            call.identity,
+            call.model,
+            prompt.tokens,
+            prompt.max_output_tokens,
+            call.generation_id,
+        ) as spend:
             run = _Stream(self.rails.output_filter(call.request.stop))
             try:
                 async with aclosing(self._provider_output(call, run)) as output:
@@ -445,13 +558,17 @@ class Orchestrator:
                 await self._meter(call, run, spend)
                 yield completion
             finally:
-                # Runs on cancellation too: what was produced is metered and completed answers cached.
+                # Runs on cancellation too: what was produced is metered and completed answers
+                # cached.
                 if run.served and not spend.metered:
                     await self._meter(call, run, spend)
                 self._keep(call, run)
 
-    async def _provider_output(self, call: _Call, run: _Stream) -> AsyncIterator[pb.GenerateResponse]:
-        """Metadata, then filtered deltas, until the provider finishes, fails or a filter ends it."""
+    async def _provider_output(
+        self, call: _Call, run: _Stream
+    ) -> AsyncGenerator[pb.GenerateResponse, None]:
+        """Metadata, then filtered deltas, until the provider finishes, fails or a filter ends
+        it."""
         stream = self.router.generate(call.chain(self.catalog), call.provider_request, run.served)
         try:
             async for item in stream:
@@ -462,8 +579,16 @@ class Orchestrator:
                     break
                 run.completion_tokens += 1
                 if isinstance(item, ToolCallPiece):
-                    yield run.emit(pb.GenerateResponse(tool_call=pb.ToolCallDelta(
-                        index=item.index, id=item.id, name=item.name, arguments=item.arguments)))
+                    yield run.emit(
+                        pb.GenerateResponse(
+                            tool_call=pb.ToolCallDelta(
+                                index=item.index,
+                                id=item.id,
+                                name=item.name,
+                                arguments=item.arguments,
+                            )
+                        )
+                    )
                     continue
                 text = run.out_filter.feed(item.text)
                 if text:
@@ -487,17 +612,27 @@ class Orchestrator:
         usage = run.usage(call.prompt.tokens)
         spend.prompt_tokens, spend.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         spend.metered = True
-        await metering.report_tokens(self.usage, call.identity, run.served[0].model.name,
-                                     call.generation_id, usage.prompt_tokens, usage.completion_tokens)
+        await metering.report_tokens(
+            self.usage,
+            call.identity,
+            run.served[0].model.name,
+            call.generation_id,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
 
     def _keep(self, call: _Call, run: _Stream) -> None:
         """Keep a whole answer for the response cache and for replays (off the response path)."""
         if run.completed_answer:
             if call.cache_key is not None:
-                self.background.start(self.store.store_response(call.cache_key, run.events), "cache-response")
+                self.background.start(
+                    self.store.store_response(call.cache_key, run.events), "cache-response"
+                )
             if call.request.request_id:
-                self.background.start(self.store.store_replay(
-                    call.identity.org, call.request.request_id, run.events), "cache-replay")
+                self.background.start(
+                    self.store.store_replay(call.identity.org, call.request.request_id, run.events),
+                    "cache-replay",
+                )
 
     async def drain(self) -> None:
         """Let pending cache writes finish (at shutdown)."""
@@ -512,24 +647,38 @@ class Orchestrator:
             completion_tokens = finish.completion_tokens
         completion = pb.Completion(
             finish_reason=_finish_reason(run),
-            usage=pb.TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                total_tokens=prompt_tokens + completion_tokens),
+            usage=pb.TokenUsage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
             citations=_citations(finish, call.prompt.retrieved, "".join(run.sent_text)),
             guardrail_actions=[_action(a) for a in [*call.prompt.actions, *out_filter.actions()]],
             provider_attempts=[
-                pb.ProviderAttempt(provider=a.provider, deployment=a.deployment,
-                                   status=status_pb2.Status(code=a.code.value[0], message=a.message),
-                                   duration=_duration(a.seconds))
-                for a in run.served[0].attempts],
+                pb.ProviderAttempt(
+                    provider=a.provider,
+                    deployment=a.deployment,
+                    status=status_pb2.Status(code=a.code.value[0], message=a.message),
+                    duration=_duration(a.seconds),
+                )
+                for a in run.served[0].attempts
+            ],
         )
         if failure is not None:
-            completion.error.CopyFrom(status_pb2.Status(code=failure.code.value[0], message=failure.message))
+            completion.error.CopyFrom(
+                status_pb2.Status(code=failure.code.value[0], message=failure.message)
+            )
             if completion.provider_attempts:
                 completion.provider_attempts[-1].status.CopyFrom(completion.error)
         return completion
 
-    async def _from_cache(self, hit: list[pb.GenerateResponse], generation_id: str, identity: Identity,
-                          model: ModelEntry) -> AsyncIterator[pb.GenerateResponse]:
+    async def _from_cache(
+        self,
+        hit: list[pb.GenerateResponse],
+        generation_id: str,
+        identity: Identity,
+        model: ModelEntry,
+    ) -> AsyncIterator[pb.GenerateResponse]:
         for event in hit:
             if event.HasField("metadata"):
                 event.metadata.generation_id = generation_id
@@ -537,7 +686,11 @@ class Orchestrator:
                 event.completion.cached = True
                 del event.completion.provider_attempts[:]
                 await metering.report_tokens(
-                    self.usage, identity, model.name, generation_id,
-                    event.completion.usage.prompt_tokens, event.completion.usage.completion_tokens)
+                    self.usage,
+                    identity,
+                    model.name,
+                    generation_id,
+                    event.completion.usage.prompt_tokens,
+                    event.completion.usage.completion_tokens,
+                )
             yield event
-

@@ -19,7 +19,9 @@ INPUT, OUTPUT = "input", "output"
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)")
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)"
+)
 _REASONS = {
     "pii.email": "e-mail address removed",
     "pii.phone": "phone number removed",
@@ -52,7 +54,11 @@ def _pii_spans(text: str) -> list[tuple[int, int, str]]:
     for m in _PHONE.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         # 7-15 digits (E.164) with a separator or a leading +; bare numbers are left alone.
-        if 7 <= len(digits) <= 15 and re.search(r"[ .()+-]", m.group()) and free(m.start(), m.end()):
+        if (
+            7 <= len(digits) <= 15
+            and re.search(r"[ .()+-]", m.group())
+            and free(m.start(), m.end())
+        ):
             spans.append((m.start(), m.end(), "pii.phone"))
     return sorted(spans)
 
@@ -101,7 +107,15 @@ class Guardrails:
         for content in contents:
             hit = self.blocked_term(content)
             if hit is not None:
-                return [], [Action(BLOCK, INPUT, "blocklist", f"the prompt contains the blocked term {hit[1]!r}", 1)]
+                return [], [
+                    Action(
+                        BLOCK,
+                        INPUT,
+                        "blocklist",
+                        f"the prompt contains the blocked term {hit[1]!r}",
+                        1,
+                    )
+                ]
             redacted.append(self.redact(content, counts))
         return redacted, _redactions(counts, INPUT)
 
@@ -192,7 +206,9 @@ class OutputFilter:
             return None
         end = min(cuts)
         if hit is not None and hit[0] == end:
-            self.blocked = Action(BLOCK, OUTPUT, "blocklist", f"the answer contained the blocked term {hit[1]!r}", 1)
+            self.blocked = Action(
+                BLOCK, OUTPUT, "blocklist", f"the answer contained the blocked term {hit[1]!r}", 1
+            )
         else:
             self.stopped = True
         return end

@@ -42,7 +42,8 @@ TOKENS_PER_REQUEST = Histogram(
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "gen_ai_server_time_to_first_token_seconds",
-    "Seconds from the request to the first text of the answer (OTel gen_ai.server.time_to_first_token).",
+    "Seconds from the request to the first text of the answer "
+    "(OTel gen_ai.server.time_to_first_token).",
     ("gen_ai_request_model",),
     buckets=metrics.LATENCY_BUCKETS,
 )
@@ -83,8 +84,12 @@ def _model_of(event: pb.GenerateResponse, fallback: str) -> str:
 Pricing = Callable[[str, int, int], tuple[int, str]]
 
 
-async def observe(events: AsyncIterator[pb.GenerateResponse], identity: Identity,
-                  requested_model: str, pricing: Pricing) -> AsyncIterator[pb.GenerateResponse]:
+async def observe(
+    events: AsyncIterator[pb.GenerateResponse],
+    identity: Identity,
+    requested_model: str,
+    pricing: Pricing,
+) -> AsyncIterator[pb.GenerateResponse]:
     """Pass `events` through, recording the generation's metrics as they go by."""
     if not metrics.enabled():
         async for event in events:
@@ -104,8 +109,14 @@ async def observe(events: AsyncIterator[pb.GenerateResponse], identity: Identity
         yield event
 
 
-def _completed(completion: pb.Completion, identity: Identity, model: str, started: float,
-               first_text_at: float | None, pricing: Pricing) -> None:
+def _completed(
+    completion: pb.Completion,
+    identity: Identity,
+    model: str,
+    started: float,
+    first_text_at: float | None,
+    pricing: Pricing,
+) -> None:
     now = time.perf_counter()
     usage = completion.usage
     for kind, count in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
@@ -114,8 +125,12 @@ def _completed(completion: pb.Completion, identity: Identity, model: str, starte
     cost, currency = pricing(model, usage.prompt_tokens, usage.completion_tokens)
     COST.labels(identity.org, model, currency or "USD").inc(cost)
     if first_text_at is not None and usage.completion_tokens > 1:
-        TIME_PER_OUTPUT_TOKEN.labels(model).observe((now - first_text_at) / (usage.completion_tokens - 1))
-    REQUEST_DURATION.labels(model, pb.FinishReason.Name(completion.finish_reason)).observe(now - started)
+        TIME_PER_OUTPUT_TOKEN.labels(model).observe(
+            (now - first_text_at) / (usage.completion_tokens - 1)
+        )
+    REQUEST_DURATION.labels(model, pb.FinishReason.Name(completion.finish_reason)).observe(
+        now - started
+    )
     metrics.record_cache("orchestrator_response", completion.cached)
     for attempt in completion.provider_attempts:
         outcome = "OK" if attempt.status.code == 0 else _code_name(attempt.status.code)
@@ -123,8 +138,9 @@ def _completed(completion: pb.Completion, identity: Identity, model: str, starte
     if len(completion.provider_attempts) > 1:
         FALLBACKS.labels(model).inc()
     for action in completion.guardrail_actions:
-        GUARDRAIL_ACTIONS.labels(pb.GuardrailAction.Kind.Name(action.kind),
-                                 pb.GuardrailAction.Stage.Name(action.stage)).inc()
+        GUARDRAIL_ACTIONS.labels(
+            pb.GuardrailAction.Kind.Name(action.kind), pb.GuardrailAction.Stage.Name(action.stage)
+        ).inc()
 
 
 def _code_name(code: int) -> str:

@@ -47,10 +47,17 @@ async def search(
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
             status = status_from_rpc_error(exc)
-            raise ServiceError(exc.code(), f"retrieval: {exc.details()}", "RETRIEVAL_INVALID",
-                               [(f"retrieval.{f}", d) for f, d in (field_violations(status) if status else [])]) from None
-        raise unavailable(f"retrieval from Knowledge failed: {exc.code().name}: {exc.details()}",
-                          reason="RETRIEVAL_UNAVAILABLE", metadata={"providers_tried": "knowledge"}) from None
+            raise ServiceError(
+                exc.code(),
+                f"retrieval: {exc.details()}",
+                "RETRIEVAL_INVALID",
+                [(f"retrieval.{f}", d) for f, d in (field_violations(status) if status else [])],
+            ) from None
+        raise unavailable(
+            f"retrieval from Knowledge failed: {exc.code().name}: {exc.details()}",
+            reason="RETRIEVAL_UNAVAILABLE",
+            metadata={"providers_tried": "knowledge"},
+        ) from None
     return [Retrieved(Passage(r.chunk_id, r.text), r) for r in response.results]
 
 
@@ -81,12 +88,19 @@ class ReadyDocuments:
         stub = knowledge_pb2_grpc.KnowledgeServiceStub(self.channels.get("knowledge"))
         try:
             page = await stub.ListDocuments(
-                knowledge_pb2.ListDocumentsRequest(page_size=1, state=knowledge_pb2.Document.STATE_READY),
+                knowledge_pb2.ListDocumentsRequest(
+                    page_size=1, state=knowledge_pb2.Document.STATE_READY
+                ),
                 # A Knowledge that is down must not hold up the chat: fail fast, answer without.
-                metadata=identity.to_headers(), timeout=2.0, wait_for_ready=False)
+                metadata=identity.to_headers(),
+                timeout=2.0,
+                wait_for_ready=False,
+            )
         except grpc.aio.AioRpcError as exc:
-            log.warning("cannot tell whether the organization has documents; answering without "
-                        "retrieval", extra={"code": exc.code().name})
+            log.warning(
+                "cannot tell whether the organization has documents; answering without retrieval",
+                extra={"code": exc.code().name},
+            )
             return False
         answer = bool(page.documents)
         if answer:

@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 import grpc
 
 from services.orchestrator.catalog import Deployment, ModelEntry
-from services.orchestrator.providers import Finish, Piece, Provider, ProviderError, ProviderRequest
+from services.orchestrator.providers import (
+    Finish,
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    StreamItem,
+)
 
 log = logging.getLogger("aimesh.orchestrator.routing")
 
@@ -43,7 +49,9 @@ CLIENT_ERRORS = frozenset({
 class CircuitBreaker:
     CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
-    def __init__(self, threshold: int, open_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, threshold: int, open_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.threshold = threshold
         self.open_seconds = open_seconds
         self.clock = clock
@@ -105,8 +113,12 @@ class Served:
 class AllProvidersFailed(Exception):
     def __init__(self, attempts: list[Attempt]) -> None:
         self.attempts = attempts
-        tried = ", ".join(f"{a.provider}/{a.deployment} ({a.code.name}: {a.message})" for a in attempts)
-        super().__init__(f"every provider failed: {tried}" if attempts else "no provider deployment")
+        tried = ", ".join(
+            f"{a.provider}/{a.deployment} ({a.code.name}: {a.message})" for a in attempts
+        )
+        super().__init__(
+            f"every provider failed: {tried}" if attempts else "no provider deployment"
+        )
 
 
 def plan(chain: list[ModelEntry], rng: random.Random) -> list[tuple[ModelEntry, Deployment]]:
@@ -149,7 +161,7 @@ class Router:
         chain: list[ModelEntry],
         make_request: Callable[[ModelEntry], ProviderRequest],
         served: list[Served],
-    ) -> AsyncIterator[Piece | Finish]:
+    ) -> AsyncIterator[StreamItem]:
         """Stream from the first deployment that produces output. `served` receives the Served
         record before the first piece is yielded (the caller sends metadata from it).
 
@@ -160,14 +172,19 @@ class Router:
             breaker = self.breaker(deployment)
             if not breaker.allow():
                 attempts.append(
-                    Attempt(deployment.provider, deployment.deployment, grpc.StatusCode.UNAVAILABLE,
-                            "circuit open", 0.0)
+                    Attempt(
+                        deployment.provider,
+                        deployment.deployment,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "circuit open",
+                        0.0,
+                    )
                 )
                 continue
             provider = self.providers[deployment.provider]
             started = time.monotonic()
             stream = provider.stream(deployment, make_request(model)).__aiter__()
-            first: Piece | Finish | None = None
+            first: StreamItem | None = None
             try:
                 first = await asyncio.wait_for(stream.__anext__(), self.first_token_seconds)
             except asyncio.CancelledError:
@@ -177,16 +194,23 @@ class Router:
             except (TimeoutError, ProviderError, StopAsyncIteration) as exc:
                 await _close(stream)
                 breaker.judge(exc)
-                attempts.append(_attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds))
+                attempts.append(
+                    _attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds)
+                )
                 continue
             # Output has started (or the provider finished with nothing): no more fallback.
             attempts.append(
-                Attempt(deployment.provider, deployment.deployment, grpc.StatusCode.OK, "",
-                        time.monotonic() - started)
+                Attempt(
+                    deployment.provider,
+                    deployment.deployment,
+                    grpc.StatusCode.OK,
+                    "",
+                    time.monotonic() - started,
+                )
             )
             served.append(Served(model, deployment, attempts))
             try:
-                item: Piece | Finish = first
+                item: StreamItem = first
                 while True:
                     yield item
                     if isinstance(item, Finish):
@@ -200,10 +224,14 @@ class Router:
                             grpc.StatusCode.DEADLINE_EXCEEDED,
                         ) from None
                     except StopAsyncIteration:
-                        raise ProviderError(f"{deployment.provider}: stream ended without finishing") from None
+                        raise ProviderError(
+                            f"{deployment.provider}: stream ended without finishing"
+                        ) from None
             except ProviderError as exc:
                 breaker.judge(exc)
-                attempts[-1] = _attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds)
+                attempts[-1] = _attempt(
+                    deployment, exc, time.monotonic() - started, self.first_token_seconds
+                )
                 raise
             except BaseException:
                 breaker.release()

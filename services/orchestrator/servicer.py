@@ -16,10 +16,10 @@ from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.triton import RESPONDER_MODEL, TritonClient
 from services.common.usage_client import UsageClient
+from services.orchestrator import metrics
 from services.orchestrator.cache import GenerationStore
 from services.orchestrator.catalog import Catalog, ModelEntry
 from services.orchestrator.generation import _ROLES, Orchestrator
-from services.orchestrator import metrics
 from services.orchestrator.guardrails import Guardrails
 from services.orchestrator.metering import cost_micros
 from services.orchestrator.providers import Provider
@@ -65,45 +65,74 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 runtime.add_health_check("triton", lambda: triton.is_model_ready(RESPONDER_MODEL))
         self.channels = Channels(settings)
         self.pages = Paginator(settings)
-        self.router = Router(providers, settings.circuit_failure_threshold, settings.circuit_open_seconds,
-                             settings.provider_first_token_seconds)
+        self.router = Router(
+            providers,
+            settings.circuit_failure_threshold,
+            settings.circuit_open_seconds,
+            settings.provider_first_token_seconds,
+        )
         metrics.watch_circuits(self.router)
         # Token usage goes through the shared client's durable outbox (in this service's schema).
-        self.usage = UsageClient(runtime, channels=self.channels) if runtime.db is not None else None
-        self.orchestrator = Orchestrator(self.catalog, self.router, Guardrails.from_setting(settings.guardrail_blocklist),
-                                         GenerationStore(runtime.cache), self.channels, self.usage)
+        self.usage = (
+            UsageClient(runtime, channels=self.channels) if runtime.db is not None else None
+        )
+        self.orchestrator = Orchestrator(
+            self.catalog,
+            self.router,
+            Guardrails.from_setting(settings.guardrail_blocklist),
+            GenerationStore(runtime.cache),
+            self.channels,
+            self.usage,
+        )
         runtime.on_shutdown(self.channels.close)
         runtime.on_shutdown(self.orchestrator.drain)
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         identity = require_identity(context.invocation_metadata())
         models = self.catalog.models()
         page, token = self.pages.start(request, identity.org).slice(models)
-        return pb.ListModelsResponse(models=[model_message(m) for m in page], next_page_token=token,
-                                     total_size=len(models))
+        return pb.ListModelsResponse(
+            models=[model_message(m) for m in page], next_page_token=token, total_size=len(models)
+        )
 
-    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Model:
         require_identity(context.invocation_metadata())
         return model_message(self.catalog.get(request.name, "name"))
 
-    async def CountTokens(self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext) -> pb.CountTokensResponse:
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
         require_identity(context.invocation_metadata())
         model = self.catalog.get(request.model)
         v = FieldViolations()
         v.check(1 <= len(request.messages) <= 1000, "messages", "1-1000 messages required")
         for i, m in enumerate(request.messages):
-            v.check(m.role in _ROLES, f"messages[{i}].role",
-                    "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
+            v.check(
+                m.role in _ROLES,
+                f"messages[{i}].role",
+                "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL",
+            )
         v.raise_if_any()
         prompt = count_messages((_ROLES[m.role], m.content) for m in request.messages)
         return pb.CountTokensResponse(
-            prompt_tokens=prompt, context_window_tokens=model.context_window_tokens,
-            available_output_tokens=min(model.max_output_tokens, model.context_window_tokens - prompt))
+            prompt_tokens=prompt,
+            context_window_tokens=model.context_window_tokens,
+            available_output_tokens=min(
+                model.max_output_tokens, model.context_window_tokens - prompt
+            ),
+        )
 
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
         identity = require_identity(context.invocation_metadata())
-        async for event in metrics.observe(self.orchestrator.generate(request, identity), identity,
-                                           request.model, self._price):
+        async for event in metrics.observe(
+            self.orchestrator.generate(request, identity), identity, request.model, self._price
+        ):
             yield event
 
     def _price(self, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[int, str]:

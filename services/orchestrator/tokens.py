@@ -16,7 +16,9 @@ MESSAGE_OVERHEAD = 4
 
 
 def count_text(text: str) -> int:
-    return sum((len(p) + 3) // 4 if p[0].isalnum() or p[0] == "_" else 1 for p in _PIECE.findall(text))
+    return sum(
+        (len(p) + 3) // 4 if p[0].isalnum() or p[0] == "_" else 1 for p in _PIECE.findall(text)
+    )
 
 
 def count_messages(messages: Iterable[tuple[str, str]]) -> int:

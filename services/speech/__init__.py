@@ -1,1 +1,2 @@
-"""The Speech service: voices and speech jobs: streaming recognition, synthesis and the voice Converse loop."""
+"""The Speech service: voices and speech jobs: streaming recognition, synthesis and the voice
+Converse loop."""

@@ -70,8 +70,9 @@ class VadDecision:
 class SpeechDetector:
     """Endpointing on the WebRTC voice activity classifier that pocketsphinx ships (`Vad`,
     a GMM over spectral features, 30 ms frames): speech begins after `onset_frames` speech
-    frames in a row (4: the classifier calls its first 3 frames speech while it adapts); an utterance ends after `silence_ms` of non-speech frames, or when it has
-    lasted `max_utterance_ms`.
+    frames in a row (4: the classifier calls its first 3 frames speech while it adapts); an
+    utterance ends after `silence_ms` of non-speech frames, or when it has lasted
+    `max_utterance_ms`.
 
     It only decides where utterances begin and end; every sample still goes to the
     recognizer (a quiet word ending the classifier misses is not lost). The strictest mode:

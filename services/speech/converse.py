@@ -22,16 +22,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2
 from aimesh.speech.v1 import speech_pb2
 
+from services.common.channels import Channels
 from services.common.errors import ServiceError, failed_precondition, unavailable
 from services.common.identity import Identity
-from services.common.usage_client import ResourceType
+from services.common.triton import TritonClient
+from services.common.usage_client import ResourceType, UsageClient
 from services.speech.encode import speech_event_of, streaming_result
 from services.speech.recognition import (
     Hypothesis,
@@ -51,10 +53,19 @@ from services.speech.requests import (
     duration,
     next_request,
 )
-from services.speech.synthesis import NATURAL_SAMPLE_RATE, VoiceInfo
+from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer, VoiceInfo
 
-if TYPE_CHECKING:
-    from services.speech.servicer import SpeechServicer
+
+class SpeechServices(Protocol):
+    """What a Converse session uses of the Speech servicer that runs it."""
+
+    channels: Channels
+    triton: TritonClient
+    usage: UsageClient
+    synthesizer: Synthesizer
+
+    async def _require_asr(self) -> None: ...
+
 
 log = logging.getLogger("aimesh.speech.converse")
 
@@ -99,7 +110,7 @@ class Turn:
 
 
 class ConverseSession:
-    def __init__(self, servicer: SpeechServicer, identity: Identity) -> None:
+    def __init__(self, servicer: SpeechServices, identity: Identity) -> None:
         self.servicer = servicer
         self.identity = identity
         self.out: asyncio.Queue[speech_pb2.ConverseResponse | None] = asyncio.Queue(

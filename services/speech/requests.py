@@ -302,7 +302,8 @@ async def audio_intake(
                 [
                     (
                         config_field,
-                        "send it once, in the first message; later messages carry audio_content only",
+                        "send it once, in the first message; "
+                        "later messages carry audio_content only",
                     )
                 ],
             )

@@ -141,7 +141,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     async def _require_asr(self) -> None:
         if not await self.asr_ready.ready():
             raise unavailable(
-                "the speech recognizer (Triton model speech_recognition) is not reachable; retry shortly",
+                "the speech recognizer (Triton model speech_recognition) is not reachable; "
+                "retry shortly",
                 reason="RECOGNIZER_UNAVAILABLE",
             )
 

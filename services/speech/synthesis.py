@@ -120,7 +120,8 @@ class Synthesizer:
                     raw.extend(json.loads(v) for v in np.asarray(voices).reshape(-1))
             by_id: dict[str, VoiceInfo] = {}
             for entry in raw:
-                languages = [str(lang) for lang in entry.get("languages", []) or []]  # type: ignore[union-attr]
+                listed = entry.get("languages")
+                languages = [str(lang) for lang in listed] if isinstance(listed, list) else []
                 if not languages:
                     continue
                 family = str(entry.get("family", "espeak"))

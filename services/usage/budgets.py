@@ -26,8 +26,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -85,11 +86,15 @@ end
 #       the fields..., then per budget: money_limit (-1: unchecked), token_limit (-1: unchecked),
 #       seed_spent (-1: not read from PostgreSQL), seed_tokens.
 # Returns {'dup'} | {'seed'} (a counter is missing and no seed was given) |
-#         {'over', budget index (1-based), spent, reserved, tokens_used} | {'ok', create_ms, expire_ms}.
-_RESERVE = _PURGE + """
+#         {'over', budget index (1-based), spent, reserved, tokens_used} |
+#         {'ok', create_ms, expire_ms}.
+_RESERVE = (
+    _PURGE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
 local now = now_ms()
-local ttl, amount, tokens, counter_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local ttl, amount, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local counter_ttl = ARGV[4]
 local nfields = tonumber(ARGV[5])
 local base = 6 + nfields
 local nb = (#KEYS - 1) / 2
@@ -136,11 +141,14 @@ redis.call('HSET', KEYS[1], 'state', 'open', 'create_ms', now, 'expire_ms', expi
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[#ARGV]))
 return {'ok', now, expire}
 """
+)
 
 # KEYS: reservation, then (counter hash, holds set) per budget. ARGV: mode ('settle' or
 # 'release'), actual amount, actual tokens.
 # Returns {'missing'} | {'closed', state} (not open; nothing changed) | {'ok', close_ms}.
-_CLOSE = _PURGE + """
+_CLOSE = (
+    _PURGE
+    + """
 local r = redis.call('HMGET', KEYS[1], 'state', 'expire_ms', 'member', 'amount', 'tokens')
 if not r[1] then return {'missing'} end
 local now = now_ms()
@@ -166,28 +174,37 @@ redis.call('HSET', KEYS[1], 'state', state, 'close_ms', now, 'settled_amount', A
            'settled_tokens', ARGV[3])
 return {'ok', now}
 """
+)
 
 # KEYS: counter hash, holds set. Returns {} when the counters are absent, else
 # {spent, tokens_spent, reserved, tokens_reserved} after purging lapsed holds.
-_READ = _PURGE + """
+_READ = (
+    _PURGE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 purge(KEYS[1], KEYS[2], now_ms())
 return redis.call('HMGET', KEYS[1], 'spent', 'tokens_spent', 'reserved', 'tokens_reserved')
 """
+)
 
 
 class BudgetExceeded(ServiceError):
     """RESOURCE_EXHAUSTED with ErrorInfo (budget, period, amounts) and QuotaFailure."""
 
-    def __init__(self, budget: str, description: str, reason: str, metadata: dict[str, str]) -> None:
+    def __init__(
+        self, budget: str, description: str, reason: str, metadata: dict[str, str]
+    ) -> None:
         super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, description, reason, metadata=metadata)
         self.budget = budget
 
     def to_status(self) -> status_pb2.Status:
         status = super().to_status()
         quota = error_details_pb2.QuotaFailure(
-            violations=[error_details_pb2.QuotaFailure.Violation(
-                subject=self.budget, description=self.message)]
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=self.budget, description=self.message
+                )
+            ]
         )
         status.details.add().Pack(quota)
         return status
@@ -238,8 +255,10 @@ class Budgets:
 
     def _counter_keys(self, budget_id: uuid.UUID, period: dt.datetime) -> list[str]:
         stamp = period.strftime("%Y%m")
-        return [self.cache.key("budget", str(budget_id), stamp),
-                self.cache.key("budget", str(budget_id), stamp, "holds")]
+        return [
+            self.cache.key("budget", str(budget_id), stamp),
+            self.cache.key("budget", str(budget_id), stamp, "holds"),
+        ]
 
     def _reservation_key(self, reservation_id: uuid.UUID) -> str:
         return self.cache.key("resv", str(reservation_id))
@@ -256,8 +275,13 @@ class Budgets:
             spent_tokens = row["spent_tokens"] if row else 0
             reserved = tokens_reserved = 0
         usage_metrics.record_budget(
-            str(budget["org"]), BUDGET.format(budget["id"]), budget["monthly_limit_micros"],
-            spent + max(reserved, 0), budget["monthly_token_limit"], spent_tokens + max(tokens_reserved, 0))
+            str(budget["org"]),
+            BUDGET.format(budget["id"]),
+            budget["monthly_limit_micros"],
+            spent + max(reserved, 0),
+            budget["monthly_token_limit"],
+            spent_tokens + max(tokens_reserved, 0),
+        )
         return {
             "period_start": period,
             "period_end": next_month(period),
@@ -291,10 +315,23 @@ class Budgets:
         keys = [self._reservation_key(reservation_id)]
         for b, _, _ in applicable:
             keys.extend(self._counter_keys(b["id"], period))
-        fields = [
-            "id", str(reservation_id), "org", org, "api_key", api_key, "amount", amount,
-            "currency", currency, "tokens", tokens, "period", period.strftime("%Y%m"),
-            "budgets", ",".join(str(b["id"]) for b, _, _ in applicable),
+        fields: list[Any] = [
+            "id",
+            str(reservation_id),
+            "org",
+            org,
+            "api_key",
+            api_key,
+            "amount",
+            amount,
+            "currency",
+            currency,
+            "tokens",
+            tokens,
+            "period",
+            period.strftime("%Y%m"),
+            "budgets",
+            ",".join(str(b["id"]) for b, _, _ in applicable),
         ]
         counter_ttl = int((next_month(period) - now).total_seconds() * 1000) + COUNTER_GRACE_MS
 
@@ -302,23 +339,35 @@ class Budgets:
             per_budget: list[Any] = []
             for b, money, token in applicable:
                 seed = seeds.get(b["id"]) if seeds is not None else None
-                per_budget.extend([
-                    b["monthly_limit_micros"] if money else -1,
-                    b["monthly_token_limit"] if token else -1,
-                    (seed["spent_micros"] if seed else 0) if seeds is not None else -1,
-                    (seed["spent_tokens"] if seed else 0) if seeds is not None else -1,
-                ])
+                per_budget.extend(
+                    [
+                        b["monthly_limit_micros"] if money else -1,
+                        b["monthly_token_limit"] if token else -1,
+                        (seed["spent_micros"] if seed else 0) if seeds is not None else -1,
+                        (seed["spent_tokens"] if seed else 0) if seeds is not None else -1,
+                    ]
+                )
             # "id" must be the first field (its value is ARGV[7]): the hold member starts with it.
             return await self._reserve(
                 keys=keys,
-                args=[ttl_ms, amount, tokens, counter_ttl, len(fields), *fields, *per_budget,
-                      RESERVATION_KEEP_MS],
+                args=[
+                    ttl_ms,
+                    amount,
+                    tokens,
+                    counter_ttl,
+                    len(fields),
+                    *fields,
+                    *per_budget,
+                    RESERVATION_KEEP_MS,
+                ],
             )
 
         # Live counters normally exist: read PostgreSQL's settled spend only to seed them.
         result = await attempt(None)
         if _word(result[0]) == "seed":
-            result = await attempt(await self.store.spent([b["id"] for b, _, _ in applicable], period))
+            result = await attempt(
+                await self.store.spent([b["id"] for b, _, _ in applicable], period)
+            )
         outcome = _word(result[0])
         if outcome == "dup":
             existing = await self.get(org, reservation_id)
@@ -329,25 +378,48 @@ class Budgets:
             index, spent, reserved, used_tokens = (int(x) for x in result[1:5])
             budget, _, _ = applicable[index - 1]
             usage_metrics.record_budget_rejection(org)
-            self._raise_exceeded(budget, period, currency, spent, reserved, used_tokens, amount, tokens)
+            self._raise_exceeded(
+                budget, period, currency, spent, reserved, used_tokens, amount, tokens
+            )
         create_ms, expire_ms = int(result[1]), int(result[2])
         reservation = Reservation(
-            id=reservation_id, org=org, api_key=api_key, amount_micros=amount,
-            currency_code=currency, tokens=tokens, state=STATE_OPEN,
-            budgets=[b["id"] for b, _, _ in applicable], expire_time=_from_ms(expire_ms),
-            create_time=_from_ms(create_ms), period_start=period,
+            id=reservation_id,
+            org=org,
+            api_key=api_key,
+            amount_micros=amount,
+            currency_code=currency,
+            tokens=tokens,
+            state=STATE_OPEN,
+            budgets=[b["id"] for b, _, _ in applicable],
+            expire_time=_from_ms(expire_ms),
+            create_time=_from_ms(create_ms),
+            period_start=period,
         )
-        await self.store.insert_reservation({
-            "id": reservation.id, "org": org, "api_key": api_key, "amount_micros": amount,
-            "currency_code": currency, "tokens": tokens, "budgets": reservation.budgets,
-            "period_start": period, "expire_time": reservation.expire_time,
-        })
+        await self.store.insert_reservation(
+            {
+                "id": reservation.id,
+                "org": org,
+                "api_key": api_key,
+                "amount_micros": amount,
+                "currency_code": currency,
+                "tokens": tokens,
+                "budgets": reservation.budgets,
+                "period_start": period,
+                "expire_time": reservation.expire_time,
+            }
+        )
         return reservation
 
     @staticmethod
     def _raise_exceeded(
-        budget: Row, period: dt.datetime, currency: str, spent: int, reserved: int,
-        used_tokens: int, amount: int, tokens: int,
+        budget: Row,
+        period: dt.datetime,
+        currency: str,
+        spent: int,
+        reserved: int,
+        used_tokens: int,
+        amount: int,
+        tokens: int,
     ) -> None:
         name = BUDGET.format(budget["id"])
         metadata = {
@@ -356,31 +428,41 @@ class Budgets:
             "period_end": _rfc3339(next_month(period)),
         }
         money_over = (
-            budget["monthly_limit_micros"] > 0 and budget["currency_code"] == currency
+            budget["monthly_limit_micros"] > 0
+            and budget["currency_code"] == currency
             and spent + reserved + amount > budget["monthly_limit_micros"]
         )
         if money_over:
             metadata.update(
-                limit_micros=str(budget["monthly_limit_micros"]), spent_micros=str(spent),
-                reserved_micros=str(reserved), currency_code=currency,
+                limit_micros=str(budget["monthly_limit_micros"]),
+                spent_micros=str(spent),
+                reserved_micros=str(reserved),
+                currency_code=currency,
             )
             raise BudgetExceeded(
                 name,
                 f"{name} would be exceeded: {spent + reserved} of {budget['monthly_limit_micros']} "
                 f"{currency} micros used or held this month, {amount} requested",
-                "BUDGET_EXCEEDED", metadata,
+                "BUDGET_EXCEEDED",
+                metadata,
             )
-        metadata.update(limit_tokens=str(budget["monthly_token_limit"]), used_tokens=str(used_tokens))
+        metadata.update(
+            limit_tokens=str(budget["monthly_token_limit"]), used_tokens=str(used_tokens)
+        )
         raise BudgetExceeded(
             name,
             f"{name} token cap would be exceeded: {used_tokens} of "
             f"{budget['monthly_token_limit']} tokens used or held this month, {tokens} requested",
-            "TOKEN_BUDGET_EXCEEDED", metadata,
+            "TOKEN_BUDGET_EXCEEDED",
+            metadata,
         )
 
     async def get(self, org: str | None, reservation_id: uuid.UUID) -> Reservation | None:
-        """From Redis while it holds the reservation (authoritative for its state), else PostgreSQL."""
-        raw = await self.cache.redis.hgetall(self._reservation_key(reservation_id))
+        """From Redis while it holds the reservation (authoritative for its state), else
+        PostgreSQL."""
+        # redis-py types its commands for both clients (value or awaitable); this one is async.
+        reply = self.cache.redis.hgetall(self._reservation_key(reservation_id))
+        raw = await cast(Awaitable[dict[bytes, bytes]], reply)
         if raw:
             h = {k.decode(): v.decode() for k, v in raw.items()}
             if org is not None and h["org"] != org:
@@ -390,15 +472,21 @@ class Budgets:
             if state == STATE_OPEN and expire < dt.datetime.now(dt.UTC):
                 state = STATE_EXPIRED
             return Reservation(
-                id=reservation_id, org=h["org"], api_key=h["api_key"],
-                amount_micros=int(h["amount"]), currency_code=h["currency"],
-                tokens=int(h["tokens"]), state=state,
+                id=reservation_id,
+                org=h["org"],
+                api_key=h["api_key"],
+                amount_micros=int(h["amount"]),
+                currency_code=h["currency"],
+                tokens=int(h["tokens"]),
+                state=state,
                 budgets=[uuid.UUID(b) for b in h["budgets"].split(",") if b],
-                expire_time=expire, create_time=_from_ms(h["create_ms"]),
+                expire_time=expire,
+                create_time=_from_ms(h["create_ms"]),
                 settled_amount_micros=int(h.get("settled_amount", 0)),
                 settled_tokens=int(h.get("settled_tokens", 0)),
-                close_time=_from_ms(h["close_ms"]) if "close_ms" in h else (
-                    expire if state == STATE_EXPIRED else None),
+                close_time=_from_ms(h["close_ms"])
+                if "close_ms" in h
+                else (expire if state == STATE_EXPIRED else None),
                 period_start=dt.datetime.strptime(h["period"], "%Y%m").replace(tzinfo=dt.UTC),
             )
         row = await self.store.get_reservation(org, reservation_id)
@@ -410,7 +498,9 @@ class Budgets:
         """Settle (amount, tokens) or release an open reservation, exactly once."""
         current = await self.get(org, reservation_id)
         if current is None:
-            raise not_found(f"{RESERVATION.format(reservation_id)} not found", reason="RESERVATION_NOT_FOUND")
+            raise not_found(
+                f"{RESERVATION.format(reservation_id)} not found", reason="RESERVATION_NOT_FOUND"
+            )
         keys = [self._reservation_key(reservation_id)]
         for budget_id in current.budgets:
             keys.extend(self._counter_keys(budget_id, current.period_start))
@@ -423,7 +513,9 @@ class Budgets:
             outcome = "ok"
         if outcome == "ok":
             row = await self.store.close_reservation(
-                reservation_id, STATE_SETTLED if settle else STATE_RELEASED, amount if settle else 0,
+                reservation_id,
+                STATE_SETTLED if settle else STATE_RELEASED,
+                amount if settle else 0,
                 tokens if settle else 0,
             )
             closed = await self.get(org, reservation_id)
@@ -445,18 +537,30 @@ class Budgets:
 
 def _from_row(row: Row) -> Reservation:
     return Reservation(
-        id=row["id"], org=row["org"], api_key=row["api_key"], amount_micros=row["amount_micros"],
-        currency_code=row["currency_code"], tokens=row["tokens"], state=row["state"],
-        budgets=list(row["budgets"]), expire_time=row["expire_time"],
-        create_time=row["create_time"], settled_amount_micros=row["settled_amount_micros"],
-        settled_tokens=row["settled_tokens"], close_time=row["close_time"],
+        id=row["id"],
+        org=row["org"],
+        api_key=row["api_key"],
+        amount_micros=row["amount_micros"],
+        currency_code=row["currency_code"],
+        tokens=row["tokens"],
+        state=row["state"],
+        budgets=list(row["budgets"]),
+        expire_time=row["expire_time"],
+        create_time=row["create_time"],
+        settled_amount_micros=row["settled_amount_micros"],
+        settled_tokens=row["settled_tokens"],
+        close_time=row["close_time"],
         period_start=row["period_start"],
     )
 
 
 def state_check_for_settle(r: Reservation, amount: int, tokens: int) -> None:
     """After close(settle=True): the reservation must be settled with these amounts."""
-    if r.state == STATE_SETTLED and r.settled_amount_micros == amount and r.settled_tokens == tokens:
+    if (
+        r.state == STATE_SETTLED
+        and r.settled_amount_micros == amount
+        and r.settled_tokens == tokens
+    ):
         return
     raise failed_precondition(
         f"{RESERVATION.format(r.id)} is not open (state {_state_word(r.state)})",
@@ -476,7 +580,6 @@ def _state_word(state: int) -> str:
     return {v: k for k, v in _STATE_NAMES.items()}.get(state, "unknown").upper()
 
 
-
 # --- budget and reservation requests: the rules the RPCs enforce ------------------------------
 
 BUDGET_MUTABLE = frozenset({"display_name", "monthly_limit_micros", "monthly_token_limit"})
@@ -489,9 +592,17 @@ def _check_caps(b: Any, v: FieldViolations, fields: set[str] | frozenset[str]) -
     if "display_name" in fields:
         v.check(len(b.display_name) <= 100, "budget.display_name", "at most 100 characters")
     if "monthly_limit_micros" in fields:
-        v.check(0 <= b.monthly_limit_micros <= MAX_AMOUNT, "budget.monthly_limit_micros", f"must be 0..{MAX_AMOUNT}")
+        v.check(
+            0 <= b.monthly_limit_micros <= MAX_AMOUNT,
+            "budget.monthly_limit_micros",
+            f"must be 0..{MAX_AMOUNT}",
+        )
     if "monthly_token_limit" in fields:
-        v.check(0 <= b.monthly_token_limit <= MAX_AMOUNT, "budget.monthly_token_limit", f"must be 0..{MAX_AMOUNT}")
+        v.check(
+            0 <= b.monthly_token_limit <= MAX_AMOUNT,
+            "budget.monthly_token_limit",
+            f"must be 0..{MAX_AMOUNT}",
+        )
 
 
 def new_budget(org: str, b: Any, request_id: str) -> Row:
@@ -500,23 +611,38 @@ def new_budget(org: str, b: Any, request_id: str) -> Row:
     ISO 4217 currency with a money cap."""
     v = FieldViolations()
     _check_caps(b, v, BUDGET_MUTABLE)
-    v.check(b.scope in (SCOPE_ORGANIZATION, SCOPE_API_KEY), "budget.scope", "must be ORGANIZATION or API_KEY")
+    v.check(
+        b.scope in (SCOPE_ORGANIZATION, SCOPE_API_KEY),
+        "budget.scope",
+        "must be ORGANIZATION or API_KEY",
+    )
     if b.scope == SCOPE_API_KEY:
         v.check(bool(b.api_key), "budget.api_key", "required when scope is API_KEY")
         check_api_key(b.api_key, "budget.api_key", v, org)
     else:
         v.check(not b.api_key, "budget.api_key", "only with scope API_KEY")
-    v.check(b.monthly_limit_micros > 0 or b.monthly_token_limit > 0, "budget.monthly_limit_micros",
-            "set a money cap or a token cap")
+    v.check(
+        b.monthly_limit_micros > 0 or b.monthly_token_limit > 0,
+        "budget.monthly_limit_micros",
+        "set a money cap or a token cap",
+    )
     if b.monthly_limit_micros > 0 or b.currency_code:
-        v.check(valid_currency(b.currency_code), "budget.currency_code",
-                "an ISO 4217 code like USD is required with a money cap")
+        v.check(
+            valid_currency(b.currency_code),
+            "budget.currency_code",
+            "an ISO 4217 code like USD is required with a money cap",
+        )
     v.check(len(request_id) <= MAX_REQUEST_ID, "request_id", f"at most {MAX_REQUEST_ID} characters")
     v.raise_if_any()
     return {
-        "org": org, "scope": b.scope, "api_key": b.api_key, "display_name": b.display_name,
-        "monthly_limit_micros": b.monthly_limit_micros, "currency_code": b.currency_code,
-        "monthly_token_limit": b.monthly_token_limit, "request_id": request_id or None,
+        "org": org,
+        "scope": b.scope,
+        "api_key": b.api_key,
+        "display_name": b.display_name,
+        "monthly_limit_micros": b.monthly_limit_micros,
+        "currency_code": b.currency_code,
+        "monthly_token_limit": b.monthly_token_limit,
+        "request_id": request_id or None,
     }
 
 
@@ -534,33 +660,50 @@ def budget_changes(row: Row, b: Any, paths: list[str]) -> tuple[Row, int | None]
     """The column changes of an update of budget `row` and the version its etag expects (None:
     no etag). The result must still have a cap, and a money cap needs the budget's currency."""
     changes = {p: getattr(b, p) for p in paths}
-    money = int(changes.get("monthly_limit_micros", row["monthly_limit_micros"]))
-    tokens = int(changes.get("monthly_token_limit", row["monthly_token_limit"]))
+    after = {**row, **changes}
+    money, tokens = int(after["monthly_limit_micros"]), int(after["monthly_token_limit"])
     if money <= 0 and tokens <= 0:
-        raise invalid_argument("a budget needs a money cap or a token cap",
-                               {"budget.monthly_limit_micros": "set a money cap or a token cap"})
+        raise invalid_argument(
+            "a budget needs a money cap or a token cap",
+            {"budget.monthly_limit_micros": "set a money cap or a token cap"},
+        )
     if money > 0 and not row["currency_code"]:
-        raise invalid_argument("this budget has no currency; create a money budget instead",
-                               {"budget.monthly_limit_micros": "budget has no currency_code"})
+        raise invalid_argument(
+            "this budget has no currency; create a money budget instead",
+            {"budget.monthly_limit_micros": "budget has no currency_code"},
+        )
     if not b.etag:
         return changes, None
     if not b.etag.isdigit():
-        raise invalid_argument("malformed etag", {"budget.etag": "not an etag this service returned"})
+        raise invalid_argument(
+            "malformed etag", {"budget.etag": "not an etag this service returned"}
+        )
     return changes, int(b.etag)
 
 
 def reservation_ttl_ms(org: str, request: Any) -> int:
-    """A ReserveBudget request's hold lifetime, after checking its amounts, currency, key and ttl."""
+    """A ReserveBudget request's hold lifetime, after checking its amounts, currency, key and
+    ttl."""
     v = FieldViolations()
     check_api_key(request.api_key, "api_key", v, org)
-    v.check(0 <= request.estimated_amount_micros <= MAX_AMOUNT, "estimated_amount_micros", f"must be 0..{MAX_AMOUNT}")
+    v.check(
+        0 <= request.estimated_amount_micros <= MAX_AMOUNT,
+        "estimated_amount_micros",
+        f"must be 0..{MAX_AMOUNT}",
+    )
     v.check(valid_currency(request.currency_code), "currency_code", "an ISO 4217 code like USD")
-    v.check(0 <= request.estimated_tokens <= MAX_AMOUNT, "estimated_tokens", f"must be 0..{MAX_AMOUNT}")
+    v.check(
+        0 <= request.estimated_tokens <= MAX_AMOUNT, "estimated_tokens", f"must be 0..{MAX_AMOUNT}"
+    )
     ttl_ms = DEFAULT_TTL_MS
     if request.HasField("ttl"):
         ttl_ms = request.ttl.ToMilliseconds()
         v.check(MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS, "ttl", "must be between 1 s and 1 h")
-    v.check(len(request.request_id) <= MAX_REQUEST_ID, "request_id", f"at most {MAX_REQUEST_ID} characters")
+    v.check(
+        len(request.request_id) <= MAX_REQUEST_ID,
+        "request_id",
+        f"at most {MAX_REQUEST_ID} characters",
+    )
     v.raise_if_any()
     return ttl_ms
 

@@ -46,27 +46,47 @@ def validate_records(
     for i, r in enumerate(items):
         at = f"records[{i}]"
         org = ORGANIZATION.id(r.organization, f"{at}.organization", v)
-        v.check(0 < len(r.request_id) <= 200, f"{at}.request_id", "required, at most 200 characters")
-        v.check(r.resource_type in VALID_RESOURCE_TYPES, f"{at}.resource_type",
-                "must be a known resource type (not UNSPECIFIED)")
+        v.check(
+            0 < len(r.request_id) <= 200, f"{at}.request_id", "required, at most 200 characters"
+        )
+        v.check(
+            r.resource_type in VALID_RESOURCE_TYPES,
+            f"{at}.resource_type",
+            "must be a known resource type (not UNSPECIFIED)",
+        )
         v.check(r.quantity_micros >= 0, f"{at}.quantity_micros", "must not be negative")
         check_api_key(r.api_key, f"{at}.api_key", v, org)
         if r.user:
             USER.parse(r.user, f"{at}.user", v)
         for field_name in ("model", "source", "user"):
-            v.check(len(getattr(r, field_name)) <= MAX_TEXT, f"{at}.{field_name}",
-                    f"at most {MAX_TEXT} characters")
+            v.check(
+                len(getattr(r, field_name)) <= MAX_TEXT,
+                f"{at}.{field_name}",
+                f"at most {MAX_TEXT} characters",
+            )
         occur = None
         if not r.HasField("occur_time"):
             v.add(f"{at}.occur_time", "required")
         else:
             occur = r.occur_time.ToDatetime(tzinfo=dt.UTC)
-            v.check(occur <= now + MAX_FUTURE, f"{at}.occur_time",
-                    "more than 5 minutes in the future")
+            v.check(
+                occur <= now + MAX_FUTURE, f"{at}.occur_time", "more than 5 minutes in the future"
+            )
             v.check(occur >= now - MAX_AGE, f"{at}.occur_time", "older than 35 days")
         if org and occur is not None:
-            out.append(NewRecord(org, r.request_id, r.api_key, r.user, r.resource_type, r.model,
-                                 r.quantity_micros, occur, r.source))
+            out.append(
+                NewRecord(
+                    org,
+                    r.request_id,
+                    r.api_key,
+                    r.user,
+                    r.resource_type,
+                    r.model,
+                    r.quantity_micros,
+                    occur,
+                    r.source,
+                )
+            )
     v.raise_if_any()
     return out
 
@@ -101,13 +121,16 @@ GROUPS = {
 }
 
 
-def summary_query(org: str, request: usage_pb2.GetUsageSummaryRequest
-                  ) -> tuple[dt.datetime, dt.datetime, list[str]]:
+def summary_query(
+    org: str, request: usage_pb2.GetUsageSummaryRequest
+) -> tuple[dt.datetime, dt.datetime, list[str]]:
     """A summary's [start, end) and group-by columns, after checking every field."""
     v = FieldViolations()
     start, end = time_range(
         request.start_time if request.HasField("start_time") else None,
-        request.end_time if request.HasField("end_time") else None, v, required=True,
+        request.end_time if request.HasField("end_time") else None,
+        v,
+        required=True,
     )
     groups: list[str] = []
     for i, g in enumerate(request.group_by):
@@ -131,14 +154,22 @@ def record_filter(org: str, request: Any, required: bool) -> RecordFilter:
     start, end = time_range(
         request.start_time if request.HasField("start_time") else None,
         request.end_time if request.HasField("end_time") else None,
-        v, required=required,
+        v,
+        required=required,
     )
     rtype = request.resource_type
     v.check(rtype == 0 or rtype in VALID_RESOURCE_TYPES, "resource_type", "unknown resource type")
     check_api_key(request.api_key, "api_key", v, org)
     v.raise_if_any()
-    return RecordFilter(org=org, start=start, end=end, resource_type=rtype, model=request.model,
-                        api_key=request.api_key, user=getattr(request, "user", ""))
+    return RecordFilter(
+        org=org,
+        start=start,
+        end=end,
+        resource_type=rtype,
+        model=request.model,
+        api_key=request.api_key,
+        user=getattr(request, "user", ""),
+    )
 
 
 def duplicates(records: list[NewRecord], inserted: set[tuple[str, str]]) -> list[str]:
@@ -175,12 +206,18 @@ class CsvChunks:
     def feed(self, rows: Iterable[Row]) -> Iterator[bytes]:
         """Full chunks made ready by these rows."""
         for row in rows:
-            line = self._line([
-                row["occur_time"].astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
-                usage_pb2.ResourceType.Name(row["resource_type"]),
-                row["model"], row["quantity_micros"], row["api_key"], row["user_name"],
-                row["request_id"], record_name(row),
-            ])
+            line = self._line(
+                [
+                    row["occur_time"].astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+                    usage_pb2.ResourceType.Name(row["resource_type"]),
+                    row["model"],
+                    row["quantity_micros"],
+                    row["api_key"],
+                    row["user_name"],
+                    row["request_id"],
+                    record_name(row),
+                ]
+            )
             if len(self._pending) + len(line) > CSV_CHUNK_BYTES:
                 yield self._pending
                 self._pending = b""

@@ -138,7 +138,9 @@ class RateLimiter:
     async def default_policy(self) -> Policy:
         """The policy of organizations without their own: the default plan's, as Billing set it."""
         remembered = self._default
-        if remembered is not None and time.monotonic() - remembered[0] < DEFAULT_POLICY_MEMORY_SECONDS:
+        if remembered is not None and (
+            time.monotonic() - remembered[0] < DEFAULT_POLICY_MEMORY_SECONDS
+        ):
             return remembered[1]
         stored = await self._stored(DEFAULT_POLICY_ORG)
         policy = replace(stored, is_default=True) if stored else self.configured_default()
@@ -162,7 +164,9 @@ class RateLimiter:
             else:
                 cached = f"{row['org_rpm']},{row['key_rpm']},{row['plan']}".encode()
             # NX: never overwrite what a concurrent SetRateLimitPolicy just wrote through.
-            await self.cache.redis.set(self._policy_key(org), cached, ex=POLICY_CACHE_SECONDS, nx=True)
+            await self.cache.redis.set(
+                self._policy_key(org), cached, ex=POLICY_CACHE_SECONDS, nx=True
+            )
         if cached == DEFAULT_MARKER:
             return None
         org_rpm, key_rpm, plan = cached.decode().split(",", 2)
@@ -224,8 +228,14 @@ MAX_RPM = 10_000_000
 
 def check_policy(p: Any, v: FieldViolations) -> None:
     """A SetRateLimitPolicy request's policy (usage.v1.RateLimitPolicy): positive limits."""
-    v.check(0 < p.organization_requests_per_minute <= MAX_RPM,
-            "policy.organization_requests_per_minute", f"must be 1..{MAX_RPM}")
-    v.check(0 < p.api_key_requests_per_minute <= MAX_RPM,
-            "policy.api_key_requests_per_minute", f"must be 1..{MAX_RPM}")
+    v.check(
+        0 < p.organization_requests_per_minute <= MAX_RPM,
+        "policy.organization_requests_per_minute",
+        f"must be 1..{MAX_RPM}",
+    )
+    v.check(
+        0 < p.api_key_requests_per_minute <= MAX_RPM,
+        "policy.api_key_requests_per_minute",
+        f"must be 1..{MAX_RPM}",
+    )
     v.check(len(p.plan) <= 200, "policy.plan", "at most 200 characters")

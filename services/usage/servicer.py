@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -77,15 +78,17 @@ def _identity(context: grpc.aio.ServicerContext) -> Identity | None:
 
 def _limiter(runtime: Runtime) -> RateLimiter:
     """One RateLimiter per process, shared by both servicers (same policy cache)."""
-    existing = getattr(runtime, "_usage_rate_limiter", None)
+    existing = runtime.shared.get("usage.rate_limiter")
     if existing is None:
         assert runtime.db is not None and runtime.cache is not None
         existing = RateLimiter(runtime.settings, Store(runtime.db), runtime.cache)
-        runtime._usage_rate_limiter = existing
-    return existing
+        runtime.shared["usage.rate_limiter"] = existing
+    return cast(RateLimiter, existing)
 
 
-def _policy_message(org: str, policy: Policy, update_time: object = None) -> usage_pb2.RateLimitPolicy:
+def _policy_message(
+    org: str, policy: Policy, update_time: object = None
+) -> usage_pb2.RateLimitPolicy:
     message = usage_pb2.RateLimitPolicy(
         name=RATE_LIMIT_POLICY.format(org),
         organization_requests_per_minute=policy.org_rpm,
@@ -94,7 +97,7 @@ def _policy_message(org: str, policy: Policy, update_time: object = None) -> usa
     )
     if update_time is not None:
         stamp = timestamp_pb2.Timestamp()
-        stamp.FromDatetime(update_time)  # type: ignore[arg-type]
+        stamp.FromDatetime(update_time)
         message.update_time.CopyFrom(stamp)
     return message
 
@@ -111,8 +114,10 @@ def _resolve_org(identity: Identity | None, requested: str, field: str) -> str:
             )
         return org
     if identity is None:
-        raise invalid_argument(f"{field} is required for calls without a caller identity",
-                               [(field, "required for calls without a caller identity")])
+        raise invalid_argument(
+            f"{field} is required for calls without a caller identity",
+            [(field, "required for calls without a caller identity")],
+        )
     return identity.org
 
 
@@ -179,7 +184,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         records = ledger.validate_records(request.records, dt.datetime.now(dt.UTC))
         repeated = ledger.duplicates(records, await self.store.record(records))
         return usage_pb2.RecordUsageResponse(
-            accepted_count=len(records) - len(repeated), duplicate_count=len(repeated),
+            accepted_count=len(records) - len(repeated),
+            duplicate_count=len(repeated),
             duplicate_request_ids=repeated,
         )
 
@@ -192,7 +198,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             org, start, end, groups, request.api_key, list(request.resource_types)
         )
         summary = usage_pb2.UsageSummary(
-            organization=ORGANIZATION.format(org), start_time=to_timestamp(start), end_time=to_timestamp(end)
+            organization=ORGANIZATION.format(org),
+            start_time=to_timestamp(start),
+            end_time=to_timestamp(end),
         )
         for row in rows:
             item = summary.rows.add(
@@ -208,8 +216,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         return summary
 
     def _record_filter(
-        self, request: usage_pb2.ListUsageRecordsRequest | usage_pb2.ExportUsageRecordsRequest,
-        context: grpc.aio.ServicerContext, required: bool) -> RecordFilter:
+        self,
+        request: usage_pb2.ListUsageRecordsRequest | usage_pb2.ExportUsageRecordsRequest,
+        context: grpc.aio.ServicerContext,
+        required: bool,
+    ) -> RecordFilter:
         org = _resolve_org(_identity(context), request.organization, "organization")
         return ledger.record_filter(org, request, required)
 
@@ -218,7 +229,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     ) -> usage_pb2.ListUsageRecordsResponse:
         f = self._record_filter(request, context, required=False)
         page = self.pages.start(request, f.org)
-        rows = await self.store.list_records(f, page.size + 1, page.cursor)  # type: ignore[arg-type]
+        rows = await self.store.list_records(f, page.size + 1, page.cursor)
         rows, token = page.split(rows, lambda r: (r["occur_time"], r["id"]))
         return usage_pb2.ListUsageRecordsResponse(
             usage_records=[_record_message(r) for r in rows], next_page_token=token
@@ -260,13 +271,18 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.CreateBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Budget:
         identity = require_identity(context.invocation_metadata() or ())
-        row, _ = await self.store.create_budget(budget_rules.new_budget(identity.org, request.budget, request.request_id))
+        row, _ = await self.store.create_budget(
+            budget_rules.new_budget(identity.org, request.budget, request.request_id)
+        )
         if not row:
-            raise already_exists("a budget for this scope and currency already exists",
-                                 reason="BUDGET_EXISTS")
+            raise already_exists(
+                "a budget for this scope and currency already exists", reason="BUDGET_EXISTS"
+            )
         return await self._budget_message(row)
 
-    async def _load_budget(self, name: str, context: grpc.aio.ServicerContext) -> tuple[Identity, Row | None, uuid.UUID]:
+    async def _load_budget(
+        self, name: str, context: grpc.aio.ServicerContext
+    ) -> tuple[Identity, Row | None, uuid.UUID]:
         identity = require_identity(context.invocation_metadata() or ())
         budget_id = BUDGET.uuid(name, "name")
         assert budget_id is not None
@@ -285,7 +301,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     ) -> usage_pb2.ListBudgetsResponse:
         identity = require_identity(context.invocation_metadata() or ())
         page = self.pages.start(request, identity.org)
-        rows = await self.store.list_budgets(identity.org, page.size + 1, page.cursor)  # type: ignore[arg-type]
+        rows = await self.store.list_budgets(identity.org, page.size + 1, page.cursor)
         rows, token = page.split(rows, lambda r: (r["create_time"], r["id"]))
         return usage_pb2.ListBudgetsResponse(
             budgets=[await self._budget_message(r) for r in rows], next_page_token=token
@@ -309,7 +325,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.DeleteBudgetRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         identity, _, budget_id = await self._load_budget(request.name, context)
-        if not await self.store.delete_budget(identity.org, budget_id) and not request.allow_missing:
+        if (
+            not await self.store.delete_budget(identity.org, budget_id)
+            and not request.allow_missing
+        ):
             raise not_found(f"{request.name} not found")
         return empty_pb2.Empty()
 
@@ -321,12 +340,19 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         org = _resolve_org(_identity(context), request.organization, "organization")
         ttl_ms = budget_rules.reservation_ttl_ms(org, request)
         reservation = await self.budgets.reserve(
-            org, request.api_key, request.estimated_amount_micros, request.currency_code,
-            request.estimated_tokens, ttl_ms, request.request_id,
+            org,
+            request.api_key,
+            request.estimated_amount_micros,
+            request.currency_code,
+            request.estimated_tokens,
+            ttl_ms,
+            request.request_id,
         )
         return _reservation_message(reservation)
 
-    def _reservation_target(self, name: str, context: grpc.aio.ServicerContext) -> tuple[str | None, uuid.UUID]:
+    def _reservation_target(
+        self, name: str, context: grpc.aio.ServicerContext
+    ) -> tuple[str | None, uuid.UUID]:
         reservation_id = RESERVATION.uuid(name, "name")
         assert reservation_id is not None
         identity = _identity(context)
@@ -373,8 +399,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         p = request.policy
         v = FieldViolations()
         # The default policy (organizations without their own) has the AIP-159 "-" for an id.
-        org = (DEFAULT_POLICY_ORG if p.name == DEFAULT_POLICY_NAME
-               else RATE_LIMIT_POLICY.id(p.name, "policy.name", v))
+        org = (
+            DEFAULT_POLICY_ORG
+            if p.name == DEFAULT_POLICY_NAME
+            else RATE_LIMIT_POLICY.id(p.name, "policy.name", v)
+        )
         check_policy(p, v)
         v.raise_if_any()
         row = await self.store.set_rate_limit_policy(
@@ -409,7 +438,7 @@ def _reservation_message(r: Reservation) -> usage_pb2.Reservation:
         amount_micros=r.amount_micros,
         currency_code=r.currency_code,
         tokens=r.tokens,
-        state=r.state,
+        state=cast(usage_pb2.Reservation.State, r.state),
         budgets=[BUDGET.format(b) for b in r.budgets],
         expire_time=to_timestamp(r.expire_time),
         settled_amount_micros=r.settled_amount_micros,

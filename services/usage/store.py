@@ -86,7 +86,8 @@ class Store:
     async def get_rate_limit_policy(self, org: str) -> Row | None:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT org_rpm, key_rpm, plan, update_time FROM rate_limit_policies WHERE org = %s",
+                "SELECT org_rpm, key_rpm, plan, update_time FROM rate_limit_policies "
+                "WHERE org = %s",
                 (org,),
             )
             return await cur.fetchone()
@@ -128,7 +129,8 @@ class Store:
 
     @staticmethod
     def _where(f: RecordFilter) -> tuple[list[str], list[Any]]:
-        clauses, args = ["org = %s"], [f.org]
+        clauses: list[str] = ["org = %s"]
+        args: list[Any] = [f.org]
         if f.start is not None:
             clauses.append("occur_time >= %s")
             args.append(f.start)
@@ -163,7 +165,8 @@ class Store:
             clauses.append(f"(occur_time, id) {cmp} (%s, %s)")
             args.extend(after)
         sql = (
-            "SELECT * FROM usage_records WHERE " + " AND ".join(clauses)
+            "SELECT * FROM usage_records WHERE "
+            + " AND ".join(clauses)
             + f" ORDER BY occur_time {order}, id {order} LIMIT %s"
         )
         async with self.db.connection() as conn:
@@ -192,9 +195,7 @@ class Store:
     ) -> list[Row]:
         """Sums per resource type and the requested dimensions ("resource_type", "model",
         "day", "api_key"). Whole UTC days come from the rollup; other ranges from the ledger."""
-        whole_days = all(
-            t.hour == t.minute == t.second == t.microsecond == 0 for t in (start, end)
-        )
+        whole_days = all(t.hour == t.minute == t.second == t.microsecond == 0 for t in (start, end))
         if whole_days:
             table, day_expr = "usage_daily", "day"
             args: list[Any] = [org, start.date(), end.date()]
@@ -275,7 +276,8 @@ class Store:
             args.extend(after)
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM budgets WHERE org = %s" + extra
+                "SELECT * FROM budgets WHERE org = %s"
+                + extra
                 + " ORDER BY create_time, id LIMIT %s",
                 [*args, limit],
             )
@@ -284,7 +286,8 @@ class Store:
     async def applicable_budgets(self, org: str, api_key: str) -> list[Row]:
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM budgets WHERE org = %s AND (scope = 1 OR (scope = 2 AND api_key = %s))"
+                "SELECT * FROM budgets "
+                "WHERE org = %s AND (scope = 1 OR (scope = 2 AND api_key = %s))"
                 " ORDER BY id",
                 (org, api_key),
             )
@@ -310,7 +313,9 @@ class Store:
             )
             return cur.rowcount > 0
 
-    async def spent(self, budget_ids: Sequence[uuid.UUID], period: dt.datetime) -> dict[uuid.UUID, Row]:
+    async def spent(
+        self, budget_ids: Sequence[uuid.UUID], period: dt.datetime
+    ) -> dict[uuid.UUID, Row]:
         """Settled spend of each budget in the period, summed from its settled reservations."""
         async with self.db.connection() as conn:
             cur = await conn.execute(
@@ -344,7 +349,9 @@ class Store:
     async def get_reservation(self, org: str | None, reservation_id: uuid.UUID) -> Row | None:
         async with self.db.connection() as conn:
             if org is None:
-                cur = await conn.execute("SELECT * FROM reservations WHERE id = %s", (reservation_id,))
+                cur = await conn.execute(
+                    "SELECT * FROM reservations WHERE id = %s", (reservation_id,)
+                )
             else:
                 cur = await conn.execute(
                     "SELECT * FROM reservations WHERE id = %s AND org = %s", (reservation_id, org)
@@ -367,7 +374,9 @@ class Store:
             )
             row = await cur.fetchone()
             if row is None:
-                cur = await conn.execute("SELECT * FROM reservations WHERE id = %s", (reservation_id,))
+                cur = await conn.execute(
+                    "SELECT * FROM reservations WHERE id = %s", (reservation_id,)
+                )
                 row = await cur.fetchone()
             return row
 

@@ -105,8 +105,11 @@ class Provider(Protocol):
 def grounding_prompt(passages: list[Passage]) -> str:
     """System text that hands retrieved passages to a general chat model, numbered for citing."""
     lines = [
-        ("Answer using the numbered sources below when they are relevant. Cite a source as [n] "
-         "right after the sentence that uses it. If the sources do not contain the answer, say so."),
+        (
+            "Answer using the numbered sources below when they are relevant. Cite a source as [n] "
+            "right after the sentence that uses it. "
+            "If the sources do not contain the answer, say so."
+        ),
         "",
     ]
     lines += [f"[{i}] {p.text}" for i, p in enumerate(passages, start=1)]

@@ -26,7 +26,12 @@ from services.orchestrator.providers.http import (
 from services.orchestrator.providers.sse import iter_sse
 
 API_VERSION = "2023-06-01"
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "refusal": "content_filter"}
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "refusal": "content_filter",
+}
 
 
 class AnthropicProvider(HTTPProvider):
@@ -52,7 +57,9 @@ class AnthropicProvider(HTTPProvider):
             body["stop_sequences"] = request.stop
         return body
 
-    async def stream(self, deployment: Deployment, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+    async def stream(
+        self, deployment: Deployment, request: ProviderRequest
+    ) -> AsyncIterator[StreamItem]:
         base = (deployment.base_url or self.settings.anthropic_base_url).rstrip("/")
         headers = {
             "accept": "text/event-stream",
@@ -87,7 +94,9 @@ class AnthropicProvider(HTTPProvider):
                             yield Piece(delta["text"])
                     elif kind == "message_delta":
                         stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                        output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
+                        output_tokens = (data.get("usage") or {}).get(
+                            "output_tokens", output_tokens
+                        )
                     elif kind == "message_stop":
                         stopped = True
                         break

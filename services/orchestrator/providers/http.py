@@ -74,7 +74,7 @@ def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
     return ProviderError(f"{provider}: {what}{detail}", grpc.StatusCode.UNAVAILABLE)
 
 
-def load_json(provider: str, data: str) -> dict:  # type: ignore[type-arg]
+def load_json(provider: str, data: str) -> dict:
     try:
         value = json.loads(data)
     except ValueError:

@@ -77,7 +77,9 @@ class OpenAIProvider(HTTPProvider):
             body["response_format"] = request.response_format
         return body
 
-    async def stream(self, deployment: Deployment, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+    async def stream(
+        self, deployment: Deployment, request: ProviderRequest
+    ) -> AsyncIterator[StreamItem]:
         base = (deployment.base_url or self.settings.openai_base_url).rstrip("/")
         headers = {"accept": "text/event-stream"}
         if self.settings.openai_api_key:
@@ -87,7 +89,10 @@ class OpenAIProvider(HTTPProvider):
         done = False
         try:
             async with self.client.stream(
-                "POST", f"{base}/chat/completions", json=self.body(deployment, request), headers=headers
+                "POST",
+                f"{base}/chat/completions",
+                json=self.body(deployment, request),
+                headers=headers,
             ) as response:
                 await raise_for_status(self.name, response)
                 async for event in iter_sse(response):
@@ -109,9 +114,11 @@ class OpenAIProvider(HTTPProvider):
                         for call in delta.get("tool_calls") or []:
                             function = call.get("function") or {}
                             yield ToolCallPiece(
-                                index=int(call.get("index", 0)), id=call.get("id") or "",
+                                index=int(call.get("index", 0)),
+                                id=call.get("id") or "",
                                 name=function.get("name") or "",
-                                arguments=function.get("arguments") or "")
+                                arguments=function.get("arguments") or "",
+                            )
                         if choice.get("finish_reason"):
                             finish_reason = choice["finish_reason"]
         except httpx.HTTPError as exc:

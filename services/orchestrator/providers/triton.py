@@ -70,10 +70,15 @@ class TritonProvider:
             return self._grounded(request)
         return self._llm(deployment, request)
 
-    async def _llm(self, deployment: Deployment, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+    async def _llm(
+        self, deployment: Deployment, request: ProviderRequest
+    ) -> AsyncIterator[StreamItem]:
         params: dict[str, Any] = {"max_tokens": request.max_output_tokens}
-        for key, value in (("temperature", request.temperature), ("top_p", request.top_p),
-                           ("seed", request.seed)):
+        for key, value in (
+            ("temperature", request.temperature),
+            ("top_p", request.top_p),
+            ("seed", request.seed),
+        ):
             if value is not None:
                 params[key] = value
         if request.stop:
@@ -86,7 +91,9 @@ class TritonProvider:
         }
         produced = 0
         try:
-            async for response in self.client.stream(deployment.deployment, inputs, timeout=_time_left()):
+            async for response in self.client.stream(
+                deployment.deployment, inputs, timeout=_time_left()
+            ):
                 out = response.get("text_output")
                 text = "".join(_decode(v) for v in out.reshape(-1)) if out is not None else ""
                 if text:
@@ -107,11 +114,14 @@ class TritonProvider:
             shown = words[: request.max_output_tokens]
             for i, word in enumerate(shown):
                 yield Piece(word if i == len(words) - 1 else word + " ")
-            yield Finish("stop" if len(shown) == len(words) else "length", completion_tokens=len(shown))
+            yield Finish("stop" if len(shown) == len(words) else "length",
+                         completion_tokens=len(shown))
             return
         produced = 0
         try:
-            async for response in self.client.respond(question, passages, ids, max_sentences=3, timeout=_time_left()):
+            async for response in self.client.respond(
+                question, passages, ids, max_sentences=3, timeout=_time_left()
+            ):
                 token = response.get("TOKEN")
                 text = _decode(token.reshape(-1)[0]) if token is not None and token.size else ""
                 if text:
@@ -123,7 +133,9 @@ class TritonProvider:
                     yield Piece(text)
                 if response.final or response.get("CITATIONS") is not None:
                     cited = response.get("CITATIONS")
-                    ids_out = tuple(_decode(v) for v in cited.reshape(-1)) if cited is not None else ()
+                    ids_out = (
+                        tuple(_decode(v) for v in cited.reshape(-1)) if cited is not None else ()
+                    )
                     yield Finish("stop", completion_tokens=produced, cited_passage_ids=ids_out)
                     return
         except ServiceError as exc:

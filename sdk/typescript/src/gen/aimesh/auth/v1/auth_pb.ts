@@ -103,6 +103,7 @@ export type ListAuditEventsRequest = Message<"aimesh.auth.v1.ListAuditEventsRequ
 
   /**
    * Maximum results per page: default 50, values above 1000 are coerced to 1000.
+   * Negative values are INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -110,6 +111,8 @@ export type ListAuditEventsRequest = Message<"aimesh.auth.v1.ListAuditEventsRequ
 
   /**
    * next_page_token from a previous call with the same other parameters.
+   * Opaque and signed: a token that was altered, belongs to another organization, or is
+   * sent with any other request field changed is INVALID_ARGUMENT (AIP-158).
    *
    * @generated from field: string page_token = 3;
    */
