@@ -385,6 +385,8 @@ def _edge_route() -> dict[str, Any]:
             "timeout": "0s",
             "idle_timeout": STREAM_IDLE_TIMEOUT,
             "rate_limits": _rate_limits(),
+            # WebSockets (the Realtime bridge) upgrade on this route, after the same filters.
+            "upgrade_configs": [{"upgrade_type": "websocket"}],
         },
         "typed_per_filter_config": {
             "envoy.filters.http.jwt_authn": {

@@ -16,6 +16,7 @@ status in grpc-status-details-bin.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from services.auth import crypto
 from services.auth.domain import AuthDomain
 from services.auth.errors import AuthError
 from services.auth.principal import Principal
-from services.common.access import METHOD_ACCESS
+from services.common.access import METHOD_ACCESS, http_scope
 from services.common.errors import ServiceError, permission_denied, unauthenticated
 from services.common.identity import (
     HEADER_KEY_ID,
@@ -41,6 +42,7 @@ from services.common.identity import (
     HEADER_SCOPES,
     HEADER_SUBJECT,
 )
+from services.common.mesh_policy import EDGE_PUBLIC_PREFIX
 
 log = logging.getLogger("aimesh.auth.check")
 
@@ -59,13 +61,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         http = request.attributes.request.http
         headers = http.headers
         grpc_caller = headers.get("content-type", "").startswith("application/grpc")
+        path = http.path.split("?", 1)[0]
         try:
             principal = await self._authenticate(headers)
-            self._authorize(principal, http.path.split("?", 1)[0])
+            self._authorize(principal, path)
         except AuthError as exc:
-            return _deny(exc.to_service_error(), grpc_caller)
+            return _deny(exc.to_service_error(), grpc_caller, path)
         except ServiceError as exc:
-            return _deny(exc, grpc_caller)
+            return _deny(exc, grpc_caller, path)
         return _allow(principal)
 
     async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -107,7 +110,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         if principal.key_id is None or not principal.scopes:
             return  # users and unscoped keys: each service checks roles itself
         access = METHOD_ACCESS.get(path)
-        needed = access.scope if access else None
+        needed = access.scope if access else http_scope(path)
         if needed is None or needed not in principal.scopes:
             raise permission_denied(
                 f"this API key's scopes ({', '.join(principal.scopes)}) do not allow {path}",
@@ -140,7 +143,7 @@ def _allow(principal: Principal) -> external_auth_pb2.CheckResponse:
     )
 
 
-def _deny(exc: ServiceError, grpc_caller: bool) -> external_auth_pb2.CheckResponse:
+def _deny(exc: ServiceError, grpc_caller: bool, path: str = "") -> external_auth_pb2.CheckResponse:
     status = exc.to_status()
     http_code = _HTTP.get(exc.code, 403)
     headers = [_header("content-type", "application/json")]
@@ -150,6 +153,10 @@ def _deny(exc: ServiceError, grpc_caller: bool) -> external_auth_pb2.CheckRespon
     if exc.code == grpc.StatusCode.UNAUTHENTICATED:
         headers.append(_header("www-authenticate", 'Bearer realm="aimesh"'))
     body = json_format.MessageToJson(status, indent=None)
+    if path.startswith(EDGE_PUBLIC_PREFIX):  # OpenAI's clients read OpenAI's error shape
+        kind = "authentication_error" if http_code == 401 else "permission_error"
+        body = json.dumps({"error": {"message": exc.message, "type": kind, "param": None,
+                                     "code": exc.reason.lower()}})
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=exc.code.value[0], message=exc.message),
         denied_response=external_auth_pb2.DeniedHttpResponse(

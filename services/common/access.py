@@ -148,6 +148,21 @@ METHOD_ACCESS: Mapping[str, Access] = {
 }
 
 
+# The OpenAI-compatible edge's HTTP routes (services/edge), by path prefix: the API-key scope
+# each needs, the same as the gRPC methods it calls for them.
+EDGE_SCOPES: tuple[tuple[str, str], ...] = (
+    ("/openai/v1/chat/completions", "inference"),
+    ("/openai/v1/models", "inference"),
+    ("/openai/v1/embeddings", "knowledge.read"),
+    ("/openai/v1/audio/", "speech"),
+)
+
+
+def http_scope(path: str) -> str | None:
+    """The scope an API key needs for an edge HTTP path (None: only unscoped keys)."""
+    return next((scope for prefix, scope in EDGE_SCOPES if path.startswith(prefix)), None)
+
+
 def refusal(access: Access | None, identity: Identity | None, method: str) -> str | None:
     """Why `identity` may not call `method` (None: it may). No identity: the servicer decides
     (it answers UNAUTHENTICATED where one is needed); unknown methods are refused."""

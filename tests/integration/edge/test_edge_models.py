@@ -12,7 +12,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from tests.integration.edge.conftest import DEFAULT_MODEL, EdgeStack
-from tests.support.accounts import Account
+from tests.support.accounts import Account, create_key
 
 
 async def test_models_list_and_get_with_the_official_client(client: openai.AsyncOpenAI) -> None:
@@ -38,6 +38,27 @@ async def test_bad_key_is_authentication_error(edge: EdgeStack) -> None:
         with pytest.raises(openai.AuthenticationError) as caught:
             await bad.models.list()
     assert caught.value.status_code == 401
+    # Auth's refusal in OpenAI's error shape on the OpenAI prefix.
+    assert caught.value.body["type"] == "authentication_error"  # type: ignore[index]
+    assert caught.value.code == "api_key_invalid" and "API key" in caught.value.message
+
+
+async def test_scoped_keys_follow_the_methods_they_reach(
+    edge: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account
+) -> None:
+    """An API key scoped to `speech` may use /audio but not chat; `inference` the reverse."""
+    speech_only = (await create_key(edge_http, edge_account, scopes=["speech"]))["secret"]
+    inference = (await create_key(edge_http, edge_account, scopes=["inference"]))["secret"]
+    async with openai.AsyncOpenAI(base_url=edge.openai_base, api_key=speech_only, max_retries=0) as oa:
+        with pytest.raises(openai.PermissionDeniedError) as caught:
+            await oa.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.code == "scope_required"
+        with pytest.raises(openai.PermissionDeniedError):
+            await oa.models.list()
+    async with openai.AsyncOpenAI(base_url=edge.openai_base, api_key=inference, max_retries=0) as oa:
+        assert (await oa.models.list()).data
+        with pytest.raises(openai.PermissionDeniedError):
+            await oa.embeddings.create(model="all-minilm-l6-v2", input="hi")
 
 
 async def test_unknown_path_is_an_openai_404(edge_http: httpx.AsyncClient, api_key: str) -> None:
