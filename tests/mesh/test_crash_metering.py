@@ -32,8 +32,13 @@ WORKERS = 6
 KILL_AFTER_SECONDS = 0.5  # after the first replies: calls are in flight, some mid-metering
 PROGRESS_TIMEOUT_SECONDS = 120.0
 # Errors a client sees while the service it calls is dead or restarting.
-CUT_OFF = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
-           grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+CUT_OFF = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+)
 
 
 @dataclass
@@ -47,11 +52,15 @@ class Work:
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        return [("x-aimesh-org", self.org), ("x-aimesh-subject", "users/crash-test"),
-                ("x-aimesh-roles", "member")]
+        return [
+            ("x-aimesh-org", self.org),
+            ("x-aimesh-subject", "users/crash-test"),
+            ("x-aimesh-roles", "member"),
+        ]
 
 
 # --- one kind of traffic per metering caller --------------------------------------------
+
 
 async def search_once(mesh: TestMesh, work: Work) -> None:
     rid = str(uuid.uuid4())
@@ -59,7 +68,9 @@ async def search_once(mesh: TestMesh, work: Work) -> None:
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(mesh.channel("knowledge"))
     await stub.SearchDocuments(
         knowledge_pb2.SearchDocumentsRequest(query="crash", mode=knowledge_pb2.SEARCH_MODE_KEYWORD),
-        metadata=[*work.headers, ("x-request-id", rid)], timeout=10)
+        metadata=[*work.headers, ("x-request-id", rid)],
+        timeout=10,
+    )
     work.done[f"{rid}/searches"] = 1_000_000
 
 
@@ -71,22 +82,39 @@ async def synthesize_once(mesh: TestMesh, work: Work) -> None:
     work.attempted.add(f"{rid}/characters_synthesized")
     stub = speech_pb2_grpc.SpeechServiceStub(mesh.channel("speech"))
     reply = await stub.Synthesize(
-        speech_pb2.SynthesizeRequest(text=SPOKEN, request_id=rid, audio_config=speech_pb2.AudioOutputConfig(
-            encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=16000)),
-        metadata=work.headers, timeout=30)
+        speech_pb2.SynthesizeRequest(
+            text=SPOKEN,
+            request_id=rid,
+            audio_config=speech_pb2.AudioOutputConfig(
+                encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=16000
+            ),
+        ),
+        metadata=work.headers,
+        timeout=30,
+    )
     work.done[f"{rid}/characters_synthesized"] = reply.billed_characters * 1_000_000
 
 
 async def generate_once(mesh: TestMesh, work: Work) -> None:
-    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(mesh.channel("orchestrator", identity="conversation"))
-    request = opb.GenerateRequest(model="models/grounded-extractive-v1", messages=[
-        opb.ChatMessage(role=opb.ROLE_SYSTEM, content="The lighthouse was built in 1871 of granite."),
-        opb.ChatMessage(role=opb.ROLE_USER, content="When was the lighthouse built?")])
+    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(
+        mesh.channel("orchestrator", identity="conversation")
+    )
+    request = opb.GenerateRequest(
+        model="models/grounded-extractive-v1",
+        messages=[
+            opb.ChatMessage(
+                role=opb.ROLE_SYSTEM, content="The lighthouse was built in 1871 of granite."
+            ),
+            opb.ChatMessage(role=opb.ROLE_USER, content="When was the lighthouse built?"),
+        ],
+    )
     generation = ""
     async for event in stub.Generate(request, metadata=work.headers, timeout=60):
         if event.HasField("metadata"):
             generation = event.metadata.generation_id
-            work.attempted.update({f"{generation}/prompt_tokens", f"{generation}/completion_tokens"})
+            work.attempted.update(
+                {f"{generation}/prompt_tokens", f"{generation}/completion_tokens"}
+            )
         if event.HasField("completion"):
             usage = event.completion.usage
             assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
@@ -98,6 +126,7 @@ Traffic = Callable[[TestMesh, Work], Awaitable[None]]
 
 
 # --- the harness --------------------------------------------------------------------------
+
 
 async def run_and_crash(mesh: TestMesh, traffic: Traffic, victim: str, work: Work) -> None:
     """WORKERS clients loop on `traffic` while `victim` is SIGKILLed and restarted."""
@@ -118,7 +147,9 @@ async def run_and_crash(mesh: TestMesh, traffic: Traffic, victim: str, work: Wor
         # Kill (and stop) only while work is really in flight, however slow this machine is.
         deadline = asyncio.get_running_loop().time() + PROGRESS_TIMEOUT_SECONDS
         while len(work.done) < at_least and not unexpected:
-            assert asyncio.get_running_loop().time() < deadline, f"stuck at {len(work.done)} replies"
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"stuck at {len(work.done)} replies"
+            )
             await asyncio.sleep(0.05)
 
     clients = [asyncio.ensure_future(client()) for _ in range(WORKERS)]
@@ -141,8 +172,12 @@ async def ledger(mesh: TestMesh, org: str) -> list[usage_pb2.UsageRecord]:
     records: list[usage_pb2.UsageRecord] = []
     token = ""
     while True:
-        page = await stub.ListUsageRecords(usage_pb2.ListUsageRecordsRequest(
-            organization=f"organizations/{org}", page_size=1000, page_token=token), timeout=30)
+        page = await stub.ListUsageRecords(
+            usage_pb2.ListUsageRecordsRequest(
+                organization=f"organizations/{org}", page_size=1000, page_token=token
+            ),
+            timeout=30,
+        )
         records.extend(page.usage_records)
         token = page.next_page_token
         if not token:
@@ -162,14 +197,19 @@ async def assert_metered_exactly_once(mesh: TestMesh, work: Work, timeout: float
     records = await ledger(mesh, work.org)
     ids = [r.request_id for r in records]
     missing = set(work.done) - set(ids)
-    assert not missing, f"{len(missing)} of {len(work.done)} replies never billed, e.g. {sorted(missing)[:3]}"
+    assert not missing, (
+        f"{len(missing)} of {len(work.done)} replies never billed, e.g. {sorted(missing)[:3]}"
+    )
     assert len(ids) == len(set(ids)), "a usage record was counted twice"
-    assert set(ids) <= work.attempted, f"billed for work never asked: {sorted(set(ids) - work.attempted)[:3]}"
+    assert set(ids) <= work.attempted, (
+        f"billed for work never asked: {sorted(set(ids) - work.attempted)[:3]}"
+    )
     got = {r.request_id: r.quantity_micros for r in records}
     assert {i: got[i] for i in work.done} == work.done
 
 
 # --- the tests ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 async def metering_mesh(mesh: TestMesh) -> TestMesh:
@@ -192,13 +232,18 @@ async def test_usage_killed_mid_traffic_loses_and_doubles_nothing(metering_mesh:
     await assert_metered_exactly_once(metering_mesh, work)
 
 
-@pytest.mark.parametrize(("victim", "traffic"), [
-    ("knowledge", search_once),
-    ("speech", synthesize_once),
-    ("orchestrator", generate_once),
-], ids=["knowledge", "speech", "orchestrator"])
-async def test_metering_caller_killed_mid_traffic(metering_mesh: TestMesh, victim: str,
-                                                  traffic: Traffic) -> None:
+@pytest.mark.parametrize(
+    ("victim", "traffic"),
+    [
+        ("knowledge", search_once),
+        ("speech", synthesize_once),
+        ("orchestrator", generate_once),
+    ],
+    ids=["knowledge", "speech", "orchestrator"],
+)
+async def test_metering_caller_killed_mid_traffic(
+    metering_mesh: TestMesh, victim: str, traffic: Traffic
+) -> None:
     work = new_work()
     await run_and_crash(metering_mesh, traffic, victim, work)
     await assert_metered_exactly_once(metering_mesh, work)

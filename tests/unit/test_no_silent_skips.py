@@ -18,14 +18,21 @@ SUPPORT = TESTS / "support"
 
 
 def _test_sources() -> list[tuple[Path, ast.Module]]:
-    return [(p, ast.parse(p.read_text(), str(p))) for p in sorted(TESTS.rglob("*.py"))
-            if SUPPORT not in p.parents]
+    return [
+        (p, ast.parse(p.read_text(), str(p)))
+        for p in sorted(TESTS.rglob("*.py"))
+        if SUPPORT not in p.parents
+    ]
 
 
 def _is_skip(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "skip" and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "pytest")
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "skip"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "pytest"
+    )
 
 
 def _mentions_tls_mode(node: ast.AST) -> bool:
@@ -35,8 +42,10 @@ def _mentions_tls_mode(node: ast.AST) -> bool:
 def _checks(statement: ast.AST) -> bool:
     """The statement asserts something (assert, pytest.raises) - a mode switch that only builds
     a channel differently drops nothing."""
-    return any(isinstance(n, ast.Assert) or (isinstance(n, ast.Attribute) and n.attr == "raises")
-               for n in ast.walk(statement))
+    return any(
+        isinstance(n, ast.Assert) or (isinstance(n, ast.Attribute) and n.attr == "raises")
+        for n in ast.walk(statement)
+    )
 
 
 def test_no_skip_on_a_startup_failure() -> None:

@@ -13,7 +13,9 @@ METERING_SERVICES = ("knowledge", "orchestrator", "speech")
 
 def _outbox_migration(service: str) -> str:
     found = sorted((ROOT / "services" / service / "migrations").glob("*_usage_outbox.sql"))
-    assert len(found) == 1, f"{service}: expected one NNNN_usage_outbox.sql migration, found {found}"
+    assert len(found) == 1, (
+        f"{service}: expected one NNNN_usage_outbox.sql migration, found {found}"
+    )
     # The yoyo dependency line differs per service (it names that service's previous migration).
     return re.sub(r"^-- depends:.*\n", "", found[0].read_text())
 

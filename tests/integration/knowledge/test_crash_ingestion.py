@@ -27,17 +27,27 @@ async def _sql(caller: Caller, query: str, *args: object) -> list[tuple]:  # typ
 
 
 async def _document_uid(caller: Caller, document_id: str) -> UUID:
-    rows = await _sql(caller, "SELECT uid FROM knowledge.documents WHERE org = %s AND document_id = %s",
-                      caller.org.removeprefix("organizations/"), document_id)
+    rows = await _sql(
+        caller,
+        "SELECT uid FROM knowledge.documents WHERE org = %s AND document_id = %s",
+        caller.org.removeprefix("organizations/"),
+        document_id,
+    )
     if not rows:  # the org is stored as sent
-        rows = await _sql(caller, "SELECT uid FROM knowledge.documents WHERE org = %s AND document_id = %s",
-                          caller.org, document_id)
+        rows = await _sql(
+            caller,
+            "SELECT uid FROM knowledge.documents WHERE org = %s AND document_id = %s",
+            caller.org,
+            document_id,
+        )
     assert len(rows) == 1, rows
     return rows[0][0]
 
 
 async def _chunk_rows(caller: Caller, uid: UUID) -> int:
-    return (await _sql(caller, "SELECT count(*) FROM knowledge.chunks WHERE document_uid = %s", uid))[0][0]
+    return (
+        await _sql(caller, "SELECT count(*) FROM knowledge.chunks WHERE document_uid = %s", uid)
+    )[0][0]
 
 
 def _milvus_ids(var_dir: Path, uid: UUID) -> list[str]:
@@ -56,8 +66,10 @@ def _milvus_ids(var_dir: Path, uid: UUID) -> list[str]:
 async def test_sigkill_mid_ingestion_reaches_ready_once_without_duplicates(caller: Caller) -> None:
     mesh = caller.mesh
     mesh.ensure("usage")
-    paragraphs = [f"Part {i}: the Quillmarsh gauge logged {i * 11} litres at weir {i % 37}."
-                  for i in range(PARAGRAPHS)]
+    paragraphs = [
+        f"Part {i}: the Quillmarsh gauge logged {i * 11} litres at weir {i % 37}."
+        for i in range(PARAGRAPHS)
+    ]
     doc = await caller.create("\n\n".join(paragraphs).encode(), document_id="crash-me")
     uid = await _document_uid(caller, "crash-me")
 
@@ -91,28 +103,46 @@ async def test_sigkill_mid_ingestion_reaches_ready_once_without_duplicates(calle
     assert 0 < written_before_kill < ready.chunk_count, (written_before_kill, ready.chunk_count)
 
     # Chunk rows (and with them the keyword index): each index once, none missing.
-    indexes = [r[0] for r in await _sql(
-        caller, "SELECT chunk_index FROM knowledge.chunks WHERE document_uid = %s ORDER BY chunk_index", uid)]
+    indexes = [
+        r[0]
+        for r in await _sql(
+            caller,
+            "SELECT chunk_index FROM knowledge.chunks WHERE document_uid = %s ORDER BY chunk_index",
+            uid,
+        )
+    ]
     assert indexes == list(range(ready.chunk_count))
-    keyword_rows = (await _sql(
-        caller, "SELECT count(*) FROM knowledge.chunks WHERE document_uid = %s "
-        "AND tsv @@ plainto_tsquery('english', 'Quillmarsh')", uid))[0][0]
+    keyword_rows = (
+        await _sql(
+            caller,
+            "SELECT count(*) FROM knowledge.chunks WHERE document_uid = %s "
+            "AND tsv @@ plainto_tsquery('english', 'Quillmarsh')",
+            uid,
+        )
+    )[0][0]
     assert keyword_rows == ready.chunk_count
 
     # Usage: one chunks_embedded record for the document, of its final chunk count.
     stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
-    org_name = caller.org if caller.org.startswith("organizations/") else f"organizations/{caller.org}"
+    org_name = (
+        caller.org if caller.org.startswith("organizations/") else f"organizations/{caller.org}"
+    )
     embedded: list[usage_pb2.UsageRecord] = []
     for _ in range(100):
-        page = await stub.ListUsageRecords(usage_pb2.ListUsageRecordsRequest(
-            organization=org_name, page_size=1000), timeout=10)
-        embedded = [r for r in page.usage_records
-                    if r.resource_type == usage_pb2.RESOURCE_TYPE_CHUNKS_EMBEDDED]
+        page = await stub.ListUsageRecords(
+            usage_pb2.ListUsageRecordsRequest(organization=org_name, page_size=1000), timeout=10
+        )
+        embedded = [
+            r
+            for r in page.usage_records
+            if r.resource_type == usage_pb2.RESOURCE_TYPE_CHUNKS_EMBEDDED
+        ]
         if embedded:
             break
         await asyncio.sleep(0.2)
     assert [(r.request_id, r.quantity_micros) for r in embedded] == [
-        (f"{uid}/chunks_embedded", ready.chunk_count * 1_000_000)]
+        (f"{uid}/chunks_embedded", ready.chunk_count * 1_000_000)
+    ]
 
     # Vectors: read Milvus itself, with Knowledge gone (Milvus Lite serves one process) - killed
     # again, so the vectors of a READY document must have been durable when it became READY.
