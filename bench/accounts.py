@@ -20,10 +20,15 @@ class BenchAccount:
     organization: str  # organizations/o_...
     secret: str  # the API key, shown once
     identity: tuple[tuple[str, str], ...]  # x-aimesh-* headers as the gateway sets them
+    access_token: str = ""  # the signed-up owner's JWT (the JWT caller path)
 
     @property
     def key_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-api-key", self.secret),)
+
+    @property
+    def jwt_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.access_token}"),)
 
 
 async def bench_account(http: httpx.AsyncClient, settings: Settings) -> BenchAccount:
@@ -49,4 +54,4 @@ async def bench_account(http: httpx.AsyncClient, settings: Settings) -> BenchAcc
                 api_key_requests_per_minute=10_000_000, plan="bench")), timeout=5)
     identity = (("x-aimesh-org", org.split("/", 1)[1]), ("x-aimesh-subject", f"apiKeys/{key_id}"),
                 ("x-aimesh-roles", "member"), ("x-aimesh-key-id", key_id))
-    return BenchAccount(org, secret, identity)
+    return BenchAccount(org, secret, identity, signup.json()["accessToken"])

@@ -41,6 +41,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from bench.accounts import bench_account
+from bench.report import print_load, verdict
 from scripts import triton_server
 from scripts.stack import Stack
 from services.common.channels import open_channel
@@ -126,6 +127,7 @@ async def run(args: argparse.Namespace) -> None:
         "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "120",
     })
     stack = Stack.create(overrides, log_dir=var_dir / "log")
+    print_load("before the run")
     try:
         host, ports = stack.triton_ports()
         if not triton_server.is_ready(ports, host):
@@ -215,9 +217,22 @@ async def bench(args: argparse.Namespace, settings: Settings) -> None:
         report(results)
 
         names = await asyncio.gather(*(new_conversation() for _ in range(args.streams)))
-        await concurrent(f"{args.streams} Triton responder streams, direct", [triton_stream] * args.streams)
+        direct_p95 = await concurrent(f"{args.streams} Triton responder streams, direct",
+                                      [triton_stream] * args.streams)
         edge_streams: list[Stream] = [functools.partial(_edge_send, conv_edge, n, key_md) for n in names]
-        await concurrent(f"{args.streams} SendMessage streams via Envoy gRPC", edge_streams)
+        edge_p95 = await concurrent(f"{args.streams} SendMessage streams via Envoy gRPC", edge_streams)
+        print()
+        print_load("after the run")
+        ttft = {r.name: statistics.median(s.ttft for s in r.samples) if r.samples else float("inf")
+                for r in results}
+        sse_ratio = ttft["SendMessage via Envoy, JSON/SSE + key"] / ttft["Triton responder, direct"]
+        print(f"ratio SSE TTFT p50 / Triton direct: {sse_ratio:.2f}x")
+        print(verdict("TTFT through the gateway's SSE <= 1.2x Triton direct (p50)", sse_ratio <= 1.2,
+                      f"{sse_ratio:.2f}x"))
+        stream_ratio = edge_p95 / direct_p95
+        print(f"ratio {args.streams} concurrent streams TTFT p95, gateway / direct: {stream_ratio:.2f}x")
+        print(verdict(f"{args.streams} concurrent streams TTFT p95 <= 1.1x direct", stream_ratio <= 1.1,
+                      f"{stream_ratio:.2f}x"))
 
         await triton.close()
         for channel in (direct_orch, direct_conv, edge):
@@ -232,7 +247,7 @@ async def _edge_send(stub: conversation_pb2_grpc.ConversationServiceStub, name: 
             yield event.delta.text
 
 
-async def concurrent(title: str, streams: list[Stream]) -> None:
+async def concurrent(title: str, streams: list[Stream]) -> float:
     """Start every stream at once and hold them to the end; print TTFT percentiles."""
     print(f"\nconcurrent: {title}, all started at once ...")
     started = time.perf_counter()
@@ -246,6 +261,7 @@ async def concurrent(title: str, streams: list[Stream]) -> None:
     print(f"  streams: {len(ok)}/{len(streams)} completed, {len(failed)} failed, wall {wall:.1f}s")
     print(f"  TTFT: p50 {_p(ttfts, 0.5):.0f} ms, p95 {_p(ttfts, 0.95):.0f} ms, max {max(ttfts, default=float('nan')):.0f} ms")
     print(f"  aggregate: {sum(s.tokens for s in ok) / wall:.0f} tokens/s across streams")
+    return _p(ttfts, 0.95) if not failed else float("inf")  # any failure misses the target
 
 
 def report(results: list[Path_]) -> None:

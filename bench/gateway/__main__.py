@@ -1,20 +1,27 @@
-"""Gateway benchmark: one RPC (AuthService.GetOrganization, a primary-key read in PostgreSQL),
-four paths, same machine, same run.
+"""Gateway benchmark: one RPC (AuthService.GetOrganization, a primary-key read in PostgreSQL)
+through every path a caller can take, same machine, same run.
 
     .venv/bin/python -m bench.gateway [--seconds 6] [--concurrency 32] [--latency-requests 400]
+                                      [--tls-modes mtls,plaintext]
 
-1. direct gRPC to Auth (identity headers set by the client, as the gateway would);
-2. Envoy, gRPC, API key (ext_authz → Auth) + rate limit (→ Usage);
-3. Envoy, JSON/HTTP (transcoder), same key and limit;
-4. FastAPI + httpx gateway (uvicorn): the same key check (Auth's Check over gRPC) and limit
-   (Usage's ShouldRateLimit over gRPC), then httpx forwards to an equivalent JSON endpoint
-   (FastAPI + psycopg, the same SELECT as Auth).
+For each mesh transport in --tls-modes (default: both the default mTLS upstreams and plaintext)
+a stack of Auth + Usage + Envoy runs, and the paths are:
+1. direct gRPC to Auth as the `gateway` identity (identity headers set by the client, as the
+   gateway would; mTLS when the mode is mtls);
+2. Envoy, gRPC, API key (ext_authz -> Auth) + rate limit (-> Usage);
+3. Envoy, gRPC, JWT caller (the owner's access token) + rate limit;
+4. Envoy, JSON/HTTP (transcoder), API key + rate limit.
+Plus, on the first mode's stack, the baseline:
+5. FastAPI + httpx gateway (uvicorn, as many workers as Envoy's --concurrency): the same key
+   check (Auth's Check over gRPC) and limit (Usage's ShouldRateLimit over gRPC) over the same
+   mesh transport, then httpx forwards to an equivalent JSON endpoint (FastAPI + psycopg, the
+   same SELECT as Auth).
 
-Latency: sequential requests (p50/p99), round-robin over the four paths. Throughput:
-`--concurrency` in-flight requests for `--seconds` per path, in alternating slices. Interleaving
-gives every path the same background load. Components run on free ports from scripts.stack (Auth, Usage, Envoy) plus two
-uvicorn processes; the load generator is this Python process, on the same cores: absolute RPS
-are bounded by the client too, ratios are the point. Prints a table and the ratios to direct.
+Latency: sequential requests (p50/p99), round-robin over all paths. Throughput: `--concurrency`
+in-flight requests for `--seconds` per path, in alternating slices. Interleaving gives every path
+the same background load. The load generator is this Python process, on the same cores: absolute
+numbers are bounded by the client too, ratios are the point. Prints the machine load, a table,
+the ratios and one verdict line per issue-15 target.
 """
 
 from __future__ import annotations
@@ -37,7 +44,10 @@ import httpx
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from bench.accounts import bench_account
+from bench.report import load_average, verdict
+from scripts.gateway import envoy_argv
 from scripts.stack import Stack
+from services.common.channels import open_channel
 from services.common.config import SERVICES
 
 Call = Callable[[], Awaitable[None]]
@@ -77,11 +87,11 @@ async def _throughput(call: Call, concurrency: int, seconds: float) -> tuple[int
 
 
 async def measure(paths: list[tuple[str, Call]], latency_requests: int, concurrency: int,
-                  seconds: float, rounds: int = 4) -> list[Result]:
+                  seconds: float, rounds: int = 4, warmup: int = 50) -> list[Result]:
     """Interleaved, so every path sees the same background load: latency samples round-robin
     over the paths, throughput in `rounds` alternating slices per path."""
     for _, call in paths:
-        for _ in range(50):  # warm connections, pools, caches
+        for _ in range(warmup):  # warm connections, pools, caches
             await call()
     samples: dict[str, list[float]] = {name: [] for name, _ in paths}
     for _ in range(latency_requests):
@@ -145,12 +155,12 @@ class Http1:
             writer.close()
 
 
-def _start_uvicorn(module: str, port: int, env: dict[str, str],
+def _start_uvicorn(module: str, port: int, workers: int, env: dict[str, str],
                    log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning", "--no-access-log"],
+             "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
             env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -168,88 +178,159 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) 
     raise RuntimeError(f"{url} not up after {timeout}s")
 
 
-async def run(args: argparse.Namespace) -> list[Result]:
-    var_dir = Path(tempfile.mkdtemp(prefix="aimesh-bench-gw-"))
+async def _start_stack(mode: str) -> tuple[Stack, Path]:
+    var_dir = Path(tempfile.mkdtemp(prefix=f"aimesh-bench-gw-{mode}-"))
     overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{_free_port()}" for s in SERVICES}
     overrides.update({"AIMESH_GATEWAY_ADDR": f"127.0.0.1:{_free_port()}",
                       "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{_free_port()}",
                       "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
-                      # The gateway's upstream mTLS is not wired yet (scripts/gateway.py).
-                      "AIMESH_TLS_MODE": "plaintext"})
+                      "AIMESH_TLS_MODE": mode})
     stack = Stack.create(overrides, log_dir=var_dir / "log")
-    extra: list[subprocess.Popen[bytes]] = []
-    try:
-        for service in ("auth", "usage"):
-            stack.start_service(service)
-        stack.wait_ready(["auth", "usage"], timeout=60)
-        stack.start_gateway()
-        stack.wait_ready(["gateway"], timeout=60)
-        settings = stack.settings
+    for service in ("auth", "usage"):
+        stack.start_service(service)
+    stack.wait_ready(["auth", "usage"], timeout=90)
+    stack.start_gateway()
+    stack.wait_ready(["gateway"], timeout=60)
+    return stack, var_dir
+
+
+def envoy_concurrency() -> int:
+    """The --concurrency Stack.start_gateway gives Envoy (its worker threads)."""
+    argv = envoy_argv(Path("envoy.yaml"), Path("admin"))
+    return int(argv[argv.index("--concurrency") + 1])
+
+
+class ModePaths:
+    """The four measured paths of one stack (one mesh transport)."""
+
+    def __init__(self, mode: str, stack: Stack) -> None:
+        self.mode, self.stack = mode, stack
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def build(self) -> list[tuple[str, Call]]:
+        settings = self.stack.settings
         gateway = settings.gateway_addr
-
         async with httpx.AsyncClient(base_url=f"http://{gateway}", timeout=10) as setup:
-            account = await bench_account(setup, settings)
-        org, secret = account.organization, account.secret
-
-        # The FastAPI pair: a JSON backend and the gateway in front of it.
-        backend_port, fastapi_port = _free_port(), _free_port()
-        env = {**stack.env, "BENCH_DATABASE_URL": settings.database_url,
-               "BENCH_AUTH_ADDR": settings.address_of("auth"),
-               "BENCH_USAGE_ADDR": settings.address_of("usage"),
-               "BENCH_BACKEND_URL": f"http://127.0.0.1:{backend_port}"}
-        for module, port in (("bench.gateway.fastapi_apps:backend", backend_port),
-                             ("bench.gateway.fastapi_apps:gateway", fastapi_port)):
-            extra.append(_start_uvicorn(module, port, env, var_dir / "log" / f"{port}.log"))
-        _wait_http(f"http://127.0.0.1:{backend_port}/healthz", extra[0])
-        _wait_http(f"http://127.0.0.1:{fastapi_port}/healthz", extra[1])
-
-        request = auth_pb2.GetOrganizationRequest(name=org)
-        direct_channel = grpc.aio.insecure_channel(settings.address_of("auth"))
+            self.account = account = await bench_account(setup, settings)
+        request = auth_pb2.GetOrganizationRequest(name=account.organization)
+        direct_channel = open_channel(settings, "auth", caller="gateway")
         envoy_channel = grpc.aio.insecure_channel(gateway)
         direct = auth_pb2_grpc.AuthServiceStub(direct_channel)
         via_envoy = auth_pb2_grpc.AuthServiceStub(envoy_channel)
-        identity, key_md = account.identity, account.key_metadata
-        envoy_http = Http1(gateway, f"/v1/{org}", {"x-api-key": secret})
-        fastapi_http = Http1(f"127.0.0.1:{fastapi_port}", f"/v1/{org}", {"x-api-key": secret})
+        identity, key_md, jwt_md = account.identity, account.key_metadata, account.jwt_metadata
+        envoy_http = Http1(gateway, f"/v1/{account.organization}", {"x-api-key": account.secret})
+        self.closers += [envoy_http.close, direct_channel.close, envoy_channel.close]
 
         async def call_direct() -> None:
             await direct.GetOrganization(request, metadata=identity, timeout=10)
 
-        async def call_envoy_grpc() -> None:
+        async def call_envoy_key() -> None:
             await via_envoy.GetOrganization(request, metadata=key_md, timeout=10)
 
-        results = await measure([("direct gRPC (Auth)", call_direct),
-                                 ("Envoy gRPC + key + limit", call_envoy_grpc),
-                                 ("Envoy JSON/HTTP + key + limit", envoy_http),
-                                 ("FastAPI+httpx gateway", fastapi_http)],
-                                args.latency_requests, args.concurrency, args.seconds)
-        await envoy_http.close()
+        async def call_envoy_jwt() -> None:
+            await via_envoy.GetOrganization(request, metadata=jwt_md, timeout=10)
+
+        m = self.mode
+        return [(f"[{m}] direct gRPC (Auth)", call_direct),
+                (f"[{m}] Envoy gRPC + key + limit", call_envoy_key),
+                (f"[{m}] Envoy gRPC + JWT + limit", call_envoy_jwt),
+                (f"[{m}] Envoy JSON + key + limit", envoy_http)]
+
+    async def close(self) -> None:
+        for close in self.closers:
+            await close()
+
+
+def _start_fastapi(stack: Stack, workers: int, var_dir: Path,
+                   extra: list[subprocess.Popen[bytes]]) -> int:
+    """The FastAPI pair (JSON backend + gateway in front), `workers` uvicorn workers each; the
+    gateway's port."""
+    settings = stack.settings
+    backend_port, fastapi_port = _free_port(), _free_port()
+    env = {**stack.env, "BENCH_DATABASE_URL": settings.database_url,
+           "BENCH_BACKEND_URL": f"http://127.0.0.1:{backend_port}"}
+    for module, port in (("bench.gateway.fastapi_apps:backend", backend_port),
+                         ("bench.gateway.fastapi_apps:gateway", fastapi_port)):
+        extra.append(_start_uvicorn(module, port, workers, env, var_dir / "log" / f"{port}.log"))
+    _wait_http(f"http://127.0.0.1:{backend_port}/healthz", extra[-2])
+    _wait_http(f"http://127.0.0.1:{fastapi_port}/healthz", extra[-1])
+    return fastapi_port
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    modes = [m.strip() for m in args.tls_modes.split(",") if m.strip()]
+    stacks: list[tuple[str, Stack, Path]] = []
+    extra: list[subprocess.Popen[bytes]] = []
+    mode_paths: list[ModePaths] = []
+    try:
+        for mode in modes:
+            stack, var_dir = await _start_stack(mode)
+            stacks.append((mode, stack, var_dir))
+        paths: list[tuple[str, Call]] = []
+        for mode, stack, _ in stacks:
+            built = ModePaths(mode, stack)
+            mode_paths.append(built)
+            paths += await built.build()
+        first_mode, first_stack, first_dir = stacks[0]
+        fastapi_port = _start_fastapi(first_stack, envoy_concurrency(), first_dir, extra)
+        fastapi_http = Http1(f"127.0.0.1:{fastapi_port}",
+                             f"/v1/{mode_paths[0].account.organization}",
+                             {"x-api-key": mode_paths[0].account.secret})
+        paths.append((f"[{first_mode}] FastAPI+httpx gateway", fastapi_http))
+        results = await measure(paths, args.latency_requests, args.concurrency, args.seconds,
+                                rounds=args.rounds, warmup=args.warmup)
         await fastapi_http.close()
-        await direct_channel.close()
-        await envoy_channel.close()
         return results
     finally:
+        for built in mode_paths:
+            await built.close()
         for process in extra:
             process.terminate()
             process.wait(timeout=10)
-        stack.stop_all()
+        for _, stack, _ in stacks:
+            stack.stop_all()
 
 
-def report(results: list[Result], concurrency: int) -> None:
+def report(results: list[Result], concurrency: int, load_before: str) -> None:
+    by_name = {r.name: r for r in results}
+    fastapi = results[-1]
+    print(f"\nGetOrganization, {os.cpu_count()} cores shared by client and servers; "
+          f"Envoy --concurrency {envoy_concurrency()}, FastAPI {envoy_concurrency()} uvicorn "
+          f"workers; throughput at {concurrency} in flight")
+    print(f"machine load average (1, 5, 15 min): before {load_before}; after {load_average()}\n")
+    print(f"{'path':38} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'err':>5} "
+          f"{'p50 +ms':>8} {'p99 +ms':>8} {'rps ratio':>9}")
     base = results[0]
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nGetOrganization, {os.cpu_count()} cores shared by client and servers "
-          f"(load average {load}); throughput at {concurrency} in flight\n")
-    print(f"{'path':32} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'err':>5} "
-          f"{'p50 +ms':>8} {'rps ratio':>9}")
     for r in results:
-        print(f"{r.name:32} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.rps:8.0f} {r.errors:5d} "
-              f"{r.p50_ms - base.p50_ms:8.2f} {r.rps / base.rps:9.2f}")
-    envoy_grpc, envoy_json, fastapi = results[1], results[2], results[3]
-    print(f"\nEnvoy gRPC adds {envoy_grpc.p50_ms - base.p50_ms:.2f} ms p50 over direct "
-          f"(target <= 1 ms); Envoy JSON adds {envoy_json.p50_ms - base.p50_ms:.2f} ms.")
-    print(f"Envoy gRPC serves {envoy_grpc.rps / fastapi.rps:.1f}x, Envoy JSON "
-          f"{envoy_json.rps / fastapi.rps:.1f}x the FastAPI+httpx gateway's req/s (target >= 3x).")
+        mode = r.name.split("]", 1)[0] + "]"
+        base = by_name.get(f"{mode} direct gRPC (Auth)", base)
+        print(f"{r.name:38} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.rps:8.0f} {r.errors:5d} "
+              f"{r.p50_ms - base.p50_ms:8.2f} {r.p99_ms - base.p99_ms:8.2f} "
+              f"{r.rps / base.rps:9.2f}")
+    print("\nratio: 'rps ratio' is to direct gRPC of the same mode")
+    for mode in dict.fromkeys(r.name.split("]", 1)[0][1:] for r in results[:-1]):
+        direct = by_name[f"[{mode}] direct gRPC (Auth)"]
+        key = by_name[f"[{mode}] Envoy gRPC + key + limit"]
+        jwt = by_name[f"[{mode}] Envoy gRPC + JWT + limit"]
+        json_path = by_name[f"[{mode}] Envoy JSON + key + limit"]
+        added_p50 = key.p50_ms - direct.p50_ms
+        added_p99 = key.p99_ms - direct.p99_ms
+        jwt_p50 = jwt.p50_ms - direct.p50_ms
+        print(f"ratio [{mode}]: Envoy gRPC+key {key.rps / fastapi.rps:.2f}x FastAPI, "
+              f"{key.rps / direct.rps:.2f}x direct; Envoy JSON {json_path.rps / fastapi.rps:.2f}x "
+              f"FastAPI, {json_path.rps / direct.rps:.2f}x direct")
+        print(verdict(f"[{mode}] key+limit added p50 <= 1.0 ms", added_p50 <= 1.0,
+                      f"{added_p50:.2f} ms"))
+        print(verdict(f"[{mode}] key+limit added p99 <= 3.0 ms", added_p99 <= 3.0,
+                      f"{added_p99:.2f} ms"))
+        print(verdict(f"[{mode}] JWT added p50 <= 0.6 ms", jwt_p50 <= 0.6, f"{jwt_p50:.2f} ms"))
+        print(verdict(f"[{mode}] throughput >= 3x FastAPI+httpx", key.rps >= 3 * fastapi.rps,
+                      f"{key.rps / fastapi.rps:.2f}x"))
+        print(verdict(f"[{mode}] throughput >= 0.6x direct at {concurrency} in flight",
+                      key.rps >= 0.6 * direct.rps, f"{key.rps / direct.rps:.2f}x"))
+    errors = sum(r.errors for r in results)
+    if errors:
+        print(f"note: {errors} failed requests in the throughput phases (see 'err')")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,9 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="throughput phase per path")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency-requests", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=4, help="throughput slices per path")
+    parser.add_argument("--warmup", type=int, default=50, help="warm-up requests per path")
+    parser.add_argument("--tls-modes", default="mtls,plaintext",
+                        help="mesh transports to measure, comma-separated (first hosts FastAPI)")
     args = parser.parse_args(argv)
+    load_before = load_average()
     results = asyncio.run(run(args))
-    report(results, args.concurrency)
+    report(results, args.concurrency, load_before)
     return 0
 
 

@@ -1,13 +1,15 @@
 """The comparison path of bench.gateway: the common Python gateway design.
 
 `gateway`: FastAPI app that strips client identity headers, checks the API key with Auth's
-ext_authz Check (gRPC), applies the same per-org and per-key limits with Usage's ShouldRateLimit
-(gRPC), then forwards with httpx to `backend`.
+ext_authz Check (gRPC, over the mesh's channels as the `gateway` identity: mTLS when the
+stack runs mTLS, like Envoy's upstreams), applies the same per-org and per-key limits with
+Usage's ShouldRateLimit (gRPC), then forwards with httpx to `backend`.
 `backend`: FastAPI JSON endpoint equivalent to AuthService.GetOrganization (the same primary-key
 SELECT). It reads auth.organizations only because this is a benchmark stand-in for Auth's own
 endpoint; no service does this.
 
-Run by bench.gateway under uvicorn; configured by BENCH_* variables it sets.
+Run by bench.gateway under uvicorn (as many workers as Envoy's --concurrency); configured by
+the stack's AIMESH_* settings and the BENCH_* variables it sets.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+
+from services.common.channels import open_channel
+from services.common.config import Settings
 
 _state: dict[str, Any] = {}
 
@@ -69,8 +74,9 @@ async def get_organization(org_id: str, request: Request) -> Response:
 
 @asynccontextmanager
 async def _gateway_life(app: FastAPI) -> AsyncIterator[None]:
-    auth = grpc.aio.insecure_channel(os.environ["BENCH_AUTH_ADDR"])
-    usage = grpc.aio.insecure_channel(os.environ["BENCH_USAGE_ADDR"])
+    settings = Settings.from_env(os.environ)
+    auth = open_channel(settings, "auth", caller="gateway")
+    usage = open_channel(settings, "usage", caller="gateway")
     _state["check"] = external_auth_pb2_grpc.AuthorizationStub(auth)
     _state["limit"] = rls_pb2_grpc.RateLimitServiceStub(usage)
     _state["http"] = httpx.AsyncClient(base_url=os.environ["BENCH_BACKEND_URL"], timeout=10,

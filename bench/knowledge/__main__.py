@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.knowledge.corpus import ITEMS, SyntheticCorpus, item_text, queries
+from bench.report import print_load, verdict
 from scripts import triton_server as launcher
 from services.common.config import REPO_ROOT, Settings
 from services.common.db import Database
@@ -68,7 +69,9 @@ class Bench:
         self.triton = TritonClient(settings.triton_url)
         self.searcher = Searcher(self.store, self.vectors, self.keywords, self.triton, cache=None)
         runtime = Runtime(name="knowledge", settings=settings, db=self.db, cache=None)
-        self.ingestor = Ingestor(runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton, self._noop)
+        # No usage client: the bench drives _run and mark_ready itself, so nothing is metered.
+        self.ingestor = Ingestor(runtime, self.store, self.blobs, self.vectors, self.keywords, self.triton,
+                                 None, self._noop)  # type: ignore[arg-type]
         self.orgs: list[str] = []
 
     @staticmethod
@@ -140,6 +143,9 @@ class Bench:
         print(f"  of which Triton embedding {embed_seconds:.1f}s ({embed_seconds / elapsed:.0%}); "
               f"embedding alone {chunks / max(embed_seconds, 1e-9):.1f} chunks/s, everything else "
               f"(extraction subprocess, chunking, PG + Milvus writes) {chunks / max(elapsed - embed_seconds, 1e-9):.1f} chunks/s")
+        rate = chunks / elapsed
+        print("  " + verdict("ingestion >= 100 chunks/s end to end (synthetic Markdown, in-process pipeline)",
+                             rate >= 100, f"{rate:.1f} chunks/s"))
 
     # --- 2. quality ------------------------------------------------------------------------
 
@@ -218,6 +224,10 @@ class Bench:
             ratio = pct(results[HYBRID], 0.95) / max(pct(results[KEYWORD], 0.95), 1e-9)
             print(f"  {size:>7} hybrid/keyword p95 ratio {ratio:.1f}x; target hybrid p95 <= 50 ms at 100k: "
                   f"{'met' if pct(results[HYBRID], 0.95) <= 50 else 'NOT met'} at {size}")
+            hybrid_p95 = pct(results[HYBRID], 0.95)
+            print("  " + verdict(f"hybrid search p95 <= 60 ms at {size} chunks (in-process, synthetic; issue 15 "
+                                 "asks for real text through the gateway: not measured here)",
+                                 hybrid_p95 <= 60, f"{hybrid_p95:.1f} ms"))
 
     async def measure(self, qs: list[str], org: str, mode: str) -> list[float]:
         times = []
@@ -282,11 +292,13 @@ async def main(argv: list[str]) -> int:
         await bench.open()
         try:
             print(f"Knowledge benchmark — Triton {settings.triton_url}, Milvus Lite file in {tmp}, PostgreSQL FTS")
+            print_load("before the run")
             await bench.ingest_throughput(args.ingest_docs)
             await bench.quality(args.distractors)
             await bench.latency(sizes, args.queries)
         finally:
             await bench.close()
+    print_load("after the run")
     print("\nNotes: ingest throughput measured on the sample above, not on 100k chunks; the 10k/100k corpora use "
           "synthetic text and synthetic vectors (see module docstring). Latencies are in-process (no gRPC, no cache).")
     return 0

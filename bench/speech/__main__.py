@@ -35,7 +35,7 @@ import grpc
 import httpx
 import numpy as np
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
-from aimesh_sdk.audio import paced, pcm_chunks
+from aimesh_sdk.audio import CHUNK_MS, paced, pcm_chunks
 
 from services.common.triton import TritonClient
 from tests.support.accounts import sign_up
@@ -122,8 +122,9 @@ async def gateway_stream(
 
 
 async def direct_stream(client: TritonClient, speech: np.ndarray, realtime: float) -> StreamResult:
-    """The engine alone: the speech (no VAD, so no lead/tail silence) as one Triton sequence."""
-    chunk = RATE // 5
+    """The engine alone: the speech (no VAD, so no lead/tail silence) as one Triton sequence,
+    in the same chunks the gateway path sends (pcm_chunks' CHUNK_MS)."""
+    chunk = RATE * CHUNK_MS // 1000
     started = time.perf_counter()
     final_at: float | None = None
     end_sent = 0.0

@@ -226,8 +226,9 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
     if inspect.isawaitable(registered):
         await registered
     health = _add_health_and_reflection(server, spec)
-    # grpc's servicer starts the overall status ("") as SERVING: not ready until checked.
-    await _set_readiness(health, spec, ready=False)
+    # grpc's servicer starts the overall status ("") as SERVING; the service names get the same
+    # status, so that no probe finds them missing. The first readiness check corrects both.
+    await _set_readiness(health, spec, ready=True)
     address = _listen(server, spec, settings)
     await server.start()
     watcher = asyncio.ensure_future(

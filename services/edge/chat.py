@@ -328,13 +328,18 @@ async def _sse(
             out.usage = None  # set, so it is sent as null: OpenAI's shape with include_usage
         return _data(out.wire())
 
+    # Text deltas are most of the stream: serialize the chunk model once around a marker and
+    # splice each piece's JSON string in (the same bytes `chunk` would give, without the cost).
+    marker = "\u0000delta\u0000"
+    head, _, tail = chunk(schemas.Delta(content=marker)).partition(json.dumps(marker).encode())
+
     try:
         yield chunk(schemas.Delta(role="assistant", content=""))
         try:
             async for event in events:
                 kind = event.WhichOneof("event")
                 if kind == "delta":
-                    yield chunk(schemas.Delta(content=event.delta.text))
+                    yield head + json.dumps(event.delta.text).encode() + tail
                 elif kind == "tool_call":
                     piece = event.tool_call
                     delta = schemas.ToolCallDelta(

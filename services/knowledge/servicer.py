@@ -78,6 +78,9 @@ def _new_document(doc: knowledge_pb2.Document, document_id: str, request_id: str
 
 MAX_EMBED_TEXTS = 2048
 EMBED_MAX_TOKENS = 256  # the Triton model's limit (triton/models/text_embedding)
+# No text of at most 256 word pieces is longer (a word piece covers at most 100 characters):
+# longer texts are refused before tokenizing, which would hold the event loop for seconds.
+EMBED_MAX_CHARS = EMBED_MAX_TOKENS * 128
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 
 
@@ -299,8 +302,10 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         )
         for i, text in enumerate(texts[:MAX_EMBED_TEXTS]):
             v.check(bool(text.strip()), f"texts[{i}]", "must not be empty")
+            v.check(len(text) <= EMBED_MAX_CHARS, f"texts[{i}]",
+                    f"{len(text)} characters; at most {EMBED_MAX_TOKENS} word pieces fit")
         v.raise_if_any()
-        counts = count_tokens(texts)
+        counts = await asyncio.to_thread(count_tokens, texts)
         for i, n in enumerate(counts):
             v.check(
                 n <= EMBED_MAX_TOKENS,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import functools
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from services.common.triton import TritonClient
+
+MODELS = Path(__file__).resolve().parents[2] / "triton" / "models"
 
 # Test speech comes from the Piper neural voice on Triton (the default en-US voice): the
 # recognizer understands it (WER ~0.1) where eSpeak's formant voices score 0.3-0.8.
@@ -128,12 +133,21 @@ def parity_clip(
     return np.clip(np.round(audio), -32768, 32767).astype(np.int16)
 
 
+def engine_options() -> dict[str, Any]:
+    """The pocketsphinx options the speech_recognition model serves (its config.pbtxt)."""
+    config = (MODELS / "speech_recognition" / "config.pbtxt").read_text()
+    match = re.search(
+        r'key: "decoder_options", value: \{ string_value: "((?:[^"\\]|\\.)*)"', config
+    )
+    return json.loads(match.group(1).replace('\\"', '"')) if match else {}
+
+
 def engine_transcript(pcm: np.ndarray) -> str:
     """What the pocketsphinx engine itself makes of the whole clip: a fresh decoder (the
-    wheel's en-US model, default configuration) decoding it as one utterance."""
+    wheel's en-US model, the options the model serves) decoding it as one utterance."""
     from pocketsphinx import Decoder
 
-    decoder = Decoder(samprate=16000)
+    decoder = Decoder(samprate=16000, **engine_options())
     decoder.start_utt()
     decoder.process_raw(pcm.astype("<i2").tobytes(), False, False)
     decoder.end_utt()

@@ -40,7 +40,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.max_chunk_samples = int(float(params.get("max_chunk_seconds", "10")) * SAMPLE_RATE)
         self.idle_timeout = float(params.get("idle_timeout_seconds", "120"))
-        self._new_decoder = lambda: Decoder(samprate=SAMPLE_RATE)
+        options = json.loads(params.get("decoder_options", "{}"))
+        self._new_decoder = lambda: Decoder(samprate=SAMPLE_RATE, **options)
         # The pocketsphinx en-US model ships inside its wheel; Decoder() finds it by default.
         self.pool: list[Any] = [
             self._new_decoder() for _ in range(int(params.get("warm_decoders", "2")))

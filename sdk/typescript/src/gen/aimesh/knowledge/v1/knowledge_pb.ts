@@ -578,7 +578,8 @@ export const SearchDocumentsResponseSchema: GenMessage<SearchDocumentsResponse> 
  */
 export type EmbedTextsRequest = Message<"aimesh.knowledge.v1.EmbedTextsRequest"> & {
   /**
-   * The texts, 1-2,048; each non-empty and at most 256 word pieces of the model's tokenizer.
+   * The texts, 1-2,048; each non-empty, at most 256 word pieces of the model's tokenizer and
+   * at most 32,768 characters.
    *
    * @generated from field: repeated string texts = 1;
    */

@@ -1,0 +1,79 @@
+"""Every benchmark under bench/ runs end to end in a tiny configuration, so none can silently
+break again: each exits 0, prints the machine load it ran under, its ratios and one verdict line
+per target. Timings and verdicts (MET or MISSED) are printed by the benchmarks, never asserted
+here. bench.observability, bench.speech and bench.openai have their own tiny tests
+(tests/integration/observability/test_bench.py, tests/integration/speech/test_bench_speech.py,
+tests/integration/edge/test_edge_bench.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.mesh import TestMesh
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPO / "bench"
+COVERED_ELSEWHERE = {"observability", "speech", "openai"}
+
+LOAD = r"load average \(1, 5, 15 min\)[^\n]*?: [^\n]*?[\d.]+, [\d.]+, [\d.]+"
+VERDICT = r"verdict [^\n]+: (MET|MISSED) \([^)\n]+\)"
+NUMBER = r"-?\d+(\.\d+)?"
+
+# bench name -> (tiny arguments, verdict lines it must print, ratio lines it must print)
+TINY: dict[str, tuple[list[str], int, list[str]]] = {
+    "gateway": (
+        ["--seconds", "0.4", "--rounds", "1", "--concurrency", "4", "--latency-requests", "10",
+         "--warmup", "3"],
+        10,  # 5 targets x {mtls, plaintext}
+        [rf"ratio \[mtls\]: Envoy gRPC\+key {NUMBER}x FastAPI, {NUMBER}x direct",
+         rf"ratio \[plaintext\]: Envoy gRPC\+key {NUMBER}x FastAPI, {NUMBER}x direct"],
+    ),
+    "usage": (
+        ["--records", "40", "--concurrency", "2", "--reservations", "10"],
+        1,
+        [rf"RecordUsage batch 100 .* ratio to baseline {NUMBER}x"],
+    ),
+    "inference": (["--rounds", "1"], 1, [rf"embeddings/s, batch 32 +{NUMBER} +{NUMBER}"]),
+    "chat": (
+        ["--requests", "1", "--streams", "2"],
+        2,
+        [rf"ratio SSE TTFT p50 / Triton direct: {NUMBER}x",
+         rf"ratio 2 concurrent streams TTFT p95, gateway / direct: {NUMBER}x"],
+    ),
+    "knowledge": (
+        ["--sizes", "200", "--queries", "3", "--ingest-docs", "1", "--distractors", "20",
+         "--shared-triton"],
+        2,  # ingestion rate, hybrid p95 at the one size
+        [rf"hybrid/keyword p95 ratio {NUMBER}x"],
+    ),
+}
+
+
+def test_every_bench_has_a_tiny_run() -> None:
+    """A new bench gets a tiny configuration here (or its own test) the day it is added."""
+    benches = {p.name for p in BENCH_DIR.iterdir() if (p / "__main__.py").is_file()}
+    assert benches - COVERED_ELSEWHERE == set(TINY), benches
+
+
+@pytest.mark.parametrize("bench", sorted(TINY))
+def test_bench_runs_tiny(bench: str, mesh: TestMesh) -> None:
+    if bench in {"inference", "chat", "knowledge"}:
+        mesh.ensure_triton()
+    arguments, verdicts, ratios = TINY[bench]
+    run = subprocess.run(
+        [sys.executable, "-m", f"bench.{bench}", *arguments],
+        cwd=REPO, env={**os.environ, **mesh.env}, capture_output=True, text=True, timeout=600,
+        check=False,
+    )
+    out = run.stdout
+    assert run.returncode == 0, out[-3000:] + run.stderr[-3000:]
+    assert re.search(LOAD, out), out
+    assert len(re.findall(VERDICT, out)) == verdicts, out
+    for ratio in ratios:
+        assert re.search(ratio, out), (ratio, out)
