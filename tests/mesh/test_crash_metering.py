@@ -31,6 +31,8 @@ from tests.support.mesh import TestMesh
 WORKERS = 6
 KILL_AFTER_SECONDS = 0.5  # after the first replies: calls are in flight, some mid-metering
 PROGRESS_TIMEOUT_SECONDS = 120.0
+# A restarted service waits for its Triton models and database: slow on a loaded machine.
+RESTART_TIMEOUT_SECONDS = 600.0
 # Errors a client sees while the service it calls is dead or restarting.
 CUT_OFF = (
     grpc.StatusCode.UNAVAILABLE,
@@ -158,7 +160,7 @@ async def run_and_crash(mesh: TestMesh, traffic: Traffic, victim: str, work: Wor
         await asyncio.sleep(KILL_AFTER_SECONDS)
         before = len(work.done)
         mesh.crash(victim)
-        await asyncio.to_thread(mesh.ensure, victim)
+        await asyncio.to_thread(mesh.ensure, victim, timeout=RESTART_TIMEOUT_SECONDS)
         await progress(len(work.done) + WORKERS)
     finally:
         stop.set()
@@ -216,7 +218,7 @@ async def metering_mesh(mesh: TestMesh) -> TestMesh:
     url = mesh.ensure_triton()
     async with TritonClient(url) as triton:
         await triton.wait_until_ready([EMBEDDING_MODEL], timeout=300)
-    mesh.ensure("usage", "knowledge", "speech", "orchestrator")
+    mesh.ensure("usage", "knowledge", "speech", "orchestrator", timeout=RESTART_TIMEOUT_SECONDS)
     return mesh
 
 

@@ -82,7 +82,7 @@ async def test_sigkill_mid_ingestion_reaches_ready_once_without_duplicates(calle
     assert (await caller.get(doc.name)).state == Doc.STATE_PROCESSING
     written_before_kill = await _chunk_rows(caller, uid)
     mesh.crash("knowledge")
-    mesh.ensure("knowledge")
+    mesh.ensure("knowledge", timeout=600)
 
     # The lease of the dead worker expires, the sweeper hands the document out again.
     states: list[int] = []
@@ -150,6 +150,6 @@ async def test_sigkill_mid_ingestion_reaches_ready_once_without_duplicates(calle
     try:
         ids = await asyncio.to_thread(_milvus_ids, Path(mesh.settings.var_dir), uid)
     finally:
-        mesh.ensure("knowledge")
+        mesh.ensure("knowledge", timeout=600)
     assert len(ids) == len(set(ids)) == ready.chunk_count
     assert set(ids) == {f"{uid}-{i}" for i in range(ready.chunk_count)}
