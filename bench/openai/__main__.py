@@ -36,6 +36,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 import openai
 from bench.accounts import bench_account
 from bench.chat.__main__ import CONTEXT, QUESTION, Path_, _free_port, _p, measure, report
+from bench.report import print_load
 from scripts import triton_server
 from scripts.stack import COMPONENTS, Stack
 from services.common.config import Settings
@@ -145,6 +146,7 @@ async def bench(args: argparse.Namespace, settings: Settings) -> list[Path_]:
             results.append(await measure(name, stream, args.requests))
         report(results)
         verdict(results[2], results[3])
+        print_load("after the run")
         await client.close()
         await triton.close()
         await channel.close()
