@@ -75,10 +75,14 @@ async def start_mesh(name: str, metrics: bool, otlp: str, base: Path) -> Mesh:
         "AIMESH_OTLP_ENDPOINT": otlp,
     })
     stack = Stack.create(overrides, log_dir=var_dir / "log")
-    for service in NEEDED:
-        stack.start_service(service)
-    stack.start_gateway()
-    stack.wait_ready([*NEEDED, "gateway"], timeout=120)
+    try:
+        for service in NEEDED:
+            stack.start_service(service)
+        stack.start_gateway()
+        stack.wait_ready([*NEEDED, "gateway"], timeout=120)
+    except BaseException:
+        stack.stop_all()  # nothing of a mesh that did not come up outlives the run
+        raise
     return Mesh(name, stack)
 
 
