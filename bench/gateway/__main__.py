@@ -156,14 +156,12 @@ class Http1:
 
 
 def _start_uvicorn(module: str, port: int, workers: int, env: dict[str, str],
-                   log_path: Path) -> subprocess.Popen[bytes]:
+                   log_path: Path, keep_alive: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1", "--port", str(port),
              "--workers", str(workers), "--log-level", "warning", "--no-access-log",
-             # Like Envoy's, keep idle client connections across the other paths' slices
-             # (uvicorn's 5 s default would fail the first request of every slice).
-             "--timeout-keep-alive", "600"],
+             *keep_alive],
             env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -254,7 +252,11 @@ def _start_fastapi(stack: Stack, workers: int, var_dir: Path,
            "BENCH_BACKEND_URL": f"http://127.0.0.1:{backend_port}"}
     for module, port in (("bench.gateway.fastapi_apps:backend", backend_port),
                          ("bench.gateway.fastapi_apps:gateway", fastapi_port)):
-        extra.append(_start_uvicorn(module, port, workers, env, var_dir / "log" / f"{port}.log"))
+        # The client-facing one keeps idle connections across the other paths' slices, like
+        # Envoy (uvicorn's 5 s default failed the first request of every slice).
+        keep_alive = ("--timeout-keep-alive", "600") if port == fastapi_port else ()
+        extra.append(_start_uvicorn(module, port, workers, env, var_dir / "log" / f"{port}.log",
+                                    keep_alive))
     _wait_http(f"http://127.0.0.1:{backend_port}/healthz", extra[-2])
     _wait_http(f"http://127.0.0.1:{fastapi_port}/healthz", extra[-1])
     return fastapi_port
