@@ -833,7 +833,7 @@ def _local_reply_config() -> dict[str, Any]:
 OTLP_CLUSTER = "otlp_collector"
 
 
-def _tracing() -> dict[str, Any]:
+def _tracing(sample_percent: float) -> dict[str, Any]:
     """Every request starts (or continues) a W3C trace that Envoy passes upstream in
     `traceparent`; its spans go over OTLP/gRPC to AIMESH_OTLP_ENDPOINT."""
     return {
@@ -846,6 +846,8 @@ def _tracing() -> dict[str, Any]:
             },
         },
         "spawn_upstream_span": True,
+        # Envoy decides which requests are traced; the services follow its decision.
+        "random_sampling": {"value": sample_percent},
     }
 
 
@@ -947,7 +949,7 @@ def _connection_manager(
         "access_log": [_access_log()],
         "http2_protocol_options": {"max_concurrent_streams": 1000},
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
-        **({"tracing": _tracing()} if settings.otlp_endpoint else {}),
+        **({"tracing": _tracing(settings.trace_sample_percent)} if settings.otlp_endpoint else {}),
     }
 
 

@@ -62,7 +62,8 @@ class Mesh:
     calls: dict[str, Call] = field(default_factory=dict)
 
 
-async def start_mesh(name: str, metrics: bool, otlp: str, base: Path) -> Mesh:
+async def start_mesh(name: str, metrics: bool, otlp: str, base: Path,
+                     sample_percent: float) -> Mesh:
     var_dir = base / name
     overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
     overrides.update({f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES})
@@ -73,6 +74,7 @@ async def start_mesh(name: str, metrics: bool, otlp: str, base: Path) -> Mesh:
         "AIMESH_CERTS_DIR": str(base / "certs"),
         "AIMESH_METRICS": "true" if metrics else "false",
         "AIMESH_OTLP_ENDPOINT": otlp,
+        "AIMESH_TRACE_SAMPLE_PERCENT": str(sample_percent),
     })
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     try:
@@ -177,7 +179,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         for name, metrics, endpoint in (("off", False, ""), ("metrics", True, ""),
                                         ("on", True, otlp)):
-            meshes.append(await start_mesh(name, metrics, endpoint, base))
+            meshes.append(await start_mesh(name, metrics, endpoint, base, args.sample_percent))
             channels += await prepare(meshes[-1])
         results = {
             "gateway": await compare(meshes, "gateway", args.concurrency, args.seconds, args.rounds),
@@ -191,7 +193,8 @@ async def run(args: argparse.Namespace) -> int:
         await receiver.stop(None)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\ninstrumentation off vs on, {os.cpu_count()} cores shared by client and both meshes "
-          f"(load average {load}); {sink.spans} spans received from the instrumented mesh\n")
+          f"(load average {load}); {sink.spans} spans received from the instrumented mesh "
+          f"(tracing {args.sample_percent:g} % of requests)\n")
     print(f"{'workload':10} {'off /s':>9} {'metrics /s':>11} {'all on /s':>10} {'metrics/off':>12} "
           f"{'all/off':>8} {'errors':>7} {'first event p50 off/all':>24}")
     worst = 1.0
@@ -217,6 +220,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="alternating slices")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--chat-concurrency", type=int, default=4)
+    parser.add_argument("--sample-percent", type=float, default=10.0,
+                        help="AIMESH_TRACE_SAMPLE_PERCENT of the traced mesh (default: the default)")
     return asyncio.run(run(parser.parse_args()))
 
 

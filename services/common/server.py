@@ -419,7 +419,8 @@ def serve(spec: ServiceSpec) -> None:
         print(f"aimesh-{spec.name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     telemetry.configure(
-        spec.name, settings.log_level, settings.trace_console, settings.otlp_endpoint
+        spec.name, settings.log_level, settings.trace_console, settings.otlp_endpoint,
+        settings.trace_sample_percent
     )
     metrics.serve(spec.name, settings.metrics_address_of(spec.name), on=settings.metrics_enabled)
     if settings.tls_mode == "mtls":

@@ -23,6 +23,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pythonjsonlogger.json import JsonFormatter
 
@@ -55,7 +56,11 @@ class _TraceContextFilter(logging.Filter):
 
 
 def configure(
-    service: str, level: str = "INFO", console_spans: bool = False, otlp_endpoint: str = ""
+    service: str,
+    level: str = "INFO",
+    console_spans: bool = False,
+    otlp_endpoint: str = "",
+    sample_percent: float = 100.0,
 ) -> None:
     """Configure JSON logging to stderr and a tracer provider for `service`. Idempotent."""
     global _configured_service, _tracer
@@ -77,7 +82,11 @@ def configure(
     for noisy in ("grpc._cython", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    provider = TracerProvider(resource=Resource.create({"service.name": f"aimesh-{service}"}))
+    # Follow the caller's (Envoy's) sampling decision; sample root spans at the same ratio.
+    sampler = ParentBased(TraceIdRatioBased(sample_percent / 100.0))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"aimesh-{service}"}), sampler=sampler
+    )
     if console_spans:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     if otlp_endpoint:

@@ -148,7 +148,8 @@ def main() -> None:
     except ConfigError as exc:
         raise SystemExit(f"edge: configuration error: {exc}") from None
     telemetry.configure(
-        mesh_policy.EDGE, settings.log_level, settings.trace_console, settings.otlp_endpoint
+        mesh_policy.EDGE, settings.log_level, settings.trace_console, settings.otlp_endpoint,
+        settings.trace_sample_percent
     )
     metrics.serve(
         mesh_policy.EDGE, settings.metrics_address_of(mesh_policy.EDGE), on=settings.metrics_enabled

@@ -19,7 +19,7 @@ def test_observability_bench_runs_tiny(mesh: TestMesh) -> None:
     mesh.ensure_triton()
     run = subprocess.run(
         [sys.executable, "-m", "bench.observability", "--seconds", "1", "--rounds", "1",
-         "--concurrency", "2", "--chat-concurrency", "1"],
+         "--concurrency", "2", "--chat-concurrency", "1", "--sample-percent", "100"],
         cwd=REPO, env={**os.environ, **mesh.env}, capture_output=True, text=True, timeout=600,
         check=False,
     )

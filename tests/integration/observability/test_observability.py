@@ -84,6 +84,7 @@ async def observed(mesh: TestMesh) -> AsyncIterator[Observed]:
         "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_PROMETHEUS_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_OTLP_ENDPOINT": f"127.0.0.1:{otlp_port}",
+        "AIMESH_TRACE_SAMPLE_PERCENT": "100",  # every request traced (the default samples 10 %)
         "AIMESH_VAR_DIR": str(var_dir),
         "AIMESH_CERTS_DIR": str(mesh.settings.certs_path),
         "AIMESH_GUARDRAIL_BLOCKLIST": BLOCKED,
