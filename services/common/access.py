@@ -16,14 +16,14 @@ platform admins) stay in the owning service's domain.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import grpc
 
 from services.common.errors import permission_denied
-from services.common.handlers import before
+from services.common.handlers import MethodInterceptor, before
 from services.common.identity import Identity, Role, identity_from_metadata
 
 Kind = Literal["public", "role", "platform", "service"]
@@ -180,7 +180,7 @@ def refusal(access: Access | None, identity: Identity | None, method: str) -> st
     return f"requires the {access.role.name.lower()} role or higher"
 
 
-class AccessInterceptor(grpc.aio.ServerInterceptor):
+class AccessInterceptor(MethodInterceptor):
     """Refuses callers below a method's minimum role (PERMISSION_DENIED, reason ROLE_REQUIRED
     or PLATFORM_ADMIN_REQUIRED) before the servicer runs. Installed inside the error
     interceptor, so its ServiceError becomes a rich status."""
@@ -188,14 +188,11 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, table: Mapping[str, Access] = METHOD_ACCESS) -> None:
         self.table = table
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(("/aimesh.", "/envoy.")):
+        if not method.startswith(("/aimesh.", "/envoy.")):
             return handler  # health and reflection
         access = self.table.get(method)
         identity = identity_from_metadata(handler_call_details.invocation_metadata or ())

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import grpc
 
 from services.common.errors import DomainError, ServiceError
-from services.common.handlers import Behavior, call_unary, rewrap
+from services.common.handlers import Behavior, MethodInterceptor, call_unary, rewrap
 from services.common.identity import identity_from_metadata
 from services.common.names import resource
 
@@ -138,7 +138,7 @@ def _code(exc: BaseException) -> grpc.StatusCode | None:
     return exc.code if isinstance(exc, ServiceError) else None
 
 
-class AuditInterceptor(grpc.aio.ServerInterceptor):
+class AuditInterceptor(MethodInterceptor):
     """Records the calls AUDITED lists (installed inside the error interceptor, so it sees the
     servicer's own exceptions). A failure to record is logged, never fails the call."""
 
@@ -148,15 +148,12 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         self._sink = sink
         self.table = table
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         audited = self.table.get(method)
-        if handler is None or audited is None:
+        if audited is None:
             return handler
         metadata = {
             k.lower(): v

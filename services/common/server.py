@@ -30,7 +30,7 @@ from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError, database_error, is_broken_connection
 from services.common.errors import DomainError, ServiceError
-from services.common.handlers import call_unary, iterate_stream, rewrap
+from services.common.handlers import MethodInterceptor, call_unary, iterate_stream, rewrap
 from services.common.request_checks import (
     check_request,
     checked_deserializer,
@@ -125,7 +125,7 @@ def spec_for(
     )
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(MethodInterceptor):
     """Turns ServiceError into a rich google.rpc.Status, unimplemented RPCs into UNIMPLEMENTED,
     an unreachable database into UNAVAILABLE (retryable), and unexpected exceptions into
     INTERNAL with a logged traceback (never a crashed stream, never a Python class name).
@@ -133,14 +133,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     characters: INVALID_ARGUMENT); idempotent reads whose database connection broke mid-call
     run once more. Also records the RPC's deadline so downstream calls inherit it."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
         described = method_descriptor(method)
         retry_once = is_idempotent_read(described)

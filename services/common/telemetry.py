@@ -13,7 +13,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pythonjsonlogger.json import JsonFormatter
 
 from services.common import metrics
-from services.common.handlers import call_unary, iterate_stream, rewrap
+from services.common.handlers import MethodInterceptor, call_unary, iterate_stream, rewrap
 
 _configured_service: str | None = None
 _tracer = trace.get_tracer("aimesh")
@@ -110,17 +110,12 @@ def current_trace_id() -> str | None:
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
-class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
+class RpcTelemetryInterceptor(MethodInterceptor):
     """A SERVER span continuing the caller's trace, plus rpc.server.* metrics, for every call."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
         return rewrap(handler, lambda b: _unary(b, method), lambda b: _stream(b, method))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.common import mesh_policy
 from services.common.config import REPO_ROOT, TLS_MODES, TlsMode
-from services.common.handlers import before
+from services.common.handlers import MethodInterceptor, before
 from services.common.identity import IDENTITY_HEADERS
 
 log = logging.getLogger("aimesh.tls")
@@ -274,7 +274,7 @@ current_peer: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 IdentitySource = Literal["mtls", "xfcc", "plaintext"]
 
 
-class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
+class PeerAuthorizationInterceptor(MethodInterceptor):
     """Reject callers the caller graph does not allow, before any servicer code runs.
 
     mode "mtls": identity from the verified client certificate (local default).
@@ -308,13 +308,10 @@ class PeerAuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if mode == "plaintext":
             log.warning("%s: PLAINTEXT mode, peer authorization is OFF (debugging only)", callee)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or self._mode == "plaintext":
+        if self._mode == "plaintext":
             return handler
         method = handler_call_details.method
         metadata = {k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())}
