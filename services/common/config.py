@@ -242,16 +242,18 @@ class Settings:
                 continue
             raw = env.get(f.metadata["env"], f.metadata["default"])
             values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
-        addrs = {}
-        for service, port in {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}.items():
-            var = f"AIMESH_{service.upper()}_ADDR"
-            addrs[service] = _address(var, env.get(var, f"127.0.0.1:{port}"))
-        values["service_addrs"] = addrs
-        metrics_addrs = {}
-        for service, port in {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}.items():
-            var = f"AIMESH_{service.upper()}_METRICS_ADDR"
-            metrics_addrs[service] = _address(var, env.get(var, f"127.0.0.1:{9400 + port % 100}"))
-        values["metrics_addrs"] = metrics_addrs
+        def addresses(suffix: str, default: Callable[[int], str]) -> dict[str, str]:
+            out = {}
+            for service, port in {**SERVICE_PORTS, **HTTP_SERVICE_PORTS}.items():
+                var = f"AIMESH_{service.upper()}_{suffix}"
+                out[service] = _address(var, env.get(var, default(port)))
+            return out
+
+        values["service_addrs"] = addresses("ADDR", lambda port: f"127.0.0.1:{port}")
+        # Metrics on 94xx: xx = the service's default port's last two digits.
+        values["metrics_addrs"] = addresses(
+            "METRICS_ADDR", lambda port: f"127.0.0.1:{9400 + port % 100}"
+        )
         return cls(**values)  # type: ignore[arg-type]
 
     @property
