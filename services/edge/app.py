@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.identity import Identity, identity_from_metadata
-from services.edge import schemas
+from services.edge import realtime, schemas
 from services.edge.audio import (
     MAX_UPLOAD_BYTES,
     SPEECH_MODEL,
@@ -249,6 +249,7 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         audio, media_type = await service.speak(body, identity, forwarded(request, identity))
         return StreamingResponse(audio, media_type=media_type)
 
+    realtime.register(app, settings)
     return app
 
 
