@@ -34,6 +34,8 @@ from services.edge.realtime_events import (
     parse_event,
     unsupported,
 )
+from services.edge.realtime_transcription import Transcriber
+from services.edge.realtime_voice import VoiceLoop
 
 log = logging.getLogger("aimesh.edge.realtime")
 
@@ -74,11 +76,7 @@ class RealtimeSession:
         self.bridge: Bridge = self._bridge()
 
     def _bridge(self) -> Bridge:
-        if self.config.transcription_only:
-            from services.edge.realtime_transcription import Transcriber
-            return Transcriber(self)
-        from services.edge.realtime_voice import VoiceLoop
-        return VoiceLoop(self)
+        return Transcriber(self) if self.config.transcription_only else VoiceLoop(self)
 
     @property
     def metadata(self) -> list[tuple[str, str]]:

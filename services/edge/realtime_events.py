@@ -15,7 +15,9 @@ import binascii
 import json
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
+
+from services.common.names import resource
 
 # One client event at most (a 1 MiB append holds ~16 s of base64 pcm16 at 24 kHz; OpenAI's own
 # limit is 15 MiB, and clients send 20-100 ms chunks). The WebSocket frame limit is above it,
@@ -28,6 +30,7 @@ G711_RATE = 8_000
 AUDIO_FORMATS = ("pcm16", "g711_ulaw", "g711_alaw")
 # Speech's default neural voice; OpenAI's voice names are aliases of it (none of them exists here).
 DEFAULT_VOICE = "en-us-joe"
+VOICE = resource("speech.aimesh.dev/Voice")
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin",
                  "cedar")
 TRANSCRIPTION_MODELS = ("pocketsphinx-en-us", "whisper-1", "gpt-4o-transcribe",
@@ -168,7 +171,7 @@ class SessionConfig:
     def speech_voice(self) -> str:
         """Speech's voice resource for `voice` (OpenAI's names alias the default voice)."""
         voice = DEFAULT_VOICE if self.voice in OPENAI_VOICES else self.voice
-        return f"voices/{voice}"
+        return VOICE.format(voice) if not VOICE.matches(voice) else voice
 
     def wire(self) -> dict[str, Any]:
         transcription = (None if self.transcription_model is None else
@@ -366,3 +369,15 @@ def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
             "input_token_details": {"text_tokens": input_tokens, "audio_tokens": 0,
                                     "cached_tokens": 0},
             "output_token_details": {"text_tokens": output_tokens, "audio_tokens": 0}}
+
+
+class Session(Protocol):
+    """What a bridge (transcription or voice) uses of its WebSocket session."""
+
+    config: SessionConfig
+    channels: Any  # services.common.channels.Channels
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]: ...
+    async def send(self, kind: str, **fields: Any) -> None: ...
+    async def error(self, exc: EventError) -> None: ...

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
@@ -27,14 +27,12 @@ from google.protobuf import duration_pb2
 from services.edge.realtime_events import (
     SILENCE_MS,
     EventError,
+    Session,
     SessionConfig,
     audio_ms,
     new_id,
     user_item,
 )
-
-if TYPE_CHECKING:
-    from services.edge.realtime import RealtimeSession
 
 log = logging.getLogger("aimesh.edge.realtime")
 
@@ -206,7 +204,7 @@ class Stream:
 class Transcriber:
     """The bridge of a transcription session (see the module docstring)."""
 
-    def __init__(self, session: RealtimeSession) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
         self.stub = speech_pb2_grpc.SpeechServiceStub(session.channels.get("speech"))
         self.stream: Stream | None = None

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from services.edge.realtime_events import unsupported
-
-if TYPE_CHECKING:
-    from services.edge.realtime import RealtimeSession
+from services.edge.realtime_events import Session, unsupported
 
 
 class VoiceLoop:
     """Not bridged yet: every audio event is refused (use ?intent=transcription)."""
 
-    def __init__(self, session: RealtimeSession) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     async def append(self, audio: bytes) -> None:
