@@ -19,7 +19,7 @@ import json
 import logging
 from typing import Any, Protocol
 
-from fastapi import FastAPI, WebSocket
+from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from services.common.config import Settings
@@ -125,14 +125,14 @@ class RealtimeSession:
             except TimeoutError:
                 if self.bridge.busy():
                     continue
-                await self._close(1000, "idle timeout")
+                await self.close(1000, "idle timeout")
                 return None
             if message["type"] == "websocket.disconnect":
                 return None
             data = message.get("text")
             return data if data is not None else message.get("bytes") or b""
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str) -> None:
         self.open = False
         if self.ws.application_state == WebSocketState.CONNECTED:
             async with self._send_lock:
@@ -194,21 +194,22 @@ def chosen_subprotocol(ws: WebSocket) -> str | None:
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def register(app: FastAPI, settings: Settings) -> None:
-    """Adds the Realtime WebSocket route to the edge's app."""
+router = APIRouter()
 
-    @app.websocket(PATH)
-    async def realtime(ws: WebSocket) -> None:
-        identity = identity_from_metadata(ws.headers.items())
-        if identity is None:  # only the gateway reaches the edge, and it authenticates
-            await ws.close(1008, "no caller identity: connect through the gateway")
-            return
-        await ws.accept(subprotocol=chosen_subprotocol(ws))
-        session = RealtimeSession(ws, identity, settings, app.state.backends.channels)
-        try:
-            await session.run()
-        except Exception:
-            log.exception("realtime session failed")
-            await session._close(1011, "internal error")
-        else:
-            await session._close(1000, "")
+
+@router.websocket(PATH)
+async def realtime(ws: WebSocket) -> None:
+    identity = identity_from_metadata(ws.headers.items())
+    if identity is None:  # only the gateway reaches the edge, and it authenticates
+        await ws.close(1008, "no caller identity: connect through the gateway")
+        return
+    await ws.accept(subprotocol=chosen_subprotocol(ws))
+    backends = ws.app.state.backends
+    session = RealtimeSession(ws, identity, backends.settings, backends.channels)
+    try:
+        await session.run()
+    except Exception:
+        log.exception("realtime session failed")
+        await session.close(1011, "internal error")
+    else:
+        await session.close(1000, "")
