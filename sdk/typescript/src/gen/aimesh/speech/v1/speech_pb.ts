@@ -28,8 +28,8 @@ export const file_aimesh_speech_v1_speech: GenFile = /*@__PURE__*/
  */
 export type RecognitionConfig = Message<"aimesh.speech.v1.RecognitionConfig"> & {
   /**
-   * Encoding of the audio. Streams accept LINEAR16, MULAW and ALAW; Recognize also WAV, FLAC
-   * and OGG_OPUS. Audio that is not what its encoding says (a WAV labelled FLAC, a container
+   * Encoding of the audio. Streams accept LINEAR16, MULAW and ALAW; Recognize also WAV, FLAC,
+   * OGG_OPUS and MP3. Audio that is not what its encoding says (a WAV labelled FLAC, a container
    * labelled LINEAR16, unreadable bytes) is INVALID_ARGUMENT before recognition starts.
    *
    * @generated from field: aimesh.speech.v1.AudioEncoding encoding = 1;
@@ -1409,7 +1409,7 @@ export enum AudioEncoding {
   OGG_OPUS = 6,
 
   /**
-   * MPEG-1/2 Layer III (browser playback); produced by Synthesize only.
+   * MPEG-1/2 Layer III (what phones and browsers play); Recognize and Synthesize only.
    *
    * @generated from enum value: AUDIO_ENCODING_MP3 = 7;
    */
