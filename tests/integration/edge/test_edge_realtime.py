@@ -191,6 +191,21 @@ async def test_browser_subprotocol_credential(edge: EdgeStack, api_key: str) -> 
     assert refused.value.response.status_code == 401
 
 
+async def test_browser_subprotocol_jwt(edge: EdgeStack, edge_account: Account) -> None:
+    """A signed-in user's access token (a JWT) works the same way: jwt_authn verifies it there."""
+    protocols = ["realtime", f"openai-insecure-api-key.{edge_account.access_token}"]
+    async with websockets.connect(_ws_url(edge), subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await ws.recv())["type"] == "transcription_session.created"
+    forged = edge_account.access_token[:-4] + ("AAAA" if not edge_account.access_token.endswith(
+        "AAAA") else "BBBB")
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(_ws_url(edge), subprotocols=[  # type: ignore[list-item]
+                "realtime", f"openai-insecure-api-key.{forged}"]):
+            pass
+    assert refused.value.response.status_code == 401
+
+
 async def test_auth_refused_before_upgrade(
     edge: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account
 ) -> None:
