@@ -50,7 +50,9 @@ class FakeMicrophone:
             os.mkfifo(self.fifo)
         self.config.write_text(alsa_config(self.fifo))
         self.audio = b"\0\0" * int(lead_seconds * RATE) + pcm
+        self.audio_seconds = len(self.audio) / 2 / RATE
         self.readers = 0  # how many times a reader opened the device
+        self.fed_seconds = 0.0  # audio given to the current reader (lead-in, audio, silence)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._feed, daemon=True)
 
@@ -91,6 +93,7 @@ class FakeMicrophone:
                     chunk = self.audio[sent : sent + step] or quiet
                     os.write(fd, chunk)
                     sent += len(chunk)
+                    self.fed_seconds = sent / 2 / RATE
                     delay = start + sent / 2 / RATE - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)

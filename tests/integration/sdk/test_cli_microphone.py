@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,13 +95,13 @@ def test_mic_json_results_for_a_fixed_time(venv: Venv, signed_in: str, spoken: b
     _assert_heard(" ".join(finals), from_file)
 
 
-def _read_until_exit(process: subprocess.Popen[bytes], master: int, interrupt_at: float,
-                     timeout: float) -> bytes:
+def _read_until_exit(process: subprocess.Popen[bytes], master: int,
+                     interrupt_when: Callable[[], bool], timeout: float) -> bytes:
     output = b""
     deadline = time.monotonic() + timeout
     interrupted = False
     while time.monotonic() < deadline:
-        if not interrupted and time.monotonic() >= interrupt_at:
+        if not interrupted and interrupt_when():
             process.send_signal(signal.SIGINT)
             interrupted = True
         ready, _, _ = select.select([master], [], [], 0.1)
@@ -129,8 +130,10 @@ def test_mic_on_a_terminal_until_ctrl_c(venv: Venv, signed_in: str, spoken: byte
             stdout=terminal, stderr=subprocess.PIPE, env={**venv.env(signed_in), **mic.env()})
         os.close(terminal)
         try:
-            speech_ends = time.monotonic() + 0.5 + len(spoken) / 2 / RATE
-            output = _read_until_exit(process, master, speech_ends + 2.0, timeout=90)
+            # Ctrl-C once the capture has heard the sentence and 2 s of silence after it (timed
+            # by the audio fed, not the clock: the CLI may be slow to start on a busy machine).
+            output = _read_until_exit(
+                process, master, lambda: mic.fed_seconds >= mic.audio_seconds + 2.0, timeout=90)
         finally:
             os.close(master)
         stderr = process.stderr.read().decode() if process.stderr else ""
