@@ -137,6 +137,7 @@ def build_config(settings: Settings) -> uvicorn.Config:
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        loop="uvloop",
         timeout_graceful_shutdown=int(settings.drain_seconds) or 1,
         **options,
     )
