@@ -26,7 +26,7 @@ from starlette.types import Lifespan
 from services.common.channels import Channels
 from services.common.config import Settings
 from services.common.identity import Identity, identity_from_metadata
-from services.edge import schemas
+from services.edge import realtime, schemas
 from services.edge.audio import (
     MAX_UPLOAD_BYTES,
     SPEECH_MODEL,
@@ -49,6 +49,7 @@ class Backends:
     """gRPC stubs of the services the edge calls, over one pooled channel per service."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.channels = Channels(settings)
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(
             self.channels.get("orchestrator")
@@ -163,6 +164,7 @@ def create_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(probes)
     app.include_router(openai_routes)
+    app.include_router(realtime.router)
     return app
 
 
