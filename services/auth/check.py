@@ -8,6 +8,10 @@ One decision point for every authenticated request through the gateway:
   identity headers. A JWT-shaped bearer without that header failed verification.
 - API key (`x-api-key` or `authorization: Bearer amk_...`): looked up by prefix in Redis
   (PostgreSQL behind it), compared by keyed hash, scope-checked against the called method.
+- WebSocket subprotocol `openai-insecure-api-key.<key or JWT>` (browsers cannot set headers on
+  a WebSocket; OpenAI's Realtime convention): used when no header carries a credential. A JWT
+  there is verified by jwt_authn like a header one (it reads that header too). The allowed
+  request goes upstream with the credential removed from `sec-websocket-protocol`.
 On success the identity headers are set (overwriting) and the credential headers removed.
 On failure the reply is a JSON google.rpc.Status (HTTP 401/403) and, for gRPC callers, the same
 status in grpc-status-details-bin.
@@ -64,6 +68,8 @@ log = logging.getLogger("aimesh.auth.check")
 
 JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", JWT_PAYLOAD_HEADER)
+SUBPROTOCOL_HEADER = "sec-websocket-protocol"
+SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 _HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
          grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503}
 COUNTERS_RETRY_AFTER = 1.0  # seconds the counters are skipped after they failed
@@ -98,7 +104,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 "rate limit exceeded for this API key or organization",
                 reason="RATE_LIMITED", retry_after_seconds=decision.reset_seconds)
             return _deny(refused, grpc_caller, path, limit_headers)
-        return _allow(principal, limit_headers)
+        return _allow(principal, limit_headers, headers.get(SUBPROTOCOL_HEADER))
 
     async def _count(self, principal: Principal) -> Decision | None:
         """This request counted in its windows; None when no limiter runs here or the counters
@@ -141,6 +147,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                                       reason="CREDENTIALS_MALFORMED")
             credential = value.strip()
         if not credential:
+            credential = subprotocol_credential(get(SUBPROTOCOL_HEADER) or "")
+        if not credential:
             raise unauthenticated(
                 "missing credentials: send 'authorization: Bearer <token>' or 'x-api-key'",
                 reason="CREDENTIALS_MISSING")
@@ -181,8 +189,20 @@ def _limit_headers(decision: Decision) -> list[base_pb2.HeaderValueOption]:
             _header("x-ratelimit-reset", str(decision.reset_seconds))]
 
 
-def _allow(principal: Principal,
-           response_headers: list[base_pb2.HeaderValueOption]) -> external_auth_pb2.CheckResponse:
+def subprotocol_credential(offered: str) -> str:
+    """The credential in a `Sec-WebSocket-Protocol` list (`openai-insecure-api-key.<key>`)."""
+    for protocol in offered.split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(SUBPROTOCOL_KEY_PREFIX):
+            return protocol[len(SUBPROTOCOL_KEY_PREFIX):]
+    return ""
+
+
+def _allow(
+    principal: Principal, response_headers: list[base_pb2.HeaderValueOption],
+    subprotocols: str | None = None,
+) -> external_auth_pb2.CheckResponse:
+    removed = list(CREDENTIAL_HEADERS)
     headers = [
         _header(HEADER_ORG, principal.org_id),
         _header(HEADER_SUBJECT, principal.subject),
@@ -192,10 +212,17 @@ def _allow(principal: Principal,
         headers.append(_header(HEADER_KEY_ID, principal.key_id))
     if principal.scopes:
         headers.append(_header(HEADER_SCOPES, ",".join(principal.scopes)))
+    if subprotocols and SUBPROTOCOL_KEY_PREFIX in subprotocols:  # the key stays at the gateway
+        kept = [p.strip() for p in subprotocols.split(",")
+                if p.strip() and not p.strip().startswith(SUBPROTOCOL_KEY_PREFIX)]
+        if kept:
+            headers.append(_header(SUBPROTOCOL_HEADER, ", ".join(kept)))
+        else:
+            removed.append(SUBPROTOCOL_HEADER)
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=external_auth_pb2.OkHttpResponse(
-            headers=headers, headers_to_remove=list(CREDENTIAL_HEADERS),
+            headers=headers, headers_to_remove=removed,
             response_headers_to_add=response_headers,
         ),
     )

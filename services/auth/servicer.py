@@ -15,12 +15,13 @@ from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import empty_pb2
 
-from services.auth import check, store
+from services.auth import check
 from services.auth.domain import AuthDomain
 from services.auth.principal import ROLE_BY_NAME, Principal
 from services.auth.sessions import Tokens
 from services.common.audit import Event
 from services.common.cache import ServiceCache
+from services.common.db import Row
 from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
 from services.common.names import ResourceName, resource
@@ -70,7 +71,7 @@ def _child(name: str, kind: ResourceName, principal: Principal, field_name: str)
     return child_id
 
 
-def _create_order(row: store.Row) -> tuple[datetime, str]:
+def _create_order(row: Row) -> tuple[datetime, str]:
     """The keyset both Auth lists page by."""
     return row["create_time"], row["id"]
 
@@ -84,7 +85,7 @@ def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
     )
 
 
-def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
+def _api_key(row: Row, secret: str = "") -> auth_pb2.ApiKey:
     now = datetime.now(UTC)
     if row["revoke_time"] is not None:
         state = auth_pb2.ApiKey.STATE_REVOKED
@@ -102,7 +103,7 @@ def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
     )
 
 
-def _membership(row: store.Row) -> auth_pb2.Membership:
+def _membership(row: Row) -> auth_pb2.Membership:
     return auth_pb2.Membership(
         name=MEMBERSHIP.format(row["org_id"], row["id"]),
         user=USER.format(row["user_id"]) if row["user_id"] else "", email=row["email"],
@@ -114,7 +115,7 @@ def _membership(row: store.Row) -> auth_pb2.Membership:
     )
 
 
-def _audit_event(row: store.Row) -> auth_pb2.AuditEvent:
+def _audit_event(row: Row) -> auth_pb2.AuditEvent:
     return auth_pb2.AuditEvent(
         name=AUDIT_EVENT.format(row["org_id"], row["id"]), action=row["action"],
         actor=row["actor"], resource=row["resource"], peer_address=row["peer_address"],
