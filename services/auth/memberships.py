@@ -5,6 +5,7 @@ organization always keeps an owner)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 
 from services.auth import crypto
@@ -12,6 +13,7 @@ from services.auth.errors import (
     AlreadyExists,
     Conflict,
     Forbidden,
+    InvalidInput,
     NotFound,
     Precondition,
     invalid,
@@ -21,8 +23,18 @@ from services.auth.principal import ROLE_BY_NAME, ROLE_NAMES, Principal
 from services.auth.store import Store
 from services.common.db import Row
 from services.common.identity import Role
+from services.common.names import resource
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+ORGANIZATION = resource("auth.aimesh.dev/Organization")
+
+
+def check_update_mask(paths: Sequence[str]) -> None:
+    """UpdateMembership changes the role only."""
+    bad = [p for p in paths if p != "role"]
+    if bad:
+        raise InvalidInput([("update_mask", f"unsupported path(s): {', '.join(bad)}")],
+                           "only 'role' can be updated")
 
 
 class Memberships:

@@ -17,12 +17,12 @@ from google.protobuf import empty_pb2
 
 from services.auth import check
 from services.auth.domain import AuthDomain
+from services.auth.memberships import ORGANIZATION, check_update_mask
 from services.auth.principal import ROLE_BY_NAME, Principal
-from services.auth.sessions import Tokens
-from services.common.audit import Event
+from services.auth.sessions import USER, Tokens
 from services.common.cache import ServiceCache
 from services.common.db import Row
-from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
+from services.common.errors import invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
 from services.common.names import ResourceName, resource
 from services.common.pagination import Paginator
@@ -38,8 +38,6 @@ _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
 COUNTERS_TIMEOUT = 0.25  # seconds, as Envoy's ratelimit filter waited for Usage
 DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
-ORGANIZATION = resource("auth.aimesh.dev/Organization")
-USER = resource("auth.aimesh.dev/User")
 MEMBERSHIP = resource("auth.aimesh.dev/Membership")
 API_KEY = resource("auth.aimesh.dev/ApiKey")
 AUDIT_EVENT = resource("auth.aimesh.dev/AuditEvent")
@@ -224,10 +222,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def UpdateMembership(self, request: auth_pb2.UpdateMembershipRequest,
                                context: Any) -> auth_pb2.Membership:
         principal = _principal(context)
-        bad = [p for p in request.update_mask.paths if p != "role"]
-        if bad:
-            raise invalid_argument("only 'role' can be updated",
-                                   [("update_mask", f"unsupported path(s): {', '.join(bad)}")])
+        check_update_mask(request.update_mask.paths)
         membership_id = _child(request.membership.name, MEMBERSHIP, principal,
                                "membership.name")
         role = _role(request.membership.role, "membership.role")
@@ -287,20 +282,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def RecordAuditEvents(self, request: auth_pb2.RecordAuditEventsRequest,
                                 context: Any) -> auth_pb2.RecordAuditEventsResponse:
-        v = FieldViolations()
-        v.check(0 < len(request.events) <= 100, "events", "must hold 1-100 events")
-        for i, e in enumerate(request.events):
-            v.check(bool(e.event_key), f"events[{i}].event_key", "is required")
-            v.check(bool(e.action), f"events[{i}].action", "is required")
-            ORGANIZATION.id(e.organization, f"events[{i}].organization", v)
-        v.raise_if_any()
-        recorded = 0
-        for e in request.events:
-            recorded += await self.domain.audit.record(Event(
-                event_key=e.event_key, org_id=ORGANIZATION.id(e.organization, "organization"),
-                action=e.action, actor=e.actor,
-                resource=e.resource, peer_address=e.peer_address, request_id=e.request_id,
-                details=dict(e.details)))
+        recorded = await self.domain.audit.record_reported(request.events)
         return auth_pb2.RecordAuditEventsResponse(recorded_count=recorded)
 
 

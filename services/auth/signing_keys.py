@@ -5,18 +5,25 @@ JWKS already know it when it becomes active."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from services.auth import crypto
-from services.auth.errors import raise_violations
+from services.auth.errors import Precondition, raise_violations
 from services.auth.store import Conn, Store
 from services.common.db import Row
 from services.common.errors import FieldViolations
 
 REFRESH_SECONDS = 30.0  # how long a replica signs with its cached active key
 MAX_GRACE = timedelta(days=7)
+# How long gateways cache the JWKS (scripts/gateway.py renders it into Envoy's jwt_authn; Envoy
+# refreshes in the background, so requests never wait for a fetch).
+JWKS_CACHE_SECONDS = 15
+# A 'next' key becomes active only once every gateway has fetched it: Envoy 1.40 does not
+# refetch the JWKS on an unknown kid, so a key younger than the cache would fail its tokens.
+MIN_PUBLISHED_SECONDS = JWKS_CACHE_SECONDS + 5
 
 
 @dataclass
@@ -103,6 +110,8 @@ class SigningKeys:
                     return match, False
         rows = await self.store.signing_keys(conn)
         nxt = next((r for r in rows if r["state"] == "next"), None)
+        if nxt is not None:
+            _refuse_unpublished(nxt)
         await self.store.retire_active_key(conn, grace.total_seconds())
         if nxt is not None:
             row = await self.store.activate_key(conn, nxt["kid"])
@@ -114,3 +123,15 @@ class SigningKeys:
             await self.store.save_idempotent_result(conn, "rotate", request_id, row["kid"].encode())
         self._active = None
         return row, True
+
+
+def _refuse_unpublished(next_key: Row) -> None:
+    """A second rotation right after the first would activate a key gateways may not know yet."""
+    published = (datetime.now(UTC) - next_key["create_time"]).total_seconds()
+    wait = MIN_PUBLISHED_SECONDS - published
+    if wait > 0:
+        raise Precondition(
+            f"the next signing key was published {max(published, 0):.0f} s ago; gateways cache "
+            f"the JWKS for {JWKS_CACHE_SECONDS} s, so rotating now would make its tokens fail "
+            f"there: rotate again in {math.ceil(wait)} s", "NEXT_KEY_NOT_PUBLISHED",
+            retry_after_seconds=math.ceil(wait))

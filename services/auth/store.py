@@ -26,19 +26,27 @@ async def _all(conn: Conn, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
     return list(await cur.fetchall())
 
 
-async def _org_page(
-    conn: Conn, table: str, org_id: str, equal: dict[str, Any], cursor: tuple[datetime, str] | None,
-    limit: int, newest_first: bool, condition: str = "",
-) -> list[Row]:
-    """One keyset page of an organization's rows ordered by (create_time, id); `equal` filters
-    on columns whose value is set, `condition` is extra SQL. Table, columns and condition are
-    ours, never input."""
-    sql = f"SELECT * FROM {table} WHERE org_id = %s" + (f" AND {condition}" if condition else "")
+def _org_rows(
+    table: str, org_id: str, equal: dict[str, Any], condition: str
+) -> tuple[str, list[Any]]:
+    """`FROM table WHERE ...` of an organization's rows: `equal` filters on columns whose value
+    is set, `condition` is extra SQL. Table, columns and condition are ours, never input."""
+    sql = f" FROM {table} WHERE org_id = %s" + (f" AND {condition}" if condition else "")
     params: list[Any] = [org_id]
     for column, value in equal.items():
         if value:
             sql += f" AND {column} = %s"
             params.append(value)
+    return sql, params
+
+
+async def _org_page(
+    conn: Conn, table: str, org_id: str, equal: dict[str, Any], cursor: tuple[datetime, str] | None,
+    limit: int, newest_first: bool, condition: str = "",
+) -> list[Row]:
+    """One keyset page of an organization's rows (_org_rows) ordered by (create_time, id)."""
+    where, params = _org_rows(table, org_id, equal, condition)
+    sql = "SELECT *" + where
     if cursor:
         sql += f" AND (create_time, id) {'<' if newest_first else '>'} (%s, %s)"
         params.extend(cursor)
@@ -46,6 +54,15 @@ async def _org_page(
     sql += f" ORDER BY create_time {order}, id {order} LIMIT %s"
     params.append(limit)
     return await _all(conn, sql, tuple(params))
+
+
+async def _org_count(
+    conn: Conn, table: str, org_id: str, equal: dict[str, Any], condition: str = ""
+) -> int:
+    """How many of an organization's rows match (_org_rows)."""
+    where, params = _org_rows(table, org_id, equal, condition)
+    row = await _one(conn, "SELECT count(*) AS n" + where, tuple(params))
+    return int(row["n"]) if row else 0
 
 
 _ACTIVE_KEY = "revoke_time IS NULL AND (expire_time IS NULL OR expire_time > now())"
@@ -147,22 +164,10 @@ class Store:
         return await _org_page(conn, "memberships", org_id, {"role": role}, after, limit, False)
 
     async def count_memberships(self, conn: Conn, org_id: str, role: str | None) -> int:
-        sql = "SELECT count(*) AS n FROM memberships WHERE org_id = %s"
-        params: list[Any] = [org_id]
-        if role:
-            sql += " AND role = %s"
-            params.append(role)
-        row = await _one(conn, sql, tuple(params))
-        return int(row["n"]) if row else 0
+        return await _org_count(conn, "memberships", org_id, {"role": role})
 
     async def count_owners(self, conn: Conn, org_id: str) -> int:
-        row = await _one(
-            conn,
-            "SELECT count(*) AS n FROM memberships WHERE org_id = %s AND role = 'owner' "
-            "AND state = 'active'",
-            (org_id,),
-        )
-        return int(row["n"]) if row else 0
+        return await _org_count(conn, "memberships", org_id, {"role": "owner", "state": "active"})
 
     async def lock_org(self, conn: Conn, org_id: str) -> None:
         # Serialises owner-count checks against concurrent role changes in the same org.
@@ -205,13 +210,7 @@ class Store:
         )
 
     async def count_active_api_keys(self, conn: Conn, org_id: str) -> int:
-        row = await _one(
-            conn,
-            "SELECT count(*) AS n FROM api_keys WHERE org_id = %s AND revoke_time IS NULL "
-            "AND (expire_time IS NULL OR expire_time > now())",
-            (org_id,),
-        )
-        return int(row["n"]) if row else 0
+        return await _org_count(conn, "api_keys", org_id, {}, _ACTIVE_KEY)
 
     async def get_api_key(self, conn: Conn, org_id: str, key_id: str) -> Row | None:
         return await _one(
@@ -230,11 +229,8 @@ class Store:
                                "" if show_inactive else _ACTIVE_KEY)
 
     async def count_api_keys(self, conn: Conn, org_id: str, show_inactive: bool) -> int:
-        sql = "SELECT count(*) AS n FROM api_keys WHERE org_id = %s"
-        if not show_inactive:
-            sql += " AND " + _ACTIVE_KEY
-        row = await _one(conn, sql, (org_id,))
-        return int(row["n"]) if row else 0
+        return await _org_count(conn, "api_keys", org_id, {},
+                                "" if show_inactive else _ACTIVE_KEY)
 
     async def revoke_api_key(self, conn: Conn, org_id: str, key_id: str) -> Row | None:
         """Sets revoke_time once (a repeat keeps the first time) and returns the key."""

@@ -49,6 +49,7 @@ class Bridge(Protocol):
     async def append(self, audio: bytes) -> None: ...
     async def commit(self, event_id: str | None) -> None: ...
     async def clear(self) -> None: ...
+    def check(self, config: SessionConfig, event_id: str | None) -> None: ...
     async def reconfigure(self) -> None: ...
     async def handle(self, kind: str, event: dict[str, Any]) -> None: ...
     def busy(self) -> bool: ...
@@ -168,11 +169,12 @@ class RealtimeSession:
                              "invalid_event_type", "type", event_id)
         session = field_of(event, "session", dict)
         before = self.config
-        self.config = apply_session(self.config, session, event_id)
-        if self.config.transcription_only and self.config.transcription_model is None:
-            self.config = before
+        config = apply_session(self.config, session, event_id)
+        if config.transcription_only and config.transcription_model is None:
             raise EventError("a transcription session needs input_audio_transcription",
                              "invalid_value", "session.input_audio_transcription", event_id)
+        self.bridge.check(config, event_id)
+        self.config = config
         if self.config != before:
             await self.bridge.reconfigure()
         await self.send_event(self.events.session(self.config, "updated"))

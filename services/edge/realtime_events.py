@@ -42,11 +42,11 @@ CLIENT_EVENTS = (
     "session.update", "transcription_session.update", "input_audio_buffer.append",
     "input_audio_buffer.commit", "input_audio_buffer.clear", "response.create",
     "response.cancel", "conversation.item.truncate", "conversation.item.create",
+    "conversation.item.retrieve",
 )
 # Known OpenAI client events this server refuses, each with the reason it gives.
 UNSUPPORTED_EVENTS = {
     "conversation.item.delete": "deleting conversation items",
-    "conversation.item.retrieve": "retrieving conversation items",
     "output_audio_buffer.clear": "output_audio_buffer (WebRTC only)",
 }
 

@@ -68,6 +68,18 @@ def recognition_config(
         audio_offset=duration(offset_ms))
 
 
+def stream_error(exc: grpc.aio.AioRpcError, rpc: str) -> EventError | None:
+    """The error event for a Speech stream's end, if the client must hear of it: not for our
+    own cancel, nor for Speech's idle and length limits (the next audio opens a new stream)."""
+    if exc.code() == grpc.StatusCode.CANCELLED:
+        return None
+    if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+        log.info("%s ended by Speech: %s", rpc, exc.details())
+        return None
+    code = "model_not_found" if exc.code() == grpc.StatusCode.NOT_FOUND else exc.code().name
+    return EventError(exc.details() or exc.code().name, code.lower(), kind="server_error")
+
+
 @dataclass
 class Utterance:
     """One user item: what has been said of it so far."""
@@ -113,13 +125,9 @@ class Stream:
             async for reply in self.call:
                 await self._reply(reply)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED:
-                return
-            if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # Speech's idle or duration limit
-                log.info("transcription stream ended by Speech: %s", exc.details())
-            else:
-                await session.error(EventError(exc.details() or exc.code().name,
-                                               exc.code().name.lower(), kind="server_error"))
+            error = stream_error(exc, "StreamingRecognize")
+            if error is not None:
+                await session.error(error)
         finally:
             await self._flush()
 
@@ -272,6 +280,9 @@ class Transcriber:
         if self.stream is not None:
             self.stream.call.cancel()
             self.stream = None
+
+    def check(self, config: SessionConfig, event_id: str | None) -> None:
+        """Every configuration a transcription session can hold is served."""
 
     async def reconfigure(self) -> None:
         self._finish()

@@ -684,18 +684,9 @@ DEFAULT_TTL_MS, MIN_TTL_MS, MAX_TTL_MS = 300_000, 1000, 3_600_000
 def _check_caps(b: Any, v: FieldViolations, fields: set[str] | frozenset[str]) -> None:
     if "display_name" in fields:
         v.check(len(b.display_name) <= 100, "budget.display_name", "at most 100 characters")
-    if "monthly_limit_micros" in fields:
-        v.check(
-            0 <= b.monthly_limit_micros <= MAX_AMOUNT,
-            "budget.monthly_limit_micros",
-            f"must be 0..{MAX_AMOUNT}",
-        )
-    if "monthly_token_limit" in fields:
-        v.check(
-            0 <= b.monthly_token_limit <= MAX_AMOUNT,
-            "budget.monthly_token_limit",
-            f"must be 0..{MAX_AMOUNT}",
-        )
+    for cap in ("monthly_limit_micros", "monthly_token_limit"):
+        if cap in fields:
+            v.check(0 <= getattr(b, cap) <= MAX_AMOUNT, f"budget.{cap}", f"must be 0..{MAX_AMOUNT}")
 
 
 def new_budget(org: str, b: Any, request_id: str) -> Row:

@@ -229,3 +229,89 @@ async def test_idle_session_is_closed(edge: EdgeStack, api_key: str) -> None:
                 while True:
                     await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle timeout"
+
+
+# --- the voice loop (Converse) ---------------------------------------------------------------
+
+QUESTION = "what is the capital of france"
+
+
+@pytest.fixture
+def voice(mesh: Any, edge: EdgeStack) -> EdgeStack:
+    """Speech's Converse needs the session mesh's Conversation and Orchestrator."""
+    mesh.ensure("conversation", "orchestrator")
+    return edge
+
+
+async def speak(conn: Any, text: str, trailing_silence: float = 1.5) -> None:
+    await append(conn, silence(0.3) + speech_24k(text) + silence(trailing_silence))
+
+
+async def configure_voice(conn: Any, **session: Any) -> None:
+    await until(conn, "session.created")
+    await conn.session.update(session={
+        "voice": "alloy", "instructions": "You are a helpful voice assistant.",
+        "input_audio_transcription": {"model": "whisper-1"},
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}, **session})
+    await until(conn, "session.updated")
+
+
+async def test_spoken_question_answered_with_audio(
+    voice: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account, api_key: str
+) -> None:
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn)
+        await speak(conn, QUESTION)
+        events = await collect(conn, "response.done", timeout=180)
+    kinds = [e.type for e in events]
+    order = ["input_audio_buffer.speech_started", "input_audio_buffer.committed",
+             "response.created", "response.audio.delta", "response.done"]
+    assert [kinds.index(k) for k in order] == sorted(kinds.index(k) for k in order), kinds
+    heard = next(e for e in events
+                 if e.type == "conversation.item.input_audio_transcription.completed")
+    assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
+    audio = b"".join(base64.b64decode(e.delta) for e in events
+                     if e.type == "response.audio.delta")
+    assert len(audio) > RATE  # more than half a second of pcm16 at 24 kHz
+    transcript = "".join(e.delta for e in events if e.type == "response.audio_transcript.delta")
+    done_text = next(e for e in events if e.type == "response.audio_transcript.done").transcript
+    assert transcript.strip() and transcript == done_text
+    done = events[-1].response
+    assert done.status == "completed" and done.output[0].content[0].transcript == transcript
+    assert done.usage.output_tokens > 0 and done.usage.total_tokens >= done.usage.output_tokens
+    for kind in ("RESOURCE_TYPE_AUDIO_SECONDS", "RESOURCE_TYPE_CHARACTERS_SYNTHESIZED",
+                 "RESOURCE_TYPE_COMPLETION_TOKENS"):
+        assert await usage_records(edge_http, edge_account, kind), kind
+
+
+async def test_truncate_then_text_only_turn(voice: EdgeStack, api_key: str) -> None:
+    """Barge-in as a Realtime client does it: on the caller's speech it stops playback and
+    truncates the answer to what was played; the server sends no more audio for that item and
+    keeps only the heard part of its transcript. The session then answers in text only."""
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn)
+        await speak(conn, QUESTION)
+        first = await until(conn, "response.audio.delta", timeout=180)
+        played_ms = min(200, len(base64.b64decode(first.delta)) * 1000 // (2 * RATE))
+        await conn.conversation.item.truncate(item_id=first.item_id, content_index=0,
+                                              audio_end_ms=played_ms)
+        rest = [first]  # the answer may finish streaming before the truncate arrives
+        async with asyncio.timeout(180):
+            while not {"response.done", "conversation.item.truncated"} <= {e.type for e in rest}:
+                rest.append(await conn.recv())
+        truncated = next(e for e in rest if e.type == "conversation.item.truncated")
+        assert truncated.item_id == first.item_id and truncated.audio_end_ms == played_ms
+        after = rest[rest.index(truncated):]
+        assert not [e for e in after if e.type == "response.audio.delta"], "audio after truncate"
+        await conn.send({"type": "conversation.item.retrieve", "item_id": first.item_id})
+        item = (await until(conn, "conversation.item.retrieved")).item
+        full = "".join(e.delta for e in rest if e.type == "response.audio_transcript.delta")
+        heard = item.content[0].transcript
+        assert len(heard) < len(full) or not full, (heard, full)
+        await conn.session.update(session={"modalities": ["text"]})
+        await until(conn, "session.updated")
+        await speak(conn, QUESTION)
+        second = await collect(conn, "response.done", timeout=180)
+    assert any(e.type == "response.text.delta" for e in second)
+    assert not any(e.type == "response.audio.delta" for e in second)
+    assert second[-1].response.status == "completed"
