@@ -446,3 +446,24 @@ async def test_budget_refusal_is_an_error_event(
         assert "budget" in error.error.message.lower(), error
         await conn.session.update(session={"voice": "en-us-joe"})
         assert (await until(conn, "session.updated")).session.voice == "en-us-joe"
+
+
+async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
+    """turn_detection null: the client commits its audio and asks for the answer."""
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn, turn_detection=None)
+        await conn.response.create()
+        assert (await until(conn, "error")).error.code == "response_create_empty"
+        await append(conn, speech_24k(QUESTION))
+        await conn.input_audio_buffer.commit()
+        committed = await until(conn, "input_audio_buffer.committed")
+        await conn.response.create()
+        events = await collect(conn, "response.done", timeout=180)
+    kinds = [e.type for e in events]
+    assert "input_audio_buffer.speech_started" not in kinds  # the client's turns, not VAD's
+    heard = next(e for e in events
+                 if e.type == "conversation.item.input_audio_transcription.completed")
+    assert heard.item_id == committed.item_id
+    assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
+    assert any(e.type == "response.audio.delta" for e in events)
+    assert events[-1].response.status == "completed"
