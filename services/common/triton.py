@@ -510,13 +510,18 @@ class TritonClient:
     # --- typed helpers for the four models ------------------------------------------------
 
     async def embed(self, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:
-        """Normalized all-MiniLM-L6-v2 vectors, shape (len(texts), 384); batches of 32."""
-        chunks: list[np.ndarray] = []
-        for i in range(0, len(texts), 32):
-            batch = np.array([[t.encode()] for t in texts[i : i + 32]], dtype=object)
-            out = await self.infer(EMBEDDING_MODEL, {"TEXT": batch}, ["EMBEDDING"], timeout=timeout)
-            chunks.append(out["EMBEDDING"])
-        return np.concatenate(chunks) if chunks else np.zeros((0, 384), dtype=np.float32)
+        """Normalized all-MiniLM-L6-v2 vectors, shape (len(texts), 384): one request per 32
+        texts (the model's max batch), all in flight at once so every model instance works."""
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+
+        async def one(batch: Sequence[str]) -> np.ndarray:
+            rows = np.array([[t.encode()] for t in batch], dtype=object)
+            out = await self.infer(EMBEDDING_MODEL, {"TEXT": rows}, ["EMBEDDING"], timeout=timeout)
+            return out["EMBEDDING"]
+
+        parts = await asyncio.gather(*(one(texts[i : i + 32]) for i in range(0, len(texts), 32)))
+        return np.concatenate(parts)
 
     async def synthesize(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -26,7 +27,7 @@ from services.common.triton import TritonClient
 from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge import metrics as knowledge_metrics
 from services.knowledge.blobs import BlobStore
-from services.knowledge.chunking import chunk_document
+from services.knowledge.chunking import Chunk, chunk_document
 from services.knowledge.extract import ExtractionError, run_isolated
 from services.knowledge.keyword_index import KeywordIndex
 from services.knowledge.store import Store, chunk_id
@@ -37,7 +38,8 @@ log = logging.getLogger("aimesh.knowledge.ingest")
 LEASE_SECONDS = 60.0
 MAX_ATTEMPTS = 8
 SWEEP_SECONDS = 5.0
-EMBED_BATCH = 64
+EMBED_BATCH = 32  # chunks per embedding request: the Triton model's max_batch_size
+EMBED_AHEAD = 4  # embedding requests a document keeps in flight
 WORKERS = 2
 TRANSIENT = (
     grpc.StatusCode.UNAVAILABLE,
@@ -193,13 +195,34 @@ class Ingestor:
             raise ExtractionError("no extractable text")
         # A retry starts from a clean slate, so nothing from an interrupted attempt lingers.
         await self._purge(org, uid)
-        for start in range(0, len(chunks), EMBED_BATCH):
-            batch = chunks[start : start + EMBED_BATCH]
-            vectors = await self.embed([c.embedding_input() for c in batch])
-            await self.store.upsert_chunks(org, uid, batch)
-            await self.vectors.upsert(org, uid, [chunk_id(uid, c.index) for c in batch], vectors)
-            await self.keywords.index(org, uid, batch)
+        # Pipelined: up to EMBED_AHEAD batch requests wait at Triton (so its instances never idle
+        # while this task writes to PostgreSQL and Milvus); writes follow in chunk order.
+        in_flight: deque[tuple[list[Chunk], asyncio.Future[np.ndarray]]] = deque()
+        try:
+            for start in range(0, len(chunks), EMBED_BATCH):
+                batch = chunks[start : start + EMBED_BATCH]
+                texts = [c.embedding_input() for c in batch]
+                in_flight.append((batch, asyncio.ensure_future(self.embed(texts))))
+                if len(in_flight) == EMBED_AHEAD:
+                    written, vectors = in_flight.popleft()
+                    await self._index(org, uid, written, await vectors)
+            while in_flight:
+                written, vectors = in_flight.popleft()
+                await self._index(org, uid, written, await vectors)
+        finally:
+            # A failed batch or a cancellation: drop the embeddings still under way.
+            for _, pending in in_flight:
+                pending.cancel()
+            if in_flight:
+                await asyncio.wait([pending for _, pending in in_flight])
         return len(chunks)
+
+    async def _index(
+        self, org: str, uid: UUID, batch: Sequence[Chunk], vectors: np.ndarray
+    ) -> None:
+        await self.store.upsert_chunks(org, uid, batch)
+        await self.vectors.upsert(org, uid, [chunk_id(uid, c.index) for c in batch], vectors)
+        await self.keywords.index(org, uid, batch)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return await self.triton.embed(list(texts), timeout=120.0)
