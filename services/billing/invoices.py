@@ -61,10 +61,15 @@ class Invoices:
     async def generate(
         self,
         org: str,
-        start: dt.datetime,
+        start: dt.datetime | None,
         allow_open: bool,
         metadata: Sequence[tuple[str, str]] | None,
     ) -> Row:
+        """The invoice of the month starting at `start` (None: missing in the request)."""
+        if start is None:
+            raise invalid_argument(
+                "period_start_time is required", {"period_start_time": "required"}
+            )
         now = dt.datetime.now(dt.UTC)
         if start != month_start(start) or start.tzinfo is None:
             raise invalid_argument(
@@ -146,9 +151,20 @@ class Invoices:
 
         return await self._transition(org, invoice_id, apply)
 
+    async def get(self, org: str, invoice_id: uuid.UUID) -> Row:
+        row = await self.store.get_invoice(org, invoice_id)
+        if row is None:
+            raise not_found(f"{INVOICE.format(invoice_id)} not found")
+        return row
+
     async def mark_paid(
         self, org: str, invoice_id: uuid.UUID, reference: str, paid: dt.datetime | None
     ) -> Row:
+        if not 1 <= len(reference) <= 200:
+            raise invalid_argument(
+                "payment_reference must be 1-200 characters",
+                {"payment_reference": "1-200 characters"},
+            )
         async def apply(conn: Any, row: Row) -> Row:
             if row["state"] == INVOICE_PAID and row["payment_reference"] == reference:
                 return row
@@ -164,6 +180,8 @@ class Invoices:
         return await self._transition(org, invoice_id, apply)
 
     async def void(self, org: str, invoice_id: uuid.UUID, reason: str) -> Row:
+        if len(reason) > 500:
+            raise invalid_argument("reason too long", {"reason": "at most 500 characters"})
         async def apply(conn: Any, row: Row) -> Row:
             if row["state"] == INVOICE_VOID:
                 return row
