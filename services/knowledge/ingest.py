@@ -23,12 +23,12 @@ import numpy as np
 from services.common.errors import ServiceError
 from services.common.identity import Identity
 from services.common.server import Runtime
-from services.common.triton import TritonClient
+from services.common.triton import BULK_PRIORITY, TritonClient
 from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge import metrics as knowledge_metrics
 from services.knowledge.blobs import BlobStore
 from services.knowledge.chunking import Chunk, chunk_document
-from services.knowledge.extract import ExtractionError, run_isolated
+from services.knowledge.extract import ExtractionError, extract_file
 from services.knowledge.keyword_index import KeywordIndex
 from services.knowledge.store import Store, chunk_id
 from services.knowledge.vector_index import VectorIndex
@@ -40,7 +40,7 @@ MAX_ATTEMPTS = 8
 SWEEP_SECONDS = 5.0
 EMBED_BATCH = 32  # chunks per embedding request: the Triton model's max_batch_size
 EMBED_AHEAD = 4  # embedding requests a document keeps in flight
-WORKERS = 2
+WORKERS = 4  # documents processed at once: one's writes and extraction overlap others' embeddings
 TRANSIENT = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -189,7 +189,7 @@ class Ingestor:
         path = self.blobs.path(org, uid)
         if not path.exists():
             raise ExtractionError("the uploaded content is missing from the blob store")
-        extracted = await run_isolated(mime_type, str(path))
+        extracted = await extract_file(mime_type, str(path))
         chunks = await asyncio.to_thread(chunk_document, extracted)
         if not chunks:
             raise ExtractionError("no extractable text")
@@ -225,7 +225,7 @@ class Ingestor:
         await self.keywords.index(org, uid, batch)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await self.triton.embed(list(texts), timeout=120.0)
+        return await self.triton.embed(list(texts), timeout=120.0, priority=BULK_PRIORITY)
 
     async def _purge(self, org: str, uid: UUID) -> None:
         await self.vectors.delete_document(org, uid)
