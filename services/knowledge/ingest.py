@@ -139,7 +139,7 @@ class Ingestor:
             return
         heartbeat = asyncio.ensure_future(self._heartbeat(uid))
         try:
-            count = await self._run(org, uid, doc.mime_type)
+            count = await self._run(org, uid, doc.mime_type, retry=doc.attempts > 1)
 
             async def meter(conn: Any) -> None:
                 # In mark_ready's transaction: the document is READY iff its chunks are billed.
@@ -185,7 +185,7 @@ class Ingestor:
         finally:
             heartbeat.cancel()
 
-    async def _run(self, org: str, uid: UUID, mime_type: str) -> int:
+    async def _run(self, org: str, uid: UUID, mime_type: str, retry: bool) -> int:
         path = self.blobs.path(org, uid)
         if not path.exists():
             raise ExtractionError("the uploaded content is missing from the blob store")
@@ -193,8 +193,10 @@ class Ingestor:
         chunks = await asyncio.to_thread(chunk_document, extracted)
         if not chunks:
             raise ExtractionError("no extractable text")
-        # A retry starts from a clean slate, so nothing from an interrupted attempt lingers.
-        await self._purge(org, uid)
+        if retry:
+            # A retry starts from a clean slate, so nothing from an interrupted attempt lingers.
+            # (A first attempt has nothing to clear: claims count attempts, so none ran before.)
+            await self._purge(org, uid)
         # Pipelined: up to EMBED_AHEAD batch requests wait at Triton (so its instances never idle
         # while this task writes to PostgreSQL and Milvus); writes follow in chunk order.
         in_flight: deque[tuple[list[Chunk], asyncio.Future[np.ndarray]]] = deque()
