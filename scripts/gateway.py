@@ -669,7 +669,15 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
             "cache_duration": f"{JWKS_CACHE_SECONDS}s",
             "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
         },
-        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        # Browsers' WebSockets cannot set headers: the Realtime convention puts the credential
+        # in a subprotocol (`openai-insecure-api-key.<token>`). forward keeps that header (the
+        # reply must echo a subprotocol); Auth's Check strips the token from it, and
+        # `authorization`, before the request goes upstream.
+        "from_headers": [
+            {"name": "authorization", "value_prefix": "Bearer "},
+            {"name": "sec-websocket-protocol", "value_prefix": "openai-insecure-api-key."},
+        ],
+        "forward": True,
         "forward_payload_header": JWT_PAYLOAD_HEADER,
         "clock_skew_seconds": 30,
     }

@@ -146,6 +146,7 @@ def build_config(settings: Settings) -> uvicorn.Config:
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        loop="uvloop",
         ws="websockets",
         ws_max_size=WEBSOCKET_MAX_BYTES,
         timeout_graceful_shutdown=int(settings.drain_seconds) or 1,
