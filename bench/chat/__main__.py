@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from bench.chat.timing import (
     concurrent,
     free_port,
     measure_interleaved,
+    native_sse_deltas,
     percentile,
     report,
 )
@@ -201,12 +201,8 @@ def sequential_paths(clients: Clients, spare: list[str]) -> list[tuple[str, Stre
             "POST", f"/v1/{spare.pop()}:sendMessage", headers={"x-api-key": account.secret},
             json={"content": QUESTION},
         ) as reply:
-            reply.raise_for_status()
-            async for line in reply.aiter_lines():
-                if line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    if "delta" in event:
-                        yield event["delta"]["text"]
+            async for text in native_sse_deltas(reply):
+                yield text
 
     return [
         ("Triton responder, direct", triton_stream(clients.triton)),

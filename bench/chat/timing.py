@@ -7,11 +7,14 @@ are what the benchmarks report."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+
+import httpx
 
 Stream = Callable[[], AsyncIterator[str]]
 
@@ -33,6 +36,16 @@ class Path_:
     def ttft_p50(self) -> float:
         """Seconds; infinite without samples (a path that never answered misses every target)."""
         return statistics.median(s.ttft for s in self.samples) if self.samples else float("inf")
+
+
+async def native_sse_deltas(reply: httpx.Response) -> AsyncIterator[str]:
+    """The delta texts of a transcoded server stream (Envoy's SSE: `data: {json}` events)."""
+    reply.raise_for_status()
+    async for line in reply.aiter_lines():
+        if line.startswith("data:"):
+            event = json.loads(line[5:])
+            if "delta" in event:
+                yield event["delta"]["text"]
 
 
 def free_port() -> int:

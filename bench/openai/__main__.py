@@ -34,7 +34,14 @@ from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 import openai
 from bench.accounts import BenchAccount, bench_account
 from bench.chat.__main__ import CONTEXT, QUESTION, start_stack, triton_stream
-from bench.chat.timing import Path_, Stream, measure_interleaved, percentile, report
+from bench.chat.timing import (
+    Path_,
+    Stream,
+    measure_interleaved,
+    native_sse_deltas,
+    percentile,
+    report,
+)
 from bench.report import print_load, verdict
 from services.common.config import Settings
 from services.common.triton import TritonClient
@@ -71,12 +78,8 @@ def native_paths(http: httpx.AsyncClient, gateway: grpc.aio.Channel,
                              {"role": "ROLE_USER", "content": QUESTION}]}
         async with http.stream("POST", f"/v1/models/{MODEL}:generate",
                                headers={"x-api-key": account.secret}, json=body) as reply:
-            reply.raise_for_status()
-            async for line in reply.aiter_lines():
-                if line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    if "delta" in event:
-                        yield event["delta"]["text"]
+            async for text in native_sse_deltas(reply):
+                yield text
 
     return [("Generate via Envoy, gRPC + key", native_grpc),
             ("Generate via Envoy, JSON/SSE + key", native_sse)]
