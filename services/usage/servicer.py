@@ -76,8 +76,9 @@ def _limiter(runtime: Runtime) -> RateLimiter:
     existing = runtime.shared.get("usage.rate_limiter")
     if existing is None:
         assert runtime.db is not None and runtime.cache is not None
-        existing = RateLimiter(runtime.settings, Store(runtime.db), runtime.cache)
-        runtime.shared["usage.rate_limiter"] = existing
+        limiter = RateLimiter(runtime.settings, Store(runtime.db), runtime.cache)
+        runtime.spawn(limiter.keep_published(), "ratelimit-policy-publish")
+        runtime.shared["usage.rate_limiter"] = existing = limiter
     return cast(RateLimiter, existing)
 
 

@@ -191,6 +191,21 @@ async def test_browser_subprotocol_credential(edge: EdgeStack, api_key: str) -> 
     assert refused.value.response.status_code == 401
 
 
+async def test_browser_subprotocol_jwt(edge: EdgeStack, edge_account: Account) -> None:
+    """A signed-in user's access token (a JWT) works the same way: jwt_authn verifies it there."""
+    protocols = ["realtime", f"openai-insecure-api-key.{edge_account.access_token}"]
+    async with websockets.connect(_ws_url(edge), subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await ws.recv())["type"] == "transcription_session.created"
+    forged = edge_account.access_token[:-4] + ("AAAA" if not edge_account.access_token.endswith(
+        "AAAA") else "BBBB")
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(_ws_url(edge), subprotocols=[  # type: ignore[list-item]
+                "realtime", f"openai-insecure-api-key.{forged}"]):
+            pass
+    assert refused.value.response.status_code == 401
+
+
 async def test_auth_refused_before_upgrade(
     edge: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account
 ) -> None:
@@ -237,9 +252,8 @@ QUESTION = "what is the capital of france"
 
 
 @pytest.fixture
-def voice(mesh: Any, edge: EdgeStack) -> EdgeStack:
-    """Speech's Converse needs the session mesh's Conversation and Orchestrator."""
-    mesh.ensure("conversation", "orchestrator")
+def voice(edge: EdgeStack) -> EdgeStack:
+    """The edge stack's Speech runs Converse on the stack's Conversation and Orchestrator."""
     return edge
 
 
@@ -315,3 +329,29 @@ async def test_truncate_then_text_only_turn(voice: EdgeStack, api_key: str) -> N
     assert any(e.type == "response.text.delta" for e in second)
     assert not any(e.type == "response.audio.delta" for e in second)
     assert second[-1].response.status == "completed"
+
+
+async def test_cancel_and_barge_in(voice: EdgeStack, api_key: str) -> None:
+    """With a model that never stops talking: speaking over its answer cancels it (Converse's
+    barge-in: response.done cancelled, turn_detected), and response.cancel cancels the next."""
+    async with connect(voice, api_key, model="endless-test") as conn:
+        await configure_voice(conn)
+        await speak(conn, QUESTION)
+        first = await until(conn, "response.audio_transcript.delta", timeout=180)
+        await speak(conn, "stop please")
+        events = await collect(conn, "response.audio_transcript.delta", timeout=180)
+        done = next(e for e in events if e.type == "response.done")
+        assert done.response.id == first.response_id and done.response.status == "cancelled"
+        assert done.response.status_details.reason == "turn_detected"
+        second = events[-1]
+        assert second.response_id != first.response_id
+        await conn.response.cancel()
+        cancelled = await until(conn, "response.done", timeout=60)
+        assert cancelled.response.id == second.response_id
+        assert cancelled.response.status == "cancelled"
+        assert cancelled.response.status_details.reason == "client_cancelled"
+        await conn.response.cancel()  # nothing left to cancel: an error, the session goes on
+        error = await until(conn, "error")
+        assert error.error.code == "response_cancel_not_active"
+        await conn.session.update(session={"voice": "en-us-joe"})
+        assert (await until(conn, "session.updated")).session.voice == "en-us-joe"
