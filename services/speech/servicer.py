@@ -216,7 +216,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 return speech_pb2.RecognizeResponse.FromString(stored)
         await self._require_asr()
         session = RecognitionSession(
-            self.triton, RecognitionOptions(sample_rate=rate, send_chunk_ms=1000)
+            self.triton, RecognitionOptions(sample_rate=rate, send_chunk_ms=1000, early_final=False)
         )
         step = rate  # one second per push
 
@@ -270,7 +270,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         parts = [
             chunk.pcm
             async for chunk in speech_metrics.first_audio(
-                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate),
+                self.synthesizer.stream(
+                    request.text, voice, request.speaking_rate, rate, quick_start=False
+                ),
                 voice.name,
             )
         ]
