@@ -47,6 +47,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
+from services.auth.signing_keys import JWKS_CACHE_SECONDS
 from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
 
@@ -663,12 +664,20 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
                 "cluster": "jwks_loopback",
                 "timeout": "2s",
             },
-            # Auth publishes the next signing key ahead of use, so a minute-old
-            # JWKS already holds the key a fresh rotation activates.
-            "cache_duration": "60s",
+            # Auth publishes the next signing key ahead of use and activates it only once
+            # it is older than this cache (signing_keys.MIN_PUBLISHED_SECONDS).
+            "cache_duration": f"{JWKS_CACHE_SECONDS}s",
             "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
         },
-        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        # Browsers' WebSockets cannot set headers: the Realtime convention puts the credential
+        # in a subprotocol (`openai-insecure-api-key.<token>`). forward keeps that header (the
+        # reply must echo a subprotocol); Auth's Check strips the token from it, and
+        # `authorization`, before the request goes upstream.
+        "from_headers": [
+            {"name": "authorization", "value_prefix": "Bearer "},
+            {"name": "sec-websocket-protocol", "value_prefix": "openai-insecure-api-key."},
+        ],
+        "forward": True,
         "forward_payload_header": JWT_PAYLOAD_HEADER,
         "clock_skew_seconds": 30,
     }

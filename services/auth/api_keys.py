@@ -14,12 +14,13 @@ from typing import Any
 from psycopg.errors import UniqueViolation
 from redis.asyncio import Redis
 
-from services.auth import crypto, store
+from services.auth import crypto
 from services.auth.errors import BadCredentials, Exhausted, NotFound, raise_violations
 from services.auth.memberships import Memberships
 from services.auth.principal import Principal
 from services.auth.redis_guard import RedisGuard, RedisUnavailable
-from services.common.db import Database
+from services.auth.store import Store
+from services.common.db import Row
 from services.common.errors import FieldViolations
 from services.common.identity import Role
 
@@ -30,9 +31,9 @@ NEGATIVE_CACHE_TTL = 30
 
 
 class ApiKeys:
-    def __init__(self, db: Database, secrets: crypto.Secrets, redis: RedisGuard,
+    def __init__(self, store: Store, secrets: crypto.Secrets, redis: RedisGuard,
                  memberships: Memberships, spawn: Callable[[Awaitable[Any], str], Any]) -> None:
-        self.db = db
+        self.store = store
         self.secrets = secrets
         self.redis = redis
         self.memberships = memberships
@@ -40,7 +41,7 @@ class ApiKeys:
         self._touched: dict[str, float] = {}
 
     async def create(self, principal: Principal, display_name: str, scopes: list[str],
-                     expire_time: datetime | None, request_id: str) -> tuple[store.Row, str]:
+                     expire_time: datetime | None, request_id: str) -> tuple[Row, str]:
         """The key and its secret (empty for a repeat of `request_id`: only the hash is kept)."""
         v = FieldViolations()
         v.check(len(display_name) <= 100, "api_key.display_name", "must be at most 100 characters")
@@ -52,45 +53,45 @@ class ApiKeys:
         raise_violations(v)
         await self.memberships.require_role(principal, Role.ADMIN, "creating API keys")
         new = crypto.generate_api_key()
-        async with self.db.connection() as conn:
+        async with self.store.connection() as conn:
             if request_id:
-                existing = await store.api_key_by_request(conn, principal.org_id, request_id)
+                existing = await self.store.api_key_by_request(conn, principal.org_id, request_id)
                 if existing is not None:
                     return existing, ""
-            if await store.count_active_api_keys(conn, principal.org_id) >= MAX_ACTIVE_KEYS:
+            if await self.store.count_active_api_keys(conn, principal.org_id) >= MAX_ACTIVE_KEYS:
                 raise Exhausted(f"at most {MAX_ACTIVE_KEYS} active API keys per organization",
                                 "API_KEY_LIMIT")
             try:
-                row = await store.insert_api_key(
+                row = await self.store.insert_api_key(
                     conn, crypto.new_id("key_"), principal.org_id, new.prefix,
                     self.secrets.credential_hash(new.secret), display_name, sorted(set(scopes)),
                     expire_time, principal.subject, request_id or None)
             except UniqueViolation:  # prefix collision (32 random bits): ask for a retry
                 raise Exhausted("key prefix collision, retry", "RETRY") from None
             if row is None:
-                existing = await store.api_key_by_request(conn, principal.org_id, request_id)
+                existing = await self.store.api_key_by_request(conn, principal.org_id, request_id)
                 assert existing is not None
                 return existing, ""
         return row, new.secret
 
-    async def get(self, org_id: str, key_id: str) -> store.Row:
-        async with self.db.connection() as conn:
-            row = await store.get_api_key(conn, org_id, key_id)
+    async def get(self, org_id: str, key_id: str) -> Row:
+        async with self.store.connection() as conn:
+            row = await self.store.get_api_key(conn, org_id, key_id)
         if row is None:
             raise NotFound("API key not found", "API_KEY_NOT_FOUND")
         return row
 
     async def list(self, org_id: str, show_inactive: bool, before: tuple[datetime, str] | None,
-                   limit: int) -> tuple[list[store.Row], int]:
-        async with self.db.connection() as conn:
-            rows = await store.list_api_keys(conn, org_id, show_inactive, before, limit)
-            total = await store.count_api_keys(conn, org_id, show_inactive)
+                   limit: int) -> tuple[list[Row], int]:
+        async with self.store.connection() as conn:
+            rows = await self.store.list_api_keys(conn, org_id, show_inactive, before, limit)
+            total = await self.store.count_api_keys(conn, org_id, show_inactive)
         return rows, total
 
-    async def revoke(self, principal: Principal, key_id: str) -> store.Row:
+    async def revoke(self, principal: Principal, key_id: str) -> Row:
         await self.memberships.require_role(principal, Role.ADMIN, "revoking API keys")
-        async with self.db.connection() as conn:
-            row = await store.revoke_api_key(conn, principal.org_id, key_id)
+        async with self.store.connection() as conn:
+            row = await self.store.revoke_api_key(conn, principal.org_id, key_id)
         if row is None:
             raise NotFound("API key not found", "API_KEY_NOT_FOUND")
         # Overwrite (not delete) the cache entry: a concurrent check that read the row before the
@@ -111,8 +112,8 @@ class ApiKeys:
             raise BadCredentials("malformed API key", "API_KEY_INVALID")
         entry = await self._cached(prefix)
         if entry is None:
-            async with self.db.connection() as conn:
-                row = await store.api_key_by_prefix(conn, prefix)
+            async with self.store.connection() as conn:
+                row = await self.store.api_key_by_prefix(conn, prefix)
             entry = _cache_entry(row) if row else {"missing": True}
             await self._cache_new(prefix, entry, CACHE_TTL if row else NEGATIVE_CACHE_TTL)
         if entry.get("missing") or not hmac.compare_digest(
@@ -135,8 +136,8 @@ class ApiKeys:
         self._touched[key_id] = now
 
         async def touch() -> None:
-            async with self.db.connection() as conn:
-                await store.touch_api_key(conn, key_id)
+            async with self.store.connection() as conn:
+                await self.store.touch_api_key(conn, key_id)
 
         self._spawn(touch(), "touch-api-key")
 
@@ -160,7 +161,7 @@ class ApiKeys:
             return
 
 
-def _cache_entry(row: store.Row) -> dict[str, Any]:
+def _cache_entry(row: Row) -> dict[str, Any]:
     expire = row["expire_time"]
     return {
         "id": row["id"],

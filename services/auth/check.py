@@ -8,6 +8,10 @@ One decision point for every authenticated request through the gateway:
   identity headers. A JWT-shaped bearer without that header failed verification.
 - API key (`x-api-key` or `authorization: Bearer amk_...`): looked up by prefix in Redis
   (PostgreSQL behind it), compared by keyed hash, scope-checked against the called method.
+- WebSocket subprotocol `openai-insecure-api-key.<key or JWT>` (browsers cannot set headers on
+  a WebSocket; OpenAI's Realtime convention): used when no header carries a credential. A JWT
+  there is verified by jwt_authn like a header one (it reads that header too). The allowed
+  request goes upstream with the credential removed from `sec-websocket-protocol`.
 On success the identity headers are set (overwriting) and the credential headers removed.
 On failure the reply is a JSON google.rpc.Status (HTTP 401/403) and, for gRPC callers, the same
 status in grpc-status-details-bin.
@@ -48,6 +52,8 @@ log = logging.getLogger("aimesh.auth.check")
 
 JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", JWT_PAYLOAD_HEADER)
+SUBPROTOCOL_HEADER = "sec-websocket-protocol"
+SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 _HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}
 
 
@@ -69,7 +75,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             return _deny(exc.to_service_error(), grpc_caller, path)
         except ServiceError as exc:
             return _deny(exc, grpc_caller, path)
-        return _allow(principal)
+        return _allow(principal, headers.get(SUBPROTOCOL_HEADER))
 
     async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
         get = headers.get
@@ -95,6 +101,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 raise unauthenticated("authorization must be 'Bearer <token or API key>'",
                                       reason="CREDENTIALS_MALFORMED")
             credential = value.strip()
+        if not credential:
+            credential = subprotocol_credential(get(SUBPROTOCOL_HEADER) or "")
         if not credential:
             raise unauthenticated(
                 "missing credentials: send 'authorization: Bearer <token>' or 'x-api-key'",
@@ -125,7 +133,19 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def _allow(principal: Principal) -> external_auth_pb2.CheckResponse:
+def subprotocol_credential(offered: str) -> str:
+    """The credential in a `Sec-WebSocket-Protocol` list (`openai-insecure-api-key.<key>`)."""
+    for protocol in offered.split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(SUBPROTOCOL_KEY_PREFIX):
+            return protocol[len(SUBPROTOCOL_KEY_PREFIX):]
+    return ""
+
+
+def _allow(
+    principal: Principal, subprotocols: str | None = None
+) -> external_auth_pb2.CheckResponse:
+    removed = list(CREDENTIAL_HEADERS)
     headers = [
         _header(HEADER_ORG, principal.org_id),
         _header(HEADER_SUBJECT, principal.subject),
@@ -135,10 +155,17 @@ def _allow(principal: Principal) -> external_auth_pb2.CheckResponse:
         headers.append(_header(HEADER_KEY_ID, principal.key_id))
     if principal.scopes:
         headers.append(_header(HEADER_SCOPES, ",".join(principal.scopes)))
+    if subprotocols and SUBPROTOCOL_KEY_PREFIX in subprotocols:  # the key stays at the gateway
+        kept = [p.strip() for p in subprotocols.split(",")
+                if p.strip() and not p.strip().startswith(SUBPROTOCOL_KEY_PREFIX)]
+        if kept:
+            headers.append(_header(SUBPROTOCOL_HEADER, ", ".join(kept)))
+        else:
+            removed.append(SUBPROTOCOL_HEADER)
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=external_auth_pb2.OkHttpResponse(
-            headers=headers, headers_to_remove=list(CREDENTIAL_HEADERS)
+            headers=headers, headers_to_remove=removed
         ),
     )
 

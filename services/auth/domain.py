@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from services.auth import crypto, store
+from services.auth import crypto
 from services.auth.api_keys import ApiKeys
 from services.auth.audit import AuditLog
 from services.auth.errors import Forbidden
@@ -31,9 +31,10 @@ from services.auth.redis_guard import RedisGuard
 from services.auth.revocation import Revocations
 from services.auth.sessions import Sessions
 from services.auth.signing_keys import SigningKeys
+from services.auth.store import Store
 from services.auth.throttle import LoginThrottle
 from services.common.cache import ServiceCache
-from services.common.db import Database
+from services.common.db import Database, Row
 from services.common.identity import Role
 
 log = logging.getLogger("aimesh.auth")
@@ -45,50 +46,51 @@ class AuthDomain:
         access_ttl_seconds: int, platform_admins: frozenset[str],
         spawn: Callable[[Awaitable[Any], str], Any],
     ) -> None:
-        self.db = db
+        self.store = Store(db)
         self.platform_admins = platform_admins
         secrets = crypto.Secrets(master_secret)
         self.redis = RedisGuard(cache, spawn)
-        self.signing_keys = SigningKeys(db, secrets, access_ttl_seconds)
-        self.memberships = Memberships(db)
-        self.revocations = Revocations(db, self.redis, access_ttl_seconds)
-        self.sessions = Sessions(db, secrets, self.signing_keys, LoginThrottle(self.redis),
-                                 self.revocations, access_ttl_seconds, platform_admins)
-        self.api_keys = ApiKeys(db, secrets, self.redis, self.memberships, spawn)
-        self.audit = AuditLog(db)
+        self.signing_keys = SigningKeys(self.store, secrets, access_ttl_seconds)
+        self.memberships = Memberships(self.store)
+        self.revocations = Revocations(self.store, self.redis, access_ttl_seconds)
+        self.sessions = Sessions(self.store, secrets, self.signing_keys,
+                                 LoginThrottle(self.redis), self.revocations, access_ttl_seconds,
+                                 platform_admins)
+        self.api_keys = ApiKeys(self.store, secrets, self.redis, self.memberships, spawn)
+        self.audit = AuditLog(self.store)
 
     async def housekeeping(self, every_seconds: float = 3600.0) -> None:
         """Background pruning for the life of the server (idempotency records, old tokens)."""
         while True:
             try:
-                async with self.db.connection() as conn:
-                    await store.prune(conn)
+                async with self.store.connection() as conn:
+                    await self.store.prune(conn)
             except Exception:
                 log.exception("auth housekeeping failed")
             await asyncio.sleep(every_seconds)
 
     async def rotate_signing_key(self, user_id: str, grace: timedelta | None,
-                                 request_id: str) -> store.Row:
+                                 request_id: str) -> Row:
         user = await self.memberships.get_user(user_id)
         if str(user["email"]).lower() not in self.platform_admins:
             raise Forbidden("rotating signing keys requires a platform admin",
                             "PLATFORM_ADMIN_REQUIRED")
         grace = self.signing_keys.grace_for(grace)
-        async with self.db.connection() as conn:
+        async with self.store.connection() as conn:
             row, _ = await self.signing_keys.rotate(conn, grace, request_id)
         return row
 
     # --- membership changes: take effect on existing access tokens at once -------------------
 
     async def create_membership(self, principal: Principal, email: str, role: Role,
-                                request_id: str) -> store.Row:
+                                request_id: str) -> Row:
         row = await self.memberships.create(principal, email, role, request_id)
         if row["user_id"] is not None and row["state"] == "active":
             await self.revocations.membership_changed(row["org_id"], row["user_id"], row["role"])
         return row
 
     async def update_membership(self, principal: Principal, membership_id: str, role: Role,
-                                etag: str) -> store.Row:
+                                etag: str) -> Row:
         row = await self.memberships.update_role(principal, membership_id, role, etag)
         if row["user_id"] is not None:
             await self.revocations.membership_changed(row["org_id"], row["user_id"],

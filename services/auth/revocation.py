@@ -20,19 +20,18 @@ from dataclasses import replace
 
 from redis.asyncio import Redis
 
-from services.auth import store
 from services.auth.errors import BadCredentials
 from services.auth.principal import Principal
 from services.auth.redis_guard import RedisGuard, RedisUnavailable
-from services.common.db import Database
+from services.auth.store import Store
 
 GONE = "-"
 SLACK_SECONDS = 60  # clock skew and replicas' cached signing keys
 
 
 class Revocations:
-    def __init__(self, db: Database, redis: RedisGuard, access_ttl_seconds: int) -> None:
-        self.db = db
+    def __init__(self, store: Store, redis: RedisGuard, access_ttl_seconds: int) -> None:
+        self.store = store
         self.redis = redis
         self.ttl = access_ttl_seconds + SLACK_SECONDS
 
@@ -90,8 +89,8 @@ class Revocations:
         return principal if role is None else replace(principal, roles=(role,))
 
     async def _from_database(self, principal: Principal, user_id: str) -> tuple[str, bool]:
-        async with self.db.connection() as conn:
-            membership = await store.active_membership(conn, user_id, principal.org_id)
-            ended = bool(principal.session_id) and await store.family_revoked(
+        async with self.store.connection() as conn:
+            membership = await self.store.active_membership(conn, user_id, principal.org_id)
+            ended = bool(principal.session_id) and await self.store.family_revoked(
                 conn, principal.session_id or "")
         return (membership["role"] if membership else GONE), ended

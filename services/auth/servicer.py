@@ -15,12 +15,13 @@ from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import empty_pb2
 
-from services.auth import check, store
+from services.auth import check
 from services.auth.domain import AuthDomain
+from services.auth.memberships import ORGANIZATION, check_update_mask
 from services.auth.principal import ROLE_BY_NAME, Principal
-from services.auth.sessions import Tokens
-from services.common.audit import Event
-from services.common.errors import FieldViolations, invalid_argument, not_found, unauthenticated
+from services.auth.sessions import USER, Tokens
+from services.common.db import Row
+from services.common.errors import invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
 from services.common.names import ResourceName, resource
 from services.common.pagination import Paginator
@@ -34,8 +35,6 @@ _ROLE_TO_PB = {
 _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
 DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
-ORGANIZATION = resource("auth.aimesh.dev/Organization")
-USER = resource("auth.aimesh.dev/User")
 MEMBERSHIP = resource("auth.aimesh.dev/Membership")
 API_KEY = resource("auth.aimesh.dev/ApiKey")
 AUDIT_EVENT = resource("auth.aimesh.dev/AuditEvent")
@@ -67,7 +66,7 @@ def _child(name: str, kind: ResourceName, principal: Principal, field_name: str)
     return child_id
 
 
-def _create_order(row: store.Row) -> tuple[datetime, str]:
+def _create_order(row: Row) -> tuple[datetime, str]:
     """The keyset both Auth lists page by."""
     return row["create_time"], row["id"]
 
@@ -81,7 +80,7 @@ def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
     )
 
 
-def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
+def _api_key(row: Row, secret: str = "") -> auth_pb2.ApiKey:
     now = datetime.now(UTC)
     if row["revoke_time"] is not None:
         state = auth_pb2.ApiKey.STATE_REVOKED
@@ -99,7 +98,7 @@ def _api_key(row: store.Row, secret: str = "") -> auth_pb2.ApiKey:
     )
 
 
-def _membership(row: store.Row) -> auth_pb2.Membership:
+def _membership(row: Row) -> auth_pb2.Membership:
     return auth_pb2.Membership(
         name=MEMBERSHIP.format(row["org_id"], row["id"]),
         user=USER.format(row["user_id"]) if row["user_id"] else "", email=row["email"],
@@ -111,7 +110,7 @@ def _membership(row: store.Row) -> auth_pb2.Membership:
     )
 
 
-def _audit_event(row: store.Row) -> auth_pb2.AuditEvent:
+def _audit_event(row: Row) -> auth_pb2.AuditEvent:
     return auth_pb2.AuditEvent(
         name=AUDIT_EVENT.format(row["org_id"], row["id"]), action=row["action"],
         actor=row["actor"], resource=row["resource"], peer_address=row["peer_address"],
@@ -220,10 +219,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def UpdateMembership(self, request: auth_pb2.UpdateMembershipRequest,
                                context: Any) -> auth_pb2.Membership:
         principal = _principal(context)
-        bad = [p for p in request.update_mask.paths if p != "role"]
-        if bad:
-            raise invalid_argument("only 'role' can be updated",
-                                   [("update_mask", f"unsupported path(s): {', '.join(bad)}")])
+        check_update_mask(request.update_mask.paths)
         membership_id = _child(request.membership.name, MEMBERSHIP, principal,
                                "membership.name")
         role = _role(request.membership.role, "membership.role")
@@ -283,20 +279,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def RecordAuditEvents(self, request: auth_pb2.RecordAuditEventsRequest,
                                 context: Any) -> auth_pb2.RecordAuditEventsResponse:
-        v = FieldViolations()
-        v.check(0 < len(request.events) <= 100, "events", "must hold 1-100 events")
-        for i, e in enumerate(request.events):
-            v.check(bool(e.event_key), f"events[{i}].event_key", "is required")
-            v.check(bool(e.action), f"events[{i}].action", "is required")
-            ORGANIZATION.id(e.organization, f"events[{i}].organization", v)
-        v.raise_if_any()
-        recorded = 0
-        for e in request.events:
-            recorded += await self.domain.audit.record(Event(
-                event_key=e.event_key, org_id=ORGANIZATION.id(e.organization, "organization"),
-                action=e.action, actor=e.actor,
-                resource=e.resource, peer_address=e.peer_address, request_id=e.request_id,
-                details=dict(e.details)))
+        recorded = await self.domain.audit.record_reported(request.events)
         return auth_pb2.RecordAuditEventsResponse(recorded_count=recorded)
 
 

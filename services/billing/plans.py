@@ -1,14 +1,15 @@
-"""Plan rules (plain Python): which plan fields a platform admin may set, their limits, and how
-a Create/UpdatePlan request becomes rows for the store."""
+"""Plans (plain Python): which plan fields a platform admin may set, their limits, how a
+Create/UpdatePlan request becomes rows for the store, and who may see a plan."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from services.billing import pricing
-from services.billing.store import Row
-from services.common.errors import FieldViolations
+from services.billing.store import Row, Store
+from services.common.errors import FieldViolations, already_exists, etag_mismatch, not_found
 from services.common.names import resource
 
 PLAN = resource("billing.aimesh.dev/Plan")
@@ -116,3 +117,52 @@ def plan_update(plan: Any, paths: set[str]) -> tuple[Row, list[Row] | None, int 
     v.raise_if_any()
     changes = {_COLUMNS.get(f, f): getattr(plan, f) for f in paths if f != "prices"}
     return changes, (prices if "prices" in paths else None), (int(plan.etag) if plan.etag else None)
+
+
+class _Subscriptions(Protocol):
+    """What plans need of subscriptions.Subscriptions (which imports this module)."""
+
+    async def subscription(self, org: str, now: dt.datetime | None = None) -> Row: ...
+
+    async def push_default_policy(self) -> bool: ...
+
+
+class Plans:
+    def __init__(self, store: Store, subscriptions: _Subscriptions) -> None:
+        self.store = store
+        self.subscriptions = subscriptions
+
+    async def get(self, plan_id: str, org: str, is_platform_admin: bool) -> Row:
+        """A plan as `org` may see it: public ones, and a private one only by platform admins
+        and organizations subscribed (or changing) to it; any other is NOT_FOUND."""
+        plan = await self.store.get_plan(plan_id)
+        if plan is None or (
+            not plan["publicly_available"]
+            and not is_platform_admin
+            and not await self._subscribed_to(org, plan_id)
+        ):
+            raise not_found(f"{PLAN.format(plan_id)} not found")
+        return plan
+
+    async def _subscribed_to(self, org: str, plan_id: str) -> bool:
+        subscription = await self.subscriptions.subscription(org)
+        return plan_id in (subscription["plan_id"], subscription["pending_plan_id"])
+
+    async def create(self, plan_id: str, plan: Any, request_id: str) -> Row:
+        created, _ = await self.store.create_plan(*new_plan(plan_id, plan, request_id))
+        if created is None:
+            raise already_exists(f"{PLAN.format(plan_id)} already exists")
+        return created
+
+    async def update(self, plan: Any, paths: set[str]) -> Row:
+        """UpdatePlan (guarded by the plan's etag when given); Usage learns the default plan's
+        new limits (the sweep retries if Usage is away)."""
+        plan_id = PLAN.id(plan.name, "plan.name")
+        changes, prices, version = plan_update(plan, paths)
+        updated = await self.store.update_plan(plan_id, changes, prices, version)
+        if updated is None:
+            if await self.store.get_plan(plan_id) is None:
+                raise not_found(f"{plan.name} not found")
+            raise etag_mismatch(plan.name)
+        await self.subscriptions.push_default_policy()
+        return updated

@@ -18,18 +18,13 @@ from aimesh.billing.v1 import billing_pb2, billing_pb2_grpc
 from aimesh.usage.v1 import usage_pb2
 from google.api import httpbody_pb2
 
-from services.billing import plans
 from services.billing.invoices import INVOICE, Invoices
-from services.billing.plans import PLAN
+from services.billing.plans import PLAN, Plans
 from services.billing.store import Row, Store
 from services.billing.subscriptions import ORGANIZATION, SUBSCRIPTION, Subscriptions
 from services.common.channels import Channels
 from services.common.errors import (
-    FieldViolations,
-    already_exists,
-    etag_mismatch,
     invalid_argument,
-    not_found,
     permission_denied,
 )
 from services.common.identity import Identity, require_identity
@@ -82,6 +77,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         runtime.on_shutdown(channels.close)
         self.subscriptions = Subscriptions(self.store, channels)
         self.invoices = Invoices(runtime.settings, self.store, self.subscriptions)
+        self.plans = Plans(self.store, self.subscriptions)
         self.pages = Paginator(runtime.settings)
         runtime.spawn(self.subscriptions.sweep_forever(), "billing-subscription-sweep")
 
@@ -103,42 +99,22 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.Plan:
         identity = require_identity(context.invocation_metadata() or ())
         plan_id = PLAN.id(request.name, "name")
-        plan = await self.store.get_plan(plan_id)
-        if plan is None or (
-            not plan["publicly_available"]
-            and not identity.is_platform_admin
-            and not await self._subscribed_to(identity.org, plan_id)
-        ):
-            raise not_found(f"{request.name} not found")
-        return _plan_message(plan)
-
-    async def _subscribed_to(self, org: str, plan_id: str) -> bool:
-        subscription = await self.subscriptions.subscription(org)
-        return plan_id in (subscription["plan_id"], subscription["pending_plan_id"])
+        return _plan_message(
+            await self.plans.get(plan_id, identity.org, identity.is_platform_admin)
+        )
 
     async def CreatePlan(
         self, request: billing_pb2.CreatePlanRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Plan:
         require_identity(context.invocation_metadata() or ())
-        plan, _ = await self.store.create_plan(
-            *plans.new_plan(request.plan_id, request.plan, request.request_id)
-        )
-        if plan is None:
-            raise already_exists(f"{PLAN.format(request.plan_id)} already exists")
+        plan = await self.plans.create(request.plan_id, request.plan, request.request_id)
         return _plan_message(plan)
 
     async def UpdatePlan(
         self, request: billing_pb2.UpdatePlanRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Plan:
         require_identity(context.invocation_metadata() or ())
-        plan_id = PLAN.id(request.plan.name, "plan.name")
-        changes, prices, version = plans.plan_update(request.plan, set(request.update_mask.paths))
-        updated = await self.store.update_plan(plan_id, changes, prices, version)
-        if updated is None:
-            if await self.store.get_plan(plan_id) is None:
-                raise not_found(f"{request.plan.name} not found")
-            raise etag_mismatch(request.plan.name)
-        await self.subscriptions.push_default_policy()  # the sweep retries if Usage is away
+        updated = await self.plans.update(request.plan, set(request.update_mask.paths))
         return _plan_message(updated)
 
     # --- subscription --------------------------------------------------------------------
@@ -167,10 +143,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.Subscription:
         identity = require_identity(context.invocation_metadata() or ())
         plan_id = PLAN.id(request.plan, "plan")
-        if len(request.request_id) > 200:
-            raise invalid_argument("request_id too long", {"request_id": "at most 200 characters"})
         row = await self.subscriptions.change_plan(
-            identity.org, plan_id, identity.is_platform_admin
+            identity.org, plan_id, identity.is_platform_admin, request.request_id
         )
         return self._subscription_message(row)
 
@@ -220,16 +194,17 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: billing_pb2.GenerateInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Invoice:
         identity = require_identity(context.invocation_metadata() or ())
-        v = FieldViolations()
         org = identity.org
         if request.organization:
             requested = ORGANIZATION.id(request.organization, "organization")
             if requested != identity.org:
                 _require_platform_admin(identity, "invoicing another organization")
             org = requested
-        v.check(request.HasField("period_start_time"), "period_start_time", "required")
-        v.raise_if_any()
-        start = request.period_start_time.ToDatetime(tzinfo=dt.UTC)
+        start = (
+            request.period_start_time.ToDatetime(tzinfo=dt.UTC)
+            if request.HasField("period_start_time")
+            else None
+        )
         row = await self.invoices.generate(
             org, start, request.allow_open_period, identity.to_headers()
         )
@@ -247,10 +222,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: billing_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
-        row = await self.store.get_invoice(identity.org, invoice_id)
-        if row is None:
-            raise not_found(f"{request.name} not found")
-        return await self._invoice_message(row)
+        return await self._invoice_message(await self.invoices.get(identity.org, invoice_id))
 
     async def ListInvoices(
         self, request: billing_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext
@@ -276,11 +248,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: billing_pb2.MarkInvoicePaidRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
-        if not 1 <= len(request.payment_reference) <= 200:
-            raise invalid_argument(
-                "payment_reference must be 1-200 characters",
-                {"payment_reference": "1-200 characters"},
-            )
         paid = (
             request.paid_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("paid_time") else None
         )
@@ -292,8 +259,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: billing_pb2.VoidInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.Invoice:
         identity, invoice_id = await self._own_invoice(request.name, context)
-        if len(request.reason) > 500:
-            raise invalid_argument("reason too long", {"reason": "at most 500 characters"})
         return await self._invoice_message(
             await self.invoices.void(identity.org, invoice_id, request.reason)
         )
@@ -302,10 +267,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: billing_pb2.RenderInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> httpbody_pb2.HttpBody:
         identity, invoice_id = await self._own_invoice(request.name, context)
-        row = await self.store.get_invoice(identity.org, invoice_id)
-        if row is None:
-            raise not_found(f"{request.name} not found")
-        page = await self.invoices.render_html(row)
+        page = await self.invoices.render_html(await self.invoices.get(identity.org, invoice_id))
         return httpbody_pb2.HttpBody(content_type="text/html; charset=utf-8", data=page.encode())
 
 

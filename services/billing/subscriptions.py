@@ -17,10 +17,10 @@ import logging
 import grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 
-from services.billing.plans import PLAN
+from services.billing.plans import MAX_REQUEST_ID, PLAN
 from services.billing.store import STATE_CANCELED, Row, Store
 from services.common.channels import Channels
-from services.common.errors import failed_precondition, not_found, unavailable
+from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
 from services.common.names import resource
 
 log = logging.getLogger("aimesh.billing")
@@ -106,7 +106,13 @@ class Subscriptions:
                 log.warning("subscription sweep failed", exc_info=True)
             await asyncio.sleep(SWEEP_SECONDS)
 
-    async def change_plan(self, org: str, plan_id: str, may_use_private: bool) -> Row:
+    async def change_plan(
+        self, org: str, plan_id: str, may_use_private: bool, request_id: str
+    ) -> Row:
+        if len(request_id) > MAX_REQUEST_ID:
+            raise invalid_argument(
+                "request_id too long", {"request_id": f"at most {MAX_REQUEST_ID} characters"}
+            )
         subscription = await self.subscription(org)
         plan = await self.store.get_plan(plan_id)
         if plan is None:

@@ -155,6 +155,7 @@ EDGE_SCOPES: tuple[tuple[str, str], ...] = (
     ("/openai/v1/models", "inference"),
     ("/openai/v1/embeddings", "knowledge.read"),
     ("/openai/v1/audio/", "speech"),
+    ("/openai/v1/realtime", "speech"),
 )
 
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +33,9 @@ HTTP_SERVICE_PORTS: dict[str, int] = {"edge": 50058}
 # plaintext: debugging only (services/common/tls.py).
 TlsMode = Literal["mtls", "istio", "plaintext"]
 TLS_MODES: tuple[TlsMode, ...] = ("mtls", "istio", "plaintext")
+
+
+N = TypeVar("N", int, float)
 
 
 class ConfigError(Exception):
@@ -58,30 +61,27 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
     return parse
 
 
-def _int(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(name: str, value: str) -> int:
+def _ranged(kind: Callable[[str], N], what: str, low: N, high: N) -> Callable[[str, str], N]:
+    """A parser of `kind` numbers (int, float) between low and high inclusive."""
+
+    def parse(name: str, value: str) -> N:
         try:
-            number = int(value)
+            number = kind(value)
         except ValueError:
-            raise ConfigError(f"{name}={value!r}: expected an integer") from None
+            raise ConfigError(f"{name}={value!r}: expected {what}") from None
         if not low <= number <= high:
             raise ConfigError(f"{name}={value!r}: expected {low}..{high}")
         return number
 
     return parse
+
+
+def _int(low: int, high: int) -> Callable[[str, str], int]:
+    return _ranged(int, "an integer", low, high)
 
 
 def _float(low: float, high: float) -> Callable[[str, str], float]:
-    def parse(name: str, value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"{name}={value!r}: expected a number") from None
-        if not low <= number <= high:
-            raise ConfigError(f"{name}={value!r}: expected {low}..{high}")
-        return number
-
-    return parse
+    return _ranged(float, "a number", low, high)
 
 
 def _bool(name: str, value: str) -> bool:
@@ -227,6 +227,11 @@ class Settings:
     # Knowledge: stored bytes allowed per organization (RESOURCE_EXHAUSTED beyond).
     knowledge_org_quota_bytes: int = _env(
         "AIMESH_KNOWLEDGE_ORG_QUOTA_BYTES", str(10 * 1024**3), _int(1, 2**50)
+    )  # type: ignore[assignment]
+    # Edge: seconds a Realtime WebSocket may go without a client event while no response or
+    # transcription is under way; then it is closed (code 1000, reason "idle timeout").
+    realtime_idle_seconds: float = _env(
+        "AIMESH_REALTIME_IDLE_SECONDS", "120", _float(1, 3600)
     )  # type: ignore[assignment]
     service_addrs: Mapping[str, str] = field(default_factory=dict)
     # Each service's loopback Prometheus endpoint: port 94xx, xx = its default port's last two

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -112,6 +114,18 @@ class Database:
     def connection(self, timeout: float | None = None):  # type: ignore[no-untyped-def]
         """`async with db.connection() as conn:` — a pooled connection, committed on success."""
         return self.pool.connection(timeout=timeout)
+
+    @asynccontextmanager
+    async def autocommit(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """A pooled connection in autocommit mode, for self-contained statements on a hot path:
+        one round trip each instead of three (BEGIN, the statement, COMMIT)."""
+        async with self.pool.connection(timeout=timeout) as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                if not conn.closed:
+                    await conn.set_autocommit(False)
 
     async def migrate(self, migrations_dir: Path) -> list[str]:
         """Create the schema if needed and apply pending migrations; returns the ids applied."""

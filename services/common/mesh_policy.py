@@ -182,15 +182,22 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
             forwards_identity=True,
             why="voice Converse runs a conversation turn for the user",
         ),
+        _rule(
+            [EDGE],
+            [_CONVERSATION + m for m in ("CreateConversation", "UpdateConversation")],
+            forwards_identity=True,
+            why="a Realtime session's conversation carries its instructions (system_prompt)",
+        ),
     ),
     "speech": (
         _rule([GATEWAY], _all("speech"), forwards_identity=True, why="public API"),
         _rule(
             [EDGE],
             ["/aimesh.speech.v1.SpeechService/" + m
-             for m in ("Recognize", "Synthesize", "StreamingSynthesize", "ListVoices")],
+             for m in ("Recognize", "Synthesize", "StreamingSynthesize", "ListVoices",
+                       "StreamingRecognize", "Converse")],
             forwards_identity=True,
-            why="OpenAI audio/transcriptions and audio/speech",
+            why="OpenAI audio/transcriptions, audio/speech and the Realtime WebSocket bridge",
         ),
     ),
 }

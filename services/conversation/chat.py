@@ -1,9 +1,15 @@
 """SendMessage: one turn of a chat, in the conversation's order.
 
-Holds the conversation's turn, stores the user message, builds the prompt
-(system prompt + as much recent history as fits the model's budget + the new message), streams
-the Orchestrator's answer and stores the assistant message — in a `finally` shielded from
-cancellation, so a disconnect or deadline still leaves the text produced so far, INCOMPLETE.
+Holds the conversation's turn, builds the prompt (system prompt + as much recent history as fits
+the model's budget + the new message), starts the Orchestrator's answer while the user message
+is stored (the user message is committed before anything is sent back, and a failed write
+cancels the answer), streams the answer and stores the assistant message — in a `finally`
+shielded from cancellation, so a disconnect or deadline still leaves the text produced so far,
+INCOMPLETE.
+
+Before the first token: one statement takes the turn and reads the conversation; the history
+comes from Redis (none for a new conversation), the prompt is counted by the Orchestrator only
+when an upper bound of its size might not fit; the user message is one INSERT statement.
 
 The turn: within one process, sends to a conversation queue on an asyncio.Lock (FIFO, so in
 arrival order); across replicas, the holder also takes a lease on the conversation row
@@ -18,10 +24,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from aimesh.conversation.v1 import conversation_pb2 as cpb
@@ -34,6 +39,7 @@ from services.common.cache import ServiceCache
 from services.common.channels import Channels
 from services.common.errors import ServiceError, deadline_exceeded, status_from_rpc_error
 from services.common.identity import Identity
+from services.conversation.conversations import conversation_deleted, conversation_not_found
 from services.conversation.store import Row, Store
 
 log = logging.getLogger("aimesh.conversation.chat")
@@ -43,6 +49,7 @@ CONTEXT_TTL_SECONDS = 3600
 MODEL_INFO_SECONDS = 60.0
 RETRIEVAL_RESERVE_TOKENS = 400  # per retrieved chunk (chunks are at most ~2,000 characters)
 TURN_LEASE_SECONDS = 30.0
+TEMPLATE_TOKENS = 8  # per message, at least what any chat template adds
 _ROLE: dict[int, opb.Role] = {
     cpb.Message.ROLE_USER: opb.ROLE_USER,
     cpb.Message.ROLE_ASSISTANT: opb.ROLE_ASSISTANT,
@@ -98,9 +105,10 @@ class Chat:
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
-    async def turn(self, org: str, conv_id: str, timeout: float | None) -> AsyncIterator[None]:
-        """Hold the conversation's turn (see the module docstring); waiting past `timeout`
-        seconds is DEADLINE_EXCEEDED and stores nothing."""
+    async def turn(self, org: str, conv_id: str, timeout: float | None) -> AsyncIterator[Row]:
+        """Hold the conversation's turn (see the module docstring) and read its row; waiting
+        past `timeout` seconds is DEADLINE_EXCEEDED and stores nothing, a missing conversation
+        NOT_FOUND, a deleted one FAILED_PRECONDITION."""
         key = f"{org}/{conv_id}"
         lock, users = self._turns.get(key) or (asyncio.Lock(), 0)
         self._turns[key] = (lock, users + 1)
@@ -113,14 +121,14 @@ class Chat:
             try:
                 holder = uuid.uuid4().hex
                 delay = 0.02
-                while not await self.store.take_turn(org, conv_id, holder, TURN_LEASE_SECONDS):
+                while (conv := await self._take_turn(org, conv_id, holder)) is None:
                     if deadline is not None and time.monotonic() + delay > deadline:
                         raise _busy()
                     await asyncio.sleep(delay)  # another replica holds it
                     delay = min(delay * 2, 0.5)
                 renewer = asyncio.ensure_future(self._renew(org, conv_id, holder))
                 try:
-                    yield
+                    yield conv
                 finally:
                     renewer.cancel()
                     await asyncio.shield(self.store.release_turn(org, conv_id, holder))
@@ -132,6 +140,18 @@ class Chat:
                 del self._turns[key]
             else:
                 self._turns[key] = (lock_, users - 1)
+
+    async def _take_turn(self, org: str, conv_id: str, holder: str) -> Row | None:
+        """The conversation's row with its turn taken; None while another replica holds it."""
+        conv = await self.store.take_turn(org, conv_id, holder, TURN_LEASE_SECONDS)
+        if conv is not None:
+            return conv
+        existing = await self.store.get_conversation(org, conv_id)
+        if existing is None:
+            raise conversation_not_found(conv_id)
+        if existing["delete_time"] is not None:
+            raise conversation_deleted(conv_id, "undelete it to send messages")
+        return None
 
     async def _renew(self, org: str, conv_id: str, holder: str) -> None:
         while True:
@@ -160,33 +180,50 @@ class Chat:
 
     # --- recent context (Redis) ---------------------------------------------------------------
 
-    def _context_key(self, org: str, conv_id: str) -> str:
+    def _context_key(self, org: str, conv_id: str, message_count: int) -> str:
+        """Keyed by the conversation's message count: an entry describes exactly that many
+        stored messages, so one left stale (a crash between the message and the cache write)
+        is never read — the next turn sees another count and reads PostgreSQL."""
         assert self.cache is not None
-        return self.cache.key("context", org, conv_id)
+        return self.cache.key("context", org, conv_id, str(message_count))
 
-    async def history(self, org: str, conv_id: str) -> list[tuple[int, str]]:
-        """(role, content) of the recent messages, oldest first: Redis, else Postgres."""
+    async def history(self, org: str, conv_id: str, message_count: int) -> list[tuple[int, str]]:
+        """(role, content) of the recent messages, oldest first: none for a new conversation,
+        else Redis, else Postgres."""
+        if message_count == 0:
+            return []
         if self.cache is not None:
             try:
-                raw = await self.cache.redis.get(self._context_key(org, conv_id))
+                raw = await self.cache.redis.get(self._context_key(org, conv_id, message_count))
                 if raw is not None:
                     return [(int(r), c) for r, c in json.loads(raw)]
             except (RedisError, OSError, ValueError) as exc:
                 log.warning("context cache read failed", extra={"error": str(exc)})
         rows = await self.store.recent_messages(org, conv_id, CONTEXT_MESSAGES)
         history = [(int(r["role"]), r["content"]) for r in rows if r["content"]]
-        await self._save_history(org, conv_id, history)
+        await self._save_history(org, conv_id, message_count, history)
         return history
 
-    async def _save_history(self, org: str, conv_id: str, history: list[tuple[int, str]]) -> None:
+    async def _save_history(
+        self,
+        org: str,
+        conv_id: str,
+        message_count: int,
+        history: list[tuple[int, str]],
+        replaces: int | None = None,
+    ) -> None:
         if self.cache is None:
             return
         try:
-            await self.cache.redis.set(
-                self._context_key(org, conv_id),
+            pipe = self.cache.redis.pipeline(transaction=False)
+            pipe.set(
+                self._context_key(org, conv_id, message_count),
                 json.dumps(history[-CONTEXT_MESSAGES:]),
                 ex=CONTEXT_TTL_SECONDS,
             )
+            if replaces is not None:
+                pipe.delete(self._context_key(org, conv_id, replaces))
+            await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("context cache write failed", extra={"error": str(exc)})
 
@@ -209,6 +246,8 @@ class Chat:
         turns = [opb.ChatMessage(role=_ROLE[r], content=c) for r, c in history if r in _ROLE]
         new = opb.ChatMessage(role=opb.ROLE_USER, content=content)
         budget = model.context_window_tokens - max_output - reserve
+        if token_bound([*head, *turns, new]) <= budget:
+            return [*head, *turns, new]  # fits whatever the exact count: no round trip
         for _ in range(4):
             messages = [*head, *turns, new]
             try:
@@ -234,99 +273,131 @@ class Chat:
     async def send(
         self,
         identity: Identity,
-        conv: Row,
+        conv_id: str,
         request: cpb.SendMessageRequest,
-        model_name: str,
+        default_model: str,
         timeout: float | None,
-        to_message: Any,
+        to_message: Callable[[Row], cpb.Message],
     ) -> AsyncGenerator[cpb.SendMessageResponse, None]:
-        org, conv_id = identity.org, conv["id"]
-        model = await self.model(model_name, identity)
-        async with self.turn(org, conv_id, timeout):
+        """One turn (see the module docstring): the user message, the streamed answer, the
+        stored assistant message. A repeated request_id replays the stored turn."""
+        org = identity.org
+        async with self.turn(org, conv_id, timeout) as conv:
+            name = request.model or conv["default_model"] or default_model
+            model = await self.model(name, identity)
             if request.request_id:
                 earlier = await self.store.messages_for_request(org, conv_id, request.request_id)
                 if earlier:
-                    yield cpb.SendMessageResponse(user_message=to_message(earlier[0]))
-                    if len(earlier) > 1:
-                        yield cpb.SendMessageResponse(assistant_message=to_message(earlier[1]))
+                    for event in _replayed(earlier, to_message):
+                        yield event
                     return
-            history = await self.history(org, conv_id)
-            user = await self.store.insert_message(
-                org,
-                conv_id,
-                {
-                    "role": cpb.Message.ROLE_USER,
-                    "content": request.content,
-                    "state": cpb.Message.STATE_COMPLETE,
-                    "request_id": request.request_id or None,
-                },
-            )
-            history.append((cpb.Message.ROLE_USER, request.content))
-            await self._save_history(org, conv_id, history)
-            yield cpb.SendMessageResponse(user_message=to_message(user))
-
+            history = await self.history(org, conv_id, conv["message_count"])
             turn = Turn(model=model.name, text=[])
+            call = await self._start_answer(identity, conv, request, model, history, turn)
             try:
-                max_output = (
-                    request.max_output_tokens
-                    if request.HasField("max_output_tokens")
-                    else min(model.max_output_tokens, model.context_window_tokens // 4)
-                )
-                # Unset retrieval is automatic (Orchestrator: on when the org has READY documents).
-                retrieves = request.retrieval.enabled or (
-                    not request.HasField("retrieval")
-                    and opb.Model.CAPABILITY_RETRIEVAL in model.capabilities
-                )
-                reserve = (
-                    (request.retrieval.top_k or 5) * RETRIEVAL_RESERVE_TOKENS if retrieves else 0
-                )
-                messages = await self.prompt(
-                    identity,
-                    model,
-                    conv["system_prompt"],
-                    history[:-1],
-                    request.content,
-                    max_output,
-                    reserve,
-                )
-                generate = opb.GenerateRequest(
-                    model=model.name, messages=messages, request_id=request.request_id
-                )
-                if request.HasField("retrieval"):
-                    generate.retrieval.CopyFrom(request.retrieval)
-                if request.HasField("temperature"):
-                    generate.temperature = request.temperature
-                if request.HasField("max_output_tokens"):
-                    generate.max_output_tokens = request.max_output_tokens
-                call = self.orchestrator().Generate(generate, metadata=identity.to_headers())
-                try:
-                    async for event in call:
-                        kind = event.WhichOneof("event")
-                        if kind == "metadata":
-                            turn.model = event.metadata.model
-                            yield cpb.SendMessageResponse(generation=event.metadata)
-                        elif kind == "delta":
-                            turn.text.append(event.delta.text)
-                            yield cpb.SendMessageResponse(
-                                delta=cpb.AssistantDelta(text=event.delta.text)
-                            )
-                        elif kind == "completion":
-                            turn.completion = event.completion
-                            for citation in event.completion.citations:
-                                yield cpb.SendMessageResponse(citation=citation)
-                finally:
-                    call.cancel()  # no-op when finished; otherwise cancels generation upstream
+                user = await self._store_question(identity, conv_id, request)
+            except BaseException:
+                if call is not None:
+                    call.cancel()  # nothing was stored or sent: the answer must not run on
+                raise
+            yield cpb.SendMessageResponse(user_message=to_message(user))
+            history.append((cpb.Message.ROLE_USER, request.content))
+            try:
+                if call is not None:
+                    async for event in self._relay(call, turn):
+                        yield event
             except grpc.aio.AioRpcError as exc:
                 turn.error = rpc_status(exc)
-            except ServiceError as exc:
-                turn.error = exc.to_status()
             finally:
                 # Also on disconnect/deadline (CancelledError): store what was produced, even if
                 # this task is cancelled again while writing.
                 assistant = await asyncio.shield(
-                    self._store_answer(identity, conv_id, request, turn, history)
+                    self._store_answer(identity, conv_id, request, turn, history, user)
                 )
             yield cpb.SendMessageResponse(assistant_message=to_message(assistant))
+
+    async def _start_answer(
+        self,
+        identity: Identity,
+        conv: Row,
+        request: cpb.SendMessageRequest,
+        model: opb.Model,
+        history: list[tuple[int, str]],
+        turn: Turn,
+    ) -> grpc.aio.UnaryStreamCall | None:
+        """Build the prompt and start Generate (it runs while the user message is stored). A
+        failure here is the turn's error (stored as a FAILED answer): None."""
+        try:
+            max_output = (
+                request.max_output_tokens
+                if request.HasField("max_output_tokens")
+                else min(model.max_output_tokens, model.context_window_tokens // 4)
+            )
+            # Unset retrieval is automatic (Orchestrator: on when the org has READY documents).
+            retrieves = request.retrieval.enabled or (
+                not request.HasField("retrieval")
+                and opb.Model.CAPABILITY_RETRIEVAL in model.capabilities
+            )
+            reserve = (request.retrieval.top_k or 5) * RETRIEVAL_RESERVE_TOKENS if retrieves else 0
+            messages = await self.prompt(
+                identity,
+                model,
+                conv["system_prompt"],
+                history,
+                request.content,
+                max_output,
+                reserve,
+            )
+        except grpc.aio.AioRpcError as exc:
+            turn.error = rpc_status(exc)
+            return None
+        except ServiceError as exc:
+            turn.error = exc.to_status()
+            return None
+        generate = opb.GenerateRequest(
+            model=model.name, messages=messages, request_id=request.request_id
+        )
+        if request.HasField("retrieval"):
+            generate.retrieval.CopyFrom(request.retrieval)
+        if request.HasField("temperature"):
+            generate.temperature = request.temperature
+        if request.HasField("max_output_tokens"):
+            generate.max_output_tokens = request.max_output_tokens
+        return self.orchestrator().Generate(generate, metadata=identity.to_headers())
+
+    async def _relay(
+        self, call: grpc.aio.UnaryStreamCall, turn: Turn
+    ) -> AsyncIterator[cpb.SendMessageResponse]:
+        """Generate's events as SendMessage events, noting what the answer is so far."""
+        try:
+            async for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "delta":
+                    turn.text.append(event.delta.text)
+                    yield cpb.SendMessageResponse(delta=cpb.AssistantDelta(text=event.delta.text))
+                elif kind == "metadata":
+                    turn.model = event.metadata.model
+                    yield cpb.SendMessageResponse(generation=event.metadata)
+                elif kind == "completion":
+                    turn.completion = event.completion
+                    for citation in event.completion.citations:
+                        yield cpb.SendMessageResponse(citation=citation)
+        finally:
+            call.cancel()  # no-op when finished; otherwise cancels generation upstream
+
+    async def _store_question(
+        self, identity: Identity, conv_id: str, request: cpb.SendMessageRequest
+    ) -> Row:
+        return await self.store.insert_message(
+            identity.org,
+            conv_id,
+            {
+                "role": cpb.Message.ROLE_USER,
+                "content": request.content,
+                "state": cpb.Message.STATE_COMPLETE,
+                "request_id": request.request_id or None,
+            },
+        )
 
     async def _store_answer(
         self,
@@ -335,6 +406,7 @@ class Chat:
         request: cpb.SendMessageRequest,
         turn: Turn,
         history: list[tuple[int, str]],
+        user: Row,
     ) -> Row:
         completion = turn.completion
         content = "".join(turn.text)
@@ -368,5 +440,29 @@ class Chat:
         )
         if content:
             history.append((cpb.Message.ROLE_ASSISTANT, content))
-            await self._save_history(identity.org, conv_id, history)
+        # The context of the next turn, under the count the conversation now has.
+        await self._save_history(
+            identity.org,
+            conv_id,
+            row["conversation_message_count"],
+            history,
+            replaces=user["conversation_message_count"] - 1,
+        )
         return row
+
+
+def _replayed(
+    earlier: list[Row], to_message: Callable[[Row], cpb.Message]
+) -> list[cpb.SendMessageResponse]:
+    """The events of a turn already stored under the same request_id."""
+    events = [cpb.SendMessageResponse(user_message=to_message(earlier[0]))]
+    if len(earlier) > 1:
+        events.append(cpb.SendMessageResponse(assistant_message=to_message(earlier[1])))
+    return events
+
+
+def token_bound(messages: list[opb.ChatMessage]) -> int:
+    """At least the prompt's token count under any tokenizer the Orchestrator may use: byte-level
+    BPE and its own approximation give at most one token per UTF-8 byte, plus a per-message
+    template overhead (the Orchestrator counts 4, and 3 to prime the reply)."""
+    return sum(len(m.content.encode()) + TEMPLATE_TOKENS for m in messages) + TEMPLATE_TOKENS

@@ -7,7 +7,7 @@ import re
 
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 
-from services.common.errors import FieldViolations
+from services.common.errors import FieldViolations, ServiceError, failed_precondition, not_found
 from services.common.names import resource
 
 CONVERSATION = resource("conversation.aimesh.dev/Conversation")
@@ -19,6 +19,19 @@ META_KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAX_CONTENT = 32_000
 MAX_REQUEST_ID = 64
 UPDATABLE = frozenset({"title", "metadata", "default_model", "system_prompt"})
+
+
+def conversation_not_found(conv_id: str) -> ServiceError:
+    name = CONVERSATION.format(conv_id)
+    return not_found(
+        f"{name} not found", reason="CONVERSATION_NOT_FOUND", metadata={"conversation": name}
+    )
+
+
+def conversation_deleted(conv_id: str, remedy: str) -> ServiceError:
+    return failed_precondition(
+        f"{CONVERSATION.format(conv_id)} is deleted; {remedy}", reason="CONVERSATION_DELETED"
+    )
 
 
 def check_fields(conv: cpb.Conversation, paths: set[str] | frozenset[str], v: FieldViolations,

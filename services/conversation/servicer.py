@@ -18,7 +18,6 @@ from google.rpc import status_pb2
 from services.common.channels import Channels
 from services.common.errors import (
     etag_mismatch,
-    failed_precondition,
     not_found,
 )
 from services.common.identity import Identity, require_identity
@@ -99,12 +98,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def _existing(self, identity: Identity, conv_id: str) -> Row:
         row = await self.store.get_conversation(identity.org, conv_id)
         if row is None:
-            name = CONVERSATION.format(conv_id)
-            raise not_found(
-                f"{name} not found",
-                reason="CONVERSATION_NOT_FOUND",
-                metadata={"conversation": name},
-            )
+            raise conversations.conversation_not_found(conv_id)
         return row
 
     async def CreateConversation(
@@ -158,10 +152,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         paths = conversations.update_paths(request)
         row = await self._existing(identity, conv_id)
         if row["delete_time"] is not None:
-            raise failed_precondition(
-                f"{CONVERSATION.format(conv_id)} is deleted; undelete it first",
-                reason="CONVERSATION_DELETED",
-            )
+            raise conversations.conversation_deleted(conv_id, "undelete it first")
         if request.conversation.etag and request.conversation.etag != row["etag"]:
             raise etag_mismatch(request.conversation.name)
         if "default_model" in paths and request.conversation.default_model:
@@ -232,15 +223,13 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         identity = require_identity(context.invocation_metadata())
         conv_id = CONVERSATION.id(request.conversation, "conversation")
         conversations.check_send(request)
-        conv = await self._existing(identity, conv_id)
-        if conv["delete_time"] is not None:
-            raise failed_precondition(
-                f"{CONVERSATION.format(conv_id)} is deleted; undelete it to send messages",
-                reason="CONVERSATION_DELETED",
-            )
-        model = request.model or conv["default_model"] or self.runtime.settings.default_model
         stream = self.chat.send(
-            identity, conv, request, model, context.time_remaining(), message_message
+            identity,
+            conv_id,
+            request,
+            self.runtime.settings.default_model,
+            context.time_remaining(),
+            message_message,
         )
         try:
             async for event in stream:

@@ -71,7 +71,7 @@ class Store:
             return row
 
     async def get_conversation(self, org: str, conv_id: str) -> Row | None:
-        async with self.db.connection() as conn:
+        async with self.db.autocommit() as conn:
             cur = await conn.execute(
                 "SELECT * FROM conversations WHERE org = %s AND id = %s AND "
                 "(delete_time IS NULL OR "
@@ -150,7 +150,7 @@ class Store:
             return rows, int(total["n"]) if total else 0
 
     async def get_message(self, org: str, conv_id: str, msg_id: str) -> Row | None:
-        async with self.db.connection() as conn:
+        async with self.db.autocommit() as conn:
             cur = await conn.execute(
                 "SELECT * FROM messages WHERE org = %s AND conversation_id = %s AND id = %s",
                 (org, conv_id, msg_id),
@@ -159,7 +159,7 @@ class Store:
 
     async def recent_messages(self, org: str, conv_id: str, limit: int) -> list[Row]:
         """The last `limit` messages, oldest first."""
-        async with self.db.connection() as conn:
+        async with self.db.autocommit() as conn:
             cur = await conn.execute(
                 "SELECT * FROM (SELECT * FROM messages WHERE org = %s AND conversation_id = %s "
                 "ORDER BY seq DESC LIMIT %s) recent ORDER BY seq",
@@ -168,7 +168,7 @@ class Store:
             return await cur.fetchall()
 
     async def messages_for_request(self, org: str, conv_id: str, request_id: str) -> list[Row]:
-        async with self.db.connection() as conn:
+        async with self.db.autocommit() as conn:
             cur = await conn.execute(
                 "SELECT * FROM messages "
                 "WHERE org = %s AND conversation_id = %s AND request_id = %s ORDER BY seq",
@@ -177,40 +177,48 @@ class Store:
             return await cur.fetchall()
 
     async def insert_message(self, org: str, conv_id: str, values: dict[str, Any]) -> Row:
-        """Append a message and bump the conversation's count, update_time and etag, atomically."""
+        """Append a message and bump the conversation's count, update_time and etag, atomically
+        (one statement, one round trip). The row carries the conversation's new count as
+        `conversation_message_count`."""
         columns = ["org", "conversation_id", "id", *values]
-        query = sql.SQL("INSERT INTO messages ({}) VALUES ({}) RETURNING *").format(
+        query = sql.SQL(
+            "WITH message AS (INSERT INTO messages ({}) VALUES ({}) RETURNING *), "
+            "bump AS (UPDATE conversations "
+            "SET message_count = message_count + 1, update_time = now(), etag = %s "
+            "WHERE org = %s AND id = %s RETURNING message_count) "
+            "SELECT message.*, bump.message_count AS conversation_message_count "
+            "FROM message, bump"
+        ).format(
             sql.SQL(", ").join(map(sql.Identifier, columns)),
             sql.SQL(", ").join(sql.Placeholder() * len(columns)),
         )
-        async with self.db.connection() as conn:
-            cur = await conn.execute(query, (org, conv_id, new_message_id(), *values.values()))
+        params = (org, conv_id, new_message_id(), *values.values(), new_etag(), org, conv_id)
+        async with self.db.autocommit() as conn:
+            cur = await conn.execute(query, params)
             row = await cur.fetchone()
-            await conn.execute(
-                "UPDATE conversations "
-                "SET message_count = message_count + 1, update_time = now(), etag = %s "
-                "WHERE org = %s AND id = %s",
-                (new_etag(), org, conv_id),
-            )
             assert row is not None
             return row
 
     # --- ordering -----------------------------------------------------------------------------
 
-    async def take_turn(self, org: str, conv_id: str, holder: str, lease_seconds: float) -> bool:
-        """Take the conversation's turn if it is free (or its lease expired)."""
-        async with self.db.connection() as conn:
+    async def take_turn(
+        self, org: str, conv_id: str, holder: str, lease_seconds: float
+    ) -> Row | None:
+        """Take the turn of a live (not deleted) conversation if it is free or its lease expired:
+        the conversation's row, or None (missing, deleted or held: get_conversation tells)."""
+        async with self.db.autocommit() as conn:
             cur = await conn.execute(
                 "UPDATE conversations "
                 "SET turn_holder = %s, turn_expire_time = now() + make_interval(secs => %s) "
-                "WHERE org = %s AND id = %s AND (turn_holder IS NULL OR turn_expire_time < now()) "
-                "RETURNING id",
+                "WHERE org = %s AND id = %s AND delete_time IS NULL "
+                "AND (turn_holder IS NULL OR turn_expire_time < now()) "
+                "RETURNING *",
                 (holder, lease_seconds, org, conv_id),
             )
-            return await cur.fetchone() is not None
+            return await cur.fetchone()
 
     async def renew_turn(self, org: str, conv_id: str, holder: str, lease_seconds: float) -> bool:
-        async with self.db.connection() as conn:
+        async with self.db.autocommit() as conn:
             cur = await conn.execute(
                 "UPDATE conversations SET turn_expire_time = now() + make_interval(secs => %s) "
                 "WHERE org = %s AND id = %s AND turn_holder = %s RETURNING id",
@@ -219,7 +227,7 @@ class Store:
             return await cur.fetchone() is not None
 
     async def release_turn(self, org: str, conv_id: str, holder: str) -> None:
-        async with self.db.connection() as conn:
+        async with self.db.autocommit() as conn:
             await conn.execute(
                 "UPDATE conversations SET turn_holder = NULL, turn_expire_time = NULL "
                 "WHERE org = %s AND id = %s AND turn_holder = %s",

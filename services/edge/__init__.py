@@ -20,6 +20,10 @@ resolved with our pins; uvicorn runs it with mTLS from the local CA (services/ed
     chat.py       chat completions <-> Orchestrator.Generate (JSON and SSE, tools)
     embeddings.py embeddings <-> Knowledge.EmbedTexts
     audio.py      transcriptions <-> Speech.Recognize, speech <-> Speech.StreamingSynthesize
+    realtime.py   the Realtime WebSocket (/openai/v1/realtime): session, event dispatch
+    realtime_events.py            the Realtime wire format (beta events), session config
+    realtime_transcription.py     transcription sessions <-> Speech.StreamingRecognize
+    realtime_voice.py             voice sessions <-> Speech.Converse
     errors.py     OpenAI's error shape and status codes from downstream gRPC statuses
     schemas.py    the OpenAI wire models
     server.py     uvicorn, mTLS peer checks (only the gateway reaches /openai/v1)

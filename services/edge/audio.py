@@ -1,14 +1,14 @@
-"""Audio through the Speech service: /audio/transcriptions on Recognize (a multipart upload,
-answered as json, text, verbose_json, srt or vtt, with word and segment timestamps) and
-/audio/speech on StreamingSynthesize (raw PCM streamed as it is produced, or a WAV file).
-Speech meters both (audio seconds, characters) exactly as for native calls."""
+"""Audio through the Speech service: /audio/transcriptions on Recognize (a multipart upload in
+any container Speech decodes — WAV, FLAC, Ogg Opus, MP3 — recognized by its bytes, answered as
+json, text, verbose_json, srt or vtt, with word and segment timestamps) and /audio/speech on
+Synthesize (a whole mp3, opus, flac or wav file, encoded by Speech) or StreamingSynthesize (raw
+PCM streamed as it is produced). Speech meters both (audio seconds, characters) exactly as for
+native calls."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 
-from services.common.identity import Identity
 from services.common.names import resource
 from services.edge import schemas
 from services.edge.errors import OpenAIError, bad_request, from_rpc_error, unsupported
@@ -29,6 +28,35 @@ TIMEOUT_SECONDS = 300.0
 VOICE = resource("speech.aimesh.dev/Voice")
 _FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 _LANGUAGES = {"en": "en-US", "english": "en-US"}
+# Upload containers (sniffed from the bytes) -> the Speech encoding that decodes them.
+UPLOAD_ENCODINGS = {
+    "wav": speech_pb2.AUDIO_ENCODING_WAV,
+    "flac": speech_pb2.AUDIO_ENCODING_FLAC,
+    "ogg": speech_pb2.AUDIO_ENCODING_OGG_OPUS,
+    "mp3": speech_pb2.AUDIO_ENCODING_MP3,
+}
+
+
+@dataclass(frozen=True)
+class SpeechFormat:
+    """How one OpenAI `response_format` is produced: Speech's encoding, the sample rate asked
+    for (0: the voice's own), and the Content-Type of the answer."""
+
+    encoding: speech_pb2.AudioEncoding
+    sample_rate: int
+    media_type: str
+
+
+# OpenAI's speech formats that Speech's encoder (libsndfile) produces. `opus` is Opus in an Ogg
+# file (RFC 7845's audio/ogg), as OpenAI sends it; `pcm` is streamed chunk by chunk.
+SPEECH_FORMATS = {
+    "mp3": SpeechFormat(speech_pb2.AUDIO_ENCODING_MP3, 0, "audio/mpeg"),
+    "opus": SpeechFormat(speech_pb2.AUDIO_ENCODING_OGG_OPUS, PCM_SAMPLE_RATE, "audio/ogg"),
+    "flac": SpeechFormat(speech_pb2.AUDIO_ENCODING_FLAC, 0, "audio/flac"),
+    "wav": SpeechFormat(speech_pb2.AUDIO_ENCODING_WAV, 0, "audio/wav"),
+    "pcm": SpeechFormat(speech_pb2.AUDIO_ENCODING_LINEAR16, PCM_SAMPLE_RATE, "audio/pcm"),
+}
+DEFAULT_SPEECH_FORMAT = "mp3"  # OpenAI's default
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -61,8 +89,13 @@ class TranscriptionForm:
 
 def check_transcription(form: TranscriptionForm) -> None:
     if form.model != TRANSCRIPTION_MODEL:
-        raise OpenAIError(404, f"The model '{form.model}' does not exist or cannot transcribe; use "
-                          f"'{TRANSCRIPTION_MODEL}'", param="model", code="model_not_found")
+        raise OpenAIError(
+            404,
+            f"The model '{form.model}' does not exist or cannot transcribe; use "
+            f"'{TRANSCRIPTION_MODEL}'",
+            param="model",
+            code="model_not_found",
+        )
     if form.response_format not in _FORMATS:
         raise bad_request(
             f"response_format must be one of {', '.join(_FORMATS)}", "response_format"
@@ -87,14 +120,21 @@ def check_transcription(form: TranscriptionForm) -> None:
             param="file",
             code="file_too_large",
         )
-    kind = sniff_format(form.audio)
-    if kind != "wav":
+    upload_encoding(form.audio)
+
+
+def upload_encoding(audio: bytes) -> speech_pb2.AudioEncoding:
+    """The Speech encoding of an upload, from its bytes; 400 for containers Speech cannot
+    decode (webm, mp4/m4a) and for bytes that are no audio file at all."""
+    kind = sniff_format(audio)
+    if kind not in UPLOAD_ENCODINGS:
         found = f"{kind} audio" if kind else "not an audio format we recognize"
         raise bad_request(
-            f"Unsupported file format ({found}): send WAV (16-bit PCM, mono)",
+            f"Unsupported file format ({found}). Supported formats: " + ", ".join(UPLOAD_ENCODINGS),
             "file",
             code="unsupported_format",
         )
+    return UPLOAD_ENCODINGS[kind]
 
 
 def language_code(value: str | None) -> str:
@@ -171,14 +211,19 @@ def render_transcription(
     return "WEBVTT\n\n" + "\n".join(blocks), "text/vtt"
 
 
-def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(sample_rate)
-        writer.writeframes(pcm)
-    return out.getvalue()
+def speech_format(req: schemas.SpeechRequest) -> SpeechFormat:
+    """The format to produce, or a 400 naming the supported ones (aac: libsndfile, which encodes
+    Speech's audio, has no AAC encoder)."""
+    name = req.response_format or DEFAULT_SPEECH_FORMAT
+    found = SPEECH_FORMATS.get(name)
+    if found is None:
+        raise bad_request(
+            f"response_format {name!r} is not supported by this server; supported values: "
+            + ", ".join(SPEECH_FORMATS),
+            "response_format",
+            code="unsupported_value",
+        )
+    return found
 
 
 class Audio:
@@ -192,7 +237,7 @@ class Audio:
         words = form.response_format in ("verbose_json", "srt", "vtt")
         request = speech_pb2.RecognizeRequest(
             config=speech_pb2.RecognitionConfig(
-                encoding=speech_pb2.AUDIO_ENCODING_WAV,
+                encoding=upload_encoding(form.audio),
                 language_code=language_code(form.language),
                 enable_word_time_offsets=words,
             ),
@@ -207,9 +252,10 @@ class Audio:
         return render_transcription(form, reply)
 
     async def speak(
-        self, req: schemas.SpeechRequest, identity: Identity, metadata: list[tuple[str, str]]
-    ) -> tuple[AsyncIterator[bytes], str]:
-        """(body, media type). Errors before the first audio raise here (a JSON error)."""
+        self, req: schemas.SpeechRequest, metadata: list[tuple[str, str]]
+    ) -> tuple[AsyncIterator[bytes] | bytes, str]:
+        """(body, media type): raw PCM streamed as synthesized, else one encoded file. Errors
+        before the first audio raise here (a JSON error)."""
         if req.model != SPEECH_MODEL:
             raise OpenAIError(
                 404,
@@ -217,51 +263,59 @@ class Audio:
                 param="model",
                 code="model_not_found",
             )
-        fmt = req.response_format or "wav"
-        if fmt not in ("wav", "pcm"):
-            raise unsupported("response_format", f"response_format {fmt!r} (wav and pcm are)")
+        fmt = speech_format(req)
         if req.instructions:
             raise unsupported("instructions", "instructions")
         if req.stream_format == "sse":
             raise unsupported("stream_format", "stream_format 'sse'")
         voice = req.voice if VOICE.matches(req.voice) else VOICE.format(req.voice)
+        config = speech_pb2.AudioOutputConfig(
+            encoding=fmt.encoding, sample_rate_hertz=fmt.sample_rate
+        )
+        if fmt.encoding == speech_pb2.AUDIO_ENCODING_LINEAR16:
+            return await self._stream_pcm(req, voice, config, metadata), fmt.media_type
+        try:
+            reply = await self.speech.Synthesize(
+                speech_pb2.SynthesizeRequest(
+                    text=req.input,
+                    voice=voice,
+                    speaking_rate=req.speed or 0.0,
+                    audio_config=config,
+                ),
+                metadata=metadata,
+                timeout=TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _speech_error(exc, req.voice) from None
+        return reply.audio_content, fmt.media_type
+
+    async def _stream_pcm(
+        self,
+        req: schemas.SpeechRequest,
+        voice: str,
+        config: speech_pb2.AudioOutputConfig,
+        metadata: list[tuple[str, str]],
+    ) -> AsyncIterator[bytes]:
         request = speech_pb2.StreamingSynthesizeRequest(
-            text=req.input,
-            voice=voice,
-            speaking_rate=req.speed or 0.0,
-            audio_config=speech_pb2.AudioOutputConfig(
-                encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
-                sample_rate_hertz=PCM_SAMPLE_RATE if fmt == "pcm" else 0,
-            ),
+            text=req.input, voice=voice, speaking_rate=req.speed or 0.0, audio_config=config
         )
         call = self.speech.StreamingSynthesize(request, metadata=metadata, timeout=TIMEOUT_SECONDS)
         chunks = call.__aiter__()
         try:
             first = await chunks.__anext__()
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise bad_request(
-                    f"unknown voice {req.voice!r} (GET /v1/voices lists them)",
-                    "voice",
-                    code="invalid_voice",
-                ) from None
-            raise from_rpc_error(exc, {"text": "input", "speaking_rate": "speed"}) from None
+            raise _speech_error(exc, req.voice) from None
         except StopAsyncIteration:
             raise OpenAIError(502, "speech synthesis produced no audio") from None
-        if fmt == "pcm":
-            return _stream(call, first, chunks), "audio/pcm"
-        pcm = [first.audio_content]
-        try:
-            async for chunk in chunks:
-                pcm.append(chunk.audio_content)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
-        audio = wav_bytes(b"".join(pcm), first.sample_rate_hertz)
+        return _stream(call, first, chunks)
 
-        async def whole() -> AsyncIterator[bytes]:
-            yield audio
 
-        return whole(), "audio/wav"
+def _speech_error(exc: grpc.aio.AioRpcError, voice: str) -> OpenAIError:
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return bad_request(
+            f"unknown voice {voice!r} (GET /v1/voices lists them)", "voice", code="invalid_voice"
+        )
+    return from_rpc_error(exc, {"text": "input", "speaking_rate": "speed"})
 
 
 async def _stream(

@@ -22,6 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from services.common import mesh_policy, metrics, telemetry, tls
 from services.common.channels import set_process_identity
 from services.common.config import ConfigError, Settings
+from services.edge.realtime_events import WEBSOCKET_MAX_BYTES
 
 log = logging.getLogger("aimesh.edge")
 
@@ -110,7 +111,15 @@ class PeerGuard:
                 )
                 await send({"type": "http.response.body", "body": body})
                 return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # An upgraded connection never reaches the HTTP protocol's connection_lost (uvicorn
+            # swaps in its WebSocket protocol): its peer entry goes when its one socket ends.
+            if scope["type"] == "websocket":
+                key = _peer_key(scope.get("client"))
+                if key is not None:
+                    _PEERS.pop(key, None)
 
 
 def build_config(settings: Settings) -> uvicorn.Config:
@@ -137,6 +146,9 @@ def build_config(settings: Settings) -> uvicorn.Config:
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        loop="uvloop",
+        ws="websockets",
+        ws_max_size=WEBSOCKET_MAX_BYTES,
         timeout_graceful_shutdown=int(settings.drain_seconds) or 1,
         **options,
     )

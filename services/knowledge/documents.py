@@ -180,6 +180,28 @@ class Documents:
             await self.on_corpus_change(org)
 
 
+def check_create(doc: NewDocument, has_document: bool, content: bytes) -> None:
+    """CreateDocument's document (`has_document`: the field was set) and its whole content."""
+    v = FieldViolations()
+    v.check(has_document, "document", "required")
+    check_new_document(doc, "", v)
+    check_unary_content(content, v)
+    v.raise_if_any()
+
+
+def check_upload_start(doc: NewDocument, has_document: bool, size_bytes: int) -> None:
+    """UploadDocument's first message: the document and the size declared (0: unknown)."""
+    v = FieldViolations()
+    v.check(has_document, "metadata.document", "required")
+    check_new_document(doc, "metadata.", v)
+    v.check(
+        0 <= size_bytes <= MAX_STREAM_BYTES,
+        "metadata.size_bytes",
+        f"must be 0-{MAX_STREAM_BYTES} (64 MiB)",
+    )
+    v.raise_if_any()
+
+
 def check_unary_content(content: bytes, v: FieldViolations) -> None:
     """CreateDocument carries the whole file: 1 byte to 8 MiB (UploadDocument streams more)."""
     if not content:

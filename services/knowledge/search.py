@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -16,7 +17,10 @@ from redis.exceptions import RedisError
 from services.common import metrics
 from services.common.cache import ServiceCache
 from services.common.errors import FieldViolations
+from services.common.identity import Identity
 from services.common.triton import TritonClient
+from services.common.usage_client import ResourceType, UsageClient
+from services.knowledge.documents import DOCUMENT
 from services.knowledge.keyword_index import KeywordIndex
 from services.knowledge.store import ChunkHit, Store
 from services.knowledge.vector_index import VectorIndex
@@ -29,13 +33,40 @@ CACHE_TTL_SECONDS = 300
 QUERY_VECTOR_TTL_SECONDS = 86_400
 
 
-def check_query(query: str, top_k: int, filter_count: int, v: FieldViolations) -> int:
-    """A search's text and limits; returns the number of results to return (default 10)."""
-    v.check(bool(query.strip()) and len(query) <= 2048, "query", "required, 1-2,048 characters")
+@dataclass(frozen=True)
+class SearchQuery:
+    """One checked search request."""
+
+    text: str
+    mode: str
+    top_k: int
+    metadata_filters: dict[str, str]
+    document_ids: list[str] | None  # None: every document of the org
+
+    def fingerprint(self) -> bytes:
+        """The same bytes for the same question: the key of its cached answer."""
+        filters = sorted(self.metadata_filters.items())
+        return json.dumps([self.text, self.mode, self.top_k, filters, self.document_ids]).encode()
+
+
+def check_search(
+    text: str, mode: str | None, top_k: int, metadata_filters: dict[str, str],
+    documents: Sequence[str],
+) -> SearchQuery:
+    """A search's text, mode (None: an unknown one) and limits; top_k defaults to 10 and the
+    documents are resource names. Every problem is one INVALID_ARGUMENT."""
+    v = FieldViolations()
+    v.check(mode is not None, "mode", "unknown search mode")
+    v.check(bool(text.strip()) and len(text) <= 2048, "query", "required, 1-2,048 characters")
     top_k = top_k or 10
     v.check(1 <= top_k <= 100, "top_k", "must be 1-100 (default 10)")
-    v.check(filter_count <= 16, "metadata_filters", "at most 16 entries")
-    return top_k
+    v.check(len(metadata_filters) <= 16, "metadata_filters", "at most 16 entries")
+    v.check(len(documents) <= 100, "documents", "at most 100 names")
+    document_ids = [
+        DOCUMENT.id(name, f"documents[{i}]", v) for i, name in enumerate(documents)
+    ] or None
+    v.raise_if_any()
+    return SearchQuery(text, mode or HYBRID, top_k, metadata_filters, document_ids)
 
 
 @dataclass
@@ -44,6 +75,17 @@ class Result:
     score: float
     semantic_rank: int
     keyword_rank: int
+
+
+def _dump(results: list[Result]) -> bytes:
+    return json.dumps(
+        [[asdict(r.hit), r.score, r.semantic_rank, r.keyword_rank] for r in results]
+    ).encode()
+
+
+def _load(answer: bytes) -> list[Result]:
+    return [Result(ChunkHit(**hit), score, semantic, keyword)
+            for hit, score, semantic, keyword in json.loads(answer)]
 
 
 def rrf(
@@ -68,12 +110,31 @@ class Searcher:
         keywords: KeywordIndex,
         triton: TritonClient,
         cache: ServiceCache | None,
+        usage: UsageClient | None = None,
     ) -> None:
         self.store = store
         self.vectors = vectors
         self.keywords = keywords
         self.triton = triton
         self.cache = cache
+        self.usage = usage  # None only where nothing is answered to a caller (bench)
+
+    async def answer(self, payer: Identity, query: SearchQuery, work_id: str) -> list[Result]:
+        """A caller's search: from the cache while the org's corpus is unchanged, else searched
+        and remembered. Metered before the reply (cached or not) is sent: a search the caller
+        saw is billed once."""
+        assert self.usage is not None, "answering callers needs the usage client"
+        org = payer.org
+        generation = await self.generation(org)
+        fingerprint = query.fingerprint()
+        cached = await self.cached(org, generation, fingerprint)
+        await self.usage.meter(payer, ResourceType.RESOURCE_TYPE_SEARCHES, 1, work_id)
+        if cached is not None:
+            return cached
+        results = await self.search(org, query.text, query.mode, query.top_k,
+                                    query.metadata_filters, query.document_ids)
+        await self.remember(org, generation, fingerprint, results)
+        return results
 
     # --- corpus generation (cache invalidation) -------------------------------------------
 
@@ -95,7 +156,9 @@ class Searcher:
             # Cached answers expire on their own within CACHE_TTL_SECONDS.
             log.warning("could not bump corpus generation: %s", exc)
 
-    async def cached(self, org: str, generation: str | None, fingerprint: bytes) -> bytes | None:
+    async def cached(
+        self, org: str, generation: str | None, fingerprint: bytes
+    ) -> list[Result] | None:
         if self.cache is None or generation is None:
             return None
         try:
@@ -103,16 +166,17 @@ class Searcher:
         except RedisError:
             return None
         metrics.record_cache("knowledge_search", answer is not None)
-        return answer
+        return None if answer is None else _load(answer)
 
     async def remember(
-        self, org: str, generation: str | None, fingerprint: bytes, answer: bytes
+        self, org: str, generation: str | None, fingerprint: bytes, results: list[Result]
     ) -> None:
         if self.cache is None or generation is None:
             return
         try:
             await self.cache.redis.set(
-                self._answer_key(org, generation, fingerprint), answer, ex=CACHE_TTL_SECONDS
+                self._answer_key(org, generation, fingerprint), _dump(results),
+                ex=CACHE_TTL_SECONDS,
             )
         except RedisError:
             pass
@@ -121,7 +185,7 @@ class Searcher:
         assert self.cache is not None
         digest = hashlib.sha256(fingerprint).hexdigest()
         return self.cache.key(
-            "search", hashlib.sha256(org.encode()).hexdigest()[:24], generation, digest
+            "answer", hashlib.sha256(org.encode()).hexdigest()[:24], generation, digest
         )
 
     # --- search ---------------------------------------------------------------------------

@@ -11,32 +11,31 @@ import grpc
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from google.protobuf import empty_pb2
 
-from services.common.errors import FieldViolations, invalid_argument
+from services.common.errors import invalid_argument
 from services.common.identity import Identity, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.streams import CLIENT_STREAM_IDLE_SECONDS, idle_limited
 from services.common.timestamps import to_timestamp
 from services.common.triton import TritonClient
-from services.common.usage_client import ResourceType, UsageClient
+from services.common.usage_client import UsageClient
 from services.knowledge.blobs import BlobStore
-from services.knowledge.chunking import count_tokens
 from services.knowledge.documents import (
     DOCUMENT,
-    MAX_STREAM_BYTES,
     Documents,
     NewDocument,
-    check_new_document,
-    check_unary_content,
+    check_create,
+    check_upload_start,
     collect_stream,
 )
+from services.knowledge.embeddings import EMBEDDING_MODEL_ID, Embedder
 from services.knowledge.ingest import Ingestor
 from services.knowledge.keyword_index import (
     KeywordIndex,
     OpenSearchKeywordIndex,
     PostgresKeywordIndex,
 )
-from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher, check_query
+from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher, check_search
 from services.knowledge.store import DocumentRow, Store
 from services.knowledge.vector_index import VectorIndex
 
@@ -54,6 +53,11 @@ STATE_NAMES = {
     Doc.STATE_FAILED: "FAILED",
 }
 STATE_VALUES = {v: k for k, v in STATE_NAMES.items()}
+MODE_VALUES = {
+    HYBRID: knowledge_pb2.SEARCH_MODE_HYBRID,
+    SEMANTIC: knowledge_pb2.SEARCH_MODE_SEMANTIC,
+    KEYWORD: knowledge_pb2.SEARCH_MODE_KEYWORD,
+}
 
 
 def to_proto(row: DocumentRow) -> knowledge_pb2.Document:
@@ -76,14 +80,6 @@ def _new_document(doc: knowledge_pb2.Document, document_id: str, request_id: str
     return NewDocument(doc.display_name, doc.mime_type, dict(doc.metadata), document_id, request_id)
 
 
-MAX_EMBED_TEXTS = 2048
-EMBED_MAX_TOKENS = 256  # the Triton model's limit (triton/models/text_embedding)
-# No text of at most 256 word pieces is longer (a word piece covers at most 100 characters):
-# longer texts are refused before tokenizing, which would hold the event loop for seconds.
-EMBED_MAX_CHARS = EMBED_MAX_TOKENS * 128
-EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
-
-
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -102,11 +98,12 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             else PostgresKeywordIndex(self.store)
         )
         self.triton = TritonClient.from_settings(settings)
-        self.searcher = Searcher(
-            self.store, self.vectors, self.keywords, self.triton, runtime.cache
-        )
         # Chunks embedded and searches go through the durable usage outbox (in this schema).
         self.usage = UsageClient(runtime)
+        self.searcher = Searcher(
+            self.store, self.vectors, self.keywords, self.triton, runtime.cache, self.usage
+        )
+        self.embedder = Embedder(self.triton, self.usage)
         self.ingestor = Ingestor(
             runtime,
             self.store,
@@ -156,11 +153,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     ) -> knowledge_pb2.Document:
         identity = _caller(context)
         doc = _new_document(request.document, request.document_id, request.request_id)
-        v = FieldViolations()
-        v.check(request.HasField("document"), "document", "required")
-        check_new_document(doc, "", v)
-        check_unary_content(request.content, v)
-        v.raise_if_any()
+        check_create(doc, request.HasField("document"), request.content)
         row = await self.documents.create(identity.org, doc, request.content, "content")
         return to_proto(row)
 
@@ -186,15 +179,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             )
         meta = first.metadata
         doc = _new_document(meta.document, meta.document_id, meta.request_id)
-        v = FieldViolations()
-        v.check(meta.HasField("document"), "metadata.document", "required")
-        check_new_document(doc, "metadata.", v)
-        v.check(
-            0 <= meta.size_bytes <= MAX_STREAM_BYTES,
-            "metadata.size_bytes",
-            f"must be 0-{MAX_STREAM_BYTES} (64 MiB)",
-        )
-        v.raise_if_any()
+        check_upload_start(doc, meta.HasField("document"), meta.size_bytes)
 
         async def pieces() -> AsyncIterator[bytes]:
             async for message in stream:
@@ -240,35 +225,13 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self, request: knowledge_pb2.SearchDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.SearchDocumentsResponse:
         identity = _caller(context)
-        v = FieldViolations()
-        v.check(request.mode in MODES, "mode", "unknown search mode")
-        top_k = check_query(request.query, request.top_k, len(request.metadata_filters), v)
-        v.check(len(request.documents) <= 100, "documents", "at most 100 names")
-        document_ids = [
-            DOCUMENT.id(name, f"documents[{i}]", v) for i, name in enumerate(request.documents)
-        ] or None
-        v.raise_if_any()
-        mode = MODES[request.mode]
-        mode_value = knowledge_pb2.SEARCH_MODE_HYBRID if mode == HYBRID else request.mode
-
-        normalized = knowledge_pb2.SearchDocumentsRequest()
-        normalized.CopyFrom(request)
-        normalized.mode, normalized.top_k = mode_value, top_k
-        fingerprint = normalized.SerializeToString(deterministic=True)
-        generation = await self.searcher.generation(identity.org)
-        cached = await self.searcher.cached(identity.org, generation, fingerprint)
-        # Metered before the reply (cached or not) is sent: a search the caller saw is billed once.
-        await self.usage.meter(
-            identity, ResourceType.RESOURCE_TYPE_SEARCHES, 1, _request_id(context)
+        query = check_search(
+            request.query, MODES.get(request.mode), request.top_k,
+            dict(request.metadata_filters), request.documents,
         )
-        if cached is not None:
-            return knowledge_pb2.SearchDocumentsResponse.FromString(cached)
-
-        results = await self.searcher.search(
-            identity.org, request.query, mode, top_k, dict(request.metadata_filters), document_ids
-        )
-        response = knowledge_pb2.SearchDocumentsResponse(
-            mode=mode_value,
+        results = await self.searcher.answer(identity, query, _request_id(context))
+        return knowledge_pb2.SearchDocumentsResponse(
+            mode=MODE_VALUES[query.mode],
             results=[
                 knowledge_pb2.SearchResult(
                     chunk_id=r.hit.chunk_id,
@@ -286,44 +249,19 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                 for r in results
             ],
         )
-        await self.searcher.remember(
-            identity.org, generation, fingerprint, response.SerializeToString()
-        )
-        return response
 
     async def EmbedTexts(
         self, request: knowledge_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.EmbedTextsResponse:
         identity = _caller(context)
-        texts = list(request.texts)
-        v = FieldViolations()
-        v.check(
-            1 <= len(texts) <= MAX_EMBED_TEXTS, "texts", f"1-{MAX_EMBED_TEXTS:,} texts required"
-        )
-        for i, text in enumerate(texts[:MAX_EMBED_TEXTS]):
-            v.check(bool(text.strip()), f"texts[{i}]", "must not be empty")
-            v.check(len(text) <= EMBED_MAX_CHARS, f"texts[{i}]",
-                    f"{len(text)} characters; at most {EMBED_MAX_TOKENS} word pieces fit")
-        v.raise_if_any()
-        counts = await asyncio.to_thread(count_tokens, texts)
-        for i, n in enumerate(counts):
-            v.check(
-                n <= EMBED_MAX_TOKENS,
-                f"texts[{i}]",
-                f"{n} tokens; the embedding model takes at most {EMBED_MAX_TOKENS}",
-            )
-        v.raise_if_any()
-        vectors = await self.triton.embed(texts, timeout=60.0)
-        await self.usage.meter(
-            identity, ResourceType.RESOURCE_TYPE_CHUNKS_EMBEDDED, len(texts), _request_id(context)
-        )
+        embedded = await self.embedder.embed(identity, request.texts, _request_id(context))
         return knowledge_pb2.EmbedTextsResponse(
             embeddings=[
                 knowledge_pb2.TextEmbedding(values=vector.tolist(), token_count=n)
-                for vector, n in zip(vectors, counts)
+                for vector, n in zip(embedded.vectors, embedded.token_counts, strict=True)
             ],
             model=EMBEDDING_MODEL_ID,
-            total_tokens=sum(counts),
+            total_tokens=sum(embedded.token_counts),
         )
 
 

@@ -37,10 +37,13 @@ from services.orchestrator.providers import (
     ToolCallPiece,
 )
 from services.orchestrator.routing import CLIENT_ERRORS, AllProvidersFailed, Router, Served
-from services.orchestrator.tokens import MESSAGE_OVERHEAD, count_messages, count_text
+from services.orchestrator.tokens import (
+    MESSAGE_OVERHEAD,
+    ROLE_NAMES,
+    count_messages,
+    count_text,
+)
 
-_ROLES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant",
-          pb.ROLE_TOOL: "tool"}
 _FINISH = {
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
@@ -61,7 +64,7 @@ def validate(request: pb.GenerateRequest, model: ModelEntry) -> None:
     v = FieldViolations()
     if v.check(1 <= len(request.messages) <= 1000, "messages", "1-1000 messages required"):
         for i, m in enumerate(request.messages):
-            v.check(m.role in _ROLES, f"messages[{i}].role",
+            v.check(m.role in ROLE_NAMES, f"messages[{i}].role",
                     "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
             v.check(bool(m.content) or (m.role == pb.ROLE_ASSISTANT and bool(m.tool_calls)),
                     f"messages[{i}].content", "must not be empty")
@@ -490,7 +493,7 @@ class Orchestrator:
 
     def _guard_input(self, request: pb.GenerateRequest) -> _Prompt:
         """Redact (or block on) the caller's messages before any model or cache sees them."""
-        messages = [(_ROLES[m.role], m.content) for m in request.messages]
+        messages = [(ROLE_NAMES[m.role], m.content) for m in request.messages]
         contents, actions = self.rails.check_input(c for _, c in messages)
         prompt = _Prompt(messages, actions)
         if not prompt.blocked:

@@ -10,7 +10,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from services.common.channels import Channels
-from services.common.errors import FieldViolations, ServiceError
+from services.common.errors import ServiceError
 from services.common.identity import require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
@@ -19,7 +19,7 @@ from services.common.usage_client import UsageClient
 from services.orchestrator import metrics
 from services.orchestrator.cache import GenerationStore
 from services.orchestrator.catalog import Catalog, ModelEntry
-from services.orchestrator.generation import _ROLES, Orchestrator
+from services.orchestrator.generation import Orchestrator
 from services.orchestrator.guardrails import Guardrails
 from services.orchestrator.metering import cost_micros
 from services.orchestrator.providers import Provider
@@ -28,7 +28,7 @@ from services.orchestrator.providers.http import make_client
 from services.orchestrator.providers.openai import OpenAIProvider
 from services.orchestrator.providers.triton import TritonProvider
 from services.orchestrator.routing import Router
-from services.orchestrator.tokens import count_messages
+from services.orchestrator.tokens import count_prompt
 
 _CAPS = {"CHAT": pb.Model.CAPABILITY_CHAT, "STREAMING": pb.Model.CAPABILITY_STREAMING,
          "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED,
@@ -107,23 +107,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountTokensResponse:
         require_identity(context.invocation_metadata())
-        model = self.catalog.get(request.model)
-        v = FieldViolations()
-        v.check(1 <= len(request.messages) <= 1000, "messages", "1-1000 messages required")
-        for i, m in enumerate(request.messages):
-            v.check(
-                m.role in _ROLES,
-                f"messages[{i}].role",
-                "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL",
-            )
-        v.raise_if_any()
-        prompt = count_messages((_ROLES[m.role], m.content) for m in request.messages)
+        count = count_prompt(self.catalog.get(request.model), request.messages)
         return pb.CountTokensResponse(
-            prompt_tokens=prompt,
-            context_window_tokens=model.context_window_tokens,
-            available_output_tokens=min(
-                model.max_output_tokens, model.context_window_tokens - prompt
-            ),
+            prompt_tokens=count.prompt_tokens,
+            context_window_tokens=count.context_window_tokens,
+            available_output_tokens=count.available_output_tokens,
         )
 
     async def Generate(

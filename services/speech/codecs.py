@@ -30,7 +30,7 @@ CONTAINERS = {
 TELEPHONY = {"MULAW": "ULAW", "ALAW": "ALAW"}
 TELEPHONY_RATE = 8000
 RAW_INPUTS = ("LINEAR16", *TELEPHONY)
-INPUTS = (*RAW_INPUTS, "WAV", "FLAC", "OGG_OPUS")
+INPUTS = (*RAW_INPUTS, "WAV", "FLAC", "OGG_OPUS", "MP3")
 OUTPUTS = ("LINEAR16", "WAV", "FLAC", "MULAW", "OGG_OPUS", "MP3")
 # Encodings a stream can carry chunk by chunk (every byte run decodes on its own).
 STREAMABLE = RAW_INPUTS

@@ -95,6 +95,23 @@ def take_sentences(buffer: str) -> tuple[list[str], str]:
         buffer = buffer[match.end() :]
 
 
+@dataclass(frozen=True)
+class Sentence:
+    """A sentence of a reply and its span in the reply text (code points)."""
+
+    text: str
+    start: int
+    end: int
+
+    @classmethod
+    def locate(cls, text: str, reply: str, after: int) -> Sentence:
+        """`text`, the next sentence of `reply` from code point `after` on, with its span."""
+        start = reply.find(text, after)
+        if start < 0:  # take_sentences only strips: not expected, but never fail a reply on it
+            return cls(text, after, len(reply))
+        return cls(text, start, start + len(text))
+
+
 @dataclass
 class Turn:
     turn_id: str
@@ -344,7 +361,7 @@ class ConverseSession:
     async def _reply(self, turn: Turn, text: str, previous: Turn | None) -> None:
         if previous is not None and previous.reply is not None and not previous.reply.done():
             await asyncio.gather(previous.reply, return_exceptions=True)  # replies never overlap
-        sentences: asyncio.Queue[str | None] = asyncio.Queue(SENTENCE_QUEUE_SIZE)
+        sentences: asyncio.Queue[Sentence | None] = asyncio.Queue(SENTENCE_QUEUE_SIZE)
         speaker = asyncio.ensure_future(self._speak(turn, sentences))
         try:
             await self._generate(turn, text, sentences)
@@ -360,7 +377,9 @@ class ConverseSession:
             await self._put(turn.turn_id, error=exc.to_status())
         await self._complete(turn)
 
-    async def _generate(self, turn: Turn, text: str, sentences: asyncio.Queue[str | None]) -> None:
+    async def _generate(
+        self, turn: Turn, text: str, sentences: asyncio.Queue[Sentence | None]
+    ) -> None:
         request = conversation_pb2.SendMessageRequest(
             conversation=self.conversation,
             content=text,
@@ -371,6 +390,8 @@ class ConverseSession:
             request.retrieval.CopyFrom(self.config.retrieval)
         call = self._stub().SendMessage(request, metadata=self.identity.to_headers())
         buffer = ""
+        reply = ""  # the reply text so far: sentences are located in it for their spans
+        located = 0
         try:
             async for event in call:
                 which = event.WhichOneof("event")
@@ -381,9 +402,12 @@ class ConverseSession:
                         turn.turn_id,
                         text_delta=speech_pb2.AssistantTextDelta(text=event.delta.text),
                     )
+                    reply += event.delta.text
                     ready, buffer = take_sentences(buffer + event.delta.text)
                     for sentence in ready:
-                        await sentences.put(sentence)
+                        span = Sentence.locate(sentence, reply, located)
+                        located = span.end
+                        await sentences.put(span)
                 elif which == "assistant_message":
                     message = event.assistant_message
                     turn.assistant_message = message.name
@@ -398,9 +422,9 @@ class ConverseSession:
             if not call.done():
                 call.cancel()  # barge-in: Conversation stores the answer as STATE_INCOMPLETE
         if buffer.strip():
-            await sentences.put(buffer.strip())
+            await sentences.put(Sentence.locate(buffer.strip(), reply, located))
 
-    async def _speak(self, turn: Turn, sentences: asyncio.Queue[str | None]) -> None:
+    async def _speak(self, turn: Turn, sentences: asyncio.Queue[Sentence | None]) -> None:
         assert self.voice is not None
         index = 0
         characters = 0
@@ -412,10 +436,10 @@ class ConverseSession:
                     return
                 if failed:
                     continue  # keep draining so generation (text) is never blocked by us
-                characters += len(sentence)
+                characters += len(sentence.text)
                 try:
                     async for chunk in self.servicer.synthesizer.stream(
-                        sentence,
+                        sentence.text,
                         self.voice,
                         self.config.speaking_rate,
                         self.rate,
@@ -427,6 +451,8 @@ class ConverseSession:
                                 audio_content=chunk.pcm.astype("<i2").tobytes(),
                                 chunk_index=index,
                                 audio_offset=duration(turn.audio_samples / self.rate),
+                                text_start_offset=sentence.start,
+                                text_end_offset=sentence.end,
                             ),
                         )
                         index += 1

@@ -37,6 +37,8 @@ from services.common.cache import ServiceCache
 from services.common.errors import (
     FieldViolations,
     ServiceError,
+    already_exists,
+    etag_mismatch,
     failed_precondition,
     invalid_argument,
     not_found,
@@ -245,6 +247,46 @@ def _rfc3339(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def _reservation_id(org: str, request_id: str) -> uuid.UUID:
+    """The same id for every retry of one request (AIP-155), a fresh one without request_id."""
+    return uuid.uuid5(RESERVATION_NAMESPACE, f"{org}/{request_id}") if request_id else uuid.uuid4()
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """One ReserveBudget request, checked."""
+
+    id: uuid.UUID
+    org: str
+    api_key: str
+    amount: int
+    currency: str
+    tokens: int
+    ttl_ms: int
+    now: dt.datetime
+    period: dt.datetime  # the month the hold counts in
+
+
+@dataclass(frozen=True)
+class _Cap:
+    """A budget a reservation counts against, and which of its caps apply."""
+
+    budget: Row
+    money: bool
+    tokens: bool
+
+    def script_args(self, seeds: dict[uuid.UUID, Row] | None) -> list[int]:
+        """The reserve script's per-budget ARGV: limits (-1: unchecked), then the settled
+        spend to seed missing counters with (-1: not read from PostgreSQL)."""
+        seed = seeds.get(self.budget["id"]) if seeds is not None else None
+        return [
+            self.budget["monthly_limit_micros"] if self.money else -1,
+            self.budget["monthly_token_limit"] if self.tokens else -1,
+            (seed["spent_micros"] if seed else 0) if seeds is not None else -1,
+            (seed["spent_tokens"] if seed else 0) if seeds is not None else -1,
+        ]
+
+
 class Budgets:
     def __init__(self, store: Store, cache: ServiceCache) -> None:
         self.store = store
@@ -298,113 +340,108 @@ class Budgets:
         amount: int,
         currency: str,
         tokens: int,
-        ttl_ms: int,
+        ttl_ms: int | None,
         request_id: str,
     ) -> Reservation:
+        """Hold `amount` (in `currency`) and `tokens` against every budget that applies to the
+        org and key for `ttl_ms` (None: the default), all or none; a repeat of `request_id`
+        returns the first reservation."""
+        ttl_ms = check_reservation(org, api_key, amount, currency, tokens, ttl_ms, request_id)
         now = dt.datetime.now(dt.UTC)
-        period = month_start(now)
-        reservation_id = (
-            uuid.uuid5(RESERVATION_NAMESPACE, f"{org}/{request_id}") if request_id else uuid.uuid4()
-        )
-        applicable = []
-        for b in await self.store.applicable_budgets(org, api_key):
-            money = b["monthly_limit_micros"] > 0 and b["currency_code"] == currency
-            token = b["monthly_token_limit"] > 0
-            if money or token:
-                applicable.append((b, money, token))
-        keys = [self._reservation_key(reservation_id)]
-        for b, _, _ in applicable:
-            keys.extend(self._counter_keys(b["id"], period))
-        fields: list[Any] = [
-            "id",
-            str(reservation_id),
-            "org",
-            org,
-            "api_key",
-            api_key,
-            "amount",
-            amount,
-            "currency",
-            currency,
-            "tokens",
-            tokens,
-            "period",
-            period.strftime("%Y%m"),
-            "budgets",
-            ",".join(str(b["id"]) for b, _, _ in applicable),
-        ]
-        counter_ttl = int((next_month(period) - now).total_seconds() * 1000) + COUNTER_GRACE_MS
-
-        async def attempt(seeds: dict[uuid.UUID, Row] | None) -> Any:
-            per_budget: list[Any] = []
-            for b, money, token in applicable:
-                seed = seeds.get(b["id"]) if seeds is not None else None
-                per_budget.extend(
-                    [
-                        b["monthly_limit_micros"] if money else -1,
-                        b["monthly_token_limit"] if token else -1,
-                        (seed["spent_micros"] if seed else 0) if seeds is not None else -1,
-                        (seed["spent_tokens"] if seed else 0) if seeds is not None else -1,
-                    ]
-                )
-            # "id" must be the first field (its value is ARGV[7]): the hold member starts with it.
-            return await self._reserve(
-                keys=keys,
-                args=[
-                    ttl_ms,
-                    amount,
-                    tokens,
-                    counter_ttl,
-                    len(fields),
-                    *fields,
-                    *per_budget,
-                    RESERVATION_KEEP_MS,
-                ],
-            )
-
-        # Live counters normally exist: read PostgreSQL's settled spend only to seed them.
-        result = await attempt(None)
+        hold = _Hold(_reservation_id(org, request_id), org, api_key, amount, currency, tokens,
+                     ttl_ms, now, month_start(now))
+        caps = await self._caps(hold)
+        result = await self._hold(hold, caps, seeds=None)
         if _word(result[0]) == "seed":
-            result = await attempt(
-                await self.store.spent([b["id"] for b, _, _ in applicable], period)
-            )
+            # Live counters normally exist: read PostgreSQL's settled spend only to seed them.
+            seeds = await self.store.spent([c.budget["id"] for c in caps], hold.period)
+            result = await self._hold(hold, caps, seeds)
         outcome = _word(result[0])
         if outcome == "dup":
-            existing = await self.get(org, reservation_id)
-            if existing is None:
-                raise not_found(f"{RESERVATION.format(reservation_id)} not found")
-            return existing
+            return await self._existing(org, hold.id)
         if outcome == "over":
-            index, spent, reserved, used_tokens = (int(x) for x in result[1:5])
-            budget, _, _ = applicable[index - 1]
-            usage_metrics.record_budget_rejection(org)
-            self._raise_exceeded(
-                budget, period, currency, spent, reserved, used_tokens, amount, tokens
-            )
-        create_ms, expire_ms = int(result[1]), int(result[2])
+            self._reject(hold, caps, result)
+        return await self._record(hold, caps, create_ms=int(result[1]), expire_ms=int(result[2]))
+
+    async def _caps(self, hold: _Hold) -> list[_Cap]:
+        """The org's and key's budgets with a cap this reservation counts against: a money
+        cap in its currency, or a token cap."""
+        caps = []
+        for b in await self.store.applicable_budgets(hold.org, hold.api_key):
+            money = b["monthly_limit_micros"] > 0 and b["currency_code"] == hold.currency
+            tokens = b["monthly_token_limit"] > 0
+            if money or tokens:
+                caps.append(_Cap(b, money, tokens))
+        return caps
+
+    async def _hold(
+        self, hold: _Hold, caps: list[_Cap], seeds: dict[uuid.UUID, Row] | None
+    ) -> Any:
+        """One run of the reserve script: the reply it documents. `seeds`: PostgreSQL's settled
+        spend per budget, for counters Redis does not have (None: not read yet)."""
+        keys = [self._reservation_key(hold.id)]
+        for cap in caps:
+            keys.extend(self._counter_keys(cap.budget["id"], hold.period))
+        # "id" must be the first field (its value is ARGV[7]): the hold member starts with it.
+        fields: list[Any] = [
+            "id", str(hold.id), "org", hold.org, "api_key", hold.api_key,
+            "amount", hold.amount, "currency", hold.currency, "tokens", hold.tokens,
+            "period", hold.period.strftime("%Y%m"),
+            "budgets", ",".join(str(c.budget["id"]) for c in caps),
+        ]
+        per_budget: list[Any] = []
+        for cap in caps:
+            per_budget.extend(cap.script_args(seeds))
+        counter_ttl = (
+            int((next_month(hold.period) - hold.now).total_seconds() * 1000) + COUNTER_GRACE_MS
+        )
+        return await self._reserve(
+            keys=keys,
+            args=[hold.ttl_ms, hold.amount, hold.tokens, counter_ttl, len(fields), *fields,
+                  *per_budget, RESERVATION_KEEP_MS],
+        )
+
+    async def _existing(self, org: str, reservation_id: uuid.UUID) -> Reservation:
+        """The reservation a previous attempt of the same request made."""
+        existing = await self.get(org, reservation_id)
+        if existing is None:
+            raise not_found(f"{RESERVATION.format(reservation_id)} not found")
+        return existing
+
+    def _reject(self, hold: _Hold, caps: list[_Cap], result: Any) -> None:
+        """The script's 'over' reply as BudgetExceeded, naming the first budget it would pass."""
+        index, spent, reserved, used_tokens = (int(x) for x in result[1:5])
+        usage_metrics.record_budget_rejection(hold.org)
+        self._raise_exceeded(caps[index - 1].budget, hold.period, hold.currency, spent,
+                             reserved, used_tokens, hold.amount, hold.tokens)
+
+    async def _record(
+        self, hold: _Hold, caps: list[_Cap], create_ms: int, expire_ms: int
+    ) -> Reservation:
+        """Keep the reservation Redis holds in PostgreSQL too (the durable truth)."""
         reservation = Reservation(
-            id=reservation_id,
-            org=org,
-            api_key=api_key,
-            amount_micros=amount,
-            currency_code=currency,
-            tokens=tokens,
+            id=hold.id,
+            org=hold.org,
+            api_key=hold.api_key,
+            amount_micros=hold.amount,
+            currency_code=hold.currency,
+            tokens=hold.tokens,
             state=STATE_OPEN,
-            budgets=[b["id"] for b, _, _ in applicable],
+            budgets=[c.budget["id"] for c in caps],
             expire_time=_from_ms(expire_ms),
             create_time=_from_ms(create_ms),
-            period_start=period,
+            period_start=hold.period,
         )
         await self.store.insert_reservation(
             {
                 "id": reservation.id,
-                "org": org,
-                "api_key": api_key,
-                "amount_micros": amount,
-                "currency_code": currency,
-                "tokens": tokens,
+                "org": hold.org,
+                "api_key": hold.api_key,
+                "amount_micros": hold.amount,
+                "currency_code": hold.currency,
+                "tokens": hold.tokens,
                 "budgets": reservation.budgets,
-                "period_start": period,
+                "period_start": hold.period,
                 "expire_time": reservation.expire_time,
             }
         )
@@ -530,9 +567,65 @@ class Budgets:
             )
         return closed
 
+    async def settle(
+        self, org: str | None, reservation_id: uuid.UUID, amount: int, tokens: int
+    ) -> Reservation:
+        """Settle an open reservation at its actual amounts; a repeat with the same amounts
+        returns it, anything else on a closed one is FAILED_PRECONDITION."""
+        check_actuals(amount, tokens)
+        closed = await self.close(org, reservation_id, True, amount, tokens)
+        state_check_for_settle(closed, amount, tokens)
+        return closed
+
+    async def release(self, org: str | None, reservation_id: uuid.UUID) -> Reservation:
+        """Release an open reservation's hold (a repeat returns it; a settled one cannot)."""
+        closed = await self.close(org, reservation_id, False, 0, 0)
+        state_check_for_release(closed)
+        return closed
+
+    # --- budgets -------------------------------------------------------------------------
+
+    async def create_budget(self, org: str, budget: Any, request_id: str) -> Row:
+        """CreateBudget: one budget per scope and currency."""
+        row, _ = await self.store.create_budget(new_budget(org, budget, request_id))
+        if not row:
+            raise already_exists(
+                "a budget for this scope and currency already exists", reason="BUDGET_EXISTS"
+            )
+        return row
+
+    async def get_budget(self, org: str, name: str) -> Row:
+        row = await self.store.get_budget(org, _budget_id(name))
+        if row is None:
+            raise not_found(f"{name} not found")
+        return row
+
+    async def update_budget(self, org: str, budget: Any, paths: list[str]) -> Row:
+        """UpdateBudget: the fields in `paths`, guarded by the budget's etag when given."""
+        budget_id = _budget_id(budget.name)
+        row = await self.store.get_budget(org, budget_id)
+        check_update_mask(budget, paths)
+        if row is None:
+            raise not_found(f"{budget.name} not found")
+        changes, version = budget_changes(row, budget, paths)
+        updated = await self.store.update_budget(org, budget_id, changes, version)
+        if updated is None:
+            raise etag_mismatch(budget.name)
+        return updated
+
+    async def delete_budget(self, org: str, name: str, allow_missing: bool) -> None:
+        if not await self.store.delete_budget(org, _budget_id(name)) and not allow_missing:
+            raise not_found(f"{name} not found")
+
     async def expire_stale(self) -> int:
         """Mark lapsed reservations EXPIRED in PostgreSQL (Redis purges their holds itself)."""
         return await self.store.expire_reservations(dt.datetime.now(dt.UTC))
+
+
+def _budget_id(name: str) -> uuid.UUID:
+    budget_id = BUDGET.uuid(name, "name")
+    assert budget_id is not None
+    return budget_id
 
 
 def _from_row(row: Row) -> Reservation:
@@ -591,18 +684,9 @@ DEFAULT_TTL_MS, MIN_TTL_MS, MAX_TTL_MS = 300_000, 1000, 3_600_000
 def _check_caps(b: Any, v: FieldViolations, fields: set[str] | frozenset[str]) -> None:
     if "display_name" in fields:
         v.check(len(b.display_name) <= 100, "budget.display_name", "at most 100 characters")
-    if "monthly_limit_micros" in fields:
-        v.check(
-            0 <= b.monthly_limit_micros <= MAX_AMOUNT,
-            "budget.monthly_limit_micros",
-            f"must be 0..{MAX_AMOUNT}",
-        )
-    if "monthly_token_limit" in fields:
-        v.check(
-            0 <= b.monthly_token_limit <= MAX_AMOUNT,
-            "budget.monthly_token_limit",
-            f"must be 0..{MAX_AMOUNT}",
-        )
+    for cap in ("monthly_limit_micros", "monthly_token_limit"):
+        if cap in fields:
+            v.check(0 <= getattr(b, cap) <= MAX_AMOUNT, f"budget.{cap}", f"must be 0..{MAX_AMOUNT}")
 
 
 def new_budget(org: str, b: Any, request_id: str) -> Row:
@@ -681,29 +765,22 @@ def budget_changes(row: Row, b: Any, paths: list[str]) -> tuple[Row, int | None]
     return changes, int(b.etag)
 
 
-def reservation_ttl_ms(org: str, request: Any) -> int:
-    """A ReserveBudget request's hold lifetime, after checking its amounts, currency, key and
-    ttl."""
+def check_reservation(
+    org: str, api_key: str, amount: int, currency: str, tokens: int, ttl_ms: int | None,
+    request_id: str,
+) -> int:
+    """A ReserveBudget request's amounts, currency, key and ttl; returns the hold's lifetime
+    (`ttl_ms`, or the default when None)."""
     v = FieldViolations()
-    check_api_key(request.api_key, "api_key", v, org)
-    v.check(
-        0 <= request.estimated_amount_micros <= MAX_AMOUNT,
-        "estimated_amount_micros",
-        f"must be 0..{MAX_AMOUNT}",
-    )
-    v.check(valid_currency(request.currency_code), "currency_code", "an ISO 4217 code like USD")
-    v.check(
-        0 <= request.estimated_tokens <= MAX_AMOUNT, "estimated_tokens", f"must be 0..{MAX_AMOUNT}"
-    )
-    ttl_ms = DEFAULT_TTL_MS
-    if request.HasField("ttl"):
-        ttl_ms = request.ttl.ToMilliseconds()
+    check_api_key(api_key, "api_key", v, org)
+    v.check(0 <= amount <= MAX_AMOUNT, "estimated_amount_micros", f"must be 0..{MAX_AMOUNT}")
+    v.check(valid_currency(currency), "currency_code", "an ISO 4217 code like USD")
+    v.check(0 <= tokens <= MAX_AMOUNT, "estimated_tokens", f"must be 0..{MAX_AMOUNT}")
+    if ttl_ms is None:
+        ttl_ms = DEFAULT_TTL_MS
+    else:
         v.check(MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS, "ttl", "must be between 1 s and 1 h")
-    v.check(
-        len(request.request_id) <= MAX_REQUEST_ID,
-        "request_id",
-        f"at most {MAX_REQUEST_ID} characters",
-    )
+    v.check(len(request_id) <= MAX_REQUEST_ID, "request_id", f"at most {MAX_REQUEST_ID} characters")
     v.raise_if_any()
     return ttl_ms
 

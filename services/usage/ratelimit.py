@@ -22,6 +22,7 @@ ever set it, AIMESH_RATELIMIT_DEFAULT_ORG_RPM / AIMESH_RATELIMIT_DEFAULT_KEY_RPM
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -239,3 +240,36 @@ def check_policy(p: Any, v: FieldViolations) -> None:
         f"must be 1..{MAX_RPM}",
     )
     v.check(len(p.plan) <= 200, "policy.plan", "at most 200 characters")
+
+
+class Policies:
+    """Get/SetRateLimitPolicy: the stored policies, kept in step with the limiter's cache."""
+
+    def __init__(self, store: Store, limiter: RateLimiter) -> None:
+        self.store = store
+        self.limiter = limiter
+
+    async def get(self, org: str) -> tuple[Policy, dt.datetime | None]:
+        """The org's policy and when it was set; the default (no time) when it has none."""
+        row = None if org == DEFAULT_POLICY_ORG else await self.store.get_rate_limit_policy(org)
+        if row is None:
+            return await self.limiter.default_policy(), None
+        return Policy(row["org_rpm"], row["key_rpm"], row["plan"]), row["update_time"]
+
+    async def set(self, p: Any) -> tuple[str, Policy, dt.datetime]:
+        """Store a policy (a usage.v1.RateLimitPolicy) for the org it names, or the default
+        (the AIP-159 "-" for an id); the limiter sees it at its next check. Returns the org."""
+        v = FieldViolations()
+        org = (
+            DEFAULT_POLICY_ORG
+            if p.name == DEFAULT_POLICY_NAME
+            else RATE_LIMIT_POLICY.id(p.name, "policy.name", v)
+        )
+        check_policy(p, v)
+        v.raise_if_any()
+        row = await self.store.set_rate_limit_policy(
+            org, p.organization_requests_per_minute, p.api_key_requests_per_minute, p.plan
+        )
+        policy = Policy(row["org_rpm"], row["key_rpm"], row["plan"])
+        await self.limiter.policy_changed(org, policy)
+        return org, policy, row["update_time"]

@@ -30,11 +30,7 @@ from redis.exceptions import RedisError
 
 from services.common import mesh_policy, tls
 from services.common.errors import (
-    FieldViolations,
-    already_exists,
-    etag_mismatch,
     invalid_argument,
-    not_found,
     permission_denied,
     unauthenticated,
     unavailable,
@@ -43,7 +39,6 @@ from services.common.identity import Identity, identity_from_metadata, require_i
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
-from services.usage import budgets as budget_rules
 from services.usage import ledger
 from services.usage.budgets import BUDGET, RESERVATION, Budgets, Reservation
 from services.usage.ledger import ORGANIZATION
@@ -51,9 +46,9 @@ from services.usage.ratelimit import (
     DEFAULT_POLICY_NAME,
     DEFAULT_POLICY_ORG,
     RATE_LIMIT_POLICY,
+    Policies,
     Policy,
     RateLimiter,
-    check_policy,
 )
 from services.usage.store import RecordFilter, Row, Store
 
@@ -164,6 +159,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self.store = Store(runtime.db)
         self.limiter = _limiter(runtime)
         self.budgets = Budgets(self.store, runtime.cache)
+        self.policies = Policies(self.store, self.limiter)
         self.pages = Paginator(runtime.settings)
         runtime.spawn(self._sweep_expired(), "usage-reservation-expiry")
 
@@ -271,30 +267,16 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.CreateBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Budget:
         identity = require_identity(context.invocation_metadata() or ())
-        row, _ = await self.store.create_budget(
-            budget_rules.new_budget(identity.org, request.budget, request.request_id)
-        )
-        if not row:
-            raise already_exists(
-                "a budget for this scope and currency already exists", reason="BUDGET_EXISTS"
-            )
+        row = await self.budgets.create_budget(identity.org, request.budget, request.request_id)
         return await self._budget_message(row)
-
-    async def _load_budget(
-        self, name: str, context: grpc.aio.ServicerContext
-    ) -> tuple[Identity, Row | None, uuid.UUID]:
-        identity = require_identity(context.invocation_metadata() or ())
-        budget_id = BUDGET.uuid(name, "name")
-        assert budget_id is not None
-        return identity, await self.store.get_budget(identity.org, budget_id), budget_id
 
     async def GetBudget(
         self, request: usage_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Budget:
-        _, row, _ = await self._load_budget(request.name, context)
-        if row is None:
-            raise not_found(f"{request.name} not found")
-        return await self._budget_message(row)
+        identity = require_identity(context.invocation_metadata() or ())
+        return await self._budget_message(
+            await self.budgets.get_budget(identity.org, request.name)
+        )
 
     async def ListBudgets(
         self, request: usage_pb2.ListBudgetsRequest, context: grpc.aio.ServicerContext
@@ -310,26 +292,17 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def UpdateBudget(
         self, request: usage_pb2.UpdateBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Budget:
-        identity, row, budget_id = await self._load_budget(request.budget.name, context)
-        paths = list(request.update_mask.paths)
-        budget_rules.check_update_mask(request.budget, paths)
-        if row is None:
-            raise not_found(f"{request.budget.name} not found")
-        changes, version = budget_rules.budget_changes(row, request.budget, paths)
-        updated = await self.store.update_budget(identity.org, budget_id, changes, version)
-        if updated is None:
-            raise etag_mismatch(request.budget.name)
+        identity = require_identity(context.invocation_metadata() or ())
+        updated = await self.budgets.update_budget(
+            identity.org, request.budget, list(request.update_mask.paths)
+        )
         return await self._budget_message(updated)
 
     async def DeleteBudget(
         self, request: usage_pb2.DeleteBudgetRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        identity, _, budget_id = await self._load_budget(request.name, context)
-        if (
-            not await self.store.delete_budget(identity.org, budget_id)
-            and not request.allow_missing
-        ):
-            raise not_found(f"{request.name} not found")
+        identity = require_identity(context.invocation_metadata() or ())
+        await self.budgets.delete_budget(identity.org, request.name, request.allow_missing)
         return empty_pb2.Empty()
 
     # --- reservations --------------------------------------------------------------------
@@ -338,14 +311,13 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
         org = _resolve_org(_identity(context), request.organization, "organization")
-        ttl_ms = budget_rules.reservation_ttl_ms(org, request)
         reservation = await self.budgets.reserve(
             org,
             request.api_key,
             request.estimated_amount_micros,
             request.currency_code,
             request.estimated_tokens,
-            ttl_ms,
+            request.ttl.ToMilliseconds() if request.HasField("ttl") else None,
             request.request_id,
         )
         return _reservation_message(reservation)
@@ -362,56 +334,37 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.SettleReservationRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
         org, reservation_id = self._reservation_target(request.name, context)
-        budget_rules.check_actuals(request.actual_amount_micros, request.actual_tokens)
-        r = await self.budgets.close(
-            org, reservation_id, True, request.actual_amount_micros, request.actual_tokens
+        r = await self.budgets.settle(
+            org, reservation_id, request.actual_amount_micros, request.actual_tokens
         )
-        budget_rules.state_check_for_settle(r, request.actual_amount_micros, request.actual_tokens)
         return _reservation_message(r)
 
     async def ReleaseReservation(
         self, request: usage_pb2.ReleaseReservationRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
         org, reservation_id = self._reservation_target(request.name, context)
-        r = await self.budgets.close(org, reservation_id, False, 0, 0)
-        budget_rules.state_check_for_release(r)
-        return _reservation_message(r)
+        return _reservation_message(await self.budgets.release(org, reservation_id))
 
     # --- rate-limit policy ---------------------------------------------------------------
 
     async def GetRateLimitPolicy(
         self, request: usage_pb2.GetRateLimitPolicyRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RateLimitPolicy:
-        if request.name == DEFAULT_POLICY_NAME:
-            return _policy_message(DEFAULT_POLICY_ORG, await self.limiter.default_policy())
-        org = RATE_LIMIT_POLICY.id(request.name, "name")
-        _resolve_org(_identity(context), ORGANIZATION.format(org), "name")
-        row = await self.store.get_rate_limit_policy(org)
-        if row is None:
-            return _policy_message(org, await self.limiter.default_policy())
-        return _policy_message(
-            org, Policy(row["org_rpm"], row["key_rpm"], row["plan"]), row["update_time"]
+        org = (
+            DEFAULT_POLICY_ORG
+            if request.name == DEFAULT_POLICY_NAME
+            else RATE_LIMIT_POLICY.id(request.name, "name")
         )
+        if org != DEFAULT_POLICY_ORG:
+            _resolve_org(_identity(context), ORGANIZATION.format(org), "name")
+        policy, update_time = await self.policies.get(org)
+        return _policy_message(org, policy, update_time)
 
     async def SetRateLimitPolicy(
         self, request: usage_pb2.SetRateLimitPolicyRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RateLimitPolicy:
-        p = request.policy
-        v = FieldViolations()
-        # The default policy (organizations without their own) has the AIP-159 "-" for an id.
-        org = (
-            DEFAULT_POLICY_ORG
-            if p.name == DEFAULT_POLICY_NAME
-            else RATE_LIMIT_POLICY.id(p.name, "policy.name", v)
-        )
-        check_policy(p, v)
-        v.raise_if_any()
-        row = await self.store.set_rate_limit_policy(
-            org, p.organization_requests_per_minute, p.api_key_requests_per_minute, p.plan
-        )
-        policy = Policy(row["org_rpm"], row["key_rpm"], row["plan"])
-        await self.limiter.policy_changed(org, policy)
-        return _policy_message(org, policy, row["update_time"])
+        org, policy, update_time = await self.policies.set(request.policy)
+        return _policy_message(org, policy, update_time)
 
 
 def _record_message(row: Row) -> usage_pb2.UsageRecord:

@@ -137,18 +137,12 @@ class Store:
         if f.end is not None:
             clauses.append("occur_time < %s")
             args.append(f.end)
-        if f.resource_type:
-            clauses.append("resource_type = %s")
-            args.append(f.resource_type)
-        if f.model:
-            clauses.append("model = %s")
-            args.append(f.model)
-        if f.api_key:
-            clauses.append("api_key = %s")
-            args.append(f.api_key)
-        if f.user:
-            clauses.append("user_name = %s")
-            args.append(f.user)
+        equal = {"resource_type": f.resource_type, "model": f.model, "api_key": f.api_key,
+                 "user_name": f.user}
+        for column, value in equal.items():
+            if value:  # unset filters are 0 / ""
+                clauses.append(f"{column} = %s")
+                args.append(value)
         return clauses, args
 
     async def list_records(

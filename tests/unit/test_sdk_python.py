@@ -82,3 +82,51 @@ def test_addresses_and_deadlines() -> None:
     assert settings.deadline(listing, None) == 30.0
     assert settings.deadline(listing, 2.0) == 2.0
     assert settings.metadata() == [("x-api-key", "amk_x")]
+
+
+def test_recognition_config_carries_endpointing_only_when_asked() -> None:
+    from aimesh_sdk import audio
+
+    default = audio.recognition_config(16000)
+    assert not default.HasField("endpointing") and not default.single_utterance
+    tuned = audio.recognition_config(48000, silence_ms=400, max_utterance_seconds=12.5,
+                                     speech_start_timeout_seconds=3, single_utterance=True,
+                                     interim_results=True)
+    assert tuned.endpointing.silence_duration.ToMilliseconds() == 400
+    assert tuned.endpointing.max_utterance_duration.ToMilliseconds() == 12_500
+    assert tuned.endpointing.speech_start_timeout.ToSeconds() == 3
+    assert tuned.config.sample_rate_hertz == 48000 and tuned.single_utterance
+
+
+def test_microphone_chunks_stop_at_the_limit_or_on_stop() -> None:
+    from types import SimpleNamespace
+
+    from aimesh_sdk import audio
+
+    ok = SimpleNamespace(input_overflow=False)
+    mic = audio.Microphone(16000, seconds=0.25)  # 4,000 samples = 8,000 bytes
+    for _ in range(5):  # what the device callback delivers: 100 ms blocks
+        mic._on_audio(b"\x01\x00" * 1600, 1600, None, ok)
+    assert [len(c) for c in mic.chunks()] == [3200, 3200, 1600]
+    mic = audio.Microphone(16000)
+    mic._on_audio(b"\x01\x00" * 1600, 1600, None, SimpleNamespace(input_overflow=True))
+    mic.stop()
+    mic._on_audio(b"\x02\x00" * 1600, 1600, None, ok)  # after stop(): dropped
+    assert list(mic.chunks()) == [b"\x01\x00" * 1600] and mic.overflows == 1
+    requests = list(audio.stream_requests(iter([b"ab", b"cd"]), 16000, interim_results=True))
+    assert requests[0].streaming_config.interim_results
+    assert [r.audio_content for r in requests[1:]] == [b"ab", b"cd"]
+
+
+def test_cli_parser_commands_and_transcribe_options() -> None:
+    from aimesh_sdk import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["transcribe", "--mic", "--seconds", "5", "--no-interim",
+                              "--silence-ms", "300", "--device", "2"])
+    assert args.mic and args.seconds == 5 and args.interim is False and args.silence_ms == 300
+    assert cli._audio_device(args.device) == 2 and cli._audio_device("USB") == "USB"
+    assert parser.parse_args(["transcribe", "a.wav"]).interim is None
+    for argv in (["keys", "list"], ["docs", "rm", "documents/x"], ["budgets", "create"],
+                 ["login", "--email", "a@b.c"], ["invoices"], ["speak", "hi", "-o", "x.wav"]):
+        assert callable(parser.parse_args(argv).func), argv

@@ -6,6 +6,7 @@
     aimesh docs search "vacation policy"
     aimesh chat "How many vacation days do I get?" --doc documents/...
     aimesh speak "Hello there" -o hello.wav && aimesh transcribe hello.wav
+    aimesh transcribe --mic                                        # live, until Ctrl-C
     aimesh usage --days 7 --by model
     aimesh --json docs list | jq .
 
@@ -25,6 +26,10 @@ Exit codes:
        ALREADY_EXISTS, OUT_OF_RANGE, ABORTED)
     7  rate limit, quota or budget used up (RESOURCE_EXHAUSTED)
     8  gateway unreachable or too slow (UNAVAILABLE, DEADLINE_EXCEEDED)
+    9  no audio input (transcribe --mic): no input device, the device refused the format, or
+       the microphone support (pip install 'aimesh-sdk[mic]', libportaudio2) is missing
+  130  interrupted (Ctrl-C; for transcribe --mic the first Ctrl-C stops listening and exits 0
+       after the last results, a second one aborts)
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import datetime as dt
 import getpass
 import json
 import os
+import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,11 +56,12 @@ from aimesh.usage.v1 import usage_pb2
 from google.protobuf import json_format
 from google.protobuf import message as message_mod
 
-from aimesh_sdk import errors
+from aimesh_sdk import audio, errors
 from aimesh_sdk.client import DEFAULT_ADDRESS, Client
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAUTHENTICATED, EXIT_DENIED = 0, 1, 2, 3, 4
 EXIT_NOT_FOUND, EXIT_INVALID, EXIT_EXHAUSTED, EXIT_UNREACHABLE = 5, 6, 7, 8
+EXIT_NO_AUDIO, EXIT_INTERRUPTED = 9, 130
 
 _EXIT_BY_CODE = {
     grpc.StatusCode.UNAUTHENTICATED: EXIT_UNAUTHENTICATED,
@@ -408,10 +416,17 @@ def cmd_chat(s: Session, args: argparse.Namespace) -> None:
 
 
 def cmd_transcribe(s: Session, args: argparse.Namespace) -> None:
+    if args.mic == bool(args.file):
+        raise CliError("transcribe needs a WAV FILE or --mic (one of them)",
+                       "aimesh transcribe speech.wav, or aimesh transcribe --mic", EXIT_USAGE)
+    if args.mic:
+        transcribe_microphone(s, args)
+        return
     finals: list[str] = []
     try:
-        for response in s.client.transcribe_stream(args.file, interim_results=args.interim,
-                                                   realtime=args.realtime):
+        for response in s.client.transcribe_stream(
+                args.file, interim_results=bool(args.interim), realtime=args.realtime,
+                language_code=args.language):
             for result in response.results:
                 if not result.alternatives:
                     continue
@@ -426,6 +441,82 @@ def cmd_transcribe(s: Session, args: argparse.Namespace) -> None:
         raise CliError(f"{args.file}: {exc}", "convert it: ffmpeg -i IN -ac 1 -c:a pcm_s16le "
                        "out.wav", EXIT_USAGE) from None
     emit(args, {"transcript": " ".join(finals), "utterances": finals}, lambda: None)
+
+
+class LiveTranscript:
+    """Prints recognition results as they arrive. Text: each final on its own line; on a
+    terminal the current interim overwrites one line until its final replaces it (piped
+    output gets finals only). --json: one JSON object per result, interims included."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json_lines = json_lines
+        self.tty = sys.stdout.isatty()
+        self.line_open = False  # an interim is shown on the current line
+
+    def show(self, response: Any) -> None:
+        for result in response.results:
+            if not result.alternatives:
+                continue
+            text = result.alternatives[0].transcript
+            if self.json_lines:
+                print(json.dumps({**as_dict(result), "isFinal": result.is_final,
+                                  "transcript": text}), flush=True)
+            elif result.is_final:
+                print(("\r\033[K" if self.line_open else "") + text, flush=True)
+                self.line_open = False
+            elif self.tty:
+                width = shutil.get_terminal_size().columns - 2
+                print("\r\033[K" + ("…" + text[-width + 1:] if len(text) > width else text),
+                      end="", flush=True)
+                self.line_open = True
+
+    def close(self) -> None:
+        if self.line_open:
+            print(flush=True)
+            self.line_open = False
+
+
+def _audio_device(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def _stop_on_first_interrupt(mic: audio.Microphone) -> Callable[[int, Any], None]:
+    """Ctrl-C once: stop listening, let the pending utterance finish; twice: abort."""
+    def handler(signum: int, frame: Any) -> None:
+        mic.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nstopping: finishing the last utterance (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+    return handler
+
+
+def transcribe_microphone(s: Session, args: argparse.Namespace) -> None:
+    if args.seconds is not None and args.seconds <= 0:
+        raise CliError("--seconds must be positive", "e.g. --seconds 10", EXIT_USAGE)
+    mic = audio.Microphone(args.sample_rate, device=_audio_device(args.device),
+                           seconds=args.seconds)
+    try:
+        mic.open()
+    except audio.MicrophoneUnavailable as exc:
+        raise CliError(str(exc), exc.fix, EXIT_NO_AUDIO) from None
+    printer = LiveTranscript(args.json)
+    previous = signal.signal(signal.SIGINT, _stop_on_first_interrupt(mic))
+    try:
+        until = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
+        print(f"listening {until} …", file=sys.stderr, flush=True)
+        for response in s.client.transcribe_microphone(
+                mic, interim_results=args.interim is not False, language_code=args.language,
+                single_utterance=args.single_utterance, silence_ms=args.silence_ms,
+                max_utterance_seconds=args.max_utterance_seconds,
+                speech_start_timeout_seconds=args.speech_start_timeout):
+            printer.show(response)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        mic.close()
+        printer.close()
+    if mic.overflows:
+        print(f"warning: {mic.overflows} audio chunks were dropped (the machine was too busy)",
+              file=sys.stderr)
 
 
 def cmd_speak(s: Session, args: argparse.Namespace) -> None:
@@ -512,11 +603,18 @@ def _uuid() -> str:
 
 # --- argument parsing ---------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aimesh", description="Command-line client of the aimesh gateway.",
-        epilog="Exit codes:" + (__doc__ or "").split("Exit codes:", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+Command = Callable[[Session, argparse.Namespace], None]
+
+
+def _command(parent: Any, name: str, func: Command, help_: str,
+             auth: bool = True) -> argparse.ArgumentParser:
+    """One sub-command; `auth` says whether it needs credentials."""
+    p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+    p.set_defaults(func=func, needs_auth=auth)
+    return p
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="gateway host:port or URL (default: config, "
                         f"$AIMESH_GATEWAY_ADDR, {DEFAULT_ADDRESS})")
     parser.add_argument("--api-key", help="API key for this command (default: $AIMESH_API_KEY, "
@@ -524,59 +622,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="deadline of each unary call in seconds (default 30)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[Session, argparse.Namespace], None], help_: str,
-            parent: Any = sub, auth: bool = True) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
-        p.set_defaults(func=func, needs_auth=auth)
-        return p
 
-    p = add("signup", cmd_signup, "create a user and organization, and log in", auth=False)
+def _add_account_commands(sub: Any) -> None:
+    p = _command(sub, "signup", cmd_signup, "create a user and organization, and log in",
+                 auth=False)
     p.add_argument("--email", required=True)
     p.add_argument("--organization", required=True, help="display name of the new organization")
     p.add_argument("--display-name", default="", help="your name")
     p.add_argument("--password", help="default: $AIMESH_PASSWORD, else prompted")
-    p = add("login", cmd_login, "log in with e-mail and password, or save an API key", auth=False)
+    p = _command(sub, "login", cmd_login, "log in with e-mail and password, or save an API key",
+                 auth=False)
     p.add_argument("--email")
     p.add_argument("--password", help="default: $AIMESH_PASSWORD, else prompted")
     p.add_argument("--organization", help="organizations/… when you belong to several (with "
                    "--with-api-key: the key's organization, for `keys` commands)")
     p.add_argument("--with-api-key", dest="api_key_login", metavar="KEY",
                    help="save this API key instead of logging in with a password")
-    add("logout", cmd_logout, "forget the saved login (and revoke its refresh token)", auth=False)
-    add("whoami", cmd_whoami, "show the signed-in user, organization and roles")
-    add("models", cmd_models, "list the models chat can use")
+    _command(sub, "logout", cmd_logout, "forget the saved login (and revoke its refresh token)",
+             auth=False)
+    _command(sub, "whoami", cmd_whoami, "show the signed-in user, organization and roles")
+    _command(sub, "models", cmd_models, "list the models chat can use")
 
-    keys = add("keys", cmd_keys_list, "manage API keys").add_subparsers(
+
+def _add_keys_commands(sub: Any) -> None:
+    keys = _command(sub, "keys", cmd_keys_list, "manage API keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION")
-    p = add("create", cmd_keys_create, "create an API key (its secret is shown once)", keys)
+    p = _command(keys, "create", cmd_keys_create, "create an API key (its secret is shown once)")
     p.add_argument("display_name", metavar="NAME")
     p.add_argument("--scope", action="append", help="limit the key (repeatable), e.g. inference, "
                    "knowledge.read, knowledge.write, speech, usage.read")
-    p = add("list", cmd_keys_list, "list API keys", keys)
+    p = _command(keys, "list", cmd_keys_list, "list API keys")
     p.add_argument("--all", action="store_true", help="include revoked and expired keys")
-    p = add("revoke", cmd_keys_revoke, "revoke an API key", keys)
+    p = _command(keys, "revoke", cmd_keys_revoke, "revoke an API key")
     p.add_argument("key", metavar="KEY", help="key id or organizations/…/apiKeys/… name")
 
-    docs = add("docs", cmd_docs_list, "manage and search documents").add_subparsers(
+
+def _add_docs_commands(sub: Any) -> None:
+    docs = _command(sub, "docs", cmd_docs_list, "manage and search documents").add_subparsers(
         dest="docs_command", required=True, metavar="ACTION")
-    p = add("upload", cmd_docs_upload, "upload a file (text, Markdown, HTML, PDF)", docs)
+    p = _command(docs, "upload", cmd_docs_upload, "upload a file (text, Markdown, HTML, PDF)")
     p.add_argument("file")
     p.add_argument("--name", help="display name (default: the file name)")
     p.add_argument("--mime-type", help="default: guessed from the file name")
     p.add_argument("--wait", action="store_true", help="wait until it is READY (or FAILED)")
     p.add_argument("--wait-timeout", type=float, default=300.0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add("list", cmd_docs_list, "list documents", docs)
-    p = add("search", cmd_docs_search, "search documents (hybrid: semantic + keyword)", docs)
+    _command(docs, "list", cmd_docs_list, "list documents")
+    p = _command(docs, "search", cmd_docs_search, "search documents (hybrid: semantic + keyword)")
     p.add_argument("query")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--doc", action="append", help="only this document (repeatable)")
-    p = add("rm", cmd_docs_rm, "delete documents", docs)
+    p = _command(docs, "rm", cmd_docs_rm, "delete documents")
     p.add_argument("documents", nargs="+", metavar="DOCUMENT")
 
-    p = add("chat", cmd_chat, "send a message and stream the answer")
+
+def _add_chat_command(sub: Any) -> None:
+    p = _command(sub, "chat", cmd_chat, "send a message and stream the answer")
     p.add_argument("message")
     p.add_argument("--doc", action="append", help="ground the answer in this document "
                    "(repeatable); citations are printed after the answer")
@@ -584,34 +686,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="models/… (default: the platform default)")
     p.add_argument("--conversation", help="continue conversations/… (default: a new one)")
 
-    p = add("transcribe", cmd_transcribe, "transcribe a mono 16-bit WAV file (streaming)")
-    p.add_argument("file")
-    p.add_argument("--interim", action="store_true", help="show interim results")
+
+def _add_transcribe_command(sub: Any) -> None:
+    p = _command(sub, "transcribe", cmd_transcribe,
+                 "transcribe a mono 16-bit WAV file, or the microphone (--mic), streaming")
+    p.add_argument("file", nargs="?", help="WAV file (or use --mic)")
+    p.add_argument("--mic", action="store_true", help="listen to the microphone until Ctrl-C "
+                   "(or --seconds); needs the mic extra: pip install 'aimesh-sdk[mic]'")
+    p.add_argument("--seconds", type=float, help="with --mic: stop after this much audio")
+    p.add_argument("--device", help="with --mic: input device index or name (default: the "
+                   "system's default input; list them with python -m sounddevice)")
+    p.add_argument("--sample-rate", type=int, default=16000,
+                   help="with --mic: capture rate in Hz, 8000-48000 (default 16000)")
+    p.add_argument("--interim", action=argparse.BooleanOptionalAction, default=None,
+                   help="show interim results (default: on with --mic, off for files)")
+    p.add_argument("--language", default="en-US", help="BCP-47 language (default en-US)")
+    p.add_argument("--silence-ms", type=int, help="silence that ends an utterance, 200-5000 "
+                   "(default: the server's 500)")
+    p.add_argument("--max-utterance-seconds", type=float,
+                   help="longest utterance before it is cut, 1-60 (default 30)")
+    p.add_argument("--speech-start-timeout", type=float, metavar="SECONDS",
+                   help="stop when nobody speaks for this long, 1-60 (default: never)")
+    p.add_argument("--single-utterance", action="store_true",
+                   help="stop after the first utterance")
     p.add_argument("--realtime", type=float, default=0.0,
-                   help="pace audio like a microphone: 1 = real time (default 0: as fast as "
-                   "possible)")
-    p = add("speak", cmd_speak, "synthesize speech into a WAV file")
+                   help="files: pace audio like a microphone: 1 = real time (default 0: as "
+                   "fast as possible)")
+
+
+def _add_speak_command(sub: Any) -> None:
+    p = _command(sub, "speak", cmd_speak, "synthesize speech into a WAV file")
     p.add_argument("text")
     p.add_argument("-o", "--output", required=True, help="WAV file to write")
     p.add_argument("--voice", help="voices/… (default: the platform default)")
     p.add_argument("--sample-rate", type=int, default=22050)
 
-    p = add("usage", cmd_usage, "summarize metered usage")
+
+def _add_billing_commands(sub: Any) -> None:
+    p = _command(sub, "usage", cmd_usage, "summarize metered usage")
     p.add_argument("--days", type=int, default=30, help="period: the last N days (default 30)")
     p.add_argument("--by", action="append", choices=sorted(_GROUPS),
                    help="also group by (repeatable)")
-
-    budgets = add("budgets", cmd_budgets_list, "monthly spend and token budgets").add_subparsers(
+    budgets = _command(sub, "budgets", cmd_budgets_list,
+                       "monthly spend and token budgets").add_subparsers(
         dest="budgets_command", metavar="ACTION")
-    add("list", cmd_budgets_list, "list budgets", budgets)
-    p = add("create", cmd_budgets_create, "create an organization budget", budgets)
+    _command(budgets, "list", cmd_budgets_list, "list budgets")
+    p = _command(budgets, "create", cmd_budgets_create, "create an organization budget")
     p.add_argument("--display-name", default="")
     p.add_argument("--amount", type=float, help="monthly money cap, e.g. 25 (with --currency)")
     p.add_argument("--currency", default="USD")
     p.add_argument("--tokens", type=int, help="monthly token cap")
-    p = add("rm", cmd_budgets_rm, "delete a budget", budgets)
+    p = _command(budgets, "rm", cmd_budgets_rm, "delete a budget")
     p.add_argument("budget")
-    add("invoices", cmd_invoices, "list invoices")
+    _command(sub, "invoices", cmd_invoices, "list invoices")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aimesh", description="Command-line client of the aimesh gateway.",
+        epilog="Exit codes:" + (__doc__ or "").split("Exit codes:", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_commands in (_add_account_commands, _add_keys_commands, _add_docs_commands,
+                         _add_chat_command, _add_transcribe_command, _add_speak_command,
+                         _add_billing_commands):
+        add_commands(sub)
     return parser
 
 
@@ -683,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except errors.AimeshError as exc:
         fail(*explain(exc, session.address if session else "?"))
     except KeyboardInterrupt:
-        fail("interrupted", "", 130)
+        fail("interrupted", "", EXIT_INTERRUPTED)
     finally:
         if session is not None:
             session.close()

@@ -496,13 +496,31 @@ class Client(_BaseClient):
         realtime > 0) and yields the responses: interim and final results."""
         pcm, rate = audio.read_wav(path)
         pcm += audio.silence(1.0, rate)  # a pause ends the last utterance naturally
-        requests = audio.iter_recognize_requests(
-            pcm, rate, realtime=realtime, interim_results=interim_results,
-            language_code=language_code)
+        chunks = audio.paced_blocking(audio.pcm_chunks(pcm, rate), rate, realtime)
+        return self.transcribe_chunks(chunks, rate, interim_results=interim_results,
+                                      language_code=language_code, timeout=timeout)
+
+    def transcribe_chunks(
+        self, chunks: Iterable[bytes], sample_rate: int, *, timeout: float | None = None,
+        **config: Any,
+    ) -> Iterator[speech_pb2.StreamingRecognizeResponse]:
+        """Streams live PCM16 mono chunks (e.g. audio.Microphone.chunks()) to
+        StreamingRecognize and yields the responses as they come; the stream half-closes when
+        `chunks` ends. Keywords as audio.recognition_config (interim_results, language_code,
+        single_utterance, silence_ms, max_utterance_seconds, speech_start_timeout_seconds)."""
+        requests = audio.stream_requests(chunks, sample_rate, **config)
         for response in self.speech.StreamingRecognize(requests, timeout=timeout):
             if response.HasField("error") and response.error.code:
                 raise from_status(response.error)
             yield response
+
+    def transcribe_microphone(
+        self, microphone: audio.Microphone, *, timeout: float | None = None, **config: Any,
+    ) -> Iterator[speech_pb2.StreamingRecognizeResponse]:
+        """Streams an opened audio.Microphone until microphone.stop() (or its `seconds`), then
+        yields the remaining results. Keywords as transcribe_chunks."""
+        return self.transcribe_chunks(microphone.chunks(), microphone.sample_rate,
+                                      timeout=timeout, **config)
 
     def transcribe(self, path: str | Path, **kw: Any) -> str:
         """The final transcript of a WAV file (StreamingRecognize), utterances joined."""

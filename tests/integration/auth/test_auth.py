@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+import httpx
 import psycopg
 import pytest
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -23,10 +24,11 @@ from envoy_api.service.auth.v3 import (
     external_auth_pb2_grpc,
 )
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
-from services.auth import crypto
+from services.auth import crypto, signing_keys
 from services.common.channels import open_channel
 from services.common.errors import error_info, field_violations, status_from_rpc_error
 from services.common.identity import PLATFORM_ADMIN_SCOPE
@@ -292,13 +294,54 @@ async def test_check_falls_back_to_postgres_without_redis(
         assert denied.denied_response.status.code == 401
 
 
+async def _rotate(admin: auth_pb2_grpc.AuthServiceStub, metadata: tuple[tuple[str, str], ...]
+                  ) -> auth_pb2.SigningKey:
+    """Rotate, waiting out NEXT_KEY_NOT_PUBLISHED (the keys were created moments ago)."""
+    while True:
+        try:
+            return await admin.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(
+                request_id=str(uuid.uuid4())), metadata=metadata, timeout=30)
+        except grpc.aio.AioRpcError as refused:
+            if _refusal_reason(refused) != "NEXT_KEY_NOT_PUBLISHED":
+                raise
+            await asyncio.sleep(_retry_delay(refused) + 0.5)
+
+
+def _refusal_reason(error: grpc.aio.AioRpcError) -> str:
+    status = status_from_rpc_error(error)
+    info = error_info(status) if status is not None else None
+    return info.reason if info is not None else ""
+
+
+def _retry_delay(error: grpc.aio.AioRpcError) -> float:
+    status = status_from_rpc_error(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    raise AssertionError("no RetryInfo in the refusal")
+
+
+async def _verifies_at_gateway(http: httpx.AsyncClient, token: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        reply = await http.get("/v1/users/me", headers={"authorization": f"Bearer {token}"})
+        if reply.status_code == 200 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert reply.status_code == 200, reply.text
+
+
 async def test_rotation_keeps_old_tokens_valid_and_new_key_was_prepublished(
     mesh: TestMesh,
 ) -> None:
-    """Signing keys are global: this rotates once, with the default grace, so tokens of the
-    previous key keep verifying everywhere. Runs a second Auth with this user as platform admin."""
-    import httpx
-
+    """Signing keys are global: this rotates twice, with the default grace, so tokens of the
+    previous keys keep verifying everywhere. Runs a second Auth with this user as platform admin.
+    The gateway caches the JWKS and never refetches on an unknown kid, so every key must be
+    published before it signs: a rotation right after another is refused (it once activated a
+    key the gateway did not know, and its tokens failed there for a minute)."""
     mesh.ensure("auth", "usage")
     gateway = mesh.ensure_gateway()
     email = _email()
@@ -320,10 +363,10 @@ async def test_rotation_keeps_old_tokens_valid_and_new_key_was_prepublished(
                     metadata=as_admin, timeout=10)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-            rotated = await admin.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(
-                request_id=str(uuid.uuid4())), metadata=as_admin, timeout=30)
+            rotated = await _rotate(admin, as_admin)
             assert rotated.kid != old_kid
-            # The rotation is in the audit log, once (the refused attempt is not).
+            assert rotated.kid in [k["kid"] for k in before]  # published before it signed
+            # The rotation is in the audit log, once (the refused attempts are not).
             log = await admin.ListAuditEvents(auth_pb2.ListAuditEventsRequest(
                 parent=old.organization, action="auth.RotateSigningKey"), metadata=as_admin,
                 timeout=10)
@@ -331,26 +374,26 @@ async def test_rotation_keeps_old_tokens_valid_and_new_key_was_prepublished(
             assert log.audit_events[0].actor == old.user
             after = [k["kid"] for k in (await http.get("/.well-known/jwks.json")).json()["keys"]]
             assert after[0] == rotated.kid and old_kid in after  # old key kept for its tokens
-            # Usually the new key was already published as "next" before the rotation.
-            prepublished = rotated.kid in [k["kid"] for k in before]
 
+            # At once again: refused, with how long to wait.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await admin.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(
+                    request_id=str(uuid.uuid4())), metadata=as_admin, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert _refusal_reason(caught.value) == "NEXT_KEY_NOT_PUBLISHED"
+            assert 0 < _retry_delay(caught.value) <= signing_keys.MIN_PUBLISHED_SECONDS
+
+            second = await _rotate(admin, as_admin)
+            assert second.kid not in (old_kid, rotated.kid)
             new = await admin.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD),
                                     timeout=10)
             assert json.loads(crypto.b64url_decode(new.access_token.split(".")[0]))[
-                "kid"] == rotated.kid
+                "kid"] == second.kid
+            # The new key was in the gateway's cached JWKS before it signed: no waiting.
             for token in (old.access_token, new.access_token):
-                deadline = time.monotonic() + (5 if prepublished else 75)
-                while True:
-                    reply = await http.get("/v1/users/me",
-                                           headers={"authorization": f"Bearer {token}"})
-                    if reply.status_code == 200 or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(1)
-                assert reply.status_code == 200, reply.text
+                await _verifies_at_gateway(http, token, within=3)
     finally:
         _stop(process)
-
-
 
 
 async def test_expired_api_key_is_refused_even_when_cached(

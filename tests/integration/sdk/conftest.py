@@ -7,13 +7,19 @@ platform default model is free and budgets only hold priced generations."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from scripts import build_sdk
 from scripts.stack import Stack
 from tests.support.mesh import TestMesh, free_port
 
@@ -76,3 +82,52 @@ def platform(mesh_process: TestMesh) -> Iterator[str]:
         yield address
     finally:
         stack.stop_all()
+
+
+@dataclass
+class Venv:
+    root: Path  # a temporary folder outside the repository
+
+    @property
+    def python(self) -> Path:
+        return self.root / "venv" / "bin" / "python"
+
+    @property
+    def aimesh(self) -> Path:
+        return self.root / "venv" / "bin" / "aimesh"
+
+    def env(self, gateway: str, **extra: str) -> dict[str, str]:
+        # Nothing of the repository: no PYTHONPATH, a private HOME and config folder.
+        return {"PATH": f"{self.python.parent}:/usr/bin:/bin", "HOME": str(self.root / "home"),
+                "XDG_CONFIG_HOME": str(self.root / "config"), "AIMESH_GATEWAY_ADDR": gateway,
+                "LANG": "C.UTF-8", **extra}
+
+    def cli(self, gateway: str, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.aimesh), *args], check=False, cwd=self.root, capture_output=True,
+                              text=True, timeout=timeout, env={**self.env(gateway), **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    root = tmp_path_factory.mktemp("aimesh-sdk")
+    assert REPO not in root.parents, "the virtualenv must live outside the repository"
+    wheel = build_sdk.build(root / "dist")
+    names = zipfile.ZipFile(wheel).namelist()
+    for expected in ("aimesh_sdk/client.py", "aimesh_sdk/cli.py", "aimesh_sdk/_build.py",
+                     "aimesh/knowledge/v1/knowledge_pb2.py", "aimesh/knowledge/v1/knowledge_pb2.pyi",
+                     "aimesh/knowledge/v1/knowledge_pb2_grpc.py"):
+        assert expected in names, f"{expected} missing from {wheel.name}"
+    assert not any(n.startswith(("services/", "scripts/", "tests/")) for n in names)
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(root / "venv")], check=True, timeout=120)
+    # pip keeps the machine's index settings (certificates, local wheel folder), nothing else.
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith("PIP_") or k in ("HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")}
+    env["PATH"] = "/usr/bin:/bin"
+    # With the `mic` extra (sounddevice) for `aimesh transcribe --mic`.
+    subprocess.run([str(root / "venv" / "bin" / "pip"), "install", "--quiet",
+                    "--disable-pip-version-check", f"{wheel}[mic]"],
+                   check=True, timeout=600, cwd=root, env=env)
+    (root / "home").mkdir()
+    return Venv(root)

@@ -74,6 +74,11 @@ async def test_converse_answers_a_spoken_question(
         r.audio.audio_content for r in caller.responses if r.WhichOneof("event") == "audio"
     )
     assert reply_text.strip() and len(audio) > 16000  # > 0.5 s of spoken answer
+    # Each chunk names the sentence it speaks: spans in the reply text, in order, covering it.
+    spans = [(r.audio.text_start_offset, r.audio.text_end_offset)
+             for r in caller.responses if r.WhichOneof("event") == "audio"]
+    assert spans == sorted(spans) and all(0 <= a < b <= len(reply_text) for a, b in spans)
+    assert reply_text[spans[-1][1]:].strip() == ""
     done = caller.responses[-1].turn_complete
     assert done.user_message.startswith(first.conversation.conversation + "/messages/")
     assert done.assistant_message.startswith(first.conversation.conversation + "/messages/")

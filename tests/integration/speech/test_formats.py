@@ -64,7 +64,7 @@ async def recognize(speech: Speech, content: bytes, encoding: str, rate: int = 0
     return " ".join(r.alternatives[0].transcript for r in reply.results)
 
 
-@pytest.mark.parametrize("encoding", ["LINEAR16", "WAV", "FLAC", "OGG_OPUS", "MULAW", "ALAW"])
+@pytest.mark.parametrize("encoding", ["LINEAR16", "WAV", "FLAC", "OGG_OPUS", "MP3", "MULAW", "ALAW"])
 async def test_every_input_encoding_is_recognized_like_the_engine(
     speech: Speech, speech16k: np.ndarray, encoding: str
 ) -> None:

@@ -340,14 +340,18 @@ class AssistantTextDelta(_message.Message):
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class SynthesizedAudio(_message.Message):
-    __slots__ = ("audio_content", "chunk_index", "audio_offset")
+    __slots__ = ("audio_content", "chunk_index", "audio_offset", "text_start_offset", "text_end_offset")
     AUDIO_CONTENT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     AUDIO_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_END_OFFSET_FIELD_NUMBER: _ClassVar[int]
     audio_content: bytes
     chunk_index: int
     audio_offset: _duration_pb2.Duration
-    def __init__(self, audio_content: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., audio_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    text_start_offset: int
+    text_end_offset: int
+    def __init__(self, audio_content: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., audio_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., text_start_offset: _Optional[int] = ..., text_end_offset: _Optional[int] = ...) -> None: ...
 
 class BargeIn(_message.Message):
     __slots__ = ("interrupted_turn_id", "speech_offset", "audio_sent")

@@ -1552,8 +1552,13 @@ export const AuthService: GenService<{
    * Generates a new signing key and makes it the active one (platform admins only). The
    * previous key stays in the JWKS for `previous_key_grace` so tokens it signed keep verifying.
    *
+   * The new key was published in the JWKS ahead of use; gateways cache the JWKS for 15 s, so a
+   * rotation within 20 s of the previous one is refused rather than activating a key they may
+   * not know yet.
+   *
    * Errors: PERMISSION_DENIED (caller is not a platform admin), INVALID_ARGUMENT (negative or
-   * too long grace period).
+   * too long grace period), FAILED_PRECONDITION `NEXT_KEY_NOT_PUBLISHED` with RetryInfo (the
+   * previous rotation was less than 20 s ago).
    *
    * @generated from rpc aimesh.auth.v1.AuthService.RotateSigningKey
    */

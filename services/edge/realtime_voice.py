@@ -1,0 +1,520 @@
+"""Voice-loop Realtime sessions on Speech's Converse (server_vad turns).
+
+Appended audio streams to one Converse call (opened at the first append); Converse ends each
+utterance on the session's silence_duration_ms, stores it and the answer in a Conversation,
+and streams the answer's text and Piper audio, which become one Realtime response per turn:
+response.created → output item, content part → audio/transcript (or text) deltas → *.done →
+response.done with the generation's token usage. Speech meters the audio seconds, the
+characters synthesized and the tokens exactly as for native calls.
+
+- Instructions: the session's conversation is created by the edge with them as its
+  system_prompt (and updated when they change).
+- Barge-in: Converse cancels a reply when the caller speaks over it; that response ends
+  `cancelled` (reason turn_detected). `conversation.item.truncate` stops the item's audio and
+  cuts its transcript to what was played, using the sentence span of each audio chunk.
+- response.cancel and input_audio_buffer.clear during an utterance restart the Converse call
+  on the same conversation: the reply's generation and synthesis stop at Speech, which stores
+  the answer as incomplete.
+- A session update that changes audio formats, voice or turn detection finishes the current
+  call (its turn completes) and the next audio opens one with the new settings.
+
+Not here: turn_detection null (manual turns) and response.create (answers follow each
+utterance), both refused with an error event naming them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import soundfile
+from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
+from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
+from google.protobuf import field_mask_pb2
+
+from services.common.names import resource
+from services.edge.realtime_events import (
+    G711_RATE,
+    PCM_RATE,
+    EventError,
+    Session,
+    SessionConfig,
+    assistant_item,
+    audio_ms,
+    new_id,
+    response_object,
+    unsupported,
+    usage,
+    user_item,
+)
+from services.edge.realtime_transcription import chunks, duration, millis, stream_error
+
+log = logging.getLogger("aimesh.edge.realtime")
+
+MODEL = resource("orchestrator.aimesh.dev/Model")
+EVENT = speech_pb2.SpeechEventType
+_G711 = {"g711_ulaw": "ULAW", "g711_alaw": "ALAW"}
+
+
+def to_pcm16(audio: bytes, audio_format: str) -> bytes:
+    """G.711 (8 kHz) to pcm16 at the same rate, through libsndfile; pcm16 as is."""
+    if audio_format not in _G711:
+        return audio
+    samples, _ = soundfile.read(io.BytesIO(audio), format="RAW", subtype=_G711[audio_format],
+                                samplerate=G711_RATE, channels=1, dtype="int16")
+    return bytes(samples.astype("<i2").tobytes())
+
+
+def from_pcm16(pcm: bytes, audio_format: str) -> bytes:
+    """pcm16 (at the output rate) to the session's output format."""
+    if audio_format not in _G711:
+        return pcm
+    out = io.BytesIO()
+    soundfile.write(out, np.frombuffer(pcm, "<i2"), G711_RATE, format="RAW",
+                    subtype=_G711[audio_format])
+    return out.getvalue()
+
+
+def output_rate(config: SessionConfig) -> int:
+    return PCM_RATE if config.output_audio_format == "pcm16" else G711_RATE
+
+
+def converse_model(model: str) -> str:
+    """Orchestrator's model for the session's `?model=` (OpenAI's realtime model names, and
+    none, mean the conversation's default)."""
+    if not model or model.startswith("gpt-"):
+        return ""
+    return model if MODEL.matches(model) else MODEL.format(model)
+
+
+@dataclass
+class Reply:
+    """One Realtime response: a Converse turn's answer."""
+
+    response_id: str
+    item_id: str
+    text: str = ""
+    pcm_bytes: int = 0  # answer audio sent, at the output rate
+    # (audio start ms, audio end ms, text start, text end) of each audio chunk sent
+    spans: list[tuple[int, int, int, int]] = field(default_factory=list)
+    muted: bool = False  # truncated or cancelled: nothing more is sent for it
+    status: str = "in_progress"
+    reason: str | None = None
+    transcript: str | None = None  # after a truncation: what was heard
+
+    def heard(self, audio_end_ms: int) -> str:
+        """The transcript up to `audio_end_ms` of played audio: whole sentences played, and
+        of the sentence playing then, its words in proportion to the time it played."""
+        cut = 0
+        for start, _, text_start, text_end in self.spans:
+            if start >= audio_end_ms:
+                break
+            sentence = [(s, e) for s, e, ts, _ in self.spans if ts == text_start]
+            begin, finish = sentence[0][0], sentence[-1][1]
+            share = min(1.0, (audio_end_ms - begin) / max(1, finish - begin))
+            cut = max(cut, text_start + int(share * (text_end - text_start)))
+        words = self.text[:cut]
+        if cut < len(self.text) and not self.text[cut:cut + 1].isspace():
+            words = words.rsplit(" ", 1)[0] if " " in words else ""
+        return words.strip()
+
+
+@dataclass
+class Turn:
+    user_item: str
+    start_ms: int = 0
+    committed: bool = False
+    sent: str = ""
+    reply: Reply | None = None
+    failed: str | None = None
+
+
+class VoiceLoop:
+    """The bridge of a voice session (see the module docstring)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.speech = speech_pb2_grpc.SpeechServiceStub(session.channels.get("speech"))
+        self.conversations = conversation_pb2_grpc.ConversationServiceStub(
+            session.channels.get("conversation"))
+        self.conversation = ""
+        self.instructions = ""  # what the conversation's system_prompt holds
+        self.queue: asyncio.Queue[bytes | None] | None = None
+        self.call: Any = None
+        self.task: asyncio.Task[None] | None = None
+        self.base_ms = 0  # session audio before the current call
+        self.appended_bytes = 0
+        self.turns: dict[str, Turn] = {}
+        self.items: dict[str, dict[str, Any]] = {}  # conversation items, for retrieve
+        self.replies: dict[str, Reply] = {}  # by assistant item id
+        self.last_item: str | None = None
+
+    def now_ms(self) -> int:
+        return audio_ms(self.appended_bytes, self.session.config.input_audio_format)
+
+    # --- client events --------------------------------------------------------------------
+
+    def check(self, config: SessionConfig, event_id: str | None) -> None:
+        if config.turn_detection is None:
+            raise unsupported("turn_detection null in voice sessions (server_vad turns; "
+                              "transcription sessions take manual commits)",
+                              "session.turn_detection", event_id)
+
+    async def append(self, audio: bytes) -> None:
+        if self.queue is None or self.task is None or self.task.done():
+            await self._open()
+        assert self.queue is not None
+        for chunk in chunks(to_pcm16(audio, self.session.config.input_audio_format)):
+            self.queue.put_nowait(chunk)
+        self.appended_bytes += len(audio)
+
+    async def commit(self, event_id: str | None) -> None:
+        """Ends the utterance under way now, as if the silence had been heard."""
+        if self.queue is None or not any(not t.committed for t in self.turns.values()):
+            raise EventError("no speech to commit in the input audio buffer",
+                             "input_audio_buffer_commit_empty", None, event_id)
+        detection = self.session.config.turn_detection
+        silence_ms = (detection.silence_duration_ms if detection else 500) + 200
+        rate = PCM_RATE if self.session.config.input_audio_format == "pcm16" else G711_RATE
+        for chunk in chunks(bytes(2 * rate * silence_ms // 1000)):
+            self.queue.put_nowait(chunk)
+
+    async def clear(self) -> None:
+        if any(not t.committed for t in self.turns.values()):
+            await self._restart()  # the utterance under way is dropped with the call
+
+    async def reconfigure(self) -> None:
+        await self._sync_instructions()
+        self._finish()
+
+    async def handle(self, kind: str, event: dict[str, Any]) -> None:
+        event_id = event.get("event_id")
+        if kind == "response.cancel":
+            await self._cancel(event_id)
+        elif kind == "conversation.item.truncate":
+            await self._truncate(event)
+        elif kind == "conversation.item.retrieve":
+            item = self.items.get(str(event.get("item_id")))
+            if item is None:
+                raise EventError(f"no item {event.get('item_id')!r} in this conversation",
+                                 "item_not_found", "item_id", event_id)
+            await self.session.send("conversation.item.retrieved", item=item)
+        elif kind == "response.create":
+            raise unsupported("response.create (an answer follows each utterance: server_vad "
+                              "with create_response)", "type", event_id)
+        else:
+            raise EventError(f"{kind} is not valid in a voice session", "invalid_event_type",
+                             "type", event_id)
+
+    def busy(self) -> bool:
+        """A turn is under way (an utterance, or its answer not complete yet)."""
+        return bool(self.turns)
+
+    async def close(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    # --- the Converse call ----------------------------------------------------------------
+
+    async def _open(self) -> None:
+        config = self.session.config
+        await self._sync_instructions()
+        detection = config.turn_detection
+        in_rate = PCM_RATE if config.input_audio_format == "pcm16" else G711_RATE
+        first = speech_pb2.ConverseConfig(
+            conversation=self.conversation,
+            recognition_config=speech_pb2.RecognitionConfig(
+                encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=in_rate,
+                language_code=config.language),
+            interim_results=True,
+            endpointing=speech_pb2.EndpointingConfig(silence_duration=duration(
+                detection.silence_duration_ms if detection else 500)),
+            voice=config.speech_voice,
+            output_audio_config=speech_pb2.AudioOutputConfig(
+                encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=output_rate(config)),
+            model=converse_model(config.model))
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queue = queue
+        self.base_ms = self.now_ms()
+        self.call = self.speech.Converse(self._requests(first, queue),
+                                         metadata=self.session.metadata)
+        self.task = asyncio.create_task(self._run(self.call))
+
+    @staticmethod
+    async def _requests(first: speech_pb2.ConverseConfig, queue: asyncio.Queue[bytes | None]
+                        ) -> AsyncIterator[speech_pb2.ConverseRequest]:
+        yield speech_pb2.ConverseRequest(config=first)
+        while (audio := await queue.get()) is not None:
+            yield speech_pb2.ConverseRequest(audio_content=audio)
+
+    def _finish(self) -> None:
+        """Half-closes the call: Speech finishes the current turn, the next audio reopens."""
+        if self.queue is not None:
+            self.queue.put_nowait(None)
+        self.queue = None
+
+    async def _restart(self) -> None:
+        """Cancels the call (and with it any reply under way); the next audio reopens."""
+        self.queue = None
+        if self.call is not None:
+            self.call.cancel()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        for turn in self.turns.values():
+            turn.committed = True  # an utterance cut off with the call is dropped
+
+    async def _sync_instructions(self) -> None:
+        """The conversation carries the session's instructions as its system prompt."""
+        config = self.session.config
+        if config.instructions == self.instructions:
+            return
+        try:
+            if not self.conversation:
+                created = await self.conversations.CreateConversation(
+                    conversation_pb2.CreateConversationRequest(conversation=(
+                        conversation_pb2.Conversation(
+                            title="Realtime session", system_prompt=config.instructions,
+                            default_model=converse_model(config.model)))),
+                    metadata=self.session.metadata, timeout=10)
+                self.conversation = created.name
+            else:
+                await self.conversations.UpdateConversation(
+                    conversation_pb2.UpdateConversationRequest(
+                        conversation=conversation_pb2.Conversation(
+                            name=self.conversation, system_prompt=config.instructions),
+                        update_mask=field_mask_pb2.FieldMask(paths=["system_prompt"])),
+                    metadata=self.session.metadata, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            raise EventError(f"instructions: {exc.details()}", exc.code().name.lower(),
+                             "session.instructions", kind="server_error") from None
+        self.instructions = config.instructions
+
+    async def _run(self, call: Any) -> None:
+        mine: set[str] = set()  # this call's turns (a finishing call runs beside a new one)
+        try:
+            async for reply in call:
+                mine.add(reply.turn_id)
+                await self._event(reply)
+        except grpc.aio.AioRpcError as exc:
+            error = stream_error(exc, "Converse")
+            if error is not None:
+                await self.session.error(error)
+        finally:
+            for turn_id in mine & set(self.turns):
+                turn = self.turns.pop(turn_id)
+                if turn.reply and turn.reply.status == "in_progress":
+                    await self._done(turn, "cancelled", None, "client_cancelled")
+
+    # --- Converse events → Realtime events ------------------------------------------------
+
+    async def _event(self, reply: speech_pb2.ConverseResponse) -> None:
+        which = reply.WhichOneof("event")
+        if which == "conversation":
+            self.conversation = reply.conversation.conversation
+            if reply.conversation.created:
+                await self.session.send("conversation.created", conversation={
+                    "id": self.conversation, "object": "realtime.conversation"})
+            return
+        turn = self.turns.get(reply.turn_id)
+        if turn is None:
+            turn = self.turns[reply.turn_id] = Turn(new_id("item"))
+        if which == "speech_event":
+            await self._speech_event(turn, reply.speech_event)
+        elif which == "transcript":
+            await self._transcript(turn, reply.transcript)
+        elif which == "text_delta":
+            await self._text(turn, reply.text_delta.text)
+        elif which == "audio":
+            await self._audio(turn, reply.audio)
+        elif which == "barge_in":
+            interrupted = self.turns.get(reply.barge_in.interrupted_turn_id)
+            if interrupted and interrupted.reply and interrupted.reply.status == "in_progress":
+                interrupted.reply.status, interrupted.reply.reason = "cancelled", "turn_detected"
+                interrupted.reply.muted = True
+        elif which == "turn_complete":
+            await self._turn_complete(reply.turn_id, turn, reply.turn_complete)
+        elif which == "error":
+            turn.failed = reply.error.message
+            await self.session.error(EventError(reply.error.message, "turn_failed",
+                                                kind="server_error"))
+
+    async def _speech_event(self, turn: Turn, event: speech_pb2.SpeechEvent) -> None:
+        at = self.base_ms + millis(event.offset)
+        if event.type == EVENT.SPEECH_EVENT_TYPE_SPEECH_BEGIN:
+            detection = self.session.config.turn_detection
+            turn.start_ms = max(0, at - (detection.prefix_padding_ms if detection else 0))
+            await self.session.send("input_audio_buffer.speech_started", item_id=turn.user_item,
+                                    audio_start_ms=turn.start_ms)
+        elif event.type == EVENT.SPEECH_EVENT_TYPE_SPEECH_END:
+            await self.session.send("input_audio_buffer.speech_stopped", item_id=turn.user_item,
+                                    audio_end_ms=at)
+        elif event.type == EVENT.SPEECH_EVENT_TYPE_END_OF_UTTERANCE:
+            await self._committed(turn)
+
+    async def _committed(self, turn: Turn) -> None:
+        if turn.committed and turn.user_item in self.items:
+            return
+        turn.committed = True
+        previous, self.last_item = self.last_item, turn.user_item
+        self.items[turn.user_item] = user_item(turn.user_item)
+        await self.session.send("input_audio_buffer.committed", item_id=turn.user_item,
+                                previous_item_id=previous)
+        await self.session.send("conversation.item.created", previous_item_id=previous,
+                                item=self.items[turn.user_item])
+
+    async def _transcript(self, turn: Turn, result: speech_pb2.StreamingRecognitionResult) -> None:
+        if not result.alternatives:
+            return
+        text = result.alternatives[0].transcript.strip()
+        if not result.is_final:
+            if self.session.config.transcription_model and text.startswith(turn.sent) \
+                    and len(text) > len(turn.sent):
+                await self._transcription_delta(turn, text[len(turn.sent):])
+            return
+        await self._committed(turn)
+        self.items[turn.user_item] = user_item(turn.user_item, text)
+        if not self.session.config.transcription_model:
+            return
+        if text.startswith(turn.sent) and len(text) > len(turn.sent):
+            await self._transcription_delta(turn, text[len(turn.sent):])
+        seconds = max(0.0, (self.now_ms() - turn.start_ms) / 1000)
+        await self.session.send("conversation.item.input_audio_transcription.completed",
+                                item_id=turn.user_item, content_index=0, transcript=text,
+                                usage={"type": "duration", "seconds": round(seconds, 3)})
+
+    async def _transcription_delta(self, turn: Turn, delta: str) -> None:
+        turn.sent += delta
+        await self.session.send("conversation.item.input_audio_transcription.delta",
+                                item_id=turn.user_item, content_index=0, delta=delta)
+
+    # --- responses ------------------------------------------------------------------------
+
+    def _audio_out(self) -> bool:
+        return "audio" in self.session.config.modalities
+
+    def _part(self, reply: Reply, done: bool = False) -> dict[str, Any]:
+        text = reply.transcript if reply.transcript is not None else reply.text
+        if self._audio_out():
+            return {"type": "audio", "transcript": text if done else ""}
+        return {"type": "text", "text": text if done else ""}
+
+    async def _start_reply(self, turn: Turn) -> Reply:
+        if turn.reply is not None:
+            return turn.reply
+        await self._committed(turn)
+        reply = turn.reply = Reply(new_id("resp"), new_id("item"))
+        self.replies[reply.item_id] = reply
+        send, config = self.session.send, self.session.config
+        item = assistant_item(reply.item_id, "in_progress", None)
+        previous, self.last_item = self.last_item, reply.item_id
+        self.items[reply.item_id] = item
+        await send("response.created", response=response_object(
+            reply.response_id, "in_progress", config, []))
+        await send("response.output_item.added", response_id=reply.response_id,
+                   output_index=0, item=item)
+        await send("conversation.item.created", previous_item_id=previous, item=item)
+        await send("response.content_part.added", response_id=reply.response_id,
+                   item_id=reply.item_id, output_index=0, content_index=0,
+                   part=self._part(reply))
+        return reply
+
+    def _ids(self, reply: Reply) -> dict[str, Any]:
+        return {"response_id": reply.response_id, "item_id": reply.item_id,
+                "output_index": 0, "content_index": 0}
+
+    async def _text(self, turn: Turn, delta: str) -> None:
+        reply = await self._start_reply(turn)
+        reply.text += delta
+        if reply.muted:
+            return
+        kind = "response.audio_transcript.delta" if self._audio_out() else "response.text.delta"
+        await self.session.send(kind, delta=delta, **self._ids(reply))
+
+    async def _audio(self, turn: Turn, audio: speech_pb2.SynthesizedAudio) -> None:
+        reply = await self._start_reply(turn)
+        rate = output_rate(self.session.config)
+        start = reply.pcm_bytes * 1000 // (2 * rate)
+        reply.pcm_bytes += len(audio.audio_content)
+        end = reply.pcm_bytes * 1000 // (2 * rate)
+        reply.spans.append((start, end, audio.text_start_offset, audio.text_end_offset))
+        if reply.muted or not self._audio_out():
+            return
+        data = from_pcm16(audio.audio_content, self.session.config.output_audio_format)
+        await self.session.send("response.audio.delta", delta=base64.b64encode(data).decode(),
+                                **self._ids(reply))
+
+    async def _turn_complete(self, turn_id: str, turn: Turn,
+                             done: speech_pb2.TurnComplete) -> None:
+        await self._committed(turn)
+        reply = turn.reply
+        if reply is None or reply.status not in ("in_progress", "cancelled"):
+            self.turns.pop(turn_id, None)
+            return
+        status, reason = reply.status, reply.reason
+        if status == "in_progress":
+            status = "failed" if turn.failed and not reply.text else \
+                ("cancelled" if done.interrupted else "completed")
+            reason = turn.failed if status == "failed" else "turn_detected"
+        tokens = usage(done.usage.prompt_tokens, done.usage.completion_tokens)
+        await self._done(turn, status, tokens, reason)
+        self.turns.pop(turn_id, None)
+
+    async def _done(self, turn: Turn, status: str, tokens: dict[str, Any] | None,
+                    reason: str | None) -> None:
+        reply = turn.reply
+        assert reply is not None
+        reply.status, reply.muted = status, True
+        send, ids = self.session.send, self._ids(reply)
+        part = self._part(reply, done=True)
+        if self._audio_out():
+            await send("response.audio.done", **ids)
+            await send("response.audio_transcript.done", transcript=part["transcript"], **ids)
+        else:
+            await send("response.text.done", text=part["text"], **ids)
+        await send("response.content_part.done", part=part, **ids)
+        item = assistant_item(reply.item_id, "completed" if status == "completed"
+                              else "incomplete", part)
+        self.items[reply.item_id] = item
+        await send("response.output_item.done", response_id=reply.response_id,
+                   output_index=0, item=item)
+        await send("response.done", response=response_object(
+            reply.response_id, status, self.session.config, [item], tokens, reason))
+
+    async def _cancel(self, event_id: str | None) -> None:
+        if not any(t.reply and t.reply.status == "in_progress" for t in self.turns.values()):
+            raise EventError("there is no response in progress to cancel",
+                             "response_cancel_not_active", None, event_id)
+        await self._restart()  # _run's end reports the reply cancelled (client_cancelled)
+
+    async def _truncate(self, event: dict[str, Any]) -> None:
+        event_id = event.get("event_id")
+        item_id = event.get("item_id")
+        reply = self.replies.get(item_id) if isinstance(item_id, str) else None
+        if reply is None:
+            raise EventError(f"no assistant item {item_id!r} to truncate", "item_not_found",
+                             "item_id", event_id)
+        end_ms = event.get("audio_end_ms")
+        sent_ms = reply.pcm_bytes * 1000 // (2 * output_rate(self.session.config))
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or not 0 <= end_ms <= sent_ms:
+            raise EventError(f"audio_end_ms must be an integer from 0 to {sent_ms} (the audio "
+                             "sent for this item)", "invalid_value", "audio_end_ms", event_id)
+        if event.get("content_index", 0) != 0:
+            raise EventError("content_index must be 0", "invalid_value", "content_index",
+                             event_id)
+        reply.muted = True
+        reply.transcript = reply.heard(end_ms)
+        item = self.items.get(reply.item_id)
+        if item and item.get("content"):
+            item["content"][0]["transcript"] = reply.transcript
+        await self.session.send("conversation.item.truncated", item_id=reply.item_id,
+                                content_index=0, audio_end_ms=end_ms)

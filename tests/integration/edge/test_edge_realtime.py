@@ -1,0 +1,357 @@
+"""The Realtime WebSocket bridge through the real gateway, with the official `openai` package's
+realtime client (`client.beta.realtime.connect`, its `websockets` extra) as users run it, and a
+raw `websockets` client where a browser's handshake matters (credential in the subprotocol).
+Speech, Auth, Usage and Triton are the session mesh's real services."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soxr
+import websockets
+
+from tests.integration.edge.conftest import EdgeStack
+from tests.support.accounts import Account, create_key
+from tests.support.speech import piper_voice, word_error_rate
+
+SENTENCE = "the weather today is sunny with a high of seventy degrees"
+RATE = 24_000
+CHUNK = RATE // 10 * 2  # 100 ms of pcm16
+
+
+def speech_24k(text: str) -> bytes:
+    """Piper's voice saying `text`, as pcm16 at 24 kHz (OpenAI's Realtime default)."""
+    from piper import SynthesisConfig
+
+    chunks = list(piper_voice().synthesize(text, SynthesisConfig(length_scale=1.0)))
+    pcm = np.concatenate([c.audio_int16_array for c in chunks])
+    return soxr.resample(pcm, chunks[0].sample_rate, RATE).astype("<i2").tobytes()
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(RATE * seconds) * 2)
+
+
+def realtime_client(edge: EdgeStack, key: str) -> openai.AsyncOpenAI:
+    ws_base = edge.openai_base.replace("http://", "ws://")
+    return openai.AsyncOpenAI(base_url=edge.openai_base, websocket_base_url=ws_base,
+                              api_key=key, max_retries=0)
+
+
+@asynccontextmanager
+async def connect(edge: EdgeStack, key: str, **query: str) -> AsyncIterator[Any]:
+    client = realtime_client(edge, key)
+    async with client.beta.realtime.connect(model=query.pop("model", "grounded-extractive-v1"),
+                                            extra_query=query) as conn:
+        yield conn
+
+
+async def until(conn: Any, kind: str, timeout: float = 90) -> Any:
+    """Events up to and including the first of `kind` (the last one returned)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await conn.recv()
+            if event.type == kind:
+                return event
+
+
+async def collect(conn: Any, last: str, timeout: float = 120) -> list[Any]:
+    events = []
+    async with asyncio.timeout(timeout):
+        while True:
+            events.append(await conn.recv())
+            if events[-1].type == last:
+                return events
+
+
+async def append(conn: Any, audio: bytes) -> None:
+    for i in range(0, len(audio), CHUNK):
+        await conn.input_audio_buffer.append(audio=base64.b64encode(audio[i:i + CHUNK]).decode())
+
+
+async def usage_records(http: httpx.AsyncClient, account: Account, kind: str,
+                        want: int = 1) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for _ in range(100):
+        reply = await http.get("/v1/usageRecords", headers=account.bearer,
+                               params={"pageSize": 200})
+        assert reply.status_code == 200, reply.text
+        records = [r for r in reply.json().get("usageRecords", [])
+                   if r.get("resourceType") == kind]
+        if len(records) >= want:
+            break
+        await asyncio.sleep(0.2)
+    return records
+
+
+async def test_transcription_session_server_vad(
+    edge: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account, api_key: str
+) -> None:
+    audio = silence(0.3) + speech_24k(SENTENCE) + silence(1.2)
+    async with connect(edge, api_key, intent="transcription") as conn:
+        created = await conn.recv()
+        assert created.type == "transcription_session.created"
+        await conn.send({"type": "transcription_session.update", "session": {
+            "input_audio_format": "pcm16",
+            "input_audio_transcription": {"model": "whisper-1", "language": "en"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500,
+                               "prefix_padding_ms": 300}}})
+        updated = await until(conn, "transcription_session.updated")
+        assert updated.session.turn_detection.silence_duration_ms == 500
+        await append(conn, audio)
+        events = await collect(conn, "conversation.item.input_audio_transcription.completed")
+    kinds = [e.type for e in events]
+    for kind in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                 "input_audio_buffer.committed", "conversation.item.created"):
+        assert kind in kinds, kinds
+    assert kinds.index("input_audio_buffer.speech_started") < kinds.index(
+        "input_audio_buffer.committed")
+    started = next(e for e in events if e.type == "input_audio_buffer.speech_started")
+    assert 0 <= started.audio_start_ms < 300  # speech began at 300 ms, minus the prefix padding
+    done = events[-1]
+    assert done.item_id == started.item_id
+    deltas = "".join(e.delta for e in events
+                     if e.type == "conversation.item.input_audio_transcription.delta")
+    assert deltas.strip() == done.transcript.strip()
+    assert word_error_rate(SENTENCE, done.transcript.lower()) <= 0.3, done.transcript
+    records = await usage_records(edge_http, edge_account, "RESOURCE_TYPE_AUDIO_SECONDS")
+    assert records and sum(int(r["quantityMicros"]) for r in records) >= 3_000_000, records
+
+
+async def test_transcription_manual_commit_and_bad_events(edge: EdgeStack, api_key: str) -> None:
+    audio = speech_24k(SENTENCE)
+    async with connect(edge, api_key, intent="transcription") as conn:
+        await until(conn, "transcription_session.created")
+        await conn.send({"type": "transcription_session.update",
+                         "session": {"turn_detection": None}})
+        await until(conn, "transcription_session.updated")
+        # Each bad event gets an error naming it; the session goes on.
+        bad = [
+            ({"type": "no.such.event", "event_id": "e1"}, "invalid_event_type"),
+            ({"type": "input_audio_buffer.append", "audio": "***not base64"}, "invalid_audio"),
+            ({"type": "input_audio_buffer.append", "audio": 7}, "invalid_type"),
+            ({"type": "transcription_session.update", "session": {"turn_detection": {
+                "type": "semantic_vad"}}}, "unsupported_feature"),
+            ({"type": "input_audio_buffer.commit"}, "input_audio_buffer_commit_empty"),
+        ]
+        for event, code in bad:
+            await conn.send(event)
+            error = await until(conn, "error")
+            assert error.error.code == code, (event, error)
+        await conn.send({"type": "no.such.event", "event_id": "e1"})
+        error = await until(conn, "error")
+        assert error.error.event_id == "e1" and "no.such.event" in error.error.message
+        await append(conn, audio)
+        await conn.input_audio_buffer.commit()
+        committed = await until(conn, "input_audio_buffer.committed")
+        done = await until(conn, "conversation.item.input_audio_transcription.completed")
+    assert done.item_id == committed.item_id
+    assert word_error_rate(SENTENCE, done.transcript.lower()) <= 0.3, done.transcript
+
+
+def _ws_url(edge: EdgeStack, query: str = "model=x&intent=transcription") -> str:
+    return edge.openai_base.replace("http://", "ws://") + "/realtime?" + query
+
+
+async def test_raw_frames_bad_json_and_oversized(edge: EdgeStack, api_key: str) -> None:
+    headers = {"Authorization": f"Bearer {api_key}", "OpenAI-Beta": "realtime=v1"}
+    async with websockets.connect(_ws_url(edge), additional_headers=headers) as ws:
+        assert json.loads(await ws.recv())["type"] == "transcription_session.created"
+        await ws.send("{not json")
+        assert json.loads(await ws.recv())["error"]["code"] == "invalid_json"
+        await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                  "audio": "A" * (2 * 1024 * 1024)}))
+        assert json.loads(await ws.recv())["error"]["code"] == "message_too_large"
+        await ws.send("[1, 2]")
+        assert json.loads(await ws.recv())["error"]["code"] == "invalid_event"
+        await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+        assert json.loads(await ws.recv())["type"] == "input_audio_buffer.cleared"
+
+
+async def test_browser_subprotocol_credential(edge: EdgeStack, api_key: str) -> None:
+    """A browser cannot set headers: the key travels as a subprotocol, the reply echoes
+    `realtime`, and the key itself never reaches the edge."""
+    protocols = ["realtime", f"openai-insecure-api-key.{api_key}", "openai-beta.realtime-v1"]
+    async with websockets.connect(_ws_url(edge), subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await ws.recv())["type"] == "transcription_session.created"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        bad = ["realtime", "openai-insecure-api-key.amk_not_a_real_key"]
+        async with websockets.connect(_ws_url(edge), subprotocols=bad):  # type: ignore[arg-type]
+            pass
+    assert refused.value.response.status_code == 401
+
+
+async def test_browser_subprotocol_jwt(edge: EdgeStack, edge_account: Account) -> None:
+    """A signed-in user's access token (a JWT) works the same way: jwt_authn verifies it there."""
+    protocols = ["realtime", f"openai-insecure-api-key.{edge_account.access_token}"]
+    async with websockets.connect(_ws_url(edge), subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await ws.recv())["type"] == "transcription_session.created"
+    forged = edge_account.access_token[:-4] + ("AAAA" if not edge_account.access_token.endswith(
+        "AAAA") else "BBBB")
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(_ws_url(edge), subprotocols=[  # type: ignore[list-item]
+                "realtime", f"openai-insecure-api-key.{forged}"]):
+            pass
+    assert refused.value.response.status_code == 401
+
+
+async def test_auth_refused_before_upgrade(
+    edge: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account
+) -> None:
+    with pytest.raises(websockets.InvalidStatus) as missing:
+        async with websockets.connect(_ws_url(edge)):
+            pass
+    assert missing.value.response.status_code == 401
+    body = json.loads(missing.value.response.body or b"{}")
+    assert body["error"]["type"] == "authentication_error"
+    with pytest.raises(websockets.InvalidStatus) as wrong:  # the official client, a wrong key
+        async with connect(edge, "amk_wrong_key_0123456789", intent="transcription") as conn:
+            await conn.recv()
+    assert wrong.value.response.status_code == 401
+    key = await create_key(edge_http, edge_account)
+    reply = await edge_http.post(f"/v1/{key['name']}:revoke", headers=edge_account.bearer,
+                                 json={})
+    assert reply.status_code == 200, reply.text
+    for _ in range(50):  # revocation reaches the key cache at once; allow a beat
+        try:
+            async with websockets.connect(_ws_url(edge), additional_headers={
+                    "Authorization": f"Bearer {key['secret']}"}):
+                await asyncio.sleep(0.1)
+        except websockets.InvalidStatus as exc:
+            assert exc.response.status_code == 401
+            break
+    else:
+        raise AssertionError("a revoked key still opens Realtime sessions")
+
+
+async def test_idle_session_is_closed(edge: EdgeStack, api_key: str) -> None:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with websockets.connect(_ws_url(edge), additional_headers=headers) as ws:
+        await ws.recv()
+        async with asyncio.timeout(30):  # AIMESH_REALTIME_IDLE_SECONDS=6 in this stack
+            with pytest.raises(websockets.ConnectionClosedOK) as closed:
+                while True:
+                    await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle timeout"
+
+
+# --- the voice loop (Converse) ---------------------------------------------------------------
+
+QUESTION = "what is the capital of france"
+
+
+@pytest.fixture
+def voice(edge: EdgeStack) -> EdgeStack:
+    """The edge stack's Speech runs Converse on the stack's Conversation and Orchestrator."""
+    return edge
+
+
+async def speak(conn: Any, text: str, trailing_silence: float = 1.5) -> None:
+    await append(conn, silence(0.3) + speech_24k(text) + silence(trailing_silence))
+
+
+async def configure_voice(conn: Any, **session: Any) -> None:
+    await until(conn, "session.created")
+    await conn.session.update(session={
+        "voice": "alloy", "instructions": "You are a helpful voice assistant.",
+        "input_audio_transcription": {"model": "whisper-1"},
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}, **session})
+    await until(conn, "session.updated")
+
+
+async def test_spoken_question_answered_with_audio(
+    voice: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account, api_key: str
+) -> None:
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn)
+        await speak(conn, QUESTION)
+        events = await collect(conn, "response.done", timeout=180)
+    kinds = [e.type for e in events]
+    order = ["input_audio_buffer.speech_started", "input_audio_buffer.committed",
+             "response.created", "response.audio.delta", "response.done"]
+    assert [kinds.index(k) for k in order] == sorted(kinds.index(k) for k in order), kinds
+    heard = next(e for e in events
+                 if e.type == "conversation.item.input_audio_transcription.completed")
+    assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
+    audio = b"".join(base64.b64decode(e.delta) for e in events
+                     if e.type == "response.audio.delta")
+    assert len(audio) > RATE  # more than half a second of pcm16 at 24 kHz
+    transcript = "".join(e.delta for e in events if e.type == "response.audio_transcript.delta")
+    done_text = next(e for e in events if e.type == "response.audio_transcript.done").transcript
+    assert transcript.strip() and transcript == done_text
+    done = events[-1].response
+    assert done.status == "completed" and done.output[0].content[0].transcript == transcript
+    assert done.usage.output_tokens > 0 and done.usage.total_tokens >= done.usage.output_tokens
+    for kind in ("RESOURCE_TYPE_AUDIO_SECONDS", "RESOURCE_TYPE_CHARACTERS_SYNTHESIZED",
+                 "RESOURCE_TYPE_COMPLETION_TOKENS"):
+        assert await usage_records(edge_http, edge_account, kind), kind
+
+
+async def test_truncate_then_text_only_turn(voice: EdgeStack, api_key: str) -> None:
+    """Barge-in as a Realtime client does it: on the caller's speech it stops playback and
+    truncates the answer to what was played; the server sends no more audio for that item and
+    keeps only the heard part of its transcript. The session then answers in text only."""
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn)
+        await speak(conn, QUESTION)
+        first = await until(conn, "response.audio.delta", timeout=180)
+        played_ms = min(200, len(base64.b64decode(first.delta)) * 1000 // (2 * RATE))
+        await conn.conversation.item.truncate(item_id=first.item_id, content_index=0,
+                                              audio_end_ms=played_ms)
+        rest = [first]  # the answer may finish streaming before the truncate arrives
+        async with asyncio.timeout(180):
+            while not {"response.done", "conversation.item.truncated"} <= {e.type for e in rest}:
+                rest.append(await conn.recv())
+        truncated = next(e for e in rest if e.type == "conversation.item.truncated")
+        assert truncated.item_id == first.item_id and truncated.audio_end_ms == played_ms
+        after = rest[rest.index(truncated):]
+        assert not [e for e in after if e.type == "response.audio.delta"], "audio after truncate"
+        await conn.send({"type": "conversation.item.retrieve", "item_id": first.item_id})
+        item = (await until(conn, "conversation.item.retrieved")).item
+        full = "".join(e.delta for e in rest if e.type == "response.audio_transcript.delta")
+        heard = item.content[0].transcript
+        assert len(heard) < len(full) or not full, (heard, full)
+        await conn.session.update(session={"modalities": ["text"]})
+        await until(conn, "session.updated")
+        await speak(conn, QUESTION)
+        second = await collect(conn, "response.done", timeout=180)
+    assert any(e.type == "response.text.delta" for e in second)
+    assert not any(e.type == "response.audio.delta" for e in second)
+    assert second[-1].response.status == "completed"
+
+
+async def test_cancel_and_barge_in(voice: EdgeStack, api_key: str) -> None:
+    """With a model that never stops talking: speaking over its answer cancels it (Converse's
+    barge-in: response.done cancelled, turn_detected), and response.cancel cancels the next."""
+    async with connect(voice, api_key, model="endless-test") as conn:
+        await configure_voice(conn)
+        await speak(conn, QUESTION)
+        first = await until(conn, "response.audio_transcript.delta", timeout=180)
+        await speak(conn, "stop please")
+        events = await collect(conn, "response.audio_transcript.delta", timeout=180)
+        done = next(e for e in events if e.type == "response.done")
+        assert done.response.id == first.response_id and done.response.status == "cancelled"
+        assert done.response.status_details.reason == "turn_detected"
+        second = events[-1]
+        assert second.response_id != first.response_id
+        await conn.response.cancel()
+        cancelled = await until(conn, "response.done", timeout=60)
+        assert cancelled.response.id == second.response_id
+        assert cancelled.response.status == "cancelled"
+        assert cancelled.response.status_details.reason == "client_cancelled"
+        await conn.response.cancel()  # nothing left to cancel: an error, the session goes on
+        error = await until(conn, "error")
+        assert error.error.code == "response_cancel_not_active"
+        await conn.session.update(session={"voice": "en-us-joe"})
+        assert (await until(conn, "session.updated")).session.voice == "en-us-joe"

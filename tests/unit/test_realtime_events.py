@@ -1,0 +1,130 @@
+"""The Realtime event codec (services/edge/realtime_events.py) on its own: what is accepted,
+what is refused with which code and param, and the shapes the `openai` package parses."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from openai.types.beta.realtime import (
+    ErrorEvent,
+    ResponseDoneEvent,
+    SessionUpdatedEvent,
+    TranscriptionSessionUpdatedEvent,
+)
+
+from services.edge.realtime_events import (
+    MAX_EVENT_BYTES,
+    EventError,
+    ServerEvents,
+    SessionConfig,
+    apply_session,
+    audio_ms,
+    decode_audio,
+    parse_event,
+    response_object,
+    usage,
+)
+
+
+def code_of(call: object) -> tuple[str, str | None]:
+    with pytest.raises(EventError) as caught:
+        call()  # type: ignore[operator]
+    return caught.value.code, caught.value.param
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    ("{oops", "invalid_json"),
+    ("[]", "invalid_event"),
+    ("{}", "missing_required_parameter"),
+    ('{"type": 3}', "missing_required_parameter"),
+    ('{"type": "made.up"}', "invalid_event_type"),
+    ('{"type": "conversation.item.delete", "item_id": "x"}', "unsupported_feature"),
+    (b"\xff\xfe", "invalid_json"),
+    ("x" * (MAX_EVENT_BYTES + 1), "message_too_large"),
+])
+def test_bad_messages_are_refused_by_code(raw: str | bytes, code: str) -> None:
+    assert code_of(lambda: parse_event(raw))[0] == code
+
+
+def test_event_id_is_echoed_in_errors() -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event(json.dumps({"type": "nope", "event_id": "evt_1"}))
+    error = ServerEvents().error(caught.value)
+    parsed = ErrorEvent.model_validate(error)
+    assert parsed.error.event_id == "evt_1" and parsed.error.param == "type"
+    assert "nope" in parsed.error.message
+
+
+def test_audio_must_be_base64_whole_samples() -> None:
+    good = {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0\1" * 8).decode()}
+    assert decode_audio(good, "pcm16") == b"\0\1" * 8
+    assert code_of(lambda: decode_audio({"audio": "%%%"}, "pcm16")) == ("invalid_audio", "audio")
+    odd = {"audio": base64.b64encode(b"\0\1\2").decode()}
+    assert code_of(lambda: decode_audio(odd, "pcm16"))[0] == "invalid_audio"
+    assert decode_audio(odd, "g711_ulaw") == b"\0\1\2"  # one byte per sample
+    assert code_of(lambda: decode_audio({"audio": 5}, "pcm16")) == ("invalid_type", "audio")
+    assert audio_ms(48_000, "pcm16") == 1000 and audio_ms(8000, "g711_alaw") == 1000
+
+
+# The package's models are strict about OpenAI's own model names (its client parses leniently,
+# so aimesh's names pass on the wire); the shape checks use OpenAI's names.
+def test_session_update_applies_all_or_nothing() -> None:
+    config = SessionConfig(model="gpt-4o-realtime-preview")
+    changed = apply_session(config, {
+        "voice": "alloy", "input_audio_format": "g711_ulaw", "modalities": ["text"],
+        "instructions": "Be brief.", "tools": [], "tool_choice": "auto",
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 300,
+                           "prefix_padding_ms": 100, "threshold": 0.5},
+        "input_audio_transcription": {"model": "whisper-1", "language": "en"}}, None)
+    assert changed.turn_detection and changed.turn_detection.silence_duration_ms == 300
+    assert changed.modalities == ("text",) and changed.speech_voice == "voices/en-us-joe"
+    assert changed.language == "en-US" and changed.input_audio_format == "g711_ulaw"
+    event = ServerEvents().session(changed, "updated")
+    parsed = SessionUpdatedEvent.model_validate(event)
+    assert parsed.session.turn_detection and parsed.session.turn_detection.silence_duration_ms == 300
+    manual = apply_session(changed, {"turn_detection": None}, None)
+    assert manual.turn_detection is None and manual.voice == "alloy"
+
+
+@pytest.mark.parametrize(("session", "code", "param"), [
+    ({"tools": [{"type": "function", "name": "f"}]}, "unsupported_feature", "session.tools"),
+    ({"turn_detection": {"type": "semantic_vad"}}, "unsupported_feature",
+     "session.turn_detection.type"),
+    ({"turn_detection": {"silence_duration_ms": 50}}, "invalid_value",
+     "session.turn_detection.silence_duration_ms"),
+    ({"turn_detection": {"threshold": 0.9}}, "unsupported_feature",
+     "session.turn_detection.threshold"),
+    ({"input_audio_format": "mp3"}, "invalid_value", "session.input_audio_format"),
+    ({"modalities": ["audio"]}, "invalid_value", "session.modalities"),
+    ({"input_audio_transcription": {"language": "fr"}}, "unsupported_feature",
+     "session.input_audio_transcription.language"),
+    ({"colour": "blue"}, "unknown_parameter", "session.colour"),
+    ({"temperature": "hot"}, "invalid_value", "session.temperature"),
+])
+def test_session_update_refusals_name_the_field(session: dict[str, object], code: str,
+                                                param: str) -> None:
+    assert code_of(lambda: apply_session(SessionConfig(), session, "e")) == (code, param)
+    with pytest.raises(EventError):
+        apply_session(SessionConfig(), "not an object", None)
+
+
+def test_transcription_session_shape() -> None:
+    config = SessionConfig(transcription_only=True, transcription_model="whisper-1")
+    event = ServerEvents().session(config, "updated")
+    assert event["type"] == "transcription_session.updated"
+    parsed = TranscriptionSessionUpdatedEvent.model_validate(
+        {**event, "session": {**event["session"], "client_secret": {"expires_at": 0,
+                                                                    "value": ""}}})
+    assert parsed.session.input_audio_format == "pcm16"
+
+
+def test_response_done_shape_with_usage() -> None:
+    config = SessionConfig(model="m")
+    done = ServerEvents().event("response.done", response=response_object(
+        "resp_1", "cancelled", config, [], usage(12, 30), "turn_detected"))
+    parsed = ResponseDoneEvent.model_validate(done)
+    assert parsed.response.usage and parsed.response.usage.total_tokens == 42
+    assert parsed.response.status_details and parsed.response.status_details.reason == \
+        "turn_detected"
