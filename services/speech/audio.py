@@ -60,15 +60,11 @@ def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
 @dataclass(frozen=True)
 class VadDecision:
     """What one frame changed: speech began at `begin_sample`, or the utterance ended with
-    its speech lasting until `speech_end_sample` (exclusive), in 16 kHz samples of the stream;
-    or, inside an utterance, a pause reached `pause_ms` (`pause`: the end may be near) or
-    speech came back after such a pause (`resumed`)."""
+    its speech lasting until `speech_end_sample` (exclusive), in 16 kHz samples of the stream."""
 
     begin_sample: int | None = None
     end_speech_sample: int | None = None
     forced: bool = False  # ended by max utterance duration rather than silence
-    pause: bool = False
-    resumed: bool = False
 
 
 class SpeechDetector:
@@ -81,8 +77,6 @@ class SpeechDetector:
     It only decides where utterances begin and end; every sample still goes to the
     recognizer (a quiet word ending the classifier misses is not lost). The strictest mode:
     the looser ones call steady background noise speech, so an utterance would never end.
-    With `pause_ms` (shorter than `silence_ms`) it also reports a pause of that length inside
-    an utterance, and speech coming back after one: the caller can prepare the final early.
     """
 
     FRAME_SECONDS = 0.03
@@ -94,14 +88,11 @@ class SpeechDetector:
         sample_rate: int = ASR_SAMPLE_RATE,
         onset_frames: int = 4,
         mode: int = Vad.STRICT,
-        pause_ms: int = 0,
     ) -> None:
         self._vad = Vad(mode, sample_rate, self.FRAME_SECONDS)
         self.frame = self._vad.frame_bytes // 2
         frame_ms = 1000.0 * self.frame / sample_rate
         self.silence_frames = max(1, round(silence_ms / frame_ms))
-        pause_frames = round(pause_ms / frame_ms)
-        self.pause_frames = pause_frames if 0 < pause_frames < self.silence_frames else 0
         self.max_frames = max(1, round(max_utterance_ms / frame_ms))
         self.onset_frames = onset_frames
         self.in_speech = False
@@ -131,16 +122,13 @@ class SpeechDetector:
             self._speech_run = 0
             return VadDecision(begin_sample=begin)
         self._utt_frames += 1
-        paused = self.pause_frames > 0 and self._quiet_run >= self.pause_frames
         if speech:
             self._quiet_run = 0
             self._last_speech_end = self.position
         else:
             self._quiet_run += 1
         if self._quiet_run < self.silence_frames and self._utt_frames < self.max_frames:
-            if self.pause_frames and self._quiet_run == self.pause_frames:
-                return VadDecision(pause=True)
-            return VadDecision(resumed=True) if paused and speech else None
+            return None
         forced = self._quiet_run < self.silence_frames
         self.in_speech = False
         self._quiet_run = 0

@@ -10,14 +10,6 @@ back or dropped, the recognizer decodes exactly the audio the engine would be gi
 whole stream, and sequence timings are stream timings (shifted by where the sequence began).
 Sequence ids are random 62-bit ids from the one Triton client.
 
-Early final: the decoder's end of utterance (pocketsphinx's second pass over the whole
-utterance) takes ~100 ms of CPU, several times that on a busy machine, and used to start only
-once the endpointing silence had passed. So when a pause inside an utterance reaches
-`silence_ms - EARLY_FINAL_LEAD_MS`, its audio is flushed (END_OF_UTTERANCE) at once; if the
-silence then completes, that result is the utterance's final, ready when the endpoint is
-reached. If the caller speaks again first, the utterance simply goes on: its final joins the
-results of all its flushed pieces (the decoder saw every sample, in order, either way).
-
 A failed utterance (Triton error, no final in time) is reported as `UtteranceFailed` and the
 session goes on; its sequence is then unusable, so it is abandoned and the next utterance opens
 a new one: a stream never holds more than one sequence at a time, and only ever replaces it after
@@ -50,10 +42,6 @@ FINAL_TIMEOUT_SECONDS = 60.0
 # flowing on a live stream, so the sequence only goes idle when the caller does.
 IDLE_TIMEOUT_SECONDS = 40.0
 OUTPUT_QUEUE_SIZE = 32  # events buffered towards a slow client before we stop reading audio
-# How long before the endpoint a pause is flushed for an early final: covers the decoder's
-# end-of-utterance work on a loaded CPU. Never earlier than half the silence (short pauses at
-# commas, up to ~250 ms in Piper speech, stay inside one decoder utterance at 500 ms).
-EARLY_FINAL_LEAD_MS = 200
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -126,8 +114,6 @@ class RecognitionOptions:
     audio_offset: float = 0.0
     # Audio per Triton request: small for streams (interim latency), large for files.
     send_chunk_ms: int = 200
-    # Flush at pauses so the final is ready at the endpoint (live streams; see the module doc).
-    early_final: bool = True
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -149,57 +135,31 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-Outputs = dict[str, np.ndarray]
-
-
 class _Utterance:
     """One utterance: a stretch of the stream from the end of the previous utterance to its
-    own end of utterance, all of it sent to the recognizer, and its final result: the results
-    of its flushed pieces (one, or more after early finals the caller spoke through)."""
+    own end of utterance, all of it sent to the recognizer, and its final result."""
 
     def __init__(self, index: int, first_sample: int) -> None:
         self.index = index
         self.first_sample = first_sample  # 16 kHz stream index where the utterance's audio starts
         self.began = False  # the VAD heard speech in it (SPEECH_BEGIN was emitted)
-        self.pieces: list[asyncio.Future[Outputs]] = []  # one result per flush, in order
-        self.error: ServiceError | None = None
-        self.flushed_early = False  # its audio up to a pause is flushed; no speech since
+        self.final: asyncio.Future[dict[str, np.ndarray]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.previous_words: list[str] = []
 
-    def new_piece(self) -> asyncio.Future[Outputs]:
-        piece: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        self.pieces.append(piece)
-        if self.error is not None:
-            self.fail(self.error)
-        return piece
-
     def fail(self, error: ServiceError) -> None:
-        self.error = self.error or error
-        for piece in self.pieces:
-            if not piece.done():
-                piece.set_exception(error)
-                piece.exception()  # retrieved: a failure nobody awaits must not be logged
-
-    def settled_text(self) -> str:
-        """The text of the pieces whose result is in (what an interim result continues)."""
-        return " ".join(
-            text
-            for piece in self.pieces
-            if piece.done() and not piece.cancelled() and piece.exception() is None
-            if (text := _text(np.asarray(piece.result()["TRANSCRIPT"]).reshape(-1)[0]).strip())
-        )
-
-    async def results(self, timeout: float) -> list[Outputs]:
-        if self.error is not None:
-            raise self.error
-        return list(await asyncio.wait_for(asyncio.shield(asyncio.gather(*self.pieces)), timeout))
+        if not self.final.done():
+            self.final.set_exception(error)
+            self.final.exception()  # retrieved: a failure nobody awaits must not be logged
 
 
 class _Recognizer:
     """The stream's one Triton ASR sequence, with a task that reads its responses.
 
-    Responses of one sequence arrive in order, so the next IS_FINAL response always belongs
-    to the oldest flush still waiting (`awaiting`)."""
+    Responses of one sequence arrive in order, and the session waits for an utterance's final
+    before sending more audio, so the next IS_FINAL response always belongs to the utterance
+    that sent END_OF_UTTERANCE (`awaiting`)."""
 
     def __init__(self, session: RecognitionSession, origin: int) -> None:
         self.session = session
@@ -207,8 +167,7 @@ class _Recognizer:
         self.stream: SequenceStream = session.triton.recognize(idle_timeout=IDLE_TIMEOUT_SECONDS)
         self.sent = 0  # samples sent on the sequence
         self.current: _Utterance | None = None  # gets the interim results
-        # Flushed pieces whose result has not arrived yet, oldest first.
-        self.awaiting: deque[tuple[_Utterance, asyncio.Future[Outputs]]] = deque()
+        self.awaiting: deque[_Utterance] = deque()  # flushed, final not yet received
         self.error: ServiceError | None = None
         self.ended = False
         self.reader = asyncio.ensure_future(self._read())
@@ -220,10 +179,9 @@ class _Recognizer:
     def _fail(self, error: ServiceError) -> None:
         if self.error is None:
             self.error = error
-        for utterance, _ in self.awaiting:
-            utterance.fail(error)
-        if self.current is not None:
-            self.current.fail(error)
+        for utterance in (*self.awaiting, self.current):
+            if utterance is not None:
+                utterance.fail(error)
         self.awaiting.clear()
 
     async def _read(self) -> None:
@@ -235,9 +193,9 @@ class _Recognizer:
                     continue
                 if bool(np.asarray(is_final).reshape(-1)[0]):
                     if self.awaiting:
-                        _, piece = self.awaiting.popleft()
-                        if not piece.done():
-                            piece.set_result(response.outputs)
+                        flushed = self.awaiting.popleft()
+                        if not flushed.final.done():
+                            flushed.final.set_result(response.outputs)
                     continue
                 current = self.current
                 if current is not None and current.began and self.session.options.interim_results:
@@ -253,10 +211,8 @@ class _Recognizer:
             log.exception("recognizer stream failed")
             self._fail(unavailable(f"recognizer stream failed: {exc}"))
 
-    def _interim(self, utterance: _Utterance, outputs: Outputs) -> None:
+    def _interim(self, utterance: _Utterance, outputs: dict[str, np.ndarray]) -> None:
         text = _text(np.asarray(outputs["TRANSCRIPT"]).reshape(-1)[0]).strip()
-        settled = utterance.settled_text()
-        text = f"{settled} {text}".strip() if settled else text
         words = text.split()
         audio_ms = outputs.get("AUDIO_MS")
         covered = (
@@ -286,7 +242,7 @@ class _Recognizer:
             return
         self.current = None if flush else utterance
         if flush:
-            self.awaiting.append((utterance, utterance.new_piece()))
+            self.awaiting.append(utterance)
         inputs: dict[str, np.ndarray] = {"AUDIO": samples.astype(np.int16).reshape(1, -1)}
         if self.sent == 0:
             inputs["SAMPLE_RATE"] = np.array([[ASR_SAMPLE_RATE]], dtype=np.int32)
@@ -337,9 +293,7 @@ class RecognitionSession:
 
     def __post_init__(self) -> None:
         self._queue = asyncio.Queue(maxsize=OUTPUT_QUEUE_SIZE)
-        silence = self.options.silence_ms
-        early = max(silence // 2, silence - EARLY_FINAL_LEAD_MS) if self.options.early_final else 0
-        self._vad = SpeechDetector(silence, self.options.max_utterance_ms, pause_ms=early)
+        self._vad = SpeechDetector(self.options.silence_ms, self.options.max_utterance_ms)
         self._resampler = StreamResampler(self.options.sample_rate, ASR_SAMPLE_RATE)
         self._pending = np.zeros(0, dtype=np.int16)
         self._send_chunk = ASR_SAMPLE_RATE * self.options.send_chunk_ms // 1000
@@ -383,10 +337,6 @@ class RecognitionSession:
         for position, decision in self._vad.push(pcm):
             if decision.begin_sample is not None:
                 await self._begin(decision.begin_sample)
-            elif decision.pause:
-                await self._flush_early(position)
-            elif decision.resumed and self._utterance is not None:
-                self._utterance.flushed_early = False
             elif decision.end_speech_sample is not None and self._utterance is not None:
                 await self._end(position, decision.end_speech_sample)
                 if self.done:
@@ -431,14 +381,6 @@ class RecognitionSession:
             utterance.began = True
             await self._emit(SpeechBegan(utterance.index, self.offset_of(begin_sample)))
 
-    async def _flush_early(self, position: int) -> None:
-        """A pause may be the end: flush the utterance's audio so far, keep the utterance."""
-        utterance = self._utterance
-        if utterance is None or not utterance.began:
-            return
-        await self._send(self._pending.size - (self._position - position), utterance, flush=True)
-        utterance.flushed_early = True
-
     async def _end(self, position: int, speech_end: int) -> None:
         utterance = self._utterance
         assert utterance is not None
@@ -475,16 +417,11 @@ class RecognitionSession:
         and emit the utterance's final result."""
         utterance = self._open_utterance()
         self._utterance = None
-        if end or not utterance.flushed_early:
-            count = self._pending.size - (self._position - position)
-            await self._send(count, utterance, flush=True, end=end)
-        elif self._recognizer is not None:
-            # Flushed at the pause and silent since: that result is the final. The silence
-            # after the pause (sent or pending) opens the next utterance.
-            self._recognizer.current = None
+        count = self._pending.size - (self._position - position)
+        await self._send(count, utterance, flush=True, end=end)
         recognizer = self._recognizer
         try:
-            outputs = await utterance.results(FINAL_TIMEOUT_SECONDS)
+            outputs = await asyncio.wait_for(asyncio.shield(utterance.final), FINAL_TIMEOUT_SECONDS)
         except TimeoutError:
             # A late final would be taken for the next utterance's: drop this sequence.
             error = unavailable("the recognizer did not finalize the utterance in time")
@@ -506,23 +443,16 @@ class RecognitionSession:
         utterance: _Utterance,
         recognizer: _Recognizer | None,
         position: int,
-        pieces: list[Outputs],
+        outputs: dict[str, np.ndarray],
     ) -> Hypothesis:
-        """The utterance's final result: its pieces' texts and words, in order."""
-        texts = (_text(np.asarray(p["TRANSCRIPT"]).reshape(-1)[0]).strip() for p in pieces)
-        text = " ".join(t for t in texts if t)
+        text = _text(np.asarray(outputs["TRANSCRIPT"]).reshape(-1)[0]).strip()
         # Timings count from the sequence start, which is `origin` on the stream.
         base = self.offset_of(recognizer.origin if recognizer is not None else 0)
         words: list[Word] = []
-
-        def joined(name: str, empty: np.ndarray) -> np.ndarray:
-            parts = [np.asarray(p.get(name, empty)).reshape(-1) for p in pieces]
-            return np.concatenate(parts) if parts else empty
-
-        raw_words = joined("WORDS", np.zeros(0, dtype=object))
-        starts = joined("WORD_START_MS", np.zeros(0))
-        ends = joined("WORD_END_MS", np.zeros(0))
-        confs = joined("WORD_CONFIDENCE", np.zeros(0))
+        raw_words = np.asarray(outputs.get("WORDS", np.zeros(0, dtype=object))).reshape(-1)
+        starts = np.asarray(outputs.get("WORD_START_MS", np.zeros(0))).reshape(-1)
+        ends = np.asarray(outputs.get("WORD_END_MS", np.zeros(0))).reshape(-1)
+        confs = np.asarray(outputs.get("WORD_CONFIDENCE", np.zeros(0))).reshape(-1)
         last_end = max(self.offset_of(utterance.first_sample), self._last_word_end)
         for i, raw in enumerate(raw_words):
             # Clamp so timings never run backwards even if the decoder's segments overlap.

@@ -216,7 +216,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
                 return speech_pb2.RecognizeResponse.FromString(stored)
         await self._require_asr()
         session = RecognitionSession(
-            self.triton, RecognitionOptions(sample_rate=rate, send_chunk_ms=1000, early_final=False)
+            self.triton, RecognitionOptions(sample_rate=rate, send_chunk_ms=1000)
         )
         step = rate  # one second per push
 

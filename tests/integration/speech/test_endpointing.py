@@ -101,9 +101,8 @@ async def test_default_silence_is_500_ms(
 async def test_a_pause_the_caller_speaks_through_stays_one_utterance(
     gateway_speech: Speech, utterances: dict[str, np.ndarray]
 ) -> None:
-    # ~400 ms of pause (with the voice's own trailing silence) at the default 500 ms: the audio
-    # up to the pause is flushed for an early final at 300 ms, then the caller speaks on. Still
-    # one utterance, whose one final has both phrases' words in order and in time.
+    # ~400 ms of pause (with the voice's own trailing silence) at the default 500 ms: one
+    # utterance, whose one final has both phrases' words in order and in time.
     first, second = utterances[SENTENCES[3]], utterances[SENTENCES[1]]
     pcm = np.concatenate([silence(0.3), first, silence(0.3), second, silence(1.2)])
     responses = await run(gateway_speech, pcm, None)
