@@ -42,6 +42,10 @@ def _principal(access_token: str) -> Principal:
                      roles=tuple(claims["roles"]), session_id=claims.get("sid"))
 
 
+def _email() -> str:
+    return f"mirror-{uuid.uuid4().hex[:10]}@example.com"
+
+
 async def _refused_soon(check: object) -> bool:
     deadline = time.monotonic() + PROMPT_SECONDS
     while time.monotonic() < deadline:
@@ -57,8 +61,7 @@ async def test_revoked_key_leaves_the_other_replicas_copy(
     replicas: tuple[AuthDomain, AuthDomain]
 ) -> None:
     checker, admin = replicas
-    owner = await admin.sessions.sign_up(f"mirror-{uuid.uuid4().hex[:10]}@example.com",
-                                         PASSWORD, "", "Mirror", "")
+    owner = await admin.sessions.sign_up(_email(), PASSWORD, "", "Mirror", "")
     row, secret = await admin.api_keys.create(_principal(owner.access_token), "k", [], None, "")
     await checker.api_keys.authenticate(secret)  # fills Redis from PostgreSQL
     await checker.api_keys.authenticate(secret)  # ... and this replica's copy from Redis
@@ -73,9 +76,7 @@ async def test_ended_session_and_role_change_leave_the_copies(
     replicas: tuple[AuthDomain, AuthDomain]
 ) -> None:
     checker, admin = replicas
-    owner = await admin.sessions.sign_up(f"mirror-{uuid.uuid4().hex[:10]}@example.com",
-                                         PASSWORD, "", "Mirror", "")
-    member_email = f"mirror-{uuid.uuid4().hex[:10]}@example.com"
+    owner, member_email = await admin.sessions.sign_up(_email(), PASSWORD, "", "Mirror", ""), _email()
     await admin.sessions.sign_up(member_email, PASSWORD, "", "Own", "")
     owner_principal = _principal(owner.access_token)
     row = await admin.create_membership(owner_principal, member_email, Role.ADMIN, "")
