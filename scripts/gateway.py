@@ -655,7 +655,8 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
             "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
         },
         # Browsers' WebSockets cannot set headers: the Realtime convention puts the credential
-        # in a subprotocol (`openai-insecure-api-key.<token>`). forward keeps that header (the
+        # in a subprotocol (`openai-insecure-api-key.<token>`; a JWT there must be the last one
+        # offered: the token runs to the end of the header value). forward keeps that header (the
         # reply must echo a subprotocol); Auth's Check strips the token from it, and
         # `authorization`, before the request goes upstream.
         "from_headers": [

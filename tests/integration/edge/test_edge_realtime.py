@@ -192,8 +192,11 @@ async def test_browser_subprotocol_credential(edge: EdgeStack, api_key: str) -> 
 
 
 async def test_browser_subprotocol_jwt(edge: EdgeStack, edge_account: Account) -> None:
-    """A signed-in user's access token (a JWT) works the same way: jwt_authn verifies it there."""
-    protocols = ["realtime", f"openai-insecure-api-key.{edge_account.access_token}"]
+    """A signed-in user's access token (a JWT) works the same way: jwt_authn verifies it there.
+    It must be the last subprotocol offered: jwt_authn takes the header's value after the
+    prefix to its end (API keys, read by Auth's Check, may stand anywhere in the list)."""
+    protocols = ["realtime", "openai-beta.realtime-v1",
+                 f"openai-insecure-api-key.{edge_account.access_token}"]
     async with websockets.connect(_ws_url(edge), subprotocols=protocols) as ws:  # type: ignore[arg-type]
         assert ws.subprotocol == "realtime"
         assert json.loads(await ws.recv())["type"] == "transcription_session.created"
@@ -355,3 +358,38 @@ async def test_cancel_and_barge_in(voice: EdgeStack, api_key: str) -> None:
         assert error.error.code == "response_cancel_not_active"
         await conn.session.update(session={"voice": "en-us-joe"})
         assert (await until(conn, "session.updated")).session.voice == "en-us-joe"
+
+
+# --- the GA vocabulary (client.realtime) ----------------------------------------------------
+
+
+async def test_ga_client_transcription_and_voice(voice: EdgeStack, api_key: str) -> None:
+    """The package's GA client (no OpenAI-Beta header): GA session shapes and event names."""
+    client = realtime_client(voice, api_key)
+    async with client.realtime.connect(model="gpt-realtime",
+                                       extra_query={"intent": "transcription"}) as conn:
+        created = await conn.recv()
+        assert created.type == "session.created" and created.session.type == "transcription"
+        await conn.session.update(session={"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "whisper-1"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}})
+        updated = await until(conn, "session.updated")
+        assert updated.session.audio.input.turn_detection.silence_duration_ms == 500
+        await append(conn, silence(0.3) + speech_24k(SENTENCE) + silence(1.2))
+        done = await until(conn, "conversation.item.input_audio_transcription.completed")
+        assert word_error_rate(SENTENCE, done.transcript.lower()) <= 0.3, done.transcript
+    async with client.realtime.connect(model="grounded-extractive-v1") as conn:
+        assert (await conn.recv()).type == "session.created"
+        await conn.session.update(session={"type": "realtime", "instructions": "Be brief.",
+                                           "audio": {"output": {"voice": "marin"}}})
+        await until(conn, "session.updated")
+        await speak(conn, QUESTION)
+        events = await collect(conn, "response.done", timeout=180)
+    kinds = {e.type for e in events}
+    assert {"conversation.item.added", "response.output_audio.delta",
+            "response.output_audio_transcript.delta", "conversation.item.done"} <= kinds, kinds
+    assert not kinds & {"response.audio.delta", "response.audio_transcript.delta"}
+    done = events[-1].response
+    assert done.status == "completed" and done.output[0].content[0].type == "output_audio"
+    assert done.usage.output_tokens > 0
