@@ -10,12 +10,11 @@ serves gRPC, gRPC-Web and JSON/HTTP. Filter order (the filters after the transco
 gRPC path; tests/contract checks this line against the rendered chain):
 
     health_check → aimesh.grpc_web_mark → grpc_web → cors → aimesh.grpc_web_frames →
-    aimesh.json_fields → grpc_json_transcoder → jwt_authn → ext_authz → ratelimit →
-    router
+    aimesh.json_fields → grpc_json_transcoder → jwt_authn → ext_authz → router
 
 health_check answers /healthz; the two Lua filters (envoy/grpc_web_frames.lua) check gRPC-Web
 framing; aimesh.json_fields (envoy/json_fields.lua) refuses unknown JSON body fields; ext_authz
-calls Auth's Check, ratelimit Usage's RateLimitService.
+calls Auth's Check, which admits the caller and counts its rate limit in one hop.
 
 Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
 JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
@@ -24,11 +23,13 @@ listener) so the JWKS has one HTTP form for everyone. jwt_authn forwards the ver
 x-aimesh-jwt-payload and never rejects by itself (allow_missing_or_failed): ext_authz Check makes
 every decision (JWT or API key) and sets the identity headers.
 
-Rate limits: the global ratelimit filter calls Usage's RateLimitService with domain "aimesh" and
-two descriptors per authenticated request: [org_id] and [org_id, key_id] (the latter only for
-API keys). If Usage is unreachable the gateway FAILS OPEN by default (requests are served,
-counted in ratelimit.failure_mode_allowed); set AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED=true to
-answer UNAVAILABLE instead. Authentication never fails open (ext_authz errors deny with 503).
+Rate limits: Check counts every admitted request in Usage's per-minute windows (its
+organization's, plus its API key's for API keys) with Usage's limiter on Usage's Redis keys
+(services/usage/ratelimit.py), in the same hop that checks the credential: one Python gRPC hop per
+request instead of ext_authz → Auth then ratelimit → Usage. Over the limit: 429 /
+RESOURCE_EXHAUSTED with RetryInfo and x-ratelimit-* headers. If the counters are unreachable the
+gateway FAILS OPEN by default (requests are served); set AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED=true
+to answer UNAVAILABLE instead. Authentication never fails open (ext_authz errors deny with 503).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
 
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
-RATE_LIMIT_DOMAIN = "aimesh"
 JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
 # Set in front of grpc_web on gRPC-Web requests, read by the frame check behind it.
 GRPC_WEB_MARK = "x-aimesh-grpc-web"
@@ -187,7 +187,7 @@ def upstream_cluster(
 ) -> dict[str, Any]:
     """The one definition of an upstream cluster. For mTLS, render() passes
     upstream_transport_socket(name, certs) for the service clusters (health checks and
-    ext_authz/ratelimit calls then use it too)."""
+    ext_authz calls then use it too)."""
     host = address.rpartition(":")[0]
     cluster: dict[str, Any] = {
         "name": name,
@@ -250,18 +250,6 @@ def _disabled(*filters: str) -> dict[str, Any]:
     return out
 
 
-def _rate_limits() -> list[dict[str, Any]]:
-    org = {"request_headers": {"header_name": "x-aimesh-org", "descriptor_key": "org_id"}}
-    key = {
-        "request_headers": {
-            "header_name": "x-aimesh-key-id",
-            "descriptor_key": "key_id",
-            "skip_if_absent": True,
-        }
-    }
-    return [{"actions": [org]}, {"actions": [org, key]}]
-
-
 def _route(rpc: Rpc) -> dict[str, Any]:
     action: dict[str, Any] = {"cluster": rpc.service}
     if rpc.streaming:
@@ -291,7 +279,6 @@ def _route(rpc: Rpc) -> dict[str, Any]:
                 "requirement_name": "jwt_if_present",
             }
         }
-        action["rate_limits"] = _rate_limits()
     return route
 
 
@@ -385,7 +372,6 @@ def _edge_route() -> dict[str, Any]:
             # SSE streams run as long as tokens flow; the edge bounds unary work itself.
             "timeout": "0s",
             "idle_timeout": STREAM_IDLE_TIMEOUT,
-            "rate_limits": _rate_limits(),
             # WebSockets (the Realtime bridge) upgrade on this route, after the same filters.
             "upgrade_configs": [{"upgrade_type": "websocket"}],
         },
@@ -631,7 +617,6 @@ def _http_filters(
             failure_mode_allow=False,
             status_on_error={"code": 503},
         ),
-        _ratelimit_filter(settings.gateway_ratelimit_fail_closed),
         _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
     ]
 
@@ -669,7 +654,16 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
             "cache_duration": f"{JWKS_CACHE_SECONDS}s",
             "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
         },
-        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        # Browsers' WebSockets cannot set headers: the Realtime convention puts the credential
+        # in a subprotocol (`openai-insecure-api-key.<token>`; a JWT there must be the last one
+        # offered: the token runs to the end of the header value). forward keeps that header (the
+        # reply must echo a subprotocol); Auth's Check strips the token from it, and
+        # `authorization`, before the request goes upstream.
+        "from_headers": [
+            {"name": "authorization", "value_prefix": "Bearer "},
+            {"name": "sec-websocket-protocol", "value_prefix": "openai-insecure-api-key."},
+        ],
+        "forward": True,
         "forward_payload_header": JWT_PAYLOAD_HEADER,
         "clock_skew_seconds": 30,
     }
@@ -694,22 +688,6 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
                     ]
                 }
             },
-        },
-    )
-
-
-def _ratelimit_filter(fail_closed: bool) -> dict[str, Any]:
-    return _filter(
-        "envoy.filters.http.ratelimit",
-        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-        domain=RATE_LIMIT_DOMAIN,
-        timeout="0.25s",
-        failure_mode_deny=fail_closed,
-        rate_limited_as_resource_exhausted=True,
-        enable_x_ratelimit_headers="DRAFT_VERSION_03",
-        rate_limit_service={
-            "grpc_service": {"envoy_grpc": {"cluster_name": "usage"}},
-            "transport_api_version": "V3",
         },
     )
 
@@ -808,11 +786,11 @@ def _local_reply_config() -> dict[str, Any]:
         details: list[dict[str, Any]] = [
             {"@type": _t("google.rpc.ErrorInfo"), "reason": reason, "domain": "aimesh.dev"}
         ]
-        # Envoy's body may be empty (ext_authz errors, ratelimit); the summary and the response
+        # Envoy's body may be empty (ext_authz errors); the summary and the response
         # code details (e.g. "ext_authz_error") keep the message useful.
         message = f"{summary} (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"
         if http_code == 429:
-            # The ratelimit filter replies with an empty body; say what happened and when to
+            # Check's 429 (rate limit) gets one body for every caller: say what happened and when to
             # retry (the window resets after x-ratelimit-reset seconds).
             message = "rate limit exceeded for this API key or organization"
             details.append(

@@ -1,7 +1,7 @@
 """Chat benchmark: time to first token (TTFT) and tokens/s of one grounded answer, five paths,
 same machine, same run, then many concurrent streams through Envoy.
 
-    .venv/bin/python -m bench.chat [--requests 20] [--streams 100]
+    .venv/bin/python -m bench.chat [--requests 20] [--streams 100] [--rounds 2]
 
 Paths (the same question and context each time; the Triton grounded responder answers):
 1. Triton directly (services/common/triton.py `respond`, decoupled stream);
@@ -11,10 +11,14 @@ Paths (the same question and context each time; the Triton grounded responder an
 5. SendMessage through Envoy, JSON/HTTP with server-sent events.
 
 TTFT = request sent -> first text token received; tokens/s = tokens after the first divided by
-the time from first to last. Ratios are to path 1 (mesh overhead). Then `--streams` SendMessage
-streams through Envoy gRPC are started at once (each its own conversation) and held to the end:
-p50/p95 TTFT under that load. Everything (services, Envoy, Triton, this client) shares the same
-cores, so absolute numbers are bounded by the machine; the ratios are the point. The mesh runs
+the time from first to last. The paths are measured interleaved (one request of each per round,
+bench/chat/timing.py), so load swings of the shared machine hit all alike. Ratios are to path 1
+(mesh overhead). Then `--streams` direct Triton streams and as many SendMessage streams through
+Envoy gRPC (each its own conversation) are started at once and held to the end, alternating
+`--rounds` times: p95 TTFT of each side over all its rounds. Knowledge runs as in production
+(the Orchestrator asks it whether the organization has documents to ground on). Everything
+(services, Envoy, Triton, this client) shares the same cores, so absolute numbers are bounded
+by the machine; the ratios are the point. The mesh runs
 as configured (mTLS between services by default); the direct paths call as the mesh identities
 allowed to (Conversation -> Orchestrator, gateway -> Conversation).
 """
@@ -23,13 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
-import json
-import socket
-import statistics
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,17 @@ from aimesh.conversation.v1 import conversation_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
-from bench.accounts import bench_account
+from bench.accounts import BenchAccount, bench_account
+from bench.chat.timing import (
+    Path_,
+    Stream,
+    concurrent,
+    free_port,
+    measure_interleaved,
+    native_sse_deltas,
+    percentile,
+    report,
+)
 from bench.report import print_load, verdict
 from scripts import triton_server
 from scripts.stack import Stack
@@ -55,233 +64,216 @@ CONTEXT = (
     "Saturdays between ten and noon. The fog horn sounds twice a minute when visibility drops."
 )
 QUESTION = "When is the lamp switched on, and where are spare bulbs kept?"
+MODEL = "models/grounded-extractive-v1"
+SSE_PATH = "SendMessage via Envoy, JSON/SSE + key"
+SSE_TARGET = 1.2  # TTFT through the gateway's SSE, times Triton direct (p50)
+STREAMS_TARGET = 1.1  # concurrent streams' TTFT p95 through the gateway, times direct
+SERVICES_USED = ["auth", "usage", "knowledge", "orchestrator", "conversation"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sample:
-    ttft: float
-    tokens: int
-    tokens_per_s: float
-
-
-@dataclass
-class Path_:
-    name: str
-    samples: list[Sample] = field(default_factory=list)
-    errors: int = 0
-
-
-Stream = Callable[[], AsyncIterator[str]]
-
-
-async def timed(stream: Stream) -> Sample:
-    start = time.perf_counter()
-    first = last = 0.0
-    tokens = 0
-    async for piece in stream():
-        if not piece:
-            continue
-        now = time.perf_counter()
-        if tokens == 0:
-            first = now
-        last = now
-        tokens += 1
-    if tokens == 0:
-        raise RuntimeError("no tokens")
-    rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else float("nan")
-    return Sample(first - start, tokens, rate)
-
-
-async def measure(name: str, stream: Stream, requests: int) -> Path_:
-    result = Path_(name)
-    await timed(stream)  # warm-up (connections, caches)
-    for _ in range(requests):
-        try:
-            result.samples.append(await timed(stream))
-        except Exception as exc:  # noqa: BLE001 - count and show every kind of failure
-            result.errors += 1
-            print(f"  {name}: {type(exc).__name__}: {str(exc)[:160]}")
-    return result
-
-
-def _p(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def run(args: argparse.Namespace) -> None:
-    var_dir = Path(tempfile.mkdtemp(prefix="aimesh-bench-chat-"))
-    overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{_free_port()}" for s in SERVICES}
+def start_stack(prefix: str, services: list[str]) -> Stack:
+    """Triton (unless one answers already), `services`, then Envoy, on free ports."""
+    var_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
     overrides.update({
-        "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{_free_port()}",
-        "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{_free_port()}",
+        "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
+        "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
         "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "120",
     })
     stack = Stack.create(overrides, log_dir=var_dir / "log")
-    print_load("before the run")
     try:
         host, ports = stack.triton_ports()
         if not triton_server.is_ready(ports, host):
             print("starting Triton ...")
             stack.start_triton()
             stack.wait_ready(["triton"], timeout=600)
-        services = ["auth", "usage", "orchestrator", "conversation"]
         for service in services:
             stack.start_service(service)
-        stack.wait_ready(services, timeout=90)
+        stack.wait_ready(services, timeout=120)
         stack.start_gateway()
         stack.wait_ready(["gateway"], timeout=60)
-        settings = stack.settings
-        await bench(args, settings)
+    except BaseException:
+        stack.stop_all()
+        raise
+    return stack
+
+
+async def run(args: argparse.Namespace) -> None:
+    print_load("before the run")
+    stack = start_stack("aimesh-bench-chat-", SERVICES_USED)
+    try:
+        await bench(args, stack.settings)
     finally:
         stack.stop_all()
 
 
-async def bench(args: argparse.Namespace, settings: Settings) -> None:
-    gateway = settings.gateway_addr
-    async with httpx.AsyncClient(base_url=f"http://{gateway}", timeout=300) as http:
-        account = await bench_account(http, settings)
-        secret, identity, key_md = account.secret, account.identity, account.key_metadata
+def triton_stream(triton: TritonClient) -> Stream:
+    """The grounded responder on Triton directly: the baseline every ratio is taken against."""
 
-        triton = TritonClient(settings.triton_url)
-        # Direct paths as the mesh identities allowed to make them (mTLS by default).
-        direct_orch = open_channel(settings, "orchestrator", caller="conversation")
-        direct_conv = open_channel(settings, "conversation", caller="gateway")
-        edge = grpc.aio.insecure_channel(gateway)
-        orch = orchestrator_pb2_grpc.OrchestratorServiceStub(direct_orch)
-        conv_direct = conversation_pb2_grpc.ConversationServiceStub(direct_conv)
-        conv_edge = conversation_pb2_grpc.ConversationServiceStub(edge)
+    async def stream() -> AsyncIterator[str]:
+        async for response in triton.respond(
+            QUESTION, [CONTEXT], ["context"], max_sentences=3, timeout=600
+        ):
+            token = response.get("TOKEN")
+            if token is not None and token.size:
+                value = token.reshape(-1)[0]
+                yield value.decode() if isinstance(value, bytes) else str(value)
 
-        async def new_conversation() -> str:
-            created = await conv_direct.CreateConversation(cpb.CreateConversationRequest(
-                conversation=cpb.Conversation(system_prompt=CONTEXT)), metadata=identity, timeout=10)
+    return stream
+
+
+@dataclass
+class Clients:
+    """Everything the paths call, opened once: direct paths as the mesh identities allowed to
+    make them (mTLS by default), gateway paths with the bench account's API key."""
+
+    http: httpx.AsyncClient
+    account: BenchAccount
+    triton: TritonClient
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, http: httpx.AsyncClient, account: BenchAccount, settings: Settings) -> Clients:
+        clients = cls(http, account, TritonClient(settings.triton_url))
+        clients.channels = [
+            open_channel(settings, "orchestrator", caller="conversation"),
+            open_channel(settings, "conversation", caller="gateway"),
+            grpc.aio.insecure_channel(settings.gateway_addr),
+        ]
+        return clients
+
+    @property
+    def orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
+        return orchestrator_pb2_grpc.OrchestratorServiceStub(self.channels[0])
+
+    @property
+    def conversation(self) -> conversation_pb2_grpc.ConversationServiceStub:
+        return conversation_pb2_grpc.ConversationServiceStub(self.channels[1])
+
+    @property
+    def gateway(self) -> conversation_pb2_grpc.ConversationServiceStub:
+        return conversation_pb2_grpc.ConversationServiceStub(self.channels[2])
+
+    async def new_conversations(self, count: int) -> list[str]:
+        """Fresh conversations (created untimed), so every SendMessage has the same history."""
+
+        async def one() -> str:
+            created = await self.conversation.CreateConversation(
+                cpb.CreateConversationRequest(conversation=cpb.Conversation(system_prompt=CONTEXT)),
+                metadata=self.account.identity, timeout=10)
             return created.name
 
-        async def triton_stream() -> AsyncIterator[str]:
-            async for response in triton.respond(QUESTION, [CONTEXT], ["context"], max_sentences=3, timeout=600):
-                token = response.get("TOKEN")
-                if token is not None and token.size:
-                    value = token.reshape(-1)[0]
-                    yield value.decode() if isinstance(value, bytes) else str(value)
+        return list(await asyncio.gather(*(one() for _ in range(count))))
 
-        generate = opb.GenerateRequest(model="models/grounded-extractive-v1", disable_cache=True, messages=[
-            opb.ChatMessage(role=opb.ROLE_SYSTEM, content=CONTEXT), opb.ChatMessage(role=opb.ROLE_USER, content=QUESTION)])
-
-        async def orchestrator_stream() -> AsyncIterator[str]:
-            async for event in orch.Generate(generate, metadata=identity, timeout=300):
-                if event.HasField("delta"):
-                    yield event.delta.text
-
-        # Each SendMessage gets a fresh conversation (history stays the same size), created
-        # beforehand so that its creation is not timed.
-        spare = list(await asyncio.gather(*(new_conversation() for _ in range(3 * (args.requests + 1)))))
-
-        async def send_stream(stub: conversation_pb2_grpc.ConversationServiceStub, md: tuple[tuple[str, str], ...]) -> AsyncIterator[str]:
-            name = spare.pop()
-            request = cpb.SendMessageRequest(conversation=name, content=QUESTION)
-            async for event in stub.SendMessage(request, metadata=md, timeout=300):
-                if event.HasField("delta"):
-                    yield event.delta.text
-
-        async def sse_stream() -> AsyncIterator[str]:
-            name = spare.pop()
-            async with http.stream("POST", f"/v1/{name}:sendMessage", headers={"x-api-key": secret},
-                                   json={"content": QUESTION}) as reply:
-                reply.raise_for_status()
-                async for line in reply.aiter_lines():
-                    if line.startswith("data:"):
-                        event = json.loads(line[5:])
-                        if "delta" in event:
-                            yield event["delta"]["text"]
-
-        paths = [
-            ("Triton responder, direct", triton_stream),
-            ("Orchestrator.Generate, direct gRPC", orchestrator_stream),
-            ("Conversation.SendMessage, direct gRPC", lambda: send_stream(conv_direct, identity)),
-            ("SendMessage via Envoy, gRPC + key", lambda: send_stream(conv_edge, key_md)),
-            ("SendMessage via Envoy, JSON/SSE + key", sse_stream),
-        ]
-        results = []
-        for name, stream in paths:
-            print(f"measuring {name} ({args.requests} sequential requests) ...")
-            results.append(await measure(name, stream, args.requests))
-        report(results)
-
-        names = await asyncio.gather(*(new_conversation() for _ in range(args.streams)))
-        direct_p95 = await concurrent(f"{args.streams} Triton responder streams, direct",
-                                      [triton_stream] * args.streams)
-        edge_streams: list[Stream] = [functools.partial(_edge_send, conv_edge, n, key_md) for n in names]
-        edge_p95 = await concurrent(f"{args.streams} SendMessage streams via Envoy gRPC", edge_streams)
-        print()
-        print_load("after the run")
-        ttft = {r.name: statistics.median(s.ttft for s in r.samples) if r.samples else float("inf")
-                for r in results}
-        sse_ratio = ttft["SendMessage via Envoy, JSON/SSE + key"] / ttft["Triton responder, direct"]
-        print(f"ratio SSE TTFT p50 / Triton direct: {sse_ratio:.2f}x")
-        print(verdict("TTFT through the gateway's SSE <= 1.2x Triton direct (p50)", sse_ratio <= 1.2,
-                      f"{sse_ratio:.2f}x"))
-        stream_ratio = edge_p95 / direct_p95
-        print(f"ratio {args.streams} concurrent streams TTFT p95, gateway / direct: {stream_ratio:.2f}x")
-        print(verdict(f"{args.streams} concurrent streams TTFT p95 <= 1.1x direct", stream_ratio <= 1.1,
-                      f"{stream_ratio:.2f}x"))
-
-        await triton.close()
-        for channel in (direct_orch, direct_conv, edge):
+    async def close(self) -> None:
+        await self.triton.close()
+        for channel in self.channels:
             await channel.close()
 
 
-async def _edge_send(stub: conversation_pb2_grpc.ConversationServiceStub, name: str,
-                     md: tuple[tuple[str, str], ...]) -> AsyncIterator[str]:
-    request = cpb.SendMessageRequest(conversation=name, content=QUESTION)
-    async for event in stub.SendMessage(request, metadata=md, timeout=600):
-        if event.HasField("delta"):
-            yield event.delta.text
+def send_stream(stub: conversation_pb2_grpc.ConversationServiceStub, name: str,
+                metadata: tuple[tuple[str, str], ...]) -> Stream:
+    async def stream() -> AsyncIterator[str]:
+        request = cpb.SendMessageRequest(conversation=name, content=QUESTION)
+        async for event in stub.SendMessage(request, metadata=metadata, timeout=600):
+            if event.HasField("delta"):
+                yield event.delta.text
+
+    return stream
 
 
-async def concurrent(title: str, streams: list[Stream]) -> float:
-    """Start every stream at once and hold them to the end; print TTFT percentiles."""
-    print(f"\nconcurrent: {title}, all started at once ...")
-    started = time.perf_counter()
-    outcomes = await asyncio.gather(*(timed(s) for s in streams), return_exceptions=True)
-    wall = time.perf_counter() - started
-    ok = [o for o in outcomes if isinstance(o, Sample)]
-    failed = [o for o in outcomes if not isinstance(o, Sample)]
-    for exc in failed[:3]:
-        print(f"  error: {type(exc).__name__}: {str(exc)[:200]}")
-    ttfts = [s.ttft * 1000 for s in ok]
-    print(f"  streams: {len(ok)}/{len(streams)} completed, {len(failed)} failed, wall {wall:.1f}s")
-    print(f"  TTFT: p50 {_p(ttfts, 0.5):.0f} ms, p95 {_p(ttfts, 0.95):.0f} ms, max {max(ttfts, default=float('nan')):.0f} ms")
-    print(f"  aggregate: {sum(s.tokens for s in ok) / wall:.0f} tokens/s across streams")
-    return _p(ttfts, 0.95) if not failed else float("inf")  # any failure misses the target
+def sequential_paths(clients: Clients, spare: list[str]) -> list[tuple[str, Stream]]:
+    """The five paths (module docstring); each SendMessage takes a conversation from `spare`."""
+    account = clients.account
+    generate = opb.GenerateRequest(model=MODEL, disable_cache=True, messages=[
+        opb.ChatMessage(role=opb.ROLE_SYSTEM, content=CONTEXT),
+        opb.ChatMessage(role=opb.ROLE_USER, content=QUESTION)])
+
+    async def orchestrator() -> AsyncIterator[str]:
+        call = clients.orchestrator.Generate(generate, metadata=account.identity, timeout=300)
+        async for event in call:
+            if event.HasField("delta"):
+                yield event.delta.text
+
+    async def sse() -> AsyncIterator[str]:
+        async with clients.http.stream(
+            "POST", f"/v1/{spare.pop()}:sendMessage", headers={"x-api-key": account.secret},
+            json={"content": QUESTION},
+        ) as reply:
+            async for text in native_sse_deltas(reply):
+                yield text
+
+    return [
+        ("Triton responder, direct", triton_stream(clients.triton)),
+        ("Orchestrator.Generate, direct gRPC", orchestrator),
+        ("Conversation.SendMessage, direct gRPC",
+         lambda: send_stream(clients.conversation, spare.pop(), account.identity)()),
+        ("SendMessage via Envoy, gRPC + key",
+         lambda: send_stream(clients.gateway, spare.pop(), account.key_metadata)()),
+        (SSE_PATH, sse),
+    ]
 
 
-def report(results: list[Path_]) -> None:
-    base = statistics.median(s.ttft for s in results[0].samples) if results[0].samples else float("nan")
-    print(f"\n{'path':42} {'TTFT p50':>9} {'TTFT p95':>9} {'tok/s p50':>10} {'tokens':>7} {'errors':>7} {'TTFT ratio':>11}")
-    for r in results:
-        ttft = [s.ttft for s in r.samples]
-        rate = [s.tokens_per_s for s in r.samples if s.tokens_per_s == s.tokens_per_s]
-        p50 = statistics.median(ttft) if ttft else float("nan")
-        print(f"{r.name:42} {p50 * 1000:8.1f}ms {_p(ttft, 0.95) * 1000:8.1f}ms "
-              f"{statistics.median(rate) if rate else float('nan'):10.0f} "
-              f"{statistics.median(s.tokens for s in r.samples) if r.samples else 0:7.0f} {r.errors:7d} "
-              f"{p50 / base:10.2f}x")
+async def concurrent_ratio(clients: Clients, streams: int, rounds: int) -> float:
+    """`streams` direct Triton streams, then as many SendMessage streams through Envoy gRPC,
+    `rounds` times alternating; the ratio of their TTFT p95 over all rounds."""
+    direct: list[float] = []
+    gateway: list[float] = []
+    failed = False
+    for round_ in range(1, rounds + 1):
+        names = await clients.new_conversations(streams)
+        ttfts = await concurrent(f"{streams} Triton responder streams, direct (round {round_})",
+                                 [triton_stream(clients.triton)] * streams)
+        direct += ttfts
+        failed |= not ttfts
+        ttfts = await concurrent(
+            f"{streams} SendMessage streams via Envoy gRPC (round {round_})",
+            [send_stream(clients.gateway, n, clients.account.key_metadata) for n in names])
+        gateway += ttfts
+        failed |= not ttfts
+    if failed:
+        return float("inf")
+    direct_p95, gateway_p95 = percentile(direct, 0.95), percentile(gateway, 0.95)
+    print(f"\nall rounds: TTFT p95 direct {direct_p95:.0f} ms, "
+          f"via the gateway {gateway_p95:.0f} ms")
+    return gateway_p95 / direct_p95
+
+
+def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> None:
+    by_name = {r.name: r for r in results}
+    sse_ratio = by_name[SSE_PATH].ttft_p50 / results[0].ttft_p50
+    print(f"ratio SSE TTFT p50 / Triton direct: {sse_ratio:.2f}x")
+    print(verdict(f"TTFT through the gateway's SSE <= {SSE_TARGET}x Triton direct (p50)",
+                  sse_ratio <= SSE_TARGET, f"{sse_ratio:.2f}x"))
+    print(f"ratio {streams} concurrent streams TTFT p95, gateway / direct: {stream_ratio:.2f}x")
+    print(verdict(f"{streams} concurrent streams TTFT p95 <= {STREAMS_TARGET}x direct",
+                  stream_ratio <= STREAMS_TARGET, f"{stream_ratio:.2f}x"))
+
+
+async def bench(args: argparse.Namespace, settings: Settings) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{settings.gateway_addr}", timeout=300) as http:
+        clients = Clients.open(http, await bench_account(http, settings), settings)
+        try:
+            spare = await clients.new_conversations(4 * (args.requests + 1))
+            results = await measure_interleaved(sequential_paths(clients, spare), args.requests)
+            report(results)
+            stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds)
+            print()
+            print_load("after the run")
+            print_verdicts(results, args.streams, stream_ratio)
+        finally:
+            await clients.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.chat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20, help="sequential requests per path")
-    parser.add_argument("--streams", type=int, default=100, help="concurrent streams held through Envoy")
+    parser.add_argument("--streams", type=int, default=100,
+                        help="concurrent streams per side (direct, through Envoy)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating rounds of the concurrent streams")
     args = parser.parse_args(argv)
     asyncio.run(run(args))
     return 0

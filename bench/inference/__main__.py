@@ -21,6 +21,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -127,20 +128,33 @@ async def asr_triton(
 # --- main --------------------------------------------------------------------------------------
 
 
-async def run(url: str, rounds: int) -> None:
-    from pocketsphinx import Decoder
+@dataclass
+class AsrResult:
+    seconds: float  # audio length of all utterances
+    utterances: int
+    direct_rtf: float
+    triton_rtf: float
+    direct_latency_ms: float
+    triton_latency_ms: float
 
-    client = TritonClient(url, default_timeout=120.0)
-    await client.wait_until_ready()
+
+async def _utterances(client: TritonClient) -> list[np.ndarray]:
+    """The benchmark sentences spoken by the synthesizer, at the recognizer's rate."""
     audios: list[np.ndarray] = []
     for s in SENTENCES:
         parts = [
             c async for c in client.synthesize(s, voice="en-us+f2", rate_wpm=130, sample_rate=RATE)
         ]
         audios.append(np.concatenate(parts))
+    return audios
+
+
+async def _measure_asr(client: TritonClient, audios: list[np.ndarray], rounds: int) -> AsrResult:
+    """Recognition in-process (pocketsphinx) against through Triton, same audio, same run."""
+    from pocketsphinx import Decoder
+
     seconds = sum(len(a) for a in audios) / RATE
     decoder = Decoder(samprate=RATE)
-
     direct_proc, direct_lat, mesh_proc, mesh_lat = [], [], [], []
     for _ in range(rounds):
         d_total = m_total = 0.0
@@ -156,13 +170,15 @@ async def run(url: str, rounds: int) -> None:
         direct_lat.append(lat)
         _, lat, _ = await asr_triton(client, audio, pace=True)
         mesh_lat.append(lat)
+    return AsrResult(
+        seconds, len(audios),
+        statistics.median(direct_proc) / seconds, statistics.median(mesh_proc) / seconds,
+        statistics.median(direct_lat) * 1000, statistics.median(mesh_lat) * 1000,
+    )
 
-    d_rtf = statistics.median(direct_proc) / seconds
-    m_rtf = statistics.median(mesh_proc) / seconds
-    d_lat = statistics.median(direct_lat) * 1000
-    m_lat = statistics.median(mesh_lat) * 1000
 
-    # TTS
+async def _measure_tts(client: TritonClient, rounds: int) -> tuple[float, float]:
+    """Median time to the first audio chunk (s) and real-time factor of synthesis."""
     ttfc, tts_rtf = [], []
     for _ in range(max(3, rounds)):
         start = time.perf_counter()
@@ -175,8 +191,11 @@ async def run(url: str, rounds: int) -> None:
         total = time.perf_counter() - start
         ttfc.append(first or total)
         tts_rtf.append(total / (samples / 22050))
+    return statistics.median(ttfc), statistics.median(tts_rtf)
 
-    # Embeddings
+
+async def _measure_embeddings(client: TritonClient) -> tuple[float, float]:
+    """Embeddings per second one text per request, and 32 per request."""
     texts = [f"This is benchmark sentence number {i} about service meshes." for i in range(256)]
     await client.embed(texts[:32])  # warm up
     start = time.perf_counter()
@@ -186,23 +205,32 @@ async def run(url: str, rounds: int) -> None:
     start = time.perf_counter()
     await client.embed(texts)  # 8 requests of 32
     eps32 = len(texts) / (time.perf_counter() - start)
+    return eps1, eps32
+
+
+async def run(url: str, rounds: int) -> None:
+    client = TritonClient(url, default_timeout=120.0)
+    await client.wait_until_ready()
+    asr = await _measure_asr(client, await _utterances(client), rounds)
+    ttfc, tts_rtf = await _measure_tts(client, rounds)
+    eps1, eps32 = await _measure_embeddings(client)
     await client.close()
 
     print_load()
     print(
-        f"audio: {len(audios)} utterances, {seconds:.1f} s at 16 kHz, {CHUNK * 1000 // RATE} ms chunks, {rounds} rounds"
+        f"audio: {asr.utterances} utterances, {asr.seconds:.1f} s at 16 kHz, {CHUNK * 1000 // RATE} ms chunks, {rounds} rounds"
     )
     print(f"{'metric':44} {'in-process':>12} {'via Triton':>12} {'ratio':>8}")
+    d_rtf, m_rtf = asr.direct_rtf, asr.triton_rtf
+    d_lat, m_lat = asr.direct_latency_ms, asr.triton_latency_ms
     print(
         f"{'ASR real-time factor (lower is better)':44} {d_rtf:12.3f} {m_rtf:12.3f} {m_rtf / d_rtf:8.2f}"
     )
     print(
         f"{'ASR end-of-audio -> final result (ms)':44} {d_lat:12.1f} {m_lat:12.1f} {m_lat / d_lat:8.2f}"
     )
-    print(
-        f"{'TTS time to first audio chunk (ms)':44} {'':12} {statistics.median(ttfc) * 1000:12.1f}"
-    )
-    print(f"{'TTS real-time factor':44} {'':12} {statistics.median(tts_rtf):12.4f}")
+    print(f"{'TTS time to first audio chunk (ms)':44} {'':12} {ttfc * 1000:12.1f}")
+    print(f"{'TTS real-time factor':44} {'':12} {tts_rtf:12.4f}")
     print(f"{'embeddings/s, batch 1':44} {'':12} {eps1:12.1f}")
     print(f"{'embeddings/s, batch 32':44} {'':12} {eps32:12.1f} {eps32 / eps1:8.2f}")
     # Issue 15's ingestion target needs the embedding model to gain from batches at all.

@@ -15,6 +15,14 @@ One decision point for every authenticated request through the gateway:
 On success the identity headers are set (overwriting) and the credential headers removed.
 On failure the reply is a JSON google.rpc.Status (HTTP 401/403) and, for gRPC callers, the same
 status in grpc-status-details-bin.
+
+Rate limits: an admitted caller's request is then counted against its organization's window
+(and its API key's) by Usage's limiter (services/usage/ratelimit.py), run here on Usage's Redis
+keys, so a gateway request pays one gRPC hop instead of ext_authz + ratelimit. Over the limit:
+HTTP 429 / RESOURCE_EXHAUSTED with RetryInfo and x-ratelimit-* headers (on every counted reply,
+as Envoy's ratelimit filter sent them). If the counters cannot be reached the request is
+served (fail open, like the ratelimit filter's default) unless
+AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED is true (then 503 UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -32,13 +40,20 @@ from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy_api.type.v3 import http_status_pb2
 from google.protobuf import json_format, wrappers_pb2
 from google.rpc import status_pb2
+from redis.exceptions import RedisError
 
 from services.auth import crypto
 from services.auth.domain import AuthDomain
 from services.auth.errors import AuthError
 from services.auth.principal import Principal
 from services.common.access import METHOD_ACCESS, http_scope
-from services.common.errors import ServiceError, permission_denied, unauthenticated
+from services.common.errors import (
+    ServiceError,
+    permission_denied,
+    resource_exhausted,
+    unauthenticated,
+    unavailable,
+)
 from services.common.identity import (
     HEADER_KEY_ID,
     HEADER_ORG,
@@ -47,6 +62,7 @@ from services.common.identity import (
     HEADER_SUBJECT,
 )
 from services.common.mesh_policy import EDGE_PUBLIC_PREFIX
+from services.usage.ratelimit import Counters, Decision, gateway_descriptors
 
 log = logging.getLogger("aimesh.auth.check")
 
@@ -54,12 +70,18 @@ JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", JWT_PAYLOAD_HEADER)
 SUBPROTOCOL_HEADER = "sec-websocket-protocol"
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
-_HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}
+_HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
+         grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503}
+COUNTERS_RETRY_AFTER = 1.0  # seconds the counters are skipped after they failed
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, domain: AuthDomain) -> None:
+    def __init__(self, domain: AuthDomain, counters: Counters | None = None,
+                 limits_fail_closed: bool = False) -> None:
         self.domain = domain
+        self.counters = counters
+        self.limits_fail_closed = limits_fail_closed
+        self._counters_down_until = 0.0
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -71,11 +93,34 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             principal = await self._authenticate(headers)
             self._authorize(principal, path)
+            decision = await self._count(principal)
         except AuthError as exc:
             return _deny(exc.to_service_error(), grpc_caller, path)
         except ServiceError as exc:
             return _deny(exc, grpc_caller, path)
-        return _allow(principal, headers.get(SUBPROTOCOL_HEADER))
+        limit_headers = _limit_headers(decision) if decision is not None else []
+        if decision is not None and decision.over:
+            refused = resource_exhausted(
+                "rate limit exceeded for this API key or organization",
+                reason="RATE_LIMITED", retry_after_seconds=decision.reset_seconds)
+            return _deny(refused, grpc_caller, path, limit_headers)
+        return _allow(principal, limit_headers, headers.get(SUBPROTOCOL_HEADER))
+
+    async def _count(self, principal: Principal) -> Decision | None:
+        """This request counted in its windows; None when no limiter runs here or the counters
+        are unreachable and the gateway fails open."""
+        if self.counters is None:
+            return None
+        if time.monotonic() >= self._counters_down_until:
+            try:
+                return await self.counters.check(
+                    gateway_descriptors(principal.org_id, principal.key_id), 1)
+            except (RedisError, OSError) as exc:
+                log.warning("rate-limit counters unavailable: %r", exc)
+                self._counters_down_until = time.monotonic() + COUNTERS_RETRY_AFTER
+        if self.limits_fail_closed:
+            raise unavailable("rate-limit counters unavailable", reason="RATE_LIMIT_UNAVAILABLE")
+        return None
 
     async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
         get = headers.get
@@ -133,6 +178,17 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
+def _limit_headers(decision: Decision) -> list[base_pb2.HeaderValueOption]:
+    """x-ratelimit-* (IETF draft 03, as Envoy's ratelimit filter writes them) for the window
+    closest to its limit."""
+    status = decision.limiting()
+    if status is None:
+        return []
+    return [_header("x-ratelimit-limit", f"{status.limit}, {status.limit};w=60"),
+            _header("x-ratelimit-remaining", str(status.remaining)),
+            _header("x-ratelimit-reset", str(decision.reset_seconds))]
+
+
 def subprotocol_credential(offered: str) -> str:
     """The credential in a `Sec-WebSocket-Protocol` list (`openai-insecure-api-key.<key>`)."""
     for protocol in offered.split(","):
@@ -143,7 +199,8 @@ def subprotocol_credential(offered: str) -> str:
 
 
 def _allow(
-    principal: Principal, subprotocols: str | None = None
+    principal: Principal, response_headers: list[base_pb2.HeaderValueOption],
+    subprotocols: str | None = None,
 ) -> external_auth_pb2.CheckResponse:
     removed = list(CREDENTIAL_HEADERS)
     headers = [
@@ -165,16 +222,21 @@ def _allow(
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=external_auth_pb2.OkHttpResponse(
-            headers=headers, headers_to_remove=removed
+            headers=headers, headers_to_remove=removed,
+            response_headers_to_add=response_headers,
         ),
     )
 
 
-def _deny(exc: ServiceError, grpc_caller: bool, path: str = "") -> external_auth_pb2.CheckResponse:
+def _deny(exc: ServiceError, grpc_caller: bool, path: str = "",
+          extra_headers: list[base_pb2.HeaderValueOption] | None = None,
+          ) -> external_auth_pb2.CheckResponse:
     status = exc.to_status()
     http_code = _HTTP.get(exc.code, 403)
-    headers = [_header("content-type", "application/json")]
+    headers = [_header("content-type", "application/json"), *(extra_headers or ())]
     if grpc_caller:
+        # Envoy would map 429 to UNAVAILABLE (which clients retry): say the code itself.
+        headers.append(_header("grpc-status", str(exc.code.value[0])))
         headers.append(_header("grpc-status-details-bin",
                                base64.b64encode(status.SerializeToString()).decode().rstrip("=")))
     if exc.code == grpc.StatusCode.UNAUTHENTICATED:

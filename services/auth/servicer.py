@@ -20,6 +20,7 @@ from services.auth.domain import AuthDomain
 from services.auth.memberships import ORGANIZATION, check_update_mask
 from services.auth.principal import ROLE_BY_NAME, Principal
 from services.auth.sessions import USER, Tokens
+from services.common.cache import ServiceCache
 from services.common.db import Row
 from services.common.errors import invalid_argument, not_found, unauthenticated
 from services.common.identity import Role, require_identity
@@ -27,6 +28,7 @@ from services.common.names import ResourceName, resource
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
+from services.usage.ratelimit import Counters
 
 _ROLE_TO_PB = {
     "owner": auth_pb2.ROLE_OWNER, "admin": auth_pb2.ROLE_ADMIN,
@@ -34,6 +36,7 @@ _ROLE_TO_PB = {
 }
 _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
+COUNTERS_TIMEOUT = 0.25  # seconds, as Envoy's ratelimit filter waited for Usage
 DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
 MEMBERSHIP = resource("auth.aimesh.dev/Membership")
 API_KEY = resource("auth.aimesh.dev/ApiKey")
@@ -304,6 +307,14 @@ class _Shared:
         return self.domain
 
 
+def _gateway_counters(runtime: Runtime) -> Counters:
+    """Usage's rate-limit counters, run by Check on Usage's Redis keys (services/usage/ratelimit.py
+    explains why they are counted here). A short timeout: a slow Redis must not hold requests."""
+    cache = ServiceCache(runtime.settings.redis_url, "usage", socket_timeout=COUNTERS_TIMEOUT)
+    runtime.on_shutdown(cache.close)
+    return Counters(runtime.settings, cache)
+
+
 def build_spec() -> ServiceSpec:
     shared = _Shared()
     return spec_for(
@@ -317,7 +328,9 @@ def build_spec() -> ServiceSpec:
             ),
             Binding(
                 external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
-                lambda runtime: check.AuthorizationServicer(shared.get(runtime)),
+                lambda runtime: check.AuthorizationServicer(
+                    shared.get(runtime), _gateway_counters(runtime),
+                    runtime.settings.gateway_ratelimit_fail_closed),
                 external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             ),
         ],

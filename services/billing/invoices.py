@@ -137,17 +137,12 @@ class Invoices:
             now = dt.datetime.now(dt.UTC)
             if row["period_end"] > now:
                 raise failed_precondition("the period has not ended yet", reason="PERIOD_NOT_ENDED")
-            cur = await conn.execute(
-                "SELECT count(*) AS n FROM invoices WHERE org = %s AND number <> ''", (row["org"],)
-            )
-            sequence = (await cur.fetchone())["n"] + 1
+            sequence = await self.store.numbered_invoices(conn, row["org"]) + 1
             number = f"{row['period_start']:%Y-%m}-{sequence:04d}"
-            cur = await conn.execute(
-                "UPDATE invoices SET state = %s, number = %s, finalize_time = %s, due_time = %s, "
-                "update_time = now() WHERE id = %s RETURNING *",
-                (INVOICE_FINALIZED, number, now, now + dt.timedelta(days=DUE_DAYS), row["id"]),
+            return await self.store.set_invoice_state(
+                conn, row["id"], INVOICE_FINALIZED, number=number, finalize_time=now,
+                due_time=now + dt.timedelta(days=DUE_DAYS),
             )
-            return await cur.fetchone()
 
         return await self._transition(org, invoice_id, apply)
 
@@ -165,34 +160,32 @@ class Invoices:
                 "payment_reference must be 1-200 characters",
                 {"payment_reference": "1-200 characters"},
             )
+
         async def apply(conn: Any, row: Row) -> Row:
             if row["state"] == INVOICE_PAID and row["payment_reference"] == reference:
                 return row
             if row["state"] != INVOICE_FINALIZED:
                 raise _invalid_state(row, "mark paid")
-            cur = await conn.execute(
-                "UPDATE invoices SET state = %s, payment_reference = %s, paid_time = %s, "
-                "update_time = now() WHERE id = %s RETURNING *",
-                (INVOICE_PAID, reference, paid or dt.datetime.now(dt.UTC), row["id"]),
+            return await self.store.set_invoice_state(
+                conn, row["id"], INVOICE_PAID, payment_reference=reference,
+                paid_time=paid or dt.datetime.now(dt.UTC),
             )
-            return await cur.fetchone()
 
         return await self._transition(org, invoice_id, apply)
 
     async def void(self, org: str, invoice_id: uuid.UUID, reason: str) -> Row:
         if len(reason) > 500:
             raise invalid_argument("reason too long", {"reason": "at most 500 characters"})
+
         async def apply(conn: Any, row: Row) -> Row:
             if row["state"] == INVOICE_VOID:
                 return row
             if row["state"] == INVOICE_PAID:
                 raise _invalid_state(row, "void")
-            cur = await conn.execute(
-                "UPDATE invoices SET state = %s, void_reason = %s, void_time = now(), "
-                "update_time = now() WHERE id = %s RETURNING *",
-                (INVOICE_VOID, reason, row["id"]),
+            return await self.store.set_invoice_state(
+                conn, row["id"], INVOICE_VOID, void_reason=reason,
+                void_time=dt.datetime.now(dt.UTC),
             )
-            return await cur.fetchone()
 
         return await self._transition(org, invoice_id, apply)
 

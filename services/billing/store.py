@@ -351,6 +351,28 @@ class Store:
             )
             return await cur.fetchall()
 
+    async def numbered_invoices(self, conn: Any, org: str) -> int:
+        """How many of the org's invoices have a number (were finalized)."""
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM invoices WHERE org = %s AND number <> ''", (org,)
+        )
+        return int((await cur.fetchone())["n"])
+
+    async def set_invoice_state(
+        self, conn: Any, invoice_id: uuid.UUID, state: int, **columns: Any
+    ) -> Row:
+        """Move an invoice (locked by `transition`) to `state`, setting `columns` with it.
+        Column names are ours, never input."""
+        sets = "".join(f", {column} = %({column})s" for column in columns)
+        cur = await conn.execute(
+            f"UPDATE invoices SET state = %(state)s, update_time = now(){sets} "
+            "WHERE id = %(id)s RETURNING *",
+            {**columns, "state": state, "id": invoice_id},
+        )
+        row = await cur.fetchone()
+        assert row is not None  # locked by transition()
+        return row
+
     async def transition(self, org: str, invoice_id: uuid.UUID, apply: Any) -> Row | None:
         """Lock the invoice and let `apply(conn, row)` move it (returns the new row)."""
         async with self.db.connection() as conn, conn.transaction():

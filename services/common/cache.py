@@ -8,11 +8,12 @@ from redis.asyncio import Redis
 class ServiceCache:
     """A redis-py asyncio client plus the service's key prefix (`<svc>:`)."""
 
-    def __init__(self, url: str, service: str) -> None:
+    def __init__(self, url: str, service: str, socket_timeout: float = 5) -> None:
         self.service = service
         self.prefix = f"{service}:"
         self.redis: Redis = Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            url, socket_connect_timeout=min(2, socket_timeout), socket_timeout=socket_timeout,
+            health_check_interval=30,
         )
 
     def key(self, *parts: str) -> str:

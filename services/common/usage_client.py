@@ -181,20 +181,41 @@ class UsageClient:
         request_id is "<work_id>/<kind>", so each kind of one piece of work counts once however
         often it is retried. `conn`: the caller's open transaction, to commit with the work
         itself; otherwise the insert is durable when this returns."""
-        kind = (
-            ResourceType.Name(resource_type).removeprefix("RESOURCE_TYPE_").lower()
-            if resource_type in _VALID_TYPES
-            else ""
+        await self.meter_all(
+            payer, [(resource_type, quantity)], work_id, model=model, conn=conn,
+            occur_time=occur_time,
         )
-        request_id = f"{work_id or uuid.uuid4()}/{kind}"
-        record = self._record(payer, resource_type, quantity, request_id, model, occur_time)
-        if record is None:
+
+    async def meter_all(
+        self,
+        payer: Identity,
+        quantities: Sequence[tuple[int, Quantity]],
+        work_id: str,
+        *,
+        model: str = "",
+        conn: Any = None,
+        occur_time: dt.datetime | None = None,
+    ) -> None:
+        """`meter()` for several resource types of one piece of work (a generation's prompt and
+        completion tokens): the same records, in one INSERT."""
+        records = []
+        for resource_type, quantity in quantities:
+            kind = (
+                ResourceType.Name(resource_type).removeprefix("RESOURCE_TYPE_").lower()
+                if resource_type in _VALID_TYPES
+                else ""
+            )
+            request_id = f"{work_id or uuid.uuid4()}/{kind}"
+            record = self._record(payer, resource_type, quantity, request_id, model, occur_time)
+            if record is not None:
+                records.append(record)
+        if not records:
             return
         if conn is not None:
-            await self._enqueue([record], conn)
+            await self._enqueue(records, conn)
             return
         # Shielded: the caller's cancellation (a client hanging up) cannot abort the insert.
-        await asyncio.shield(self._inserts.start(self._enqueue([record]), request_id))
+        await asyncio.shield(self._inserts.start(self._enqueue(records), records[0].request_id))
 
     def _record(
         self,
@@ -244,9 +265,13 @@ class UsageClient:
         if conn is not None:
             async with conn.cursor() as cur:
                 await cur.executemany(sql, rows)
-        else:
-            async with self.db.connection() as own, own.cursor() as cur:
-                await cur.executemany(sql, rows)
+        else:  # one statement, one round trip
+            values = ", ".join(["(%s)"] * len(rows))
+            async with self.db.autocommit() as own:
+                await own.execute(
+                    f"INSERT INTO {OUTBOX_TABLE} (record) VALUES {values}",
+                    [column for row in rows for column in row],
+                )
         self._wake.set()
 
     async def pending(self) -> int:

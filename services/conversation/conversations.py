@@ -4,11 +4,22 @@ the limits on them. The servicer decodes and encodes; chat.py runs a turn."""
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Awaitable, Callable
 
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 
-from services.common.errors import FieldViolations, ServiceError, failed_precondition, not_found
+from services.common.errors import (
+    FieldViolations,
+    ServiceError,
+    already_exists,
+    etag_mismatch,
+    failed_precondition,
+    not_found,
+)
+from services.common.identity import Identity
 from services.common.names import resource
+from services.conversation.store import Row, Store
 
 CONVERSATION = resource("conversation.aimesh.dev/Conversation")
 MESSAGE = resource("conversation.aimesh.dev/Message")
@@ -122,3 +133,78 @@ def check_send(request: cpb.SendMessageRequest) -> None:
         f"at most {MAX_REQUEST_ID} characters",
     )
     v.raise_if_any()
+
+
+# Checks that a model exists for the caller (NOT_FOUND lists the valid ones): Chat.model.
+ModelCheck = Callable[[str, Identity], Awaitable[object]]
+
+
+class Conversations:
+    """The conversation resources of an organization: create, read, update, (un)delete."""
+
+    def __init__(self, store: Store, check_model: ModelCheck) -> None:
+        self.store = store
+        self.check_model = check_model
+
+    async def get(self, org: str, conv_id: str) -> Row:
+        row = await self.store.get_conversation(org, conv_id)
+        if row is None:
+            raise conversation_not_found(conv_id)
+        return row
+
+    async def create(self, identity: Identity, request: cpb.CreateConversationRequest) -> Row:
+        check_new(request)
+        conv = request.conversation
+        if conv.default_model:
+            await self.check_model(conv.default_model, identity)
+        conv_id = request.conversation_id or str(uuid.uuid4())
+        row = await self.store.create_conversation(
+            identity.org,
+            conv_id,
+            {
+                "title": conv.title,
+                "metadata": dict(conv.metadata),
+                "default_model": conv.default_model,
+                "system_prompt": conv.system_prompt,
+            },
+            request.request_id or None,
+        )
+        if row is None:
+            name = CONVERSATION.format(conv_id)
+            raise already_exists(f"{name} already exists", metadata={"conversation": name})
+        return row
+
+    async def update(self, identity: Identity, request: cpb.UpdateConversationRequest) -> Row:
+        """The fields of the mask, on a conversation not deleted, guarded by its etag."""
+        conv = request.conversation
+        conv_id = CONVERSATION.id(conv.name, "conversation.name")
+        paths = update_paths(request)
+        row = await self.get(identity.org, conv_id)
+        if row["delete_time"] is not None:
+            raise conversation_deleted(conv_id, "undelete it first")
+        if conv.etag and conv.etag != row["etag"]:
+            raise etag_mismatch(conv.name)
+        if "default_model" in paths and conv.default_model:
+            await self.check_model(conv.default_model, identity)
+        changes = {p: dict(conv.metadata) if p == "metadata" else getattr(conv, p) for p in paths}
+        updated = await self.store.update_conversation(identity.org, conv_id, changes)
+        if updated is None:
+            raise not_found(f"{conv.name} not found", reason="CONVERSATION_NOT_FOUND")
+        return updated
+
+    async def set_deleted(self, org: str, name: str, deleted: bool) -> Row:
+        """Delete (soft: purged after PURGE_AFTER_DAYS) or undelete."""
+        conv_id = CONVERSATION.id(name, "name")
+        await self.get(org, conv_id)
+        row = await self.store.set_deleted(org, conv_id, deleted)
+        if row is None:
+            raise not_found(f"{name} not found", reason="CONVERSATION_NOT_FOUND")
+        return row
+
+    async def get_message(self, org: str, name: str) -> Row:
+        """A message of a conversation that still exists (deleted ones included)."""
+        conv_id, message_id = MESSAGE.parse(name, "name")
+        row = await self.store.get_message(org, conv_id, message_id)
+        if row is None or await self.store.get_conversation(org, conv_id) is None:
+            raise not_found(f"{name} not found", reason="MESSAGE_NOT_FOUND")
+        return row

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,17 +15,13 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from google.rpc import status_pb2
 
 from services.common.channels import Channels
-from services.common.errors import (
-    etag_mismatch,
-    not_found,
-)
-from services.common.identity import Identity, require_identity
+from services.common.identity import require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 from services.conversation import conversations
 from services.conversation.chat import Chat
-from services.conversation.conversations import CONVERSATION, MESSAGE
+from services.conversation.conversations import CONVERSATION, MESSAGE, Conversations
 from services.conversation.store import PURGE_AFTER_DAYS, Row, Store
 
 log = logging.getLogger("aimesh.conversation")
@@ -81,6 +76,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self.store = Store(runtime.db)
         self.channels = Channels(runtime.settings)
         self.chat = Chat(self.store, runtime.cache, self.channels)
+        self.conversations = Conversations(self.store, self.chat.model)
         self.pages = Paginator(runtime.settings)
         runtime.on_shutdown(self.channels.close)
         runtime.spawn(self._purge_loop(), "conversation-purge")
@@ -95,39 +91,18 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                 log.warning("purge failed", extra={"error": str(exc)})
             await asyncio.sleep(3600)
 
-    async def _existing(self, identity: Identity, conv_id: str) -> Row:
-        row = await self.store.get_conversation(identity.org, conv_id)
-        if row is None:
-            raise conversations.conversation_not_found(conv_id)
-        return row
-
     async def CreateConversation(
         self, request: cpb.CreateConversationRequest, context: grpc.aio.ServicerContext
     ) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
-        conversations.check_new(request)
-        conv = request.conversation
-        if conv.default_model:
-            await self.chat.model(conv.default_model, identity)  # NOT_FOUND lists the valid models
-        row = await self.store.create_conversation(
-            identity.org,
-            request.conversation_id or str(uuid.uuid4()),
-            {
-                "title": conv.title,
-                "metadata": dict(conv.metadata),
-                "default_model": conv.default_model,
-                "system_prompt": conv.system_prompt,
-            },
-            request.request_id or None,
-        )
-        return conversation_message(row)
+        return conversation_message(await self.conversations.create(identity, request))
 
     async def GetConversation(
         self, request: cpb.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
         return conversation_message(
-            await self._existing(identity, CONVERSATION.id(request.name, "name"))
+            await self.conversations.get(identity.org, CONVERSATION.id(request.name, "name"))
         )
 
     async def ListConversations(
@@ -148,29 +123,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: cpb.UpdateConversationRequest, context: grpc.aio.ServicerContext
     ) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
-        conv_id = CONVERSATION.id(request.conversation.name, "conversation.name")
-        paths = conversations.update_paths(request)
-        row = await self._existing(identity, conv_id)
-        if row["delete_time"] is not None:
-            raise conversations.conversation_deleted(conv_id, "undelete it first")
-        if request.conversation.etag and request.conversation.etag != row["etag"]:
-            raise etag_mismatch(request.conversation.name)
-        if "default_model" in paths and request.conversation.default_model:
-            await self.chat.model(request.conversation.default_model, identity)
-        changes = {
-            p: (
-                dict(request.conversation.metadata)
-                if p == "metadata"
-                else getattr(request.conversation, p)
-            )
-            for p in paths
-        }
-        updated = await self.store.update_conversation(identity.org, conv_id, changes)
-        if updated is None:
-            raise not_found(
-                f"{request.conversation.name} not found", reason="CONVERSATION_NOT_FOUND"
-            )
-        return conversation_message(updated)
+        return conversation_message(await self.conversations.update(identity, request))
 
     async def DeleteConversation(
         self, request: cpb.DeleteConversationRequest, context: grpc.aio.ServicerContext
@@ -186,11 +139,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, name: str, deleted: bool, context: grpc.aio.ServicerContext
     ) -> cpb.Conversation:
         identity = require_identity(context.invocation_metadata())
-        conv_id = CONVERSATION.id(name, "name")
-        await self._existing(identity, conv_id)
-        row = await self.store.set_deleted(identity.org, conv_id, deleted)
-        if row is None:
-            raise not_found(f"{name} not found", reason="CONVERSATION_NOT_FOUND")
+        row = await self.conversations.set_deleted(identity.org, name, deleted)
         return conversation_message(row)
 
     async def ListMessages(
@@ -199,7 +148,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         identity = require_identity(context.invocation_metadata())
         conv_id = CONVERSATION.id(request.parent, "parent")
         page = self.pages.start(request, identity.org)
-        await self._existing(identity, conv_id)
+        await self.conversations.get(identity.org, conv_id)
         after = int(page.cursor[0]) if page.cursor else 0
         rows, total = await self.store.list_messages(identity.org, conv_id, after, page.size + 1)
         rows, token = page.split(rows, lambda r: (r["seq"],))
@@ -211,11 +160,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: cpb.GetMessageRequest, context: grpc.aio.ServicerContext
     ) -> cpb.Message:
         identity = require_identity(context.invocation_metadata())
-        conv_id, message_id = MESSAGE.parse(request.name, "name")
-        row = await self.store.get_message(identity.org, conv_id, message_id)
-        if row is None or await self.store.get_conversation(identity.org, conv_id) is None:
-            raise not_found(f"{request.name} not found", reason="MESSAGE_NOT_FOUND")
-        return message_message(row)
+        return message_message(await self.conversations.get_message(identity.org, request.name))
 
     async def SendMessage(
         self, request: cpb.SendMessageRequest, context: grpc.aio.ServicerContext

@@ -11,8 +11,6 @@ import psycopg
 from psycopg import sql
 
 from services.common.db import Database, Row
-from services.common.errors import already_exists
-from services.conversation.conversations import CONVERSATION
 
 PURGE_AFTER_DAYS = 30
 _UPDATABLE = ("title", "metadata", "default_model", "system_prompt")
@@ -35,17 +33,19 @@ class Store:
 
     async def create_conversation(
         self, org: str, conv_id: str, fields: dict[str, Any], request_id: str | None
-    ) -> Row:
-        async with self.db.connection() as conn:
-            if request_id:
-                cur = await conn.execute(
-                    "SELECT * FROM conversations WHERE org = %s AND create_request_id = %s",
-                    (org, request_id),
-                )
-                existing = await cur.fetchone()
-                if existing is not None:
-                    return existing
-            try:
+    ) -> Row | None:
+        """The new conversation (or the one `request_id` created before); None when the id is
+        taken."""
+        try:
+            async with self.db.connection() as conn:
+                if request_id:
+                    cur = await conn.execute(
+                        "SELECT * FROM conversations WHERE org = %s AND create_request_id = %s",
+                        (org, request_id),
+                    )
+                    existing = await cur.fetchone()
+                    if existing is not None:
+                        return existing
                 cur = await conn.execute(
                     """INSERT INTO conversations (org, id, title, metadata, default_model,
                                                   system_prompt, etag, create_request_id)
@@ -61,14 +61,11 @@ class Store:
                         request_id or None,
                     ),
                 )
-            except psycopg.errors.UniqueViolation:
-                name = CONVERSATION.format(conv_id)
-                raise already_exists(
-                    f"{name} already exists", metadata={"conversation": name}
-                ) from None
-            row = await cur.fetchone()
-            assert row is not None
-            return row
+                row = await cur.fetchone()
+                assert row is not None
+                return row
+        except psycopg.errors.UniqueViolation:
+            return None
 
     async def get_conversation(self, org: str, conv_id: str) -> Row | None:
         async with self.db.autocommit() as conn:

@@ -24,6 +24,7 @@ resolved with our pins; uvicorn runs it with mTLS from the local CA (services/ed
     realtime_events.py            the Realtime wire format (beta events), session config
     realtime_transcription.py     transcription sessions <-> Speech.StreamingRecognize
     realtime_voice.py             voice sessions <-> Speech.Converse
+    realtime_ga.py                the GA event names and shapes <-> the beta ones
     errors.py     OpenAI's error shape and status codes from downstream gRPC statuses
     schemas.py    the OpenAI wire models
     server.py     uvicorn, mTLS peer checks (only the gateway reaches /openai/v1)

@@ -3,6 +3,10 @@ gateway after the same jwt_authn, ext_authz and rate-limit filters as every edge
 key comes in `Authorization: Bearer` or, from browsers, in the `openai-insecure-api-key.<key>`
 subprotocol, which Auth's Check reads and strips).
 
+Both vocabularies of the `openai` package are spoken, chosen per connection: beta
+(`client.beta.realtime`, header `OpenAI-Beta: realtime=v1` or subprotocol
+`openai-beta.realtime-v1`) and otherwise GA (`client.realtime`; realtime_ga.py translates).
+
 A session is a voice loop bridged to Speech's Converse (realtime_voice.py), or with
 `?intent=transcription` a transcription-only session bridged to StreamingRecognize
 (realtime_transcription.py). Audio stays in the client's format on the way in (Speech takes
@@ -34,6 +38,7 @@ from services.edge.realtime_events import (
     parse_event,
     unsupported,
 )
+from services.edge.realtime_ga import from_ga, is_beta, to_ga
 from services.edge.realtime_transcription import Transcriber
 from services.edge.realtime_voice import VoiceLoop
 
@@ -72,6 +77,7 @@ class RealtimeSession:
             transcription_only=params.get("intent") == "transcription",
             transcription_model=("pocketsphinx-en-us" if params.get("intent") == "transcription"
                                  else None))
+        self.beta = is_beta(ws.headers, ws.scope.get("subprotocols") or [])
         self._send_lock = asyncio.Lock()
         self.open = True
         self.bridge: Bridge = self._bridge()
@@ -93,9 +99,11 @@ class RealtimeSession:
     async def send_event(self, event: dict[str, Any]) -> None:
         if not self.open:
             return
+        events = [event] if self.beta else to_ga(event, self.config)
         async with self._send_lock:
             try:
-                await self.ws.send_text(json.dumps(event))
+                for each in events:
+                    await self.ws.send_text(json.dumps(each))
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self.open = False
 
@@ -110,7 +118,10 @@ class RealtimeSession:
                 if message is None:
                     break
                 try:
-                    await self.dispatch(parse_event(message))
+                    event = parse_event(message)
+                    if not self.beta:
+                        event = from_ga(event, self.config.transcription_only)
+                    await self.dispatch(event)
                 except EventError as exc:
                     await self.error(exc)
         finally:

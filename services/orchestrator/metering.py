@@ -48,11 +48,15 @@ async def report_tokens(
     if usage is None:
         return
     try:
-        for kind, count in (
-            (ResourceType.RESOURCE_TYPE_PROMPT_TOKENS, prompt_tokens),
-            (ResourceType.RESOURCE_TYPE_COMPLETION_TOKENS, completion_tokens),
-        ):
-            await usage.meter(identity, kind, count, generation_id, model=model)
+        await usage.meter_all(
+            identity,
+            [
+                (ResourceType.RESOURCE_TYPE_PROMPT_TOKENS, prompt_tokens),
+                (ResourceType.RESOURCE_TYPE_COMPLETION_TOKENS, completion_tokens),
+            ],
+            generation_id,
+            model=model,
+        )
     except Exception as exc:  # noqa: BLE001 - metering must never fail the generation
         log.error("usage not queued", extra={"generation_id": generation_id, "error": str(exc)})
 

@@ -171,74 +171,100 @@ class Router:
         for model, deployment in plan(chain, self.rng):
             breaker = self.breaker(deployment)
             if not breaker.allow():
-                attempts.append(
-                    Attempt(
-                        deployment.provider,
-                        deployment.deployment,
-                        grpc.StatusCode.UNAVAILABLE,
-                        "circuit open",
-                        0.0,
-                    )
-                )
+                attempts.append(Attempt(deployment.provider, deployment.deployment,
+                                        grpc.StatusCode.UNAVAILABLE, "circuit open", 0.0))
                 continue
-            provider = self.providers[deployment.provider]
             started = time.monotonic()
-            stream = provider.stream(deployment, make_request(model)).__aiter__()
-            first: StreamItem | None = None
-            try:
-                first = await asyncio.wait_for(stream.__anext__(), self.first_token_seconds)
-            except asyncio.CancelledError:
-                breaker.release()
-                await _close(stream)
-                raise
-            except (TimeoutError, ProviderError, StopAsyncIteration) as exc:
-                await _close(stream)
-                breaker.judge(exc)
-                attempts.append(
-                    _attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds)
-                )
-                continue
+            stream = self.providers[deployment.provider].stream(deployment, make_request(model))
+            pieces = stream.__aiter__()
+            first = await self._first_piece(deployment, breaker, pieces, attempts, started)
+            if first is None:
+                continue  # that deployment failed before any output: try the next one
             # Output has started (or the provider finished with nothing): no more fallback.
-            attempts.append(
-                Attempt(
-                    deployment.provider,
-                    deployment.deployment,
-                    grpc.StatusCode.OK,
-                    "",
-                    time.monotonic() - started,
-                )
-            )
+            attempts.append(Attempt(deployment.provider, deployment.deployment,
+                                    grpc.StatusCode.OK, "", time.monotonic() - started))
             served.append(Served(model, deployment, attempts))
-            try:
-                item: StreamItem = first
+            async for item in self._rest(deployment, breaker, first, pieces, attempts, started):
+                yield item
+            return
+        raise AllProvidersFailed(attempts)
+
+    async def _first_piece(
+        self,
+        deployment: Deployment,
+        breaker: CircuitBreaker,
+        pieces: AsyncIterator[StreamItem],
+        attempts: list[Attempt],
+        started: float,
+    ) -> StreamItem | None:
+        """The deployment's first piece within first_token_seconds; None (closed, judged and
+        recorded in `attempts`) when it failed first."""
+        try:
+            async with asyncio.timeout(self.first_token_seconds):
+                return await pieces.__anext__()
+        except asyncio.CancelledError:
+            breaker.release()
+            await _close(pieces)
+            raise
+        except (TimeoutError, ProviderError, StopAsyncIteration) as exc:
+            await _close(pieces)
+            breaker.judge(exc)
+            attempts.append(
+                _attempt(deployment, exc, time.monotonic() - started, self.first_token_seconds)
+            )
+            return None
+
+    async def _rest(
+        self,
+        deployment: Deployment,
+        breaker: CircuitBreaker,
+        first: StreamItem,
+        pieces: AsyncIterator[StreamItem],
+        attempts: list[Attempt],
+        started: float,
+    ) -> AsyncIterator[StreamItem]:
+        """`first`, then the deployment's pieces until it finishes; a pause longer than
+        first_token_seconds or an end without Finish fails it (in-band: output has started)."""
+        loop = asyncio.get_running_loop()
+        try:
+            item = first
+            # One timeout for the whole stream, pushed back as each piece arrives (cheaper per
+            # token than a wait_for, which wraps every read in a task).
+            async with asyncio.timeout(None) as pause:
                 while True:
                     yield item
                     if isinstance(item, Finish):
                         breaker.success()
                         return
+                    pause.reschedule(loop.time() + self.first_token_seconds)
                     try:
-                        item = await asyncio.wait_for(stream.__anext__(), self.first_token_seconds)
-                    except TimeoutError:
-                        raise ProviderError(
-                            f"{deployment.provider}: no output for {self.first_token_seconds:g}s",
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                        ) from None
+                        item = await pieces.__anext__()
                     except StopAsyncIteration:
                         raise ProviderError(
                             f"{deployment.provider}: stream ended without finishing"
                         ) from None
-            except ProviderError as exc:
-                breaker.judge(exc)
-                attempts[-1] = _attempt(
-                    deployment, exc, time.monotonic() - started, self.first_token_seconds
-                )
-                raise
-            except BaseException:
-                breaker.release()
-                raise
-            finally:
-                await _close(stream)
-        raise AllProvidersFailed(attempts)
+                    pause.reschedule(None)
+        except TimeoutError:
+            exc = ProviderError(
+                f"{deployment.provider}: no output for {self.first_token_seconds:g}s",
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+            breaker.judge(exc)
+            attempts[-1] = _attempt(
+                deployment, exc, time.monotonic() - started, self.first_token_seconds
+            )
+            raise exc from None
+        except ProviderError as exc:
+            breaker.judge(exc)
+            attempts[-1] = _attempt(
+                deployment, exc, time.monotonic() - started, self.first_token_seconds
+            )
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        finally:
+            await _close(pieces)
 
 
 def _attempt(deployment: Deployment, exc: BaseException, seconds: float, limit: float) -> Attempt:

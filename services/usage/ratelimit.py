@@ -1,6 +1,6 @@
-"""Envoy's global rate limit, answered by Usage from Redis counters.
+"""Rate limits: per-minute windows counted in Redis, with limits from the organization's policy.
 
-Descriptors (what the gateway's `rate_limits` actions send; the domain is ignored):
+Descriptors (what a rate-limit request carries; the domain is ignored):
 
 - an entry `org_id` (value: x-aimesh-org) and no `key_id`  -> the organization's window,
   limited to the policy's organization_requests_per_minute;
@@ -9,24 +9,38 @@ Descriptors (what the gateway's `rate_limits` actions send; the domain is ignore
   the same descriptor, else the first `org_id` anywhere in the request);
 - anything else -> OK without a limit (so a new gateway action cannot block traffic).
 
-Windows are fixed, one per UTC minute. All windows of one request are checked and incremented
-by a single Lua script: either every window takes the hits or none does (a rejected request
-consumes no quota), so exactly `limit` requests pass per window however many race.
+Windows are fixed, one per UTC minute. One Lua script reads the request's policies and checks
+and increments all its windows in a single Redis round trip: either every window takes the
+hits or none does (a rejected request consumes no quota), so exactly `limit` requests pass per
+window however many race.
+
+Two callers run the same `Counters`: Usage's RateLimitService (ShouldRateLimit, for an Envoy
+ratelimit filter) and the gateway's ext_authz Check in Auth's process, which counts the request
+right after admitting the caller, so a gateway request pays one gRPC hop, not two
+(`gateway_limits`). Either way the counters and policies are Usage's Redis keys (prefix
+`usage:`), read and written only by this module; PostgreSQL stays Usage's alone.
 
 Policies come from SetRateLimitPolicy (Billing, on plan changes), are stored in PostgreSQL and
-cached in Redis (write-through on set, fill-on-miss otherwise). Organizations without their own
-get the default policy `organizations/-/rateLimitPolicy`, which Billing sets to its default
-plan's limits, so a new organization has its plan's limits from sign-up; until Billing has
-ever set it, AIMESH_RATELIMIT_DEFAULT_ORG_RPM / AIMESH_RATELIMIT_DEFAULT_KEY_RPM apply.
+published by Usage to Redis without expiry: write-through on set, and every
+POLICY_PUBLISH_SECONDS (and at start) any missing entry is restored, so a flushed Redis heals.
+An organization without a published policy gets the default policy
+`organizations/-/rateLimitPolicy`, which Billing sets to its default plan's limits, so a new
+organization has its plan's limits from sign-up; until Billing has ever set it,
+AIMESH_RATELIMIT_DEFAULT_ORG_RPM / AIMESH_RATELIMIT_DEFAULT_KEY_RPM apply.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from services.common.cache import ServiceCache
 from services.common.config import Settings
@@ -35,35 +49,60 @@ from services.common.names import resource
 from services.usage import metrics as usage_metrics
 from services.usage.store import Store
 
+log = logging.getLogger("aimesh.usage.ratelimit")
+
 WINDOW_SECONDS = 60
-POLICY_CACHE_SECONDS = 300
-DEFAULT_MARKER = b"default"
+POLICY_PUBLISH_SECONDS = 60.0
 # The organization id of the default policy (AIP-159's "-": any organization without its own).
 DEFAULT_POLICY_ORG = "-"
-DEFAULT_POLICY_MEMORY_SECONDS = 5.0  # the default is read per check: keep it in memory briefly
+DEFAULT_POLICY_MEMORY_SECONDS = 5.0  # GetRateLimitPolicy of the default: keep it in memory briefly
 ORG_ENTRY = "org_id"
 KEY_ENTRY = "key_id"
 
-# KEYS: window counters; ARGV[1]: hits, ARGV[2]: counter ttl (ms), ARGV[3..]: limit per key.
-# Returns {over (0/1), count_1, ..., count_n}: counts after the increment when allowed, the
-# untouched counts when over.
+# KEYS: the policies of the request's organizations, the default policy, then the window
+# counters. ARGV: hits, counter ttl (ms), configured default org rpm and key rpm (when no default
+# policy is published), the number of policy keys, then per counter its policy's index (0: the
+# default policy) and its kind ("o": organization window, "k": API-key window).
+# Returns {over (0/1), limit_1, count_1, ..., limit_n, count_n}: counts after the increment
+# when allowed, the untouched counts when over.
 _CHECK_AND_INCREMENT = """
 local hits = tonumber(ARGV[1])
-local over = 0
-local counts = {}
-for i, key in ipairs(KEYS) do
-  local current = tonumber(redis.call('GET', key) or '0')
-  counts[i] = current
-  if current + hits > tonumber(ARGV[i + 2]) then over = 1 end
+local npol = tonumber(ARGV[5])
+local function parse(stored)
+  if not stored then return nil, nil end
+  local o, k = string.match(stored, '^(%d+),(%d+)')
+  return tonumber(o), tonumber(k)
+end
+local dorg, dkey = parse(redis.call('GET', KEYS[npol + 1]))
+dorg, dkey = dorg or tonumber(ARGV[3]), dkey or tonumber(ARGV[4])
+local org_limit, key_limit = {[0] = dorg}, {[0] = dkey}
+for i = 1, npol do
+  local o, k = parse(redis.call('GET', KEYS[i]))
+  org_limit[i], key_limit[i] = o or dorg, k or dkey
+end
+local first = npol + 2
+local limits, counts, over = {}, {}, 0
+for c = first, #KEYS do
+  local at = 6 + 2 * (c - first)
+  local policy = tonumber(ARGV[at])
+  local limit = org_limit[policy]
+  if ARGV[at + 1] == 'k' then limit = key_limit[policy] end
+  local current = tonumber(redis.call('GET', KEYS[c]) or '0')
+  limits[c], counts[c] = limit, current
+  if current + hits > limit then over = 1 end
 end
 if over == 0 then
-  for i, key in ipairs(KEYS) do
-    counts[i] = redis.call('INCRBY', key, hits)
-    if counts[i] == hits then redis.call('PEXPIRE', key, ARGV[2]) end
+  for c = first, #KEYS do
+    counts[c] = redis.call('INCRBY', KEYS[c], hits)
+    if counts[c] == hits then redis.call('PEXPIRE', KEYS[c], ARGV[2]) end
   end
 end
-table.insert(counts, 1, over)
-return counts
+local out = {over}
+for c = first, #KEYS do
+  table.insert(out, limits[c])
+  table.insert(out, counts[c])
+end
+return out
 """
 
 
@@ -98,9 +137,22 @@ class Decision:
     statuses: list[Status]
     seconds_until_reset: float
 
+    def limiting(self) -> Status | None:
+        """The window that refused the request (when over), else the one with the least left."""
+        counted = [s for s in self.statuses if s.limit]
+        if not counted:
+            return None
+        refused = [s for s in counted if s.over]
+        return (refused or sorted(counted, key=lambda s: s.remaining))[0]
+
+    @property
+    def reset_seconds(self) -> int:
+        """Whole seconds until the window resets, at least 1 (what retry-after needs)."""
+        return max(1, math.ceil(self.seconds_until_reset))
+
 
 def classify(descriptors: Sequence[Sequence[tuple[str, str]]]) -> list[Check]:
-    """Map Envoy descriptors (lists of (key, value) entries) to windows."""
+    """Map descriptors (lists of (key, value) entries) to windows."""
     request_org = ""
     for entries in descriptors:
         for key, value in entries:
@@ -121,12 +173,80 @@ def classify(descriptors: Sequence[Sequence[tuple[str, str]]]) -> list[Check]:
     return checks
 
 
+def gateway_descriptors(org: str, key_id: str | None) -> list[list[tuple[str, str]]]:
+    """The descriptors of one gateway request: its organization's window, plus its API key's
+    window for API-key callers (JWT users are counted per organization)."""
+    descriptors = [[(ORG_ENTRY, org)]]
+    if key_id:
+        descriptors.append([(ORG_ENTRY, org), (KEY_ENTRY, key_id)])
+    return descriptors
+
+
+def policy_value(policy: Policy) -> bytes:
+    return f"{policy.org_rpm},{policy.key_rpm},{policy.plan}".encode()
+
+
+class Counters:
+    """The windows of a request, checked and counted by one script in one Redis round trip.
+    Needs only Usage's Redis (its key prefix) and the configured default limits."""
+
+    def __init__(self, settings: Settings, cache: ServiceCache) -> None:
+        self.settings = settings
+        self.cache = cache
+        self._script = cache.redis.register_script(_CHECK_AND_INCREMENT)
+
+    def policy_key(self, org: str) -> str:
+        return self.cache.key("rlpolicy", org)
+
+    async def check(
+        self, descriptors: Sequence[Sequence[tuple[str, str]]], hits: int, now: float | None = None
+    ) -> Decision:
+        now = time.time() if now is None else now
+        window = int(now // WINDOW_SECONDS)
+        reset = (window + 1) * WINDOW_SECONDS - now
+        checks = classify(descriptors)
+        policy_index: dict[str, int] = {"": 0}
+        counters: list[str] = []
+        args: list[Any] = []
+        limited: list[int] = []  # index into checks of each counter
+        for index, check in enumerate(checks):
+            if not check.kind:
+                continue
+            policy = policy_index.setdefault(check.org, len(policy_index))
+            if check.kind == "org":
+                counters.append(self.cache.key("rl", "org", check.org, str(window)))
+            else:
+                counters.append(self.cache.key("rl", "key", check.org, check.key_id, str(window)))
+            args += [policy, "o" if check.kind == "org" else "k"]
+            limited.append(index)
+        statuses = [Status(False, 0, 0, c.kind) for c in checks]
+        if not counters:
+            return Decision(False, statuses, reset)
+        orgs = [org for org in policy_index if org]
+        keys = [*(self.policy_key(o) for o in orgs), self.policy_key(DEFAULT_POLICY_ORG),
+                *counters]
+        result = await self._script(keys=keys, args=[
+            hits, int(reset * 1000) + 1000, self.settings.ratelimit_default_org_rpm,
+            self.settings.ratelimit_default_key_rpm, len(orgs), *args])
+        over = bool(result[0])
+        for position, index in enumerate(limited):
+            limit, count = int(result[1 + 2 * position]), int(result[2 + 2 * position])
+            # When the request is refused the counts are pre-request: say which window refused.
+            this_over = over and count + hits > limit
+            statuses[index] = Status(this_over, limit, max(limit - count, 0), checks[index].kind)
+        usage_metrics.record_ratelimit(over)
+        return Decision(over, statuses, reset)
+
+
 class RateLimiter:
+    """Usage's side: the counters plus the policies' source of truth (PostgreSQL), published
+    to Redis for every caller of Counters."""
+
     def __init__(self, settings: Settings, store: Store, cache: ServiceCache) -> None:
         self.settings = settings
         self.store = store
         self.cache = cache
-        self._script = cache.redis.register_script(_CHECK_AND_INCREMENT)
+        self.counters = Counters(settings, cache)
         self._default: tuple[float, Policy] | None = None
 
     def configured_default(self) -> Policy:
@@ -148,78 +268,47 @@ class RateLimiter:
         self._default = (time.monotonic(), policy)
         return policy
 
-    def _policy_key(self, org: str) -> str:
-        return self.cache.key("rlpolicy", org)
-
-    async def policy(self, org: str) -> Policy:
-        own = await self._stored(org)
-        return own if own is not None else await self.default_policy()
-
     async def _stored(self, org: str) -> Policy | None:
-        """The organization's own policy (None: it has none), cached in Redis."""
-        cached = await self.cache.redis.get(self._policy_key(org))
-        if cached is None:
-            row = await self.store.get_rate_limit_policy(org)
-            if row is None:
-                cached = DEFAULT_MARKER
-            else:
-                cached = f"{row['org_rpm']},{row['key_rpm']},{row['plan']}".encode()
-            # NX: never overwrite what a concurrent SetRateLimitPolicy just wrote through.
-            await self.cache.redis.set(
-                self._policy_key(org), cached, ex=POLICY_CACHE_SECONDS, nx=True
-            )
-        if cached == DEFAULT_MARKER:
-            return None
-        org_rpm, key_rpm, plan = cached.decode().split(",", 2)
-        return Policy(int(org_rpm), int(key_rpm), plan)
+        """The organization's own policy (None: it has none), from PostgreSQL."""
+        row = await self.store.get_rate_limit_policy(org)
+        return Policy(row["org_rpm"], row["key_rpm"], row["plan"]) if row else None
 
     async def policy_changed(self, org: str, policy: Policy) -> None:
         """Write-through after the policy row committed: the next check sees it."""
-        value = f"{policy.org_rpm},{policy.key_rpm},{policy.plan}".encode()
-        await self.cache.redis.set(self._policy_key(org), value, ex=POLICY_CACHE_SECONDS)
+        await self.cache.redis.set(self.counters.policy_key(org), policy_value(policy))
         if org == DEFAULT_POLICY_ORG:
             self._default = None
+
+    async def publish_missing(self) -> int:
+        """Restore every policy missing from Redis (never overwriting: a SetRateLimitPolicy
+        racing with this pass wrote the newer value). Returns how many were restored."""
+        rows = await self.store.list_rate_limit_policies()
+        if not rows:
+            return 0
+        async with self.cache.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                value = policy_value(Policy(row["org_rpm"], row["key_rpm"], row["plan"]))
+                pipe.set(self.counters.policy_key(row["org"]), value, nx=True)
+            written = await pipe.execute()
+        return sum(1 for w in written if w)
+
+    async def keep_published(self, interval: float = POLICY_PUBLISH_SECONDS) -> None:
+        """Background task: publish at start, then restore what a Redis flush lost."""
+        while True:
+            try:
+                restored = await self.publish_missing()
+                if restored:
+                    log.info("rate-limit policies published", extra={"restored": restored})
+            except (RedisError, OSError) as exc:
+                log.warning("could not publish rate-limit policies: %r", exc)
+            except Exception:  # the database may be restarting: try again next round
+                log.exception("could not publish rate-limit policies")
+            await asyncio.sleep(interval)
 
     async def check(
         self, descriptors: Sequence[Sequence[tuple[str, str]]], hits: int, now: float | None = None
     ) -> Decision:
-        now = time.time() if now is None else now
-        window = int(now // WINDOW_SECONDS)
-        reset = (window + 1) * WINDOW_SECONDS - now
-        checks = classify(descriptors)
-        policies: dict[str, Policy] = {}
-        keys: list[str] = []
-        limits: list[int] = []
-        limited: list[int] = []  # index into checks of each Redis key
-        for index, check in enumerate(checks):
-            if not check.kind:
-                continue
-            if check.org not in policies:
-                policies[check.org] = (
-                    await self.policy(check.org) if check.org else await self.default_policy()
-                )
-            policy = policies[check.org]
-            if check.kind == "org":
-                keys.append(self.cache.key("rl", "org", check.org, str(window)))
-                limits.append(policy.org_rpm)
-            else:
-                keys.append(self.cache.key("rl", "key", check.org, check.key_id, str(window)))
-                limits.append(policy.key_rpm)
-            limited.append(index)
-        statuses = [Status(False, 0, 0, c.kind) for c in checks]
-        if not keys:
-            return Decision(False, statuses, reset)
-        ttl_ms = int(reset * 1000) + 1000
-        result = await self._script(keys=keys, args=[hits, ttl_ms, *limits])
-        over = bool(result[0])
-        for position, index in enumerate(limited):
-            count = int(result[position + 1])
-            limit = limits[position]
-            # When the request is refused the counts are pre-request: say which window refused.
-            this_over = over and count + hits > limit
-            statuses[index] = Status(this_over, limit, max(limit - count, 0), checks[index].kind)
-        usage_metrics.record_ratelimit(over)
-        return Decision(over, statuses, reset)
+        return await self.counters.check(descriptors, hits, now)
 
 
 RATE_LIMIT_POLICY = resource("usage.aimesh.dev/RateLimitPolicy")

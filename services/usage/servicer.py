@@ -40,7 +40,7 @@ from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
 from services.usage import ledger
-from services.usage.budgets import BUDGET, RESERVATION, Budgets, Reservation
+from services.usage.budgets import BUDGET, Budgets
 from services.usage.ledger import ORGANIZATION
 from services.usage.ratelimit import (
     DEFAULT_POLICY_NAME,
@@ -50,6 +50,7 @@ from services.usage.ratelimit import (
     Policy,
     RateLimiter,
 )
+from services.usage.reservations import RESERVATION, Reservation, Reservations
 from services.usage.store import RecordFilter, Row, Store
 
 log = logging.getLogger("aimesh.usage")
@@ -76,8 +77,9 @@ def _limiter(runtime: Runtime) -> RateLimiter:
     existing = runtime.shared.get("usage.rate_limiter")
     if existing is None:
         assert runtime.db is not None and runtime.cache is not None
-        existing = RateLimiter(runtime.settings, Store(runtime.db), runtime.cache)
-        runtime.shared["usage.rate_limiter"] = existing
+        limiter = RateLimiter(runtime.settings, Store(runtime.db), runtime.cache)
+        runtime.spawn(limiter.keep_published(), "ratelimit-policy-publish")
+        runtime.shared["usage.rate_limiter"] = existing = limiter
     return cast(RateLimiter, existing)
 
 
@@ -158,7 +160,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         assert runtime.db is not None and runtime.cache is not None
         self.store = Store(runtime.db)
         self.limiter = _limiter(runtime)
-        self.budgets = Budgets(self.store, runtime.cache)
+        self.budgets = Budgets(self.store)
+        self.reservations = Reservations(self.store, runtime.cache)
         self.policies = Policies(self.store, self.limiter)
         self.pages = Paginator(runtime.settings)
         runtime.spawn(self._sweep_expired(), "usage-reservation-expiry")
@@ -168,7 +171,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         while True:
             await asyncio.sleep(_EXPIRY_SWEEP_SECONDS)
             try:
-                await self.budgets.expire_stale()
+                await self.reservations.expire_stale()
             except Exception:  # keep sweeping after a database hiccup
                 log.warning("reservation expiry sweep failed", exc_info=True)
 
@@ -244,7 +247,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     # --- budgets -------------------------------------------------------------------------
 
     async def _budget_message(self, row: Row) -> usage_pb2.Budget:
-        live = await self.budgets.current(row)
+        live = await self.reservations.current(row)
         return usage_pb2.Budget(
             name=BUDGET.format(row["id"]),
             display_name=row["display_name"],
@@ -311,7 +314,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
         org = _resolve_org(_identity(context), request.organization, "organization")
-        reservation = await self.budgets.reserve(
+        reservation = await self.reservations.reserve(
             org,
             request.api_key,
             request.estimated_amount_micros,
@@ -334,7 +337,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.SettleReservationRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
         org, reservation_id = self._reservation_target(request.name, context)
-        r = await self.budgets.settle(
+        r = await self.reservations.settle(
             org, reservation_id, request.actual_amount_micros, request.actual_tokens
         )
         return _reservation_message(r)
@@ -343,7 +346,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self, request: usage_pb2.ReleaseReservationRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.Reservation:
         org, reservation_id = self._reservation_target(request.name, context)
-        return _reservation_message(await self.budgets.release(org, reservation_id))
+        return _reservation_message(await self.reservations.release(org, reservation_id))
 
     # --- rate-limit policy ---------------------------------------------------------------
 

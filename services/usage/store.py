@@ -92,6 +92,11 @@ class Store:
             )
             return await cur.fetchone()
 
+    async def list_rate_limit_policies(self) -> list[Row]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT org, org_rpm, key_rpm, plan FROM rate_limit_policies")
+            return await cur.fetchall()
+
     async def set_rate_limit_policy(self, org: str, org_rpm: int, key_rpm: int, plan: str) -> Row:
         async with self.db.connection() as conn:
             cur = await conn.execute(

@@ -128,3 +128,77 @@ def test_response_done_shape_with_usage() -> None:
     assert parsed.response.usage and parsed.response.usage.total_tokens == 42
     assert parsed.response.status_details and parsed.response.status_details.reason == \
         "turn_detected"
+
+
+# --- the GA vocabulary (services/edge/realtime_ga.py) ----------------------------------------
+
+
+def test_ga_session_update_becomes_the_beta_one() -> None:
+    from services.edge.realtime_ga import from_ga
+
+    ga = {"type": "session.update", "event_id": "e", "session": {
+        "type": "realtime", "output_modalities": ["text"], "instructions": "Hi",
+        "audio": {"input": {"format": {"type": "audio/pcmu"},
+                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 700},
+                            "transcription": {"model": "whisper-1"}},
+                  "output": {"format": {"type": "audio/pcm", "rate": 24000},
+                             "voice": "marin"}}}}
+    beta = from_ga(ga, transcription_only=False)
+    config = apply_session(SessionConfig(), beta["session"], "e")
+    assert config.modalities == ("text",) and config.input_audio_format == "g711_ulaw"
+    assert config.turn_detection and config.turn_detection.silence_duration_ms == 700
+    assert config.voice == "marin" and config.transcription_model == "whisper-1"
+    transcription = from_ga({"type": "session.update", "session": {
+        "type": "transcription", "audio": {"input": {"turn_detection": None}}}}, True)
+    assert transcription["type"] == "transcription_session.update"
+    assert transcription["session"] == {"turn_detection": None}
+
+
+@pytest.mark.parametrize(("session", "param"), [
+    ({"type": "transcription"}, "session.type"),
+    ({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+     "session.audio.input.format"),
+    ({"audio": {"input": {"colour": 1}}}, "session.audio.input.colour"),
+    ({"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5}}}},
+     "session.audio.input.turn_detection.idle_timeout_ms"),
+])
+def test_ga_session_refusals_name_the_ga_field(session: dict[str, object], param: str) -> None:
+    from services.edge.realtime_ga import from_ga
+
+    event = {"type": "session.update", "session": {"type": "realtime", **session}}
+    assert code_of(lambda: from_ga(event, transcription_only=False))[1] == param
+
+
+def test_ga_server_events_parse_as_the_packages_ga_types() -> None:
+    from openai.types.realtime import (
+        ConversationItemAdded,
+        ResponseAudioDeltaEvent,
+        ResponseDoneEvent as GAResponseDone,
+        SessionUpdatedEvent as GASessionUpdated,
+    )
+
+    from services.edge.realtime_events import assistant_item
+    from services.edge.realtime_ga import to_ga
+
+    config = SessionConfig(model="gpt-realtime", voice="marin")
+    events = ServerEvents()
+    (session,) = to_ga(events.session(config, "updated"), config)
+    assert GASessionUpdated.model_validate(session).session.type == "realtime"
+    transcription = SessionConfig(transcription_only=True, transcription_model="whisper-1")
+    (created,) = to_ga(events.session(transcription, "created"), transcription)
+    assert created["type"] == "session.created" and created["session"]["type"] == "transcription"
+    (delta,) = to_ga(events.event("response.audio.delta", response_id="r", item_id="i",
+                                  output_index=0, content_index=0, delta="AAAA"), config)
+    assert ResponseAudioDeltaEvent.model_validate(delta).type == "response.output_audio.delta"
+    item = assistant_item("i", "completed", {"type": "audio", "transcript": "Hello."})
+    (added,) = to_ga(events.event("conversation.item.created", item=item,
+                                  previous_item_id=None), config)
+    assert ConversationItemAdded.model_validate(added).item.content[0].type == "output_audio"  # type: ignore[union-attr]
+    done, item_done = to_ga(events.event("response.output_item.done", response_id="r",
+                                         output_index=0, item=item), config)
+    assert item_done["type"] == "conversation.item.done"
+    (response,) = to_ga(events.event("response.done", response=response_object(
+        "r", "completed", config, [item], usage(3, 4))), config)
+    parsed = GAResponseDone.model_validate(response)
+    assert parsed.response.output_modalities == ["text", "audio"]
+    assert parsed.response.usage and parsed.response.usage.total_tokens == 7

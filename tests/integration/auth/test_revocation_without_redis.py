@@ -13,9 +13,8 @@ import pytest
 from services.auth.domain import AuthDomain
 from services.auth.errors import BadCredentials
 from services.auth.principal import Principal
-from services.common.cache import ServiceCache
-from services.common.db import Database
 from services.common.identity import Role
+from tests.integration.auth.domains import open_domain
 from tests.support.mesh import TestMesh, free_port
 
 PASSWORD = "correct horse battery staple"
@@ -23,18 +22,8 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 async def domain(mesh: TestMesh) -> AsyncIterator[AuthDomain]:
-    mesh.ensure("auth")  # applies Auth's migrations
-    db = Database(mesh.settings.database_url, "auth", 4)
-    await db.open()
-    dead_redis = ServiceCache(f"redis://127.0.0.1:{free_port()}/0", "auth")
-    spawned = []
-    auth = AuthDomain(db, dead_redis, mesh.settings.auth_secret, 900, frozenset(),
-                      lambda coro, name: spawned.append(coro))
-    yield auth
-    for coro in spawned:
-        coro.close()  # background Redis retries: nothing to retry against here
-    await dead_redis.close()
-    await db.close()
+    async with open_domain(mesh, f"redis://127.0.0.1:{free_port()}/0") as auth:
+        yield auth
 
 
 def _principal(access_token: str) -> Principal:

@@ -1,9 +1,8 @@
 """The OpenAI-compatible edge through a real gateway. This package runs its own Orchestrator
 (whose catalog adds models served by the local OpenAI-compatible replay server: hosted APIs
-cannot be reached from here), a Conversation on it, its own edge and its own Envoy in front of
-them, next to the
-session mesh's Auth, Usage, Knowledge, Speech and the shared Triton. Clients are the official
-`openai` package (as users run it) and httpx for raw wire checks."""
+cannot be reached from here), a Conversation and a Speech on it, its own edge and its own Envoy
+in front of them, next to the session mesh's Auth, Usage, Knowledge and the shared Triton.
+Clients are the official `openai` package (as users run it) and httpx for raw wire checks."""
 
 from __future__ import annotations
 
@@ -44,6 +43,8 @@ def _catalog(replay_base: str, path: Path) -> None:
         "tools-test": ("tools", ["CHAT", "STREAMING", "TOOLS", "JSON_MODE"], 0),
         # Priced, so calls take a budget hold at Usage and cost money in the ledger.
         "priced-test": ("ok", ["CHAT", "STREAMING"], 1_000_000),
+        # Streams words until cancelled (the Realtime bridge's response.cancel and barge-in).
+        "endless-test": ("endless", ["CHAT", "STREAMING"], 0),
     }
     for name, (scenario, caps, price) in test_models.items():
         data["models"].append({
@@ -60,7 +61,7 @@ def _catalog(replay_base: str, path: Path) -> None:
 @pytest.fixture(scope="session")
 async def edge(mesh: TestMesh) -> AsyncIterator[EdgeStack]:
     mesh.ensure_triton()
-    mesh.ensure("auth", "usage", "knowledge", "speech")
+    mesh.ensure("auth", "usage", "knowledge")
     replay, runner, replay_base = await start_replay()
     catalog = mesh.var_dir / "edge-catalog.json"
     _catalog(replay_base, catalog)
@@ -68,6 +69,9 @@ async def edge(mesh: TestMesh) -> AsyncIterator[EdgeStack]:
     overrides.update({
         "AIMESH_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_CONVERSATION_ADDR": f"127.0.0.1:{free_port()}",
+        # Its own Speech too, so that Converse (the Realtime voice loop) answers from this
+        # Conversation and Orchestrator, whose catalog has the replay models.
+        "AIMESH_SPEECH_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_EDGE_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_ORCHESTRATOR_CATALOG": str(catalog),
@@ -80,9 +84,9 @@ async def edge(mesh: TestMesh) -> AsyncIterator[EdgeStack]:
     })
     stack = Stack.create(overrides, log_dir=mesh.var_dir / "log" / "edge")
     try:
-        for service in ("orchestrator", "conversation", "edge"):
+        for service in ("orchestrator", "conversation", "speech", "edge"):
             stack.start_service(service)
-        stack.wait_ready(["orchestrator", "conversation", "edge"], timeout=120)
+        stack.wait_ready(["orchestrator", "conversation", "speech", "edge"], timeout=180)
         stack.start_gateway()
         stack.wait_ready(["gateway"], timeout=60)
         base = f"http://{stack.settings.gateway_addr}"

@@ -1,8 +1,9 @@
 """bench.openai runs end to end in its tiny configuration (so it cannot silently break): every
-path measured, the target line printed. Timings are the benchmark's to print, never asserted."""
+path measured, the target line, the machine load and the verdict line printed. Timings are the benchmark's to print, never asserted."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -22,3 +23,6 @@ def test_openai_bench_runs_tiny(mesh: TestMesh) -> None:
         line = next(line for line in out.splitlines() if line.startswith(path) and "ms" in line)
         assert line.split()[-2] == "0", line  # the errors column
     assert "OpenAI surface adds" in out and "target <= 5 ms" in out
+    assert re.search(r"machine load average \(1, 5, 15 min\)", out), out
+    verdicts = re.findall(r"verdict [^\n]+: (MET|MISSED) \([^)\n]+\)", out)
+    assert len(verdicts) == 1, out

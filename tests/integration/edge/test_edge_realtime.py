@@ -191,6 +191,24 @@ async def test_browser_subprotocol_credential(edge: EdgeStack, api_key: str) -> 
     assert refused.value.response.status_code == 401
 
 
+async def test_browser_subprotocol_jwt(edge: EdgeStack, edge_account: Account) -> None:
+    """A signed-in user's access token (a JWT) works the same way: jwt_authn verifies it there.
+    It must be the last subprotocol offered: jwt_authn takes the header's value after the
+    prefix to its end (API keys, read by Auth's Check, may stand anywhere in the list)."""
+    protocols = ["realtime", "openai-beta.realtime-v1",
+                 f"openai-insecure-api-key.{edge_account.access_token}"]
+    async with websockets.connect(_ws_url(edge), subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await ws.recv())["type"] == "transcription_session.created"
+    forged = edge_account.access_token[:-4] + ("AAAA" if not edge_account.access_token.endswith(
+        "AAAA") else "BBBB")
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(_ws_url(edge), subprotocols=[  # type: ignore[list-item]
+                "realtime", f"openai-insecure-api-key.{forged}"]):
+            pass
+    assert refused.value.response.status_code == 401
+
+
 async def test_auth_refused_before_upgrade(
     edge: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account
 ) -> None:
@@ -237,9 +255,8 @@ QUESTION = "what is the capital of france"
 
 
 @pytest.fixture
-def voice(mesh: Any, edge: EdgeStack) -> EdgeStack:
-    """Speech's Converse needs the session mesh's Conversation and Orchestrator."""
-    mesh.ensure("conversation", "orchestrator")
+def voice(edge: EdgeStack) -> EdgeStack:
+    """The edge stack's Speech runs Converse on the stack's Conversation and Orchestrator."""
     return edge
 
 
@@ -315,3 +332,64 @@ async def test_truncate_then_text_only_turn(voice: EdgeStack, api_key: str) -> N
     assert any(e.type == "response.text.delta" for e in second)
     assert not any(e.type == "response.audio.delta" for e in second)
     assert second[-1].response.status == "completed"
+
+
+async def test_cancel_and_barge_in(voice: EdgeStack, api_key: str) -> None:
+    """With a model that never stops talking: speaking over its answer cancels it (Converse's
+    barge-in: response.done cancelled, turn_detected), and response.cancel cancels the next."""
+    async with connect(voice, api_key, model="endless-test") as conn:
+        await configure_voice(conn)
+        await speak(conn, QUESTION)
+        first = await until(conn, "response.audio_transcript.delta", timeout=180)
+        await speak(conn, "stop please")
+        events = await collect(conn, "response.audio_transcript.delta", timeout=180)
+        done = next(e for e in events if e.type == "response.done")
+        assert done.response.id == first.response_id and done.response.status == "cancelled"
+        assert done.response.status_details.reason == "turn_detected"
+        second = events[-1]
+        assert second.response_id != first.response_id
+        await conn.response.cancel()
+        cancelled = await until(conn, "response.done", timeout=60)
+        assert cancelled.response.id == second.response_id
+        assert cancelled.response.status == "cancelled"
+        assert cancelled.response.status_details.reason == "client_cancelled"
+        await conn.response.cancel()  # nothing left to cancel: an error, the session goes on
+        error = await until(conn, "error")
+        assert error.error.code == "response_cancel_not_active"
+        await conn.session.update(session={"voice": "en-us-joe"})
+        assert (await until(conn, "session.updated")).session.voice == "en-us-joe"
+
+
+# --- the GA vocabulary (client.realtime) ----------------------------------------------------
+
+
+async def test_ga_client_transcription_and_voice(voice: EdgeStack, api_key: str) -> None:
+    """The package's GA client (no OpenAI-Beta header): GA session shapes and event names."""
+    client = realtime_client(voice, api_key)
+    async with client.realtime.connect(model="gpt-realtime",
+                                       extra_query={"intent": "transcription"}) as conn:
+        created = await conn.recv()
+        assert created.type == "session.created" and created.session.type == "transcription"
+        await conn.session.update(session={"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "whisper-1"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}})
+        updated = await until(conn, "session.updated")
+        assert updated.session.audio.input.turn_detection.silence_duration_ms == 500
+        await append(conn, silence(0.3) + speech_24k(SENTENCE) + silence(1.2))
+        done = await until(conn, "conversation.item.input_audio_transcription.completed")
+        assert word_error_rate(SENTENCE, done.transcript.lower()) <= 0.3, done.transcript
+    async with client.realtime.connect(model="grounded-extractive-v1") as conn:
+        assert (await conn.recv()).type == "session.created"
+        await conn.session.update(session={"type": "realtime", "instructions": "Be brief.",
+                                           "audio": {"output": {"voice": "marin"}}})
+        await until(conn, "session.updated")
+        await speak(conn, QUESTION)
+        events = await collect(conn, "response.done", timeout=180)
+    kinds = {e.type for e in events}
+    assert {"conversation.item.added", "response.output_audio.delta",
+            "response.output_audio_transcript.delta", "conversation.item.done"} <= kinds, kinds
+    assert not kinds & {"response.audio.delta", "response.audio_transcript.delta"}
+    done = events[-1].response
+    assert done.status == "completed" and done.output[0].content[0].type == "output_audio"
+    assert done.usage.output_tokens > 0

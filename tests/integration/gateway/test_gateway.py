@@ -1,6 +1,6 @@
 """End to end through the real Envoy gateway: JSON/HTTP (httpx, as curl would) and gRPC (grpcio;
 grpcurl is not installable here, see conftest). Every request passes the real filter chain:
-transcoder → jwt_authn → ext_authz (Auth) → ratelimit (Usage) → router."""
+transcoder → jwt_authn → ext_authz (Auth: credential + rate limit) → router."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def test_routes_cover_every_rpc_and_streams_have_no_timeout(mesh: TestMesh) -> N
     names = [f["name"] for f in hcm["http_filters"]]
     assert names.index("envoy.filters.http.grpc_json_transcoder") < names.index(
         "envoy.filters.http.jwt_authn") < names.index("envoy.filters.http.ext_authz") < names.index(
-        "envoy.filters.http.ratelimit") < names.index("envoy.filters.http.router")
+        "envoy.filters.http.router")
+    # Check counts the rate limit in the same hop: no second hop to Usage per request.
+    assert "envoy.filters.http.ratelimit" not in names
 
 
 # --- the happy path --------------------------------------------------------------------------
@@ -280,7 +282,7 @@ async def test_one_orgs_key_cannot_read_another_orgs_resources(http: httpx.Async
     assert still.status_code == 200
 
 
-# --- rate limits (Usage's RateLimitService behind Envoy's ratelimit filter) -------------------
+# --- rate limits (Usage's limiter, run by Auth's ext_authz Check on Usage's counters) ---------
 
 async def _wait_for_fresh_window(margin: float = 8.0) -> None:
     # Windows are UTC minutes: do not let one burst straddle two of them.
@@ -307,6 +309,9 @@ async def test_rate_limit_allows_exactly_the_limit_under_concurrency(
     codes = [r.status_code for r in replies]
     assert abs(codes.count(200) - limit) <= 1, codes
     assert set(codes) <= {200, 429}, codes
+    served = next(r for r in replies if r.status_code == 200)  # every counted reply says so
+    assert served.headers["x-ratelimit-limit"].startswith(f"{limit}, ") and int(
+        served.headers["x-ratelimit-remaining"]) < limit
     limited = next(r for r in replies if r.status_code == 429)
     assert _status(limited) == (8, "RESOURCE_EXHAUSTED")
     assert "x-ratelimit-limit" in limited.headers
@@ -339,7 +344,8 @@ async def test_rate_limit_service_down_fails_open_but_auth_down_fails_closed(
     mesh: TestMesh, http: httpx.AsyncClient
 ) -> None:
     """The documented choice (envoy/README.md): without Usage the gateway still serves
-    (authenticated) requests; without Auth it refuses them (503), never lets them through."""
+    (authenticated) requests, since Check counts the limits on Usage's Redis keys itself;
+    without Auth it refuses them (503), never lets them through."""
     account = await sign_up(http)
     key = await create_key(http, account)
     headers = {"x-api-key": key["secret"]}
