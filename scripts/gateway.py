@@ -667,23 +667,16 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
         "forward_payload_header": JWT_PAYLOAD_HEADER,
         "clock_skew_seconds": 30,
     }
-    # Browsers' WebSockets (the Realtime bridge) carry the access token as the subprotocol
-    # `openai-insecure-api-key.<JWT>`. Verified the same way, but kept (forward): jwt_authn would
-    # drop the whole Sec-WebSocket-Protocol header, and the edge must still see `realtime` to echo
-    # it; Auth's Check strips the credential from it.
-    websocket = {**provider, "forward": True, "from_headers": [
-        {"name": "sec-websocket-protocol", "value_prefix": "openai-insecure-api-key."}]}
     return _filter(
         "envoy.filters.http.jwt_authn",
         "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-        providers={"aimesh": provider, "aimesh_websocket": websocket},
+        providers={"aimesh": provider},
         requirement_map={
             # Never rejects here: a missing or bad JWT may be an API key; Check decides.
             "jwt_if_present": {
                 "requires_any": {
                     "requirements": [
                         {"provider_name": "aimesh"},
-                        {"provider_name": "aimesh_websocket"},
                         {"allow_missing_or_failed": {}},
                     ]
                 }

@@ -7,7 +7,8 @@
  *   await live.finish();                 // last utterance finalized, then closed
  *   console.log(live.text);
  *
- * Protocol: OpenAI's Realtime transcription session — `transcription_session.update`,
+ * Protocol: OpenAI's Realtime transcription session, beta vocabulary (subprotocol
+ * `openai-beta.realtime-v1`) — `transcription_session.update`,
  * `input_audio_buffer.append` (base64 pcm16, 24 kHz mono), server VAD; the server sends
  * `input_audio_buffer.speech_started/stopped` and per utterance
  * `conversation.item.input_audio_transcription.delta` then `.completed`. Browsers cannot set
@@ -101,8 +102,9 @@ export class RealtimeTranscription {
     if (!credential) throw new RealtimeError("an apiKey or token is needed", "credentials_missing");
     const Socket = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!Socket) throw new RealtimeError("no WebSocket in this runtime: pass options.WebSocket", "no_websocket");
+    // The beta event vocabulary (the bridge speaks GA unless asked); the credential last.
     const ws = new Socket(realtimeUrl(options.baseUrl, { intent: "transcription" }),
-      ["realtime", `openai-insecure-api-key.${credential}`]);
+      ["realtime", "openai-beta.realtime-v1", `openai-insecure-api-key.${credential}`]);
     const session = new RealtimeTranscription(ws, options);
     await session.start(options.connectTimeoutMs ?? 15_000);
     return session;

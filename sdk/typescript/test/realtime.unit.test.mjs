@@ -58,7 +58,7 @@ test("connect applies the session, events build the transcript, finish commits a
   });
   const socket = sockets[0];
   assert.equal(socket.url, "wss://gw.example:8443/openai/v1/realtime?intent=transcription");
-  assert.deepEqual(socket.protocols, ["realtime", "openai-insecure-api-key.jwt.a.b"]);
+  assert.deepEqual(socket.protocols, ["realtime", "openai-beta.realtime-v1", "openai-insecure-api-key.jwt.a.b"]);
   assert.deepEqual(socket.sent[0], { type: "transcription_session.update", session: {
     input_audio_format: "pcm16", input_audio_transcription: { model: "whisper-1", language: "en" },
     turn_detection: { type: "server_vad", silence_duration_ms: 400, prefix_padding_ms: 300 } } });
