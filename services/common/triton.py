@@ -48,6 +48,9 @@ from services.common.errors import ServiceError
 
 # Model names in triton/models (the repository is the contract; these are its entry points).
 EMBEDDING_MODEL = "text_embedding"
+# text_embedding's two priority levels (config.pbtxt): requests default to 1 (interactive:
+# search queries, EmbedTexts); bulk ingestion sends BULK_PRIORITY and waits behind them.
+BULK_PRIORITY = 2
 ASR_MODEL = "speech_recognition"
 TTS_MODEL = "speech_synthesis"
 RESPONDER_MODEL = "grounded_responder"
@@ -401,15 +404,21 @@ class TritonClient:
         *,
         timeout: float | None = None,
         request_id: str = "",
+        priority: int = 0,
     ) -> dict[str, np.ndarray]:
-        """Unary inference; returns output name -> array."""
+        """Unary inference; returns output name -> array. `priority` 0 = the model's default."""
         deadline = self._timeout(timeout)
         built = build_inputs(model, inputs)
         requested = [InferRequestedOutput(name) for name in outputs] if outputs else None
         observed = _Observed(model, "ModelInfer")
         try:
             result = await self._client.infer(
-                model, built, outputs=requested, request_id=request_id, client_timeout=deadline
+                model,
+                built,
+                outputs=requested,
+                request_id=request_id,
+                client_timeout=deadline,
+                priority=priority,
             )
             observed.outcome = "OK"
         except InferenceServerException as exc:
@@ -509,14 +518,23 @@ class TritonClient:
 
     # --- typed helpers for the four models ------------------------------------------------
 
-    async def embed(self, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:
-        """Normalized all-MiniLM-L6-v2 vectors, shape (len(texts), 384); batches of 32."""
-        chunks: list[np.ndarray] = []
-        for i in range(0, len(texts), 32):
-            batch = np.array([[t.encode()] for t in texts[i : i + 32]], dtype=object)
-            out = await self.infer(EMBEDDING_MODEL, {"TEXT": batch}, ["EMBEDDING"], timeout=timeout)
-            chunks.append(out["EMBEDDING"])
-        return np.concatenate(chunks) if chunks else np.zeros((0, 384), dtype=np.float32)
+    async def embed(
+        self, texts: Sequence[str], *, timeout: float | None = None, priority: int = 0
+    ) -> np.ndarray:
+        """Normalized all-MiniLM-L6-v2 vectors, shape (len(texts), 384): one request per 32
+        texts (the model's max batch), all in flight at once so every model instance works."""
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+
+        async def one(batch: Sequence[str]) -> np.ndarray:
+            rows = np.array([[t.encode()] for t in batch], dtype=object)
+            out = await self.infer(
+                EMBEDDING_MODEL, {"TEXT": rows}, ["EMBEDDING"], timeout=timeout, priority=priority
+            )
+            return out["EMBEDDING"]
+
+        parts = await asyncio.gather(*(one(texts[i : i + 32]) for i in range(0, len(texts), 32)))
+        return np.concatenate(parts)
 
     async def synthesize(
         self,

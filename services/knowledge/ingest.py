@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -22,12 +23,12 @@ import numpy as np
 from services.common.errors import ServiceError
 from services.common.identity import Identity
 from services.common.server import Runtime
-from services.common.triton import TritonClient
+from services.common.triton import BULK_PRIORITY, TritonClient
 from services.common.usage_client import ResourceType, UsageClient
 from services.knowledge import metrics as knowledge_metrics
 from services.knowledge.blobs import BlobStore
-from services.knowledge.chunking import chunk_document
-from services.knowledge.extract import ExtractionError, run_isolated
+from services.knowledge.chunking import Chunk, chunk_document
+from services.knowledge.extract import ExtractionError, extract_file
 from services.knowledge.keyword_index import KeywordIndex
 from services.knowledge.store import Store, chunk_id
 from services.knowledge.vector_index import VectorIndex
@@ -37,8 +38,9 @@ log = logging.getLogger("aimesh.knowledge.ingest")
 LEASE_SECONDS = 60.0
 MAX_ATTEMPTS = 8
 SWEEP_SECONDS = 5.0
-EMBED_BATCH = 64
-WORKERS = 2
+EMBED_BATCH = 32  # chunks per embedding request: the Triton model's max_batch_size
+EMBED_AHEAD = 4  # embedding requests a document keeps in flight
+WORKERS = 4  # documents processed at once: one's writes and extraction overlap others' embeddings
 TRANSIENT = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -137,7 +139,7 @@ class Ingestor:
             return
         heartbeat = asyncio.ensure_future(self._heartbeat(uid))
         try:
-            count = await self._run(org, uid, doc.mime_type)
+            count = await self._run(org, uid, doc.mime_type, retry=doc.attempts > 1)
 
             async def meter(conn: Any) -> None:
                 # In mark_ready's transaction: the document is READY iff its chunks are billed.
@@ -183,26 +185,49 @@ class Ingestor:
         finally:
             heartbeat.cancel()
 
-    async def _run(self, org: str, uid: UUID, mime_type: str) -> int:
+    async def _run(self, org: str, uid: UUID, mime_type: str, retry: bool) -> int:
         path = self.blobs.path(org, uid)
         if not path.exists():
             raise ExtractionError("the uploaded content is missing from the blob store")
-        extracted = await run_isolated(mime_type, str(path))
+        extracted = await extract_file(mime_type, str(path))
         chunks = await asyncio.to_thread(chunk_document, extracted)
         if not chunks:
             raise ExtractionError("no extractable text")
-        # A retry starts from a clean slate, so nothing from an interrupted attempt lingers.
-        await self._purge(org, uid)
-        for start in range(0, len(chunks), EMBED_BATCH):
-            batch = chunks[start : start + EMBED_BATCH]
-            vectors = await self.embed([c.embedding_input() for c in batch])
-            await self.store.upsert_chunks(org, uid, batch)
-            await self.vectors.upsert(org, uid, [chunk_id(uid, c.index) for c in batch], vectors)
-            await self.keywords.index(org, uid, batch)
+        if retry:
+            # A retry starts from a clean slate, so nothing from an interrupted attempt lingers.
+            # (A first attempt has nothing to clear: claims count attempts, so none ran before.)
+            await self._purge(org, uid)
+        # Pipelined: up to EMBED_AHEAD batch requests wait at Triton (so its instances never idle
+        # while this task writes to PostgreSQL and Milvus); writes follow in chunk order.
+        in_flight: deque[tuple[list[Chunk], asyncio.Future[np.ndarray]]] = deque()
+        try:
+            for start in range(0, len(chunks), EMBED_BATCH):
+                batch = chunks[start : start + EMBED_BATCH]
+                texts = [c.embedding_input() for c in batch]
+                in_flight.append((batch, asyncio.ensure_future(self.embed(texts))))
+                if len(in_flight) == EMBED_AHEAD:
+                    written, vectors = in_flight.popleft()
+                    await self._index(org, uid, written, await vectors)
+            while in_flight:
+                written, vectors = in_flight.popleft()
+                await self._index(org, uid, written, await vectors)
+        finally:
+            # A failed batch or a cancellation: drop the embeddings still under way.
+            for _, pending in in_flight:
+                pending.cancel()
+            if in_flight:
+                await asyncio.wait([pending for _, pending in in_flight])
         return len(chunks)
 
+    async def _index(
+        self, org: str, uid: UUID, batch: Sequence[Chunk], vectors: np.ndarray
+    ) -> None:
+        await self.store.upsert_chunks(org, uid, batch)
+        await self.vectors.upsert(org, uid, [chunk_id(uid, c.index) for c in batch], vectors)
+        await self.keywords.index(org, uid, batch)
+
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await self.triton.embed(list(texts), timeout=120.0)
+        return await self.triton.embed(list(texts), timeout=120.0, priority=BULK_PRIORITY)
 
     async def _purge(self, org: str, uid: UUID) -> None:
         await self.vectors.delete_document(org, uid)

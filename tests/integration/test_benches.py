@@ -47,10 +47,11 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
          rf"ratio 2 concurrent streams TTFT p95, gateway / direct: {NUMBER}x"],
     ),
     "knowledge": (
-        ["--sizes", "200", "--queries", "3", "--ingest-docs", "1", "--distractors", "20",
-         "--shared-triton"],
-        2,  # ingestion rate, hybrid p95 at the one size
-        [rf"hybrid/keyword p95 ratio {NUMBER}x"],
+        ["--ingest-chunks", "40", "--pdf-docs", "1", "--search-chunks", "300", "--queries", "3",
+         "--quality-chunks", "60", "--shared-triton"],
+        4,  # ingestion rate, hybrid p95 through the gateway (JSON, gRPC), int8 quality
+        [rf"gateway JSON / in-process p95 ratio {NUMBER}x",
+         rf"gateway gRPC / in-process p95 ratio {NUMBER}x", rf"mean batch {NUMBER}"],
     ),
 }
 

