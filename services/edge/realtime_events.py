@@ -4,8 +4,10 @@ events, the session configuration they change, and building server events. Plain
 sockets and no gRPC, so it is tested on its own (tests/unit/test_realtime_events.py).
 
 What is not supported is refused with an `error` event naming it (never ignored): function
-tools, image or text input items, semantic_vad, other input languages, and every client event
-type outside CLIENT_EVENTS.
+tools, image or text input items, semantic_vad, a VAD threshold other than 0.5,
+create_response/interrupt_response false, transcription prompts, other input languages, and
+every client event type outside CLIENT_EVENTS (conversation.item.delete,
+output_audio_buffer.clear by name).
 """
 
 from __future__ import annotations
