@@ -76,8 +76,10 @@ def stream_error(exc: grpc.aio.AioRpcError, rpc: str) -> EventError | None:
     if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
         log.info("%s ended by Speech: %s", rpc, exc.details())
         return None
-    code = "model_not_found" if exc.code() == grpc.StatusCode.NOT_FOUND else exc.code().name
-    return EventError(exc.details() or exc.code().name, code.lower(), kind="server_error")
+    kind = "invalid_request_error" if exc.code() in (
+        grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION) else "server_error"
+    return EventError(exc.details() or exc.code().name, exc.code().name.lower(), kind=kind)
 
 
 @dataclass

@@ -64,6 +64,9 @@ log = logging.getLogger("aimesh.edge.realtime")
 
 MODEL = resource("orchestrator.aimesh.dev/Model")
 EVENT = speech_pb2.SpeechEventType
+# Converse refusals that the same settings would meet again.
+PERMANENT = frozenset({"not_found", "invalid_argument", "permission_denied",
+                       "failed_precondition", "resource_exhausted", "unauthenticated"})
 # Manual turns: Converse's endpointing silence, longer than pauses within one commit; the audio
 # of a commit is followed by this much silence (and 200 ms) so that Converse ends the utterance.
 MANUAL_SILENCE_MS = 1500
@@ -163,6 +166,9 @@ class VoiceLoop:
         self.items: dict[str, dict[str, Any]] = {}  # conversation items, for retrieve
         self.replies: dict[str, Reply] = {}  # by assistant item id
         self.last_item: str | None = None
+        # The settings Speech refused (a voice or model it does not have, a budget...) and
+        # why: audio is not sent again until the session is updated.
+        self.refused: tuple[SessionConfig, str] | None = None
         self.buffer = bytearray()  # manual turns: pcm16 since the last commit
         self.committed_audio: list[tuple[Turn, bytes]] = []  # committed, not yet answered
         self.expected: deque[Turn] = deque()  # sent to Converse, its turn not begun yet
@@ -185,6 +191,9 @@ class VoiceLoop:
         return bytes(2 * (rate * ms // 1000))
 
     async def _push(self, pcm: bytes) -> None:
+        if self.refused is not None and self.refused[0] == self.session.config:
+            raise EventError(f"Speech refused this session's settings ({self.refused[1]}); "
+                             "change them with session.update", "session_refused", "session")
         if self.queue is None or self.task is None or self.task.done():
             await self._open()
         assert self.queue is not None
@@ -357,6 +366,8 @@ class VoiceLoop:
         except grpc.aio.AioRpcError as exc:
             error = stream_error(exc, "Converse")
             if error is not None:
+                if error.code in PERMANENT:  # transient failures retry with the next audio
+                    self.refused = (self.session.config, error.message)
                 await self.session.error(error)
         finally:
             for turn_id in mine & set(self.turns):

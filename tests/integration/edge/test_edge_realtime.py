@@ -467,3 +467,21 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
     assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
     assert any(e.type == "response.audio.delta" for e in events)
     assert events[-1].response.status == "completed"
+
+
+async def test_unknown_voice_is_refused_until_the_session_changes(voice: EdgeStack,
+                                                                  api_key: str) -> None:
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn, voice="no-such-voice")
+        await append(conn, silence(0.2))
+        error = await until(conn, "error", timeout=60)
+        assert error.error.code == "not_found" and "no-such-voice" in error.error.message, error
+        await append(conn, silence(0.2))  # the same settings are not tried again
+        again = await until(conn, "error", timeout=60)
+        assert again.error.code == "session_refused"
+        await conn.session.update(session={"voice": "alloy"})
+        await until(conn, "session.updated")
+        await append(conn, silence(0.2))
+        await conn.session.update(session={"instructions": "Be brief."})
+        events = await collect(conn, "session.updated", timeout=60)
+        assert not [e for e in events if e.type == "error"], events
