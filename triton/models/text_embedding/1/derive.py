@@ -64,6 +64,13 @@ def model_path(precision: str, base: Path | None = None) -> Path:
 
 
 def _derive(target: Path) -> None:
+    try:
+        import onnx  # noqa: F401 - the exporter and the quantizer need it
+    except ImportError as exc:
+        raise RuntimeError(
+            f"cannot derive the embedding model's ONNX copies into {target}: {exc}; "
+            "run scripts/setup (it installs onnx and derives them)"
+        ) from exc
     # Written into a scratch directory and renamed: a crash never leaves half a model behind.
     scratch = Path(tempfile.mkdtemp(prefix=".derive-", dir=target.parent))
     try:
