@@ -16,7 +16,12 @@ Starts (or reuses) Triton, the Speech, Auth and Usage services and the gateway o
   the engine directly;
 * concurrent real-time streams: N streams at once, each paced in real time; a level is
   sustained when every stream gets its final and the p95 end-of-speech -> final latency stays
-  under the endpointing silence + 1.5 s. Reports the largest sustained N on this machine.
+  under the endpointing silence + 1.5 s. Reports the largest sustained N on this machine;
+* Converse through the gateway (local responder, Piper): a spoken question paced in real time,
+  end of the caller's speech -> first byte of the answer's audio, split into endpointing +
+  final, the reply's first text, and its first audio.
+Every target prints a `verdict <target>: MET|MISSED (<measured>)` line; the machine load is
+printed at the start and the end (absolute timings on a shared machine are noisy).
 `--tiny` runs one clip, one repeat and up to 2 streams: what a test can afford.
 """
 
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -34,9 +38,11 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
-from aimesh_sdk.audio import CHUNK_MS, paced, pcm_chunks
+from aimesh_sdk.audio import CHUNK_MS, pcm_chunks
 
+from bench.report import print_load, verdict
 from services.common.triton import TritonClient
 from tests.support.accounts import sign_up
 from tests.support.mesh import TestMesh
@@ -59,6 +65,33 @@ SLACK_SECONDS = (
 LEAD_SECONDS = 0.3
 TAIL_SECONDS = 1.2
 TTS_TEXT = "Your meeting with the design team starts at nine tomorrow morning in room four."
+# Targets (issue 14).
+FINAL_BEYOND_SILENCE_TARGET = 0.150
+PIPER_FIRST_BYTE_TARGET = 0.100
+STREAMS_TARGET = 12
+CONVERSE_TARGET = 1.2
+# Converse: what the assistant knows (the local responder answers from the conversation's
+# context), and what the caller asks.
+CONVERSE_FACTS = (
+    "You are a helpful voice assistant. The weather today is sunny and warm with a light breeze. "
+    "The weather tomorrow will be cloudy with some rain in the afternoon."
+)
+CONVERSE_QUESTION = "What is the weather like today?"
+CONVERSE_VERDICT = "Converse end of speech -> first answer audio byte <= 1.2 s"
+
+
+async def microphone(audio: np.ndarray, realtime: float) -> AsyncIterator[bytes]:
+    """CHUNK_MS chunks of `audio`, each sent once its last sample has been "recorded" (like a
+    microphone: never ahead of the audio; unpaced when realtime is 0)."""
+    started = time.perf_counter()
+    sent = 0
+    for chunk in pcm_chunks(audio.tobytes(), RATE):
+        sent += len(chunk) // 2
+        if realtime > 0:
+            delay = started + sent / RATE / realtime - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        yield chunk
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -104,8 +137,10 @@ async def gateway_stream(
     config.endpointing.silence_duration.FromMilliseconds(silence_ms)
 
     async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
+        nonlocal started
         yield speech_pb2.StreamingRecognizeRequest(streaming_config=config)
-        async for chunk in paced(pcm_chunks(audio.tobytes(), RATE), RATE, realtime):
+        started = time.perf_counter()
+        async for chunk in microphone(audio, realtime):
             yield speech_pb2.StreamingRecognizeRequest(audio_content=chunk)
 
     final_at: float | None = None
@@ -216,10 +251,12 @@ async def accuracy(stub: Any, metadata: list[tuple[str, str]], tiny: bool) -> No
         engine_wer.append(word_error_rate(words_of(text), expected))
     mesh, engine = statistics.mean(mesh_wer), statistics.mean(engine_wer)
     print(
-        f"accuracy on {len(plan)} Piper clips (rates x0.8-1.25, gains x0.35-1.8, noise, cut after the last word):"
+        f"accuracy on {len(plan)} Piper clips (rates x0.8-1.25, gains x0.35-1.8, noise, "
+        "cut after the last word):"
     )
     print(
-        f"  WER gateway StreamingRecognize {mesh:.3f}   engine on the whole clip {engine:.3f}   ratio {ratio(mesh, engine)}"
+        f"  WER gateway StreamingRecognize {mesh:.3f}   engine on the whole clip {engine:.3f}"
+        f"   ratio {ratio(mesh, engine)}"
     )
     print(f"  word-for-word parity with the engine: {same}/{len(plan)} clips")
 
@@ -243,12 +280,17 @@ async def realtime_factor(
     print(line("gateway -> Speech -> Triton (+1.5 s of silence, decoded too)", rtf_gw, "x"))
     print(line("engine direct (Triton sequence)", rtf_direct, "x"))
     print(
-        f"  ratio gateway/direct (p50): {ratio(statistics.median(rtf_gw), statistics.median(rtf_direct))}"
+        "  ratio gateway/direct (p50): "
+        f"{ratio(statistics.median(rtf_gw), statistics.median(rtf_direct))}"
     )
 
 
 async def endpointing(
-    stub: Any, metadata: list[tuple[str, str]], client: TritonClient, speech: dict[str, np.ndarray]
+    stub: Any,
+    metadata: list[tuple[str, str]],
+    client: TritonClient,
+    speech: dict[str, np.ndarray],
+    verdicts: list[str],
 ) -> None:
     print("end of speech -> final result (real-time pacing), by endpointing silence:")
     for silence_ms in SILENCE_SETTINGS:
@@ -259,9 +301,17 @@ async def endpointing(
             is not None
         ]
         beyond = [x - silence_ms / 1000 for x in lat]
+        beyond_p50 = statistics.median(beyond)
         print(
             line(f"gateway, silence {silence_ms} ms", lat)
-            + f"   beyond the silence p50 {statistics.median(beyond) * 1000:.0f} ms (target <= 150)"
+            + f"   beyond the silence p50 {beyond_p50 * 1000:.0f} ms (target <= 150)"
+        )
+        verdicts.append(
+            verdict(
+                f"end of speech -> final <= 150 ms beyond a {silence_ms} ms silence",
+                beyond_p50 <= FINAL_BEYOND_SILENCE_TARGET,
+                f"p50 {beyond_p50 * 1000:.0f} ms beyond",
+            )
         )
     lat_direct = [
         d.eos_to_final
@@ -272,7 +322,11 @@ async def endpointing(
 
 
 async def tts(
-    stub: Any, metadata: list[tuple[str, str]], client: TritonClient, repeats: int
+    stub: Any,
+    metadata: list[tuple[str, str]],
+    client: TritonClient,
+    repeats: int,
+    verdicts: list[str],
 ) -> None:
     piper = [await tts_first_byte_gateway(stub, metadata) for _ in range(repeats * 3)]
     espeak = [
@@ -284,12 +338,24 @@ async def tts(
     print(line("gateway, eSpeak NG (voices/en-us)", espeak))
     print(line("engine direct (eSpeak NG)", direct))
     print(
-        f"  ratio Piper/eSpeak through the gateway (p50): {ratio(statistics.median(piper), statistics.median(espeak))}"
+        "  ratio Piper/eSpeak through the gateway (p50): "
+        f"{ratio(statistics.median(piper), statistics.median(espeak))}"
+    )
+    verdicts.append(
+        verdict(
+            "Piper first audio byte through the gateway <= 100 ms",
+            statistics.median(piper) <= PIPER_FIRST_BYTE_TARGET,
+            f"p50 {statistics.median(piper) * 1000:.0f} ms",
+        )
     )
 
 
 async def concurrency(
-    stub: Any, metadata: list[tuple[str, str]], speech: dict[str, np.ndarray], max_streams: int
+    stub: Any,
+    metadata: list[tuple[str, str]],
+    speech: dict[str, np.ndarray],
+    max_streams: int,
+    verdicts: list[str],
 ) -> None:
     print(
         "concurrent real-time streams through the gateway (sustained: all finals, "
@@ -307,20 +373,133 @@ async def concurrency(
         ok = len(latencies) == n and pct(latencies, 0.95) < SILENCE_MS / 1000 + SLACK_SECONDS
         p95 = f"{pct(latencies, 0.95):.2f}s" if latencies else "n/a"
         print(
-            f"  {n:3d} streams: finals {len(latencies)}/{n}, p95 latency {p95}  {'ok' if ok else 'NOT sustained'}"
+            f"  {n:3d} streams: finals {len(latencies)}/{n}, p95 latency {p95}  "
+            f"{'ok' if ok else 'NOT sustained'}"
         )
         if not ok:
             break
         sustained = n
         n = n * 2 if n < 4 else n + 2
     print(f"  sustained concurrent real-time streams on this machine: {sustained}")
+    verdicts.append(
+        verdict(
+            f"sustained concurrent real-time streams >= {STREAMS_TARGET} (Piper speech)",
+            sustained >= STREAMS_TARGET,
+            f"{sustained} streams, tried up to {max_streams}",
+        )
+    )
+
+
+@dataclass
+class TurnTiming:
+    """Seconds from the end of the caller's speech to each step of the answer."""
+
+    final: float  # the final transcript (endpointing silence + recognition)
+    text: float  # the reply's first text
+    audio: float  # the reply's first audio byte
+
+
+async def converse_turn(
+    stub: speech_pb2_grpc.SpeechServiceStub,
+    conversations: conversation_pb2_grpc.ConversationServiceStub,
+    metadata: list[tuple[str, str]],
+    question: np.ndarray,
+) -> TurnTiming | None:
+    """One spoken question through the gateway's Converse, paced like a microphone that stays
+    open (silence) until the answer is complete."""
+    created = await conversations.CreateConversation(
+        conversation_pb2.CreateConversationRequest(
+            conversation=conversation_pb2.Conversation(
+                title="speech bench", system_prompt=CONVERSE_FACTS
+            )
+        ),
+        metadata=metadata,
+        timeout=30,
+    )
+    config = speech_pb2.ConverseConfig(
+        conversation=created.name,
+        recognition_config=speech_pb2.RecognitionConfig(
+            encoding=speech_pb2.AUDIO_ENCODING_LINEAR16,
+            sample_rate_hertz=RATE,
+            language_code="en-US",
+        ),
+        output_audio_config=speech_pb2.AudioOutputConfig(
+            encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE
+        ),
+    )
+    audio = np.concatenate([np.zeros(int(LEAD_SECONDS * RATE), np.int16), question])
+    answered = asyncio.Event()
+    eos = 0.0
+
+    async def requests() -> AsyncIterator[speech_pb2.ConverseRequest]:
+        nonlocal eos
+        yield speech_pb2.ConverseRequest(config=config)
+        eos = time.perf_counter() + audio.size / RATE
+        async for chunk in microphone(audio, 1.0):
+            yield speech_pb2.ConverseRequest(audio_content=chunk)
+        silence = np.zeros(RATE * CHUNK_MS // 1000, np.int16).tobytes()
+        deadline = time.perf_counter() + 30
+        async for chunk in microphone(np.zeros(RATE * 30, np.int16), 1.0):
+            if answered.is_set() or time.perf_counter() > deadline:
+                return
+            yield speech_pb2.ConverseRequest(audio_content=silence[: len(chunk)])
+
+    final = text = first_audio = 0.0
+    async for response in stub.Converse(requests(), metadata=metadata, timeout=120):
+        kind = response.WhichOneof("event")
+        now = time.perf_counter()
+        if kind == "transcript" and response.transcript.is_final and not final:
+            final = now
+        elif kind == "text_delta" and not text:
+            text = now
+        elif kind == "audio" and not first_audio:
+            first_audio = now
+        elif kind == "turn_complete":
+            answered.set()
+        elif kind == "error":
+            print(f"  Converse error: {response.error.message}")
+    if not (final and text and first_audio):
+        return None
+    return TurnTiming(final - eos, text - eos, first_audio - eos)
+
+
+async def converse(
+    stub: speech_pb2_grpc.SpeechServiceStub,
+    channel: grpc.aio.Channel,
+    metadata: list[tuple[str, str]],
+    client: TritonClient,
+    repeats: int,
+    verdicts: list[str],
+) -> None:
+    conversations = conversation_pb2_grpc.ConversationServiceStub(channel)
+    question = cut_after_last_word(await synthesize(client, CONVERSE_QUESTION))
+    turns = [await converse_turn(stub, conversations, metadata, question) for _ in range(repeats)]
+    done = [t for t in turns if t is not None]
+    print(
+        f"Converse through the gateway (local responder, Piper; {SILENCE_MS} ms endpointing), "
+        f"from the end of the caller's speech, {len(done)}/{len(turns)} turns answered:"
+    )
+    if not done:
+        verdicts.append(verdict(CONVERSE_VERDICT, False, "no answer"))
+        return
+    print(line("final transcript", [t.final for t in done]))
+    print(line("first text of the reply", [t.text for t in done]))
+    print(line("first byte of the reply's audio", [t.audio for t in done]) + "   target <= 1.200 s")
+    first_audio = statistics.median(t.audio for t in done)
+    verdicts.append(
+        verdict(
+            CONVERSE_VERDICT,
+            first_audio <= CONVERSE_TARGET and len(done) == len(turns),
+            f"p50 {first_audio:.3f} s",
+        )
+    )
 
 
 async def main(repeats: int, max_streams: int, tiny: bool) -> None:
     mesh = TestMesh()
     try:
         mesh.ensure_triton()
-        mesh.ensure("auth", "usage", "speech")
+        mesh.ensure("auth", "usage", "speech", "orchestrator", "conversation")
         gateway = mesh.ensure_gateway()
         async with httpx.AsyncClient(base_url=f"http://{gateway}", timeout=10) as http:
             account = await sign_up(http, "Speech Bench")
@@ -332,17 +511,21 @@ async def main(repeats: int, max_streams: int, tiny: bool) -> None:
         # Cut right after the last word, so the end of speech is where the audio says it is.
         speech = {s: cut_after_last_word(await synthesize(client, s)) for s in sentences}
         total = sum(a.size for a in speech.values()) / RATE
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(
             f"speech benchmark: {len(speech)} utterances, {total:.1f} s of speech, "
-            f"triton {mesh.settings.triton_url}, gateway {gateway}, load average {load} on {os.cpu_count()} CPUs"
+            f"triton {mesh.settings.triton_url}, gateway {gateway}"
         )
+        print_load("at the start")
+        verdicts: list[str] = []
         await gateway_stream(stub, metadata, speech[sentences[0]], 0)  # channels, pools
         await accuracy(stub, metadata, tiny)
         await realtime_factor(stub, metadata, client, speech, repeats)
-        await endpointing(stub, metadata, client, speech)
-        await tts(stub, metadata, client, repeats)
-        await concurrency(stub, metadata, speech, max_streams)
+        await endpointing(stub, metadata, client, speech, verdicts)
+        await tts(stub, metadata, client, repeats, verdicts)
+        await converse(stub, channel, metadata, client, 1 if tiny else repeats + 1, verdicts)
+        await concurrency(stub, metadata, speech, max_streams, verdicts)
+        print_load("at the end")
+        print("\n".join(verdicts))
         await channel.close()
         await client.close()
     finally:

@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from psycopg.errors import UniqueViolation
 from redis.asyncio import Redis
@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from services.auth import crypto
 from services.auth.errors import BadCredentials, Exhausted, NotFound, raise_violations
 from services.auth.memberships import Memberships
+from services.auth.mirror import MISSING, Mirror
 from services.auth.principal import Principal
 from services.auth.redis_guard import RedisGuard, RedisUnavailable
 from services.auth.store import Store
@@ -31,11 +32,12 @@ NEGATIVE_CACHE_TTL = 30
 
 
 class ApiKeys:
-    def __init__(self, store: Store, secrets: crypto.Secrets, redis: RedisGuard,
+    def __init__(self, store: Store, secrets: crypto.Secrets, redis: RedisGuard, mirror: Mirror,
                  memberships: Memberships, spawn: Callable[[Awaitable[Any], str], Any]) -> None:
         self.store = store
         self.secrets = secrets
         self.redis = redis
+        self.mirror = mirror
         self.memberships = memberships
         self._spawn = spawn
         self._touched: dict[str, float] = {}
@@ -101,6 +103,7 @@ class ApiKeys:
 
             async def overwrite(r: Redis) -> None:
                 await r.set(key, value, ex=CACHE_TTL)
+                await self.mirror.announce(r, key)
 
             await self.redis.write_surely(overwrite, "api-key-revocation", CACHE_TTL)
         return row
@@ -145,11 +148,18 @@ class ApiKeys:
         if not self.redis.usable:
             return None
         key = self.redis.key("apikey", prefix)
+        held = self.mirror.get(key)
+        if held is not MISSING:
+            return cast(dict[str, Any], held)
+        generation = self.mirror.generation()
         try:
             raw = await self.redis.run(lambda r: r.get(key))
         except RedisUnavailable:
             return None
-        return json.loads(raw) if raw else None
+        entry = json.loads(raw) if raw else None
+        if entry is not None:
+            self.mirror.put(key, entry, generation)
+        return entry
 
     async def _cache_new(self, prefix: str, entry: dict[str, Any], ttl: int) -> None:
         if not self.redis.usable:

@@ -8,6 +8,7 @@
 - revocation.py    ended sessions and membership changes, enforced at the gateway within 1 s
 - audit.py         the audit log of every service's security-relevant actions
 - redis_guard.py   Redis on the request path (timeouts, fallback, surely-applied writes)
+- mirror.py        in-process copies of the entries Check reads, invalidated via pub/sub
 
 All are plain Python and raise the domain errors of errors.py, which maps them to gRPC status
 in one place. AuthDomain wires them together and holds the actions that span several concerns.
@@ -26,6 +27,7 @@ from services.auth.api_keys import ApiKeys
 from services.auth.audit import AuditLog
 from services.auth.errors import Forbidden
 from services.auth.memberships import Memberships
+from services.auth.mirror import Mirror
 from services.auth.principal import ROLE_NAMES, Principal
 from services.auth.redis_guard import RedisGuard
 from services.auth.revocation import Revocations
@@ -50,13 +52,17 @@ class AuthDomain:
         self.platform_admins = platform_admins
         secrets = crypto.Secrets(master_secret)
         self.redis = RedisGuard(cache, spawn)
+        self.mirror = Mirror(self.redis)
+        if cache is not None:
+            spawn(self.mirror.listen(), "auth-mirror-invalidations")
         self.signing_keys = SigningKeys(self.store, secrets, access_ttl_seconds)
         self.memberships = Memberships(self.store)
-        self.revocations = Revocations(self.store, self.redis, access_ttl_seconds)
+        self.revocations = Revocations(self.store, self.redis, self.mirror, access_ttl_seconds)
         self.sessions = Sessions(self.store, secrets, self.signing_keys,
                                  LoginThrottle(self.redis), self.revocations, access_ttl_seconds,
                                  platform_admins)
-        self.api_keys = ApiKeys(self.store, secrets, self.redis, self.memberships, spawn)
+        self.api_keys = ApiKeys(self.store, secrets, self.redis, self.mirror, self.memberships,
+                                spawn)
         self.audit = AuditLog(self.store)
 
     async def housekeeping(self, every_seconds: float = 3600.0) -> None:

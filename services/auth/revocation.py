@@ -9,8 +9,9 @@ entries close that gap, each kept one token lifetime (any token older has expire
 - `auth:member:{org}:{user}`: the member's current role in the organization after a change,
   or "-" once the membership is gone. It overrides the (possibly stale) role in the token.
 
-`admit` is the one check: a single MGET per JWT request, also correct when Redis is down (it
-then asks PostgreSQL). It takes only a Principal so it can move wherever JWT callers are
+`admit` is the one check: a single MGET per JWT request (none while this process holds both
+entries in its mirror, services/auth/mirror.py), also correct when Redis is down (it then asks
+PostgreSQL). It takes only a Principal so it can move wherever JWT callers are
 admitted (today ext_authz Check; later a gateway path that skips Auth).
 """
 
@@ -21,6 +22,7 @@ from dataclasses import replace
 from redis.asyncio import Redis
 
 from services.auth.errors import BadCredentials
+from services.auth.mirror import MISSING, Mirror
 from services.auth.principal import Principal
 from services.auth.redis_guard import RedisGuard, RedisUnavailable
 from services.auth.store import Store
@@ -30,9 +32,11 @@ SLACK_SECONDS = 60  # clock skew and replicas' cached signing keys
 
 
 class Revocations:
-    def __init__(self, store: Store, redis: RedisGuard, access_ttl_seconds: int) -> None:
+    def __init__(self, store: Store, redis: RedisGuard, mirror: Mirror,
+                 access_ttl_seconds: int) -> None:
         self.store = store
         self.redis = redis
+        self.mirror = mirror
         self.ttl = access_ttl_seconds + SLACK_SECONDS
 
     def _session_key(self, session_id: str) -> str:
@@ -51,6 +55,7 @@ class Revocations:
                 for key in keys:
                     pipe.set(key, "1", ex=self.ttl)
                 await pipe.execute()
+            await self.mirror.announce(r, *keys)
 
         await self.redis.write_surely(mark, "session-revocation", self.ttl)
 
@@ -62,6 +67,7 @@ class Revocations:
 
         async def mark(r: Redis) -> None:
             await r.set(key, value, ex=self.ttl)
+            await self.mirror.announce(r, key)
 
         await self.redis.write_surely(mark, "membership-change", self.ttl)
 
@@ -77,7 +83,7 @@ class Revocations:
         try:
             if not keys:
                 raise RedisUnavailable
-            values = await self.redis.run(lambda r: r.mget(keys))
+            values = await self._values(keys)
             role = values[0].decode() if values[0] is not None else None
             ended = len(values) > 1 and values[1] is not None
         except RedisUnavailable:
@@ -87,6 +93,16 @@ class Revocations:
         if role == GONE:
             raise BadCredentials("no longer a member of this organization", "TOKEN_REVOKED")
         return principal if role is None else replace(principal, roles=(role,))
+
+    async def _values(self, keys: list[str]) -> list[bytes | None]:
+        held = [self.mirror.get(key) for key in keys]
+        if MISSING not in held:
+            return held
+        generation = self.mirror.generation()
+        values: list[bytes | None] = await self.redis.run(lambda r: r.mget(keys))
+        for key, value in zip(keys, values, strict=True):
+            self.mirror.put(key, value, generation)
+        return values
 
     async def _from_database(self, principal: Principal, user_id: str) -> tuple[str, bool]:
         async with self.store.connection() as conn:

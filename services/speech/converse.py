@@ -439,7 +439,11 @@ class ConverseSession:
                 characters += len(sentence.text)
                 try:
                     async for chunk in self.servicer.synthesizer.stream(
-                        sentence.text, self.voice, self.config.speaking_rate, self.rate
+                        sentence.text,
+                        self.voice,
+                        self.config.speaking_rate,
+                        self.rate,
+                        quick_start=index == 0,  # the reply's first words, fast
                     ):
                         await self._put(
                             turn.turn_id,

@@ -270,7 +270,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         parts = [
             chunk.pcm
             async for chunk in speech_metrics.first_audio(
-                self.synthesizer.stream(request.text, voice, request.speaking_rate, rate),
+                self.synthesizer.stream(
+                    request.text, voice, request.speaking_rate, rate, quick_start=False
+                ),
                 voice.name,
             )
         ]

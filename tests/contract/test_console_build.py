@@ -27,6 +27,11 @@ def test_committed_console_build_is_current(tmp_path: Path) -> None:
     assert npm, "npm is missing: scripts/setup installs it"
     if not (CONSOLE / "node_modules").is_dir() or not (REPO / "sdk/typescript/dist").is_dir():
         pytest.fail("console or SDK packages not installed/built: run scripts/setup")
+    # The console bundles the SDK's compiled dist: build it from the current sources first, or a
+    # dist left over from before a proto change makes the comparison (and any rebuild) stale.
+    sdk = subprocess.run([npm, "run", "--silent", "build"], cwd=REPO / "sdk/typescript",
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert sdk.returncode == 0, sdk.stdout[-3000:] + sdk.stderr[-3000:]
     out = tmp_path / "dist"
     result = subprocess.run([npm, "run", "--silent", "build", "--", "--outDir", str(out),
                              "--emptyOutDir"], cwd=CONSOLE, capture_output=True, text=True,
@@ -34,4 +39,5 @@ def test_committed_console_build_is_current(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for name in gateway.CONSOLE_FILES:
         assert filecmp.cmp(out / name, CONSOLE / "dist" / name, shallow=False), (
-            f"console/dist/{name} is stale: run `npm run build` in console/ and commit it")
+            f"console/dist/{name} is stale: run `npm run build` in sdk/typescript/, then in "
+            "console/, and commit console/dist")

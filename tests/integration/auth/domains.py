@@ -3,8 +3,10 @@ dead address to test the PostgreSQL fallbacks), for tests that drive Auth below 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from services.auth.domain import AuthDomain
 from services.common.cache import ServiceCache
@@ -13,18 +15,31 @@ from tests.support.mesh import TestMesh
 
 
 @asynccontextmanager
-async def open_domain(mesh: TestMesh, redis_url: str) -> AsyncIterator[AuthDomain]:
+async def open_domain(mesh: TestMesh, redis_url: str,
+                      run_background: bool = False) -> AsyncIterator[AuthDomain]:
+    """`run_background`: run the domain's background tasks (e.g. the mirror's invalidation
+    listener) as a server would; otherwise they never start."""
     mesh.ensure("auth")  # applies Auth's migrations
     db = Database(mesh.settings.database_url, "auth", 4)
     await db.open()
     cache = ServiceCache(redis_url, "auth")
-    spawned = []
-    auth = AuthDomain(db, cache, mesh.settings.auth_secret, 900, frozenset(),
-                      lambda coro, name: spawned.append(coro))
+    spawned: list[Coroutine[Any, Any, Any]] = []
+    tasks: list[asyncio.Future[Any]] = []
+
+    def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
+        if run_background:
+            tasks.append(asyncio.ensure_future(coro))
+        else:
+            spawned.append(coro)
+
+    auth = AuthDomain(db, cache, mesh.settings.auth_secret, 900, frozenset(), spawn)
     try:
         yield auth
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for coro in spawned:
-            coro.close()  # background work (e.g. Redis retries) is not awaited in these tests
+            coro.close()  # never started
         await cache.close()
         await db.close()

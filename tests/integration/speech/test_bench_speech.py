@@ -1,6 +1,7 @@
 """bench.speech runs end to end in its tiny configuration (so it cannot silently break): every
 comparison prints its line and ratio. Timings are printed by the benchmark, never asserted here;
-the parity count is: the mesh must transcribe the clip word for word like the engine."""
+the parity count is: the mesh must transcribe the clip word for word like the engine, and every
+target has its verdict line."""
 
 from __future__ import annotations
 
@@ -40,3 +41,9 @@ def test_speech_bench_runs_tiny(mesh: TestMesh) -> None:
             rf"gateway, silence {silence_ms} ms .* beyond the silence p50 -?\d+ ms", out
         )
     assert re.search(r"sustained concurrent real-time streams on this machine: [12]", out), out
+    assert re.search(r"Converse through the gateway .* 1/1 turns answered", out), out
+    assert re.search(r"first byte of the reply's audio +p50 +\d", out), out
+    assert "machine load average (1, 5, 15 min) at the start" in out, out
+    # One verdict per target: endpointing at three silences, Piper, Converse, streams.
+    verdicts = re.findall(r"^verdict .+: (?:MET|MISSED) \(.+\)$", out, re.MULTILINE)
+    assert len(verdicts) == 6, out

@@ -98,6 +98,28 @@ async def test_default_silence_is_500_ms(
     assert closes[0] - ends[0] == pytest.approx(0.5, abs=FRAME + 0.001)
 
 
+async def test_a_pause_the_caller_speaks_through_stays_one_utterance(
+    gateway_speech: Speech, utterances: dict[str, np.ndarray]
+) -> None:
+    # ~400 ms of pause (with the voice's own trailing silence) at the default 500 ms: one
+    # utterance, whose one final has both phrases' words in order and in time.
+    first, second = utterances[SENTENCES[3]], utterances[SENTENCES[1]]
+    pcm = np.concatenate([silence(0.3), first, silence(0.3), second, silence(1.2)])
+    responses = await run(gateway_speech, pcm, None)
+    assert len(events(responses, speech_pb2.SPEECH_EVENT_TYPE_END_OF_UTTERANCE)) == 1
+    results = [r for r in finals(responses) if r.alternatives[0].transcript]
+    assert len(results) == 1, [r.alternatives[0].transcript for r in results]
+    words = list(results[0].alternatives[0].words)
+    heard = [w.word for w in words]
+    assert "meeting" in heard and "weather" in heard, heard
+    assert heard.index("meeting") < heard.index("weather")
+    second_starts = 0.3 + (first.size / RATE) + 0.3
+    weather = words[heard.index("weather")]
+    assert weather.start_offset.ToNanoseconds() / 1e9 >= second_starts - 0.1
+    starts = [w.start_offset.ToNanoseconds() for w in words]
+    assert starts == sorted(starts)
+
+
 async def test_speech_start_timeout_ends_a_silent_stream(gateway_speech: Speech) -> None:
     config = speech_pb2.EndpointingConfig()
     config.speech_start_timeout.FromMilliseconds(1000)

@@ -1,0 +1,115 @@
+"""In-process copies of the Redis entries Check reads on every gateway request (API-key entries,
+revocation markers), so an admitted request usually costs Auth no Redis round trip.
+
+Correctness rests on invalidation, not on expiry: every write of such an entry publishes its
+key on Auth's `changed` channel in the same surely-applied Redis write (RedisGuard.write_surely),
+and every Auth process drops its copy when the message arrives (milliseconds, far inside the 1 s
+the gateway has to enforce a revocation). Copies are used only while this process is subscribed
+and Redis answers: on any subscription error the mirror empties itself, and reads go to Redis
+(or PostgreSQL) until it has subscribed again. A value read from Redis while an invalidation
+arrived is not kept (generation check), and copies also expire after MIRROR_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.auth.redis_guard import RedisGuard
+
+log = logging.getLogger("aimesh.auth.mirror")
+
+MIRROR_SECONDS = 10.0
+MAX_ENTRIES = 100_000
+POLL_SECONDS = 5.0  # how long one wait for a message lasts (a ping follows an idle wait)
+RESUBSCRIBE_AFTER = 1.0
+
+
+class _Missing:
+    pass
+
+
+MISSING: Any = _Missing()  # get(): this process holds no copy (the value itself may be None)
+
+
+class Mirror:
+    def __init__(self, redis: RedisGuard) -> None:
+        self.redis = redis
+        self._entries: dict[str, tuple[float, Any]] = {}
+        self._generation = 0
+        self._live = False
+
+    @property
+    def channel(self) -> str:
+        return self.redis.key("changed")
+
+    @property
+    def usable(self) -> bool:
+        return self._live and self.redis.usable
+
+    def generation(self) -> int:
+        """Take before reading Redis; pass to put() so a raced invalidation wins."""
+        return self._generation
+
+    def get(self, key: str) -> Any:
+        """The copy of `key`'s value (None: the entry is absent), or MISSING."""
+        if not self.usable:
+            return MISSING
+        held = self._entries.get(key)
+        if held is None or held[0] < time.monotonic():
+            return MISSING
+        return held[1]
+
+    def put(self, key: str, value: Any, generation: int) -> None:
+        if not self.usable or generation != self._generation:
+            return
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + MIRROR_SECONDS, value)
+
+    async def announce(self, r: Redis, *keys: str) -> None:
+        """Tell every Auth process that `keys` changed (call inside the write's operation)."""
+        await r.publish(self.channel, "\n".join(keys))
+
+    def _forget(self, keys: list[str] | None = None) -> None:
+        self._generation += 1
+        if keys is None:
+            self._entries.clear()
+        else:
+            for key in keys:
+                self._entries.pop(key, None)
+
+    async def listen(self) -> None:
+        """Background task for the life of the server: apply invalidations as they arrive."""
+        while True:
+            cache = self.redis.cache
+            if cache is None:
+                return
+            pubsub = cache.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                self._forget()  # whatever was held before may have missed messages
+                self._live = True
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=POLL_SECONDS)
+                    if message is None:
+                        await pubsub.ping()  # a dead connection raises here
+                    elif message.get("type") == "message":
+                        self._forget(message["data"].decode().split("\n"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("invalidation channel lost, mirror off until resubscribed: %r", exc)
+            finally:
+                self._live = False
+                self._forget()
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+            await asyncio.sleep(RESUBSCRIBE_AFTER)
