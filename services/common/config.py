@@ -228,8 +228,9 @@ class Settings:
     knowledge_org_quota_bytes: int = _env(
         "AIMESH_KNOWLEDGE_ORG_QUOTA_BYTES", str(10 * 1024**3), _int(1, 2**50)
     )  # type: ignore[assignment]
-    # Edge: seconds a Realtime WebSocket may go without a client event while no response or
-    # transcription is under way; then it is closed (code 1000, reason "idle timeout").
+    # Edge: seconds a Realtime WebSocket may go without an event either way while no turn
+    # (utterance, transcription or response) is under way; then it is closed (code 1000,
+    # reason "idle timeout").
     realtime_idle_seconds: float = _env(
         "AIMESH_REALTIME_IDLE_SECONDS", "120", _float(1, 3600)
     )  # type: ignore[assignment]

@@ -79,6 +79,7 @@ class RealtimeSession:
                                  else None))
         self.beta = is_beta(ws.headers, ws.scope.get("subprotocols") or [])
         self._send_lock = asyncio.Lock()
+        self.last_activity = asyncio.get_running_loop().time()  # of the last event either way
         self.open = True
         self.bridge: Bridge = self._bridge()
 
@@ -100,6 +101,7 @@ class RealtimeSession:
         if not self.open:
             return
         events = [event] if self.beta else to_ga(event, self.config)
+        self.last_activity = asyncio.get_running_loop().time()
         async with self._send_lock:
             try:
                 for each in events:
@@ -129,16 +131,22 @@ class RealtimeSession:
             await self.bridge.close()
 
     async def _receive(self) -> str | bytes | None:
-        """The next client message; None when the client left or the session idled out."""
+        """The next client message; None when the client left or the session idled out (no
+        event either way for realtime_idle_seconds, and no turn under way)."""
         idle = self.settings.realtime_idle_seconds
+        loop = asyncio.get_running_loop()
         while True:
+            wait = max(0.05, self.last_activity + idle - loop.time())
             try:
-                message = await asyncio.wait_for(self.ws.receive(), timeout=idle)
+                message = await asyncio.wait_for(self.ws.receive(), timeout=wait)
             except TimeoutError:
                 if self.bridge.busy():
+                    self.last_activity = loop.time()
+                if loop.time() - self.last_activity < idle:
                     continue
                 await self.close(1000, "idle timeout")
                 return None
+            self.last_activity = loop.time()
             if message["type"] == "websocket.disconnect":
                 return None
             data = message.get("text")

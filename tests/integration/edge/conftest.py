@@ -80,7 +80,7 @@ async def edge(mesh: TestMesh) -> AsyncIterator[EdgeStack]:
         "AIMESH_CERTS_DIR": str(mesh.settings.certs_path),
         "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "60",  # Triton is shared and CPU-bound here
         # Realtime sessions idle this long are closed (test_edge_realtime waits it out).
-        "AIMESH_REALTIME_IDLE_SECONDS": "6",
+        "AIMESH_REALTIME_IDLE_SECONDS": "10",
     })
     stack = Stack.create(overrides, log_dir=mesh.var_dir / "log" / "edge")
     try:

@@ -155,7 +155,7 @@ async def test_transcription_manual_commit_and_bad_events(edge: EdgeStack, api_k
         committed = await until(conn, "input_audio_buffer.committed")
         done = await until(conn, "conversation.item.input_audio_transcription.completed")
     assert done.item_id == committed.item_id
-    assert word_error_rate(SENTENCE, done.transcript.lower()) <= 0.3, done.transcript
+    assert word_error_rate(SENTENCE, done.transcript.lower()) <= 0.4, done.transcript
 
 
 def _ws_url(edge: EdgeStack, query: str = "model=x&intent=transcription") -> str:
@@ -242,7 +242,7 @@ async def test_idle_session_is_closed(edge: EdgeStack, api_key: str) -> None:
     headers = {"Authorization": f"Bearer {api_key}"}
     async with websockets.connect(_ws_url(edge), additional_headers=headers) as ws:
         await ws.recv()
-        async with asyncio.timeout(30):  # AIMESH_REALTIME_IDLE_SECONDS=6 in this stack
+        async with asyncio.timeout(40):  # AIMESH_REALTIME_IDLE_SECONDS=10 in this stack
             with pytest.raises(websockets.ConnectionClosedOK) as closed:
                 while True:
                     await ws.recv()
