@@ -8,13 +8,14 @@ For each mesh transport in --tls-modes (default: both the default mTLS upstreams
 a stack of Auth + Usage + Envoy runs, and the paths are:
 1. direct gRPC to Auth as the `gateway` identity (identity headers set by the client, as the
    gateway would; mTLS when the mode is mtls);
-2. Envoy, gRPC, API key (ext_authz -> Auth) + rate limit (-> Usage);
+2. Envoy, gRPC, API key + rate limit (ext_authz -> Auth's Check, which checks the key and counts
+   the limit with Usage's limiter in one hop);
 3. Envoy, gRPC, JWT caller (the owner's access token) + rate limit;
 4. Envoy, JSON/HTTP (transcoder), API key + rate limit.
 Plus, on the first mode's stack, the baseline:
 5. FastAPI + httpx gateway (uvicorn, as many workers as Envoy's --concurrency): the same key
-   check (Auth's Check over gRPC) and limit (Usage's ShouldRateLimit over gRPC) over the same
-   mesh transport, then httpx forwards to an equivalent JSON endpoint (FastAPI + psycopg, the
+   check and limit (Auth's Check over gRPC, one hop) over the same mesh transport, then httpx
+   forwards to an equivalent JSON endpoint (FastAPI + psycopg, the
    same SELECT as Auth).
 
 Latency: sequential requests (p50/p99), round-robin over all paths. Throughput: `--concurrency`

@@ -1,9 +1,9 @@
 """The comparison path of bench.gateway: the common Python gateway design.
 
-`gateway`: FastAPI app that strips client identity headers, checks the API key with Auth's
-ext_authz Check (gRPC, over the mesh's channels as the `gateway` identity: mTLS when the
-stack runs mTLS, like Envoy's upstreams), applies the same per-org and per-key limits with
-Usage's ShouldRateLimit (gRPC), then forwards with httpx to `backend`.
+`gateway`: FastAPI app that strips client identity headers, checks the API key and counts the
+same per-org and per-key limits with Auth's ext_authz Check (one gRPC hop, as for Envoy; over
+the mesh's channels as the `gateway` identity: mTLS when the stack runs mTLS, like Envoy's
+upstreams), then forwards with httpx to `backend`.
 `backend`: FastAPI JSON endpoint equivalent to AuthService.GetOrganization (the same primary-key
 SELECT). It reads auth.organizations only because this is a benchmark stand-in for Auth's own
 endpoint; no service does this.
@@ -19,15 +19,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import grpc
 import httpx
-from envoy_api.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy_api.service.auth.v3 import (
     attribute_context_pb2,
     external_auth_pb2,
     external_auth_pb2_grpc,
 )
-from envoy_api.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
@@ -76,16 +73,13 @@ async def get_organization(org_id: str, request: Request) -> Response:
 async def _gateway_life(app: FastAPI) -> AsyncIterator[None]:
     settings = Settings.from_env(os.environ)
     auth = open_channel(settings, "auth", caller="gateway")
-    usage = open_channel(settings, "usage", caller="gateway")
     _state["check"] = external_auth_pb2_grpc.AuthorizationStub(auth)
-    _state["limit"] = rls_pb2_grpc.RateLimitServiceStub(usage)
     _state["http"] = httpx.AsyncClient(base_url=os.environ["BENCH_BACKEND_URL"], timeout=10,
                                        limits=httpx.Limits(max_connections=64,
                                                            max_keepalive_connections=64))
     yield
     await _state["http"].aclose()
     await auth.close()
-    await usage.close()
 
 
 gateway = FastAPI(lifespan=_gateway_life)
@@ -104,26 +98,13 @@ async def proxy(path: str, request: Request) -> Response:
     decision = await _state["check"].Check(external_auth_pb2.CheckRequest(
         attributes=attribute_context_pb2.AttributeContext(
             request=attribute_context_pb2.AttributeContext.Request(http=http))), timeout=2)
-    if decision.status.code != 0:
+    if decision.status.code != 0:  # bad key, or over the rate limit (429)
         return Response(decision.denied_response.body, media_type="application/json",
                         status_code=decision.denied_response.status.code or 403)
     for option in decision.ok_response.headers:
         headers[option.header.key] = option.header.value
     for name in decision.ok_response.headers_to_remove:
         headers.pop(name, None)
-    entry = ratelimit_pb2.RateLimitDescriptor.Entry
-    org = entry(key="org_id", value=headers["x-aimesh-org"])
-    descriptors = [ratelimit_pb2.RateLimitDescriptor(entries=[org])]
-    if "x-aimesh-key-id" in headers:
-        descriptors.append(ratelimit_pb2.RateLimitDescriptor(
-            entries=[org, entry(key="key_id", value=headers["x-aimesh-key-id"])]))
-    try:
-        verdict = await _state["limit"].ShouldRateLimit(
-            rls_pb2.RateLimitRequest(domain="aimesh", descriptors=descriptors), timeout=0.25)
-        if verdict.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT:
-            return JSONResponse({"code": 8, "message": "rate limit exceeded"}, status_code=429)
-    except grpc.aio.AioRpcError:
-        pass  # fail open, like the Envoy gateway's default
     headers.pop("host", None)
     upstream = await _state["http"].get(f"/v1/{path}", headers=headers)
     return Response(upstream.content, status_code=upstream.status_code,

@@ -6,8 +6,13 @@ import {
   AimeshError,
   Code,
   ConnectError,
+  LinearResampler,
+  REALTIME_SAMPLE_RATE,
+  RealtimeError,
+  RealtimeTranscription,
   chat,
   createAimesh,
+  floatToPcm16,
   knowledge,
   paginate,
   requestId,
@@ -20,6 +25,7 @@ import {
   billing as billingpb,
   type Aimesh,
   type ChatReply,
+  type TranscriptionEvent,
 } from "@aimesh/sdk";
 
 // --- session --------------------------------------------------------------------------------
@@ -446,6 +452,143 @@ async function chatPage(main: HTMLElement): Promise<void> {
   await loadConversations();
 }
 
+// --- live microphone transcription (the Realtime WebSocket bridge) ---------------------------
+
+// The microphone is tapped by an AudioWorklet (inline module: the console ships as three fixed
+// files) that hands each 128-frame block to the page, which resamples to the bridge's 24 kHz
+// pcm16 and sends ~100 ms at a time.
+const MIC_TAP = `registerProcessor("aimesh-mic-tap", class extends AudioWorkletProcessor {
+  process(inputs) { const channel = inputs[0] && inputs[0][0]; if (channel) this.port.postMessage(channel.slice(0)); return true; }
+});`;
+
+interface MicCapture {
+  stop(): Promise<void>;
+}
+
+async function captureMicrophone(onPcm: (pcm: Int16Array) => void): Promise<MicCapture> {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } });
+  const context = new AudioContext();
+  try {
+    const module = URL.createObjectURL(new Blob([MIC_TAP], { type: "text/javascript" }));
+    await context.audioWorklet.addModule(module);
+    URL.revokeObjectURL(module);
+    const source = context.createMediaStreamSource(stream);
+    const tap = new AudioWorkletNode(context, "aimesh-mic-tap");
+    const mute = context.createGain(); // keeps the graph pulled without playing the microphone back
+    mute.gain.value = 0;
+    source.connect(tap).connect(mute).connect(context.destination);
+    const resampler = new LinearResampler(context.sampleRate, REALTIME_SAMPLE_RATE);
+    let pending: Float32Array[] = [];
+    let size = 0;
+    const flush = () => {
+      if (!size) return;
+      const block = new Float32Array(size);
+      let at = 0;
+      for (const part of pending) { block.set(part, at); at += part.length; }
+      pending = [];
+      size = 0;
+      onPcm(floatToPcm16(block));
+    };
+    tap.port.onmessage = (event: MessageEvent<Float32Array>) => {
+      const out = resampler.push(event.data);
+      pending.push(out);
+      size += out.length;
+      if (size >= REALTIME_SAMPLE_RATE / 10) flush();
+    };
+    return {
+      async stop() {
+        tap.port.onmessage = null;
+        flush();
+        source.disconnect();
+        tap.disconnect();
+        stream.getTracks().forEach((t) => t.stop());
+        await context.close();
+      },
+    };
+  } catch (error) {
+    stream.getTracks().forEach((t) => t.stop());
+    await context.close();
+    throw error;
+  }
+}
+
+function describeLiveError(error: unknown): string {
+  const name = (error as { name?: string }).name;
+  if (name === "NotAllowedError") return "Microphone access was denied: allow it in the browser's site settings.";
+  if (name === "NotFoundError") return "No microphone was found.";
+  if (error instanceof RealtimeError) return `Live transcription failed: ${error.message} (${error.code})`;
+  return `Live transcription failed: ${(error as Error).message ?? String(error)}`;
+}
+
+/** Start/stop live transcription: interim words as they are recognized, then each final. */
+function liveTranscription(): HTMLElement {
+  const button = h("button", { type: "button", id: "live" }, "Start live transcription") as HTMLButtonElement;
+  const status = h("p", { id: "live-status", class: "muted", role: "status" }, "Speak into your microphone; words appear as they are recognized.");
+  const alert = h("p", { id: "live-error", class: "error", role: "alert" });
+  const finals = h("span", { id: "live-final" });
+  const interim = h("span", { id: "live-interim", class: "interim" });
+  const output = h("output", { id: "live-transcript", "aria-live": "polite", "data-interims": "0" }, finals, " ", interim);
+  let live: RealtimeTranscription | null = null;
+  let capture: MicCapture | null = null;
+  let interims = 0;
+
+  const show = (event: TranscriptionEvent) => {
+    if (!live) return;
+    if (event.type === "delta") output.dataset.interims = String(++interims);
+    if (event.type === "speech_started") status.textContent = "Hearing speech…";
+    if (event.type === "speech_stopped") status.textContent = "Listening…";
+    if (event.type === "error") alert.textContent = `${event.code}: ${event.message}`;
+    finals.textContent = live.text;
+    interim.textContent = live.interim;
+    if (event.type === "closed" && capture) {
+      alert.textContent = `The connection closed (${event.code}${event.reason ? `: ${event.reason}` : ""}).`;
+      void stop();
+    }
+  };
+  const stop = async () => {
+    button.disabled = true;
+    status.textContent = "Finishing the last words…";
+    const [mic, transcription] = [capture, live];
+    capture = null;
+    try {
+      await mic?.stop();
+      await transcription?.finish();
+      finals.textContent = transcription?.text ?? "";
+      interim.textContent = "";
+      status.textContent = transcription?.text ? "Stopped." : "Stopped: no speech was recognized.";
+    } finally {
+      live = null;
+      button.textContent = "Start live transcription";
+      button.disabled = false;
+    }
+  };
+  const start = async () => {
+    button.disabled = true;
+    alert.textContent = "";
+    finals.textContent = interim.textContent = "";
+    output.dataset.interims = String((interims = 0));
+    status.textContent = "Connecting…";
+    try {
+      await freshToken();
+      live = await RealtimeTranscription.connect({ baseUrl: location.origin, token: session?.token, onEvent: show });
+      capture = await captureMicrophone((pcm) => live?.append(pcm));
+      status.textContent = "Listening… speak now.";
+      button.textContent = "Stop";
+    } catch (error) {
+      live?.close();
+      live = null;
+      status.textContent = "Not listening.";
+      alert.textContent = describeLiveError(error);
+      toast(alert.textContent, "error");
+      button.textContent = "Start live transcription";
+    } finally {
+      button.disabled = false;
+    }
+  };
+  button.addEventListener("click", () => void (capture ? stop() : start()));
+  return h("div", { class: "live" }, h("h3", {}, "Live from your microphone"), button, status, alert, output);
+}
+
 async function speechPage(main: HTMLElement): Promise<void> {
   const voices = await api.speech.listVoices({});
   const voice = h("select", { name: "voice" }, h("option", { value: "" }, "Default voice"),
@@ -487,44 +630,8 @@ async function speechPage(main: HTMLElement): Promise<void> {
       showResult(await recognize(pcm, sampleRate));
     });
   });
-  // Microphone: recorded in the page, then recognized in one call. (Live interim results need
-  // the speech WebSocket bridge; gRPC-Web carries no client streams.)
-  const record = h("button", { type: "button", id: "record" }, "Record") as HTMLButtonElement;
-  let stopRecording: (() => Promise<void>) | null = null;
-  record.addEventListener("click", () => void act(null, async () => {
-    if (stopRecording) {
-      const stop = stopRecording;
-      stopRecording = null;
-      record.textContent = "Record";
-      await stop();
-      return;
-    }
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-    const context = new AudioContext();
-    const source = context.createMediaStreamSource(stream);
-    const processor = context.createScriptProcessor(4096, 1, 1);
-    const chunks: Float32Array[] = [];
-    processor.onaudioprocess = (e) => chunks.push(new Float32Array(e.inputBuffer.getChannelData(0)));
-    source.connect(processor);
-    processor.connect(context.destination);
-    record.textContent = "Stop and transcribe";
-    transcript.textContent = "Listening…";
-    stopRecording = async () => {
-      processor.disconnect();
-      source.disconnect();
-      stream.getTracks().forEach((t) => t.stop());
-      const samples = chunks.reduce((n, c) => n + c.length, 0);
-      const pcm = new Int16Array(samples);
-      let offset = 0;
-      for (const c of chunks) for (const v of c) pcm[offset++] = Math.max(-1, Math.min(1, v)) * 0x7fff;
-      await context.close();
-      transcript.textContent = "Transcribing…";
-      showResult(await recognize(new Uint8Array(pcm.buffer), context.sampleRate));
-    };
-  }));
   const listen = h("section", { class: "card" }, h("h2", {}, "Speech to text"),
-    field("Transcribe a WAV file (mono, 16-bit)", fileInput), h("p", {}, "Or record from your microphone: "), record,
-    h("h3", {}, "Transcript"), transcript);
+    field("Transcribe a WAV file (mono, 16-bit)", fileInput), h("h3", {}, "Transcript"), transcript, liveTranscription());
   main.append(h("h1", {}, "Speech"), h("div", { class: "grid two" }, speak, listen));
 }
 

@@ -1,20 +1,27 @@
-"""Client-stream intake every service with a client stream shares: the idle limit.
+"""Streams every service shares: the idle limit of client streams, and coalescing of server
+streams' small messages.
 
 A client stream that stops sending (e.g. an upload that sent only its metadata) must not hold a
 server task, a database transaction or a gateway connection open forever: after
 CLIENT_STREAM_IDLE_SECONDS without a message it ends with OUT_OF_RANGE, reason
 STREAM_IDLE_TIMEOUT, naming the field the client should have kept sending.
+
+A token stream relayed hop by hop pays each hop's per-message cost once per token: `coalesced`
+merges the tokens that pile up while a hop is busy sending the previous one, so a loaded mesh
+sends fewer, larger messages (and an idle one the same messages, as soon as they come).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from services.common.errors import out_of_range
 
 CLIENT_STREAM_IDLE_SECONDS = 10.0
+T = TypeVar("T")
 
 
 async def next_message(stream: AsyncIterator[Any], idle_seconds: float, field: str) -> Any | None:
@@ -39,3 +46,56 @@ async def idle_limited(
     """`stream`, ended with OUT_OF_RANGE when the client sends nothing for idle_seconds."""
     while (message := await next_message(stream, idle_seconds, field)) is not None:
         yield message
+
+
+async def coalesced(
+    source: AsyncIterator[T], merge: Callable[[T, T], T | None]
+) -> AsyncIterator[T]:
+    """`source`'s items in order, read ahead by a task: items that arrived while the consumer was
+    busy with the previous one are merged pairwise by `merge` (None: those two stay apart).
+    A failure of `source` is raised after the items before it; closing (or cancelling) this
+    generator cancels the read-ahead, which ends `source` where it waits, and waits for that."""
+    ready: deque[T] = deque()
+    wake = asyncio.Event()
+    ended: list[BaseException | None] = []  # [None] when exhausted, [error] when it failed
+
+    async def read_ahead() -> None:
+        try:
+            async for item in source:
+                ready.append(item)
+                wake.set()
+            ended.append(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            ended.append(exc)
+        finally:
+            wake.set()
+
+    reader = asyncio.ensure_future(read_ahead())
+    try:
+        while True:
+            if ready:
+                item = ready.popleft()
+                while ready and (merged := merge(item, ready[0])) is not None:
+                    ready.popleft()
+                    item = merged
+                yield item
+            elif ended:
+                if ended[0] is not None:
+                    raise ended[0]
+                return
+            else:
+                wake.clear()
+                await wake.wait()
+    finally:
+        if not reader.done():
+            reader.cancel()
+            await asyncio.wait([reader])
+
+
+def merge_text_deltas(first: Any, second: Any) -> Any | None:
+    """`merge` for coalesced streams of messages with a `delta` text event (Orchestrator's
+    GenerateResponse as Generate sends it and as Conversation relays it): two text deltas go
+    on as one; anything else stays apart."""
+    if first.HasField("delta") and second.HasField("delta"):
+        return type(first)(delta=type(first.delta)(text=first.delta.text + second.delta.text))
+    return None

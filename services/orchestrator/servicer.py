@@ -14,6 +14,7 @@ from services.common.errors import ServiceError
 from services.common.identity import require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
+from services.common.streams import coalesced, merge_text_deltas
 from services.common.triton import RESPONDER_MODEL, TritonClient
 from services.common.usage_client import UsageClient
 from services.orchestrator import metrics
@@ -118,9 +119,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         identity = require_identity(context.invocation_metadata())
-        async for event in metrics.observe(
+        events = metrics.observe(
             self.orchestrator.generate(request, identity), identity, request.model, self._price
-        ):
+        )
+        async for event in coalesced(events, merge_text_deltas):
             yield event
 
     def _price(self, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[int, str]:

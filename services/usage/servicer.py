@@ -2,9 +2,11 @@
 
 Serves two gRPC services from one process:
 - aimesh.usage.v1.UsageService (ledger, summaries, export, budgets, rate-limit policy);
-- envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit for the gateway's ratelimit
-  filter. Descriptor entries understood: `org_id` (from x-aimesh-org) and `key_id` (from
+- envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit, for an Envoy ratelimit filter.
+  Descriptor entries understood: `org_id` (from x-aimesh-org) and `key_id` (from
   x-aimesh-key-id); see services/usage/ratelimit.py for how they map to per-minute windows.
+  Our gateway counts the same windows with the same limiter inside Auth's ext_authz Check (one
+  hop per request), so this RPC is off its request path.
 
 Who may call what is enforced by the mesh policy (services/common/mesh_policy.py): ledger and
 budget writes only from Orchestrator/Speech/Knowledge, SetRateLimitPolicy only from Billing.

@@ -23,9 +23,9 @@ from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
-from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 
 from services.common.triton import EMBEDDING_MODEL, TritonClient
+from tests.support.ledger import ledger
 from tests.support.mesh import TestMesh
 
 WORKERS = 6
@@ -167,23 +167,6 @@ async def run_and_crash(mesh: TestMesh, traffic: Traffic, victim: str, work: Wor
         await asyncio.gather(*clients)
     assert not unexpected, unexpected[:5]
     assert len(work.done) > before > 0
-
-
-async def ledger(mesh: TestMesh, org: str) -> list[usage_pb2.UsageRecord]:
-    stub = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
-    records: list[usage_pb2.UsageRecord] = []
-    token = ""
-    while True:
-        page = await stub.ListUsageRecords(
-            usage_pb2.ListUsageRecordsRequest(
-                organization=f"organizations/{org}", page_size=1000, page_token=token
-            ),
-            timeout=30,
-        )
-        records.extend(page.usage_records)
-        token = page.next_page_token
-        if not token:
-            return records
 
 
 async def assert_metered_exactly_once(mesh: TestMesh, work: Work, timeout: float = 90.0) -> None:

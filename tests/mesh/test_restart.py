@@ -17,6 +17,7 @@ import grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from tests.support.ledger import ledger
 from tests.support.mesh import TestMesh
 
 READERS = 4
@@ -86,19 +87,7 @@ async def test_usage_killed_and_restarted_under_load(mesh: TestMesh) -> None:
 
     assert not failures, failures[:10]
     assert done["reads"] > before["reads"] and done["writes"] > before["writes"], (before, done)
-    listed: list[usage_pb2.UsageRecord] = []
-    token = ""
-    while True:
-        page = await reads.ListUsageRecords(
-            usage_pb2.ListUsageRecordsRequest(
-                organization=f"organizations/{org}", page_size=1000, page_token=token
-            ),
-            timeout=30,
-        )
-        listed.extend(page.usage_records)
-        token = page.next_page_token
-        if not token:
-            break
+    listed = await ledger(mesh, org)
     request_ids = [r.request_id for r in listed]
     assert len(request_ids) == len(set(request_ids)), "a record was counted twice"
     assert set(request_ids) == sent

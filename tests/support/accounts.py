@@ -3,6 +3,8 @@ every area that goes through Envoy."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import uuid
 from dataclasses import dataclass
 
@@ -64,3 +66,27 @@ async def add_member(http: httpx.AsyncClient, owner: Account, role: str) -> tupl
                             json={"email": someone.email, "role": role})
     assert reply.status_code == 200, reply.text
     return await login(http, someone.email, someone.password, owner.org), reply.json()["name"]
+
+
+async def upload_document(http: httpx.AsyncClient, account: Account, display_name: str,
+                          text: str) -> str:
+    """A text document uploaded through the gateway and ingested: its name, once READY."""
+    reply = await http.post("/v1/documents", headers=account.bearer, json={
+        "document": {"displayName": display_name, "mimeType": "text/plain"},
+        "content": base64.b64encode(text.encode()).decode()})
+    assert reply.status_code == 200, reply.text
+    name = str(reply.json()["name"])
+    # Polled ever more slowly (to 2 s), so a slow ingestion on a loaded machine does not spend
+    # the new organization's per-minute request quota on polls.
+    delay, waited = 0.2, 0.0
+    while True:
+        got = await http.get(f"/v1/{name}", headers=account.bearer)
+        assert got.status_code == 200, got.text
+        state = got.json()["state"]
+        if state != "STATE_PROCESSING" or waited > 180:
+            break
+        await asyncio.sleep(delay)
+        waited += delay
+        delay = min(delay * 1.5, 2.0)
+    assert state == "STATE_READY", state
+    return name

@@ -400,3 +400,16 @@ export * as orchestrator from "./gen/aimesh/orchestrator/v1/orchestrator_pb.js";
 export * as speech from "./gen/aimesh/speech/v1/speech_pb.js";
 export * as usage from "./gen/aimesh/usage/v1/usage_pb.js";
 export { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+export {
+  REALTIME_SAMPLE_RATE,
+  LinearResampler,
+  RealtimeError,
+  RealtimeTranscription,
+  bytesToBase64,
+  floatToPcm16,
+  realtimeUrl,
+  type RealtimeTranscriptionOptions,
+  type TranscriptionEvent,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./realtime.js";

@@ -5,7 +5,6 @@ cites it."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import AsyncIterator
 
@@ -15,7 +14,7 @@ import pytest
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 
-from tests.support.accounts import Account, sign_up
+from tests.support.accounts import Account, sign_up, upload_document
 from tests.support.mesh import TestMesh
 
 DOCUMENT = (
@@ -38,18 +37,7 @@ async def edge(mesh: TestMesh) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def _document(http: httpx.AsyncClient, account: Account) -> str:
-    reply = await http.post("/v1/documents", headers=account.bearer, json={
-        "document": {"displayName": "Harbor Lights manual", "mimeType": "text/plain"},
-        "content": base64.b64encode(DOCUMENT.encode()).decode()})
-    assert reply.status_code == 200, reply.text
-    name = reply.json()["name"]
-    for _ in range(600):
-        state = (await http.get(f"/v1/{name}", headers=account.bearer)).json()["state"]
-        if state != "STATE_PROCESSING":
-            break
-        await asyncio.sleep(0.3)
-    assert state == "STATE_READY"
-    return str(name)
+    return await upload_document(http, account, "Harbor Lights manual", DOCUMENT)
 
 
 async def _conversation(http: httpx.AsyncClient, account: Account) -> str:

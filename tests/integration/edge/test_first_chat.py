@@ -5,15 +5,13 @@ retrieval is on without asking and the answer cites it."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 
 import httpx
 import openai
 
 from tests.integration.edge.conftest import DEFAULT_MODEL, EdgeStack
-from tests.support.accounts import Account, create_key
+from tests.support.accounts import Account, create_key, upload_document
 
 DOCUMENT = ("Refund policy of Northwind Outfitters.\n\n"
             "Customers may return unworn boots within 45 days for a full refund. "
@@ -35,18 +33,7 @@ async def _send(http: httpx.AsyncClient, account: Account, content: str) -> list
 
 
 async def _upload(http: httpx.AsyncClient, account: Account) -> str:
-    reply = await http.post("/v1/documents", headers=account.bearer, json={
-        "document": {"displayName": "Refund policy", "mimeType": "text/plain"},
-        "content": base64.b64encode(DOCUMENT.encode()).decode()})
-    assert reply.status_code == 200, reply.text
-    name = str(reply.json()["name"])
-    for _ in range(600):
-        state = (await http.get(f"/v1/{name}", headers=account.bearer)).json()["state"]
-        if state != "STATE_PROCESSING":
-            break
-        await asyncio.sleep(0.3)
-    assert state == "STATE_READY"
-    return name
+    return await upload_document(http, account, "Refund policy", DOCUMENT)
 
 
 async def test_first_chat_answers_then_grounds_once_documents_exist(

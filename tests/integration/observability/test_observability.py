@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from scripts import prometheus
 from scripts.stack import COMPONENTS, Stack
-from tests.support.accounts import Account, sign_up
+from tests.support.accounts import Account, sign_up, upload_document
 from tests.support.mesh import TestMesh, free_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -124,15 +124,7 @@ async def _eventually(check, timeout: float = 45.0, interval: float = 1.0):  # t
 async def _session(http: httpx.AsyncClient, gateway: str) -> Account:
     """What a user does in a first hour, through the public gateway."""
     account = await sign_up(http, "Observed")
-    reply = await http.post("/v1/documents", headers=account.bearer, json={
-        "document": {"displayName": "manual", "mimeType": "text/plain"},
-        "content": base64.b64encode(DOCUMENT.encode()).decode()})
-    assert reply.status_code == 200, reply.text
-    document = reply.json()["name"]
-    for _ in range(300):
-        if (await http.get(f"/v1/{document}", headers=account.bearer)).json()["state"] != "STATE_PROCESSING":
-            break
-        await asyncio.sleep(0.3)
+    document = await upload_document(http, account, "manual", DOCUMENT)
     for _ in range(2):  # the second search is a cache hit
         reply = await http.post("/v1/documents:search", headers=account.bearer,
                                 json={"query": "where are the spare bulbs"})

@@ -1,8 +1,9 @@
 """A whole platform behind its own Envoy gateway for the client SDK tests (Python wheel in a
 fresh virtualenv, TypeScript SDK under node, the console in Chromium): the session mesh's
-Auth, Usage, Knowledge, Speech, Billing and Triton, plus this package's own Orchestrator and
-Conversation whose catalog adds `priced-test` — the grounded responder at a price, because the
-platform default model is free and budgets only hold priced generations."""
+Auth, Usage, Knowledge, Speech, Billing and Triton, plus this package's own Orchestrator,
+Conversation and edge (the Realtime bridge). The Orchestrator's catalog adds `priced-test` — the
+grounded responder at a price, because the platform default model is free and budgets only hold
+priced generations."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def platform(mesh_process: TestMesh) -> Iterator[str]:
         "AIMESH_CERTS_DIR": str(mesh.settings.certs_path),
         "AIMESH_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_CONVERSATION_ADDR": f"127.0.0.1:{free_port()}",
+        # The edge serves the Realtime WebSocket bridge (live transcription in the console).
+        "AIMESH_EDGE_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
         "AIMESH_ORCHESTRATOR_CATALOG": str(catalog),
@@ -64,17 +67,20 @@ def platform(mesh_process: TestMesh) -> Iterator[str]:
     })
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     try:
-        for service in ("orchestrator", "conversation"):
+        for service in ("orchestrator", "conversation", "edge"):
             stack.start_service(service)
-        stack.wait_ready(["orchestrator", "conversation"], timeout=90)
+        stack.wait_ready(["orchestrator", "conversation", "edge"], timeout=120)
         if stack.start_gateway() is None:
             raise RuntimeError("no gateway configuration")
         stack.wait_ready(["gateway"], timeout=60)
         address = stack.settings.gateway_addr
-        # Envoy is ready with its listener; wait until it also reaches Auth (JWKS through it).
+        # Envoy is ready with its listener; wait until it also reaches Auth (JWKS through it)
+        # and the edge (401 from an unauthenticated call there).
         for _ in range(150):
             try:
-                if httpx.get(f"http://{address}/.well-known/jwks.json", timeout=2).status_code == 200:
+                base = f"http://{address}"
+                if (httpx.get(f"{base}/.well-known/jwks.json", timeout=2).status_code == 200
+                        and httpx.get(f"{base}/openai/v1/models", timeout=2).status_code == 401):
                     break
             except httpx.HTTPError:
                 pass

@@ -23,6 +23,7 @@ from services.common.errors import ServiceError
 from services.common.server import Runtime
 from services.common.identity import Identity
 from services.common.usage_client import ResourceType, UsageClient, to_micros
+from tests.support.ledger import ledger
 from tests.support.mesh import TestMesh
 
 CALLER_SCHEMA = "usage_client_test"
@@ -59,17 +60,7 @@ def billing_reader(mesh: TestMesh) -> usage_pb2_grpc.UsageServiceStub:
 
 
 async def ledger_ids(mesh: TestMesh, org: str) -> list[str]:
-    stub = billing_reader(mesh)
-    ids: list[str] = []
-    token = ""
-    while True:
-        page = await stub.ListUsageRecords(
-            usage_pb2.ListUsageRecordsRequest(organization=f"organizations/{org}", page_size=1000,
-                                              page_token=token), timeout=10)
-        ids.extend(r.request_id for r in page.usage_records)
-        token = page.next_page_token
-        if not token:
-            return ids
+    return [r.request_id for r in await ledger(mesh, org)]
 
 
 async def wait_until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
