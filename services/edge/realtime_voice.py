@@ -18,8 +18,11 @@ characters synthesized and the tokens exactly as for native calls.
 - A session update that changes audio formats, voice or turn detection finishes the current
   call (its turn completes) and the next audio opens one with the new settings.
 
-Not here: turn_detection null (manual turns) and response.create (answers follow each
-utterance), both refused with an error event naming them.
+With turn_detection null (push-to-talk), appended audio is buffered; input_audio_buffer.commit
+makes it a user item and response.create sends it to Converse followed by silence that ends
+the utterance (Converse's endpointing is MANUAL_SILENCE_MS then), so the answer is that turn's.
+With server_vad, response.create is refused (an answer follows each utterance), as are
+response.create parameters (the session's settings apply).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import asyncio
 import base64
 import io
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +64,9 @@ log = logging.getLogger("aimesh.edge.realtime")
 
 MODEL = resource("orchestrator.aimesh.dev/Model")
 EVENT = speech_pb2.SpeechEventType
+# Manual turns: Converse's endpointing silence, longer than pauses within one commit; the audio
+# of a commit is followed by this much silence (and 200 ms) so that Converse ends the utterance.
+MANUAL_SILENCE_MS = 1500
 _G711 = {"g711_ulaw": "ULAW", "g711_alaw": "ALAW"}
 
 
@@ -134,6 +141,7 @@ class Turn:
     sent: str = ""
     reply: Reply | None = None
     failed: str | None = None
+    answer_asked: bool = False  # manual turns: response.create was sent for it
 
 
 class VoiceLoop:
@@ -155,6 +163,9 @@ class VoiceLoop:
         self.items: dict[str, dict[str, Any]] = {}  # conversation items, for retrieve
         self.replies: dict[str, Reply] = {}  # by assistant item id
         self.last_item: str | None = None
+        self.buffer = bytearray()  # manual turns: pcm16 since the last commit
+        self.committed_audio: list[tuple[Turn, bytes]] = []  # committed, not yet answered
+        self.expected: deque[Turn] = deque()  # sent to Converse, its turn not begun yet
 
     def now_ms(self) -> int:
         return audio_ms(self.appended_bytes, self.session.config.input_audio_format)
@@ -162,29 +173,68 @@ class VoiceLoop:
     # --- client events --------------------------------------------------------------------
 
     def check(self, config: SessionConfig, event_id: str | None) -> None:
-        if config.turn_detection is None:
-            raise unsupported("turn_detection null in voice sessions (server_vad turns; "
-                              "transcription sessions take manual commits)",
-                              "session.turn_detection", event_id)
+        """Every configuration a voice session can hold is served."""
 
-    async def append(self, audio: bytes) -> None:
+    @property
+    def manual(self) -> bool:
+        return self.session.config.turn_detection is None
+
+    def _silence(self, ms: int) -> bytes:
+        """`ms` of pcm16 silence at the rate Converse takes the caller's audio in."""
+        rate = PCM_RATE if self.session.config.input_audio_format == "pcm16" else G711_RATE
+        return bytes(2 * (rate * ms // 1000))
+
+    async def _push(self, pcm: bytes) -> None:
         if self.queue is None or self.task is None or self.task.done():
             await self._open()
         assert self.queue is not None
-        for chunk in chunks(to_pcm16(audio, self.session.config.input_audio_format)):
+        for chunk in chunks(pcm):
             self.queue.put_nowait(chunk)
+
+    async def append(self, audio: bytes) -> None:
+        pcm = to_pcm16(audio, self.session.config.input_audio_format)
+        if self.manual:
+            self.buffer.extend(pcm)  # recognized when a response is asked for
+        else:
+            await self._push(pcm)
         self.appended_bytes += len(audio)
 
     async def commit(self, event_id: str | None) -> None:
-        """Ends the utterance under way now, as if the silence had been heard."""
+        """server_vad: ends the utterance under way now, as if the silence had been heard.
+        Manual turns: the buffered audio becomes a user item, answered on response.create."""
+        empty = EventError("no speech to commit in the input audio buffer",
+                           "input_audio_buffer_commit_empty", None, event_id)
+        if self.manual:
+            if len(self.buffer) < 2:
+                raise empty
+            turn = Turn(new_id("item"))
+            self.committed_audio.append((turn, bytes(self.buffer)))
+            self.buffer.clear()
+            await self._committed(turn)
+            return
         if self.queue is None or not any(not t.committed for t in self.turns.values()):
-            raise EventError("no speech to commit in the input audio buffer",
-                             "input_audio_buffer_commit_empty", None, event_id)
+            raise empty
         detection = self.session.config.turn_detection
-        silence_ms = (detection.silence_duration_ms if detection else 500) + 200
-        rate = PCM_RATE if self.session.config.input_audio_format == "pcm16" else G711_RATE
-        for chunk in chunks(bytes(2 * rate * silence_ms // 1000)):
-            self.queue.put_nowait(chunk)
+        await self._push(self._silence((detection.silence_duration_ms if detection else 500)
+                                       + 200))
+
+    async def _create_response(self, event: dict[str, Any]) -> None:
+        """Manual turns: Converse hears the committed audio, then silence that ends it."""
+        event_id = event.get("event_id")
+        if event.get("response"):
+            raise unsupported("response.create parameters (the session's settings apply)",
+                              "response", event_id)
+        if not self.manual:
+            raise unsupported("response.create with server_vad (an answer follows each "
+                              "utterance)", "type", event_id)
+        if not self.committed_audio:
+            raise EventError("no committed input audio to respond to (commit first)",
+                             "response_create_empty", None, event_id)
+        for turn, pcm in self.committed_audio:
+            turn.answer_asked = True
+            self.expected.append(turn)
+            await self._push(pcm + self._silence(MANUAL_SILENCE_MS + 200))
+        self.committed_audio.clear()
 
     async def clear(self) -> None:
         if any(not t.committed for t in self.turns.values()):
@@ -207,15 +257,14 @@ class VoiceLoop:
                                  "item_not_found", "item_id", event_id)
             await self.session.send("conversation.item.retrieved", item=item)
         elif kind == "response.create":
-            raise unsupported("response.create (an answer follows each utterance: server_vad "
-                              "with create_response)", "type", event_id)
+            await self._create_response(event)
         else:
             raise EventError(f"{kind} is not valid in a voice session", "invalid_event_type",
                              "type", event_id)
 
     def busy(self) -> bool:
         """A turn is under way (an utterance, or its answer not complete yet)."""
-        return bool(self.turns)
+        return bool(self.turns or self.expected)
 
     async def close(self) -> None:
         if self.call is not None:
@@ -238,7 +287,7 @@ class VoiceLoop:
                 language_code=config.language),
             interim_results=True,
             endpointing=speech_pb2.EndpointingConfig(silence_duration=duration(
-                detection.silence_duration_ms if detection else 500)),
+                detection.silence_duration_ms if detection else MANUAL_SILENCE_MS)),
             voice=config.speech_voice,
             output_audio_config=speech_pb2.AudioOutputConfig(
                 encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=output_rate(config)),
@@ -327,7 +376,8 @@ class VoiceLoop:
             return
         turn = self.turns.get(reply.turn_id)
         if turn is None:
-            turn = self.turns[reply.turn_id] = Turn(new_id("item"))
+            known = self.expected.popleft() if self.expected else None
+            turn = self.turns[reply.turn_id] = known or Turn(new_id("item"))
         if which == "speech_event":
             await self._speech_event(turn, reply.speech_event)
         elif which == "transcript":
@@ -349,6 +399,8 @@ class VoiceLoop:
                                                 kind="server_error"))
 
     async def _speech_event(self, turn: Turn, event: speech_pb2.SpeechEvent) -> None:
+        if self.manual:
+            return  # turns are the client's commits
         at = self.base_ms + millis(event.offset)
         if event.type == EVENT.SPEECH_EVENT_TYPE_SPEECH_BEGIN:
             detection = self.session.config.turn_detection
@@ -457,6 +509,10 @@ class VoiceLoop:
                              done: speech_pb2.TurnComplete) -> None:
         await self._committed(turn)
         reply = turn.reply
+        if reply is None and turn.answer_asked and not turn.failed:
+            await self.session.error(EventError(
+                "no speech was recognized in the committed audio: nothing to answer",
+                "no_speech", kind="invalid_request_error"))
         if reply is None or reply.status not in ("in_progress", "cancelled"):
             self.turns.pop(turn_id, None)
             return

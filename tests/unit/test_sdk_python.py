@@ -4,7 +4,9 @@ from the contract's idempotency levels, addresses and deadlines."""
 from __future__ import annotations
 
 import json
+import sys
 
+import pytest
 from aimesh_sdk import contract, errors
 from aimesh_sdk.client import _Settings, _split_base
 from google.protobuf import any_pb2, duration_pb2
@@ -130,3 +132,16 @@ def test_cli_parser_commands_and_transcribe_options() -> None:
     for argv in (["keys", "list"], ["docs", "rm", "documents/x"], ["budgets", "create"],
                  ["login", "--email", "a@b.c"], ["invoices"], ["speak", "hi", "-o", "x.wav"]):
         assert callable(parser.parse_args(argv).func), argv
+
+
+def test_microphone_without_its_library_says_how_to_install_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aimesh_sdk import audio, cli
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # `import sounddevice` fails
+    with pytest.raises(audio.MicrophoneUnavailable) as missing:
+        audio.Microphone(16000).open()
+    assert "aimesh-sdk[mic]" in missing.value.fix
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--api-key", "amk_x", "--address", "127.0.0.1:9", "transcribe", "--mic"])
+    assert exited.value.code == cli.EXIT_NO_AUDIO == 9

@@ -393,3 +393,77 @@ async def test_ga_client_transcription_and_voice(voice: EdgeStack, api_key: str)
     done = events[-1].response
     assert done.status == "completed" and done.output[0].content[0].type == "output_audio"
     assert done.usage.output_tokens > 0
+
+
+async def test_g711_transcription(edge: EdgeStack, edge_http: httpx.AsyncClient,
+                                  edge_account: Account, api_key: str) -> None:
+    """G.711 mu-law at 8 kHz (telephony), as Realtime clients send it: the bridge hears what
+    Speech's own Recognize hears in the same bytes."""
+    import io
+
+    import soundfile
+
+    pcm = np.frombuffer(silence(0.3) + speech_24k(SENTENCE) + silence(1.2), "<i2")
+    out = io.BytesIO()
+    soundfile.write(out, soxr.resample(pcm, RATE, 8000).astype("<i2"), 8000, format="RAW",
+                    subtype="ULAW")
+    ulaw = out.getvalue()
+    async with connect(edge, api_key, intent="transcription") as conn:
+        await until(conn, "transcription_session.created")
+        await conn.send({"type": "transcription_session.update",
+                         "session": {"input_audio_format": "g711_ulaw"}})
+        await until(conn, "transcription_session.updated")
+        for i in range(0, len(ulaw), 800):  # 100 ms
+            await conn.input_audio_buffer.append(audio=base64.b64encode(ulaw[i:i + 800]).decode())
+        done = await until(conn, "conversation.item.input_audio_transcription.completed")
+    # The telephone band costs pocketsphinx words (Speech's own mu-law tests ask only for
+    # speech), so the reference is Speech itself on the same audio; on this band its output
+    # varies from run to run (0.4-0.8 WER between two runs), so only shared words are asked.
+    native = await edge_http.post("/v1/speech:recognize", headers=edge_account.bearer, json={
+        "config": {"encoding": "AUDIO_ENCODING_MULAW", "sampleRateHertz": 8000,
+                   "languageCode": "en-US"}, "content": base64.b64encode(ulaw).decode()})
+    assert native.status_code == 200, native.text
+    reference = " ".join(r["alternatives"][0]["transcript"]
+                         for r in native.json().get("results", []))
+    assert done.transcript.strip() and reference.strip()
+    shared = set(reference.lower().split()) & set(done.transcript.lower().split())
+    assert len(shared) >= 2, (reference, done.transcript)
+
+
+async def test_budget_refusal_is_an_error_event(
+    voice: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account, api_key: str
+) -> None:
+    """Budgets hold as for native calls: an organization over its cap gets the generation's
+    refusal as an error event, and the session goes on."""
+    reply = await edge_http.post("/v1/budgets", headers=edge_account.bearer, json={
+        "displayName": "cap", "scope": "SCOPE_ORGANIZATION", "monthlyLimitMicros": "1",
+        "currencyCode": "USD"})
+    assert reply.status_code == 200, reply.text
+    async with connect(voice, api_key, model="priced-test") as conn:
+        await configure_voice(conn)
+        await speak(conn, QUESTION)
+        error = await until(conn, "error", timeout=180)
+        assert "budget" in error.error.message.lower(), error
+        await conn.session.update(session={"voice": "en-us-joe"})
+        assert (await until(conn, "session.updated")).session.voice == "en-us-joe"
+
+
+async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
+    """turn_detection null: the client commits its audio and asks for the answer."""
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn, turn_detection=None)
+        await conn.response.create()
+        assert (await until(conn, "error")).error.code == "response_create_empty"
+        await append(conn, speech_24k(QUESTION))
+        await conn.input_audio_buffer.commit()
+        committed = await until(conn, "input_audio_buffer.committed")
+        await conn.response.create()
+        events = await collect(conn, "response.done", timeout=180)
+    kinds = [e.type for e in events]
+    assert "input_audio_buffer.speech_started" not in kinds  # the client's turns, not VAD's
+    heard = next(e for e in events
+                 if e.type == "conversation.item.input_audio_transcription.completed")
+    assert heard.item_id == committed.item_id
+    assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
+    assert any(e.type == "response.audio.delta" for e in events)
+    assert events[-1].response.status == "completed"

@@ -7,7 +7,8 @@ The model serves an int8 copy on onnxruntime: on 2 CPU cores (AVX-512 VNNI) it e
 * `fp32`: the BERT encoder exported with mean pooling and L2 normalization inside the graph, so
   the output is the sentence embedding itself (identical to sentence-transformers' encode);
 * `int8`: the fp32 graph with dynamically quantized weights (onnxruntime.quantization; QInt8,
-  per output channel; activations are quantized per call).
+  per output channel; activations are quantized per call), except the feed-forward output
+  projections, which stay fp32 (see _ffn_outputs).
 
 They live under `<derived_dir>/<key>/`, the key hashing the weights, this recipe and the tool
 versions, so new weights or a new recipe derive afresh. scripts/setup derives them ahead of time
@@ -25,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-RECIPE = "minilm-pooled-normalized-opset17-qint8-perchannel-v1"
+RECIPE = "minilm-pooled-normalized-opset17-qint8-perchannel-ffn-out-fp32-v2"
 PRECISIONS = ("fp32", "int8")
 # <repo>/triton/models/text_embedding/1/derive.py -> <repo>/var/derived/text_embedding
 DEFAULT_DIR = Path(__file__).resolve().parents[4] / "var" / "derived" / "text_embedding"
@@ -64,6 +65,13 @@ def model_path(precision: str, base: Path | None = None) -> Path:
 
 
 def _derive(target: Path) -> None:
+    try:
+        import onnx  # noqa: F401 - the exporter and the quantizer need it
+    except ImportError as exc:
+        raise RuntimeError(
+            f"cannot derive the embedding model's ONNX copies into {target}: {exc}; "
+            "run scripts/setup (it installs onnx and derives them)"
+        ) from exc
     # Written into a scratch directory and renamed: a crash never leaves half a model behind.
     scratch = Path(tempfile.mkdtemp(prefix=".derive-", dir=target.parent))
     try:
@@ -132,7 +140,29 @@ def _quantize(source: Path, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" advice
-    quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True)
+    quantize_dynamic(
+        str(source),
+        str(out),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=_ffn_outputs(source),
+    )
+
+
+def _ffn_outputs(source: Path) -> list[str]:
+    """The feed-forward output projections (`layer.N/output/dense`): their input comes out of
+    GELU with large outliers that int8 quantizes badly. Kept in fp32 they cost ~1/3 of the speed
+    gain and lift cosine to fp32 from ~0.994 to ~0.997, top-10 agreement from ~89 % to ~93 %."""
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and node.name.endswith("/output/dense/MatMul")
+        and "/attention/" not in node.name
+    ]
 
 
 if __name__ == "__main__":

@@ -37,7 +37,12 @@ class Encoder:
     """Tokenizer + ONNX session; plain Python, usable without Triton (tests, benchmarks)."""
 
     def __init__(
-        self, onnx_path: str, threads: int = 1, max_tokens: int = 256, spin: bool = False
+        self,
+        onnx_path: str,
+        threads: int = 1,
+        max_tokens: int = 256,
+        spin: bool = False,
+        gpu: bool = False,
     ) -> None:
         import onnxruntime
         from tokenizers import Tokenizer
@@ -52,9 +57,10 @@ class Encoder:
         options.inter_op_num_threads = 1
         # Busy-waiting worker threads steal the other core from everyone on a shared machine.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.session = onnxruntime.InferenceSession(
-            onnx_path, options, providers=["CPUExecutionProvider"]
-        )
+        providers = ["CPUExecutionProvider"]
+        if gpu:  # an official Triton container with onnxruntime-gpu (triton/README.md)
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = onnxruntime.InferenceSession(onnx_path, options, providers=providers)
         self.dim = int(self.session.get_outputs()[0].shape[-1] or 384)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -92,6 +98,7 @@ class TritonPythonModel:
             threads=int(params.get("cpu_threads", "1")),
             # The model's own limit (256 word pieces); longer input is refused, not truncated.
             max_tokens=int(params.get("max_tokens", "256")),
+            gpu=args.get("model_instance_kind") == "GPU",
         )
         # Warm up: the first forward passes are several times slower than the rest.
         self.encoder.encode(self.encoder.token_ids(["warm up"] * 2))
