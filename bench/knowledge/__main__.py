@@ -349,7 +349,9 @@ class Bench:
         print(f"  index loaded in {time.perf_counter() - start:.0f}s (PostgreSQL COPY + Milvus Lite upserts)")
 
         n = self.args.queries
-        warm = 3
+        # Enough warm-up for Milvus Lite to finish indexing the freshly loaded vectors (its first
+        # searches after a bulk load scan unindexed segments) and for every path's connections.
+        warm = 10
         pool = list(dict.fromkeys(corpus_queries([d for d, _ in docs], 8 * (n + warm), seed=7)))
         sets = [pool[i * (n + warm) : (i + 1) * (n + warm)] for i in range(4)]
         if min(len(s) for s in sets) < n + warm:
