@@ -22,7 +22,8 @@ Latency: sequential requests (p50/p99), round-robin over all paths. Throughput: 
 in-flight requests for `--seconds` per path, in alternating slices. Interleaving gives every path
 the same background load. The load generator is this Python process, on the same cores: absolute
 numbers are bounded by the client too, ratios are the point. Prints the machine load, a table,
-the ratios and one verdict line per issue-15 target.
+the ratios, one verdict line per issue-15 target, and Envoy's own time per request kind from its
+access log (bench/gateway/envoy_split.py), which the client's per-call cost does not blur.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import httpx
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from bench.accounts import bench_account
+from bench.gateway.envoy_split import Split, envoy_split, print_split
 from bench.report import load_average, verdict
 from scripts.gateway import envoy_argv
 from scripts.stack import Stack
@@ -88,18 +90,23 @@ async def _throughput(call: Call, concurrency: int, seconds: float) -> tuple[int
 
 
 async def measure(paths: list[tuple[str, Call]], latency_requests: int, concurrency: int,
-                  seconds: float, rounds: int = 4, warmup: int = 50) -> list[Result]:
+                  seconds: float, rounds: int = 4, warmup: int = 50,
+                  latency_window: list[float] | None = None) -> list[Result]:
     """Interleaved, so every path sees the same background load: latency samples round-robin
-    over the paths, throughput in `rounds` alternating slices per path."""
+    over the paths, throughput in `rounds` alternating slices per path. `latency_window`, if
+    given, receives the wall-clock start and end of the latency phase."""
     for _, call in paths:
         for _ in range(warmup):  # warm connections, pools, caches
             await call()
     samples: dict[str, list[float]] = {name: [] for name, _ in paths}
+    window_start = time.time()
     for _ in range(latency_requests):
         for name, call in paths:
             start = time.perf_counter()
             await call()
             samples[name].append(time.perf_counter() - start)
+    if latency_window is not None:
+        latency_window[:] = [window_start, time.time()]
     totals = {name: [0, 0, 0.0] for name, _ in paths}
     for _ in range(rounds):
         for name, call in paths:
@@ -263,7 +270,7 @@ def _start_fastapi(stack: Stack, workers: int, var_dir: Path,
     return fastapi_port
 
 
-async def run(args: argparse.Namespace) -> list[Result]:
+async def run(args: argparse.Namespace) -> tuple[list[Result], dict[str, Split]]:
     modes = [m.strip() for m in args.tls_modes.split(",") if m.strip()]
     stacks: list[tuple[str, Stack, Path]] = []
     extra: list[subprocess.Popen[bytes]] = []
@@ -283,10 +290,13 @@ async def run(args: argparse.Namespace) -> list[Result]:
                              f"/v1/{mode_paths[0].account.organization}",
                              {"x-api-key": mode_paths[0].account.secret})
         paths.append((f"[{first_mode}] FastAPI+httpx gateway", fastapi_http))
+        window: list[float] = []
         results = await measure(paths, args.latency_requests, args.concurrency, args.seconds,
-                                rounds=args.rounds, warmup=args.warmup)
+                                rounds=args.rounds, warmup=args.warmup, latency_window=window)
         await fastapi_http.close()
-        return results
+        splits = {mode: envoy_split(stack.log_dir / "gateway.log", *window)
+                  for mode, stack, _ in stacks}
+        return results, splits
     finally:
         for built in mode_paths:
             await built.close()
@@ -351,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="mesh transports to measure, comma-separated (first hosts FastAPI)")
     args = parser.parse_args(argv)
     load_before = load_average()
-    results = asyncio.run(run(args))
+    results, splits = asyncio.run(run(args))
     report(results, args.concurrency, load_before)
+    print()
+    for mode, split in splits.items():
+        print_split(mode, split)
     return 0
 
 

@@ -246,6 +246,8 @@ class _Recognizer:
         inputs: dict[str, np.ndarray] = {"AUDIO": samples.astype(np.int16).reshape(1, -1)}
         if self.sent == 0:
             inputs["SAMPLE_RATE"] = np.array([[ASR_SAMPLE_RATE]], dtype=np.int32)
+            # No interim hypotheses when the caller does not want them (less work per chunk).
+            inputs["INTERIM"] = np.array([[self.session.options.interim_results]], dtype=bool)
         self.sent += int(samples.size)
         try:
             if end:

@@ -50,21 +50,23 @@ async def synthesize(client: TritonClient, text: str) -> np.ndarray:
 
 
 async def recognize(
-    client: TritonClient, audio: np.ndarray, chunk: int = 1600
+    client: TritonClient, audio: np.ndarray, chunk: int = 1600, with_interim: bool | None = None
 ) -> tuple[list[str], str, dict[str, np.ndarray]]:
-    """Stream audio in `chunk`-sample pieces; return (interim texts, final text, final outputs)."""
+    """Stream audio in `chunk`-sample pieces; return (interim texts, final text, final outputs).
+    `with_interim`: the model's INTERIM input on the first chunk (None: not sent, the default)."""
     interim: list[str] = []
     final: dict[str, np.ndarray] = {}
     async with client.recognize() as stream:
 
         async def feed() -> None:
             for i in range(0, len(audio), chunk):
-                await stream.send(
-                    {
-                        "AUDIO": audio[i : i + chunk].reshape(1, -1),
-                        "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
-                    }
-                )
+                inputs = {
+                    "AUDIO": audio[i : i + chunk].reshape(1, -1),
+                    "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
+                }
+                if i == 0 and with_interim is not None:
+                    inputs["INTERIM"] = np.array([[with_interim]], dtype=bool)
+                await stream.send(inputs)
             await stream.end({"AUDIO": np.zeros((1, 0), dtype=np.int16)})
 
         import asyncio

@@ -40,6 +40,14 @@ async def test_transcribes_synthesized_speech(triton: TritonClient) -> None:
     assert mean <= MAX_MEAN_WER
 
 
+async def test_interim_false_on_start_sends_the_final_only(triton: TritonClient) -> None:
+    audio = await synthesize(triton, SENTENCES[1])
+    with_interim, text, _ = await recognize(triton, audio, with_interim=True)
+    without, same_text, final = await recognize(triton, audio, with_interim=False)
+    assert with_interim and not without
+    assert same_text == text and final["WORDS"].size == len(text.split())
+
+
 async def test_wrong_sample_rate_is_invalid_argument(triton: TritonClient) -> None:
     with pytest.raises(ServiceError) as err:
         async with triton.recognize() as stream:

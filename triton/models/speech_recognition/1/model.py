@@ -4,8 +4,9 @@ One Triton sequence (correlation id) is one client audio stream. Each request ca
 chunk; START allocates a decoder from a pool, END flushes the final hypothesis with word timings
 and returns the decoder. A chunk with END_OF_UTTERANCE=true flushes the final hypothesis of the
 current utterance and starts the next one on the same decoder, so one stream of many utterances
-is one sequence; word timings are always relative to the sequence start. Responses go out through each request's own response sender (decoupled),
-so interim hypotheses reach the client while the stream is still open.
+is one sequence; word timings are always relative to the sequence start. Responses go out
+through each request's own response sender (decoupled), so interim hypotheses (unless START
+says INTERIM=false) reach the client while the stream is still open.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class _Stream:
     utterance_start: int = 0  # sequence sample where the current utterance began
     last_hyp: str = ""
     last_seen: float = field(default_factory=time.monotonic)
+    interim: bool = True  # send interim hypotheses (INTERIM on START)
 
 
 class TritonPythonModel:
@@ -173,9 +175,12 @@ class TritonPythonModel:
         rate_tensor = pb_utils.get_input_tensor_by_name(request, "SAMPLE_RATE")
         if rate_tensor is None:
             raise ValueError("SAMPLE_RATE is required on the first chunk (START)")
+        interim = pb_utils.get_input_tensor_by_name(request, "INTERIM")
         decoder = self._acquire()
         decoder.start_utt()
         stream = _Stream(decoder)
+        if interim is not None:
+            stream.interim = bool(interim.as_numpy().reshape(-1)[0])
         self.streams[corrid] = stream
         return stream
 
@@ -247,7 +252,7 @@ class TritonPythonModel:
             stream.decoder.start_utt()
             sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         else:
-            hyp = stream.decoder.hyp()
+            hyp = stream.decoder.hyp() if stream.interim else None
             text = hyp.hypstr if hyp is not None else ""
             if text and text != stream.last_hyp:
                 stream.last_hyp = text
