@@ -18,12 +18,13 @@ Plus, on the first mode's stack, the baseline:
    forwards to an equivalent JSON endpoint (FastAPI + psycopg, the
    same SELECT as Auth).
 
-Latency: sequential requests (p50/p99), rounds over all paths in a fresh order each. Throughput: `--concurrency`
-in-flight requests for `--seconds` per path, in alternating slices. Interleaving gives every path
-the same background load. The load generator is this Python process, on the same cores: absolute
-numbers are bounded by the client too, ratios are the point. Prints the machine load, a table,
-the ratios, one verdict line per issue-15 target, and Envoy's own time per request kind from its
-access log (bench/gateway/envoy_split.py), which the client's per-call cost does not blur.
+Latency: sequential requests (p50/p99), rounds over all paths in a fresh order each. Throughput:
+`--concurrency` in-flight requests for `--seconds` per path, in alternating slices. Interleaving
+gives every path the same background load. The load generator is this Python process, on the same
+cores: absolute numbers are bounded by the client too, ratios are the point. Prints the machine
+load, a table, the ratios, one verdict line per issue-15 target, and Envoy's own time per request
+kind from its access log (bench/gateway/envoy_split.py), which the client's per-call cost does not
+blur.
 """
 
 from __future__ import annotations
