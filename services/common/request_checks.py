@@ -67,11 +67,12 @@ def undecodable_error(data: bytes, descriptor: _descriptor.Descriptor | None) ->
     )
 
 
-def check_request(request: Any) -> Any:
-    """The request itself if it is acceptable; raises INVALID_ARGUMENT otherwise."""
+def check_request(request: Any, fields: bool = True) -> Any:
+    """The request itself if it is acceptable; raises INVALID_ARGUMENT otherwise. `fields=False`
+    skips the walk over string and Timestamp/Duration fields (decoding is still checked)."""
     if isinstance(request, Undecodable):
         raise request.error
-    if isinstance(request, Message):
+    if fields and isinstance(request, Message):
         violations = field_problems(request)
         if violations:
             summary = "; ".join(f"{path}: {problem}" for path, problem in violations)

@@ -3,6 +3,9 @@ naming the field, found at any depth (issue 12 items 5 and 6)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import grpc
 import pytest
 from aimesh.conversation.v1 import conversation_pb2
@@ -100,3 +103,46 @@ def test_errors_quoting_huge_values_stay_small_enough_for_headers() -> None:
     error = invalid_argument(f"language_code {huge!r} is not a tag", [("language_code", huge)])
     assert len(error.message) <= 1024
     assert len(error.to_status().SerializeToString()) < 4096
+
+
+class _Context:
+    """The two ServicerContext calls the error interceptor makes on a unary call."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, message: str, **_: object) -> None:
+        raise ServiceError(code, message)
+
+
+async def test_envoy_check_skips_the_field_walk_but_aimesh_methods_do_not() -> None:
+    """Envoy's CheckRequest (sent only by the gateway) skips the NUL walk; a client's request to
+    an aimesh method with the same NUL is still refused, and undecodable bytes still are."""
+    from envoy_api.service.auth.v3 import external_auth_pb2
+
+    from services.common.server import ErrorInterceptor
+
+    async def echo(request: object, context: object) -> object:
+        return request
+
+    def served(method: str, request_type: Any) -> grpc.RpcMethodHandler:
+        handler = grpc.unary_unary_rpc_method_handler(
+            echo, request_deserializer=request_type.FromString)
+        details = SimpleNamespace(method=method, invocation_metadata=())
+        return ErrorInterceptor().wrap(handler, details)
+
+    check = served("/envoy.service.auth.v3.Authorization/Check", external_auth_pb2.CheckRequest)
+    request = external_auth_pb2.CheckRequest()
+    request.attributes.request.http.headers["x-odd"] = "a\x00b"
+    assert await check.unary_unary(request, _Context()) is request
+    broken = check.request_deserializer(b"\xff\xff\xff")
+    with pytest.raises(ServiceError) as caught:
+        await check.unary_unary(broken, _Context())
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+    create = served(CREATE, conversation_pb2.CreateConversationRequest)
+    nul = conversation_pb2.CreateConversationRequest()
+    nul.conversation.title = "a\x00b"
+    with pytest.raises(ServiceError) as caught:
+        await create.unary_unary(nul, _Context())
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
