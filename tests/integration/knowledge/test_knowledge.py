@@ -299,7 +299,7 @@ async def test_list_pagination(caller: Caller) -> None:
 
 
 async def test_restart_during_ingestion_finishes_without_duplicates(caller: Caller) -> None:
-    paragraphs = [f"Section {i}: the Marigoldquartz survey recorded {i * 7} readings at station {i}." for i in range(400)]
+    paragraphs = [f"Section {i}: the Marigoldquartz survey recorded {i * 7} readings at station {i}." for i in range(3000)]
     doc = await caller.create("\n\n".join(paragraphs).encode(), document_id="restart-me")
     await asyncio.sleep(1.0)  # let processing start
     assert (await caller.get(doc.name)).state == Doc.STATE_PROCESSING
