@@ -54,7 +54,7 @@ from bench.report import print_load, verdict
 from scripts import triton_server as launcher
 from scripts.stack import Stack
 from services.common.channels import open_channel
-from services.common.config import REPO_ROOT, SERVICES, Settings
+from services.common.config import REPO_ROOT, Settings
 from services.common.db import Database
 from services.common.triton import EMBEDDING_MODEL, TritonClient
 from services.knowledge.chunking import Chunk, chunk_document
@@ -64,7 +64,7 @@ from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
 from services.knowledge.store import Store, bulk_load, chunk_id, purge_org
 from services.knowledge.vector_index import VectorIndex
 from tests.integration.knowledge.pdfs import make_pdf
-from tests.support.mesh import free_port
+from tests.support.mesh import free_port, private_addresses
 
 MIGRATIONS = REPO_ROOT / "services" / "knowledge" / "migrations"
 MODEL_DIR = REPO_ROOT / "triton" / "models" / EMBEDDING_MODEL
@@ -494,14 +494,7 @@ class Bench:
 
 
 def start_stack(var_dir: Path, triton_url: str) -> Stack:
-    overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
-    overrides.update({f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES})
-    overrides.update({
-        "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
-        "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
-        "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
-        "AIMESH_TRITON_URL": triton_url,
-    })
+    overrides = {**private_addresses(var_dir), "AIMESH_TRITON_URL": triton_url}
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     services = ["auth", "usage", "knowledge"]
     for service in services:

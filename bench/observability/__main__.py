@@ -37,8 +37,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from scripts.stack import Stack
 from services.common.channels import open_channel
-from services.common.config import SERVICES
-from tests.support.mesh import free_port
+from tests.support.mesh import private_addresses
 
 Call = Callable[[], Awaitable[float | None]]
 NEEDED = ("auth", "usage", "billing", "knowledge", "orchestrator", "conversation")
@@ -65,12 +64,8 @@ class Mesh:
 async def start_mesh(name: str, metrics: bool, otlp: str, base: Path,
                      sample_percent: float) -> Mesh:
     var_dir = base / name
-    overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
-    overrides.update({f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES})
+    overrides = private_addresses(var_dir)
     overrides.update({
-        "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
-        "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
-        "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
         "AIMESH_CERTS_DIR": str(base / "certs"),
         "AIMESH_METRICS": "true" if metrics else "false",
         "AIMESH_OTLP_ENDPOINT": otlp,

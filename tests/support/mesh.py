@@ -38,6 +38,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def private_addresses(var_dir: Path) -> dict[str, str]:
+    """Overrides that give a stack of its own every service, metrics, gateway and admin address
+    on a free port, its own var dir and quiet logs (benchmarks running beside other stacks)."""
+    addresses = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
+    addresses.update(
+        {f"AIMESH_{s.upper()}_METRICS_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES})
+    addresses.update({
+        "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
+        "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+        "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
+    })
+    return addresses
+
+
 class TestMesh:
     """Components started on demand, on ports that cannot collide with a developer's stack."""
 
