@@ -44,7 +44,6 @@ from bench.chat.timing import (
     Path_,
     Stream,
     concurrent,
-    free_port,
     measure_interleaved,
     native_sse_deltas,
     percentile,
@@ -54,8 +53,9 @@ from bench.report import print_load, verdict
 from scripts import triton_server
 from scripts.stack import Stack
 from services.common.channels import open_channel
-from services.common.config import SERVICES, Settings
+from services.common.config import Settings
 from services.common.triton import TritonClient
+from tests.support.mesh import private_addresses
 
 CONTEXT = (
     "The harbor lighthouse was built in 1871 from granite blocks. Its lamp is switched on thirty "
@@ -74,13 +74,7 @@ SERVICES_USED = ["auth", "usage", "knowledge", "orchestrator", "conversation"]
 def start_stack(prefix: str, services: list[str]) -> Stack:
     """Triton (unless one answers already), `services`, then Envoy, on free ports."""
     var_dir = Path(tempfile.mkdtemp(prefix=prefix))
-    overrides = {f"AIMESH_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES}
-    overrides.update({
-        "AIMESH_GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
-        "AIMESH_GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
-        "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
-        "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "120",
-    })
+    overrides = {**private_addresses(var_dir), "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "120"}
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     try:
         host, ports = stack.triton_ports()

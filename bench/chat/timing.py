@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -46,12 +45,6 @@ async def native_sse_deltas(reply: httpx.Response) -> AsyncIterator[str]:
             event = json.loads(line[5:])
             if "delta" in event:
                 yield event["delta"]["text"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
