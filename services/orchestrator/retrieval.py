@@ -3,6 +3,8 @@ and turn the model's citations back into Citation records."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 
+from services.common.cache import CORPUS_CHANGED_CHANNEL, ServiceCache
 from services.common.channels import Channels
 from services.common.errors import (
     ServiceError,
@@ -24,7 +27,10 @@ from services.orchestrator.providers import Passage
 log = logging.getLogger("aimesh.orchestrator.retrieval")
 
 QUOTE_CHARS = 1000
-READY_CHECK_SECONDS = 5.0
+KEEP_SECONDS = 60.0  # an answer is asked again after this, announced change or not
+MAX_ORGS = 10_000
+PING_SECONDS = 5.0  # an idle subscription is pinged this often (a dead one raises)
+RESUBSCRIBE_SECONDS = 1.0
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 
 
@@ -72,19 +78,30 @@ def cited_indices(text: str, count: int) -> list[int]:
 
 
 class ReadyDocuments:
-    """Whether an organization has READY documents (for automatic retrieval). A yes is kept for a
-    few seconds per organization; a no is asked again every time, so the first question after
-    the first upload is already grounded. Knowledge unreachable: no, with a warning — the chat
-    answers without grounding rather than failing."""
+    """Whether an organization has READY documents (for automatic retrieval), remembered per
+    organization so that a chat does not ask Knowledge every time.
 
-    def __init__(self, channels: Channels) -> None:
+    Correctness rests on invalidation: Knowledge announces an organization on
+    CORPUS_CHANGED_CHANNEL after every change of its searchable corpus (a document became READY
+    or was deleted), and `listen` drops what was concluded about it; an answer read from
+    Knowledge while an announcement arrived is not kept (generation check). A "no" is kept only
+    while this process is subscribed (else asked every time, so the first question after the
+    first upload is grounded); any answer is asked again after KEEP_SECONDS at the latest, in
+    case an announcement was lost. Knowledge unreachable: no, with a warning — the chat answers
+    without grounding rather than failing."""
+
+    def __init__(self, channels: Channels, cache: ServiceCache | None = None) -> None:
         self.channels = channels
+        self.cache = cache
         self._known: dict[str, tuple[float, bool]] = {}
+        self._generation = 0
+        self._subscribed = False
 
     async def ready(self, identity: Identity) -> bool:
         hit = self._known.get(identity.org)
-        if hit is not None and time.monotonic() - hit[0] < READY_CHECK_SECONDS:
+        if hit is not None and time.monotonic() < hit[0]:
             return hit[1]
+        generation = self._generation
         stub = knowledge_pb2_grpc.KnowledgeServiceStub(self.channels.get("knowledge"))
         try:
             page = await stub.ListDocuments(
@@ -103,8 +120,43 @@ class ReadyDocuments:
             )
             return False
         answer = bool(page.documents)
-        if answer:
-            if len(self._known) > 10_000:
+        if generation == self._generation and (answer or self._subscribed):
+            if len(self._known) > MAX_ORGS:
                 self._known.clear()
-            self._known[identity.org] = (time.monotonic(), answer)
+            self._known[identity.org] = (time.monotonic() + KEEP_SECONDS, answer)
         return answer
+
+    def forget(self, orgs: list[str] | None = None) -> None:
+        """Drop what is known about `orgs` (all when None); answers in flight are not kept."""
+        self._generation += 1
+        if orgs is None:
+            self._known.clear()
+        for org in orgs or []:
+            self._known.pop(org, None)
+
+    async def listen(self) -> None:
+        """Background task for the life of the server: apply Knowledge's announcements."""
+        while self.cache is not None:
+            pubsub = self.cache.redis.pubsub()
+            try:
+                await pubsub.subscribe(CORPUS_CHANGED_CHANNEL)
+                self.forget()  # announcements may have been missed while unsubscribed
+                self._subscribed = True
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=PING_SECONDS
+                    )
+                    if message is None:
+                        await pubsub.ping()  # a dead connection raises here
+                    elif message.get("type") == "message":
+                        self.forget([message["data"].decode()])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - resubscribed below
+                log.warning("corpus announcements lost, asking Knowledge every time: %r", exc)
+            finally:
+                self._subscribed = False
+                self.forget()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(RESUBSCRIBE_SECONDS)
