@@ -70,10 +70,11 @@ async def _upload(mesh: TestMesh, org: str) -> str:
 async def test_no_documents_is_remembered_until_knowledge_announces_a_change(
     chat: ChatStack, mesh: TestMesh
 ) -> None:
-    mesh.ensure("knowledge")
     org = f"organizations/gc-{uuid.uuid4().hex[:12]}"
+    before = await _list_documents_calls(mesh)
     assert not (await _generate(chat, org)).citations  # nothing to ground on
     asked = await _list_documents_calls(mesh)
+    assert asked > before, "the Orchestrator did not reach Knowledge"
     for _ in range(3):
         assert not (await _generate(chat, org)).citations
     assert await _list_documents_calls(mesh) == asked, "the 'no documents' answer was not kept"
