@@ -3,8 +3,6 @@ and turn the model's citations back into Citation records."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -13,7 +11,7 @@ from dataclasses import dataclass
 import grpc
 from aimesh.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 
-from services.common.cache import CORPUS_CHANGED_CHANNEL, ServiceCache
+from services.common.cache import CORPUS_CHANGED_CHANNEL, ServiceCache, follow_channel
 from services.common.channels import Channels
 from services.common.errors import (
     ServiceError,
@@ -136,27 +134,14 @@ class ReadyDocuments:
 
     async def listen(self) -> None:
         """Background task for the life of the server: apply Knowledge's announcements."""
-        while self.cache is not None:
-            pubsub = self.cache.redis.pubsub()
-            try:
-                await pubsub.subscribe(CORPUS_CHANGED_CHANNEL)
-                self.forget()  # announcements may have been missed while unsubscribed
-                self._subscribed = True
-                while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=PING_SECONDS
-                    )
-                    if message is None:
-                        await pubsub.ping()  # a dead connection raises here
-                    elif message.get("type") == "message":
-                        self.forget([message["data"].decode()])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - resubscribed below
-                log.warning("corpus announcements lost, asking Knowledge every time: %r", exc)
-            finally:
-                self._subscribed = False
-                self.forget()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(RESUBSCRIBE_SECONDS)
+        if self.cache is not None:
+            await follow_channel(self.cache.redis, CORPUS_CHANGED_CHANNEL, self._subscribed_now,
+                                 self.forget, self._lost, PING_SECONDS, RESUBSCRIBE_SECONDS)
+
+    async def _subscribed_now(self) -> None:
+        self.forget()  # announcements may have been missed while unsubscribed
+        self._subscribed = True
+
+    def _lost(self) -> None:
+        self._subscribed = False
+        self.forget()
