@@ -10,6 +10,12 @@ from redis.asyncio import Redis
 
 log = logging.getLogger("aimesh.cache")
 
+# Knowledge publishes an organization id here after each change of that organization's
+# searchable corpus (a document became READY, or a READY one was deleted); services that
+# remember conclusions about an organization's documents (the Orchestrator: "has documents to
+# ground on") drop them when it arrives. An event, not shared state: no other key is read.
+CORPUS_CHANGED_CHANNEL = "knowledge:corpus-changed"
+
 
 class ServiceCache:
     """A redis-py asyncio client plus the service's key prefix (`<svc>:`)."""
