@@ -21,7 +21,7 @@ import websockets
 
 from tests.integration.edge.conftest import EdgeStack
 from tests.support.accounts import Account, create_key
-from tests.support.speech import piper_voice, word_error_rate
+from tests.support.speech import piper_pcm, word_error_rate
 
 SENTENCE = "the weather today is sunny with a high of seventy degrees"
 RATE = 24_000
@@ -29,12 +29,10 @@ CHUNK = RATE // 10 * 2  # 100 ms of pcm16
 
 
 def speech_24k(text: str) -> bytes:
-    """Piper's voice saying `text`, as pcm16 at 24 kHz (OpenAI's Realtime default)."""
-    from piper import SynthesisConfig
-
-    chunks = list(piper_voice().synthesize(text, SynthesisConfig(length_scale=1.0)))
-    pcm = np.concatenate([c.audio_int16_array for c in chunks])
-    return soxr.resample(pcm, chunks[0].sample_rate, RATE).astype("<i2").tobytes()
+    """Piper's voice saying `text`, as pcm16 at 24 kHz (OpenAI's Realtime default); the same
+    audio on every call (piper_pcm has no sampling noise)."""
+    pcm, rate = piper_pcm(text)
+    return soxr.resample(pcm, rate, RATE).astype("<i2").tobytes()
 
 
 def silence(seconds: float) -> bytes:
@@ -417,8 +415,8 @@ async def test_g711_transcription(edge: EdgeStack, edge_http: httpx.AsyncClient,
             await conn.input_audio_buffer.append(audio=base64.b64encode(ulaw[i:i + 800]).decode())
         done = await until(conn, "conversation.item.input_audio_transcription.completed")
     # The telephone band costs pocketsphinx words (Speech's own mu-law tests ask only for
-    # speech), so the reference is Speech itself on the same audio; on this band its output
-    # varies from run to run (0.4-0.8 WER between two runs), so only shared words are asked.
+    # speech), so the reference is Speech itself on the same audio. (Its output once varied
+    # from run to run: the test's Piper audio was a new random rendering in every run.)
     native = await edge_http.post("/v1/speech:recognize", headers=edge_account.bearer, json={
         "config": {"encoding": "AUDIO_ENCODING_MULAW", "sampleRateHertz": 8000,
                    "languageCode": "en-US"}, "content": base64.b64encode(ulaw).decode()})
@@ -427,7 +425,7 @@ async def test_g711_transcription(edge: EdgeStack, edge_http: httpx.AsyncClient,
                          for r in native.json().get("results", []))
     assert done.transcript.strip() and reference.strip()
     shared = set(reference.lower().split()) & set(done.transcript.lower().split())
-    assert shared, (reference, done.transcript)  # a CI run once shared only "what"
+    assert len(shared) >= 2, (reference, done.transcript)
 
 
 async def test_budget_refusal_is_an_error_event(
@@ -464,11 +462,9 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
     heard = next(e for e in events
                  if e.type == "conversation.item.input_audio_transcription.completed")
     assert heard.item_id == committed.item_id
-    # This test is about the client's turns; accuracy is the server-VAD tests' and the parity
-    # suite's. Under CI load the same audio once came back "what is the cap old friends"
-    # (WER 0.5; not root-caused), so only ask that the committed question was heard.
-    heard_words = set(heard.transcript.lower().split())
-    assert len(heard_words & set(QUESTION.split())) >= 3, heard.transcript
+    # ("what is the cap old friends" once: the test's Piper audio was a new random rendering
+    # in every run; piper_pcm renders without sampling noise now.)
+    assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
     assert any(e.type == "response.audio.delta" for e in events)
     assert events[-1].response.status == "completed"
 
