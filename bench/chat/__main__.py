@@ -44,9 +44,11 @@ from bench.chat.timing import (
     Path_,
     Stream,
     concurrent,
+    cpu_seconds,
     measure_interleaved,
     native_sse_deltas,
     percentile,
+    print_cpu_per_stream,
     report,
 )
 from bench.report import print_load, verdict
@@ -97,7 +99,8 @@ async def run(args: argparse.Namespace) -> None:
     print_load("before the run")
     stack = start_stack("aimesh-bench-chat-", SERVICES_USED)
     try:
-        await bench(args, stack.settings)
+        await bench(args, stack.settings,
+                    {name: p.popen.pid for name, p in stack.processes.items()})
     finally:
         stack.stop_all()
 
@@ -209,9 +212,11 @@ def sequential_paths(clients: Clients, spare: list[str]) -> list[tuple[str, Stre
     ]
 
 
-async def concurrent_ratio(clients: Clients, streams: int, rounds: int) -> float:
+async def concurrent_ratio(clients: Clients, streams: int, rounds: int,
+                           mesh: dict[str, int]) -> float:
     """`streams` direct Triton streams, then as many SendMessage streams through Envoy gRPC,
-    `rounds` times alternating; the ratio of their TTFT p95 over all rounds."""
+    `rounds` times alternating; the ratio of their TTFT p95 over all rounds. Prints the CPU the
+    mesh's processes (`mesh`: name -> pid) spent per gateway stream."""
     direct: list[float] = []
     gateway: list[float] = []
     failed = False
@@ -221,9 +226,11 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int) -> float
                                  [triton_stream(clients.triton)] * streams)
         direct += ttfts
         failed |= not ttfts
+        cpu_before = cpu_seconds(mesh)
         ttfts = await concurrent(
             f"{streams} SendMessage streams via Envoy gRPC (round {round_})",
             [send_stream(clients.gateway, n, clients.account.key_metadata) for n in names])
+        print_cpu_per_stream(cpu_before, cpu_seconds(mesh), streams)
         gateway += ttfts
         failed |= not ttfts
     if failed:
@@ -245,14 +252,14 @@ def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> N
                   stream_ratio <= STREAMS_TARGET, f"{stream_ratio:.2f}x"))
 
 
-async def bench(args: argparse.Namespace, settings: Settings) -> None:
+async def bench(args: argparse.Namespace, settings: Settings, mesh: dict[str, int]) -> None:
     async with httpx.AsyncClient(base_url=f"http://{settings.gateway_addr}", timeout=300) as http:
         clients = Clients.open(http, await bench_account(http, settings), settings)
         try:
             spare = await clients.new_conversations(4 * (args.requests + 1))
             results = await measure_interleaved(sequential_paths(clients, spare), args.requests)
             report(results)
-            stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds)
+            stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds, mesh)
             print()
             print_load("after the run")
             print_verdicts(results, args.streams, stream_ratio)

@@ -456,6 +456,7 @@ class TritonClient:
         done = asyncio.Event()
         call = self._stub.ModelStreamInfer(requests(), timeout=deadline)
         observed = _Observed(model, "ModelStreamInfer")
+        finished = False
         try:
             async for message in call:
                 if message.error_message:
@@ -464,11 +465,13 @@ class TritonClient:
                 if response.id and response.id != rid:
                     continue  # not ours (cannot happen on a private stream; defensive)
                 final = _is_final(response)
+                if final:  # before the yield: a caller may stop at the final response
+                    observed.outcome = "OK"
+                    finished = True
                 outputs_map = _outputs_of(InferResult(response))
                 if outputs_map or not final:
                     yield StreamResponse(rid, outputs_map, final)
                 if final:
-                    observed.outcome = "OK"
                     return
             raise observed.failed(
                 ServiceError(
@@ -482,8 +485,11 @@ class TritonClient:
             raise observed.failed(_from_rpc_error(model, exc)) from None
         finally:
             observed.finish()
-            done.set()
-            if not call.done():
+            done.set()  # the request side half-closes and Triton ends the stream
+            if not finished and not call.done():
+                # Abandoned (caller gone, error): reset the stream, cancelling the request.
+                # A finished one is not cancelled: that would only cost a reset, and gRPC
+                # formats a traceback for the request iterator it interrupts.
                 call.cancel()
 
     # --- sequences ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def new_etag() -> str:
 class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._insert_queries: dict[tuple[str, ...], str] = {}
 
     # --- conversations ------------------------------------------------------------------------
 
@@ -185,24 +186,33 @@ class Store:
             )
             return await cur.fetchall()
 
-    async def insert_message(self, org: str, conv_id: str, values: dict[str, Any]) -> Row:
+    async def insert_message(
+        self, org: str, conv_id: str, values: dict[str, Any], release_turn_of: str | None = None
+    ) -> Row:
         """Append a message and bump the conversation's count, update_time and etag, atomically
-        (one statement, one round trip). The row carries the conversation's new count as
+        (one statement, one round trip); with `release_turn_of`, also release that holder's
+        turn (a turn's last write). The row carries the conversation's new count as
         `conversation_message_count`."""
-        columns = ["org", "conversation_id", "id", *values]
-        query = sql.SQL(
-            "WITH message AS (INSERT INTO messages ({}) VALUES ({}) RETURNING *), "
-            "bump AS (UPDATE conversations "
-            "SET message_count = message_count + 1, update_time = now(), etag = %s "
-            "WHERE org = %s AND id = %s RETURNING message_count) "
-            "SELECT message.*, bump.message_count AS conversation_message_count "
-            "FROM message, bump"
-        ).format(
-            sql.SQL(", ").join(map(sql.Identifier, columns)),
-            sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-        )
-        params = (org, conv_id, new_message_id(), *values.values(), new_etag(), org, conv_id)
+        columns = ("org", "conversation_id", "id", *values)
+        params = (org, conv_id, new_message_id(), *values.values(), new_etag(),
+                  release_turn_of, release_turn_of, org, conv_id)
         async with self.db.autocommit() as conn:
+            query = self._insert_queries.get(columns)
+            if query is None:  # composed once per column set (it is on every turn's path)
+                query = self._insert_queries[columns] = sql.SQL(
+                    "WITH message AS (INSERT INTO messages ({}) VALUES ({}) RETURNING *), "
+                    "bump AS (UPDATE conversations "
+                    "SET message_count = message_count + 1, update_time = now(), etag = %s, "
+                    "turn_holder = CASE WHEN turn_holder = %s THEN NULL ELSE turn_holder END, "
+                    "turn_expire_time = CASE WHEN turn_holder = %s THEN NULL "
+                    "ELSE turn_expire_time END "
+                    "WHERE org = %s AND id = %s RETURNING message_count) "
+                    "SELECT message.*, bump.message_count AS conversation_message_count "
+                    "FROM message, bump"
+                ).format(
+                    sql.SQL(", ").join(map(sql.Identifier, columns)),
+                    sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                ).as_string(conn)
             cur = await conn.execute(query, params)
             row = await cur.fetchone()
             assert row is not None
