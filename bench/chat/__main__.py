@@ -1,7 +1,7 @@
 """Chat benchmark: time to first token (TTFT) and tokens/s of one grounded answer, five paths,
 same machine, same run, then many concurrent streams through Envoy.
 
-    .venv/bin/python -m bench.chat [--requests 20] [--streams 100] [--rounds 2]
+    .venv/bin/python -m bench.chat [--requests 20] [--streams 100] [--rounds 4]
 
 Paths (the same question and context each time; the Triton grounded responder answers):
 1. Triton directly (services/common/triton.py `respond`, decoupled stream);
@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,9 +75,23 @@ STREAMS_TARGET = 1.1  # concurrent streams' TTFT p95 through the gateway, times 
 SERVICES_USED = ["auth", "usage", "knowledge", "orchestrator", "conversation"]
 
 
-def start_stack(prefix: str, services: list[str]) -> Stack:
-    """Triton (unless one answers already), `services`, then Envoy, on free ports."""
+@contextmanager
+def private_stack(prefix: str, services: list[str]) -> Iterator[Stack]:
+    """Triton (unless one answers already), `services`, then Envoy, on free ports, in a var
+    directory of their own that is removed (logs, certificates) when the run ends."""
     var_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        stack = start_stack(var_dir, services)
+        try:
+            yield stack
+        finally:
+            stack.stop_all()
+    finally:
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+
+def start_stack(var_dir: Path, services: list[str]) -> Stack:
+    """Triton (unless one answers already), `services`, then Envoy, on free ports."""
     overrides = {**private_addresses(var_dir), "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "120"}
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     try:
@@ -97,12 +113,9 @@ def start_stack(prefix: str, services: list[str]) -> Stack:
 
 async def run(args: argparse.Namespace) -> None:
     print_load("before the run")
-    stack = start_stack("aimesh-bench-chat-", SERVICES_USED)
-    try:
+    with private_stack("aimesh-bench-chat-", SERVICES_USED) as stack:
         await bench(args, stack.settings,
                     {name: p.popen.pid for name, p in stack.processes.items()})
-    finally:
-        stack.stop_all()
 
 
 def triton_stream(triton: TritonClient) -> Stream:
@@ -273,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20, help="sequential requests per path")
     parser.add_argument("--streams", type=int, default=100,
                         help="concurrent streams per side (direct, through Envoy)")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=4,
                         help="alternating rounds of the concurrent streams")
     args = parser.parse_args(argv)
     asyncio.run(run(args))
