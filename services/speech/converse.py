@@ -37,6 +37,7 @@ from services.common.usage_client import ResourceType, UsageClient
 from services.speech.encode import speech_event_of, streaming_result
 from services.speech.recognition import (
     Hypothesis,
+    Recognition,
     RecognitionOptions,
     RecognitionSession,
     SpeechBegan,
@@ -63,8 +64,7 @@ class SpeechServices(Protocol):
     triton: TritonClient
     usage: UsageClient
     synthesizer: Synthesizer
-
-    async def _require_asr(self) -> None: ...
+    recognition: Recognition
 
 
 log = logging.getLogger("aimesh.speech.converse")
@@ -216,7 +216,7 @@ class ConverseSession:
         first = await next_request(requests, CONVERSE_IDLE_SECONDS)
         options = self._check(first)
         self.voice = await self.servicer.synthesizer.voice(self.config.voice)
-        await self.servicer._require_asr()
+        await self.servicer.recognition.require_ready()
         created = await self._open_conversation()
         yield speech_pb2.ConverseResponse(
             conversation=speech_pb2.ConversationReady(

@@ -21,17 +21,23 @@ Plain Python: the servicer turns the events into protobuf messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from services.common.errors import ServiceError, unavailable
-from services.common.triton import SequenceStream, TritonClient
+from services.common.cache import ServiceCache
+from services.common.errors import FieldViolations, ServiceError, unavailable
+from services.common.identity import Identity
+from services.common.triton import ASR_MODEL, SequenceStream, TritonClient
+from services.common.usage_client import ResourceType, UsageClient
+from services.speech import metrics as speech_metrics
 from services.speech.audio import ASR_SAMPLE_RATE, SpeechDetector, StreamResampler
+from services.speech.requests import StreamAudio
 
 log = logging.getLogger("aimesh.speech.recognition")
 
@@ -531,3 +537,173 @@ async def run_session(session: RecognitionSession, chunks: AsyncIterator[np.ndar
         await session.finish()
     finally:
         await session.close_events()
+
+
+# --- the recognition activity: streams and whole files, metered ---------------------------------
+
+RECOGNIZE_CACHE_SECONDS = 24 * 3600  # how long a Recognize request_id replays its result
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A stream event and how much caller audio had been received when it was emitted."""
+
+    event: Event
+    received_seconds: float
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """Recognize's answer: the non-empty final of every utterance of the file, in order."""
+
+    finals: tuple[Hypothesis, ...]
+    audio_seconds: float
+
+    def dumps(self) -> str:
+        finals = [asdict(h) for h in self.finals]
+        return json.dumps({"audio_seconds": self.audio_seconds, "finals": finals})
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> FileResult:
+        data = json.loads(raw)
+        finals = tuple(
+            Hypothesis(**{**h, "words": tuple(Word(**w) for w in h["words"])})
+            for h in data["finals"]
+        )
+        return cls(finals, float(data["audio_seconds"]))
+
+
+def streaming_options(
+    v: FieldViolations,
+    audio: StreamAudio,
+    *,
+    interim_results: bool,
+    single_utterance: bool,
+    audio_offset: float,
+) -> RecognitionOptions:
+    """StreamingRecognize's session options; every problem of the first message at once."""
+    v.check(audio_offset >= 0, "streaming_config.audio_offset", "must not be negative")
+    v.raise_if_any()
+    return RecognitionOptions(
+        sample_rate=audio.sample_rate,
+        interim_results=interim_results,
+        single_utterance=single_utterance,
+        silence_ms=audio.silence_ms,
+        max_utterance_ms=audio.max_utterance_ms,
+        speech_start_timeout_ms=audio.speech_start_timeout_ms,
+        audio_offset=audio_offset,
+    )
+
+
+async def _file_chunks(samples: np.ndarray, step: int) -> AsyncIterator[np.ndarray]:
+    for i in range(0, len(samples), step):
+        yield samples[i : i + step]
+
+
+class Recognition:
+    """Recognition for callers: a live stream's events, or a whole file's finals (replayed for a
+    repeated request_id); the audio received is metered to the caller either way."""
+
+    def __init__(
+        self, triton: TritonClient, usage: UsageClient, cache: ServiceCache | None
+    ) -> None:
+        self.triton = triton
+        self.usage = usage
+        self.cache = cache
+        self.ready = ReadinessCache(triton, ASR_MODEL)
+
+    async def require_ready(self) -> None:
+        if not await self.ready.ready():
+            raise unavailable(
+                "the speech recognizer (Triton model speech_recognition) is not reachable; "
+                "retry shortly",
+                reason="RECOGNIZER_UNAVAILABLE",
+            )
+
+    async def warm_up(self) -> bool:
+        """Recognize half a second of silence on a sequence of its own: True when the model
+        answered with a final."""
+        async with self.triton.recognize() as stream:
+            await stream.end(
+                {
+                    "AUDIO": np.zeros((1, ASR_SAMPLE_RATE // 2), dtype=np.int16),
+                    "SAMPLE_RATE": np.array([[ASR_SAMPLE_RATE]], dtype=np.int32),
+                }
+            )
+            finals = [r async for r in stream if r.get("IS_FINAL") is not None]
+        return bool(finals)
+
+    async def stream(
+        self, identity: Identity, options: RecognitionOptions, chunks: AsyncIterator[np.ndarray]
+    ) -> AsyncGenerator[Heard, None]:
+        """The session's events as the caller's audio arrives; a fatal intake error (limit, bad
+        chunk) ends it with that status once the utterance in progress has its final. Use it
+        under `contextlib.aclosing`, so the audio is metered when the caller leaves."""
+        await self.require_ready()
+        session = RecognitionSession(self.triton, options)
+        pump = asyncio.ensure_future(run_session(session, chunks))
+        try:
+            with speech_metrics.active_stream("StreamingRecognize"):
+                async for event in session.events():
+                    yield Heard(event, session.received_seconds)
+                await pump
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await session.abort()
+            speech_metrics.record_audio("StreamingRecognize", session.received_seconds)
+            await self.usage.meter(
+                identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
+            )
+
+    async def recognize(
+        self, identity: Identity, samples: np.ndarray, rate: int, request_id: str, fingerprint: str
+    ) -> FileResult:
+        """A whole file's finals. A repeated `request_id` with the same request (`fingerprint`)
+        replays the first answer, metered once; a failed utterance fails the whole answer."""
+        key = (
+            self.cache.key("recognize", identity.org, request_id, fingerprint)
+            if self.cache is not None and request_id
+            else None
+        )
+        if key is not None and self.cache is not None:
+            stored = await self.cache.redis.get(key)
+            if stored:
+                return FileResult.loads(stored)
+        await self.require_ready()
+        started = time.perf_counter()
+        try:
+            result = await self._decode_file(samples, rate)
+        finally:
+            audio_seconds = len(samples) / rate
+            speech_metrics.record_realtime_factor(time.perf_counter() - started, audio_seconds)
+            speech_metrics.record_audio("Recognize", audio_seconds)
+        if key is not None and self.cache is not None:
+            await self.cache.redis.set(key, result.dumps(), ex=RECOGNIZE_CACHE_SECONDS)
+        await self.usage.meter(
+            identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, result.audio_seconds, request_id
+        )
+        return result
+
+    async def _decode_file(self, samples: np.ndarray, rate: int) -> FileResult:
+        session = RecognitionSession(
+            self.triton, RecognitionOptions(sample_rate=rate, send_chunk_ms=1000)
+        )
+        pump = asyncio.ensure_future(run_session(session, _file_chunks(samples, rate)))
+        finals: list[Hypothesis] = []
+        failure: ServiceError | None = None
+        try:
+            async for event in session.events():
+                if isinstance(event, Hypothesis) and event.is_final and event.text:
+                    finals.append(event)
+                elif isinstance(event, UtteranceFailed):
+                    failure = failure or event.error
+            await pump
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await session.abort()
+        if failure is not None:
+            # A whole-file answer with a hole in it is wrong: fail, and let the caller retry.
+            raise unavailable(f"recognition failed: {failure.message}", reason="RECOGNITION_FAILED")
+        return FileResult(tuple(finals), len(samples) / rate)

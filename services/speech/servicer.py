@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 import grpc
@@ -28,13 +28,11 @@ from services.speech import metrics as speech_metrics
 from services.speech.converse import ConverseSession
 from services.speech.encode import LANGUAGE, alternative, speech_event_of, streaming_result
 from services.speech.recognition import (
-    Event,
+    Heard,
     Hypothesis,
-    ReadinessCache,
-    RecognitionOptions,
-    RecognitionSession,
+    Recognition,
     UtteranceFailed,
-    run_session,
+    streaming_options,
 )
 from services.speech.requests import (
     STREAM_IDLE_SECONDS,
@@ -52,10 +50,9 @@ from services.speech.requests import (
     recognize_audio,
     seconds,
 )
-from services.speech.synthesis import DEFAULT_VOICE, NATURAL_SAMPLE_RATE, Synthesizer
+from services.speech.synthesis import NATURAL_SAMPLE_RATE, Synthesizer
 
 STREAMED_OUTPUTS = ("LINEAR16", "MULAW")  # encodings whose chunks play on their own
-RECOGNIZE_CACHE_SECONDS = 24 * 3600  # how long a Recognize request_id replays its result
 
 
 _GENDERS = {
@@ -67,11 +64,10 @@ _GENDERS = {
 # --- encoding -------------------------------------------------------------------------------
 
 
-def recognize_response(
-    event: Event, session: RecognitionSession, with_words: bool
-) -> speech_pb2.StreamingRecognizeResponse:
+def recognize_response(heard: Heard, with_words: bool) -> speech_pb2.StreamingRecognizeResponse:
+    event = heard.event
     out = speech_pb2.StreamingRecognizeResponse(
-        total_audio_processed=duration(session.received_seconds), utterance_index=event.utterance
+        total_audio_processed=duration(heard.received_seconds), utterance_index=event.utterance
     )
     if isinstance(event, Hypothesis):
         out.results.append(streaming_result(event, with_words))
@@ -97,8 +93,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self.usage = UsageClient(runtime)
         self.pages = Paginator(runtime.settings)
         self.synthesizer = Synthesizer(self.triton)
-        self.asr_ready = ReadinessCache(self.triton, ASR_MODEL)
-        self.tts_ready = ReadinessCache(self.triton, TTS_MODEL)
+        self.recognition = Recognition(self.triton, self.usage, runtime.cache)
 
         self._answered = False  # both models answered a real request (warm-up) once
 
@@ -120,33 +115,14 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         pays for first-use setup anywhere on the path."""
         try:
             async with asyncio.timeout(60.0):
-                async with self.triton.recognize() as stream:
-                    await stream.end(
-                        {
-                            "AUDIO": np.zeros((1, 8000), dtype=np.int16),
-                            "SAMPLE_RATE": np.array([[16000]], dtype=np.int32),
-                        }
-                    )
-                    finals = [r async for r in stream if r.get("IS_FINAL") is not None]
-                voices = await self.synthesizer.voices()
-                voice = next((v for v in voices if v.name == DEFAULT_VOICE), voices[0])
-                audio = [c async for c in self.synthesizer.stream("Ready.", voice, 1.0, 16000)]
-            return bool(finals) and bool(audio)
-        except (ServiceError, TimeoutError, IndexError):
+                return await self.recognition.warm_up() and await self.synthesizer.warm_up()
+        except (ServiceError, TimeoutError):
             return False
 
     def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         return require_identity(context.invocation_metadata())
 
-    async def _require_asr(self) -> None:
-        if not await self.asr_ready.ready():
-            raise unavailable(
-                "the speech recognizer (Triton model speech_recognition) is not reachable; "
-                "retry shortly",
-                reason="RECOGNIZER_UNAVAILABLE",
-            )
-
-    # --- StreamingRecognize ---------------------------------------------------------------
+    # --- recognition ----------------------------------------------------------------------
 
     async def StreamingRecognize(
         self,
@@ -157,22 +133,12 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         requests = request_iterator.__aiter__()
         first = await next_request(requests, STREAM_IDLE_SECONDS)
         cfg, audio, v = check_first_message(first, "streaming_config", "config")
-        offset = seconds(cfg.audio_offset)
-        v.check(offset >= 0, "streaming_config.audio_offset", "must not be negative")
-        v.raise_if_any()
-        await self._require_asr()
-
-        session = RecognitionSession(
-            self.triton,
-            RecognitionOptions(
-                sample_rate=audio.sample_rate,
-                interim_results=cfg.interim_results,
-                single_utterance=cfg.single_utterance,
-                silence_ms=audio.silence_ms,
-                max_utterance_ms=audio.max_utterance_ms,
-                speech_start_timeout_ms=audio.speech_start_timeout_ms,
-                audio_offset=offset,
-            ),
+        options = streaming_options(
+            v,
+            audio,
+            interim_results=cfg.interim_results,
+            single_utterance=cfg.single_utterance,
+            audio_offset=seconds(cfg.audio_offset),
         )
         chunks = audio_intake(
             requests,
@@ -182,81 +148,31 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             max_seconds=STREAM_MAX_SECONDS,
             idle_seconds=STREAM_IDLE_SECONDS,
         )
-        pump = asyncio.ensure_future(run_session(session, chunks))
-        try:
-            with speech_metrics.active_stream("StreamingRecognize"):
-                async for event in session.events():
-                    yield recognize_response(event, session, cfg.config.enable_word_time_offsets)
-                await pump  # raises the fatal error (limit, bad chunk) that ended the intake
-        finally:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
-            await session.abort()
-            speech_metrics.record_audio("StreamingRecognize", session.received_seconds)
-            await self.usage.meter(
-                identity, ResourceType.RESOURCE_TYPE_AUDIO_SECONDS, session.received_seconds, ""
-            )
-
-    # --- Recognize ------------------------------------------------------------------------
+        with_words = cfg.config.enable_word_time_offsets
+        async with aclosing(self.recognition.stream(identity, options, chunks)) as heard:
+            async for item in heard:
+                yield recognize_response(item, with_words)
 
     async def Recognize(
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
     ) -> speech_pb2.RecognizeResponse:
         identity = self._identity(context)
         samples, rate = recognize_audio(request)
-        cache = self.runtime.cache
-        key = (
-            cache.key("recognize", identity.org, request.request_id, _request_hash(request))
-            if cache is not None and request.request_id
-            else None
+        result = await self.recognition.recognize(
+            identity, samples, rate, request.request_id, _request_hash(request)
         )
-        if key is not None:
-            stored = await cache.redis.get(key)  # type: ignore[union-attr]
-            if stored:
-                return speech_pb2.RecognizeResponse.FromString(stored)
-        await self._require_asr()
-        session = RecognitionSession(
-            self.triton, RecognitionOptions(sample_rate=rate, send_chunk_ms=1000)
+        with_words = request.config.enable_word_time_offsets
+        return speech_pb2.RecognizeResponse(
+            total_audio_processed=duration(result.audio_seconds),
+            results=[
+                speech_pb2.SpeechRecognitionResult(
+                    alternatives=[alternative(h, with_words)],
+                    result_end_offset=duration(h.end_offset),
+                    language_code=LANGUAGE,
+                )
+                for h in result.finals
+            ],
         )
-        step = rate  # one second per push
-
-        async def chunks() -> AsyncIterator[np.ndarray]:
-            for i in range(0, len(samples), step):
-                yield samples[i : i + step]
-
-        started = time.perf_counter()
-        pump = asyncio.ensure_future(run_session(session, chunks()))
-        response = speech_pb2.RecognizeResponse(total_audio_processed=duration(len(samples) / rate))
-        failure: ServiceError | None = None
-        try:
-            async for event in session.events():
-                if isinstance(event, Hypothesis) and event.is_final and event.text:
-                    response.results.add(
-                        alternatives=[alternative(event, request.config.enable_word_time_offsets)],
-                        result_end_offset=duration(event.end_offset),
-                        language_code=LANGUAGE,
-                    )
-                elif isinstance(event, UtteranceFailed):
-                    failure = failure or event.error
-            await pump
-        finally:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
-            await session.abort()
-        speech_metrics.record_realtime_factor(time.perf_counter() - started, len(samples) / rate)
-        speech_metrics.record_audio("Recognize", len(samples) / rate)
-        if failure is not None:
-            # A whole-file answer with a hole in it is wrong: fail, and let the caller retry.
-            raise unavailable(f"recognition failed: {failure.message}", reason="RECOGNITION_FAILED")
-        if key is not None:
-            await cache.redis.set(key, response.SerializeToString(), ex=RECOGNIZE_CACHE_SECONDS)  # type: ignore[union-attr]
-        await self.usage.meter(
-            identity,
-            ResourceType.RESOURCE_TYPE_AUDIO_SECONDS,
-            len(samples) / rate,
-            request.request_id,
-        )
-        return response
 
     # --- synthesis ------------------------------------------------------------------------
 

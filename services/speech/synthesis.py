@@ -219,3 +219,12 @@ class Synthesizer:
             tail = resampler.flush() if model_rate != sample_rate else np.zeros(0, dtype=np.int16)
             if tail.size:
                 yield AudioChunk(tail, lo, hi)
+
+    async def warm_up(self) -> bool:
+        """Synthesize one word with the default voice: True when audio came back."""
+        voices = await self.voices()
+        if not voices:
+            return False
+        voice = next((v for v in voices if v.name == DEFAULT_VOICE), voices[0])
+        audio = [c async for c in self.stream("Ready.", voice, 1.0, 16000)]
+        return bool(audio)
