@@ -707,6 +707,15 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
     )
 
 
+CHECK_REQUEST_HEADERS = (
+    "content-type",
+    "authorization",
+    "x-api-key",
+    "sec-websocket-protocol",
+    JWT_PAYLOAD_HEADER,
+)
+
+
 def _ext_authz_filter() -> dict[str, Any]:
     return _filter(
         "envoy.filters.http.ext_authz",
@@ -715,6 +724,9 @@ def _ext_authz_filter() -> dict[str, Any]:
         transport_api_version="V3",
         failure_mode_allow=False,
         status_on_error={"code": 503},
+        # Only what Check reads (services/auth/check.py): a smaller CheckRequest to build, send
+        # and parse on every API-key request.
+        allowed_headers={"patterns": [{"exact": h} for h in CHECK_REQUEST_HEADERS]},
         # Skipped for a JWT jwt_authn verified on a gRPC/JSON route: the service itself enforces
         # revocation and counts the rate limit (services/common/gateway_jwt.py), no Auth hop.
         filter_enabled_metadata={

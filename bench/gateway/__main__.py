@@ -10,7 +10,9 @@ a stack of Auth + Usage + Envoy runs, and the paths are:
    gateway would; mTLS when the mode is mtls);
 2. Envoy, gRPC, API key + rate limit (ext_authz -> Auth's Check, which checks the key and counts
    the limit with Usage's limiter in one hop);
-3. Envoy, gRPC, JWT caller (the owner's access token) + rate limit;
+3. Envoy, gRPC, JWT caller (the owner's access token) + rate limit: jwt_authn alone, no Check
+   hop; Auth's interceptor checks revocation in memory and counts the limit
+   (services/common/gateway_jwt.py), so paths 2 and 3 side by side are an A/B of the Check hop;
 4. Envoy, JSON/HTTP (transcoder), API key + rate limit.
 Plus, on the first mode's stack, the baseline:
 5. FastAPI + httpx gateway (uvicorn, as many workers as Envoy's --concurrency): the same key
@@ -340,6 +342,13 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
                       f"{key.rps / fastapi.rps:.2f}x"))
         print(verdict(f"[{mode}] throughput >= 0.6x direct at {concurrency} in flight",
                       key.rps >= 0.6 * direct.rps, f"{key.rps / direct.rps:.2f}x"))
+        # Both paths count the rate limit; only the API-key path calls Auth's Check.
+        print(f"A/B [{mode}]: the ext_authz Check hop (key path minus JWT path, which skips it): "
+              f"{key.p50_ms - jwt.p50_ms:+.2f} ms p50, {key.rps / jwt.rps:.2f}x the JWT req/s")
+        print(f"bound [{mode}]: 3x FastAPI = {3 * fastapi.rps:.0f} req/s, direct = "
+              f"{direct.rps:.0f} req/s: FastAPI is {fastapi.rps / direct.rps:.2f}x direct, so 3x "
+              f"FastAPI needs {3 * fastapi.rps / direct.rps:.2f}x direct (no gateway in front of "
+              "the same service can exceed 1x)")
     errors = sum(r.errors for r in results)
     if errors:
         print(f"note: {errors} failed requests in the throughput phases (see 'err')")

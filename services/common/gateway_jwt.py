@@ -17,7 +17,10 @@ What a signature cannot say is enforced here, in the service, before any service
   back to PostgreSQL.
 - the rate limit: the organization's window is counted with Usage's limiter
   (services/usage/ratelimit.py `GatewayLimiter`, one Redis round trip), as Check does for
-  API keys; over it: RESOURCE_EXHAUSTED with RetryInfo.
+  API keys; over it: RESOURCE_EXHAUSTED with RetryInfo. Writes are counted before they run;
+  reads (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis
+  first — over the limit the reply is dropped for the refusal, and that caller's reads are
+  refused up front for the next second.
 
 Only the gateway may send the payload header (tls.PeerAuthorizationInterceptor refuses it from
 any other peer), and Envoy strips a client-sent one before jwt_authn runs.
@@ -25,6 +28,8 @@ any other peer), and Envoy strips a client-sent one before jwt_authn runs.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from typing import Any
 
@@ -34,7 +39,8 @@ from redis.asyncio import Redis
 from services.common import identity
 from services.common.cache import ServiceCache, follow_channel
 from services.common.errors import unauthenticated, unavailable
-from services.common.handlers import MethodInterceptor, before
+from services.common.handlers import MethodInterceptor, before, call_unary, rewrap
+from services.common.request_checks import is_idempotent_read, method_descriptor
 
 AUTH_PREFIX = "auth"  # Auth's Redis key prefix; its revocation entries are read here, never written
 CHANNEL = "auth:changed"  # services/auth/mirror.py: every changed Auth entry is published here
@@ -143,9 +149,15 @@ class GatewayJwtInterceptor(MethodInterceptor):
                         if k == identity.HEADER_JWT_PAYLOAD), None)
         if payload is None:
             return handler
-        return before(handler, lambda context: self.admit(str(payload)))
+        token = str(payload)
+        if self.limiter is not None and handler.unary_unary and _reads_only(
+                handler_call_details.method):
+            return rewrap(handler, lambda behavior: self._counted_alongside(behavior, token),
+                          lambda behavior: behavior)
+        return before(handler, lambda context: self.admit(token))
 
-    async def admit(self, payload: str) -> None:
+    def admit_token(self, payload: str) -> identity.TokenClaims:
+        """The token's claims, unless it is revoked (no I/O: the mirror is in memory)."""
         claims = identity.token_claims(payload)
         if claims is None:
             raise unauthenticated("access token lacks org/sub claims", reason="TOKEN_INVALID")
@@ -158,8 +170,41 @@ class GatewayJwtInterceptor(MethodInterceptor):
         if self.tokens.role_now(claims.org, claims.user) == GONE:
             raise unauthenticated("no longer a member of this organization",
                                   reason="TOKEN_REVOKED")
+        return claims
+
+    async def admit(self, payload: str) -> None:
+        """Not revoked, then counted (refused over the limit) before the method runs."""
+        claims = self.admit_token(payload)
         if self.limiter is not None:
             await self.limiter.admit(claims.org, None)
+
+    def _counted_alongside(self, behavior: Any, payload: str) -> Any:
+        """A read (NO_SIDE_EFFECTS) runs while its request is counted, so the caller does not
+        wait for Redis before its read; over the limit its reply is never sent (the refusal
+        is), and for a moment after that its reads are refused before they run."""
+        limiter = self.limiter
+        assert limiter is not None
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            claims = self.admit_token(payload)
+            refused = limiter.refused_recently(claims.org, None)
+            if refused is not None:
+                raise refused
+            counting = asyncio.ensure_future(limiter.admit(claims.org, None))
+            try:
+                reply = await call_unary(behavior, request, context)
+            except BaseException:
+                await counting  # over the limit: that refusal, not the read's outcome
+                raise
+            await counting
+            return reply
+
+        return run
+
+
+@functools.lru_cache(maxsize=1024)
+def _reads_only(method: str) -> bool:
+    return is_idempotent_read(method_descriptor(method))
 
 
 def start(runtime: Any) -> GatewayJwtInterceptor:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from services.common import mesh_policy
 from services.common.config import REPO_ROOT, TLS_MODES, TlsMode
 from services.common.handlers import MethodInterceptor, before
-from services.common.identity import HEADER_JWT_PAYLOAD, IDENTITY_HEADERS
+from services.common.identity import IDENTITY_HEADERS
 
 log = logging.getLogger("aimesh.tls")
 
@@ -359,13 +359,11 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{caller} may not call {method} on {self._callee}",
             )
-        presented = sorted(self._identity_headers.intersection(metadata))
-        # The verified-JWT payload is the gateway's alone: services act for a user with the
-        # identity headers (Identity.to_headers), never with the token's claims.
-        token_from_elsewhere = HEADER_JWT_PAYLOAD in metadata and caller != mesh_policy.GATEWAY
-        if token_from_elsewhere or (
-            presented and not self._policy.may_forward_identity(self._callee, caller, method)
-        ):
+        presented = sorted(
+            h for h in self._identity_headers.intersection(metadata)
+            if not self._policy.may_present(self._callee, caller, method, h)
+        )
+        if presented:
             log.warning(
                 "denied %s on %s: caller %r sent identity headers %s it may not forward",
                 method,

@@ -246,6 +246,9 @@ class Counters:
 # A slow Redis must not hold gateway requests (Envoy's ratelimit filter waited 20-250 ms too).
 GATEWAY_COUNTERS_TIMEOUT = 0.25
 GATEWAY_COUNTERS_RETRY_AFTER = 1.0  # seconds the counters are skipped after they failed
+# An over-limit caller's reads are refused up front this long (not run alongside the count); short,
+# so a raised limit applies within it.
+REFUSAL_MEMORY_SECONDS = 1.0
 
 
 class GatewayLimiter:
@@ -259,6 +262,7 @@ class GatewayLimiter:
         self.counters = counters
         self.fail_closed = fail_closed
         self._down_until = 0.0
+        self._refused: dict[tuple[str, str | None], tuple[float, Decision]] = {}
 
     @classmethod
     def for_settings(cls, settings: Settings) -> GatewayLimiter:
@@ -285,8 +289,19 @@ class GatewayLimiter:
         """count(), refusing the request RESOURCE_EXHAUSTED (with RetryInfo) when over."""
         decision = await self.count(org, key_id)
         if decision is not None and decision.over:
+            if len(self._refused) > 10_000:
+                self._refused.clear()
+            self._refused[(org, key_id)] = (time.monotonic() + REFUSAL_MEMORY_SECONDS, decision)
             raise over_limit(decision)
         return decision
+
+    def refused_recently(self, org: str, key_id: str | None) -> ServiceError | None:
+        """The refusal admit() gave this caller within REFUSAL_MEMORY_SECONDS, if any: callers
+        that run a read alongside the count refuse with it up front instead of reading."""
+        held = self._refused.get((org, key_id))
+        if held is None or held[0] <= time.monotonic():
+            return None
+        return over_limit(held[1])
 
 
 def over_limit(decision: Decision) -> ServiceError:

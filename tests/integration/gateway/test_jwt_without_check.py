@@ -73,6 +73,9 @@ async def test_jwt_callers_are_held_to_their_organizations_limit(
     assert _status(limited) == (8, "RATE_LIMITED")
     retry = [d for d in limited.json()["details"] if d["@type"].endswith("google.rpc.RetryInfo")]
     assert retry and 1 <= float(retry[0]["retryDelay"].rstrip("s")) <= 60
+    # Writes are counted before they run (reads alongside): refused the same way.
+    write = await http.post(f"/v1/{account.org}/apiKeys", json={}, headers=account.bearer)
+    assert write.status_code == 429 and _status(write) == (8, "RATE_LIMITED")
     # gRPC callers get RESOURCE_EXHAUSTED (not UNAVAILABLE, which clients would retry).
     stub = auth_pb2_grpc.AuthServiceStub(gateway_channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
