@@ -19,11 +19,16 @@ calls Auth's Check, which admits the caller and counts its rate limit in one hop
 Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
 JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
 (GET /.well-known/jwks.json → transcoder → Auth.GetJwks; a loopback cluster points at the
-listener) so the JWKS has one HTTP form for everyone. jwt_authn forwards the verified payload in
-x-aimesh-jwt-payload and never rejects by itself (allow_missing_or_failed): ext_authz Check makes
-every decision (JWT or API key) and sets the identity headers.
+listener) so the JWKS has one HTTP form for everyone. jwt_authn never rejects by itself
+(allow_missing_or_failed): a missing or bad JWT may be an API key. On the gRPC/JSON routes a
+verified JWT skips ext_authz (its payload in jwt_authn's metadata turns the filter off): the
+payload goes upstream in x-aimesh-jwt-payload and the service admits the caller itself —
+revocation from an in-process mirror of Auth's deny list, the rate limit counted with Usage's
+limiter (services/common/gateway_jwt.py) — so a JWT request pays no Python hop before its
+service. Everything else (API keys, missing or bad credentials, every request on the edge's
+prefix) goes to ext_authz Check, which makes the decision and sets the identity headers.
 
-Rate limits: Check counts every admitted request in Usage's per-minute windows (its
+Rate limits: Check counts every request it admits in Usage's per-minute windows (its
 organization's, plus its API key's for API keys) with Usage's limiter on Usage's Redis keys
 (services/usage/ratelimit.py), in the same hop that checks the credential: one Python gRPC hop per
 request instead of ext_authz → Auth then ratelimit → Usage. Over the limit: 429 /
@@ -51,9 +56,9 @@ from google.protobuf import descriptor_pb2
 from services.auth.signing_keys import JWKS_CACHE_SECONDS
 from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
+from services.common.identity import HEADER_JWT_PAYLOAD as JWT_PAYLOAD_HEADER
 
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
-JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
 # Set in front of grpc_web on gRPC-Web requests, read by the frame check behind it.
 GRPC_WEB_MARK = "x-aimesh-grpc-web"
 GRPC_WEB_FRAMES_LUA = REPO_ROOT / "envoy" / "grpc_web_frames.lua"
@@ -276,7 +281,7 @@ def _route(rpc: Rpc) -> dict[str, Any]:
         route["typed_per_filter_config"] = {
             "envoy.filters.http.jwt_authn": {
                 "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"),
-                "requirement_name": "jwt_if_present",
+                "requirement_name": JWT_REQUIREMENT,
             }
         }
     return route
@@ -378,7 +383,7 @@ def _edge_route() -> dict[str, Any]:
         "typed_per_filter_config": {
             "envoy.filters.http.jwt_authn": {
                 "@type": _t("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"),
-                "requirement_name": "jwt_if_present",
+                "requirement_name": EDGE_JWT_REQUIREMENT,
             },
             # Not a gRPC method: with reject_unknown_method the transcoder would answer 404.
             "envoy.filters.http.grpc_json_transcoder": {
@@ -609,14 +614,7 @@ def _http_filters(
         ),
         _transcoder_filter(services, descriptor),
         _jwt_authn_filter(int(settings.gateway_addr.rpartition(":")[2])),
-        _filter(
-            "envoy.filters.http.ext_authz",
-            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            grpc_service={"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
-            transport_api_version="V3",
-            failure_mode_allow=False,
-            status_on_error={"code": 503},
-        ),
+        _ext_authz_filter(),
         _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
     ]
 
@@ -639,8 +637,16 @@ def _transcoder_filter(services: list[str], descriptor: Path) -> dict[str, Any]:
     )
 
 
-def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
-    provider = {
+# jwt_authn's dynamic metadata: the verified payload of a JWT on the gRPC/JSON routes, under this
+# key; ext_authz runs only when it is absent (API keys, no or bad credentials, the edge).
+JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
+JWT_METADATA_KEY = "aimesh_jwt"
+JWT_REQUIREMENT = "jwt_if_present"  # gRPC/JSON routes: a verified JWT needs no Check
+EDGE_JWT_REQUIREMENT = "edge_jwt_if_present"  # the edge: Check admits JWTs too (see below)
+
+
+def _jwt_provider(gateway_port: int) -> dict[str, Any]:
+    return {
         "issuer": JWT_ISSUER,
         "audiences": [JWT_AUDIENCE],
         "remote_jwks": {
@@ -654,33 +660,80 @@ def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
             "cache_duration": f"{JWKS_CACHE_SECONDS}s",
             "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
         },
-        # Browsers' WebSockets cannot set headers: the Realtime convention puts the credential
-        # in a subprotocol (`openai-insecure-api-key.<token>`; a JWT there must be the last one
-        # offered: the token runs to the end of the header value). forward keeps that header (the
-        # reply must echo a subprotocol); Auth's Check strips the token from it, and
-        # `authorization`, before the request goes upstream.
-        "from_headers": [
-            {"name": "authorization", "value_prefix": "Bearer "},
-            {"name": "sec-websocket-protocol", "value_prefix": "openai-insecure-api-key."},
-        ],
-        "forward": True,
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        # The token itself stays at the gateway; services read the verified payload.
+        "forward": False,
         "forward_payload_header": JWT_PAYLOAD_HEADER,
+        "payload_in_metadata": JWT_METADATA_KEY,
         "clock_skew_seconds": 30,
     }
+
+
+def _edge_jwt_provider(gateway_port: int) -> dict[str, Any]:
+    """The edge's: browsers' WebSockets cannot set headers, so the Realtime convention puts the
+    credential in a subprotocol (`openai-insecure-api-key.<token>`; a JWT there must be the last
+    one offered: the token runs to the end of the header value). forward keeps that header (the
+    reply must echo a subprotocol); no payload metadata, so Check runs for these requests: it
+    strips the token from the subprotocols, and `authorization`, before the request goes
+    upstream."""
+    provider = _jwt_provider(gateway_port)
+    del provider["payload_in_metadata"]
+    provider["forward"] = True
+    provider["from_headers"] = [
+        {"name": "authorization", "value_prefix": "Bearer "},
+        {"name": "sec-websocket-protocol", "value_prefix": "openai-insecure-api-key."},
+    ]
+    return provider
+
+
+def _jwt_authn_filter(gateway_port: int) -> dict[str, Any]:
+    def if_present(provider: str) -> dict[str, Any]:
+        # Never rejects here: a missing or bad JWT may be an API key; Check decides.
+        return {
+            "requires_any": {
+                "requirements": [{"provider_name": provider}, {"allow_missing_or_failed": {}}]
+            }
+        }
+
     return _filter(
-        "envoy.filters.http.jwt_authn",
+        JWT_AUTHN_FILTER,
         "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-        providers={"aimesh": provider},
+        providers={"aimesh": _jwt_provider(gateway_port),
+                   "aimesh_edge": _edge_jwt_provider(gateway_port)},
         requirement_map={
-            # Never rejects here: a missing or bad JWT may be an API key; Check decides.
-            "jwt_if_present": {
-                "requires_any": {
-                    "requirements": [
-                        {"provider_name": "aimesh"},
-                        {"allow_missing_or_failed": {}},
-                    ]
-                }
-            },
+            JWT_REQUIREMENT: if_present("aimesh"),
+            EDGE_JWT_REQUIREMENT: if_present("aimesh_edge"),
+        },
+    )
+
+
+CHECK_REQUEST_HEADERS = (
+    "content-type",
+    "authorization",
+    "x-api-key",
+    "sec-websocket-protocol",
+    JWT_PAYLOAD_HEADER,
+)
+
+
+def _ext_authz_filter() -> dict[str, Any]:
+    return _filter(
+        "envoy.filters.http.ext_authz",
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        grpc_service={"envoy_grpc": {"cluster_name": "auth"}, "timeout": "2s"},
+        transport_api_version="V3",
+        failure_mode_allow=False,
+        status_on_error={"code": 503},
+        # Only what Check reads (services/auth/check.py): a smaller CheckRequest to build, send
+        # and parse on every API-key request.
+        allowed_headers={"patterns": [{"exact": h} for h in CHECK_REQUEST_HEADERS]},
+        # Skipped for a JWT jwt_authn verified on a gRPC/JSON route: the service itself enforces
+        # revocation and counts the rate limit (services/common/gateway_jwt.py), no Auth hop.
+        filter_enabled_metadata={
+            "filter": JWT_AUTHN_FILTER,
+            "path": [{"key": JWT_METADATA_KEY}],
+            "value": {"present_match": True},
+            "invert": True,
         },
     )
 

@@ -1,7 +1,7 @@
 """Chat benchmark: time to first token (TTFT) and tokens/s of one grounded answer, five paths,
 same machine, same run, then many concurrent streams through Envoy.
 
-    .venv/bin/python -m bench.chat [--requests 20] [--streams 100] [--rounds 2]
+    .venv/bin/python -m bench.chat [--requests 20] [--streams 100] [--rounds 4]
 
 Paths (the same question and context each time; the Triton grounded responder answers):
 1. Triton directly (services/common/triton.py `respond`, decoupled stream);
@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +46,11 @@ from bench.chat.timing import (
     Path_,
     Stream,
     concurrent,
+    cpu_seconds,
     measure_interleaved,
     native_sse_deltas,
     percentile,
+    print_cpu_per_stream,
     report,
 )
 from bench.report import print_load, verdict
@@ -71,9 +75,23 @@ STREAMS_TARGET = 1.1  # concurrent streams' TTFT p95 through the gateway, times 
 SERVICES_USED = ["auth", "usage", "knowledge", "orchestrator", "conversation"]
 
 
-def start_stack(prefix: str, services: list[str]) -> Stack:
-    """Triton (unless one answers already), `services`, then Envoy, on free ports."""
+@contextmanager
+def private_stack(prefix: str, services: list[str]) -> Iterator[Stack]:
+    """Triton (unless one answers already), `services`, then Envoy, on free ports, in a var
+    directory of their own that is removed (logs, certificates) when the run ends."""
     var_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        stack = start_stack(var_dir, services)
+        try:
+            yield stack
+        finally:
+            stack.stop_all()
+    finally:
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+
+def start_stack(var_dir: Path, services: list[str]) -> Stack:
+    """Triton (unless one answers already), `services`, then Envoy, on free ports."""
     overrides = {**private_addresses(var_dir), "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS": "120"}
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     try:
@@ -95,11 +113,9 @@ def start_stack(prefix: str, services: list[str]) -> Stack:
 
 async def run(args: argparse.Namespace) -> None:
     print_load("before the run")
-    stack = start_stack("aimesh-bench-chat-", SERVICES_USED)
-    try:
-        await bench(args, stack.settings)
-    finally:
-        stack.stop_all()
+    with private_stack("aimesh-bench-chat-", SERVICES_USED) as stack:
+        await bench(args, stack.settings,
+                    {name: p.popen.pid for name, p in stack.processes.items()})
 
 
 def triton_stream(triton: TritonClient) -> Stream:
@@ -209,9 +225,11 @@ def sequential_paths(clients: Clients, spare: list[str]) -> list[tuple[str, Stre
     ]
 
 
-async def concurrent_ratio(clients: Clients, streams: int, rounds: int) -> float:
+async def concurrent_ratio(clients: Clients, streams: int, rounds: int,
+                           mesh: dict[str, int]) -> float:
     """`streams` direct Triton streams, then as many SendMessage streams through Envoy gRPC,
-    `rounds` times alternating; the ratio of their TTFT p95 over all rounds."""
+    `rounds` times alternating; the ratio of their TTFT p95 over all rounds. Prints the CPU the
+    mesh's processes (`mesh`: name -> pid) spent per gateway stream."""
     direct: list[float] = []
     gateway: list[float] = []
     failed = False
@@ -221,9 +239,11 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int) -> float
                                  [triton_stream(clients.triton)] * streams)
         direct += ttfts
         failed |= not ttfts
+        cpu_before = cpu_seconds(mesh)
         ttfts = await concurrent(
             f"{streams} SendMessage streams via Envoy gRPC (round {round_})",
             [send_stream(clients.gateway, n, clients.account.key_metadata) for n in names])
+        print_cpu_per_stream(cpu_before, cpu_seconds(mesh), streams)
         gateway += ttfts
         failed |= not ttfts
     if failed:
@@ -245,14 +265,14 @@ def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> N
                   stream_ratio <= STREAMS_TARGET, f"{stream_ratio:.2f}x"))
 
 
-async def bench(args: argparse.Namespace, settings: Settings) -> None:
+async def bench(args: argparse.Namespace, settings: Settings, mesh: dict[str, int]) -> None:
     async with httpx.AsyncClient(base_url=f"http://{settings.gateway_addr}", timeout=300) as http:
         clients = Clients.open(http, await bench_account(http, settings), settings)
         try:
             spare = await clients.new_conversations(4 * (args.requests + 1))
             results = await measure_interleaved(sequential_paths(clients, spare), args.requests)
             report(results)
-            stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds)
+            stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds, mesh)
             print()
             print_load("after the run")
             print_verdicts(results, args.streams, stream_ratio)
@@ -266,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20, help="sequential requests per path")
     parser.add_argument("--streams", type=int, default=100,
                         help="concurrent streams per side (direct, through Envoy)")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=4,
                         help="alternating rounds of the concurrent streams")
     args = parser.parse_args(argv)
     asyncio.run(run(args))

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -114,7 +116,9 @@ async def concurrent(title: str, streams: list[Stream]) -> list[float]:
 
 
 def report(results: list[Path_]) -> None:
-    """The table: TTFT p50/p95, tokens/s, errors, and the TTFT ratio to the first path."""
+    """The table: TTFT p50/p95, tokens/s, errors, and the TTFT ratio to the first path. `tokens`
+    counts the text messages received: the mesh gathers an answer's text after the first
+    token (AIMESH_STREAM_LINGER_MS), so its paths show fewer, larger pieces than Triton's."""
     base = results[0].ttft_p50
     print(f"\n{'path':42} {'TTFT p50':>9} {'TTFT p95':>9} {'tok/s p50':>10} {'tokens':>7} "
           f"{'errors':>7} {'TTFT ratio':>11}")
@@ -125,3 +129,26 @@ def report(results: list[Path_]) -> None:
         print(f"{r.name:42} {r.ttft_p50 * 1000:8.1f}ms {percentile(ttft, 0.95) * 1000:8.1f}ms "
               f"{statistics.median(rate) if rate else float('nan'):10.0f} {tokens:7.0f} "
               f"{r.errors:7d} {r.ttft_p50 / base:10.2f}x")
+    print("(tokens, tok/s: text messages received; the mesh sends the text after the first "
+          "token in fewer, larger messages, AIMESH_STREAM_LINGER_MS)")
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User+system CPU seconds each process (by name) has used so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
+
+
+def print_cpu_per_stream(before: dict[str, float], after: dict[str, float], streams: int) -> None:
+    """The mesh's CPU per stream, by process: what competes with Triton for the cores."""
+    spent = {name: after[name] - before[name] for name in after if name in before}
+    parts = ", ".join(f"{name} {1000 * cpu / streams:.1f}" for name, cpu in
+                      sorted(spent.items(), key=lambda kv: -kv[1]))
+    print(f"  mesh CPU per stream (ms): {parts}; total {1000 * sum(spent.values()) / streams:.1f}")

@@ -33,7 +33,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 import openai
 from bench.accounts import BenchAccount, bench_account
-from bench.chat.__main__ import CONTEXT, QUESTION, start_stack, triton_stream
+from bench.chat.__main__ import CONTEXT, QUESTION, private_stack, triton_stream
 from bench.chat.timing import (
     Path_,
     Stream,
@@ -53,11 +53,8 @@ SERVICES_USED = ["auth", "usage", "knowledge", "orchestrator", "edge"]
 
 async def run(args: argparse.Namespace) -> None:
     print_load("before the run")
-    stack = start_stack("aimesh-bench-openai-", SERVICES_USED)
-    try:
+    with private_stack("aimesh-bench-openai-", SERVICES_USED) as stack:
         await bench(args, stack.settings)
-    finally:
-        stack.stop_all()
 
 
 def native_paths(http: httpx.AsyncClient, gateway: grpc.aio.Channel,

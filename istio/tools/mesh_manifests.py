@@ -19,6 +19,7 @@ from services.common.mesh_policy import (
     EDGE_HEALTH_PATHS,
     EDGE_PUBLIC_PREFIX,
     GATEWAY,
+    GATEWAY_ONLY_HEADERS,
     GRPC_SERVICES,
     IDENTITIES,
     K8S_TRUST_DOMAIN,
@@ -170,6 +171,15 @@ def _identity_header_policy(callee: str, trust_domain: str) -> dict[str, Any]:
         {**shape, "when": [{"key": f"request.headers[{header}]", "values": ["*"]}]}
         for header in IDENTITY_HEADERS
         for shape in shapes
+    ]
+    # A verified-JWT payload from anyone but the gateway (mesh_policy.GATEWAY_ONLY_HEADERS).
+    gateway = [istio_principal(GATEWAY, trust_domain)]
+    rules += [
+        {
+            "from": [{"source": {"notPrincipals": gateway}}],
+            "when": [{"key": f"request.headers[{header}]", "values": ["*"]}],
+        }
+        for header in GATEWAY_ONLY_HEADERS
     ]
     return {
         "apiVersion": "security.istio.io/v1",

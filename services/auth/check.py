@@ -1,8 +1,9 @@
 """Envoy ext_authz `Check` (envoy.service.auth.v3.Authorization), served by the Auth process.
 
-One decision point for every authenticated request through the gateway:
-- JWT bearer: Envoy's jwt_authn has already verified signature, issuer, audience and expiry
-  against our JWKS (the single verifier) and forwarded the verified payload in
+The decision point for gateway requests that are not a verified JWT on a gRPC/JSON route (those
+skip this hop: services/common/gateway_jwt.py admits them in the service):
+- JWT bearer (the edge's routes): Envoy's jwt_authn has already verified signature, issuer,
+  audience and expiry against our JWKS (the single verifier) and forwarded the verified payload in
   `x-aimesh-jwt-payload`; the gateway strips any client-sent x-aimesh-* header before
   jwt_authn runs, so that header's presence means "verified". Check only maps claims to
   identity headers. A JWT-shaped bearer without that header failed verification.
@@ -40,7 +41,6 @@ from envoy_api.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy_api.type.v3 import http_status_pb2
 from google.protobuf import json_format, wrappers_pb2
 from google.rpc import status_pb2
-from redis.exceptions import RedisError
 
 from services.auth import crypto
 from services.auth.domain import AuthDomain
@@ -50,11 +50,10 @@ from services.common.access import METHOD_ACCESS, http_scope
 from services.common.errors import (
     ServiceError,
     permission_denied,
-    resource_exhausted,
     unauthenticated,
-    unavailable,
 )
 from services.common.identity import (
+    HEADER_JWT_PAYLOAD,
     HEADER_KEY_ID,
     HEADER_ORG,
     HEADER_ROLES,
@@ -62,26 +61,22 @@ from services.common.identity import (
     HEADER_SUBJECT,
 )
 from services.common.mesh_policy import EDGE_PUBLIC_PREFIX
-from services.usage.ratelimit import Counters, Decision, gateway_descriptors
+from services.usage.ratelimit import Counters, Decision, GatewayLimiter, over_limit
 
 log = logging.getLogger("aimesh.auth.check")
 
-JWT_PAYLOAD_HEADER = "x-aimesh-jwt-payload"
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", JWT_PAYLOAD_HEADER)
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", HEADER_JWT_PAYLOAD)
 SUBPROTOCOL_HEADER = "sec-websocket-protocol"
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 _HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
          grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503}
-COUNTERS_RETRY_AFTER = 1.0  # seconds the counters are skipped after they failed
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, domain: AuthDomain, counters: Counters | None = None,
                  limits_fail_closed: bool = False) -> None:
         self.domain = domain
-        self.counters = counters
-        self.limits_fail_closed = limits_fail_closed
-        self._counters_down_until = 0.0
+        self.limiter = GatewayLimiter(counters, limits_fail_closed) if counters else None
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -100,31 +95,19 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             return _deny(exc, grpc_caller, path)
         limit_headers = _limit_headers(decision) if decision is not None else []
         if decision is not None and decision.over:
-            refused = resource_exhausted(
-                "rate limit exceeded for this API key or organization",
-                reason="RATE_LIMITED", retry_after_seconds=decision.reset_seconds)
-            return _deny(refused, grpc_caller, path, limit_headers)
+            return _deny(over_limit(decision), grpc_caller, path, limit_headers)
         return _allow(principal, limit_headers, headers.get(SUBPROTOCOL_HEADER))
 
     async def _count(self, principal: Principal) -> Decision | None:
         """This request counted in its windows; None when no limiter runs here or the counters
         are unreachable and the gateway fails open."""
-        if self.counters is None:
+        if self.limiter is None:
             return None
-        if time.monotonic() >= self._counters_down_until:
-            try:
-                return await self.counters.check(
-                    gateway_descriptors(principal.org_id, principal.key_id), 1)
-            except (RedisError, OSError) as exc:
-                log.warning("rate-limit counters unavailable: %r", exc)
-                self._counters_down_until = time.monotonic() + COUNTERS_RETRY_AFTER
-        if self.limits_fail_closed:
-            raise unavailable("rate-limit counters unavailable", reason="RATE_LIMIT_UNAVAILABLE")
-        return None
+        return await self.limiter.count(principal.org_id, principal.key_id)
 
     async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
         get = headers.get
-        payload = get(JWT_PAYLOAD_HEADER)
+        payload = get(HEADER_JWT_PAYLOAD)
         if payload:
             try:
                 claims = crypto.decode_payload_header(payload)

@@ -12,16 +12,13 @@ arrived is not kept (generation check), and copies also expire after MIRROR_SECO
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from typing import Any
 
 from redis.asyncio import Redis
 
 from services.auth.redis_guard import RedisGuard
-
-log = logging.getLogger("aimesh.auth.mirror")
+from services.common.cache import follow_channel
 
 MIRROR_SECONDS = 10.0
 MAX_ENTRIES = 100_000
@@ -85,31 +82,17 @@ class Mirror:
 
     async def listen(self) -> None:
         """Background task for the life of the server: apply invalidations as they arrive."""
-        while True:
-            cache = self.redis.cache
-            if cache is None:
-                return
-            pubsub = cache.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                self._forget()  # whatever was held before may have missed messages
-                self._live = True
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=POLL_SECONDS)
-                    if message is None:
-                        await pubsub.ping()  # a dead connection raises here
-                    elif message.get("type") == "message":
-                        self._forget(message["data"].decode().split("\n"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("invalidation channel lost, mirror off until resubscribed: %r", exc)
-            finally:
-                self._live = False
-                self._forget()
-                try:
-                    await pubsub.aclose()
-                except Exception:
-                    pass
-            await asyncio.sleep(RESUBSCRIBE_AFTER)
+        cache = self.redis.cache
+        if cache is None:
+            return
+
+        async def subscribed() -> None:
+            self._forget()  # whatever was held before may have missed messages
+            self._live = True
+
+        def lost() -> None:
+            self._live = False
+            self._forget()
+
+        await follow_channel(cache.redis, self.channel, subscribed, self._forget, lost,
+                             POLL_SECONDS, RESUBSCRIBE_AFTER)

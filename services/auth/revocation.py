@@ -11,8 +11,9 @@ entries close that gap, each kept one token lifetime (any token older has expire
 
 `admit` is the one check: a single MGET per JWT request (none while this process holds both
 entries in its mirror, services/auth/mirror.py), also correct when Redis is down (it then asks
-PostgreSQL). It takes only a Principal so it can move wherever JWT callers are
-admitted (today ext_authz Check; later a gateway path that skips Auth).
+PostgreSQL). It serves ext_authz Check (the edge's JWT callers). JWT callers on the gRPC/JSON
+routes skip Check: every service mirrors these entries whole from the same pub/sub channel
+(services/common/gateway_jwt.py), so the key names and values here are a contract with it.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from services.common.names import ResourceName, resource
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
-from services.usage.ratelimit import Counters
+from services.usage.ratelimit import GATEWAY_COUNTERS_TIMEOUT, Counters
 
 _ROLE_TO_PB = {
     "owner": auth_pb2.ROLE_OWNER, "admin": auth_pb2.ROLE_ADMIN,
@@ -36,7 +36,6 @@ _ROLE_TO_PB = {
 }
 _PB_TO_ROLE = {v: ROLE_BY_NAME[k] for k, v in _ROLE_TO_PB.items()}
 _ROLE_NAME = {v: k for k, v in _ROLE_TO_PB.items()}
-COUNTERS_TIMEOUT = 0.25  # seconds, as Envoy's ratelimit filter waited for Usage
 DEV_SECRET = "aimesh-local-dev-secret-change-me"  # the default in services/common/config.py
 MEMBERSHIP = resource("auth.aimesh.dev/Membership")
 API_KEY = resource("auth.aimesh.dev/ApiKey")
@@ -310,7 +309,8 @@ class _Shared:
 def _gateway_counters(runtime: Runtime) -> Counters:
     """Usage's rate-limit counters, run by Check on Usage's Redis keys (services/usage/ratelimit.py
     explains why they are counted here). A short timeout: a slow Redis must not hold requests."""
-    cache = ServiceCache(runtime.settings.redis_url, "usage", socket_timeout=COUNTERS_TIMEOUT)
+    cache = ServiceCache(runtime.settings.redis_url, "usage",
+                         socket_timeout=GATEWAY_COUNTERS_TIMEOUT)
     runtime.on_shutdown(cache.close)
     return Counters(runtime.settings, cache)
 

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
 from redis.asyncio import Redis
+
+log = logging.getLogger("aimesh.cache")
+
+# Knowledge publishes an organization id here after each change of that organization's
+# searchable corpus (a document became READY, or a READY one was deleted); services that
+# remember conclusions about an organization's documents (the Orchestrator: "has documents to
+# ground on") drop them when it arrives. An event, not shared state: no other key is read.
+CORPUS_CHANGED_CHANNEL = "knowledge:corpus-changed"
 
 
 class ServiceCache:
@@ -24,3 +36,43 @@ class ServiceCache:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+async def follow_channel(
+    redis: Redis,
+    channel: str,
+    subscribed: Callable[[], Awaitable[None]],
+    received: Callable[[list[str]], Awaitable[None] | None],
+    lost: Callable[[], None],
+    poll_seconds: float = 5.0,
+    resubscribe_after: float = 1.0,
+) -> None:
+    """Forever (a background task): subscribe to `channel`, await `subscribed()` (load what the
+    messages will keep current: subscribing first means no change is missed), then hand every
+    message's lines to `received`. When the subscription fails, `lost()` (whatever was held may
+    miss messages from now on), then subscribe again after `resubscribe_after` seconds."""
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            await subscribed()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=poll_seconds)
+                if message is None:
+                    await pubsub.ping()  # a dead connection raises here
+                elif message.get("type") == "message":
+                    done = received(message["data"].decode().split("\n"))
+                    if done is not None:
+                        await done
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("channel %s lost, resubscribing: %r", channel, exc)
+        finally:
+            lost()
+            try:
+                await pubsub.aclose()
+            except Exception:
+                pass
+        await asyncio.sleep(resubscribe_after)

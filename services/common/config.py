@@ -171,6 +171,9 @@ class Settings:
     provider_first_token_seconds: float = _env(
         "AIMESH_PROVIDER_FIRST_TOKEN_SECONDS", "20", _float(0.1, 600)
     )  # type: ignore[assignment]
+    # Milliseconds Generate gathers answer text before sending the next delta (the first is sent
+    # at once): a model streaming faster costs every hop one message per interval, not per token.
+    stream_linger_ms: float = _env("AIMESH_STREAM_LINGER_MS", "20", _float(0, 1000))  # type: ignore[assignment]
     # Consecutive failures that open a provider deployment's circuit, and how long it stays open.
     circuit_failure_threshold: int = _env("AIMESH_CIRCUIT_FAILURE_THRESHOLD", "5", _int(1, 1000))  # type: ignore[assignment]
     circuit_open_seconds: float = _env("AIMESH_CIRCUIT_OPEN_SECONDS", "30", _float(0.1, 3600))  # type: ignore[assignment]

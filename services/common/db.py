@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -69,6 +70,22 @@ def database_error(exc: BaseException) -> ServiceError | None:
     return None
 
 
+async def check_pooled_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Raise if a connection leaving the pool is dead, paying a round trip only when in doubt.
+
+    An idle connection's socket has nothing to read unless the server spoke: a backend that
+    ended (database restart, terminated or crashed backend) leaves its FATAL message or the
+    end of the stream there. So a socket with nothing to read is alive as far as a round trip
+    could tell as well (a silent network loss would stall that round trip too), and only a
+    readable one gets psycopg_pool's full check (an empty query)."""
+    try:
+        readable = bool(select.select([conn.pgconn.socket], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):
+        readable = True  # closed or unusable: the full check says so
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 class Database:
     """The service's pool. Rows come back as dicts; `search_path` is the service schema."""
 
@@ -86,7 +103,7 @@ class Database:
             name=f"aimesh-{schema}",
             # A connection is checked as it leaves the pool: after a database restart a stale
             # one is replaced instead of failing the request that drew it.
-            check=AsyncConnectionPool.check_connection,
+            check=check_pooled_connection,
             # While the database is away a request waits this long for a connection, then
             # fails UNAVAILABLE (database_error) rather than hanging past the caller's deadline.
             timeout=POOL_WAIT_SECONDS,

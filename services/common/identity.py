@@ -1,7 +1,10 @@
 """Who is calling: the identity the gateway established, read from its x-aimesh-* headers.
 
 Envoy strips any client-sent x-aimesh-* header before authentication and sets these after
-it (ext_authz for API keys, jwt_authn claims for JWTs). Services accept them only from peers the
+it (ext_authz for API keys). JWT callers arrive with the payload jwt_authn verified in
+x-aimesh-jwt-payload instead: their identity comes from its claims, with the role Auth recorded
+after a membership change (services/common/gateway_jwt.py mirrors those, and refuses revoked
+tokens before any servicer code runs). Services accept them only from peers the
 caller graph lets forward them — the gateway, or a service acting for a user on the methods
 services.common.mesh_policy names — enforced on the verified mTLS identity by
 tls.PeerAuthorizationInterceptor before any servicer code runs.
@@ -9,7 +12,11 @@ tls.PeerAuthorizationInterceptor before any servicer code runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import base64
+import binascii
+import functools
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -20,7 +27,11 @@ HEADER_SUBJECT = "x-aimesh-subject"
 HEADER_ROLES = "x-aimesh-roles"
 HEADER_KEY_ID = "x-aimesh-key-id"
 HEADER_SCOPES = "x-aimesh-scopes"
-IDENTITY_HEADERS = (HEADER_ORG, HEADER_SUBJECT, HEADER_ROLES, HEADER_KEY_ID, HEADER_SCOPES)
+# The claims of an access token Envoy's jwt_authn verified (base64url JSON); only the gateway
+# may send it (tls.PeerAuthorizationInterceptor).
+HEADER_JWT_PAYLOAD = "x-aimesh-jwt-payload"
+IDENTITY_HEADERS = (HEADER_ORG, HEADER_SUBJECT, HEADER_ROLES, HEADER_KEY_ID, HEADER_SCOPES,
+                    HEADER_JWT_PAYLOAD)
 
 # Operators of the platform itself (plans, price book, cross-org reads). Auth puts this scope in
 # the access tokens of the users named by AIMESH_AUTH_PLATFORM_ADMINS.
@@ -85,6 +96,64 @@ class Identity:
         return headers
 
 
+@dataclass(frozen=True)
+class TokenClaims:
+    """What an access token says about its caller (services/auth/crypto.py issues them)."""
+
+    org: str
+    user: str
+    roles: tuple[str, ...]
+    scopes: tuple[str, ...]
+    session: str | None
+
+
+@functools.lru_cache(maxsize=4096)  # a caller sends the same token for many requests
+def token_claims(payload: str) -> TokenClaims | None:
+    """The claims in a verified-payload header, or None when it lacks org/sub."""
+    try:
+        text = payload.strip()
+        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        org, user = str(data["org"]), str(data["sub"])
+        roles = tuple(str(r) for r in data.get("roles", []))
+        scopes = tuple(str(data.get("scope", "")).split())
+        session = str(data["sid"]) if data.get("sid") else None
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        return None
+    if not org or not user:
+        return None
+    return TokenClaims(org, user, roles, scopes, session)
+
+
+def _unchanged(org: str, user: str) -> str | None:
+    return None
+
+
+# (org, user) -> the member's role since a change after its tokens were issued ("-": no longer a
+# member), or None. Each server process sets services/common/gateway_jwt.py's mirror here.
+_role_now: Callable[[str, str], str | None] = _unchanged
+
+
+def set_role_source(role_now: Callable[[str, str], str | None]) -> None:
+    global _role_now
+    _role_now = role_now
+
+
+def _token_identity(payload: str) -> Identity | None:
+    claims = token_claims(payload)
+    if claims is None:
+        return None
+    now = _role_now(claims.org, claims.user)
+    if now == "-":
+        return None
+    names = (now,) if now is not None else claims.roles
+    return Identity(
+        org=claims.org,
+        subject=f"users/{claims.user}",
+        roles=frozenset(r for r in (Role.parse(n) for n in names) if r),
+        scopes=frozenset(claims.scopes),
+    )
+
+
 def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
@@ -99,6 +168,8 @@ def identity_from_metadata(
     # same org.
     org = headers.get(HEADER_ORG, "").strip().removeprefix("organizations/")
     subject = headers.get(HEADER_SUBJECT, "").strip()
+    if not org and not subject and headers.get(HEADER_JWT_PAYLOAD):
+        return _token_identity(headers[HEADER_JWT_PAYLOAD])
     if not org or not subject:
         return None
     roles = frozenset(r for r in (Role.parse(n) for n in _split(headers.get(HEADER_ROLES))) if r)

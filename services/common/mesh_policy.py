@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import REPO_ROOT, SERVICE_PORTS
+from services.common.identity import HEADER_JWT_PAYLOAD
 
 NAMESPACE = "aimesh"
 LOCAL_TRUST_DOMAIN = "aimesh.local"
@@ -265,6 +266,19 @@ def may_forward_identity(callee: str, caller_identity: str, method: str) -> bool
         rule.forwards_identity and rule.matches(caller_identity, method)
         for rule in rules_for(callee)
     )
+
+
+# Headers only the gateway may present, on the methods it may forward identity on: the claims of
+# an access token its jwt_authn verified (services/common/gateway_jwt.py admits those callers).
+# Services act for a user with the identity headers, never with a token's claims.
+GATEWAY_ONLY_HEADERS: tuple[str, ...] = (HEADER_JWT_PAYLOAD,)
+
+
+def may_present(callee: str, caller_identity: str, method: str, header: str) -> bool:
+    """May this caller present this end-user identity header on this call?"""
+    if header in GATEWAY_ONLY_HEADERS and caller_identity != GATEWAY:
+        return False
+    return may_forward_identity(callee, caller_identity, method)
 
 
 def spiffe_id(identity: str, trust_domain: str = LOCAL_TRUST_DOMAIN) -> str:

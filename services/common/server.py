@@ -24,7 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from services.common import channels, deadlines, mesh_policy, metrics, telemetry, tls
+from services.common import (
+    channels,
+    deadlines,
+    gateway_jwt,
+    mesh_policy,
+    metrics,
+    telemetry,
+    tls,
+)
 from services.common.access import AccessInterceptor
 from services.common.audit import AuditInterceptor, AuditSink, RemoteAuditSink
 from services.common.cache import ServiceCache
@@ -292,7 +300,9 @@ def _new_server(spec: ServiceSpec, settings: Settings, runtime: Runtime) -> grpc
             tls.interceptor_for(spec.name, settings.tls_mode),
             *telemetry.server_interceptors(),
             ErrorInterceptor(),
-            # Inside the error interceptor: the role × method matrix, before any servicer code.
+            # Inside the error interceptor: JWT callers the gateway admitted without Auth's Check
+            # (revocation, rate limit), then the role × method matrix, before any servicer code.
+            gateway_jwt.start(runtime),
             AccessInterceptor(),
             AuditInterceptor(_audit_sink(spec, runtime)),
         ],

@@ -49,15 +49,27 @@ async def idle_limited(
 
 
 async def coalesced(
-    source: AsyncIterator[T], merge: Callable[[T, T], T | None]
+    source: AsyncIterator[T],
+    merge: Callable[[T, T], T | None],
+    linger: float = 0.0,
+    lingers: Callable[[T], bool] | None = None,
 ) -> AsyncIterator[T]:
     """`source`'s items in order, read ahead by a task: items that arrived while the consumer was
     busy with the previous one are merged pairwise by `merge` (None: those two stay apart).
+
+    With `linger` (seconds), an item for which `lingers(item)` is true also waits until
+    `linger` has passed since the previous such item went out, gathering what comes meanwhile:
+    a fast source (a model streaming thousands of tokens per second) then costs every hop after
+    this one a message per `linger` instead of one per token. The first such item never waits
+    (time to first token), and whatever does not linger (the completion) goes out at once with
+    what is pending.
+
     A failure of `source` is raised after the items before it; closing (or cancelling) this
     generator cancels the read-ahead, which ends `source` where it waits, and waits for that."""
     ready: deque[T] = deque()
     wake = asyncio.Event()
     ended: list[BaseException | None] = []  # [None] when exhausted, [error] when it failed
+    loop = asyncio.get_running_loop()
 
     async def read_ahead() -> None:
         try:
@@ -70,14 +82,31 @@ async def coalesced(
         finally:
             wake.set()
 
+    def holding(sent_at: float) -> float:
+        """Seconds the pending items should still wait for more (0: send now)."""
+        if not linger or ended or lingers is None or not all(map(lingers, ready)):
+            return 0.0
+        return sent_at + linger - loop.time()
+
     reader = asyncio.ensure_future(read_ahead())
+    sent_at = float("-inf")
     try:
         while True:
-            if ready:
+            if ready and (hold := holding(sent_at)) > 0:
+                wake.clear()
+                timer = loop.call_later(hold, wake.set)
+                try:
+                    await wake.wait()
+                finally:
+                    timer.cancel()
+            elif ready:
                 item = ready.popleft()
                 while ready and (merged := merge(item, ready[0])) is not None:
                     ready.popleft()
                     item = merged
+                # The linger counts from the previous lingering item: the first text after
+                # other events (the answer's metadata) goes out at once.
+                sent_at = loop.time() if linger and lingers and lingers(item) else float("-inf")
                 yield item
             elif ended:
                 if ended[0] is not None:
@@ -90,6 +119,11 @@ async def coalesced(
         if not reader.done():
             reader.cancel()
             await asyncio.wait([reader])
+
+
+def is_text_delta(item: Any) -> bool:
+    """`lingers` for coalesced streams of messages with a `delta` text event."""
+    return bool(item.HasField("delta"))
 
 
 def merge_text_deltas(first: Any, second: Any) -> Any | None:

@@ -359,8 +359,11 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{caller} may not call {method} on {self._callee}",
             )
-        presented = sorted(self._identity_headers.intersection(metadata))
-        if presented and not self._policy.may_forward_identity(self._callee, caller, method):
+        presented = sorted(
+            h for h in self._identity_headers.intersection(metadata)
+            if not self._policy.may_present(self._callee, caller, method, h)
+        )
+        if presented:
             log.warning(
                 "denied %s on %s: caller %r sent identity headers %s it may not forward",
                 method,

@@ -37,11 +37,15 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tritonclient.grpc import (
     InferInput,
     InferRequestedOutput,
-    InferResult,
     service_pb2,
     service_pb2_grpc,
 )
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import (
+    InferenceServerException,
+    deserialize_bytes_tensor,
+    np_to_triton_dtype,
+    triton_to_np_dtype,
+)
 
 from services.common import errors, metrics, telemetry
 from services.common.errors import ServiceError
@@ -217,14 +221,34 @@ def build_inputs(model: str, inputs: Tensors) -> list[InferInput]:
     return built
 
 
-def _outputs_of(result: InferResult) -> dict[str, np.ndarray]:
-    response = result.get_response()
+def _outputs_of(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Every output tensor as an array, in one pass: what tritonclient's InferResult.as_numpy
+    gives per name, without its search by name per output, and with a short cut for a single
+    BYTES element (a streamed token: this runs once per token of every generation)."""
+    raw = response.raw_output_contents
     out: dict[str, np.ndarray] = {}
-    for tensor in response.outputs:
-        arr = result.as_numpy(tensor.name)
-        if arr is not None:
-            out[tensor.name] = arr
+    for index, tensor in enumerate(response.outputs):
+        if index < len(raw):
+            if tensor.datatype == "BYTES":
+                arr = _bytes_elements(raw[index])
+            else:
+                arr = np.frombuffer(raw[index], dtype=triton_to_np_dtype(tensor.datatype))
+        elif tensor.contents.bytes_contents:
+            arr = np.array(tensor.contents.bytes_contents)
+        else:
+            arr = np.empty(0, dtype=triton_to_np_dtype(tensor.datatype))
+        out[tensor.name] = arr.reshape(list(tensor.shape))
     return out
+
+
+def _bytes_elements(content: bytes) -> np.ndarray:
+    """A serialized BYTES tensor (each element: 4-byte little-endian length, then the bytes) as
+    a 1-D object array."""
+    if len(content) >= 4 and int.from_bytes(content[:4], "little") == len(content) - 4:
+        one = np.empty(1, dtype=np.object_)
+        one[0] = content[4:]
+        return one
+    return np.asarray(deserialize_bytes_tensor(content))
 
 
 def _is_final(response: service_pb2.ModelInferResponse) -> bool:
@@ -425,7 +449,7 @@ class TritonClient:
             raise observed.failed(_from_exception(model, exc)) from None
         finally:
             observed.finish()
-        return _outputs_of(result)
+        return _outputs_of(result.get_response())
 
     # --- decoupled, one request -----------------------------------------------------------
 
@@ -456,6 +480,7 @@ class TritonClient:
         done = asyncio.Event()
         call = self._stub.ModelStreamInfer(requests(), timeout=deadline)
         observed = _Observed(model, "ModelStreamInfer")
+        finished = False
         try:
             async for message in call:
                 if message.error_message:
@@ -464,11 +489,13 @@ class TritonClient:
                 if response.id and response.id != rid:
                     continue  # not ours (cannot happen on a private stream; defensive)
                 final = _is_final(response)
-                outputs_map = _outputs_of(InferResult(response))
+                if final:  # before the yield: a caller may stop at the final response
+                    observed.outcome = "OK"
+                    finished = True
+                outputs_map = _outputs_of(response)
                 if outputs_map or not final:
                     yield StreamResponse(rid, outputs_map, final)
                 if final:
-                    observed.outcome = "OK"
                     return
             raise observed.failed(
                 ServiceError(
@@ -482,8 +509,11 @@ class TritonClient:
             raise observed.failed(_from_rpc_error(model, exc)) from None
         finally:
             observed.finish()
-            done.set()
-            if not call.done():
+            done.set()  # the request side half-closes and Triton ends the stream
+            if not finished and not call.done():
+                # Abandoned (caller gone, error): reset the stream, cancelling the request.
+                # A finished one is not cancelled: that would only cost a reset, and gRPC
+                # formats a traceback for the request iterator it interrupts.
                 call.cancel()
 
     # --- sequences ------------------------------------------------------------------------
@@ -796,7 +826,7 @@ class SequenceStream:
                         "TRITON_STREAM_MIXUP",
                     )
                 final = _is_final(response)
-                outputs = _outputs_of(InferResult(response))
+                outputs = _outputs_of(response)
                 if outputs:
                     yield StreamResponse(response.id, outputs, final)
                 if final and response.id == self._end_request_id:

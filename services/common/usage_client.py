@@ -62,6 +62,7 @@ import functools
 import logging
 import random
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -83,6 +84,10 @@ log = logging.getLogger("aimesh.usage_client")
 ResourceType = usage_pb2.ResourceType
 OUTBOX_TABLE = "usage_outbox"
 DRAIN_BATCH = 500
+# After a wake-up, the drain waits this long for more records, so that many pieces of work
+# finishing together cost one delivery (a transaction and a RecordUsage), not one each. They
+# are durable in the outbox meanwhile.
+DRAIN_GATHER_SECONDS = 0.05
 RPC_TIMEOUT_SECONDS = 10.0
 _RECORD_INDEX = re.compile(r"^records\[(\d+)\]")
 _MICROS = Decimal(1_000_000)
@@ -349,6 +354,7 @@ class UsageClient:
 
     async def _drain_forever(self) -> None:
         failures = 0
+        observed_at = float("-inf")
         poll = self.settings.usage_outbox_poll_seconds
         cap = self.settings.usage_outbox_max_backoff_seconds
         while True:
@@ -358,6 +364,7 @@ class UsageClient:
             else:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=poll)
+                    await asyncio.sleep(DRAIN_GATHER_SECONDS)
                 except TimeoutError:
                     pass
             self._wake.clear()
@@ -374,6 +381,9 @@ class UsageClient:
                     "usage outbox delivery failed; will retry",
                     extra={"failures": failures, "error": str(exc).splitlines()[0][:200]},
                 )
+            if time.monotonic() - observed_at < poll:
+                continue  # the gauges are fresh enough (not a query per delivery under load)
+            observed_at = time.monotonic()
             try:
                 await self.observe_outbox()
             except asyncio.CancelledError:

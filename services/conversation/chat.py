@@ -10,6 +10,7 @@ INCOMPLETE.
 Before the first token: one statement takes the turn and reads the conversation; the history
 comes from Redis (none for a new conversation), the prompt is counted by the Orchestrator only
 when an upper bound of its size might not fit; the user message is one INSERT statement.
+After the answer, one statement stores the assistant message and releases the turn.
 
 The turn: within one process, sends to a conversation queue on an asyncio.Lock (FIFO, so in
 arrival order); across replicas, the holder also takes a lease on the conversation row
@@ -50,6 +51,8 @@ CONTEXT_TTL_SECONDS = 3600
 MODEL_INFO_SECONDS = 60.0
 RETRIEVAL_RESERVE_TOKENS = 400  # per retrieved chunk (chunks are at most ~2,000 characters)
 TURN_LEASE_SECONDS = 30.0
+# Set on the conversation row held by `turn` when the turn's last write also released it.
+TURN_RELEASED = "turn_released"
 TEMPLATE_TOKENS = 8  # per message, at least what any chat template adds
 _ROLE: dict[int, opb.Role] = {
     cpb.Message.ROLE_USER: opb.ROLE_USER,
@@ -132,7 +135,8 @@ class Chat:
                     yield conv
                 finally:
                     renewer.cancel()
-                    await asyncio.shield(self.store.release_turn(org, conv_id, holder))
+                    if not conv.get(TURN_RELEASED):
+                        await asyncio.shield(self.store.release_turn(org, conv_id, holder))
             finally:
                 lock.release()
         finally:
@@ -313,7 +317,7 @@ class Chat:
                 # Also on disconnect/deadline (CancelledError): store what was produced, even if
                 # this task is cancelled again while writing.
                 assistant = await asyncio.shield(
-                    self._store_answer(identity, conv_id, request, turn, history, user)
+                    self._store_answer(identity, conv, request, turn, history, user)
                 )
             yield cpb.SendMessageResponse(assistant_message=to_message(assistant))
 
@@ -403,12 +407,14 @@ class Chat:
     async def _store_answer(
         self,
         identity: Identity,
-        conv_id: str,
+        conv: Row,
         request: cpb.SendMessageRequest,
         turn: Turn,
         history: list[tuple[int, str]],
         user: Row,
     ) -> Row:
+        """The assistant message, in the statement that also releases the turn."""
+        conv_id = conv["id"]
         completion = turn.completion
         content = "".join(turn.text)
         if turn.error is not None:
@@ -438,7 +444,9 @@ class Chat:
                 "error": turn.error.SerializeToString() if turn.error is not None else None,
                 "request_id": request.request_id or None,
             },
+            release_turn_of=conv["turn_holder"],
         )
+        conv[TURN_RELEASED] = True
         if content:
             history.append((cpb.Message.ROLE_ASSISTANT, content))
         # The context of the next turn, under the count the conversation now has.

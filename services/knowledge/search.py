@@ -15,7 +15,7 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from services.common import metrics
-from services.common.cache import ServiceCache
+from services.common.cache import CORPUS_CHANGED_CHANNEL, ServiceCache
 from services.common.errors import FieldViolations
 from services.common.identity import Identity
 from services.common.triton import TritonClient
@@ -148,12 +148,18 @@ class Searcher:
         return value.decode() if value else "0"
 
     async def bump_generation(self, org: str) -> None:
+        """The org's corpus changed (after the change committed): new cache generation, and
+        the change announced on CORPUS_CHANGED_CHANNEL (one round trip for both)."""
         if self.cache is None:
             return
         try:
-            await self.cache.redis.incr(self.cache.key("gen", org))
+            pipe = self.cache.redis.pipeline(transaction=False)
+            pipe.incr(self.cache.key("gen", org))
+            pipe.publish(CORPUS_CHANGED_CHANNEL, org)
+            await pipe.execute()
         except RedisError as exc:
-            # Cached answers expire on their own within CACHE_TTL_SECONDS.
+            # Cached answers expire on their own within CACHE_TTL_SECONDS (and listeners'
+            # conclusions within theirs).
             log.warning("could not bump corpus generation: %s", exc)
 
     async def cached(

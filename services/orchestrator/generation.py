@@ -435,7 +435,7 @@ class Orchestrator:
         self.store = store
         self.channels = channels
         self.usage = usage
-        self.documents = retrieval.ReadyDocuments(channels)
+        self.documents = retrieval.ReadyDocuments(channels, store.cache)
         # Cache writes run off the response path; shutdown waits for them (drain).
         self.background = BackgroundTasks("orchestrator")
 

@@ -14,7 +14,7 @@ from services.common.errors import ServiceError
 from services.common.identity import require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
-from services.common.streams import coalesced, merge_text_deltas
+from services.common.streams import coalesced, is_text_delta, merge_text_deltas
 from services.common.triton import RESPONDER_MODEL, TritonClient
 from services.common.usage_client import UsageClient
 from services.orchestrator import metrics
@@ -87,6 +87,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         )
         runtime.on_shutdown(self.channels.close)
         runtime.on_shutdown(self.orchestrator.drain)
+        runtime.spawn(self.orchestrator.documents.listen(), "corpus-announcements")
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -122,7 +123,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         events = metrics.observe(
             self.orchestrator.generate(request, identity), identity, request.model, self._price
         )
-        async for event in coalesced(events, merge_text_deltas):
+        linger = self.runtime.settings.stream_linger_ms / 1000
+        async for event in coalesced(events, merge_text_deltas, linger, is_text_delta):
             yield event
 
     def _price(self, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[int, str]:

@@ -44,7 +44,12 @@ from redis.exceptions import RedisError
 
 from services.common.cache import ServiceCache
 from services.common.config import Settings
-from services.common.errors import FieldViolations
+from services.common.errors import (
+    FieldViolations,
+    ServiceError,
+    resource_exhausted,
+    unavailable,
+)
 from services.common.names import resource
 from services.usage import metrics as usage_metrics
 from services.usage.store import Store
@@ -236,6 +241,72 @@ class Counters:
             statuses[index] = Status(this_over, limit, max(limit - count, 0), checks[index].kind)
         usage_metrics.record_ratelimit(over)
         return Decision(over, statuses, reset)
+
+
+# A slow Redis must not hold gateway requests (Envoy's ratelimit filter waited 20-250 ms too).
+GATEWAY_COUNTERS_TIMEOUT = 0.25
+GATEWAY_COUNTERS_RETRY_AFTER = 1.0  # seconds the counters are skipped after they failed
+# An over-limit caller's reads are refused up front this long (not run alongside the count); short,
+# so a raised limit applies within it.
+REFUSAL_MEMORY_SECONDS = 1.0
+
+
+class GatewayLimiter:
+    """Counts an admitted gateway request in its organization's window (and its API key's), as
+    the gateway's callers are counted wherever they are admitted: Auth's Check (API keys, the
+    edge) and services/common/gateway_jwt.py (JWT callers). If the counters cannot be reached
+    the request is served (fail open, like Envoy's ratelimit filter's default) unless
+    `fail_closed` (AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED): then UNAVAILABLE."""
+
+    def __init__(self, counters: Counters, fail_closed: bool = False) -> None:
+        self.counters = counters
+        self.fail_closed = fail_closed
+        self._down_until = 0.0
+        self._refused: dict[tuple[str, str | None], tuple[float, Decision]] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> GatewayLimiter:
+        cache = ServiceCache(settings.redis_url, "usage", socket_timeout=GATEWAY_COUNTERS_TIMEOUT)
+        return cls(Counters(settings, cache), settings.gateway_ratelimit_fail_closed)
+
+    async def close(self) -> None:
+        await self.counters.cache.close()
+
+    async def count(self, org: str, key_id: str | None) -> Decision | None:
+        """This request counted in its windows; None when the counters are unreachable and the
+        gateway fails open."""
+        if time.monotonic() >= self._down_until:
+            try:
+                return await self.counters.check(gateway_descriptors(org, key_id), 1)
+            except (RedisError, OSError) as exc:
+                log.warning("rate-limit counters unavailable: %r", exc)
+                self._down_until = time.monotonic() + GATEWAY_COUNTERS_RETRY_AFTER
+        if self.fail_closed:
+            raise unavailable("rate-limit counters unavailable", reason="RATE_LIMIT_UNAVAILABLE")
+        return None
+
+    async def admit(self, org: str, key_id: str | None) -> Decision | None:
+        """count(), refusing the request RESOURCE_EXHAUSTED (with RetryInfo) when over."""
+        decision = await self.count(org, key_id)
+        if decision is not None and decision.over:
+            if len(self._refused) > 10_000:
+                self._refused.clear()
+            self._refused[(org, key_id)] = (time.monotonic() + REFUSAL_MEMORY_SECONDS, decision)
+            raise over_limit(decision)
+        return decision
+
+    def refused_recently(self, org: str, key_id: str | None) -> ServiceError | None:
+        """The refusal admit() gave this caller within REFUSAL_MEMORY_SECONDS, if any: callers
+        that run a read alongside the count refuse with it up front instead of reading."""
+        held = self._refused.get((org, key_id))
+        if held is None or held[0] <= time.monotonic():
+            return None
+        return over_limit(held[1])
+
+
+def over_limit(decision: Decision) -> ServiceError:
+    return resource_exhausted("rate limit exceeded for this API key or organization",
+                              reason="RATE_LIMITED", retry_after_seconds=decision.reset_seconds)
 
 
 class RateLimiter:

@@ -158,7 +158,7 @@ def test_authorization_policies_equal_local_graph() -> None:
         local = mp.is_allowed(callee, identity, path) and (
             not with_header
             or callee == mp.TRITON
-            or mp.may_forward_identity(callee, identity, path)
+            or mp.may_present(callee, identity, path, header)
         )
         if istio_allows(policies, callee, principal, path, headers) != local:
             mismatches.append((callee, identity, path, header, local))

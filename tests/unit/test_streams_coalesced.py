@@ -1,6 +1,7 @@
 """streams.coalesced: text deltas that pile up while the consumer is busy go on as one message,
 in order; nothing is merged when the consumer keeps up; a source failure comes after the items
-before it; closing the consumer ends the source where it waits (its cleanup runs)."""
+before it; closing the consumer ends the source where it waits (its cleanup runs); with a
+linger, the first text goes out at once and later text is gathered, never holding back the end."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 
-from services.common.streams import coalesced, merge_text_deltas
+from services.common.streams import coalesced, is_text_delta, merge_text_deltas
 
 
 def delta(text: str) -> pb.GenerateResponse:
@@ -72,3 +73,29 @@ async def test_closing_the_consumer_ends_the_source() -> None:
     await stream.__anext__()
     await stream.aclose()
     assert cleaned.is_set()
+
+
+async def test_lingering_sends_the_first_text_at_once_then_gathers_the_rest() -> None:
+    items = [pb.GenerateResponse(metadata=pb.GenerationMetadata(model="m")),
+             *(delta(f"t{i} ") for i in range(20)),
+             pb.GenerateResponse(completion=pb.Completion())]
+    out = [e async for e in coalesced(source(items, pause=0.002), merge_text_deltas, 0.05,
+                                      is_text_delta)]
+    kinds = [e.WhichOneof("event") for e in out]
+    assert kinds[0] == "metadata" and kinds[1] == "delta" and kinds[-1] == "completion"
+    # The first text went out alone: it did not wait (else the next ones would be in it).
+    assert out[1].delta.text == "t0 "
+    # 20 deltas, 2 ms apart, 50 ms linger: gathered into a few messages, none lost or reordered.
+    assert len(out) < 12
+    assert "".join(e.delta.text for e in out if e.HasField("delta")) == "".join(
+        f"t{i} " for i in range(20))
+
+
+async def test_lingering_never_holds_back_the_end_of_the_stream() -> None:
+    items = [delta("a"), delta("b"), pb.GenerateResponse(completion=pb.Completion())]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    out = [e async for e in coalesced(source(items), merge_text_deltas, 5.0, is_text_delta)]
+    assert loop.time() - started < 1.0  # not the 5 s linger: the completion flushes what waits
+    assert [e.WhichOneof("event") for e in out][-1] == "completion"
+    assert "".join(e.delta.text for e in out if e.HasField("delta")) == "ab"

@@ -62,7 +62,9 @@ def _catalog(base: str, path: Path) -> None:
 @pytest.fixture(scope="session")
 async def chat(mesh: TestMesh) -> AsyncIterator[ChatStack]:
     mesh.ensure_triton()
-    mesh.ensure("usage")
+    # Knowledge as in production: the Orchestrator asks it whether an organization has
+    # documents to ground on (started first, so its channel is not left in reconnect backoff).
+    mesh.ensure("usage", "knowledge")
     usage: grpc.aio.Channel | None = mesh.channel("usage")
     replay, runner, base = await start_replay()
     catalog = mesh.var_dir / "chat-catalog.json"

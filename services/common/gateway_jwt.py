@@ -1,0 +1,221 @@
+"""JWT callers admitted by the gateway's jwt_authn alone, without a hop to Auth's Check.
+
+Envoy verifies an access token's signature, issuer, audience and expiry against Auth's JWKS and,
+on the gRPC and JSON routes, skips ext_authz for it (scripts/gateway.py): the verified payload
+reaches the service in `x-aimesh-jwt-payload` (identity.py turns it into the caller's Identity).
+What a signature cannot say is enforced here, in the service, before any servicer code runs
+(`GatewayJwtInterceptor`, installed by the server bootstrap in every service):
+
+- revocation: the token's session ended (logout, refresh-token reuse) or its user's membership
+  ended — refused UNAUTHENTICATED / TOKEN_REVOKED; a changed role overrides the token's role.
+  Auth's revocation entries (services/auth/revocation.py) are mirrored WHOLE in this process
+  (`RevokedTokens`): loaded when it subscribes to Auth's `auth:changed` channel and updated from
+  every message on it (Auth publishes each entry in the same write), so a request costs no
+  Redis read and a revocation applies within milliseconds. While the mirror is not subscribed
+  (Redis down, reconnecting) JWT callers are refused UNAVAILABLE (retryable): never served on a
+  deny list that may be missing entries. API-key callers still go through Check, which falls
+  back to PostgreSQL.
+- the rate limit: the organization's window is counted with Usage's limiter
+  (services/usage/ratelimit.py `GatewayLimiter`, one Redis round trip), as Check does for
+  API keys; over it: RESOURCE_EXHAUSTED with RetryInfo. Writes are counted before they run;
+  reads (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis
+  first — over the limit the reply is dropped for the refusal, and that caller's reads are
+  refused up front for the next second.
+
+Only the gateway may send the payload header (tls.PeerAuthorizationInterceptor refuses it from
+any other peer), and Envoy strips a client-sent one before jwt_authn runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Any
+
+import grpc
+from redis.asyncio import Redis
+
+from services.common import identity
+from services.common.cache import ServiceCache, follow_channel
+from services.common.errors import unauthenticated, unavailable
+from services.common.handlers import MethodInterceptor, before, call_unary, rewrap
+from services.common.request_checks import is_idempotent_read, method_descriptor
+
+AUTH_PREFIX = "auth"  # Auth's Redis key prefix; its revocation entries are read here, never written
+CHANNEL = "auth:changed"  # services/auth/mirror.py: every changed Auth entry is published here
+SESSION_ENDED = "auth:session-ended:"
+MEMBER = "auth:member:"
+GONE = "-"  # services/auth/revocation.py: the membership ended
+POLL_SECONDS = 5.0
+RESUBSCRIBE_AFTER = 1.0
+SCAN_COUNT = 1000
+
+
+class RevokedTokens:
+    """Auth's revocation entries, mirrored whole: ended sessions and changed member roles."""
+
+    def __init__(self, cache: ServiceCache) -> None:
+        self.cache = cache
+        self._ended: dict[str, float] = {}  # session id -> when the entry expires (monotonic)
+        self._roles: dict[tuple[str, str], tuple[float, str]] = {}  # (org, user) -> (expiry, role)
+        self.live = False
+
+    def session_ended(self, session_id: str | None) -> bool:
+        if not session_id:
+            return False
+        expiry = self._ended.get(session_id)
+        return expiry is not None and expiry > time.monotonic()
+
+    def role_now(self, org: str, user: str) -> str | None:
+        """The member's role since it changed ("-": no longer a member), or None: unchanged."""
+        held = self._roles.get((org, user))
+        if held is None or held[0] <= time.monotonic():
+            return None
+        return held[1]
+
+    def apply(self, key: str, value: bytes | None, ttl_ms: int) -> None:
+        """One entry as Redis holds it now (value None: gone)."""
+        expiry = time.monotonic() + max(ttl_ms, 0) / 1000
+        if key.startswith(SESSION_ENDED):
+            session = key[len(SESSION_ENDED):]
+            if value is None:
+                self._ended.pop(session, None)
+            else:
+                self._ended[session] = expiry
+        elif key.startswith(MEMBER):
+            org, _, user = key[len(MEMBER):].partition(":")
+            if value is None:
+                self._roles.pop((org, user), None)
+            else:
+                self._roles[(org, user)] = (expiry, value.decode())
+
+    async def _load(self, r: Redis, keys: list[str]) -> None:
+        wanted = [k for k in keys if k.startswith((SESSION_ENDED, MEMBER))]
+        if not wanted:
+            return
+        async with r.pipeline(transaction=False) as pipe:
+            for key in wanted:
+                pipe.get(key)
+                pipe.pttl(key)
+            replies = await pipe.execute()
+        for index, key in enumerate(wanted):
+            value, ttl = replies[2 * index], replies[2 * index + 1]
+            # No expiry (-1) is not written by Auth; keep such an entry one hour.
+            self.apply(key, value, ttl if ttl >= 0 else 3_600_000)
+
+    async def _snapshot(self, r: Redis) -> None:
+        self._ended.clear()
+        self._roles.clear()
+        for pattern in (SESSION_ENDED + "*", MEMBER + "*"):
+            batch: list[str] = []
+            async for key in r.scan_iter(match=pattern, count=SCAN_COUNT):
+                batch.append(key.decode() if isinstance(key, bytes) else key)
+                if len(batch) >= SCAN_COUNT:
+                    await self._load(r, batch)
+                    batch = []
+            await self._load(r, batch)
+
+    async def listen(self) -> None:
+        """Background task for the life of the server: subscribe, load, apply every change."""
+        r = self.cache.redis
+
+        async def subscribed() -> None:
+            await self._snapshot(r)
+            self.live = True
+
+        async def received(keys: list[str]) -> None:
+            await self._load(r, keys)
+
+        def lost() -> None:
+            self.live = False
+
+        await follow_channel(r, CHANNEL, subscribed, received, lost, POLL_SECONDS,
+                             RESUBSCRIBE_AFTER)
+
+
+class GatewayJwtInterceptor(MethodInterceptor):
+    """Admits a request carrying the gateway-verified JWT payload: not revoked (refused
+    UNAUTHENTICATED / TOKEN_REVOKED), then counted in its organization's rate-limit window."""
+
+    def __init__(self, tokens: RevokedTokens, limiter: Any | None) -> None:
+        self.tokens = tokens
+        self.limiter = limiter  # services.usage.ratelimit.GatewayLimiter (None: not counted)
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        payload = next((v for k, v in handler_call_details.invocation_metadata or ()
+                        if k == identity.HEADER_JWT_PAYLOAD), None)
+        if payload is None:
+            return handler
+        token = str(payload)
+        if self.limiter is not None and handler.unary_unary and _reads_only(
+                handler_call_details.method):
+            return rewrap(handler, lambda behavior: self._counted_alongside(behavior, token),
+                          lambda behavior: behavior)
+        return before(handler, lambda context: self.admit(token))
+
+    def admit_token(self, payload: str) -> identity.TokenClaims:
+        """The token's claims, unless it is revoked (no I/O: the mirror is in memory)."""
+        claims = identity.token_claims(payload)
+        if claims is None:
+            raise unauthenticated("access token lacks org/sub claims", reason="TOKEN_INVALID")
+        if not self.tokens.live:
+            raise unavailable("token revocations are being reloaded; retry shortly",
+                              reason="REVOCATIONS_UNAVAILABLE", retry_after_seconds=1.0)
+        if self.tokens.session_ended(claims.session):
+            raise unauthenticated("the session of this access token has ended",
+                                  reason="TOKEN_REVOKED")
+        if self.tokens.role_now(claims.org, claims.user) == GONE:
+            raise unauthenticated("no longer a member of this organization",
+                                  reason="TOKEN_REVOKED")
+        return claims
+
+    async def admit(self, payload: str) -> None:
+        """Not revoked, then counted (refused over the limit) before the method runs."""
+        claims = self.admit_token(payload)
+        if self.limiter is not None:
+            await self.limiter.admit(claims.org, None)
+
+    def _counted_alongside(self, behavior: Any, payload: str) -> Any:
+        """A read (NO_SIDE_EFFECTS) runs while its request is counted, so the caller does not
+        wait for Redis before its read; over the limit its reply is never sent (the refusal
+        is), and for a moment after that its reads are refused before they run."""
+        limiter = self.limiter
+        assert limiter is not None
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            claims = self.admit_token(payload)
+            refused = limiter.refused_recently(claims.org, None)
+            if refused is not None:
+                raise refused
+            counting = asyncio.ensure_future(limiter.admit(claims.org, None))
+            try:
+                reply = await call_unary(behavior, request, context)
+            except BaseException:
+                await counting  # over the limit: that refusal, not the read's outcome
+                raise
+            await counting
+            return reply
+
+        return run
+
+
+@functools.lru_cache(maxsize=1024)
+def _reads_only(method: str) -> bool:
+    return is_idempotent_read(method_descriptor(method))
+
+
+def start(runtime: Any) -> GatewayJwtInterceptor:
+    """The interceptor for this server process, its mirror listening for the server's life."""
+    from services.usage.ratelimit import GatewayLimiter
+
+    settings = runtime.settings
+    tokens = RevokedTokens(ServiceCache(settings.redis_url, AUTH_PREFIX))
+    runtime.on_shutdown(tokens.cache.close)
+    runtime.spawn(tokens.listen(), "gateway-jwt-revocations")
+    identity.set_role_source(tokens.role_now)
+    limiter = GatewayLimiter.for_settings(settings)
+    runtime.on_shutdown(limiter.close)
+    return GatewayJwtInterceptor(tokens, limiter)
