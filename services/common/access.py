@@ -106,6 +106,7 @@ METHOD_ACCESS: Mapping[str, Access] = {
     _CONV + "UndeleteConversation": _r(M, "inference"),
     _CONV + "ListMessages": _r(V, "inference"),
     _CONV + "GetMessage": _r(V, "inference"),
+    _CONV + "TruncateMessage": _r(M, "inference"),
     _CONV + "SendMessage": _r(M, "inference"),
     # Knowledge
     _KNOW + "CreateDocument": _r(M, "knowledge.write"),

@@ -185,9 +185,11 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
         ),
         _rule(
             [EDGE],
-            [_CONVERSATION + m for m in ("CreateConversation", "UpdateConversation")],
+            [_CONVERSATION + m
+             for m in ("CreateConversation", "UpdateConversation", "TruncateMessage")],
             forwards_identity=True,
-            why="a Realtime session's conversation carries its instructions (system_prompt)",
+            why="a Realtime session's conversation carries its instructions (system_prompt); "
+            "conversation.item.truncate cuts the stored answer to what was heard",
         ),
     ),
     "speech": (

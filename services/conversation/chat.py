@@ -209,6 +209,16 @@ class Chat:
         await self._save_history(org, conv_id, message_count, history)
         return history
 
+    async def forget_history(self, org: str, conv_id: str, message_count: int) -> None:
+        """Drop the cached context of a conversation whose stored messages changed in place
+        (TruncateMessage): the next turn reads PostgreSQL."""
+        if self.cache is None:
+            return
+        try:
+            await self.cache.redis.delete(self._context_key(org, conv_id, message_count))
+        except (RedisError, OSError) as exc:
+            log.warning("context cache delete failed", extra={"error": str(exc)})
+
     async def _save_history(
         self,
         org: str,

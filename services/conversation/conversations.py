@@ -201,6 +201,37 @@ class Conversations:
             raise not_found(f"{name} not found", reason="CONVERSATION_NOT_FOUND")
         return row
 
+    async def truncate_message(self, org: str, request: cpb.TruncateMessageRequest) -> Row:
+        """An assistant message cut to its first content_length code points (what a voice
+        caller heard); the conversation must exist and not be deleted. The row carries the
+        conversation's message count as `conversation_message_count`."""
+        row = await self.get_message(org, request.name)
+        conv_id, message_id = MESSAGE.parse(request.name, "name")
+        conv = await self.get(org, conv_id)
+        if conv["delete_time"] is not None:
+            raise conversation_deleted(conv_id, "undelete it first")
+        if row["role"] != cpb.Message.ROLE_ASSISTANT:
+            raise failed_precondition(
+                f"{request.name} is a user message; only assistant messages are truncated",
+                reason="MESSAGE_NOT_ASSISTANT",
+            )
+        length = len(row["content"])
+        v = FieldViolations()
+        v.check(
+            0 <= request.content_length <= length,
+            "content_length",
+            f"must be 0-{length} (the content's length in code points)",
+        )
+        v.raise_if_any()
+        if request.content_length < length:
+            cut = await self.store.truncate_message(
+                org, conv_id, message_id, request.content_length, cpb.Message.STATE_INCOMPLETE
+            )
+            if cut is None:
+                raise not_found(f"{request.name} not found", reason="MESSAGE_NOT_FOUND")
+            row = cut
+        return {**row, "conversation_message_count": conv["message_count"]}
+
     async def get_message(self, org: str, name: str) -> Row:
         """A message of a conversation that still exists (deleted ones included)."""
         conv_id, message_id = MESSAGE.parse(name, "name")

@@ -162,6 +162,16 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         identity = require_identity(context.invocation_metadata())
         return message_message(await self.conversations.get_message(identity.org, request.name))
 
+    async def TruncateMessage(
+        self, request: cpb.TruncateMessageRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Message:
+        identity = require_identity(context.invocation_metadata())
+        row = await self.conversations.truncate_message(identity.org, request)
+        await self.chat.forget_history(
+            identity.org, row["conversation_id"], row["conversation_message_count"]
+        )
+        return message_message(row)
+
     async def SendMessage(
         self, request: cpb.SendMessageRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cpb.SendMessageResponse]:

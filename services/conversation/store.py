@@ -155,6 +155,18 @@ class Store:
             )
             return await cur.fetchone()
 
+    async def truncate_message(
+        self, org: str, conv_id: str, msg_id: str, length: int, state: int
+    ) -> Row | None:
+        """Keep the first `length` characters of a message's content; set its state."""
+        async with self.db.autocommit() as conn:
+            cur = await conn.execute(
+                "UPDATE messages SET content = left(content, %s), state = %s "
+                "WHERE org = %s AND conversation_id = %s AND id = %s RETURNING *",
+                (length, state, org, conv_id, msg_id),
+            )
+            return await cur.fetchone()
+
     async def recent_messages(self, org: str, conv_id: str, limit: int) -> list[Row]:
         """The last `limit` messages, oldest first."""
         async with self.db.autocommit() as conn:

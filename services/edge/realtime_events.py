@@ -363,14 +363,30 @@ def response_object(response_id: str, status: str, config: SessionConfig,
             "conversation_id": None}
 
 
-def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """A response's usage: the generation's text tokens as Orchestrator counted them (the
-    caller's audio is metered by Speech in seconds, not tokens: audio_tokens stay 0)."""
-    return {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "input_token_details": {"text_tokens": input_tokens, "audio_tokens": 0,
+# OpenAI's documented audio tokenization (Realtime "Managing costs" guide): audio in user
+# messages is 1 token per 100 ms, in assistant messages 1 token per 50 ms.
+USER_AUDIO_MS_PER_TOKEN = 100
+ASSISTANT_AUDIO_MS_PER_TOKEN = 50
+
+
+def audio_tokens(ms: int, ms_per_token: int) -> int:
+    return -(-max(0, ms) // ms_per_token)  # a started token counts
+
+
+def usage(text_in: int, text_out: int, input_audio_ms: int = 0,
+          output_audio_ms: int = 0) -> dict[str, Any]:
+    """A response's usage as OpenAI clients read it. Text tokens are the generation's, as
+    Orchestrator counted them. Audio tokens are OpenAI's conversion of the audio durations
+    this turn handled — the caller's utterance that was recognized and the reply audio that
+    was synthesized — which Speech meters in seconds (the model here reads the transcript,
+    not audio). input/output_tokens are text plus audio, as OpenAI reports them."""
+    audio_in = audio_tokens(input_audio_ms, USER_AUDIO_MS_PER_TOKEN)
+    audio_out = audio_tokens(output_audio_ms, ASSISTANT_AUDIO_MS_PER_TOKEN)
+    return {"total_tokens": text_in + audio_in + text_out + audio_out,
+            "input_tokens": text_in + audio_in, "output_tokens": text_out + audio_out,
+            "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in,
                                     "cached_tokens": 0},
-            "output_token_details": {"text_tokens": output_tokens, "audio_tokens": 0}}
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
 
 
 class Session(Protocol):

@@ -4,17 +4,21 @@ Appended audio streams to one Converse call (opened at the first append); Conver
 utterance on the session's silence_duration_ms, stores it and the answer in a Conversation,
 and streams the answer's text and Piper audio, which become one Realtime response per turn:
 response.created → output item, content part → audio/transcript (or text) deltas → *.done →
-response.done with the generation's token usage. Speech meters the audio seconds, the
-characters synthesized and the tokens exactly as for native calls.
+response.done with the generation's token usage and the audio's tokens (realtime_events.usage).
+Speech meters the audio seconds, the characters synthesized and the tokens exactly as for
+native calls. With modalities ["text"] Converse replies in text only (disable_reply_audio):
+nothing is synthesized or metered as characters synthesized.
 
 - Instructions: the session's conversation is created by the edge with them as its
   system_prompt (and updated when they change).
 - Barge-in: Converse cancels a reply when the caller speaks over it; that response ends
-  `cancelled` (reason turn_detected). `conversation.item.truncate` stops the item's audio and
-  cuts its transcript to what was played, using the sentence span of each audio chunk.
-- response.cancel and input_audio_buffer.clear during an utterance restart the Converse call
-  on the same conversation: the reply's generation and synthesis stop at Speech, which stores
-  the answer as incomplete.
+  `cancelled` (reason turn_detected). `conversation.item.truncate` stops the item's audio,
+  cuts its transcript to what was played (the sentence span of each audio chunk) and cuts the
+  stored assistant message to the same text (Conversation's TruncateMessage).
+- response.cancel sends Converse's CancelReply: that reply's generation and synthesis stop at
+  Speech, which stores the answer as incomplete; the call, the utterance being spoken and the
+  conversation go on. input_audio_buffer.clear sends ClearInput: the utterance under way is
+  dropped (no item, no answer), a reply in progress goes on.
 - A session update that changes audio formats, voice or turn detection finishes the current
   call (its turn completes) and the next audio opens one with the new settings.
 
@@ -118,10 +122,16 @@ class Reply:
     status: str = "in_progress"
     reason: str | None = None
     transcript: str | None = None  # after a truncation: what was heard
+    message: str = ""  # the stored assistant message, once its turn completed
+    keep: int | None = None  # a truncation's kept length, applied when `message` is known
 
     def heard(self, audio_end_ms: int) -> str:
         """The transcript up to `audio_end_ms` of played audio: whole sentences played, and
-        of the sentence playing then, its words in proportion to the time it played."""
+        of the sentence playing then, its words in proportion to the time it played. It is
+        the reply text's first heard_length(audio_end_ms) code points."""
+        return self.text[:self.heard_length(audio_end_ms)].strip()
+
+    def heard_length(self, audio_end_ms: int) -> int:
         cut = 0
         for start, _, text_start, text_end in self.spans:
             if start >= audio_end_ms:
@@ -133,7 +143,7 @@ class Reply:
         words = self.text[:cut]
         if cut < len(self.text) and not self.text[cut:cut + 1].isspace():
             words = words.rsplit(" ", 1)[0] if " " in words else ""
-        return words.strip()
+        return len(words.rstrip())
 
 
 @dataclass
@@ -145,6 +155,10 @@ class Turn:
     reply: Reply | None = None
     failed: str | None = None
     answer_asked: bool = False  # manual turns: response.create was sent for it
+    cleared: bool = False  # input_audio_buffer.clear dropped it
+    end_ms: int | None = None  # where its utterance ended (session audio time)
+    audio_ms: int = 0  # manual turns: the committed audio's duration
+    queue: Any = None  # the request queue of the Converse call it came on
 
 
 class VoiceLoop:
@@ -157,7 +171,7 @@ class VoiceLoop:
             session.channels.get("conversation"))
         self.conversation = ""
         self.instructions = ""  # what the conversation's system_prompt holds
-        self.queue: asyncio.Queue[bytes | None] | None = None
+        self.queue: asyncio.Queue[speech_pb2.ConverseRequest | None] | None = None
         self.call: Any = None
         self.task: asyncio.Task[None] | None = None
         self.base_ms = 0  # session audio before the current call
@@ -185,10 +199,13 @@ class VoiceLoop:
     def manual(self) -> bool:
         return self.session.config.turn_detection is None
 
+    def _in_rate(self) -> int:
+        """The rate Converse takes the caller's pcm16 in (the input format's)."""
+        return PCM_RATE if self.session.config.input_audio_format == "pcm16" else G711_RATE
+
     def _silence(self, ms: int) -> bytes:
         """`ms` of pcm16 silence at the rate Converse takes the caller's audio in."""
-        rate = PCM_RATE if self.session.config.input_audio_format == "pcm16" else G711_RATE
-        return bytes(2 * (rate * ms // 1000))
+        return bytes(2 * (self._in_rate() * ms // 1000))
 
     async def _push(self, pcm: bytes) -> None:
         if self.refused is not None and self.refused[0] == self.session.config:
@@ -198,7 +215,7 @@ class VoiceLoop:
             await self._open()
         assert self.queue is not None
         for chunk in chunks(pcm):
-            self.queue.put_nowait(chunk)
+            self.queue.put_nowait(speech_pb2.ConverseRequest(audio_content=chunk))
 
     async def append(self, audio: bytes) -> None:
         pcm = to_pcm16(audio, self.session.config.input_audio_format)
@@ -216,7 +233,7 @@ class VoiceLoop:
         if self.manual:
             if len(self.buffer) < 2:
                 raise empty
-            turn = Turn(new_id("item"))
+            turn = Turn(new_id("item"), audio_ms=len(self.buffer) * 500 // self._in_rate())
             self.committed_audio.append((turn, bytes(self.buffer)))
             self.buffer.clear()
             await self._committed(turn)
@@ -246,8 +263,16 @@ class VoiceLoop:
         self.committed_audio.clear()
 
     async def clear(self) -> None:
-        if any(not t.committed for t in self.turns.values()):
-            await self._restart()  # the utterance under way is dropped with the call
+        """Drops the audio not committed yet: the manual buffer, or with server_vad the
+        utterance under way (Converse's ClearInput: no item, no answer). The call, a reply
+        in progress and the conversation go on."""
+        self.buffer.clear()
+        if self.manual or self.queue is None:
+            return
+        for turn in self.turns.values():
+            if not turn.committed and turn.queue is self.queue:
+                turn.cleared = True
+        self.queue.put_nowait(speech_pb2.ConverseRequest(clear_input=speech_pb2.ClearInput()))
 
     async def reconfigure(self) -> None:
         await self._sync_instructions()
@@ -288,7 +313,7 @@ class VoiceLoop:
         config = self.session.config
         await self._sync_instructions()
         detection = config.turn_detection
-        in_rate = PCM_RATE if config.input_audio_format == "pcm16" else G711_RATE
+        in_rate = self._in_rate()
         first = speech_pb2.ConverseConfig(
             conversation=self.conversation,
             recognition_config=speech_pb2.RecognitionConfig(
@@ -300,36 +325,28 @@ class VoiceLoop:
             voice=config.speech_voice,
             output_audio_config=speech_pb2.AudioOutputConfig(
                 encoding=speech_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=output_rate(config)),
-            model=converse_model(config.model))
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+            model=converse_model(config.model),
+            disable_reply_audio=not self._audio_out())
+        queue: asyncio.Queue[speech_pb2.ConverseRequest | None] = asyncio.Queue()
         self.queue = queue
         self.base_ms = self.now_ms()
         self.call = self.speech.Converse(self._requests(first, queue),
                                          metadata=self.session.metadata)
-        self.task = asyncio.create_task(self._run(self.call))
+        self.task = asyncio.create_task(self._run(self.call, queue))
 
     @staticmethod
-    async def _requests(first: speech_pb2.ConverseConfig, queue: asyncio.Queue[bytes | None]
+    async def _requests(first: speech_pb2.ConverseConfig,
+                        queue: asyncio.Queue[speech_pb2.ConverseRequest | None]
                         ) -> AsyncIterator[speech_pb2.ConverseRequest]:
         yield speech_pb2.ConverseRequest(config=first)
-        while (audio := await queue.get()) is not None:
-            yield speech_pb2.ConverseRequest(audio_content=audio)
+        while (request := await queue.get()) is not None:
+            yield request
 
     def _finish(self) -> None:
         """Half-closes the call: Speech finishes the current turn, the next audio reopens."""
         if self.queue is not None:
             self.queue.put_nowait(None)
         self.queue = None
-
-    async def _restart(self) -> None:
-        """Cancels the call (and with it any reply under way); the next audio reopens."""
-        self.queue = None
-        if self.call is not None:
-            self.call.cancel()
-        if self.task is not None:
-            await asyncio.gather(self.task, return_exceptions=True)
-        for turn in self.turns.values():
-            turn.committed = True  # an utterance cut off with the call is dropped
 
     async def _sync_instructions(self) -> None:
         """The conversation carries the session's instructions as its system prompt."""
@@ -357,12 +374,12 @@ class VoiceLoop:
                              "session.instructions", kind="server_error") from None
         self.instructions = config.instructions
 
-    async def _run(self, call: Any) -> None:
+    async def _run(self, call: Any, queue: asyncio.Queue[Any]) -> None:
         mine: set[str] = set()  # this call's turns (a finishing call runs beside a new one)
         try:
             async for reply in call:
                 mine.add(reply.turn_id)
-                await self._event(reply)
+                await self._event(reply, queue)
         except grpc.aio.AioRpcError as exc:
             error = stream_error(exc, "Converse")
             if error is not None:
@@ -377,7 +394,7 @@ class VoiceLoop:
 
     # --- Converse events → Realtime events ------------------------------------------------
 
-    async def _event(self, reply: speech_pb2.ConverseResponse) -> None:
+    async def _event(self, reply: speech_pb2.ConverseResponse, queue: asyncio.Queue[Any]) -> None:
         which = reply.WhichOneof("event")
         if which == "conversation":
             self.conversation = reply.conversation.conversation
@@ -389,6 +406,11 @@ class VoiceLoop:
         if turn is None:
             known = self.expected.popleft() if self.expected else None
             turn = self.turns[reply.turn_id] = known or Turn(new_id("item"))
+            turn.queue = queue
+        if turn.cleared or (which == "turn_complete" and reply.turn_complete.input_cleared):
+            if which == "turn_complete":  # input_audio_buffer.clear dropped it: no item
+                self.turns.pop(reply.turn_id, None)
+            return
         if which == "speech_event":
             await self._speech_event(turn, reply.speech_event)
         elif which == "transcript":
@@ -422,6 +444,7 @@ class VoiceLoop:
             await self.session.send("input_audio_buffer.speech_stopped", item_id=turn.user_item,
                                     audio_end_ms=at)
         elif event.type == EVENT.SPEECH_EVENT_TYPE_END_OF_UTTERANCE:
+            turn.end_ms = at
             await self._committed(turn)
 
     async def _committed(self, turn: Turn) -> None:
@@ -527,12 +550,16 @@ class VoiceLoop:
         if reply is None or reply.status not in ("in_progress", "cancelled"):
             self.turns.pop(turn_id, None)
             return
+        reply.message = done.assistant_message
+        await self._store_truncation(reply)
         status, reason = reply.status, reply.reason
         if status == "in_progress":
             status = "failed" if turn.failed and not reply.text else \
                 ("cancelled" if done.interrupted else "completed")
             reason = turn.failed if status == "failed" else "turn_detected"
-        tokens = usage(done.usage.prompt_tokens, done.usage.completion_tokens)
+        tokens = usage(done.usage.prompt_tokens, done.usage.completion_tokens,
+                       input_audio_ms=self._heard_ms(turn),
+                       output_audio_ms=millis(done.reply_audio_duration))
         await self._done(turn, status, tokens, reason)
         self.turns.pop(turn_id, None)
 
@@ -557,11 +584,33 @@ class VoiceLoop:
         await send("response.done", response=response_object(
             reply.response_id, status, self.session.config, [item], tokens, reason))
 
+    def _heard_ms(self, turn: Turn) -> int:
+        """The caller's audio of a turn: the committed audio (manual turns), else from its
+        speech start (with the prefix padding) to its end of utterance."""
+        if self.manual or turn.answer_asked:
+            return turn.audio_ms
+        return max(0, (turn.end_ms if turn.end_ms is not None else self.now_ms()) - turn.start_ms)
+
     async def _cancel(self, event_id: str | None) -> None:
-        if not any(t.reply and t.reply.status == "in_progress" for t in self.turns.values()):
+        """Stops the responses in progress with Converse's CancelReply: generation and
+        synthesis stop at Speech, which stores the answer as incomplete; the call, the
+        utterance being spoken and the conversation go on. Each ends `cancelled`
+        (client_cancelled) when its turn completes."""
+        cancelled = [(turn_id, t) for turn_id, t in self.turns.items()
+                     if t.reply and t.reply.status == "in_progress"]
+        if not cancelled:
             raise EventError("there is no response in progress to cancel",
                              "response_cancel_not_active", None, event_id)
-        await self._restart()  # _run's end reports the reply cancelled (client_cancelled)
+        queue = self.queue
+        for turn_id, turn in cancelled:
+            assert turn.reply is not None
+            turn.reply.status, turn.reply.reason = "cancelled", "client_cancelled"
+            turn.reply.muted = True
+            # A reply on a call already half-closed (a settings change) can no longer be
+            # reached: it is muted here, and its turn completes at Speech.
+            if queue is not None and turn.queue is queue:
+                queue.put_nowait(speech_pb2.ConverseRequest(
+                    cancel_reply=speech_pb2.CancelReply(turn_id=turn_id)))
 
     async def _truncate(self, event: dict[str, Any]) -> None:
         event_id = event.get("event_id")
@@ -580,8 +629,27 @@ class VoiceLoop:
                              event_id)
         reply.muted = True
         reply.transcript = reply.heard(end_ms)
+        reply.keep = reply.heard_length(end_ms)
         item = self.items.get(reply.item_id)
         if item and item.get("content"):
             item["content"][0]["transcript"] = reply.transcript
+        if reply.message:  # stored already: cut it now, else when its turn completes
+            await self._store_truncation(reply, event_id)
         await self.session.send("conversation.item.truncated", item_id=reply.item_id,
                                 content_index=0, audio_end_ms=end_ms)
+
+    async def _store_truncation(self, reply: Reply, event_id: str | None = None) -> None:
+        """The stored assistant message keeps only what was heard (OpenAI drops the
+        truncated audio's transcript server-side): Conversation's TruncateMessage, called
+        with the caller's identity like every other call of the session."""
+        if reply.keep is None or not reply.message:
+            return
+        keep, reply.keep = reply.keep, None
+        try:
+            await self.conversations.TruncateMessage(
+                conversation_pb2.TruncateMessageRequest(name=reply.message, content_length=keep),
+                metadata=self.session.metadata, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            await self.session.error(EventError(
+                f"the stored message could not be truncated: {exc.details()}",
+                exc.code().name.lower(), "item_id", event_id, kind="server_error"))

@@ -113,8 +113,17 @@ class SpeechDetector:
         self._utt_frames = 0
         self._last_speech_end = 0
         self._utterance_begin = 0
+        self._await_quiet = False  # after restart(): until a non-speech frame
         self._pending = np.zeros(0, dtype=np.int16)
         self.position = 0  # samples consumed so far (16 kHz)
+
+    def restart(self) -> None:
+        """Forget the utterance in progress and wait for speech again (position kept). Speech
+        counts only after a non-speech frame: the classifier's hangover, or the rest of the
+        dropped speech, must not begin a new utterance at once."""
+        self.in_speech = False
+        self._speech_run = self._quiet_run = self._utt_frames = 0
+        self._await_quiet = True
 
     @property
     def pausing(self) -> bool:
@@ -128,6 +137,9 @@ class SpeechDetector:
 
     def _frame(self, speech: bool) -> VadDecision | None:
         """Advance the state machine by one classified frame (already counted in position)."""
+        if self._await_quiet:
+            self._await_quiet = speech
+            return None
         if not self.in_speech:
             self._speech_run = self._speech_run + 1 if speech else 0
             if self._speech_run < self.onset_frames:

@@ -9,6 +9,10 @@ Barge-in: when the caller starts speaking while a reply is being generated or it
 makes Conversation store the assistant message as STATE_INCOMPLETE; cancelling the TTS stream
 cancels the Triton request. The caller gets `barge_in`, then `turn_complete(interrupted)`.
 
+The caller's controls act in order with its audio: CancelReply stops one reply as a barge-in
+would (without new speech), ClearInput ends the utterance in progress and drops it (no final, no
+messages, no reply). With disable_reply_audio replies are text only (nothing synthesized).
+
 Every response goes through one bounded queue, so a slow client slows synthesis and recognition
 down (backpressure) instead of growing memory.
 """
@@ -141,6 +145,7 @@ class ConverseSession:
         self.voice: VoiceInfo | None = None
         self.rate = NATURAL_SAMPLE_RATE
         self.input_encoding = "LINEAR16"  # of the caller's audio chunks
+        self.cleared: set[int] = set()  # utterances the caller dropped (ClearInput)
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -225,7 +230,7 @@ class ConverseSession:
         )
         session = RecognitionSession(self.servicer.triton, options)
         chunks = audio_intake(
-            requests,
+            self._controls(requests, session),
             config_field="config",
             sample_rate=options.sample_rate,
             encoding=self.input_encoding,
@@ -262,6 +267,40 @@ class ConverseSession:
                 "",
             )
 
+    async def _controls(
+        self,
+        requests: AsyncIterator[speech_pb2.ConverseRequest],
+        session: RecognitionSession,
+    ) -> AsyncIterator[speech_pb2.ConverseRequest]:
+        """The caller's messages, with the controls (cancel_reply, clear_input) acted on here.
+        The audio before a control has been pushed to recognition when it acts: the intake
+        asks for the next message only after the previous chunk was taken."""
+        async for request in requests:
+            which = request.WhichOneof("converse_request")
+            if which == "cancel_reply":
+                await self._cancel_reply(request.cancel_reply.turn_id)
+            elif which == "clear_input":
+                index = session.utterance_in_progress()
+                if index is not None:
+                    self.cleared.add(index)  # before its last events are read
+                    await session.end_utterance()
+            else:
+                yield request
+
+    async def _cancel_reply(self, turn_id: str) -> None:
+        """CancelReply: stop the reply of `turn_id` (empty: the active one), keep the session."""
+        turn = next((t for t in self.turns.values() if t.turn_id == turn_id), None) \
+            if turn_id else self.active
+        if turn is None or turn.reply is None or turn.reply.done():
+            return  # no reply under way: nothing to stop
+        turn.reply.cancel()
+        await asyncio.gather(turn.reply, return_exceptions=True)
+        if self.active is turn:
+            self.active = None
+            self.playback_end = 0.0
+        turn.finish_reason = orchestrator_pb2.FINISH_REASON_CANCELLED
+        await self._complete(turn, interrupted=True)
+
     async def _put(self, turn_id: str, **event: Any) -> None:
         await self.out.put(speech_pb2.ConverseResponse(turn_id=turn_id, **event))
 
@@ -281,6 +320,14 @@ class ConverseSession:
                     # A turn starts at the caller's SPEECH_BEGIN (or at a failure before it).
                     turn = Turn(turn_id=f"turn-{uuid.uuid4().hex[:12]}", utterance=event.utterance)
                     self.turns[event.utterance] = turn
+                if event.utterance in self.cleared:
+                    # ClearInput dropped it: no more of its events, no messages, no reply.
+                    last = isinstance(event, UtteranceFailed) or (
+                        isinstance(event, Hypothesis) and event.is_final
+                    )
+                    if last:
+                        await self._complete(turn, input_cleared=True)
+                    continue
                 if (
                     isinstance(event, SpeechBegan)
                     and self._reply_active()
@@ -340,7 +387,9 @@ class ConverseSession:
         self.active = turn
         turn.reply = asyncio.ensure_future(self._reply(turn, text, previous))
 
-    async def _complete(self, turn: Turn, interrupted: bool = False) -> None:
+    async def _complete(
+        self, turn: Turn, interrupted: bool = False, input_cleared: bool = False
+    ) -> None:
         if turn.completed:
             return
         turn.completed = True
@@ -348,6 +397,7 @@ class ConverseSession:
             user_message=turn.user_message,
             assistant_message=turn.assistant_message,
             interrupted=interrupted,
+            input_cleared=input_cleared,
             finish_reason=turn.finish_reason,  # type: ignore[arg-type]
             citations=turn.citations,
             reply_audio_duration=duration(turn.audio_samples / self.rate),
@@ -362,7 +412,12 @@ class ConverseSession:
         if previous is not None and previous.reply is not None and not previous.reply.done():
             await asyncio.gather(previous.reply, return_exceptions=True)  # replies never overlap
         sentences: asyncio.Queue[Sentence | None] = asyncio.Queue(SENTENCE_QUEUE_SIZE)
-        speaker = asyncio.ensure_future(self._speak(turn, sentences))
+        # Text-only replies (disable_reply_audio): nothing synthesized, nothing metered for it.
+        speaker = asyncio.ensure_future(
+            self._drain(sentences)
+            if self.config.disable_reply_audio
+            else self._speak(turn, sentences)
+        )
         try:
             await self._generate(turn, text, sentences)
             await sentences.put(None)
@@ -423,6 +478,12 @@ class ConverseSession:
                 call.cancel()  # barge-in: Conversation stores the answer as STATE_INCOMPLETE
         if buffer.strip():
             await sentences.put(Sentence.locate(buffer.strip(), reply, located))
+
+    @staticmethod
+    async def _drain(sentences: asyncio.Queue[Sentence | None]) -> None:
+        """A text-only reply's sentences: taken, never spoken."""
+        while await sentences.get() is not None:
+            pass
 
     async def _speak(self, turn: Turn, sentences: asyncio.Queue[Sentence | None]) -> None:
         assert self.voice is not None

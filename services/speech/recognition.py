@@ -482,6 +482,19 @@ class RecognitionSession:
             words=tuple(words),
         )
 
+    def utterance_in_progress(self) -> int | None:
+        """The index of the utterance whose speech began and has not ended, if any."""
+        utterance = self._utterance
+        return utterance.index if utterance is not None and utterance.began else None
+
+    async def end_utterance(self) -> None:
+        """End the utterance in progress where the audio received so far ends, as if silence
+        had ended it (the caller dropped it); the VAD then listens for speech afresh."""
+        if self.utterance_in_progress() is None:
+            return
+        self._vad.restart()
+        await self._end(self._position, self._position)
+
     async def finish(self) -> None:
         """The caller half-closed: every sample still pending goes to the recognizer with END,
         and the utterance in progress (if any) gets its final."""

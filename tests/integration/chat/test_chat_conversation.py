@@ -254,3 +254,48 @@ async def test_send_waiting_past_its_deadline_stores_nothing(chat: ChatStack) ->
     # The turn is free again: the next send goes through.
     events = await _send(chat, md, conv.name, "Where are conversations stored?")
     assert events[-1].assistant_message.state == cpb.Message.STATE_COMPLETE
+
+
+async def test_truncate_message_keeps_what_was_heard(chat: ChatStack) -> None:
+    """TruncateMessage (a voice caller heard only part of the answer): the stored assistant
+    message keeps its first content_length code points and becomes STATE_INCOMPLETE; the
+    same length again changes nothing; bad lengths, user messages, deleted conversations and
+    another organization's messages are refused like the other message calls."""
+    md, other = _identity(), _identity()
+    stub = _stub(chat)
+    conv = await _create(chat, md)
+    events = await _send(chat, md, conv.name, "Which port does the gateway listen on?")
+    answer = events[-1].assistant_message
+    question = events[0].user_message
+    assert len(answer.content) > 10
+    cut = await stub.TruncateMessage(
+        cpb.TruncateMessageRequest(name=answer.name, content_length=10), metadata=md)
+    assert cut.content == answer.content[:10] and cut.state == cpb.Message.STATE_INCOMPLETE
+    stored = await stub.GetMessage(cpb.GetMessageRequest(name=answer.name), metadata=md)
+    assert stored == cut
+    again = await stub.TruncateMessage(
+        cpb.TruncateMessageRequest(name=answer.name, content_length=10), metadata=md)
+    assert again == cut
+    refusals = [
+        (md, answer.name, 11, grpc.StatusCode.INVALID_ARGUMENT),  # longer than the content now
+        (md, answer.name, -1, grpc.StatusCode.INVALID_ARGUMENT),
+        (md, "conversations/x/messages", 0, grpc.StatusCode.INVALID_ARGUMENT),
+        (md, question.name, 0, grpc.StatusCode.FAILED_PRECONDITION),
+        (other, answer.name, 0, grpc.StatusCode.NOT_FOUND),
+    ]
+    for who, name, length, code in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.TruncateMessage(
+                cpb.TruncateMessageRequest(name=name, content_length=length), metadata=who)
+        assert caught.value.code() == code, (name, length, caught.value)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.TruncateMessage(
+            cpb.TruncateMessageRequest(name=answer.name, content_length=11), metadata=md)
+    status = status_from_rpc_error(caught.value)
+    assert status is not None and [f for f, _ in field_violations(status)] == ["content_length"]
+    await stub.DeleteConversation(cpb.DeleteConversationRequest(name=conv.name), metadata=md)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.TruncateMessage(
+            cpb.TruncateMessageRequest(name=answer.name, content_length=0), metadata=md)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await stub.GetMessage(cpb.GetMessageRequest(name=answer.name), metadata=md)) == cut

@@ -21,7 +21,7 @@ import websockets
 
 from tests.integration.edge.conftest import EdgeStack
 from tests.support.accounts import Account, create_key
-from tests.support.speech import piper_voice, word_error_rate
+from tests.support.speech import piper_pcm, word_error_rate
 
 SENTENCE = "the weather today is sunny with a high of seventy degrees"
 RATE = 24_000
@@ -29,12 +29,10 @@ CHUNK = RATE // 10 * 2  # 100 ms of pcm16
 
 
 def speech_24k(text: str) -> bytes:
-    """Piper's voice saying `text`, as pcm16 at 24 kHz (OpenAI's Realtime default)."""
-    from piper import SynthesisConfig
-
-    chunks = list(piper_voice().synthesize(text, SynthesisConfig(length_scale=1.0)))
-    pcm = np.concatenate([c.audio_int16_array for c in chunks])
-    return soxr.resample(pcm, chunks[0].sample_rate, RATE).astype("<i2").tobytes()
+    """Piper's voice saying `text`, as pcm16 at 24 kHz (OpenAI's Realtime default); the same
+    audio on every call (piper_pcm has no sampling noise)."""
+    pcm, rate = piper_pcm(text)
+    return soxr.resample(pcm, rate, RATE).astype("<i2").tobytes()
 
 
 def silence(seconds: float) -> bytes:
@@ -91,6 +89,18 @@ async def usage_records(http: httpx.AsyncClient, account: Account, kind: str,
             break
         await asyncio.sleep(0.2)
     return records
+
+
+async def session_messages(http: httpx.AsyncClient, account: Account) -> list[dict[str, Any]]:
+    """The stored messages of the account's one conversation (a voice session's), read
+    through the gateway's Conversation API as the account's user."""
+    reply = await http.get("/v1/conversations", headers=account.bearer)
+    assert reply.status_code == 200, reply.text
+    conversations = reply.json().get("conversations", [])
+    assert len(conversations) == 1, conversations
+    reply = await http.get(f"/v1/{conversations[0]['name']}/messages", headers=account.bearer)
+    assert reply.status_code == 200, reply.text
+    return reply.json().get("messages", [])  # type: ignore[no-any-return]
 
 
 async def test_transcription_session_server_vad(
@@ -296,15 +306,25 @@ async def test_spoken_question_answered_with_audio(
     done = events[-1].response
     assert done.status == "completed" and done.output[0].content[0].transcript == transcript
     assert done.usage.output_tokens > 0 and done.usage.total_tokens >= done.usage.output_tokens
+    # Audio tokens at OpenAI's documented rates: the question's audio (speech start minus
+    # the prefix padding to end of utterance, ~2-3 s) at 100 ms, the answer's at 50 ms.
+    details_in, details_out = done.usage.input_token_details, done.usage.output_token_details
+    assert 10 <= details_in.audio_tokens <= 50, details_in
+    answer_ms = len(audio) // 2 * 1000 // RATE
+    assert abs(details_out.audio_tokens - answer_ms / 50) <= 1, (details_out, answer_ms)
+    assert done.usage.output_tokens == details_out.text_tokens + details_out.audio_tokens
+    assert done.usage.input_tokens == details_in.text_tokens + details_in.audio_tokens
     for kind in ("RESOURCE_TYPE_AUDIO_SECONDS", "RESOURCE_TYPE_CHARACTERS_SYNTHESIZED",
                  "RESOURCE_TYPE_COMPLETION_TOKENS"):
         assert await usage_records(edge_http, edge_account, kind), kind
 
 
-async def test_truncate_then_text_only_turn(voice: EdgeStack, api_key: str) -> None:
+async def test_truncate_then_text_only_turn(voice: EdgeStack, edge_http: httpx.AsyncClient,
+                                            edge_account: Account, api_key: str) -> None:
     """Barge-in as a Realtime client does it: on the caller's speech it stops playback and
     truncates the answer to what was played; the server sends no more audio for that item and
-    keeps only the heard part of its transcript. The session then answers in text only."""
+    keeps only the heard part of its transcript, also in the stored conversation (as OpenAI
+    drops the truncated audio's transcript). The session then answers in text only."""
     async with connect(voice, api_key) as conn:
         await configure_voice(conn)
         await speak(conn, QUESTION)
@@ -325,6 +345,11 @@ async def test_truncate_then_text_only_turn(voice: EdgeStack, api_key: str) -> N
         full = "".join(e.delta for e in rest if e.type == "response.audio_transcript.delta")
         heard = item.content[0].transcript
         assert len(heard) < len(full) or not full, (heard, full)
+        answers = [m for m in await session_messages(edge_http, edge_account)
+                   if m["role"] == "ROLE_ASSISTANT"]
+        assert answers and answers[0].get("content", "").strip() == heard, (answers, heard)
+        if len(heard) < len(full):
+            assert answers[0]["state"] == "STATE_INCOMPLETE", answers[0]
         await conn.session.update(session={"modalities": ["text"]})
         await until(conn, "session.updated")
         await speak(conn, QUESTION)
@@ -334,9 +359,11 @@ async def test_truncate_then_text_only_turn(voice: EdgeStack, api_key: str) -> N
     assert second[-1].response.status == "completed"
 
 
-async def test_cancel_and_barge_in(voice: EdgeStack, api_key: str) -> None:
+async def test_cancel_and_barge_in(voice: EdgeStack, edge_http: httpx.AsyncClient,
+                                   edge_account: Account, api_key: str) -> None:
     """With a model that never stops talking: speaking over its answer cancels it (Converse's
-    barge-in: response.done cancelled, turn_detected), and response.cancel cancels the next."""
+    barge-in: response.done cancelled, turn_detected), and response.cancel cancels the next
+    (Converse's CancelReply: the answer is stored incomplete, the session goes on)."""
     async with connect(voice, api_key, model="endless-test") as conn:
         await configure_voice(conn)
         await speak(conn, QUESTION)
@@ -356,8 +383,65 @@ async def test_cancel_and_barge_in(voice: EdgeStack, api_key: str) -> None:
         await conn.response.cancel()  # nothing left to cancel: an error, the session goes on
         error = await until(conn, "error")
         assert error.error.code == "response_cancel_not_active"
+        messages = await session_messages(edge_http, edge_account)
+        assert [m["role"] for m in messages] == ["ROLE_USER", "ROLE_ASSISTANT"] * 2, messages
+        assert all(m["state"] == "STATE_INCOMPLETE" for m in messages[1::2]), messages
         await conn.session.update(session={"voice": "en-us-joe"})
         assert (await until(conn, "session.updated")).session.voice == "en-us-joe"
+
+
+async def test_text_only_replies_are_not_synthesized(
+    voice: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account, api_key: str
+) -> None:
+    """modalities ["text"]: the answer comes as text, Speech synthesizes nothing (no
+    characters-synthesized usage, no output audio tokens); the caller's audio is still
+    recognized and metered in audio seconds."""
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn, modalities=["text"])
+        await speak(conn, QUESTION)
+        events = await collect(conn, "response.done", timeout=180)
+    kinds = {e.type for e in events}
+    assert "response.text.delta" in kinds and not kinds & {"response.audio.delta",
+                                                          "response.audio_transcript.delta"}
+    done = events[-1].response
+    assert done.status == "completed"
+    assert done.usage.output_token_details.audio_tokens == 0
+    assert done.usage.input_token_details.audio_tokens > 0
+    # Audio seconds are metered when the Converse call ends (the session closed above),
+    # after anything the answer metered.
+    seconds = await usage_records(edge_http, edge_account, "RESOURCE_TYPE_AUDIO_SECONDS")
+    assert seconds, "the caller's audio is metered"
+    assert await usage_records(edge_http, edge_account, "RESOURCE_TYPE_COMPLETION_TOKENS")
+    reply = await edge_http.get("/v1/usageRecords", headers=edge_account.bearer,
+                                params={"pageSize": 200})
+    kinds_metered = {r.get("resourceType") for r in reply.json().get("usageRecords", [])}
+    assert "RESOURCE_TYPE_CHARACTERS_SYNTHESIZED" not in kinds_metered, kinds_metered
+
+
+async def test_clear_drops_the_utterance_under_way(
+    voice: EdgeStack, edge_http: httpx.AsyncClient, edge_account: Account, api_key: str
+) -> None:
+    """input_audio_buffer.clear in the middle of an utterance (Converse's ClearInput on the
+    same call): that speech becomes no item and gets no answer; the next question does."""
+    sentence = speech_24k(SENTENCE)
+    async with connect(voice, api_key) as conn:
+        await configure_voice(conn)
+        await append(conn, silence(0.3) + sentence[: len(sentence) * 6 // 10 // 2 * 2])
+        await until(conn, "input_audio_buffer.speech_started", timeout=60)
+        await conn.input_audio_buffer.clear()
+        await until(conn, "input_audio_buffer.cleared", timeout=60)
+        await speak(conn, QUESTION)
+        events = await collect(conn, "response.done", timeout=180)
+    committed = [e for e in events if e.type == "input_audio_buffer.committed"]
+    heard = [e for e in events
+             if e.type == "conversation.item.input_audio_transcription.completed"]
+    assert len(committed) == 1 and len(heard) == 1, [e.type for e in events]
+    assert heard[0].item_id == committed[0].item_id
+    assert word_error_rate(QUESTION, heard[0].transcript.lower()) <= 0.4, heard[0].transcript
+    assert events[-1].response.status == "completed"
+    messages = await session_messages(edge_http, edge_account)
+    assert [m["role"] for m in messages] == ["ROLE_USER", "ROLE_ASSISTANT"], messages
+    assert word_error_rate(QUESTION, messages[0]["content"].lower()) <= 0.4, messages
 
 
 # --- the GA vocabulary (client.realtime) ----------------------------------------------------
@@ -417,8 +501,8 @@ async def test_g711_transcription(edge: EdgeStack, edge_http: httpx.AsyncClient,
             await conn.input_audio_buffer.append(audio=base64.b64encode(ulaw[i:i + 800]).decode())
         done = await until(conn, "conversation.item.input_audio_transcription.completed")
     # The telephone band costs pocketsphinx words (Speech's own mu-law tests ask only for
-    # speech), so the reference is Speech itself on the same audio; on this band its output
-    # varies from run to run (0.4-0.8 WER between two runs), so only shared words are asked.
+    # speech), so the reference is Speech itself on the same audio. (Its output once varied
+    # from run to run: the test's Piper audio was a new random rendering in every run.)
     native = await edge_http.post("/v1/speech:recognize", headers=edge_account.bearer, json={
         "config": {"encoding": "AUDIO_ENCODING_MULAW", "sampleRateHertz": 8000,
                    "languageCode": "en-US"}, "content": base64.b64encode(ulaw).decode()})
@@ -427,7 +511,7 @@ async def test_g711_transcription(edge: EdgeStack, edge_http: httpx.AsyncClient,
                          for r in native.json().get("results", []))
     assert done.transcript.strip() and reference.strip()
     shared = set(reference.lower().split()) & set(done.transcript.lower().split())
-    assert shared, (reference, done.transcript)  # a CI run once shared only "what"
+    assert len(shared) >= 2, (reference, done.transcript)
 
 
 async def test_budget_refusal_is_an_error_event(
@@ -464,11 +548,9 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
     heard = next(e for e in events
                  if e.type == "conversation.item.input_audio_transcription.completed")
     assert heard.item_id == committed.item_id
-    # This test is about the client's turns; accuracy is the server-VAD tests' and the parity
-    # suite's. Under CI load the same audio once came back "what is the cap old friends"
-    # (WER 0.5; not root-caused), so only ask that the committed question was heard.
-    heard_words = set(heard.transcript.lower().split())
-    assert len(heard_words & set(QUESTION.split())) >= 3, heard.transcript
+    # ("what is the cap old friends" once: the test's Piper audio was a new random rendering
+    # in every run; piper_pcm renders without sampling noise now.)
+    assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
     assert any(e.type == "response.audio.delta" for e in events)
     assert events[-1].response.status == "completed"
 

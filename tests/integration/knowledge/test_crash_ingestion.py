@@ -17,7 +17,10 @@ from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from services.knowledge.vector_index import COLLECTION
 from tests.integration.knowledge.conftest import Caller, Doc
 
-PARAGRAPHS = 900  # enough chunks that embedding takes several batches (EMBED_BATCH = 64)
+# ~370 chunks: a dozen embedding batches of 32, so the kill lands between the first batch's
+# writes and READY (with 900 paragraphs, ~110 chunks, all four batches were in flight at once and
+# the faster model finished them between two polls).
+PARAGRAPHS = 3000
 
 
 async def _sql(caller: Caller, query: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
@@ -78,7 +81,7 @@ async def test_sigkill_mid_ingestion_reaches_ready_once_without_duplicates(calle
     while await _chunk_rows(caller, uid) == 0:
         assert time.monotonic() < deadline, "ingestion never started writing chunks"
         assert (await caller.get(doc.name)).state == Doc.STATE_PROCESSING
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.02)
     assert (await caller.get(doc.name)).state == Doc.STATE_PROCESSING
     written_before_kill = await _chunk_rows(caller, uid)
     mesh.crash("knowledge")

@@ -22,12 +22,14 @@ from scripts.stack import grpc_healthy
 from services.common import tls
 from services.common.channels import open_channel
 from services.common.config import REPO_ROOT, Settings
-from tests.integration.speech.conftest import INTERRUPTION, QUESTION, Speech, identity
+from aimesh_sdk.audio import paced, pcm_chunks
+from tests.integration.speech.conftest import INTERRUPTION, QUESTION, RATE, Speech, identity
 from tests.integration.speech.converse_util import (
     Caller,
     converse_config,
 )
 from tests.support.mesh import TestMesh, free_port
+from tests.support.speech import word_error_rate
 
 DELTA = "This sentence is part of a long answer. "
 
@@ -173,3 +175,103 @@ async def test_barge_in_during_generation_cancels_it(
     assert done.finish_reason == orchestrator_pb2.FINISH_REASON_CANCELLED
     assert done.user_message == "conversations/slow/messages/1"
     assert fake.first_call_deltas < 60
+
+
+async def test_cancel_reply_and_clear_input_keep_the_session(
+    speech_mesh: TestMesh,
+    speech_on_slow_conversation: str,
+    slow_conversation: tuple[SlowConversation, str],
+    questions: dict[str, np.ndarray],
+) -> None:
+    """On ONE Converse stream: CancelReply stops the reply being generated (no barge-in, no
+    new speech), ClearInput drops an utterance half spoken (no transcript, no messages, no
+    reply), and the next utterance on the same stream is heard and answered."""
+    fake, _ = slow_conversation
+    fake.calls = 0
+    fake.cancelled.clear()
+    settings = Settings.from_env({**speech_mesh.env, "AIMESH_SPEECH_ADDR": speech_on_slow_conversation})
+    responses: list[speech_pb2.ConverseResponse] = []
+    replying = asyncio.Event()  # the first reply's audio is streaming
+    first_done = asyncio.Event()
+    answered = asyncio.Event()  # a turn after the cleared one completed
+    silence = np.zeros(RATE // 10, dtype=np.int16)
+
+    async def audio(pcm: np.ndarray) -> AsyncIterator[speech_pb2.ConverseRequest]:
+        async for chunk in paced(pcm_chunks(pcm.tobytes(), RATE), RATE, 1.0):
+            yield speech_pb2.ConverseRequest(audio_content=chunk)
+
+    async def until(event: asyncio.Event) -> AsyncIterator[speech_pb2.ConverseRequest]:
+        for _ in range(600):
+            if event.is_set():
+                return
+            yield speech_pb2.ConverseRequest(audio_content=silence.tobytes())
+            await asyncio.sleep(0.1)
+
+    async def requests() -> AsyncIterator[speech_pb2.ConverseRequest]:
+        yield speech_pb2.ConverseRequest(config=converse_config(conversation="conversations/slow"))
+        async for r in audio(np.concatenate([np.zeros(RATE // 4, np.int16), questions[QUESTION]])):
+            yield r
+        async for r in until(replying):
+            yield r
+        first_turn = next(x.turn_id for x in responses if x.WhichOneof("event") == "audio")
+        yield speech_pb2.ConverseRequest(cancel_reply=speech_pb2.CancelReply(turn_id=first_turn))
+        async for r in until(first_done):
+            yield r
+        said = questions[INTERRUPTION]
+        async for r in audio(said[: said.size * 6 // 10]):  # half a sentence...
+            yield r
+        yield speech_pb2.ConverseRequest(clear_input=speech_pb2.ClearInput())  # ...dropped
+        async for r in audio(np.concatenate([np.zeros(RATE, np.int16), said])):
+            yield r
+        async for r in until(answered):
+            yield r
+
+    async with open_channel(settings, "speech", caller="gateway") as channel:
+        stub = speech_pb2_grpc.SpeechServiceStub(channel)
+        call = stub.Converse(requests(), metadata=identity(), timeout=150)
+        async for response in call:
+            responses.append(response)
+            kind = response.WhichOneof("event")
+            if kind == "audio":
+                replying.set()
+            if kind == "turn_complete":
+                completed = [x for x in responses if x.WhichOneof("event") == "turn_complete"]
+                first_done.set()
+                if len(completed) == 3:
+                    answered.set()
+                    call.cancel()
+                    break
+    turns: list[str] = []
+    for r in responses:
+        if r.turn_id and r.turn_id not in turns:
+            turns.append(r.turn_id)
+    assert len(turns) == 3, [(r.turn_id, r.WhichOneof("event")) for r in responses]
+    by_turn = {t: [r for r in responses if r.turn_id == t] for t in turns}
+    assert not any(r.WhichOneof("event") == "barge_in" for r in responses)
+    # 1. The cancelled reply: interrupted, generation cancelled upstream, nothing after.
+    first = by_turn[turns[0]]
+    assert first[-1].turn_complete.interrupted
+    assert first[-1].turn_complete.finish_reason == orchestrator_pb2.FINISH_REASON_CANCELLED
+    await asyncio.wait_for(fake.cancelled.wait(), 10)
+    # 2. The cleared utterance: its speech began, then nothing but turn_complete(input_cleared).
+    cleared = by_turn[turns[1]]
+    assert cleared[-1].turn_complete.input_cleared, cleared[-1]
+    assert not [r for r in cleared if r.WhichOneof("event") == "transcript"
+                and r.transcript.is_final]
+    assert not cleared[-1].turn_complete.user_message
+    # 3. The next utterance on the same stream: heard whole and answered.
+    third = by_turn[turns[2]]
+    final = next(r.transcript for r in third
+                 if r.WhichOneof("event") == "transcript" and r.transcript.is_final)
+    trace = [(turns.index(r.turn_id) if r.turn_id in turns else -1, r.WhichOneof("event"),
+              str(r.speech_event.type) + "@" + str(r.speech_event.offset.ToMilliseconds())
+              if r.WhichOneof("event") == "speech_event" else
+              (r.transcript.alternatives[0].transcript if r.transcript.alternatives else "")
+              + ("!" if r.transcript.is_final else "")
+              if r.WhichOneof("event") == "transcript" else "") for r in responses
+             if r.WhichOneof("event") not in ("audio", "text_delta")]
+    assert word_error_rate(INTERRUPTION, final.alternatives[0].transcript) <= 0.3, trace
+    assert any(r.WhichOneof("event") == "text_delta" for r in third)
+    done = third[-1].turn_complete
+    assert not done.interrupted and not done.input_cleared
+    assert fake.calls == 2  # the cleared utterance asked for no answer

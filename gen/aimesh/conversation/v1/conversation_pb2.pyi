@@ -171,6 +171,14 @@ class GetMessageRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class TruncateMessageRequest(_message.Message):
+    __slots__ = ("name", "content_length")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    content_length: int
+    def __init__(self, name: _Optional[str] = ..., content_length: _Optional[int] = ...) -> None: ...
+
 class SendMessageRequest(_message.Message):
     __slots__ = ("conversation", "content", "model", "retrieval", "temperature", "max_output_tokens", "request_id")
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]

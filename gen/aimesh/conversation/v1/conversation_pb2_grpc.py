@@ -83,6 +83,11 @@ class ConversationServiceStub(object):
                 request_serializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.GetMessageRequest.SerializeToString,
                 response_deserializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.Message.FromString,
                 _registered_method=True)
+        self.TruncateMessage = channel.unary_unary(
+                '/aimesh.conversation.v1.ConversationService/TruncateMessage',
+                request_serializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.TruncateMessageRequest.SerializeToString,
+                response_deserializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.Message.FromString,
+                _registered_method=True)
         self.SendMessage = channel.unary_stream(
                 '/aimesh.conversation.v1.ConversationService/SendMessage',
                 request_serializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageRequest.SerializeToString,
@@ -187,6 +192,22 @@ class ConversationServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TruncateMessage(self, request, context):
+        """Cuts an assistant message's content to its first content_length code points: what a
+        voice caller heard before stopping the reply's playback (the Realtime bridge's
+        conversation.item.truncate). Later answers see only the kept text. A message that
+        loses text becomes STATE_INCOMPLETE; truncating to the current length changes nothing
+        (idempotent).
+
+        Errors: INVALID_ARGUMENT with field violations for a malformed name or a
+        content_length outside 0 to the content's length; NOT_FOUND for a missing message or
+        conversation, or another organization's; FAILED_PRECONDITION for a user message or a
+        soft-deleted conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SendMessage(self, request, context):
         """Sends a user message and streams the assistant's answer (server-sent events over
         JSON/HTTP).
@@ -267,6 +288,11 @@ def add_ConversationServiceServicer_to_server(servicer, server):
             'GetMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessage,
                     request_deserializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.GetMessageRequest.FromString,
+                    response_serializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.Message.SerializeToString,
+            ),
+            'TruncateMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.TruncateMessage,
+                    request_deserializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.TruncateMessageRequest.FromString,
                     response_serializer=aimesh_dot_conversation_dot_v1_dot_conversation__pb2.Message.SerializeToString,
             ),
             'SendMessage': grpc.unary_stream_rpc_method_handler(
@@ -499,6 +525,33 @@ class ConversationService(object):
             target,
             '/aimesh.conversation.v1.ConversationService/GetMessage',
             aimesh_dot_conversation_dot_v1_dot_conversation__pb2.GetMessageRequest.SerializeToString,
+            aimesh_dot_conversation_dot_v1_dot_conversation__pb2.Message.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TruncateMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aimesh.conversation.v1.ConversationService/TruncateMessage',
+            aimesh_dot_conversation_dot_v1_dot_conversation__pb2.TruncateMessageRequest.SerializeToString,
             aimesh_dot_conversation_dot_v1_dot_conversation__pb2.Message.FromString,
             options,
             channel_credentials,

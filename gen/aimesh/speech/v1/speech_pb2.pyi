@@ -286,7 +286,7 @@ class ListVoicesResponse(_message.Message):
     def __init__(self, voices: _Optional[_Iterable[_Union[Voice, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ConverseConfig(_message.Message):
-    __slots__ = ("conversation", "recognition_config", "interim_results", "endpointing", "voice", "speaking_rate", "output_audio_config", "model", "retrieval", "disable_barge_in")
+    __slots__ = ("conversation", "recognition_config", "interim_results", "endpointing", "voice", "speaking_rate", "output_audio_config", "model", "retrieval", "disable_barge_in", "disable_reply_audio")
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     RECOGNITION_CONFIG_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +297,7 @@ class ConverseConfig(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     DISABLE_BARGE_IN_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_REPLY_AUDIO_FIELD_NUMBER: _ClassVar[int]
     conversation: str
     recognition_config: RecognitionConfig
     interim_results: bool
@@ -307,15 +308,30 @@ class ConverseConfig(_message.Message):
     model: str
     retrieval: _orchestrator_pb2.RetrievalOptions
     disable_barge_in: bool
-    def __init__(self, conversation: _Optional[str] = ..., recognition_config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: bool = ..., endpointing: _Optional[_Union[EndpointingConfig, _Mapping]] = ..., voice: _Optional[str] = ..., speaking_rate: _Optional[float] = ..., output_audio_config: _Optional[_Union[AudioOutputConfig, _Mapping]] = ..., model: _Optional[str] = ..., retrieval: _Optional[_Union[_orchestrator_pb2.RetrievalOptions, _Mapping]] = ..., disable_barge_in: bool = ...) -> None: ...
+    disable_reply_audio: bool
+    def __init__(self, conversation: _Optional[str] = ..., recognition_config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: bool = ..., endpointing: _Optional[_Union[EndpointingConfig, _Mapping]] = ..., voice: _Optional[str] = ..., speaking_rate: _Optional[float] = ..., output_audio_config: _Optional[_Union[AudioOutputConfig, _Mapping]] = ..., model: _Optional[str] = ..., retrieval: _Optional[_Union[_orchestrator_pb2.RetrievalOptions, _Mapping]] = ..., disable_barge_in: bool = ..., disable_reply_audio: bool = ...) -> None: ...
+
+class CancelReply(_message.Message):
+    __slots__ = ("turn_id",)
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    def __init__(self, turn_id: _Optional[str] = ...) -> None: ...
+
+class ClearInput(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ConverseRequest(_message.Message):
-    __slots__ = ("config", "audio_content")
+    __slots__ = ("config", "audio_content", "cancel_reply", "clear_input")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     AUDIO_CONTENT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REPLY_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_INPUT_FIELD_NUMBER: _ClassVar[int]
     config: ConverseConfig
     audio_content: bytes
-    def __init__(self, config: _Optional[_Union[ConverseConfig, _Mapping]] = ..., audio_content: _Optional[bytes] = ...) -> None: ...
+    cancel_reply: CancelReply
+    clear_input: ClearInput
+    def __init__(self, config: _Optional[_Union[ConverseConfig, _Mapping]] = ..., audio_content: _Optional[bytes] = ..., cancel_reply: _Optional[_Union[CancelReply, _Mapping]] = ..., clear_input: _Optional[_Union[ClearInput, _Mapping]] = ...) -> None: ...
 
 class ConversationReady(_message.Message):
     __slots__ = ("conversation", "created")
@@ -364,7 +380,7 @@ class BargeIn(_message.Message):
     def __init__(self, interrupted_turn_id: _Optional[str] = ..., speech_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_sent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class TurnComplete(_message.Message):
-    __slots__ = ("user_message", "assistant_message", "interrupted", "finish_reason", "usage", "citations", "reply_audio_duration")
+    __slots__ = ("user_message", "assistant_message", "interrupted", "finish_reason", "usage", "citations", "reply_audio_duration", "input_cleared")
     USER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ASSISTANT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
@@ -372,6 +388,7 @@ class TurnComplete(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     REPLY_AUDIO_DURATION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_CLEARED_FIELD_NUMBER: _ClassVar[int]
     user_message: str
     assistant_message: str
     interrupted: bool
@@ -379,7 +396,8 @@ class TurnComplete(_message.Message):
     usage: _orchestrator_pb2.TokenUsage
     citations: _containers.RepeatedCompositeFieldContainer[_orchestrator_pb2.Citation]
     reply_audio_duration: _duration_pb2.Duration
-    def __init__(self, user_message: _Optional[str] = ..., assistant_message: _Optional[str] = ..., interrupted: bool = ..., finish_reason: _Optional[_Union[_orchestrator_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_orchestrator_pb2.TokenUsage, _Mapping]] = ..., citations: _Optional[_Iterable[_Union[_orchestrator_pb2.Citation, _Mapping]]] = ..., reply_audio_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    input_cleared: bool
+    def __init__(self, user_message: _Optional[str] = ..., assistant_message: _Optional[str] = ..., interrupted: bool = ..., finish_reason: _Optional[_Union[_orchestrator_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_orchestrator_pb2.TokenUsage, _Mapping]] = ..., citations: _Optional[_Iterable[_Union[_orchestrator_pb2.Citation, _Mapping]]] = ..., reply_audio_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., input_cleared: bool = ...) -> None: ...
 
 class ConverseResponse(_message.Message):
     __slots__ = ("turn_id", "conversation", "transcript", "speech_event", "text_delta", "audio", "barge_in", "turn_complete", "error")

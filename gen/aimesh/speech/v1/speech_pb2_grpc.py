@@ -189,8 +189,9 @@ class SpeechServiceServicer(object):
         speech, turn by turn. Messages are stored in a Conversation (see ConversationService),
         so the same conversation can continue by text or voice.
 
-        Requests: first `config`, then only `audio_content` (LINEAR16, chunk limit as
-        StreamingRecognize).
+        Requests: first `config`, then `audio_content` (LINEAR16, chunk limit as
+        StreamingRecognize), and at any point the controls `cancel_reply` (stop one reply, keep
+        the session) and `clear_input` (drop the utterance in progress).
 
         Responses: first `conversation` (the conversation's name, created if config named none).
         Then per turn (a turn is one caller utterance and the assistant's reply, identified by
