@@ -44,9 +44,11 @@ log = logging.getLogger("aimesh.speech.recognition")
 # How long an utterance may take to finalize on Triton: generous, because a busy recognizer
 # works through a backlog of chunks first; it only guards against a stuck sequence.
 FINAL_TIMEOUT_SECONDS = 60.0
-# Longer than the callers' own idle limits (10 s StreamingRecognize, 30 s Converse): audio keeps
-# flowing on a live stream, so the sequence only goes idle when the caller does.
-IDLE_TIMEOUT_SECONDS = 40.0
+# Longer than the callers' own idle limits (10 s StreamingRecognize, 30 s Converse), and longer
+# than FINAL_TIMEOUT_SECONDS: the session sends nothing while it waits for a final, so on an
+# overloaded recognizer a shorter idle limit closed the stream before the final came (12 streams
+# bursting the same audio beside 2 spinning processes: 3 failed "no audio for 40s", 9 answered).
+IDLE_TIMEOUT_SECONDS = FINAL_TIMEOUT_SECONDS + 10.0
 OUTPUT_QUEUE_SIZE = 32  # events buffered towards a slow client before we stop reading audio
 
 
