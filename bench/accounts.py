@@ -51,7 +51,7 @@ async def bench_account(http: httpx.AsyncClient, settings: Settings) -> BenchAcc
         await usage_pb2_grpc.UsageServiceStub(usage_channel).SetRateLimitPolicy(
             usage_pb2.SetRateLimitPolicyRequest(policy=usage_pb2.RateLimitPolicy(
                 name=f"{org}/rateLimitPolicy", organization_requests_per_minute=10_000_000,
-                api_key_requests_per_minute=10_000_000, plan="bench")), timeout=5)
+                api_key_requests_per_minute=10_000_000, plan="bench")), timeout=30)  # setup, not measured
     identity = (("x-aimesh-org", org.split("/", 1)[1]), ("x-aimesh-subject", f"apiKeys/{key_id}"),
                 ("x-aimesh-roles", "member"), ("x-aimesh-key-id", key_id))
     return BenchAccount(org, secret, identity, signup.json()["accessToken"])
