@@ -361,7 +361,9 @@ class RecognitionSession:
             # A long stretch without speech is still decoded, in bounded pieces: a decoder's
             # utterance (and the work at its end) must not grow with a silent caller.
             await self._finish_utterance(self._position)
-        elif self._pending.size >= self._send_chunk:
+        elif self._pending.size >= self._send_chunk or (self._vad.pausing and self._pending.size):
+            # In a pause every chunk goes at once: when the silence then ends the utterance,
+            # the recognizer has little audio left to decode before its final.
             await self._send(self._pending.size, self._open_utterance())
 
     def _speech_start_timed_out(self) -> bool:
