@@ -114,6 +114,11 @@ class StreamResult:
     wall: float  # first request -> last response
     eos_to_final: float | None  # end of speech (as sent) -> final result
     transcript: str
+    # end of speech (as sent) -> arrival of the END_OF_UTTERANCE event, and that event's
+    # offset: where in the audio the endpoint was decided (seconds from the stream start)
+    eos_to_endpoint: float | None = None
+    endpoint_offset: float | None = None
+    speech_end: float = 0.0  # seconds into the audio
 
 
 async def gateway_stream(
@@ -144,8 +149,14 @@ async def gateway_stream(
             yield speech_pb2.StreamingRecognizeRequest(audio_content=chunk)
 
     final_at: float | None = None
+    endpoint_at: float | None = None
+    endpoint_offset: float | None = None
     texts: list[str] = []
     async for response in stub.StreamingRecognize(requests(), metadata=metadata, timeout=300):
+        if response.speech_event_type == speech_pb2.SPEECH_EVENT_TYPE_END_OF_UTTERANCE:
+            if endpoint_at is None:
+                endpoint_at = time.perf_counter()
+                endpoint_offset = response.speech_event_offset.ToNanoseconds() / 1e9
         for result in response.results:
             if result.is_final and result.alternatives[0].transcript:
                 final_at = final_at or time.perf_counter()
@@ -153,7 +164,14 @@ async def gateway_stream(
     text = " ".join(texts)
     ended = time.perf_counter()
     eos = started + speech_end / realtime if realtime > 0 else None
-    return StreamResult(ended - started, (final_at - eos) if (final_at and eos) else None, text)
+    return StreamResult(
+        ended - started,
+        (final_at - eos) if (final_at and eos) else None,
+        text,
+        (endpoint_at - eos) if (endpoint_at and eos) else None,
+        endpoint_offset,
+        speech_end,
+    )
 
 
 async def direct_stream(client: TritonClient, speech: np.ndarray, realtime: float) -> StreamResult:
@@ -285,6 +303,23 @@ async def realtime_factor(
     )
 
 
+def latency_parts(r: StreamResult, silence_ms: int) -> dict[str, float] | None:
+    """End of speech -> final beyond the silence, in the order it is spent (seconds): where in
+    the audio the detector closed the utterance beyond the silence (the classifier's frames and
+    its hangover), the wait for the client's chunk holding that point to be recorded, that
+    chunk's way to Speech and the END_OF_UTTERANCE event's way back, and the final after it."""
+    if r.eos_to_final is None or r.eos_to_endpoint is None or r.endpoint_offset is None:
+        return None
+    chunk = CHUNK_MS / 1000
+    chunk_end = -(-round(r.endpoint_offset * 1000) // CHUNK_MS) * chunk  # recorded at
+    return {
+        "vad": r.endpoint_offset - r.speech_end - silence_ms / 1000,
+        "chunk": chunk_end - r.endpoint_offset,
+        "transit": r.eos_to_endpoint - (chunk_end - r.speech_end),
+        "final": r.eos_to_final - r.eos_to_endpoint,
+    }
+
+
 async def endpointing(
     stub: Any,
     metadata: list[tuple[str, str]],
@@ -294,18 +329,20 @@ async def endpointing(
 ) -> None:
     print("end of speech -> final result (real-time pacing), by endpointing silence:")
     for silence_ms in SILENCE_SETTINGS:
-        lat = [
-            r.eos_to_final
-            for a in speech.values()
-            if (r := await gateway_stream(stub, metadata, a, 1.0, silence_ms)).eos_to_final
-            is not None
+        results = [
+            await gateway_stream(stub, metadata, a, 1.0, silence_ms) for a in speech.values()
         ]
+        lat = [r.eos_to_final for r in results if r.eos_to_final is not None]
         beyond = [x - silence_ms / 1000 for x in lat]
         beyond_p50 = statistics.median(beyond)
         print(
             line(f"gateway, silence {silence_ms} ms", lat)
             + f"   beyond the silence p50 {beyond_p50 * 1000:.0f} ms (target <= 150)"
         )
+        parts = [p for r in results if (p := latency_parts(r, silence_ms)) is not None]
+        if parts:
+            medians = {k: statistics.median(p[k] for p in parts) * 1000 for k in parts[0]}
+            print("    p50 parts (ms): " + "  ".join(f"{k} {v:.0f}" for k, v in medians.items()))
         verdicts.append(
             verdict(
                 f"end of speech -> final <= 150 ms beyond a {silence_ms} ms silence",

@@ -53,9 +53,11 @@ async def follow_channel(
     miss messages from now on), then subscribe again after `resubscribe_after` seconds."""
     while True:
         pubsub = redis.pubsub()
+        listening = False
         try:
             await pubsub.subscribe(channel)
             await subscribed()
+            listening = True
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                    timeout=poll_seconds)
@@ -67,8 +69,9 @@ async def follow_channel(
                         await done
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.warning("channel %s lost, resubscribing: %r", channel, exc)
+        except Exception as exc:  # once per loss, not once per retry while Redis is away
+            log.log(logging.WARNING if listening else logging.DEBUG,
+                    "channel %s lost, resubscribing: %r", channel, exc)
         finally:
             lost()
             try:

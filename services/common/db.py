@@ -79,7 +79,9 @@ async def check_pooled_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     could tell as well (a silent network loss would stall that round trip too), and only a
     readable one gets psycopg_pool's full check (an empty query)."""
     try:
-        readable = bool(select.select([conn.pgconn.socket], [], [], 0)[0])
+        idle = select.poll()  # poll, not select: no limit on descriptor numbers
+        idle.register(conn.pgconn.socket, select.POLLIN)
+        readable = bool(idle.poll(0))
     except (OSError, ValueError, psycopg.Error):
         readable = True  # closed or unusable: the full check says so
     if readable:

@@ -29,7 +29,6 @@ any other peer), and Envoy strips a client-sent one before jwt_authn runs.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from typing import Any
 
@@ -40,7 +39,7 @@ from services.common import identity
 from services.common.cache import ServiceCache, follow_channel
 from services.common.errors import unauthenticated, unavailable
 from services.common.handlers import MethodInterceptor, before, call_unary, rewrap
-from services.common.request_checks import is_idempotent_read, method_descriptor
+from services.common.request_checks import described_method
 
 AUTH_PREFIX = "auth"  # Auth's Redis key prefix; its revocation entries are read here, never written
 CHANNEL = "auth:changed"  # services/auth/mirror.py: every changed Auth entry is published here
@@ -150,8 +149,8 @@ class GatewayJwtInterceptor(MethodInterceptor):
         if payload is None:
             return handler
         token = str(payload)
-        if self.limiter is not None and handler.unary_unary and _reads_only(
-                handler_call_details.method):
+        if self.limiter is not None and handler.unary_unary and described_method(
+                handler_call_details.method)[1]:
             return rewrap(handler, lambda behavior: self._counted_alongside(behavior, token),
                           lambda behavior: behavior)
         return before(handler, lambda context: self.admit(token))
@@ -200,11 +199,6 @@ class GatewayJwtInterceptor(MethodInterceptor):
             return reply
 
         return run
-
-
-@functools.lru_cache(maxsize=1024)
-def _reads_only(method: str) -> bool:
-    return is_idempotent_read(method_descriptor(method))
 
 
 def start(runtime: Any) -> GatewayJwtInterceptor:

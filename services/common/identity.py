@@ -124,13 +124,10 @@ def token_claims(payload: str) -> TokenClaims | None:
     return TokenClaims(org, user, roles, scopes, session)
 
 
-def _unchanged(org: str, user: str) -> str | None:
-    return None
-
-
 # (org, user) -> the member's role since a change after its tokens were issued ("-": no longer a
-# member), or None. Each server process sets services/common/gateway_jwt.py's mirror here.
-_role_now: Callable[[str, str], str | None] = _unchanged
+# member), or None. Each gRPC server process sets services/common/gateway_jwt.py's mirror here; a
+# process without that mirror (the edge: Check admits its callers) never takes a payload's word.
+_role_now: Callable[[str, str], str | None] | None = None
 
 
 def set_role_source(role_now: Callable[[str, str], str | None]) -> None:
@@ -140,7 +137,7 @@ def set_role_source(role_now: Callable[[str, str], str | None]) -> None:
 
 def _token_identity(payload: str) -> Identity | None:
     claims = token_claims(payload)
-    if claims is None:
+    if claims is None or _role_now is None:
         return None
     now = _role_now(claims.org, claims.user)
     if now == "-":

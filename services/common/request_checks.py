@@ -15,6 +15,7 @@ interceptor, so no service repeats them):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +224,13 @@ def method_descriptor(method: str) -> _descriptor.MethodDescriptor | None:
         return descriptor_pool.Default().FindMethodByName(method.lstrip("/").replace("/", "."))
     except KeyError:
         return None
+
+
+@functools.lru_cache(maxsize=1024)  # looked up on every call, the same few methods each time
+def described_method(method: str) -> tuple[_descriptor.MethodDescriptor | None, bool]:
+    """`method`'s descriptor and whether it is an idempotent read."""
+    described = method_descriptor(method)
+    return described, is_idempotent_read(described)
 
 
 def is_idempotent_read(method: _descriptor.MethodDescriptor | None) -> bool:

@@ -44,8 +44,7 @@ from services.common.request_checks import (
     check_request,
     checked_deserializer,
     checked_stream,
-    is_idempotent_read,
-    method_descriptor,
+    described_method,
 )
 
 log = logging.getLogger("aimesh.server")
@@ -148,8 +147,7 @@ class ErrorInterceptor(MethodInterceptor):
         self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
-        described = method_descriptor(method)
-        retry_once = is_idempotent_read(described)
+        described, retry_once = described_method(method)
         # Envoy's own protocol (ext_authz Check) is sent only by the gateway, from HTTP headers
         # its codecs already refused NUL in; walking its ~20 header strings costs ~30 us a call.
         check_fields = not method.startswith(ENVOY_METHOD_PREFIX)

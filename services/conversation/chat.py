@@ -119,7 +119,10 @@ class Chat:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             try:
-                await asyncio.wait_for(lock.acquire(), timeout)
+                if users:  # wait_for runs a task: only when another send holds or awaits it
+                    await asyncio.wait_for(lock.acquire(), timeout)
+                else:
+                    await lock.acquire()  # free, nobody queued: immediate
             except TimeoutError:
                 raise _busy() from None
             try:

@@ -44,9 +44,11 @@ log = logging.getLogger("aimesh.speech.recognition")
 # How long an utterance may take to finalize on Triton: generous, because a busy recognizer
 # works through a backlog of chunks first; it only guards against a stuck sequence.
 FINAL_TIMEOUT_SECONDS = 60.0
-# Longer than the callers' own idle limits (10 s StreamingRecognize, 30 s Converse): audio keeps
-# flowing on a live stream, so the sequence only goes idle when the caller does.
-IDLE_TIMEOUT_SECONDS = 40.0
+# Longer than the callers' own idle limits (10 s StreamingRecognize, 30 s Converse), and longer
+# than FINAL_TIMEOUT_SECONDS: the session sends nothing while it waits for a final, so on an
+# overloaded recognizer a shorter idle limit closed the stream before the final came (12 streams
+# bursting the same audio beside 2 spinning processes: 3 failed "no audio for 40s", 9 answered).
+IDLE_TIMEOUT_SECONDS = FINAL_TIMEOUT_SECONDS + 10.0
 OUTPUT_QUEUE_SIZE = 32  # events buffered towards a slow client before we stop reading audio
 
 
@@ -359,7 +361,9 @@ class RecognitionSession:
             # A long stretch without speech is still decoded, in bounded pieces: a decoder's
             # utterance (and the work at its end) must not grow with a silent caller.
             await self._finish_utterance(self._position)
-        elif self._pending.size >= self._send_chunk:
+        elif self._pending.size >= self._send_chunk or (self._vad.pausing and self._pending.size):
+            # In a pause every chunk goes at once: when the silence then ends the utterance,
+            # the recognizer has little audio left to decode before its final.
             await self._send(self._pending.size, self._open_utterance())
 
     def _speech_start_timed_out(self) -> bool:

@@ -31,7 +31,7 @@ def tokens() -> Iterator[RevokedTokens]:
     mirror.live = True
     identity.set_role_source(mirror.role_now)
     yield mirror
-    identity.set_role_source(lambda org, user: None)
+    identity._role_now = None  # as in a process without the mirror
 
 
 async def _refusal(tokens: RevokedTokens, payload: str = TOKEN) -> tuple[grpc.StatusCode, str]:
@@ -73,6 +73,11 @@ async def test_no_mirror_no_admission_and_bad_payloads_are_refused(tokens: Revok
     for bad in ("%%%", _payload(sub="u_1"), _payload(org="o_1"), base64.b64encode(b"[1]").decode()):
         assert await _refusal(tokens, bad) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
         assert identity_from_metadata({HEADER_JWT_PAYLOAD: bad}) is None
+
+
+def test_a_process_without_the_mirror_ignores_payloads() -> None:
+    # The edge (HTTP) runs no JWT interceptor: Check admits its callers and removes the payload.
+    assert identity_from_metadata({HEADER_JWT_PAYLOAD: TOKEN}) is None
 
 
 def test_gateway_identity_headers_win_over_a_payload() -> None:

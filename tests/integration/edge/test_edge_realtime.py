@@ -538,6 +538,9 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
         await configure_voice(conn, turn_detection=None)
         await conn.response.create()
         assert (await until(conn, "error")).error.code == "response_create_empty"
+        await append(conn, speech_24k(SENTENCE))  # said, then taken back
+        await conn.input_audio_buffer.clear()
+        await until(conn, "input_audio_buffer.cleared")
         await append(conn, speech_24k(QUESTION))
         await conn.input_audio_buffer.commit()
         committed = await until(conn, "input_audio_buffer.committed")
