@@ -557,7 +557,8 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
         await append(conn, speech_24k(SENTENCE))  # said, then taken back
         await conn.input_audio_buffer.clear()
         await until(conn, "input_audio_buffer.cleared")
-        await append(conn, speech_24k(QUESTION))
+        question = speech_24k(QUESTION)
+        await append(conn, question)
         await conn.input_audio_buffer.commit()
         committed = await until(conn, "input_audio_buffer.committed")
         await conn.response.create()
@@ -572,6 +573,10 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
     assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
     assert any(e.type == "response.audio.delta" for e in events)
     assert events[-1].response.status == "completed"
+    # The committed audio, at OpenAI's 1 token per 100 ms of user audio (a started one counts).
+    question_ms = len(question) // 2 * 1000 // RATE
+    usage = events[-1].response.usage
+    assert usage.input_token_details.audio_tokens == -(-question_ms // 100), usage
 
 
 async def test_unknown_voice_is_refused_until_the_session_changes(voice: EdgeStack,
