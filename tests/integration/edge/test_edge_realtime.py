@@ -91,6 +91,15 @@ async def usage_records(http: httpx.AsyncClient, account: Account, kind: str,
     return records
 
 
+async def converse_calls(http: httpx.AsyncClient, account: Account) -> int:
+    """How many Converse calls the account's session made: Speech meters each call's audio
+    seconds once, when the call ends (call this after the session closed)."""
+    records = await usage_records(http, account, "RESOURCE_TYPE_AUDIO_SECONDS")
+    await asyncio.sleep(1.0)  # a second call's record would be written by now as well
+    return len(await usage_records(http, account, "RESOURCE_TYPE_AUDIO_SECONDS",
+                                   want=len(records)))
+
+
 async def session_messages(http: httpx.AsyncClient, account: Account) -> list[dict[str, Any]]:
     """The stored messages of the account's one conversation (a voice session's), read
     through the gateway's Conversation API as the account's user."""
@@ -369,7 +378,11 @@ async def test_cancel_and_barge_in(voice: EdgeStack, edge_http: httpx.AsyncClien
         await speak(conn, QUESTION)
         first = await until(conn, "response.audio_transcript.delta", timeout=180)
         await speak(conn, "stop please")
-        events = await collect(conn, "response.audio_transcript.delta", timeout=180)
+        events = []  # up to the second answer's first words (the first may stream on a bit)
+        async with asyncio.timeout(180):
+            while not (events and events[-1].type == "response.audio_transcript.delta"
+                       and events[-1].response_id != first.response_id):
+                events.append(await conn.recv())
         done = next(e for e in events if e.type == "response.done")
         assert done.response.id == first.response_id and done.response.status == "cancelled"
         assert done.response.status_details.reason == "turn_detected"
@@ -383,11 +396,13 @@ async def test_cancel_and_barge_in(voice: EdgeStack, edge_http: httpx.AsyncClien
         await conn.response.cancel()  # nothing left to cancel: an error, the session goes on
         error = await until(conn, "error")
         assert error.error.code == "response_cancel_not_active"
+        await append(conn, silence(0.5))  # goes to the same Converse call
         messages = await session_messages(edge_http, edge_account)
         assert [m["role"] for m in messages] == ["ROLE_USER", "ROLE_ASSISTANT"] * 2, messages
         assert all(m["state"] == "STATE_INCOMPLETE" for m in messages[1::2]), messages
         await conn.session.update(session={"voice": "en-us-joe"})
         assert (await until(conn, "session.updated")).session.voice == "en-us-joe"
+    assert await converse_calls(edge_http, edge_account) == 1  # cancelling restarted nothing
 
 
 async def test_text_only_replies_are_not_synthesized(
@@ -439,6 +454,7 @@ async def test_clear_drops_the_utterance_under_way(
     assert heard[0].item_id == committed[0].item_id
     assert word_error_rate(QUESTION, heard[0].transcript.lower()) <= 0.4, heard[0].transcript
     assert events[-1].response.status == "completed"
+    assert await converse_calls(edge_http, edge_account) == 1  # clearing restarted nothing
     messages = await session_messages(edge_http, edge_account)
     assert [m["role"] for m in messages] == ["ROLE_USER", "ROLE_ASSISTANT"], messages
     assert word_error_rate(QUESTION, messages[0]["content"].lower()) <= 0.4, messages
@@ -541,7 +557,8 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
         await append(conn, speech_24k(SENTENCE))  # said, then taken back
         await conn.input_audio_buffer.clear()
         await until(conn, "input_audio_buffer.cleared")
-        await append(conn, speech_24k(QUESTION))
+        question = speech_24k(QUESTION)
+        await append(conn, question)
         await conn.input_audio_buffer.commit()
         committed = await until(conn, "input_audio_buffer.committed")
         await conn.response.create()
@@ -556,6 +573,10 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
     assert word_error_rate(QUESTION, heard.transcript.lower()) <= 0.4, heard.transcript
     assert any(e.type == "response.audio.delta" for e in events)
     assert events[-1].response.status == "completed"
+    # The committed audio, at OpenAI's 1 token per 100 ms of user audio (a started one counts).
+    question_ms = len(question) // 2 * 1000 // RATE
+    usage = events[-1].response.usage
+    assert usage.input_token_details.audio_tokens == -(-question_ms // 100), usage
 
 
 async def test_unknown_voice_is_refused_until_the_session_changes(voice: EdgeStack,
