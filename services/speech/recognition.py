@@ -679,7 +679,8 @@ class Recognition:
         """A whole file's finals. A repeated `request_id` with the same request (`fingerprint`)
         replays the first answer, metered once; a failed utterance fails the whole answer."""
         key = (
-            self.cache.key("recognize", identity.org, request_id, fingerprint)
+            # v2: the answer is stored as FileResult JSON (v1 entries held a protobuf message)
+            self.cache.key("recognize", "v2", identity.org, request_id, fingerprint)
             if self.cache is not None and request_id
             else None
         )
