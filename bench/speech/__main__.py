@@ -42,9 +42,9 @@ from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 from aimesh.speech.v1 import speech_pb2, speech_pb2_grpc
 from aimesh_sdk.audio import CHUNK_MS, pcm_chunks
 
+from bench.accounts import bench_account
 from bench.report import print_load, verdict
 from services.common.triton import TritonClient
-from tests.support.accounts import sign_up
 from tests.support.mesh import TestMesh
 from tests.support.speech import (
     PARITY_SENTENCES,
@@ -539,8 +539,9 @@ async def main(repeats: int, max_streams: int, tiny: bool) -> None:
         mesh.ensure("auth", "usage", "speech", "orchestrator", "conversation")
         gateway = mesh.ensure_gateway()
         async with httpx.AsyncClient(base_url=f"http://{gateway}", timeout=10) as http:
-            account = await sign_up(http, "Speech Bench")
-        metadata = [("authorization", f"Bearer {account.access_token}")]
+            # Rate limits lifted: a free plan's 60 requests a minute would stop the stream ramp.
+            account = await bench_account(http, mesh.settings)
+        metadata = list(account.jwt_metadata)
         client = TritonClient(mesh.settings.triton_url, default_timeout=120.0)
         channel = grpc.aio.insecure_channel(gateway)
         stub = speech_pb2_grpc.SpeechServiceStub(channel)
