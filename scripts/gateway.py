@@ -183,6 +183,17 @@ def upstream_transport_socket(
     }
 
 
+# Active health checks of every upstream cluster: a host is out after two failed checks a second
+# apart and back after one good one.
+HEALTH_CHECK_TIMING: dict[str, Any] = {
+    "timeout": "1s",
+    "interval": "5s",
+    "unhealthy_interval": "1s",
+    "unhealthy_threshold": 2,
+    "healthy_threshold": 1,
+}
+
+
 def upstream_cluster(
     name: str,
     address: str,
@@ -217,16 +228,7 @@ def upstream_cluster(
             }
         }
     if health_check:
-        cluster["health_checks"] = [
-            {
-                "timeout": "1s",
-                "interval": "5s",
-                "unhealthy_interval": "1s",
-                "unhealthy_threshold": 2,
-                "healthy_threshold": 1,
-                "grpc_health_check": {},
-            }
-        ]
+        cluster["health_checks"] = [{**HEALTH_CHECK_TIMING, "grpc_health_check": {}}]
         # Retries and ejection only see gRPC status in headers (trailers-only replies), which is
         # what a failing grpc.aio server sends; 5 gateway errors in a row eject a host for 10 s.
         cluster["outlier_detection"] = {
@@ -406,16 +408,7 @@ def _edge_cluster(settings: Settings) -> dict[str, Any]:
             else None
         ),
     )
-    cluster["health_checks"] = [
-        {
-            "timeout": "1s",
-            "interval": "5s",
-            "unhealthy_interval": "1s",
-            "unhealthy_threshold": 2,
-            "healthy_threshold": 1,
-            "http_health_check": {"path": "/readyz"},
-        }
-    ]
+    cluster["health_checks"] = [{**HEALTH_CHECK_TIMING, "http_health_check": {"path": "/readyz"}}]
     return cluster
 
 
