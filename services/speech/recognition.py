@@ -522,21 +522,35 @@ class RecognitionSession:
 
 class ReadinessCache:
     """Whether a model answered ready recently: checked when a stream starts, cached briefly so
-    a burst of new streams does not turn into a burst of readiness calls."""
+    a burst of new streams does not turn into a burst of readiness calls. A "not ready" is asked
+    again for up to `grace` seconds before it stands: one slow or failed readiness call (a fresh
+    CI run once refused the first stream after a cold start this way) must not refuse a stream
+    the model can serve; a model that is really gone is still refused, a moment later."""
 
-    def __init__(self, triton: TritonClient, model: str, ttl: float = 2.0) -> None:
+    RETRY_SECONDS = 0.25
+
+    def __init__(
+        self, triton: TritonClient, model: str, ttl: float = 2.0, grace: float = 3.0
+    ) -> None:
         self.triton = triton
         self.model = model
         self.ttl = ttl
+        self.grace = grace
         self._checked = 0.0
         self._ready = False
 
     async def ready(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked > self.ttl or not self._ready:
+        if self._ready and time.monotonic() - self._checked <= self.ttl:
+            return True
+        deadline = time.monotonic() + self.grace
+        while True:
             self._ready = await self.triton.is_model_ready(self.model)
-            self._checked = now
-        return self._ready
+            self._checked = time.monotonic()
+            if self._ready or self._checked >= deadline:
+                if not self._ready:
+                    log.warning("Triton model %s not ready for %.1fs", self.model, self.grace)
+                return self._ready
+            await asyncio.sleep(self.RETRY_SECONDS)
 
 
 async def run_session(session: RecognitionSession, chunks: AsyncIterator[np.ndarray]) -> None:
