@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from services.auth.redis_guard import RedisGuard
 from services.common.cache import follow_channel
+from services.common.gateway_jwt import CHANGED_CHANNEL
 
 MIRROR_SECONDS = 10.0
 MAX_ENTRIES = 100_000
@@ -42,7 +43,7 @@ class Mirror:
 
     @property
     def channel(self) -> str:
-        return self.redis.key("changed")
+        return self.redis.key(CHANGED_CHANNEL)
 
     @property
     def usable(self) -> bool:

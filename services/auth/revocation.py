@@ -27,8 +27,8 @@ from services.auth.mirror import MISSING, Mirror
 from services.auth.principal import Principal
 from services.auth.redis_guard import RedisGuard, RedisUnavailable
 from services.auth.store import Store
+from services.common.gateway_jwt import GONE, MEMBER_ENTRY, SESSION_ENDED_ENTRY
 
-GONE = "-"
 SLACK_SECONDS = 60  # clock skew and replicas' cached signing keys
 
 
@@ -41,10 +41,10 @@ class Revocations:
         self.ttl = access_ttl_seconds + SLACK_SECONDS
 
     def _session_key(self, session_id: str) -> str:
-        return self.redis.key("session-ended", session_id)
+        return self.redis.key(SESSION_ENDED_ENTRY, session_id)
 
     def _member_key(self, org_id: str, user_id: str) -> str:
-        return self.redis.key("member", org_id, user_id)
+        return self.redis.key(MEMBER_ENTRY, org_id, user_id)
 
     async def sessions_ended(self, session_ids: list[str]) -> None:
         if self.redis.cache is None or not session_ids:

@@ -41,11 +41,16 @@ from services.common.errors import unauthenticated, unavailable
 from services.common.handlers import MethodInterceptor, before, call_unary, rewrap
 from services.common.request_checks import described_method
 
-AUTH_PREFIX = "auth"  # Auth's Redis key prefix; its revocation entries are read here, never written
-CHANNEL = "auth:changed"  # services/auth/mirror.py: every changed Auth entry is published here
-SESSION_ENDED = "auth:session-ended:"
-MEMBER = "auth:member:"
-GONE = "-"  # services/auth/revocation.py: the membership ended
+# Auth's revocation entries, named once: Auth writes them (services/auth/revocation.py) and
+# announces each on its changed channel (services/auth/mirror.py); every service reads them here.
+AUTH_PREFIX = "auth"  # Auth's Redis key prefix
+CHANGED_CHANNEL = "changed"
+SESSION_ENDED_ENTRY = "session-ended"  # {prefix}:session-ended:{session id}
+MEMBER_ENTRY = "member"  # {prefix}:member:{org}:{user} -> the role now, or GONE
+GONE = "-"  # the membership ended
+CHANNEL = f"{AUTH_PREFIX}:{CHANGED_CHANNEL}"
+SESSION_ENDED = f"{AUTH_PREFIX}:{SESSION_ENDED_ENTRY}:"
+MEMBER = f"{AUTH_PREFIX}:{MEMBER_ENTRY}:"
 POLL_SECONDS = 5.0
 RESUBSCRIBE_AFTER = 1.0
 SCAN_COUNT = 1000
