@@ -56,6 +56,7 @@ from google.protobuf import descriptor_pb2
 from services.auth.signing_keys import JWKS_CACHE_SECONDS
 from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
+from services.common.identity import API_KEY_PREFIX, HEADER_KEY_EXPIRY
 from services.common.identity import HEADER_JWT_PAYLOAD as JWT_PAYLOAD_HEADER
 
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
@@ -72,6 +73,7 @@ STRIPPED_REQUEST_HEADERS = (
     "x-aimesh-roles",
     "x-aimesh-key-id",
     "x-aimesh-scopes",
+    HEADER_KEY_EXPIRY,
     JWT_PAYLOAD_HEADER,
     GRPC_WEB_MARK,
 )
@@ -494,34 +496,48 @@ def _lua(name: str, source: str) -> dict[str, Any]:
 GRPC_CONTENT_TYPES = ("application/grpc", "application/grpc+proto")
 
 
+# The unified matcher's action that skips the filter it wraps for this request.
+_SKIP = {
+    "action": {
+        "name": "skip",
+        "typed_config": {
+            "@type": _t("envoy.extensions.filters.common.matcher.action.v3.SkipFilter")
+        },
+    }
+}
+
+
+def _skipped_when(http_filter: dict[str, Any], xds_matcher: dict[str, Any]) -> dict[str, Any]:
+    """`http_filter` under its own name, skipped for the requests `xds_matcher` matches (on the
+    request as it reaches the filter); per-route configuration by that name still applies."""
+    return _filter(
+        http_filter["name"],
+        "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        extension_config=http_filter,
+        xds_matcher=xds_matcher,
+    )
+
+
+def _request_header(header: str) -> dict[str, Any]:
+    """A unified-matcher input: request header `header`."""
+    return {
+        "name": header,
+        "typed_config": {
+            "@type": _t("envoy.type.matcher.v3.HttpRequestHeaderMatchInput"),
+            "header_name": header,
+        },
+    }
+
+
 def _skipped_for_grpc(lua_filter: dict[str, Any]) -> dict[str, Any]:
     """`lua_filter`, skipped when the request's content-type (as it reaches the filter) is plain
     gRPC. gRPC-Web arrives as application/grpc-web*, so the mark filter still sees it."""
-    skip = {
-        "action": {
-            "name": "skip",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.common.matcher.action.v3.SkipFilter")
-            },
+    return _skipped_when(lua_filter, {
+        "matcher_tree": {
+            "input": _request_header("content-type"),
+            "exact_match_map": {"map": {ct: _SKIP for ct in GRPC_CONTENT_TYPES}},
         }
-    }
-    return _filter(
-        lua_filter["name"],
-        "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
-        extension_config=lua_filter,
-        xds_matcher={
-            "matcher_tree": {
-                "input": {
-                    "name": "content-type",
-                    "typed_config": {
-                        "@type": _t("envoy.type.matcher.v3.HttpRequestHeaderMatchInput"),
-                        "header_name": "content-type",
-                    },
-                },
-                "exact_match_map": {"map": {ct: skip for ct in GRPC_CONTENT_TYPES}},
-            }
-        },
-    )
+    })
 
 
 def _lua_string(text: str) -> str:
@@ -746,7 +762,41 @@ CHECK_REQUEST_HEADERS = (
 )
 
 
+def _header_matches(header: str, string_match: dict[str, Any]) -> dict[str, Any]:
+    """A unified-matcher predicate: request header `header` matches `string_match`."""
+    return {"single_predicate": {"input": _request_header(header), "value_match": string_match}}
+
+
+# A request presenting an API key, on a gRPC/JSON route (the path as ext_authz sees it, after the
+# transcoder): the service admits the key itself (services/common/gateway_keys.py), no Check hop.
+# The edge (/openai/v1) keeps Check: it must strip a key sent as a WebSocket subprotocol.
+_API_KEY_ON_GRPC_ROUTE = {
+    "and_matcher": {
+        "predicate": [
+            _header_matches(":path", {"prefix": "/aimesh."}),
+            {
+                "or_matcher": {
+                    "predicate": [
+                        _header_matches("x-api-key", {"safe_regex": {"google_re2": {},
+                                                                     "regex": ".+"}}),
+                        _header_matches("authorization", {"prefix": f"Bearer {API_KEY_PREFIX}",
+                                                          "ignore_case": True}),
+                    ]
+                }
+            },
+        ]
+    }
+}
+
+
 def _ext_authz_filter() -> dict[str, Any]:
+    """ext_authz, skipped for requests presenting an API key on a gRPC/JSON route."""
+    return _skipped_when(_check_filter(), {
+        "matcher_list": {"matchers": [{"predicate": _API_KEY_ON_GRPC_ROUTE, "on_match": _SKIP}]}
+    })
+
+
+def _check_filter() -> dict[str, Any]:
     return _filter(
         "envoy.filters.http.ext_authz",
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
