@@ -14,7 +14,8 @@ gRPC path; tests/contract checks this line against the rendered chain):
 
 health_check answers /healthz; the two Lua filters (envoy/grpc_web_frames.lua) check gRPC-Web
 framing; aimesh.json_fields (envoy/json_fields.lua) refuses unknown JSON body fields; ext_authz
-calls Auth's Check, which admits the caller and counts its rate limit in one hop.
+calls Auth's Check, which admits the caller and counts its rate limit in one hop, for the requests
+that carry neither a verified JWT nor, on a gRPC/JSON route, an API key.
 
 Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
 JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
@@ -25,13 +26,17 @@ verified JWT skips ext_authz (its payload in jwt_authn's metadata turns the filt
 payload goes upstream in x-aimesh-jwt-payload and the service admits the caller itself —
 revocation from an in-process mirror of Auth's deny list, the rate limit counted with Usage's
 limiter (services/common/gateway_jwt.py) — so a JWT request pays no Python hop before its
-service. Everything else (API keys, missing or bad credentials, every request on the edge's
-prefix) goes to ext_authz Check, which makes the decision and sets the identity headers.
+service. API keys on the gRPC/JSON routes skip ext_authz as well (an ExtensionWithMatcher on the
+request's :path, x-api-key and authorization headers): the key goes upstream and the service
+admits it from its cache of Auth's verdicts, or asks Auth's Check itself on a miss
+(services/common/gateway_keys.py). Everything else (missing or bad credentials, every request on
+the edge's prefix) goes to ext_authz Check, which makes the decision and sets the identity
+headers.
 
-Rate limits: Check counts every request it admits in Usage's per-minute windows (its
-organization's, plus its API key's for API keys) with Usage's limiter on Usage's Redis keys
-(services/usage/ratelimit.py), in the same hop that checks the credential: one Python gRPC hop per
-request instead of ext_authz → Auth then ratelimit → Usage. Over the limit: 429 /
+Rate limits: whoever admits a request (Check, or the service for JWT and API-key callers) counts
+it in Usage's per-minute windows (its organization's, plus its API key's for API keys) with
+Usage's limiter on Usage's Redis keys (services/usage/ratelimit.py), right after admitting the
+caller: no ratelimit → Usage hop. Over the limit: 429 /
 RESOURCE_EXHAUSTED with RetryInfo and x-ratelimit-* headers. If the counters are unreachable the
 gateway FAILS OPEN by default (requests are served); set AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED=true
 to answer UNAVAILABLE instead. Authentication never fails open (ext_authz errors deny with 503).
@@ -818,6 +823,9 @@ def _check_filter() -> dict[str, Any]:
     )
 
 
+KEY_PREFIX_CHARS = len(API_KEY_PREFIX) + 8  # services/common/identity.py api_key_prefix
+
+
 def _access_log() -> dict[str, Any]:
     # One JSON line per request on stdout (the stack's gateway.log): who, what, how it ended.
     return {
@@ -845,6 +853,10 @@ def _access_log() -> dict[str, Any]:
                     "duration_us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
                     "org": "%REQ(X-AIMESH-ORG)%",
                     "key_id": "%REQ(X-AIMESH-KEY-ID)%",
+                    # An API key the service admits (no Check, so no key id here): its public
+                    # lookup prefix ("amk_" + 8 hex, as ListApiKeys shows it), never the secret.
+                    "key_prefix": f"%REQ(X-API-KEY):{KEY_PREFIX_CHARS}%",
+                    "bearer_prefix": f"%REQ(AUTHORIZATION):{len('Bearer ') + KEY_PREFIX_CHARS}%",
                     "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
                 }
             },

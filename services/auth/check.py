@@ -1,7 +1,11 @@
 """Envoy ext_authz `Check` (envoy.service.auth.v3.Authorization), served by the Auth process.
 
-The decision point for gateway requests that are not a verified JWT on a gRPC/JSON route (those
-skip this hop: services/common/gateway_jwt.py admits them in the service):
+The decision point for gateway requests that carry neither a verified JWT nor an API key on a
+gRPC/JSON route (those skip the gateway's hop here: services/common/gateway_jwt.py admits them in
+the service), i.e. every request on the edge's /openai/v1 and every one without a usable
+credential; and for the API keys a service holds no verdict on: the service asks this same RPC
+with the request the gateway would have sent (services/common/gateway_keys.py), so keys are
+authenticated, scope-checked and counted here only:
 - JWT bearer (the edge's routes): Envoy's jwt_authn has already verified signature, issuer,
   audience and expiry against our JWKS (the single verifier) and forwarded the verified payload in
   `x-aimesh-jwt-payload`; the gateway strips any client-sent x-aimesh-* header before
@@ -13,7 +17,9 @@ skip this hop: services/common/gateway_jwt.py admits them in the service):
   a WebSocket; OpenAI's Realtime convention): used when no header carries a credential. A JWT
   there is verified by jwt_authn like a header one (it reads that header too). The allowed
   request goes upstream with the credential removed from `sec-websocket-protocol`.
-On success the identity headers are set (overwriting) and the credential headers removed.
+On success the identity headers are set (overwriting; for a key that expires also
+x-aimesh-key-expiry, so a service holding the verdict stops using it then) and the credential
+headers removed.
 On failure the reply is a JSON google.rpc.Status (HTTP 401/403) and, for gRPC callers, the same
 status in grpc-status-details-bin.
 

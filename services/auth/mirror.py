@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from services.auth.redis_guard import RedisGuard
 from services.common.cache import HeldCopies, follow_channel
-from services.common.gateway_jwt import CHANGED_CHANNEL
+from services.common.gateway_jwt import CHANGED_CHANNEL, announced_here
 
 MIRROR_SECONDS = 10.0
 MAX_ENTRIES = 100_000
@@ -51,8 +51,12 @@ class Mirror(HeldCopies[Any]):
         return super().get(key, default)
 
     async def announce(self, r: Redis, *keys: str) -> None:
-        """Tell every Auth process that `keys` changed (call inside the write's operation)."""
+        """Tell every Auth process (and every service holding API-key verdicts) that `keys`
+        changed (call inside the write's operation). This process applies it at once: its next
+        request must not read a copy the message has not reached yet."""
         await r.publish(self.channel, "\n".join(keys))
+        self.forget(keys)
+        announced_here(keys)
 
     async def listen(self) -> None:
         """Background task for the life of the server: apply invalidations as they arrive."""

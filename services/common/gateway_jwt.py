@@ -1,10 +1,13 @@
-"""JWT callers admitted by the gateway's jwt_authn alone, without a hop to Auth's Check.
+"""Gateway callers admitted in the service, without a hop to Auth's Check: JWTs verified by the
+gateway's jwt_authn, and API keys (services/common/gateway_keys.py).
 
 Envoy verifies an access token's signature, issuer, audience and expiry against Auth's JWKS and,
 on the gRPC and JSON routes, skips ext_authz for it (scripts/gateway.py): the verified payload
 reaches the service in `x-aimesh-jwt-payload` (identity.py turns it into the caller's Identity).
-What a signature cannot say is enforced here, in the service, before any servicer code runs
-(`GatewayJwtInterceptor`, installed by the server bootstrap in every service):
+It skips ext_authz for an API key on those routes too: the key reaches the service, which admits
+it from its cache of Auth's verdicts or asks Auth's Check (gateway_keys.py). What a signature
+cannot say is enforced here, in the service, before any servicer code runs
+(`GatewayCallerInterceptor`, installed by the server bootstrap in every service):
 
 - revocation: the token's session ended (logout, refresh-token reuse) or its user's membership
   ended — refused UNAUTHENTICATED / TOKEN_REVOKED; a changed role overrides the token's role.
@@ -13,14 +16,17 @@ What a signature cannot say is enforced here, in the service, before any service
   every message on it (Auth publishes each entry in the same write), so a request costs no
   Redis read and a revocation applies within milliseconds. While the mirror is not subscribed
   (Redis down, reconnecting) JWT callers are refused UNAVAILABLE (retryable): never served on a
-  deny list that may be missing entries. API-key callers still go through Check, which falls
-  back to PostgreSQL.
-- the rate limit: the organization's window is counted with Usage's limiter
-  (services/usage/ratelimit.py `GatewayLimiter`, one Redis round trip), as Check does for
-  API keys; over it: RESOURCE_EXHAUSTED with RetryInfo. Writes are counted before they run;
-  reads (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis
-  first — over the limit the reply is dropped for the refusal, and that caller's reads are
-  refused up front for the next second.
+  deny list that may be missing entries. The same listener drops a revoked API key's verdict
+  (`auth:apikey:{prefix}`); without a subscription API-key callers are admitted by asking Check,
+  which falls back to PostgreSQL.
+- the rate limit: the organization's window (and an API key's) is counted with Usage's limiter
+  (services/usage/ratelimit.py `GatewayLimiter`, one Redis round trip), as Check does for the
+  requests it admits (an API key this process held no verdict on: Check counted it); over it:
+  RESOURCE_EXHAUSTED with RetryInfo. Writes are counted before they run; reads
+  (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis first —
+  over the limit the reply is dropped for the refusal, and that caller's reads are refused up
+  front for the next second. API-key callers get x-ratelimit-* as the reply's initial metadata
+  (Envoy passes them on, to JSON callers as HTTP headers), and with an over-limit refusal.
 
 Only the gateway may send the payload header (tls.PeerAuthorizationInterceptor refuses it from
 any other peer), and Envoy strips a client-sent one before jwt_authn runs.
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +66,19 @@ API_KEY = f"{AUTH_PREFIX}:{API_KEY_ENTRY}:"
 POLL_SECONDS = 5.0
 RESUBSCRIBE_AFTER = 1.0
 SCAN_COUNT = 1000
+
+
+# This process's listener (start()): Auth applies its own announcements here at once
+# (announced_here), so even the next request the revoking process serves cannot use a verdict the
+# message has not reached yet.
+_listeners: list[RevokedTokens] = []
+
+
+def announced_here(keys: Iterable[str]) -> None:
+    """What Auth just announced on its changed channel, applied in this process without waiting
+    for the message (the API-key verdicts; the deny-list entries follow with the message)."""
+    for listener in _listeners:
+        listener.keys_changed(keys)
 
 
 class RevokedTokens:
@@ -101,6 +120,11 @@ class RevokedTokens:
             else:
                 self._roles[(org, user)] = (expiry, value.decode())
 
+    def keys_changed(self, keys: Iterable[str]) -> None:
+        """Drop the API-key verdicts Auth's message names (`auth:apikey:{prefix}`)."""
+        if self.keys is not None:
+            self.keys.forget([k[len(API_KEY):] for k in keys if k.startswith(API_KEY)])
+
     async def _load(self, r: Redis, keys: list[str]) -> None:
         wanted = [k for k in keys if k.startswith((SESSION_ENDED, MEMBER))]
         if not wanted:
@@ -138,8 +162,7 @@ class RevokedTokens:
             self.live = True
 
         async def received(keys: list[str]) -> None:
-            if self.keys is not None:
-                self.keys.forget([k[len(API_KEY):] for k in keys if k.startswith(API_KEY)])
+            self.keys_changed(keys)
             await self._load(r, keys)
 
         def lost() -> None:
@@ -290,6 +313,7 @@ def start(runtime: Any) -> GatewayCallerInterceptor:
     tokens = RevokedTokens(ServiceCache(settings.redis_url, AUTH_PREFIX), verdicts)
     runtime.on_shutdown(tokens.cache.close)
     runtime.spawn(tokens.listen(), "gateway-revocations")
+    _listeners.append(tokens)
     identity.set_role_source(tokens.role_now)
     limiter = GatewayLimiter.for_settings(settings)
     runtime.on_shutdown(limiter.close)

@@ -19,10 +19,13 @@ module before any servicer code runs:
 
 Invalidation: Auth announces `auth:apikey:{prefix}` on its `auth:changed` channel when it
 revokes a key (services/auth/api_keys.py); the listener of gateway_jwt.RevokedTokens drops the
-verdict when that message arrives (milliseconds, inside the 1 s a revocation has). Verdicts are
-used only while that listener is subscribed (with Redis away every request asks Auth, whose
-Check falls back to PostgreSQL), live at most VERDICT_SECONDS, and a verdict fetched while an
-invalidation arrived is not kept (generation check, as Auth's own mirror does).
+verdict when that message arrives (milliseconds, inside the 1 s a revocation has), and the
+revoking Auth process drops its own at once (gateway_jwt.announced_here). Verdicts are used only
+while that listener is subscribed (with Redis away every request asks Auth, whose Check falls
+back to PostgreSQL) and live at most VERDICT_SECONDS; a verdict fetched while an invalidation
+arrived is not kept (generation check, as Auth's own mirror does), nor one on a key announced
+less than ANNOUNCED_SECONDS ago (an Auth replica may answer before its own copy of the message
+reached it).
 
 The admitted identity is recorded for the call (identity.admit_key_caller), where
 identity_from_metadata finds it for the metadata carrying that key.
@@ -36,7 +39,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -61,6 +64,9 @@ from services.common.identity import (
 
 VERDICT_SECONDS = 10.0  # as Auth's own mirror (services/auth/mirror.py): a backstop, not the rule
 MAX_VERDICTS = 100_000
+# A key Auth announced a change of is not held again for this long: every Auth replica has applied
+# the announcement by then (it reaches them as it reaches us, in milliseconds).
+ANNOUNCED_SECONDS = 1.0
 CHECK_TIMEOUT_SECONDS = 2.0  # as Envoy's ext_authz (scripts/gateway.py)
 # What Check's denial says in headers that the refusal's own status says again.
 _STATUS_HEADERS = frozenset({"content-type", "grpc-status", STATUS_DETAILS_KEY})
@@ -83,6 +89,17 @@ class KeyVerdicts(HeldCopies[Verdict]):
         super().__init__(seconds, MAX_VERDICTS)
         # A digest no one outside this process can compute: a memory dump holds no secret hash.
         self._pepper = secrets.token_bytes(32)
+        self._announced: dict[str, float] = {}  # key prefix -> when Auth announced a change
+
+    def forget(self, keys: Iterable[str] | None = None) -> None:
+        if keys is not None:
+            keys = list(keys)
+            now = time.monotonic()
+            if len(self._announced) >= MAX_VERDICTS:
+                self._announced = {k: t for k, t in self._announced.items()
+                                   if now - t < ANNOUNCED_SECONDS}
+            self._announced.update((key, now) for key in keys)
+        super().forget(keys)
 
     def _digest(self, credential: str) -> bytes:
         return hmac.new(self._pepper, credential.encode(), hashlib.sha256).digest()
@@ -101,8 +118,13 @@ class KeyVerdicts(HeldCopies[Verdict]):
              generation: int) -> None:
         """Hold Auth's verdict on an API key (`generation`: taken before asking Auth)."""
         prefix = api_key_prefix(credential)
-        if prefix is not None and identity.key_id is not None:
-            self.put(prefix, Verdict(self._digest(credential), identity, expire_time), generation)
+        if prefix is None or identity.key_id is None:
+            return
+        # Just announced (revoked): another Auth replica may not have applied the message yet
+        # when it answered, so its verdict is used for this request only.
+        if time.monotonic() - self._announced.get(prefix, -ANNOUNCED_SECONDS) < ANNOUNCED_SECONDS:
+            return
+        self.put(prefix, Verdict(self._digest(credential), identity, expire_time), generation)
 
 
 class AuthCheck:

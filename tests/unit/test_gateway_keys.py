@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from services.auth.check import _deny
-from services.common import identity
+from services.common import gateway_jwt, gateway_keys, identity
 from services.common.cache import ServiceCache
 from services.common.errors import ServiceError, permission_denied, unauthenticated
 from services.common.gateway_jwt import GatewayCallerInterceptor, RevokedTokens
@@ -67,6 +67,26 @@ def test_an_announcement_drops_the_keys_verdict_and_wins_a_race(verdicts: KeyVer
     verdicts.forget(["amk_0123abcd"])
     verdicts.keep(SECRET, CALLER, None, generation)
     assert verdicts.admitted(SECRET) is None
+    # Nor one given just after it (an Auth replica may not have applied the message yet)...
+    verdicts.keep(SECRET, CALLER, None, verdicts.generation())
+    assert verdicts.admitted(SECRET) is None
+    # ...while other keys are held as usual, and this one again a moment later.
+    verdicts.keep(other, CALLER, None, verdicts.generation())
+    assert verdicts.admitted(other) == CALLER
+    verdicts._announced["amk_0123abcd"] -= gateway_keys.ANNOUNCED_SECONDS
+    verdicts.keep(SECRET, CALLER, None, verdicts.generation())
+    assert verdicts.admitted(SECRET) == CALLER
+
+
+def test_auths_own_announcement_applies_in_its_process_at_once(verdicts: KeyVerdicts) -> None:
+    tokens = RevokedTokens(ServiceCache("redis://127.0.0.1:1/0", "auth"), verdicts)
+    gateway_jwt._listeners.append(tokens)
+    try:
+        verdicts.keep(SECRET, CALLER, None, verdicts.generation())
+        gateway_jwt.announced_here([f"{gateway_jwt.API_KEY}amk_0123abcd"])
+        assert verdicts.admitted(SECRET) is None
+    finally:
+        gateway_jwt._listeners.remove(tokens)
 
 
 def test_verdicts_expire_with_the_key_and_after_a_short_time() -> None:

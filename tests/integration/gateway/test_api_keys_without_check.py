@@ -12,8 +12,10 @@ the verdicts live in the Usage and Auth processes of the test mesh.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import httpx
@@ -198,6 +200,26 @@ async def test_rate_limit_headers_and_refusals_on_reads_and_writes(
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
     # The organization's JWT users have their own window: still served.
     assert (await http.get("/v1/budgets", headers=account.bearer)).status_code == 200
+
+
+async def test_the_access_log_names_the_keys_prefix_never_its_secret(
+    mesh: TestMesh, http: httpx.AsyncClient, account: Account
+) -> None:
+    key = await create_key(http, account)
+    for headers in (_key_headers(key), {"authorization": f"Bearer {key['secret']}"}):
+        assert (await http.get("/v1/budgets", headers=headers)).status_code == 200
+    log = Path(mesh.var_dir) / "log" / "gateway.log"
+    deadline = time.monotonic() + 10
+    while True:  # Envoy writes its access log asynchronously
+        text = log.read_text(errors="replace")
+        entries = [json.loads(line) for line in text.splitlines()
+                   if line.startswith("{") and key["prefix"] in line]
+        if len(entries) >= 2 or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert [e["key_prefix"] for e in entries][:1] == [key["prefix"]], entries
+    assert entries[-1]["bearer_prefix"] == f"Bearer {key['prefix']}", entries
+    assert key["secret"] not in text and key["secret"][len(key["prefix"]):] not in text
 
 
 async def test_the_listener_drops_a_verdict_when_auth_announces_the_key(mesh: TestMesh) -> None:

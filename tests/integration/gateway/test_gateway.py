@@ -403,14 +403,15 @@ async def test_logout_revokes_the_refresh_family(http: httpx.AsyncClient) -> Non
     assert reply.status_code == 401 and _status(reply) == (16, "REFRESH_TOKEN_REVOKED")
 
 
-async def _logged_status(mesh: TestMesh, key_id: str, path: str, timeout: float = 10.0) -> int:
+async def _logged_status(mesh: TestMesh, key_prefix: str, path: str, timeout: float = 10.0) -> int:
     """The status the gateway's access log (the stack's gateway.log) records for `path` called
-    with API key `key_id`; waits for Envoy to write the line."""
+    with the API key of lookup prefix `key_prefix` (the log's key_prefix: the service admits
+    the key, Envoy never learns its id); waits for Envoy to write the line."""
     log = Path(mesh.var_dir) / "log" / "gateway.log"
     deadline = time.monotonic() + timeout
     while True:
         for line in reversed(log.read_text(errors="replace").splitlines()):
-            if line.startswith("{") and f'"key_id":"{key_id}"' in line:
+            if line.startswith("{") and f'"key_prefix":"{key_prefix}"' in line:
                 entry = json.loads(line)
                 if entry.get("path") == path:
                     return int(entry["status"])
@@ -434,7 +435,7 @@ async def test_body_limit_fits_base64_uploads(mesh: TestMesh, http: httpx.AsyncC
         # Without a Speech upstream Envoy may answer 503 before the whole body is sent, then
         # close the connection under the client's upload; its access log still says what it
         # answered (a 413 would be logged as 413 too).
-        status = await _logged_status(mesh, key["name"].rsplit("/", 1)[1], "/v1/speech:recognize")
+        status = await _logged_status(mesh, key["prefix"], "/v1/speech:recognize")
         assert status not in (0, 413), status
         return
     assert reply.status_code != 413, reply.text[:300]
