@@ -44,6 +44,7 @@ import grpc
 from redis.asyncio import Redis
 
 from services.common import identity
+from services.common.access import METHOD_ACCESS
 from services.common.cache import ServiceCache, follow_channel
 from services.common.channels import Channels
 from services.common.errors import unauthenticated, unavailable
@@ -211,10 +212,13 @@ class GatewayCallerInterceptor(MethodInterceptor):
 
             admit = admit_token
         elif (self.keys is not None and identity.HEADER_ORG not in headers
-              and identity.carries_api_key(headers)):
+              and identity.carries_api_key(headers)
+              and _needs_caller(handler_call_details.method)):
             admit = self._key_admission(headers, handler_call_details.method)
         else:
-            return handler  # identity headers (or none): nothing to admit here
+            # Identity headers, no credential, or a public method (sign-up, login: a key a
+            # client sends along there is none of their business, as at the gateway).
+            return handler
         read = bool(handler.unary_unary) and described_method(handler_call_details.method)[1]
         return rewrap(handler, lambda behavior: self._unary(behavior, admit, read),
                       lambda behavior: self._stream(behavior, admit))
@@ -302,6 +306,11 @@ class GatewayCallerInterceptor(MethodInterceptor):
                 yield item
 
         return run
+
+
+def _needs_caller(method: str) -> bool:
+    access = METHOD_ACCESS.get(method)
+    return access is not None and access.kind != "public"
 
 
 def start(runtime: Any) -> GatewayCallerInterceptor:
