@@ -239,12 +239,6 @@ class GatewayCallerInterceptor(MethodInterceptor):
                                   reason="TOKEN_REVOKED")
         return claims
 
-    async def admit(self, payload: str) -> None:
-        """A JWT caller not revoked, then counted (refused over the limit)."""
-        claims = self.admit_token(payload)
-        if self.limiter is not None:
-            await self.limiter.admit(claims.org, None)
-
     def _key_admission(self, headers: dict[str, str], method: str
                        ) -> Callable[[], Awaitable[Caller]]:
         keys = self.keys
