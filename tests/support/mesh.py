@@ -16,6 +16,7 @@ import signal
 import socket
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -50,6 +51,33 @@ def private_addresses(var_dir: Path) -> dict[str, str]:
         "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
     })
     return addresses
+
+
+def log_offsets(log_dir: Path) -> dict[Path, int]:
+    """Every log file under `log_dir` (sub-stacks' folders too) and its size now."""
+    return {path: path.stat().st_size for path in log_dir.rglob("*.log")}
+
+
+def log_report(
+    log_dir: Path,
+    since: Mapping[Path, int] | None = None,
+    lines: int = 60,
+    line_chars: int = 4000,
+) -> str:
+    """The last `lines` lines each log under `log_dir` got after the offsets `since` (the whole
+    log without), one block per file, for a failure's report: by the time someone reads it,
+    the run's directory may be gone (a bench's temporary one) or out of reach (CI's)."""
+    blocks = []
+    for path in sorted(log_dir.rglob("*.log"), key=lambda p: p.stat().st_mtime):
+        with path.open("rb") as handle:
+            handle.seek((since or {}).get(path, 0))
+            added = handle.read().decode(errors="replace").splitlines()
+        if added:
+            tail = [line[:line_chars] + (" …" if len(line) > line_chars else "")
+                    for line in added[-lines:]]
+            skipped = f" (last {lines} of {len(added)} lines)" if len(added) > lines else ""
+            blocks.append(f"--- {path.relative_to(log_dir)}{skipped}\n" + "\n".join(tail))
+    return "\n".join(blocks) or f"(nothing logged under {log_dir})"
 
 
 class TestMesh:
