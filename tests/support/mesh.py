@@ -125,8 +125,10 @@ class TestMesh:
     def address(self, service: str) -> str:
         return self.settings.address_of(service)
 
-    def ensure(self, *services: str, timeout: float = 60.0) -> None:
-        """Start each named service that is not running yet and wait until it is SERVING."""
+    def ensure(self, *services: str, timeout: float = 180.0) -> None:
+        """Start each named service that is not running yet and wait until it is SERVING (not
+        before its first readiness check passed: Speech's includes a warm-up that can take a
+        minute on a loaded machine)."""
         started = []
         for service in services:
             process = self.stack.processes.get(service)
@@ -167,7 +169,7 @@ class TestMesh:
             self.stack.wait_ready(["gateway"], timeout=timeout)
         return self.settings.gateway_addr
 
-    def restart(self, service: str, timeout: float = 60.0) -> None:
+    def restart(self, service: str, timeout: float = 180.0) -> None:
         self.stack.stop(service)
         self.ensure(service, timeout=timeout)
 
