@@ -14,7 +14,8 @@ gRPC path; tests/contract checks this line against the rendered chain):
 
 health_check answers /healthz; the two Lua filters (envoy/grpc_web_frames.lua) check gRPC-Web
 framing; aimesh.json_fields (envoy/json_fields.lua) refuses unknown JSON body fields; ext_authz
-calls Auth's Check, which admits the caller and counts its rate limit in one hop.
+calls Auth's Check, which admits the caller and counts its rate limit in one hop, for the requests
+that carry neither a verified JWT nor, on a gRPC/JSON route, an API key.
 
 Client-sent x-aimesh-* headers are removed by an early header mutation, before any filter runs.
 JWTs: jwt_authn verifies them against Auth's JWKS, fetched through this same listener
@@ -25,13 +26,17 @@ verified JWT skips ext_authz (its payload in jwt_authn's metadata turns the filt
 payload goes upstream in x-aimesh-jwt-payload and the service admits the caller itself —
 revocation from an in-process mirror of Auth's deny list, the rate limit counted with Usage's
 limiter (services/common/gateway_jwt.py) — so a JWT request pays no Python hop before its
-service. Everything else (API keys, missing or bad credentials, every request on the edge's
-prefix) goes to ext_authz Check, which makes the decision and sets the identity headers.
+service. API keys on the gRPC/JSON routes skip ext_authz as well (an ExtensionWithMatcher on the
+request's :path, x-api-key and authorization headers): the key goes upstream and the service
+admits it from its cache of Auth's verdicts, or asks Auth's Check itself on a miss
+(services/common/gateway_keys.py). Everything else (missing or bad credentials, every request on
+the edge's prefix) goes to ext_authz Check, which makes the decision and sets the identity
+headers.
 
-Rate limits: Check counts every request it admits in Usage's per-minute windows (its
-organization's, plus its API key's for API keys) with Usage's limiter on Usage's Redis keys
-(services/usage/ratelimit.py), in the same hop that checks the credential: one Python gRPC hop per
-request instead of ext_authz → Auth then ratelimit → Usage. Over the limit: 429 /
+Rate limits: whoever admits a request (Check, or the service for JWT and API-key callers) counts
+it in Usage's per-minute windows (its organization's, plus its API key's for API keys) with
+Usage's limiter on Usage's Redis keys (services/usage/ratelimit.py), right after admitting the
+caller: no ratelimit → Usage hop. Over the limit: 429 /
 RESOURCE_EXHAUSTED with RetryInfo and x-ratelimit-* headers. If the counters are unreachable the
 gateway FAILS OPEN by default (requests are served); set AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED=true
 to answer UNAVAILABLE instead. Authentication never fails open (ext_authz errors deny with 503).
@@ -56,6 +61,7 @@ from google.protobuf import descriptor_pb2
 from services.auth.signing_keys import JWKS_CACHE_SECONDS
 from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
+from services.common.identity import API_KEY_PREFIX, HEADER_KEY_EXPIRY
 from services.common.identity import HEADER_JWT_PAYLOAD as JWT_PAYLOAD_HEADER
 
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
@@ -72,6 +78,7 @@ STRIPPED_REQUEST_HEADERS = (
     "x-aimesh-roles",
     "x-aimesh-key-id",
     "x-aimesh-scopes",
+    HEADER_KEY_EXPIRY,
     JWT_PAYLOAD_HEADER,
     GRPC_WEB_MARK,
 )
@@ -494,34 +501,48 @@ def _lua(name: str, source: str) -> dict[str, Any]:
 GRPC_CONTENT_TYPES = ("application/grpc", "application/grpc+proto")
 
 
+# The unified matcher's action that skips the filter it wraps for this request.
+_SKIP = {
+    "action": {
+        "name": "skip",
+        "typed_config": {
+            "@type": _t("envoy.extensions.filters.common.matcher.action.v3.SkipFilter")
+        },
+    }
+}
+
+
+def _skipped_when(http_filter: dict[str, Any], xds_matcher: dict[str, Any]) -> dict[str, Any]:
+    """`http_filter` under its own name, skipped for the requests `xds_matcher` matches (on the
+    request as it reaches the filter); per-route configuration by that name still applies."""
+    return _filter(
+        http_filter["name"],
+        "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        extension_config=http_filter,
+        xds_matcher=xds_matcher,
+    )
+
+
+def _request_header(header: str) -> dict[str, Any]:
+    """A unified-matcher input: request header `header`."""
+    return {
+        "name": header,
+        "typed_config": {
+            "@type": _t("envoy.type.matcher.v3.HttpRequestHeaderMatchInput"),
+            "header_name": header,
+        },
+    }
+
+
 def _skipped_for_grpc(lua_filter: dict[str, Any]) -> dict[str, Any]:
     """`lua_filter`, skipped when the request's content-type (as it reaches the filter) is plain
     gRPC. gRPC-Web arrives as application/grpc-web*, so the mark filter still sees it."""
-    skip = {
-        "action": {
-            "name": "skip",
-            "typed_config": {
-                "@type": _t("envoy.extensions.filters.common.matcher.action.v3.SkipFilter")
-            },
+    return _skipped_when(lua_filter, {
+        "matcher_tree": {
+            "input": _request_header("content-type"),
+            "exact_match_map": {"map": {ct: _SKIP for ct in GRPC_CONTENT_TYPES}},
         }
-    }
-    return _filter(
-        lua_filter["name"],
-        "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
-        extension_config=lua_filter,
-        xds_matcher={
-            "matcher_tree": {
-                "input": {
-                    "name": "content-type",
-                    "typed_config": {
-                        "@type": _t("envoy.type.matcher.v3.HttpRequestHeaderMatchInput"),
-                        "header_name": "content-type",
-                    },
-                },
-                "exact_match_map": {"map": {ct: skip for ct in GRPC_CONTENT_TYPES}},
-            }
-        },
-    )
+    })
 
 
 def _lua_string(text: str) -> str:
@@ -746,7 +767,41 @@ CHECK_REQUEST_HEADERS = (
 )
 
 
+def _header_matches(header: str, string_match: dict[str, Any]) -> dict[str, Any]:
+    """A unified-matcher predicate: request header `header` matches `string_match`."""
+    return {"single_predicate": {"input": _request_header(header), "value_match": string_match}}
+
+
+# A request presenting an API key, on a gRPC/JSON route (the path as ext_authz sees it, after the
+# transcoder): the service admits the key itself (services/common/gateway_keys.py), no Check hop.
+# The edge (/openai/v1) keeps Check: it must strip a key sent as a WebSocket subprotocol.
+_API_KEY_ON_GRPC_ROUTE = {
+    "and_matcher": {
+        "predicate": [
+            _header_matches(":path", {"prefix": "/aimesh."}),
+            {
+                "or_matcher": {
+                    "predicate": [
+                        _header_matches("x-api-key", {"safe_regex": {"google_re2": {},
+                                                                     "regex": ".+"}}),
+                        _header_matches("authorization", {"prefix": f"Bearer {API_KEY_PREFIX}",
+                                                          "ignore_case": True}),
+                    ]
+                }
+            },
+        ]
+    }
+}
+
+
 def _ext_authz_filter() -> dict[str, Any]:
+    """ext_authz, skipped for requests presenting an API key on a gRPC/JSON route."""
+    return _skipped_when(_check_filter(), {
+        "matcher_list": {"matchers": [{"predicate": _API_KEY_ON_GRPC_ROUTE, "on_match": _SKIP}]}
+    })
+
+
+def _check_filter() -> dict[str, Any]:
     return _filter(
         "envoy.filters.http.ext_authz",
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
@@ -766,6 +821,9 @@ def _ext_authz_filter() -> dict[str, Any]:
             "invert": True,
         },
     )
+
+
+KEY_PREFIX_CHARS = len(API_KEY_PREFIX) + 8  # services/common/identity.py api_key_prefix
 
 
 def _access_log() -> dict[str, Any]:
@@ -795,6 +853,10 @@ def _access_log() -> dict[str, Any]:
                     "duration_us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
                     "org": "%REQ(X-AIMESH-ORG)%",
                     "key_id": "%REQ(X-AIMESH-KEY-ID)%",
+                    # An API key the service admits (no Check, so no key id here): its public
+                    # lookup prefix ("amk_" + 8 hex, as ListApiKeys shows it), never the secret.
+                    "key_prefix": f"%REQ(X-API-KEY):{KEY_PREFIX_CHARS}%",
+                    "bearer_prefix": f"%REQ(AUTHORIZATION):{len('Bearer ') + KEY_PREFIX_CHARS}%",
                     "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
                 }
             },

@@ -8,11 +8,12 @@ For each mesh transport in --tls-modes (default: both the default mTLS upstreams
 a stack of Auth + Usage + Envoy runs, and the paths are:
 1. direct gRPC to Auth as the `gateway` identity (identity headers set by the client, as the
    gateway would; mTLS when the mode is mtls);
-2. Envoy, gRPC, API key + rate limit (ext_authz -> Auth's Check, which checks the key and counts
-   the limit with Usage's limiter in one hop);
-3. Envoy, gRPC, JWT caller (the owner's access token) + rate limit: jwt_authn alone, no Check
-   hop; Auth's interceptor checks revocation in memory and counts the limit
-   (services/common/gateway_jwt.py), so paths 2 and 3 side by side are an A/B of the Check hop;
+2. Envoy, gRPC, API key + rate limit: no ext_authz hop; the service (Auth here) admits the key
+   from its cache of Auth's verdicts, asking Auth's Check on a miss (at most every 10 s per key
+   and process), and counts the limit with Usage's limiter (services/common/gateway_keys.py);
+3. Envoy, gRPC, JWT caller (the owner's access token) + rate limit: jwt_authn, no Check hop;
+   Auth's interceptor checks revocation in memory and counts the limit
+   (services/common/gateway_jwt.py), so paths 2 and 3 side by side compare the two admissions;
 4. Envoy, JSON/HTTP (transcoder), API key + rate limit.
 Plus, on the first mode's stack, the baseline:
 5. FastAPI + httpx gateway (uvicorn, as many workers as Envoy's --concurrency): the same key
@@ -342,8 +343,9 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
                       f"{key.rps / fastapi.rps:.2f}x"))
         print(verdict(f"[{mode}] throughput >= 0.6x direct at {concurrency} in flight",
                       key.rps >= 0.6 * direct.rps, f"{key.rps / direct.rps:.2f}x"))
-        # Both paths count the rate limit; only the API-key path calls Auth's Check.
-        print(f"A/B [{mode}]: the ext_authz Check hop (key path minus JWT path, which skips it): "
+        # Neither path has an ext_authz hop; both count the rate limit in the service. The key
+        # path also sends x-ratelimit-* headers and asks Check when its verdict expires.
+        print(f"A/B [{mode}]: API-key vs JWT admission in the service (key path minus JWT path): "
               f"{key.p50_ms - jwt.p50_ms:+.2f} ms p50, {key.rps / jwt.rps:.2f}x the JWT req/s")
         print(f"bound [{mode}]: 3x FastAPI = {3 * fastapi.rps:.0f} req/s, direct = "
               f"{direct.rps:.0f} req/s: FastAPI is {fastapi.rps / direct.rps:.2f}x direct, so 3x "

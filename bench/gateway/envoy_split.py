@@ -1,9 +1,10 @@
 """Envoy's own view of the latency phase, from its access log (microsecond fields written by
 scripts/gateway.py's access logger): how long each kind of request spent in Envoy's filters before
-the upstream request left (ext_authz -> Auth's Check included), in the upstream exchange, and in
-the whole downstream exchange. The client-side p50s include the load generator's own per-call
-cost, which differs between the gRPC paths (grpc.aio) and the JSON path (a raw HTTP/1.1 socket);
-this split shows what the gateway itself adds to each, independent of the client."""
+the upstream request left (ext_authz -> Auth's Check included where it runs), in the upstream
+exchange, and in the whole downstream exchange. The client-side p50s include the load
+generator's own per-call cost, which differs between the gRPC paths (grpc.aio) and the JSON path
+(a raw HTTP/1.1 socket); this split shows what the gateway itself adds to each, independent of
+the client."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ def _kind(entry: dict[str, object]) -> str | None:
     if str(entry.get("status")) != "200" or path.startswith("/.well-known"):
         return None
     if path.startswith("/aimesh."):
-        return "gRPC + key" if entry.get("key_id") not in (None, "", "-") else "gRPC + JWT"
+        keyed = any(entry.get(field) not in (None, "", "-")
+                    for field in ("key_id", "key_prefix")) or str(
+            entry.get("bearer_prefix") or "").lower().startswith("bearer amk_")
+        return "gRPC + key" if keyed else "gRPC + JWT"
     return "JSON + key"
 
 
@@ -54,7 +58,8 @@ def print_split(mode: str, split: Split) -> None:
         print(f"[{mode}] Envoy access log: no latency-phase entries found")
         return
     print(f"[{mode}] Envoy's own time, latency phase p50 (access log, us): "
-          "filters = first byte in to upstream request out (ext_authz Check included)")
+          "filters = first byte in to upstream request out (ext_authz Check included where "
+          "it runs)")
     print(f"  {'request':12} {'filters':>9} {'upstream':>9} {'in Envoy':>9}")
     for kind in sorted(split):
         row = split[kind]

@@ -1,6 +1,8 @@
 """API keys: organization-owned secrets (only a keyed hash is stored), optional scopes and
 expiry, revocation that the gateway honours at once. Lookups on the request path go through a
-Redis cache (PostgreSQL behind it); revocation overwrites the cache entry, so it is never stale."""
+Redis cache (PostgreSQL behind it); revocation overwrites the cache entry, so it is never stale,
+and announces it on Auth's changed channel, on which every Auth process (services/auth/mirror.py)
+and every service holding Auth's verdict on the key (services/common/gateway_keys.py) drops it."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from services.auth.redis_guard import RedisGuard, RedisUnavailable
 from services.auth.store import Store
 from services.common.db import Row
 from services.common.errors import FieldViolations
+from services.common.gateway_jwt import API_KEY_ENTRY
 from services.common.identity import Role
 
 KNOWN_SCOPES = frozenset({"inference", "knowledge.read", "knowledge.write", "speech", "usage.read"})
@@ -99,7 +102,7 @@ class ApiKeys:
         # Overwrite (not delete) the cache entry: a concurrent check that read the row before the
         # revocation populates with SET NX, so it cannot resurrect the key for the TTL.
         if self.redis.cache is not None:
-            key, value = self.redis.key("apikey", row["prefix"]), json.dumps(_cache_entry(row))
+            key, value = self.redis.key(API_KEY_ENTRY, row["prefix"]), json.dumps(_cache_entry(row))
 
             async def overwrite(r: Redis) -> None:
                 await r.set(key, value, ex=CACHE_TTL)
@@ -129,7 +132,8 @@ class ApiKeys:
             raise BadCredentials("API key expired", "API_KEY_EXPIRED")
         self._note_use(entry["id"])
         return Principal(org_id=entry["org"], subject=f"apiKeys/{entry['id']}", roles=("member",),
-                         key_id=entry["id"], scopes=tuple(entry["scopes"]))
+                         key_id=entry["id"], scopes=tuple(entry["scopes"]),
+                         expire_time=entry.get("expire"))
 
     def _note_use(self, key_id: str) -> None:
         # last_use_time is approximate (at most one write per key per minute per replica).
@@ -147,7 +151,7 @@ class ApiKeys:
     async def _cached(self, prefix: str) -> dict[str, Any] | None:
         if not self.redis.usable:
             return None
-        key = self.redis.key("apikey", prefix)
+        key = self.redis.key(API_KEY_ENTRY, prefix)
         held = self.mirror.get(key)
         if held is not MISSING:
             return cast(dict[str, Any], held)
@@ -164,7 +168,7 @@ class ApiKeys:
     async def _cache_new(self, prefix: str, entry: dict[str, Any], ttl: int) -> None:
         if not self.redis.usable:
             return
-        key, value = self.redis.key("apikey", prefix), json.dumps(entry)
+        key, value = self.redis.key(API_KEY_ENTRY, prefix), json.dumps(entry)
         try:
             await self.redis.run(lambda r: r.set(key, value, ex=ttl, nx=True))
         except RedisUnavailable:

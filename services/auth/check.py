@@ -1,7 +1,11 @@
 """Envoy ext_authz `Check` (envoy.service.auth.v3.Authorization), served by the Auth process.
 
-The decision point for gateway requests that are not a verified JWT on a gRPC/JSON route (those
-skip this hop: services/common/gateway_jwt.py admits them in the service):
+The decision point for gateway requests that carry neither a verified JWT nor an API key on a
+gRPC/JSON route (those skip the gateway's hop here: services/common/gateway_jwt.py admits them in
+the service), i.e. every request on the edge's /openai/v1 and every one without a usable
+credential; and for the API keys a service holds no verdict on: the service asks this same RPC
+with the request the gateway would have sent (services/common/gateway_keys.py), so keys are
+authenticated, scope-checked and counted here only:
 - JWT bearer (the edge's routes): Envoy's jwt_authn has already verified signature, issuer,
   audience and expiry against our JWKS (the single verifier) and forwarded the verified payload in
   `x-aimesh-jwt-payload`; the gateway strips any client-sent x-aimesh-* header before
@@ -13,7 +17,9 @@ skip this hop: services/common/gateway_jwt.py admits them in the service):
   a WebSocket; OpenAI's Realtime convention): used when no header carries a credential. A JWT
   there is verified by jwt_authn like a header one (it reads that header too). The allowed
   request goes upstream with the credential removed from `sec-websocket-protocol`.
-On success the identity headers are set (overwriting) and the credential headers removed.
+On success the identity headers are set (overwriting; for a key that expires also
+x-aimesh-key-expiry, so a service holding the verdict stops using it then) and the credential
+headers removed.
 On failure the reply is a JSON google.rpc.Status (HTTP 401/403) and, for gRPC callers, the same
 status in grpc-status-details-bin.
 
@@ -46,14 +52,11 @@ from services.auth import crypto
 from services.auth.domain import AuthDomain
 from services.auth.errors import AuthError
 from services.auth.principal import Principal
-from services.common.access import METHOD_ACCESS, http_scope
-from services.common.errors import (
-    ServiceError,
-    permission_denied,
-    unauthenticated,
-)
+from services.common.access import require_key_scope
+from services.common.errors import ServiceError, unauthenticated
 from services.common.identity import (
     HEADER_JWT_PAYLOAD,
+    HEADER_KEY_EXPIRY,
     HEADER_KEY_ID,
     HEADER_ORG,
     HEADER_ROLES,
@@ -61,7 +64,12 @@ from services.common.identity import (
     HEADER_SUBJECT,
 )
 from services.common.mesh_policy import EDGE_PUBLIC_PREFIX
-from services.usage.ratelimit import Counters, Decision, GatewayLimiter, over_limit
+from services.usage.ratelimit import (
+    Counters,
+    Decision,
+    GatewayLimiter,
+    over_limit,
+)
 
 log = logging.getLogger("aimesh.auth.check")
 
@@ -87,16 +95,17 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         path = http.path.split("?", 1)[0]
         try:
             principal = await self._authenticate(headers)
-            self._authorize(principal, path)
+            require_key_scope(principal.key_id, principal.scopes, path)
             decision = await self._count(principal)
         except AuthError as exc:
             return _deny(exc.to_service_error(), grpc_caller, path)
         except ServiceError as exc:
             return _deny(exc, grpc_caller, path)
-        limit_headers = _limit_headers(decision) if decision is not None else []
         if decision is not None and decision.over:
-            return _deny(over_limit(decision), grpc_caller, path, limit_headers)
-        return _allow(principal, limit_headers, headers.get(SUBPROTOCOL_HEADER))
+            return _deny(over_limit(decision), grpc_caller, path)
+        counted = decision.headers() if decision is not None else ()
+        return _allow(principal, [_header(k, v) for k, v in counted],
+                      headers.get(SUBPROTOCOL_HEADER))
 
     async def _count(self, principal: Principal) -> Decision | None:
         """This request counted in its windows; None when no limiter runs here or the counters
@@ -142,16 +151,6 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             raise unauthenticated("access token invalid", reason="TOKEN_INVALID")
         return await self.domain.api_keys.authenticate(credential)
 
-    def _authorize(self, principal: Principal, path: str) -> None:
-        if principal.key_id is None or not principal.scopes:
-            return  # users and unscoped keys: each service checks roles itself
-        access = METHOD_ACCESS.get(path)
-        needed = access.scope if access else http_scope(path)
-        if needed is None or needed not in principal.scopes:
-            raise permission_denied(
-                f"this API key's scopes ({', '.join(principal.scopes)}) do not allow {path}",
-                reason="SCOPE_REQUIRED", metadata={"required_scope": needed or "unscoped key"})
-
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     # Only the deprecated `append` flag is honoured for upstream headers by the gRPC client.
@@ -159,17 +158,6 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
         header=base_pb2.HeaderValue(key=key, value=value),
         append=wrappers_pb2.BoolValue(value=False),
     )
-
-
-def _limit_headers(decision: Decision) -> list[base_pb2.HeaderValueOption]:
-    """x-ratelimit-* (IETF draft 03, as Envoy's ratelimit filter writes them) for the window
-    closest to its limit."""
-    status = decision.limiting()
-    if status is None:
-        return []
-    return [_header("x-ratelimit-limit", f"{status.limit}, {status.limit};w=60"),
-            _header("x-ratelimit-remaining", str(status.remaining)),
-            _header("x-ratelimit-reset", str(decision.reset_seconds))]
 
 
 def subprotocol_credential(offered: str) -> str:
@@ -195,6 +183,8 @@ def _allow(
         headers.append(_header(HEADER_KEY_ID, principal.key_id))
     if principal.scopes:
         headers.append(_header(HEADER_SCOPES, ",".join(principal.scopes)))
+    if principal.expire_time is not None:  # services caching this verdict stop using it then
+        headers.append(_header(HEADER_KEY_EXPIRY, repr(principal.expire_time)))
     if subprotocols and SUBPROTOCOL_KEY_PREFIX in subprotocols:  # the key stays at the gateway
         kept = [p.strip() for p in subprotocols.split(",")
                 if p.strip() and not p.strip().startswith(SUBPROTOCOL_KEY_PREFIX)]
@@ -211,12 +201,12 @@ def _allow(
     )
 
 
-def _deny(exc: ServiceError, grpc_caller: bool, path: str = "",
-          extra_headers: list[base_pb2.HeaderValueOption] | None = None,
-          ) -> external_auth_pb2.CheckResponse:
+def _deny(exc: ServiceError, grpc_caller: bool, path: str = "") -> external_auth_pb2.CheckResponse:
     status = exc.to_status()
     http_code = _HTTP.get(exc.code, 403)
-    headers = [_header("content-type", "application/json"), *(extra_headers or ())]
+    # exc.headers: x-ratelimit-* of a request refused over the limit.
+    headers = [_header("content-type", "application/json"),
+               *(_header(k, v) for k, v in exc.headers)]
     if grpc_caller:
         # Envoy would map 429 to UNAVAILABLE (which clients retry): say the code itself.
         headers.append(_header("grpc-status", str(exc.code.value[0])))

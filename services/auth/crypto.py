@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from services.common.identity import API_KEY_PREFIX, api_key_prefix  # noqa: F401 (re-exported)
+
 ISSUER = "https://auth.aimesh.dev"
 AUDIENCE = "aimesh"
 JWT_ALG = "RS256"  # the contract (auth.proto) publishes RSA JWKs; Envoy's jwt_authn verifies it
-API_KEY_PREFIX = "amk_"
 
 # Argon2id with the library's defaults (RFC 9106 low-memory profile): ~50 ms per hash here,
 # paid only at sign-up and login.
@@ -102,18 +103,6 @@ class NewApiKey:
 def generate_api_key() -> NewApiKey:
     prefix = API_KEY_PREFIX + secrets.token_hex(4)
     return NewApiKey(prefix=prefix, secret=f"{prefix}_{secrets.token_urlsafe(32)}")
-
-
-def api_key_prefix(secret: str) -> str | None:
-    """The lookup prefix of a presented key, or None when it is not shaped like ours."""
-    # "amk_" + 8 hex + "_" + random (the random part may itself contain "_").
-    size = len(API_KEY_PREFIX) + 8
-    if not secret.startswith(API_KEY_PREFIX) or len(secret) < size + 17 or secret[size] != "_":
-        return None
-    prefix = secret[:size]
-    if any(c not in "0123456789abcdef" for c in prefix[len(API_KEY_PREFIX):]):
-        return None
-    return prefix
 
 
 def generate_refresh_token() -> str:

@@ -12,14 +12,13 @@ arrived is not kept (generation check), and copies also expire after MIRROR_SECO
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from redis.asyncio import Redis
 
 from services.auth.redis_guard import RedisGuard
-from services.common.cache import follow_channel
-from services.common.gateway_jwt import CHANGED_CHANNEL
+from services.common.cache import HeldCopies, follow_channel
+from services.common.gateway_jwt import CHANGED_CHANNEL, announced_here
 
 MIRROR_SECONDS = 10.0
 MAX_ENTRIES = 100_000
@@ -34,12 +33,10 @@ class _Missing:
 MISSING: Any = _Missing()  # get(): this process holds no copy (the value itself may be None)
 
 
-class Mirror:
+class Mirror(HeldCopies[Any]):
     def __init__(self, redis: RedisGuard) -> None:
+        super().__init__(MIRROR_SECONDS, MAX_ENTRIES)
         self.redis = redis
-        self._entries: dict[str, tuple[float, Any]] = {}
-        self._generation = 0
-        self._live = False
 
     @property
     def channel(self) -> str:
@@ -47,39 +44,19 @@ class Mirror:
 
     @property
     def usable(self) -> bool:
-        return self._live and self.redis.usable
+        return self.live and self.redis.usable
 
-    def generation(self) -> int:
-        """Take before reading Redis; pass to put() so a raced invalidation wins."""
-        return self._generation
-
-    def get(self, key: str) -> Any:
+    def get(self, key: str, default: Any = MISSING) -> Any:
         """The copy of `key`'s value (None: the entry is absent), or MISSING."""
-        if not self.usable:
-            return MISSING
-        held = self._entries.get(key)
-        if held is None or held[0] < time.monotonic():
-            return MISSING
-        return held[1]
-
-    def put(self, key: str, value: Any, generation: int) -> None:
-        if not self.usable or generation != self._generation:
-            return
-        if len(self._entries) >= MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[key] = (time.monotonic() + MIRROR_SECONDS, value)
+        return super().get(key, default)
 
     async def announce(self, r: Redis, *keys: str) -> None:
-        """Tell every Auth process that `keys` changed (call inside the write's operation)."""
+        """Tell every Auth process (and every service holding API-key verdicts) that `keys`
+        changed (call inside the write's operation). This process applies it at once: its next
+        request must not read a copy the message has not reached yet."""
         await r.publish(self.channel, "\n".join(keys))
-
-    def _forget(self, keys: list[str] | None = None) -> None:
-        self._generation += 1
-        if keys is None:
-            self._entries.clear()
-        else:
-            for key in keys:
-                self._entries.pop(key, None)
+        self.forget(keys)
+        announced_here(keys)
 
     async def listen(self) -> None:
         """Background task for the life of the server: apply invalidations as they arrive."""
@@ -88,12 +65,7 @@ class Mirror:
             return
 
         async def subscribed() -> None:
-            self._forget()  # whatever was held before may have missed messages
-            self._live = True
+            self.subscribed()
 
-        def lost() -> None:
-            self._live = False
-            self._forget()
-
-        await follow_channel(cache.redis, self.channel, subscribed, self._forget, lost,
+        await follow_channel(cache.redis, self.channel, subscribed, self.forget, self.lost,
                              POLL_SECONDS, RESUBSCRIBE_AFTER)

@@ -25,6 +25,7 @@ class Principal:
     key_id: str | None = None
     scopes: tuple[str, ...] = ()
     session_id: str | None = None  # the refresh family an access token was issued in
+    expire_time: float | None = None  # when an API key expires (epoch seconds)
 
     @property
     def user_id(self) -> str | None:

@@ -8,15 +8,16 @@ by their scopes.
 
 Enforced in one place: `AccessInterceptor`, which the server bootstrap installs on every
 service, refuses a caller whose role is below the method's minimum with PERMISSION_DENIED
-(reason ROLE_REQUIRED) before any servicer code runs. Auth's ext_authz Check uses `scope`
-to refuse API keys whose scopes do not grant the method. Rules finer than a minimum role
-(only an owner may grant OWNER, a member may leave on their own, invoicing another org is for
-platform admins) stay in the owning service's domain.
+(reason ROLE_REQUIRED) before any servicer code runs. `require_key_scope` refuses API keys whose
+scopes do not grant the method (reason SCOPE_REQUIRED): Auth's ext_authz Check runs it for the
+keys it admits, services/common/gateway_keys.py for the keys a service admits from its cache.
+Rules finer than a minimum role (only an owner may grant OWNER, a member may leave on their
+own, invoicing another org is for platform admins) stay in the owning service's domain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +25,7 @@ import grpc
 
 from services.common.errors import permission_denied
 from services.common.handlers import MethodInterceptor, before
-from services.common.identity import Identity, Role, identity_from_metadata
+from services.common.identity import Identity, Role, carries_api_key, identity_from_metadata
 
 Kind = Literal["public", "role", "platform", "service"]
 
@@ -165,6 +166,20 @@ def http_scope(path: str) -> str | None:
     return next((scope for prefix, scope in EDGE_SCOPES if path.startswith(prefix)), None)
 
 
+def require_key_scope(key_id: str | None, scopes: Sequence[str], path: str) -> None:
+    """Refuse an API key whose scopes do not grant `path` (a gRPC method, or an edge HTTP path):
+    PERMISSION_DENIED, reason SCOPE_REQUIRED, naming the scope needed. Users and unscoped keys
+    pass: each service checks their roles."""
+    if key_id is None or not scopes:
+        return
+    access = METHOD_ACCESS.get(path)
+    needed = access.scope if access else http_scope(path)
+    if needed is None or needed not in scopes:
+        raise permission_denied(
+            f"this API key's scopes ({', '.join(scopes)}) do not allow {path}",
+            reason="SCOPE_REQUIRED", metadata={"required_scope": needed or "unscoped key"})
+
+
 def refusal(access: Access | None, identity: Identity | None, method: str) -> str | None:
     """Why `identity` may not call `method` (None: it may). No identity: the servicer decides
     (it answers UNAUTHENTICATED where one is needed); unknown methods are refused."""
@@ -197,19 +212,31 @@ class AccessInterceptor(MethodInterceptor):
         if not method.startswith(("/aimesh.", "/envoy.")):
             return handler  # health and reflection
         access = self.table.get(method)
-        identity = identity_from_metadata(handler_call_details.invocation_metadata or ())
-        why = refusal(access, identity, method)
-        if why is None:
+        metadata = handler_call_details.invocation_metadata or ()
+        identity = identity_from_metadata(metadata)
+        if identity is None and carries_api_key(metadata):
+            # An API-key caller is admitted when the call runs (services/common/gateway_keys.py,
+            # an outer interceptor): its identity exists only then.
+            async def check_admitted(context: grpc.aio.ServicerContext) -> None:
+                _refuse_if(access, identity_from_metadata(metadata), method)
+
+            return before(handler, check_admitted)
+        if refusal(access, identity, method) is None:
             return handler
 
         async def refuse(context: grpc.aio.ServicerContext) -> None:
-            required = access.role.name if access and access.role else "PLATFORM_ADMIN"
-            raise permission_denied(
-                f"{method.rsplit('/', 1)[-1]} {why}",
-                reason="PLATFORM_ADMIN_REQUIRED"
-                if required == "PLATFORM_ADMIN"
-                else "ROLE_REQUIRED",
-                metadata={"required_role": required, "method": method},
-            )
+            _refuse_if(access, identity, method)
 
         return before(handler, refuse)
+
+
+def _refuse_if(access: Access | None, identity: Identity | None, method: str) -> None:
+    why = refusal(access, identity, method)
+    if why is None:
+        return
+    required = access.role.name if access and access.role else "PLATFORM_ADMIN"
+    raise permission_denied(
+        f"{method.rsplit('/', 1)[-1]} {why}",
+        reason="PLATFORM_ADMIN_REQUIRED" if required == "PLATFORM_ADMIN" else "ROLE_REQUIRED",
+        metadata={"required_role": required, "method": method},
+    )

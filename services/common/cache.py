@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 
 log = logging.getLogger("aimesh.cache")
+T = TypeVar("T")
 
 # Knowledge publishes an organization id here after each change of that organization's
 # searchable corpus (a document became READY, or a READY one was deleted); services that
@@ -79,3 +82,58 @@ async def follow_channel(
             except Exception:
                 pass
         await asyncio.sleep(resubscribe_after)
+
+
+class HeldCopies(Generic[T]):
+    """Values copied into process memory that stay correct by invalidation, not by expiry: used
+    only while `usable` (subscribed to the channel that announces their changes), dropped when
+    a change is announced (`forget`), kept at most `seconds` besides, and a value read while an
+    invalidation arrived is not kept (take `generation()` before reading, pass it to `put`)."""
+
+    def __init__(self, seconds: float, max_entries: int) -> None:
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self.live = False  # subscribed: set by the channel's listener (subscribed(), lost())
+        self._entries: dict[str, tuple[float, T]] = {}
+        self._generation = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.live
+
+    def get(self, key: str, default: Any = None) -> T | Any:
+        """The copy held for `key`, or `default`."""
+        if not self.usable:
+            return default
+        held = self._entries.get(key)
+        if held is None or held[0] < time.monotonic():
+            return default
+        return held[1]
+
+    def generation(self) -> int:
+        """Take before reading the source; pass to put() so a raced invalidation wins."""
+        return self._generation
+
+    def put(self, key: str, value: T, generation: int) -> None:
+        if not self.usable or generation != self._generation:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self.seconds, value)
+
+    def forget(self, keys: Iterable[str] | None = None) -> None:
+        """Drop the copies of `keys` (None: all of them)."""
+        self._generation += 1
+        if keys is None:
+            self._entries.clear()
+        else:
+            for key in keys:
+                self._entries.pop(key, None)
+
+    def subscribed(self) -> None:
+        self.forget()  # whatever was held before may have missed messages
+        self.live = True
+
+    def lost(self) -> None:
+        self.live = False
+        self.forget()

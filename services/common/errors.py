@@ -5,7 +5,8 @@ BadRequest field violations. Envoy's transcoder turns the same status into a JSO
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -14,6 +15,7 @@ from opentelemetry import trace
 
 ERROR_DOMAIN = "aimesh.dev"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_Detail = TypeVar("_Detail", bound=Any)
 # Errors travel in HTTP/2 headers (grpc-message, grpc-status-details-bin), which proxies cap
 # (Envoy: 60 KiB): an error quoting a huge bad value must not turn into a protocol error.
 MAX_MESSAGE_CHARS = 1024
@@ -35,6 +37,7 @@ class ServiceError(Exception):
         violations: Sequence[tuple[str, str]] = (),
         metadata: Mapping[str, str] | None = None,
         retry_after_seconds: float | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         message = _clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
@@ -46,6 +49,24 @@ class ServiceError(Exception):
         )
         self.metadata = dict(metadata or {})
         self.retry_after_seconds = retry_after_seconds
+        # Sent beside the status (e.g. x-ratelimit-*): a refused call has no other reply headers,
+        # so these travel in its trailers-only reply, which the gateway passes on as headers.
+        self.headers = tuple(headers)
+
+    @classmethod
+    def from_status(
+        cls, status: status_pb2.Status, headers: Sequence[tuple[str, str]] = ()
+    ) -> ServiceError:
+        """The error another service answered with (its code, message, reason, metadata, field
+        violations and retry delay), to refuse a call with exactly that."""
+        code = next((c for c in grpc.StatusCode if c.value[0] == status.code),
+                    grpc.StatusCode.UNKNOWN)
+        info = error_info(status)
+        delay = next((d for d in _details(status, error_details_pb2.RetryInfo)), None)
+        return cls(
+            code, status.message, info.reason if info else None, field_violations(status),
+            dict(info.metadata) if info else None,
+            delay.retry_delay.ToTimedelta().total_seconds() if delay else None, headers)
 
     def to_status(self) -> status_pb2.Status:
         details: list[any_pb2.Any] = []
@@ -74,8 +95,8 @@ class ServiceError(Exception):
             details.append(_pack(retry))
         return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 
-    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-        return ((STATUS_DETAILS_KEY, self.to_status().SerializeToString()),)
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return (*self.headers, (STATUS_DETAILS_KEY, self.to_status().SerializeToString()))
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code.name}, {self.message!r}, reason={self.reason!r})"
@@ -193,22 +214,22 @@ def status_from_rpc_error(error: grpc.RpcError) -> status_pb2.Status | None:
     return None
 
 
-def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+def _details(status: status_pb2.Status, kind: type[_Detail]) -> Iterator[_Detail]:
+    """The details of `status` that are a `kind` message, unpacked."""
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
+        if detail.Is(kind.DESCRIPTOR):
+            message = kind()
+            detail.Unpack(message)
+            yield message
+
+
+def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    return next(_details(status, error_details_pb2.ErrorInfo), None)
 
 
 def field_violations(status: status_pb2.Status) -> list[tuple[str, str]]:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return [(v.field, v.description) for v in bad.field_violations]
-    return []
+    bad = next(_details(status, error_details_pb2.BadRequest), None)
+    return [(v.field, v.description) for v in bad.field_violations] if bad else []
 
 
 assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]

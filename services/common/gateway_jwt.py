@@ -1,10 +1,13 @@
-"""JWT callers admitted by the gateway's jwt_authn alone, without a hop to Auth's Check.
+"""Gateway callers admitted in the service, without a hop to Auth's Check: JWTs verified by the
+gateway's jwt_authn, and API keys (services/common/gateway_keys.py).
 
 Envoy verifies an access token's signature, issuer, audience and expiry against Auth's JWKS and,
 on the gRPC and JSON routes, skips ext_authz for it (scripts/gateway.py): the verified payload
 reaches the service in `x-aimesh-jwt-payload` (identity.py turns it into the caller's Identity).
-What a signature cannot say is enforced here, in the service, before any servicer code runs
-(`GatewayJwtInterceptor`, installed by the server bootstrap in every service):
+It skips ext_authz for an API key on those routes too: the key reaches the service, which admits
+it from its cache of Auth's verdicts or asks Auth's Check (gateway_keys.py). What a signature
+cannot say is enforced here, in the service, before any servicer code runs
+(`GatewayCallerInterceptor`, installed by the server bootstrap in every service):
 
 - revocation: the token's session ended (logout, refresh-token reuse) or its user's membership
   ended — refused UNAUTHENTICATED / TOKEN_REVOKED; a changed role overrides the token's role.
@@ -13,14 +16,17 @@ What a signature cannot say is enforced here, in the service, before any service
   every message on it (Auth publishes each entry in the same write), so a request costs no
   Redis read and a revocation applies within milliseconds. While the mirror is not subscribed
   (Redis down, reconnecting) JWT callers are refused UNAVAILABLE (retryable): never served on a
-  deny list that may be missing entries. API-key callers still go through Check, which falls
-  back to PostgreSQL.
-- the rate limit: the organization's window is counted with Usage's limiter
-  (services/usage/ratelimit.py `GatewayLimiter`, one Redis round trip), as Check does for
-  API keys; over it: RESOURCE_EXHAUSTED with RetryInfo. Writes are counted before they run;
-  reads (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis
-  first — over the limit the reply is dropped for the refusal, and that caller's reads are
-  refused up front for the next second.
+  deny list that may be missing entries. The same listener drops a revoked API key's verdict
+  (`auth:apikey:{prefix}`); without a subscription API-key callers are admitted by asking Check,
+  which falls back to PostgreSQL.
+- the rate limit: the organization's window (and an API key's) is counted with Usage's limiter
+  (services/usage/ratelimit.py `GatewayLimiter`, one Redis round trip), as Check does for the
+  requests it admits (an API key this process held no verdict on: Check counted it); over it:
+  RESOURCE_EXHAUSTED with RetryInfo. Writes are counted before they run; reads
+  (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis first —
+  over the limit the reply is dropped for the refusal, and that caller's reads are refused up
+  front for the next second. API-key callers get x-ratelimit-* as the reply's initial metadata
+  (Envoy passes them on, to JSON callers as HTTP headers), and with an over-limit refusal.
 
 Only the gateway may send the payload header (tls.PeerAuthorizationInterceptor refuses it from
 any other peer), and Envoy strips a client-sent one before jwt_authn runs.
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -37,8 +45,10 @@ from redis.asyncio import Redis
 
 from services.common import identity
 from services.common.cache import ServiceCache, follow_channel
+from services.common.channels import Channels
 from services.common.errors import unauthenticated, unavailable
-from services.common.handlers import MethodInterceptor, before, call_unary, rewrap
+from services.common.gateway_keys import ApiKeyCallers, AuthCheck, KeyVerdicts
+from services.common.handlers import MethodInterceptor, call_unary, iterate_stream, rewrap
 from services.common.request_checks import described_method
 
 # Auth's revocation entries, named once: Auth writes them (services/auth/revocation.py) and
@@ -47,20 +57,36 @@ AUTH_PREFIX = "auth"  # Auth's Redis key prefix
 CHANGED_CHANNEL = "changed"
 SESSION_ENDED_ENTRY = "session-ended"  # {prefix}:session-ended:{session id}
 MEMBER_ENTRY = "member"  # {prefix}:member:{org}:{user} -> the role now, or GONE
+API_KEY_ENTRY = "apikey"  # {prefix}:apikey:{key prefix}: announced when the key is revoked
 GONE = "-"  # the membership ended
 CHANNEL = f"{AUTH_PREFIX}:{CHANGED_CHANNEL}"
 SESSION_ENDED = f"{AUTH_PREFIX}:{SESSION_ENDED_ENTRY}:"
 MEMBER = f"{AUTH_PREFIX}:{MEMBER_ENTRY}:"
+API_KEY = f"{AUTH_PREFIX}:{API_KEY_ENTRY}:"
 POLL_SECONDS = 5.0
 RESUBSCRIBE_AFTER = 1.0
 SCAN_COUNT = 1000
 
 
+# This process's listener (start()): Auth applies its own announcements here at once
+# (announced_here), so even the next request the revoking process serves cannot use a verdict the
+# message has not reached yet.
+_listeners: list[RevokedTokens] = []
+
+
+def announced_here(keys: Iterable[str]) -> None:
+    """What Auth just announced on its changed channel, applied in this process without waiting
+    for the message (the API-key verdicts; the deny-list entries follow with the message)."""
+    for listener in _listeners:
+        listener.keys_changed(keys)
+
+
 class RevokedTokens:
     """Auth's revocation entries, mirrored whole: ended sessions and changed member roles."""
 
-    def __init__(self, cache: ServiceCache) -> None:
+    def __init__(self, cache: ServiceCache, keys: KeyVerdicts | None = None) -> None:
         self.cache = cache
+        self.keys = keys  # API-key verdicts this listener invalidates (gateway_keys.py)
         self._ended: dict[str, float] = {}  # session id -> when the entry expires (monotonic)
         self._roles: dict[tuple[str, str], tuple[float, str]] = {}  # (org, user) -> (expiry, role)
         self.live = False
@@ -94,6 +120,11 @@ class RevokedTokens:
             else:
                 self._roles[(org, user)] = (expiry, value.decode())
 
+    def keys_changed(self, keys: Iterable[str]) -> None:
+        """Drop the API-key verdicts Auth's message names (`auth:apikey:{prefix}`)."""
+        if self.keys is not None:
+            self.keys.forget([k[len(API_KEY):] for k in keys if k.startswith(API_KEY)])
+
     async def _load(self, r: Redis, keys: list[str]) -> None:
         wanted = [k for k in keys if k.startswith((SESSION_ENDED, MEMBER))]
         if not wanted:
@@ -125,40 +156,68 @@ class RevokedTokens:
         r = self.cache.redis
 
         async def subscribed() -> None:
+            if self.keys is not None:
+                self.keys.subscribed()
             await self._snapshot(r)
             self.live = True
 
         async def received(keys: list[str]) -> None:
+            self.keys_changed(keys)
             await self._load(r, keys)
 
         def lost() -> None:
             self.live = False
+            if self.keys is not None:
+                self.keys.lost()
 
         await follow_channel(r, CHANNEL, subscribed, received, lost, POLL_SECONDS,
                              RESUBSCRIBE_AFTER)
 
 
-class GatewayJwtInterceptor(MethodInterceptor):
-    """Admits a request carrying the gateway-verified JWT payload: not revoked (refused
-    UNAUTHENTICATED / TOKEN_REVOKED), then counted in its organization's rate-limit window."""
+@dataclass(frozen=True)
+class Caller:
+    """An admitted gateway caller: whose windows count its request, and whether it was counted
+    already (by Auth's Check: `counted` holds the x-ratelimit-* headers it answered)."""
 
-    def __init__(self, tokens: RevokedTokens, limiter: Any | None) -> None:
+    org: str
+    key_id: str | None = None
+    counted: tuple[tuple[str, str], ...] | None = None
+    report_limits: bool = False  # API keys: x-ratelimit-* go back as reply headers
+
+
+class GatewayCallerInterceptor(MethodInterceptor):
+    """Admits the callers the gateway sends on without Auth's Check: a verified JWT payload (not
+    revoked, else UNAUTHENTICATED / TOKEN_REVOKED) or an API key (services/common/gateway_keys.py),
+    then counts the request in its organization's rate-limit window (and its key's)."""
+
+    def __init__(self, tokens: RevokedTokens, limiter: Any | None,
+                 keys: ApiKeyCallers | None = None) -> None:
         self.tokens = tokens
         self.limiter = limiter  # services.usage.ratelimit.GatewayLimiter (None: not counted)
+        self.keys = keys  # None: API keys are not admitted here (no identity: servicers refuse)
 
     def wrap(
         self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        payload = next((v for k, v in handler_call_details.invocation_metadata or ()
-                        if k == identity.HEADER_JWT_PAYLOAD), None)
-        if payload is None:
-            return handler
-        token = str(payload)
-        if self.limiter is not None and handler.unary_unary and described_method(
-                handler_call_details.method)[1]:
-            return rewrap(handler, lambda behavior: self._counted_alongside(behavior, token),
-                          lambda behavior: behavior)
-        return before(handler, lambda context: self.admit(token))
+        headers = {k: v for k, v in handler_call_details.invocation_metadata or ()
+                   if isinstance(v, str)}
+        payload = headers.get(identity.HEADER_JWT_PAYLOAD)
+        admit: Callable[[], Awaitable[Caller]]
+        if payload is not None:
+            token = payload
+
+            async def admit_token() -> Caller:
+                return Caller(self.admit_token(token).org)
+
+            admit = admit_token
+        elif (self.keys is not None and identity.HEADER_ORG not in headers
+              and identity.carries_api_key(headers)):
+            admit = self._key_admission(headers, handler_call_details.method)
+        else:
+            return handler  # identity headers (or none): nothing to admit here
+        read = bool(handler.unary_unary) and described_method(handler_call_details.method)[1]
+        return rewrap(handler, lambda behavior: self._unary(behavior, admit, read),
+                      lambda behavior: self._stream(behavior, admit))
 
     def admit_token(self, payload: str) -> identity.TokenClaims:
         """The token's claims, unless it is revoked (no I/O: the mirror is in memory)."""
@@ -177,44 +236,88 @@ class GatewayJwtInterceptor(MethodInterceptor):
         return claims
 
     async def admit(self, payload: str) -> None:
-        """Not revoked, then counted (refused over the limit) before the method runs."""
+        """A JWT caller not revoked, then counted (refused over the limit)."""
         claims = self.admit_token(payload)
         if self.limiter is not None:
             await self.limiter.admit(claims.org, None)
 
-    def _counted_alongside(self, behavior: Any, payload: str) -> Any:
+    def _key_admission(self, headers: dict[str, str], method: str
+                       ) -> Callable[[], Awaitable[Caller]]:
+        keys = self.keys
+        assert keys is not None
+        credential = identity.presented_key(headers)
+
+        async def admit_key() -> Caller:
+            caller = keys.held(credential, method)
+            counted = None
+            if caller is None:
+                caller, counted = await keys.ask_auth(credential, headers, method)
+            identity.admit_key_caller(credential, caller)
+            return Caller(caller.org, caller.key_id, counted, report_limits=True)
+
+        return admit_key
+
+    async def _count(self, caller: Caller) -> tuple[tuple[str, str], ...]:
+        """Count the caller's request (refused over the limit); its x-ratelimit-* headers."""
+        if caller.counted is not None or self.limiter is None:
+            return caller.counted or ()
+        decision = await self.limiter.admit(caller.org, caller.key_id)
+        return decision.headers() if decision is not None else ()
+
+    def _unary(self, behavior: Any, admit: Callable[[], Awaitable[Caller]], read: bool) -> Any:
         """A read (NO_SIDE_EFFECTS) runs while its request is counted, so the caller does not
         wait for Redis before its read; over the limit its reply is never sent (the refusal
-        is), and for a moment after that its reads are refused before they run."""
-        limiter = self.limiter
-        assert limiter is not None
+        is), and for a moment after that its reads are refused before they run. Everything
+        else is counted before it runs."""
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            claims = self.admit_token(payload)
-            refused = limiter.refused_recently(claims.org, None)
-            if refused is not None:
-                raise refused
-            counting = asyncio.ensure_future(limiter.admit(claims.org, None))
-            try:
+            caller = await admit()
+            if read and caller.counted is None and self.limiter is not None:
+                refused = self.limiter.refused_recently(caller.org, caller.key_id)
+                if refused is not None:
+                    raise refused
+                counting = asyncio.ensure_future(self._count(caller))
+                try:
+                    reply = await call_unary(behavior, request, context)
+                except BaseException:
+                    await counting  # over the limit: that refusal, not the read's outcome
+                    raise
+                limits = await counting
+            else:
+                limits = await self._count(caller)
                 reply = await call_unary(behavior, request, context)
-            except BaseException:
-                await counting  # over the limit: that refusal, not the read's outcome
-                raise
-            await counting
+            if caller.report_limits and limits:
+                await context.send_initial_metadata(limits)
             return reply
 
         return run
 
+    def _stream(self, behavior: Any, admit: Callable[[], Awaitable[Caller]]) -> Any:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            caller = await admit()
+            limits = await self._count(caller)
+            if caller.report_limits and limits:
+                await context.send_initial_metadata(limits)
+            async for item in iterate_stream(behavior, request, context):
+                yield item
 
-def start(runtime: Any) -> GatewayJwtInterceptor:
+        return run
+
+
+def start(runtime: Any) -> GatewayCallerInterceptor:
     """The interceptor for this server process, its mirror listening for the server's life."""
     from services.usage.ratelimit import GatewayLimiter
 
     settings = runtime.settings
-    tokens = RevokedTokens(ServiceCache(settings.redis_url, AUTH_PREFIX))
+    verdicts = KeyVerdicts()
+    tokens = RevokedTokens(ServiceCache(settings.redis_url, AUTH_PREFIX), verdicts)
     runtime.on_shutdown(tokens.cache.close)
-    runtime.spawn(tokens.listen(), "gateway-jwt-revocations")
+    runtime.spawn(tokens.listen(), "gateway-revocations")
+    _listeners.append(tokens)
     identity.set_role_source(tokens.role_now)
     limiter = GatewayLimiter.for_settings(settings)
     runtime.on_shutdown(limiter.close)
-    return GatewayJwtInterceptor(tokens, limiter)
+    auth = Channels(settings)
+    runtime.on_shutdown(auth.close)
+    keys = ApiKeyCallers(verdicts, AuthCheck(lambda: auth.get("auth")))
+    return GatewayCallerInterceptor(tokens, limiter, keys)

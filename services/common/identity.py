@@ -1,19 +1,27 @@
 """Who is calling: the identity the gateway established, read from its x-aimesh-* headers.
 
 Envoy strips any client-sent x-aimesh-* header before authentication and sets these after
-it (ext_authz for API keys). JWT callers arrive with the payload jwt_authn verified in
-x-aimesh-jwt-payload instead: their identity comes from its claims, with the role Auth recorded
-after a membership change (services/common/gateway_jwt.py mirrors those, and refuses revoked
-tokens before any servicer code runs). Services accept them only from peers the
-caller graph lets forward them — the gateway, or a service acting for a user on the methods
-services.common.mesh_policy names — enforced on the verified mTLS identity by
-tls.PeerAuthorizationInterceptor before any servicer code runs.
+it (ext_authz Check: the edge's routes, and requests with neither a JWT nor an API key). On the
+gRPC/JSON routes JWT and API-key callers skip that hop:
+- JWT callers arrive with the payload jwt_authn verified in x-aimesh-jwt-payload: their identity
+  comes from its claims, with the role Auth recorded after a membership change
+  (services/common/gateway_jwt.py mirrors those, and refuses revoked tokens before any servicer
+  code runs);
+- API-key callers arrive with their key (`x-api-key`, or `authorization: Bearer amk_…`): the
+  server's interceptor admits the key (services/common/gateway_keys.py: Auth's verdict, cached)
+  and records the identity for the call being served (`admit_key_caller`), which
+  `identity_from_metadata` returns for the metadata carrying that same key.
+Services accept identity headers only from peers the caller graph lets forward them — the
+gateway, or a service acting for a user on the methods services.common.mesh_policy names —
+enforced on the verified mTLS identity by tls.PeerAuthorizationInterceptor before any servicer
+code runs.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import functools
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +38,13 @@ HEADER_SCOPES = "x-aimesh-scopes"
 # The claims of an access token Envoy's jwt_authn verified (base64url JSON); only the gateway
 # may send it (tls.PeerAuthorizationInterceptor).
 HEADER_JWT_PAYLOAD = "x-aimesh-jwt-payload"
+# Set by Auth's Check beside the identity of an API key that expires: when (epoch seconds), so a
+# service caching the verdict stops using it then.
+HEADER_KEY_EXPIRY = "x-aimesh-key-expiry"
+# Where callers present an API key (or `authorization: Bearer <key>`).
+HEADER_API_KEY = "x-api-key"
+HEADER_AUTHORIZATION = "authorization"
+API_KEY_PREFIX = "amk_"  # an API key: "amk_" + 8 hex (its lookup prefix) + "_" + random
 IDENTITY_HEADERS = (HEADER_ORG, HEADER_SUBJECT, HEADER_ROLES, HEADER_KEY_ID, HEADER_SCOPES,
                     HEADER_JWT_PAYLOAD)
 
@@ -151,6 +166,57 @@ def _token_identity(payload: str) -> Identity | None:
     )
 
 
+def api_key_prefix(secret: str) -> str | None:
+    """The lookup prefix of a presented key, or None when it is not shaped like ours."""
+    # "amk_" + 8 hex + "_" + random (the random part may itself contain "_").
+    size = len(API_KEY_PREFIX) + 8
+    if not secret.startswith(API_KEY_PREFIX) or len(secret) < size + 17 or secret[size] != "_":
+        return None
+    prefix = secret[:size]
+    if any(c not in "0123456789abcdef" for c in prefix[len(API_KEY_PREFIX):]):
+        return None
+    return prefix
+
+
+_BEARER_KEY = "bearer " + API_KEY_PREFIX
+
+
+def carries_api_key(
+    metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str | bytes],
+) -> bool:
+    """Does this request present an API key, as the gateway tells (an `x-api-key` header, or an
+    `authorization: Bearer amk_…`)? The gateway sends such requests on without ext_authz; the
+    service's interceptor then admits them (or asks Auth's Check, whatever the key's shape)."""
+    pairs = metadata.items() if isinstance(metadata, Mapping) else metadata
+    for key, value in pairs:
+        if key == HEADER_API_KEY:
+            return True
+        if key == HEADER_AUTHORIZATION and isinstance(value, str) and (
+                value[:len(_BEARER_KEY)].lower() == _BEARER_KEY):
+            return True
+    return False
+
+
+def presented_key(headers: Mapping[str, str]) -> str:
+    """The credential a request presents as Auth's Check reads it: `x-api-key`, else the value
+    of `authorization` after its scheme ("" when neither)."""
+    credential = headers.get(HEADER_API_KEY, "").strip()
+    if not credential:
+        credential = headers.get(HEADER_AUTHORIZATION, "").strip().partition(" ")[2].strip()
+    return credential
+
+
+# The API-key caller admitted for the call being served (set by the server's interceptor in the
+# call's own task): (the key it presented, its identity).
+_admitted_key: contextvars.ContextVar[tuple[str, Identity] | None] = contextvars.ContextVar(
+    "aimesh_admitted_key", default=None)
+
+
+def admit_key_caller(credential: str, identity: Identity) -> None:
+    """Record the identity of the API key `credential` for the call being served."""
+    _admitted_key.set((credential, identity))
+
+
 def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
@@ -165,8 +231,13 @@ def identity_from_metadata(
     # same org.
     org = headers.get(HEADER_ORG, "").strip().removeprefix("organizations/")
     subject = headers.get(HEADER_SUBJECT, "").strip()
-    if not org and not subject and headers.get(HEADER_JWT_PAYLOAD):
-        return _token_identity(headers[HEADER_JWT_PAYLOAD])
+    if not org and not subject:
+        if headers.get(HEADER_JWT_PAYLOAD):
+            return _token_identity(headers[HEADER_JWT_PAYLOAD])
+        admitted = _admitted_key.get()
+        if admitted is not None and admitted[0] and admitted[0] == presented_key(headers):
+            return admitted[1]
+        return None
     if not org or not subject:
         return None
     roles = frozenset(r for r in (Role.parse(n) for n in _split(headers.get(HEADER_ROLES))) if r)

@@ -120,6 +120,9 @@ POLICY: Mapping[str, tuple[Rule, ...]] = {
         _rule([GATEWAY], _all("auth"), not_methods=[AUTH_RECORD_AUDIT], forwards_identity=True,
               why="public Auth API; never audit-log writes"),
         _rule([GATEWAY], [EXT_AUTHZ_CHECK], why="Envoy ext_authz"),
+        _rule(SERVICES, [EXT_AUTHZ_CHECK],
+              why="services admit the API-key callers the gateway sends them without ext_authz: "
+              "Auth's verdict on a key they hold none for (services/common/gateway_keys.py)"),
         _rule(["billing", "usage"], [AUTH_RECORD_AUDIT],
               why="services report their security-relevant actions to the audit log"),
     ),

@@ -155,6 +155,16 @@ class Decision:
         """Whole seconds until the window resets, at least 1 (what retry-after needs)."""
         return max(1, math.ceil(self.seconds_until_reset))
 
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """x-ratelimit-* (IETF draft 03, as Envoy's ratelimit filter writes them) for the window
+        closest to its limit: sent on every counted gateway reply."""
+        status = self.limiting()
+        if status is None:
+            return ()
+        return (("x-ratelimit-limit", f"{status.limit}, {status.limit};w=60"),
+                ("x-ratelimit-remaining", str(status.remaining)),
+                ("x-ratelimit-reset", str(self.reset_seconds)))
+
 
 def classify(descriptors: Sequence[Sequence[tuple[str, str]]]) -> list[Check]:
     """Map descriptors (lists of (key, value) entries) to windows."""
@@ -306,7 +316,8 @@ class GatewayLimiter:
 
 def over_limit(decision: Decision) -> ServiceError:
     return resource_exhausted("rate limit exceeded for this API key or organization",
-                              reason="RATE_LIMITED", retry_after_seconds=decision.reset_seconds)
+                              reason="RATE_LIMITED", retry_after_seconds=decision.reset_seconds,
+                              headers=decision.headers())
 
 
 class RateLimiter:

@@ -51,8 +51,14 @@ def test_usage_accounting_only_from_services() -> None:
 def test_gateway_envoy_callbacks() -> None:
     assert mp.is_allowed("auth", "gateway", mp.EXT_AUTHZ_CHECK)
     assert mp.is_allowed("usage", "gateway", mp.RATE_LIMIT)
-    assert not mp.is_allowed("auth", "conversation", mp.EXT_AUTHZ_CHECK)
     assert not mp.is_allowed("usage", "speech", mp.RATE_LIMIT)
+    # Services ask Check about the API keys the gateway sends them (services/common/
+    # gateway_keys.py); the edge and operators do not.
+    for service in mp.SERVICES:
+        assert mp.is_allowed("auth", service, mp.EXT_AUTHZ_CHECK), service
+        assert not mp.may_forward_identity("auth", service, mp.EXT_AUTHZ_CHECK), service
+    for identity in (mp.EDGE, mp.OPERATOR):
+        assert not mp.is_allowed("auth", identity, mp.EXT_AUTHZ_CHECK), identity
     # ext_authz carries no end-user identity headers: the gateway strips them first.
     assert not mp.may_forward_identity("auth", "gateway", mp.EXT_AUTHZ_CHECK)
 

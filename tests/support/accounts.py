@@ -9,6 +9,9 @@ import uuid
 from dataclasses import dataclass
 
 import httpx
+from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
+from tests.support.mesh import TestMesh
 
 
 @dataclass
@@ -90,3 +93,13 @@ async def upload_document(http: httpx.AsyncClient, account: Account, display_nam
         delay = min(delay * 1.5, 2.0)
     assert state == "STATE_READY", state
     return name
+
+
+async def set_rate_limits(mesh: TestMesh, account: Account, org_rpm: int, key_rpm: int) -> None:
+    """The organization's per-minute limits (its own and each API key's), set as Billing sets
+    them on a plan change (Usage is called directly, not through the gateway)."""
+    usage = usage_pb2_grpc.UsageServiceStub(mesh.channel("usage", identity="billing"))
+    await usage.SetRateLimitPolicy(usage_pb2.SetRateLimitPolicyRequest(
+        policy=usage_pb2.RateLimitPolicy(
+            name=f"{account.org}/rateLimitPolicy", organization_requests_per_minute=org_rpm,
+            api_key_requests_per_minute=key_rpm, plan="test")), timeout=5)

@@ -14,7 +14,7 @@ import pytest
 from services.common import identity
 from services.common.cache import ServiceCache
 from services.common.errors import ServiceError
-from services.common.gateway_jwt import GatewayJwtInterceptor, RevokedTokens
+from services.common.gateway_jwt import GatewayCallerInterceptor, RevokedTokens
 from services.common.identity import HEADER_JWT_PAYLOAD, Role, identity_from_metadata
 
 
@@ -36,7 +36,7 @@ def tokens() -> Iterator[RevokedTokens]:
 
 async def _refusal(tokens: RevokedTokens, payload: str = TOKEN) -> tuple[grpc.StatusCode, str]:
     try:
-        await GatewayJwtInterceptor(tokens, None).admit(payload)
+        await GatewayCallerInterceptor(tokens, None).admit(payload)
     except ServiceError as exc:
         return exc.code, exc.reason
     return grpc.StatusCode.OK, ""

@@ -219,12 +219,17 @@ async def test_check_caches_keys_and_revocation_overwrites_the_entry(
     assert denied.denied_response.status.code == 401
     assert json.loads(denied.denied_response.body)["details"][0]["reason"] == "API_KEY_REVOKED"
 
-    if mesh.mtls_only("ext_authz Check refused to a workload other than the gateway"):
-        # Only Envoy asks ext_authz; another workload cannot probe keys through it.
-        other = external_auth_pb2_grpc.AuthorizationStub(mesh.channel("auth", identity="usage"))
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await other.Check(_check_request({"x-api-key": key.secret}), timeout=5)
-        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    if mesh.mtls_only("ext_authz Check refused to workloads other than the gateway and services"):
+        # Envoy asks ext_authz, and services ask it about the API keys the gateway sends them
+        # (services/common/gateway_keys.py); no other workload can probe keys through it.
+        service = external_auth_pb2_grpc.AuthorizationStub(mesh.channel("auth", identity="usage"))
+        asked = await service.Check(_check_request({"x-api-key": key.secret}), timeout=5)
+        assert asked.status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]  # still revoked
+        for identity in ("edge", "operator"):
+            other = external_auth_pb2_grpc.AuthorizationStub(mesh.channel("auth", identity=identity))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await other.Check(_check_request({"x-api-key": key.secret}), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, identity
 
 
 def _start_auth(mesh: TestMesh, name: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
