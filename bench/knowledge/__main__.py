@@ -64,7 +64,7 @@ from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
 from services.knowledge.store import Store, bulk_load, chunk_id, purge_org
 from services.knowledge.vector_index import VectorIndex
 from tests.integration.knowledge.pdfs import make_pdf
-from tests.support.mesh import free_port, private_addresses
+from tests.support.mesh import free_port, log_report, private_addresses
 
 MIGRATIONS = REPO_ROOT / "services" / "knowledge" / "migrations"
 MODEL_DIR = REPO_ROOT / "triton" / "models" / EMBEDDING_MODEL
@@ -528,6 +528,12 @@ async def main(argv: list[str]) -> int:
             await bench.pdf_parsing(Path(tmp))
             await bench.search()
             await bench.quality()
+        except BaseException:
+            # The mesh lives in a temporary directory: print what its services logged (the
+            # traceback behind an INTERNAL) before the directory goes.
+            print(f"\n== what the bench's mesh logged ({stack.log_dir}) ==\n{log_report(stack.log_dir)}",
+                  file=sys.stderr, flush=True)
+            raise
         finally:
             with contextlib.suppress(Exception):
                 await bench.close()

@@ -233,9 +233,11 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
     if inspect.isawaitable(registered):
         await registered
     health = _add_health_and_reflection(server, spec)
-    # grpc's servicer starts the overall status ("") as SERVING; the service names get the same
-    # status, so that no probe finds them missing. The first readiness check corrects both.
-    await _set_readiness(health, spec, ready=True)
+    # Not ready until the first readiness check has passed: grpc's servicer starts the overall
+    # status ("") as SERVING, and a probe answered SERVING before the checks ran sent callers to
+    # a service whose dependencies were still opening (Knowledge's vector index: INTERNAL on a
+    # search; Speech before its warm-up). Every name gets a status, so none is missing.
+    await _set_readiness(health, spec, ready=False)
     address = _listen(server, spec, settings)
     await server.start()
     watcher = asyncio.ensure_future(

@@ -251,6 +251,17 @@ def _bytes_elements(content: bytes) -> np.ndarray:
     return np.asarray(deserialize_bytes_tensor(content))
 
 
+async def _half_close(call: Any) -> None:
+    """End the request side of a stream whose responses are all in."""
+    try:
+        await call.done_writing()
+    except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+        pass  # ended meanwhile: nothing left to close
+    except BaseException:
+        call.cancel()  # interrupted (the caller cancelled): a reset rather than a stream left open
+        raise
+
+
 def _is_final(response: service_pb2.ModelInferResponse) -> bool:
     param = response.parameters.get(_FINAL_PARAM)
     return bool(param is not None and param.bool_param)
@@ -470,19 +481,18 @@ class TritonClient:
         deadline = self._timeout(timeout)
         rid = request_id or new_request_id(model)
         request = _stream_request(model, build_inputs(model, inputs), outputs, rid)
-
-        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
-            yield request
-            # Keep the request side open until the model is done: half-closing early is fine
-            # for Triton, but waiting lets cancellation reach the server as a stream reset.
-            await done.wait()
-
-        done = asyncio.Event()
-        call = self._stub.ModelStreamInfer(requests(), timeout=deadline)
+        # The request is written, not fed from an iterator (that costs a task reading it for
+        # the whole stream); the request side stays open until the model is done: half-closing
+        # early is fine for Triton, but an open one lets cancellation reach it as a reset.
+        call = self._stub.ModelStreamInfer(timeout=deadline)
         observed = _Observed(model, "ModelStreamInfer")
         finished = False
         try:
-            async for message in call:
+            try:
+                await call.write(request)
+            except asyncio.InvalidStateError:
+                pass  # the call has already ended: reading it raises its status
+            while (message := await call.read()) is not grpc.aio.EOF:
                 if message.error_message:
                     raise observed.failed(map_error(model, message.error_message))
                 response = message.infer_response
@@ -509,11 +519,11 @@ class TritonClient:
             raise observed.failed(_from_rpc_error(model, exc)) from None
         finally:
             observed.finish()
-            done.set()  # the request side half-closes and Triton ends the stream
-            if not finished and not call.done():
+            if finished:
+                if not call.done():
+                    await _half_close(call)  # Triton ends the stream (no reset to send)
+            elif not call.done():
                 # Abandoned (caller gone, error): reset the stream, cancelling the request.
-                # A finished one is not cancelled: that would only cost a reset, and gRPC
-                # formats a traceback for the request iterator it interrupts.
                 call.cancel()
 
     # --- sequences ------------------------------------------------------------------------

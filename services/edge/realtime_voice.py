@@ -330,15 +330,21 @@ class VoiceLoop:
         queue: asyncio.Queue[speech_pb2.ConverseRequest | None] = asyncio.Queue()
         self.queue = queue
         self.base_ms = self.now_ms()
-        self.call = self.speech.Converse(self._requests(first, queue),
+        accepted = asyncio.Event()
+        self.call = self.speech.Converse(self._requests(first, queue, accepted),
                                          metadata=self.session.metadata)
-        self.task = asyncio.create_task(self._run(self.call, queue))
+        self.task = asyncio.create_task(self._run(self.call, queue, accepted))
 
     @staticmethod
     async def _requests(first: speech_pb2.ConverseConfig,
-                        queue: asyncio.Queue[speech_pb2.ConverseRequest | None]
-                        ) -> AsyncIterator[speech_pb2.ConverseRequest]:
+                        queue: asyncio.Queue[speech_pb2.ConverseRequest | None],
+                        accepted: asyncio.Event) -> AsyncIterator[speech_pb2.ConverseRequest]:
         yield speech_pb2.ConverseRequest(config=first)
+        # Audio only once Speech accepted the settings (its first reply). A refusal (an
+        # unknown voice: NOT_FOUND) ends the call while audio is being written, and grpc.aio
+        # then reports the failed write as INTERNAL "Internal error from Core" in place of
+        # Speech's status.
+        await accepted.wait()
         while (request := await queue.get()) is not None:
             yield request
 
@@ -374,10 +380,11 @@ class VoiceLoop:
                              "session.instructions", kind="server_error") from None
         self.instructions = config.instructions
 
-    async def _run(self, call: Any, queue: asyncio.Queue[Any]) -> None:
+    async def _run(self, call: Any, queue: asyncio.Queue[Any], accepted: asyncio.Event) -> None:
         mine: set[str] = set()  # this call's turns (a finishing call runs beside a new one)
         try:
             async for reply in call:
+                accepted.set()
                 mine.add(reply.turn_id)
                 await self._event(reply, queue)
         except grpc.aio.AioRpcError as exc:
@@ -387,6 +394,9 @@ class VoiceLoop:
                     self.refused = (self.session.config, error.message)
                 await self.session.error(error)
         finally:
+            if not accepted.is_set():  # refused: end the request stream waiting for it
+                accepted.set()
+                queue.put_nowait(None)
             for turn_id in mine & set(self.turns):
                 turn = self.turns.pop(turn_id)
                 if turn.reply and turn.reply.status == "in_progress":

@@ -10,12 +10,15 @@ bound. Offsets are code points into `Extracted.text`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 TEXT_TYPES = ("text/plain", "text/markdown", "text/html")
@@ -334,31 +337,37 @@ async def extract_file(mime_type: str, path: str) -> Extracted:
     return await run_isolated(mime_type, path)
 
 
+# Threads that wait on extraction children (blocked in poll(), the GIL released), apart from
+# the default executor's few threads, which the vector index and tokenizing need meanwhile.
+_CHILD_WAITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="extract-child")
+
+
 async def run_isolated(
     mime_type: str, path: str, timeout: float = EXTRACT_TIMEOUT_SECONDS
 ) -> Extracted:
     """extract() of the file at `path` in a child process with a time and memory limit."""
-
-    # The child caps its own memory (no preexec_fn: that would force a plain fork() of this
-    # multi-threaded gRPC process instead of a spawn).
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.knowledge.extract",
-        mime_type,
-        path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    # subprocess.Popen, not the event loop's subprocess_exec: under uvloop (every service's
+    # loop) that is libuv's fork(), which copies this multi-threaded gRPC process and runs
+    # Python's and gRPC's at-fork handlers in the copy before exec; children died there under
+    # load (SIGSEGV with no output; CI saw an abseil CHECK failure). Without preexec_fn CPython
+    # starts the child with vfork()/exec: nothing runs in between. (The child caps its memory.)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.knowledge.extract", mime_type, path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    loop = asyncio.get_running_loop()
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
+        stdout, stderr = await loop.run_in_executor(
+            _CHILD_WAITERS, functools.partial(process.communicate, timeout=timeout)
+        )
+    except subprocess.TimeoutExpired:
         process.kill()
-        await process.wait()
+        await loop.run_in_executor(_CHILD_WAITERS, process.communicate)
         raise ExtractionError(f"text extraction took longer than {timeout:.0f}s") from None
     except asyncio.CancelledError:
-        process.kill()
-        await process.wait()
+        process.kill()  # the waiting thread's communicate() then returns and reaps it
         raise
     if process.returncode != 0:
         if process.returncode in (-9, 137) or b"MemoryError" in stderr:

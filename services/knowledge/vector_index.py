@@ -80,15 +80,18 @@ class VectorIndex:
         client.load_collection(COLLECTION)
         return client
 
-    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._client is None:
-            await self.open()
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The client's `method` in a worker thread, the index opened first if it is not yet
+        (the service opens it in the background: a call may arrive before). The method is
+        looked up only after opening; any failure, opening included, is UNAVAILABLE."""
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            if self._client is None:
+                await self.open()
+            return await asyncio.to_thread(getattr(self._client, method), *args, **kwargs)
         except Exception as exc:
-            log.warning("vector index %s failed: %s", what, exc)
+            log.warning("vector index %s failed: %s", method, exc)
             raise unavailable(
-                f"vector index {what} failed: {exc}", reason="VECTOR_INDEX_UNAVAILABLE"
+                f"vector index {method} failed: {exc}", reason="VECTOR_INDEX_UNAVAILABLE"
             ) from None
 
     async def upsert(self, org: str, uid: UUID, ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -96,19 +99,16 @@ class VectorIndex:
             {"id": cid, "org": org, "doc": str(uid), "vec": vec.tolist()}
             for cid, vec in zip(ids, vectors.astype(np.float32))
         ]
-        await self._call("upsert", self._client.upsert, COLLECTION, rows)
+        await self._call("upsert", COLLECTION, rows)
 
     async def delete_document(self, org: str, uid: UUID) -> None:
-        await self._call(
-            "delete", self._client.delete, COLLECTION, filter=scope_filter(org, [str(uid)])
-        )
+        await self._call("delete", COLLECTION, filter=scope_filter(org, [str(uid)]))
 
     async def search(
         self, org: str, vector: np.ndarray, limit: int, doc_uids: Sequence[str] | None
     ) -> list[tuple[str, float]]:
         hits = await self._call(
             "search",
-            self._client.search,
             COLLECTION,
             data=[vector.astype(np.float32).tolist()],
             filter=scope_filter(org, doc_uids),

@@ -22,6 +22,11 @@ _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)"
 )
+# Every PII pattern needs an '@' (e-mail) or a digit (phone, card): text without either, most
+# of a chat's pieces, is not scanned by the three patterns (this runs on each streamed piece).
+_MAYBE_PII = re.compile(r"[@\d]")
+# A trailing run of number groups (phone and card numbers continue across spaces).
+_TRAILING_NUMBER = re.compile(r"[\d+(][\d\s().+-]*$")
 _REASONS = {
     "pii.email": "e-mail address removed",
     "pii.phone": "phone number removed",
@@ -41,6 +46,8 @@ def _luhn(digits: str) -> bool:
 
 def _pii_spans(text: str) -> list[tuple[int, int, str]]:
     spans: list[tuple[int, int, str]] = []
+    if not _MAYBE_PII.search(text):
+        return spans
 
     def free(start: int, end: int) -> bool:
         return all(end <= s or start >= e for s, e, _ in spans)
@@ -75,6 +82,13 @@ class Action:
 @dataclass
 class Guardrails:
     blocklist: tuple[str, ...] = ()
+    # Each blocklisted term as a whole-word pattern, compiled once (checked on every piece).
+    _patterns: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._patterns = tuple(
+            re.compile(rf"(?<!\w){re.escape(term)}(?!\w)") for term in self.blocklist
+        )
 
     @classmethod
     def from_setting(cls, value: str) -> Guardrails:
@@ -94,8 +108,8 @@ class Guardrails:
         """(position, term) of the first blocklisted term in `text`, whole words, any case."""
         best: tuple[int, str] | None = None
         low = text.lower()
-        for term in self.blocklist:
-            m = re.search(rf"(?<!\w){re.escape(term)}(?!\w)", low)
+        for term, pattern in zip(self.blocklist, self._patterns):
+            m = pattern.search(low)
             if m and (best is None or m.start() < best[0]):
                 best = (m.start(), term)
         return best
@@ -164,7 +178,7 @@ class OutputFilter:
         if cut <= 0:
             return 0
         # Phone and card numbers continue across spaces: keep a trailing run of number groups.
-        number = re.search(r"[\d+(][\d\s().+-]*$", buf[:cut])
+        number = _TRAILING_NUMBER.search(buf[:cut])
         if number:
             cut = number.start()
         cut = min(cut, len(buf) - self._partial_match(buf))

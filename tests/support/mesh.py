@@ -16,6 +16,7 @@ import signal
 import socket
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -50,6 +51,33 @@ def private_addresses(var_dir: Path) -> dict[str, str]:
         "AIMESH_VAR_DIR": str(var_dir), "AIMESH_LOG_LEVEL": "WARNING",
     })
     return addresses
+
+
+def log_offsets(log_dir: Path) -> dict[Path, int]:
+    """Every log file under `log_dir` (sub-stacks' folders too) and its size now."""
+    return {path: path.stat().st_size for path in log_dir.rglob("*.log")}
+
+
+def log_report(
+    log_dir: Path,
+    since: Mapping[Path, int] | None = None,
+    lines: int = 60,
+    line_chars: int = 4000,
+) -> str:
+    """The last `lines` lines each log under `log_dir` got after the offsets `since` (the whole
+    log without), one block per file, for a failure's report: by the time someone reads it,
+    the run's directory may be gone (a bench's temporary one) or out of reach (CI's)."""
+    blocks = []
+    for path in sorted(log_dir.rglob("*.log"), key=lambda p: p.stat().st_mtime):
+        with path.open("rb") as handle:
+            handle.seek((since or {}).get(path, 0))
+            added = handle.read().decode(errors="replace").splitlines()
+        if added:
+            tail = [line[:line_chars] + (" …" if len(line) > line_chars else "")
+                    for line in added[-lines:]]
+            skipped = f" (last {lines} of {len(added)} lines)" if len(added) > lines else ""
+            blocks.append(f"--- {path.relative_to(log_dir)}{skipped}\n" + "\n".join(tail))
+    return "\n".join(blocks) or f"(nothing logged under {log_dir})"
 
 
 class TestMesh:
@@ -97,8 +125,10 @@ class TestMesh:
     def address(self, service: str) -> str:
         return self.settings.address_of(service)
 
-    def ensure(self, *services: str, timeout: float = 60.0) -> None:
-        """Start each named service that is not running yet and wait until it is SERVING."""
+    def ensure(self, *services: str, timeout: float = 180.0) -> None:
+        """Start each named service that is not running yet and wait until it is SERVING (not
+        before its first readiness check passed: Speech's includes a warm-up that can take a
+        minute on a loaded machine)."""
         started = []
         for service in services:
             process = self.stack.processes.get(service)
@@ -139,7 +169,7 @@ class TestMesh:
             self.stack.wait_ready(["gateway"], timeout=timeout)
         return self.settings.gateway_addr
 
-    def restart(self, service: str, timeout: float = 60.0) -> None:
+    def restart(self, service: str, timeout: float = 180.0) -> None:
         self.stack.stop(service)
         self.ensure(service, timeout=timeout)
 

@@ -579,6 +579,21 @@ async def test_manual_turn_push_to_talk(voice: EdgeStack, api_key: str) -> None:
     assert usage.input_token_details.audio_tokens == -(-question_ms // 100), usage
 
 
+async def test_a_refused_voice_is_reported_with_speechs_own_status(voice: EdgeStack,
+                                                                  api_key: str) -> None:
+    """Speech refuses an unknown voice while the session has audio for the call: the client
+    hears Speech's NOT_FOUND every time. (Audio written as the refusal ended the call made
+    grpc.aio report INTERNAL "Internal error from Core" instead, in most such sessions: the
+    edge now sends audio only once Speech accepted the settings.)"""
+    for _ in range(8):
+        async with connect(voice, api_key) as conn:
+            await configure_voice(conn, voice="no-such-voice")
+            # One event of 5 s: the call's first requests are many chunks back to back.
+            await conn.input_audio_buffer.append(audio=base64.b64encode(silence(5.0)).decode())
+            error = await until(conn, "error", timeout=60)
+            assert error.error.code == "not_found" and "no-such-voice" in error.error.message, error
+
+
 async def test_unknown_voice_is_refused_until_the_session_changes(voice: EdgeStack,
                                                                   api_key: str) -> None:
     async with connect(voice, api_key) as conn:
