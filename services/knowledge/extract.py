@@ -349,8 +349,10 @@ async def run_isolated(
     # subprocess.Popen, not the event loop's subprocess_exec: under uvloop (every service's
     # loop) that is libuv's fork(), which copies this multi-threaded gRPC process and runs
     # Python's and gRPC's at-fork handlers in the copy before exec; children died there under
-    # load (SIGSEGV with no output; CI saw an abseil CHECK failure). Without preexec_fn CPython
-    # starts the child with vfork()/exec: nothing runs in between. (The child caps its memory.)
+    # load (SIGSEGV with no output here; an abseil CHECK failure in CI, as in grpc/grpc#43055
+    # and #43062), and a forked copy holding the service's TLS sockets is how grpc/grpc#28557
+    # corrupts connections (BAD_DECRYPT). Without preexec_fn CPython starts the child with
+    # vfork()/exec: nothing runs in between. (The child caps its own memory.)
     process = subprocess.Popen(
         [sys.executable, "-m", "services.knowledge.extract", mime_type, path],
         stdin=subprocess.DEVNULL,
