@@ -44,6 +44,7 @@ import grpc
 from redis.asyncio import Redis
 
 from services.common import identity
+from services.common.access import METHOD_ACCESS
 from services.common.cache import ServiceCache, follow_channel
 from services.common.channels import Channels
 from services.common.errors import unauthenticated, unavailable
@@ -211,10 +212,13 @@ class GatewayCallerInterceptor(MethodInterceptor):
 
             admit = admit_token
         elif (self.keys is not None and identity.HEADER_ORG not in headers
-              and identity.carries_api_key(headers)):
+              and identity.carries_api_key(headers)
+              and _needs_caller(handler_call_details.method)):
             admit = self._key_admission(headers, handler_call_details.method)
         else:
-            return handler  # identity headers (or none): nothing to admit here
+            # Identity headers, no credential, or a public method (sign-up, login: a key a
+            # client sends along there is none of their business, as at the gateway).
+            return handler
         read = bool(handler.unary_unary) and described_method(handler_call_details.method)[1]
         return rewrap(handler, lambda behavior: self._unary(behavior, admit, read),
                       lambda behavior: self._stream(behavior, admit))
@@ -234,12 +238,6 @@ class GatewayCallerInterceptor(MethodInterceptor):
             raise unauthenticated("no longer a member of this organization",
                                   reason="TOKEN_REVOKED")
         return claims
-
-    async def admit(self, payload: str) -> None:
-        """A JWT caller not revoked, then counted (refused over the limit)."""
-        claims = self.admit_token(payload)
-        if self.limiter is not None:
-            await self.limiter.admit(claims.org, None)
 
     def _key_admission(self, headers: dict[str, str], method: str
                        ) -> Callable[[], Awaitable[Caller]]:
@@ -302,6 +300,11 @@ class GatewayCallerInterceptor(MethodInterceptor):
                 yield item
 
         return run
+
+
+def _needs_caller(method: str) -> bool:
+    access = METHOD_ACCESS.get(method)
+    return access is not None and access.kind != "public"
 
 
 def start(runtime: Any) -> GatewayCallerInterceptor:

@@ -36,7 +36,7 @@ def tokens() -> Iterator[RevokedTokens]:
 
 async def _refusal(tokens: RevokedTokens, payload: str = TOKEN) -> tuple[grpc.StatusCode, str]:
     try:
-        await GatewayCallerInterceptor(tokens, None).admit(payload)
+        GatewayCallerInterceptor(tokens, None).admit_token(payload)
     except ServiceError as exc:
         return exc.code, exc.reason
     return grpc.StatusCode.OK, ""

@@ -299,6 +299,31 @@ async def test_check_falls_back_to_postgres_without_redis(
         assert denied.denied_response.status.code == 401
 
 
+async def test_a_service_without_redis_asks_check_about_every_api_key(
+    mesh: TestMesh, auth_without_redis: str, stub: auth_pb2_grpc.AuthServiceStub
+) -> None:
+    """The service side of the same failure (services/common/gateway_keys.py): a process that
+    cannot subscribe to Auth's changes holds no verdict, so every API-key request it serves asks
+    Check (here its own, answering from PostgreSQL) and a key revoked elsewhere is refused on
+    the very next request, though its revocation message never reached this process."""
+    pair = await _sign_up(stub)
+    key = await stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(
+        parent=pair.organization, api_key=auth_pb2.ApiKey()), metadata=_identity(pair), timeout=5)
+    request = auth_pb2.GetOrganizationRequest(name=pair.organization)
+    presented = (("x-api-key", key.secret),)
+    async with _channel(mesh, auth_without_redis) as channel:  # as the gateway forwards a key
+        api = auth_pb2_grpc.AuthServiceStub(channel)
+        for _ in range(3):
+            assert (await api.GetOrganization(request, metadata=presented, timeout=5)
+                    ).name == pair.organization
+        await stub.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(name=key.name),
+                                metadata=_identity(pair), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.GetOrganization(request, metadata=presented, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _refusal_reason(caught.value) == "API_KEY_REVOKED"
+
+
 async def _rotate(admin: auth_pb2_grpc.AuthServiceStub, metadata: tuple[tuple[str, str], ...]
                   ) -> auth_pb2.SigningKey:
     """Rotate, waiting out NEXT_KEY_NOT_PUBLISHED (the keys were created moments ago)."""
