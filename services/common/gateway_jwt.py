@@ -25,8 +25,12 @@ cannot say is enforced here, in the service, before any servicer code runs
   RESOURCE_EXHAUSTED with RetryInfo. Writes are counted before they run; reads
   (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis first —
   over the limit the reply is dropped for the refusal, and that caller's reads are refused up
-  front for the next second. API-key callers get x-ratelimit-* as the reply's initial metadata
-  (Envoy passes them on, to JSON callers as HTTP headers), and with an over-limit refusal.
+  front for the next second. A streaming write registered with `count_alongside` (a chat turn)
+  starts while it is counted too: its handler awaits `admission_settled()` before its first
+  side effect that a refused request must not leave behind, so the count overlaps the work
+  before it (a chat's turn lease, which a refusal releases). API-key callers get x-ratelimit-*
+  as the reply's initial metadata (Envoy passes them on, to JSON callers as HTTP headers), and
+  with an over-limit refusal.
 
 Only the gateway may send the payload header (tls.PeerAuthorizationInterceptor refuses it from
 any other peer), and Envoy strips a client-sent one before jwt_authn runs.
@@ -35,6 +39,7 @@ any other peer), and Envoy strips a client-sent one before jwt_authn runs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -67,6 +72,29 @@ API_KEY = f"{AUTH_PREFIX}:{API_KEY_ENTRY}:"
 POLL_SECONDS = 5.0
 RESUBSCRIBE_AFTER = 1.0
 SCAN_COUNT = 1000
+
+
+# Streaming methods whose handler runs while its request is counted (count_alongside), and the
+# count the current call's handler waits for before its first lasting side effect.
+_COUNTED_ALONGSIDE: set[str] = set()
+_pending_count: contextvars.ContextVar[asyncio.Future[Any] | None] = contextvars.ContextVar(
+    "aimesh_pending_rate_limit_count", default=None
+)
+
+
+def count_alongside(method: str) -> None:
+    """Let `method` (a full gRPC method name, server streaming) start while its request is
+    counted in the rate-limit windows; its handler must await admission_settled() before any
+    side effect a refused request must not leave behind."""
+    _COUNTED_ALONGSIDE.add(method)
+
+
+async def admission_settled() -> None:
+    """Wait until the current call's request is counted: RESOURCE_EXHAUSTED when it is over
+    the limit (nothing to wait for when it was counted before the handler ran)."""
+    counting = _pending_count.get()
+    if counting is not None:
+        await counting
 
 
 # This process's listener (start()): Auth applies its own announcements here at once
@@ -220,8 +248,9 @@ class GatewayCallerInterceptor(MethodInterceptor):
             # client sends along there is none of their business, as at the gateway).
             return handler
         read = bool(handler.unary_unary) and described_method(handler_call_details.method)[1]
+        alongside = handler_call_details.method in _COUNTED_ALONGSIDE
         return rewrap(handler, lambda behavior: self._unary(behavior, admit, read),
-                      lambda behavior: self._stream(behavior, admit))
+                      lambda behavior: self._stream(behavior, admit, alongside))
 
     def admit_token(self, payload: str) -> identity.TokenClaims:
         """The token's claims, unless it is revoked (no I/O: the mirror is in memory)."""
@@ -290,9 +319,14 @@ class GatewayCallerInterceptor(MethodInterceptor):
 
         return run
 
-    def _stream(self, behavior: Any, admit: Callable[[], Awaitable[Caller]]) -> Any:
+    def _stream(self, behavior: Any, admit: Callable[[], Awaitable[Caller]],
+                alongside: bool = False) -> Any:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             caller = await admit()
+            if alongside and caller.counted is None and self.limiter is not None:
+                async for item in self._counted_alongside(behavior, request, context, caller):
+                    yield item
+                return
             limits = await self._count(caller)
             if caller.report_limits and limits:
                 await context.send_initial_metadata(limits)
@@ -300,6 +334,41 @@ class GatewayCallerInterceptor(MethodInterceptor):
                 yield item
 
         return run
+
+    async def _counted_alongside(self, behavior: Any, request: Any,
+                                 context: grpc.aio.ServicerContext,
+                                 caller: Caller) -> AsyncIterator[Any]:
+        """The handler's stream while its request is counted (count_alongside): the handler
+        waits for the count before its first lasting side effect (admission_settled), the
+        x-ratelimit-* headers go out before its first message, and over the limit the refusal
+        is the call's outcome whatever the handler did meanwhile, as when it was counted first.
+        A caller refused within the last second is refused up front (not run alongside)."""
+        assert self.limiter is not None
+        refused = self.limiter.refused_recently(caller.org, caller.key_id)
+        if refused is not None:
+            raise refused
+        counting = asyncio.ensure_future(self._count(caller))
+        # Retrieved here too, so a call that ends before awaiting it logs no stray error.
+        counting.add_done_callback(lambda done: done.cancelled() or done.exception())
+        _pending_count.set(counting)
+        headers_sent = False
+        try:
+            async for item in iterate_stream(behavior, request, context):
+                if not headers_sent:
+                    headers_sent = True
+                    limits = await counting
+                    if caller.report_limits and limits:
+                        await context.send_initial_metadata(limits)
+                yield item
+            if not headers_sent:
+                limits = await counting
+                if caller.report_limits and limits:
+                    await context.send_initial_metadata(limits)
+        except Exception:
+            await counting  # over the limit: that refusal, not the handler's outcome
+            raise
+        finally:
+            _pending_count.set(None)
 
 
 def _needs_caller(method: str) -> bool:

@@ -36,6 +36,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 from google.rpc import status_pb2
 from redis.exceptions import RedisError
 
+from services.common import gateway_jwt
 from services.common.cache import ServiceCache
 from services.common.channels import Channels
 from services.common.errors import ServiceError, deadline_exceeded, status_from_rpc_error
@@ -45,6 +46,10 @@ from services.conversation.conversations import conversation_deleted, conversati
 from services.conversation.store import Row, Store
 
 log = logging.getLogger("aimesh.conversation.chat")
+
+# A gateway caller's SendMessage starts while its request is counted in the rate-limit windows:
+# Chat.send waits for the count once it holds the turn, before anything lasting (gateway_jwt).
+gateway_jwt.count_alongside("/aimesh.conversation.v1.ConversationService/SendMessage")
 
 CONTEXT_MESSAGES = 100  # most recent messages considered for the prompt (and cached)
 CONTEXT_TTL_SECONDS = 3600
@@ -301,6 +306,9 @@ class Chat:
         stored assistant message. A repeated request_id replays the stored turn."""
         org = identity.org
         async with self.turn(org, conv_id, timeout) as conv:
+            # The gateway caller's request was counted in its rate-limit windows while the turn
+            # was taken (a lease a refusal releases); nothing lasting happens before the count.
+            await gateway_jwt.admission_settled()
             name = request.model or conv["default_model"] or default_model
             model = await self.model(name, identity)
             if request.request_id:

@@ -103,3 +103,72 @@ async def test_other_org_cannot_read_the_conversation(edge: httpx.AsyncClient) -
     assert reply.status_code == 404
     reply = await edge.post(f"/v1/{conversation}:sendMessage", headers=stranger.bearer, json={"content": "hi"})
     assert reply.status_code == 404 or '"code": 5' in reply.text or '"code":5' in reply.text
+
+
+async def _key_send(http: httpx.AsyncClient, conversation: str, secret: str
+                    ) -> tuple[httpx.Response, list[dict]]:  # type: ignore[type-arg]
+    events: list[dict] = []  # type: ignore[type-arg]
+    async with http.stream("POST", f"/v1/{conversation}:sendMessage", headers={"x-api-key": secret},
+                           json={"content": QUESTION}) as reply:
+        if reply.status_code != 200:
+            await reply.aread()
+            return reply, events
+        async for line in reply.aiter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[len("data:"):]))
+    return reply, events
+
+
+async def test_an_api_key_send_is_counted_while_its_turn_is_taken_and_a_refusal_leaves_nothing(
+        edge: httpx.AsyncClient, mesh: TestMesh) -> None:
+    """SendMessage runs while an API key's request is counted (services/common/gateway_jwt.py
+    count_alongside; Conversation waits for the count once it holds the turn). What callers see
+    is what counting first gave: x-ratelimit-* ahead of the first event, RESOURCE_EXHAUSTED over
+    the limit even for a conversation that is not there (not NOT_FOUND), and a refused send
+    stores nothing and leaves the turn free."""
+    from tests.integration.gateway.test_gateway import _status, _wait_for_fresh_window
+    from tests.support.accounts import create_key, set_rate_limits
+
+    account = await sign_up(edge, "Counted")
+    conversation = await _conversation(edge, account)
+    elsewhere = await _conversation(edge, await sign_up(edge, "Other"))  # NOT_FOUND for account
+    secret = (await create_key(edge, account))["secret"]
+    limit = 3
+    await set_rate_limits(mesh, account, org_rpm=1000, key_rpm=limit)
+    await _wait_for_fresh_window(margin=20.0)
+
+    # 1: counted by Auth's Check (no verdict held yet); 2 and 3: counted by Conversation while
+    # the turn is taken, over gRPC and SSE.
+    reply, events = await _key_send(edge, conversation, secret)
+    assert reply.status_code == 200 and reply.headers["x-ratelimit-remaining"] == "2"
+    async with grpc.aio.insecure_channel(mesh.settings.gateway_addr) as channel:
+        stub = conversation_pb2_grpc.ConversationServiceStub(channel)
+        call = stub.SendMessage(cpb.SendMessageRequest(conversation=conversation, content=QUESTION),
+                                metadata=(("x-api-key", secret),), timeout=60)
+        first = await call.read()
+        assert first.HasField("user_message")
+        assert dict(await call.initial_metadata())["x-ratelimit-remaining"] == "1"
+        last = first
+        while (message := await call.read()) is not grpc.aio.EOF:
+            last = message
+        assert last.assistant_message.state == cpb.Message.STATE_COMPLETE
+    reply, events = await _key_send(edge, conversation, secret)
+    assert reply.status_code == 200 and reply.headers["x-ratelimit-remaining"] == "0"
+    assert next(iter(events[0])) == "userMessage" and "assistantMessage" in events[-1]
+
+    # Over the limit on a conversation this organization does not have: the refusal, not 404.
+    reply, _ = await _key_send(edge, elsewhere, secret)
+    assert reply.status_code == 429 and _status(reply) == (8, "RATE_LIMITED"), reply.text
+    assert reply.headers["x-ratelimit-remaining"] == "0"
+    # Past the refusal memory (1 s) a send runs alongside its count again: refused, nothing
+    # stored, and the turn it took is free at once for the organization's JWT user.
+    await asyncio.sleep(1.2)
+    reply, _ = await _key_send(edge, conversation, secret)
+    assert reply.status_code == 429 and _status(reply) == (8, "RATE_LIMITED"), reply.text
+    listed = await edge.get(f"/v1/{conversation}/messages", headers=account.bearer)
+    assert listed.status_code == 200 and len(listed.json()["messages"]) == 2 * limit
+    async with edge.stream("POST", f"/v1/{conversation}:sendMessage", headers=account.bearer,
+                           json={"content": QUESTION}) as served:
+        assert served.status_code == 200, await served.aread()
+        lines = [line async for line in served.aiter_lines() if line.startswith("data:")]
+    assert "assistantMessage" in lines[-1]
