@@ -851,6 +851,9 @@ def _access_log() -> dict[str, Any]:
                     "filters_us": "%COMMON_DURATION(DS_RX_BEG:US_TX_BEG:us)%",
                     "upstream_us": "%COMMON_DURATION(US_TX_BEG:US_RX_END:us)%",
                     "duration_us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
+                    # The first response byte through Envoy (upstream in -> downstream out): a
+                    # stream's first message waiting in the gateway shows here (bench.chat).
+                    "response_us": "%COMMON_DURATION(US_RX_BEG:DS_TX_BEG:us)%",
                     "org": "%REQ(X-AIMESH-ORG)%",
                     "key_id": "%REQ(X-AIMESH-KEY-ID)%",
                     # An API key the service admits (no Check, so no key id here): its public

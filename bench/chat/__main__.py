@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +75,7 @@ MODEL = "models/grounded-extractive-v1"
 SSE_PATH = "SendMessage via Envoy, JSON/SSE + key"
 SSE_TARGET = 1.2  # TTFT through the gateway's SSE, times Triton direct (p50)
 STREAMS_TARGET = 1.1  # concurrent streams' TTFT p95 through the gateway, times direct
+ACCESS_LOG_FLUSH_SECONDS = 11.0  # Envoy's default file flush interval is 10 s
 SERVICES_USED = ["auth", "usage", "knowledge", "orchestrator", "conversation"]
 
 
@@ -116,7 +119,8 @@ async def run(args: argparse.Namespace) -> None:
     print_load("before the run")
     with private_stack("aimesh-bench-chat-", SERVICES_USED) as stack:
         await bench(args, stack.settings,
-                    {name: p.popen.pid for name, p in stack.processes.items()})
+                    {name: p.popen.pid for name, p in stack.processes.items()},
+                    stack.log_dir / "gateway.log")
 
 
 def triton_stream(triton: TritonClient) -> Stream:
@@ -263,6 +267,32 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int,
     return gateway_p95 / direct_p95
 
 
+async def print_gateway_time(access_log: Path, written_by: float, grpc_entries: int) -> None:
+    """Envoy's own share of the sequential SendMessage paths, from its access log
+    (scripts/gateway.py): request filters (first request byte to the upstream request) and the
+    first response byte through the gateway (upstream in -> downstream out), medians in
+    microseconds. The first `grpc_entries` gRPC entries are the sequential ones (the concurrent
+    streams come after); Envoy writes its log every 10 s (--file-flush-interval-msec)."""
+    await asyncio.sleep(max(0.0, written_by + ACCESS_LOG_FLUSH_SECONDS - time.monotonic()))
+    split: dict[str, dict[str, list[int]]] = {}
+    for line in access_log.read_text(errors="replace").splitlines():
+        if "SendMessage" not in line or not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        kind = "gRPC" if entry.get("path", "").startswith("/aimesh.") else "JSON/SSE"
+        fields = split.setdefault(kind, {})
+        if kind == "gRPC" and len(fields.get("filters_us", [])) >= grpc_entries:
+            continue
+        for name in ("filters_us", "response_us"):
+            if isinstance(entry.get(name), int):
+                fields.setdefault(name, []).append(entry[name])
+    for kind, fields in sorted(split.items()):
+        print(f"Envoy's own time on SendMessage via {kind} (access log, median of "
+              f"{len(fields.get('filters_us', []))}): request filters "
+              f"{statistics.median(fields.get('filters_us', [0])):.0f} us, first response byte "
+              f"{statistics.median(fields.get('response_us', [0])):.0f} us")
+
+
 def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> None:
     by_name = {r.name: r for r in results}
     sse_ratio = by_name[SSE_PATH].ttft_p50 / results[0].ttft_p50
@@ -274,15 +304,18 @@ def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> N
                   stream_ratio <= STREAMS_TARGET, f"{stream_ratio:.2f}x"))
 
 
-async def bench(args: argparse.Namespace, settings: Settings, mesh: dict[str, int]) -> None:
+async def bench(args: argparse.Namespace, settings: Settings, mesh: dict[str, int],
+                access_log: Path) -> None:
     async with httpx.AsyncClient(base_url=f"http://{settings.gateway_addr}", timeout=300) as http:
         clients = Clients.open(http, await bench_account(http, settings), settings)
         try:
             spare = await clients.new_conversations(4 * (args.requests + 1))
             results = await measure_interleaved(sequential_paths(clients, spare), args.requests)
             report(results)
+            sequential_end = time.monotonic()
             stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds, mesh)
             print()
+            await print_gateway_time(access_log, sequential_end, args.requests + 1)
             print_load("after the run")
             print_verdicts(results, args.streams, stream_ratio)
         finally:

@@ -122,3 +122,72 @@ async def test_sequence_marks_start_once_and_end_of_utterance_on_request() -> No
     assert [ASR_END_OF_UTTERANCE in n for n in names] == [False, True, False, False]
     eou = sent[1].inputs[[i.name for i in sent[1].inputs].index(ASR_END_OF_UTTERANCE)]
     assert eou.datatype == "BOOL" and list(eou.shape) == [1, 1]
+
+
+class _RecordedCall:
+    """A ModelStreamInfer call as TritonClient.stream drives it (write, read until the final
+    response, then half-close, or reset when abandoned), recording what it was asked to do."""
+
+    def __init__(self, responses: list[object]) -> None:
+        self.responses = responses
+        self.written: list[object] = []
+        self.half_closed = self.cancelled = False
+
+    async def write(self, request: object) -> None:
+        self.written.append(request)
+
+    async def read(self) -> object:
+        return self.responses.pop(0) if self.responses else grpc.aio.EOF
+
+    async def done_writing(self) -> None:
+        self.half_closed = True
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+    def done(self) -> bool:
+        return False
+
+
+def _token_responses(words: list[str]) -> list[object]:
+    from tritonclient.grpc import service_pb2
+
+    out: list[object] = []
+    for word in words:
+        message = service_pb2.ModelStreamInferResponse()
+        response = message.infer_response
+        tensor = response.outputs.add(name="TOKEN", datatype="BYTES")
+        tensor.shape.append(1)
+        raw = word.encode()
+        response.raw_output_contents.append(len(raw).to_bytes(4, "little") + raw)
+        out.append(message)
+    final = service_pb2.ModelStreamInferResponse()
+    final.infer_response.parameters["triton_final_response"].bool_param = True
+    out.append(final)
+    return out
+
+
+@pytest.mark.parametrize("abandon", [False, True])
+async def test_stream_half_closes_when_finished_and_resets_when_abandoned(abandon: bool) -> None:
+    """The one request is written (no request iterator); a stream read to its final response
+    half-closes (Triton ends it, no reset), one the caller leaves early is reset (Triton
+    cancels the request)."""
+    from services.common.triton import RESPONDER_MODEL, TritonClient
+
+    call = _RecordedCall(_token_responses(["The ", "lamp ", "is ", "on."]))
+    client = TritonClient("127.0.0.1:1")  # never dialled: the stub below answers
+    client._stub = type("Stub", (), {"ModelStreamInfer": lambda self, timeout: call})()
+    tokens = []
+    try:
+        stream = client.stream(RESPONDER_MODEL, {"QUESTION": np.array([b"q"], dtype=object)})
+        async for response in stream:
+            tokens.append(response["TOKEN"].reshape(-1)[0].decode())
+            if abandon:
+                break
+        await stream.aclose()
+    finally:
+        await client.close()
+    assert len(call.written) == 1
+    assert tokens == (["The "] if abandon else ["The ", "lamp ", "is ", "on."])
+    assert (call.half_closed, call.cancelled) == ((False, True) if abandon else (True, False))
