@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -57,6 +55,7 @@ from bench.chat.timing import (
     report,
 )
 from bench.report import print_load, verdict
+from bench.scratch import scratch_dir
 from scripts import triton_server
 from scripts.stack import Stack
 from services.common.channels import open_channel
@@ -82,16 +81,14 @@ SERVICES_USED = ["auth", "usage", "knowledge", "orchestrator", "conversation"]
 @contextmanager
 def private_stack(prefix: str, services: list[str]) -> Iterator[Stack]:
     """Triton (unless one answers already), `services`, then Envoy, on free ports, in a var
-    directory of their own that is removed (logs, certificates) when the run ends."""
-    var_dir = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
+    directory of their own that is removed (logs, certificates) when the run ends; on a failure
+    what they logged is printed first."""
+    with scratch_dir(prefix) as var_dir:
         stack = start_stack(var_dir, services)
         try:
             yield stack
         finally:
             stack.stop_all()
-    finally:
-        shutil.rmtree(var_dir, ignore_errors=True)
 
 
 def start_stack(var_dir: Path, services: list[str]) -> Stack:

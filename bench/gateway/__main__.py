@@ -36,11 +36,9 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,6 +51,7 @@ from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from bench.accounts import bench_account
 from bench.gateway.envoy_split import Split, envoy_split, print_split
 from bench.report import load_average, verdict
+from bench.scratch import scratch_dir
 from scripts.gateway import envoy_argv
 from scripts.stack import Stack
 from services.common.channels import open_channel
@@ -189,8 +188,8 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) 
     raise RuntimeError(f"{url} not up after {timeout}s")
 
 
-async def _start_stack(mode: str) -> tuple[Stack, Path]:
-    var_dir = Path(tempfile.mkdtemp(prefix=f"aimesh-bench-gw-{mode}-"))
+async def _start_stack(mode: str, scratch: Path) -> tuple[Stack, Path]:
+    var_dir = scratch / mode
     overrides = {**private_addresses(var_dir), "AIMESH_TLS_MODE": mode}
     stack = Stack.create(overrides, log_dir=var_dir / "log")
     for service in ("auth", "usage"):
@@ -273,37 +272,45 @@ async def run(args: argparse.Namespace) -> tuple[list[Result], dict[str, Split]]
     stacks: list[tuple[str, Stack, Path]] = []
     extra: list[subprocess.Popen[bytes]] = []
     mode_paths: list[ModePaths] = []
-    try:
-        for mode in modes:
-            stack, var_dir = await _start_stack(mode)
-            stacks.append((mode, stack, var_dir))
-        paths: list[tuple[str, Call]] = []
-        for mode, stack, _ in stacks:
-            built = ModePaths(mode, stack)
-            mode_paths.append(built)
-            paths += await built.build()
-        first_mode, first_stack, first_dir = stacks[0]
-        fastapi_port = _start_fastapi(first_stack, envoy_concurrency(), first_dir, extra)
-        fastapi_http = Http1(f"127.0.0.1:{fastapi_port}",
-                             f"/v1/{mode_paths[0].account.organization}",
-                             {"x-api-key": mode_paths[0].account.secret})
-        paths.append((f"[{first_mode}] FastAPI+httpx gateway", fastapi_http))
-        window: list[float] = []
-        results = await measure(paths, args.latency_requests, args.concurrency, args.seconds,
-                                rounds=args.rounds, warmup=args.warmup, latency_window=window)
-        await fastapi_http.close()
-        splits = {mode: envoy_split(stack.log_dir / "gateway.log", *window)
-                  for mode, stack, _ in stacks}
-        return results, splits
-    finally:
-        for built in mode_paths:
-            await built.close()
-        for process in extra:
-            process.terminate()
-            process.wait(timeout=10)
-        for _, stack, var_dir in stacks:
-            stack.stop_all()
-            shutil.rmtree(var_dir, ignore_errors=True)  # logs and certificates of this run
+    with scratch_dir("aimesh-bench-gw-") as scratch:
+        try:
+            return await _measure(args, modes, scratch, stacks, extra, mode_paths)
+        finally:
+            for built in mode_paths:
+                await built.close()
+            for process in extra:
+                process.terminate()
+                process.wait(timeout=10)
+            for _, stack, _ in stacks:
+                stack.stop_all()
+
+
+async def _measure(args: argparse.Namespace, modes: list[str], scratch: Path,
+                   stacks: list[tuple[str, Stack, Path]], extra: list[subprocess.Popen[bytes]],
+                   mode_paths: list[ModePaths]) -> tuple[list[Result], dict[str, Split]]:
+    """Start a mesh per TLS mode (in `scratch`) and the FastAPI baseline, then measure every path
+    side by side; what it starts is appended to the lists, which `run` stops."""
+    for mode in modes:
+        stack, var_dir = await _start_stack(mode, scratch)
+        stacks.append((mode, stack, var_dir))
+    paths: list[tuple[str, Call]] = []
+    for mode, stack, _ in stacks:
+        built = ModePaths(mode, stack)
+        mode_paths.append(built)
+        paths += await built.build()
+    first_mode, first_stack, first_dir = stacks[0]
+    fastapi_port = _start_fastapi(first_stack, envoy_concurrency(), first_dir, extra)
+    fastapi_http = Http1(f"127.0.0.1:{fastapi_port}",
+                         f"/v1/{mode_paths[0].account.organization}",
+                         {"x-api-key": mode_paths[0].account.secret})
+    paths.append((f"[{first_mode}] FastAPI+httpx gateway", fastapi_http))
+    window: list[float] = []
+    results = await measure(paths, args.latency_requests, args.concurrency, args.seconds,
+                            rounds=args.rounds, warmup=args.warmup, latency_window=window)
+    await fastapi_http.close()
+    splits = {mode: envoy_split(stack.log_dir / "gateway.log", *window)
+              for mode, stack, _ in stacks}
+    return results, splits
 
 
 def report(results: list[Result], concurrency: int, load_before: str) -> None:

@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -49,8 +48,16 @@ from aimesh.knowledge.v1 import knowledge_pb2 as kpb
 from aimesh.knowledge.v1 import knowledge_pb2_grpc
 
 from bench.accounts import bench_account
-from bench.knowledge.corpus import ITEMS, Document, corpus_queries, item_text, queries, real_documents
+from bench.knowledge.corpus import (
+    ITEMS,
+    Document,
+    corpus_queries,
+    item_text,
+    queries,
+    real_documents,
+)
 from bench.report import print_load, verdict
+from bench.scratch import scratch_dir
 from scripts import triton_server as launcher
 from scripts.stack import Stack
 from services.common.channels import open_channel
@@ -64,7 +71,7 @@ from services.knowledge.search import HYBRID, KEYWORD, SEMANTIC, Searcher
 from services.knowledge.store import Store, bulk_load, chunk_id, purge_org
 from services.knowledge.vector_index import VectorIndex
 from tests.integration.knowledge.pdfs import make_pdf
-from tests.support.mesh import free_port, log_report, private_addresses
+from tests.support.mesh import free_port, private_addresses
 
 MIGRATIONS = REPO_ROOT / "services" / "knowledge" / "migrations"
 MODEL_DIR = REPO_ROOT / "triton" / "models" / EMBEDDING_MODEL
@@ -516,8 +523,8 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     print_load("before the run")
-    with tempfile.TemporaryDirectory(prefix="aimesh-bench-knowledge-") as tmp, \
-            embedding_triton(settings, Path(tmp), args.shared_triton) as triton:
+    with scratch_dir("aimesh-bench-knowledge-") as tmp, \
+            embedding_triton(settings, tmp, args.shared_triton) as triton:
         print(f"Knowledge benchmark — Triton {triton.grpc_url}, a fresh mesh (Auth, Usage, Knowledge, Envoy) in {tmp}")
         stack = start_stack(Path(tmp) / "var", triton.grpc_url)
         bench = Bench(args, stack, triton)
@@ -528,12 +535,6 @@ async def main(argv: list[str]) -> int:
             await bench.pdf_parsing(Path(tmp))
             await bench.search()
             await bench.quality()
-        except BaseException:
-            # The mesh lives in a temporary directory: print what its services logged (the
-            # traceback behind an INTERNAL) before the directory goes.
-            print(f"\n== what the bench's mesh logged ({stack.log_dir}) ==\n{log_report(stack.log_dir)}",
-                  file=sys.stderr, flush=True)
-            raise
         finally:
             with contextlib.suppress(Exception):
                 await bench.close()

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from aimesh.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from bench.scratch import scratch_dir
 from scripts.stack import Stack
 from services.common.channels import open_channel
 from tests.support.mesh import private_addresses
@@ -168,24 +168,26 @@ async def run(args: argparse.Namespace) -> int:
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, receiver)
     otlp = f"127.0.0.1:{receiver.add_insecure_port('127.0.0.1:0')}"
     await receiver.start()
-    base = Path(tempfile.mkdtemp(prefix="aimesh-bench-obs-"))
-    meshes: list[Mesh] = []
-    channels: list[grpc.aio.Channel] = []
-    try:
-        for name, metrics, endpoint in (("off", False, ""), ("metrics", True, ""),
-                                        ("on", True, otlp)):
-            meshes.append(await start_mesh(name, metrics, endpoint, base, args.sample_percent))
-            channels += await prepare(meshes[-1])
-        results = {
-            "gateway": await compare(meshes, "gateway", args.concurrency, args.seconds, args.rounds),
-            "chat": await compare(meshes, "chat", args.chat_concurrency, args.seconds, args.rounds),
-        }
-    finally:
-        for channel in channels:
-            await channel.close()
-        for mesh in meshes:
-            mesh.stack.stop_all()
-        await receiver.stop(None)
+    with scratch_dir("aimesh-bench-obs-") as base:
+        meshes: list[Mesh] = []
+        channels: list[grpc.aio.Channel] = []
+        try:
+            for name, metrics, endpoint in (("off", False, ""), ("metrics", True, ""),
+                                            ("on", True, otlp)):
+                meshes.append(await start_mesh(name, metrics, endpoint, base, args.sample_percent))
+                channels += await prepare(meshes[-1])
+            results = {
+                "gateway": await compare(meshes, "gateway", args.concurrency, args.seconds,
+                                         args.rounds),
+                "chat": await compare(meshes, "chat", args.chat_concurrency, args.seconds,
+                                      args.rounds),
+            }
+        finally:
+            for channel in channels:
+                await channel.close()
+            for mesh in meshes:
+                mesh.stack.stop_all()
+            await receiver.stop(None)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\ninstrumentation off vs on, {os.cpu_count()} cores shared by client and both meshes "
           f"(load average {load}); {sink.spans} spans received from the instrumented mesh "

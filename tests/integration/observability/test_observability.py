@@ -94,7 +94,8 @@ async def observed(mesh: TestMesh) -> AsyncIterator[Observed]:
         for service in COMPONENTS:
             stack.start_service(service)
         stack.start_gateway()
-        stack.wait_ready(list(stack.processes), timeout=120)
+        # Speech is SERVING once its warm-up answered (up to a minute or two on a loaded machine).
+        stack.wait_ready(list(stack.processes), timeout=300)
         assert stack.start_prometheus() is not None
         stack.wait_ready(["prometheus"], timeout=60)
         settings = stack.settings
