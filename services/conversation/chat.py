@@ -56,6 +56,7 @@ CONTEXT_TTL_SECONDS = 3600
 MODEL_INFO_SECONDS = 60.0
 RETRIEVAL_RESERVE_TOKENS = 400  # per retrieved chunk (chunks are at most ~2,000 characters)
 TURN_LEASE_SECONDS = 30.0
+LET_REQUEST_GO_TURNS = 6  # event-loop turns given to Generate's sending tasks (_let_request_go)
 # Set on the conversation row held by `turn` when the turn's last write also released it.
 TURN_RELEASED = "turn_released"
 TEMPLATE_TOKENS = 8  # per message, at least what any chat template adds
@@ -321,6 +322,8 @@ class Chat:
             turn = Turn(model=model.name, text=[])
             call = await self._start_answer(identity, conv, request, model, history, turn)
             try:
+                if call is not None:
+                    await _let_request_go()
                 user = await self._store_question(identity, conv_id, request)
             except BaseException:
                 if call is not None:
@@ -479,6 +482,17 @@ class Chat:
             replaces=user["conversation_message_count"] - 1,
         )
         return row
+
+
+async def _let_request_go() -> None:
+    """Let Generate's request go out before the user message's INSERT starts: the call is sent
+    by tasks of its own (the client interceptors', then the one writing the request), which
+    otherwise wait behind the INSERT's work on this event loop (pool checkout, query, its
+    wake-ups); Generate then reached the Orchestrator ~0.35 ms later (interleaved A/B, SSE
+    through the gateway). Waiting for the call itself (wait_for_connection) would wait for the
+    Orchestrator's response headers, which come with its first event."""
+    for _ in range(LET_REQUEST_GO_TURNS):
+        await asyncio.sleep(0)
 
 
 def _replayed(
