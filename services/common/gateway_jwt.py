@@ -291,6 +291,15 @@ class GatewayCallerInterceptor(MethodInterceptor):
         decision = await self.limiter.admit(caller.org, caller.key_id)
         return decision.headers() if decision is not None else ()
 
+    def _start_count(self, caller: Caller) -> asyncio.Future[tuple[tuple[str, str], ...]]:
+        """The request's count, started (to run alongside the method); refused at once instead
+        when its caller was refused within the last second."""
+        assert self.limiter is not None
+        refused = self.limiter.refused_recently(caller.org, caller.key_id)
+        if refused is not None:
+            raise refused
+        return asyncio.ensure_future(self._count(caller))
+
     def _unary(self, behavior: Any, admit: Callable[[], Awaitable[Caller]], read: bool) -> Any:
         """A read (NO_SIDE_EFFECTS) runs while its request is counted, so the caller does not
         wait for Redis before its read; over the limit its reply is never sent (the refusal
@@ -300,10 +309,7 @@ class GatewayCallerInterceptor(MethodInterceptor):
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             caller = await admit()
             if read and caller.counted is None and self.limiter is not None:
-                refused = self.limiter.refused_recently(caller.org, caller.key_id)
-                if refused is not None:
-                    raise refused
-                counting = asyncio.ensure_future(self._count(caller))
+                counting = self._start_count(caller)
                 try:
                     reply = await call_unary(behavior, request, context)
                 except BaseException:
@@ -313,8 +319,7 @@ class GatewayCallerInterceptor(MethodInterceptor):
             else:
                 limits = await self._count(caller)
                 reply = await call_unary(behavior, request, context)
-            if caller.report_limits and limits:
-                await context.send_initial_metadata(limits)
+            await _report_limits(context, caller, limits)
             return reply
 
         return run
@@ -327,9 +332,7 @@ class GatewayCallerInterceptor(MethodInterceptor):
                 async for item in self._counted_alongside(behavior, request, context, caller):
                     yield item
                 return
-            limits = await self._count(caller)
-            if caller.report_limits and limits:
-                await context.send_initial_metadata(limits)
+            await _report_limits(context, caller, await self._count(caller))
             async for item in iterate_stream(behavior, request, context):
                 yield item
 
@@ -343,32 +346,31 @@ class GatewayCallerInterceptor(MethodInterceptor):
         x-ratelimit-* headers go out before its first message, and over the limit the refusal
         is the call's outcome whatever the handler did meanwhile, as when it was counted first.
         A caller refused within the last second is refused up front (not run alongside)."""
-        assert self.limiter is not None
-        refused = self.limiter.refused_recently(caller.org, caller.key_id)
-        if refused is not None:
-            raise refused
-        counting = asyncio.ensure_future(self._count(caller))
+        counting = self._start_count(caller)
         # Retrieved here too, so a call that ends before awaiting it logs no stray error.
         counting.add_done_callback(lambda done: done.cancelled() or done.exception())
         _pending_count.set(counting)
-        headers_sent = False
+        reported = False
         try:
             async for item in iterate_stream(behavior, request, context):
-                if not headers_sent:
-                    headers_sent = True
-                    limits = await counting
-                    if caller.report_limits and limits:
-                        await context.send_initial_metadata(limits)
+                if not reported:
+                    reported = True
+                    await _report_limits(context, caller, await counting)
                 yield item
-            if not headers_sent:
-                limits = await counting
-                if caller.report_limits and limits:
-                    await context.send_initial_metadata(limits)
+            if not reported:
+                await _report_limits(context, caller, await counting)
         except Exception:
             await counting  # over the limit: that refusal, not the handler's outcome
             raise
         finally:
             _pending_count.set(None)
+
+
+async def _report_limits(context: grpc.aio.ServicerContext, caller: Caller,
+                         limits: tuple[tuple[str, str], ...]) -> None:
+    """x-ratelimit-* back to an API-key caller, as the reply's headers."""
+    if caller.report_limits and limits:
+        await context.send_initial_metadata(limits)
 
 
 def _needs_caller(method: str) -> bool:
