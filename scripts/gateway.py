@@ -61,7 +61,7 @@ from google.protobuf import descriptor_pb2
 from services.auth.signing_keys import JWKS_CACHE_SECONDS
 from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
-from services.common.identity import API_KEY_PREFIX, HEADER_KEY_EXPIRY
+from services.common.identity import API_KEY_LOOKUP_CHARS, API_KEY_PREFIX, HEADER_KEY_EXPIRY
 from services.common.identity import HEADER_JWT_PAYLOAD as JWT_PAYLOAD_HEADER
 
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
@@ -823,7 +823,7 @@ def _check_filter() -> dict[str, Any]:
     )
 
 
-KEY_PREFIX_CHARS = len(API_KEY_PREFIX) + 8  # services/common/identity.py api_key_prefix
+BEARER_KEY_CHARS = len("Bearer ") + API_KEY_LOOKUP_CHARS  # "Bearer amk_1a2b3c4d"
 
 
 def _access_log() -> dict[str, Any]:
@@ -858,8 +858,8 @@ def _access_log() -> dict[str, Any]:
                     "key_id": "%REQ(X-AIMESH-KEY-ID)%",
                     # An API key the service admits (no Check, so no key id here): its public
                     # lookup prefix ("amk_" + 8 hex, as ListApiKeys shows it), never the secret.
-                    "key_prefix": f"%REQ(X-API-KEY):{KEY_PREFIX_CHARS}%",
-                    "bearer_prefix": f"%REQ(AUTHORIZATION):{len('Bearer ') + KEY_PREFIX_CHARS}%",
+                    "key_prefix": f"%REQ(X-API-KEY):{API_KEY_LOOKUP_CHARS}%",
+                    "bearer_prefix": f"%REQ(AUTHORIZATION):{BEARER_KEY_CHARS}%",
                     "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
                 }
             },

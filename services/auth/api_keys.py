@@ -26,7 +26,7 @@ from services.auth.store import Store
 from services.common.db import Row
 from services.common.errors import FieldViolations
 from services.common.gateway_jwt import API_KEY_ENTRY
-from services.common.identity import Role
+from services.common.identity import Role, api_key_prefix
 
 KNOWN_SCOPES = frozenset({"inference", "knowledge.read", "knowledge.write", "speech", "usage.read"})
 MAX_ACTIVE_KEYS = 100
@@ -113,7 +113,7 @@ class ApiKeys:
 
     async def authenticate(self, secret: str) -> Principal:
         """The principal a presented API key stands for, or BadCredentials."""
-        prefix = crypto.api_key_prefix(secret)
+        prefix = api_key_prefix(secret)
         if prefix is None:
             raise BadCredentials("malformed API key", "API_KEY_INVALID")
         entry = await self._cached(prefix)

@@ -55,6 +55,8 @@ from services.auth.principal import Principal
 from services.common.access import require_key_scope
 from services.common.errors import ServiceError, unauthenticated
 from services.common.identity import (
+    HEADER_API_KEY,
+    HEADER_AUTHORIZATION,
     HEADER_JWT_PAYLOAD,
     HEADER_KEY_EXPIRY,
     HEADER_KEY_ID,
@@ -62,18 +64,14 @@ from services.common.identity import (
     HEADER_ROLES,
     HEADER_SCOPES,
     HEADER_SUBJECT,
+    presented_key,
 )
 from services.common.mesh_policy import EDGE_PUBLIC_PREFIX
-from services.usage.ratelimit import (
-    Counters,
-    Decision,
-    GatewayLimiter,
-    over_limit,
-)
+from services.usage.ratelimit import Counters, Decision, GatewayLimiter, over_limit
 
 log = logging.getLogger("aimesh.auth.check")
 
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", HEADER_JWT_PAYLOAD)
+CREDENTIAL_HEADERS = (HEADER_AUTHORIZATION, HEADER_API_KEY, HEADER_JWT_PAYLOAD)
 SUBPROTOCOL_HEADER = "sec-websocket-protocol"
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 _HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
@@ -130,14 +128,12 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                                       reason="TOKEN_INVALID") from None
             # Ended sessions and membership changes apply to tokens already issued.
             return await self.domain.revocations.admit(principal)
-        credential = (get("x-api-key") or "").strip()
-        if not credential:
-            auth = (get("authorization") or "").strip()
-            scheme, _, value = auth.partition(" ")
-            if auth and scheme.lower() != "bearer":
-                raise unauthenticated("authorization must be 'Bearer <token or API key>'",
-                                      reason="CREDENTIALS_MALFORMED")
-            credential = value.strip()
+        auth = (get(HEADER_AUTHORIZATION) or "").strip()
+        if (not (get(HEADER_API_KEY) or "").strip() and auth
+                and auth.partition(" ")[0].lower() != "bearer"):
+            raise unauthenticated("authorization must be 'Bearer <token or API key>'",
+                                  reason="CREDENTIALS_MALFORMED")
+        credential = presented_key(headers)  # as a service holding verdicts reads it
         if not credential:
             credential = subprotocol_credential(get(SUBPROTOCOL_HEADER) or "")
         if not credential:

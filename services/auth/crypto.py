@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from services.common.identity import API_KEY_PREFIX, api_key_prefix  # noqa: F401 (re-exported)
+from services.common.identity import API_KEY_PREFIX
 
 ISSUER = "https://auth.aimesh.dev"
 AUDIENCE = "aimesh"

@@ -45,6 +45,7 @@ HEADER_KEY_EXPIRY = "x-aimesh-key-expiry"
 HEADER_API_KEY = "x-api-key"
 HEADER_AUTHORIZATION = "authorization"
 API_KEY_PREFIX = "amk_"  # an API key: "amk_" + 8 hex (its lookup prefix) + "_" + random
+API_KEY_LOOKUP_CHARS = len(API_KEY_PREFIX) + 8  # the public lookup prefix, e.g. "amk_1a2b3c4d"
 IDENTITY_HEADERS = (HEADER_ORG, HEADER_SUBJECT, HEADER_ROLES, HEADER_KEY_ID, HEADER_SCOPES,
                     HEADER_JWT_PAYLOAD)
 
@@ -169,7 +170,7 @@ def _token_identity(payload: str) -> Identity | None:
 def api_key_prefix(secret: str) -> str | None:
     """The lookup prefix of a presented key, or None when it is not shaped like ours."""
     # "amk_" + 8 hex + "_" + random (the random part may itself contain "_").
-    size = len(API_KEY_PREFIX) + 8
+    size = API_KEY_LOOKUP_CHARS
     if not secret.startswith(API_KEY_PREFIX) or len(secret) < size + 17 or secret[size] != "_":
         return None
     prefix = secret[:size]
