@@ -350,9 +350,9 @@ async def run_isolated(
     # loop) that is libuv's fork(), which copies this multi-threaded gRPC process and runs
     # Python's and gRPC's at-fork handlers in the copy before exec; children died there under
     # load (SIGSEGV with no output here; an abseil CHECK failure in CI, as in grpc/grpc#43055
-    # and #43062), and a forked copy holding the service's TLS sockets is how grpc/grpc#28557
-    # corrupts connections (BAD_DECRYPT). Without preexec_fn CPython starts the child with
-    # vfork()/exec: nothing runs in between. (The child caps its own memory.)
+    # and #43062); grpc/grpc#28557 reports TLS connections corrupted after such a fork (a
+    # BAD_DECRYPT seen here once may be that; never reproduced). Without preexec_fn CPython
+    # starts the child with vfork()/exec: nothing runs in between. (The child caps its memory.)
     process = subprocess.Popen(
         [sys.executable, "-m", "services.knowledge.extract", mime_type, path],
         stdin=subprocess.DEVNULL,
