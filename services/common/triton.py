@@ -26,7 +26,7 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -472,8 +472,10 @@ class TritonClient:
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> AsyncIterator[StreamResponse]:
-        """Send one request to a decoupled model and yield its responses until the final one.
+        """Send one request to a decoupled model and yield its responses until the final one;
+        `on_sent` is called once the request is written (before any response).
 
         Breaking out of the loop (or the caller being cancelled) cancels the gRPC stream, which
         Triton forwards to the model as request cancellation.
@@ -492,6 +494,9 @@ class TritonClient:
                 await call.write(request)
             except asyncio.InvalidStateError:
                 pass  # the call has already ended: reading it raises its status
+            else:
+                if on_sent is not None:
+                    on_sent()
             while (message := await call.read()) is not grpc.aio.EOF:
                 if message.error_message:
                     raise observed.failed(map_error(model, message.error_message))
@@ -609,6 +614,7 @@ class TritonClient:
         *,
         max_sentences: int = 3,
         timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> AsyncIterator[StreamResponse]:
         """Stream the grounded responder: token responses, then one with CITATIONS."""
         inputs: dict[str, np.ndarray] = {
@@ -618,7 +624,9 @@ class TritonClient:
         }
         if passage_ids is not None:
             inputs["PASSAGE_IDS"] = np.array([p.encode() for p in passage_ids], dtype=object)
-        async for response in self.stream(RESPONDER_MODEL, inputs, timeout=timeout):
+        async for response in self.stream(
+            RESPONDER_MODEL, inputs, timeout=timeout, on_sent=on_sent
+        ):
             yield response
 
     def recognize(

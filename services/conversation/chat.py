@@ -337,6 +337,10 @@ class Chat:
                         yield event
             except grpc.aio.AioRpcError as exc:
                 turn.error = rpc_status(exc)
+                if not turn.text:
+                    # Failed before any output (the metadata may come before an error): the
+                    # message names the model asked for, not one that produced nothing.
+                    turn.model = model.name
             finally:
                 # Also on disconnect/deadline (CancelledError): store what was produced, even if
                 # this task is cancelled again while writing.

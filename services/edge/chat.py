@@ -286,13 +286,17 @@ class ChatCompletions:
     async def stream(
         self, req: schemas.ChatCompletionRequest, identity: Identity
     ) -> AsyncIterator[bytes]:
-        """Open the stream; errors before the first event raise here (a plain HTTP error), the
+        """Open the stream; errors before the first output raise here (a plain HTTP error), the
         returned iterator yields SSE `data:` lines, ending with `data: [DONE]`."""
         request = to_generate(req)
         call = self._call(request, identity)
         events = call.__aiter__()
+        opening: list[opb.GenerateResponse] = []
         try:
-            first = await events.__anext__()
+            # The metadata may come before the deployment produced anything, and an error
+            # status may still follow it: the 200 is committed only at the event after it.
+            while not opening or opening[-1].HasField("metadata"):
+                opening.append(await events.__anext__())
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, FIELD_NAMES) from None
         except StopAsyncIteration:
@@ -300,21 +304,31 @@ class ChatCompletions:
                 502, "generation ended before it started", code="generation_failed"
             ) from None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _sse(call, first, events, include_usage)
+        return _sse(call, opening, events, include_usage)
 
 
 def _data(payload: dict[str, object]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+async def _after(
+    opening: list[opb.GenerateResponse], events: AsyncIterator[opb.GenerateResponse]
+) -> AsyncIterator[opb.GenerateResponse]:
+    for event in opening:
+        yield event
+    async for event in events:
+        yield event
+
+
 async def _sse(
     call: grpc.aio.UnaryStreamCall,
-    first: opb.GenerateResponse,
+    opening: list[opb.GenerateResponse],
     events: AsyncIterator[opb.GenerateResponse],
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
+    """`opening`: the events read before the HTTP status was committed (metadata first)."""
     answer = _Answer()
-    answer.feed(first)
+    answer.feed(opening[0])
     created = int(time.time())
 
     def chunk(delta: schemas.Delta, finish: str | None = None) -> bytes:
@@ -336,7 +350,7 @@ async def _sse(
     try:
         yield chunk(schemas.Delta(role="assistant", content=""))
         try:
-            async for event in events:
+            async for event in _after(opening[1:], events):
                 kind = event.WhichOneof("event")
                 if kind == "delta":
                     yield head + json.dumps(event.delta.text).encode() + tail

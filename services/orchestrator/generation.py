@@ -36,7 +36,13 @@ from services.orchestrator.providers import (
     ProviderRequest,
     ToolCallPiece,
 )
-from services.orchestrator.routing import CLIENT_ERRORS, AllProvidersFailed, Router, Served
+from services.orchestrator.routing import (
+    CLIENT_ERRORS,
+    AllProvidersFailed,
+    Router,
+    Served,
+    Started,
+)
 from services.orchestrator.tokens import (
     MESSAGE_OVERHEAD,
     ROLE_NAMES,
@@ -275,6 +281,8 @@ class _Call:
     generation_id: str
     prompt: _Prompt
     cache_key: str | None = None
+    # Metadata before the first output when the deployment is certain (Orchestrator.generate).
+    announce_early: bool = True
 
     def provider_request(self, entry: ModelEntry) -> ProviderRequest:
         """The request for one deployment; a fallback model may allow less output."""
@@ -360,12 +368,12 @@ def _blocked_events(
     ]
 
 
-def _metadata(served: Served, generation_id: str) -> pb.GenerateResponse:
+def _metadata(started: Started, generation_id: str) -> pb.GenerateResponse:
     return pb.GenerateResponse(
         metadata=pb.GenerationMetadata(
-            model=served.model.name,
-            provider=served.deployment.provider,
-            deployment=served.deployment.deployment,
+            model=started.model.name,
+            provider=started.deployment.provider,
+            deployment=started.deployment.deployment,
             generation_id=generation_id,
         )
     )
@@ -445,8 +453,12 @@ class Orchestrator:
         )
 
     async def generate(
-        self, request: pb.GenerateRequest, identity: Identity
+        self, request: pb.GenerateRequest, identity: Identity, announce_early: bool = True
     ) -> AsyncIterator[pb.GenerateResponse]:
+        """The events of one generation. With `announce_early`, the metadata goes out as soon
+        as the deployment that serves is certain, possibly before an error status (gRPC
+        callers); without, only with the first output (callers for whom the first event
+        commits a success, e.g. the gateway's JSON/HTTP transcoding)."""
         model = self.catalog.get(request.model)
         validate(request, model)
         replay = await self._replay(request, identity)
@@ -463,7 +475,9 @@ class Orchestrator:
         await self._retrieve(request, identity, model, prompt)
         prompt.tokens = self.count(prompt.messages, prompt.passages)
         _fit_context_window(request, model, prompt)
-        call = _Call(request, identity, model, generation_id, prompt)
+        call = _Call(
+            request, identity, model, generation_id, prompt, announce_early=announce_early
+        )
         if (
             request.HasField("temperature")
             and request.temperature == 0
@@ -570,13 +584,16 @@ class Orchestrator:
     async def _provider_output(
         self, call: _Call, run: _Stream
     ) -> AsyncGenerator[pb.GenerateResponse, None]:
-        """Metadata, then filtered deltas, until the provider finishes, fails or a filter ends
-        it."""
-        stream = self.router.generate(call.chain(self.catalog), call.provider_request, run.served)
+        """Metadata (as soon as the router knows the deployment that serves), then filtered
+        deltas, until the provider finishes, fails or a filter ends it."""
+        stream = self.router.generate(
+            call.chain(self.catalog), call.provider_request, run.served, call.announce_early
+        )
         try:
             async for item in stream:
-                if not run.events:
-                    yield run.emit(_metadata(run.served[0], call.generation_id))
+                if isinstance(item, Started):
+                    yield run.emit(_metadata(item, call.generation_id))
+                    continue
                 if isinstance(item, Finish):
                     run.finish = item
                     break

@@ -12,6 +12,11 @@
   the first piece went out, a failure ends the stream in-band (never duplicated text).
 * Timeouts: a deployment that produces no piece within `first_token_seconds` (or pauses that
   long mid-stream) counts as failed.
+* Announcement (`Started`, from which the caller sends the answer's metadata): once the
+  deployment that serves is certain. That is at its first piece, or earlier for the last
+  deployment of the plan: nothing could follow it, so it is certain once the provider reports
+  its request sent (ProviderRequest.on_sent), and the metadata travels while the model works.
+  If that deployment then fails before output, the generation fails (no fallback is left).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import grpc
 
@@ -110,6 +116,15 @@ class Served:
     attempts: list[Attempt] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Started:
+    """Yielded once per generation, before its first piece: the deployment that serves is
+    certain (see the module docstring)."""
+
+    model: ModelEntry
+    deployment: Deployment
+
+
 class AllProvidersFailed(Exception):
     def __init__(self, attempts: list[Attempt]) -> None:
         self.attempts = attempts
@@ -161,30 +176,61 @@ class Router:
         chain: list[ModelEntry],
         make_request: Callable[[ModelEntry], ProviderRequest],
         served: list[Served],
-    ) -> AsyncIterator[StreamItem]:
-        """Stream from the first deployment that produces output. `served` receives the Served
-        record before the first piece is yielded (the caller sends metadata from it).
+        announce_early: bool = True,
+    ) -> AsyncIterator[StreamItem | Started]:
+        """Stream from the first deployment that produces output, after one Started. `served`
+        receives the Served record before the first piece is yielded (metering goes by it).
+        With `announce_early`, the last deployment of the plan is announced once its request
+        is sent (module docstring), else every deployment at its first piece.
 
         Raises AllProvidersFailed if none produced output; ProviderError after output started.
         """
         attempts: list[Attempt] = []
-        for model, deployment in plan(chain, self.rng):
+        candidates = plan(chain, self.rng)
+        loop = asyncio.get_running_loop()
+        for index, (model, deployment) in enumerate(candidates):
             breaker = self.breaker(deployment)
             if not breaker.allow():
                 attempts.append(Attempt(deployment.provider, deployment.deployment,
                                         grpc.StatusCode.UNAVAILABLE, "circuit open", 0.0))
                 continue
             started = time.monotonic()
-            stream = self.providers[deployment.provider].stream(deployment, make_request(model))
+            deadline = loop.time() + self.first_token_seconds
+            request = make_request(model)
+            sent: asyncio.Future[None] | None = None
+            if announce_early and index == len(candidates) - 1:
+                sent = loop.create_future()
+                request.on_sent = partial(_resolve, sent)
+            stream = self.providers[deployment.provider].stream(deployment, request)
             pieces = stream.__aiter__()
-            first = await self._first_piece(deployment, breaker, pieces, attempts, started)
+            announce: Started | None = Started(model, deployment)
+            if sent is None:
+                next_piece: Awaitable[StreamItem] = pieces.__anext__()
+            else:
+                # The first piece is awaited by a task of its own, so that the announcement can
+                # go out between the request being sent and that piece.
+                fetch = asyncio.ensure_future(_next_piece(pieces))
+                next_piece = fetch
+                try:
+                    if await _sent_first(fetch, sent, deadline):
+                        yield Started(model, deployment)
+                        announce = None
+                except BaseException:
+                    breaker.release()
+                    await _abandon(fetch)
+                    await _close(pieces)
+                    raise
+            first = await self._first_piece(
+                deployment, breaker, next_piece, pieces, attempts, started, deadline
+            )
             if first is None:
                 continue  # that deployment failed before any output: try the next one
             # Output has started (or the provider finished with nothing): no more fallback.
             attempts.append(Attempt(deployment.provider, deployment.deployment,
                                     grpc.StatusCode.OK, "", time.monotonic() - started))
             served.append(Served(model, deployment, attempts))
-            async for item in self._rest(deployment, breaker, first, pieces, attempts, started):
+            rest = self._rest(deployment, breaker, first, pieces, attempts, started, announce)
+            async for item in rest:
                 yield item
             return
         raise AllProvidersFailed(attempts)
@@ -193,15 +239,17 @@ class Router:
         self,
         deployment: Deployment,
         breaker: CircuitBreaker,
+        next_piece: Awaitable[StreamItem],
         pieces: AsyncIterator[StreamItem],
         attempts: list[Attempt],
         started: float,
+        deadline: float,
     ) -> StreamItem | None:
-        """The deployment's first piece within first_token_seconds; None (closed, judged and
-        recorded in `attempts`) when it failed first."""
+        """The deployment's first piece (`next_piece`) before `deadline` (loop time); None
+        (closed, judged and recorded in `attempts`) when it failed first."""
         try:
-            async with asyncio.timeout(self.first_token_seconds):
-                return await pieces.__anext__()
+            async with asyncio.timeout_at(deadline):
+                return await next_piece
         except asyncio.CancelledError:
             breaker.release()
             await _close(pieces)
@@ -222,11 +270,15 @@ class Router:
         pieces: AsyncIterator[StreamItem],
         attempts: list[Attempt],
         started: float,
-    ) -> AsyncIterator[StreamItem]:
-        """`first`, then the deployment's pieces until it finishes; a pause longer than
-        first_token_seconds or an end without Finish fails it (in-band: output has started)."""
+        announce: Started | None,
+    ) -> AsyncIterator[StreamItem | Started]:
+        """`announce` (unless already sent), `first`, then the deployment's pieces until it
+        finishes; a pause longer than first_token_seconds or an end without Finish fails it
+        (in-band: output has started)."""
         loop = asyncio.get_running_loop()
         try:
+            if announce is not None:
+                yield announce
             item = first
             # One timeout for the whole stream, pushed back as each piece arrives (cheaper per
             # token than a wait_for, which wraps every read in a task).
@@ -275,6 +327,37 @@ def _attempt(deployment: Deployment, exc: BaseException, seconds: float, limit: 
     else:
         code, message = grpc.StatusCode.UNAVAILABLE, "stream ended without output"
     return Attempt(deployment.provider, deployment.deployment, code, message, seconds)
+
+
+def _resolve(future: asyncio.Future[None], *_: object) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _next_piece(pieces: AsyncIterator[StreamItem]) -> StreamItem:
+    return await pieces.__anext__()
+
+
+async def _sent_first(fetch: asyncio.Future[StreamItem], sent: asyncio.Future[None],
+                      deadline: float) -> bool:
+    """Wait until the request is sent or the first piece (or failure) came; True unless the
+    deployment already failed (then nothing is announced). A timeout is left to the caller's
+    wait for the first piece, which ends at the same deadline."""
+    fetch.add_done_callback(partial(_resolve, sent))
+    try:
+        async with asyncio.timeout_at(deadline):
+            await sent
+    except TimeoutError:
+        return False
+    return not fetch.done() or (not fetch.cancelled() and fetch.exception() is None)
+
+
+async def _abandon(fetch: asyncio.Future[StreamItem]) -> None:
+    """Cancel a pending first-piece task and wait until it has let go of the provider stream."""
+    fetch.cancel()
+    await asyncio.wait([fetch])
+    if not fetch.cancelled():
+        fetch.exception()  # retrieved: the attempt is abandoned, its outcome does not matter
 
 
 async def _close(stream: AsyncIterator[object]) -> None:

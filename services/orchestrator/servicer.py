@@ -31,6 +31,8 @@ from services.orchestrator.providers.triton import TritonProvider
 from services.orchestrator.routing import Router
 from services.orchestrator.tokens import count_prompt
 
+# Set by Envoy's JSON transcoder on the requests it makes from JSON/HTTP ones.
+TRANSCODED_HEADER = "x-envoy-original-path"
 _CAPS = {"CHAT": pb.Model.CAPABILITY_CHAT, "STREAMING": pb.Model.CAPABILITY_STREAMING,
          "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED,
          "TOOLS": pb.Model.CAPABILITY_TOOLS, "JSON_MODE": pb.Model.CAPABILITY_JSON_MODE}
@@ -119,9 +121,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        identity = require_identity(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        identity = require_identity(metadata)
+        # Transcoded JSON/HTTP (Envoy marks it): the gateway commits HTTP 200 at the first
+        # event, so the metadata waits for the first output (an error before stays an HTTP
+        # error). gRPC callers get it as soon as the deployment is certain.
+        early = not any(key == TRANSCODED_HEADER for key, _ in metadata or ())
         events = metrics.observe(
-            self.orchestrator.generate(request, identity), identity, request.model, self._price
+            self.orchestrator.generate(request, identity, early),
+            identity,
+            request.model,
+            self._price,
         )
         linger = self.runtime.settings.stream_linger_ms / 1000
         async for event in coalesced(events, merge_text_deltas, linger, is_text_delta):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -25,7 +25,7 @@ from services.orchestrator.providers import Finish, Piece, ProviderError, Provid
 from services.orchestrator.providers.anthropic import AnthropicProvider
 from services.orchestrator.providers.http import make_client
 from services.orchestrator.providers.openai import OpenAIProvider
-from services.orchestrator.routing import AllProvidersFailed, CircuitBreaker, Router, Served
+from services.orchestrator.routing import AllProvidersFailed, CircuitBreaker, Router, Served, Started
 from tests.integration.chat.replay_server import ANSWER, Replay, start_replay
 
 
@@ -46,12 +46,12 @@ def _request() -> ProviderRequest:
                            max_output_tokens=50, temperature=0.0, stop=["\n\n"])
 
 
-async def _collect(stream: AsyncIterator[Piece | Finish]) -> tuple[str, Finish | None]:
+async def _collect(stream: AsyncIterator[Piece | Finish | Started]) -> tuple[str, Finish | None]:
     text, finish = [], None
     async for item in stream:
         if isinstance(item, Piece):
             text.append(item.text)
-        else:
+        elif isinstance(item, Finish):
             finish = item
     return "".join(text), finish
 
@@ -150,11 +150,16 @@ async def test_first_token_timeout_falls_back(providers: tuple[OpenAIProvider, A
 async def test_failure_after_first_token_is_not_retried(providers: tuple[OpenAIProvider, AnthropicProvider]) -> None:
     model = _model(Deployment("openai", "truncated", priority=0), Deployment("anthropic", "ok", priority=1))
     pieces: list[str] = []
+    started: list[str] = []
     with pytest.raises(ProviderError):
         async for item in _router(providers).generate([model], lambda m: _request(), []):
+            if isinstance(item, Started):  # the announcement of the deployment that serves
+                started.append(item.deployment.deployment)
+                continue
             assert isinstance(item, Piece)
             pieces.append(item.text)
     assert "".join(pieces) == "".join(ANSWER[:2])  # the fallback never started: no duplicated text
+    assert started == ["truncated"]
 
 
 async def test_all_failed_names_every_provider(providers: tuple[OpenAIProvider, AnthropicProvider]) -> None:
@@ -232,12 +237,14 @@ class _FakeTriton:
         self.calls: list[tuple[str, dict]] = []  # type: ignore[type-arg]
 
     async def stream(self, model: str, inputs: dict, outputs: object = None, *, timeout: float | None = None,  # type: ignore[type-arg]
-                     request_id: str | None = None) -> AsyncIterator[object]:
+                     request_id: str | None = None, on_sent: Callable[[], None] | None = None) -> AsyncIterator[object]:
         import numpy as np
 
         from services.common.triton import StreamResponse
 
         self.calls.append((model, inputs))
+        if on_sent is not None:
+            on_sent()  # as the real client does once the request is written
         for i, piece in enumerate(self.pieces):
             yield StreamResponse("r", {"text_output": np.array([piece.encode()], dtype=object)},
                                  final=i == len(self.pieces) - 1)
@@ -252,8 +259,11 @@ async def test_triton_llm_deployment_uses_the_vllm_backend_interface() -> None:
     provider = TritonProvider(fake)  # type: ignore[arg-type]
     request = ProviderRequest(messages=[("system", "Be brief."), ("user", "Hi")], max_output_tokens=10,
                               temperature=0.0, stop=["\n"])
+    reported: list[bool] = []
+    request.on_sent = lambda: reported.append(True)
     text, finish = await _collect(provider.stream(Deployment("triton", "llama_vllm"), request))
     assert text == "Hello there" and finish == Finish("stop")
+    assert reported == [True]  # the router's announcement hook reaches the Triton client
     model, inputs = fake.calls[0]
     assert model == "llama_vllm"
     prompt = inputs["text_input"][0].decode()

@@ -191,3 +191,21 @@ async def test_stream_half_closes_when_finished_and_resets_when_abandoned(abando
     assert len(call.written) == 1
     assert tokens == (["The "] if abandon else ["The ", "lamp ", "is ", "on."])
     assert (call.half_closed, call.cancelled) == ((False, True) if abandon else (True, False))
+
+
+async def test_stream_reports_the_request_sent_before_reading_any_response() -> None:
+    """`on_sent` (the Orchestrator announces the answer from it) comes once the request is
+    written and before the first response is read."""
+    from services.common.triton import RESPONDER_MODEL, TritonClient
+
+    call = _RecordedCall(_token_responses(["The ", "lamp."]))
+    client = TritonClient("127.0.0.1:1")  # never dialled: the stub below answers
+    client._stub = type("Stub", (), {"ModelStreamInfer": lambda self, timeout: call})()
+    seen: list[tuple[int, int]] = []  # (requests written, responses left) when called
+    try:
+        async for _ in client.stream(RESPONDER_MODEL, {"QUESTION": np.array([b"q"], dtype=object)},
+                                     on_sent=lambda: seen.append((len(call.written), len(call.responses)))):
+            pass
+    finally:
+        await client.close()
+    assert seen == [(1, 3)]

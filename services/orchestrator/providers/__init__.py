@@ -7,7 +7,7 @@ Closing the stream (aclose, or cancellation) cancels the upstream generation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +44,15 @@ class ProviderRequest:
     tool_call_ids: dict[int, str] = field(default_factory=dict)
     # OpenAI's response_format object (models with CAPABILITY_JSON_MODE), else None.
     response_format: dict[str, Any] | None = None
+    # Called by the provider once the deployment has the request (Triton: written; hosted APIs:
+    # accepted with a 2xx status), before any output: the router announces the answer then
+    # when no other deployment could follow. Providers that never call it are announced at
+    # their first piece.
+    on_sent: Callable[[], None] | None = None
+
+    def sent(self) -> None:
+        if self.on_sent is not None:
+            self.on_sent()
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class AnthropicProvider(HTTPProvider):
                 "POST", f"{base}/v1/messages", json=self.body(deployment, request), headers=headers
             ) as response:
                 await raise_for_status(self.name, response)
+                request.sent()
                 async for event in iter_sse(response):
                     if event.event == "ping":
                         continue

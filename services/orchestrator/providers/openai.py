@@ -95,6 +95,7 @@ class OpenAIProvider(HTTPProvider):
                 headers=headers,
             ) as response:
                 await raise_for_status(self.name, response)
+                request.sent()
                 async for event in iter_sse(response):
                     if event.data.strip() == "[DONE]":
                         done = True

@@ -92,7 +92,7 @@ class TritonProvider:
         produced = 0
         try:
             async for response in self.client.stream(
-                deployment.deployment, inputs, timeout=_time_left()
+                deployment.deployment, inputs, timeout=_time_left(), on_sent=request.on_sent
             ):
                 out = response.get("text_output")
                 text = "".join(_decode(v) for v in out.reshape(-1)) if out is not None else ""
@@ -120,7 +120,8 @@ class TritonProvider:
         produced = 0
         try:
             async for response in self.client.respond(
-                question, passages, ids, max_sentences=3, timeout=_time_left()
+                question, passages, ids, max_sentences=3, timeout=_time_left(),
+                on_sent=request.on_sent,
             ):
                 token = response.get("TOKEN")
                 text = _decode(token.reshape(-1)[0]) if token is not None and token.size else ""

@@ -21,6 +21,7 @@ CATALOG = Path(__file__).resolve().parents[3] / "services" / "orchestrator" / "c
 CIRCUIT_THRESHOLD = 2
 CIRCUIT_OPEN_SECONDS = 1.0
 TINY_WINDOW = 400  # tokens, for history-trimming tests
+PRICED = ("claude-test", "doomed-test")
 
 
 @dataclass
@@ -45,12 +46,22 @@ def _catalog(base: str, path: Path) -> None:
         "claude-test": [{"provider": "anthropic", "deployment": "ok", "base_url": base}],
         "picky-test": [{"provider": "openai", "deployment": "picky", "base_url": f"{base}/v1"}],
         "tiny-test": [{"provider": "triton", "deployment": "grounded_responder"}],
+        # Early metadata: a provider that accepted the request and holds its answer; one that
+        # accepts and then dies before any text, alone (last candidate) and as a primary.
+        "held-test": [{"provider": "openai", "deployment": "held", "base_url": f"{base}/v1"}],
+        # (one deployment name each: every test starts with a closed circuit)
+        "doomed-test": [{"provider": "openai", "deployment": "accept-then-die", "base_url": f"{base}/v1"}],
+        "doomed-conv-test": [{"provider": "openai", "deployment": "accept-then-die-conv", "base_url": f"{base}/v1"}],
+        "doomed-primary-test": [
+            {"provider": "openai", "deployment": "accept-then-die-primary", "base_url": f"{base}/v1", "priority": 0},
+            {"provider": "triton", "deployment": "grounded_responder", "priority": 1},
+        ],
     }
     for name, deployments in test_models.items():
         data["models"].append({
             # Priced, so generations of it take a budget hold at Usage.
-            "prompt_price_micros_per_million_tokens": 1_000_000 if name == "claude-test" else 0,
-            "completion_price_micros_per_million_tokens": 2_000_000 if name == "claude-test" else 0,
+            "prompt_price_micros_per_million_tokens": 1_000_000 if name in PRICED else 0,
+            "completion_price_micros_per_million_tokens": 2_000_000 if name in PRICED else 0,
             "name": name, "display_name": name, "description": "test model (local replay server)",
             "context_window_tokens": TINY_WINDOW if name == "tiny-test" else 4096,
             "max_output_tokens": 64 if name == "tiny-test" else 256, "capabilities": ["CHAT", "STREAMING", "RETRIEVAL"],

@@ -2,8 +2,10 @@
 wire formats (hosted APIs cannot be reached from here). The requested model id picks the
 scenario: "ok", "length", "rate-limited", "overloaded", "truncated", "malformed",
 "error-mid-stream", "error-event", "die-before-first", "slow-first", "endless", "flaky",
-"picky" (HTTP 400 invalid_request_error for a last message containing REJECT, else "ok") and
-"tools" (a get_weather tool call, then an answer once the tool result is in the messages)."""
+"picky" (HTTP 400 invalid_request_error for a last message containing REJECT, else "ok"),
+"tools" (a get_weather tool call, then an answer once the tool result is in the messages),
+"held" (200 and the role chunk, then the answer only once `release` is set) and
+"accept-then-die..." (200 and the role chunk, then the connection closes before any text)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ class Replay:
         self.requests: list[dict] = []  # type: ignore[type-arg]
         self.headers: list[dict[str, str]] = []
         self.disconnected = asyncio.Event()
+        # Scenario "held" writes its answer only once this is set.
+        self.release = asyncio.Event()
         # Scenario "flaky..." -> how many of its next requests fail with 503.
         self.fail_next: dict[str, int] = {}
 
@@ -75,6 +79,11 @@ class Replay:
         if scenario == "slow-first":
             await asyncio.sleep(2)
         await response.write(_openai_chunk("", role=True))
+        if scenario.startswith("accept-then-die"):
+            request.transport.close()  # type: ignore[union-attr]
+            return response
+        if scenario == "held":
+            await self.release.wait()
         if scenario == "malformed":
             await response.write(b"data: {\"id\": \"chatcmpl-123\", \"choices\": [\n\n")
             return response

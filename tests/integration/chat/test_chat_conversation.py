@@ -299,3 +299,38 @@ async def test_truncate_message_keeps_what_was_heard(chat: ChatStack) -> None:
             cpb.TruncateMessageRequest(name=answer.name, content_length=0), metadata=md)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await stub.GetMessage(cpb.GetMessageRequest(name=answer.name), metadata=md)) == cut
+
+
+async def test_generation_event_comes_before_the_answer(chat: ChatStack) -> None:
+    """The Orchestrator's metadata comes once the only deployment has the request (issue 15):
+    SendMessage relays it as `generation` right after the user message, before any text."""
+    md = _identity()
+    conv = await _create(chat, md)
+    chat.replay.release.clear()
+    request = cpb.SendMessageRequest(conversation=conv.name, content="hello", model="models/held-test")
+    call = _stub(chat).SendMessage(request, metadata=md, timeout=60)
+    try:
+        first = await asyncio.wait_for(call.read(), 30)
+        second = await asyncio.wait_for(call.read(), 30)
+        assert first.WhichOneof("event") == "user_message"
+        assert second.WhichOneof("event") == "generation" and second.generation.deployment == "held"
+        assert not chat.replay.release.is_set()  # no text exists yet
+    finally:
+        chat.replay.release.set()
+    rest = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        rest.append(event)
+    assert rest[-1].assistant_message.state == cpb.Message.STATE_COMPLETE
+    assert rest[-1].assistant_message.model == "models/held-test"
+
+
+async def test_failure_after_the_generation_event_is_stored_as_failed(chat: ChatStack) -> None:
+    md = _identity()
+    conv = await _create(chat, md)
+    events = await _send(chat, md, conv.name, "hello", model="models/doomed-conv-test")
+    assert [e.WhichOneof("event") for e in events] == ["user_message", "generation", "assistant_message"]
+    stored = events[-1].assistant_message
+    assert stored.state == cpb.Message.STATE_FAILED and stored.content == ""
+    assert stored.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "openai/accept-then-die-conv" in stored.error.message
+    assert stored.model == "models/doomed-conv-test"

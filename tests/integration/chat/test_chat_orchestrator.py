@@ -240,3 +240,81 @@ async def test_used_up_budget_is_resource_exhausted(chat: ChatStack) -> None:
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     events = await _run(chat, _request(), md)  # the free responder needs no hold
     assert events[-1].completion.finish_reason == pb.FINISH_REASON_STOP
+
+
+# --- the metadata as soon as the deployment that serves is certain (issue 15, chat TTFT) ------
+
+
+async def _read_all(call: grpc.aio.UnaryStreamCall) -> list[pb.GenerateResponse]:
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
+
+
+async def test_metadata_comes_while_the_last_deployment_still_works(chat: ChatStack) -> None:
+    """The only deployment of held-test accepted the request and holds its answer: the metadata
+    (no fallback could follow) is already on the wire, then the answer as usual."""
+    chat.replay.release.clear()
+    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(chat.orchestrator)
+    call = stub.Generate(_request(model="models/held-test"), metadata=_identity(), timeout=60)
+    try:
+        first = await asyncio.wait_for(call.read(), 30)
+        assert first.metadata.model == "models/held-test" and first.metadata.deployment == "held"
+        assert first.metadata.generation_id
+        assert not chat.replay.release.is_set()  # no text exists yet
+    finally:
+        chat.replay.release.set()
+    rest = await _read_all(call)
+    assert [e.WhichOneof("event") for e in rest][-1] == "completion"
+    assert _text(rest) == "".join(ANSWER) and "metadata" not in {e.WhichOneof("event") for e in rest}
+    assert rest[-1].completion.finish_reason == pb.FINISH_REASON_STOP
+
+
+async def test_last_deployment_dying_after_its_metadata_is_unavailable_and_not_metered(chat: ChatStack) -> None:
+    """doomed-test's only deployment accepts (200) then dies before any text: the metadata
+    already went out, then the status (UNAVAILABLE, as without it); nothing is metered."""
+    from aimesh.usage.v1 import usage_pb2, usage_pb2_grpc
+
+    assert chat.usage is not None, "the Usage service did not start in this mesh"
+    org = f"org-{uuid.uuid4().hex[:12]}"
+    md = [("x-aimesh-org", org), ("x-aimesh-subject", "user-1"), ("x-aimesh-roles", "admin")]
+    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(chat.orchestrator)
+    events: list[pb.GenerateResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for event in stub.Generate(_request(model="models/doomed-test"), metadata=md, timeout=60):
+            events.append(event)
+    assert [e.WhichOneof("event") for e in events] == ["metadata"]
+    assert events[0].metadata.deployment == "accept-then-die"
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    status = status_from_rpc_error(caught.value)
+    info = error_info(status) if status else None
+    assert info is not None and info.reason == "ALL_PROVIDERS_FAILED"
+    assert info.metadata["providers_tried"] == "openai/accept-then-die"
+    # A later generation of the same organization is metered; it is all the ledger holds.
+    served = await _run(chat, _request(model="models/claude-test"), md)
+    usage = served[-1].completion.usage
+    expected = sorted([(usage_pb2.RESOURCE_TYPE_PROMPT_TOKENS, usage.prompt_tokens * 1_000_000),
+                       (usage_pb2.RESOURCE_TYPE_COMPLETION_TOKENS, usage.completion_tokens * 1_000_000)])
+    records: list[tuple[int, int]] = []
+    for _ in range(60):  # the outbox drains in the background
+        listed = await usage_pb2_grpc.UsageServiceStub(chat.usage).ListUsageRecords(
+            usage_pb2.ListUsageRecordsRequest(organization=f"organizations/{org}"), metadata=md)
+        records = sorted((r.resource_type, r.quantity_micros) for r in listed.usage_records)
+        if len(records) >= 2:
+            break
+        await asyncio.sleep(0.5)
+    assert records == expected
+
+
+async def test_a_primary_dying_after_acceptance_falls_back_with_one_metadata(chat: ChatStack) -> None:
+    """A deployment with a fallback after it gets no early metadata: its acceptance proves
+    nothing. The one metadata names the fallback that served."""
+    events = await _run(chat, _request(model="models/doomed-primary-test"))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "metadata" and kinds.count("metadata") == 1 and kinds[-1] == "completion"
+    assert (events[0].metadata.provider, events[0].metadata.deployment) == ("triton", "grounded_responder")
+    attempts = events[-1].completion.provider_attempts
+    assert [(a.provider, a.status.code) for a in attempts] == [
+        ("openai", grpc.StatusCode.UNAVAILABLE.value[0]), ("triton", 0)]
+    assert "1889" in _text(events)

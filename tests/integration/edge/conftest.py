@@ -45,6 +45,9 @@ def _catalog(replay_base: str, path: Path) -> None:
         "priced-test": ("ok", ["CHAT", "STREAMING"], 1_000_000),
         # Streams words until cancelled (the Realtime bridge's response.cancel and barge-in).
         "endless-test": ("endless", ["CHAT", "STREAMING"], 0),
+        # Accepts (200), then dies before any text: the Orchestrator's metadata comes before
+        # its error status (no fallback is left), which callers must still see as an error.
+        "doomed-test": ("accept-then-die", ["CHAT", "STREAMING"], 0),
     }
     for name, (scenario, caps, price) in test_models.items():
         data["models"].append({

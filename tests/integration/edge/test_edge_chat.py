@@ -150,3 +150,30 @@ async def test_bad_input_is_an_openai_400(edge_http: httpx.AsyncClient, api_key:
     error = reply.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param and error["code"] == code, error
+
+
+async def test_stream_failing_after_the_metadata_is_an_http_error(edge_http: httpx.AsyncClient,
+                                                                  api_key: str) -> None:
+    """doomed-test's only deployment accepts, then dies before any text: the Orchestrator sends
+    its metadata, then UNAVAILABLE. The client gets the HTTP error it got before the metadata
+    came early (503, OpenAI's error shape), never a 200 stream that breaks."""
+    async with edge_http.stream("POST", "/openai/v1/chat/completions",
+                                headers={"authorization": f"Bearer {api_key}"},
+                                json={"model": "doomed-test", "messages": MESSAGES, "stream": True}) as r:
+        body = await r.aread()
+    assert r.status_code == 503, body
+    error = json.loads(body)["error"]
+    assert error["type"] == "server_error" and "accept-then-die" in error["message"]
+
+
+async def test_transcoded_generate_failing_before_output_keeps_its_error_body(
+        edge_http: httpx.AsyncClient, api_key: str) -> None:
+    """Generate over the gateway's JSON/HTTP (SSE): Envoy commits the response at the first
+    event, so such callers get the metadata with the first output. A failure before it stays
+    what the transcoder makes of a status without messages: the google.rpc.Status as the body
+    (an early metadata event would have been all they saw, the error lost)."""
+    r = await edge_http.post("/v1/models/doomed-test:generate", headers={"x-api-key": api_key},
+                             json={"messages": [{"role": "ROLE_USER", "content": QUESTION}]})
+    status = json.loads(r.text)
+    assert status["code"] == 14 and "accept-then-die" in status["message"], r.text
+    assert status["details"][0]["reason"] == "ALL_PROVIDERS_FAILED"

@@ -106,7 +106,15 @@ class OrchestratorServiceServicer(object):
         exactly one `completion` event last. The stream then ends with status OK, also when
         generation stopped early (finish_reason LENGTH, CONTENT_FILTER, CANCELLED or ERROR).
 
-        Errors raised before the first `delta` end the RPC with a status instead:
+        When the metadata comes: as soon as the deployment it names is certain to be the one
+        tried last. Over gRPC that is when its request has gone out and no other deployment or
+        fallback model is left to try (e.g. a model with one deployment), so the metadata can
+        arrive while the model still works on the first token; otherwise with the first output.
+        Over JSON/HTTP (server-sent events through the gateway) it always comes with the first
+        output, since the HTTP status is committed with the first event.
+
+        Errors raised before the first `delta` end the RPC with a status instead (over gRPC
+        possibly after the `metadata` event, naming the deployment that failed):
         - INVALID_ARGUMENT with field violations for bad parameters, and for a prompt that does
         not fit the model's context window (the violation on `messages` states prompt_tokens,
         max_output_tokens and context_window_tokens);
