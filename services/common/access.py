@@ -24,8 +24,8 @@ from typing import Literal
 import grpc
 
 from services.common.errors import permission_denied
-from services.common.handlers import MethodInterceptor, before
-from services.common.identity import Identity, Role, carries_api_key, identity_from_metadata
+from services.common.handlers import MethodInterceptor, before, call_metadata
+from services.common.identity import Identity, Role, identity_from_metadata
 
 Kind = Literal["public", "role", "platform", "service"]
 
@@ -205,29 +205,17 @@ class AccessInterceptor(MethodInterceptor):
     def __init__(self, table: Mapping[str, Access] = METHOD_ACCESS) -> None:
         self.table = table
 
-    def wrap(
-        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if not method.startswith(("/aimesh.", "/envoy.")):
             return handler  # health and reflection
         access = self.table.get(method)
-        metadata = handler_call_details.invocation_metadata or ()
-        identity = identity_from_metadata(metadata)
-        if identity is None and carries_api_key(metadata):
-            # An API-key caller is admitted when the call runs (services/common/gateway_keys.py,
-            # an outer interceptor): its identity exists only then.
-            async def check_admitted(context: grpc.aio.ServicerContext) -> None:
-                _refuse_if(access, identity_from_metadata(metadata), method)
 
-            return before(handler, check_admitted)
-        if refusal(access, identity, method) is None:
-            return handler
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            # When the call runs: an API-key caller is admitted by an outer interceptor
+            # (services/common/gateway_keys.py), so its identity exists only then.
+            _refuse_if(access, identity_from_metadata(call_metadata()), method)
 
-        async def refuse(context: grpc.aio.ServicerContext) -> None:
-            _refuse_if(access, identity, method)
-
-        return before(handler, refuse)
+        return before(handler, check)
 
 
 def _refuse_if(access: Access | None, identity: Identity | None, method: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import grpc
 
 from services.common.errors import DomainError, ServiceError
-from services.common.handlers import Behavior, MethodInterceptor, call_unary, rewrap
+from services.common.handlers import Behavior, MethodInterceptor, call_metadata, call_unary, rewrap
 from services.common.identity import identity_from_metadata
 from services.common.names import resource
 
@@ -148,21 +148,14 @@ class AuditInterceptor(MethodInterceptor):
         self._sink = sink
         self.table = table
 
-    def wrap(
-        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         audited = self.table.get(method)
         if audited is None:
             return handler
-        metadata = {
-            k.lower(): v
-            for k, v in (handler_call_details.invocation_metadata or ())
-            if isinstance(v, str)
-        }
 
         def around(behavior: Behavior) -> Behavior:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                metadata = {k.lower(): v for k, v in call_metadata() if isinstance(v, str)}
                 try:
                     response = await call_unary(behavior, request, context)
                 except Exception as exc:

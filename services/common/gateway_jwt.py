@@ -54,7 +54,13 @@ from services.common.cache import ServiceCache, follow_channel
 from services.common.channels import Channels
 from services.common.errors import unauthenticated, unavailable
 from services.common.gateway_keys import ApiKeyCallers, AuthCheck, KeyVerdicts
-from services.common.handlers import MethodInterceptor, call_unary, iterate_stream, rewrap
+from services.common.handlers import (
+    MethodInterceptor,
+    call_metadata,
+    call_unary,
+    iterate_stream,
+    rewrap,
+)
 from services.common.request_checks import described_method
 
 # Auth's revocation entries, named once: Auth writes them (services/auth/revocation.py) and
@@ -225,32 +231,30 @@ class GatewayCallerInterceptor(MethodInterceptor):
         self.limiter = limiter  # services.usage.ratelimit.GatewayLimiter (None: not counted)
         self.keys = keys  # None: API keys are not admitted here (no identity: servicers refuse)
 
-    def wrap(
-        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        headers = {k: v for k, v in handler_call_details.invocation_metadata or ()
-                   if isinstance(v, str)}
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        read = bool(handler.unary_unary) and described_method(method)[1]
+        alongside = method in _COUNTED_ALONGSIDE
+        keys_here = self.keys is not None and _needs_caller(method)
+        return rewrap(handler,
+                      lambda behavior: self._unary(behavior, method, keys_here, read),
+                      lambda behavior: self._stream(behavior, method, keys_here, alongside))
+
+    def _admission(self, method: str, keys_here: bool) -> Callable[[], Awaitable[Caller]] | None:
+        """How the current call's caller is admitted here (None: not here)."""
+        headers = {k: v for k, v in call_metadata() if isinstance(v, str)}
         payload = headers.get(identity.HEADER_JWT_PAYLOAD)
-        admit: Callable[[], Awaitable[Caller]]
         if payload is not None:
             token = payload
 
             async def admit_token() -> Caller:
                 return Caller(self.admit_token(token).org)
 
-            admit = admit_token
-        elif (self.keys is not None and identity.HEADER_ORG not in headers
-              and identity.carries_api_key(headers)
-              and _needs_caller(handler_call_details.method)):
-            admit = self._key_admission(headers, handler_call_details.method)
-        else:
-            # Identity headers, no credential, or a public method (sign-up, login: a key a
-            # client sends along there is none of their business, as at the gateway).
-            return handler
-        read = bool(handler.unary_unary) and described_method(handler_call_details.method)[1]
-        alongside = handler_call_details.method in _COUNTED_ALONGSIDE
-        return rewrap(handler, lambda behavior: self._unary(behavior, admit, read),
-                      lambda behavior: self._stream(behavior, admit, alongside))
+            return admit_token
+        if keys_here and identity.HEADER_ORG not in headers and identity.carries_api_key(headers):
+            return self._key_admission(headers, method)
+        # Identity headers, no credential, or a public method (sign-up, login: a key a client
+        # sends along there is none of their business, as at the gateway).
+        return None
 
     def admit_token(self, payload: str) -> identity.TokenClaims:
         """The token's claims, unless it is revoked (no I/O: the mirror is in memory)."""
@@ -300,13 +304,16 @@ class GatewayCallerInterceptor(MethodInterceptor):
             raise refused
         return asyncio.ensure_future(self._count(caller))
 
-    def _unary(self, behavior: Any, admit: Callable[[], Awaitable[Caller]], read: bool) -> Any:
+    def _unary(self, behavior: Any, method: str, keys_here: bool, read: bool) -> Any:
         """A read (NO_SIDE_EFFECTS) runs while its request is counted, so the caller does not
         wait for Redis before its read; over the limit its reply is never sent (the refusal
         is), and for a moment after that its reads are refused before they run. Everything
         else is counted before it runs."""
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            admit = self._admission(method, keys_here)
+            if admit is None:
+                return await call_unary(behavior, request, context)
             caller = await admit()
             if read and caller.counted is None and self.limiter is not None:
                 counting = self._start_count(caller)
@@ -324,9 +331,13 @@ class GatewayCallerInterceptor(MethodInterceptor):
 
         return run
 
-    def _stream(self, behavior: Any, admit: Callable[[], Awaitable[Caller]],
-                alongside: bool = False) -> Any:
+    def _stream(self, behavior: Any, method: str, keys_here: bool, alongside: bool) -> Any:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            admit = self._admission(method, keys_here)
+            if admit is None:
+                async for item in iterate_stream(behavior, request, context):
+                    yield item
+                return
             caller = await admit()
             if alongside and caller.counted is None and self.limiter is not None:
                 async for item in self._counted_alongside(behavior, request, context, caller):

@@ -159,24 +159,40 @@ def code_of(context: grpc.aio.ServicerContext, failed: bool | None) -> str:
     return "UNKNOWN" if failed else "OK"
 
 
+class ServedMethod:
+    """The rpc.server.* series of one served method, looked up once per method: prometheus'
+    labels() on every call costs more than the observations themselves."""
+
+    __slots__ = ("_durations", "_series", "active", "method", "service")
+
+    def __init__(self, full_method: str, streaming: bool) -> None:
+        self.service, self.method = split_method(full_method)
+        self.active = RPC_SERVER_ACTIVE.labels(self.service, self.method)
+        self._series = RPC_SERVER_STREAM_DURATION if streaming else RPC_SERVER_DURATION
+        self._durations: dict[str, Any] = {}  # status code -> its histogram series
+
+    def durations(self, code: str) -> Any:
+        series = self._durations.get(code)
+        if series is None:
+            series = self._durations[code] = self._series.labels(self.service, self.method, code)
+        return series
+
+
 class RpcTimer:
     """Times one served call and keeps the in-flight gauge; `finish(code)` records it once."""
 
-    __slots__ = ("histogram", "method", "service", "started")
+    __slots__ = ("served", "started")
 
-    def __init__(self, service: str, method: str, streaming: bool) -> None:
-        self.service, self.method = service, method
-        self.histogram = RPC_SERVER_STREAM_DURATION if streaming else RPC_SERVER_DURATION
+    def __init__(self, served: ServedMethod) -> None:
+        self.served = served
         self.started = time.perf_counter()
         if _enabled:
-            RPC_SERVER_ACTIVE.labels(service, method).inc()
+            served.active.inc()
 
     def finish(self, code: str) -> None:
         if _enabled:
-            RPC_SERVER_ACTIVE.labels(self.service, self.method).dec()
-            self.histogram.labels(self.service, self.method, code).observe(
-                time.perf_counter() - self.started
-            )
+            self.served.active.dec()
+            self.served.durations(code).observe(time.perf_counter() - self.started)
 
 
 def record_cache(cache: str, hit: bool) -> None:

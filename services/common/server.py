@@ -39,7 +39,13 @@ from services.common.cache import ServiceCache
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, StartupError, database_error, is_broken_connection
 from services.common.errors import DomainError, ServiceError
-from services.common.handlers import MethodInterceptor, call_unary, iterate_stream, rewrap
+from services.common.handlers import (
+    InterceptorChain,
+    MethodInterceptor,
+    call_unary,
+    iterate_stream,
+    rewrap,
+)
 from services.common.request_checks import (
     check_request,
     checked_deserializer,
@@ -143,10 +149,7 @@ class ErrorInterceptor(MethodInterceptor):
     characters: INVALID_ARGUMENT); idempotent reads whose database connection broke mid-call
     run once more. Also records the RPC's deadline so downstream calls inherit it."""
 
-    def wrap(
-        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         described, retry_once = described_method(method)
         # Envoy's own protocol (ext_authz Check) is sent only by the gateway, from HTTP headers
         # its codecs already refused NUL in; walking its ~20 header strings costs ~30 us a call.
@@ -296,16 +299,16 @@ def _audit_sink(spec: ServiceSpec, runtime: Runtime) -> Callable[[], AuditSink]:
 def _new_server(spec: ServiceSpec, settings: Settings, runtime: Runtime) -> grpc.aio.Server:
     return grpc.aio.server(
         # Peer authorization first: a caller the mesh policy refuses reaches no servicer code.
-        interceptors=[
+        interceptors=[InterceptorChain([
             tls.interceptor_for(spec.name, settings.tls_mode),
-            *telemetry.server_interceptors(),
+            telemetry.RpcTelemetryInterceptor(),
             ErrorInterceptor(),
             # Inside the error interceptor: JWT callers the gateway admitted without Auth's Check
             # (revocation, rate limit), then the role × method matrix, before any servicer code.
             gateway_jwt.start(runtime),
             AccessInterceptor(),
             AuditInterceptor(_audit_sink(spec, runtime)),
-        ],
+        ])],
         options=[
             *mesh_policy.SERVER_KEEPALIVE_OPTIONS,
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),

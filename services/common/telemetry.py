@@ -28,7 +28,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pythonjsonlogger.json import JsonFormatter
 
 from services.common import metrics
-from services.common.handlers import MethodInterceptor, call_unary, iterate_stream, rewrap
+from services.common.handlers import (
+    MethodInterceptor,
+    call_metadata,
+    call_unary,
+    iterate_stream,
+    rewrap,
+)
 
 _configured_service: str | None = None
 _tracer = trace.get_tracer("aimesh")
@@ -113,26 +119,33 @@ def current_trace_id() -> str | None:
 class RpcTelemetryInterceptor(MethodInterceptor):
     """A SERVER span continuing the caller's trace, plus rpc.server.* metrics, for every call."""
 
-    def wrap(
-        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        return rewrap(handler, lambda b: _unary(b, method), lambda b: _stream(b, method))
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return rewrap(handler, lambda b: _unary(b, _Served(method, streaming=False)),
+                      lambda b: _stream(b, _Served(method, streaming=True)))
 
 
-def _start(method: str, context: grpc.aio.ServicerContext,
-           streaming: bool) -> tuple[trace.Span, object, metrics.RpcTimer]:
-    service, name = metrics.split_method(method)
-    metadata = context.invocation_metadata() or ()
-    carrier = {key: value for key, value in metadata if isinstance(value, str)}
+class _Served:
+    """What one method's spans and metrics are named, worked out once per method."""
+
+    __slots__ = ("attributes", "metrics", "span_name")
+
+    def __init__(self, method: str, streaming: bool) -> None:
+        self.metrics = metrics.ServedMethod(method, streaming)
+        self.span_name = method.lstrip("/")
+        self.attributes = {"rpc.system": "grpc", "rpc.service": self.metrics.service,
+                           "rpc.method": self.metrics.method}
+
+
+def _start(served: _Served) -> tuple[trace.Span, object, metrics.RpcTimer]:
+    carrier = {key: value for key, value in call_metadata() if isinstance(value, str)}
     span = _tracer.start_span(
-        method.lstrip("/"),
+        served.span_name,
         context=propagate.extract(carrier),
         kind=SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        attributes=served.attributes,
     )
     token = otel_context.attach(trace.set_span_in_context(span))
-    return span, token, metrics.RpcTimer(service, name, streaming)
+    return span, token, metrics.RpcTimer(served.metrics)
 
 
 def _finish(
@@ -157,9 +170,9 @@ def _detach(token: object, task: asyncio.Task[Any] | None) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
 
 
-def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _unary(behavior: Callable[..., Any], served: _Served) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        span, token, timer = _start(method, context, streaming=False)
+        span, token, timer = _start(served)
         task = asyncio.current_task()
         failed = True
         try:
@@ -173,9 +186,9 @@ def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     return wrapped
 
 
-def _stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _stream(behavior: Callable[..., Any], served: _Served) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        span, token, timer = _start(method, context, streaming=True)
+        span, token, timer = _start(served)
         task = asyncio.current_task()
         failed: bool | None = True
         try:
@@ -238,10 +251,6 @@ class AsgiTelemetry:
                     time.perf_counter() - started
                 )
             _detach(token, task)
-
-
-def server_interceptors() -> list[object]:
-    return [RpcTelemetryInterceptor()]
 
 
 def client_interceptors() -> list[object]:

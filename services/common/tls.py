@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.common import mesh_policy
 from services.common.config import REPO_ROOT, TLS_MODES, TlsMode
-from services.common.handlers import MethodInterceptor, before
+from services.common.handlers import Metadata, MethodInterceptor, before, call_metadata
 from services.common.identity import IDENTITY_HEADERS
 
 log = logging.getLogger("aimesh.tls")
@@ -305,17 +305,27 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
             mesh_policy.K8S_TRUST_DOMAIN if mode == "xfcc" else mesh_policy.LOCAL_TRUST_DOMAIN
         )
         self._identity_headers = frozenset(h.lower() for h in identity_headers)
+        # (caller, method) -> (allowed, identity headers it may not present); callers are mesh
+        # identities and methods served ones, so this stays small.
+        self._verdicts: dict[tuple[str, str], tuple[bool, frozenset[str]]] = {}
         if mode == "plaintext":
             log.warning("%s: PLAINTEXT mode, peer authorization is OFF (debugging only)", callee)
 
-    def wrap(
-        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if self._mode == "plaintext":
             return handler
-        method = handler_call_details.method
-        metadata = {k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())}
-        return before(handler, lambda ctx: self._check(ctx, method, metadata))
+        return before(handler, lambda ctx: self._check(ctx, method, call_metadata()))
+
+    def _graph(self, caller: str, method: str) -> tuple[bool, frozenset[str]]:
+        """Whether the caller graph lets `caller` call `method`, and the identity headers it may
+        not present there: the graph is fixed, so each pair is worked out once."""
+        verdict = self._verdicts.get((caller, method))
+        if verdict is None:
+            forbidden = frozenset(h for h in self._identity_headers
+                                  if not self._policy.may_present(self._callee, caller, method, h))
+            verdict = (self._policy.is_allowed(self._callee, caller, method), forbidden)
+            self._verdicts[(caller, method)] = verdict
+        return verdict
 
     def _caller(self, context: grpc.aio.ServicerContext, metadata: dict[str, Any]) -> str | None:
         if self._mode == "xfcc":
@@ -324,8 +334,9 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
         return peer_identity(context, self._trust_domain)
 
     async def _check(
-        self, context: grpc.aio.ServicerContext, method: str, metadata: dict[str, Any]
+        self, context: grpc.aio.ServicerContext, method: str, call_headers: Metadata
     ) -> None:
+        metadata = {k.lower(): v for k, v in call_headers}
         caller = self._caller(context, metadata)
         if caller is None and self._mode == "xfcc" and _is_local_health_probe(context, method):
             # Istio rewrites kubelet probes: pilot-agent calls health on localhost, outside
@@ -347,7 +358,8 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
             )
         assert caller is not None
         current_peer.set(caller)
-        if not self._policy.is_allowed(self._callee, caller, method):
+        allowed, forbidden_headers = self._graph(caller, method)
+        if not allowed:
             log.warning(
                 "denied %s on %s: caller %r is not in the caller graph (%s)",
                 method,
@@ -359,10 +371,7 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{caller} may not call {method} on {self._callee}",
             )
-        presented = sorted(
-            h for h in self._identity_headers.intersection(metadata)
-            if not self._policy.may_present(self._callee, caller, method, h)
-        )
+        presented = sorted(forbidden_headers.intersection(metadata))
         if presented:
             log.warning(
                 "denied %s on %s: caller %r sent identity headers %s it may not forward",

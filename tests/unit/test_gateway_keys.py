@@ -174,6 +174,13 @@ class Details:
         self.method, self.invocation_metadata = method, metadata
 
 
+def _served_by(handler: grpc.RpcMethodHandler) -> Any:
+    async def continuation(details: Details) -> grpc.RpcMethodHandler:
+        return handler
+
+    return continuation
+
+
 async def test_the_interceptor_asks_auth_once_then_admits_from_the_verdict() -> None:
     verdicts = KeyVerdicts()
     verdicts.subscribed()
@@ -189,9 +196,14 @@ async def test_the_interceptor_asks_auth_once_then_admits_from_the_verdict() -> 
             seen.append(identity_from_metadata(metadata))
             return "reply"
 
-        handler = interceptor.wrap(grpc.unary_unary_rpc_method_handler(servicer),
-                                   Details(method, metadata))  # type: ignore[arg-type]
-        return handler.unary_unary
+        async def run(request: Any, context: Any) -> Any:
+            # As grpc.aio does: the interceptor, then the handler, in the call's own task.
+            handler = await interceptor.intercept_service(
+                _served_by(grpc.unary_unary_rpc_method_handler(servicer)),
+                Details(method, metadata))  # type: ignore[arg-type]
+            return await handler.unary_unary(request, context)
+
+        return run
 
     first, second = FakeContext(), FakeContext()
     assert await call(LIST_BUDGETS, SECRET)(None, first) == "reply"

@@ -3,7 +3,6 @@ naming the field, found at any depth (issue 12 items 5 and 6)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -128,8 +127,7 @@ async def test_envoy_check_skips_the_field_walk_but_aimesh_methods_do_not() -> N
     def served(method: str, request_type: Any) -> grpc.RpcMethodHandler:
         handler = grpc.unary_unary_rpc_method_handler(
             echo, request_deserializer=request_type.FromString)
-        details = SimpleNamespace(method=method, invocation_metadata=())
-        return ErrorInterceptor().wrap(handler, details)
+        return ErrorInterceptor().wrap(handler, method)
 
     check = served("/envoy.service.auth.v3.Authorization/Check", external_auth_pb2.CheckRequest)
     request = external_auth_pb2.CheckRequest()
