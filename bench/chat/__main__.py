@@ -49,7 +49,7 @@ from bench.chat.timing import (
     concurrent,
     cpu_seconds,
     measure_interleaved,
-    native_sse_deltas,
+    native_sse_events,
     percentile,
     print_cpu_per_stream,
     report,
@@ -72,6 +72,7 @@ CONTEXT = (
 QUESTION = "When is the lamp switched on, and where are spare bulbs kept?"
 MODEL = "models/grounded-extractive-v1"
 SSE_PATH = "SendMessage via Envoy, JSON/SSE + key"
+ORCHESTRATOR_PATH = "Orchestrator.Generate, direct gRPC"
 SSE_TARGET = 1.2  # TTFT through the gateway's SSE, times Triton direct (p50)
 STREAMS_TARGET = 1.1  # concurrent streams' TTFT p95 through the gateway, times direct
 ACCESS_LOG_FLUSH_SECONDS = 11.0  # Envoy's default file flush interval is 10 s
@@ -184,45 +185,76 @@ class Clients:
             await channel.close()
 
 
+# Path name -> ms from each request to its answer's announcement (Generate's `metadata`,
+# SendMessage's `generation` event): it may come before the first token (issue 15).
+Announced = dict[str, list[float]]
+
+
 def send_stream(stub: conversation_pb2_grpc.ConversationServiceStub, name: str,
-                metadata: tuple[tuple[str, str], ...]) -> Stream:
+                metadata: tuple[tuple[str, str], ...], announced: list[float] | None = None
+                ) -> Stream:
     async def stream() -> AsyncIterator[str]:
+        start = time.perf_counter()
         request = cpb.SendMessageRequest(conversation=name, content=QUESTION)
         async for event in stub.SendMessage(request, metadata=metadata, timeout=600):
             if event.HasField("delta"):
                 yield event.delta.text
+            elif event.HasField("generation") and announced is not None:
+                announced.append((time.perf_counter() - start) * 1000)
 
     return stream
 
 
-def sequential_paths(clients: Clients, spare: list[str]) -> list[tuple[str, Stream]]:
-    """The five paths (module docstring); each SendMessage takes a conversation from `spare`."""
+def print_announced(results: list[Path_], announced: Announced) -> None:
+    """When the answer was announced, next to its first token (p50 of each path)."""
+    ttft = {r.name: r.ttft_p50 * 1000 for r in results}
+    print("answer announced (metadata / generation event) vs first token, p50: " + "; ".join(
+        f"{name} {statistics.median(times):.1f} vs {ttft[name]:.1f} ms"
+        for name, times in announced.items() if times))
+
+
+def sequential_paths(clients: Clients, spare: list[str],
+                     announced: Announced) -> list[tuple[str, Stream]]:
+    """The five paths (module docstring); each SendMessage takes a conversation from `spare`;
+    `announced` receives when the paths through the mesh announced their answers."""
     account = clients.account
     generate = opb.GenerateRequest(model=MODEL, disable_cache=True, messages=[
         opb.ChatMessage(role=opb.ROLE_SYSTEM, content=CONTEXT),
         opb.ChatMessage(role=opb.ROLE_USER, content=QUESTION)])
 
+    names = [ORCHESTRATOR_PATH, "Conversation.SendMessage, direct gRPC",
+             "SendMessage via Envoy, gRPC + key", SSE_PATH]
+    for name in names:
+        announced[name] = []
+
     async def orchestrator() -> AsyncIterator[str]:
+        start = time.perf_counter()
         call = clients.orchestrator.Generate(generate, metadata=account.identity, timeout=300)
         async for event in call:
             if event.HasField("delta"):
                 yield event.delta.text
+            elif event.HasField("metadata"):
+                announced[ORCHESTRATOR_PATH].append((time.perf_counter() - start) * 1000)
 
     async def sse() -> AsyncIterator[str]:
+        start = time.perf_counter()
         async with clients.http.stream(
             "POST", f"/v1/{spare.pop()}:sendMessage", headers={"x-api-key": account.secret},
             json={"content": QUESTION},
         ) as reply:
-            async for text in native_sse_deltas(reply):
-                yield text
+            async for kind, text in native_sse_events(reply):
+                if kind == "delta":
+                    yield text
+                elif kind == "generation":
+                    announced[SSE_PATH].append((time.perf_counter() - start) * 1000)
 
     return [
         ("Triton responder, direct", triton_stream(clients.triton)),
-        ("Orchestrator.Generate, direct gRPC", orchestrator),
-        ("Conversation.SendMessage, direct gRPC",
-         lambda: send_stream(clients.conversation, spare.pop(), account.identity)()),
-        ("SendMessage via Envoy, gRPC + key",
-         lambda: send_stream(clients.gateway, spare.pop(), account.key_metadata)()),
+        (ORCHESTRATOR_PATH, orchestrator),
+        (names[1], lambda: send_stream(clients.conversation, spare.pop(), account.identity,
+                                       announced[names[1]])()),
+        (names[2], lambda: send_stream(clients.gateway, spare.pop(), account.key_metadata,
+                                       announced[names[2]])()),
         (SSE_PATH, sse),
     ]
 
@@ -307,8 +339,11 @@ async def bench(args: argparse.Namespace, settings: Settings, mesh: dict[str, in
         clients = Clients.open(http, await bench_account(http, settings), settings)
         try:
             spare = await clients.new_conversations(4 * (args.requests + 1))
-            results = await measure_interleaved(sequential_paths(clients, spare), args.requests)
+            announced: Announced = {}
+            results = await measure_interleaved(
+                sequential_paths(clients, spare, announced), args.requests)
             report(results)
+            print_announced(results, announced)
             sequential_end = time.monotonic()
             stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds, mesh)
             print()

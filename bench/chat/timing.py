@@ -39,14 +39,22 @@ class Path_:
         return statistics.median(s.ttft for s in self.samples) if self.samples else float("inf")
 
 
-async def native_sse_deltas(reply: httpx.Response) -> AsyncIterator[str]:
-    """The delta texts of a transcoded server stream (Envoy's SSE: `data: {json}` events)."""
+async def native_sse_events(reply: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """(event kind, delta text or "") of a transcoded server stream (Envoy's SSE: `data: {json}`
+    events; the kind is the JSON name of the event's oneof field, e.g. "delta")."""
     reply.raise_for_status()
     async for line in reply.aiter_lines():
         if line.startswith("data:"):
             event = json.loads(line[5:])
-            if "delta" in event:
-                yield event["delta"]["text"]
+            for kind in event:
+                yield kind, event["delta"]["text"] if kind == "delta" else ""
+
+
+async def native_sse_deltas(reply: httpx.Response) -> AsyncIterator[str]:
+    """The delta texts of a transcoded server stream."""
+    async for kind, text in native_sse_events(reply):
+        if kind == "delta":
+            yield text
 
 
 def percentile(values: list[float], q: float) -> float:

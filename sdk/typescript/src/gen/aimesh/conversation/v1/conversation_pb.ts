@@ -708,7 +708,10 @@ export type SendMessageResponse = Message$1<"aimesh.conversation.v1.SendMessageR
     case: "userMessage";
   } | {
     /**
-     * Which model, provider and deployment answer.
+     * Which model, provider and deployment answer: after user_message, as soon as the
+     * Orchestrator knows (often before the first delta, while the model works on it; see
+     * OrchestratorService.Generate). The deployment may still fail before any text: the stream
+     * then ends with assistant_message in state FAILED, naming the model asked for.
      *
      * @generated from field: aimesh.orchestrator.v1.GenerationMetadata generation = 2;
      */
