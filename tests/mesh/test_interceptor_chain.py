@@ -1,14 +1,15 @@
 """The server's interceptors wrap each method's handler once and share it across calls
 (services/common/handlers.py `MethodInterceptor`, `InterceptorChain`): what depends on the call
 (the peer's mesh identity, the end user's role, audit metadata) must still be decided per call.
-A real grpc.aio server on localhost runs the chain as the services do (peer identity from an
-Istio sidecar's XFCC header, so no certificates are needed); calls to the same method are
-interleaved, each held open in the servicer while others with another identity come and go."""
+A real grpc.aio server on localhost runs the chain as the services do, the peer identified by its
+mTLS client certificate (local CA) or by an Istio sidecar's XFCC header; calls to the same method
+are interleaved, each held open in the servicer while others with another identity come and go."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,12 +26,13 @@ from services.common.identity import identity_from_metadata
 from services.common.server import ErrorInterceptor
 
 GET = "/aimesh.conversation.v1.ConversationService/GetConversation"
+XFCC = "By=spiffe://cluster.local/ns/aimesh/sa/conversation;URI=spiffe://cluster.local/ns/aimesh/sa/"
+
+Stub = conversation_pb2_grpc.ConversationServiceStub
 
 
-def _caller(identity: str, role: str) -> tuple[tuple[str, str], ...]:
+def _user(identity: str, role: str) -> tuple[tuple[str, str], ...]:
     return (
-        ("x-forwarded-client-cert",
-         f"By=spiffe://cluster.local/ns/aimesh/sa/conversation;URI=spiffe://cluster.local/ns/aimesh/sa/{identity}"),
         ("x-aimesh-org", "o_1"),
         ("x-aimesh-subject", f"users/{identity}-{role.lower()}"),
         ("x-aimesh-roles", role),
@@ -72,23 +74,40 @@ class Recorded:
         self.events.append(event)
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[conversation_pb2_grpc.ConversationServiceStub,
-                                          HeldServicer, Recorded]]:
+@pytest.fixture(params=["mtls", "xfcc"])
+async def served(request: pytest.FixtureRequest, certs_dir: Path
+                 ) -> AsyncIterator[tuple[Callable[[str], Any], HeldServicer, Recorded]]:
+    """(caller identity -> (stub, metadata to send)), the servicer, the audit sink."""
+    mode = request.param
     servicer, sink = HeldServicer(), Recorded()
     # GetConversation is not audited in production; here it is, to see each call's own metadata.
     audited = {GET: Audited(resource=lambda q, r: r.title)}
     server = grpc.aio.server(interceptors=[InterceptorChain([
-        tls.PeerAuthorizationInterceptor("conversation", mode="xfcc"),
+        tls.PeerAuthorizationInterceptor("conversation", mode=mode),
         ErrorInterceptor(),
         AccessInterceptor(),
         AuditInterceptor(lambda: sink, audited),
     ])])
     conversation_pb2_grpc.add_ConversationServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if mode == "mtls":
+        creds = tls.server_credentials(tls.load_identity("conversation", certs_dir))
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield conversation_pb2_grpc.ConversationServiceStub(channel), servicer, sink
+    channels: dict[str, grpc.aio.Channel] = {}
+
+    def as_caller(identity: str) -> tuple[Stub, tuple[tuple[str, str], ...]]:
+        if identity not in channels:
+            channels[identity] = tls.open_channel(
+                f"127.0.0.1:{port}", caller=identity, callee="conversation",
+                mode="mtls" if mode == "mtls" else "plaintext", certs_dir=certs_dir)
+        peer = () if mode == "mtls" else (("x-forwarded-client-cert", XFCC + identity),)
+        return Stub(channels[identity]), peer
+
+    yield as_caller, servicer, sink
+    for channel in channels.values():
+        await channel.close()
     await server.stop(0)
 
 
@@ -99,24 +118,34 @@ def _refusal(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
 
 
 async def _entered(servicer: HeldServicer, count: int) -> None:
-    while servicer.entered < count:
-        await asyncio.sleep(0.005)
+    async with asyncio.timeout(5):  # a call refused instead of held fails the test, no hang
+        while servicer.entered < count:
+            await asyncio.sleep(0.005)
+
+
+async def _get(as_caller: Callable[[str], Any], identity: str, role: str) -> Any:
+    stub, peer = as_caller(identity)
+    request = cpb.GetConversationRequest(name="conversations/c_1")
+    return await stub.GetConversation(request, metadata=(*peer, *_user(identity, role)), timeout=5)
+
+
+def _send(as_caller: Callable[[str], Any], identity: str, role: str) -> Any:
+    stub, peer = as_caller(identity)
+    request = cpb.SendMessageRequest(conversation="conversations/c_1", content="hi")
+    return stub.SendMessage(request, metadata=(*peer, *_user(identity, role)), timeout=5)
 
 
 async def test_peers_and_roles_get_their_own_verdicts_on_one_method(served: Any) -> None:
-    stub, servicer, sink = served
-    request = cpb.GetConversationRequest(name="conversations/c_1")
+    as_caller, servicer, sink = served
     # A refusal first: the handler it was wrapped in must not refuse the next caller.
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.GetConversation(request, metadata=_caller("edge", "OWNER"), timeout=5)
+        await _get(as_caller, "edge", "OWNER")
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED  # edge: not in the graph
-    gateway = asyncio.ensure_future(
-        stub.GetConversation(request, metadata=_caller("gateway", "VIEWER"), timeout=5))
-    speech = asyncio.ensure_future(
-        stub.GetConversation(request, metadata=_caller("speech", "ADMIN"), timeout=5))
+    gateway = asyncio.ensure_future(_get(as_caller, "gateway", "VIEWER"))
+    speech = asyncio.ensure_future(_get(as_caller, "speech", "ADMIN"))
     await _entered(servicer, 2)  # both held in the servicer; now a refused one in between
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.GetConversation(request, metadata=_caller("billing", "OWNER"), timeout=5)
+        await _get(as_caller, "billing", "OWNER")
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     servicer.release.set()
     assert (await gateway).title == "gateway:users/gateway-viewer"
@@ -127,19 +156,16 @@ async def test_peers_and_roles_get_their_own_verdicts_on_one_method(served: Any)
 
 
 async def test_roles_get_their_own_verdicts_on_one_stream(served: Any) -> None:
-    stub, servicer, _ = served
-    request = cpb.SendMessageRequest(conversation="conversations/c_1", content="hi")
-    member = stub.SendMessage(request, metadata=_caller("gateway", "MEMBER"), timeout=5)
+    as_caller, servicer, _ = served
+    member = _send(as_caller, "gateway", "MEMBER")
     assert (await member.read()).delta.text == "first "  # held open in the servicer
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        async for _ in stub.SendMessage(request, metadata=_caller("gateway", "VIEWER"),
-                                        timeout=5):
+        async for _ in _send(as_caller, "gateway", "VIEWER"):
             pass
     assert _refusal(refused.value) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_REQUIRED")
     servicer.release.set()
     assert (await member.read()).delta.text == "gateway:users/gateway-member"
     assert await member.code() == grpc.StatusCode.OK
     # And the other way round: a member after the refused viewer is served.
-    texts = [m.delta.text async for m in stub.SendMessage(
-        request, metadata=_caller("speech", "MEMBER"), timeout=5)]
+    texts = [m.delta.text async for m in _send(as_caller, "speech", "MEMBER")]
     assert texts == ["first ", "speech:users/speech-member"]
