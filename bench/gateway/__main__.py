@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -49,6 +49,7 @@ import httpx
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from bench.accounts import bench_account
+from bench.chat.timing import cpu_seconds
 from bench.gateway.envoy_split import Split, envoy_split, print_split
 from bench.report import load_average, verdict
 from bench.scratch import scratch_dir
@@ -67,6 +68,8 @@ class Result:
     p99_ms: float
     rps: float
     errors: int
+    # CPU the mesh's processes spent per request in the throughput phase (process -> us)
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
 
 async def _throughput(call: Call, concurrency: int, seconds: float) -> tuple[int, int, float]:
@@ -89,10 +92,14 @@ async def _throughput(call: Call, concurrency: int, seconds: float) -> tuple[int
 
 async def measure(paths: list[tuple[str, Call]], latency_requests: int, concurrency: int,
                   seconds: float, rounds: int = 4, warmup: int = 50,
-                  latency_window: list[float] | None = None) -> list[Result]:
+                  latency_window: list[float] | None = None,
+                  processes: dict[str, dict[str, int]] | None = None) -> list[Result]:
     """Interleaved, so every path sees the same background load: latency samples round-robin
     over the paths, throughput in `rounds` alternating slices per path. `latency_window`, if
-    given, receives the wall-clock start and end of the latency phase."""
+    given, receives the wall-clock start and end of the latency phase. `processes` (path name
+    -> process name -> pid): the CPU they use per request in the throughput phase, which the
+    machine's load blurs far less than latency does."""
+    processes = processes or {}
     for _, call in paths:
         for _ in range(warmup):  # warm connections, pools, caches
             await call()
@@ -109,9 +116,13 @@ async def measure(paths: list[tuple[str, Call]], latency_requests: int, concurre
     if latency_window is not None:
         latency_window[:] = [window_start, time.time()]
     totals = {name: [0, 0, 0.0] for name, _ in paths}
+    cpu: dict[str, dict[str, float]] = {name: {} for name, _ in paths}
     for _ in range(rounds):
         for name, call in paths:
+            before = cpu_seconds(processes.get(name, {}))
             done, errors, elapsed = await _throughput(call, concurrency, seconds / rounds)
+            for process, used in cpu_seconds(processes.get(name, {})).items():
+                cpu[name][process] = cpu[name].get(process, 0.0) + used - before[process]
             totals[name][0] += done
             totals[name][1] += errors
             totals[name][2] += elapsed
@@ -121,7 +132,8 @@ async def measure(paths: list[tuple[str, Call]], latency_requests: int, concurre
         done, errors, elapsed = totals[name]
         results.append(Result(name, statistics.median(ordered) * 1e3,
                               ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
-                              done / elapsed, int(errors)))
+                              done / elapsed, int(errors),
+                              {p: 1e6 * used / max(done, 1) for p, used in cpu[name].items()}))
     return results
 
 
@@ -305,8 +317,11 @@ async def _measure(args: argparse.Namespace, modes: list[str], scratch: Path,
                          {"x-api-key": mode_paths[0].account.secret})
     paths.append((f"[{first_mode}] FastAPI+httpx gateway", fastapi_http))
     window: list[float] = []
+    processes = {name: {p: proc.popen.pid for p, proc in stack.processes.items()}
+                 for mode, stack, _ in stacks for name, _ in paths if name.startswith(f"[{mode}]")}
     results = await measure(paths, args.latency_requests, args.concurrency, args.seconds,
-                            rounds=args.rounds, warmup=args.warmup, latency_window=window)
+                            rounds=args.rounds, warmup=args.warmup, latency_window=window,
+                            processes=processes)
     await fastapi_http.close()
     splits = {mode: envoy_split(stack.log_dir / "gateway.log", *window)
               for mode, stack, _ in stacks}
@@ -329,6 +344,12 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
         print(f"{r.name:38} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.rps:8.0f} {r.errors:5d} "
               f"{r.p50_ms - base.p50_ms:8.2f} {r.p99_ms - base.p99_ms:8.2f} "
               f"{r.rps / base.rps:9.2f}")
+    print("\nmesh CPU per request in the throughput phase (us, by process; the client and "
+          "FastAPI's not counted):")
+    for r in results:
+        if r.cpu_us:
+            parts = ", ".join(f"{p} {us:.0f}" for p, us in sorted(r.cpu_us.items()))
+            print(f"  {r.name:38} {parts}; total {sum(r.cpu_us.values()):.0f}")
     print("\nratio: 'rps ratio' is to direct gRPC of the same mode")
     for mode in dict.fromkeys(r.name.split("]", 1)[0][1:] for r in results[:-1]):
         direct = by_name[f"[{mode}] direct gRPC (Auth)"]

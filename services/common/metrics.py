@@ -227,14 +227,11 @@ def observe_triton(model: str, outcome: str, seconds: float) -> None:
         TRITON_DURATION.labels(model, outcome).observe(seconds)
 
 
-class ClientMetricsInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """rpc.client.call.duration for unary calls (streams are timed by the callee: their client
-    side would measure the consumer's pace, not the peer's)."""
+    side would measure the consumer's pace, not the peer's; a client stream may be fed by
+    call.write(), so waiting for its end would deadlock). Only a unary-unary interceptor, so
+    the other kinds' calls do not pass through a layer that does nothing."""
 
     async def _timed(self, details: Any, start: Any) -> Any:
         service, method = split_method(_method_name(details))
@@ -255,22 +252,6 @@ class ClientMetricsInterceptor(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
         return await self._timed(details, continuation(details, request))
-
-    async def intercept_stream_unary(
-        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
-    ) -> Any:
-        # A client stream may be fed by call.write(): waiting here for its end would deadlock.
-        return await continuation(details, request_iterator)
-
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
-        return await continuation(details, request)
-
-    async def intercept_stream_stream(
-        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(details, request_iterator)
 
 
 def _method_name(details: Any) -> str:
