@@ -203,7 +203,8 @@ class Router:
                 request.on_sent = partial(_resolve, sent)
             stream = self.providers[deployment.provider].stream(deployment, request)
             pieces = stream.__aiter__()
-            announce: Started | None = Started(model, deployment)
+            announcement = Started(model, deployment)
+            announce: Started | None = announcement  # still to yield, before the first piece
             if sent is None:
                 next_piece: Awaitable[StreamItem] = pieces.__anext__()
             else:
@@ -213,7 +214,7 @@ class Router:
                 next_piece = fetch
                 try:
                     if await _sent_first(fetch, sent, deadline):
-                        yield Started(model, deployment)
+                        yield announcement
                         announce = None
                 except BaseException:
                     breaker.release()

@@ -52,6 +52,10 @@ def _catalog(base: str, path: Path) -> None:
         # (one deployment name each: every test starts with a closed circuit)
         "doomed-test": [{"provider": "openai", "deployment": "accept-then-die", "base_url": f"{base}/v1"}],
         "doomed-conv-test": [{"provider": "openai", "deployment": "accept-then-die-conv", "base_url": f"{base}/v1"}],
+        # Refused (503), then its fallback model doomed-fallback-last-test dies after acceptance.
+        "doomed-fallback-test": [{"provider": "openai", "deployment": "overloaded", "base_url": f"{base}/v1"}],
+        "doomed-fallback-last-test": [
+            {"provider": "openai", "deployment": "accept-then-die-last", "base_url": f"{base}/v1"}],
         "doomed-primary-test": [
             {"provider": "openai", "deployment": "accept-then-die-primary", "base_url": f"{base}/v1", "priority": 0},
             {"provider": "triton", "deployment": "grounded_responder", "priority": 1},
@@ -66,6 +70,7 @@ def _catalog(base: str, path: Path) -> None:
             "context_window_tokens": TINY_WINDOW if name == "tiny-test" else 4096,
             "max_output_tokens": 64 if name == "tiny-test" else 256, "capabilities": ["CHAT", "STREAMING", "RETRIEVAL"],
             "deployments": deployments,
+            **({"fallback_models": ["doomed-fallback-last-test"]} if name == "doomed-fallback-test" else {}),
         })
     path.write_text(json.dumps(data))
 

@@ -334,3 +334,18 @@ async def test_failure_after_the_generation_event_is_stored_as_failed(chat: Chat
     assert stored.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert "openai/accept-then-die-conv" in stored.error.message
     assert stored.model == "models/doomed-conv-test"
+
+
+async def test_a_fallback_dying_after_its_generation_event_stores_the_model_asked_for(chat: ChatStack) -> None:
+    """doomed-fallback-test's deployment is refused; its fallback model (the last candidate)
+    accepts, is announced, then dies before any text. The generation event named the fallback;
+    the stored FAILED message names the model that was asked for, as when nothing was announced."""
+    md = _identity()
+    conv = await _create(chat, md)
+    events = await _send(chat, md, conv.name, "hello", model="models/doomed-fallback-test")
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds == ["user_message", "generation", "assistant_message"]
+    assert events[1].generation.model == "models/doomed-fallback-last-test"
+    stored = events[-1].assistant_message
+    assert stored.state == cpb.Message.STATE_FAILED and stored.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert stored.model == "models/doomed-fallback-test"
