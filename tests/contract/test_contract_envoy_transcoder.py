@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -25,6 +24,7 @@ import pytest
 
 from scripts import gateway
 from tests.support.envoy import one_route_bootstrap
+from tests.support.mesh import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTOR = ROOT / "gen" / "descriptor.binpb"
@@ -50,12 +50,6 @@ def _envoy_cmd() -> list[str]:
     return [found]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _bootstrap(listen_port: int, upstream_port: int, services: list[str]) -> str:
     transcoder = {
         "name": "envoy.filters.http.grpc_json_transcoder",
@@ -72,7 +66,7 @@ def _bootstrap(listen_port: int, upstream_port: int, services: list[str]) -> str
 
 def test_envoy_validates_transcoder_for_all_services(tmp_path: Path) -> None:
     cfg = tmp_path / "envoy.yaml"
-    cfg.write_text(_bootstrap(_free_port(), _free_port(), SERVICES))
+    cfg.write_text(_bootstrap(free_port(), free_port(), SERVICES))
     r = gateway.validate(cfg)
     assert r.returncode == 0, (
         f"envoy rejected the descriptor set:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
@@ -82,7 +76,7 @@ def test_envoy_validates_transcoder_for_all_services(tmp_path: Path) -> None:
 def test_envoy_validate_catches_unknown_service(tmp_path: Path) -> None:
     # Guards the test above: validation really builds the transcoder.
     cfg = tmp_path / "envoy.yaml"
-    cfg.write_text(_bootstrap(_free_port(), _free_port(), ["aimesh.nope.v1.NopeService"]))
+    cfg.write_text(_bootstrap(free_port(), free_port(), ["aimesh.nope.v1.NopeService"]))
     r = gateway.validate(cfg)
     assert r.returncode != 0
     assert "aimesh.nope.v1.NopeService" in r.stdout + r.stderr
@@ -113,7 +107,7 @@ def jwks_upstream() -> Iterator[int]:
 
 def test_jwks_through_envoy_transcoder(tmp_path: Path, jwks_upstream: int) -> None:
     cmd = _envoy_cmd()
-    listen = _free_port()
+    listen = free_port()
     cfg = tmp_path / "envoy.yaml"
     cfg.write_text(_bootstrap(listen, jwks_upstream, ["aimesh.auth.v1.AuthService"]))
     log = (tmp_path / "envoy.log").open("w")

