@@ -61,7 +61,12 @@ from google.protobuf import descriptor_pb2
 from services.auth.signing_keys import JWKS_CACHE_SECONDS
 from services.common import mesh_policy, tls
 from services.common.config import REPO_ROOT, SERVICES, Settings
-from services.common.identity import API_KEY_LOOKUP_CHARS, API_KEY_PREFIX, HEADER_KEY_EXPIRY
+from services.common.identity import (
+    API_KEY_LOOKUP_CHARS,
+    API_KEY_PREFIX,
+    HEADER_KEY_EXPIRY,
+    HEADER_TRANSCODED,
+)
 from services.common.identity import HEADER_JWT_PAYLOAD as JWT_PAYLOAD_HEADER
 
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
@@ -906,7 +911,7 @@ def _local_reply_config() -> dict[str, Any]:
         }
     }
     transcoded = {
-        "header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}
+        "header_filter": {"header": {"name": HEADER_TRANSCODED, "present_match": True}}
     }
     # envoy/json_fields.lua answers with a complete google.rpc.Status (field violations
     # included) and marks it so; its body is left as it is.

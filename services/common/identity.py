@@ -44,6 +44,8 @@ HEADER_KEY_EXPIRY = "x-aimesh-key-expiry"
 # Where callers present an API key (or `authorization: Bearer <key>`).
 HEADER_API_KEY = "x-api-key"
 HEADER_AUTHORIZATION = "authorization"
+# Set by the gateway's JSON transcoder on the gRPC requests it makes from JSON/HTTP ones.
+HEADER_TRANSCODED = "x-envoy-original-path"
 API_KEY_PREFIX = "amk_"  # an API key: "amk_" + 8 hex (its lookup prefix) + "_" + random
 API_KEY_LOOKUP_CHARS = len(API_KEY_PREFIX) + 8  # the public lookup prefix, e.g. "amk_1a2b3c4d"
 IDENTITY_HEADERS = (HEADER_ORG, HEADER_SUBJECT, HEADER_ROLES, HEADER_KEY_ID, HEADER_SCOPES,

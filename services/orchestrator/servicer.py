@@ -11,7 +11,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from services.common.channels import Channels
 from services.common.errors import ServiceError
-from services.common.identity import require_identity
+from services.common.identity import HEADER_TRANSCODED, require_identity
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.streams import coalesced, is_text_delta, merge_text_deltas
@@ -31,8 +31,6 @@ from services.orchestrator.providers.triton import TritonProvider
 from services.orchestrator.routing import Router
 from services.orchestrator.tokens import count_prompt
 
-# Set by Envoy's JSON transcoder on the requests it makes from JSON/HTTP ones.
-TRANSCODED_HEADER = "x-envoy-original-path"
 _CAPS = {"CHAT": pb.Model.CAPABILITY_CHAT, "STREAMING": pb.Model.CAPABILITY_STREAMING,
          "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED,
          "TOOLS": pb.Model.CAPABILITY_TOOLS, "JSON_MODE": pb.Model.CAPABILITY_JSON_MODE}
@@ -126,7 +124,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         # Transcoded JSON/HTTP (Envoy marks it): the gateway commits HTTP 200 at the first
         # event, so the metadata waits for the first output (an error before stays an HTTP
         # error). gRPC callers get it as soon as the deployment is certain.
-        early = not any(key == TRANSCODED_HEADER for key, _ in metadata or ())
+        early = not any(key == HEADER_TRANSCODED for key, _ in metadata or ())
         events = metrics.observe(
             self.orchestrator.generate(request, identity, early),
             identity,
