@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -54,6 +53,7 @@ from bench.chat.timing import (
     print_cpu_per_stream,
     report,
 )
+from bench.gateway.envoy_split import envoy_split
 from bench.report import print_load, verdict
 from bench.scratch import scratch_dir
 from scripts import triton_server
@@ -296,30 +296,18 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int,
     return gateway_p95 / direct_p95
 
 
-async def print_gateway_time(access_log: Path, written_by: float, grpc_entries: int) -> None:
-    """Envoy's own share of the sequential SendMessage paths, from its access log
-    (scripts/gateway.py): request filters (first request byte to the upstream request) and the
-    first response byte through the gateway (upstream in -> downstream out), medians in
-    microseconds. The first `grpc_entries` gRPC entries are the sequential ones (the concurrent
-    streams come after); Envoy writes its log every 10 s (--file-flush-interval-msec)."""
-    await asyncio.sleep(max(0.0, written_by + ACCESS_LOG_FLUSH_SECONDS - time.monotonic()))
-    split: dict[str, dict[str, list[int]]] = {}
-    for line in access_log.read_text(errors="replace").splitlines():
-        if "SendMessage" not in line or not line.startswith("{"):
-            continue
-        entry = json.loads(line)
-        kind = "gRPC" if entry.get("path", "").startswith("/aimesh.") else "JSON/SSE"
-        fields = split.setdefault(kind, {})
-        if kind == "gRPC" and len(fields.get("filters_us", [])) >= grpc_entries:
-            continue
-        for name in ("filters_us", "response_us"):
-            if isinstance(entry.get(name), int):
-                fields.setdefault(name, []).append(entry[name])
+async def print_gateway_time(access_log: Path, window: tuple[float, float]) -> None:
+    """Envoy's own share of the sequential SendMessage paths (`window`: their wall-clock start
+    and end), from its access log (bench/gateway/envoy_split.py): request filters (first request
+    byte to the upstream request) and the first response byte through the gateway (upstream in
+    -> downstream out), medians in microseconds. Envoy writes its log every 10 s
+    (--file-flush-interval-msec)."""
+    await asyncio.sleep(max(0.0, window[1] + ACCESS_LOG_FLUSH_SECONDS - time.time()))
+    split = envoy_split(access_log, *window, fields=("filters_us", "response_us"))
     for kind, fields in sorted(split.items()):
-        print(f"Envoy's own time on SendMessage via {kind} (access log, median of "
-              f"{len(fields.get('filters_us', []))}): request filters "
-              f"{statistics.median(fields.get('filters_us', [0])):.0f} us, first response byte "
-              f"{statistics.median(fields.get('response_us', [0])):.0f} us")
+        print(f"Envoy's own time on SendMessage via {kind} (access log, medians): request "
+              f"filters {fields.get('filters_us', 0):.0f} us, first response byte "
+              f"{fields.get('response_us', 0):.0f} us")
 
 
 def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> None:
@@ -340,14 +328,15 @@ async def bench(args: argparse.Namespace, settings: Settings, mesh: dict[str, in
         try:
             spare = await clients.new_conversations(4 * (args.requests + 1))
             announced: Announced = {}
+            sequential_start = time.time()
             results = await measure_interleaved(
                 sequential_paths(clients, spare, announced), args.requests)
             report(results)
             print_announced(results, announced)
-            sequential_end = time.monotonic()
+            sequential = (sequential_start, time.time())
             stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds, mesh)
             print()
-            await print_gateway_time(access_log, sequential_end, args.requests + 1)
+            await print_gateway_time(access_log, sequential)
             print_load("after the run")
             print_verdicts(results, args.streams, stream_ratio)
         finally:

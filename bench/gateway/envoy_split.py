@@ -29,8 +29,10 @@ def _kind(entry: dict[str, object]) -> str | None:
     return "JSON + key"
 
 
-def envoy_split(log_path: Path, start: float, end: float) -> Split:
-    """p50 of each field per request kind, over requests that began in [start, end] (epoch s)."""
+def envoy_split(log_path: Path, start: float, end: float,
+                fields: tuple[str, ...] = FIELDS) -> Split:
+    """p50 of each of `fields` per request kind, over requests that began in [start, end]
+    (epoch s)."""
     values: dict[str, dict[str, list[int]]] = {}
     if not log_path.exists():
         return {}
@@ -45,8 +47,8 @@ def envoy_split(log_path: Path, start: float, end: float) -> Split:
         kind = _kind(entry)
         if kind is None or not start <= began <= end:
             continue
-        per_kind = values.setdefault(kind, {f: [] for f in FIELDS})
-        for field in FIELDS:
+        per_kind = values.setdefault(kind, {f: [] for f in fields})
+        for field in fields:
             if isinstance(entry.get(field), int):
                 per_kind[field].append(entry[field])
     return {kind: {f: statistics.median(v) for f, v in fields.items() if v}
