@@ -526,13 +526,13 @@ async def main(argv: list[str]) -> int:
     with scratch_dir("aimesh-bench-knowledge-") as tmp, \
             embedding_triton(settings, tmp, args.shared_triton) as triton:
         print(f"Knowledge benchmark — Triton {triton.grpc_url}, a fresh mesh (Auth, Usage, Knowledge, Envoy) in {tmp}")
-        stack = start_stack(Path(tmp) / "var", triton.grpc_url)
+        stack = start_stack(tmp / "var", triton.grpc_url)
         bench = Bench(args, stack, triton)
         try:
             await bench.open()
             await bench.ingestion()
             print_load("after ingestion")
-            await bench.pdf_parsing(Path(tmp))
+            await bench.pdf_parsing(tmp)
             await bench.search()
             await bench.quality()
         finally:
