@@ -32,7 +32,10 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
          "--warmup", "3"],
         10,  # 5 targets x {mtls, plaintext}
         [rf"ratio \[mtls\]: Envoy gRPC\+key {NUMBER}x FastAPI, {NUMBER}x direct",
-         rf"ratio \[plaintext\]: Envoy gRPC\+key {NUMBER}x FastAPI, {NUMBER}x direct"],
+         rf"ratio \[plaintext\]: Envoy gRPC\+key {NUMBER}x FastAPI, {NUMBER}x direct",
+         *(rf"bound \[{mode}\]: .*; Envoy routing alone: {NUMBER}x direct \({NUMBER}x FastAPI\), "
+           r"so the 3x FastAPI target (IS|is NOT) reachable by (an|any) Envoy gateway in this run"
+           for mode in ("mtls", "plaintext"))],
     ),
     "usage": (
         ["--records", "40", "--concurrency", "2", "--reservations", "10"],
@@ -80,3 +83,17 @@ def test_bench_runs_tiny(bench: str, mesh: TestMesh) -> None:
     assert len(re.findall(VERDICT, out)) == verdicts, out
     for ratio in ratios:
         assert re.search(ratio, out), (ratio, out)
+    if bench == "gateway":
+        _check_envoy_floor_rows(out)
+
+
+def _check_envoy_floor_rows(out: str) -> None:
+    """bench.gateway's routing-only Envoy path ran in each mode: its table row served requests
+    without errors, and its CPU line charges its own Envoy process."""
+    for mode in ("mtls", "plaintext"):
+        name = rf"\[{mode}\] Envoy routing only \(no admission\)"
+        row = re.search(rf"^{name} +{NUMBER} +{NUMBER} +(?P<rps>\d+) +(?P<errors>\d+) ", out,
+                        re.MULTILINE)
+        assert row, (mode, out)
+        assert int(row["rps"]) > 0 and int(row["errors"]) == 0, (row[0], out)
+        assert re.search(rf"^  {name} .*envoy_floor \d+", out, re.MULTILINE), (mode, out)
