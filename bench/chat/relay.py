@@ -121,7 +121,7 @@ async def _serve(hop: str, settings: Settings) -> None:
             certs_dir=settings.certs_path)
         servicer, close = ForwardHop(upstream), upstream.close
     else:
-        triton = TritonClient(settings.triton_url)
+        triton = TritonClient.from_settings(settings)
         servicer, close = TritonHop(triton), triton.close
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
