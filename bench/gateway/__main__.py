@@ -18,8 +18,9 @@ a stack of Auth + Usage + Envoy runs, and the paths are:
 5. Envoy routing only (no admission): a second, minimal Envoy (bench/gateway/envoy_floor.py: the
    same binary and --concurrency, one listener, the router filter only, Auth's cluster as the
    gateway defines it, so mTLS with the gateway's certificate in mtls mode), called like path 1
-   (the same identity headers), so Auth does the same work as on path 1: the floor any gateway
-   built on Envoy can reach, which the `bound` line compares with 3x FastAPI.
+   (the same channel code and identity headers; plaintext to Envoy, as to the gateway), so Auth
+   does the same work as on path 1: the floor any gateway built on Envoy can reach, which the
+   `bound` line compares with 3x FastAPI.
 Plus, on the first mode's stack, the baseline:
 6. FastAPI + httpx gateway (uvicorn, as many workers as Envoy's --concurrency): the same key
    check and limit (Auth's Check over gRPC, one hop) over the same mesh transport, then httpx
@@ -46,7 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -237,8 +238,11 @@ class ModePaths:
         request = auth_pb2.GetOrganizationRequest(name=account.organization)
         direct_channel = open_channel(settings, "auth", caller="gateway")
         envoy_channel = grpc.aio.insecure_channel(gateway)
-        # Called like the gateway: from this client in plaintext, Envoy does the mesh transport.
-        floor_channel = grpc.aio.insecure_channel(start_floor(self.stack))
+        # The direct path's channel (options, interceptors), to the routing-only Envoy, whose
+        # listener is plaintext like the gateway's: Envoy does the mesh transport.
+        to_floor = replace(settings, tls_mode="plaintext", service_addrs={
+            **settings.service_addrs, "auth": start_floor(self.stack)})
+        floor_channel = open_channel(to_floor, "auth", caller="gateway")
         via_floor = auth_pb2_grpc.AuthServiceStub(floor_channel)
         direct = auth_pb2_grpc.AuthServiceStub(direct_channel)
         via_envoy = auth_pb2_grpc.AuthServiceStub(envoy_channel)
@@ -361,6 +365,20 @@ def _bound(mode: str, direct: Result, floor: Result, fastapi: Result) -> str:
                "alone, with no admission at all, serves < 3x FastAPI's req/s)"))
 
 
+def _auth_cpu(mode: str, paths: dict[str, Result]) -> str:
+    """Auth's own CPU per request on each path of `mode` (one Python process: what the service
+    does per request, admission included, next to what the Envoy in front of it costs)."""
+    auth = {label: paths[f"[{mode}] {name}"].cpu_us.get("auth", 0.0) for label, name in (
+        ("direct", "direct gRPC (Auth)"), ("routing only", FLOOR),
+        ("key+limit", "Envoy gRPC + key + limit"), ("JWT+limit", "Envoy gRPC + JWT + limit"))}
+    if not auth["key+limit"] or not auth["JWT+limit"]:
+        return f"cpu [{mode}]: Auth's CPU per request not measured"
+    return (f"cpu [{mode}]: Auth's own CPU per request: "
+            + ", ".join(f"{label} {us:.0f} us" for label, us in auth.items())
+            + f"; direct / key+limit {auth['direct'] / auth['key+limit']:.2f}x, direct / "
+            f"JWT+limit {auth['direct'] / auth['JWT+limit']:.2f}x (compare the rps ratios)")
+
+
 def report(results: list[Result], concurrency: int, load_before: str) -> None:
     by_name = {r.name: r for r in results}
     fastapi = results[-1]
@@ -409,6 +427,7 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
         print(f"A/B [{mode}]: API-key vs JWT admission in the service (key path minus JWT path): "
               f"{key.p50_ms - jwt.p50_ms:+.2f} ms p50, {key.rps / jwt.rps:.2f}x the JWT req/s")
         print(_bound(mode, direct, by_name[f"[{mode}] {FLOOR}"], fastapi))
+        print(_auth_cpu(mode, by_name))
     errors = sum(r.errors for r in results)
     if errors:
         print(f"note: {errors} failed requests in the throughput phases (see 'err')")
