@@ -1091,23 +1091,25 @@ def _connection_manager(
     }
 
 
-def _clusters(settings: Settings) -> list[dict[str, Any]]:
-    """One cluster per service, plus the JWKS loopback (to this listener, plaintext).
+def service_cluster(settings: Settings, service: str) -> dict[str, Any]:
+    """The gateway's cluster for `service`: under local mTLS it presents the gateway's own
+    certificate and accepts only the callee's SPIFFE identity (bench.gateway's routing-only
+    Envoy uses the same one)."""
+    return upstream_cluster(
+        service,
+        settings.address_of(service),
+        transport_socket=(
+            upstream_transport_socket(service, settings.certs_path)
+            if settings.tls_mode == "mtls"
+            else None
+        ),
+    )
 
-    Under local mTLS the gateway presents its own certificate and accepts only the callee's
-    SPIFFE identity."""
-    clusters = [
-        upstream_cluster(
-            s,
-            settings.address_of(s),
-            transport_socket=(
-                upstream_transport_socket(s, settings.certs_path)
-                if settings.tls_mode == "mtls"
-                else None
-            ),
-        )
-        for s in SERVICES
-    ]
+
+def _clusters(settings: Settings) -> list[dict[str, Any]]:
+    """One cluster per service (service_cluster), plus the JWKS loopback (to this listener,
+    plaintext)."""
+    clusters = [service_cluster(settings, s) for s in SERVICES]
     clusters.append(_edge_cluster(settings))
     gateway_port = int(settings.gateway_addr.rpartition(":")[2])
     clusters.append(

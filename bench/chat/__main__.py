@@ -1,4 +1,4 @@
-"""Chat benchmark: time to first token (TTFT) and tokens/s of one grounded answer, five paths,
+"""Chat benchmark: time to first token (TTFT) and tokens/s of one grounded answer, six paths,
 same machine, same run, then many concurrent streams through Envoy.
 
     .venv/bin/python -m bench.chat [--requests 20] [--streams 100] [--rounds 4]
@@ -8,7 +8,12 @@ Paths (the same question and context each time; the Triton grounded responder an
 2. Orchestrator.Generate, direct gRPC (identity headers set by the client, as the gateway would);
 3. Conversation.SendMessage, direct gRPC (stores both messages, builds history, calls 2);
 4. SendMessage through Envoy, gRPC with an API key (ext_authz -> Auth, rate limit -> Usage);
-5. SendMessage through Envoy, JSON/HTTP with server-sent events.
+5. SendMessage through Envoy, JSON/HTTP with server-sent events;
+6. the relay floor: Generate through two no-op grpc.aio relay processes standing where
+   Conversation and the Orchestrator stand (bench/chat/relay.py: the mesh's mTLS, no Envoy, no
+   storage, no admission, no interceptors), the second calling Triton as path 1 does. It is the
+   least that the design's two Python gRPC hops cost; the line after the table compares it
+   with the room the SSE target leaves.
 
 TTFT = request sent -> first text token received; tokens/s = tokens after the first divided by
 the time from first to last. The paths are measured interleaved (one request of each per round,
@@ -42,6 +47,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2 as opb
 from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from bench.accounts import BenchAccount, bench_account
+from bench.chat import relay
 from bench.chat.timing import (
     Path_,
     Stream,
@@ -73,6 +79,7 @@ QUESTION = "When is the lamp switched on, and where are spare bulbs kept?"
 MODEL = "models/grounded-extractive-v1"
 SSE_PATH = "SendMessage via Envoy, JSON/SSE + key"
 ORCHESTRATOR_PATH = "Orchestrator.Generate, direct gRPC"
+RELAY_PATH = "relay floor: 2 no-op grpc.aio hops"
 SSE_TARGET = 1.2  # TTFT through the gateway's SSE, times Triton direct (p50)
 STREAMS_TARGET = 1.1  # concurrent streams' TTFT p95 through the gateway, times direct
 ACCESS_LOG_FLUSH_SECONDS = 11.0  # Envoy's default file flush interval is 10 s
@@ -116,9 +123,9 @@ def start_stack(var_dir: Path, services: list[str]) -> Stack:
 async def run(args: argparse.Namespace) -> None:
     print_load("before the run")
     with private_stack("aimesh-bench-chat-", SERVICES_USED) as stack:
-        await bench(args, stack.settings,
-                    {name: p.popen.pid for name, p in stack.processes.items()},
-                    stack.log_dir / "gateway.log")
+        mesh = {name: p.popen.pid for name, p in stack.processes.items()}
+        relays = relay.start_relays(stack)
+        await bench(args, stack.settings, relays, mesh, stack.log_dir / "gateway.log")
 
 
 def triton_stream(triton: TritonClient) -> Stream:
@@ -128,10 +135,8 @@ def triton_stream(triton: TritonClient) -> Stream:
         async for response in triton.respond(
             QUESTION, [CONTEXT], ["context"], max_sentences=3, timeout=600
         ):
-            token = response.get("TOKEN")
-            if token is not None and token.size:
-                value = token.reshape(-1)[0]
-                yield value.decode() if isinstance(value, bytes) else str(value)
+            if text := relay.token_text(response):
+                yield text
 
     return stream
 
@@ -139,7 +144,8 @@ def triton_stream(triton: TritonClient) -> Stream:
 @dataclass
 class Clients:
     """Everything the paths call, opened once: direct paths as the mesh identities allowed to
-    make them (mTLS by default), gateway paths with the bench account's API key."""
+    make them (mTLS by default; the relay floor's first hop as the gateway would call
+    Conversation), gateway paths with the bench account's API key."""
 
     http: httpx.AsyncClient
     account: BenchAccount
@@ -147,12 +153,15 @@ class Clients:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @classmethod
-    def open(cls, http: httpx.AsyncClient, account: BenchAccount, settings: Settings) -> Clients:
+    def open(cls, http: httpx.AsyncClient, account: BenchAccount, settings: Settings,
+             relays: Settings) -> Clients:
+        """`relays`: the settings that address the relay floor's hops (relay.start_relays)."""
         clients = cls(http, account, TritonClient(settings.triton_url))
         clients.channels = [
             open_channel(settings, "orchestrator", caller="conversation"),
             open_channel(settings, "conversation", caller="gateway"),
             grpc.aio.insecure_channel(settings.gateway_addr),
+            open_channel(relays, relay.HOPS[0], caller="gateway"),
         ]
         return clients
 
@@ -167,6 +176,11 @@ class Clients:
     @property
     def gateway(self) -> conversation_pb2_grpc.ConversationServiceStub:
         return conversation_pb2_grpc.ConversationServiceStub(self.channels[2])
+
+    @property
+    def relay(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
+        """The relay floor's first hop (it serves Generate)."""
+        return orchestrator_pb2_grpc.OrchestratorServiceStub(self.channels[3])
 
     async def new_conversations(self, count: int) -> list[str]:
         """Fresh conversations (created untimed), so every SendMessage has the same history."""
@@ -215,7 +229,7 @@ def print_announced(results: list[Path_], announced: Announced) -> None:
 
 def sequential_paths(clients: Clients, spare: list[str],
                      announced: Announced) -> list[tuple[str, Stream]]:
-    """The five paths (module docstring); each SendMessage takes a conversation from `spare`;
+    """The six paths (module docstring); each SendMessage takes a conversation from `spare`;
     `announced` receives when the paths through the mesh announced their answers."""
     account = clients.account
     generate = opb.GenerateRequest(model=MODEL, disable_cache=True, messages=[
@@ -235,6 +249,11 @@ def sequential_paths(clients: Clients, spare: list[str],
                 yield event.delta.text
             elif event.HasField("metadata"):
                 announced[ORCHESTRATOR_PATH].append((time.perf_counter() - start) * 1000)
+
+    async def relay_floor() -> AsyncIterator[str]:
+        async for event in clients.relay.Generate(generate, timeout=300):
+            if event.HasField("delta"):
+                yield event.delta.text
 
     async def sse() -> AsyncIterator[str]:
         start = time.perf_counter()
@@ -256,6 +275,7 @@ def sequential_paths(clients: Clients, spare: list[str],
         (names[2], lambda: send_stream(clients.gateway, spare.pop(), account.key_metadata,
                                        announced[names[2]])()),
         (SSE_PATH, sse),
+        (RELAY_PATH, relay_floor),
     ]
 
 
@@ -310,8 +330,18 @@ async def print_gateway_time(access_log: Path, window: tuple[float, float]) -> N
               f"{fields.get('response_us', 0):.0f} us")
 
 
+def print_relay_floor(results: list[Path_]) -> None:
+    """The relay floor next to the room the SSE target leaves over Triton direct (p50s)."""
+    by_name = {r.name: r for r in results}
+    triton, floor = results[0].ttft_p50 * 1000, by_name[RELAY_PATH].ttft_p50 * 1000
+    print(f"relay floor: {floor / triton:.2f}x Triton direct (two no-op hops, no Envoy); "
+          f"SSE target {SSE_TARGET}x leaves {(SSE_TARGET - 1) * triton:.1f} ms, the hops alone "
+          f"take {floor - triton:.1f} ms")
+
+
 def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> None:
     by_name = {r.name: r for r in results}
+    print_relay_floor(results)
     sse_ratio = by_name[SSE_PATH].ttft_p50 / results[0].ttft_p50
     print(f"ratio SSE TTFT p50 / Triton direct: {sse_ratio:.2f}x")
     print(verdict(f"TTFT through the gateway's SSE <= {SSE_TARGET}x Triton direct (p50)",
@@ -321,10 +351,10 @@ def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> N
                   stream_ratio <= STREAMS_TARGET, f"{stream_ratio:.2f}x"))
 
 
-async def bench(args: argparse.Namespace, settings: Settings, mesh: dict[str, int],
-                access_log: Path) -> None:
+async def bench(args: argparse.Namespace, settings: Settings, relays: Settings,
+                mesh: dict[str, int], access_log: Path) -> None:
     async with httpx.AsyncClient(base_url=f"http://{settings.gateway_addr}", timeout=300) as http:
-        clients = Clients.open(http, await bench_account(http, settings), settings)
+        clients = Clients.open(http, await bench_account(http, settings), settings, relays)
         try:
             spare = await clients.new_conversations(4 * (args.requests + 1))
             announced: Announced = {}

@@ -14,9 +14,14 @@ a stack of Auth + Usage + Envoy runs, and the paths are:
 3. Envoy, gRPC, JWT caller (the owner's access token) + rate limit: jwt_authn, no Check hop;
    Auth's interceptor checks revocation in memory and counts the limit
    (services/common/gateway_jwt.py), so paths 2 and 3 side by side compare the two admissions;
-4. Envoy, JSON/HTTP (transcoder), API key + rate limit.
+4. Envoy, JSON/HTTP (transcoder), API key + rate limit;
+5. Envoy routing only (no admission): a second, minimal Envoy (bench/gateway/envoy_floor.py: the
+   same binary and --concurrency, one listener, the router filter only, Auth's cluster as the
+   gateway defines it, so mTLS with the gateway's certificate in mtls mode), called like path 1
+   (the same identity headers), so Auth does the same work as on path 1: the floor any gateway
+   built on Envoy can reach, which the `bound` line compares with 3x FastAPI.
 Plus, on the first mode's stack, the baseline:
-5. FastAPI + httpx gateway (uvicorn, as many workers as Envoy's --concurrency): the same key
+6. FastAPI + httpx gateway (uvicorn, as many workers as Envoy's --concurrency): the same key
    check and limit (Auth's Check over gRPC, one hop) over the same mesh transport, then httpx
    forwards to an equivalent JSON endpoint (FastAPI + psycopg, the
    same SELECT as Auth).
@@ -50,10 +55,11 @@ from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from bench.accounts import bench_account
 from bench.chat.timing import cpu_seconds
+from bench.gateway.envoy_floor import PROCESS as FLOOR_PROCESS
+from bench.gateway.envoy_floor import envoy_concurrency, start_floor
 from bench.gateway.envoy_split import Split, envoy_split, print_split
 from bench.report import load_average, verdict
 from bench.scratch import scratch_dir
-from scripts.gateway import envoy_argv
 from scripts.stack import Stack
 from services.common.channels import open_channel
 from tests.support.mesh import free_port, private_addresses
@@ -212,14 +218,12 @@ async def _start_stack(mode: str, scratch: Path) -> tuple[Stack, Path]:
     return stack, var_dir
 
 
-def envoy_concurrency() -> int:
-    """The --concurrency Stack.start_gateway gives Envoy (its worker threads)."""
-    argv = envoy_argv(Path("envoy.yaml"), Path("admin"))
-    return int(argv[argv.index("--concurrency") + 1])
+FLOOR = "Envoy routing only (no admission)"
 
 
 class ModePaths:
-    """The four measured paths of one stack (one mesh transport)."""
+    """The five measured paths of one stack (one mesh transport); starts the routing-only
+    Envoy as one of the stack's processes."""
 
     def __init__(self, mode: str, stack: Stack) -> None:
         self.mode, self.stack = mode, stack
@@ -233,14 +237,21 @@ class ModePaths:
         request = auth_pb2.GetOrganizationRequest(name=account.organization)
         direct_channel = open_channel(settings, "auth", caller="gateway")
         envoy_channel = grpc.aio.insecure_channel(gateway)
+        # Called like the gateway: from this client in plaintext, Envoy does the mesh transport.
+        floor_channel = grpc.aio.insecure_channel(start_floor(self.stack))
+        via_floor = auth_pb2_grpc.AuthServiceStub(floor_channel)
         direct = auth_pb2_grpc.AuthServiceStub(direct_channel)
         via_envoy = auth_pb2_grpc.AuthServiceStub(envoy_channel)
         identity, key_md, jwt_md = account.identity, account.key_metadata, account.jwt_metadata
         envoy_http = Http1(gateway, f"/v1/{account.organization}", {"x-api-key": account.secret})
-        self.closers += [envoy_http.close, direct_channel.close, envoy_channel.close]
+        self.closers += [envoy_http.close, direct_channel.close, envoy_channel.close,
+                         floor_channel.close]
 
         async def call_direct() -> None:
             await direct.GetOrganization(request, metadata=identity, timeout=10)
+
+        async def call_floor() -> None:
+            await via_floor.GetOrganization(request, metadata=identity, timeout=10)
 
         async def call_envoy_key() -> None:
             await via_envoy.GetOrganization(request, metadata=key_md, timeout=10)
@@ -250,6 +261,7 @@ class ModePaths:
 
         m = self.mode
         return [(f"[{m}] direct gRPC (Auth)", call_direct),
+                (f"[{m}] {FLOOR}", call_floor),
                 (f"[{m}] Envoy gRPC + key + limit", call_envoy_key),
                 (f"[{m}] Envoy gRPC + JWT + limit", call_envoy_jwt),
                 (f"[{m}] Envoy JSON + key + limit", envoy_http)]
@@ -317,8 +329,8 @@ async def _measure(args: argparse.Namespace, modes: list[str], scratch: Path,
                          {"x-api-key": mode_paths[0].account.secret})
     paths.append((f"[{first_mode}] FastAPI+httpx gateway", fastapi_http))
     window: list[float] = []
-    processes = {name: {p: proc.popen.pid for p, proc in stack.processes.items()}
-                 for mode, stack, _ in stacks for name, _ in paths if name.startswith(f"[{mode}]")}
+    processes = {name: _mesh_processes(stack, name) for mode, stack, _ in stacks
+                 for name, _ in paths if name.startswith(f"[{mode}]")}
     results = await measure(paths, args.latency_requests, args.concurrency, args.seconds,
                             rounds=args.rounds, warmup=args.warmup, latency_window=window,
                             processes=processes)
@@ -328,6 +340,27 @@ async def _measure(args: argparse.Namespace, modes: list[str], scratch: Path,
     return results, splits
 
 
+def _mesh_processes(stack: Stack, path: str) -> dict[str, int]:
+    """The stack's processes whose CPU a path's requests are charged: the routing-only path's
+    Envoy is its own, the real gateway everyone else's (each idles while the other works)."""
+    other_envoy = "gateway" if path.endswith(FLOOR) else FLOOR_PROCESS
+    return {p: proc.popen.pid for p, proc in stack.processes.items() if p != other_envoy}
+
+
+def _bound(mode: str, direct: Result, floor: Result, fastapi: Result) -> str:
+    """What 3x FastAPI asks of a gateway, against what Envoy's routing alone leaves."""
+    reachable = floor.rps >= 3 * fastapi.rps
+    return (f"bound [{mode}]: 3x FastAPI = {3 * fastapi.rps:.0f} req/s, direct = "
+            f"{direct.rps:.0f} req/s: FastAPI is {fastapi.rps / direct.rps:.2f}x direct, so 3x "
+            f"FastAPI needs {3 * fastapi.rps / direct.rps:.2f}x direct (no gateway in front of "
+            f"the same service can exceed 1x); Envoy routing alone: "
+            f"{floor.rps / direct.rps:.2f}x direct ({floor.rps / fastapi.rps:.2f}x FastAPI), so "
+            + ("the 3x FastAPI target IS reachable by an Envoy gateway in this run (routing alone "
+               "serves >= 3x FastAPI's req/s)" if reachable else
+               "the 3x FastAPI target is NOT reachable by any Envoy gateway in this run (routing "
+               "alone, with no admission at all, serves < 3x FastAPI's req/s)"))
+
+
 def report(results: list[Result], concurrency: int, load_before: str) -> None:
     by_name = {r.name: r for r in results}
     fastapi = results[-1]
@@ -335,13 +368,13 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
           f"Envoy --concurrency {envoy_concurrency()}, FastAPI {envoy_concurrency()} uvicorn "
           f"workers; throughput at {concurrency} in flight")
     print(f"machine load average (1, 5, 15 min): before {load_before}; after {load_average()}\n")
-    print(f"{'path':38} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'err':>5} "
+    print(f"{'path':46} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'err':>5} "
           f"{'p50 +ms':>8} {'p99 +ms':>8} {'rps ratio':>9}")
     base = results[0]
     for r in results:
         mode = r.name.split("]", 1)[0] + "]"
         base = by_name.get(f"{mode} direct gRPC (Auth)", base)
-        print(f"{r.name:38} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.rps:8.0f} {r.errors:5d} "
+        print(f"{r.name:46} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.rps:8.0f} {r.errors:5d} "
               f"{r.p50_ms - base.p50_ms:8.2f} {r.p99_ms - base.p99_ms:8.2f} "
               f"{r.rps / base.rps:9.2f}")
     print("\nmesh CPU per request in the throughput phase (us, by process; the client and "
@@ -349,7 +382,7 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
     for r in results:
         if r.cpu_us:
             parts = ", ".join(f"{p} {us:.0f}" for p, us in sorted(r.cpu_us.items()))
-            print(f"  {r.name:38} {parts}; total {sum(r.cpu_us.values()):.0f}")
+            print(f"  {r.name:46} {parts}; total {sum(r.cpu_us.values()):.0f}")
     print("\nratio: 'rps ratio' is to direct gRPC of the same mode")
     for mode in dict.fromkeys(r.name.split("]", 1)[0][1:] for r in results[:-1]):
         direct = by_name[f"[{mode}] direct gRPC (Auth)"]
@@ -375,10 +408,7 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
         # path also sends x-ratelimit-* headers and asks Check when its verdict expires.
         print(f"A/B [{mode}]: API-key vs JWT admission in the service (key path minus JWT path): "
               f"{key.p50_ms - jwt.p50_ms:+.2f} ms p50, {key.rps / jwt.rps:.2f}x the JWT req/s")
-        print(f"bound [{mode}]: 3x FastAPI = {3 * fastapi.rps:.0f} req/s, direct = "
-              f"{direct.rps:.0f} req/s: FastAPI is {fastapi.rps / direct.rps:.2f}x direct, so 3x "
-              f"FastAPI needs {3 * fastapi.rps / direct.rps:.2f}x direct (no gateway in front of "
-              "the same service can exceed 1x)")
+        print(_bound(mode, direct, by_name[f"[{mode}] {FLOOR}"], fastapi))
     errors = sum(r.errors for r in results)
     if errors:
         print(f"note: {errors} failed requests in the throughput phases (see 'err')")

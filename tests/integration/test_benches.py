@@ -1,7 +1,8 @@
 """Every benchmark under bench/ runs end to end in a tiny configuration, so none can silently
 break again: each exits 0, prints the machine load it ran under, its ratios and one verdict line
-per target. Timings and verdicts (MET or MISSED) are printed by the benchmarks, never asserted
-here. bench.observability, bench.speech and bench.openai have their own tiny tests
+per target; table rows named in ROWS must show answers (tokens) and no errors. Timings and
+verdicts (MET or MISSED) are printed by the benchmarks, never asserted here. bench.observability,
+bench.speech and bench.openai have their own tiny tests
 (tests/integration/observability/test_bench.py, tests/integration/speech/test_bench_speech.py,
 tests/integration/edge/test_edge_bench.py)."""
 
@@ -32,7 +33,10 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
          "--warmup", "3"],
         10,  # 5 targets x {mtls, plaintext}
         [rf"ratio \[mtls\]: Envoy gRPC\+key {NUMBER}x FastAPI, {NUMBER}x direct",
-         rf"ratio \[plaintext\]: Envoy gRPC\+key {NUMBER}x FastAPI, {NUMBER}x direct"],
+         rf"ratio \[plaintext\]: Envoy gRPC\+key {NUMBER}x FastAPI, {NUMBER}x direct",
+         *(rf"bound \[{mode}\]: .*; Envoy routing alone: {NUMBER}x direct \({NUMBER}x FastAPI\), "
+           r"so the 3x FastAPI target (IS|is NOT) reachable by (an|any) Envoy gateway in this run"
+           for mode in ("mtls", "plaintext"))],
     ),
     "usage": (
         ["--records", "40", "--concurrency", "2", "--reservations", "10"],
@@ -44,7 +48,9 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
         ["--requests", "1", "--streams", "2"],
         2,
         [rf"ratio SSE TTFT p50 / Triton direct: {NUMBER}x",
-         rf"ratio 2 concurrent streams TTFT p95, gateway / direct: {NUMBER}x"],
+         rf"ratio 2 concurrent streams TTFT p95, gateway / direct: {NUMBER}x",
+         rf"relay floor: {NUMBER}x Triton direct \(two no-op hops, no Envoy\); SSE target "
+         rf"1\.2x leaves {NUMBER} ms, the hops alone take {NUMBER} ms"],
     ),
     "knowledge": (
         ["--ingest-chunks", "40", "--pdf-docs", "1", "--search-chunks", "300", "--queries", "3",
@@ -54,6 +60,18 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
          rf"gateway gRPC / in-process p95 ratio {NUMBER}x", rf"mean batch {NUMBER}"],
     ),
 }
+
+# bench name -> paths of its TTFT table (bench/chat/timing.py `report`) that must have answered
+ROWS: dict[str, list[str]] = {"chat": ["relay floor: 2 no-op grpc.aio hops"]}
+
+
+def table_row(out: str, path: str) -> dict[str, float]:
+    """`tokens` and `errors` of `path`'s row in a TTFT table: name, TTFT p50, TTFT p95, tok/s,
+    tokens, errors, ratio."""
+    rows = [line[len(path):].split() for line in out.splitlines() if line.startswith(path + " ")]
+    assert len(rows) == 1, (path, out)
+    assert len(rows[0]) == 6, (path, rows[0])
+    return {"tokens": float(rows[0][3]), "errors": float(rows[0][4])}
 
 
 def test_every_bench_has_a_tiny_run() -> None:
@@ -80,3 +98,20 @@ def test_bench_runs_tiny(bench: str, mesh: TestMesh) -> None:
     assert len(re.findall(VERDICT, out)) == verdicts, out
     for ratio in ratios:
         assert re.search(ratio, out), (ratio, out)
+    for path in ROWS.get(bench, []):
+        row = table_row(out, path)
+        assert row["errors"] == 0 and row["tokens"] > 0, (path, row, out)
+    if bench == "gateway":
+        _check_envoy_floor_rows(out)
+
+
+def _check_envoy_floor_rows(out: str) -> None:
+    """bench.gateway's routing-only Envoy path ran in each mode: its table row served requests
+    without errors, and its CPU line charges its own Envoy process."""
+    for mode in ("mtls", "plaintext"):
+        name = rf"\[{mode}\] Envoy routing only \(no admission\)"
+        row = re.search(rf"^{name} +{NUMBER} +{NUMBER} +(?P<rps>\d+) +(?P<errors>\d+) ", out,
+                        re.MULTILINE)
+        assert row, (mode, out)
+        assert int(row["rps"]) > 0 and int(row["errors"]) == 0, (row[0], out)
+        assert re.search(rf"^  {name} .*envoy_floor \d+", out, re.MULTILINE), (mode, out)
