@@ -36,43 +36,57 @@ def service_descriptors(service: str) -> list[descriptor_mod.ServiceDescriptor]:
     return list(module.DESCRIPTOR.services_by_name.values())
 
 
-class _DeadlinePropagation(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """A downstream call never outlives the RPC that made it: its timeout is capped by the
-    remaining time of the incoming call being served (if any)."""
+def _capped(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    """`details` with its timeout capped by what is left of the RPC being served (if any)."""
+    remaining = deadlines.time_left()
+    if remaining is None:
+        return details
+    timeout = remaining if details.timeout is None else min(details.timeout, remaining)
+    return grpc.aio.ClientCallDetails(
+        details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
+    )
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        remaining = deadlines.time_left()
-        if remaining is None:
-            return details
-        timeout = remaining if details.timeout is None else min(details.timeout, remaining)
-        return grpc.aio.ClientCallDetails(
-            details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
-        )
 
+# A downstream call never outlives the RPC that made it. One class per call kind: grpc.aio files
+# an interceptor under the first kind it implements only, so one class implementing all four
+# capped unary-unary calls alone and streams (Generate, Converse) ran without the deadline.
+class _DeadlineUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_capped(details), request)
 
+
+class _DeadlineUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_capped(details), request)
 
+
+class _DeadlineStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(_capped(details), request_iterator)
 
+
+class _DeadlineStreamStream(grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(_capped(details), request_iterator)
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """What every mesh channel runs on its calls: tracing, metrics, the deadline cap."""
+    return [
+        *telemetry.client_interceptors(),
+        _DeadlineUnaryUnary(),
+        _DeadlineUnaryStream(),
+        _DeadlineStreamUnary(),
+        _DeadlineStreamStream(),
+    ]
 
 
 def open_channel(settings: Settings, callee: str, caller: str | None = None) -> grpc.aio.Channel:
@@ -83,7 +97,7 @@ def open_channel(settings: Settings, callee: str, caller: str | None = None) -> 
         callee=callee,
         mode=settings.tls_mode,
         certs_dir=settings.certs_path,
-        interceptors=[*telemetry.client_interceptors(), _DeadlinePropagation()],
+        interceptors=client_interceptors(),
     )
 
 

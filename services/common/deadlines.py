@@ -27,3 +27,9 @@ def time_left() -> float | None:
     """Seconds left of the served RPC's deadline, or None when there is none."""
     deadline = _current.get()
     return None if deadline is None else max(deadline - time.monotonic(), _MINIMUM_SECONDS)
+
+
+def expired() -> bool:
+    """Whether the served RPC's deadline has passed (False when it has none)."""
+    deadline = _current.get()
+    return deadline is not None and time.monotonic() >= deadline

@@ -36,7 +36,7 @@ from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 from google.rpc import status_pb2
 from redis.exceptions import RedisError
 
-from services.common import gateway_jwt
+from services.common import deadlines, gateway_jwt
 from services.common.cache import ServiceCache
 from services.common.channels import Channels
 from services.common.errors import ServiceError, deadline_exceeded, status_from_rpc_error
@@ -336,6 +336,14 @@ class Chat:
                     async for event in self._relay(call, turn):
                         yield event
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and deadlines.expired():
+                    # Generate carries this call's deadline, so it may end before this call
+                    # is cancelled: the caller cut the answer off, stored INCOMPLETE as on a
+                    # cancellation, not as a failed answer.
+                    raise deadline_exceeded(
+                        "the deadline passed while the answer streamed; the text produced so "
+                        "far is stored as an INCOMPLETE message"
+                    ) from None
                 turn.error = rpc_status(exc)
                 if not turn.text:
                     # Failed before any output (the metadata may come before an error): the
