@@ -31,9 +31,11 @@ Latency: sequential requests (p50/p99), rounds over all paths in a fresh order e
 `--concurrency` in-flight requests for `--seconds` per path, in alternating slices. Interleaving
 gives every path the same background load. The load generator is this Python process, on the same
 cores: absolute numbers are bounded by the client too, ratios are the point. Prints the machine
-load, a table, the ratios, one verdict line per issue-15 target, and Envoy's own time per request
-kind from its access log (bench/gateway/envoy_split.py), which the client's per-call cost does not
-blur.
+load, a table, the ratios, one verdict line per issue-15 target, per mode a `bound` line (what 3x
+FastAPI asks of any gateway, what Envoy's routing alone reaches, and whether that reaches 3x FastAPI
+in this run) and a `cpu` line (Auth's own CPU per request on each gRPC path), and Envoy's own time
+per request kind from its access log (bench/gateway/envoy_split.py), which the client's per-call
+cost does not blur.
 """
 
 from __future__ import annotations
