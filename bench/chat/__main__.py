@@ -145,7 +145,8 @@ def triton_stream(triton: TritonClient) -> Stream:
 class Clients:
     """Everything the paths call, opened once: direct paths as the mesh identities allowed to
     make them (mTLS by default; the relay floor's first hop as the gateway would call
-    Conversation), gateway paths with the bench account's API key."""
+    Conversation, but without client interceptors), gateway paths with the bench account's API
+    key."""
 
     http: httpx.AsyncClient
     account: BenchAccount
@@ -161,7 +162,7 @@ class Clients:
             open_channel(settings, "orchestrator", caller="conversation"),
             open_channel(settings, "conversation", caller="gateway"),
             grpc.aio.insecure_channel(settings.gateway_addr),
-            open_channel(relays, relay.HOPS[0], caller="gateway"),
+            relay.open_channel(relays, relay.HOPS[0], caller="gateway"),
         ]
         return clients
 

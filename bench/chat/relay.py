@@ -21,8 +21,9 @@ What the hops leave out, on purpose, is everything but the hops: no storage, no 
 domain work, and no interceptors on either side — neither the services' server chain (peer
 authorization, telemetry, error mapping, JWT, access, audit: services/common/server.py builds
 it around a service runtime with its database and cache) nor the tracing, metrics and deadline
-interceptors of services/common/channels.py. What this path measures is therefore a lower
-bound for any design with these two Python gRPC processes between the gateway and Triton.
+interceptors of services/common/channels.py (the bench's own client calls hop 1 through
+`open_channel` here, without them too). What this path measures is therefore a lower bound for
+any design with these two Python gRPC processes between the gateway and Triton.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def token_text(response: StreamResponse) -> str:
         return ""
     value = token.reshape(-1)[0]
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def open_channel(settings: Settings, callee: str, caller: str) -> grpc.aio.Channel:
+    """A channel to hop `callee` as `caller`: the mesh's channel (mTLS, options) without the
+    interceptors services/common/channels.py adds, so that nothing but the hop is measured."""
+    return tls.open_channel(settings.address_of(callee), caller=caller, callee=callee,
+                            mode=settings.tls_mode, certs_dir=settings.certs_path)
 
 
 def _time_left(context: grpc.aio.ServicerContext) -> float:
@@ -116,9 +124,7 @@ async def _serve(hop: str, settings: Settings) -> None:
     server = grpc.aio.server(options=list(mesh_policy.SERVER_KEEPALIVE_OPTIONS))
     servicer: Any
     if hop == HOPS[0]:
-        upstream = tls.open_channel(
-            settings.address_of(HOPS[1]), caller=hop, callee=HOPS[1], mode=settings.tls_mode,
-            certs_dir=settings.certs_path)
+        upstream = open_channel(settings, HOPS[1], caller=hop)
         servicer, close = ForwardHop(upstream), upstream.close
     else:
         triton = TritonClient.from_settings(settings)

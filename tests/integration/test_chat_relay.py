@@ -14,7 +14,6 @@ from aimesh.orchestrator.v1 import orchestrator_pb2_grpc
 
 from bench.chat import relay
 from scripts.stack import Stack
-from services.common.channels import open_channel
 from services.common.config import Settings
 from services.common.triton import TritonClient
 from tests.support.mesh import TestMesh
@@ -43,7 +42,7 @@ def relays(mesh: TestMesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 async def first_hop(
     relays: Settings,
 ) -> AsyncIterator[orchestrator_pb2_grpc.OrchestratorServiceStub]:
-    channel = open_channel(relays, relay.HOPS[0], caller="gateway")
+    channel = relay.open_channel(relays, relay.HOPS[0], caller="gateway")
     yield orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
     await channel.close()
 
