@@ -19,7 +19,8 @@ TTFT = request sent -> first text token received; tokens/s = tokens after the fi
 the time from first to last. The paths are measured interleaved (one request of each per round,
 bench/chat/timing.py), so load swings of the shared machine hit all alike. Ratios are to path 1
 (mesh overhead). Then `--streams` direct Triton streams and as many SendMessage streams through
-Envoy gRPC (each its own conversation) are started at once and held to the end, alternating
+Envoy gRPC (each its own conversation), then as many Generate streams through the relay floor
+(path 6, the floor of that target), are started at once and held to the end, in turn,
 `--rounds` times: p95 TTFT of each side over all its rounds. Knowledge runs as in production
 (the Orchestrator asks it whether the organization has documents to ground on). Everything
 (services, Envoy, Triton, this client) shares the same cores, so absolute numbers are bounded
@@ -125,7 +126,9 @@ async def run(args: argparse.Namespace) -> None:
     with private_stack("aimesh-bench-chat-", SERVICES_USED) as stack:
         mesh = {name: p.popen.pid for name, p in stack.processes.items()}
         relays = relay.start_relays(stack)
-        await bench(args, stack.settings, relays, mesh, stack.log_dir / "gateway.log")
+        relay_pids = {name: p.popen.pid for name, p in stack.processes.items()
+                      if name.startswith("relay-")}
+        await bench(args, stack.settings, relays, mesh, relay_pids, stack.log_dir / "gateway.log")
 
 
 def triton_stream(triton: TritonClient) -> Stream:
@@ -228,14 +231,31 @@ def print_announced(results: list[Path_], announced: Announced) -> None:
         for name, times in announced.items() if times))
 
 
+def generate_request() -> opb.GenerateRequest:
+    """The Generate request of the Orchestrator and relay floor paths (the same grounded
+    question as every path)."""
+    return opb.GenerateRequest(model=MODEL, disable_cache=True, messages=[
+        opb.ChatMessage(role=opb.ROLE_SYSTEM, content=CONTEXT),
+        opb.ChatMessage(role=opb.ROLE_USER, content=QUESTION)])
+
+
+def relay_floor_stream(clients: Clients, generate: opb.GenerateRequest) -> Stream:
+    """Generate through the relay floor's two no-op hops."""
+
+    async def stream() -> AsyncIterator[str]:
+        async for event in clients.relay.Generate(generate, timeout=600):
+            if event.HasField("delta"):
+                yield event.delta.text
+
+    return stream
+
+
 def sequential_paths(clients: Clients, spare: list[str],
                      announced: Announced) -> list[tuple[str, Stream]]:
     """The six paths (module docstring); each SendMessage takes a conversation from `spare`;
     `announced` receives when the paths through the mesh announced their answers."""
     account = clients.account
-    generate = opb.GenerateRequest(model=MODEL, disable_cache=True, messages=[
-        opb.ChatMessage(role=opb.ROLE_SYSTEM, content=CONTEXT),
-        opb.ChatMessage(role=opb.ROLE_USER, content=QUESTION)])
+    generate = generate_request()
 
     names = [ORCHESTRATOR_PATH, "Conversation.SendMessage, direct gRPC",
              "SendMessage via Envoy, gRPC + key", SSE_PATH]
@@ -250,11 +270,6 @@ def sequential_paths(clients: Clients, spare: list[str],
                 yield event.delta.text
             elif event.HasField("metadata"):
                 announced[ORCHESTRATOR_PATH].append((time.perf_counter() - start) * 1000)
-
-    async def relay_floor() -> AsyncIterator[str]:
-        async for event in clients.relay.Generate(generate, timeout=300):
-            if event.HasField("delta"):
-                yield event.delta.text
 
     async def sse() -> AsyncIterator[str]:
         start = time.perf_counter()
@@ -276,19 +291,23 @@ def sequential_paths(clients: Clients, spare: list[str],
         (names[2], lambda: send_stream(clients.gateway, spare.pop(), account.key_metadata,
                                        announced[names[2]])()),
         (SSE_PATH, sse),
-        (RELAY_PATH, relay_floor),
+        (RELAY_PATH, relay_floor_stream(clients, generate)),
     ]
 
 
-async def concurrent_ratio(clients: Clients, streams: int, rounds: int,
-                           mesh: dict[str, int]) -> float:
-    """`streams` direct Triton streams, then as many SendMessage streams through Envoy gRPC,
-    `rounds` times alternating; the ratio of their TTFT p95 over all rounds. Prints the CPU the
-    mesh's processes (`mesh`: name -> pid) spent per gateway stream."""
+async def concurrent_ratio(clients: Clients, streams: int, rounds: int, mesh: dict[str, int],
+                           relays: dict[str, int]) -> tuple[float, float]:
+    """`streams` direct Triton streams, then as many SendMessage streams through Envoy gRPC, then
+    as many Generate streams through the relay floor, `rounds` times in turn; the ratios of the
+    gateway's and the floor's TTFT p95 to direct's over all rounds. Prints the CPU the mesh's
+    processes (`mesh`: name -> pid) spent per gateway stream, and the relays' per floor stream."""
     direct: list[float] = []
     gateway: list[float] = []
+    floor: list[float] = []
     paired: list[float] = []  # each round's gateway p95 / direct p95
     failed = False
+    relay_stream = relay_floor_stream(clients, generate_request())
+
     for round_ in range(1, rounds + 1):
         names = await clients.new_conversations(streams)
         direct_ttfts = await concurrent(
@@ -305,16 +324,24 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int,
             paired.append(percentile(ttfts, 0.95) / percentile(direct_ttfts, 0.95))
         gateway += ttfts
         failed |= not ttfts
+        # The floor of the concurrent target: the same load through the two no-op hops. It is
+        # reported, not judged (any failure shows in its own line).
+        cpu_before = cpu_seconds(relays)
+        floor += await concurrent(
+            f"{streams} Generate streams via the relay floor (round {round_})",
+            [relay_stream] * streams)
+        print_cpu_per_stream(cpu_before, cpu_seconds(relays), streams)
     if failed:
-        return float("inf")
+        return float("inf"), float("inf")
     direct_p95, gateway_p95 = percentile(direct, 0.95), percentile(gateway, 0.95)
     print(f"\nall rounds: TTFT p95 direct {direct_p95:.0f} ms, "
-          f"via the gateway {gateway_p95:.0f} ms")
+          f"via the gateway {gateway_p95:.0f} ms, via the relay floor "
+          f"{percentile(floor, 0.95):.0f} ms")
     # For reading a loaded machine (the verdict stays on all rounds): one round under a load
     # spike sets the p95 of all rounds, while the median of the rounds' own ratios does not.
     print("per-round p95 ratios, gateway / direct: "
           + ", ".join(f"{r:.2f}x" for r in paired) + f"; median {statistics.median(paired):.2f}x")
-    return gateway_p95 / direct_p95
+    return gateway_p95 / direct_p95, percentile(floor, 0.95) / direct_p95
 
 
 async def print_gateway_time(access_log: Path, window: tuple[float, float]) -> None:
@@ -340,9 +367,12 @@ def print_relay_floor(results: list[Path_]) -> None:
           f"take {floor - triton:.1f} ms")
 
 
-def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> None:
+def print_verdicts(results: list[Path_], streams: int, stream_ratio: float,
+                   floor_ratio: float) -> None:
     by_name = {r.name: r for r in results}
     print_relay_floor(results)
+    print(f"relay floor, {streams} concurrent streams: TTFT p95 {floor_ratio:.2f}x direct (two "
+          f"no-op hops, no Envoy, no storage; the target is {STREAMS_TARGET}x)")
     sse_ratio = by_name[SSE_PATH].ttft_p50 / results[0].ttft_p50
     print(f"ratio SSE TTFT p50 / Triton direct: {sse_ratio:.2f}x")
     print(verdict(f"TTFT through the gateway's SSE <= {SSE_TARGET}x Triton direct (p50)",
@@ -353,7 +383,7 @@ def print_verdicts(results: list[Path_], streams: int, stream_ratio: float) -> N
 
 
 async def bench(args: argparse.Namespace, settings: Settings, relays: Settings,
-                mesh: dict[str, int], access_log: Path) -> None:
+                mesh: dict[str, int], relay_pids: dict[str, int], access_log: Path) -> None:
     async with httpx.AsyncClient(base_url=f"http://{settings.gateway_addr}", timeout=300) as http:
         clients = Clients.open(http, await bench_account(http, settings), settings, relays)
         try:
@@ -365,11 +395,12 @@ async def bench(args: argparse.Namespace, settings: Settings, relays: Settings,
             report(results)
             print_announced(results, announced)
             sequential = (sequential_start, time.time())
-            stream_ratio = await concurrent_ratio(clients, args.streams, args.rounds, mesh)
+            stream_ratio, floor_ratio = await concurrent_ratio(
+                clients, args.streams, args.rounds, mesh, relay_pids)
             print()
             await print_gateway_time(access_log, sequential)
             print_load("after the run")
-            print_verdicts(results, args.streams, stream_ratio)
+            print_verdicts(results, args.streams, stream_ratio, floor_ratio)
         finally:
             await clients.close()
 

@@ -52,7 +52,10 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
         [rf"ratio SSE TTFT p50 / Triton direct: {NUMBER}x",
          rf"ratio 2 concurrent streams TTFT p95, gateway / direct: {NUMBER}x",
          rf"relay floor: {NUMBER}x Triton direct \(two no-op hops, no Envoy\); SSE target "
-         rf"1\.2x leaves {NUMBER} ms, the hops alone take {NUMBER} ms"],
+         rf"1\.2x leaves {NUMBER} ms, the hops alone take {NUMBER} ms",
+         rf"relay floor, 2 concurrent streams: TTFT p95 {NUMBER}x direct",
+         r"2 Generate streams via the relay floor \(round 1\), all started at once \.\.\.\n"
+         r"  streams: 2/2 completed, 0 failed"],
     ),
     "knowledge": (
         ["--ingest-chunks", "40", "--pdf-docs", "1", "--search-chunks", "300", "--queries", "3",
