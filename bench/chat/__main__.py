@@ -60,7 +60,7 @@ from bench.chat.timing import (
     print_cpu_per_stream,
     report,
 )
-from bench.gateway.envoy_split import envoy_split
+from bench.gateway.envoy_split import Split, envoy_split
 from bench.report import print_load, verdict
 from bench.scratch import scratch_dir
 from scripts import triton_server
@@ -344,7 +344,8 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int, mesh: di
     return gateway_p95 / direct_p95, percentile(floor, 0.95) / direct_p95
 
 
-async def print_gateway_time(access_log: Path, window: tuple[float, float]) -> None:
+async def print_gateway_time(access_log: Path, window: tuple[float, float]
+                             ) -> Split:
     """Envoy's own share of the sequential SendMessage paths (`window`: their wall-clock start
     and end), from its access log (bench/gateway/envoy_split.py): request filters (first request
     byte to the upstream request) and the first response byte through the gateway (upstream in
@@ -356,21 +357,29 @@ async def print_gateway_time(access_log: Path, window: tuple[float, float]) -> N
         print(f"Envoy's own time on SendMessage via {kind} (access log, medians): request "
               f"filters {fields.get('filters_us', 0):.0f} us, first response byte "
               f"{fields.get('response_us', 0):.0f} us")
+    return split
 
 
-def print_relay_floor(results: list[Path_]) -> None:
-    """The relay floor next to the room the SSE target leaves over Triton direct (p50s)."""
+def print_relay_floor(results: list[Path_], envoy_sse_us: float | None) -> None:
+    """The relay floor next to the room the SSE target leaves over Triton direct (p50s), and
+    with Envoy's own request filters on the SSE path (`envoy_sse_us`, from its access log) added:
+    what is left for everything the services themselves do before the first token."""
     by_name = {r.name: r for r in results}
     triton, floor = results[0].ttft_p50 * 1000, by_name[RELAY_PATH].ttft_p50 * 1000
+    room, hops = (SSE_TARGET - 1) * triton, floor - triton
     print(f"relay floor: {floor / triton:.2f}x Triton direct (two no-op hops, no Envoy); "
-          f"SSE target {SSE_TARGET}x leaves {(SSE_TARGET - 1) * triton:.1f} ms, the hops alone "
-          f"take {floor - triton:.1f} ms")
+          f"SSE target {SSE_TARGET}x leaves {room:.1f} ms, the hops alone take {hops:.1f} ms")
+    if envoy_sse_us is not None:
+        envoy = envoy_sse_us / 1000
+        print(f"SSE budget: {room:.1f} ms room - {hops:.1f} ms hops - {envoy:.1f} ms Envoy's SSE "
+              f"request filters = {room - hops - envoy:.1f} ms left for admission, the turn's "
+              "statement, the prompt and every interceptor")
 
 
 def print_verdicts(results: list[Path_], streams: int, stream_ratio: float,
-                   floor_ratio: float) -> None:
+                   floor_ratio: float, envoy_sse_us: float | None) -> None:
     by_name = {r.name: r for r in results}
-    print_relay_floor(results)
+    print_relay_floor(results, envoy_sse_us)
     print(f"relay floor, {streams} concurrent streams: TTFT p95 {floor_ratio:.2f}x direct (two "
           f"no-op hops, no Envoy, no storage; the target is {STREAMS_TARGET}x)")
     sse_ratio = by_name[SSE_PATH].ttft_p50 / results[0].ttft_p50
@@ -398,9 +407,10 @@ async def bench(args: argparse.Namespace, settings: Settings, relays: Settings,
             stream_ratio, floor_ratio = await concurrent_ratio(
                 clients, args.streams, args.rounds, mesh, relay_pids)
             print()
-            await print_gateway_time(access_log, sequential)
+            envoy = await print_gateway_time(access_log, sequential)
             print_load("after the run")
-            print_verdicts(results, args.streams, stream_ratio, floor_ratio)
+            print_verdicts(results, args.streams, stream_ratio, floor_ratio,
+                           envoy.get("JSON + key", {}).get("filters_us"))
         finally:
             await clients.close()
 

@@ -54,6 +54,8 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
          rf"relay floor: {NUMBER}x Triton direct \(two no-op hops, no Envoy\); SSE target "
          rf"1\.2x leaves {NUMBER} ms, the hops alone take {NUMBER} ms",
          rf"relay floor, 2 concurrent streams: TTFT p95 {NUMBER}x direct",
+         rf"SSE budget: {NUMBER} ms room - {NUMBER} ms hops - {NUMBER} ms Envoy's SSE request "
+         rf"filters = {NUMBER} ms left",
          r"2 Generate streams via the relay floor \(round 1\), all started at once \.\.\.\n"
          r"  streams: 2/2 completed, 0 failed"],
     ),
