@@ -288,9 +288,8 @@ def _start_fastapi(stack: Stack, workers: int, var_dir: Path,
                    extra: list[subprocess.Popen[bytes]]) -> list[int]:
     """`workers` FastAPI pairs (JSON backend + gateway in front, one uvicorn worker each, each
     gateway calling its own backend); the gateways' ports. The client spreads its connections
-    over them in turn. One uvicorn with --workers N lets its workers race for each connection,
-    and that split (22/10 of 32 measured) set FastAPI's throughput, which then moved from 423 to
-    672 req/s run to run."""
+    over them in turn. One uvicorn with --workers N lets its workers race for each connection
+    (22/10 of 32 in a measured run), which left how the load divides to chance."""
     ports = []
     for _ in range(workers):
         backend_port, gateway_port = free_port(), free_port()
