@@ -138,7 +138,7 @@ def triton_stream(triton: TritonClient) -> Stream:
         async for response in triton.respond(
             QUESTION, [CONTEXT], ["context"], max_sentences=3, timeout=600
         ):
-            if text := relay.token_text(response):
+            if text := response.text("TOKEN"):
                 yield text
 
     return stream

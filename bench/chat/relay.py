@@ -46,21 +46,12 @@ from scripts.stack import Stack, grpc_healthy
 from services.common import mesh_policy, tls
 from services.common.config import Settings
 from services.common.errors import ServiceError
-from services.common.triton import StreamResponse, TritonClient
+from services.common.triton import TritonClient
 from tests.support.mesh import free_port
 
 HOPS = ("conversation", "orchestrator")  # hop 1, hop 2: the identities they serve and call as
 NO_DEADLINE_SECONDS = 600.0
 DRAIN_SECONDS = 1.0
-
-
-def token_text(response: StreamResponse) -> str:
-    """The text token of one grounded-responder response ("" for its final, citations one)."""
-    token = response.get("TOKEN")
-    if token is None or not token.size:
-        return ""
-    value = token.reshape(-1)[0]
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def open_channel(settings: Settings, callee: str, caller: str) -> grpc.aio.Channel:
@@ -112,7 +103,7 @@ class TritonHop(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             async for response in self._triton.respond(
                 last.content, passages, ids, max_sentences=3, timeout=_time_left(context)
             ):
-                text = token_text(response)
+                text = response.text("TOKEN")
                 if text:
                     yield opb.GenerateResponse(delta=opb.TextDelta(text=text))
         except ServiceError as exc:

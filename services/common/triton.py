@@ -83,6 +83,15 @@ class StreamResponse:
     def get(self, name: str) -> np.ndarray | None:
         return self.outputs.get(name)
 
+    def text(self, name: str) -> str:
+        """The first element of output `name` as text ("" when it is absent or empty), e.g. the
+        grounded responder's TOKEN."""
+        value = self.outputs.get(name)
+        if value is None or not value.size:
+            return ""
+        first = value.reshape(-1)[0]
+        return first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
+
 
 # --- error mapping ---------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ async def test_every_token_is_relayed_in_order(
     try:
         direct = [t async for r in triton.respond(QUESTION, [CONTEXT], ["message-0"],
                                                   max_sentences=3, timeout=CALL_SECONDS)
-                  if (t := relay.token_text(r))]
+                  if (t := r.text("TOKEN"))]
     finally:
         await triton.close()
     request = generate(opb.ChatMessage(role=opb.ROLE_SYSTEM, content=CONTEXT),

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 from tritonclient.grpc import InferResult, service_pb2
 
-from services.common.triton import _outputs_of
+from services.common.triton import StreamResponse, _outputs_of
 
 
 def _bytes_tensor(*elements: bytes) -> bytes:
@@ -53,3 +53,18 @@ def test_a_length_prefix_that_does_not_cover_the_content_is_not_one_element() ->
     tensor.shape.extend([2])
     response.raw_output_contents.append(_bytes_tensor(b"ab", b"cde"))
     assert _outputs_of(response)["PASSAGES"].tolist() == [b"ab", b"cde"]
+
+
+def test_stream_response_text_reads_the_first_element_as_text() -> None:
+    """StreamResponse.text: what the Orchestrator's provider and bench.chat read from the grounded
+    responder's TOKEN, without each decoding it themselves."""
+    outputs = _outputs_of(_response())
+    response = StreamResponse(request_id="r", outputs=outputs, final=False)
+    assert response.text("TOKEN") == " lamp"
+    assert response.text("CITATIONS") == "p1"  # the first element only
+    assert response.text("EMPTY_TOKEN") == ""
+    assert response.text("NONE") == ""  # no elements
+    assert response.text("ABSENT") == ""
+    assert response.text("SAMPLE_RATE") == "16000"
+    broken = StreamResponse("r", {"TOKEN": np.array([b"\xffok"], dtype=object)}, final=False)
+    assert broken.text("TOKEN") == "\ufffdok"  # replaced, never raised mid-answer

@@ -123,8 +123,7 @@ class TritonProvider:
                 question, passages, ids, max_sentences=3, timeout=_time_left(),
                 on_sent=request.on_sent,
             ):
-                token = response.get("TOKEN")
-                text = _decode(token.reshape(-1)[0]) if token is not None and token.size else ""
+                text = response.text("TOKEN")
                 if text:
                     if produced >= request.max_output_tokens:
                         # Leaving the loop cancels the request on Triton.
