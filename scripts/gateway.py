@@ -103,6 +103,9 @@ JWT_AUDIENCE = "aimesh"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 UNARY_TIMEOUT = "15s"
 STREAM_IDLE_TIMEOUT = "300s"
+# Clients' HTTP/2 connections (gRPC, and JSON over h2) to the gateway's listener.
+DOWNSTREAM_HTTP2 = {"max_concurrent_streams": 1000}
+ENVOY_CONCURRENCY = 2  # worker threads: the machine's 2 cores
 
 
 def _t(name: str) -> str:
@@ -1085,7 +1088,7 @@ def _connection_manager(
         "http_filters": _http_filters(settings, services, descriptor),
         "local_reply_config": _local_reply_config(),
         "access_log": [_access_log()],
-        "http2_protocol_options": {"max_concurrent_streams": 1000},
+        "http2_protocol_options": DOWNSTREAM_HTTP2,
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
         **({"tracing": _tracing(settings.trace_sample_percent)} if settings.otlp_endpoint else {}),
     }
@@ -1233,7 +1236,7 @@ def reference_configs() -> dict[Path, str]:
     }
 
 
-def envoy_argv(config: Path, admin_file: Path, concurrency: int = 2) -> list[str]:
+def envoy_argv(config: Path, admin_file: Path, concurrency: int = ENVOY_CONCURRENCY) -> list[str]:
     return [
         envoy_binary(),
         "-c",

@@ -60,10 +60,11 @@ from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from bench.accounts import bench_account
 from bench.chat.timing import cpu_seconds
 from bench.gateway.envoy_floor import PROCESS as FLOOR_PROCESS
-from bench.gateway.envoy_floor import envoy_concurrency, start_floor
+from bench.gateway.envoy_floor import start_floor
 from bench.gateway.envoy_split import Split, envoy_split, print_split
 from bench.report import load_average, verdict
 from bench.scratch import scratch_dir
+from scripts.gateway import ENVOY_CONCURRENCY
 from scripts.stack import Stack
 from services.common.channels import open_channel
 from tests.support.mesh import free_port, private_addresses
@@ -196,7 +197,7 @@ def _start_uvicorn(module: str, port: int, env: dict[str, str],
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--log-level", "warning", "--no-access-log",
+             "--log-level", "warning", "--no-access-log",
              *keep_alive],
             env=env, stdout=subprocess.DEVNULL, stderr=log)
 
@@ -339,7 +340,7 @@ async def _measure(args: argparse.Namespace, modes: list[str], scratch: Path,
         mode_paths.append(built)
         paths += await built.build()
     first_mode, first_stack, first_dir = stacks[0]
-    fastapi_ports = _start_fastapi(first_stack, envoy_concurrency(), first_dir, extra)
+    fastapi_ports = _start_fastapi(first_stack, ENVOY_CONCURRENCY, first_dir, extra)
     fastapi_http = Http1([f"127.0.0.1:{port}" for port in fastapi_ports],
                          f"/v1/{mode_paths[0].account.organization}",
                          {"x-api-key": mode_paths[0].account.secret})
@@ -397,7 +398,7 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
     by_name = {r.name: r for r in results}
     fastapi = results[-1]
     print(f"\nGetOrganization, {os.cpu_count()} cores shared by client and servers; "
-          f"Envoy --concurrency {envoy_concurrency()}, FastAPI {envoy_concurrency()} "
+          f"Envoy --concurrency {ENVOY_CONCURRENCY}, FastAPI {ENVOY_CONCURRENCY} "
           f"single-worker uvicorn gateway+backend pairs, connections spread evenly; throughput "
           f"at {concurrency} in flight")
     print(f"machine load average (1, 5, 15 min): before {load_before}; after {load_average()}\n")

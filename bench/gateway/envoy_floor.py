@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.gateway import (
+    DOWNSTREAM_HTTP2,
     MAX_REQUEST_BYTES,
     STREAM_IDLE_TIMEOUT,
     envoy_argv,
@@ -29,12 +30,6 @@ from tests.support.mesh import free_port
 
 PROCESS = "envoy_floor"  # its name among the stack's processes (and its log file's)
 _TYPES = "type.googleapis.com/envoy.extensions.filters"
-
-
-def envoy_concurrency() -> int:
-    """The --concurrency Stack.start_gateway gives Envoy (its worker threads)."""
-    argv = envoy_argv(Path("envoy.yaml"), Path("admin"))
-    return int(argv[argv.index("--concurrency") + 1])
 
 
 def _address(host: str, port: int) -> dict[str, Any]:
@@ -60,7 +55,7 @@ def render_floor(settings: Settings, listen_port: int) -> dict[str, Any]:
             "typed_config": {"@type": f"{_TYPES}.http.router.v3.Router"},
         }],
         # The gateway's own downstream HTTP/2 settings.
-        "http2_protocol_options": {"max_concurrent_streams": 1000},
+        "http2_protocol_options": DOWNSTREAM_HTTP2,
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
     }
     listener = {
@@ -90,7 +85,7 @@ def start_floor(stack: Stack, timeout: float = 60) -> str:
     config, admin_file = out_dir / "envoy.json", out_dir / "admin-address.txt"
     config.write_text(json.dumps(render_floor(stack.settings, port), indent=1))
     admin_file.unlink(missing_ok=True)
-    stack.spawn(PROCESS, envoy_argv(config, admin_file, envoy_concurrency()),
+    stack.spawn(PROCESS, envoy_argv(config, admin_file),  # the gateway's --concurrency
                 lambda: is_ready(admin_file))
     stack.wait_ready([PROCESS], timeout=timeout)
     return f"127.0.0.1:{port}"
