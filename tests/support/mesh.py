@@ -10,6 +10,7 @@ for the components they need and the mesh starts each once:
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -62,6 +63,7 @@ def free_port() -> int:
     raise RuntimeError(f"no free TCP port in {low}-{high - 1} after 1000 tries")
 
 
+@functools.cache  # read once per process: a stack asks for ~20 ports
 def _ephemeral_start() -> int:
     try:
         return int(_EPHEMERAL_RANGE.read_text().split()[0])
