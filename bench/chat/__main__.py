@@ -60,7 +60,7 @@ from bench.chat.timing import (
     print_cpu_per_stream,
     report,
 )
-from bench.gateway.envoy_split import Split, envoy_split
+from bench.gateway.envoy_split import JSON_KEY, Split, envoy_split
 from bench.report import print_load, verdict
 from bench.scratch import scratch_dir
 from scripts import triton_server
@@ -410,7 +410,7 @@ async def bench(args: argparse.Namespace, settings: Settings, relays: Settings,
             envoy = await print_gateway_time(access_log, sequential)
             print_load("after the run")
             print_verdicts(results, args.streams, stream_ratio, floor_ratio,
-                           envoy.get("JSON + key", {}).get("filters_us"))
+                           envoy.get(JSON_KEY, {}).get("filters_us"))
         finally:
             await clients.close()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 FIELDS = ("filters_us", "upstream_us", "duration_us")
 Split = dict[str, dict[str, float]]  # request kind -> field -> p50 microseconds
+JSON_KEY = "JSON + key"  # the kind of JSON/HTTP requests (the transcoded routes take API keys)
 
 
 def _kind(entry: dict[str, object]) -> str | None:
@@ -26,7 +27,7 @@ def _kind(entry: dict[str, object]) -> str | None:
                     for field in ("key_id", "key_prefix")) or str(
             entry.get("bearer_prefix") or "").lower().startswith("bearer amk_")
         return "gRPC + key" if keyed else "gRPC + JWT"
-    return "JSON + key"
+    return JSON_KEY
 
 
 def envoy_split(log_path: Path, start: float, end: float,
