@@ -70,6 +70,10 @@ from services.common.identity import (
 from services.common.identity import HEADER_JWT_PAYLOAD as JWT_PAYLOAD_HEADER
 
 DESCRIPTOR = REPO_ROOT / "gen" / "descriptor.binpb"
+# Access tokens jwt_authn keeps verified per worker (LRU, by the token's text; still checked for
+# expiry on each use), so an active caller's signature is verified once, not per request. Tokens
+# are short-lived, and revocation is the services' check on every request (gateway_jwt.py).
+JWT_CACHE_SIZE = 1000
 # Set in front of grpc_web on gRPC-Web requests, read by the frame check behind it.
 GRPC_WEB_MARK = "x-aimesh-grpc-web"
 GRPC_WEB_FRAMES_LUA = REPO_ROOT / "envoy" / "grpc_web_frames.lua"
@@ -725,6 +729,7 @@ def _jwt_provider(gateway_port: int) -> dict[str, Any]:
         "forward_payload_header": JWT_PAYLOAD_HEADER,
         "payload_in_metadata": JWT_METADATA_KEY,
         "clock_skew_seconds": 30,
+        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
     }
 
 

@@ -56,6 +56,7 @@ from pathlib import Path
 import grpc
 import httpx
 from aimesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.accounts import bench_account
 from bench.chat.timing import cpu_seconds
@@ -81,6 +82,8 @@ class Result:
     errors: int
     # CPU the mesh's processes spent per request in the throughput phase (process -> us)
     cpu_us: dict[str, float] = field(default_factory=dict)
+    # Counters read from a service's metrics, summed over the throughput phase (name -> delta)
+    counted: dict[str, float] = field(default_factory=dict)
 
 
 async def _throughput(call: Call, concurrency: int, seconds: float) -> tuple[int, int, float]:
@@ -104,13 +107,17 @@ async def _throughput(call: Call, concurrency: int, seconds: float) -> tuple[int
 async def measure(paths: list[tuple[str, Call]], latency_requests: int, concurrency: int,
                   seconds: float, rounds: int = 4, warmup: int = 50,
                   latency_window: list[float] | None = None,
-                  processes: dict[str, dict[str, int]] | None = None) -> list[Result]:
+                  processes: dict[str, dict[str, int]] | None = None,
+                  counters: dict[str, Callable[[], dict[str, float]]] | None = None
+                  ) -> list[Result]:
     """Interleaved, so every path sees the same background load: latency samples round-robin
     over the paths, throughput in `rounds` alternating slices per path. `latency_window`, if
     given, receives the wall-clock start and end of the latency phase. `processes` (path name
     -> process name -> pid): the CPU they use per request in the throughput phase, which the
-    machine's load blurs far less than latency does."""
+    machine's load blurs far less than latency does. `counters` (path name -> a reader of
+    counters): how much each grew over the path's throughput slices."""
     processes = processes or {}
+    counters = counters or {}
     for _, call in paths:
         for _ in range(warmup):  # warm connections, pools, caches
             await call()
@@ -128,12 +135,17 @@ async def measure(paths: list[tuple[str, Call]], latency_requests: int, concurre
         latency_window[:] = [window_start, time.time()]
     totals = {name: [0, 0, 0.0] for name, _ in paths}
     cpu: dict[str, dict[str, float]] = {name: {} for name, _ in paths}
+    counted: dict[str, dict[str, float]] = {name: {} for name, _ in paths}
     for _ in range(rounds):
         for name, call in paths:
-            before = cpu_seconds(processes.get(name, {}))
+            read = counters.get(name, dict)
+            before, counted_before = cpu_seconds(processes.get(name, {})), read()
             done, errors, elapsed = await _throughput(call, concurrency, seconds / rounds)
             for process, used in cpu_seconds(processes.get(name, {})).items():
                 cpu[name][process] = cpu[name].get(process, 0.0) + used - before[process]
+            for counter, value in read().items():
+                counted[name][counter] = (counted[name].get(counter, 0.0) + value
+                                          - counted_before.get(counter, 0.0))
             totals[name][0] += done
             totals[name][1] += errors
             totals[name][2] += elapsed
@@ -144,7 +156,8 @@ async def measure(paths: list[tuple[str, Call]], latency_requests: int, concurre
         results.append(Result(name, statistics.median(ordered) * 1e3,
                               ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
                               done / elapsed, int(errors),
-                              {p: 1e6 * used / max(done, 1) for p, used in cpu[name].items()}))
+                              {p: 1e6 * used / max(done, 1) for p, used in cpu[name].items()},
+                              counted[name]))
     return results
 
 
@@ -348,9 +361,11 @@ async def _measure(args: argparse.Namespace, modes: list[str], scratch: Path,
     window: list[float] = []
     processes = {name: _mesh_processes(stack, name) for mode, stack, _ in stacks
                  for name, _ in paths if name.startswith(f"[{mode}]")}
+    limiters = {name: _limiter_counts(stack) for mode, stack, _ in stacks
+                for name, _ in paths if name.startswith(f"[{mode}]")}
     results = await measure(paths, args.latency_requests, args.concurrency, args.seconds,
                             rounds=args.rounds, warmup=args.warmup, latency_window=window,
-                            processes=processes)
+                            processes=processes, counters=limiters)
     await fastapi_http.close()
     splits = {mode: envoy_split(stack.log_dir / "gateway.log", *window)
               for mode, stack, _ in stacks}
@@ -362,6 +377,39 @@ def _mesh_processes(stack: Stack, path: str) -> dict[str, int]:
     Envoy is its own, the real gateway everyone else's (each idles while the other works)."""
     other_envoy = "gateway" if path.endswith(FLOOR) else FLOOR_PROCESS
     return {p: proc.popen.pid for p, proc in stack.processes.items() if p != other_envoy}
+
+
+def _limiter_counts(stack: Stack) -> Callable[[], dict[str, float]]:
+    """A reader of Auth's rate-limit counters (its /metrics): requests its gateway limiter
+    admitted, and the Redis round trips that took leases for them."""
+    url = f"http://{stack.settings.metrics_address_of('auth')}/metrics"
+
+    def read() -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
+            for sample in family.samples:
+                if sample.name == "aimesh_ratelimit_leases_total":
+                    counts["leases"] = sample.value
+                elif (sample.name == "aimesh_ratelimit_decisions_total"
+                      and sample.labels.get("decision") == "allow"):
+                    counts["admitted"] = sample.value
+        return counts
+
+    return read
+
+
+def _leases(mode: str, paths: dict[str, Result]) -> str:
+    """Redis round trips per 1000 requests Auth's limiter admitted, on the paths it counts."""
+    parts = []
+    for label, name in (("key+limit", "Envoy gRPC + key + limit"),
+                        ("JWT+limit", "Envoy gRPC + JWT + limit"),
+                        ("JSON key+limit", "Envoy JSON + key + limit")):
+        counted = paths[f"[{mode}] {name}"].counted
+        admitted, leases = counted.get("admitted", 0.0), counted.get("leases", 0.0)
+        parts.append(f"{label} {1000 * leases / admitted:.1f} ({admitted:.0f} admitted)"
+                     if admitted else f"{label} not measured")
+    return (f"leases [{mode}]: Redis round trips taking rate-limit leases per 1000 requests "
+            "Auth's limiter admitted (throughput phase): " + ", ".join(parts))
 
 
 def _bound(mode: str, direct: Result, floor: Result, fastapi: Result) -> str:
@@ -444,6 +492,7 @@ def report(results: list[Result], concurrency: int, load_before: str) -> None:
               f"{key.p50_ms - jwt.p50_ms:+.2f} ms p50, {key.rps / jwt.rps:.2f}x the JWT req/s")
         print(_bound(mode, direct, by_name[f"[{mode}] {FLOOR}"], fastapi))
         print(_auth_cpu(mode, by_name))
+        print(_leases(mode, by_name))
     errors = sum(r.errors for r in results)
     if errors:
         print(f"note: {errors} failed requests in the throughput phases (see 'err')")

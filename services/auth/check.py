@@ -24,8 +24,11 @@ On failure the reply is a JSON google.rpc.Status (HTTP 401/403) and, for gRPC ca
 status in grpc-status-details-bin.
 
 Rate limits: an admitted caller's request is then counted against its organization's window
-(and its API key's) by Usage's limiter (services/usage/ratelimit.py), run here on Usage's Redis
-keys, so a gateway request pays one gRPC hop instead of ext_authz + ratelimit. Over the limit:
+(and its API key's) by Usage's limiter (services/usage/ratelimit.py `GatewayLimiter`), run here
+on Usage's Redis keys, so a gateway request pays one gRPC hop instead of ext_authz + ratelimit.
+The limiter is the process's one (shared with Auth's own in-process admission) and counts from
+leased blocks of the windows: a hot caller's request is counted in memory, a Redis round trip
+taking the next block every few hundred requests. Over the limit:
 HTTP 429 / RESOURCE_EXHAUSTED with RetryInfo and x-ratelimit-* headers (on every counted reply,
 as Envoy's ratelimit filter sent them). If the counters cannot be reached the request is
 served (fail open, like the ratelimit filter's default) unless
@@ -67,7 +70,7 @@ from services.common.identity import (
     presented_key,
 )
 from services.common.mesh_policy import EDGE_PUBLIC_PREFIX
-from services.usage.ratelimit import Counters, Decision, GatewayLimiter, over_limit
+from services.usage.ratelimit import Decision, GatewayLimiter, over_limit
 
 log = logging.getLogger("aimesh.auth.check")
 
@@ -79,10 +82,9 @@ _HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, domain: AuthDomain, counters: Counters | None = None,
-                 limits_fail_closed: bool = False) -> None:
+    def __init__(self, domain: AuthDomain, limiter: GatewayLimiter | None = None) -> None:
         self.domain = domain
-        self.limiter = GatewayLimiter(counters, limits_fail_closed) if counters else None
+        self.limiter = limiter
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext

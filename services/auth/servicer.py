@@ -20,15 +20,15 @@ from services.auth.domain import AuthDomain
 from services.auth.memberships import ORGANIZATION, check_update_mask
 from services.auth.principal import ROLE_BY_NAME, Principal
 from services.auth.sessions import USER, Tokens
-from services.common.cache import ServiceCache
 from services.common.db import Row
 from services.common.errors import invalid_argument, not_found, unauthenticated
+from services.common.handlers import call_metadata
 from services.common.identity import Role, require_identity
 from services.common.names import ResourceName, resource
 from services.common.pagination import Paginator
 from services.common.server import Binding, Runtime, ServiceSpec, spec_for
 from services.common.timestamps import to_timestamp
-from services.usage.ratelimit import GATEWAY_COUNTERS_TIMEOUT, Counters
+from services.usage.ratelimit import gateway_limiter
 
 _ROLE_TO_PB = {
     "owner": auth_pb2.ROLE_OWNER, "admin": auth_pb2.ROLE_ADMIN,
@@ -46,7 +46,8 @@ log = logging.getLogger("aimesh.auth")
 
 
 def _principal(context: grpc.aio.ServicerContext) -> Principal:
-    identity = require_identity(context.invocation_metadata() or ())
+    # The metadata object the access check read (no second parse); a bare context in tests.
+    identity = require_identity(call_metadata() or context.invocation_metadata() or ())
     return Principal(org_id=identity.org, subject=identity.subject,
                      roles=tuple(r.name.lower() for r in identity.roles),
                      key_id=identity.key_id, scopes=tuple(sorted(identity.scopes)))
@@ -306,15 +307,6 @@ class _Shared:
         return self.domain
 
 
-def _gateway_counters(runtime: Runtime) -> Counters:
-    """Usage's rate-limit counters, run by Check on Usage's Redis keys (services/usage/ratelimit.py
-    explains why they are counted here). A short timeout: a slow Redis must not hold requests."""
-    cache = ServiceCache(runtime.settings.redis_url, "usage",
-                         socket_timeout=GATEWAY_COUNTERS_TIMEOUT)
-    runtime.on_shutdown(cache.close)
-    return Counters(runtime.settings, cache)
-
-
 def build_spec() -> ServiceSpec:
     shared = _Shared()
     return spec_for(
@@ -328,9 +320,10 @@ def build_spec() -> ServiceSpec:
             ),
             Binding(
                 external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
+                # Usage's rate-limit counters, run by Check on Usage's Redis keys
+                # (services/usage/ratelimit.py explains why they are counted here).
                 lambda runtime: check.AuthorizationServicer(
-                    shared.get(runtime), _gateway_counters(runtime),
-                    runtime.settings.gateway_ratelimit_fail_closed),
+                    shared.get(runtime), gateway_limiter(runtime)),
                 external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             ),
         ],

@@ -20,15 +20,18 @@ cannot say is enforced here, in the service, before any servicer code runs
   (`auth:apikey:{prefix}`); without a subscription API-key callers are admitted by asking Check,
   which falls back to PostgreSQL.
 - the rate limit: the organization's window (and an API key's) is counted with Usage's limiter
-  (services/usage/ratelimit.py `GatewayLimiter`, one Redis round trip), as Check does for the
-  requests it admits (an API key this process held no verdict on: Check counted it); over it:
-  RESOURCE_EXHAUSTED with RetryInfo. Writes are counted before they run; reads
-  (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis first —
-  over the limit the reply is dropped for the refusal, and that caller's reads are refused up
-  front for the next second. A streaming write registered with `count_alongside` (a chat turn)
-  starts while it is counted too: its handler awaits `admission_settled()` before its first
-  side effect that a refused request must not leave behind, so the count overlaps the work
-  before it (a chat's turn lease, which a refusal releases). API-key callers get x-ratelimit-*
+  (services/usage/ratelimit.py `GatewayLimiter`, the process's one, shared with Auth's Check in
+  Auth's process), as Check does for the requests it admits (an API key this process held no
+  verdict on: Check counted it); over it: RESOURCE_EXHAUSTED with RetryInfo. The limiter counts
+  from leased blocks of the windows: while this process holds some of the caller's, the request
+  is counted in memory, synchronously (no task, no await). Otherwise it waits for a lease (one
+  Redis round trip, shared by the caller's concurrent requests): writes are counted before they
+  run; reads (NO_SIDE_EFFECTS) run while they are counted, so the caller does not wait for Redis
+  first — over the limit the reply is dropped for the refusal, and that caller's reads are
+  refused up front for the next second. A streaming write registered with `count_alongside`
+  (a chat turn) starts while it is counted too: its handler awaits `admission_settled()` before
+  its first side effect that a refused request must not leave behind, so the count overlaps the
+  work before it (a chat's turn lease, which a refusal releases). API-key callers get x-ratelimit-*
   as the reply's initial metadata (Envoy passes them on, to JSON callers as HTTP headers), and
   with an over-limit refusal.
 
@@ -288,12 +291,26 @@ class GatewayCallerInterceptor(MethodInterceptor):
 
         return admit_key
 
+    def _counted_now(self, caller: Caller) -> tuple[tuple[str, str], ...] | None:
+        """The x-ratelimit-* headers to send (API keys only) when the request is counted without
+        waiting: by Check already, by no limiter here, or from this process's lease of its
+        windows (no task, no await); None: it waits for a lease (_count)."""
+        if caller.counted is not None:
+            return caller.counted
+        if self.limiter is None:
+            return ()
+        decision = self.limiter.spend(caller.org, caller.key_id)
+        if decision is None:
+            return None
+        return decision.headers() if caller.report_limits else ()
+
     async def _count(self, caller: Caller) -> tuple[tuple[str, str], ...]:
         """Count the caller's request (refused over the limit); its x-ratelimit-* headers."""
-        if caller.counted is not None or self.limiter is None:
-            return caller.counted or ()
+        limits = self._counted_now(caller)
+        if limits is not None or self.limiter is None:
+            return limits or ()
         decision = await self.limiter.admit(caller.org, caller.key_id)
-        return decision.headers() if decision is not None else ()
+        return decision.headers() if decision is not None and caller.report_limits else ()
 
     def _start_count(self, caller: Caller) -> asyncio.Future[tuple[tuple[str, str], ...]]:
         """The request's count, started (to run alongside the method); refused at once instead
@@ -315,7 +332,8 @@ class GatewayCallerInterceptor(MethodInterceptor):
             if admit is None:
                 return await call_unary(behavior, request, context)
             caller = await admit()
-            if read and caller.counted is None and self.limiter is not None:
+            limits = self._counted_now(caller)
+            if limits is None and read:
                 counting = self._start_count(caller)
                 try:
                     reply = await call_unary(behavior, request, context)
@@ -324,7 +342,8 @@ class GatewayCallerInterceptor(MethodInterceptor):
                     raise
                 limits = await counting
             else:
-                limits = await self._count(caller)
+                if limits is None:
+                    limits = await self._count(caller)
                 reply = await call_unary(behavior, request, context)
             await _report_limits(context, caller, limits)
             return reply
@@ -339,11 +358,14 @@ class GatewayCallerInterceptor(MethodInterceptor):
                     yield item
                 return
             caller = await admit()
-            if alongside and caller.counted is None and self.limiter is not None:
+            limits = self._counted_now(caller)
+            if limits is None and alongside:
                 async for item in self._counted_alongside(behavior, request, context, caller):
                     yield item
                 return
-            await _report_limits(context, caller, await self._count(caller))
+            if limits is None:
+                limits = await self._count(caller)
+            await _report_limits(context, caller, limits)
             async for item in iterate_stream(behavior, request, context):
                 yield item
 
@@ -391,7 +413,7 @@ def _needs_caller(method: str) -> bool:
 
 def start(runtime: Any) -> GatewayCallerInterceptor:
     """The interceptor for this server process, its mirror listening for the server's life."""
-    from services.usage.ratelimit import GatewayLimiter
+    from services.usage.ratelimit import gateway_limiter
 
     settings = runtime.settings
     verdicts = KeyVerdicts()
@@ -400,8 +422,7 @@ def start(runtime: Any) -> GatewayCallerInterceptor:
     runtime.spawn(tokens.listen(), "gateway-revocations")
     _listeners.append(tokens)
     identity.set_role_source(tokens.role_now)
-    limiter = GatewayLimiter.for_settings(settings)
-    runtime.on_shutdown(limiter.close)
+    limiter = gateway_limiter(runtime)  # the one Auth's Check uses in Auth's process
     auth = Channels(settings)
     runtime.on_shutdown(auth.close)
     keys = ApiKeyCallers(verdicts, AuthCheck(lambda: auth.get("auth")))

@@ -11,6 +11,13 @@ RATELIMIT_DECISIONS = Counter(
     "Rate-limit checks answered for the gateway, by decision (allow/deny).",
     ("decision",),
 )
+RATELIMIT_LEASES = Counter(
+    "aimesh_ratelimit_leases_total",
+    "Redis round trips taking blocks of rate-limit windows for the gateway's callers "
+    "(GatewayLimiter's leases; each admits up to a block of requests).",
+)
+_ALLOWED = RATELIMIT_DECISIONS.labels("allow")
+_DENIED = RATELIMIT_DECISIONS.labels("deny")
 BUDGET_UTILIZATION = Gauge(
     "aimesh_budget_utilization_ratio",
     "Share of a budget's monthly cap spent or held (the larger of money and tokens), as last seen.",
@@ -25,7 +32,12 @@ BUDGET_REJECTIONS = Counter(
 
 def record_ratelimit(denied: bool) -> None:
     if metrics.enabled():
-        RATELIMIT_DECISIONS.labels("deny" if denied else "allow").inc()
+        (_DENIED if denied else _ALLOWED).inc()
+
+
+def record_lease() -> None:
+    if metrics.enabled():
+        RATELIMIT_LEASES.inc()
 
 
 def record_budget(org: str, budget: str, limit_micros: int, used_micros: int,

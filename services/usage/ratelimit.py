@@ -11,14 +11,24 @@ Descriptors (what a rate-limit request carries; the domain is ignored):
 
 Windows are fixed, one per UTC minute. One Lua script reads the request's policies and checks
 and increments all its windows in a single Redis round trip: either every window takes the
-hits or none does (a rejected request consumes no quota), so exactly `limit` requests pass per
-window however many race.
+hits or none does (a rejected request consumes no quota), so never more than `limit` hits are
+counted per window however many race.
 
-Two callers run the same `Counters`: Usage's RateLimitService (ShouldRateLimit, for an Envoy
-ratelimit filter) and the gateway's ext_authz Check in Auth's process, which counts the request
-right after admitting the caller, so a gateway request pays one gRPC hop, not two
-(`gateway_limits`). Either way the counters and policies are Usage's Redis keys (prefix
-`usage:`), read and written only by this module; PostgreSQL stays Usage's alone.
+Two kinds of callers run the same `Counters`:
+- Usage's RateLimitService (ShouldRateLimit, for an Envoy ratelimit filter): exact per request,
+  one round trip each (`Counters.check`): exactly `limit` requests pass per window.
+- The gateway's admissions (`GatewayLimiter`): Auth's ext_authz Check, and every service's
+  in-process admission of JWT and API-key callers (services/common/gateway_jwt.py). They count
+  from leases: blocks of a caller's windows taken by the same script (`Counters.lease`: as many
+  as every window still has, so the per-window bound holds across processes and replicas),
+  spent in process memory, the unspent rest returned (`Counters.give_back`) within
+  LEASE_SECONDS. A caller's first request in a window leases 1; a hot caller's leases grow with
+  its rate, so it pays a Redis round trip every few hundred requests, not per request. With one
+  process counting a caller exactly `limit` pass; with several, quota one of them leased and
+  has not spent is unavailable to the others for at most LEASE_SECONDS (GatewayLimiter says
+  what that means for refusals, x-ratelimit-* headers, policy changes and SIGKILL).
+Either way the counters and policies are Usage's Redis keys (prefix `usage:`), read and written
+only by this module; PostgreSQL stays Usage's alone.
 
 Policies come from SetRateLimitPolicy (Billing, on plan changes), are stored in PostgreSQL and
 published by Usage to Redis without expiry: write-through on set, and every
@@ -36,7 +46,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -65,13 +75,16 @@ ORG_ENTRY = "org_id"
 KEY_ENTRY = "key_id"
 
 # KEYS: the policies of the request's organizations, the default policy, then the window
-# counters. ARGV: hits, counter ttl (ms), configured default org rpm and key rpm (when no default
-# policy is published), the number of policy keys, then per counter its policy's index (0: the
-# default policy) and its kind ("o": organization window, "k": API-key window).
-# Returns {over (0/1), limit_1, count_1, ..., limit_n, count_n}: counts after the increment
-# when allowed, the untouched counts when over.
-_CHECK_AND_INCREMENT = """
-local hits = tonumber(ARGV[1])
+# counters. ARGV: hits wanted, counter ttl (ms), configured default org rpm and key rpm (when no
+# default policy is published), the number of policy keys, the fewest hits worth granting (all
+# of them for an exact check; 1 for a lease), then per counter its policy's index (0: the default
+# policy) and its kind ("o": organization window, "k": API-key window).
+# Grants min(wanted, what every window has left), or 0 when that is below the fewest: every window
+# takes the grant or none does. Returns {grant, limit_1, count_1, ..., limit_n, count_n}: counts
+# after the increment when granted, the untouched counts when not.
+_TAKE = """
+local grant = tonumber(ARGV[1])
+local least = tonumber(ARGV[6])
 local npol = tonumber(ARGV[5])
 local function parse(stored)
   if not stored then return nil, nil end
@@ -86,23 +99,24 @@ for i = 1, npol do
   org_limit[i], key_limit[i] = o or dorg, k or dkey
 end
 local first = npol + 2
-local limits, counts, over = {}, {}, 0
+local limits, counts = {}, {}
 for c = first, #KEYS do
-  local at = 6 + 2 * (c - first)
+  local at = 7 + 2 * (c - first)
   local policy = tonumber(ARGV[at])
   local limit = org_limit[policy]
   if ARGV[at + 1] == 'k' then limit = key_limit[policy] end
   local current = tonumber(redis.call('GET', KEYS[c]) or '0')
   limits[c], counts[c] = limit, current
-  if current + hits > limit then over = 1 end
+  if limit - current < grant then grant = limit - current end
 end
-if over == 0 then
+if grant < least then grant = 0 end
+if grant > 0 then
   for c = first, #KEYS do
-    counts[c] = redis.call('INCRBY', KEYS[c], hits)
-    if counts[c] == hits then redis.call('PEXPIRE', KEYS[c], ARGV[2]) end
+    counts[c] = redis.call('INCRBY', KEYS[c], grant)
+    if counts[c] == grant then redis.call('PEXPIRE', KEYS[c], ARGV[2]) end
   end
 end
-local out = {over}
+local out = {grant}
 for c = first, #KEYS do
   table.insert(out, limits[c])
   table.insert(out, counts[c])
@@ -110,6 +124,17 @@ end
 return out
 """
 
+# KEYS: the window counters a lease was taken from; ARGV[1]: its unspent tokens. Each counter
+# takes them back only while it exists (its name holds the window: an ended window's counter has
+# expired) and never goes below zero.
+_GIVE_BACK = """
+local back = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if current > 0 then redis.call('DECRBY', KEYS[i], math.min(back, current)) end
+end
+return 1
+"""
 
 @dataclass(frozen=True)
 class Policy:
@@ -208,7 +233,8 @@ class Counters:
     def __init__(self, settings: Settings, cache: ServiceCache) -> None:
         self.settings = settings
         self.cache = cache
-        self._script = cache.redis.register_script(_CHECK_AND_INCREMENT)
+        self._take = cache.redis.register_script(_TAKE)
+        self._give_back = cache.redis.register_script(_GIVE_BACK)
 
     def policy_key(self, org: str) -> str:
         return self.cache.key("rlpolicy", org)
@@ -216,6 +242,29 @@ class Counters:
     async def check(
         self, descriptors: Sequence[Sequence[tuple[str, str]]], hits: int, now: float | None = None
     ) -> Decision:
+        """Count `hits` in every window of the request, all or nothing (exact per request)."""
+        _, decision, _ = await self.take(descriptors, hits, hits, now)
+        usage_metrics.record_ratelimit(decision.over)
+        return decision
+
+    async def lease(
+        self, descriptors: Sequence[Sequence[tuple[str, str]]], wanted: int,
+        now: float | None = None,
+    ) -> tuple[int, Decision, list[str]]:
+        """Take up to `wanted` hits of every window of the request at once (a lease: as many as
+        every window still has, 0 when one is full). Returns the grant, the decision (remaining
+        after the grant) and the window counters, which give_back() takes."""
+        return await self.take(descriptors, wanted, 1, now)
+
+    async def give_back(self, counters: Sequence[str], unspent: int) -> None:
+        """Return a lease's unspent hits to its windows (while they last, never below zero)."""
+        if counters and unspent > 0:
+            await self._give_back(keys=list(counters), args=[unspent])
+
+    async def take(
+        self, descriptors: Sequence[Sequence[tuple[str, str]]], wanted: int, least: int,
+        now: float | None = None,
+    ) -> tuple[int, Decision, list[str]]:
         now = time.time() if now is None else now
         window = int(now // WINDOW_SECONDS)
         reset = (window + 1) * WINDOW_SECONDS - now
@@ -236,21 +285,21 @@ class Counters:
             limited.append(index)
         statuses = [Status(False, 0, 0, c.kind) for c in checks]
         if not counters:
-            return Decision(False, statuses, reset)
+            return wanted, Decision(False, statuses, reset), counters
         orgs = [org for org in policy_index if org]
         keys = [*(self.policy_key(o) for o in orgs), self.policy_key(DEFAULT_POLICY_ORG),
                 *counters]
-        result = await self._script(keys=keys, args=[
-            hits, int(reset * 1000) + 1000, self.settings.ratelimit_default_org_rpm,
-            self.settings.ratelimit_default_key_rpm, len(orgs), *args])
-        over = bool(result[0])
+        result = await self._take(keys=keys, args=[
+            wanted, int(reset * 1000) + 1000, self.settings.ratelimit_default_org_rpm,
+            self.settings.ratelimit_default_key_rpm, len(orgs), least, *args])
+        grant = int(result[0])
+        over = grant == 0
         for position, index in enumerate(limited):
             limit, count = int(result[1 + 2 * position]), int(result[2 + 2 * position])
-            # When the request is refused the counts are pre-request: say which window refused.
-            this_over = over and count + hits > limit
+            # When nothing is granted the counts are untouched: say which window refused.
+            this_over = over and count + least > limit
             statuses[index] = Status(this_over, limit, max(limit - count, 0), checks[index].kind)
-        usage_metrics.record_ratelimit(over)
-        return Decision(over, statuses, reset)
+        return grant, Decision(over, statuses, reset), counters
 
 
 # A slow Redis must not hold gateway requests (Envoy's ratelimit filter waited 20-250 ms too).
@@ -259,20 +308,93 @@ GATEWAY_COUNTERS_RETRY_AFTER = 1.0  # seconds the counters are skipped after the
 # An over-limit caller's reads are refused up front this long (not run alongside the count); short,
 # so a raised limit applies within it.
 REFUSAL_MEMORY_SECONDS = 1.0
+# Leases (GatewayLimiter): unspent hits go back to their windows this long after the last lease.
+LEASE_SECONDS = 1.0
+# A hot caller's lease covers about this much of its observed rate...
+LEASE_HORIZON_SECONDS = 0.1
+# ...measured over at least this long (a burst of requests within it is a rate, not infinite)...
+RATE_MIN_SECONDS = 0.01
+# ...and at most this share of what its windows have left (near the limit: 1), twice the last
+# lease (growth is gradual) and MAX_LEASE.
+LEASE_SHARE = 0.1
+MAX_LEASE = 1000
+MAX_LEASES = 100_000  # callers held; beyond it, the idle ones are forgotten
+
+
+class _Lease:
+    """One caller's hits leased from its windows (organization, and API key) in one window."""
+
+    __slots__ = ("org", "key_id", "descriptors", "window", "tokens", "counters", "limits",
+                 "left", "reset_at", "size", "arrivals", "seen_arrivals", "seen_at", "waiting",
+                 "refill", "expiry")
+
+    def __init__(self, org: str, key_id: str | None) -> None:
+        self.org, self.key_id = org, key_id
+        self.descriptors = gateway_descriptors(org, key_id)
+        self.window = -1
+        self.tokens = 0  # leased, not yet spent
+        self.counters: list[str] = []  # the window counters leased from (give_back)
+        self.limits: list[tuple[int, int, str]] = []  # per window: limit, count as of the lease
+        self.left = 0  # the least any window had left after the last lease
+        self.reset_at = 0.0  # epoch seconds the window ends
+        self.size = 0  # the last lease asked for (0: none yet this window)
+        self.arrivals = 0  # requests seen (all windows): the rate
+        self.seen_arrivals = 0  # arrivals when the last lease was asked for...
+        self.seen_at = 0.0  # ...and when (monotonic)
+        self.waiting = 0  # requests awaiting a lease now
+        self.refill: asyncio.Future[Decision | None] | None = None  # the one lease in flight
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def start_window(self, window: int) -> None:
+        self.window, self.tokens, self.size, self.counters = window, 0, 0, []
+
+    def decision(self, now: float) -> Decision:
+        """An admitted request's decision: remaining = limit - the window's count as of the
+        lease + the hits this process has not spent yet (exact with one process counting)."""
+        return Decision(False, [Status(False, limit, limit - count + self.tokens, kind)
+                                for limit, count, kind in self.limits], self.reset_at - now)
 
 
 class GatewayLimiter:
     """Counts an admitted gateway request in its organization's window (and its API key's), as
     the gateway's callers are counted wherever they are admitted: Auth's Check (API keys, the
-    edge) and services/common/gateway_jwt.py (JWT callers). If the counters cannot be reached
-    the request is served (fail open, like Envoy's ratelimit filter's default) unless
-    `fail_closed` (AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED): then UNAVAILABLE."""
+    edge) and services/common/gateway_jwt.py (JWT and API-key callers). If the counters cannot
+    be reached the request is served (fail open, like Envoy's ratelimit filter's default) unless
+    `fail_closed` (AIMESH_GATEWAY_RATELIMIT_FAIL_CLOSED): then UNAVAILABLE.
 
-    def __init__(self, counters: Counters, fail_closed: bool = False) -> None:
+    Leases: the process takes blocks of each caller's windows at once (Counters.lease, the same
+    all-or-nothing script: min(wanted, what every window has left), 0 = over) and spends them in
+    memory, so a hot caller's request normally costs no Redis round trip:
+    - never more than `limit` requests per window across all processes and replicas (leases
+      come out of the Redis counters); with one process counting a caller exactly `limit` pass;
+    - a caller's first request in a window leases 1 (one round trip, as a plain count); later
+      leases follow its observed rate (about LEASE_HORIZON_SECONDS of it, at most twice the
+      last lease, LEASE_SHARE of what its windows have left, MAX_LEASE), so a caller slower than
+      ~1 request per LEASE_HORIZON_SECONDS keeps leasing 1 per request;
+    - a hot caller's next lease is taken in the background when half of the last is spent (one
+      lease in flight per caller); requests that find none left await that one lease;
+    - unspent hits go back to their windows (Counters.give_back) LEASE_SECONDS after the last
+      lease and on close(); until then another process cannot use them (it refuses what this
+      one could still admit: under-admission, never over). A process killed (SIGKILL) loses its
+      unspent hits for the rest of that window, the same way. A refusal first returns what this
+      process's other callers of that organization hold, then asks once more;
+    - a lowered policy applies at each caller's next lease (within LEASE_SECONDS or its next
+      block), hits already leased are still spent;
+    - x-ratelimit-remaining = limit - the window's count as of the lease + this process's
+      unspent hits: exact with one process; with several it also counts as used what the others
+      leased and have not spent yet."""
+
+    def __init__(self, counters: Counters, fail_closed: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         self.counters = counters
         self.fail_closed = fail_closed
+        self.clock = clock  # epoch seconds: which window a request counts in
         self._down_until = 0.0
         self._refused: dict[tuple[str, str | None], tuple[float, Decision]] = {}
+        self._leases: dict[tuple[str, str | None], _Lease] = {}
+        self._by_org: dict[str, list[_Lease]] = {}
+        self._returns: set[asyncio.Task[None]] = set()
+        self.lease_calls = 0  # Redis round trips taking leases (the bench reports them)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> GatewayLimiter:
@@ -280,20 +402,78 @@ class GatewayLimiter:
         return cls(Counters(settings, cache), settings.gateway_ratelimit_fail_closed)
 
     async def close(self) -> None:
+        """Return every unspent hit to its window, then close the connection."""
+        for lease in self._leases.values():
+            if lease.expiry is not None:
+                lease.expiry.cancel()
+        await asyncio.gather(*self._returns, *(self._give_back(lease)
+                                               for lease in self._leases.values()))
         await self.counters.cache.close()
 
-    async def count(self, org: str, key_id: str | None) -> Decision | None:
+    def spend(self, org: str, key_id: str | None, now: float | None = None) -> Decision | None:
+        """This request counted from this process's lease, without waiting (None: no hit left
+        here; count() leases more)."""
+        lease = self._leases.get((org, key_id))
+        if lease is None or lease.tokens <= 0:
+            return None
+        now = self.clock() if now is None else now
+        if lease.window != int(now // WINDOW_SECONDS):
+            return None
+        lease.arrivals += 1
+        lease.tokens -= 1
+        if (lease.size > 1 and lease.tokens <= lease.size // 2 and lease.refill is None
+                and time.monotonic() >= self._down_until):
+            self._refill(lease, now)  # a hot caller's next lease, taken before it is needed
+        usage_metrics.record_ratelimit(False)
+        return lease.decision(now)
+
+    async def count(self, org: str, key_id: str | None, now: float | None = None
+                    ) -> Decision | None:
         """This request counted in its windows; None when the counters are unreachable and the
         gateway fails open."""
-        if time.monotonic() >= self._down_until:
-            try:
-                return await self.counters.check(gateway_descriptors(org, key_id), 1)
-            except (RedisError, OSError) as exc:
-                log.warning("rate-limit counters unavailable: %r", exc)
-                self._down_until = time.monotonic() + GATEWAY_COUNTERS_RETRY_AFTER
-        if self.fail_closed:
-            raise unavailable("rate-limit counters unavailable", reason="RATE_LIMIT_UNAVAILABLE")
-        return None
+        now = self.clock() if now is None else now
+        decision = self.spend(org, key_id, now)
+        if decision is not None:
+            return decision
+        lease = self._leases.get((org, key_id)) or self._new_lease(org, key_id)
+        lease.arrivals += 1
+        window = int(now // WINDOW_SECONDS)
+        if lease.window < window:
+            lease.start_window(window)
+        lease.waiting += 1
+        retried = False
+        try:
+            while True:
+                if lease.window != window:  # a later request moved the lease to a new window
+                    now = self.clock()
+                    window = int(now // WINDOW_SECONDS)
+                    if lease.window < window:
+                        lease.start_window(window)
+                if lease.tokens > 0 and lease.window == window:
+                    lease.tokens -= 1
+                    usage_metrics.record_ratelimit(False)
+                    return lease.decision(now)
+                if time.monotonic() < self._down_until:
+                    return self._unreachable()
+                refill = lease.refill or self._refill(lease, now)
+                try:
+                    refused = await asyncio.shield(refill)
+                except (RedisError, OSError):
+                    return self._unreachable()
+                if refused is None or lease.tokens > 0:
+                    continue
+                if not retried and await self._return_siblings(lease, refused):
+                    retried = True
+                    continue
+                usage_metrics.record_ratelimit(True)
+                return refused
+        finally:
+            lease.waiting -= 1
+
+    def held(self, org: str, key_id: str | None) -> int:
+        """Hits this process leased for the caller and has not spent yet."""
+        lease = self._leases.get((org, key_id))
+        return lease.tokens if lease is not None else 0
 
     async def admit(self, org: str, key_id: str | None) -> Decision | None:
         """count(), refusing the request RESOURCE_EXHAUSTED (with RetryInfo) when over."""
@@ -312,6 +492,123 @@ class GatewayLimiter:
         if held is None or held[0] <= time.monotonic():
             return None
         return over_limit(held[1])
+
+    def _unreachable(self) -> Decision | None:
+        """Fail open (None: not counted) unless configured closed (UNAVAILABLE)."""
+        if self.fail_closed:
+            raise unavailable("rate-limit counters unavailable", reason="RATE_LIMIT_UNAVAILABLE")
+        return None
+
+    def _new_lease(self, org: str, key_id: str | None) -> _Lease:
+        if len(self._leases) >= MAX_LEASES:
+            self._forget_idle()
+        lease = self._leases[(org, key_id)] = _Lease(org, key_id)
+        self._by_org.setdefault(org, []).append(lease)
+        return lease
+
+    def _forget_idle(self) -> None:
+        idle = [k for k, lease in self._leases.items()
+                if not lease.tokens and lease.refill is None and not lease.waiting]
+        for key in idle:
+            lease = self._leases.pop(key)
+            siblings = self._by_org.get(lease.org, [])
+            if lease in siblings:
+                siblings.remove(lease)
+            if not siblings:
+                self._by_org.pop(lease.org, None)
+
+    def _lease_size(self, lease: _Lease) -> int:
+        """The first lease of a window is 1; then the requests waiting plus about
+        LEASE_HORIZON_SECONDS of the caller's rate since the last lease (bounded)."""
+        at = time.monotonic()
+        arrived = lease.arrivals - lease.seen_arrivals
+        rate = arrived / max(at - lease.seen_at, RATE_MIN_SECONDS)
+        lease.seen_at, lease.seen_arrivals = at, lease.arrivals
+        if not lease.size:
+            return 1
+        ahead = min(int(rate * LEASE_HORIZON_SECONDS), 2 * lease.size,
+                    int(lease.left * LEASE_SHARE))
+        return max(1, min(lease.waiting + max(ahead, 0), MAX_LEASE))
+
+    def _refill(self, lease: _Lease, now: float) -> asyncio.Future[Decision | None]:
+        size = self._lease_size(lease)
+        lease.size = size
+        refill = lease.refill = asyncio.ensure_future(self._take(lease, size, now))
+        # Retrieved here too, so a failed background lease nobody awaited logs no stray error.
+        refill.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return refill
+
+    async def _take(self, lease: _Lease, size: int, now: float) -> Decision | None:
+        """Lease `size` hits (the one lease in flight of this caller); the refusal when none
+        was granted, else None. Raises (after marking the counters down) when Redis fails."""
+        window = int(now // WINDOW_SECONDS)
+        try:
+            self.lease_calls += 1
+            usage_metrics.record_lease()
+            grant, decision, counters = await self.counters.lease(lease.descriptors, size, now)
+        except (RedisError, OSError) as exc:
+            if time.monotonic() >= self._down_until:
+                log.warning("rate-limit counters unavailable: %r", exc)
+            self._down_until = time.monotonic() + GATEWAY_COUNTERS_RETRY_AFTER
+            raise
+        finally:
+            lease.refill = None
+        if lease.window != window:  # the caller's window moved on meanwhile: that one is over
+            return None
+        lease.limits = [(s.limit, s.limit - s.remaining, s.kind) for s in decision.statuses
+                        if s.limit]
+        lease.left = min((s.remaining for s in decision.statuses if s.limit), default=0)
+        lease.reset_at = now + decision.seconds_until_reset
+        lease.counters = counters
+        if not grant:
+            return decision
+        lease.tokens += grant
+        if lease.expiry is not None:
+            lease.expiry.cancel()
+        lease.expiry = asyncio.get_running_loop().call_later(LEASE_SECONDS, self._expired, lease)
+        return None
+
+    def _expired(self, lease: _Lease) -> None:
+        """LEASE_SECONDS after the last lease: return what is unspent, in the background."""
+        lease.expiry = None
+        if lease.tokens > 0:
+            task = asyncio.ensure_future(self._give_back(lease))
+            self._returns.add(task)
+            task.add_done_callback(self._returns.discard)
+
+    async def _give_back(self, lease: _Lease) -> None:
+        unspent, lease.tokens = lease.tokens, 0
+        if unspent <= 0 or lease.window != int(self.clock() // WINDOW_SECONDS):
+            return  # nothing held, or its window is over (and its counters with it)
+        try:
+            await self.counters.give_back(lease.counters, unspent)
+        except (RedisError, OSError) as exc:  # those hits stay counted: under-admission only
+            log.warning("could not return %d leased rate-limit hits: %r", unspent, exc)
+
+    async def _return_siblings(self, lease: _Lease, refused: Decision) -> bool:
+        """A request refused by its organization's window: return the hits this process's
+        other callers of that organization hold unspent (so one process stays exact across
+        them). True when some were returned (ask again)."""
+        if not any(s.over and s.kind == "org" for s in refused.statuses):
+            return False
+        holders = [other for other in self._by_org.get(lease.org, ())
+                   if other is not lease and other.tokens > 0 and other.window == lease.window]
+        if not holders:
+            return False
+        await asyncio.gather(*(self._give_back(other) for other in holders))
+        return True
+
+
+def gateway_limiter(runtime: Any) -> GatewayLimiter:
+    """The process's one GatewayLimiter (a services.common.server.Runtime's shared object):
+    Auth's Check and the server's interceptor spend the same leases, so one process stays exact
+    and holds one set of unspent hits. Closed (its hits returned) at shutdown."""
+    limiter: GatewayLimiter | None = runtime.shared.get("gateway-limiter")
+    if limiter is None:
+        limiter = GatewayLimiter.for_settings(runtime.settings)
+        runtime.shared["gateway-limiter"] = limiter
+        runtime.on_shutdown(limiter.close)
+    return limiter
 
 
 def over_limit(decision: Decision) -> ServiceError:

@@ -38,7 +38,9 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
            r"so the 3x FastAPI target (IS|is NOT) reachable by (an|any) Envoy gateway in this run"
            for mode in ("mtls", "plaintext")),
          *(rf"cpu \[{mode}\]: Auth's own CPU per request: direct {NUMBER} us, routing only "
-           rf"{NUMBER} us, key\+limit {NUMBER} us" for mode in ("mtls", "plaintext"))],
+           rf"{NUMBER} us, key\+limit {NUMBER} us" for mode in ("mtls", "plaintext")),
+         *(rf"leases \[{mode}\]: Redis round trips .*: key\+limit {NUMBER} \(\d+ admitted\), "
+           rf"JWT\+limit {NUMBER} \(\d+ admitted\)" for mode in ("mtls", "plaintext"))],
     ),
     "usage": (
         ["--records", "40", "--concurrency", "2", "--reservations", "10"],

@@ -153,6 +153,9 @@ class FakeLimiter:
     def __init__(self) -> None:
         self.counted: list[tuple[str, str | None]] = []
 
+    def spend(self, org: str, key_id: str | None) -> Decision | None:
+        return None  # no lease held: every request is counted by admit()
+
     async def admit(self, org: str, key_id: str | None) -> Decision:
         self.counted.append((org, key_id))
         return _decision(False)

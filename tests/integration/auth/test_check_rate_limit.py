@@ -20,7 +20,7 @@ from envoy_api.service.auth.v3 import external_auth_pb2
 from services.auth.check import AuthorizationServicer
 from services.auth.domain import AuthDomain
 from services.common.cache import ServiceCache
-from services.usage.ratelimit import Counters
+from services.usage.ratelimit import Counters, GatewayLimiter
 from tests.integration.auth.domains import open_domain
 from tests.integration.usage.test_ratelimit import wait_for_fresh_window
 from tests.support.mesh import TestMesh, free_port
@@ -64,9 +64,9 @@ async def test_counts_and_refuses_over_the_limit(domain: AuthDomain, mesh: TestM
         api_key_requests_per_minute=1, plan="plans/test")
     await usage.SetRateLimitPolicy(usage_pb2.SetRateLimitPolicyRequest(policy=policy), timeout=5)
     await wait_for_fresh_window()
-    cache = ServiceCache(mesh.settings.redis_url, "usage")
+    limiter = GatewayLimiter(Counters(mesh.settings, ServiceCache(mesh.settings.redis_url, "usage")))
     try:
-        check = AuthorizationServicer(domain, Counters(mesh.settings, cache))
+        check = AuthorizationServicer(domain, limiter)
         first = await check.Check(request, None)  # type: ignore[arg-type]
         assert first.status.code == 0
         sent = _headers(first.ok_response.response_headers_to_add)
@@ -80,7 +80,7 @@ async def test_counts_and_refuses_over_the_limit(domain: AuthDomain, mesh: TestM
         assert headers["grpc-status"] == "8" and headers["x-ratelimit-remaining"] == "0"
         assert "grpc-status-details-bin" in headers
     finally:
-        await cache.close()
+        await limiter.close()
 
 
 @pytest.mark.parametrize("fail_closed", [False, True])
@@ -88,8 +88,9 @@ async def test_unreachable_counters_fail_open_unless_configured(
     domain: AuthDomain, mesh: TestMesh, fail_closed: bool
 ) -> None:
     dead = ServiceCache(f"redis://127.0.0.1:{free_port()}/0", "usage", socket_timeout=0.25)
+    limiter = GatewayLimiter(Counters(mesh.settings, dead), fail_closed)
     try:
-        check = AuthorizationServicer(domain, Counters(mesh.settings, dead), fail_closed)
+        check = AuthorizationServicer(domain, limiter)
         reply = await check.Check(await _jwt_check(domain), None)  # type: ignore[arg-type]
         if fail_closed:
             assert reply.status.code == 14 and reply.denied_response.status.code == 503
@@ -97,4 +98,4 @@ async def test_unreachable_counters_fail_open_unless_configured(
             assert reply.status.code == 0
             assert not reply.ok_response.response_headers_to_add  # nothing was counted
     finally:
-        await dead.close()
+        await limiter.close()
