@@ -201,6 +201,23 @@ async def test_unspent_quota_is_usable_by_another_limiter_after_the_lease(
     assert admitted_first + len(admitted_second) + len(later) == limit
 
 
+async def test_a_lowered_policy_applies_at_the_next_lease(limiters: Limiters) -> None:
+    await fresh_window()
+    org = await limiters.policy(org_rpm=100_000, key_rpm=10_000)
+    limiter = limiters.new()
+    admitted = len((await _admitted(limiter, org, KEY, 300))[0])
+    await asyncio.sleep(0.1)  # a lease taken ahead of need, in the background, has landed
+    held = limiter.held(org, KEY)
+    assert admitted == 300 and held > 0
+    # Billing lowers the plan below what this window has used: hits already leased are still
+    # spent (bounded by the lease), the next lease is refused.
+    await limiters.admin.redis.set(limiters.admin.key("rlpolicy", org),
+                                   policy_value(Policy(100_000, 100)))
+    later, refused = await _admitted(limiter, org, KEY, held + 10)
+    assert len(later) == held and len(refused) == 10
+    assert refused[0].headers and dict(refused[0].headers)["x-ratelimit-limit"].startswith("100,")
+
+
 async def test_close_returns_unspent_hits(limiters: Limiters) -> None:
     await fresh_window()
     org = await limiters.policy(org_rpm=100_000, key_rpm=100_000)
