@@ -42,14 +42,14 @@ class Memberships:
         self.store = store
 
     async def get_user(self, user_id: str) -> Row:
-        async with self.store.connection() as conn:
+        async with self.store.autocommit() as conn:
             user = await self.store.get_user(conn, user_id)
         if user is None:
             raise NotFound("user not found", "USER_NOT_FOUND")
         return user
 
     async def get_org(self, org_id: str) -> Row:
-        async with self.store.connection() as conn:
+        async with self.store.autocommit() as conn:
             org = await self.store.get_org(conn, org_id)
         if org is None:
             raise NotFound("organization not found", "ORGANIZATION_NOT_FOUND")

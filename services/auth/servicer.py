@@ -22,6 +22,7 @@ from services.auth.principal import ROLE_BY_NAME, Principal
 from services.auth.sessions import USER, Tokens
 from services.common.db import Row
 from services.common.errors import invalid_argument, not_found, unauthenticated
+from services.common.handlers import call_metadata
 from services.common.identity import Role, require_identity
 from services.common.names import ResourceName, resource
 from services.common.pagination import Paginator
@@ -45,7 +46,8 @@ log = logging.getLogger("aimesh.auth")
 
 
 def _principal(context: grpc.aio.ServicerContext) -> Principal:
-    identity = require_identity(context.invocation_metadata() or ())
+    # The metadata object the access check read (no second parse); a bare context in tests.
+    identity = require_identity(call_metadata() or context.invocation_metadata() or ())
     return Principal(org_id=identity.org, subject=identity.subject,
                      roles=tuple(r.name.lower() for r in identity.roles),
                      key_id=identity.key_id, scopes=tuple(sorted(identity.scopes)))

@@ -80,6 +80,11 @@ class Store:
         """A pooled connection; what runs on it commits together when the block ends."""
         return self.db.connection()
 
+    def autocommit(self) -> AbstractAsyncContextManager[Conn]:
+        """A pooled connection for one self-contained statement (a primary-key read): one round
+        trip instead of three (BEGIN, the statement, COMMIT)."""
+        return self.db.autocommit()
+
     # --- organizations, users, memberships ----------------------------------------------------
 
     async def insert_org(self, conn: Conn, org_id: str, display_name: str) -> Row:

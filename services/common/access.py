@@ -210,7 +210,7 @@ class AccessInterceptor(MethodInterceptor):
             return handler  # health and reflection
         access = self.table.get(method)
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
+        def check(context: grpc.aio.ServicerContext) -> None:
             # When the call runs: an API-key caller is admitted by an outer interceptor
             # (services/common/gateway_keys.py), so its identity exists only then.
             _refuse_if(access, identity_from_metadata(call_metadata()), method)

@@ -85,18 +85,24 @@ async def _responses_of(result: Any) -> AsyncIterator[Any]:
 def before(
     handler: grpc.RpcMethodHandler, check: Callable[[grpc.aio.ServicerContext], Any]
 ) -> grpc.RpcMethodHandler:
-    """The same handler with `await check(context)` run before its behavior, for all four kinds."""
+    """The same handler with `check(context)` run (and awaited when it returns an awaitable)
+    before its behavior, for all four kinds. A check with nothing to wait for returns None:
+    no coroutine to build and step on every call."""
 
     def unary_response(behavior: Behavior) -> Behavior:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context)
+            pending = check(context)
+            if pending is not None:
+                await pending
             return await call_unary(behavior, request, context)
 
         return run
 
     def stream_response(behavior: Behavior) -> Behavior:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await check(context)
+            pending = check(context)
+            if pending is not None:
+                await pending
             async for item in iterate_stream(behavior, request, context):
                 yield item
 

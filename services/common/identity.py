@@ -224,10 +224,20 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
+# The identity last read from the gateway's headers in this context (the call being served):
+# (the metadata object it was read from, that identity). The access check and the servicer read
+# the same call's metadata; the second read of that same object takes the first one's result.
+_read_from_headers: contextvars.ContextVar[tuple[object, Identity] | None] = (
+    contextvars.ContextVar("aimesh_identity_read", default=None))
+
+
 def identity_from_metadata(
     metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str],
 ) -> Identity | None:
     """The identity in the request headers, or None when the gateway set none."""
+    held = _read_from_headers.get()
+    if held is not None and held[0] is metadata:
+        return held[1]
     pairs = metadata.items() if isinstance(metadata, Mapping) else metadata
     headers = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in pairs}
     # The gateway sends the bare id ("o_…"); a resource name ("organizations/o_…") means the
@@ -244,13 +254,18 @@ def identity_from_metadata(
     if not org or not subject:
         return None
     roles = frozenset(r for r in (Role.parse(n) for n in _split(headers.get(HEADER_ROLES))) if r)
-    return Identity(
+    found = Identity(
         org=org,
         subject=subject,
         roles=roles,
         key_id=headers.get(HEADER_KEY_ID) or None,
         scopes=frozenset(_split(headers.get(HEADER_SCOPES))),
     )
+    # Only headers' identities: they depend on nothing but the metadata (an immutable tuple as
+    # grpc hands it; a dict the caller could still change is not remembered).
+    if isinstance(metadata, tuple):
+        _read_from_headers.set((metadata, found))
+    return found
 
 
 def require_identity(metadata: Iterable[tuple[str, str | bytes]] | Mapping[str, str]) -> Identity:

@@ -173,7 +173,6 @@ def _detach(token: object, task: asyncio.Task[Any] | None) -> None:
 def _unary(behavior: Callable[..., Any], served: _Served) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         span, token, timer = _start(served)
-        task = asyncio.current_task()
         failed = True
         try:
             result = await call_unary(behavior, request, context)
@@ -181,7 +180,8 @@ def _unary(behavior: Callable[..., Any], served: _Served) -> Callable[..., Any]:
             return result
         finally:
             _finish(span, timer, context, failed)
-            _detach(token, task)
+            # A single response ends in the call's own task (no stream for another to close).
+            otel_context.detach(token)  # type: ignore[arg-type]
 
     return wrapped
 

@@ -7,16 +7,22 @@ import datetime as dt
 
 from google.protobuf import timestamp_pb2
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NAIVE_EPOCH = _EPOCH.replace(tzinfo=None)
+
 
 def to_timestamp(value: dt.datetime | float | None) -> timestamp_pb2.Timestamp | None:
     """A Timestamp for an aware datetime or epoch seconds; None stays None (field left unset)."""
     if value is None:
         return None
-    stamp = timestamp_pb2.Timestamp()
     if isinstance(value, dt.datetime):
-        stamp.FromDatetime(value)
-    else:
-        stamp.FromNanoseconds(int(value * 1e9))
+        # What Timestamp.FromDatetime computes (naive means UTC), by datetime arithmetic in C
+        # instead of its utctimetuple() and timegm(): every row's times pass here.
+        since = value - (_EPOCH if value.tzinfo is not None else _NAIVE_EPOCH)
+        return timestamp_pb2.Timestamp(seconds=since.days * 86400 + since.seconds,
+                                       nanos=since.microseconds * 1000)
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(value * 1e9))
     return stamp
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -327,21 +327,25 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
             self._verdicts[(caller, method)] = verdict
         return verdict
 
-    def _caller(self, context: grpc.aio.ServicerContext, metadata: dict[str, Any]) -> str | None:
+    def _caller(self, context: grpc.aio.ServicerContext, call_headers: Metadata) -> str | None:
         if self._mode == "xfcc":
-            value = metadata.get("x-forwarded-client-cert")
+            value = None  # the last one, as a dict of the headers would hold
+            for key, item in call_headers:
+                if key.lower() == "x-forwarded-client-cert":
+                    value = item
             return xfcc_identity(value, self._trust_domain) if isinstance(value, str) else None
         return peer_identity(context, self._trust_domain)
 
-    async def _check(
+    def _check(
         self, context: grpc.aio.ServicerContext, method: str, call_headers: Metadata
-    ) -> None:
-        metadata = {k.lower(): v for k, v in call_headers}
-        caller = self._caller(context, metadata)
+    ) -> Awaitable[None] | None:
+        """None when the caller may call `method` (nothing to wait for on the common path),
+        else the refusal to await."""
+        caller = self._caller(context, call_headers)
         if caller is None and self._mode == "xfcc" and _is_local_health_probe(context, method):
             # Istio rewrites kubelet probes: pilot-agent calls health on localhost, outside
             # the sidecar, so there is no XFCC. Nothing but health is let through this way.
-            return
+            return None
         if caller is None:
             log.warning(
                 "denied %s on %s: no mesh identity (%s)",
@@ -349,14 +353,13 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
                 self._callee,
                 peer_description(context),
             )
-            await context.abort(
+            return context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "no mesh identity: a client certificate from the local CA "
                 "with a spiffe:// SAN URI is required"
                 if self._mode == "mtls"
                 else "no mesh identity: x-forwarded-client-cert from the sidecar is required",
             )
-        assert caller is not None
         current_peer.set(caller)
         allowed, forbidden_headers = self._graph(caller, method)
         if not allowed:
@@ -367,11 +370,13 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
                 caller,
                 peer_description(context),
             )
-            await context.abort(
+            return context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{caller} may not call {method} on {self._callee}",
             )
-        presented = sorted(forbidden_headers.intersection(metadata))
+        if not forbidden_headers:
+            return None
+        presented = sorted(forbidden_headers.intersection(k.lower() for k, _ in call_headers))
         if presented:
             log.warning(
                 "denied %s on %s: caller %r sent identity headers %s it may not forward",
@@ -380,10 +385,11 @@ class PeerAuthorizationInterceptor(MethodInterceptor):
                 caller,
                 presented,
             )
-            await context.abort(
+            return context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{caller} may not present end-user identity headers on {method}",
             )
+        return None
 
 
 def _is_local_health_probe(context: grpc.aio.ServicerContext, method: str) -> bool:
