@@ -21,7 +21,9 @@ bench/chat/timing.py), so load swings of the shared machine hit all alike. Ratio
 (mesh overhead). Then `--streams` direct Triton streams and as many SendMessage streams through
 Envoy gRPC (each its own conversation), then as many Generate streams through the relay floor
 (path 6, the floor of that target), are started at once and held to the end, in turn,
-`--rounds` times: p95 TTFT of each side over all its rounds. Knowledge runs as in production
+`--rounds` times: p95 TTFT of each side over all its rounds, and the CPU each process spent per
+stream (read SETTLE_SECONDS after each phase, so work left behind counts), by round and as the
+mean of the rounds. Knowledge runs as in production
 (the Orchestrator asks it whether the organization has documents to ground on). Everything
 (services, Envoy, Triton, this client) shares the same cores, so absolute numbers are bounded
 by the machine; the ratios are the point. The mesh runs
@@ -53,7 +55,9 @@ from bench.chat.timing import (
     Path_,
     Stream,
     concurrent,
+    cpu_parts,
     cpu_seconds,
+    mean_cpu,
     measure_interleaved,
     native_sse_events,
     percentile,
@@ -68,6 +72,7 @@ from scripts.stack import Stack
 from services.common.channels import open_channel
 from services.common.config import Settings
 from services.common.triton import TritonClient
+from services.common.usage_client import DRAIN_GATHER_SECONDS
 from tests.support.mesh import private_addresses
 
 CONTEXT = (
@@ -84,6 +89,10 @@ RELAY_PATH = "relay floor: 2 no-op grpc.aio hops"
 SSE_TARGET = 1.2  # TTFT through the gateway's SSE, times Triton direct (p50)
 STREAMS_TARGET = 1.1  # concurrent streams' TTFT p95 through the gateway, times direct
 ACCESS_LOG_FLUSH_SECONDS = 11.0  # Envoy's default file flush interval is 10 s
+# After a concurrent phase, the CPU is read this much later: work the streams leave behind
+# (the usage outbox delivered DRAIN_GATHER_SECONDS after the completions, to Usage; cache
+# writes) counts with them, and does not run into the next phase.
+SETTLE_SECONDS = 4 * DRAIN_GATHER_SECONDS
 SERVICES_USED = ["auth", "usage", "knowledge", "orchestrator", "conversation"]
 
 
@@ -305,6 +314,8 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int, mesh: di
     gateway: list[float] = []
     floor: list[float] = []
     paired: list[float] = []  # each round's gateway p95 / direct p95
+    mesh_cpu: list[dict[str, float]] = []  # each round's CPU per stream by process (ms)
+    floor_cpu: list[dict[str, float]] = []
     failed = False
     relay_stream = relay_floor_stream(clients, generate_request())
 
@@ -319,7 +330,8 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int, mesh: di
         ttfts = await concurrent(
             f"{streams} SendMessage streams via Envoy gRPC (round {round_})",
             [send_stream(clients.gateway, n, clients.account.key_metadata) for n in names])
-        print_cpu_per_stream(cpu_before, cpu_seconds(mesh), streams)
+        await asyncio.sleep(SETTLE_SECONDS)
+        mesh_cpu.append(print_cpu_per_stream(cpu_before, cpu_seconds(mesh), streams))
         if ttfts and direct_ttfts:
             paired.append(percentile(ttfts, 0.95) / percentile(direct_ttfts, 0.95))
         gateway += ttfts
@@ -330,7 +342,9 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int, mesh: di
         floor += await concurrent(
             f"{streams} Generate streams via the relay floor (round {round_})",
             [relay_stream] * streams)
-        print_cpu_per_stream(cpu_before, cpu_seconds(relays), streams)
+        await asyncio.sleep(SETTLE_SECONDS)
+        floor_cpu.append(print_cpu_per_stream(cpu_before, cpu_seconds(relays), streams))
+    print_mean_cpu(mesh_cpu, floor_cpu)
     if failed:
         return float("inf"), float("inf")
     direct_p95, gateway_p95 = percentile(direct, 0.95), percentile(gateway, 0.95)
@@ -342,6 +356,16 @@ async def concurrent_ratio(clients: Clients, streams: int, rounds: int, mesh: di
     print("per-round p95 ratios, gateway / direct: "
           + ", ".join(f"{r:.2f}x" for r in paired) + f"; median {statistics.median(paired):.2f}x")
     return gateway_p95 / direct_p95, percentile(floor, 0.95) / direct_p95
+
+
+def print_mean_cpu(mesh: list[dict[str, float]], floor: list[dict[str, float]]) -> None:
+    """CPU per stream by process, mean of the rounds: the mesh's (with and without Triton, whose
+    work the direct path does too) and the relay floor's."""
+    per_process, relays = mean_cpu(mesh), mean_cpu(floor)
+    total = sum(per_process.values())
+    print(f"\nCPU per stream, mean of {len(mesh)} rounds (ms): mesh {cpu_parts(per_process)}; "
+          f"total {total:.1f}, without Triton {total - per_process.get('triton', 0.0):.1f}; "
+          f"relay floor {cpu_parts(relays)}; total {sum(relays.values()):.1f}")
 
 
 async def print_gateway_time(access_log: Path, window: tuple[float, float]

@@ -154,9 +154,23 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return used
 
 
-def print_cpu_per_stream(before: dict[str, float], after: dict[str, float], streams: int) -> None:
-    """The mesh's CPU per stream, by process: what competes with Triton for the cores."""
-    spent = {name: after[name] - before[name] for name in after if name in before}
-    parts = ", ".join(f"{name} {1000 * cpu / streams:.1f}" for name, cpu in
-                      sorted(spent.items(), key=lambda kv: -kv[1]))
-    print(f"  mesh CPU per stream (ms): {parts}; total {1000 * sum(spent.values()) / streams:.1f}")
+def print_cpu_per_stream(before: dict[str, float], after: dict[str, float],
+                         streams: int) -> dict[str, float]:
+    """The mesh's CPU per stream, by process: what competes with Triton for the cores. Returns
+    it (ms per stream by process name)."""
+    spent = {name: 1000 * (after[name] - before[name]) / streams
+             for name in after if name in before}
+    print(f"  mesh CPU per stream (ms): {cpu_parts(spent)}; total {sum(spent.values()):.1f}")
+    return spent
+
+
+def cpu_parts(per_stream: dict[str, float]) -> str:
+    """"name ms, ..." by decreasing CPU."""
+    return ", ".join(f"{name} {ms:.1f}" for name, ms in
+                     sorted(per_stream.items(), key=lambda kv: -kv[1]))
+
+
+def mean_cpu(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each process's mean CPU per stream over `rounds` (print_cpu_per_stream's results)."""
+    names = {name for spent in rounds for name in spent}
+    return {name: statistics.fmean(spent.get(name, 0.0) for spent in rounds) for name in names}
