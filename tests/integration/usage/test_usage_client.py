@@ -223,3 +223,38 @@ async def test_a_cancelled_caller_still_queues_its_record(
     await client._inserts.wait()
     await client.flush()
     assert sorted(await ledger_ids(mesh, org)) == sorted(f"c-{i}/searches" for i in range(20))
+
+async def test_callers_arriving_during_an_insert_share_the_next_and_return_once_committed(
+    mesh: TestMesh,
+) -> None:
+    """Group commit: records of callers that arrive while the outbox INSERT runs go in the next
+    one, a single statement (one transaction: one xmin), and no caller returns before its own
+    records are committed. The table is held by another transaction so the INSERTs must wait."""
+    db = Database(mesh.settings.database_url, "usage_client_batch_test", 4)
+    await db.migrate(Path(__file__).resolve().parents[3] / "services" / "orchestrator" / "migrations")
+    await db.open()
+    runtime = Runtime(name="testcaller", settings=mesh.settings, db=db, cache=None)
+    client = UsageClient(runtime, Channels(mesh.settings, caller="knowledge"), start_drainer=False)
+    payer = Identity(f"org-{uuid.uuid4().hex[:12]}", "users/u")
+    searches = ResourceType.RESOURCE_TYPE_SEARCHES
+    try:
+        async with db.connection() as holder:
+            await holder.execute("LOCK TABLE usage_outbox IN EXCLUSIVE MODE")
+            first = asyncio.ensure_future(client.meter(payer, searches, 1, "first"))
+            await asyncio.sleep(0.3)  # its INSERT waits for the table
+            rest = [asyncio.ensure_future(client.meter(payer, searches, 1, f"rest-{i}"))
+                    for i in range(5)]
+            await asyncio.sleep(0.3)
+            assert not any(call.done() for call in [first, *rest])
+        await asyncio.wait_for(asyncio.gather(first, *rest), 10)  # the holder committed
+        async with db.connection() as conn:
+            cur = await conn.execute("SELECT xmin::text AS tx, record FROM usage_outbox")
+            tx = {usage_pb2.UsageRecord.FromString(bytes(row["record"])).request_id: row["tx"]
+                  for row in await cur.fetchall()}
+        batched = {tx[f"rest-{i}/searches"] for i in range(5)}
+        assert len(batched) == 1 and tx["first/searches"] not in batched, tx
+    finally:
+        async with db.connection() as conn:
+            await conn.execute("DELETE FROM usage_outbox")
+        await client.channels.close()
+        await db.close()
