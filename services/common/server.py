@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import uvloop
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -166,7 +167,8 @@ class ErrorInterceptor(MethodInterceptor):
 
 def _checked(request: Any, fields: bool = True) -> Any:
     """A unary request after request_checks; a client stream wrapped to check each message."""
-    if hasattr(request, "__aiter__"):
+    # A message first: hasattr() on one raises and catches an AttributeError inside.
+    if not isinstance(request, Message) and hasattr(request, "__aiter__"):
         return checked_stream(request)
     return check_request(request, fields)
 
