@@ -242,19 +242,21 @@ class GatewayCallerInterceptor(MethodInterceptor):
                       lambda behavior: self._unary(behavior, method, keys_here, read),
                       lambda behavior: self._stream(behavior, method, keys_here, alongside))
 
-    def _admission(self, method: str, keys_here: bool) -> Callable[[], Awaitable[Caller]] | None:
-        """How the current call's caller is admitted here (None: not here)."""
-        headers = {k: v for k, v in call_metadata() if isinstance(v, str)}
-        payload = headers.get(identity.HEADER_JWT_PAYLOAD)
+    def _admission(self, method: str, keys_here: bool
+                   ) -> Caller | Callable[[], Awaitable[Caller]] | None:
+        """How the current call's caller is admitted here: a JWT caller at once (the mirror is
+        in memory), an API key by a coroutine (it may ask Auth); None: not here."""
+        metadata = call_metadata()
+        payload = None
+        for key, value in metadata:
+            if key == identity.HEADER_JWT_PAYLOAD and isinstance(value, str):
+                payload = value
         if payload is not None:
-            token = payload
-
-            async def admit_token() -> Caller:
-                return Caller(self.admit_token(token).org)
-
-            return admit_token
-        if keys_here and identity.HEADER_ORG not in headers and identity.carries_api_key(headers):
-            return self._key_admission(headers, method)
+            return Caller(self.admit_token(payload).org)
+        if keys_here:
+            headers = {k: v for k, v in metadata if isinstance(v, str)}
+            if identity.HEADER_ORG not in headers and identity.carries_api_key(headers):
+                return self._key_admission(headers, method)
         # Identity headers, no credential, or a public method (sign-up, login: a key a client
         # sends along there is none of their business, as at the gateway).
         return None
@@ -331,7 +333,7 @@ class GatewayCallerInterceptor(MethodInterceptor):
             admit = self._admission(method, keys_here)
             if admit is None:
                 return await call_unary(behavior, request, context)
-            caller = await admit()
+            caller = admit if isinstance(admit, Caller) else await admit()
             limits = self._counted_now(caller)
             if limits is None and read:
                 counting = self._start_count(caller)
@@ -357,7 +359,7 @@ class GatewayCallerInterceptor(MethodInterceptor):
                 async for item in iterate_stream(behavior, request, context):
                     yield item
                 return
-            caller = await admit()
+            caller = admit if isinstance(admit, Caller) else await admit()
             limits = self._counted_now(caller)
             if limits is None and alongside:
                 async for item in self._counted_alongside(behavior, request, context, caller):

@@ -351,7 +351,7 @@ class _Lease:
     def decision(self, now: float) -> Decision:
         """An admitted request's decision: remaining = limit - the window's count as of the
         lease + the hits this process has not spent yet (exact with one process counting)."""
-        return Decision(False, [Status(False, limit, limit - count + self.tokens, kind)
+        return Decision(False, [Status(False, limit, max(limit - count + self.tokens, 0), kind)
                                 for limit, count, kind in self.limits], self.reset_at - now)
 
 

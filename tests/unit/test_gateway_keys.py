@@ -5,12 +5,14 @@ Envoy is tests/integration/gateway/test_api_keys_without_check.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import pytest
+from aimesh.usage.v1 import usage_pb2  # noqa: F401  (its descriptors: ListBudgets is a read)
 
 from services.auth.check import _deny
 from services.common import gateway_jwt, gateway_keys, identity
@@ -227,4 +229,50 @@ async def test_the_interceptor_asks_auth_once_then_admits_from_the_verdict() -> 
     assert verdicts.admitted(OTHER_SECRET) is None
     # The identity belongs to the call that presented the key, not to other metadata.
     assert identity_from_metadata((("x-api-key", OTHER_SECRET),)) is None
+    identity._admitted_key.set(None)
+
+
+class LeasedLimiter(FakeLimiter):
+    """A limiter whose process holds `held` leased hits: those are spent without waiting."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__()
+        self.held = held
+
+    def spend(self, org: str, key_id: str | None) -> Decision | None:
+        if not self.held:
+            return None
+        self.held -= 1
+        return _decision(False)
+
+
+async def test_a_lease_hit_is_counted_synchronously_and_a_miss_waits_for_the_limiter() -> None:
+    verdicts = KeyVerdicts()
+    verdicts.subscribed()
+    verdicts.keep(SECRET, CALLER, None, verdicts.generation())
+    limiter = LeasedLimiter(held=1)
+    tokens = RevokedTokens(ServiceCache("redis://127.0.0.1:1/0", "auth"), verdicts)
+    interceptor = GatewayCallerInterceptor(tokens, limiter,
+                                           ApiKeyCallers(verdicts, FakeCheck({})))
+    metadata = (("x-api-key", SECRET), ("content-type", "application/grpc"))
+    tasks_started: list[int] = []
+
+    async def servicer(request: Any, context: Any) -> str:
+        tasks_started.append(len(asyncio.all_tasks()))
+        return "reply"
+
+    async def call(context: FakeContext) -> Any:
+        handler = await interceptor.intercept_service(
+            _served_by(grpc.unary_unary_rpc_method_handler(servicer)),
+            Details(LIST_BUDGETS, metadata))  # type: ignore[arg-type]
+        return await handler.unary_unary(None, context)
+
+    hit, miss = FakeContext(), FakeContext()
+    assert await call(hit) == "reply"
+    assert limiter.counted == [] and limiter.held == 0  # spent from the lease: no admit()
+    assert dict(hit.initial[0])["x-ratelimit-remaining"] == "3"
+    assert await call(miss) == "reply"
+    assert limiter.counted == [("o_1", "key_1")]  # no hit left: counted by admit()
+    # The read of the miss ran alongside its count (one more task); the hit's started none.
+    assert tasks_started[1] == tasks_started[0] + 1
     identity._admitted_key.set(None)

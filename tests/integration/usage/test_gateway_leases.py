@@ -101,6 +101,19 @@ async def _admitted(limiter: GatewayLimiter, org: str, key_id: str | None, n: in
             [o for o in outcomes if isinstance(o, ServiceError)])
 
 
+async def _hot(limiter: GatewayLimiter, org: str, key_id: str | None, n: int) -> int:
+    """n requests in a row (a hot caller), then more until the limiter holds leased hits it has
+    not spent, and any lease it took ahead of need (in the background) has landed: how many
+    were admitted."""
+    admitted = len((await _admitted(limiter, org, key_id, n))[0])
+    for _ in range(n):
+        if limiter.held(org, key_id):
+            break
+        admitted += len((await _admitted(limiter, org, key_id, 1))[0])
+    await asyncio.sleep(0.1)
+    return admitted
+
+
 def _retry_seconds(refusal: ServiceError) -> float:
     """The RetryInfo of the refusal's google.rpc.Status, as the caller reads it."""
     delay = ServiceError.from_status(refusal.to_status()).retry_after_seconds
@@ -181,10 +194,7 @@ async def test_unspent_quota_is_usable_by_another_limiter_after_the_lease(
     org = await limiters.policy(org_rpm=100_000, key_rpm=limit)
     first, second = limiters.new(), limiters.new()
     # The first (hot) admits until it holds leased hits it has not spent.
-    admitted_first = len((await _admitted(first, org, KEY, 100))[0])
-    while not first.held(org, KEY):
-        admitted_first += len((await _admitted(first, org, KEY, 1))[0])
-    await asyncio.sleep(0.1)  # a lease taken ahead of need, in the background, has landed
+    admitted_first = await _hot(first, org, KEY, 100)
     stranded = first.held(org, KEY)
     assert admitted_first < limit
     # The second gets the rest of the window, not what the first holds: under-admission.
@@ -201,12 +211,27 @@ async def test_unspent_quota_is_usable_by_another_limiter_after_the_lease(
     assert admitted_first + len(admitted_second) + len(later) == limit
 
 
+async def test_a_lowered_policy_applies_at_the_next_lease(limiters: Limiters) -> None:
+    await fresh_window()
+    org = await limiters.policy(org_rpm=100_000, key_rpm=10_000)
+    limiter = limiters.new()
+    admitted = await _hot(limiter, org, KEY, 300)
+    held = limiter.held(org, KEY)
+    assert admitted >= 300 and held > 0
+    # Billing lowers the plan below what this window has used: hits already leased are still
+    # spent (bounded by the lease), the next lease is refused.
+    await limiters.admin.redis.set(limiters.admin.key("rlpolicy", org),
+                                   policy_value(Policy(100_000, 100)))
+    later, refused = await _admitted(limiter, org, KEY, held + 10)
+    assert len(later) == held and len(refused) == 10
+    assert refused[0].headers and dict(refused[0].headers)["x-ratelimit-limit"].startswith("100,")
+
+
 async def test_close_returns_unspent_hits(limiters: Limiters) -> None:
     await fresh_window()
     org = await limiters.policy(org_rpm=100_000, key_rpm=100_000)
     limiter = limiters.new()
-    admitted = len((await _admitted(limiter, org, KEY, 200))[0])
-    await asyncio.sleep(0.1)  # a lease taken ahead of need, in the background, has landed
+    admitted = await _hot(limiter, org, KEY, 200)
     held = limiter.held(org, KEY)
     assert await limiters.counted(org, KEY) == admitted + held
     await limiter.close()
@@ -223,10 +248,7 @@ async def test_one_process_stays_exact_across_its_callers_of_an_organization(
     limit = 150
     org = await limiters.policy(org_rpm=limit, key_rpm=100_000)
     limiter = limiters.new()
-    by_key = len((await _admitted(limiter, org, KEY, 100))[0])
-    while not limiter.held(org, KEY):
-        by_key += len((await _admitted(limiter, org, KEY, 1))[0])
-    await asyncio.sleep(0.1)  # a lease taken ahead of need, in the background, has landed
+    by_key = await _hot(limiter, org, KEY, 100)
     assert by_key < limit
     by_jwt, refused = await _admitted(limiter, org, None, limit)
     assert by_key + len(by_jwt) == limit and len(refused) == by_key
