@@ -9,6 +9,7 @@ Start-up failures print one line naming the variable or address and exit non-zer
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import signal
@@ -243,6 +244,10 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
     # a service whose dependencies were still opening (Knowledge's vector index: INTERNAL on a
     # search; Speech before its warm-up). Every name gets a status, so none is missing.
     await _set_readiness(health, spec, ready=False)
+    # What start-up built (modules, descriptors, the runtime's clients) lives as long as the
+    # process: keep it out of the collector's full passes, which otherwise walk all of it.
+    gc.collect()
+    gc.freeze()
     address = _listen(server, spec, settings)
     await server.start()
     watcher = asyncio.ensure_future(
