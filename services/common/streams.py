@@ -70,12 +70,16 @@ async def coalesced(
     wake = asyncio.Event()
     ended: list[BaseException | None] = []  # [None] when exhausted, [error] when it failed
     loop = asyncio.get_running_loop()
+    lingering = False  # the consumer waits for the linger to pass, not for items
 
     async def read_ahead() -> None:
         try:
             async for item in source:
                 ready.append(item)
-                wake.set()
+                # A lingering consumer only needs an item that ends the linger (one per token
+                # otherwise: a wake-up and a new timer for each, to wait on again).
+                if not lingering or lingers is None or not lingers(item):
+                    wake.set()
             ended.append(None)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
             ended.append(exc)
@@ -95,9 +99,11 @@ async def coalesced(
             if ready and (hold := holding(sent_at)) > 0:
                 wake.clear()
                 timer = loop.call_later(hold, wake.set)
+                lingering = True
                 try:
                     await wake.wait()
                 finally:
+                    lingering = False
                     timer.cancel()
             elif ready:
                 item = ready.popleft()

@@ -197,15 +197,14 @@ def _from_rpc_error(model: str, exc: grpc.RpcError) -> ServiceError:
 
 
 def _as_array(value: np.ndarray | Sequence[Any]) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        arr = np.asarray(value)
-    if arr.dtype.kind in ("U", "S"):
-        # Triton BYTES: object arrays of bytes; str is encoded UTF-8.
-        arr = np.vectorize(lambda s: s.encode() if isinstance(s, str) else s, otypes=[object])(arr)
-    elif arr.dtype == object:
-        arr = np.vectorize(lambda s: s.encode() if isinstance(s, str) else s, otypes=[object])(arr)
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.dtype.kind in ("U", "S", "O"):
+        # Triton BYTES: object arrays of bytes; str is encoded UTF-8. An element loop, not
+        # np.vectorize (which costs ~30 us of set-up on every call: each chat request).
+        elements = [s.encode() if isinstance(s, str) else s for s in arr.flat]
+        out = np.empty(len(elements), dtype=object)
+        out[:] = elements
+        arr = out.reshape(arr.shape)
     return arr
 
 
@@ -365,6 +364,11 @@ class TritonClient:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
+            # No BDP pings: gRPC sends one (and reads its ack) as data arrives to size the flow
+            # window, i.e. every few of a decoupled model's small responses; every output here
+            # fits the default window. 0.3 ms less client CPU per 24-response grounded answer
+            # (2.6 -> 2.3 ms, 20 streams at once, alternating runs), and less work for Triton.
+            ("grpc.http2.bdp_probe", 0),
         ]
         self._client = triton_aio.InferenceServerClient(
             url, creds=credentials, channel_args=options
