@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -134,21 +133,49 @@ class Database:
         """`async with db.connection() as conn:` — a pooled connection, committed on success."""
         return self.pool.connection(timeout=timeout)
 
-    @asynccontextmanager
-    async def autocommit(self, timeout: float | None = None) -> AsyncIterator[Any]:
+    def autocommit(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
         """A pooled connection in autocommit mode, for self-contained statements on a hot path:
         one round trip each instead of three (BEGIN, the statement, COMMIT)."""
-        async with self.pool.connection(timeout=timeout) as conn:
-            await conn.set_autocommit(True)
-            try:
-                yield conn
-            finally:
-                if not conn.closed:
-                    await conn.set_autocommit(False)
+        return _Autocommit(self.pool, timeout)
 
     async def migrate(self, migrations_dir: Path) -> list[str]:
         """Create the schema if needed and apply pending migrations; returns the ids applied."""
         return await asyncio.to_thread(apply_migrations, self.url, self.schema, migrations_dir)
+
+
+class _Autocommit:
+    """`Database.autocommit()`: the pool's getconn/putconn around the autocommit switch, as a
+    plain class (it runs once per hot read: pool.connection() under asynccontextmanager costs
+    two generator context managers, and its commit on exit has no transaction to end here)."""
+
+    __slots__ = ("conn", "pool", "timeout")
+
+    def __init__(self, pool: AsyncConnectionPool, timeout: float | None) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
+        conn = await self.pool.getconn(self.timeout)
+        try:
+            await conn.set_autocommit(True)
+        except BaseException:
+            await self.pool.putconn(conn)
+            raise
+        self.conn = conn
+        return conn
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        conn = self.conn
+        assert conn is not None
+        self.conn = None
+        try:
+            if not conn.closed:
+                await conn.set_autocommit(False)
+        finally:
+            # The pool checks what comes back: a broken connection is replaced, one left in a
+            # transaction (an explicit BEGIN) is rolled back.
+            await self.pool.putconn(conn)
 
 
 def apply_migrations(url: str, schema: str, migrations_dir: Path) -> list[str]:

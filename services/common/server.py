@@ -9,6 +9,7 @@ Start-up failures print one line naming the variable or address and exit non-zer
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import grpc
 import uvloop
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -166,7 +168,8 @@ class ErrorInterceptor(MethodInterceptor):
 
 def _checked(request: Any, fields: bool = True) -> Any:
     """A unary request after request_checks; a client stream wrapped to check each message."""
-    if hasattr(request, "__aiter__"):
+    # A message first: hasattr() on one raises and catches an AttributeError inside.
+    if not isinstance(request, Message) and hasattr(request, "__aiter__"):
         return checked_stream(request)
     return check_request(request, fields)
 
@@ -241,6 +244,10 @@ async def _run(spec: ServiceSpec, settings: Settings) -> int:
     # a service whose dependencies were still opening (Knowledge's vector index: INTERNAL on a
     # search; Speech before its warm-up). Every name gets a status, so none is missing.
     await _set_readiness(health, spec, ready=False)
+    # What start-up built (modules, descriptors, the runtime's clients) lives as long as the
+    # process: keep it out of the collector's full passes, which otherwise walk all of it.
+    gc.collect()
+    gc.freeze()
     address = _listen(server, spec, settings)
     await server.start()
     watcher = asyncio.ensure_future(

@@ -395,6 +395,7 @@ class GatewayLimiter:
         self._by_org: dict[str, list[_Lease]] = {}
         self._returns: set[asyncio.Task[None]] = set()
         self.lease_calls = 0  # Redis round trips taking leases (the bench reports them)
+        self._closing = False
 
     @classmethod
     def for_settings(cls, settings: Settings) -> GatewayLimiter:
@@ -402,10 +403,14 @@ class GatewayLimiter:
         return cls(Counters(settings, cache), settings.gateway_ratelimit_fail_closed)
 
     async def close(self) -> None:
-        """Return every unspent hit to its window, then close the connection."""
+        """Return every unspent hit to its window (leases in flight landed first), then close
+        the connection."""
+        self._closing = True
         for lease in self._leases.values():
             if lease.expiry is not None:
                 lease.expiry.cancel()
+        await asyncio.gather(*(lease.refill for lease in self._leases.values() if lease.refill),
+                             return_exceptions=True)
         await asyncio.gather(*self._returns, *(self._give_back(lease)
                                                for lease in self._leases.values()))
         await self.counters.cache.close()
@@ -565,7 +570,9 @@ class GatewayLimiter:
         lease.tokens += grant
         if lease.expiry is not None:
             lease.expiry.cancel()
-        lease.expiry = asyncio.get_running_loop().call_later(LEASE_SECONDS, self._expired, lease)
+        if not self._closing:  # else close() returns it
+            lease.expiry = asyncio.get_running_loop().call_later(LEASE_SECONDS, self._expired,
+                                                                 lease)
         return None
 
     def _expired(self, lease: _Lease) -> None:

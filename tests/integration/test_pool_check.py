@@ -9,7 +9,7 @@ import asyncio
 import psycopg
 import pytest
 
-from services.common.db import check_pooled_connection
+from services.common.db import Database, check_pooled_connection
 from tests.support.mesh import TestMesh
 
 
@@ -28,3 +28,29 @@ async def test_an_ended_backend_is_caught_a_live_one_passes(mesh: TestMesh) -> N
                 return
             await asyncio.sleep(0.05)
         pytest.fail("a connection whose backend was terminated passed the check")
+
+
+async def test_autocommit_connections_go_back_to_the_pool_transactional(mesh: TestMesh) -> None:
+    """Database.autocommit(): one round trip per statement inside, and whatever happened there
+    (a refused statement, an exception in the block) the pool's next user gets an ordinary
+    transactional connection, and the pool's size is kept."""
+    db = Database(mesh.settings.database_url, "auth", max_size=1)
+    await db.open()
+    try:
+        async with db.autocommit() as conn:
+            assert conn.autocommit
+            await conn.execute("SELECT 1")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            async with db.autocommit() as conn:
+                await conn.execute("SELECT 1 / 0")
+        with pytest.raises(LookupError):
+            async with db.autocommit():
+                raise LookupError("the block failed")
+        async with db.connection() as conn:  # the one connection, back in the pool
+            assert not conn.autocommit
+            await conn.execute("SELECT 1")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert db.pool.get_stats()["pool_size"] == 1
+    finally:
+        await db.close()
