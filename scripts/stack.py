@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts import ca, gateway, prometheus
 from services.common import tls
+from services.common.channels import GRPC_ENVIRONMENT
 from services.common.config import HTTP_SERVICE_PORTS, REPO_ROOT, SERVICES, ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class Stack:
     def create(
         cls, overrides: Mapping[str, str] | None = None, log_dir: Path | None = None
     ) -> Stack:
-        env = {**os.environ, **(overrides or {})}
+        env = {**GRPC_ENVIRONMENT, **os.environ, **(overrides or {})}
         settings = Settings.from_env(env)  # fail early, with the variable named
         env.update(settings.as_env())
         directory = log_dir or Path(settings.var_dir) / "log"
