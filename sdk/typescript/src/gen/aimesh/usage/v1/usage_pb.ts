@@ -1142,6 +1142,9 @@ export const ReleaseReservationRequestSchema: GenMessage<ReleaseReservationReque
  * envoy.service.ratelimit.v3.RateLimitService: a descriptor with entry "org_id" (from
  * x-aimesh-org) counts against the organization limit, one with "key_id" (from
  * x-aimesh-key-id, plus "org_id") against the per-key limit; fixed one-minute UTC windows.
+ * The gateway never admits more than these limits in a window. Its services count from short
+ * leases of the window, so when several replicas admit the same caller, a request close to the
+ * limit may be refused up to a second before every last request of the window has been used.
  *
  * @generated from message aimesh.usage.v1.RateLimitPolicy
  */
