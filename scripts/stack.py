@@ -170,6 +170,13 @@ class Stack:
             grpc=grpc_port, http=grpc_port - 1, metrics=grpc_port + 1
         )
 
+    def triton_base_env(self) -> dict[str, str]:
+        """The stack's environment for tritonserver, without the gRPC switches the stack adds for
+        the mesh's Python processes (channels.GRPC_ENVIRONMENT): they were measured for grpcio's
+        Python client, not for Triton's own gRPC server. An operator's own value still applies."""
+        return {name: value for name, value in self.env.items()
+                if name not in GRPC_ENVIRONMENT or name in os.environ}
+
     def start_triton(self) -> Process | None:
         """tritonserver (from the nvidia-pytriton wheel) on triton/models, if that repository
         exists."""
@@ -182,7 +189,7 @@ class Stack:
             ports=ports,
             host=host,
             work_dir=Path(self.settings.var_dir) / "triton",
-            base_env=self.env,
+            base_env=self.triton_base_env(),
         )
         return self.spawn("triton", argv, lambda: triton_server.is_ready(ports, host), env=env)
 

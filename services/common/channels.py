@@ -20,14 +20,14 @@ from google.protobuf import descriptor as descriptor_mod
 from services.common import deadlines, telemetry, tls
 from services.common.config import Settings
 
-# gRPC's own switches for every mesh process, set in its environment before gRPC starts (by
-# scripts/stack.py locally, by the aimesh-config ConfigMap in Kubernetes; a value already in the
-# environment wins). gRPC's EventEngine client hands each read between its own threads and the
-# event loop; its older client (the default before grpcio 1.66, still built in the pinned
-# grpcio <1.85) does not: bench.chat, alternate runs, 100 concurrent chat streams: mesh CPU per
-# stream without Triton 9.5/10.1 ms with it against 11.3/10.6 ms without, the bare relay floor
-# 6.8/7.3 against 8.9/8.7. A grpcio that no longer knows the experiment logs it and ignores it:
-# measure again when the pin moves.
+# gRPC's own switches for every aimesh Python process (not Triton), set in its environment
+# before gRPC starts: by scripts/stack.py locally, by the aimesh-config ConfigMap in Kubernetes;
+# a value already in the environment wins. gRPC's EventEngine client hands each read between its
+# own threads and the event loop; its older client (the default before grpcio 1.66, still built
+# in the pinned grpcio <1.85) does not: bench.chat, alternate runs, 100 concurrent chat streams:
+# mesh CPU per stream without Triton 9.5/10.1 ms with it against 11.3/10.6 ms without, the bare
+# relay floor 6.8/7.3 against 8.9/8.7. A grpcio that no longer knows the experiment logs it and
+# ignores it: measure again when the pin moves.
 GRPC_ENVIRONMENT: dict[str, str] = {"GRPC_EXPERIMENTS": "-event_engine_client"}
 
 # The mesh identity this process presents when it calls others; serve() sets it to the

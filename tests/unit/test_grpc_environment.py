@@ -23,10 +23,20 @@ def test_the_stack_starts_processes_with_the_grpc_environment(
         assert stack.env[name] == value
 
 
+def test_triton_keeps_its_own_grpc_defaults(tmp_path: Path, monkeypatch) -> None:
+    for name in GRPC_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    stack = Stack.create({"AIMESH_VAR_DIR": str(tmp_path), "AIMESH_TLS_MODE": "plaintext"})
+    triton_env = stack.triton_base_env()
+    assert not set(GRPC_ENVIRONMENT) & set(triton_env)
+    assert triton_env["AIMESH_VAR_DIR"] == str(tmp_path)
+
+
 def test_an_operators_own_value_wins(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("GRPC_EXPERIMENTS", "")
     stack = Stack.create({"AIMESH_VAR_DIR": str(tmp_path), "AIMESH_TLS_MODE": "plaintext"})
     assert stack.env["GRPC_EXPERIMENTS"] == ""
+    assert stack.triton_base_env()["GRPC_EXPERIMENTS"] == ""
 
 
 def test_every_pod_reads_the_same_grpc_environment() -> None:
