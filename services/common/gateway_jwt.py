@@ -307,10 +307,10 @@ class GatewayCallerInterceptor(MethodInterceptor):
         return decision.headers() if caller.report_limits else ()
 
     async def _count(self, caller: Caller) -> tuple[tuple[str, str], ...]:
-        """Count the caller's request (refused over the limit); its x-ratelimit-* headers."""
-        limits = self._counted_now(caller)
-        if limits is not None or self.limiter is None:
-            return limits or ()
+        """Wait for the caller's request to be counted (refused over the limit) when
+        _counted_now could not count it; its x-ratelimit-* headers. The limiter spends a lease
+        that landed meanwhile before it asks Redis."""
+        assert self.limiter is not None
         decision = await self.limiter.admit(caller.org, caller.key_id)
         return decision.headers() if decision is not None and caller.report_limits else ()
 
@@ -335,7 +335,9 @@ class GatewayCallerInterceptor(MethodInterceptor):
                 return await call_unary(behavior, request, context)
             caller = admit if isinstance(admit, Caller) else await admit()
             limits = self._counted_now(caller)
-            if limits is None and read:
+            if limits is None and not read:
+                limits = await self._count(caller)
+            if limits is None:  # a read: it runs while it is counted
                 counting = self._start_count(caller)
                 try:
                     reply = await call_unary(behavior, request, context)
@@ -344,8 +346,6 @@ class GatewayCallerInterceptor(MethodInterceptor):
                     raise
                 limits = await counting
             else:
-                if limits is None:
-                    limits = await self._count(caller)
                 reply = await call_unary(behavior, request, context)
             await _report_limits(context, caller, limits)
             return reply

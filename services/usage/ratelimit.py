@@ -394,7 +394,7 @@ class GatewayLimiter:
         self._leases: dict[tuple[str, str | None], _Lease] = {}
         self._by_org: dict[str, list[_Lease]] = {}
         self._returns: set[asyncio.Task[None]] = set()
-        self.lease_calls = 0  # Redis round trips taking leases (the bench reports them)
+        self.lease_calls = 0  # this limiter's lease round trips (the metric counts all)
         self._closing = False
 
     @classmethod
@@ -425,12 +425,11 @@ class GatewayLimiter:
         if lease.window != int(now // WINDOW_SECONDS):
             return None
         lease.arrivals += 1
-        lease.tokens -= 1
+        decision = self._spent(lease, now)
         if (lease.size > 1 and lease.tokens <= lease.size // 2 and lease.refill is None
                 and time.monotonic() >= self._down_until):
             self._refill(lease, now)  # a hot caller's next lease, taken before it is needed
-        usage_metrics.record_ratelimit(False)
-        return lease.decision(now)
+        return decision
 
     async def count(self, org: str, key_id: str | None, now: float | None = None
                     ) -> Decision | None:
@@ -455,9 +454,7 @@ class GatewayLimiter:
                     if lease.window < window:
                         lease.start_window(window)
                 if lease.tokens > 0 and lease.window == window:
-                    lease.tokens -= 1
-                    usage_metrics.record_ratelimit(False)
-                    return lease.decision(now)
+                    return self._spent(lease, now)
                 if time.monotonic() < self._down_until:
                     return self._unreachable()
                 refill = lease.refill or self._refill(lease, now)
@@ -474,6 +471,13 @@ class GatewayLimiter:
                 return refused
         finally:
             lease.waiting -= 1
+
+    @staticmethod
+    def _spent(lease: _Lease, now: float) -> Decision:
+        """One of the lease's hits spent on the current request: its decision."""
+        lease.tokens -= 1
+        usage_metrics.record_ratelimit(False)
+        return lease.decision(now)
 
     def held(self, org: str, key_id: str | None) -> int:
         """Hits this process leased for the caller and has not spent yet."""

@@ -101,17 +101,18 @@ async def _admitted(limiter: GatewayLimiter, org: str, key_id: str | None, n: in
             [o for o in outcomes if isinstance(o, ServiceError)])
 
 
-async def _hot(limiter: GatewayLimiter, org: str, key_id: str | None, n: int) -> int:
+async def _hot(limiter: GatewayLimiter, org: str, key_id: str | None, n: int
+               ) -> tuple[int, int]:
     """n requests in a row (a hot caller), then more until the limiter holds leased hits it has
     not spent, and any lease it took ahead of need (in the background) has landed: how many
-    were admitted."""
+    were admitted, and how many hits the limiter then holds."""
     admitted = len((await _admitted(limiter, org, key_id, n))[0])
     for _ in range(n):
         if limiter.held(org, key_id):
             break
         admitted += len((await _admitted(limiter, org, key_id, 1))[0])
     await asyncio.sleep(0.1)
-    return admitted
+    return admitted, limiter.held(org, key_id)
 
 
 def _retry_seconds(refusal: ServiceError) -> float:
@@ -194,8 +195,7 @@ async def test_unspent_quota_is_usable_by_another_limiter_after_the_lease(
     org = await limiters.policy(org_rpm=100_000, key_rpm=limit)
     first, second = limiters.new(), limiters.new()
     # The first (hot) admits until it holds leased hits it has not spent.
-    admitted_first = await _hot(first, org, KEY, 100)
-    stranded = first.held(org, KEY)
+    admitted_first, stranded = await _hot(first, org, KEY, 100)
     assert admitted_first < limit
     # The second gets the rest of the window, not what the first holds: under-admission.
     admitted_second, refused = await _admitted(second, org, KEY, limit)
@@ -215,8 +215,7 @@ async def test_a_lowered_policy_applies_at_the_next_lease(limiters: Limiters) ->
     await fresh_window()
     org = await limiters.policy(org_rpm=100_000, key_rpm=10_000)
     limiter = limiters.new()
-    admitted = await _hot(limiter, org, KEY, 300)
-    held = limiter.held(org, KEY)
+    admitted, held = await _hot(limiter, org, KEY, 300)
     assert admitted >= 300 and held > 0
     # Billing lowers the plan below what this window has used: hits already leased are still
     # spent (bounded by the lease), the next lease is refused.
@@ -231,8 +230,7 @@ async def test_close_returns_unspent_hits(limiters: Limiters) -> None:
     await fresh_window()
     org = await limiters.policy(org_rpm=100_000, key_rpm=100_000)
     limiter = limiters.new()
-    admitted = await _hot(limiter, org, KEY, 200)
-    held = limiter.held(org, KEY)
+    admitted, held = await _hot(limiter, org, KEY, 200)
     assert await limiters.counted(org, KEY) == admitted + held
     await limiter.close()
     limiters.made.remove(limiter)
@@ -248,7 +246,7 @@ async def test_one_process_stays_exact_across_its_callers_of_an_organization(
     limit = 150
     org = await limiters.policy(org_rpm=limit, key_rpm=100_000)
     limiter = limiters.new()
-    by_key = await _hot(limiter, org, KEY, 100)
+    by_key, _ = await _hot(limiter, org, KEY, 100)
     assert by_key < limit
     by_jwt, refused = await _admitted(limiter, org, None, limit)
     assert by_key + len(by_jwt) == limit and len(refused) == by_key
