@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts import ca, gateway, prometheus
 from services.common import tls
-from services.common.channels import GRPC_ENVIRONMENT
+from services.common.channels import grpc_process_env
 from services.common.config import HTTP_SERVICE_PORTS, REPO_ROOT, SERVICES, ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class Stack:
     def create(
         cls, overrides: Mapping[str, str] | None = None, log_dir: Path | None = None
     ) -> Stack:
-        env = {**GRPC_ENVIRONMENT, **os.environ, **(overrides or {})}
+        env = {**os.environ, **(overrides or {})}
         settings = Settings.from_env(env)  # fail early, with the variable named
         env.update(settings.as_env())
         directory = log_dir or Path(settings.var_dir) / "log"
@@ -137,12 +137,18 @@ class Stack:
         env: Mapping[str, str] | None = None,
         cwd: Path = REPO_ROOT,
     ) -> Process:
+        """Start `argv` with `env` (the stack's by default); a Python process (argv[0] is this
+        interpreter) also gets gRPC's switches for the mesh's processes (channels.grpc_process_env),
+        which were measured for grpcio's Python stack, not for tritonserver's or Envoy's own."""
+        process_env = dict(env or self.env)
+        if argv[0] == PYTHON:
+            process_env = grpc_process_env(process_env)
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "ab")
         popen = subprocess.Popen(
             argv,
             cwd=cwd,
-            env=dict(env or self.env),
+            env=process_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -170,13 +176,6 @@ class Stack:
             grpc=grpc_port, http=grpc_port - 1, metrics=grpc_port + 1
         )
 
-    def triton_base_env(self) -> dict[str, str]:
-        """The stack's environment for tritonserver, without the gRPC switches the stack adds for
-        the mesh's Python processes (channels.GRPC_ENVIRONMENT): they were measured for grpcio's
-        Python client, not for Triton's own gRPC server. An operator's own value still applies."""
-        return {name: value for name, value in self.env.items()
-                if name not in GRPC_ENVIRONMENT or name in os.environ}
-
     def start_triton(self) -> Process | None:
         """tritonserver (from the nvidia-pytriton wheel) on triton/models, if that repository
         exists."""
@@ -189,7 +188,7 @@ class Stack:
             ports=ports,
             host=host,
             work_dir=Path(self.settings.var_dir) / "triton",
-            base_env=self.triton_base_env(),
+            base_env=self.env,
         )
         return self.spawn("triton", argv, lambda: triton_server.is_ready(ports, host), env=env)
 

@@ -67,7 +67,7 @@ from bench.report import load_average, verdict
 from bench.scratch import scratch_dir
 from scripts.gateway import ENVOY_CONCURRENCY
 from scripts.stack import Stack
-from services.common.channels import open_channel
+from services.common.channels import grpc_process_env, open_channel
 from tests.support.mesh import free_port, private_addresses
 
 Call = Callable[[], Awaitable[None]]
@@ -307,8 +307,9 @@ def _start_fastapi(stack: Stack, workers: int, var_dir: Path,
     ports = []
     for _ in range(workers):
         backend_port, gateway_port = free_port(), free_port()
-        env = {**stack.env, "BENCH_DATABASE_URL": stack.settings.database_url,
-               "BENCH_BACKEND_URL": f"http://127.0.0.1:{backend_port}"}
+        # The FastAPI gateway calls Auth through grpc.aio, as the mesh's Python processes do.
+        env = grpc_process_env({**stack.env, "BENCH_DATABASE_URL": stack.settings.database_url,
+                                "BENCH_BACKEND_URL": f"http://127.0.0.1:{backend_port}"})
         for module, port in (("bench.gateway.fastapi_apps:backend", backend_port),
                              ("bench.gateway.fastapi_apps:gateway", gateway_port)):
             # The client-facing one keeps idle connections across the other paths' slices,

@@ -11,7 +11,7 @@ everything else is sent once and relies on its `request_id` for safe manual retr
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -20,15 +20,21 @@ from google.protobuf import descriptor as descriptor_mod
 from services.common import deadlines, telemetry, tls
 from services.common.config import Settings
 
-# gRPC's own switches for every aimesh Python process (not Triton), set in its environment
-# before gRPC starts: by scripts/stack.py locally, by the aimesh-config ConfigMap in Kubernetes;
-# a value already in the environment wins. gRPC's EventEngine client hands each read between its
+# gRPC's own switches for every aimesh Python process (not tritonserver, Envoy or Prometheus),
+# set in its environment before gRPC starts: by scripts/stack.py where it starts a Python process
+# (`grpc_process_env`), by the aimesh-config ConfigMap in Kubernetes; a value already in the
+# environment wins. gRPC's EventEngine client hands each read between its
 # own threads and the event loop; its older client (the default before grpcio 1.66, still built
 # in the pinned grpcio <1.85) does not: bench.chat, alternate runs, 100 concurrent chat streams:
 # mesh CPU per stream without Triton 9.5/10.1 ms with it against 11.3/10.6 ms without, the bare
 # relay floor 6.8/7.3 against 8.9/8.7. A grpcio that no longer knows the experiment logs it and
 # ignores it: measure again when the pin moves.
 GRPC_ENVIRONMENT: dict[str, str] = {"GRPC_EXPERIMENTS": "-event_engine_client"}
+
+
+def grpc_process_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for a Python process that uses grpcio: GRPC_ENVIRONMENT unless `env` sets its own."""
+    return {**GRPC_ENVIRONMENT, **env}
 
 # The mesh identity this process presents when it calls others; serve() sets it to the
 # service's name. Tools and tests that are not a service call as the operator.
