@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from services.common.errors import out_of_range
@@ -57,6 +58,11 @@ async def coalesced(
     """`source`'s items in order, read ahead by a task: items that arrived while the consumer was
     busy with the previous one are merged pairwise by `merge` (None: those two stay apart).
 
+    With `lingers`, the items up to the first one for which `lingers(item)` is true (the first
+    text) are read in the consumer's own task, before the read-ahead starts: nothing could be
+    merged yet, and the first text reaches the consumer without waiting for another task to be
+    scheduled (time to first token).
+
     With `linger` (seconds), an item for which `lingers(item)` is true also waits until
     `linger` has passed since the previous such item went out, gathering what comes meanwhile:
     a fast source (a model streaming thousands of tokens per second) then costs every hop after
@@ -66,6 +72,38 @@ async def coalesced(
 
     A failure of `source` is raised after the items before it; closing (or cancelling) this
     generator cancels the read-ahead, which ends `source` where it waits, and waits for that."""
+    items = aiter(source)
+    sent_at = float("-inf")
+    if lingers is not None:
+        try:
+            while True:
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                yield item
+                if lingers(item):
+                    sent_at = asyncio.get_running_loop().time()  # the linger counts from here
+                    break
+        except BaseException:
+            # Closed (or failed) before the read-ahead: end the source where it stands.
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            raise
+    async with aclosing(_read_ahead(items, merge, linger, lingers, sent_at)) as merged:
+        async for item in merged:
+            yield item
+
+
+async def _read_ahead(
+    items: AsyncIterator[T],
+    merge: Callable[[T, T], T | None],
+    linger: float,
+    lingers: Callable[[T], bool] | None,
+    sent_at: float,
+) -> AsyncGenerator[T, None]:
+    """coalesced's read-ahead part; `sent_at`: loop time the last lingering item went out."""
     ready: deque[T] = deque()
     wake = asyncio.Event()
     ended: list[BaseException | None] = []  # [None] when exhausted, [error] when it failed
@@ -74,7 +112,7 @@ async def coalesced(
 
     async def read_ahead() -> None:
         try:
-            async for item in source:
+            async for item in items:
                 ready.append(item)
                 # A lingering consumer only needs an item that ends the linger (one per token
                 # otherwise: a wake-up and a new timer for each, to wait on again).
@@ -93,7 +131,6 @@ async def coalesced(
         return sent_at + linger - loop.time()
 
     reader = asyncio.ensure_future(read_ahead())
-    sent_at = float("-inf")
     try:
         while True:
             if ready and (hold := holding(sent_at)) > 0:

@@ -52,7 +52,7 @@ from services.common.cache import ServiceCache
 from services.common.channels import Channels
 from services.common.errors import ServiceError, deadline_exceeded, status_from_rpc_error
 from services.common.identity import Identity
-from services.common.streams import coalesced, merge_text_deltas
+from services.common.streams import coalesced, is_text_delta, merge_text_deltas
 from services.conversation.conversations import conversation_deleted, conversation_not_found
 from services.conversation.store import Row, Store
 
@@ -550,7 +550,8 @@ class Chat:
     ) -> AsyncIterator[cpb.SendMessageResponse]:
         """Generate's events as SendMessage events, noting what the answer is so far."""
         try:
-            async for event in coalesced(call, merge_text_deltas):
+            # Read here until the first text (no task switch before it), then read ahead.
+            async for event in coalesced(call, merge_text_deltas, lingers=is_text_delta):
                 kind = event.WhichOneof("event")
                 if kind == "delta":
                     turn.text.append(event.delta.text)

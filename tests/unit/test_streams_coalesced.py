@@ -99,3 +99,38 @@ async def test_lingering_never_holds_back_the_end_of_the_stream() -> None:
     assert loop.time() - started < 1.0  # not the 5 s linger: the completion flushes what waits
     assert [e.WhichOneof("event") for e in out][-1] == "completion"
     assert "".join(e.delta.text for e in out if e.HasField("delta")) == "ab"
+
+
+async def test_items_up_to_the_first_text_are_read_in_the_consumers_own_task() -> None:
+    """No task switch before the first text (time to first token); read ahead after it."""
+    readers: list[asyncio.Task[object] | None] = []
+
+    async def recording() -> AsyncIterator[pb.GenerateResponse]:
+        for item in [pb.GenerateResponse(metadata=pb.GenerationMetadata(model="m")),
+                     delta("a "), delta("b "), pb.GenerateResponse(completion=pb.Completion())]:
+            readers.append(asyncio.current_task())
+            yield item
+
+    out = [e async for e in coalesced(recording(), merge_text_deltas, lingers=is_text_delta)]
+    consumer = asyncio.current_task()
+    assert readers[:2] == [consumer, consumer]
+    assert consumer not in readers[2:]  # the rest by the read-ahead task
+    assert [e.WhichOneof("event") for e in out][:2] == ["metadata", "delta"]
+    assert "".join(e.delta.text for e in out if e.HasField("delta")) == "a b "
+
+
+async def test_closing_the_consumer_before_the_first_text_ends_the_source() -> None:
+    cleaned = asyncio.Event()
+
+    async def held() -> AsyncIterator[pb.GenerateResponse]:
+        try:
+            yield pb.GenerateResponse(metadata=pb.GenerationMetadata(model="m"))
+            await asyncio.sleep(3600)  # the model works on the first token
+            yield delta("never")
+        finally:
+            cleaned.set()
+
+    stream = coalesced(held(), merge_text_deltas, lingers=is_text_delta)
+    assert (await stream.__anext__()).HasField("metadata")
+    await stream.aclose()
+    assert cleaned.is_set()
