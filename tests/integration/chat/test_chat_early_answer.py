@@ -17,6 +17,7 @@ import pytest
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 
+from services.conversation.chat import EARLY_ANSWER_MAX_TURNS
 from tests.integration.chat.conftest import ChatStack, sleeping_trigger
 
 SLOW_TURN_SECONDS = 1.5  # far longer than starting Generate and the replay server's answer
@@ -117,3 +118,30 @@ async def test_conversation_changed_elsewhere_is_answered_as_it_is_now(
         metadata=md, timeout=60)]
     assert _system_prompts(chat, asked) == [now]
     assert events[-1].assistant_message.state == cpb.Message.STATE_COMPLETE
+
+
+async def test_no_early_answers_while_many_turns_are_in_progress(
+    chat: ChatStack, slow_turns: tuple[psycopg.AsyncConnection, str]
+) -> None:
+    """With EARLY_ANSWER_MAX_TURNS turns in progress, the next send starts its answer only once
+    its turn is taken (under load the early start measured worse)."""
+    _, marker = slow_turns
+    system = f"The lighthouse lamp is switched on thirty minutes before sunset. {marker}"
+    sends = EARLY_ANSWER_MAX_TURNS + 1
+    conversations = [await _conversation(chat, system) for _ in range(sends)]
+    asked = len(chat.replay.requests)
+
+    async def send(md: list[tuple[str, str]], conv: str) -> list[cpb.SendMessageResponse]:
+        return [e async for e in _stub(chat).SendMessage(cpb.SendMessageRequest(
+            conversation=conv, content="When is the lamp switched on?",
+            model="models/picky-test"), metadata=md, timeout=60)]
+
+    # All but the last in progress (their turns' statements sleep), then the last one.
+    running = [asyncio.ensure_future(send(md, conv)) for md, conv in conversations[:-1]]
+    assert await chat.replay.asked_beyond(asked + sends - 2, 1.0), "the first ones start early"
+    last = asyncio.ensure_future(send(*conversations[-1]))
+    await asyncio.sleep(0.5)  # its turn's statement still sleeps: no answer asked for it yet
+    assert len(chat.replay.requests) == asked + sends - 1
+    for events in await asyncio.gather(*running, last):
+        assert events[-1].assistant_message.state == cpb.Message.STATE_COMPLETE
+    assert len(chat.replay.requests) == asked + sends
