@@ -54,14 +54,16 @@ async def coalesced(
     merge: Callable[[T, T], T | None],
     linger: float = 0.0,
     lingers: Callable[[T], bool] | None = None,
+    first_here: bool = True,
 ) -> AsyncIterator[T]:
     """`source`'s items in order, read ahead by a task: items that arrived while the consumer was
     busy with the previous one are merged pairwise by `merge` (None: those two stay apart).
 
-    With `lingers`, the items up to the first one for which `lingers(item)` is true (the first
-    text) are read in the consumer's own task, before the read-ahead starts: nothing could be
-    merged yet, and the first text reaches the consumer without waiting for another task to be
-    scheduled (time to first token).
+    With `lingers` and `first_here`, the items up to the first one for which `lingers(item)` is
+    true (the first text) are read in the consumer's own task, before the read-ahead starts: the
+    first text reaches the consumer without waiting for another task to be scheduled (time to
+    first token). Under load (`first_here` false) the read-ahead starts at once, so the first
+    message carries whatever text piled up meanwhile.
 
     With `linger` (seconds), an item for which `lingers(item)` is true also waits until
     `linger` has passed since the previous such item went out, gathering what comes meanwhile:
@@ -74,7 +76,7 @@ async def coalesced(
     generator cancels the read-ahead, which ends `source` where it waits, and waits for that."""
     items = aiter(source)
     sent_at = float("-inf")
-    if lingers is not None:
+    if lingers is not None and first_here:
         try:
             while True:
                 try:

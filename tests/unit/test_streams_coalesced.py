@@ -101,21 +101,37 @@ async def test_lingering_never_holds_back_the_end_of_the_stream() -> None:
     assert "".join(e.delta.text for e in out if e.HasField("delta")) == "ab"
 
 
-async def test_items_up_to_the_first_text_are_read_in_the_consumers_own_task() -> None:
-    """No task switch before the first text (time to first token); read ahead after it."""
-    readers: list[asyncio.Task[object] | None] = []
+def _recording(readers: list[asyncio.Task[object] | None]) -> AsyncIterator[pb.GenerateResponse]:
+    """metadata, two deltas, a completion; `readers` gets the task reading each."""
 
-    async def recording() -> AsyncIterator[pb.GenerateResponse]:
+    async def items() -> AsyncIterator[pb.GenerateResponse]:
         for item in [pb.GenerateResponse(metadata=pb.GenerationMetadata(model="m")),
                      delta("a "), delta("b "), pb.GenerateResponse(completion=pb.Completion())]:
             readers.append(asyncio.current_task())
             yield item
 
-    out = [e async for e in coalesced(recording(), merge_text_deltas, lingers=is_text_delta)]
+    return items()
+
+
+async def test_items_up_to_the_first_text_are_read_in_the_consumers_own_task() -> None:
+    """No task switch before the first text (time to first token); read ahead after it."""
+    readers: list[asyncio.Task[object] | None] = []
+    out = [e async for e in coalesced(_recording(readers), merge_text_deltas,
+                                      lingers=is_text_delta)]
     consumer = asyncio.current_task()
     assert readers[:2] == [consumer, consumer]
     assert consumer not in readers[2:]  # the rest by the read-ahead task
     assert [e.WhichOneof("event") for e in out][:2] == ["metadata", "delta"]
+    assert "".join(e.delta.text for e in out if e.HasField("delta")) == "a b "
+
+
+async def test_under_load_every_item_is_read_ahead() -> None:
+    """first_here=False (a busy server): the read-ahead reads from the start, as without
+    lingers, so text that piles up before the first message goes out merged with it."""
+    readers: list[asyncio.Task[object] | None] = []
+    out = [e async for e in coalesced(_recording(readers), merge_text_deltas,
+                                      lingers=is_text_delta, first_here=False)]
+    assert asyncio.current_task() not in readers
     assert "".join(e.delta.text for e in out if e.HasField("delta")) == "a b "
 
 

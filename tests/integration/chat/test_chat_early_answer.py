@@ -17,7 +17,7 @@ import pytest
 from aimesh.conversation.v1 import conversation_pb2 as cpb
 from aimesh.conversation.v1 import conversation_pb2_grpc
 
-from services.conversation.chat import EARLY_ANSWER_MAX_TURNS
+from services.conversation.chat import BUSY_TURNS
 from tests.integration.chat.conftest import ChatStack, sleeping_trigger
 
 SLOW_TURN_SECONDS = 1.5  # far longer than starting Generate and the replay server's answer
@@ -123,11 +123,11 @@ async def test_conversation_changed_elsewhere_is_answered_as_it_is_now(
 async def test_no_early_answers_while_many_turns_are_in_progress(
     chat: ChatStack, slow_turns: tuple[psycopg.AsyncConnection, str]
 ) -> None:
-    """With EARLY_ANSWER_MAX_TURNS turns in progress, the next send starts its answer only once
+    """With BUSY_TURNS turns in progress, the next send starts its answer only once
     its turn is taken (under load the early start measured worse)."""
     _, marker = slow_turns
     system = f"The lighthouse lamp is switched on thirty minutes before sunset. {marker}"
-    sends = EARLY_ANSWER_MAX_TURNS + 1
+    sends = BUSY_TURNS + 1
     conversations = [await _conversation(chat, system) for _ in range(sends)]
     asked = len(chat.replay.requests)
 
