@@ -12,17 +12,6 @@ comes from Redis (none for a new conversation), the prompt is counted by the Orc
 when an upper bound of its size might not fit; the user message is one INSERT statement.
 After the answer, one statement stores the assistant message and releases the turn.
 
-The early answer: when this process knows what the conversation's prompt is built from (its
-system prompt, default model and message count, as this process last wrote or read them), nobody
-here holds or awaits its turn, fewer than BUSY_TURNS turns are in progress here, and
-the caller's admission is settled, Generate starts while the turn's statement runs instead of
-after it (a round trip less before the first token). The row
-that statement returns decides: the same three values, and the early answer is the answer;
-anything else (the conversation changed elsewhere), or a turn held by another replica, and it is
-cancelled before anything of it is relayed or stored, and the turn goes on as without it. Only
-a statement slower than the model's first token could let a cancelled early answer produce (and
-so meter) tokens, and only after the conversation changed in another process.
-
 The turn: within one process, sends to a conversation queue on an asyncio.Lock (FIFO, so in
 arrival order); across replicas, the holder also takes a lease on the conversation row
 (`turn_holder`, renewed while it streams, expiring if its process dies). No database
@@ -32,7 +21,6 @@ connection is held while an answer streams, so concurrent streams are not capped
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -64,15 +52,13 @@ log = logging.getLogger("aimesh.conversation.chat")
 gateway_jwt.count_alongside("/aimesh.conversation.v1.ConversationService/SendMessage")
 
 CONTEXT_MESSAGES = 100  # most recent messages considered for the prompt (and cached)
+# From this many turns in progress here, the relay's first text goes through coalesced's
+# read-ahead like the rest: under load the first token waits for the queue, and 100 concurrent
+# streams through the gateway measured worse with it read in the consumer's task (TTFT p95
+# +1.5-2 %, interleaved A/B runs).
+BUSY_TURNS = 8
 CONTEXT_TTL_SECONDS = 3600
 MODEL_INFO_SECONDS = 60.0
-MAX_KNOWN_CONVERSATIONS = 10_000  # prompt inputs remembered for early answers (then forgotten)
-# From this many turns in progress here, no early answers and the relay's first text goes
-# through coalesced's read-ahead: under load the first token waits for the queue, not for these
-# shortcuts, and 100 concurrent streams through the gateway measured worse with them (early
-# answers: TTFT p95 +3 %, +0.15-0.3 ms CPU per stream in Conversation and the Orchestrator;
-# the first text read in the consumer's task: p95 +1.5-2 %; interleaved A/B runs).
-BUSY_TURNS = 8
 RETRIEVAL_RESERVE_TOKENS = 400  # per retrieved chunk (chunks are at most ~2,000 characters)
 TURN_LEASE_SECONDS = 30.0
 LET_REQUEST_GO_TURNS = 6  # event-loop turns given to Generate's sending tasks (_let_request_go)
@@ -93,70 +79,6 @@ class Turn:
     text: list[str]
     completion: opb.Completion | None = None
     error: status_pb2.Status | None = None
-
-
-@dataclass(frozen=True)
-class Known:
-    """What a conversation's next prompt is built from, as this process last wrote or read it."""
-
-    system_prompt: str
-    default_model: str
-    message_count: int
-
-    @classmethod
-    def of(cls, conv: Row) -> Known:
-        return cls(conv["system_prompt"], conv["default_model"], conv["message_count"])
-
-    def generation_request_id(self, request_id: str) -> str:
-        """Generate's request_id for a SendMessage's: the same for a repeat of the turn (the
-        Orchestrator replays its answer), another when the prompt is built from something else
-        (an early answer built from what the conversation was before it changed elsewhere is
-        never replayed as the answer to what it is now). Empty without a request_id."""
-        if not request_id:
-            return ""
-        digest = hashlib.blake2b(digest_size=16)
-        # NUL cannot occur in these strings (request checks refuse it): a safe separator.
-        for part in (request_id, self.system_prompt, self.default_model, str(self.message_count)):
-            digest.update(part.encode())
-            digest.update(b"\0")
-        return digest.hexdigest()
-
-
-# (the model's limits, the history, the started Generate call)
-Started = tuple[opb.Model, list[tuple[int, str]], grpc.aio.UnaryStreamCall]
-
-
-class EarlyAnswer:
-    """Generate started before the turn is taken, from what was known of the conversation (see
-    the module docstring); adopted only if the row the turn reads says the same."""
-
-    def __init__(self, known: Known, task: asyncio.Future[Started | None]) -> None:
-        self.known = known
-        self.task = task
-        self.adopted = False
-
-    async def adopt(self, conv: Row) -> Started | None:
-        """The started answer if `conv` (as the turn read it) matches what it was built from."""
-        if Known.of(conv) != self.known:
-            self.discard()
-            return None
-        try:
-            started = await self.task
-        except Exception:  # noqa: BLE001 - the turn starts it again and meets the error there
-            return None
-        self.adopted = started is not None
-        return started
-
-    def discard(self) -> None:
-        """Cancel it (unless adopted): the task if still starting, else the call it started."""
-        if self.adopted:
-            return
-        if not self.task.done():
-            self.task.cancel()
-        elif not self.task.cancelled() and self.task.exception() is None:
-            started = self.task.result()
-            if started is not None:
-                started[2].cancel()
 
 
 def rpc_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status:
@@ -196,27 +118,12 @@ class Chat:
         self._models: dict[str, tuple[float, opb.Model]] = {}
         # conversation key -> (lock, number of sends holding or waiting for it)
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
-        # conversation key -> its prompt's inputs, as last written or read here (early answers)
-        self._known: dict[str, Known] = {}
-
-    def remember(self, org: str, conv: Row) -> None:
-        """Note a conversation row this process wrote or read (a deleted one is forgotten)."""
-        key = f"{org}/{conv['id']}"
-        if conv["delete_time"] is not None:
-            self._known.pop(key, None)
-            return
-        if len(self._known) >= MAX_KNOWN_CONVERSATIONS and key not in self._known:
-            self._known.clear()
-        self._known[key] = Known.of(conv)
 
     @asynccontextmanager
-    async def turn(
-        self, org: str, conv_id: str, timeout: float | None, early: EarlyAnswer | None = None
-    ) -> AsyncIterator[Row]:
+    async def turn(self, org: str, conv_id: str, timeout: float | None) -> AsyncIterator[Row]:
         """Hold the conversation's turn (see the module docstring) and read its row; waiting
         past `timeout` seconds is DEADLINE_EXCEEDED and stores nothing, a missing conversation
-        NOT_FOUND, a deleted one FAILED_PRECONDITION. An `early` answer is cancelled as soon as
-        the turn has to wait for another replica."""
+        NOT_FOUND, a deleted one FAILED_PRECONDITION."""
         key = f"{org}/{conv_id}"
         lock, users = self._turns.get(key) or (asyncio.Lock(), 0)
         self._turns[key] = (lock, users + 1)
@@ -233,8 +140,6 @@ class Chat:
                 holder = uuid.uuid4().hex
                 delay = 0.02
                 while (conv := await self._take_turn(org, conv_id, holder)) is None:
-                    if early is not None:
-                        early.discard()  # built from what was before the other turn
                     if deadline is not None and time.monotonic() + delay > deadline:
                         raise _busy()
                     await asyncio.sleep(delay)  # another replica holds it
@@ -249,8 +154,6 @@ class Chat:
             finally:
                 lock.release()
         finally:
-            if early is not None:
-                early.discard()  # unless adopted: cancelled, whatever ended the turn
             lock_, users = self._turns[key]
             if users <= 1:
                 del self._turns[key]
@@ -262,7 +165,6 @@ class Chat:
         conv = await self.store.take_turn(org, conv_id, holder, TURN_LEASE_SECONDS)
         if conv is not None:
             return conv
-        self._known.pop(f"{org}/{conv_id}", None)  # changed, deleted or busy elsewhere
         existing = await self.store.get_conversation(org, conv_id)
         if existing is None:
             raise conversation_not_found(conv_id)
@@ -409,36 +311,23 @@ class Chat:
         """One turn (see the module docstring): the user message, the streamed answer, the
         stored assistant message. A repeated request_id replays the stored turn."""
         org = identity.org
-        early = self._early_answer(identity, conv_id, request, default_model)
-        async with self.turn(org, conv_id, timeout, early) as conv:
-            self.remember(org, conv)
+        async with self.turn(org, conv_id, timeout) as conv:
             # The gateway caller's request was counted in its rate-limit windows while the turn
             # was taken (a lease a refusal releases); nothing lasting happens before the count.
             await gateway_jwt.admission_settled()
-            started = await early.adopt(conv) if early is not None else None
-            if started is None:
-                model = await self.model(request.model or conv["default_model"] or default_model,
-                                         identity)
-            else:
-                model = started[0]
+            name = request.model or conv["default_model"] or default_model
+            model = await self.model(name, identity)
             if request.request_id:
                 earlier = await self.store.messages_for_request(org, conv_id, request.request_id)
                 if earlier:
-                    if started is not None:
-                        started[2].cancel()  # the stored turn is the answer
                     for event in _replayed(earlier, to_message):
                         yield event
                     return
+            history = await self.history(org, conv_id, conv["message_count"])
             turn = Turn(model=model.name, text=[])
-            if started is None:
-                history = await self.history(org, conv_id, conv["message_count"])
-                call = await self._start_answer(
-                    identity, Known.of(conv), request, model, history, turn
-                )
-            else:
-                history, call = started[1], started[2]
+            call = await self._start_answer(identity, conv, request, model, history, turn)
             try:
-                if call is not None and started is None:
+                if call is not None:
                     await _let_request_go()
                 user = await self._store_question(identity, conv_id, request)
             except BaseException:
@@ -473,38 +362,10 @@ class Chat:
                 )
             yield cpb.SendMessageResponse(assistant_message=to_message(assistant))
 
-    def _early_answer(
-        self, identity: Identity, conv_id: str, request: cpb.SendMessageRequest,
-        default_model: str,
-    ) -> EarlyAnswer | None:
-        """Start the answer before the turn is taken, when that can be decided now (see the
-        module docstring); None otherwise."""
-        key = f"{identity.org}/{conv_id}"
-        known = self._known.get(key)
-        if known is None or key in self._turns or len(self._turns) >= BUSY_TURNS:
-            return None
-        task = asyncio.ensure_future(
-            self._start_early(identity, conv_id, known, request, default_model)
-        )
-        return EarlyAnswer(known, task)
-
-    async def _start_early(
-        self, identity: Identity, conv_id: str, known: Known, request: cpb.SendMessageRequest,
-        default_model: str,
-    ) -> Started | None:
-        # A refused caller starts nothing (this raises RESOURCE_EXHAUSTED then).
-        await gateway_jwt.admission_settled()
-        model = await self.model(request.model or known.default_model or default_model, identity)
-        history = await self.history(identity.org, conv_id, known.message_count)
-        call = await self._start_answer(
-            identity, known, request, model, history, Turn(model=model.name, text=[])
-        )
-        return None if call is None else (model, history, call)
-
     async def _start_answer(
         self,
         identity: Identity,
-        known: Known,
+        conv: Row,
         request: cpb.SendMessageRequest,
         model: opb.Model,
         history: list[tuple[int, str]],
@@ -527,7 +388,7 @@ class Chat:
             messages = await self.prompt(
                 identity,
                 model,
-                known.system_prompt,
+                conv["system_prompt"],
                 history,
                 request.content,
                 max_output,
@@ -540,9 +401,7 @@ class Chat:
             turn.error = exc.to_status()
             return None
         generate = opb.GenerateRequest(
-            model=model.name,
-            messages=messages,
-            request_id=known.generation_request_id(request.request_id),
+            model=model.name, messages=messages, request_id=request.request_id
         )
         if request.HasField("retrieval"):
             generate.retrieval.CopyFrom(request.retrieval)
@@ -632,7 +491,6 @@ class Chat:
             release_turn_of=conv["turn_holder"],
         )
         conv[TURN_RELEASED] = True
-        self.remember(identity.org, {**conv, "message_count": row["conversation_message_count"]})
         if content:
             history.append((cpb.Message.ROLE_ASSISTANT, content))
         # The context of the next turn, under the count the conversation now has.

@@ -142,12 +142,9 @@ ModelCheck = Callable[[str, Identity], Awaitable[object]]
 class Conversations:
     """The conversation resources of an organization: create, read, update, (un)delete."""
 
-    def __init__(
-        self, store: Store, check_model: ModelCheck, written: Callable[[str, Row], None]
-    ) -> None:
+    def __init__(self, store: Store, check_model: ModelCheck) -> None:
         self.store = store
         self.check_model = check_model
-        self.written = written  # told of every conversation row written here (Chat.remember)
 
     async def get(self, org: str, conv_id: str) -> Row:
         row = await self.store.get_conversation(org, conv_id)
@@ -175,7 +172,6 @@ class Conversations:
         if row is None:
             name = CONVERSATION.format(conv_id)
             raise already_exists(f"{name} already exists", metadata={"conversation": name})
-        self.written(identity.org, row)
         return row
 
     async def update(self, identity: Identity, request: cpb.UpdateConversationRequest) -> Row:
@@ -194,7 +190,6 @@ class Conversations:
         updated = await self.store.update_conversation(identity.org, conv_id, changes)
         if updated is None:
             raise not_found(f"{conv.name} not found", reason="CONVERSATION_NOT_FOUND")
-        self.written(identity.org, updated)
         return updated
 
     async def set_deleted(self, org: str, name: str, deleted: bool) -> Row:
@@ -204,7 +199,6 @@ class Conversations:
         row = await self.store.set_deleted(org, conv_id, deleted)
         if row is None:
             raise not_found(f"{name} not found", reason="CONVERSATION_NOT_FOUND")
-        self.written(org, row)
         return row
 
     async def truncate_message(self, org: str, request: cpb.TruncateMessageRequest) -> Row:

@@ -76,7 +76,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self.store = Store(runtime.db)
         self.channels = Channels(runtime.settings)
         self.chat = Chat(self.store, runtime.cache, self.channels)
-        self.conversations = Conversations(self.store, self.chat.model, self.chat.remember)
+        self.conversations = Conversations(self.store, self.chat.model)
         self.pages = Paginator(runtime.settings)
         runtime.on_shutdown(self.channels.close)
         runtime.spawn(self._purge_loop(), "conversation-purge")
