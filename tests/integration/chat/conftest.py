@@ -5,14 +5,11 @@ session mesh's Knowledge/Usage/Triton. Hosted APIs cannot be reached from here."
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
 
 from scripts.stack import Stack
@@ -114,28 +111,3 @@ async def chat(mesh: TestMesh) -> AsyncIterator[ChatStack]:
     finally:
         stack.stop_all()
         await runner.cleanup()
-
-
-@asynccontextmanager
-async def sleeping_trigger(
-    chat: ChatStack, event: str, table: str, condition: str, seconds: float
-) -> AsyncIterator[tuple[psycopg.AsyncConnection, str]]:
-    """A trigger that sleeps `seconds` in the real PostgreSQL before each `event` (INSERT,
-    UPDATE) on `table` whose rows meet `condition` (PL/pgSQL over NEW/OLD, `{marker}` standing
-    for the marker); dropped afterwards. Yields an autocommit connection to the same database
-    and the marker."""
-    marker = f"slow{uuid.uuid4().hex[:10]}"
-    function = f"conversation.delay_{marker}"
-    conn = await psycopg.AsyncConnection.connect(chat.stack.settings.database_url, autocommit=True)
-    await conn.execute(
-        f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"IF {condition.format(marker=marker)} THEN PERFORM pg_sleep({seconds}); "
-        "END IF; RETURN NEW; END $$")
-    await conn.execute(f"CREATE TRIGGER {marker} BEFORE {event} ON {table} "
-                       f"FOR EACH ROW EXECUTE FUNCTION {function}()")
-    try:
-        yield conn, marker
-    finally:
-        await conn.execute(f"DROP TRIGGER IF EXISTS {marker} ON {table}")
-        await conn.execute(f"DROP FUNCTION IF EXISTS {function}()")
-        await conn.close()

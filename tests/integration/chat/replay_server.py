@@ -47,14 +47,6 @@ class Replay:
         # Scenario "flaky..." -> how many of its next requests fail with 503.
         self.fail_next: dict[str, int] = {}
 
-    async def asked_beyond(self, count: int, seconds: float) -> bool:
-        """Whether more than `count` requests have arrived, waiting up to `seconds` for them."""
-        for _ in range(int(seconds / 0.01)):
-            if len(self.requests) > count:
-                break
-            await asyncio.sleep(0.01)
-        return len(self.requests) > count
-
     async def openai(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
