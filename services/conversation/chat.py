@@ -52,11 +52,6 @@ log = logging.getLogger("aimesh.conversation.chat")
 gateway_jwt.count_alongside("/aimesh.conversation.v1.ConversationService/SendMessage")
 
 CONTEXT_MESSAGES = 100  # most recent messages considered for the prompt (and cached)
-# From this many turns in progress here, the relay's first text goes through coalesced's
-# read-ahead like the rest: under load the first token waits for the queue, and 100 concurrent
-# streams through the gateway measured worse with it read in the consumer's task (TTFT p95
-# +1.5-2 %, interleaved A/B runs).
-BUSY_TURNS = 8
 CONTEXT_TTL_SECONDS = 3600
 MODEL_INFO_SECONDS = 60.0
 RETRIEVAL_RESERVE_TOKENS = 400  # per retrieved chunk (chunks are at most ~2,000 characters)
@@ -416,10 +411,8 @@ class Chat:
     ) -> AsyncIterator[cpb.SendMessageResponse]:
         """Generate's events as SendMessage events, noting what the answer is so far."""
         try:
-            # Read here until the first text (no task switch before it) unless busy, then ahead.
-            quiet = len(self._turns) <= BUSY_TURNS  # this turn is one of them
-            async for event in coalesced(call, merge_text_deltas, lingers=is_text_delta,
-                                         first_here=quiet):
+            # Read here until the first text (no task switch before it), then ahead.
+            async for event in coalesced(call, merge_text_deltas, lingers=is_text_delta):
                 kind = event.WhichOneof("event")
                 if kind == "delta":
                     turn.text.append(event.delta.text)

@@ -31,9 +31,6 @@ from services.orchestrator.providers.triton import TritonProvider
 from services.orchestrator.routing import Router
 from services.orchestrator.tokens import count_prompt
 
-# From this many Generate streams in progress here, the first text goes through coalesced's
-# read-ahead like the rest (see services/common/streams.py `first_here`).
-BUSY_STREAMS = 8
 _CAPS = {"CHAT": pb.Model.CAPABILITY_CHAT, "STREAMING": pb.Model.CAPABILITY_STREAMING,
          "RETRIEVAL": pb.Model.CAPABILITY_RETRIEVAL, "SEED": pb.Model.CAPABILITY_SEED,
          "TOOLS": pb.Model.CAPABILITY_TOOLS, "JSON_MODE": pb.Model.CAPABILITY_JSON_MODE}
@@ -88,7 +85,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             self.channels,
             self.usage,
         )
-        self.streaming = 0  # Generate streams in progress
         runtime.on_shutdown(self.channels.close)
         runtime.on_shutdown(self.orchestrator.drain)
         runtime.spawn(self.orchestrator.documents.listen(), "corpus-announcements")
@@ -136,13 +132,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             self._price,
         )
         linger = self.runtime.settings.stream_linger_ms / 1000
-        quiet = self.streaming < BUSY_STREAMS
-        self.streaming += 1
-        try:
-            async for event in coalesced(events, merge_text_deltas, linger, is_text_delta, quiet):
-                yield event
-        finally:
-            self.streaming -= 1
+        async for event in coalesced(events, merge_text_deltas, linger, is_text_delta):
+            yield event
 
     def _price(self, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[int, str]:
         try:

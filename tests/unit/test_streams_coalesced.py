@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aimesh.orchestrator.v1 import orchestrator_pb2 as pb
 
-from services.common.streams import coalesced, is_text_delta, merge_text_deltas
+from services.common.streams import BUSY_STREAMS, coalesced, is_text_delta, merge_text_deltas
 
 
 def delta(text: str) -> pb.GenerateResponse:
@@ -126,13 +126,32 @@ async def test_items_up_to_the_first_text_are_read_in_the_consumers_own_task() -
 
 
 async def test_under_load_every_item_is_read_ahead() -> None:
-    """first_here=False (a busy server): the read-ahead reads from the start, as without
-    lingers, so text that piles up before the first message goes out merged with it."""
-    readers: list[asyncio.Task[object] | None] = []
-    out = [e async for e in coalesced(_recording(readers), merge_text_deltas,
-                                      lingers=is_text_delta, first_here=False)]
+    """With BUSY_STREAMS coalesced streams in progress in the process, the read-ahead reads
+    from the start, as without lingers, so text that piles up before the first message goes
+    out merged with it."""
+    busy = [coalesced(_held_after_first_text(), merge_text_deltas, lingers=is_text_delta)
+            for _ in range(BUSY_STREAMS)]
+    for stream in busy:
+        assert (await stream.__anext__()).HasField("delta")
+    try:
+        readers: list[asyncio.Task[object] | None] = []
+        out = [e async for e in coalesced(_recording(readers), merge_text_deltas,
+                                          lingers=is_text_delta)]
+    finally:
+        for stream in busy:
+            await stream.aclose()
     assert asyncio.current_task() not in readers
     assert "".join(e.delta.text for e in out if e.HasField("delta")) == "a b "
+    # Once they are done, the next stream reads its first text here again.
+    readers = []
+    [e async for e in coalesced(_recording(readers), merge_text_deltas, lingers=is_text_delta)]
+    assert readers[:2] == [asyncio.current_task()] * 2
+
+
+async def _held_after_first_text() -> AsyncIterator[pb.GenerateResponse]:
+    yield delta("x")
+    await asyncio.sleep(3600)  # a stream in progress
+    yield delta("never")
 
 
 async def test_closing_the_consumer_before_the_first_text_ends_the_source() -> None:
