@@ -14,6 +14,8 @@ from services.common.channels import client_interceptors
 
 pytestmark = pytest.mark.asyncio
 
+CLOCK_SLACK_SECONDS = 0.05
+
 
 def _remaining(context: grpc.aio.ServicerContext) -> bytes:
     left = context.time_remaining()
@@ -83,7 +85,10 @@ async def test_every_call_kind_is_capped_by_the_deadline_being_served() -> None:
         capped = await asyncio.ensure_future(serving_with_deadline())
         for kind, left in capped.items():
             assert left != "none", f"{kind}: the downstream call got no deadline"
-            assert 0 < float(left) <= 2.0, f"{kind}: {left} s left"
+            # gRPC turns the timeout into a deadline on its own clock, which it reads cached,
+            # so the server may see a few ms more than was sent (2.009 s once in CI): what
+            # matters is the served 2 s, not the channel's or none.
+            assert 0 < float(left) <= 2.0 + CLOCK_SLACK_SECONDS, f"{kind}: {left} s left"
 
         async def serving_without_deadline() -> dict[str, str]:
             deadlines.start(None)

@@ -136,7 +136,15 @@ async def test_endpointing_limits_are_checked(gateway_speech: Speech) -> None:
     config = speech_pb2.EndpointingConfig()
     config.silence_duration.FromMilliseconds(50)
     config.speech_start_timeout.FromMilliseconds(100)
+    streaming = streaming_config()
+    streaming.endpointing.CopyFrom(config)
+    # The configuration alone is refused, so only it is sent: audio written while the refusal
+    # is on its way fails in grpc.aio's sender, which then reports INTERNAL ("Failed
+    # execute_batch") as the call's status in place of the server's (seen once in CI).
+    call = gateway_speech.stub.StreamingRecognize(metadata=gateway_speech.metadata, timeout=60)
+    await call.write(speech_pb2.StreamingRecognizeRequest(streaming_config=streaming))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await run(gateway_speech, silence(0.2), config)
+        async for _ in call:
+            pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "speech_start_timeout" in (info.value.details() or "")
