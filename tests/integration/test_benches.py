@@ -37,6 +37,11 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
          *(rf"bound \[{mode}\]: .*; Envoy routing alone: {NUMBER}x direct \({NUMBER}x FastAPI\), "
            r"so the 3x FastAPI target (IS|is NOT) reachable by (an|any) Envoy gateway in this run"
            for mode in ("mtls", "plaintext")),
+         *(rf"bound latency \[{mode}\]: Envoy routing alone adds {NUMBER} ms p50, {NUMBER} ms "
+           r"p99 over direct in this run, so the key\+limit p50 target \(1\.0 ms\) (IS|is NOT) "
+           r"reachable, .* by any Envoy gateway in this run; admission above routing, p50: "
+           rf"key\+limit [+-]\d+\.\d+ ms, JWT\+limit [+-]\d+\.\d+ ms"
+           for mode in ("mtls", "plaintext")),
          *(rf"cpu \[{mode}\]: Auth's own CPU per request: direct {NUMBER} us, routing only "
            rf"{NUMBER} us, key\+limit {NUMBER} us" for mode in ("mtls", "plaintext")),
          *(rf"leases \[{mode}\]: Redis round trips .*: key\+limit {NUMBER} \(\d+ admitted\), "
@@ -66,7 +71,9 @@ TINY: dict[str, tuple[list[str], int, list[str]]] = {
          "--quality-chunks", "60", "--shared-triton"],
         4,  # ingestion rate, hybrid p95 through the gateway (JSON, gRPC), int8 quality
         [rf"gateway JSON / in-process p95 ratio {NUMBER}x",
-         rf"gateway gRPC / in-process p95 ratio {NUMBER}x", rf"mean batch {NUMBER}"],
+         rf"gateway gRPC / in-process p95 ratio {NUMBER}x", rf"mean batch {NUMBER}",
+         rf"bound: the model alone does {NUMBER} chunks/s on this machine, so 100 chunks/s end "
+         r"to end (IS reachable here|is NOT reachable here by any pipeline around this model)"],
     ),
 }
 
