@@ -82,44 +82,31 @@ async def coalesced(
     global _in_progress
     first_here = _in_progress < BUSY_STREAMS
     _in_progress += 1
+    items = aiter(source)
+    sent_at = float("-inf")
     try:
-        async with aclosing(_coalesced(source, merge, linger, lingers, first_here)) as items:
-            async for item in items:
+        if first_here and lingers is not None:
+            try:
+                while True:
+                    try:
+                        item = await anext(items)
+                    except StopAsyncIteration:
+                        return
+                    yield item
+                    if lingers(item):
+                        sent_at = asyncio.get_running_loop().time()  # the linger counts from here
+                        break
+            except BaseException:
+                # Closed (or failed) before the read-ahead: end the source where it stands.
+                aclose = getattr(items, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                raise
+        async with aclosing(_read_ahead(items, merge, linger, lingers, sent_at)) as merged:
+            async for item in merged:
                 yield item
     finally:
         _in_progress -= 1
-
-
-async def _coalesced(
-    source: AsyncIterator[T],
-    merge: Callable[[T, T], T | None],
-    linger: float,
-    lingers: Callable[[T], bool] | None,
-    first_here: bool,
-) -> AsyncGenerator[T, None]:
-    """coalesced, `first_here`: whether to read up to the first text in the consumer's task."""
-    items = aiter(source)
-    sent_at = float("-inf")
-    if first_here and lingers is not None:
-        try:
-            while True:
-                try:
-                    item = await anext(items)
-                except StopAsyncIteration:
-                    return
-                yield item
-                if lingers(item):
-                    sent_at = asyncio.get_running_loop().time()  # the linger counts from here
-                    break
-        except BaseException:
-            # Closed (or failed) before the read-ahead: end the source where it stands.
-            aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            raise
-    async with aclosing(_read_ahead(items, merge, linger, lingers, sent_at)) as merged:
-        async for item in merged:
-            yield item
 
 
 async def _read_ahead(
